@@ -1,0 +1,359 @@
+//! `Agent`: ties state, configuration, error reporting and the backend together (plan II.C-I).
+//!
+//! Every periodic job (heartbeat, update polling, lock heartbeat), the WebSocket client, the
+//! event handler and the OS-signal watcher is a task on one `CancellationToken`.
+//! [`Agent::graceful_shutdown`] may be called from any task; `run` then joins the tasks with a
+//! timeout, releases the lock, logs `Shutdown complete` and returns, so `main` can exit 0.
+//! Nothing here calls `process::exit`, and nothing here logs a credential.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use cms_protocol::{
+    BUILD_VERSION, Metrics, RegisterRequest, ServerEvent, StatusReport, UpdateInfo,
+};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::agent_state::{AgentState, StateCell};
+use crate::core::config::{ConfigManager, ConfigNotice, Credentials, Intervals};
+use crate::core::error_reporter::ErrorReporter;
+use crate::core::storage::StateManager;
+use crate::net::http_client::{HttpClient, HttpError};
+use crate::net::ws_client::{WSClient, WsError};
+use crate::net::{UrlError, backoff, parse_server_url};
+use crate::system::{self, lock_manager::LockManager};
+
+/// How long shutdown waits for tasks before aborting them.
+const SHUTDOWN_JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Ceiling of the registration retry backoff.
+const REGISTER_MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Why the agent cannot be built from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// No backend URL in config.json or on the command line.
+    #[error("no server URL configured: pass --server URL once (it is saved in config.json)")]
+    NoServer,
+    /// The configured URL is unusable.
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// The HTTP client cannot be set up.
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    /// The WebSocket client cannot be set up.
+    #[error(transparent)]
+    Ws(#[from] WsError),
+}
+
+/// Settings for one run that do not live in config.json.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// Timers in effect (config.json with command-line overrides applied).
+    pub intervals: Intervals,
+    /// Sent at registration when the server requires one. Never logged.
+    pub enrollment_token: Option<String>,
+}
+
+/// The running agent; cheap to clone into tasks.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: StateCell,
+    config: Mutex<ConfigManager>,
+    http: HttpClient,
+    ws: WSClient,
+    reporter: ErrorReporter,
+    lock: LockManager,
+    cancel: CancellationToken,
+    options: AgentOptions,
+    metrics: Mutex<MetricsSampler>,
+}
+
+impl Agent {
+    /// Builds the agent around an acquired lock and a loaded configuration.
+    pub fn new(
+        storage: &StateManager,
+        config: ConfigManager,
+        lock: LockManager,
+        options: AgentOptions,
+    ) -> Result<Self, AgentError> {
+        let server = config.config().server_url.clone().ok_or(AgentError::NoServer)?;
+        let base = parse_server_url(&server)?;
+        let http = HttpClient::new(base.clone())?;
+        if let Some(credentials) = config.config().credentials.clone() {
+            http.set_credentials(credentials);
+        }
+        let ws_max = Duration::from_secs(options.intervals.ws_reconnect_max_secs);
+        let max_reports = config.config().error_buffer_max_reports;
+        let inner = Inner {
+            state: StateCell::default(),
+            config: Mutex::new(config),
+            http,
+            ws: WSClient::new(&base, ws_max)?,
+            reporter: ErrorReporter::open(storage.error_buffer_path(), max_reports),
+            lock,
+            cancel: CancellationToken::new(),
+            options,
+            metrics: Mutex::new(MetricsSampler::new()),
+        };
+        Ok(Agent { inner: Arc::new(inner) })
+    }
+
+    /// The agent's state right now.
+    pub fn state(&self) -> AgentState {
+        self.inner.state.get()
+    }
+
+    /// Asks every task to stop; `run` finishes the shutdown. Safe from any task, any number of
+    /// times.
+    pub fn graceful_shutdown(&self) {
+        self.inner.graceful_shutdown();
+    }
+
+    /// Runs until a shutdown is requested, then stops everything in order. `notices` from
+    /// loading config.json are reported to the backend (or buffered) first.
+    pub async fn run(self, notices: Vec<ConfigNotice>) {
+        let inner = &self.inner;
+        let mut tasks = JoinSet::new();
+        tasks.spawn(watch_os_signals(inner.clone()));
+        tasks.spawn(lock_heartbeat(inner.clone()));
+        for notice in notices {
+            inner.report(notice.kind, &notice.message, Value::Null).await;
+        }
+        if inner.register_until_done().await {
+            let _ = inner.state.set_state(AgentState::Idle);
+            inner.reporter.flush(&inner.http).await;
+            spawn_services(inner, &mut tasks);
+        }
+        inner.cancel.cancelled().await;
+        inner.finish_shutdown(tasks).await;
+    }
+}
+
+fn spawn_services(inner: &Arc<Inner>, tasks: &mut JoinSet<()>) {
+    let (events_tx, events_rx) = mpsc::channel(16);
+    tasks.spawn(status_loop(inner.clone()));
+    tasks.spawn(poll_loop(inner.clone()));
+    tasks.spawn(event_loop(inner.clone(), events_rx));
+    let ws_inner = inner.clone();
+    tasks.spawn(async move {
+        let token = || ws_inner.http.bearer_token();
+        ws_inner.ws.run(token, events_tx, ws_inner.cancel.clone()).await;
+    });
+}
+
+impl Inner {
+    fn graceful_shutdown(&self) {
+        if self.state.get() != AgentState::ShuttingDown {
+            let _ = self.state.set_state(AgentState::ShuttingDown);
+        }
+        self.cancel.cancel();
+    }
+
+    async fn finish_shutdown(&self, mut tasks: JoinSet<()>) {
+        self.graceful_shutdown();
+        let joined = tokio::time::timeout(SHUTDOWN_JOIN_TIMEOUT, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if joined.is_err() {
+            tracing::warn!(timeout_secs = SHUTDOWN_JOIN_TIMEOUT.as_secs(), "tasks did not stop in time; aborting them");
+            tasks.abort_all();
+        }
+        let _ = self.state.set_state(AgentState::Stopped);
+        self.lock.release();
+        tracing::info!(version = BUILD_VERSION, "Shutdown complete");
+    }
+
+    async fn report(&self, kind: &str, message: &str, details: Value) {
+        self.reporter.report(&self.http, kind, message, details).await;
+    }
+
+    fn config(&self) -> MutexGuard<'_, ConfigManager> {
+        self.config.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers unless credentials exist; retries with backoff. `false` if cancelled first.
+    async fn register_until_done(&self) -> bool {
+        let mut failures = 0;
+        while !self.http.is_registered() {
+            match self.http.register(&self.register_request()).await {
+                Ok(identity) => self.save_identity(identity.agent_id, identity.agent_token),
+                Err(err) => {
+                    failures += 1;
+                    let message = format!("registration failed: {err}");
+                    self.report("registration_failed", &message, json!({ "attempt": failures })).await;
+                    let delay = backoff(failures, REGISTER_MAX_BACKOFF);
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return false,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        !self.cancel.is_cancelled()
+    }
+
+    fn register_request(&self) -> RegisterRequest {
+        RegisterRequest {
+            hostname: sysinfo::System::host_name().unwrap_or_else(|_| "unknown".into()),
+            platform: system::PLATFORM.to_owned(),
+            version: BUILD_VERSION.to_owned(),
+            enrollment_token: self.options.enrollment_token.clone(),
+        }
+    }
+
+    fn save_identity(&self, agent_id: String, agent_token: String) {
+        let credentials = Credentials { agent_id, agent_token };
+        tracing::info!(agent_id = %credentials.agent_id, "registered with the server");
+        if let Err(err) = self.config().update(|c| c.credentials = Some(credentials.clone())) {
+            tracing::error!(error = %err, "cannot save the agent's identity; it will register again at next start");
+        }
+        self.http.set_credentials(credentials);
+    }
+
+    async fn send_status(&self) {
+        let buffered = self.reporter.buffered().await;
+        let metrics = self.metrics.lock().unwrap_or_else(|p| p.into_inner()).sample(buffered);
+        let report = StatusReport { state: self.state.get(), version: BUILD_VERSION.to_owned(), metrics };
+        match self.http.send_status(&report).await {
+            Ok(()) if buffered > 0 => self.reporter.flush(&self.http).await,
+            Ok(()) => tracing::debug!(state = %report.state, "heartbeat sent"),
+            Err(HttpError::Unauthorized { .. }) => self.register_again().await,
+            Err(err) => self.report("status_report_failed", &err.to_string(), Value::Null).await,
+        }
+    }
+
+    /// The server no longer knows this agent (its database was reset): enroll anew.
+    async fn register_again(&self) {
+        tracing::warn!("the server rejected this agent's credential; registering again");
+        self.http.clear_credentials();
+        if let Err(err) = self.config().update(|c| c.credentials = None) {
+            tracing::error!(error = %err, "cannot clear the rejected credential from config.json");
+        }
+        self.register_until_done().await;
+    }
+
+    async fn check_for_update(&self, trigger: &'static str) {
+        match self.http.check_for_update(BUILD_VERSION, system::PLATFORM).await {
+            Ok(None) => tracing::info!(trigger, version = BUILD_VERSION, "no update available"),
+            Ok(Some(update)) => self.on_update_available(trigger, &update),
+            Err(err) => {
+                let message = format!("update check failed: {err}");
+                self.report("update_check_failed", &message, json!({ "trigger": trigger })).await;
+            }
+        }
+    }
+
+    fn on_update_available(&self, trigger: &'static str, update: &UpdateInfo) {
+        // The update flow itself (download, verify, hand over to the updater) is a separate
+        // piece of work; until it lands, an available update is logged and left alone.
+        tracing::warn!(trigger, version = %update.version, "update available; self-update is not in this build, ignoring it");
+    }
+}
+
+async fn watch_os_signals(inner: Arc<Inner>) {
+    tokio::select! {
+        _ = inner.cancel.cancelled() => {}
+        result = system::shutdown_signal() => {
+            if let Err(err) = result {
+                tracing::error!(error = %err, "cannot watch for OS stop signals");
+                return;
+            }
+            inner.graceful_shutdown();
+        }
+    }
+}
+
+async fn lock_heartbeat(inner: Arc<Inner>) {
+    let every = Duration::from_secs(inner.options.intervals.lock_heartbeat_secs.max(1));
+    inner.lock.run_heartbeat(every, inner.cancel.clone()).await;
+}
+
+async fn status_loop(inner: Arc<Inner>) {
+    let every = Duration::from_secs(inner.options.intervals.status_secs.max(1));
+    loop {
+        inner.send_status().await;
+        if !sleep_or_cancel(&inner.cancel, jittered(every)).await {
+            return;
+        }
+    }
+}
+
+async fn poll_loop(inner: Arc<Inner>) {
+    let every = Duration::from_secs(inner.options.intervals.update_poll_secs.max(1));
+    while sleep_or_cancel(&inner.cancel, jittered(every)).await {
+        inner.reporter.flush(&inner.http).await;
+        inner.check_for_update("poll").await;
+    }
+}
+
+async fn event_loop(inner: Arc<Inner>, mut events: mpsc::Receiver<ServerEvent>) {
+    loop {
+        let event = tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            event = events.recv() => event,
+        };
+        match event {
+            Some(ServerEvent::UpdateRequired(_)) => inner.check_for_update("push").await,
+            None => return,
+        }
+    }
+}
+
+/// Sleeps `delay` unless cancelled first; `true` when the full delay passed.
+async fn sleep_or_cancel(cancel: &CancellationToken, delay: Duration) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(delay) => true,
+    }
+}
+
+/// `every` +/- 10 %, so a fleet's timers drift apart instead of hitting the server together.
+fn jittered(every: Duration) -> Duration {
+    every.mul_f64(0.9 + fastrand::f64() * 0.2)
+}
+
+/// Samples the agent's own resource use for heartbeats.
+#[derive(Debug)]
+struct MetricsSampler {
+    system: Option<sysinfo::System>,
+    pid: sysinfo::Pid,
+    started: Instant,
+}
+
+impl MetricsSampler {
+    fn new() -> Self {
+        MetricsSampler {
+            system: sysinfo::System::new().ok(),
+            pid: sysinfo::Pid::from_u32(std::process::id()),
+            started: Instant::now(),
+        }
+    }
+
+    fn sample(&mut self, buffered_errors: u64) -> Metrics {
+        let (rss_bytes, cpu_percent) = self.process_usage().unwrap_or((0, 0.0));
+        Metrics {
+            rss_bytes,
+            cpu_percent,
+            uptime_secs: self.started.elapsed().as_secs(),
+            buffered_errors,
+        }
+    }
+
+    fn process_usage(&mut self) -> Option<(u64, f32)> {
+        use sysinfo::{ProcessRefreshKind, ProcessesToUpdate};
+        let system = self.system.as_mut()?;
+        let kind = ProcessRefreshKind::nothing().with_memory().with_cpu();
+        system.refresh_processes_specifics(ProcessesToUpdate::Some(&[self.pid]), true, kind);
+        let process = system.process(self.pid)?;
+        Some((process.memory(), process.cpu_usage()))
+    }
+}

@@ -1,0 +1,296 @@
+//! Error reporting that survives an outage (plan II.I.2).
+//!
+//! `report` posts a report at once; when the backend cannot take it, the report is appended to
+//! `error_reports.jsonl`. The buffer is bounded: past the bound, newer reports are dropped and
+//! counted (the count is kept in `error_reports.dropped` and sent as its own report), so the
+//! first errors of an outage, usually the cause, survive. `flush` re-sends the buffer oldest
+//! first. Each report has a unique `report_id`, so a re-send after a lost answer is stored once.
+//! This module must never block the agent for long or panic on a damaged buffer file.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use cms_protocol::{BUILD_VERSION, ErrorReport};
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::clock;
+use crate::core::storage::write_atomic;
+use crate::net::http_client::HttpClient;
+
+/// Reports sent per request when the buffer is flushed.
+const FLUSH_BATCH: usize = 200;
+/// Longest message kept; longer ones are cut (a report is a pointer, not a log dump).
+const MAX_MESSAGE_BYTES: usize = 4096;
+/// Kind of the report that says how many reports were dropped.
+pub const OVERFLOW_KIND: &str = "error_buffer_overflow";
+
+/// Sends error reports to the backend, buffering them on disk while it is unreachable.
+#[derive(Debug)]
+pub struct ErrorReporter {
+    buffer: Mutex<ErrorBuffer>,
+}
+
+impl ErrorReporter {
+    /// Opens (or starts) the buffer at `path`, keeping at most `max_reports` reports.
+    pub fn open(path: PathBuf, max_reports: usize) -> Self {
+        ErrorReporter { buffer: Mutex::new(ErrorBuffer::open(path, max_reports.max(1))) }
+    }
+
+    /// Logs the problem and delivers it to the backend now, or buffers it for later.
+    pub async fn report(&self, http: &HttpClient, kind: &str, message: &str, details: Value) {
+        tracing::error!(kind, "{message}");
+        let report = new_report(kind, message, details);
+        if self.buffered().await == 0 {
+            match http.report_errors(std::slice::from_ref(&report)).await {
+                Ok(_) => return,
+                Err(err) => tracing::debug!(error = %err, "error report buffered"),
+            }
+        }
+        self.buffer.lock().await.push(report);
+    }
+
+    /// Re-sends buffered reports, oldest first; stops at the first failure and keeps the rest.
+    pub async fn flush(&self, http: &HttpClient) {
+        loop {
+            let batch = self.buffer.lock().await.oldest(FLUSH_BATCH);
+            if batch.is_empty() {
+                break;
+            }
+            match http.report_errors(&batch).await {
+                Ok(answer) => {
+                    let left = self.buffer.lock().await.remove_oldest(batch.len());
+                    tracing::info!(sent = batch.len(), stored = answer.stored, duplicates = answer.duplicates, left, "buffered error reports delivered");
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "buffered error reports kept for a later attempt");
+                    return;
+                }
+            }
+        }
+        self.flush_drop_count(http).await;
+    }
+
+    /// Reports waiting in the buffer (heartbeats carry this number).
+    pub async fn buffered(&self) -> u64 {
+        self.buffer.lock().await.reports.len() as u64
+    }
+
+    async fn flush_drop_count(&self, http: &HttpClient) {
+        let (dropped, max) = {
+            let buffer = self.buffer.lock().await;
+            (buffer.dropped, buffer.max_reports)
+        };
+        if dropped == 0 {
+            return;
+        }
+        let message = format!(
+            "{dropped} error reports were dropped while the backend was unreachable (the buffer keeps {max})"
+        );
+        let report = new_report(OVERFLOW_KIND, &message, serde_json::json!({ "dropped": dropped }));
+        if http.report_errors(&[report]).await.is_ok() {
+            self.buffer.lock().await.subtract_dropped(dropped);
+        }
+    }
+}
+
+fn new_report(kind: &str, message: &str, details: Value) -> ErrorReport {
+    let mut message = message.to_owned();
+    message.truncate(message.floor_char_boundary(MAX_MESSAGE_BYTES));
+    ErrorReport {
+        report_id: uuid::Uuid::new_v4().to_string(),
+        kind: kind.to_owned(),
+        message,
+        agent_version: BUILD_VERSION.to_owned(),
+        created_at: clock::now_rfc3339(),
+        details,
+    }
+}
+
+/// `error_reports.jsonl` and its drop counter, mirrored in memory.
+#[derive(Debug)]
+struct ErrorBuffer {
+    path: PathBuf,
+    dropped_path: PathBuf,
+    reports: Vec<ErrorReport>,
+    max_reports: usize,
+    dropped: u64,
+}
+
+impl ErrorBuffer {
+    fn open(path: PathBuf, max_reports: usize) -> Self {
+        let dropped_path = path.with_extension("dropped");
+        let (mut reports, unreadable) = read_reports(&path);
+        let mut dropped = read_count(&dropped_path) + unreadable;
+        if reports.len() > max_reports {
+            dropped += (reports.len() - max_reports) as u64;
+            reports.truncate(max_reports);
+        }
+        let buffer = ErrorBuffer { path, dropped_path, reports, max_reports, dropped };
+        if unreadable > 0 {
+            tracing::warn!(unreadable, "skipped damaged lines in the error buffer");
+            buffer.rewrite();
+        }
+        buffer
+    }
+
+    fn push(&mut self, report: ErrorReport) {
+        if self.reports.len() >= self.max_reports {
+            self.dropped += 1;
+            self.save_count();
+            tracing::warn!(dropped = self.dropped, "error buffer full; report dropped");
+            return;
+        }
+        match append_line(&self.path, &report) {
+            Ok(()) => self.reports.push(report),
+            Err(err) => {
+                self.dropped += 1;
+                tracing::warn!(error = %err, path = %self.path.display(), "cannot buffer error report; dropped");
+            }
+        }
+    }
+
+    fn oldest(&self, n: usize) -> Vec<ErrorReport> {
+        self.reports.iter().take(n).cloned().collect()
+    }
+
+    /// Drops the `n` oldest (just delivered) reports; returns how many are left.
+    fn remove_oldest(&mut self, n: usize) -> usize {
+        self.reports.drain(..n.min(self.reports.len()));
+        self.rewrite();
+        self.reports.len()
+    }
+
+    fn subtract_dropped(&mut self, delivered: u64) {
+        self.dropped = self.dropped.saturating_sub(delivered);
+        self.save_count();
+    }
+
+    fn rewrite(&self) {
+        let result = if self.reports.is_empty() {
+            remove_if_present(&self.path)
+        } else {
+            write_atomic(&self.path, &encode_lines(&self.reports))
+        };
+        if let Err(err) = result {
+            tracing::warn!(error = %err, path = %self.path.display(), "cannot rewrite the error buffer");
+        }
+    }
+
+    fn save_count(&self) {
+        let result = if self.dropped == 0 {
+            remove_if_present(&self.dropped_path)
+        } else {
+            fs::write(&self.dropped_path, self.dropped.to_string())
+        };
+        if let Err(err) = result {
+            tracing::warn!(error = %err, "cannot record the dropped-report count");
+        }
+    }
+}
+
+/// The readable reports of the file, and how many lines were damaged.
+fn read_reports(path: &Path) -> (Vec<ErrorReport>, u64) {
+    let Ok(text) = fs::read_to_string(path) else {
+        return (Vec::new(), 0);
+    };
+    let mut unreadable = 0;
+    let reports = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .filter_map(|line| {
+            let parsed = serde_json::from_str(line).ok();
+            unreadable += u64::from(parsed.is_none());
+            parsed
+        })
+        .collect();
+    (reports, unreadable)
+}
+
+fn read_count(path: &Path) -> u64 {
+    fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+}
+
+fn encode_lines(reports: &[ErrorReport]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for report in reports {
+        if serde_json::to_writer(&mut out, report).is_ok() {
+            out.push(b'\n');
+        }
+    }
+    out
+}
+
+fn append_line(path: &Path, report: &ErrorReport) -> io::Result<()> {
+    let mut line = serde_json::to_vec(report).map_err(io::Error::other)?;
+    line.push(b'\n');
+    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+    file.write_all(&line)?;
+    file.sync_data()
+}
+
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(n: usize) -> ErrorReport {
+        new_report("test", &format!("report {n}"), Value::Null)
+    }
+
+    #[test]
+    fn buffer_is_bounded_keeps_the_oldest_and_counts_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("error_reports.jsonl");
+        let mut buffer = ErrorBuffer::open(path.clone(), 3);
+        for n in 0..10 {
+            buffer.push(report(n));
+        }
+        assert_eq!(buffer.reports.len(), 3);
+        assert_eq!(buffer.dropped, 7);
+        let reopened = ErrorBuffer::open(path, 3);
+        assert_eq!(reopened.reports.len(), 3);
+        assert_eq!(reopened.reports[0].message, "report 0");
+        assert_eq!(reopened.dropped, 7);
+    }
+
+    #[test]
+    fn removing_delivered_reports_rewrites_and_finally_deletes_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("error_reports.jsonl");
+        let mut buffer = ErrorBuffer::open(path.clone(), 10);
+        for n in 0..4 {
+            buffer.push(report(n));
+        }
+        assert_eq!(buffer.remove_oldest(3), 1);
+        assert_eq!(read_reports(&path).0[0].message, "report 3");
+        assert_eq!(buffer.remove_oldest(3), 0);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn damaged_lines_are_skipped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("error_reports.jsonl");
+        let good = serde_json::to_string(&report(1)).unwrap();
+        fs::write(&path, format!("{good}\n{{truncated\n")).unwrap();
+        let buffer = ErrorBuffer::open(path.clone(), 10);
+        assert_eq!(buffer.reports.len(), 1);
+        assert_eq!(buffer.dropped, 1);
+        assert_eq!(read_reports(&path), (vec![buffer.reports[0].clone()], 0));
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_char_boundary() {
+        let long = "é".repeat(MAX_MESSAGE_BYTES);
+        let report = new_report("k", &long, Value::Null);
+        assert!(report.message.len() <= MAX_MESSAGE_BYTES);
+    }
+}

@@ -1,0 +1,136 @@
+//! `StateManager`: where the agent keeps its files, and how it writes them safely.
+//!
+//! The storage path follows design.md section 3: `--data-dir`/`CMS_AGENT_DATA_DIR`, else the
+//! per-machine folder when elevated, else the per-user one. Nothing is ever written next to the
+//! executable. Every file that must survive a crash mid-write goes through [`write_atomic`].
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::system;
+
+/// Why the storage path cannot be used; the agent exits with code 2 on these.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// Neither an override nor the environment says where the data lives.
+    #[error(
+        "cannot choose a storage path: the environment has no PROGRAMDATA/LOCALAPPDATA/HOME; pass --data-dir DIR"
+    )]
+    NoDefault,
+    /// The folder cannot be created or protected.
+    #[error("cannot prepare storage path {path}: {source}")]
+    Io {
+        /// The folder.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+}
+
+/// The agent's storage path and the well-known files inside it.
+#[derive(Debug, Clone)]
+pub struct StateManager {
+    storage_path: PathBuf,
+}
+
+impl StateManager {
+    /// Chooses the storage path (override first), creates it and restricts it to its owner.
+    pub fn new(override_dir: Option<PathBuf>) -> Result<Self, StorageError> {
+        let storage_path = match override_dir {
+            Some(dir) => absolute(dir),
+            None => system::default_data_dir(system::is_running_as_admin())
+                .ok_or(StorageError::NoDefault)?,
+        };
+        let manager = StateManager { storage_path };
+        manager.ensure_directory_permissions()?;
+        Ok(manager)
+    }
+
+    /// The storage path itself.
+    pub fn storage_path(&self) -> &Path {
+        &self.storage_path
+    }
+
+    /// `config.json`.
+    pub fn config_path(&self) -> PathBuf {
+        self.storage_path.join("config.json")
+    }
+
+    /// `logs/`: the agent's and the updater's log files.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.storage_path.join("logs")
+    }
+
+    /// `error_reports.jsonl`: reports waiting for the backend.
+    pub fn error_buffer_path(&self) -> PathBuf {
+        self.storage_path.join("error_reports.jsonl")
+    }
+
+    /// `updates/`: downloads in progress.
+    pub fn updates_dir(&self) -> PathBuf {
+        self.storage_path.join("updates")
+    }
+
+    fn ensure_directory_permissions(&self) -> Result<(), StorageError> {
+        let io_err = |source| StorageError::Io {
+            path: self.storage_path.clone(),
+            source,
+        };
+        fs::create_dir_all(&self.storage_path).map_err(io_err)?;
+        system::restrict_directory(&self.storage_path).map_err(io_err)?;
+        fs::create_dir_all(self.logs_dir()).map_err(io_err)?;
+        tracing::debug!(path = %self.storage_path.display(), "storage path ready");
+        Ok(())
+    }
+}
+
+fn absolute(dir: PathBuf) -> PathBuf {
+    std::path::absolute(&dir).unwrap_or(dir)
+}
+
+/// Writes `bytes` to `path` so that a reader (or a crash) sees the old or the new content,
+/// never a mix: temp file in the same folder, flush to disk, rename over.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let mut temp_name = file_name.to_os_string();
+    temp_name.push(format!(".tmp-{}", std::process::id()));
+    let temp = path.with_file_name(temp_name);
+    let result = write_and_sync(&temp, bytes).and_then(|()| fs::rename(&temp, path));
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+fn write_and_sync(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = fs::File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn override_is_created_and_holds_the_well_known_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = StateManager::new(Some(dir.path().join("nested/data"))).unwrap();
+        assert!(storage.storage_path().is_dir());
+        assert!(storage.logs_dir().is_dir());
+        assert_eq!(storage.config_path(), storage.storage_path().join("config.json"));
+    }
+
+    #[test]
+    fn atomic_write_replaces_content_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.json");
+        write_atomic(&path, b"old").unwrap();
+        write_atomic(&path, b"new").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

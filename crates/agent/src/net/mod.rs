@@ -1,0 +1,101 @@
+//! Everything the agent says to its backend: HTTP calls and the WebSocket that carries pushes.
+//!
+//! This module must never decide what to do with an answer (retry policy, state changes, error
+//! buffering): it performs one exchange and returns a typed result.
+
+pub mod http_client;
+pub mod ws_client;
+
+use std::time::Duration;
+
+use url::Url;
+
+/// First retry delay after a failure.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Why a server URL is refused before anything is sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    /// Not a URL at all.
+    #[error("invalid server URL {url:?}: {reason}")]
+    Invalid {
+        /// What was given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Plain HTTP to a machine other than this one would expose the agent's credential.
+    #[error("refusing plain http to {host}: use https (plain http is allowed only to loopback)")]
+    Insecure {
+        /// The remote host.
+        host: String,
+    },
+}
+
+/// Parses a backend base URL and enforces HTTPS except to loopback (design.md section 7).
+pub fn parse_server_url(raw: &str) -> Result<Url, UrlError> {
+    let invalid = |reason: String| UrlError::Invalid { url: raw.to_owned(), reason };
+    let url = Url::parse(raw).map_err(|e| invalid(e.to_string()))?;
+    let host = url.host_str().ok_or_else(|| invalid("no host".into()))?.to_owned();
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&host) => Ok(url),
+        "http" => Err(UrlError::Insecure { host }),
+        other => Err(invalid(format!("scheme {other:?} is not http or https"))),
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `base` + an absolute API path, keeping any path prefix the base carries.
+pub fn endpoint(base: &Url, path: &str) -> String {
+    format!("{}{}", base.as_str().trim_end_matches('/'), path)
+}
+
+/// Delay before retry number `failures`: exponential from 1 s, capped at `max`, with jitter
+/// over its upper half so a fleet that lost its server does not come back in lockstep.
+pub fn backoff(failures: u32, max: Duration) -> Duration {
+    let exponent = failures.saturating_sub(1).min(16);
+    let ceiling = FIRST_BACKOFF.saturating_mul(1 << exponent).min(max.max(FIRST_BACKOFF));
+    ceiling.mul_f64(0.5 + fastrand::f64() * 0.5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped_with_jitter() {
+        let max = Duration::from_secs(60);
+        for failures in 0..40 {
+            let delay = backoff(failures, max);
+            assert!(delay <= max, "{failures}: {delay:?}");
+            assert!(delay >= Duration::from_millis(500));
+        }
+        assert!(backoff(10, max) >= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn https_anywhere_and_http_only_to_loopback() {
+        assert!(parse_server_url("https://cms.example.com").is_ok());
+        assert!(parse_server_url("http://127.0.0.1:8080").is_ok());
+        assert!(parse_server_url("http://[::1]:8080").is_ok());
+        assert!(parse_server_url("http://localhost").is_ok());
+        assert_eq!(
+            parse_server_url("http://cms.example.com"),
+            Err(UrlError::Insecure { host: "cms.example.com".into() })
+        );
+        assert!(parse_server_url("ftp://127.0.0.1").is_err());
+        assert!(parse_server_url("not a url").is_err());
+    }
+
+    #[test]
+    fn endpoint_keeps_a_path_prefix() {
+        let base = Url::parse("https://h/cms/").unwrap();
+        assert_eq!(endpoint(&base, "/api/v1/x"), "https://h/cms/api/v1/x");
+    }
+}

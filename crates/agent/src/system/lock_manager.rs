@@ -1,0 +1,253 @@
+//! `LockManager`: the one-agent-per-storage-path guarantee (plan II.B.3).
+//!
+//! The OS lock on `agent.lock` decides ownership: it dies with its process, so a crashed agent
+//! never blocks the next start, and a stale file is simply taken over. The file's content (PID,
+//! process start time, heartbeat timestamp, version) is for other processes to read. This module
+//! must never decide what to do when the lock is held (exit, wait, ask over IPC): callers do.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use cms_protocol::{BUILD_VERSION, LockRecord};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock;
+use crate::system;
+
+/// Name of the lock file inside the storage path.
+pub const LOCK_FILE_NAME: &str = "agent.lock";
+
+/// How often to retry when the file was swapped under us between open and lock.
+const OPEN_ATTEMPTS: usize = 5;
+
+/// Why the lock could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// The file system refused; the message names the file.
+    #[error("cannot use lock file {path}: {source}")]
+    Io {
+        /// The lock file.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The lock file kept being replaced while we tried to lock it.
+    #[error("lock file {0} kept changing while it was being locked; is another agent starting?")]
+    Unstable(PathBuf),
+}
+
+/// Outcome of [`LockManager::acquire`].
+#[derive(Debug)]
+pub enum Acquire {
+    /// This process now owns the lock.
+    Acquired,
+    /// A live process owns it; its record, when readable.
+    HeldBy(Option<LockRecord>),
+}
+
+/// Owns `agent.lock` while the agent runs; releases it on `release()` and on drop.
+#[derive(Debug)]
+pub struct LockManager {
+    path: PathBuf,
+    held: Mutex<Option<File>>,
+}
+
+impl LockManager {
+    /// A manager for `storage_path/agent.lock`; nothing is touched until `acquire`.
+    pub fn new(storage_path: &Path) -> Self {
+        LockManager {
+            path: storage_path.join(LOCK_FILE_NAME),
+            held: Mutex::new(None),
+        }
+    }
+
+    /// The lock file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Takes the lock if no live process holds it, taking over a stale file left by a crash.
+    pub fn acquire(&self) -> Result<Acquire, LockError> {
+        for _ in 0..OPEN_ATTEMPTS {
+            let mut file = self.open()?;
+            if !system::try_lock_exclusive(&file).map_err(|e| self.io(e))? {
+                return Ok(Acquire::HeldBy(read_lock_record(&self.path)));
+            }
+            if !system::is_same_file(&file, &self.path).map_err(|e| self.io(e))? {
+                continue; // the previous owner deleted it between our open and lock
+            }
+            log_takeover(&mut file);
+            write_record(&mut file).map_err(|e| self.io(e))?;
+            *self.lock_held() = Some(file);
+            tracing::info!(path = %self.path.display(), pid = std::process::id(), "lock acquired");
+            return Ok(Acquire::Acquired);
+        }
+        Err(LockError::Unstable(self.path.clone()))
+    }
+
+    /// Rewrites the heartbeat timestamp so readers can tell a live owner from a hung one.
+    pub fn refresh(&self) -> Result<(), LockError> {
+        let mut held = self.lock_held();
+        let Some(file) = held.as_mut() else {
+            return Ok(());
+        };
+        if !system::is_same_file(file, &self.path).map_err(|e| self.io(e))? {
+            return Err(self.io(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the lock file was removed or replaced by another process",
+            )));
+        }
+        write_record(file).map_err(|e| self.io(e))
+    }
+
+    /// Refreshes the timestamp every `every` until `cancel`; a lock that cannot be kept
+    /// cancels the agent, because two agents must never run at once.
+    pub async fn run_heartbeat(&self, every: Duration, cancel: CancellationToken) {
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            if let Err(err) = self.refresh() {
+                tracing::error!(error = %err, "lost the instance lock; stopping");
+                cancel.cancel();
+                return;
+            }
+            tracing::debug!("lock heartbeat written");
+        }
+    }
+
+    /// Deletes the file and drops the OS lock; safe to call more than once.
+    pub fn release(&self) {
+        let Some(file) = self.lock_held().take() else {
+            return;
+        };
+        // Delete while still locked, so no other process can lock the old file and think it
+        // owns the path; `acquire` re-checks the path's identity for the same reason.
+        if let Err(err) = std::fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %err, "cannot delete lock file");
+        }
+        drop(file);
+        tracing::info!(path = %self.path.display(), "lock released");
+    }
+
+    fn open(&self) -> Result<File, LockError> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.path)
+            .map_err(|e| self.io(e))
+    }
+
+    fn lock_held(&self) -> std::sync::MutexGuard<'_, Option<File>> {
+        self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn io(&self, source: io::Error) -> LockError {
+        LockError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+impl Drop for LockManager {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Reads the record of whoever holds (or held) the lock at `path`; `None` when absent or torn.
+pub fn read_lock_record(path: &Path) -> Option<LockRecord> {
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn log_takeover(file: &mut File) {
+    let mut previous = String::new();
+    if file.read_to_string(&mut previous).is_err() || previous.trim().is_empty() {
+        return;
+    }
+    match serde_json::from_str::<LockRecord>(&previous) {
+        Ok(record) => tracing::warn!(
+            stale_pid = record.pid,
+            last_heartbeat = %record.timestamp,
+            "recovered a stale lock left by an agent that is gone"
+        ),
+        Err(_) => tracing::warn!("recovered a stale lock file with unreadable content"),
+    }
+}
+
+fn write_record(file: &mut File) -> io::Result<()> {
+    let pid = std::process::id();
+    let record = LockRecord {
+        pid,
+        process_start: system::process_start_time(pid).unwrap_or(0),
+        timestamp: clock::now_rfc3339(),
+        version: BUILD_VERSION.to_owned(),
+    };
+    let bytes = serde_json::to_vec(&record).map_err(io::Error::other)?;
+    file.set_len(0)?;
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(&bytes)?;
+    file.sync_data()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_manager_on_the_same_path_sees_the_first_as_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = LockManager::new(dir.path());
+        assert!(matches!(first.acquire().unwrap(), Acquire::Acquired));
+        let second = LockManager::new(dir.path());
+        match second.acquire().unwrap() {
+            Acquire::HeldBy(Some(record)) => assert_eq!(record.pid, std::process::id()),
+            other => panic!("expected HeldBy with a record, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn release_deletes_the_file_and_frees_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = LockManager::new(dir.path());
+        assert!(matches!(first.acquire().unwrap(), Acquire::Acquired));
+        first.release();
+        assert!(!first.path().exists());
+        let second = LockManager::new(dir.path());
+        assert!(matches!(second.acquire().unwrap(), Acquire::Acquired));
+    }
+
+    #[test]
+    fn a_stale_file_without_a_live_owner_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = r#"{"pid":999999,"process_start":1,"timestamp":"2020-01-01T00:00:00Z","version":"0.0.1"}"#;
+        std::fs::write(dir.path().join(LOCK_FILE_NAME), stale).unwrap();
+        let manager = LockManager::new(dir.path());
+        assert!(matches!(manager.acquire().unwrap(), Acquire::Acquired));
+        let record = read_lock_record(manager.path()).unwrap();
+        assert_eq!(record.pid, std::process::id());
+        assert_eq!(record.version, BUILD_VERSION);
+    }
+
+    #[test]
+    fn refresh_moves_the_timestamp_and_notices_a_deleted_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let manager = LockManager::new(dir.path());
+        manager.acquire().unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        let before = read_lock_record(manager.path()).unwrap().timestamp;
+        manager.refresh().unwrap();
+        assert_ne!(read_lock_record(manager.path()).unwrap().timestamp, before);
+        std::fs::remove_file(manager.path()).unwrap();
+        assert!(manager.refresh().is_err());
+    }
+}

@@ -1,0 +1,266 @@
+//! Wire types shared by `cms_agent`, `updater` and `cms-server`.
+//!
+//! Everything that crosses a process boundary as JSON is defined here once, so the agent and
+//! the reference server cannot drift apart. This crate holds data and names only: it must never
+//! do I/O, hold policy (which transitions are allowed, how often to poll) or depend on a runtime.
+//! `docs/protocol.md` describes the HTTP and WebSocket API these types travel over.
+
+mod state;
+
+pub use state::{AgentState, UnknownState};
+
+use serde::{Deserialize, Serialize};
+
+/// The version compiled into the agent and the updater: `CMS_BUILD_VERSION` when the build set
+/// it (release pipelines and tests build several versions this way), else the crate version.
+pub const BUILD_VERSION: &str = match option_env!("CMS_BUILD_VERSION") {
+    Some(version) => version,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
+/// URL paths of the agent-facing API, relative to the server's base URL.
+pub mod paths {
+    /// `POST` [`crate::RegisterRequest`] -> [`crate::RegisterResponse`].
+    pub const REGISTER: &str = "/api/v1/agent/register";
+    /// `POST` [`crate::StatusReport`] -> 204 (bearer auth).
+    pub const STATUS: &str = "/api/v1/agent/status";
+    /// `GET ?version=&platform=` -> [`crate::UpdateCheckResponse`] (bearer auth).
+    pub const UPDATE_CHECK: &str = "/api/v1/agent/update";
+    /// `POST` [`crate::ErrorBatch`] -> [`crate::ErrorBatchResponse`] (bearer auth).
+    pub const ERRORS: &str = "/api/v1/agent/errors";
+    /// WebSocket upgrade (bearer auth); the server sends [`crate::ServerEvent`] text frames.
+    pub const WEBSOCKET: &str = "/api/v1/agent/ws";
+    /// Operator API (design.md section 5).
+    pub const AGENTS: &str = "/api/v1/agents";
+    /// Operator API (design.md section 5).
+    pub const OPERATOR_ERRORS: &str = "/api/v1/errors";
+    /// Operator API (design.md section 5).
+    pub const RELEASES: &str = "/api/v1/releases";
+    /// Liveness of the server.
+    pub const HEALTHZ: &str = "/healthz";
+}
+
+/// Name of the WebSocket event that tells an agent a newer release is waiting for it.
+pub const EVENT_UPDATE_REQUIRED: &str = "agent:update_required";
+
+/// What `agent.lock` holds, for other processes to read (the updater's health check, a second
+/// instance explaining why it exits). The OS lock, not this record, decides who owns the lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRecord {
+    /// PID of the owning agent.
+    pub pid: u32,
+    /// Opaque start time of that process, so a reused PID is not mistaken for the owner.
+    pub process_start: u64,
+    /// Last heartbeat of the owner (RFC 3339, UTC).
+    pub timestamp: String,
+    /// Version of the owning agent.
+    pub version: String,
+}
+
+/// First contact of an agent, or a re-enrollment after the server forgot it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    /// Machine name shown to operators.
+    pub hostname: String,
+    /// `windows-x86_64` or `linux-x86_64`: which release packages fit this agent.
+    pub platform: String,
+    /// Version of the running agent binary.
+    pub version: String,
+    /// Required when the server was started with an enrollment token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment_token: Option<String>,
+}
+
+/// The identity the agent keeps in `config.json` and presents on every later call.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    /// Stable id of this agent in the fleet.
+    pub agent_id: String,
+    /// Per-agent bearer credential; the server keeps only its hash. Never log it.
+    pub agent_token: String,
+}
+
+impl std::fmt::Debug for RegisterResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterResponse")
+            .field("agent_id", &self.agent_id)
+            .field("agent_token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Cheap numbers an operator wants on the fleet dashboard; sampled at each heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Resident memory of the agent process.
+    pub rss_bytes: u64,
+    /// CPU used by the agent since the previous heartbeat, in percent of one core.
+    pub cpu_percent: f32,
+    /// Seconds since the agent process started.
+    pub uptime_secs: u64,
+    /// Error reports waiting in `error_reports.jsonl` for the backend to come back.
+    pub buffered_errors: u64,
+}
+
+/// The heartbeat: proves the agent is alive and says what it is doing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// Current state of the agent's state machine.
+    pub state: AgentState,
+    /// Version of the running agent binary.
+    pub version: String,
+    /// Resource use of the agent.
+    pub metrics: Metrics,
+}
+
+/// Where and what to download when a newer release exists for this agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateInfo {
+    /// Version of the release.
+    pub version: String,
+    /// Platform the package is built for.
+    pub platform: String,
+    /// Absolute URL, or a path relative to the server's base URL.
+    pub package_url: String,
+    /// Exact length of the package in bytes; a download never reads past it.
+    pub length: u64,
+    /// Lower-case hex SHA-256 of the package.
+    pub sha256: String,
+}
+
+/// Answer to an update check: `update` is absent when the agent is current.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateCheckResponse {
+    /// The release this agent should move to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdateInfo>,
+}
+
+/// One problem the agent wants an operator to see; `report_id` makes re-sends idempotent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorReport {
+    /// Unique id chosen by the agent (UUID v4): the server stores each id once.
+    pub report_id: String,
+    /// Short machine-readable category, such as `update_download` or `config_migration`.
+    pub kind: String,
+    /// Human-readable description; never contains secrets.
+    pub message: String,
+    /// Agent version that produced the report.
+    pub agent_version: String,
+    /// When the agent saw the problem (RFC 3339, UTC).
+    pub created_at: String,
+    /// Optional structured context.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub details: serde_json::Value,
+}
+
+/// Error reports travel in batches so a buffer flushed after an outage costs one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBatch {
+    /// The reports, oldest first.
+    pub reports: Vec<ErrorReport>,
+}
+
+/// How many reports of a batch were new; duplicates are re-sends the server already had.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBatchResponse {
+    /// Reports stored for the first time.
+    pub stored: u32,
+    /// Reports whose `report_id` was already stored.
+    pub duplicates: u32,
+}
+
+/// Payload of [`EVENT_UPDATE_REQUIRED`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateRequired {
+    /// The version the server wants the agent to move to, when it knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// A message pushed by the server over the agent's WebSocket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", content = "data")]
+pub enum ServerEvent {
+    /// A newer release is waiting: check for updates now instead of at the next poll.
+    #[serde(rename = "agent:update_required")]
+    UpdateRequired(UpdateRequired),
+}
+
+/// One agent as operators see it (`GET /api/v1/agents`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentSummary {
+    /// Stable id of the agent.
+    pub agent_id: String,
+    /// Machine name reported at registration.
+    pub hostname: String,
+    /// Platform reported at registration.
+    pub platform: String,
+    /// Version from the latest heartbeat.
+    pub version: String,
+    /// State from the latest heartbeat (an [`AgentState`] name).
+    pub state: String,
+    /// Time of the latest contact (RFC 3339).
+    pub last_seen: String,
+    /// Whether the agent holds a WebSocket or was seen recently.
+    pub online: bool,
+}
+
+/// One stored error report as operators see it (`GET /api/v1/errors`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredError {
+    /// Id chosen by the agent.
+    pub report_id: String,
+    /// Agent that sent the report.
+    pub agent_id: String,
+    /// Category of the problem.
+    pub kind: String,
+    /// Human-readable description.
+    pub message: String,
+    /// When the agent saw the problem (RFC 3339).
+    pub created_at: String,
+}
+
+/// One published release (`GET /api/v1/releases`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseSummary {
+    /// Version of the release.
+    pub version: String,
+    /// Platform the package is built for.
+    pub platform: String,
+    /// When it was published (RFC 3339).
+    pub published_at: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn update_required_event_has_the_documented_shape() {
+        let event = ServerEvent::UpdateRequired(UpdateRequired {
+            version: Some("2.0.0".into()),
+        });
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"event": "agent:update_required", "data": {"version": "2.0.0"}})
+        );
+        assert_eq!(serde_json::from_value::<ServerEvent>(json).unwrap(), event);
+    }
+
+    #[test]
+    fn register_response_debug_hides_the_token() {
+        let response = RegisterResponse {
+            agent_id: "a1".into(),
+            agent_token: "very-secret".into(),
+        };
+        assert!(!format!("{response:?}").contains("very-secret"));
+    }
+
+    #[test]
+    fn empty_update_check_serializes_without_update() {
+        let json = serde_json::to_string(&UpdateCheckResponse::default()).unwrap();
+        assert_eq!(json, "{}");
+    }
+}
