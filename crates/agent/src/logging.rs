@@ -40,7 +40,9 @@ pub fn init(logs_dir: &Path, file_name: &str) -> io::Result<LogGuard> {
     );
     let (file_writer, worker) = tracing_appender::non_blocking(rotating);
     let filter = EnvFilter::try_from_env(LOG_FILTER_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
-    let file_layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(file_writer);
+    let file_layer = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_writer(file_writer);
     let stderr_layer = tracing_subscriber::fmt::layer().with_writer(io::stderr);
     tracing_subscriber::registry()
         .with(filter)

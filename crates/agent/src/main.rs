@@ -8,8 +8,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use cms_agent::core::agent::{Agent, AgentOptions};
+use cms_agent::core::agent::{Agent, AgentError, AgentOptions};
 use cms_agent::core::config::{ConfigManager, Intervals};
+use cms_agent::core::error_reporter::ErrorReporter;
 use cms_agent::core::storage::StateManager;
 use cms_agent::logging;
 use cms_agent::net::parse_server_url;
@@ -29,7 +30,12 @@ struct Cli {
     #[arg(long, value_name = "URL")]
     server: Option<String>,
     /// Enrollment token, when the server requires one at registration.
-    #[arg(long, value_name = "TOKEN", env = "CMS_ENROLLMENT_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "CMS_ENROLLMENT_TOKEN",
+        hide_env_values = true
+    )]
     enrollment_token: Option<String>,
     /// Storage path override (default: per-machine when elevated, else per-user).
     #[arg(long, value_name = "DIR", env = "CMS_AGENT_DATA_DIR")]
@@ -61,27 +67,36 @@ fn run(cli: Cli) -> Result<ExitCode> {
     tracing::info!(version = BUILD_VERSION, pid = std::process::id(), data_dir = %storage.storage_path().display(), "agent starting");
     let lock = LockManager::new(storage.storage_path());
     if let Acquire::HeldBy(holder) = lock.acquire()? {
-        let who = holder.map_or("unknown pid".into(), |r| format!("pid {}, heartbeat {}", r.pid, r.timestamp));
+        let who = holder.map_or("unknown pid".into(), |r| {
+            format!("pid {}, heartbeat {}", r.pid, r.timestamp)
+        });
         tracing::error!(holder = %who, "Failed to acquire lock. Agent exiting.");
-        eprintln!("cms_agent: another agent is running on {} ({who})", storage.storage_path().display());
+        eprintln!(
+            "cms_agent: another agent is running on {} ({who})",
+            storage.storage_path().display()
+        );
         return Ok(ExitCode::from(EXIT_LOCK_HELD));
     }
-    let (config, notices) = load_config(&storage, &cli)?;
+    let (mut config, notices) = ConfigManager::load(&storage.config_path())?;
+    let reporter = ErrorReporter::open(
+        storage.error_buffer_path(),
+        config.config().error_buffer_max_reports,
+    );
+    for notice in &notices {
+        reporter.store(notice.kind, &notice.message);
+    }
+    apply_command_line(&mut config, &cli)?;
     let options = AgentOptions {
         intervals: effective_intervals(&config.config().intervals, &cli),
         enrollment_token: cli.enrollment_token,
     };
-    let agent = Agent::new(&storage, config, lock, options)?;
-    runtime()?.block_on(agent.run(notices));
+    let agent = Agent::new(config, reporter, lock, options)?;
+    runtime()?.block_on(agent.run());
     Ok(ExitCode::SUCCESS)
 }
 
-/// Loads config.json and applies what the command line changes permanently.
-fn load_config(
-    storage: &StateManager,
-    cli: &Cli,
-) -> Result<(ConfigManager, Vec<cms_agent::core::config::ConfigNotice>)> {
-    let (mut config, notices) = ConfigManager::load(&storage.config_path())?;
+/// Saves what the command line changes permanently, and the version at first start.
+fn apply_command_line(config: &mut ConfigManager, cli: &Cli) -> Result<()> {
     if let Some(server) = &cli.server {
         parse_server_url(server)?;
         config.update(|c| {
@@ -91,20 +106,29 @@ fn load_config(
             }
         })?;
     }
+    if config.config().server_url.is_none() {
+        return Err(AgentError::NoServer.into()); // checked before anything is written
+    }
     match config.config().current_version.as_deref() {
         None => config.update(|c| c.current_version = Some(BUILD_VERSION.to_owned()))?,
         Some(recorded) if recorded != BUILD_VERSION => {
-            tracing::info!(recorded, running = BUILD_VERSION, "running a different version than config.json records");
+            tracing::info!(
+                recorded,
+                running = BUILD_VERSION,
+                "running a different version than config.json records"
+            );
         }
         Some(_) => {}
     }
-    Ok((config, notices))
+    Ok(())
 }
 
 fn effective_intervals(configured: &Intervals, cli: &Cli) -> Intervals {
     Intervals {
         status_secs: cli.status_interval.unwrap_or(configured.status_secs),
-        update_poll_secs: cli.update_poll_interval.unwrap_or(configured.update_poll_secs),
+        update_poll_secs: cli
+            .update_poll_interval
+            .unwrap_or(configured.update_poll_secs),
         ..configured.clone()
     }
 }

@@ -18,9 +18,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::agent_state::{AgentState, StateCell};
-use crate::core::config::{ConfigManager, ConfigNotice, Credentials, Intervals};
+use crate::core::config::{ConfigManager, Credentials, Intervals};
 use crate::core::error_reporter::ErrorReporter;
-use crate::core::storage::StateManager;
 use crate::net::http_client::{HttpClient, HttpError};
 use crate::net::ws_client::{WSClient, WsError};
 use crate::net::{UrlError, backoff, parse_server_url};
@@ -79,31 +78,36 @@ struct Inner {
 impl Agent {
     /// Builds the agent around an acquired lock and a loaded configuration.
     pub fn new(
-        storage: &StateManager,
         config: ConfigManager,
+        reporter: ErrorReporter,
         lock: LockManager,
         options: AgentOptions,
     ) -> Result<Self, AgentError> {
-        let server = config.config().server_url.clone().ok_or(AgentError::NoServer)?;
+        let server = config
+            .config()
+            .server_url
+            .clone()
+            .ok_or(AgentError::NoServer)?;
         let base = parse_server_url(&server)?;
         let http = HttpClient::new(base.clone())?;
         if let Some(credentials) = config.config().credentials.clone() {
             http.set_credentials(credentials);
         }
         let ws_max = Duration::from_secs(options.intervals.ws_reconnect_max_secs);
-        let max_reports = config.config().error_buffer_max_reports;
         let inner = Inner {
             state: StateCell::default(),
             config: Mutex::new(config),
             http,
             ws: WSClient::new(&base, ws_max)?,
-            reporter: ErrorReporter::open(storage.error_buffer_path(), max_reports),
+            reporter,
             lock,
             cancel: CancellationToken::new(),
             options,
             metrics: Mutex::new(MetricsSampler::new()),
         };
-        Ok(Agent { inner: Arc::new(inner) })
+        Ok(Agent {
+            inner: Arc::new(inner),
+        })
     }
 
     /// The agent's state right now.
@@ -117,16 +121,12 @@ impl Agent {
         self.inner.graceful_shutdown();
     }
 
-    /// Runs until a shutdown is requested, then stops everything in order. `notices` from
-    /// loading config.json are reported to the backend (or buffered) first.
-    pub async fn run(self, notices: Vec<ConfigNotice>) {
+    /// Runs until a shutdown is requested, then stops everything in order.
+    pub async fn run(self) {
         let inner = &self.inner;
         let mut tasks = JoinSet::new();
         tasks.spawn(watch_os_signals(inner.clone()));
         tasks.spawn(lock_heartbeat(inner.clone()));
-        for notice in notices {
-            inner.report(notice.kind, &notice.message, Value::Null).await;
-        }
         if inner.register_until_done().await {
             let _ = inner.state.set_state(AgentState::Idle);
             inner.reporter.flush(&inner.http).await;
@@ -145,7 +145,10 @@ fn spawn_services(inner: &Arc<Inner>, tasks: &mut JoinSet<()>) {
     let ws_inner = inner.clone();
     tasks.spawn(async move {
         let token = || ws_inner.http.bearer_token();
-        ws_inner.ws.run(token, events_tx, ws_inner.cancel.clone()).await;
+        ws_inner
+            .ws
+            .run(token, events_tx, ws_inner.cancel.clone())
+            .await;
     });
 }
 
@@ -164,7 +167,10 @@ impl Inner {
         })
         .await;
         if joined.is_err() {
-            tracing::warn!(timeout_secs = SHUTDOWN_JOIN_TIMEOUT.as_secs(), "tasks did not stop in time; aborting them");
+            tracing::warn!(
+                timeout_secs = SHUTDOWN_JOIN_TIMEOUT.as_secs(),
+                "tasks did not stop in time; aborting them"
+            );
             tasks.abort_all();
         }
         let _ = self.state.set_state(AgentState::Stopped);
@@ -173,11 +179,15 @@ impl Inner {
     }
 
     async fn report(&self, kind: &str, message: &str, details: Value) {
-        self.reporter.report(&self.http, kind, message, details).await;
+        self.reporter
+            .report(&self.http, kind, message, details)
+            .await;
     }
 
     fn config(&self) -> MutexGuard<'_, ConfigManager> {
-        self.config.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.config
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Registers unless credentials exist; retries with backoff. `false` if cancelled first.
@@ -189,7 +199,12 @@ impl Inner {
                 Err(err) => {
                     failures += 1;
                     let message = format!("registration failed: {err}");
-                    self.report("registration_failed", &message, json!({ "attempt": failures })).await;
+                    self.report(
+                        "registration_failed",
+                        &message,
+                        json!({ "attempt": failures }),
+                    )
+                    .await;
                     let delay = backoff(failures, REGISTER_MAX_BACKOFF);
                     tokio::select! {
                         _ = self.cancel.cancelled() => return false,
@@ -211,23 +226,40 @@ impl Inner {
     }
 
     fn save_identity(&self, agent_id: String, agent_token: String) {
-        let credentials = Credentials { agent_id, agent_token };
+        let credentials = Credentials {
+            agent_id,
+            agent_token,
+        };
         tracing::info!(agent_id = %credentials.agent_id, "registered with the server");
-        if let Err(err) = self.config().update(|c| c.credentials = Some(credentials.clone())) {
+        if let Err(err) = self
+            .config()
+            .update(|c| c.credentials = Some(credentials.clone()))
+        {
             tracing::error!(error = %err, "cannot save the agent's identity; it will register again at next start");
         }
         self.http.set_credentials(credentials);
     }
 
     async fn send_status(&self) {
-        let buffered = self.reporter.buffered().await;
-        let metrics = self.metrics.lock().unwrap_or_else(|p| p.into_inner()).sample(buffered);
-        let report = StatusReport { state: self.state.get(), version: BUILD_VERSION.to_owned(), metrics };
+        let buffered = self.reporter.buffered();
+        let metrics = self
+            .metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sample(buffered);
+        let report = StatusReport {
+            state: self.state.get(),
+            version: BUILD_VERSION.to_owned(),
+            metrics,
+        };
         match self.http.send_status(&report).await {
             Ok(()) if buffered > 0 => self.reporter.flush(&self.http).await,
             Ok(()) => tracing::debug!(state = %report.state, "heartbeat sent"),
             Err(HttpError::Unauthorized { .. }) => self.register_again().await,
-            Err(err) => self.report("status_report_failed", &err.to_string(), Value::Null).await,
+            Err(err) => {
+                self.report("status_report_failed", &err.to_string(), Value::Null)
+                    .await
+            }
         }
     }
 
@@ -242,12 +274,21 @@ impl Inner {
     }
 
     async fn check_for_update(&self, trigger: &'static str) {
-        match self.http.check_for_update(BUILD_VERSION, system::PLATFORM).await {
+        match self
+            .http
+            .check_for_update(BUILD_VERSION, system::PLATFORM)
+            .await
+        {
             Ok(None) => tracing::info!(trigger, version = BUILD_VERSION, "no update available"),
             Ok(Some(update)) => self.on_update_available(trigger, &update),
             Err(err) => {
                 let message = format!("update check failed: {err}");
-                self.report("update_check_failed", &message, json!({ "trigger": trigger })).await;
+                self.report(
+                    "update_check_failed",
+                    &message,
+                    json!({ "trigger": trigger }),
+                )
+                .await;
             }
         }
     }

@@ -60,7 +60,9 @@ pub struct StateCell {
 
 impl Default for StateCell {
     fn default() -> Self {
-        StateCell { state: Mutex::new(Starting) }
+        StateCell {
+            state: Mutex::new(Starting),
+        }
     }
 }
 
@@ -86,7 +88,10 @@ impl StateCell {
         let old = *state;
         if !guard(old) || !is_allowed(old, new_state) {
             tracing::warn!(from = %old, to = %new_state, "Refused state transition: {old} -> {new_state}");
-            return Err(Refused { from: old, to: new_state });
+            return Err(Refused {
+                from: old,
+                to: new_state,
+            });
         }
         *state = new_state;
         tracing::info!(from = %old, to = %new_state, "State transition: {old} -> {new_state}");
@@ -94,7 +99,9 @@ impl StateCell {
     }
 
     fn guard(&self) -> std::sync::MutexGuard<'_, AgentState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -125,7 +132,9 @@ mod tests {
     }
 
     fn cell_in(state: AgentState) -> StateCell {
-        StateCell { state: Mutex::new(state) }
+        StateCell {
+            state: Mutex::new(state),
+        }
     }
 
     #[test]
@@ -141,7 +150,10 @@ mod tests {
     fn every_refused_transition_leaves_the_state_unchanged() {
         let mut refused = 0;
         for from in AgentState::ALL {
-            for to in AgentState::ALL.into_iter().filter(|to| !expected(from, *to)) {
+            for to in AgentState::ALL
+                .into_iter()
+                .filter(|to| !expected(from, *to))
+            {
                 let cell = cell_in(from);
                 assert_eq!(cell.set_state(to), Err(Refused { from, to }));
                 assert_eq!(cell.get(), from);

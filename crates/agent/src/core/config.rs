@@ -184,7 +184,10 @@ impl ConfigManager {
                 }
             },
         };
-        let manager = ConfigManager { path: path.to_path_buf(), config };
+        let manager = ConfigManager {
+            path: path.to_path_buf(),
+            config,
+        };
         Ok((manager, notices))
     }
 
@@ -245,7 +248,10 @@ fn load_document(
 fn schema_version(document: &Map<String, Value>) -> Result<u64, Unusable> {
     match document.get("config_version") {
         None => Ok(1), // the first agents wrote no version field
-        Some(value) => value.as_u64().filter(|v| *v >= 1).ok_or(Unusable::BadVersion),
+        Some(value) => value
+            .as_u64()
+            .filter(|v| *v >= 1)
+            .ok_or(Unusable::BadVersion),
     }
 }
 
@@ -310,10 +316,9 @@ fn move_secs(
     match from.remove(old) {
         None | Some(Value::Null) => Ok(()),
         Some(value) => {
-            let secs = value
-                .as_u64()
-                .filter(|s| *s > 0)
-                .ok_or_else(|| format!("`{old}` must be a positive number of seconds, found {value}"))?;
+            let secs = value.as_u64().filter(|s| *s > 0).ok_or_else(|| {
+                format!("`{old}` must be a positive number of seconds, found {value}")
+            })?;
             to.insert(new.into(), Value::from(secs));
             Ok(())
         }
@@ -356,17 +361,25 @@ fn set_aside(path: &Path, label: &str, why: &Unusable) -> Result<ConfigNotice, C
     fs::rename(path, &aside).map_err(|source| io_error("set aside", path, source))?;
     let message = format!("config.json {why}; kept aside as {}", aside.display());
     tracing::error!(kind = why.kind(), kept_as = %aside.display(), "{message}");
-    Ok(ConfigNotice { kind: why.kind(), message })
+    Ok(ConfigNotice {
+        kind: why.kind(),
+        message,
+    })
 }
 
 fn save_config(path: &Path, config: &Config) -> Result<(), ConfigError> {
-    let mut bytes = serde_json::to_vec_pretty(config).map_err(|e| io_error("encode", path, io::Error::other(e)))?;
+    let mut bytes = serde_json::to_vec_pretty(config)
+        .map_err(|e| io_error("encode", path, io::Error::other(e)))?;
     bytes.push(b'\n');
     write_atomic(path, &bytes).map_err(|source| io_error("write", path, source))
 }
 
 fn io_error(action: &'static str, path: &Path, source: io::Error) -> ConfigError {
-    ConfigError::Io { action, path: path.to_path_buf(), source }
+    ConfigError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 #[cfg(test)]
@@ -412,7 +425,10 @@ mod tests {
     #[test]
     fn a_file_without_version_is_treated_as_v1() {
         let (_dir, _path, manager, _) = load_text(r#"{"server":"http://127.0.0.1:2"}"#);
-        assert_eq!(manager.config().server_url.as_deref(), Some("http://127.0.0.1:2"));
+        assert_eq!(
+            manager.config().server_url.as_deref(),
+            Some("http://127.0.0.1:2")
+        );
     }
 
     #[test]
@@ -421,7 +437,10 @@ mod tests {
         assert_eq!(manager.config(), &Config::default());
         assert_eq!(notices[0].kind, "config_corrupt");
         assert!(!path.exists());
-        let aside: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        let aside: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         assert_eq!(aside.len(), 1);
         assert_eq!(fs::read_to_string(&aside[0]).unwrap(), "{ not json");
     }
@@ -446,7 +465,11 @@ mod tests {
         let path = dir.path().join("config.json");
         let mut ours = Config::default();
         ours.server_url = Some("http://127.0.0.1:3".into());
-        fs::write(backup_path(&path, CONFIG_VERSION), serde_json::to_vec(&ours).unwrap()).unwrap();
+        fs::write(
+            backup_path(&path, CONFIG_VERSION),
+            serde_json::to_vec(&ours).unwrap(),
+        )
+        .unwrap();
         fs::write(&path, r#"{"config_version":3,"whatever":true}"#).unwrap();
         let (manager, notices) = ConfigManager::load(&path).unwrap();
         assert_eq!(manager.config(), &ours);
@@ -467,7 +490,9 @@ mod tests {
         let (mut manager, _) = ConfigManager::load(&path).unwrap();
         manager.update(|_| {}).unwrap();
         assert!(!path.exists());
-        manager.update(|c| c.current_version = Some("1.2.3".into())).unwrap();
+        manager
+            .update(|c| c.current_version = Some("1.2.3".into()))
+            .unwrap();
         let (reloaded, _) = ConfigManager::load(&path).unwrap();
         assert_eq!(reloaded.config().current_version.as_deref(), Some("1.2.3"));
     }

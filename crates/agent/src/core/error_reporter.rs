@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use cms_protocol::{BUILD_VERSION, ErrorReport};
 use serde_json::Value;
-use tokio::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use crate::clock;
 use crate::core::storage::write_atomic;
@@ -35,33 +35,47 @@ pub struct ErrorReporter {
 impl ErrorReporter {
     /// Opens (or starts) the buffer at `path`, keeping at most `max_reports` reports.
     pub fn open(path: PathBuf, max_reports: usize) -> Self {
-        ErrorReporter { buffer: Mutex::new(ErrorBuffer::open(path, max_reports.max(1))) }
+        ErrorReporter {
+            buffer: Mutex::new(ErrorBuffer::open(path, max_reports.max(1))),
+        }
     }
 
     /// Logs the problem and delivers it to the backend now, or buffers it for later.
     pub async fn report(&self, http: &HttpClient, kind: &str, message: &str, details: Value) {
         tracing::error!(kind, "{message}");
         let report = new_report(kind, message, details);
-        if self.buffered().await == 0 {
+        if self.buffered() == 0 {
             match http.report_errors(std::slice::from_ref(&report)).await {
                 Ok(_) => return,
                 Err(err) => tracing::debug!(error = %err, "error report buffered"),
             }
         }
-        self.buffer.lock().await.push(report);
+        self.buffer().push(report);
+    }
+
+    /// Buffers a report without trying the network: for problems found before the agent can
+    /// talk to its backend (the next flush delivers it).
+    pub fn store(&self, kind: &str, message: &str) {
+        self.buffer().push(new_report(kind, message, Value::Null));
     }
 
     /// Re-sends buffered reports, oldest first; stops at the first failure and keeps the rest.
     pub async fn flush(&self, http: &HttpClient) {
         loop {
-            let batch = self.buffer.lock().await.oldest(FLUSH_BATCH);
+            let batch = self.buffer().oldest(FLUSH_BATCH);
             if batch.is_empty() {
                 break;
             }
             match http.report_errors(&batch).await {
                 Ok(answer) => {
-                    let left = self.buffer.lock().await.remove_oldest(batch.len());
-                    tracing::info!(sent = batch.len(), stored = answer.stored, duplicates = answer.duplicates, left, "buffered error reports delivered");
+                    let left = self.buffer().remove_oldest(batch.len());
+                    tracing::info!(
+                        sent = batch.len(),
+                        stored = answer.stored,
+                        duplicates = answer.duplicates,
+                        left,
+                        "buffered error reports delivered"
+                    );
                 }
                 Err(err) => {
                     tracing::debug!(error = %err, "buffered error reports kept for a later attempt");
@@ -73,13 +87,19 @@ impl ErrorReporter {
     }
 
     /// Reports waiting in the buffer (heartbeats carry this number).
-    pub async fn buffered(&self) -> u64 {
-        self.buffer.lock().await.reports.len() as u64
+    pub fn buffered(&self) -> u64 {
+        self.buffer().reports.len() as u64
+    }
+
+    fn buffer(&self) -> MutexGuard<'_, ErrorBuffer> {
+        self.buffer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     async fn flush_drop_count(&self, http: &HttpClient) {
         let (dropped, max) = {
-            let buffer = self.buffer.lock().await;
+            let buffer = self.buffer();
             (buffer.dropped, buffer.max_reports)
         };
         if dropped == 0 {
@@ -88,9 +108,13 @@ impl ErrorReporter {
         let message = format!(
             "{dropped} error reports were dropped while the backend was unreachable (the buffer keeps {max})"
         );
-        let report = new_report(OVERFLOW_KIND, &message, serde_json::json!({ "dropped": dropped }));
+        let report = new_report(
+            OVERFLOW_KIND,
+            &message,
+            serde_json::json!({ "dropped": dropped }),
+        );
         if http.report_errors(&[report]).await.is_ok() {
-            self.buffer.lock().await.subtract_dropped(dropped);
+            self.buffer().subtract_dropped(dropped);
         }
     }
 }
@@ -127,7 +151,13 @@ impl ErrorBuffer {
             dropped += (reports.len() - max_reports) as u64;
             reports.truncate(max_reports);
         }
-        let buffer = ErrorBuffer { path, dropped_path, reports, max_reports, dropped };
+        let buffer = ErrorBuffer {
+            path,
+            dropped_path,
+            reports,
+            max_reports,
+            dropped,
+        };
         if unreadable > 0 {
             tracing::warn!(unreadable, "skipped damaged lines in the error buffer");
             buffer.rewrite();
@@ -209,7 +239,10 @@ fn read_reports(path: &Path) -> (Vec<ErrorReport>, u64) {
 }
 
 fn read_count(path: &Path) -> u64 {
-    fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+    fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn encode_lines(reports: &[ErrorReport]) -> Vec<u8> {

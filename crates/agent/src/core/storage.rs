@@ -121,7 +121,10 @@ mod tests {
         let storage = StateManager::new(Some(dir.path().join("nested/data"))).unwrap();
         assert!(storage.storage_path().is_dir());
         assert!(storage.logs_dir().is_dir());
-        assert_eq!(storage.config_path(), storage.storage_path().join("config.json"));
+        assert_eq!(
+            storage.config_path(),
+            storage.storage_path().join("config.json")
+        );
     }
 
     #[test]

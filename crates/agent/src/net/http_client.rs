@@ -11,8 +11,8 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use cms_protocol::{
-    BUILD_VERSION, ErrorBatch, ErrorBatchResponse, ErrorReport, RegisterRequest,
-    RegisterResponse, StatusReport, UpdateCheckResponse, UpdateInfo, paths,
+    BUILD_VERSION, ErrorBatch, ErrorBatchResponse, ErrorReport, RegisterRequest, RegisterResponse,
+    StatusReport, UpdateCheckResponse, UpdateInfo, paths,
 };
 use futures_util::StreamExt;
 use reqwest::{StatusCode, header};
@@ -104,8 +104,15 @@ impl HttpClient {
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
             .build()
-            .map_err(|source| HttpError::Transport { what: "client setup", source })?;
-        Ok(HttpClient { client, base, credentials: RwLock::new(None) })
+            .map_err(|source| HttpError::Transport {
+                what: "client setup",
+                source,
+            })?;
+        Ok(HttpClient {
+            client,
+            base,
+            credentials: RwLock::new(None),
+        })
     }
 
     /// The backend base URL.
@@ -125,7 +132,10 @@ impl HttpClient {
 
     /// Whether calls that need a credential can be made.
     pub fn is_registered(&self) -> bool {
-        self.credentials.read().unwrap_or_else(|p| p.into_inner()).is_some()
+        self.credentials
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
     }
 
     /// The current bearer token, for the WebSocket handshake.
@@ -137,7 +147,10 @@ impl HttpClient {
     /// Enrolls this machine; the caller stores the returned identity.
     pub async fn register(&self, request: &RegisterRequest) -> Result<RegisterResponse, HttpError> {
         let what = "register";
-        let builder = self.client.post(endpoint(&self.base, paths::REGISTER)).json(request);
+        let builder = self
+            .client
+            .post(endpoint(&self.base, paths::REGISTER))
+            .json(request);
         json_of(what, send(what, builder.timeout(CALL_TIMEOUT)).await?).await
     }
 
@@ -145,7 +158,9 @@ impl HttpClient {
     pub async fn send_status(&self, report: &StatusReport) -> Result<(), HttpError> {
         let what = "status";
         let builder = self.authed(self.client.post(endpoint(&self.base, paths::STATUS)))?;
-        send(what, builder.json(report).timeout(CALL_TIMEOUT)).await.map(drop)
+        send(what, builder.json(report).timeout(CALL_TIMEOUT))
+            .await
+            .map(drop)
     }
 
     /// Asks whether a newer release is waiting for this agent.
@@ -167,9 +182,15 @@ impl HttpClient {
         reports: &[ErrorReport],
     ) -> Result<ErrorBatchResponse, HttpError> {
         let what = "error report";
-        let batch = ErrorBatch { reports: reports.to_vec() };
+        let batch = ErrorBatch {
+            reports: reports.to_vec(),
+        };
         let builder = self.authed(self.client.post(endpoint(&self.base, paths::ERRORS)))?;
-        json_of(what, send(what, builder.json(&batch).timeout(ERROR_CALL_TIMEOUT)).await?).await
+        json_of(
+            what,
+            send(what, builder.json(&batch).timeout(ERROR_CALL_TIMEOUT)).await?,
+        )
+        .await
     }
 
     /// Downloads `url` (absolute, or relative to the base) to `target`, resuming a partial file;
@@ -197,18 +218,32 @@ impl HttpClient {
         let mut file = open_target(target, append).await?;
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|source| HttpError::Transport { what: "download", source })?;
+            let chunk = chunk.map_err(|source| HttpError::Transport {
+                what: "download",
+                source,
+            })?;
             received += chunk.len() as u64;
             if received > expected_len {
                 drop(file);
                 let _ = tokio::fs::remove_file(target).await;
-                return Err(HttpError::TooLong { url, expected: expected_len });
+                return Err(HttpError::TooLong {
+                    url,
+                    expected: expected_len,
+                });
             }
-            file.write_all(&chunk).await.map_err(|source| io_err(target, source))?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|source| io_err(target, source))?;
         }
-        file.sync_all().await.map_err(|source| io_err(target, source))?;
+        file.sync_all()
+            .await
+            .map_err(|source| io_err(target, source))?;
         if received < expected_len {
-            return Err(HttpError::Incomplete { url, received, expected: expected_len });
+            return Err(HttpError::Incomplete {
+                url,
+                received,
+                expected: expected_len,
+            });
         }
         Ok(received)
     }
@@ -221,7 +256,10 @@ impl HttpClient {
         }
     }
 
-    fn authed(&self, builder: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder, HttpError> {
+    fn authed(
+        &self,
+        builder: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, HttpError> {
         let token = self.bearer_token().ok_or(HttpError::NotRegistered)?;
         Ok(builder.bearer_auth(token))
     }
@@ -232,7 +270,9 @@ async fn partial_len(target: &Path, expected_len: u64) -> Result<u64, HttpError>
     match tokio::fs::metadata(target).await {
         Ok(meta) if meta.len() <= expected_len => Ok(meta.len()),
         Ok(_) => {
-            tokio::fs::remove_file(target).await.map_err(|source| io_err(target, source))?;
+            tokio::fs::remove_file(target)
+                .await
+                .map_err(|source| io_err(target, source))?;
             Ok(0)
         }
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(0),
@@ -248,11 +288,17 @@ async fn open_target(target: &Path, append: bool) -> Result<tokio::fs::File, Htt
     } else {
         options.truncate(true);
     }
-    options.open(target).await.map_err(|source| io_err(target, source))
+    options
+        .open(target)
+        .await
+        .map_err(|source| io_err(target, source))
 }
 
 fn io_err(path: &Path, source: io::Error) -> HttpError {
-    HttpError::Io { path: path.to_path_buf(), source }
+    HttpError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 async fn send(

@@ -34,9 +34,15 @@ pub enum UrlError {
 
 /// Parses a backend base URL and enforces HTTPS except to loopback (design.md section 7).
 pub fn parse_server_url(raw: &str) -> Result<Url, UrlError> {
-    let invalid = |reason: String| UrlError::Invalid { url: raw.to_owned(), reason };
+    let invalid = |reason: String| UrlError::Invalid {
+        url: raw.to_owned(),
+        reason,
+    };
     let url = Url::parse(raw).map_err(|e| invalid(e.to_string()))?;
-    let host = url.host_str().ok_or_else(|| invalid("no host".into()))?.to_owned();
+    let host = url
+        .host_str()
+        .ok_or_else(|| invalid("no host".into()))?
+        .to_owned();
     match url.scheme() {
         "https" => Ok(url),
         "http" if is_loopback(&host) => Ok(url),
@@ -48,7 +54,9 @@ pub fn parse_server_url(raw: &str) -> Result<Url, UrlError> {
 fn is_loopback(host: &str) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
-        || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `base` + an absolute API path, keeping any path prefix the base carries.
@@ -60,7 +68,9 @@ pub fn endpoint(base: &Url, path: &str) -> String {
 /// over its upper half so a fleet that lost its server does not come back in lockstep.
 pub fn backoff(failures: u32, max: Duration) -> Duration {
     let exponent = failures.saturating_sub(1).min(16);
-    let ceiling = FIRST_BACKOFF.saturating_mul(1 << exponent).min(max.max(FIRST_BACKOFF));
+    let ceiling = FIRST_BACKOFF
+        .saturating_mul(1 << exponent)
+        .min(max.max(FIRST_BACKOFF));
     ceiling.mul_f64(0.5 + fastrand::f64() * 0.5)
 }
 
@@ -87,7 +97,9 @@ mod tests {
         assert!(parse_server_url("http://localhost").is_ok());
         assert_eq!(
             parse_server_url("http://cms.example.com"),
-            Err(UrlError::Insecure { host: "cms.example.com".into() })
+            Err(UrlError::Insecure {
+                host: "cms.example.com".into()
+            })
         );
         assert!(parse_server_url("ftp://127.0.0.1").is_err());
         assert!(parse_server_url("not a url").is_err());

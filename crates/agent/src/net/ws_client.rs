@@ -70,7 +70,8 @@ impl WSClient {
             _ => ("ws", None),
         };
         let rest = base.as_str().split_once(':').map_or("", |(_, rest)| rest);
-        let ws_base = Url::parse(&format!("{scheme}:{rest}")).map_err(|e| WsError::Request(e.to_string()))?;
+        let ws_base =
+            Url::parse(&format!("{scheme}:{rest}")).map_err(|e| WsError::Request(e.to_string()))?;
         Ok(WSClient {
             url: endpoint(&ws_base, paths::WEBSOCKET),
             tls,
@@ -107,7 +108,10 @@ impl WSClient {
                 }
             }
             let delay = backoff(failures, self.max_backoff);
-            tracing::debug!(retry_in_ms = delay.as_millis() as u64, "websocket reconnect scheduled");
+            tracing::debug!(
+                retry_in_ms = delay.as_millis() as u64,
+                "websocket reconnect scheduled"
+            );
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
@@ -145,7 +149,8 @@ impl WSClient {
 }
 
 fn platform_tls() -> Result<Connector, WsError> {
-    let config = rustls::ClientConfig::with_platform_verifier().map_err(|e| WsError::Tls(e.to_string()))?;
+    let config =
+        rustls::ClientConfig::with_platform_verifier().map_err(|e| WsError::Tls(e.to_string()))?;
     Ok(Connector::Rustls(Arc::new(config)))
 }
 
@@ -197,7 +202,11 @@ mod tests {
 
     #[test]
     fn http_base_maps_to_ws_and_keeps_its_prefix() {
-        let client = WSClient::new(&Url::parse("http://127.0.0.1:9/cms").unwrap(), Duration::from_secs(5)).unwrap();
+        let client = WSClient::new(
+            &Url::parse("http://127.0.0.1:9/cms").unwrap(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
         assert_eq!(client.url, "ws://127.0.0.1:9/cms/api/v1/agent/ws");
     }
 }

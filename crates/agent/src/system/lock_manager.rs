@@ -146,7 +146,9 @@ impl LockManager {
     }
 
     fn lock_held(&self) -> std::sync::MutexGuard<'_, Option<File>> {
-        self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn io(&self, source: io::Error) -> LockError {

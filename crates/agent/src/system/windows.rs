@@ -71,7 +71,11 @@ fn token_is_elevated() -> io::Result<bool> {
 }
 
 pub fn default_data_dir(is_admin: bool) -> Option<PathBuf> {
-    let base = if is_admin { "PROGRAMDATA" } else { "LOCALAPPDATA" };
+    let base = if is_admin {
+        "PROGRAMDATA"
+    } else {
+        "LOCALAPPDATA"
+    };
     let root = std::env::var_os(base).filter(|v| !v.is_empty())?;
     Some(Path::new(&root).join("CMSAgent"))
 }
@@ -104,7 +108,11 @@ pub fn restrict_directory(path: &Path) -> io::Result<()> {
             descriptor,
         )
     };
-    let result = if applied == 0 { Err(io::Error::last_os_error()) } else { Ok(()) };
+    let result = if applied == 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    };
     // SAFETY: `descriptor` was allocated by the conversion above and is freed exactly once.
     unsafe { LocalFree(descriptor) };
     result
@@ -145,7 +153,12 @@ pub fn is_same_file(file: &File, path: &Path) -> io::Result<bool> {
     {
         Ok(named) => named,
         // A file that is gone or pending deletion is no longer the lock file.
-        Err(err) if matches!(err.kind(), io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied) => {
+        Err(err)
+            if matches!(
+                err.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
+            ) =>
+        {
             return Ok(false);
         }
         Err(err) => return Err(err),
@@ -160,7 +173,11 @@ fn file_identity(file: &File) -> io::Result<(u32, u32, u32)> {
     if unsafe { GetFileInformationByHandle(file.as_raw_handle(), &mut info) } == 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok((info.dwVolumeSerialNumber, info.nFileIndexHigh, info.nFileIndexLow))
+    Ok((
+        info.dwVolumeSerialNumber,
+        info.nFileIndexHigh,
+        info.nFileIndexLow,
+    ))
 }
 
 pub fn process_start_time(pid: u32) -> Option<u64> {
@@ -178,11 +195,20 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
     {
         return None;
     }
-    let zero = FILETIME { dwLowDateTime: 0, dwHighDateTime: 0 };
+    let zero = FILETIME {
+        dwLowDateTime: 0,
+        dwHighDateTime: 0,
+    };
     let (mut created, mut exited, mut kernel, mut user) = (zero, zero, zero, zero);
     // SAFETY: valid process handle; the four FILETIME out pointers live on this stack frame.
     let ok = unsafe {
-        GetProcessTimes(process.as_raw_handle(), &mut created, &mut exited, &mut kernel, &mut user)
+        GetProcessTimes(
+            process.as_raw_handle(),
+            &mut created,
+            &mut exited,
+            &mut kernel,
+            &mut user,
+        )
     };
     (ok != 0).then(|| (u64::from(created.dwHighDateTime) << 32) | u64::from(created.dwLowDateTime))
 }

@@ -1,0 +1,112 @@
+//! Register -> IDLE -> SIGTERM -> clean exit, with real processes; plus the WebSocket push.
+
+mod util;
+
+use util::{Agent, Server, agent_command, wait_for};
+
+#[test]
+fn agent_registers_goes_idle_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"));
+    let data = dir.path().join("agent");
+    let mut agent = Agent::start(&data, &["--server", &server.url, "--status-interval", "1"]);
+
+    let listed = server.wait_for_agent_state("IDLE");
+    assert!(listed.online);
+    assert_eq!(listed.version, cms_protocol::BUILD_VERSION);
+    assert!(data.join("agent.lock").exists());
+
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["config_version"], 2);
+    assert_eq!(config["credentials"]["agent_id"], listed.agent_id.as_str());
+    assert_eq!(config["current_version"], cms_protocol::BUILD_VERSION);
+
+    let status = agent.stop();
+    assert_eq!(status.code(), Some(0), "exit status {status:?}");
+    assert!(!data.join("agent.lock").exists(), "lock file left behind");
+    let log = agent.log();
+    assert!(log.contains("Shutdown complete"), "log:\n{log}");
+    assert!(log.contains("State transition: STARTING -> IDLE"));
+    assert!(log.contains("State transition: IDLE -> SHUTTING_DOWN"));
+    assert!(
+        !log.contains(&config["credentials"]["agent_token"].as_str().unwrap()[..16]),
+        "token in log"
+    );
+}
+
+#[test]
+fn a_second_agent_on_the_same_storage_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"));
+    let data = dir.path().join("agent");
+    let mut first = Agent::start(&data, &["--server", &server.url]);
+    server.wait_for_agent_state("IDLE");
+
+    let second = agent_command(&data, &["--server", &server.url])
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains(&format!("pid {}", first.child.id())),
+        "stderr: {stderr}"
+    );
+    assert!(first.is_running());
+    assert_eq!(first.stop().code(), Some(0));
+}
+
+#[test]
+fn a_restarted_agent_keeps_its_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"));
+    let data = dir.path().join("agent");
+    let mut agent = Agent::start(&data, &["--server", &server.url]);
+    let first = server.wait_for_agent_state("IDLE");
+    assert_eq!(agent.stop().code(), Some(0));
+
+    let mut again = Agent::start(&data, &[]);
+    again.wait_for_log("State transition: STARTING -> IDLE");
+    assert_eq!(server.agents().len(), 1);
+    assert_eq!(server.agents()[0].agent_id, first.agent_id);
+    assert_eq!(again.stop().code(), Some(0));
+}
+
+#[test]
+fn update_required_pushed_over_websocket_reaches_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"));
+    let data = dir.path().join("agent");
+    let mut agent = Agent::start(&data, &["--server", &server.url]);
+    let listed = server.wait_for_agent_state("IDLE");
+    agent.wait_for_log("websocket connected");
+
+    let path = format!("/api/v1/agents/{}/check-update", listed.agent_id);
+    wait_for("the push to be accepted", || {
+        (server.post(&path) == 202).then_some(())
+    });
+    agent.wait_for_log("server event received");
+    agent.wait_for_log("trigger=\"push\"");
+    assert_eq!(agent.stop().code(), Some(0));
+    assert!(agent.log().contains("websocket disconnected"));
+}
+
+#[test]
+fn no_server_anywhere_is_exit_2_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = agent_command(dir.path(), &[]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--server URL"), "stderr: {stderr}");
+    assert!(!dir.path().join("agent.lock").exists());
+}
+
+#[test]
+fn plain_http_to_a_remote_host_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = agent_command(dir.path(), &["--server", "http://cms.example.com"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("use https"));
+}

@@ -1,0 +1,220 @@
+//! Test harness: real `cms-server` and `cms_agent` processes on loopback, one temp dir each.
+//!
+//! Nothing here is a mock: the server is the workspace's own binary (built on demand when a
+//! test runs before it exists), the agent is `CARGO_BIN_EXE_cms_agent`, and all checks go
+//! through the operator HTTP API and the files the agent writes.
+
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use cms_protocol::{AgentSummary, StoredError};
+
+/// How long any single wait may take before the test fails with a message.
+pub const WAIT: Duration = Duration::from_secs(40);
+
+/// The agent binary under test.
+pub fn agent_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cms_agent"))
+}
+
+/// The server binary, built next to the agent if a test runs before it exists.
+pub fn server_exe() -> PathBuf {
+    static BUILD: Once = Once::new();
+    let exe = agent_exe().with_file_name(format!("cms-server{}", std::env::consts::EXE_SUFFIX));
+    BUILD.call_once(|| {
+        if !exe.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-p", "cms-server"])
+                .status()
+                .unwrap();
+            assert!(status.success(), "cannot build cms-server for the tests");
+        }
+    });
+    exe
+}
+
+/// Polls `probe` until it returns `Some`, failing the test with `what` after [`WAIT`].
+pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sends SIGTERM (the OS's polite stop) to `child`.
+pub fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits for `child` to exit, failing the test after [`WAIT`].
+pub fn wait_exit(child: &mut Child) -> ExitStatus {
+    wait_for("process exit", || child.try_wait().unwrap())
+}
+
+/// A running `cms-server serve`.
+pub struct Server {
+    child: Child,
+    /// Base URL, such as `http://127.0.0.1:41234`.
+    pub url: String,
+    data_dir: PathBuf,
+}
+
+impl Server {
+    /// Starts a server on a free loopback port with its SQLite database in `data_dir`.
+    pub fn start(data_dir: &Path) -> Server {
+        Server::start_on(data_dir, "127.0.0.1:0")
+    }
+
+    /// Starts a server on `listen` (to come back on the same port after a stop).
+    pub fn start_on(data_dir: &Path, listen: &str) -> Server {
+        let mut child = Command::new(server_exe())
+            .args(["serve", "--listen", listen, "--data-dir"])
+            .arg(data_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from cms-server: {line:?}"))
+            .to_owned();
+        Server {
+            child,
+            url,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    /// `host:port` the server listens on.
+    pub fn listen_addr(&self) -> String {
+        self.url.trim_start_matches("http://").to_owned()
+    }
+
+    /// Stops the server with SIGTERM and waits for it.
+    pub fn stop(mut self) {
+        sigterm(&self.child);
+        wait_exit(&mut self.child);
+    }
+
+    /// `GET /api/v1/agents`.
+    pub fn agents(&self) -> Vec<AgentSummary> {
+        self.get_json("/api/v1/agents")
+    }
+
+    /// `GET /api/v1/errors`.
+    pub fn errors(&self) -> Vec<StoredError> {
+        self.get_json("/api/v1/errors")
+    }
+
+    /// Waits until exactly one agent is listed in `state`, and returns it.
+    pub fn wait_for_agent_state(&self, state: &str) -> AgentSummary {
+        wait_for(&format!("an agent in state {state}"), || {
+            self.agents().into_iter().find(|a| a.state == state)
+        })
+    }
+
+    /// `POST url` with an empty body; returns the status code.
+    pub fn post(&self, path: &str) -> u16 {
+        let response = reqwest::blocking::Client::new()
+            .post(format!("{}{path}", self.url))
+            .send()
+            .unwrap();
+        response.status().as_u16()
+    }
+
+    fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        reqwest::blocking::get(format!("{}{path}", self.url))
+            .unwrap()
+            .json()
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `cms_agent` with its own storage path.
+pub struct Agent {
+    /// The process.
+    pub child: Child,
+    /// Its `--data-dir`.
+    pub data_dir: PathBuf,
+}
+
+impl Agent {
+    /// Starts an agent on `data_dir` with `args` (for example `--server URL`).
+    pub fn start(data_dir: &Path, args: &[&str]) -> Agent {
+        let child = agent_command(data_dir, args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Agent {
+            child,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    /// The agent's `logs/agent.log` so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("logs/agent.log")).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `text`.
+    pub fn wait_for_log(&self, text: &str) {
+        wait_for(&format!("{text:?} in agent.log"), || {
+            self.log().contains(text).then_some(())
+        });
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Stops the agent with SIGTERM and returns how it exited.
+    pub fn stop(&mut self) -> ExitStatus {
+        sigterm(&self.child);
+        wait_exit(&mut self.child)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The agent command with its storage path and quiet defaults, for tests that run it to exit.
+pub fn agent_command(data_dir: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(agent_exe());
+    command
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("CMS_AGENT_DATA_DIR");
+    command
+}
