@@ -1,5 +1,7 @@
 //! config.json on disk, through the real binary: migration from v1 and corrupt files.
 
+#![allow(clippy::unwrap_used)] // integration tests: a failed call is a failed test
+
 mod util;
 
 use std::path::Path;

@@ -1,5 +1,7 @@
 //! Register -> IDLE -> SIGTERM -> clean exit, with real processes; plus the WebSocket push.
 
+#![allow(clippy::unwrap_used)] // integration tests: a failed call is a failed test
+
 mod util;
 
 use util::{Agent, Server, agent_command, wait_for};

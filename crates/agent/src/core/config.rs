@@ -463,8 +463,10 @@ mod tests {
     fn a_newer_schema_falls_back_to_the_backup_made_before_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.json");
-        let mut ours = Config::default();
-        ours.server_url = Some("http://127.0.0.1:3".into());
+        let ours = Config {
+            server_url: Some("http://127.0.0.1:3".into()),
+            ..Config::default()
+        };
         fs::write(
             backup_path(&path, CONFIG_VERSION),
             serde_json::to_vec(&ours).unwrap(),

@@ -1,0 +1,282 @@
+//! Handlers of the agent-facing API: registration, heartbeats, update checks, error reports
+//! and the WebSocket upgrade.
+//!
+//! Every route but registration requires `Authorization: Bearer <agent token>`, checked by the
+//! [`AuthedAgent`] extractor. Handlers must never log a token, trust an agent id sent in a body
+//! (the token decides who is calling) or accept unbounded input.
+
+use axum::extract::{FromRequestParts, State, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::response::Response;
+use cms_protocol::{
+    AgentState, ErrorBatch, ErrorBatchResponse, RegisterRequest, RegisterResponse, StatusReport,
+    UpdateCheckResponse, UpdateInfo,
+};
+use serde::Deserialize;
+
+use super::{ApiError, ApiJson, ApiQuery, AppState, check_field};
+use crate::auth;
+use crate::clock;
+use crate::db::{NewAgent, NewErrorReport};
+use crate::rollout::{self, Candidate};
+
+/// Most reports accepted in one batch; larger batches get 413.
+pub const MAX_REPORTS_PER_BATCH: usize = 500;
+/// Longest hostname, platform or version string accepted.
+const MAX_SHORT_FIELD: usize = 255;
+/// Longest `report_id` accepted.
+const MAX_REPORT_ID: usize = 128;
+/// Error report text fields are cut to these lengths (bytes) instead of failing the batch.
+const MAX_KIND: usize = 128;
+const MAX_MESSAGE: usize = 16 * 1024;
+/// Largest WebSocket message accepted from an agent (the socket is server-to-agent).
+const MAX_WS_MESSAGE: usize = 64 * 1024;
+
+/// The agent a request's bearer token belongs to.
+#[derive(Debug, Clone)]
+pub struct AuthedAgent {
+    /// Id of the calling agent.
+    pub agent_id: String,
+}
+
+impl FromRequestParts<AppState> for AuthedAgent {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(auth::bearer_token)
+            .ok_or(ApiError::Unauthorized)?;
+        let presented = auth::hash_token(token);
+        let (agent_id, stored) = state
+            .db()
+            .agent_by_token_hash(&presented)
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        if !auth::secrets_equal(&presented, &stored) {
+            return Err(ApiError::Unauthorized);
+        }
+        Ok(AuthedAgent { agent_id })
+    }
+}
+
+/// `POST /api/v1/agent/register`: enrolls a new agent and returns its id and token.
+pub async fn register(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<RegisterRequest>,
+) -> Result<axum::Json<RegisterResponse>, ApiError> {
+    if let Some(expected) = state.enrollment_token() {
+        let presented = request.enrollment_token.as_deref().unwrap_or_default();
+        if !auth::secrets_equal(presented, expected) {
+            tracing::warn!(hostname = %request.hostname, "registration refused: bad enrollment token");
+            return Err(ApiError::Forbidden);
+        }
+    }
+    check_field("hostname", &request.hostname, MAX_SHORT_FIELD)?;
+    check_field("platform", &request.platform, MAX_SHORT_FIELD)?;
+    check_field("version", &request.version, MAX_SHORT_FIELD)?;
+    let agent_id = uuid::Uuid::new_v4().to_string();
+    let agent_token = auth::mint_token().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let token_hash = auth::hash_token(&agent_token);
+    let agent = NewAgent {
+        agent_id: &agent_id,
+        token_hash: &token_hash,
+        hostname: &request.hostname,
+        platform: &request.platform,
+        version: &request.version,
+        state: AgentState::Starting.name(),
+    };
+    state.db().insert_agent(&agent, &clock::now()).await?;
+    tracing::info!(
+        agent_id,
+        hostname = %request.hostname,
+        platform = %request.platform,
+        version = %request.version,
+        "agent registered"
+    );
+    Ok(axum::Json(RegisterResponse {
+        agent_id,
+        agent_token,
+    }))
+}
+
+/// `POST /api/v1/agent/status`: records a heartbeat.
+pub async fn status(
+    State(state): State<AppState>,
+    agent: AuthedAgent,
+    ApiJson(report): ApiJson<StatusReport>,
+) -> Result<StatusCode, ApiError> {
+    check_field("version", &report.version, MAX_SHORT_FIELD)?;
+    state
+        .db()
+        .update_status(
+            &agent.agent_id,
+            &report.version,
+            report.state.name(),
+            &clock::now(),
+        )
+        .await?;
+    tracing::debug!(
+        agent_id = agent.agent_id,
+        state = %report.state,
+        version = %report.version,
+        rss_bytes = report.metrics.rss_bytes,
+        buffered_errors = report.metrics.buffered_errors,
+        "heartbeat"
+    );
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Query of `GET /api/v1/agent/update`.
+#[derive(Debug, Deserialize)]
+pub struct UpdateQuery {
+    /// The agent's running version.
+    pub version: String,
+    /// The agent's platform.
+    pub platform: String,
+}
+
+/// `GET /api/v1/agent/update?version=X&platform=P`: the release this agent should install.
+pub async fn update_check(
+    State(state): State<AppState>,
+    agent: AuthedAgent,
+    ApiQuery(query): ApiQuery<UpdateQuery>,
+) -> Result<axum::Json<UpdateCheckResponse>, ApiError> {
+    check_field("platform", &query.platform, MAX_SHORT_FIELD)?;
+    let current = rollout::parse_version(&query.version)
+        .ok_or_else(|| ApiError::BadRequest("version must look like X.Y.Z".into()))?;
+    state.db().touch(&agent.agent_id, &clock::now()).await?;
+    let releases = state.db().releases_for_platform(&query.platform).await?;
+    let candidates: Vec<Candidate> = releases
+        .iter()
+        .map(|r| Candidate {
+            version: r.version.clone(),
+            rollout_percent: r.rollout_percent,
+        })
+        .collect();
+    let picked = rollout::pick_update(&agent.agent_id, &current, &candidates)
+        .and_then(|c| releases.iter().find(|r| r.version == c.version));
+    let update = picked.map(|r| UpdateInfo {
+        package_url: package_url(&r.version, &r.platform),
+        version: r.version.clone(),
+        platform: r.platform.clone(),
+        length: u64::try_from(r.length).unwrap_or_default(),
+        sha256: r.sha256.clone(),
+    });
+    tracing::debug!(agent_id = agent.agent_id, current = %current, offered = ?update.as_ref().map(|u| &u.version), "update check");
+    Ok(axum::Json(UpdateCheckResponse { update }))
+}
+
+/// Path of a release package, relative to the server's base URL.
+pub fn package_url(version: &str, platform: &str) -> String {
+    format!("/api/v1/agent/packages/{version}/{platform}")
+}
+
+/// `POST /api/v1/agent/errors`: stores a batch of reports, each `report_id` once.
+pub async fn errors(
+    State(state): State<AppState>,
+    agent: AuthedAgent,
+    ApiJson(batch): ApiJson<ErrorBatch>,
+) -> Result<axum::Json<ErrorBatchResponse>, ApiError> {
+    if batch.reports.len() > MAX_REPORTS_PER_BATCH {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "at most {MAX_REPORTS_PER_BATCH} reports per batch"
+        )));
+    }
+    let mut reports = batch.reports;
+    for report in &mut reports {
+        check_field("report_id", &report.report_id, MAX_REPORT_ID)?;
+        truncate(&mut report.kind, MAX_KIND);
+        truncate(&mut report.message, MAX_MESSAGE);
+        truncate(&mut report.agent_version, MAX_SHORT_FIELD);
+        truncate(&mut report.created_at, MAX_SHORT_FIELD);
+    }
+    let rows: Vec<NewErrorReport<'_>> = reports
+        .iter()
+        .map(|report| NewErrorReport {
+            report,
+            details_json: (!report.details.is_null()).then(|| report.details.to_string()),
+        })
+        .collect();
+    let stored = state
+        .db()
+        .insert_error_reports(&agent.agent_id, &rows, &clock::now())
+        .await?;
+    let total = u32::try_from(rows.len()).unwrap_or(u32::MAX);
+    let duplicates = total.saturating_sub(stored);
+    tracing::info!(
+        agent_id = agent.agent_id,
+        stored,
+        duplicates,
+        "error reports received"
+    );
+    Ok(axum::Json(ErrorBatchResponse { stored, duplicates }))
+}
+
+/// Cuts `text` to at most `max` bytes on a character boundary.
+fn truncate(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+}
+
+/// `GET /api/v1/agent/ws`: upgrades to the agent's event WebSocket.
+pub async fn websocket(
+    State(state): State<AppState>,
+    agent: AuthedAgent,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    state.db().touch(&agent.agent_id, &clock::now()).await?;
+    let hub = state.hub().clone();
+    let shutdown = state.shutdown().clone();
+    let db = state.db().clone();
+    let upgrade = upgrade
+        .max_message_size(MAX_WS_MESSAGE)
+        .max_frame_size(MAX_WS_MESSAGE);
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        crate::ws::run_socket(socket, agent.agent_id.clone(), hub, shutdown.clone()).await;
+        if shutdown.is_cancelled() {
+            return; // The pool is closing; the agent reconnects to the next server anyway.
+        }
+        // The socket kept the agent online until now: record that as its last contact.
+        if let Err(error) = db.touch(&agent.agent_id, &clock::now()).await {
+            tracing::warn!(agent_id = agent.agent_id, %error, "cannot record disconnect time");
+        }
+    }))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        let mut text = "ééé".to_string();
+        truncate(&mut text, 3);
+        assert_eq!(text, "é");
+        let mut short = "abc".to_string();
+        truncate(&mut short, 10);
+        assert_eq!(short, "abc");
+    }
+
+    #[test]
+    fn package_url_shape() {
+        assert_eq!(
+            package_url("1.2.3", "linux-x86_64"),
+            "/api/v1/agent/packages/1.2.3/linux-x86_64"
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! `cms-server`: the reference backend the CMS agent talks to.
+//!
+//! It registers agents, records their heartbeats and error reports, answers update checks and
+//! pushes events over a WebSocket per agent; operators read the fleet through a small JSON API.
+//! The library holds everything the `cms-server` binary runs so tests and the binary share one
+//! code path. It must never read the process environment or command line itself (that is
+//! `main.rs`'s job) and never log a bearer or enrollment token.
+
+pub mod api;
+pub mod auth;
+pub mod clock;
+pub mod db;
+pub mod rollout;
+pub mod server;
+pub mod ws;
+
+pub use server::{ServeConfig, ServeError, serve};

@@ -1,0 +1,132 @@
+//! The `cms-server` binary: command line, logging, signals; everything else is the library.
+//!
+//! `cms-server serve ...` prints exactly one line on stdout, `listening on http://IP:PORT`, once
+//! it accepts requests; logs go to stderr. This file must never hold server logic and never
+//! print secrets.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use cms_server::ServeConfig;
+use tokio_util::sync::CancellationToken;
+
+/// Reference backend for the CMS agent.
+#[derive(Debug, Parser)]
+#[command(name = "cms-server", version = cms_protocol::BUILD_VERSION, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the agent and operator HTTP API.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Directory for the SQLite database and server files.
+    #[arg(long, default_value = "./cms-server-data")]
+    data_dir: PathBuf,
+    /// `postgres://user:pass@host/db` to use PostgreSQL instead of SQLite in the data dir.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Registration requires this token when set.
+    #[arg(long, env = "CMS_ENROLLMENT_TOKEN", hide_env_values = true)]
+    enrollment_token: Option<String>,
+    /// Seconds without contact after which an agent without a WebSocket counts as offline.
+    #[arg(long, default_value_t = 90)]
+    offline_after: u64,
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("cms-server: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
+fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let enrollment_token = args.enrollment_token.filter(|t| !t.is_empty());
+    let config = ServeConfig {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        database_url: args.database_url,
+        enrollment_token,
+        offline_after: Duration::from_secs(args.offline_after),
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    cms_server::serve(config, shutdown, |addr| {
+        let mut stdout = std::io::stdout().lock();
+        // A closed stdout must not stop the server; the address is also logged.
+        let _ = writeln!(stdout, "listening on http://{addr}");
+        let _ = stdout.flush();
+    })
+    .await?;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM (Ctrl-C on Windows).
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    wait_for_signal().await;
+    tracing::info!("signal received, shutting down");
+    shutdown.cancel();
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,100 @@
+//! Wiring of `cms-server serve`: open the database, bind the listener, run until shutdown.
+//!
+//! This module must never parse the command line or install signal handlers (the binary does
+//! both and hands over a [`CancellationToken`]); it only assembles the parts and runs them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::db::{self, Db, DbError};
+use crate::ws::Hub;
+
+/// Settings of one `serve` run.
+#[derive(Clone)]
+pub struct ServeConfig {
+    /// Address to listen on, such as `127.0.0.1:8080` (port 0 picks a free port).
+    pub listen: String,
+    /// Directory of the SQLite database (and, later, release packages and keys).
+    pub data_dir: PathBuf,
+    /// `postgres://...` (or `sqlite://...`) URL; `None` means SQLite in `data_dir`.
+    pub database_url: Option<String>,
+    /// When set, registration requires this token.
+    pub enrollment_token: Option<String>,
+    /// An agent without a WebSocket counts as offline after this long without contact.
+    pub offline_after: Duration,
+}
+
+impl std::fmt::Debug for ServeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeConfig")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("database_url", &self.database_url.as_ref().map(|_| "<set>"))
+            .field(
+                "enrollment_token",
+                &self.enrollment_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("offline_after", &self.offline_after)
+            .finish()
+    }
+}
+
+/// Why `serve` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The database could not be opened or migrated.
+    #[error(transparent)]
+    Database(#[from] DbError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The requested address.
+        addr: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The HTTP server failed.
+    #[error("HTTP server failed: {0}")]
+    Http(#[source] std::io::Error),
+}
+
+/// Runs the server until `shutdown` is cancelled; calls `on_listening` with the bound address
+/// once the database is ready and the socket accepts connections.
+pub async fn serve(
+    config: ServeConfig,
+    shutdown: CancellationToken,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), ServeError> {
+    let url = match &config.database_url {
+        Some(url) => url.clone(),
+        None => db::sqlite_url_for_dir(&config.data_dir)?,
+    };
+    let db = Db::connect(&url).await?;
+    tracing::info!(backend = ?db.backend(), "database ready");
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen.clone(),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(ServeError::Http)?;
+    let state = AppState::new(
+        db.clone(),
+        Hub::new(),
+        config.enrollment_token.clone(),
+        config.offline_after,
+        shutdown.clone(),
+    );
+    let app = api::router(state);
+    tracing::info!(%addr, enrollment = config.enrollment_token.is_some(), "listening");
+    on_listening(addr);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    db.close().await;
+    result.map_err(ServeError::Http)
+}

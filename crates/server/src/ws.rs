@@ -1,0 +1,281 @@
+//! The WebSocket hub: one live connection per agent, and the task that drives each socket.
+//!
+//! The hub maps agent ids to the sending half of a small channel; each socket task forwards
+//! [`ServerEvent`]s from its channel as JSON text frames, pings every [`PING_INTERVAL`] and
+//! drops connections that stop answering. A new connection for the same agent replaces the old
+//! one. This module must never touch the database directly (callers pass what it needs) and
+//! never block: sends into the hub are `try_send`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket};
+use cms_protocol::ServerEvent;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How often the server pings each agent; two silent intervals drop the connection.
+pub const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// Longest time one frame may take to send before the connection counts as dead.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Events waiting per agent; beyond it new events are dropped (they only say "check now").
+const QUEUE_DEPTH: usize = 16;
+
+/// Why an event did not reach an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotifyError {
+    /// The agent holds no live WebSocket.
+    #[error("agent has no live WebSocket")]
+    NotConnected,
+    /// The agent's queue is full (it is not reading).
+    #[error("agent's event queue is full")]
+    QueueFull,
+}
+
+#[derive(Debug)]
+struct Slot {
+    connection_id: u64,
+    sender: mpsc::Sender<ServerEvent>,
+}
+
+/// Live WebSocket connections by agent id (cheap to clone).
+#[derive(Debug, Clone, Default)]
+pub struct Hub {
+    slots: Arc<Mutex<HashMap<String, Slot>>>,
+    next_id: Arc<AtomicU64>,
+}
+
+/// A connection's registration: its id and the events addressed to it.
+#[derive(Debug)]
+pub struct Registration {
+    /// Distinguishes this connection from a later one of the same agent.
+    pub connection_id: u64,
+    /// Events to forward to the socket; closes when a newer connection replaces this one.
+    pub events: mpsc::Receiver<ServerEvent>,
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        // The map stays consistent under every operation, so a poisoned lock is still usable.
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a new connection for `agent_id`, replacing (and so closing) any older one.
+    pub fn register(&self, agent_id: &str) -> Registration {
+        let connection_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (sender, events) = mpsc::channel(QUEUE_DEPTH);
+        let old = self.lock().insert(
+            agent_id.to_owned(),
+            Slot {
+                connection_id,
+                sender,
+            },
+        );
+        if old.is_some() {
+            tracing::info!(agent_id, "new WebSocket replaces the previous one");
+        }
+        Registration {
+            connection_id,
+            events,
+        }
+    }
+
+    /// Removes `agent_id`'s connection if it is still `connection_id` (not a newer one).
+    pub fn unregister(&self, agent_id: &str, connection_id: u64) {
+        let mut slots = self.lock();
+        if slots
+            .get(agent_id)
+            .is_some_and(|slot| slot.connection_id == connection_id)
+        {
+            slots.remove(agent_id);
+        }
+    }
+
+    /// Whether `agent_id` holds a live connection.
+    pub fn is_connected(&self, agent_id: &str) -> bool {
+        self.lock()
+            .get(agent_id)
+            .is_some_and(|slot| !slot.sender.is_closed())
+    }
+
+    /// Queues `event` for one agent.
+    pub fn notify(&self, agent_id: &str, event: ServerEvent) -> Result<(), NotifyError> {
+        let slots = self.lock();
+        let slot = slots.get(agent_id).ok_or(NotifyError::NotConnected)?;
+        slot.sender.try_send(event).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => NotifyError::QueueFull,
+            mpsc::error::TrySendError::Closed(_) => NotifyError::NotConnected,
+        })
+    }
+
+    /// Queues `event` for every connected agent; returns how many it was queued for.
+    pub fn broadcast(&self, event: &ServerEvent) -> usize {
+        let slots = self.lock();
+        slots
+            .values()
+            .filter(|slot| slot.sender.try_send(event.clone()).is_ok())
+            .count()
+    }
+
+    /// Number of live connections.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no agent is connected.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Why a socket loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    ClientClosed,
+    Replaced,
+    Dead,
+    Shutdown,
+}
+
+/// Drives one agent's socket until it closes, dies, is replaced or the server stops.
+pub async fn run_socket(
+    socket: WebSocket,
+    agent_id: String,
+    hub: Hub,
+    shutdown: CancellationToken,
+) {
+    let Registration {
+        connection_id,
+        mut events,
+    } = hub.register(&agent_id);
+    tracing::info!(agent_id, connection_id, "agent WebSocket connected");
+    let (mut sink, mut stream) = socket.split();
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    let mut silent_intervals = 0u32;
+    let end = loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break End::Shutdown,
+            event = events.recv() => {
+                let Some(event) = event else { break End::Replaced };
+                if !send_event(&mut sink, &agent_id, &event).await {
+                    break End::Dead;
+                }
+            }
+            _ = ping.tick() => {
+                silent_intervals += 1;
+                let ping = Message::Ping(Default::default());
+                if silent_intervals >= 2 || !send_frame(&mut sink, ping).await {
+                    break End::Dead;
+                }
+            }
+            frame = stream.next() => {
+                silent_intervals = 0;
+                if let Some(end) = on_frame(&agent_id, frame) {
+                    break end;
+                }
+            }
+        }
+    };
+    hub.unregister(&agent_id, connection_id);
+    if matches!(end, End::Shutdown | End::Replaced) {
+        let _ = send_frame(&mut sink, Message::Close(None)).await;
+    }
+    tracing::info!(agent_id, connection_id, reason = ?end, "agent WebSocket closed");
+}
+
+/// Handles one frame from the agent; `Some` ends the connection.
+fn on_frame(agent_id: &str, frame: Option<Result<Message, axum::Error>>) -> Option<End> {
+    match frame {
+        Some(Ok(Message::Text(text))) => {
+            tracing::debug!(agent_id, len = text.len(), "ignoring text frame from agent");
+            None
+        }
+        Some(Ok(Message::Close(_))) | None => Some(End::ClientClosed),
+        Some(Err(error)) => {
+            tracing::debug!(agent_id, %error, "WebSocket read failed");
+            Some(End::Dead)
+        }
+        Some(Ok(_)) => None,
+    }
+}
+
+type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
+
+async fn send_frame(sink: &mut Sink, frame: Message) -> bool {
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, sink.send(frame)).await,
+        Ok(Ok(()))
+    )
+}
+
+async fn send_event(sink: &mut Sink, agent_id: &str, event: &ServerEvent) -> bool {
+    let text = match serde_json::to_string(event) {
+        Ok(text) => text,
+        Err(error) => {
+            tracing::error!(agent_id, %error, "cannot serialize event");
+            return true;
+        }
+    };
+    tracing::debug!(agent_id, ?event, "sending event");
+    send_frame(sink, Message::Text(text.into())).await
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use cms_protocol::UpdateRequired;
+
+    fn event() -> ServerEvent {
+        ServerEvent::UpdateRequired(UpdateRequired::default())
+    }
+
+    #[test]
+    fn notify_reaches_the_registered_connection() {
+        let hub = Hub::new();
+        assert_eq!(hub.notify("a", event()), Err(NotifyError::NotConnected));
+        let mut reg = hub.register("a");
+        assert!(hub.is_connected("a"));
+        hub.notify("a", event()).unwrap();
+        assert_eq!(reg.events.try_recv().unwrap(), event());
+    }
+
+    #[test]
+    fn a_new_connection_replaces_the_old_one() {
+        let hub = Hub::new();
+        let mut old = hub.register("a");
+        let mut new = hub.register("a");
+        assert!(old.events.try_recv().is_err());
+        assert!(old.events.is_closed());
+        // The old connection's late unregister must not remove the new one.
+        hub.unregister("a", old.connection_id);
+        assert!(hub.is_connected("a"));
+        hub.notify("a", event()).unwrap();
+        assert_eq!(new.events.try_recv().unwrap(), event());
+        hub.unregister("a", new.connection_id);
+        assert!(!hub.is_connected("a"));
+        assert!(hub.is_empty());
+    }
+
+    #[test]
+    fn broadcast_counts_and_full_queues() {
+        let hub = Hub::new();
+        let _a = hub.register("a");
+        let _b = hub.register("b");
+        assert_eq!(hub.broadcast(&event()), 2);
+        for _ in 1..QUEUE_DEPTH {
+            hub.notify("a", event()).unwrap();
+        }
+        assert_eq!(hub.notify("a", event()), Err(NotifyError::QueueFull));
+    }
+}

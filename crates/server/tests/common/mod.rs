@@ -1,0 +1,264 @@
+//! Test harness: starts the real `cms-server` binary and talks to it over HTTP and WebSocket.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cms_protocol::{AgentSummary, RegisterRequest, RegisterResponse};
+use futures_util::StreamExt;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// How a test server stores its data.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// SQLite in the data dir.
+    Sqlite,
+    /// PostgreSQL at this URL.
+    Postgres(String),
+}
+
+/// A running `cms-server serve` process.
+#[derive(Debug)]
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub http: reqwest::Client,
+    extra_stdout: Arc<Mutex<Vec<String>>>,
+}
+
+/// Extra options for [`Server::start`].
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    pub enrollment_token: Option<String>,
+    pub enrollment_env: Option<String>,
+    pub offline_after: Option<u64>,
+}
+
+impl Server {
+    /// Starts the binary on a free loopback port and waits for its `listening on` line.
+    pub async fn start(data_dir: &Path, store: &Store, options: &Options) -> Server {
+        let log = data_dir.join(format!("server-{}.log", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(data_dir).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cms-server"));
+        cmd.arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env_remove("CMS_ENROLLMENT_TOKEN")
+            .env("RUST_LOG", "debug,sqlx=warn,hyper=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true);
+        if let Store::Postgres(url) = store {
+            cmd.args(["--database-url", url]);
+        }
+        if let Some(token) = &options.enrollment_token {
+            cmd.args(["--enrollment-token", token]);
+        }
+        if let Some(token) = &options.enrollment_env {
+            cmd.env("CMS_ENROLLMENT_TOKEN", token);
+        }
+        if let Some(secs) = options.offline_after {
+            cmd.args(["--offline-after", &secs.to_string()]);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("no listening line; log:\n{}", read_log(&log)))
+            .unwrap()
+            .unwrap_or_else(|| panic!("server exited early; log:\n{}", read_log(&log)));
+        let base = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+        // Nothing else may appear on stdout; keep draining it so the pipe never fills.
+        let extra_stdout = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&extra_stdout);
+        tokio::spawn(async move {
+            while let Ok(Some(extra)) = lines.next_line().await {
+                sink.lock().unwrap().push(extra);
+            }
+        });
+        Server {
+            child,
+            base,
+            data_dir: data_dir.to_owned(),
+            log,
+            http: reqwest::Client::new(),
+            extra_stdout,
+        }
+    }
+
+    /// Full URL of `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// `ws://` URL of `path`.
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("{}{}", self.base.replacen("http://", "ws://", 1), path)
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        read_log(&self.log)
+    }
+
+    /// Sends SIGTERM and returns the exit code.
+    pub async fn stop(mut self) -> Option<i32> {
+        let pid = self.child.id().unwrap();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("server did not stop; log:\n{}", self.log()))
+            .unwrap();
+        let extra = self.extra_stdout.lock().unwrap();
+        assert!(
+            extra.is_empty(),
+            "stdout must hold one line only: {extra:?}"
+        );
+        exit.code()
+    }
+
+    /// Registers an agent and returns its identity.
+    pub async fn register(&self, hostname: &str, token: Option<&str>) -> reqwest::Response {
+        let request = RegisterRequest {
+            hostname: hostname.into(),
+            platform: "linux-x86_64".into(),
+            version: "1.0.0".into(),
+            enrollment_token: token.map(str::to_owned),
+        };
+        self.http
+            .post(self.url(cms_protocol::paths::REGISTER))
+            .json(&request)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Registers an agent, asserting success.
+    pub async fn register_ok(&self, hostname: &str) -> RegisterResponse {
+        let response = self.register(hostname, None).await;
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// `GET /api/v1/agents`.
+    pub async fn agents(&self) -> Vec<AgentSummary> {
+        let response = self
+            .http
+            .get(self.url(cms_protocol::paths::AGENTS))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// Opens the agent WebSocket with a bearer token.
+    pub async fn connect_ws(
+        &self,
+        token: &str,
+    ) -> Result<WsStream, tokio_tungstenite::tungstenite::Error> {
+        let mut request = self
+            .ws_url(cms_protocol::paths::WEBSOCKET)
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let (stream, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(stream)
+    }
+}
+
+/// A client WebSocket.
+pub type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Next text frame of `ws`, within `secs` seconds.
+pub async fn next_text(ws: &mut WsStream, secs: u64) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let frame = tokio::time::timeout_at(deadline, ws.next()).await.ok()??;
+        match frame {
+            Ok(Message::Text(text)) => return Some(text.to_string()),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// A fresh PostgreSQL schema for one test, or `None` (with a SKIPPED line) without a server.
+pub async fn postgres_schema(test: &str) -> Option<PgSchema> {
+    let Ok(url) = std::env::var("CMS_TEST_POSTGRES_URL") else {
+        // Written to the real stderr, not through libtest's output capture, so it shows.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: CMS_TEST_POSTGRES_URL not set ({test})"
+        );
+        return None;
+    };
+    use sqlx::Connection;
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::postgres::PgConnection::connect(&url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let server_url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+    let _ = writeln!(std::io::stderr(), "{test}: PostgreSQL schema {schema}");
+    Some(PgSchema {
+        admin_url: url,
+        schema,
+        server_url,
+    })
+}
+
+/// A per-test PostgreSQL schema; [`PgSchema::drop_schema`] removes it.
+#[derive(Debug)]
+pub struct PgSchema {
+    pub admin_url: String,
+    pub schema: String,
+    pub server_url: String,
+}
+
+impl PgSchema {
+    /// Drops the schema and everything in it.
+    pub async fn drop_schema(self) {
+        use sqlx::Connection;
+        let mut conn = sqlx::postgres::PgConnection::connect(&self.admin_url)
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA {} CASCADE",
+            self.schema
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+    }
+}
