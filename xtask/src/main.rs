@@ -1,0 +1,55 @@
+//! Build automation for the CMS Agent workspace (`cargo xtask <task>`).
+//!
+//! One module per task, in the style of rust-analyzer's `xtask/`. Tasks run real tools (cargo,
+//! the built binaries, Wine, ISCC) and fail loudly with the command that failed; they never
+//! pretend a step passed.
+
+use anyhow::{Result, bail};
+use std::process::ExitCode;
+
+mod demo;
+mod dist;
+mod installer;
+mod util;
+mod wine;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let task = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    match task.as_str() {
+        "demo" => demo::run(&rest),
+        "dist" => dist::run(&rest),
+        "installer" => installer::run(&rest),
+        "wine-test" => wine::run(&rest),
+        "" | "help" | "--help" | "-h" => {
+            print_help();
+            Ok(())
+        }
+        other => {
+            print_help();
+            bail!("unknown task {other:?}")
+        }
+    }
+}
+
+fn print_help() {
+    println!(
+        "cargo xtask <task>\n\n\
+         tasks:\n  \
+         demo        build, start cms-server on its SQLite default, run an agent against it\n  \
+         dist        [--version X.Y.Z] [--target windows|linux|all]: release binaries into dist/\n  \
+         installer   [--version X.Y.Z] [--smoke-test]: dist/cms_agent_setup-X.Y.Z.exe (ISCC under Wine)\n  \
+         wine-test   [-p PKG]... [-- ARGS]: run the Windows tests under Wine\n"
+    );
+}

@@ -1,0 +1,152 @@
+//! Helpers shared by the tasks: where the workspace is, and running commands loudly.
+
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The workspace root (the parent of `xtask/`).
+pub fn project_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// Runs `cmd` to completion, echoing it first; a non-zero exit is an error naming the command.
+pub fn run_checked(cmd: &mut Command) -> Result<()> {
+    eprintln!("$ {}", describe(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {}", describe(cmd)))?;
+    if !status.success() {
+        bail!("{} failed with {status}", describe(cmd));
+    }
+    Ok(())
+}
+
+/// The command line of `cmd`, for messages.
+pub fn describe(cmd: &Command) -> String {
+    let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
+    parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+    parts.join(" ")
+}
+
+/// The cargo target directory: `CARGO_TARGET_DIR` when set (relative paths are taken from the
+/// workspace root, as cargo does when run there), otherwise `<root>/target`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => project_root().join(dir),
+        _ => project_root().join("target"),
+    }
+}
+
+/// A `cargo` command (the cargo running xtask, from `$CARGO`) started in the workspace root.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(project_root());
+    cmd
+}
+
+/// The workspace version (`[workspace.package] version`, which xtask inherits).
+pub fn workspace_version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+
+/// Runs `cmd` like [`run_checked`], but kills it and fails once `timeout` has passed.
+pub fn run_checked_timeout(cmd: &mut Command, timeout: Duration) -> Result<()> {
+    eprintln!("$ {}", describe(cmd));
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", describe(cmd)))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().context("waiting for a child process")? {
+            if !status.success() {
+                bail!("{} failed with {status}", describe(cmd));
+            }
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            // Best effort: the error below is what matters.
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{} did not finish within {timeout:?}", describe(cmd));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs `cmd` and returns its standard output as text; a non-zero exit is an error.
+pub fn output_checked(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {}", describe(cmd)))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed with {}: {}",
+            describe(cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Removes every `FLAG VALUE` pair whose flag is one of `flags` from `args` (before any `--`)
+/// and returns the values in order; a flag without a value is an error.
+pub fn take_values(args: &mut Vec<String>, flags: &[&str]) -> Result<Vec<String>> {
+    let mut values = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        if args[i] == "--" {
+            break;
+        }
+        if flags.contains(&args[i].as_str()) {
+            let flag = args.remove(i);
+            if i >= args.len() || args[i] == "--" {
+                bail!("{flag} needs a value");
+            }
+            values.push(args.remove(i));
+        } else {
+            i += 1;
+        }
+    }
+    Ok(values)
+}
+
+/// Like [`take_values`] for an option that may be given at most once.
+pub fn take_value(args: &mut Vec<String>, flags: &[&str]) -> Result<Option<String>> {
+    let mut values = take_values(args, flags)?;
+    if values.len() > 1 {
+        bail!("{} given more than once", flags.join("/"));
+    }
+    Ok(values.pop())
+}
+
+/// Removes the switch `flag` from `args` (before any `--`) and says whether it was there.
+pub fn take_switch(args: &mut Vec<String>, flag: &str) -> bool {
+    let end = args.iter().position(|a| a == "--").unwrap_or(args.len());
+    match args[..end].iter().position(|a| a == flag) {
+        Some(i) => {
+            args.remove(i);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Fails when `args` still holds anything: the task did not understand it.
+pub fn reject_rest(task: &str, args: &[String]) -> Result<()> {
+    if !args.is_empty() {
+        bail!("{task}: unexpected arguments {args:?}");
+    }
+    Ok(())
+}
+
+/// Removes `dir` and everything in it; a missing `dir` is fine.
+pub fn remove_dir_if_exists(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", dir.display())),
+    }
+}

@@ -1,0 +1,356 @@
+//! Wine for the Windows lane: throwaway Wine prefixes and `cargo xtask wine-test`.
+//!
+//! `cargo xtask wine-test [-p PKG]... [-- TEST_ARGS...]` cross-compiles the tests of the given
+//! packages (default: cms-protocol, cms-agent, cms-updater) for `x86_64-pc-windows-gnu` and runs
+//! them under Wine (`CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=wine`) in a fresh prefix; any test
+//! failure fails the task.
+//!
+//! Prefixes: a template is made once with `wineboot --init` (about 8 s) and kept in
+//! `$CMS_CI_CACHE/wine-template` when the CI cache dir exists (`.ci/windows-deps.sh` makes it),
+//! else in `<target>/wine/template`; it is remade when the Wine version or the presence of
+//! 32-bit Wine changes (a prefix made without wine32 cannot run 32-bit programs). Each
+//! [`prepare_prefix`] copies it to `<target>/wine/prefixes/<name>` and installs the TEST-ONLY
+//! `bcryptprimitives.dll` shim (built from `xtask/wine/bcryptprimitives.c`), without which no
+//! Rust exe loads under Wine 8. Windows end-to-end tests reuse [`prepare_prefix`] and
+//! [`WinePrefix::command`].
+//!
+//! Must never: put the shim anywhere but a Wine prefix (never `dist/`, never the installer), or
+//! touch the user's own `~/.wine`.
+
+use crate::util::{self, describe, run_checked, run_checked_timeout};
+use anyhow::{Context, Result, bail};
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The Rust target triple of the Windows build.
+pub const WINDOWS_TARGET: &str = "x86_64-pc-windows-gnu";
+
+/// Packages whose tests `wine-test` runs when no `-p` is given.
+pub const DEFAULT_PACKAGES: [&str; 3] = ["cms-protocol", "cms-agent", "cms-updater"];
+
+/// The C compiler that builds the shim (from Debian's `gcc-mingw-w64-x86-64`).
+const MINGW_GCC: &str = "x86_64-w64-mingw32-gcc";
+
+/// Name of the file in a template that says which Wine made it.
+const STAMP_FILE: &str = ".cms-template-stamp";
+
+/// How long `wineboot --init` and `wineserver -w` may take before we give up.
+const WINEBOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// `cargo xtask wine-test [-p PKG]... [-- TEST_ARGS...]`.
+pub fn run(args: &[String]) -> Result<()> {
+    let mut args = args.to_vec();
+    let mut packages = util::take_values(&mut args, &["-p", "--package"])?;
+    let test_args = split_off_dashdash(&mut args);
+    util::reject_rest("wine-test", &args)?;
+    if packages.is_empty() {
+        packages = DEFAULT_PACKAGES.iter().map(|p| p.to_string()).collect();
+    }
+    let prefix = prepare_prefix("wine-test")?;
+    eprintln!("wine-test: WINEPREFIX={}", prefix.dir().display());
+    let mut cmd = util::cargo();
+    cmd.args(["test", "--target", WINDOWS_TARGET, "--no-fail-fast"]);
+    for package in &packages {
+        cmd.args(["-p", package]);
+    }
+    if !test_args.is_empty() {
+        cmd.arg("--").args(&test_args);
+    }
+    prefix.apply_env(&mut cmd);
+    cmd.env("CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER", wine_program());
+    run_checked(&mut cmd).context("Windows tests under Wine failed")?;
+    eprintln!(
+        "wine-test: all tests passed under Wine for {}",
+        packages.join(", ")
+    );
+    Ok(())
+}
+
+/// Everything after a `--` in `args` (removed from `args`, `--` included).
+fn split_off_dashdash(args: &mut Vec<String>) -> Vec<String> {
+    match args.iter().position(|a| a == "--") {
+        Some(i) => {
+            let rest = args.split_off(i + 1);
+            args.pop();
+            rest
+        }
+        None => Vec::new(),
+    }
+}
+
+/// A Wine prefix of our own (never `~/.wine`) with the test shim installed.
+#[derive(Debug)]
+pub struct WinePrefix {
+    dir: PathBuf,
+}
+
+impl WinePrefix {
+    /// The prefix directory (`WINEPREFIX`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The Unix path of `C:\`.
+    pub fn drive_c(&self) -> PathBuf {
+        self.dir.join("drive_c")
+    }
+
+    /// `wine <exe>` in this prefix, with Wine's debug output off.
+    pub fn command(&self, exe: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new(wine_program());
+        cmd.arg(exe);
+        self.apply_env(&mut cmd);
+        cmd
+    }
+
+    /// Sets `WINEPREFIX` and `WINEDEBUG=-all` on any command (cargo, xvfb-run, wineserver).
+    pub fn apply_env<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        cmd.env("WINEPREFIX", &self.dir).env("WINEDEBUG", "-all")
+    }
+
+    /// Waits until every Wine process of this prefix has ended (`wineserver -w`).
+    pub fn wait_idle(&self, timeout: Duration) -> Result<()> {
+        let mut cmd = Command::new(wineserver_program());
+        self.apply_env(&mut cmd).arg("-w");
+        run_checked_timeout(&mut cmd, timeout)
+    }
+
+    /// Kills every Wine process of this prefix (`wineserver -k`).
+    pub fn kill_all(&self) -> Result<()> {
+        let mut cmd = Command::new(wineserver_program());
+        self.apply_env(&mut cmd).arg("-k");
+        // Exit status 1 only means no wineserver was running.
+        cmd.status()
+            .with_context(|| format!("cannot start {}", describe(&cmd)))?;
+        Ok(())
+    }
+}
+
+impl Drop for WinePrefix {
+    fn drop(&mut self) {
+        // Best effort: a throwaway prefix must not leave Windows programs running behind it.
+        let _ = self.kill_all();
+    }
+}
+
+/// A fresh throwaway prefix `<target>/wine/prefixes/<name>` (anything there before is removed):
+/// a copy of the template with the `bcryptprimitives.dll` test shim in `system32`.
+pub fn prepare_prefix(name: &str) -> Result<WinePrefix> {
+    let template = ensure_template()?;
+    let shim = build_shim()?;
+    let dir = util::target_dir().join("wine/prefixes").join(name);
+    util::remove_dir_if_exists(&dir)?;
+    fs::create_dir_all(dir.parent().unwrap_or(&dir))
+        .with_context(|| format!("cannot create the parent of {}", dir.display()))?;
+    clone_tree(&template, &dir, false)
+        .with_context(|| format!("cannot copy {} to {}", template.display(), dir.display()))?;
+    let system32 = dir.join("drive_c/windows/system32");
+    fs::copy(&shim, system32.join("bcryptprimitives.dll"))
+        .with_context(|| format!("cannot install the shim into {}", system32.display()))?;
+    Ok(WinePrefix { dir })
+}
+
+/// Copies the prefix tree `src` to `dest` (which must not exist). Symlinks are copied as links
+/// (never followed: `dosdevices/z:` points at `/`); Windows binaries under `drive_c/windows`
+/// are hard-linked when `share` allows (Wine never rewrites them, and a prefix is 1.2 GB of
+/// them); everything else, the registry included, is copied.
+fn clone_tree(src: &Path, dest: &Path, share: bool) -> Result<()> {
+    fs::create_dir(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    for entry in fs::read_dir(src).with_context(|| format!("cannot list {}", src.display()))? {
+        let entry = entry?;
+        let (from, to) = (entry.path(), dest.join(entry.file_name()));
+        let kind = entry.file_type()?;
+        if kind.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&from)?, &to)?;
+        } else if kind.is_dir() {
+            let share = share || from.ends_with("drive_c/windows");
+            clone_tree(&from, &to, share)?;
+        } else if !(share && is_windows_binary(&from) && fs::hard_link(&from, &to).is_ok()) {
+            fs::copy(&from, &to).with_context(|| format!("cannot copy {}", from.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `path` is a Windows binary (by extension) that programs load but do not write.
+fn is_windows_binary(path: &Path) -> bool {
+    const EXTENSIONS: [&str; 9] = ["dll", "exe", "drv", "sys", "ocx", "cpl", "acm", "ax", "tlb"];
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// The `wine` launcher (`$CMS_WINE` overrides it).
+pub fn wine_program() -> String {
+    std::env::var("CMS_WINE").unwrap_or_else(|_| "wine".to_string())
+}
+
+/// The `wineserver` matching [`wine_program`] (`$CMS_WINESERVER` overrides it).
+fn wineserver_program() -> String {
+    std::env::var("CMS_WINESERVER").unwrap_or_else(|_| "wineserver".to_string())
+}
+
+/// Whether 32-bit Wine (Debian's `wine32:i386`) is installed; `Err` carries why not.
+pub fn wine32_status() -> std::result::Result<(), String> {
+    let loader = Path::new("/usr/lib/wine/wine");
+    if loader.exists() {
+        return Ok(());
+    }
+    let reason = deps_summary_value("WINE32_REASON").filter(|r| !r.is_empty());
+    Err(format!(
+        "32-bit Wine (wine32:i386) is not installed ({} missing){}",
+        loader.display(),
+        reason.map(|r| format!(": {r}")).unwrap_or_default()
+    ))
+}
+
+/// The CI cache directory shared by `.ci/windows-deps.sh` and xtask.
+pub fn ci_cache_dir() -> PathBuf {
+    std::env::var_os("CMS_CI_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/cms-agent-ci"))
+}
+
+/// A value from the summary `.ci/windows-deps.sh` writes (`KEY=value`, shell-quoted).
+fn deps_summary_value(key: &str) -> Option<String> {
+    let text = fs::read_to_string(ci_cache_dir().join("windows-deps.env")).ok()?;
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))?;
+    Some(line.replace('\\', "").trim_matches('\'').to_string())
+}
+
+/// The template prefix, made (again) when missing or made by another Wine.
+fn ensure_template() -> Result<PathBuf> {
+    let dir = template_dir();
+    let stamp = template_stamp()?;
+    if fs::read_to_string(dir.join(STAMP_FILE)).is_ok_and(|s| s == stamp) {
+        return Ok(dir);
+    }
+    eprintln!(
+        "wine: making the template prefix {} ({stamp})",
+        dir.display()
+    );
+    let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
+    util::remove_dir_if_exists(&tmp)?;
+    fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let prefix = WinePrefix { dir: tmp.clone() };
+    let mut boot = prefix.command("wineboot");
+    // No Mono/Gecko download prompts: they need a display and the network.
+    boot.arg("--init")
+        .env("WINEDLLOVERRIDES", "mscoree,mshtml=");
+    run_checked_timeout(&mut boot, WINEBOOT_TIMEOUT)?;
+    prefix.wait_idle(WINEBOOT_TIMEOUT)?;
+    fs::write(tmp.join(STAMP_FILE), &stamp).context("cannot write the template stamp")?;
+    util::remove_dir_if_exists(&dir)?;
+    fs::rename(&tmp, &dir)
+        .with_context(|| format!("cannot move {} to {}", tmp.display(), dir.display()))?;
+    Ok(dir)
+}
+
+/// Where the template lives: the CI cache when it exists (kept between CI runs), else target/.
+fn template_dir() -> PathBuf {
+    let cache = ci_cache_dir();
+    if cache.is_dir() {
+        cache.join("wine-template")
+    } else {
+        util::target_dir().join("wine/template")
+    }
+}
+
+/// What a template must have been made by: the Wine version and whether wine32 was there.
+fn template_stamp() -> Result<String> {
+    let version = util::output_checked(Command::new(wine_program()).arg("--version"))
+        .context("Wine is not usable (run .ci/windows-deps.sh)")?;
+    let wine32 = if wine32_status().is_ok() { "yes" } else { "no" };
+    Ok(format!("{} wine32={wine32}\n", version.trim()))
+}
+
+/// Builds the TEST-ONLY shim into `<target>/wine/shim/` and returns its path (once a process).
+fn build_shim() -> Result<PathBuf> {
+    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
+    let mut built = BUILT
+        .lock()
+        .map_err(|_| anyhow::anyhow!("shim lock poisoned"))?;
+    if let Some(path) = built.as_ref() {
+        return Ok(path.clone());
+    }
+    let src = util::project_root().join("xtask/wine");
+    let out_dir = util::target_dir().join("wine/shim");
+    fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let out = out_dir.join("bcryptprimitives.dll");
+    // Build under a unique name, then rename: other processes may be copying the old one.
+    let tmp = out_dir.join(format!("bcryptprimitives.{}.dll", std::process::id()));
+    let mut gcc = Command::new(MINGW_GCC);
+    gcc.args(["-shared", "-O2", "-s", "-static-libgcc", "-o"])
+        .arg(&tmp)
+        .arg(src.join("bcryptprimitives.c"))
+        .arg(src.join("bcryptprimitives.def"))
+        .arg("-ladvapi32");
+    run_checked(&mut gcc).context("cannot build the bcryptprimitives.dll test shim")?;
+    fs::rename(&tmp, &out).with_context(|| format!("cannot move the shim to {}", out.display()))?;
+    *built = Some(out.clone());
+    Ok(out)
+}
+
+/// A private Xvfb display (setup.exe needs one even with `/VERYSILENT`), stopped on drop.
+#[derive(Debug)]
+pub struct VirtualDisplay {
+    server: Child,
+    name: String,
+}
+
+impl VirtualDisplay {
+    /// Starts `Xvfb` on a free display number (it picks one and reports it on `-displayfd`).
+    pub fn start() -> Result<Self> {
+        let mut cmd = Command::new("Xvfb");
+        cmd.args([
+            "-displayfd",
+            "1",
+            "-nolisten",
+            "tcp",
+            "-screen",
+            "0",
+            "1024x768x24",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+        let mut server = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {} (apt-get install xvfb)", describe(&cmd)))?;
+        let mut line = String::new();
+        if let Some(out) = server.stdout.take() {
+            BufReader::new(out)
+                .read_line(&mut line)
+                .context("reading Xvfb's display number")?;
+        }
+        let number = line.trim().to_string();
+        let display = Self {
+            server,
+            name: format!(":{number}"),
+        };
+        if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+            bail!("Xvfb did not report a display number (got {line:?})");
+        }
+        Ok(display)
+    }
+
+    /// The `DISPLAY` value, e.g. `:1`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for VirtualDisplay {
+    fn drop(&mut self) {
+        // Best effort: the display was ours alone.
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
