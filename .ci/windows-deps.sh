@@ -6,8 +6,11 @@
 #     (the mirror's i386 index of bookworm-security failed to download on 2026-11-25), the
 #     fallback fetches the i386 .debs from the same pool path and mirror apt uses for amd64
 #   - the npm package `innosetup` (ISCC.exe and its DLLs), fetched with `npm pack` (no scripts run)
-# Downloads are cached under $CMS_CI_CACHE (default /var/cache/cms-agent-ci) so a second run on
-# the same machine is fast; a fresh machine works from nothing.
+# Downloads are cached under $CMS_CI_CACHE (default /var/cache/cms-agent-ci: apt .debs, the
+# npm tarball, the i386 .debs of the fallback; xtask keeps its Wine prefix template there too)
+# so a second run on the same machine is fast; a fresh machine works from nothing.
+# Environment: CMS_CI_CACHE, CMS_INNOSETUP_VERSION (default 6.4.1), CMS_CI_FORCE_WINE32_FALLBACK=1
+# (skip the plain wine32 install, to exercise the fallback).
 # Never fails just because wine32 is missing: the lane then reports the installer checks as
 # SKIPPED. It does fail when something every Windows check needs (mingw, target, wine64) is missing.
 # The last lines are a machine-readable summary (also written to $CMS_CI_CACHE/windows-deps.env):

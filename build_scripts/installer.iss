@@ -10,7 +10,8 @@
 ;     %LOCALAPPDATA%\Programs) install: /ALLUSERS or /CURRENTUSER on the command line, or the
 ;     dialog (PrivilegesRequiredOverridesAllowed);
 ;   - silent-capable: /VERYSILENT /SUPPRESSMSGBOXES [/LOG=file];
-;   - before copying files (install and upgrade), stops a running agent;
+;   - before copying files (install and upgrade), stops a running agent (taskkill without /T:
+;     Wine 8's taskkill rejects /T);
 ;   - after install: `cms_agent --enable-autostart`, then starts the agent, with
 ;     `--server URL` when given /SERVER=URL (and `--enrollment-token T` for /ENROLLMENTTOKEN=T);
 ;     /NOSTART skips starting it;
@@ -38,7 +39,9 @@ AppVersion={#AppVersion}
 AppVerName={#AppName} {#AppVersion}
 AppPublisher=CMS Agent project
 VersionInfoVersion={#AppVersion}
-DefaultDirName={autopf}\{#AppName}
+; {autopf} in effect; spelled out because Wine 8 cannot expand {userpf} (its
+; SHGetKnownFolderPath lacks FOLDERID_UserProgramFiles), which broke per-user installs there.
+DefaultDirName={code:DefaultInstallDir}
 DisableProgramGroupPage=yes
 PrivilegesRequired=admin
 PrivilegesRequiredOverridesAllowed=commandline dialog
@@ -71,6 +74,15 @@ const
   { `cms_agent --status` exit code when no instance runs (design.md section 4). }
   ExitNoInstance = 3;
 
+// Program Files per machine; %LOCALAPPDATA%\Programs per user (what userpf is on Windows).
+function DefaultInstallDir(Param: String): String;
+begin
+  if IsAdminInstallMode() then
+    Result := ExpandConstant('{commonpf}\{#AppName}')
+  else
+    Result := ExpandConstant('{localappdata}\Programs\{#AppName}');
+end;
+
 function AgentPath(): String;
 begin
   Result := ExpandConstant('{app}\{#AgentExe}');
@@ -98,7 +110,7 @@ begin
       Result := True;
 end;
 
-{ Stops the agent installed in the current {app}, if it runs. }
+{ Stops the agent installed in the current app folder, if it runs. }
 procedure StopAgent();
 begin
   if not FileExists(AgentPath()) then
@@ -115,8 +127,9 @@ begin
     RunHidden and keep the taskkill below only as the fallback for an agent that does not
     answer. Until then: terminate (the agent's data is written atomically; the lock is
     released by the OS when the process ends). }
-  RunHidden(ExpandConstant('{sys}\taskkill.exe'), '/F /T /IM {#AgentExe}');
-  RunHidden(ExpandConstant('{sys}\taskkill.exe'), '/F /T /IM {#UpdaterExe}');
+  if RunHidden(ExpandConstant('{sys}\taskkill.exe'), '/F /IM {#AgentExe}') = 0 then
+    Sleep(1500);
+  RunHidden(ExpandConstant('{sys}\taskkill.exe'), '/F /IM {#UpdaterExe}');
 end;
 
 { The agent's arguments for its first start: --server / --enrollment-token from /SERVER= and

@@ -1,10 +1,11 @@
 //! `cargo xtask demo`: the main job, end to end, on this machine.
 //!
-//! Builds the workspace, starts `cms-server` on its embedded SQLite default (a fresh data dir
-//! under `target/demo/`), runs an agent against it, shows it registered and heartbeating
-//! through the operator API, pushes an `agent:update_required` over its WebSocket, then stops
-//! the agent and the server politely and shows their clean exits. Every step is checked; a
-//! step that does not happen fails the demo with what was expected.
+//! Builds agent 1.0.0 and 2.0.0 (`CMS_BUILD_VERSION`), starts `cms-server` on its embedded
+//! SQLite default (a fresh data dir under `target/demo/`), installs and runs agent 1.0.0 against
+//! it, shows it registered and heartbeating through the operator API, pushes an
+//! `agent:update_required` over its WebSocket, publishes release 2.0.0 and watches the agent
+//! replace itself, then stops the agent and the server politely. Every step is checked; a step
+//! that does not happen fails the demo with what was expected.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -12,11 +13,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use cms_protocol::AgentSummary;
+use cms_protocol::{AgentSummary, LockRecord};
 
 use crate::util::{project_root, run_checked};
 
-const WAIT: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_secs(60);
 
 /// Runs the demo; no options.
 pub fn run(args: &[String]) -> Result<()> {
@@ -24,28 +25,57 @@ pub fn run(args: &[String]) -> Result<()> {
         bail!("demo takes no options (got {arg:?})");
     }
     let root = project_root();
-    run_checked(Command::new(cargo()).current_dir(&root).args([
-        "build",
-        "-p",
-        "cms-server",
-        "-p",
-        "cms-agent",
-    ]))?;
-    let bin = target_dir(&root).join("debug");
     let demo_dir = target_dir(&root).join("demo");
     if demo_dir.exists() {
         std::fs::remove_dir_all(&demo_dir)
             .with_context(|| format!("cannot clean {}", demo_dir.display()))?;
     }
-    let mut server = start_server(&bin, &demo_dir.join("server"))?;
-    let outcome = run_agent(&bin, &demo_dir.join("agent"), &server.url);
-    stop(&mut server.child, "cms-server")?;
+    run_checked(
+        Command::new(cargo())
+            .current_dir(&root)
+            .args(["build", "-p", "cms-server"]),
+    )?;
+    let v1 = build_version(&root, "1.0.0", &demo_dir)?;
+    let v2 = build_version(&root, "2.0.0", &demo_dir)?;
+    let install = demo_dir.join("install");
+    std::fs::create_dir_all(&install)?;
+    std::fs::copy(v1.join(exe("cms_agent")), install.join(exe("cms_agent")))?;
+    let demo = Demo {
+        bin: target_dir(&root).join("debug"),
+        server_dir: demo_dir.join("server"),
+        data: demo_dir.join("agent"),
+        install,
+        v2,
+    };
+    let mut server = start_server(&demo.bin, &demo.server_dir)?;
+    let outcome = demo.run_agent(&server.url);
+    stop_server(&mut server.child)?;
     outcome?;
-    step("done: the agent registered, heartbeated, received a push and stopped cleanly");
-    println!(
-        "    self-update (publish a release, watch the agent replace itself) joins this demo with the update work"
+    step(
+        "done: the agent registered, heartbeated, took a push, updated itself to 2.0.0 and stopped cleanly",
     );
     Ok(())
+}
+
+/// Builds agent and updater stamped `version` into `demo_dir/build-<version>/`.
+fn build_version(root: &Path, version: &str, demo_dir: &Path) -> Result<PathBuf> {
+    step(&format!(
+        "building cms_agent and updater {version} (CMS_BUILD_VERSION={version})"
+    ));
+    let target = target_dir(root).join("demo-build");
+    run_checked(
+        Command::new(cargo())
+            .current_dir(root)
+            .args(["build", "-p", "cms-agent", "-p", "cms-updater"])
+            .env("CMS_BUILD_VERSION", version)
+            .env("CARGO_TARGET_DIR", &target),
+    )?;
+    let out = demo_dir.join(format!("build-{version}"));
+    std::fs::create_dir_all(&out)?;
+    for name in ["cms_agent", "updater"] {
+        std::fs::copy(target.join("debug").join(exe(name)), out.join(exe(name)))?;
+    }
+    Ok(out)
 }
 
 struct Server {
@@ -80,68 +110,147 @@ fn start_server(bin: &Path, data_dir: &Path) -> Result<Server> {
     })
 }
 
-fn run_agent(bin: &Path, data_dir: &Path, server_url: &str) -> Result<()> {
-    step(&format!(
-        "starting cms_agent --server {server_url} (data in {})",
-        data_dir.display()
-    ));
-    let mut agent = Command::new(bin.join(exe("cms_agent")))
-        .args([
-            "--server",
-            server_url,
-            "--status-interval",
-            "2",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot start cms_agent")?;
-    let result = show_agent(server_url, data_dir);
-    stop(&mut agent, "cms_agent")?;
-    result?;
-    let log = std::fs::read_to_string(data_dir.join("logs/agent.log")).unwrap_or_default();
-    print_matching(&log, &["State transition", "Shutdown complete"]);
-    if !log.contains("Shutdown complete") || data_dir.join("agent.lock").exists() {
-        bail!(
-            "the agent did not shut down cleanly; see {}",
-            data_dir.join("logs/agent.log").display()
-        );
-    }
-    Ok(())
+struct Demo {
+    bin: PathBuf,
+    server_dir: PathBuf,
+    data: PathBuf,
+    install: PathBuf,
+    v2: PathBuf,
 }
 
-fn show_agent(server_url: &str, data_dir: &Path) -> Result<()> {
-    step("waiting for the agent to register and report IDLE (GET /api/v1/agents)");
-    let first = wait_for("an IDLE agent", || {
-        Ok(agents(server_url)?.into_iter().find(|a| a.state == "IDLE"))
-    })?;
-    print_agent(&first);
-    step("waiting for the next heartbeat");
-    let later = wait_for("a newer heartbeat", || {
-        Ok(agents(server_url)?
-            .into_iter()
-            .find(|a| a.last_seen != first.last_seen))
-    })?;
-    print_agent(&later);
-    step("pushing agent:update_required over the agent's WebSocket");
-    let push = format!("{server_url}/api/v1/agents/{}/check-update", first.agent_id);
-    wait_for("the push to be accepted", || {
-        Ok((reqwest::blocking::Client::new()
-            .post(&push)
-            .send()?
-            .status()
-            .as_u16()
-            == 202)
-            .then_some(()))
-    })?;
-    let log_path = data_dir.join("logs/agent.log");
-    let log = wait_for("the agent to act on the push", || {
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        Ok(log.contains("trigger=\"push\"").then_some(log))
-    })?;
-    print_matching(&log, &["server event received", "trigger=\"push\""]);
-    Ok(())
+impl Demo {
+    fn run_agent(&self, server_url: &str) -> Result<()> {
+        let exe_path = self.install.join(exe("cms_agent"));
+        step(&format!(
+            "starting {} --server {server_url}",
+            exe_path.display()
+        ));
+        let mut agent = Command::new(&exe_path)
+            .args([
+                "--server",
+                server_url,
+                "--status-interval",
+                "2",
+                "--data-dir",
+            ])
+            .arg(&self.data)
+            .env("CMS_UPDATER_GRACE_SECS", "2")
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start cms_agent")?;
+        let result = self
+            .show_agent(server_url)
+            .and_then(|()| self.show_update(server_url));
+        let stopped = self.stop_agent();
+        let _ = agent.kill(); // the 1.0.0 process we started is long gone after the update
+        let _ = agent.wait();
+        result?;
+        stopped?;
+        let log = std::fs::read_to_string(self.data.join("logs/agent.log")).unwrap_or_default();
+        print_matching(
+            &log,
+            &["State transition", "update verified", "Shutdown complete"],
+        );
+        Ok(())
+    }
+
+    fn show_agent(&self, server_url: &str) -> Result<()> {
+        step("waiting for the agent to register and report IDLE (GET /api/v1/agents)");
+        let first = wait_for("an IDLE agent", || {
+            Ok(agents(server_url)?.into_iter().find(|a| a.state == "IDLE"))
+        })?;
+        print_agent(&first);
+        step("waiting for the next heartbeat");
+        let later = wait_for("a newer heartbeat", || {
+            Ok(agents(server_url)?
+                .into_iter()
+                .find(|a| a.last_seen != first.last_seen))
+        })?;
+        print_agent(&later);
+        step("pushing agent:update_required over the agent's WebSocket (no release yet)");
+        let push = format!("{server_url}/api/v1/agents/{}/check-update", first.agent_id);
+        wait_for("the push to be accepted", || {
+            let status = reqwest::blocking::Client::new()
+                .post(&push)
+                .send()?
+                .status();
+            Ok((status.as_u16() == 202).then_some(()))
+        })?;
+        let log = self.wait_for_log("trigger=\"push\"")?;
+        print_matching(&log, &["server event received", "no update available"]);
+        Ok(())
+    }
+
+    fn show_update(&self, server_url: &str) -> Result<()> {
+        step("publishing release 2.0.0 (cms-server release publish)");
+        run_checked(
+            Command::new(self.bin.join(exe("cms-server")))
+                .args(["release", "publish", "--data-dir"])
+                .arg(&self.server_dir)
+                .args(["--version", "2.0.0", "--agent"])
+                .arg(self.v2.join(exe("cms_agent")))
+                .arg("--updater")
+                .arg(self.v2.join(exe("updater"))),
+        )?;
+        step("waiting for the agent to update itself to 2.0.0");
+        let updated = wait_for("the agent on 2.0.0", || {
+            Ok(agents(server_url)?
+                .into_iter()
+                .find(|a| a.version == "2.0.0" && a.state == "IDLE"))
+        })?;
+        print_agent(&updated);
+        let updater_log = std::fs::read_to_string(self.data.join("logs/updater.log"))?;
+        print_matching(
+            &updater_log,
+            &[
+                "update phase",
+                "backed up",
+                "holds the lock",
+                "update verified",
+            ],
+        );
+        let version = Command::new(self.install.join(exe("cms_agent")))
+            .arg("--version")
+            .output()?;
+        println!(
+            "    the installed exe now says: {}",
+            String::from_utf8_lossy(&version.stdout).trim()
+        );
+        Ok(())
+    }
+
+    /// Stops whichever agent holds the lock (after an update it is not our child).
+    fn stop_agent(&self) -> Result<()> {
+        let Some(record) = self.lock_record() else {
+            bail!("no agent holds the lock at the end of the demo");
+        };
+        step(&format!(
+            "stopping cms_agent {} (pid {})",
+            record.version, record.pid
+        ));
+        if cfg!(unix) {
+            run_checked(Command::new("kill").args(["-TERM", &record.pid.to_string()]))?;
+        } else {
+            run_checked(Command::new("taskkill").args(["/PID", &record.pid.to_string()]))?;
+        }
+        wait_for("the agent to release its lock", || {
+            Ok((!self.data.join("agent.lock").exists()).then_some(()))
+        })?;
+        self.wait_for_log("Shutdown complete").map(drop)
+    }
+
+    fn lock_record(&self) -> Option<LockRecord> {
+        let bytes = std::fs::read(self.data.join("agent.lock")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn wait_for_log(&self, needle: &str) -> Result<String> {
+        let path = self.data.join("logs/agent.log");
+        wait_for(&format!("{needle} in the agent log"), || {
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            Ok(log.contains(needle).then_some(log))
+        })
+    }
 }
 
 fn agents(server_url: &str) -> Result<Vec<AgentSummary>> {
@@ -176,19 +285,19 @@ fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Result<Option<T>>) -> Resu
     bail!("timed out after {WAIT:?} waiting for {what}")
 }
 
-/// Asks `child` to stop as the OS would (SIGTERM; on Windows there is no polite signal for a
-/// console-less child, so it is killed) and checks its exit.
-fn stop(child: &mut Child, name: &str) -> Result<()> {
-    step(&format!("stopping {name}"));
+/// Asks the server to stop as the OS would (SIGTERM; killed on Windows, which has no polite
+/// signal for a console-less child) and checks its exit.
+fn stop_server(child: &mut Child) -> Result<()> {
+    step("stopping cms-server");
     if cfg!(unix) {
         run_checked(Command::new("kill").args(["-TERM", &child.id().to_string()]))?;
     } else {
         child.kill()?;
     }
     let status = child.wait()?;
-    println!("    {name} exited with {status}");
+    println!("    cms-server exited with {status}");
     if cfg!(unix) && !status.success() {
-        bail!("{name} did not exit cleanly ({status})");
+        bail!("cms-server did not exit cleanly ({status})");
     }
     Ok(())
 }

@@ -37,7 +37,7 @@ pub struct Platform {
 /// 64-bit Windows, cross-compiled with mingw.
 pub const WINDOWS: Platform = Platform {
     name: "windows-x86_64",
-    triple: "x86_64-pc-windows-gnu",
+    triple: crate::wine::WINDOWS_TARGET,
     exe_suffix: ".exe",
 };
 
@@ -164,4 +164,26 @@ fn verify_linux_versions(version: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_three_decimal_numbers() {
+        assert!(check_version("1.2.3").is_ok());
+        assert!(check_version("0.10.200").is_ok());
+        for bad in ["1.2", "1.2.3.4", "1.2.x", "1..3", "1.2.3-rc1", "", "v1.2.3"] {
+            assert!(check_version(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn targets_name_the_platforms() -> Result<()> {
+        assert_eq!(platforms("all")?.len(), 2);
+        assert_eq!(platforms("windows")?[0].triple, "x86_64-pc-windows-gnu");
+        assert!(platforms("mac").is_err());
+        Ok(())
+    }
 }

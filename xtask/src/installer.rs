@@ -29,16 +29,25 @@ pub const SKIPPED_EXIT_CODE: i32 = 77;
 /// The Inno Setup script, relative to the workspace root.
 const ISS: &str = "build_scripts/installer.iss";
 
+/// `AppName` in the script: the install folder's name.
+const APP_NAME: &str = "CMS Agent";
+
 /// Where a per-machine install lands, relative to `C:\` (`{autopf}\<AppName>` in the script).
 const APP_DIR: &str = "Program Files/CMS Agent";
 
-/// The autostart entry `cms_agent --enable-autostart` writes when elevated (design.md section 4).
+/// The key of the autostart entry `cms_agent --enable-autostart` writes when elevated
+/// (design.md section 4).
 const RUN_KEY: &str = r"HKLM\Software\Microsoft\Windows\CurrentVersion\Run";
+/// The autostart entry's value name.
 const RUN_VALUE: &str = "CMSAgent";
 
-/// Time limits for ISCC and for setup/uninstall under Wine.
+/// Time limit for ISCC under Wine.
 const ISCC_TIMEOUT: Duration = Duration::from_secs(600);
+/// Time limit for one setup or uninstall run under Wine.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long Wine may take to wind down once the uninstaller is done.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `cargo xtask installer [--version X.Y.Z] [--smoke-test]`.
 pub fn run(args: &[String]) -> Result<()> {
@@ -146,7 +155,9 @@ pub fn compile(version: &str) -> Result<PathBuf> {
     Ok(setup)
 }
 
-/// Silent per-machine install and uninstall of `setup` in a throwaway prefix, with checks.
+/// Silent installs of `setup` in throwaway prefixes, with checks: per machine (install,
+/// upgrade over the running agent, uninstall) and per user (install, uninstall). Every check
+/// runs and prints ok/FAIL; any failure fails the test.
 pub fn smoke_test(setup: &Path) -> Result<()> {
     let display = match VirtualDisplay::start() {
         Ok(display) => display,
@@ -155,68 +166,220 @@ pub fn smoke_test(setup: &Path) -> Result<()> {
             &format!("no virtual display: {e:#}"),
         ),
     };
+    let mut checks = Checks::default();
+    per_machine(&display, setup, &mut checks)?;
+    per_user(&display, setup, &mut checks)?;
+    checks.finish("installer smoke test")
+}
+
+/// `/ALLUSERS`: into `C:\Program Files\CMS Agent`, autostart in HKLM, then an upgrade in place.
+fn per_machine(display: &VirtualDisplay, setup: &Path, checks: &mut Checks) -> Result<()> {
     let prefix = wine::prepare_prefix("installer-smoke")?;
     let app_dir = prefix.drive_c().join(APP_DIR);
-    install(&prefix, &display, setup)?;
-    check_installed(&prefix, &app_dir)?;
-    uninstall(&prefix, &display, &app_dir)?;
-    check_uninstalled(&prefix, &app_dir)?;
-    eprintln!("installer smoke test: PASSED (install, files, autostart, uninstall)");
+    install(&prefix, display, setup, "/ALLUSERS", "setup-install.log")?;
+    check_installed(checks, &prefix, &app_dir, "setup-install.log");
+    checks.check(
+        "per machine: the autostart entry was written (cms_agent --enable-autostart)",
+        || {
+            with_log(
+                autostart_expect(&prefix, true),
+                &prefix,
+                "setup-install.log",
+            )
+        },
+    );
+    // Upgrade in place: the agent the first install started must be stopped, or its exe
+    // cannot be replaced.
+    install(&prefix, display, setup, "/ALLUSERS", "setup-upgrade.log")
+        .context("upgrade over a running agent")?;
+    checks.check(
+        "per machine: an upgrade over the running agent replaced the programs",
+        || files_present(&app_dir, &["cms_agent.exe", "updater.exe"]),
+    );
+    let data = plant_data(&prefix.drive_c().join("ProgramData/CMSAgent"))?;
+    uninstall(&prefix, display, &app_dir, &[])?;
+    check_uninstalled(checks, &prefix, &app_dir);
+    checks.check("per machine: the data folder is kept (no /PURGE)", || {
+        dist::require_file(&data)
+    });
+    checks.check("per machine: the autostart entry is removed", || {
+        autostart_expect(&prefix, false)
+    });
     Ok(())
 }
 
-/// `setup.exe /VERYSILENT /SUPPRESSMSGBOXES /ALLUSERS`, logging to `C:\setup-install.log`.
-fn install(prefix: &WinePrefix, display: &VirtualDisplay, setup: &Path) -> Result<()> {
-    let mut cmd = prefix.command(setup);
-    cmd.env("DISPLAY", display.name()).args([
-        "/VERYSILENT",
-        "/SUPPRESSMSGBOXES",
-        "/NORESTART",
-        "/ALLUSERS",
-        r"/LOG=C:\setup-install.log",
-        // Nothing listens there: the agent starts, fails to register and retries.
-        "/SERVER=http://127.0.0.1:9",
-    ]);
-    run_checked_timeout(&mut cmd, SETUP_TIMEOUT)
-        .with_context(|| log_tail(prefix, "setup-install.log"))
-        .context("silent install failed")
+/// `/CURRENTUSER`: into `%LOCALAPPDATA%\Programs\CMS Agent`, uninstalled with `/PURGE`.
+/// (Wine runs everything as an administrator, so the agent's own per-user paths are not what
+/// this checks.)
+fn per_user(display: &VirtualDisplay, setup: &Path, checks: &mut Checks) -> Result<()> {
+    let prefix = wine::prepare_prefix("installer-smoke-user")?;
+    install(&prefix, display, setup, "/CURRENTUSER", "setup-install.log")?;
+    let app_dir = per_user_app_dir(&prefix)?;
+    check_installed(checks, &prefix, &app_dir, "setup-install.log");
+    // <user>\AppData\Local\Programs\CMS Agent -> <user>\AppData\Local\CMSAgent
+    let local_app_data = app_dir.parent().and_then(Path::parent).unwrap_or(&app_dir);
+    let data = plant_data(&local_app_data.join("CMSAgent"))?;
+    uninstall(&prefix, display, &app_dir, &["/PURGE"])?;
+    check_uninstalled(checks, &prefix, &app_dir);
+    checks.check("per user: /PURGE removed the data folder", || {
+        match data.exists() {
+            true => bail!("{} is still there", data.display()),
+            false => Ok(()),
+        }
+    });
+    Ok(())
 }
 
-/// The installed files are there, config.json is not, and the autostart entry is.
-fn check_installed(prefix: &WinePrefix, app_dir: &Path) -> Result<()> {
-    for name in ["cms_agent.exe", "updater.exe", "unins000.exe"] {
-        dist::require_file(&app_dir.join(name)).with_context(|| {
+/// Where a per-user install lands: `C:\users\<user>\AppData\Local\Programs\CMS Agent`.
+fn per_user_app_dir(prefix: &WinePrefix) -> Result<PathBuf> {
+    let users = prefix.drive_c().join("users");
+    let entries =
+        fs::read_dir(&users).with_context(|| format!("cannot list {}", users.display()))?;
+    entries
+        .filter_map(|e| {
+            e.ok()
+                .map(|e| e.path().join("AppData/Local/Programs").join(APP_NAME))
+        })
+        .find(|dir| dir.is_dir())
+        .with_context(|| {
             format!(
-                "install check failed\n{}",
+                "no per-user install under {}/*/AppData/Local/Programs\n{}",
+                users.display(),
                 log_tail(prefix, "setup-install.log")
             )
-        })?;
+        })
+}
+
+/// The programs and the uninstaller are in `app_dir`, config.json is not.
+fn check_installed(checks: &mut Checks, prefix: &WinePrefix, app_dir: &Path, log: &str) {
+    let label = mode_label(app_dir);
+    checks.check(
+        format!("{label}: the programs and the uninstaller are installed"),
+        || {
+            let names = ["cms_agent.exe", "updater.exe", "unins000.exe"];
+            with_log(files_present(app_dir, &names), prefix, log)
+        },
+    );
+    checks.check(
+        format!("{label}: no config.json was shipped"),
+        || match app_dir.join("config.json").exists() {
+            true => bail!("found {}", app_dir.join("config.json").display()),
+            false => Ok(()),
+        },
+    );
+}
+
+/// The programs are gone from `app_dir`.
+fn check_uninstalled(checks: &mut Checks, prefix: &WinePrefix, app_dir: &Path) {
+    checks.check(
+        format!("{}: the programs are removed", mode_label(app_dir)),
+        || match ["cms_agent.exe", "updater.exe"]
+            .iter()
+            .find(|n| app_dir.join(n).exists())
+        {
+            Some(name) => bail!(
+                "{name} is still there\n{}",
+                log_tail(prefix, "setup-uninstall.log")
+            ),
+            None => Ok(()),
+        },
+    );
+}
+
+/// "per machine" or "per user", from where the install went.
+fn mode_label(app_dir: &Path) -> &'static str {
+    if app_dir.to_string_lossy().contains("/users/") {
+        "per user"
+    } else {
+        "per machine"
     }
-    if app_dir.join("config.json").exists() {
-        bail!(
-            "the installer shipped config.json into {}",
-            app_dir.display()
-        );
+}
+
+/// Named checks that all run; failures are collected and reported together.
+#[derive(Debug, Default)]
+struct Checks {
+    failed: Vec<String>,
+}
+
+impl Checks {
+    /// Runs one check and prints its outcome.
+    fn check(&mut self, name: impl Into<String>, check: impl FnOnce() -> Result<()>) {
+        let name = name.into();
+        match check() {
+            Ok(()) => eprintln!("  ok    {name}"),
+            Err(e) => {
+                eprintln!("  FAIL  {name}: {e:#}");
+                self.failed.push(name);
+            }
+        }
     }
-    if !autostart_present(prefix)? {
+
+    /// Fails when any check failed.
+    fn finish(self, what: &str) -> Result<()> {
+        if !self.failed.is_empty() {
+            bail!(
+                "{what}: {} check(s) failed: {}",
+                self.failed.len(),
+                self.failed.join("; ")
+            );
+        }
+        eprintln!("{what}: PASSED");
+        Ok(())
+    }
+}
+
+/// `setup.exe /VERYSILENT /SUPPRESSMSGBOXES <mode>`, logging to `C:\<log>`.
+fn install(
+    prefix: &WinePrefix,
+    display: &VirtualDisplay,
+    setup: &Path,
+    mode: &str,
+    log: &str,
+) -> Result<()> {
+    let mut cmd = prefix.command(setup);
+    cmd.env("DISPLAY", display.name())
+        .args(["/VERYSILENT", "/SUPPRESSMSGBOXES", "/NORESTART", mode])
+        .arg(format!("/LOG=C:\\{log}"))
+        // Nothing listens there: the agent starts, fails to register and retries.
+        .arg("/SERVER=http://127.0.0.1:9");
+    if let Err(e) = run_checked_timeout(&mut cmd, SETUP_TIMEOUT) {
         bail!(
-            "no autostart entry {RUN_KEY}\\{RUN_VALUE} after install (cms_agent --enable-autostart)\n{}",
-            log_tail(prefix, "setup-install.log")
+            "silent install ({mode}) failed: {e:#}\n{}",
+            log_tail(prefix, log)
         );
     }
     Ok(())
 }
 
-/// Runs the uninstaller silently and waits until it has removed itself.
-fn uninstall(prefix: &WinePrefix, display: &VirtualDisplay, app_dir: &Path) -> Result<()> {
+/// Fails unless every one of `names` is a non-empty file in `dir`.
+fn files_present(dir: &Path, names: &[&str]) -> Result<()> {
+    names
+        .iter()
+        .try_for_each(|name| dist::require_file(&dir.join(name)))
+}
+
+/// A file in the agent's data folder `dir` (made if missing), to see what uninstall keeps.
+fn plant_data(dir: &Path) -> Result<PathBuf> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let file = dir.join("smoke-test-data.txt");
+    fs::write(&file, "made by the installer smoke test\n")
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    Ok(file)
+}
+
+/// Runs the uninstaller silently (with `extra` switches) and waits until it has removed itself.
+fn uninstall(
+    prefix: &WinePrefix,
+    display: &VirtualDisplay,
+    app_dir: &Path,
+    extra: &[&str],
+) -> Result<()> {
     let uninstaller = app_dir.join("unins000.exe");
     let mut cmd = prefix.command(&uninstaller);
-    cmd.env("DISPLAY", display.name()).args([
-        "/VERYSILENT",
-        "/SUPPRESSMSGBOXES",
-        "/NORESTART",
-        r"/LOG=C:\setup-uninstall.log",
-    ]);
+    cmd.env("DISPLAY", display.name())
+        .args(["/VERYSILENT", "/SUPPRESSMSGBOXES", "/NORESTART"])
+        .arg(r"/LOG=C:\setup-uninstall.log")
+        .args(extra);
     run_checked_timeout(&mut cmd, SETUP_TIMEOUT).context("silent uninstall failed")?;
     // The uninstaller hands over to a copy of itself in %TEMP%; it is done when it is gone.
     let deadline = Instant::now() + SETUP_TIMEOUT;
@@ -229,34 +392,36 @@ fn uninstall(prefix: &WinePrefix, display: &VirtualDisplay, app_dir: &Path) -> R
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    prefix.wait_idle(SETUP_TIMEOUT)
+    // Nothing may be left running: the uninstaller stops the agent.
+    prefix
+        .wait_idle(IDLE_TIMEOUT)
+        .context("a Windows program (the agent?) is still running after uninstall")
 }
 
-/// The programs and the autostart entry are gone.
-fn check_uninstalled(prefix: &WinePrefix, app_dir: &Path) -> Result<()> {
-    for name in ["cms_agent.exe", "updater.exe"] {
-        if app_dir.join(name).exists() {
-            bail!(
-                "{name} is still installed after uninstall\n{}",
-                log_tail(prefix, "setup-uninstall.log")
-            );
-        }
+/// Fails unless the autostart value's presence is `expected`.
+fn autostart_expect(prefix: &WinePrefix, expected: bool) -> Result<()> {
+    match autostart_present(prefix)? {
+        found if found == expected => Ok(()),
+        true => bail!("{RUN_KEY}\\{RUN_VALUE} is still there"),
+        false => bail!("{RUN_KEY}\\{RUN_VALUE} is missing"),
     }
-    if autostart_present(prefix)? {
-        bail!("the autostart entry {RUN_KEY}\\{RUN_VALUE} is still there after uninstall");
-    }
-    Ok(())
 }
 
 /// Whether `HKLM\...\Run` has the `CMSAgent` value in the prefix.
 fn autostart_present(prefix: &WinePrefix) -> Result<bool> {
     let mut cmd = prefix.command("reg");
-    cmd.args(["query", RUN_KEY, "/v", RUN_VALUE]);
+    // /reg:64: `wine reg` may be the 32-bit reg.exe, which would see the WOW6432Node view.
+    cmd.args(["query", RUN_KEY, "/v", RUN_VALUE, "/reg:64"]);
     let status = cmd
         .output()
         .with_context(|| format!("cannot start {}", util::describe(&cmd)))?
         .status;
     Ok(status.success())
+}
+
+/// `result`, with the tail of the setup log `log` after the error when it failed.
+fn with_log(result: Result<()>, prefix: &WinePrefix, log: &str) -> Result<()> {
+    result.map_err(|e| anyhow::anyhow!("{e:#}\n{}", log_tail(prefix, log)))
 }
 
 /// The last lines of an Inno Setup log in `C:\`, for error messages.
@@ -270,5 +435,18 @@ fn log_tail(prefix: &WinePrefix, name: &str) -> String {
             format!("last lines of {}:\n{tail}", path.display())
         }
         Err(e) => format!("no log at {} ({e})", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unix_paths_map_to_wines_z_drive() {
+        assert_eq!(
+            windows_path(Path::new("/work/main/dist")),
+            r"Z:\work\main\dist"
+        );
     }
 }

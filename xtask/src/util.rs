@@ -150,3 +150,37 @@ pub fn remove_dir_if_exists(dir: &Path) -> Result<()> {
         Err(e) => Err(e).with_context(|| format!("cannot remove {}", dir.display())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn options_are_taken_before_the_double_dash_only() -> Result<()> {
+        let mut a = args(&["-p", "a", "--package", "b", "--", "-p", "c"]);
+        assert_eq!(take_values(&mut a, &["-p", "--package"])?, ["a", "b"]);
+        assert_eq!(a, ["--", "-p", "c"]);
+        let mut a = args(&["--smoke-test", "--", "--smoke-test"]);
+        assert!(take_switch(&mut a, "--smoke-test"));
+        assert!(!take_switch(&mut a, "--smoke-test"));
+        Ok(())
+    }
+
+    #[test]
+    fn a_missing_or_repeated_value_is_an_error() {
+        assert!(take_values(&mut args(&["-p"]), &["-p"]).is_err());
+        assert!(take_values(&mut args(&["-p", "--"]), &["-p"]).is_err());
+        assert!(
+            take_value(
+                &mut args(&["--version", "1", "--version", "2"]),
+                &["--version"]
+            )
+            .is_err()
+        );
+        assert!(reject_rest("t", &args(&["--bogus"])).is_err());
+    }
+}

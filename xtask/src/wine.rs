@@ -5,11 +5,13 @@
 //! them under Wine (`CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=wine`) in a fresh prefix; any test
 //! failure fails the task.
 //!
-//! Prefixes: a template is made once with `wineboot --init` (about 8 s) and kept in
-//! `$CMS_CI_CACHE/wine-template` when the CI cache dir exists (`.ci/windows-deps.sh` makes it),
-//! else in `<target>/wine/template`; it is remade when the Wine version or the presence of
-//! 32-bit Wine changes (a prefix made without wine32 cannot run 32-bit programs). Each
-//! [`prepare_prefix`] copies it to `<target>/wine/prefixes/<name>` and installs the TEST-ONLY
+//! Prefixes: a template is made once with `wineboot --init` and `winecfg -v win10` (Wine 8
+//! says Windows 7 by default) and kept in `$CMS_CI_CACHE/wine-template` when the CI cache dir
+//! exists (`.ci/windows-deps.sh` makes it; default `/var/cache/cms-agent-ci`), else in
+//! `<target>/wine/template`; it is remade when the Wine version or the presence of 32-bit Wine
+//! changes (a prefix made without wine32 cannot run 32-bit programs). Each [`prepare_prefix`]
+//! clones it to `<target>/wine/prefixes/<name>` (Windows binaries hard-linked: 40 MB instead
+//! of 1.2 GB, in about a second) and installs the TEST-ONLY
 //! `bcryptprimitives.dll` shim (built from `xtask/wine/bcryptprimitives.c`), without which no
 //! Rust exe loads under Wine 8. Windows end-to-end tests reuse [`prepare_prefix`] and
 //! [`WinePrefix::command`].
@@ -38,6 +40,9 @@ const MINGW_GCC: &str = "x86_64-w64-mingw32-gcc";
 
 /// Name of the file in a template that says which Wine made it.
 const STAMP_FILE: &str = ".cms-template-stamp";
+
+/// Changes whenever [`ensure_template`] makes templates differently, so old ones are remade.
+const TEMPLATE_FORMAT: &str = "template=2 (win10)";
 
 /// How long `wineboot --init` and `wineserver -w` may take before we give up.
 const WINEBOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -122,13 +127,19 @@ impl WinePrefix {
 
     /// Kills every Wine process of this prefix (`wineserver -k`).
     pub fn kill_all(&self) -> Result<()> {
-        let mut cmd = Command::new(wineserver_program());
-        self.apply_env(&mut cmd).arg("-k");
-        // Exit status 1 only means no wineserver was running.
-        cmd.status()
-            .with_context(|| format!("cannot start {}", describe(&cmd)))?;
-        Ok(())
+        kill_prefix(&self.dir)
     }
+}
+
+/// `wineserver -k` for the prefix `dir` (a non-zero exit only means none was running).
+fn kill_prefix(dir: &Path) -> Result<()> {
+    let mut cmd = Command::new(wineserver_program());
+    cmd.env("WINEPREFIX", dir)
+        .env("WINEDEBUG", "-all")
+        .arg("-k");
+    cmd.status()
+        .with_context(|| format!("cannot start {}", describe(&cmd)))?;
+    Ok(())
 }
 
 impl Drop for WinePrefix {
@@ -144,14 +155,23 @@ pub fn prepare_prefix(name: &str) -> Result<WinePrefix> {
     let template = ensure_template()?;
     let shim = build_shim()?;
     let dir = util::target_dir().join("wine/prefixes").join(name);
-    util::remove_dir_if_exists(&dir)?;
+    if dir.exists() {
+        // A run that died may have left programs running in it.
+        kill_prefix(&dir)?;
+        util::remove_dir_if_exists(&dir)?;
+    }
     fs::create_dir_all(dir.parent().unwrap_or(&dir))
         .with_context(|| format!("cannot create the parent of {}", dir.display()))?;
     clone_tree(&template, &dir, false)
         .with_context(|| format!("cannot copy {} to {}", template.display(), dir.display()))?;
-    let system32 = dir.join("drive_c/windows/system32");
-    fs::copy(&shim, system32.join("bcryptprimitives.dll"))
-        .with_context(|| format!("cannot install the shim into {}", system32.display()))?;
+    let installed = dir.join("drive_c/windows/system32/bcryptprimitives.dll");
+    // Never write through a hard link into the template: replace, do not overwrite.
+    if installed.exists() {
+        fs::remove_file(&installed)
+            .with_context(|| format!("cannot remove {}", installed.display()))?;
+    }
+    fs::copy(&shim, &installed)
+        .with_context(|| format!("cannot install the shim as {}", installed.display()))?;
     Ok(WinePrefix { dir })
 }
 
@@ -227,6 +247,11 @@ fn deps_summary_value(key: &str) -> Option<String> {
 
 /// The template prefix, made (again) when missing or made by another Wine.
 fn ensure_template() -> Result<PathBuf> {
+    // Tests in one process may prepare prefixes in parallel: one makes the template.
+    static MAKING: Mutex<()> = Mutex::new(());
+    let _making = MAKING
+        .lock()
+        .map_err(|_| anyhow::anyhow!("template lock poisoned"))?;
     let dir = template_dir();
     let stamp = template_stamp()?;
     if fs::read_to_string(dir.join(STAMP_FILE)).is_ok_and(|s| s == stamp) {
@@ -245,6 +270,10 @@ fn ensure_template() -> Result<PathBuf> {
     boot.arg("--init")
         .env("WINEDLLOVERRIDES", "mscoree,mshtml=");
     run_checked_timeout(&mut boot, WINEBOOT_TIMEOUT)?;
+    // Wine 8 says Windows 7 by default; the agent (and its installer) need Windows 10.
+    let mut winver = prefix.command("winecfg");
+    winver.args(["-v", "win10"]);
+    run_checked_timeout(&mut winver, WINEBOOT_TIMEOUT)?;
     prefix.wait_idle(WINEBOOT_TIMEOUT)?;
     fs::write(tmp.join(STAMP_FILE), &stamp).context("cannot write the template stamp")?;
     util::remove_dir_if_exists(&dir)?;
@@ -268,7 +297,10 @@ fn template_stamp() -> Result<String> {
     let version = util::output_checked(Command::new(wine_program()).arg("--version"))
         .context("Wine is not usable (run .ci/windows-deps.sh)")?;
     let wine32 = if wine32_status().is_ok() { "yes" } else { "no" };
-    Ok(format!("{} wine32={wine32}\n", version.trim()))
+    Ok(format!(
+        "{} wine32={wine32} {TEMPLATE_FORMAT}\n",
+        version.trim()
+    ))
 }
 
 /// Builds the TEST-ONLY shim into `<target>/wine/shim/` and returns its path (once a process).

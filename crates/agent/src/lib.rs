@@ -6,6 +6,7 @@
 
 pub mod clock;
 pub mod core;
+pub mod ipc;
 pub mod logging;
 pub mod net;
 pub mod system;

@@ -1,10 +1,13 @@
 //! `cms_agent`: the command line of the CMS endpoint agent (design.md section 4).
 //!
-//! Exit codes: 0 clean stop, 1 another instance holds the lock, 2 bad arguments or an unusable
-//! storage path/config. `main` is the only place that turns errors into exit codes.
+//! Exit codes: 0 clean stop, 1 another instance holds the lock (or refused `--force`), 2 bad
+//! arguments, an unusable storage path/config or a refused OS operation, 3 `--status` found no
+//! running agent. `main` is the only place that turns errors into exit codes.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -12,15 +15,21 @@ use cms_agent::core::agent::{Agent, AgentError, AgentOptions};
 use cms_agent::core::config::{ConfigManager, Intervals};
 use cms_agent::core::error_reporter::ErrorReporter;
 use cms_agent::core::storage::StateManager;
+use cms_agent::ipc::{self, IpcEndpoint, IpcError};
 use cms_agent::logging;
 use cms_agent::net::parse_server_url;
 use cms_agent::system::lock_manager::{Acquire, LockManager};
-use cms_protocol::BUILD_VERSION;
+use cms_agent::system::{self, IpcSecret, SecretAction, SecretScope};
+use cms_protocol::{BUILD_VERSION, IpcStatus};
 
 /// Another instance holds the lock.
 const EXIT_LOCK_HELD: u8 = 1;
 /// Bad arguments, or nothing usable to run with.
 const EXIT_UNUSABLE: u8 = 2;
+/// `--status` found no running agent.
+const EXIT_NOT_RUNNING: u8 = 3;
+/// How long `--force` waits for the old instance to shut down and release the lock.
+const FORCE_LOCK_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The CMS endpoint agent: runs in the foreground until stopped.
 #[derive(Parser)]
@@ -46,11 +55,26 @@ struct Cli {
     /// Seconds between heartbeats, for this run.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     status_interval: Option<u64>,
+    /// Write the autostart entry and exit (HKLM Run / systemd unit when elevated, else HKCU
+    /// Run / the user's autostart entry).
+    #[arg(long, conflicts_with_all = ["disable_autostart", "force", "status"])]
+    enable_autostart: bool,
+    /// Remove the autostart entry and exit.
+    #[arg(long, conflicts_with_all = ["force", "status"])]
+    disable_autostart: bool,
+    /// Ask the running agent to stop, then run with the options that follow --force.
+    #[arg(long, conflicts_with = "status")]
+    force: bool,
+    /// Print the running agent's state and version; exit 3 if none runs.
+    #[arg(long)]
+    status: bool,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let cli = Cli::parse_from(&argv);
+    let force_args = args_after_force(&argv);
+    match run(cli, force_args) {
         Ok(code) => code,
         Err(err) => {
             tracing::error!("cannot run: {err:#}");
@@ -60,13 +84,39 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+/// The options given after `--force`: what the new instance runs with (sent to the old one,
+/// which only logs how many there are).
+fn args_after_force(argv: &[OsString]) -> Vec<String> {
+    argv.iter()
+        .skip_while(|a| *a != "--force")
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
+}
+
+fn run(cli: Cli, force_args: Vec<String>) -> Result<ExitCode> {
+    if cli.enable_autostart || cli.disable_autostart {
+        return autostart(&cli); // before the storage path and the lock (plan II.A.3)
+    }
     let storage = StateManager::new(cli.data_dir.clone())?;
     let _log_guard = logging::init(&storage.logs_dir(), "agent.log")
         .with_context(|| format!("cannot open logs in {}", storage.logs_dir().display()))?;
-    tracing::info!(version = BUILD_VERSION, pid = std::process::id(), data_dir = %storage.storage_path().display(), "agent starting");
+    let runtime = runtime()?;
+    if cli.status {
+        return runtime.block_on(print_status(&storage));
+    }
+    tracing::info!(version = BUILD_VERSION, pid = std::process::id(), data_dir = %storage.storage_path().display(), force = cli.force, "agent starting");
     let lock = LockManager::new(storage.storage_path());
-    if let Acquire::HeldBy(holder) = lock.acquire()? {
+    let acquired = if cli.force {
+        match runtime.block_on(ask_running_agent_to_stop(&storage, force_args)) {
+            Handover::Granted => lock.acquire_with_timeout(FORCE_LOCK_TIMEOUT)?,
+            Handover::NothingRuns => lock.acquire()?,
+            Handover::Refused => return Ok(ExitCode::from(EXIT_LOCK_HELD)),
+        }
+    } else {
+        lock.acquire()?
+    };
+    if let Acquire::HeldBy(holder) = acquired {
         let who = holder.map_or("unknown pid".into(), |r| {
             format!("pid {}, heartbeat {}", r.pid, r.timestamp)
         });
@@ -90,9 +140,132 @@ fn run(cli: Cli) -> Result<ExitCode> {
         intervals: effective_intervals(&config.config().intervals, &cli),
         enrollment_token: cli.enrollment_token,
     };
-    let agent = Agent::new(config, reporter, lock, options)?;
-    runtime()?.block_on(agent.run());
+    let agent = Agent::new(storage, config, reporter, lock, options)?;
+    runtime.block_on(agent.run());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--enable-autostart` / `--disable-autostart`: one OS operation, then exit.
+fn autostart(cli: &Cli) -> Result<ExitCode> {
+    let is_admin = system::is_running_as_admin();
+    if cli.disable_autostart {
+        match system::unregister_autostart(is_admin)? {
+            Some(place) => println!("autostart disabled: removed {place}"),
+            None => println!("autostart was not enabled; nothing to remove"),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let exe = std::env::current_exe().context("cannot find the path of this program")?;
+    let mut args: Vec<OsString> = Vec::new();
+    if let Some(dir) = &cli.data_dir {
+        args.push("--data-dir".into());
+        args.push(
+            std::path::absolute(dir)
+                .unwrap_or_else(|_| dir.clone())
+                .into(),
+        );
+    }
+    let place = system::register_autostart(&exe, &args, is_admin)?;
+    println!("autostart enabled: {place}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The endpoint and the stored secret of the agent that owns `storage`; no secret means no
+/// agent has ever served IPC there.
+fn ipc_target(storage: &StateManager) -> Result<(IpcEndpoint, Option<IpcSecret>)> {
+    let is_admin = system::is_running_as_admin();
+    let path = storage.storage_path();
+    let endpoint = IpcEndpoint::for_agent(path, is_admin)?;
+    let scope = SecretScope::current(is_admin);
+    let secret = system::manage_ipc_secret(SecretAction::Get, scope, path)?;
+    Ok((endpoint, secret))
+}
+
+/// `--status`: state and version from the running agent; exit 3 when none runs.
+async fn print_status(storage: &StateManager) -> Result<ExitCode> {
+    let not_running = || {
+        eprintln!(
+            "cms_agent: no agent is running on {}",
+            storage.storage_path().display()
+        );
+        Ok(ExitCode::from(EXIT_NOT_RUNNING))
+    };
+    let (endpoint, Some(secret)) = ipc_target(storage)? else {
+        return not_running();
+    };
+    match ipc::query_status(&endpoint, &secret).await {
+        Ok(answer) if answer.status == IpcStatus::Acknowledged => {
+            let state = answer.state.map_or("unknown".into(), |s| s.to_string());
+            println!("state: {state}");
+            println!(
+                "version: {}",
+                answer.version.as_deref().unwrap_or("unknown")
+            );
+            if let Some(pid) = answer.pid {
+                println!("pid: {pid}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(answer) => anyhow::bail!(
+            "the running agent refused --status ({:?}): {}",
+            answer.status,
+            answer.message.unwrap_or_default()
+        ),
+        Err(IpcError::NotRunning { .. }) => not_running(),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// What the running agent said to `--force`.
+enum Handover {
+    /// It is shutting down: wait for the lock.
+    Granted,
+    /// Nothing answers: just start.
+    NothingRuns,
+    /// It refused (updating, wrong secret) or could not be asked; the message is printed.
+    Refused,
+}
+
+async fn ask_running_agent_to_stop(storage: &StateManager, new_args: Vec<String>) -> Handover {
+    let (endpoint, secret) = match ipc_target(storage) {
+        Ok((endpoint, Some(secret))) => (endpoint, secret),
+        Ok((_, None)) => {
+            tracing::info!("--force: no IPC secret here, so no agent to ask; starting");
+            return Handover::NothingRuns;
+        }
+        Err(err) => {
+            tracing::error!("--force: cannot reach the running agent: {err:#}");
+            eprintln!("cms_agent: --force: cannot reach the running agent: {err:#}");
+            return Handover::Refused;
+        }
+    };
+    match ipc::send_force_command(&endpoint, &secret, new_args).await {
+        Ok(answer) if answer.status == IpcStatus::Acknowledged => {
+            tracing::info!(old_pid = ?answer.pid, "--force acknowledged; waiting for the lock");
+            Handover::Granted
+        }
+        Ok(answer) => {
+            let why = match answer.status {
+                IpcStatus::BusyUpdating => {
+                    "it is updating itself; try again when the update is done"
+                }
+                IpcStatus::InvalidSecret => "the IPC secret does not match",
+                _ => "it could not read the request",
+            };
+            tracing::warn!(status = ?answer.status, "--force refused by the running agent");
+            eprintln!("cms_agent: --force refused by the running agent: {why}");
+            Handover::Refused
+        }
+        Err(IpcError::NotRunning { .. }) => {
+            tracing::info!("--force: no agent is running; starting");
+            Handover::NothingRuns
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "--force: cannot reach the running agent");
+            eprintln!("cms_agent: --force: {err}");
+            Handover::Refused
+        }
+    }
 }
 
 /// Saves what the command line changes permanently, and the version at first start.

@@ -1,5 +1,6 @@
 //! The backend goes away: the agent keeps running, buffers its error reports within the bound,
 
+#![cfg(unix)] // real processes, signals and the Linux server binary; not for Wine
 #![allow(clippy::unwrap_used)] // integration tests: a failed call is a failed test
 //! and once the backend is back every buffered report is stored exactly once.
 

@@ -1,5 +1,6 @@
 //! config.json on disk, through the real binary: migration from v1 and corrupt files.
 
+#![cfg(unix)] // real processes, signals and the Linux server binary; not for Wine
 #![allow(clippy::unwrap_used)] // integration tests: a failed call is a failed test
 
 mod util;

@@ -1,5 +1,6 @@
 //! Register -> IDLE -> SIGTERM -> clean exit, with real processes; plus the WebSocket push.
 
+#![cfg(unix)] // real processes, signals and the Linux server binary; not for Wine
 #![allow(clippy::unwrap_used)] // integration tests: a failed call is a failed test
 
 mod util;

@@ -5,8 +5,11 @@
 //! do I/O, hold policy (which transitions are allowed, how often to poll) or depend on a runtime.
 //! `docs/protocol.md` describes the HTTP and WebSocket API these types travel over.
 
+mod ipc;
 mod state;
+pub mod update;
 
+pub use ipc::{IPC_MAX_MESSAGE_BYTES, IpcCommand, IpcRequest, IpcResponse, IpcStatus};
 pub use state::{AgentState, UnknownState};
 
 use serde::{Deserialize, Serialize};

@@ -8,7 +8,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use cms_protocol::{ReleaseSummary, StoredError};
+use cms_protocol::StoredError;
+use serde::Serialize;
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 
@@ -35,9 +36,21 @@ pub enum DbError {
     /// Applying the schema migrations failed.
     #[error("schema migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A row with the same unique key already exists.
+    #[error("already stored: {0}")]
+    Duplicate(#[source] sqlx::Error),
     /// A query failed.
     #[error("database query failed: {0}")]
-    Query(#[from] sqlx::Error),
+    Query(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for DbError {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::Database(db) if db.is_unique_violation() => DbError::Duplicate(error),
+            _ => DbError::Query(error),
+        }
+    }
 }
 
 /// Which database a URL points at.
@@ -105,6 +118,68 @@ pub struct ReleaseRow {
     pub sha256: String,
     /// Share of the fleet that may see it.
     pub rollout_percent: i64,
+}
+
+/// A published release with everything the operator listing shows (`GET /api/v1/releases`).
+///
+/// Serializes as a superset of `cms_protocol::ReleaseSummary`, so clients of that type read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReleaseRecord {
+    /// Version string.
+    pub version: String,
+    /// Platform.
+    pub platform: String,
+    /// When it was published (RFC 3339, UTC).
+    pub published_at: String,
+    /// Package length in bytes.
+    pub length: i64,
+    /// Lower-case hex SHA-256 of the package.
+    pub sha256: String,
+    /// Share of the fleet that may see it.
+    pub rollout_percent: i64,
+}
+
+/// A release row about to be inserted by `release publish`.
+#[derive(Debug, Clone)]
+pub struct NewRelease<'a> {
+    /// Canonical version string.
+    pub version: &'a str,
+    /// Platform.
+    pub platform: &'a str,
+    /// Package path relative to the data directory, `/`-separated.
+    pub package_path: &'a str,
+    /// Package length in bytes.
+    pub length: i64,
+    /// Lower-case hex SHA-256 of the package.
+    pub sha256: &'a str,
+    /// Share of the fleet that may see it (0..=100).
+    pub rollout_percent: i64,
+    /// Publication time (RFC 3339, UTC).
+    pub published_at: &'a str,
+}
+
+/// Where a release's package lies, as the download route needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageRow {
+    /// Path relative to the data directory, `/`-separated.
+    pub package_path: String,
+    /// Length recorded at publication.
+    pub length: i64,
+}
+
+/// An inserted but uncommitted release row: it becomes visible to the server on
+/// [`PendingRelease::commit`] and vanishes when dropped uncommitted.
+#[derive(Debug)]
+pub struct PendingRelease {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+}
+
+impl PendingRelease {
+    /// Makes the release visible.
+    pub async fn commit(self) -> Result<(), DbError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
 }
 
 /// The server's database handle (cheap to clone).
@@ -366,21 +441,90 @@ impl Db {
     }
 
     /// Every published release, newest publication first.
-    pub async fn list_releases(&self) -> Result<Vec<ReleaseSummary>, DbError> {
-        let rows = sqlx::query_as::<_, (String, String, String)>(
-            "SELECT version, platform, published_at FROM releases \
-             ORDER BY published_at DESC, platform, version",
+    pub async fn list_releases(&self) -> Result<Vec<ReleaseRecord>, DbError> {
+        type Row = (String, String, String, i64, String, i64);
+        let rows = sqlx::query_as::<_, Row>(
+            "SELECT version, platform, published_at, length, sha256, rollout_percent \
+             FROM releases ORDER BY published_at DESC, platform, version",
         )
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(version, platform, published_at)| ReleaseSummary {
-                version,
-                platform,
-                published_at,
-            })
+            .map(
+                |(version, platform, published_at, length, sha256, rollout_percent)| {
+                    ReleaseRecord {
+                        version,
+                        platform,
+                        published_at,
+                        length,
+                        sha256,
+                        rollout_percent,
+                    }
+                },
+            )
             .collect())
+    }
+
+    /// Number of release rows: a cheap change detector for the release watcher.
+    pub async fn count_releases(&self) -> Result<i64, DbError> {
+        let (count,) = sqlx::query_as::<_, (i64,)>("SELECT COUNT(*) FROM releases")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(count)
+    }
+
+    /// Inserts a release row inside a transaction that the caller commits once the package
+    /// file is in place. [`DbError::Duplicate`] when (version, platform) already exists.
+    pub async fn begin_release(&self, release: &NewRelease<'_>) -> Result<PendingRelease, DbError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO releases (version, platform, published_at, package_path, length, \
+             sha256, rollout_percent) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(release.version)
+        .bind(release.platform)
+        .bind(release.published_at)
+        .bind(release.package_path)
+        .bind(release.length)
+        .bind(release.sha256)
+        .bind(release.rollout_percent)
+        .execute(&mut *tx)
+        .await?;
+        Ok(PendingRelease { tx })
+    }
+
+    /// The package of one release, if it was published.
+    pub async fn release_package(
+        &self,
+        version: &str,
+        platform: &str,
+    ) -> Result<Option<PackageRow>, DbError> {
+        let row = sqlx::query_as::<_, (String, i64)>(
+            "SELECT package_path, length FROM releases WHERE version = $1 AND platform = $2",
+        )
+        .bind(version)
+        .bind(platform)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(package_path, length)| PackageRow {
+            package_path,
+            length,
+        }))
+    }
+
+    /// `(agent_id, version)` of every agent registered for `platform`.
+    pub async fn agents_on_platform(
+        &self,
+        platform: &str,
+    ) -> Result<Vec<(String, String)>, DbError> {
+        let rows = sqlx::query_as::<_, (String, String)>(
+            "SELECT agent_id, version FROM agents WHERE platform = $1",
+        )
+        .bind(platform)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
     }
 
     /// Releases published for one platform.
@@ -448,6 +592,42 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+        let release = NewRelease {
+            version: "1.1.0",
+            platform: "linux-x86_64",
+            package_path: "packages/p.zip",
+            length: 10,
+            sha256: "ab",
+            rollout_percent: 100,
+            published_at: &crate::clock::now(),
+        };
+        db.begin_release(&release)
+            .await
+            .unwrap()
+            .commit()
+            .await
+            .unwrap();
+        assert_eq!(db.count_releases().await.unwrap(), 1);
+        let again = db.begin_release(&release).await.unwrap_err();
+        assert!(matches!(again, DbError::Duplicate(_)), "{again:?}");
+        let dropped = NewRelease {
+            version: "1.2.0",
+            ..release.clone()
+        };
+        drop(db.begin_release(&dropped).await.unwrap());
+        assert_eq!(
+            db.count_releases().await.unwrap(),
+            1,
+            "uncommitted row vanishes"
+        );
+        let package = db.release_package("1.1.0", "linux-x86_64").await.unwrap();
+        assert_eq!(package.unwrap().package_path, "packages/p.zip");
+        assert_eq!(
+            db.release_package("1.2.0", "linux-x86_64").await.unwrap(),
+            None
+        );
+        let agents = db.agents_on_platform("linux-x86_64").await.unwrap();
+        assert_eq!(agents, vec![("a1".to_owned(), "1.0.0".to_owned())]);
         db.close().await;
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -1,8 +1,10 @@
 //! The `cms-server` binary: command line, logging, signals; everything else is the library.
 //!
 //! `cms-server serve ...` prints exactly one line on stdout, `listening on http://IP:PORT`, once
-//! it accepts requests; logs go to stderr. This file must never hold server logic and never
-//! print secrets.
+//! it accepts requests; `cms-server release publish ...` prints exactly one line on success,
+//! `published X.Y.Z for PLATFORM (N bytes, sha256 HEX)`. Logs go to stderr. Exit codes: 0 done,
+//! 1 failure (I/O, database), 2 refused (bad arguments, release already published). This file
+//! must never hold server logic and never print secrets.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,6 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use cms_server::ServeConfig;
+use cms_server::release::{PLATFORMS, PublishRequest};
 use tokio_util::sync::CancellationToken;
 
 /// Reference backend for the CMS agent.
@@ -26,6 +29,50 @@ struct Cli {
 enum Command {
     /// Serve the agent and operator HTTP API.
     Serve(ServeArgs),
+    /// Manage releases.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ReleaseCommand {
+    /// Package an agent and an updater as a release; a running server offers it at once.
+    Publish(PublishArgs),
+}
+
+/// The platform of the machine this server was built for.
+const DEFAULT_PLATFORM: &str = if cfg!(windows) {
+    "windows-x86_64"
+} else {
+    "linux-x86_64"
+};
+
+/// Exit code of a refused command (bad arguments, release already published), as clap uses.
+const EXIT_REFUSED: u8 = 2;
+
+#[derive(Debug, Args)]
+struct PublishArgs {
+    /// The server's data directory (packages go to DIR/packages; SQLite lives here by default).
+    #[arg(long, default_value = "./cms-server-data")]
+    data_dir: PathBuf,
+    /// Release version, X.Y.Z (SemVer 2.0).
+    #[arg(long)]
+    version: String,
+    /// The agent executable to ship.
+    #[arg(long)]
+    agent: PathBuf,
+    /// The updater executable to ship.
+    #[arg(long)]
+    updater: PathBuf,
+    /// Platform the executables are built for.
+    #[arg(long, default_value = DEFAULT_PLATFORM, value_parser = PLATFORMS)]
+    platform: String,
+    /// Percentage of the fleet (by stable cohort) that is offered the release.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(0..=100))]
+    rollout: u8,
+    /// `postgres://user:pass@host/db` when the server uses PostgreSQL.
+    #[arg(long)]
+    database_url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -50,7 +97,7 @@ struct ServeArgs {
 fn main() -> ExitCode {
     init_logging();
     match run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             tracing::error!("{error:#}");
             eprintln!("cms-server: {error:#}");
@@ -69,14 +116,46 @@ fn init_logging() {
         .init();
 }
 
-fn run() -> anyhow::Result<()> {
+fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => runtime.block_on(serve(args)).map(|()| ExitCode::SUCCESS),
+        Command::Release(ReleaseCommand::Publish(args)) => runtime.block_on(publish(args)),
+    }
+}
+
+async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
+    let request = PublishRequest {
+        data_dir: args.data_dir,
+        database_url: args.database_url,
+        version: args.version,
+        platform: args.platform,
+        agent: args.agent,
+        updater: args.updater,
+        rollout_percent: args.rollout,
+    };
+    match cms_server::release::publish(request).await {
+        Ok(published) => {
+            let mut stdout = std::io::stdout().lock();
+            // The release is committed; a closed stdout must not turn that into a failure.
+            let _ = writeln!(
+                stdout,
+                "published {} for {} ({} bytes, sha256 {})",
+                published.version, published.platform, published.length, published.sha256
+            );
+            let _ = stdout.flush();
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) if error.is_refusal() => {
+            tracing::error!("{error}");
+            eprintln!("cms-server: {error}");
+            Ok(ExitCode::from(EXIT_REFUSED))
+        }
+        Err(error) => Err(error).context("release publish failed"),
     }
 }
 

@@ -53,6 +53,18 @@ pub fn pick_update<'a>(
         .map(|(_, c)| c)
 }
 
+/// Whether a newly published release should be pushed to an agent: its rollout includes the
+/// agent and the agent's last reported version is older (or unreadable, so the check decides).
+pub fn should_notify(
+    agent_id: &str,
+    agent_version: &str,
+    release: &Version,
+    rollout_percent: i64,
+) -> bool {
+    in_rollout(agent_id, rollout_percent)
+        && parse_version(agent_version).is_none_or(|current| &current < release)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -114,6 +126,16 @@ mod tests {
         assert_eq!(picked.version, "1.2.0");
         assert!(pick_update("x", &v("1.2.0"), &candidates).is_none());
         assert!(pick_update("x", &v("2.0.0"), &candidates).is_none());
+    }
+
+    #[test]
+    fn notifies_older_agents_in_the_cohort_only() {
+        let release = v("1.2.0");
+        assert!(should_notify("x", "1.1.0", &release, 100));
+        assert!(should_notify("x", "garbage", &release, 100));
+        assert!(!should_notify("x", "1.2.0", &release, 100));
+        assert!(!should_notify("x", "1.3.0", &release, 100));
+        assert!(!should_notify("x", "1.1.0", &release, 0));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::db::{self, Db, DbError};
+use crate::notify::{RELEASE_POLL_INTERVAL, ReleaseWatcher};
 use crate::ws::Hub;
 
 /// Settings of one `serve` run.
@@ -18,7 +19,7 @@ use crate::ws::Hub;
 pub struct ServeConfig {
     /// Address to listen on, such as `127.0.0.1:8080` (port 0 picks a free port).
     pub listen: String,
-    /// Directory of the SQLite database (and, later, release packages and keys).
+    /// Directory of the SQLite database and the release packages (`packages/`).
     pub data_dir: PathBuf,
     /// `postgres://...` (or `sqlite://...`) URL; `None` means SQLite in `data_dir`.
     pub database_url: Option<String>,
@@ -82,9 +83,14 @@ pub async fn serve(
             source,
         })?;
     let addr = listener.local_addr().map_err(ServeError::Http)?;
+    let hub = Hub::new();
+    let watcher_stop = shutdown.child_token();
+    let watcher = ReleaseWatcher::new(db.clone(), hub.clone()).await;
+    let watcher = tokio::spawn(watcher.run(RELEASE_POLL_INTERVAL, watcher_stop.clone()));
     let state = AppState::new(
         db.clone(),
-        Hub::new(),
+        hub,
+        config.data_dir.clone(),
         config.enrollment_token.clone(),
         config.offline_after,
         shutdown.clone(),
@@ -95,6 +101,10 @@ pub async fn serve(
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;
+    watcher_stop.cancel();
+    if let Err(error) = watcher.await {
+        tracing::warn!(%error, "release watcher task failed");
+    }
     db.close().await;
     result.map_err(ServeError::Http)
 }

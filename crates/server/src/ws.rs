@@ -125,6 +125,15 @@ impl Hub {
             .count()
     }
 
+    /// Ids of the agents holding a live connection.
+    pub fn connected_ids(&self) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|(_, slot)| !slot.sender.is_closed())
+            .map(|(agent_id, _)| agent_id.clone())
+            .collect()
+    }
+
     /// Number of live connections.
     pub fn len(&self) -> usize {
         self.lock().len()
@@ -273,6 +282,9 @@ mod tests {
         let _a = hub.register("a");
         let _b = hub.register("b");
         assert_eq!(hub.broadcast(&event()), 2);
+        let mut ids = hub.connected_ids();
+        ids.sort();
+        assert_eq!(ids, ["a", "b"]);
         for _ in 1..QUEUE_DEPTH {
             hub.notify("a", event()).unwrap();
         }

@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 use crate::core::agent_state::{AgentState, StateCell};
 use crate::core::config::{ConfigManager, Credentials, Intervals};
 use crate::core::error_reporter::ErrorReporter;
+use crate::core::storage::StateManager;
+use crate::core::update::{self, Settlement, Update};
 use crate::net::http_client::{HttpClient, HttpError};
 use crate::net::ws_client::{WSClient, WsError};
 use crate::net::{UrlError, backoff, parse_server_url};
@@ -70,6 +72,7 @@ struct Inner {
     ws: WSClient,
     reporter: ErrorReporter,
     lock: LockManager,
+    storage: StateManager,
     cancel: CancellationToken,
     options: AgentOptions,
     metrics: Mutex<MetricsSampler>,
@@ -78,6 +81,7 @@ struct Inner {
 impl Agent {
     /// Builds the agent around an acquired lock and a loaded configuration.
     pub fn new(
+        storage: StateManager,
         config: ConfigManager,
         reporter: ErrorReporter,
         lock: LockManager,
@@ -101,6 +105,7 @@ impl Agent {
             ws: WSClient::new(&base, ws_max)?,
             reporter,
             lock,
+            storage,
             cancel: CancellationToken::new(),
             options,
             metrics: Mutex::new(MetricsSampler::new()),
@@ -127,10 +132,12 @@ impl Agent {
         let mut tasks = JoinSet::new();
         tasks.spawn(watch_os_signals(inner.clone()));
         tasks.spawn(lock_heartbeat(inner.clone()));
+        tasks.spawn(ipc_server(inner.clone()));
         if inner.register_until_done().await {
             let _ = inner.state.set_state(AgentState::Idle);
             inner.reporter.flush(&inner.http).await;
             spawn_services(inner, &mut tasks);
+            tasks.spawn(settle_update_journal(inner.clone()));
         }
         inner.cancel.cancelled().await;
         inner.finish_shutdown(tasks).await;
@@ -280,7 +287,7 @@ impl Inner {
             .await
         {
             Ok(None) => tracing::info!(trigger, version = BUILD_VERSION, "no update available"),
-            Ok(Some(update)) => self.on_update_available(trigger, &update),
+            Ok(Some(update)) => self.initiate_update(trigger, &update).await,
             Err(err) => {
                 let message = format!("update check failed: {err}");
                 self.report(
@@ -293,11 +300,137 @@ impl Inner {
         }
     }
 
-    fn on_update_available(&self, trigger: &'static str, update: &UpdateInfo) {
-        // The update flow itself (download, verify, hand over to the updater) is a separate
-        // piece of work; until it lands, an available update is logged and left alone.
-        tracing::warn!(trigger, version = %update.version, "update available; self-update is not in this build, ignoring it");
+    /// Runs an update from `IDLE` only; a trigger in any other state is logged and ignored,
+    /// so a second push during an update does not start a second one.
+    async fn initiate_update(&self, trigger: &'static str, info: &UpdateInfo) {
+        if self
+            .config()
+            .config()
+            .rolled_back_versions
+            .contains(&info.version)
+        {
+            tracing::info!(trigger, version = %info.version, "update skipped: this version was rolled back here before");
+            return;
+        }
+        if self
+            .state
+            .transition_if(|s| s == AgentState::Idle, AgentState::UpdatingStarting)
+            .is_err()
+        {
+            tracing::info!(trigger, version = %info.version, "update trigger ignored: not idle");
+            return;
+        }
+        tracing::info!(trigger, from = BUILD_VERSION, to = %info.version, "update starting");
+        let reserve_free_bytes = self.config().config().update_reserve_free_bytes;
+        let update = Update {
+            http: &self.http,
+            state: &self.state,
+            storage: &self.storage,
+            reserve_free_bytes,
+        };
+        let outcome = tokio::select! {
+            _ = self.cancel.cancelled() => return,
+            outcome = update.run(info) => outcome,
+        };
+        match outcome {
+            Ok(updater_pid) => {
+                tracing::info!(updater_pid, version = %info.version, "handing over to the updater");
+                self.graceful_shutdown();
+            }
+            Err(err) => {
+                let details = json!({ "step": err.step(), "version": info.version });
+                self.report(
+                    "update_failed",
+                    &format!(
+                        "update to {} failed while {}: {err}",
+                        info.version,
+                        err.step()
+                    ),
+                    details,
+                )
+                .await;
+                let _ = self.state.set_state(AgentState::Idle);
+            }
+        }
     }
+
+    /// Acts on what the last update left: record the new version, or report what went wrong.
+    async fn settle(&self, journal: &cms_protocol::update::UpdateJournal) {
+        match update::settle_journal(&self.storage, journal) {
+            Settlement::Completed { version } => {
+                tracing::info!(version = %version, "update verified by the updater");
+                self.record_version();
+            }
+            Settlement::FinishedByAgent { version, phase } => {
+                self.record_version();
+                let message = format!(
+                    "the updater stopped during {phase:?}; the agent finished the update to {version}"
+                );
+                self.report("update_finished_by_agent", &message, Value::Null)
+                    .await;
+            }
+            Settlement::RolledBack { version, reason } => {
+                self.remember_rollback(&version);
+                self.report(
+                    "update_rolled_back",
+                    &format!("update to {version} was rolled back: {reason}"),
+                    Value::Null,
+                )
+                .await;
+            }
+            Settlement::RollbackInterrupted { version, reason } => {
+                self.remember_rollback(&version);
+                let message = format!(
+                    "rollback from {version} was interrupted ({reason}); the previous exe is kept as .old"
+                );
+                self.report("update_rollback_interrupted", &message, Value::Null)
+                    .await;
+            }
+            Settlement::Interrupted { version, phase } => {
+                let message = format!(
+                    "update to {version} was interrupted during {phase:?}; still running {BUILD_VERSION}"
+                );
+                self.report("update_interrupted", &message, Value::Null)
+                    .await;
+            }
+        }
+    }
+
+    fn remember_rollback(&self, version: &str) {
+        let result = self.config().update(|c| {
+            if !c.rolled_back_versions.iter().any(|v| v == version) {
+                c.rolled_back_versions.push(version.to_owned());
+            }
+        });
+        if let Err(err) = result {
+            tracing::error!(error = %err, "cannot record the rolled-back version");
+        }
+    }
+
+    /// After a verified update the new agent writes its version to config.json.
+    fn record_version(&self) {
+        if let Err(err) = self
+            .config()
+            .update(|c| c.current_version = Some(BUILD_VERSION.to_owned()))
+        {
+            tracing::error!(error = %err, "cannot record the new version in config.json");
+        }
+    }
+}
+
+/// Waits for a still-running updater (it is verifying this very process) to finish, then
+/// settles its journal; with no updater running, settles at once.
+async fn settle_update_journal(inner: Arc<Inner>) {
+    let Some(journal) = update::read_journal(&inner.storage) else {
+        return;
+    };
+    while update::updater_running(&journal) {
+        if !sleep_or_cancel(&inner.cancel, Duration::from_millis(500)).await {
+            return;
+        }
+    }
+    let journal = update::read_journal(&inner.storage).unwrap_or(journal);
+    inner.settle(&journal).await;
 }
 
 async fn watch_os_signals(inner: Arc<Inner>) {
@@ -396,5 +529,161 @@ impl MetricsSampler {
         system.refresh_processes_specifics(ProcessesToUpdate::Some(&[self.pid]), true, kind);
         let process = system.process(self.pid)?;
         Some((process.memory(), process.cpu_usage()))
+    }
+}
+
+// --- IPC (`--force`, `--status`; plan II.E): the agent's answers to authenticated requests. ---
+
+use cms_protocol::{IpcCommand, IpcResponse, IpcStatus};
+
+use crate::ipc::{self, IpcHandler, NamedPipeIPCServer};
+
+/// Serves the IPC endpoint until shutdown. An endpoint that cannot be opened is reported and
+/// the agent runs on without it: serving the backend matters more than `--force`.
+async fn ipc_server(inner: Arc<Inner>) {
+    let path = inner.storage.storage_path().to_path_buf();
+    let is_admin = system::is_running_as_admin();
+    let bound = ipc::IpcEndpoint::for_agent(&path, is_admin).and_then(|endpoint| {
+        let secret = ipc::load_or_create_secret(&path, is_admin)?;
+        NamedPipeIPCServer::bind(endpoint, secret)
+    });
+    match bound {
+        Ok(server) => server.serve(inner.clone(), inner.cancel.clone()).await,
+        Err(err) => {
+            let message = format!(
+                "IPC server not started: {err}; --force and --status cannot reach this agent"
+            );
+            inner.report("ipc_unavailable", &message, Value::Null).await;
+        }
+    }
+}
+
+impl IpcHandler for Inner {
+    fn handle(&self, command: IpcCommand, args: &[String]) -> IpcResponse {
+        let status = match command {
+            IpcCommand::Status => IpcStatus::Acknowledged,
+            IpcCommand::ForceRestart => self.force_restart(args.len()),
+        };
+        IpcResponse {
+            status,
+            state: Some(self.state.get()),
+            version: Some(BUILD_VERSION.to_owned()),
+            pid: Some(std::process::id()),
+            message: None,
+        }
+    }
+}
+
+impl Inner {
+    /// `--force` from another process: stop so it can take over, unless an update runs.
+    fn force_restart(&self, new_args: usize) -> IpcStatus {
+        match force_restart_decision(&self.state) {
+            ForceDecision::Shutdown => {
+                tracing::info!(
+                    new_args,
+                    "force restart requested over IPC; shutting down for the new instance"
+                );
+                self.graceful_shutdown();
+                IpcStatus::Acknowledged
+            }
+            ForceDecision::AlreadyStopping => IpcStatus::Acknowledged,
+            ForceDecision::BusyUpdating => {
+                tracing::warn!("force restart refused: an update is in progress");
+                IpcStatus::BusyUpdating
+            }
+        }
+    }
+}
+
+/// What a `force_restart` request leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ForceDecision {
+    /// Shut down now (from `IDLE` via `FORCE_RESTARTING`, or while still `STARTING`).
+    Shutdown,
+    /// A shutdown is already under way; the caller just waits for the lock.
+    AlreadyStopping,
+    /// Refused in every `UPDATING_*` state: an update must not be cut off.
+    BusyUpdating,
+}
+
+/// Checks and moves the state in one step, so a force restart and an update never both win.
+fn force_restart_decision(state: &StateCell) -> ForceDecision {
+    match state.transition_if(|s| s == AgentState::Idle, AgentState::ForceRestarting) {
+        Ok(_) => ForceDecision::Shutdown,
+        Err(refused) if refused.from.is_updating() => ForceDecision::BusyUpdating,
+        Err(refused) if refused.from == AgentState::Starting => ForceDecision::Shutdown,
+        Err(_) => ForceDecision::AlreadyStopping,
+    }
+}
+
+#[cfg(test)]
+mod ipc_tests {
+    use super::*;
+
+    fn cell_in(target: AgentState) -> StateCell {
+        let cell = StateCell::default();
+        let path: &[AgentState] = match target {
+            AgentState::Starting => &[],
+            AgentState::ShuttingDown => &[AgentState::ShuttingDown],
+            AgentState::Stopped => &[AgentState::ShuttingDown, AgentState::Stopped],
+            AgentState::ForceRestarting => &[AgentState::Idle, AgentState::ForceRestarting],
+            _ => &[AgentState::Idle],
+        };
+        for next in path {
+            cell.set_state(*next).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let walk = [
+            AgentState::UpdatingStarting,
+            AgentState::UpdatingDownloading,
+            AgentState::UpdatingVerifying,
+            AgentState::UpdatingExtractingUpdater,
+            AgentState::UpdatingPreparingShutdown,
+        ];
+        for next in walk
+            .iter()
+            .take_while(|_| cell.get() != target && target.is_updating())
+        {
+            cell.set_state(*next).unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert_eq!(cell.get(), target);
+        cell
+    }
+
+    #[test]
+    fn force_restart_is_refused_in_every_updating_state_and_leaves_it_alone() {
+        for state in AgentState::ALL.into_iter().filter(|s| s.is_updating()) {
+            let cell = cell_in(state);
+            assert_eq!(
+                force_restart_decision(&cell),
+                ForceDecision::BusyUpdating,
+                "{state}"
+            );
+            assert_eq!(cell.get(), state);
+        }
+    }
+
+    #[test]
+    fn force_restart_from_idle_moves_to_force_restarting() {
+        let cell = cell_in(AgentState::Idle);
+        assert_eq!(force_restart_decision(&cell), ForceDecision::Shutdown);
+        assert_eq!(cell.get(), AgentState::ForceRestarting);
+        assert_eq!(
+            force_restart_decision(&cell),
+            ForceDecision::AlreadyStopping
+        );
+    }
+
+    #[test]
+    fn force_restart_while_starting_or_stopping() {
+        assert_eq!(
+            force_restart_decision(&cell_in(AgentState::Starting)),
+            ForceDecision::Shutdown
+        );
+        for state in [AgentState::ShuttingDown, AgentState::Stopped] {
+            assert_eq!(
+                force_restart_decision(&cell_in(state)),
+                ForceDecision::AlreadyStopping
+            );
+        }
     }
 }

@@ -89,6 +89,13 @@ pub struct Config {
     /// Most error reports kept on disk while the backend is unreachable.
     #[serde(default = "default_error_buffer_max")]
     pub error_buffer_max_reports: usize,
+    /// Free bytes to leave on the disk beyond the 3x package size an update needs.
+    #[serde(default)]
+    pub update_reserve_free_bytes: u64,
+    /// Versions that failed their health check here and were rolled back: never retried, so a
+    /// bad release cannot put the machine in an update loop (publish a newer one instead).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rolled_back_versions: Vec<String>,
 }
 
 fn default_error_buffer_max() -> usize {
@@ -104,6 +111,8 @@ impl Default for Config {
             credentials: None,
             intervals: Intervals::default(),
             error_buffer_max_reports: DEFAULT_ERROR_BUFFER_MAX,
+            update_reserve_free_bytes: 0,
+            rolled_back_versions: Vec::new(),
         }
     }
 }

@@ -9,7 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cms_protocol::{BUILD_VERSION, LockRecord};
 use tokio_util::sync::CancellationToken;
@@ -22,6 +22,10 @@ pub const LOCK_FILE_NAME: &str = "agent.lock";
 
 /// How often to retry when the file was swapped under us between open and lock.
 const OPEN_ATTEMPTS: usize = 5;
+/// A holder whose heartbeat is older than this is reported as possibly hung (never killed).
+pub const DEFAULT_HUNG_AFTER: Duration = Duration::from_secs(5 * 60);
+/// Pause between attempts of [`LockManager::acquire_with_timeout`].
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// Why the lock could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -48,11 +52,26 @@ pub enum Acquire {
     HeldBy(Option<LockRecord>),
 }
 
+/// What the record of a lock held by another process says about that process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HolderHealth {
+    /// Its PID runs with the recorded start time and its heartbeat is recent.
+    Alive,
+    /// It runs, but its heartbeat is `age_secs` old: it may be hung. Reported, never killed.
+    Hung {
+        /// Seconds since the last heartbeat.
+        age_secs: u64,
+    },
+    /// The record names no running process (PID gone or reused), or cannot be read.
+    Unknown,
+}
+
 /// Owns `agent.lock` while the agent runs; releases it on `release()` and on drop.
 #[derive(Debug)]
 pub struct LockManager {
     path: PathBuf,
     held: Mutex<Option<File>>,
+    hung_after: Duration,
 }
 
 impl LockManager {
@@ -61,7 +80,15 @@ impl LockManager {
         LockManager {
             path: storage_path.join(LOCK_FILE_NAME),
             held: Mutex::new(None),
+            hung_after: DEFAULT_HUNG_AFTER,
         }
+    }
+
+    /// Sets the heartbeat age past which a live holder is reported as possibly hung (it
+    /// should be several heartbeat intervals).
+    pub fn with_hung_after(mut self, hung_after: Duration) -> Self {
+        self.hung_after = hung_after;
+        self
     }
 
     /// The lock file's path.
@@ -74,7 +101,9 @@ impl LockManager {
         for _ in 0..OPEN_ATTEMPTS {
             let mut file = self.open()?;
             if !system::try_lock_exclusive(&file).map_err(|e| self.io(e))? {
-                return Ok(Acquire::HeldBy(read_lock_record(&self.path)));
+                let record = read_lock_record(&self.path);
+                self.log_holder(record.as_ref());
+                return Ok(Acquire::HeldBy(record));
             }
             if !system::is_same_file(&file, &self.path).map_err(|e| self.io(e))? {
                 continue; // the previous owner deleted it between our open and lock
@@ -86,6 +115,37 @@ impl LockManager {
             return Ok(Acquire::Acquired);
         }
         Err(LockError::Unstable(self.path.clone()))
+    }
+
+    /// Keeps trying [`LockManager::acquire`] until it succeeds or `timeout` passes (`--force`
+    /// waits here while the old instance shuts down); the last holder is returned on timeout.
+    pub fn acquire_with_timeout(&self, timeout: Duration) -> Result<Acquire, LockError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let outcome = self.acquire()?;
+            if matches!(outcome, Acquire::Acquired) || Instant::now() >= deadline {
+                return Ok(outcome);
+            }
+            std::thread::sleep(RETRY_PAUSE);
+        }
+    }
+
+    /// Logs who holds the lock, and warns when that holder looks hung. Never acts on it.
+    fn log_holder(&self, record: Option<&LockRecord>) {
+        let Some(record) = record else {
+            tracing::info!(path = %self.path.display(), "lock held by another process (record unreadable)");
+            return;
+        };
+        match holder_health(record, self.hung_after) {
+            HolderHealth::Hung { age_secs } => tracing::warn!(
+                holder_pid = record.pid,
+                heartbeat_age_secs = age_secs,
+                "the lock holder is alive but its heartbeat is stale; it may be hung (not killing it)"
+            ),
+            health => {
+                tracing::info!(holder_pid = record.pid, holder = ?health, "lock held by another process")
+            }
+        }
     }
 
     /// Rewrites the heartbeat timestamp so readers can tell a live owner from a hung one.
@@ -135,7 +195,19 @@ impl LockManager {
         tracing::info!(path = %self.path.display(), "lock released");
     }
 
+    /// Creates the file exclusively (plan II.B.3); when it exists, opens it so a stale one can
+    /// be taken over. The OS lock, not the creation, decides who owns it.
     fn open(&self) -> Result<File, LockError> {
+        let created = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&self.path);
+        match created {
+            Ok(file) => return Ok(file),
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(err) => return Err(self.io(err)),
+        }
         OpenOptions::new()
             .read(true)
             .write(true)
@@ -169,6 +241,33 @@ impl Drop for LockManager {
 pub fn read_lock_record(path: &Path) -> Option<LockRecord> {
     let text = std::fs::read_to_string(path).ok()?;
     serde_json::from_str(&text).ok()
+}
+
+/// Judges a holder's record: is its process the recorded one (PID plus start time, so a reused
+/// PID does not count), and is its heartbeat younger than `hung_after`?
+pub fn holder_health(record: &LockRecord, hung_after: Duration) -> HolderHealth {
+    let started = system::process_start_time(record.pid);
+    if started.is_none() || (record.process_start != 0 && started != Some(record.process_start)) {
+        return HolderHealth::Unknown;
+    }
+    let Some(age) = age_of(&record.timestamp) else {
+        return HolderHealth::Unknown;
+    };
+    if age > hung_after {
+        HolderHealth::Hung {
+            age_secs: age.as_secs(),
+        }
+    } else {
+        HolderHealth::Alive
+    }
+}
+
+/// How long ago an RFC 3339 timestamp was; `None` when unreadable (a future one is age 0).
+fn age_of(timestamp: &str) -> Option<Duration> {
+    use time::format_description::well_known::Rfc3339;
+    let then = time::OffsetDateTime::parse(timestamp, &Rfc3339).ok()?;
+    let age = time::OffsetDateTime::now_utc() - then;
+    Some(age.try_into().unwrap_or(Duration::ZERO))
 }
 
 fn log_takeover(file: &mut File) {
@@ -240,6 +339,111 @@ mod tests {
         assert_eq!(record.version, BUILD_VERSION);
     }
 
+    /// Set in the child process of the two-process test: the folder to lock.
+    const CHILD_DIR_VAR: &str = "CMS_TEST_LOCK_CHILD_DIR";
+
+    #[test]
+    fn a_lock_held_by_another_process_is_held_until_that_process_dies() {
+        if let Some(dir) = std::env::var_os(CHILD_DIR_VAR) {
+            // Child: take the lock, say so, and hold it until killed.
+            let manager = LockManager::new(Path::new(&dir));
+            assert!(matches!(manager.acquire().unwrap(), Acquire::Acquired));
+            println!("LOCKED");
+            std::thread::sleep(Duration::from_secs(120));
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "system::lock_manager::tests::a_lock_held_by_another_process_is_held_until_that_process_dies",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_DIR_VAR, dir.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("LOCKED") {
+            line.clear();
+            assert_ne!(
+                io::BufRead::read_line(&mut stdout, &mut line).unwrap(),
+                0,
+                "child ended"
+            );
+        }
+        let manager = LockManager::new(dir.path());
+        match manager.acquire().unwrap() {
+            Acquire::HeldBy(Some(record)) => assert_eq!(record.pid, child.id()),
+            other => panic!("expected the child to hold the lock, got {other:?}"),
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let outcome = manager
+            .acquire_with_timeout(Duration::from_secs(20))
+            .unwrap();
+        assert!(
+            matches!(outcome, Acquire::Acquired),
+            "a dead holder's lock is taken over"
+        );
+        assert_eq!(
+            read_lock_record(manager.path()).unwrap().pid,
+            std::process::id()
+        );
+    }
+
+    #[test]
+    fn acquire_with_timeout_waits_for_the_holder_to_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = std::sync::Arc::new(LockManager::new(dir.path()));
+        assert!(matches!(first.acquire().unwrap(), Acquire::Acquired));
+        let second = LockManager::new(dir.path());
+        let started = Instant::now();
+        let outcome = second
+            .acquire_with_timeout(Duration::from_millis(300))
+            .unwrap();
+        assert!(matches!(outcome, Acquire::HeldBy(_)));
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        let releaser = std::thread::spawn({
+            let first = first.clone();
+            move || {
+                std::thread::sleep(Duration::from_millis(400));
+                first.release();
+            }
+        });
+        let outcome = second
+            .acquire_with_timeout(Duration::from_secs(20))
+            .unwrap();
+        assert!(matches!(outcome, Acquire::Acquired));
+        releaser.join().unwrap();
+    }
+
+    #[test]
+    fn holder_health_tells_alive_hung_and_gone_apart() {
+        let pid = std::process::id();
+        let record = |pid, process_start, timestamp: &str| LockRecord {
+            pid,
+            process_start,
+            timestamp: timestamp.into(),
+            version: "x".into(),
+        };
+        let start = system::process_start_time(pid).unwrap();
+        let hour = Duration::from_secs(3600);
+        let fresh = record(pid, start, &clock::now_rfc3339());
+        assert_eq!(holder_health(&fresh, hour), HolderHealth::Alive);
+        let old = record(pid, start, "2020-01-01T00:00:00Z");
+        assert!(
+            matches!(holder_health(&old, hour), HolderHealth::Hung { age_secs } if age_secs > 3600)
+        );
+        // Same PID, different start time: the PID was reused, the record's owner is gone.
+        let reused = record(pid, start.wrapping_add(1), &clock::now_rfc3339());
+        assert_eq!(holder_health(&reused, hour), HolderHealth::Unknown);
+        let gone = record(u32::MAX, 1, &clock::now_rfc3339());
+        assert_eq!(holder_health(&gone, hour), HolderHealth::Unknown);
+    }
+
     #[test]
     fn refresh_moves_the_timestamp_and_notices_a_deleted_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -249,6 +453,10 @@ mod tests {
         let before = read_lock_record(manager.path()).unwrap().timestamp;
         manager.refresh().unwrap();
         assert_ne!(read_lock_record(manager.path()).unwrap().timestamp, before);
+        #[cfg(windows)]
+        if system::running_under_wine() {
+            return; // Wine still opens a delete-pending file by name; Windows does not
+        }
         std::fs::remove_file(manager.path()).unwrap();
         assert!(manager.refresh().is_err());
     }

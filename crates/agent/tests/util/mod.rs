@@ -218,3 +218,105 @@ pub fn agent_command(data_dir: &Path, args: &[&str]) -> Command {
         .env_remove("CMS_AGENT_DATA_DIR");
     command
 }
+
+/// Agent and updater built with `CMS_BUILD_VERSION=version`, in `target/versioned/<version>/`.
+/// Built once per test process in their own target dir (the tests' own build is untouched);
+/// copies land by atomic rename, so a test running one never sees it half written.
+pub fn versioned_build(version: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    let target = agent_exe()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("versioned");
+    let out = target.join(version);
+    if built.iter().any(|v| v == version) {
+        return out;
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "-p", "cms-agent", "-p", "cms-updater"])
+        .env("CMS_BUILD_VERSION", version)
+        .env("CARGO_TARGET_DIR", target.join("build"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "cannot build version {version}");
+    std::fs::create_dir_all(&out).unwrap();
+    for name in ["cms_agent", "updater"] {
+        let file = format!("{name}{}", std::env::consts::EXE_SUFFIX);
+        let temp = out.join(format!("{file}.tmp-{}", std::process::id()));
+        std::fs::copy(target.join("build/debug").join(&file), &temp).unwrap();
+        std::fs::rename(&temp, out.join(&file)).unwrap();
+    }
+    built.push(version.to_owned());
+    out
+}
+
+/// `cms-server release publish` into `server_dir`; panics with its output on failure.
+pub fn publish(server_dir: &Path, version: &str, agent: &Path, updater: &Path, extra: &[&str]) {
+    let output = Command::new(server_exe())
+        .args(["release", "publish", "--data-dir"])
+        .arg(server_dir)
+        .args(["--version", version, "--agent"])
+        .arg(agent)
+        .arg("--updater")
+        .arg(updater)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "publish failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The record in `data_dir/agent.lock`, when readable.
+pub fn lock_record(data_dir: &Path) -> Option<cms_protocol::LockRecord> {
+    let text = std::fs::read_to_string(data_dir.join("agent.lock")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Sends SIGKILL to `pid` (ignoring a process that is already gone).
+pub fn kill9(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+}
+
+/// Whether `pid` runs (a zombie child counts as gone).
+pub fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+/// Runs `cms_agent --data-dir DIR --status` to completion.
+pub fn agent_status(data_dir: &Path) -> std::process::Output {
+    agent_command(data_dir, &["--status"]).output().unwrap()
+}
+
+/// The PID in `agent.lock`, if the file is there and readable.
+pub fn lock_pid(data_dir: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(data_dir.join("agent.lock")).ok()?;
+    let record: cms_protocol::LockRecord = serde_json::from_str(&text).ok()?;
+    Some(record.pid)
+}
+
+/// Sends SIGKILL (no cleanup at all) to `child`.
+pub fn sigkill(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}

@@ -1,13 +1,16 @@
 //! The HTTP surface: shared state, the router, JSON errors and request extractors.
 //!
-//! Handlers live in [`agent`] (the agent-facing API, bearer-authenticated) and [`operator`]
-//! (the operator API of design.md section 5). Every error leaves as `{"error": "..."}` JSON with
+//! Handlers live in [`agent`] (the agent-facing API, bearer-authenticated), [`package`] (the
+//! release package download, bearer-authenticated) and [`operator`] (the operator API of
+//! design.md section 5). Every error leaves as `{"error": "..."}` JSON with
 //! a fitting status. This module must never run blocking work in a handler or log secrets; the
 //! database error text stays in the server log, never in a response.
 
 pub mod agent;
 pub mod operator;
+pub mod package;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,16 +42,18 @@ pub struct AppState {
 struct Inner {
     db: Db,
     hub: Hub,
+    data_dir: PathBuf,
     enrollment_token: Option<String>,
     offline_after: Duration,
     shutdown: CancellationToken,
 }
 
 impl AppState {
-    /// Bundles the shared state.
+    /// Bundles the shared state; `data_dir` is where release packages lie.
     pub fn new(
         db: Db,
         hub: Hub,
+        data_dir: PathBuf,
         enrollment_token: Option<String>,
         offline_after: Duration,
         shutdown: CancellationToken,
@@ -57,6 +62,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 db,
                 hub,
+                data_dir,
                 enrollment_token,
                 offline_after,
                 shutdown,
@@ -72,6 +78,11 @@ impl AppState {
     /// The WebSocket hub (publishers call [`Hub::broadcast`] / [`Hub::notify`]).
     pub fn hub(&self) -> &Hub {
         &self.inner.hub
+    }
+
+    /// The server's data directory (release packages live under `packages/`).
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
     }
 
     fn enrollment_token(&self) -> Option<&str> {
@@ -95,6 +106,7 @@ pub fn router(state: AppState) -> Router {
         .route(paths::UPDATE_CHECK, get(agent::update_check))
         .route(paths::ERRORS, post(agent::errors))
         .route(paths::WEBSOCKET, get(agent::websocket))
+        .route(package::PACKAGE_ROUTE, get(package::download))
         .route(paths::AGENTS, get(operator::agents))
         .route(
             "/api/v1/agents/{agent_id}/check-update",

@@ -7,11 +7,12 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use cms_protocol::{AgentSummary, ReleaseSummary, ServerEvent, StoredError, UpdateRequired};
+use cms_protocol::{AgentSummary, ServerEvent, StoredError, UpdateRequired};
 use serde::Deserialize;
 
 use super::{ApiError, ApiQuery, AppState};
 use crate::clock;
+use crate::db::ReleaseRecord;
 use crate::ws::NotifyError;
 
 /// Default and largest number of error reports one listing returns.
@@ -67,10 +68,9 @@ pub async fn errors(
     Ok(Json(errors))
 }
 
-/// `GET /api/v1/releases`: every published release.
-pub async fn releases(
-    State(state): State<AppState>,
-) -> Result<Json<Vec<ReleaseSummary>>, ApiError> {
+/// `GET /api/v1/releases`: every published release, newest first (the fields of
+/// `cms_protocol::ReleaseSummary` plus `length`, `sha256` and `rollout_percent`).
+pub async fn releases(State(state): State<AppState>) -> Result<Json<Vec<ReleaseRecord>>, ApiError> {
     Ok(Json(state.db().list_releases().await?))
 }
 

@@ -1,0 +1,441 @@
+//! The agent's half of a self-update (plan II.F, II.H; design.md section 6).
+//!
+//! [`Update::run`] walks `UPDATING_STARTING -> DOWNLOADING -> VERIFYING -> EXTRACTING_UPDATER
+//! -> PREPARING_SHUTDOWN`: free-space check, a resumable download that never reads past the
+//! expected length, length + SHA-256 + version checks, the updater unpacked from the package
+//! and launched detached with the contract's arguments. Any failure names its step; partial
+//! files that cannot be resumed are removed. [`settle_journal`] is the other end: at start, the
+//! agent finishes, undoes or reports an update that the updater left behind.
+//! This module must never change the agent's state on its own account except through the
+//! `StateCell` it is given, and never stop the agent (the caller does, after a launch).
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use cms_protocol::update::{JOURNAL_NAME, UpdateJournal, UpdatePhase, executable_names};
+use cms_protocol::{AgentState, BUILD_VERSION, UpdateInfo};
+use sha2::{Digest, Sha256};
+
+use crate::core::agent_state::StateCell;
+use crate::core::package::{Package, PackageError};
+use crate::core::storage::StateManager;
+use crate::net::http_client::{HttpClient, HttpError};
+use crate::system;
+
+/// Why an update attempt stopped; the old version keeps running.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// The offered version is not newer than the running one (a replayed old release).
+    #[error("offered version {offered} is not newer than the running {BUILD_VERSION}")]
+    NotNewer {
+        /// What the server offered.
+        offered: String,
+    },
+    /// Not enough room for the package, its extraction and the backup.
+    #[error("not enough free space in {dir}: {free} bytes free, {needed} needed")]
+    DiskSpace {
+        /// Where the package would go.
+        dir: PathBuf,
+        /// Bytes free there.
+        free: u64,
+        /// Bytes needed (3x the package, plus the configured reserve).
+        needed: u64,
+    },
+    /// The download failed or was longer than allowed.
+    #[error(transparent)]
+    Download(#[from] HttpError),
+    /// The downloaded bytes are not the package that was announced.
+    #[error("package {what} mismatch: expected {expected}, got {actual}")]
+    Mismatch {
+        /// `length`, `sha256`, `version` or `platform`.
+        what: &'static str,
+        /// The announced value.
+        expected: String,
+        /// The value found.
+        actual: String,
+    },
+    /// The package cannot be read.
+    #[error(transparent)]
+    Package(#[from] PackageError),
+    /// A file operation failed.
+    #[error("cannot {what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// What the OS said.
+        source: io::Error,
+    },
+}
+
+impl UpdateError {
+    /// The step that failed, for the error report.
+    pub fn step(&self) -> &'static str {
+        match self {
+            UpdateError::NotNewer { .. } | UpdateError::DiskSpace { .. } => "starting",
+            UpdateError::Download(_) => "downloading",
+            UpdateError::Mismatch { .. } => "verifying",
+            UpdateError::Package(_) => "extracting_updater",
+            UpdateError::Io { what, .. } if what.contains("updater") => "preparing_shutdown",
+            UpdateError::Io { .. } => "downloading",
+        }
+    }
+
+    /// Whether the partial download is worth keeping for a resume.
+    fn keeps_partial(&self) -> bool {
+        matches!(
+            self,
+            UpdateError::Download(HttpError::Incomplete { .. } | HttpError::Transport { .. })
+        )
+    }
+}
+
+/// One update attempt.
+#[derive(Debug)]
+pub struct Update<'a> {
+    /// The backend.
+    pub http: &'a HttpClient,
+    /// The agent's state; the caller already moved it to `UPDATING_STARTING`.
+    pub state: &'a StateCell,
+    /// Where `updates/` and `logs/` are.
+    pub storage: &'a StateManager,
+    /// Extra free bytes to keep (config.json `update_reserve_free_bytes`).
+    pub reserve_free_bytes: u64,
+}
+
+impl Update<'_> {
+    /// Runs the update up to the launch of the updater; returns the updater's PID.
+    pub async fn run(&self, info: &UpdateInfo) -> Result<u32, UpdateError> {
+        check_newer(&info.version)?;
+        let dir = self.storage.updates_dir();
+        fs::create_dir_all(&dir).map_err(|source| UpdateError::Io {
+            what: "create updates/",
+            source,
+        })?;
+        self.check_free_space(&dir, info.length)?;
+        let part = dir.join(format!(
+            "cms_agent-{}-{}.zip.part",
+            info.version, info.platform
+        ));
+        let result = self.fetch_and_launch(info, &part).await;
+        if let Err(err) = &result {
+            cleanup_after_failure(&dir, &part, err.keeps_partial());
+        }
+        result
+    }
+
+    async fn fetch_and_launch(&self, info: &UpdateInfo, part: &Path) -> Result<u32, UpdateError> {
+        self.enter(AgentState::UpdatingDownloading);
+        self.http
+            .download_file(&info.package_url, part, info.length)
+            .await?;
+        self.enter(AgentState::UpdatingVerifying);
+        let package_path = part.with_extension("");
+        verify_download(part, info).await?;
+        fs::rename(part, &package_path).map_err(|source| UpdateError::Io {
+            what: "keep the verified package",
+            source,
+        })?;
+        let package = Package::open(&package_path)?;
+        check_manifest(&package, info)?;
+        self.enter(AgentState::UpdatingExtractingUpdater);
+        let updater = package_path.with_file_name(executable_names(system::PLATFORM).1);
+        package.extract_updater(&updater)?;
+        self.enter(AgentState::UpdatingPreparingShutdown);
+        self.launch_updater(&updater, &package_path)
+    }
+
+    fn enter(&self, state: AgentState) {
+        let _ = self.state.set_state(state);
+    }
+
+    fn check_free_space(&self, dir: &Path, length: u64) -> Result<(), UpdateError> {
+        let free = fs4::available_space(dir).map_err(|source| UpdateError::Io {
+            what: "measure free space",
+            source,
+        })?;
+        let needed = length
+            .saturating_mul(3)
+            .saturating_add(self.reserve_free_bytes);
+        if free < needed {
+            return Err(UpdateError::DiskSpace {
+                dir: dir.to_path_buf(),
+                free,
+                needed,
+            });
+        }
+        Ok(())
+    }
+
+    fn launch_updater(&self, updater: &Path, package: &Path) -> Result<u32, UpdateError> {
+        let io_err = |source| UpdateError::Io {
+            what: "launch the updater",
+            source,
+        };
+        let exe = std::env::current_exe().map_err(io_err)?;
+        let own_args: Vec<OsString> = std::env::args_os().skip(1).collect();
+        let mut command = Command::new(updater);
+        command
+            .arg("--package-path")
+            .arg(package)
+            .arg("--current-exe-path")
+            .arg(&exe)
+            .arg("--old-pid")
+            .arg(std::process::id().to_string())
+            .arg("--log-dir")
+            .arg(self.storage.logs_dir())
+            .arg("--")
+            .args(own_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        system::detach(&mut command);
+        let child = command.spawn().map_err(io_err)?;
+        tracing::info!(updater_pid = child.id(), package = %package.display(), "updater launched");
+        Ok(child.id())
+    }
+}
+
+/// A release is acceptable only if strictly newer: an older one replayed by a mirror or an
+/// attacker would be a rollback attack.
+fn check_newer(offered: &str) -> Result<(), UpdateError> {
+    let parse = |v: &str| semver::Version::parse(v.trim_start_matches('v')).ok();
+    match (parse(offered), parse(BUILD_VERSION)) {
+        (Some(new), Some(running)) if new > running => Ok(()),
+        _ => Err(UpdateError::NotNewer {
+            offered: offered.to_owned(),
+        }),
+    }
+}
+
+async fn verify_download(part: &Path, info: &UpdateInfo) -> Result<(), UpdateError> {
+    let path = part.to_path_buf();
+    let (length, digest) = tokio::task::spawn_blocking(move || hash_file(&path))
+        .await
+        .map_err(|e| UpdateError::Io {
+            what: "hash the package",
+            source: io::Error::other(e),
+        })?
+        .map_err(|source| UpdateError::Io {
+            what: "hash the package",
+            source,
+        })?;
+    if length != info.length {
+        return Err(mismatch(
+            "length",
+            info.length.to_string(),
+            length.to_string(),
+        ));
+    }
+    if !digest.eq_ignore_ascii_case(&info.sha256) {
+        return Err(mismatch("sha256", info.sha256.clone(), digest));
+    }
+    tracing::info!(version = %info.version, length, "package verified");
+    Ok(())
+}
+
+fn hash_file(path: &Path) -> io::Result<(u64, String)> {
+    let mut file = fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut length = 0u64;
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            return Ok((length, hex::encode(hasher.finalize())));
+        }
+        hasher.update(&buffer[..read]);
+        length += read as u64;
+    }
+}
+
+fn check_manifest(package: &Package, info: &UpdateInfo) -> Result<(), UpdateError> {
+    let manifest = &package.manifest;
+    if manifest.version != info.version {
+        return Err(mismatch(
+            "version",
+            info.version.clone(),
+            manifest.version.clone(),
+        ));
+    }
+    if manifest.platform != system::PLATFORM {
+        return Err(mismatch(
+            "platform",
+            system::PLATFORM.to_owned(),
+            manifest.platform.clone(),
+        ));
+    }
+    Ok(())
+}
+
+fn mismatch(what: &'static str, expected: String, actual: String) -> UpdateError {
+    UpdateError::Mismatch {
+        what,
+        expected,
+        actual,
+    }
+}
+
+/// Removes what a failed attempt left in `updates/`, keeping a resumable partial download.
+fn cleanup_after_failure(dir: &Path, part: &Path, keep_partial: bool) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        let is_journal = path.file_name().is_some_and(|n| n == JOURNAL_NAME);
+        if is_journal || (keep_partial && path == part) {
+            continue;
+        }
+        if let Err(err) = fs::remove_file(&path) {
+            tracing::warn!(path = %path.display(), error = %err, "cannot remove a leftover update file");
+        }
+    }
+}
+
+/// What an earlier update left for this start to act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    /// The updater verified this version; the agent records it.
+    Completed {
+        /// The version now running.
+        version: String,
+    },
+    /// The new version was unhealthy and the old one was restored.
+    RolledBack {
+        /// The version that failed.
+        version: String,
+        /// Why.
+        reason: String,
+    },
+    /// The updater died after the swap; this (new) agent finished the cleanup itself.
+    FinishedByAgent {
+        /// The version now running.
+        version: String,
+        /// Where the updater stopped.
+        phase: UpdatePhase,
+    },
+    /// The updater died while rolling back; `.old` (the last good version) is kept beside the
+    /// exe for an operator, because this process may be the version that failed.
+    RollbackInterrupted {
+        /// The version that failed its check.
+        version: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The updater died before the new version ran; the old one runs and cleaned up.
+    Interrupted {
+        /// The version that was not installed.
+        version: String,
+        /// Where the updater stopped.
+        phase: UpdatePhase,
+    },
+}
+
+/// The journal in `updates/`, if an update left one.
+pub fn read_journal(storage: &StateManager) -> Option<UpdateJournal> {
+    let bytes = fs::read(storage.updates_dir().join(JOURNAL_NAME)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Whether the updater that wrote `journal` still runs (PID and start time both match).
+pub fn updater_running(journal: &UpdateJournal) -> bool {
+    system::process_start_time(journal.updater_pid) == Some(journal.updater_start)
+}
+
+/// Finishes or undoes what the journal describes (the updater must be gone), removes the
+/// journal and leftovers, and says what happened.
+pub fn settle_journal(storage: &StateManager, journal: &UpdateJournal) -> Settlement {
+    let exe = PathBuf::from(&journal.exe_path);
+    let running_new = journal.new_version == BUILD_VERSION;
+    let settlement = match journal.phase {
+        UpdatePhase::Succeeded => Settlement::Completed {
+            version: journal.new_version.clone(),
+        },
+        UpdatePhase::RolledBack => Settlement::RolledBack {
+            version: journal.new_version.clone(),
+            reason: journal.reason.clone().unwrap_or_else(|| "unknown".into()),
+        },
+        UpdatePhase::RollingBack => Settlement::RollbackInterrupted {
+            version: journal.new_version.clone(),
+            reason: journal.reason.clone().unwrap_or_else(|| "unknown".into()),
+        },
+        phase if running_new => Settlement::FinishedByAgent {
+            version: journal.new_version.clone(),
+            phase,
+        },
+        phase => Settlement::Interrupted {
+            version: journal.new_version.clone(),
+            phase,
+        },
+    };
+    if !matches!(settlement, Settlement::RollbackInterrupted { .. }) {
+        remove_leftovers(&exe);
+    }
+    let updates = storage.updates_dir();
+    cleanup_after_failure(&updates, Path::new(""), false);
+    if let Err(err) = fs::remove_file(updates.join(JOURNAL_NAME)) {
+        tracing::warn!(error = %err, "cannot remove the update journal");
+    }
+    settlement
+}
+
+/// `.old` and `.new` beside the exe: once settled, the running exe is the one to keep.
+fn remove_leftovers(exe: &Path) {
+    for suffix in [".old", ".new"] {
+        let mut name = exe.as_os_str().to_os_string();
+        name.push(suffix);
+        match fs::remove_file(PathBuf::from(&name)) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => {
+                tracing::warn!(path = ?name, error = %err, "cannot remove an update leftover");
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_strictly_newer_versions_are_accepted() {
+        assert!(check_newer("999.0.0").is_ok());
+        assert!(check_newer(BUILD_VERSION).is_err());
+        assert!(check_newer("0.0.1").is_err());
+        assert!(check_newer("not-a-version").is_err());
+    }
+
+    #[test]
+    fn hash_matches_a_known_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, b"abc").unwrap();
+        let (length, digest) = hash_file(&path).unwrap();
+        assert_eq!(length, 3);
+        assert_eq!(
+            digest,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn cleanup_keeps_the_journal_and_a_resumable_partial() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("p.zip.part");
+        for name in [JOURNAL_NAME, "p.zip.part", "p.zip", "updater"] {
+            fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        cleanup_after_failure(dir.path(), &part, true);
+        let mut left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec![OsString::from("p.zip.part"), OsString::from(JOURNAL_NAME)]
+        );
+    }
+}

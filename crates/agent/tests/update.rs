@@ -1,0 +1,331 @@
+//! Self-update end to end with real builds (1.0.0 -> 2.0.0 via `CMS_BUILD_VERSION`), the real
+//! server's `release publish`, the real updater, and real failures: tampered, truncated and
+//! endless packages, a release that never becomes healthy, a short disk, and kills at random
+//! moments of the update.
+
+#![cfg(unix)] // drives Linux builds and signals; the Windows lane runs its own scenarios
+#![allow(clippy::unwrap_used)] // integration tests: a failed call is a failed test
+
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use util::{Server, kill9, lock_record, pid_alive, publish, versioned_build, wait_for};
+
+/// An installed agent: its exe in `install/`, its data in `data/`, like a real machine.
+struct Machine {
+    _dir: tempfile::TempDir,
+    started: std::cell::RefCell<Vec<std::process::Child>>,
+    exe: PathBuf,
+    data: PathBuf,
+    server_dir: PathBuf,
+}
+
+impl Machine {
+    fn new(version: &str) -> Machine {
+        let dir = tempfile::tempdir().unwrap();
+        let install = dir.path().join("install");
+        std::fs::create_dir_all(&install).unwrap();
+        let exe = install.join("cms_agent");
+        std::fs::copy(versioned_build(version).join("cms_agent"), &exe).unwrap();
+        let data = dir.path().join("data");
+        let server_dir = dir.path().join("server");
+        Machine {
+            exe,
+            data,
+            server_dir,
+            _dir: dir,
+            started: Default::default(),
+        }
+    }
+
+    /// Starts the installed exe as autostart would, with fast updater checks.
+    fn start(&self, server: &Server, poll_secs: &str) {
+        let child = Command::new(&self.exe)
+            .args([
+                "--server",
+                &server.url,
+                "--update-poll-interval",
+                poll_secs,
+                "--data-dir",
+            ])
+            .arg(&self.data)
+            .env("CMS_UPDATER_GRACE_SECS", "1")
+            .env("CMS_UPDATER_VERIFY_SECS", "20")
+            .env("CMS_UPDATER_WAIT_SECS", "20")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.started.borrow_mut().push(child);
+    }
+
+    fn publish(&self, version: &str) {
+        let build = versioned_build(version);
+        publish(
+            &self.server_dir,
+            version,
+            &build.join("cms_agent"),
+            &build.join("updater"),
+            &[],
+        );
+    }
+
+    fn package(&self, version: &str) -> PathBuf {
+        self.server_dir.join(format!(
+            "packages/linux-x86_64/{version}/cms_agent-{version}-linux-x86_64.zip"
+        ))
+    }
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.data.join("config.json")).unwrap()).unwrap()
+    }
+
+    fn exe_version(&self) -> String {
+        let output = Command::new(&self.exe).arg("--version").output().unwrap();
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// Kills whatever agent or updater of this machine still runs.
+    fn stop_everything(&self) {
+        for _ in 0..50 {
+            let mut alive = Vec::new();
+            if let Some(record) = lock_record(&self.data) {
+                alive.push(record.pid);
+            }
+            if let Some(journal) = journal(&self.data) {
+                alive.push(journal.updater_pid);
+            }
+            alive.retain(|pid| pid_alive(*pid));
+            if alive.is_empty() {
+                return;
+            }
+            alive.into_iter().for_each(kill9);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        self.stop_everything();
+        for mut child in self.started.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn journal(data: &Path) -> Option<cms_protocol::update::UpdateJournal> {
+    let bytes = std::fs::read(data.join("updates/update-journal.json")).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn agent_log(data: &Path) -> String {
+    std::fs::read_to_string(data.join("logs/agent.log")).unwrap_or_default()
+}
+
+fn idle_count(data: &Path) -> usize {
+    agent_log(data)
+        .matches("State transition: STARTING -> IDLE")
+        .count()
+}
+
+fn wait_for_version(server: &Server, version: &str) {
+    wait_for(&format!("an IDLE agent on {version}"), || {
+        server
+            .agents()
+            .into_iter()
+            .find(|a| a.version == version && a.state == "IDLE" && a.online)
+    });
+}
+
+fn wait_for_error(server: &Server, kind: &str, needle: &str) -> String {
+    wait_for(&format!("a {kind} report mentioning {needle:?}"), || {
+        server
+            .errors()
+            .into_iter()
+            .find(|e| e.kind == kind && e.message.contains(needle))
+            .map(|e| e.message)
+    })
+}
+
+#[test]
+fn pushed_release_updates_1_to_2_and_the_updater_cleans_up() {
+    let machine = Machine::new("1.0.0");
+    let server = Server::start(&machine.server_dir);
+    machine.start(&server, "3600");
+    wait_for_version(&server, "1.0.0");
+    machine.publish("2.0.0"); // the running server pushes it over the WebSocket
+
+    wait_for_version(&server, "2.0.0");
+    assert_eq!(machine.exe_version(), "cms_agent 2.0.0");
+    wait_for("the new agent to record its version", || {
+        (machine.config()["current_version"] == "2.0.0").then_some(())
+    });
+    assert!(journal(&machine.data).is_none(), "journal left behind");
+    let updates = machine.data.join("updates");
+    let left: Vec<_> = std::fs::read_dir(&updates)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in updates/: {left:?}");
+    assert!(!machine.exe.with_file_name("cms_agent.old").exists());
+    let updater_log = std::fs::read_to_string(machine.data.join("logs/updater.log")).unwrap();
+    assert!(updater_log.contains("update verified"), "{updater_log}");
+    assert!(agent_log(&machine.data).contains("trigger=\"push\""));
+}
+
+#[test]
+fn polling_alone_finds_a_release_published_while_offline() {
+    let machine = Machine::new("1.0.0");
+    let server = Server::start(&machine.server_dir);
+    machine.publish("2.0.0"); // before the agent connects: no push reaches it
+    machine.start(&server, "2");
+    wait_for_version(&server, "2.0.0");
+    assert!(agent_log(&machine.data).contains("trigger=\"poll\""));
+}
+
+#[test]
+fn altered_truncated_and_endless_packages_are_refused_and_1_0_0_keeps_running() {
+    let machine = Machine::new("1.0.0");
+    let server = Server::start(&machine.server_dir);
+    machine.publish("2.0.0");
+    let package = machine.package("2.0.0");
+    let good = std::fs::read(&package).unwrap();
+
+    let mut altered = good.clone();
+    altered[good.len() / 2] ^= 0xff;
+    std::fs::write(&package, &altered).unwrap();
+    machine.start(&server, "1");
+    wait_for_error(&server, "update_failed", "sha256 mismatch");
+
+    std::fs::write(&package, &good[..good.len() - 100]).unwrap();
+    wait_for_error(&server, "update_failed", "stopped at");
+
+    let mut endless = good.clone();
+    endless.extend(std::iter::repeat_n(0u8, 1 << 20));
+    std::fs::write(&package, &endless).unwrap();
+    wait_for_error(&server, "update_failed", "exceeded the expected");
+
+    let agents = server.agents();
+    assert_eq!(agents.len(), 1);
+    assert_eq!(agents[0].version, "1.0.0");
+    assert_eq!(machine.exe_version(), "cms_agent 1.0.0");
+    assert!(pid_alive(lock_record(&machine.data).unwrap().pid));
+}
+
+#[test]
+fn a_release_that_never_becomes_healthy_is_rolled_back() {
+    let machine = Machine::new("1.0.0");
+    let server = Server::start(&machine.server_dir);
+    machine.start(&server, "3600");
+    wait_for_version(&server, "1.0.0");
+
+    let broken = machine.server_dir.join("broken_agent");
+    std::fs::create_dir_all(&machine.server_dir).unwrap();
+    std::fs::write(&broken, "#!/bin/sh\necho 'crashes at start' >&2\nexit 1\n").unwrap();
+    let updater = versioned_build("1.0.0").join("updater");
+    publish(&machine.server_dir, "3.0.0", &broken, &updater, &[]);
+
+    let message = wait_for_error(&server, "update_rolled_back", "3.0.0");
+    assert!(message.contains("exited"), "{message}");
+    wait_for_version(&server, "1.0.0");
+    assert_eq!(machine.exe_version(), "cms_agent 1.0.0");
+    assert_eq!(machine.config()["rolled_back_versions"][0], "3.0.0");
+    let updater_log = std::fs::read_to_string(machine.data.join("logs/updater.log")).unwrap();
+    assert!(updater_log.contains("rolling back"), "{updater_log}");
+}
+
+#[test]
+fn short_disk_space_is_reported_and_nothing_is_downloaded() {
+    let machine = Machine::new("1.0.0");
+    std::fs::create_dir_all(&machine.data).unwrap();
+    let server = Server::start(&machine.server_dir);
+    let config = serde_json::json!({
+        "config_version": 2,
+        "server_url": server.url,
+        "update_reserve_free_bytes": u64::MAX / 4,
+    });
+    std::fs::write(machine.data.join("config.json"), config.to_string()).unwrap();
+    machine.publish("2.0.0");
+    machine.start(&server, "1");
+    wait_for_error(&server, "update_failed", "not enough free space");
+    let downloaded = std::fs::read_dir(machine.data.join("updates"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(downloaded, 0);
+    assert_eq!(server.agents()[0].version, "1.0.0");
+}
+
+/// Waits for a random moment of the update: a random time into it (download, verification), or
+/// the start of a random updater phase plus a little; says which.
+fn kill_moment(rng: &mut fastrand::Rng, data: &Path) -> String {
+    use cms_protocol::update::UpdatePhase::{Swapping, Verifying, WaitingForOldAgent};
+    let phases = [WaitingForOldAgent, Swapping, Verifying];
+    let Some(phase) = rng.choice(phases).filter(|_| rng.bool()) else {
+        let delay = rng.u64(0..3000);
+        std::thread::sleep(Duration::from_millis(delay));
+        return format!("{delay} ms after publish");
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while journal(data).is_none_or(|j| j.phase != phase) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let delay = rng.u64(0..300);
+    std::thread::sleep(Duration::from_millis(delay));
+    format!("{delay} ms into {phase:?}")
+}
+
+/// Kills the agent or the updater at a random moment of an update, many times: after each
+/// kill the install path holds a runnable exe and the next start reaches IDLE.
+#[test]
+fn kill_at_random_moments_never_bricks_the_machine() {
+    const TRIALS: usize = 12;
+    let mut rng = fastrand::Rng::with_seed(0x00c0_ffee);
+    let (mut old, mut new) = (0, 0);
+    for trial in 0..TRIALS {
+        let machine = Machine::new("1.0.0");
+        let server = Server::start(&machine.server_dir);
+        machine.start(&server, "3600");
+        wait_for_version(&server, "1.0.0");
+        machine.publish("2.0.0");
+
+        let kill_updater = rng.bool();
+        let moment = kill_moment(&mut rng, &machine.data);
+        let victim = if kill_updater {
+            journal(&machine.data).map(|j| j.updater_pid)
+        } else {
+            lock_record(&machine.data).map(|r| r.pid)
+        };
+        if let Some(pid) = victim {
+            kill9(pid);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        machine.stop_everything();
+
+        let version = machine.exe_version();
+        assert!(
+            version == "cms_agent 1.0.0" || version == "cms_agent 2.0.0",
+            "trial {trial}: exe says {version:?}"
+        );
+        let idle_before = idle_count(&machine.data);
+        machine.start(&server, "3600");
+        let reached = wait_for("the next start to reach IDLE", || {
+            (idle_count(&machine.data) > idle_before)
+                .then(|| lock_record(&machine.data))
+                .flatten()
+                .map(|r| r.version)
+        });
+        if reached == "2.0.0" {
+            new += 1
+        } else {
+            old += 1
+        }
+        let victim = if kill_updater { "updater" } else { "agent" };
+        println!("trial {trial}: killed the {victim} {moment} -> next start IDLE on {reached}");
+        machine.stop_everything();
+    }
+    println!("fault injection: {TRIALS} trials, {old} ended on 1.0.0, {new} on 2.0.0, 0 bricked");
+}

@@ -1,0 +1,149 @@
+//! The release watcher: pushes `agent:update_required` to connected agents when a release is
+//! published.
+//!
+//! `release publish` is a separate process writing to the same database, so `serve` polls a
+//! cheap `COUNT(*)` of the releases every [`RELEASE_POLL_INTERVAL`]; when it changes, it reads
+//! the list, finds the new (version, platform) pairs and notifies every connected agent of that
+//! platform whose rollout cohort includes the release and whose reported version is older. The
+//! event only says "check now"; the update check decides what to install. This module must
+//! never block the hub (it uses `notify`, which never waits) and never tell an agent outside a
+//! release's cohort.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use cms_protocol::{ServerEvent, UpdateRequired};
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{Db, DbError, ReleaseRecord};
+use crate::rollout;
+use crate::ws::Hub;
+
+/// How often the watcher looks for new releases.
+pub const RELEASE_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+type Key = (String, String);
+
+/// Watches the releases table and notifies agents (see the module docs).
+#[derive(Debug)]
+pub struct ReleaseWatcher {
+    db: Db,
+    hub: Hub,
+    /// Releases already known, `None` until the first successful read.
+    known: Option<HashSet<Key>>,
+    /// Row count at the last read.
+    count: i64,
+    /// Whether the last poll failed (to log failures once, not every second).
+    failing: bool,
+}
+
+impl ReleaseWatcher {
+    /// A watcher whose baseline is the releases published now (they are not pushed: agents
+    /// check for updates when they connect).
+    pub async fn new(db: Db, hub: Hub) -> Self {
+        let mut watcher = Self {
+            db,
+            hub,
+            known: None,
+            count: -1,
+            failing: false,
+        };
+        if let Err(error) = watcher.poll().await {
+            tracing::warn!(%error, "cannot read releases; the watcher retries");
+            watcher.failing = true;
+        }
+        watcher
+    }
+
+    /// Polls every `interval` until `shutdown` is cancelled.
+    pub async fn run(mut self, interval: Duration, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = ticker.tick() => self.tick().await,
+            }
+        }
+        tracing::debug!("release watcher stopped");
+    }
+
+    async fn tick(&mut self) {
+        match self.poll().await {
+            Ok(()) if self.failing => {
+                tracing::info!("release watcher reads the database again");
+                self.failing = false;
+            }
+            Ok(()) => {}
+            Err(error) if !self.failing => {
+                tracing::warn!(%error, "release watcher cannot read the database");
+                self.failing = true;
+            }
+            Err(error) => tracing::debug!(%error, "release watcher still failing"),
+        }
+    }
+
+    /// One look at the table; notifies for releases not seen before.
+    async fn poll(&mut self) -> Result<(), DbError> {
+        let count = self.db.count_releases().await?;
+        if count == self.count && self.known.is_some() {
+            return Ok(());
+        }
+        let releases = self.db.list_releases().await?;
+        let current: HashSet<Key> = releases.iter().map(key).collect();
+        if let Some(known) = &self.known {
+            for release in releases.iter().filter(|r| !known.contains(&key(r))) {
+                self.announce(release).await?;
+            }
+        }
+        self.known = Some(current);
+        self.count = count;
+        Ok(())
+    }
+
+    /// Notifies the connected agents `release` is meant for.
+    async fn announce(&self, release: &ReleaseRecord) -> Result<(), DbError> {
+        let Some(version) = rollout::parse_version(&release.version) else {
+            tracing::warn!(version = %release.version, "new release has no SemVer version");
+            return Ok(());
+        };
+        let connected: HashSet<String> = self.hub.connected_ids().into_iter().collect();
+        let agents = self.db.agents_on_platform(&release.platform).await?;
+        let event = ServerEvent::UpdateRequired(UpdateRequired {
+            version: Some(release.version.clone()),
+        });
+        let (mut notified, mut missed) = (0usize, 0usize);
+        let targets = agents.iter().filter(|(agent_id, agent_version)| {
+            connected.contains(agent_id)
+                && rollout::should_notify(
+                    agent_id,
+                    agent_version,
+                    &version,
+                    release.rollout_percent,
+                )
+        });
+        for (agent_id, _) in targets {
+            match self.hub.notify(agent_id, event.clone()) {
+                Ok(()) => notified += 1,
+                Err(error) => {
+                    missed += 1;
+                    tracing::debug!(agent_id, %error, "release notification not delivered");
+                }
+            }
+        }
+        tracing::info!(
+            version = %release.version,
+            platform = %release.platform,
+            rollout_percent = release.rollout_percent,
+            connected = connected.len(),
+            notified,
+            missed,
+            "new release published; connected agents notified"
+        );
+        Ok(())
+    }
+}
+
+fn key(release: &ReleaseRecord) -> Key {
+    (release.version.clone(), release.platform.clone())
+}

@@ -1,0 +1,112 @@
+//! The swap: at no instant is there no runnable agent at the install path.
+//!
+//! The current exe is *copied* to `<exe>.old` (the install path keeps a runnable exe), the new
+//! one is staged as `<exe>.new` in the same folder, then renamed over the exe: one atomic
+//! rename. A rollback renames `.old` back the same way. Renames are retried for a bounded time
+//! because antivirus scanners briefly lock fresh executables (rustup retries for the same
+//! reason); each retry is logged.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long a rename is retried while the file is locked by someone else.
+const RETRY_FOR: Duration = Duration::from_secs(28);
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(10);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
+
+/// `<exe>.old`: the backup of the version being replaced.
+pub fn backup_path(exe: &Path) -> PathBuf {
+    with_suffix(exe, ".old")
+}
+
+/// `<exe>.new`: the new version before it is moved in.
+pub fn staged_path(exe: &Path) -> PathBuf {
+    with_suffix(exe, ".new")
+}
+
+fn with_suffix(exe: &Path, suffix: &str) -> PathBuf {
+    let mut name = exe.as_os_str().to_os_string();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Backs up `exe` and moves the staged new version over it.
+pub fn install(exe: &Path) -> io::Result<()> {
+    let backup = backup_path(exe);
+    copy_synced(exe, &backup)?;
+    tracing::info!(backup = %backup.display(), "current agent backed up");
+    retry("move the new agent into place", || {
+        fs::rename(staged_path(exe), exe)
+    })?;
+    tracing::info!(exe = %exe.display(), "new agent in place");
+    Ok(())
+}
+
+/// Puts the backup back over `exe`.
+pub fn restore(exe: &Path) -> io::Result<()> {
+    retry("restore the previous agent", || {
+        fs::rename(backup_path(exe), exe)
+    })?;
+    tracing::info!(exe = %exe.display(), "previous agent restored");
+    Ok(())
+}
+
+fn copy_synced(from: &Path, to: &Path) -> io::Result<()> {
+    retry("back up the current agent", || fs::copy(from, to))?;
+    fs::File::open(to)?.sync_all()
+}
+
+/// Runs `op` until it succeeds or [`RETRY_FOR`] has passed, backing off between attempts.
+fn retry<T>(what: &str, mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    let deadline = Instant::now() + RETRY_FOR;
+    let mut delay = FIRST_RETRY_DELAY;
+    let mut attempt = 1;
+    loop {
+        match op() {
+            Ok(value) => return Ok(value),
+            Err(err) if err.kind() == io::ErrorKind::NotFound || Instant::now() >= deadline => {
+                tracing::error!(what, attempt, error = %err, "giving up");
+                return Err(err);
+            }
+            Err(err) => {
+                tracing::warn!(what, attempt, error = %err, retry_in_ms = delay.as_millis() as u64, "file busy; retrying");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(MAX_RETRY_DELAY);
+                attempt += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_keeps_a_backup_and_restore_brings_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("cms_agent");
+        fs::write(&exe, b"old").unwrap();
+        fs::write(staged_path(&exe), b"new").unwrap();
+        install(&exe).unwrap();
+        assert_eq!(fs::read(&exe).unwrap(), b"new");
+        assert_eq!(fs::read(backup_path(&exe)).unwrap(), b"old");
+        assert!(!staged_path(&exe).exists());
+        restore(&exe).unwrap();
+        assert_eq!(fs::read(&exe).unwrap(), b"old");
+        assert!(!backup_path(&exe).exists());
+    }
+
+    #[test]
+    fn a_missing_staged_file_fails_at_once_and_leaves_the_exe() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("cms_agent");
+        fs::write(&exe, b"old").unwrap();
+        let started = Instant::now();
+        assert!(install(&exe).is_err());
+        assert!(started.elapsed() < RETRY_FOR);
+        assert_eq!(fs::read(&exe).unwrap(), b"old");
+    }
+}

@@ -1,0 +1,106 @@
+//! Proving the new agent healthy (plan III `verify_new_agent`).
+//!
+//! Healthy means: the process is alive, `agent.lock` names its PID with the expected version and
+//! a fresh heartbeat timestamp, and it is still so after a grace period. Anything else is a
+//! reason to roll back, returned as text for the journal and the error report.
+
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use cms_agent::system::lock_manager::read_lock_record;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// A lock timestamp older than this is not a live heartbeat.
+const FRESH_FOR: Duration = Duration::from_secs(180);
+const POLL: Duration = Duration::from_millis(100);
+
+/// How long the checks may take (configurable for tests through the environment).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// For the new agent to take the lock.
+    pub lock: Duration,
+    /// For it to stay healthy afterwards.
+    pub grace: Duration,
+}
+
+/// Checks the new agent; `Err` says why it is not healthy.
+pub fn verify_new_agent(
+    child: &mut Child,
+    lock_path: &Path,
+    version: &str,
+    timeouts: Timeouts,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeouts.lock;
+    while !holds_lock(child.id(), lock_path, version)? {
+        still_running(child)?;
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "new agent did not take the lock within {:?}",
+                timeouts.lock
+            ));
+        }
+        std::thread::sleep(POLL);
+    }
+    tracing::info!(
+        pid = child.id(),
+        version,
+        "new agent holds the lock; grace period"
+    );
+    let grace_end = Instant::now() + timeouts.grace;
+    while Instant::now() < grace_end {
+        still_running(child)?;
+        std::thread::sleep(POLL);
+    }
+    if !holds_lock(child.id(), lock_path, version)? {
+        return Err("new agent lost the lock during the grace period".into());
+    }
+    Ok(())
+}
+
+fn still_running(child: &mut Child) -> Result<(), String> {
+    match child.try_wait() {
+        Ok(None) => Ok(()),
+        Ok(Some(status)) => Err(format!("new agent exited with {status}")),
+        Err(err) => Err(format!("cannot watch the new agent: {err}")),
+    }
+}
+
+/// Whether the lock names `pid`, `version` and a fresh timestamp; a different version under
+/// our PID is an immediate failure (the wrong binary was started).
+fn holds_lock(pid: u32, lock_path: &Path, version: &str) -> Result<bool, String> {
+    let Some(record) = read_lock_record(lock_path) else {
+        return Ok(false);
+    };
+    if record.pid != pid {
+        return Ok(false);
+    }
+    if record.version != version {
+        return Err(format!(
+            "new agent reports version {} instead of {version}",
+            record.version
+        ));
+    }
+    Ok(is_fresh(&record.timestamp))
+}
+
+fn is_fresh(timestamp: &str) -> bool {
+    OffsetDateTime::parse(timestamp, &Rfc3339).is_ok_and(|at| {
+        let age = OffsetDateTime::now_utc() - at;
+        age.whole_seconds().unsigned_abs() <= FRESH_FOR.as_secs()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freshness_accepts_now_and_refuses_old_or_garbage() {
+        let now = OffsetDateTime::now_utc().format(&Rfc3339).unwrap();
+        assert!(is_fresh(&now));
+        assert!(!is_fresh("2020-01-01T00:00:00Z"));
+        assert!(!is_fresh("yesterday"));
+    }
+}
