@@ -55,7 +55,8 @@ pub fn restore(exe: &Path) -> io::Result<()> {
 
 fn copy_synced(from: &Path, to: &Path) -> io::Result<()> {
     retry("back up the current agent", || fs::copy(from, to))?;
-    fs::File::open(to)?.sync_all()
+    // Flushing needs write access on Windows (FlushFileBuffers), even for a fresh copy.
+    fs::OpenOptions::new().write(true).open(to)?.sync_all()
 }
 
 /// Runs `op` until it succeeds or [`RETRY_FOR`] has passed, backing off between attempts.
