@@ -199,6 +199,10 @@ impl Demo {
                 .find(|a| a.version == "2.0.0" && a.state == "IDLE"))
         })?;
         print_agent(&updated);
+        step(
+            "waiting for the updater to verify it (lock held, version reported, alive after the grace period)",
+        );
+        self.wait_for_log("update verified by the updater")?;
         let updater_log = std::fs::read_to_string(self.data.join("logs/updater.log"))?;
         print_matching(
             &updater_log,
