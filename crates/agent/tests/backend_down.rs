@@ -38,14 +38,25 @@ fn write_config(data: &Path, server: &str) {
     std::fs::write(data.join("config.json"), config.to_string()).unwrap();
 }
 
-#[test]
-fn reports_are_buffered_bounded_and_delivered_once_after_an_outage() {
+/// A server and an agent data dir (with a small buffer bound) in one temp dir.
+fn outage_setup() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Server,
+    std::path::PathBuf,
+) {
     let dir = tempfile::tempdir().unwrap();
     let server_dir = dir.path().join("server");
     let server = Server::start(&server_dir);
-    let listen = server.listen_addr();
     let data = dir.path().join("agent");
     write_config(&data, &server.url);
+    (dir, server_dir, server, data)
+}
+
+#[test]
+fn reports_are_buffered_bounded_and_delivered_once_after_an_outage() {
+    let (_dir, server_dir, server, data) = outage_setup();
+    let listen = server.listen_addr();
     let mut agent = Agent::start(
         &data,
         &["--status-interval", "1", "--update-poll-interval", "1"],
@@ -90,12 +101,8 @@ fn reports_are_buffered_bounded_and_delivered_once_after_an_outage() {
 
 #[test]
 fn reports_buffered_before_a_restart_are_sent_at_the_next_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let server_dir = dir.path().join("server");
-    let server = Server::start(&server_dir);
+    let (_dir, server_dir, server, data) = outage_setup();
     let listen = server.listen_addr();
-    let data = dir.path().join("agent");
-    write_config(&data, &server.url);
     let mut agent = Agent::start(&data, &["--status-interval", "1"]);
     server.wait_for_agent_state("IDLE");
     server.stop();
