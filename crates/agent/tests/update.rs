@@ -180,8 +180,8 @@ fn pushed_release_updates_1_to_2_and_the_updater_cleans_up() {
 #[test]
 fn polling_alone_finds_a_release_published_while_offline() {
     let machine = Machine::new("1.0.0");
+    machine.publish("2.0.0"); // before the server starts: releases it finds at start are not pushed
     let server = Server::start(&machine.server_dir);
-    machine.publish("2.0.0"); // before the agent connects: no push reaches it
     machine.start(&server, "2");
     wait_for_version(&server, "2.0.0");
     assert!(agent_log(&machine.data).contains("trigger=\"poll\""));
