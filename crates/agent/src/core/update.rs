@@ -63,6 +63,8 @@ pub enum UpdateError {
     /// A file operation failed.
     #[error("cannot {what}: {source}")]
     Io {
+        /// The update step it belongs to, for the report.
+        step: &'static str,
         /// What was being done.
         what: &'static str,
         /// What the OS said.
@@ -78,8 +80,7 @@ impl UpdateError {
             UpdateError::Download(_) => "downloading",
             UpdateError::Mismatch { .. } => "verifying",
             UpdateError::Package(_) => "extracting_updater",
-            UpdateError::Io { what, .. } if what.contains("updater") => "preparing_shutdown",
-            UpdateError::Io { .. } => "downloading",
+            UpdateError::Io { step, .. } => step,
         }
     }
 
@@ -111,6 +112,7 @@ impl Update<'_> {
         check_newer(&info.version)?;
         let dir = self.storage.updates_dir();
         fs::create_dir_all(&dir).map_err(|source| UpdateError::Io {
+            step: "starting",
             what: "create updates/",
             source,
         })?;
@@ -135,6 +137,7 @@ impl Update<'_> {
         let package_path = part.with_extension("");
         verify_download(part, info).await?;
         fs::rename(part, &package_path).map_err(|source| UpdateError::Io {
+            step: "verifying",
             what: "keep the verified package",
             source,
         })?;
@@ -153,6 +156,7 @@ impl Update<'_> {
 
     fn check_free_space(&self, dir: &Path, length: u64) -> Result<(), UpdateError> {
         let free = fs4::available_space(dir).map_err(|source| UpdateError::Io {
+            step: "starting",
             what: "measure free space",
             source,
         })?;
@@ -171,6 +175,7 @@ impl Update<'_> {
 
     fn launch_updater(&self, updater: &Path, package: &Path) -> Result<u32, UpdateError> {
         let io_err = |source| UpdateError::Io {
+            step: "preparing_shutdown",
             what: "launch the updater",
             source,
         };
@@ -215,10 +220,12 @@ async fn verify_download(part: &Path, info: &UpdateInfo) -> Result<(), UpdateErr
     let (length, digest) = tokio::task::spawn_blocking(move || hash_file(&path))
         .await
         .map_err(|e| UpdateError::Io {
+            step: "verifying",
             what: "hash the package",
             source: io::Error::other(e),
         })?
         .map_err(|source| UpdateError::Io {
+            step: "verifying",
             what: "hash the package",
             source,
         })?;
@@ -405,6 +412,23 @@ mod tests {
         assert!(check_newer(BUILD_VERSION).is_err());
         assert!(check_newer("0.0.1").is_err());
         assert!(check_newer("not-a-version").is_err());
+    }
+
+    #[test]
+    fn an_io_failure_reports_the_step_it_happened_in() {
+        let hashing = UpdateError::Io {
+            step: "verifying",
+            what: "hash the package",
+            source: io::Error::other("x"),
+        };
+        assert_eq!(hashing.step(), "verifying");
+        assert_eq!(
+            UpdateError::NotNewer {
+                offered: "0.0.1".into()
+            }
+            .step(),
+            "starting"
+        );
     }
 
     #[test]
