@@ -123,7 +123,7 @@ impl Update<'_> {
         ));
         let result = self.fetch_and_launch(info, &part).await;
         if let Err(err) = &result {
-            cleanup_after_failure(&dir, &part, err.keeps_partial());
+            clear_updates_dir(&dir, err.keeps_partial().then_some(part.as_path()));
         }
         result
     }
@@ -285,14 +285,14 @@ fn mismatch(what: &'static str, expected: String, actual: String) -> UpdateError
     }
 }
 
-/// Removes what a failed attempt left in `updates/`, keeping a resumable partial download.
-fn cleanup_after_failure(dir: &Path, part: &Path, keep_partial: bool) {
+/// Empties `updates/` except the journal and `keep` (a partial download worth resuming).
+fn clear_updates_dir(dir: &Path, keep: Option<&Path>) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
         let is_journal = path.file_name().is_some_and(|n| n == JOURNAL_NAME);
-        if is_journal || (keep_partial && path == part) {
+        if is_journal || keep == Some(path.as_path()) {
             continue;
         }
         if let Err(err) = fs::remove_file(&path) {
@@ -381,7 +381,7 @@ pub fn settle_journal(storage: &StateManager, journal: &UpdateJournal) -> Settle
         remove_leftovers(&exe);
     }
     let updates = storage.updates_dir();
-    cleanup_after_failure(&updates, Path::new(""), false);
+    clear_updates_dir(&updates, None);
     if let Err(err) = fs::remove_file(updates.join(JOURNAL_NAME)) {
         tracing::warn!(error = %err, "cannot remove the update journal");
     }
@@ -451,7 +451,7 @@ mod tests {
         for name in [JOURNAL_NAME, "p.zip.part", "p.zip", "updater"] {
             fs::write(dir.path().join(name), b"x").unwrap();
         }
-        cleanup_after_failure(dir.path(), &part, true);
+        clear_updates_dir(dir.path(), Some(&part));
         let mut left: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
