@@ -78,7 +78,7 @@ impl StateManager {
             source,
         };
         fs::create_dir_all(&self.storage_path).map_err(io_err)?;
-        system::restrict_directory(&self.storage_path).map_err(io_err)?;
+        system::set_directory_acls(&self.storage_path).map_err(io_err)?;
         fs::create_dir_all(self.logs_dir()).map_err(io_err)?;
         tracing::debug!(path = %self.storage_path.display(), "storage path ready");
         Ok(())

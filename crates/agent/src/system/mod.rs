@@ -53,9 +53,6 @@ pub fn set_directory_acls(path: &Path) -> io::Result<()> {
     imp::set_directory_acls(path)
 }
 
-/// The name `StateManager` uses for [`set_directory_acls`].
-pub use self::set_directory_acls as restrict_directory;
-
 /// Tries to take the OS lock that makes this process the one agent; `Ok(false)` when another
 /// process holds it. The lock never covers the bytes other processes read.
 pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
