@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use util::{Server, kill9, lock_record, pid_alive, publish, versioned_build, wait_for};
+use cms_agent::system::process_alive;
+use util::{Server, kill9, lock_record, publish, versioned_build, wait_for};
 
 /// An installed agent: its exe in `install/`, its data in `data/`, like a real machine.
 struct Machine {
@@ -98,7 +99,7 @@ impl Machine {
             if let Some(journal) = journal(&self.data) {
                 alive.push(journal.updater_pid);
             }
-            alive.retain(|pid| pid_alive(*pid));
+            alive.retain(|pid| process_alive(*pid));
             if alive.is_empty() {
                 return;
             }
@@ -213,7 +214,7 @@ fn altered_truncated_and_endless_packages_are_refused_and_1_0_0_keeps_running() 
     assert_eq!(agents.len(), 1);
     assert_eq!(agents[0].version, "1.0.0");
     assert_eq!(machine.exe_version(), "cms_agent 1.0.0");
-    assert!(pid_alive(lock_record(&machine.data).unwrap().pid));
+    assert!(process_alive(lock_record(&machine.data).unwrap().pid));
 }
 
 #[test]

@@ -275,29 +275,12 @@ pub fn publish(server_dir: &Path, version: &str, agent: &Path, updater: &Path, e
 
 /// The record in `data_dir/agent.lock`, when readable.
 pub fn lock_record(data_dir: &Path) -> Option<cms_protocol::LockRecord> {
-    let text = std::fs::read_to_string(data_dir.join("agent.lock")).ok()?;
-    serde_json::from_str(&text).ok()
+    cms_agent::system::lock_manager::read_lock_record(&data_dir.join("agent.lock"))
 }
 
 /// Sends SIGKILL to `pid` (ignoring a process that is already gone).
 pub fn kill9(pid: u32) {
-    let _ = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status();
-}
-
-/// Whether `pid` runs (a zombie child counts as gone).
-pub fn pid_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| {
-            !stat
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(false)
+    let _ = cms_agent::system::terminate_process(pid);
 }
 
 /// Runs `cms_agent --data-dir DIR --status` to completion.
@@ -307,16 +290,10 @@ pub fn agent_status(data_dir: &Path) -> std::process::Output {
 
 /// The PID in `agent.lock`, if the file is there and readable.
 pub fn lock_pid(data_dir: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(data_dir.join("agent.lock")).ok()?;
-    let record: cms_protocol::LockRecord = serde_json::from_str(&text).ok()?;
-    Some(record.pid)
+    lock_record(data_dir).map(|record| record.pid)
 }
 
 /// Sends SIGKILL (no cleanup at all) to `child`.
 pub fn sigkill(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-KILL", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    cms_agent::system::terminate_process(child.id()).unwrap();
 }
