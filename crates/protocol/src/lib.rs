@@ -39,6 +39,10 @@ pub mod paths {
     pub const OPERATOR_ERRORS: &str = "/api/v1/errors";
     /// Operator API (design.md section 5).
     pub const RELEASES: &str = "/api/v1/releases";
+    /// Base of the signed release metadata (The Update Framework): `GET` + `root.json`,
+    /// `N.root.json`, `timestamp.json`, `N.snapshot.json`, `N.targets.json`. Public: the
+    /// metadata is signed, so it may equally come from a mirror or CDN.
+    pub const TUF_METADATA: &str = "/api/v1/tuf/";
     /// Liveness of the server.
     pub const HEALTHZ: &str = "/healthz";
 }
@@ -125,9 +129,13 @@ pub struct UpdateInfo {
     pub platform: String,
     /// Absolute URL, or a path relative to the server's base URL.
     pub package_url: String,
-    /// Exact length of the package in bytes; a download never reads past it.
+    /// Name of the package in the signed TUF targets metadata; the agent takes the length and
+    /// hash it trusts from there, never from this message.
+    pub target: String,
+    /// Length of the package as the server's database has it; the agent refuses the update when
+    /// it differs from the signed length.
     pub length: u64,
-    /// Lower-case hex SHA-256 of the package.
+    /// Lower-case hex SHA-256 as the server's database has it; checked against the signed one.
     pub sha256: String,
 }
 

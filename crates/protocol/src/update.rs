@@ -36,6 +36,20 @@ pub fn executable_names(platform: &str) -> (&'static str, &'static str) {
     }
 }
 
+/// File name of a release package; also its name in the signed TUF targets metadata.
+pub fn package_file_name(version: &str, platform: &str) -> String {
+    format!("cms_agent-{version}-{platform}.zip")
+}
+
+/// Keys of the `custom` object of each TUF target: what the signed metadata says the package
+/// holds, so a renamed or replayed package cannot pass for another version.
+pub mod target_custom {
+    /// The release version (`X.Y.Z`).
+    pub const VERSION: &str = "version";
+    /// The platform (`linux-x86_64`, `windows-x86_64`).
+    pub const PLATFORM: &str = "platform";
+}
+
 /// How far an update has come; each phase is written before it is acted on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

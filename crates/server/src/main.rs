@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use cms_server::ServeConfig;
+use cms_server::release::tuf::DEFAULT_TIMESTAMP_LIFETIME;
 use cms_server::release::{PLATFORMS, PublishRequest};
 use tokio_util::sync::CancellationToken;
 
@@ -73,6 +74,10 @@ struct PublishArgs {
     /// `postgres://user:pass@host/db` when the server uses PostgreSQL.
     #[arg(long)]
     database_url: Option<String>,
+    /// Seconds the signed timestamp metadata stays valid; agents refuse older metadata, so a
+    /// server that stops re-signing cannot keep them on a stale release list (freeze attack).
+    #[arg(long, default_value_t = DEFAULT_TIMESTAMP_LIFETIME.as_secs())]
+    timestamp_expiry_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +97,10 @@ struct ServeArgs {
     /// Seconds without contact after which an agent without a WebSocket counts as offline.
     #[arg(long, default_value_t = 90)]
     offline_after: u64,
+    /// Seconds the timestamp metadata is signed for when the server re-signs it (it does so
+    /// once less than half of this is left).
+    #[arg(long, default_value_t = DEFAULT_TIMESTAMP_LIFETIME.as_secs())]
+    timestamp_expiry_secs: u64,
 }
 
 fn main() -> ExitCode {
@@ -137,6 +146,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         agent: args.agent,
         updater: args.updater,
         rollout_percent: args.rollout,
+        timestamp_lifetime: Duration::from_secs(args.timestamp_expiry_secs),
     };
     match cms_server::release::publish(request).await {
         Ok(published) => {
@@ -167,6 +177,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         database_url: args.database_url,
         enrollment_token,
         offline_after: Duration::from_secs(args.offline_after),
+        timestamp_lifetime: Duration::from_secs(args.timestamp_expiry_secs),
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));

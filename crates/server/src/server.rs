@@ -12,7 +12,11 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::db::{self, Db, DbError};
 use crate::notify::{RELEASE_POLL_INTERVAL, ReleaseWatcher};
+use crate::release;
 use crate::ws::Hub;
+
+/// How often the server checks whether the timestamp metadata needs re-signing.
+const METADATA_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Settings of one `serve` run.
 #[derive(Clone)]
@@ -27,6 +31,8 @@ pub struct ServeConfig {
     pub enrollment_token: Option<String>,
     /// An agent without a WebSocket counts as offline after this long without contact.
     pub offline_after: Duration,
+    /// Life of the timestamp metadata when the server re-signs it.
+    pub timestamp_lifetime: Duration,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -40,6 +46,7 @@ impl std::fmt::Debug for ServeConfig {
                 &self.enrollment_token.as_ref().map(|_| "<redacted>"),
             )
             .field("offline_after", &self.offline_after)
+            .field("timestamp_lifetime", &self.timestamp_lifetime)
             .finish()
     }
 }
@@ -58,6 +65,9 @@ pub enum ServeError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The release metadata could not be created at start.
+    #[error("cannot prepare the signed release metadata: {0}")]
+    Metadata(#[from] crate::release::PublishError),
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
@@ -76,6 +86,7 @@ pub async fn serve(
     };
     let db = Db::connect(&url).await?;
     tracing::info!(backend = ?db.backend(), "database ready");
+    release::refresh_metadata(&db, &config.data_dir, config.timestamp_lifetime).await?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -87,6 +98,12 @@ pub async fn serve(
     let watcher_stop = shutdown.child_token();
     let watcher = ReleaseWatcher::new(db.clone(), hub.clone()).await;
     let watcher = tokio::spawn(watcher.run(RELEASE_POLL_INTERVAL, watcher_stop.clone()));
+    let refresher = tokio::spawn(keep_metadata_fresh(
+        db.clone(),
+        config.data_dir.clone(),
+        config.timestamp_lifetime,
+        watcher_stop.clone(),
+    ));
     let state = AppState::new(
         db.clone(),
         hub,
@@ -105,6 +122,34 @@ pub async fn serve(
     if let Err(error) = watcher.await {
         tracing::warn!(%error, "release watcher task failed");
     }
+    if let Err(error) = refresher.await {
+        tracing::warn!(%error, "metadata refresher task failed");
+    }
     db.close().await;
     result.map_err(ServeError::Http)
+}
+
+/// Re-signs the release metadata before its timestamp runs out, so agents never see it
+/// expire while the server is up.
+async fn keep_metadata_fresh(
+    db: Db,
+    data_dir: PathBuf,
+    lifetime: Duration,
+    stop: CancellationToken,
+) {
+    let period = METADATA_CHECK_INTERVAL
+        .min(lifetime / 4)
+        .max(Duration::from_secs(1));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        match release::refresh_metadata(&db, &data_dir, lifetime).await {
+            Ok(true) => tracing::info!("re-signed the release metadata before it expired"),
+            Ok(false) => {}
+            Err(error) => tracing::error!(%error, "cannot re-sign the release metadata"),
+        }
+    }
 }

@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::response::Response;
+use cms_protocol::update::package_file_name;
 use cms_protocol::{
     AgentState, ErrorBatch, ErrorBatchResponse, RegisterRequest, RegisterResponse, StatusReport,
     UpdateCheckResponse, UpdateInfo,
@@ -165,6 +166,7 @@ pub async fn update_check(
         .and_then(|c| releases.iter().find(|r| r.version == c.version));
     let update = picked.map(|r| UpdateInfo {
         package_url: package_url(&r.version, &r.platform),
+        target: package_file_name(&r.version, &r.platform),
         version: r.version.clone(),
         platform: r.platform.clone(),
         length: u64::try_from(r.length).unwrap_or_default(),

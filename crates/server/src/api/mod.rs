@@ -1,12 +1,14 @@
 //! The HTTP surface: shared state, the router, JSON errors and request extractors.
 //!
 //! Handlers live in [`agent`] (the agent-facing API, bearer-authenticated), [`package`] (the
-//! release package download, bearer-authenticated) and [`operator`] (the operator API of
+//! release package download, bearer-authenticated), [`metadata`] (the signed TUF metadata,
+//! public) and [`operator`] (the operator API of
 //! design.md section 5). Every error leaves as `{"error": "..."}` JSON with
 //! a fitting status. This module must never run blocking work in a handler or log secrets; the
 //! database error text stays in the server log, never in a response.
 
 pub mod agent;
+pub mod metadata;
 pub mod operator;
 pub mod package;
 
@@ -107,6 +109,7 @@ pub fn router(state: AppState) -> Router {
         .route(paths::ERRORS, post(agent::errors))
         .route(paths::WEBSOCKET, get(agent::websocket))
         .route(package::PACKAGE_ROUTE, get(package::download))
+        .route(metadata::METADATA_ROUTE, get(metadata::file))
         .route(paths::AGENTS, get(operator::agents))
         .route(
             "/api/v1/agents/{agent_id}/check-update",

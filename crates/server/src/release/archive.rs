@@ -170,13 +170,13 @@ pub fn hash(reader: &mut impl Read) -> std::io::Result<(u64, String)> {
 /// Temp files are created 0600; the package must be readable by a server running as another
 /// user than the publisher.
 #[cfg(unix)]
-fn make_world_readable(file: &File) -> std::io::Result<()> {
+pub(crate) fn make_world_readable(file: &File) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     file.set_permissions(std::fs::Permissions::from_mode(0o644))
 }
 
 #[cfg(not(unix))]
-fn make_world_readable(_file: &File) -> std::io::Result<()> {
+pub(crate) fn make_world_readable(_file: &File) -> std::io::Result<()> {
     Ok(())
 }
 

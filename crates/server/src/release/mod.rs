@@ -8,10 +8,11 @@
 //! a published package or row, and never read the command line or the environment.
 
 pub mod archive;
+pub mod tuf;
 
 use std::path::{Path, PathBuf};
 
-use cms_protocol::update::{PackageManifest, executable_names};
+use cms_protocol::update::{PackageManifest, executable_names, package_file_name};
 use semver::Version;
 
 use crate::clock;
@@ -41,6 +42,8 @@ pub struct PublishRequest {
     pub updater: PathBuf,
     /// Share of the fleet (0..=100) that is offered the release.
     pub rollout_percent: u8,
+    /// How long the signed `timestamp.json` stays valid (agents refuse older metadata).
+    pub timestamp_lifetime: std::time::Duration,
 }
 
 /// A release that was published.
@@ -112,6 +115,9 @@ pub enum PublishError {
     /// The packaging task panicked or was cancelled.
     #[error("packaging task failed: {0}")]
     Task(String),
+    /// The release metadata could not be signed.
+    #[error("cannot sign the release metadata: {0}")]
+    Signing(#[from] tuf::TufError),
 }
 
 impl PublishError {
@@ -131,7 +137,8 @@ impl PublishError {
 
 /// Path of a package relative to the data directory, `/`-separated (as stored in the database).
 pub fn package_rel_path(version: &str, platform: &str) -> String {
-    format!("{PACKAGES_DIR}/{platform}/{version}/cms_agent-{version}-{platform}.zip")
+    let file = package_file_name(version, platform);
+    format!("{PACKAGES_DIR}/{platform}/{version}/{file}")
 }
 
 /// Publishes one release (see the module docs).
@@ -182,10 +189,23 @@ async fn publish_with(
 ) -> Result<Published, PublishError> {
     let version_text = version.to_string();
     let platform = request.platform.as_str();
+    let repository = tuf::Repository::new(&request.data_dir);
+    let lock = lock_repository(&repository).await?;
     refuse_existing(db, &version_text, platform, version).await?;
     let rel_path = package_rel_path(&version_text, platform);
     let final_path = request.data_dir.join(&rel_path);
     let built = build_package(request, &version_text, &final_path).await?;
+    let mut targets = signed_targets(db).await?;
+    targets.push(tuf::TargetEntry {
+        version: version_text.clone(),
+        platform: platform.to_owned(),
+        length: built.length,
+        sha256: built.sha256.clone(),
+    });
+    // Signed before the row is committed: no agent is offered a release its metadata lacks.
+    repository
+        .sign(&lock, &targets, request.timestamp_lifetime)
+        .await?;
     let length = i64::try_from(built.length).map_err(|_| PublishError::Io {
         path: final_path.display().to_string(),
         source: std::io::Error::other("package larger than 2^63 bytes"),
@@ -222,6 +242,55 @@ async fn publish_with(
         sha256,
         rollout_percent: request.rollout_percent,
     })
+}
+
+/// Re-signs the metadata (same targets, next version) when less than half of `lifetime` is left
+/// on the current timestamp; creates the keys and root on a new server. Returns whether it
+/// signed.
+pub async fn refresh_metadata(
+    db: &Db,
+    data_dir: &Path,
+    lifetime: std::time::Duration,
+) -> Result<bool, PublishError> {
+    let repository = tuf::Repository::new(data_dir);
+    let lock = lock_repository(&repository).await?;
+    repository.ensure_root(&lock).await?;
+    let Some(expires) = repository.timestamp_expires()? else {
+        return Ok(false);
+    };
+    let left = expires.duration_since(jiff::Timestamp::now());
+    let half = jiff::SignedDuration::try_from(lifetime / 2).unwrap_or(jiff::SignedDuration::MAX);
+    if left > half {
+        return Ok(false);
+    }
+    let targets = signed_targets(db).await?;
+    repository.sign(&lock, &targets, lifetime).await?;
+    Ok(true)
+}
+
+/// Takes the repository's signing lock without blocking the runtime.
+pub async fn lock_repository(
+    repository: &tuf::Repository,
+) -> Result<tuf::SigningLock, PublishError> {
+    let repository = repository.clone();
+    tokio::task::spawn_blocking(move || repository.lock())
+        .await
+        .map_err(|e| PublishError::Task(e.to_string()))?
+        .map_err(PublishError::from)
+}
+
+/// Every committed release, as the targets metadata lists it.
+pub async fn signed_targets(db: &Db) -> Result<Vec<tuf::TargetEntry>, PublishError> {
+    let releases = db.list_releases().await.map_err(PublishError::Database)?;
+    Ok(releases
+        .into_iter()
+        .map(|r| tuf::TargetEntry {
+            length: u64::try_from(r.length).unwrap_or_default(),
+            version: r.version,
+            platform: r.platform,
+            sha256: r.sha256,
+        })
+        .collect())
 }
 
 fn already_published(version: &str, platform: &str, note: String) -> PublishError {
@@ -305,7 +374,7 @@ fn move_into_place(built: archive::BuiltPackage, final_path: &Path) -> Result<()
 }
 
 #[cfg(unix)]
-fn sync_parent(path: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_parent(path: &Path) -> std::io::Result<()> {
     match path.parent() {
         Some(parent) => std::fs::File::open(parent)?.sync_all(),
         None => Ok(()),
@@ -313,7 +382,7 @@ fn sync_parent(path: &Path) -> std::io::Result<()> {
 }
 
 #[cfg(not(unix))]
-fn sync_parent(_path: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_parent(_path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
@@ -333,6 +402,7 @@ mod tests {
             agent: dir.join("agent"),
             updater: dir.join("updater"),
             rollout_percent: 100,
+            timestamp_lifetime: tuf::DEFAULT_TIMESTAMP_LIFETIME,
         }
     }
 
