@@ -68,6 +68,10 @@ struct Cli {
     /// Print the running agent's state and version; exit 3 if none runs.
     #[arg(long)]
     status: bool,
+    /// Pin this TUF root (the server's DIR/tuf/metadata/root.json) for release metadata;
+    /// without it the agent trusts the server's root on first use, after enrollment.
+    #[arg(long, value_name = "FILE")]
+    trusted_root: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -139,6 +143,7 @@ fn run(cli: Cli, force_args: Vec<String>) -> Result<ExitCode> {
     let options = AgentOptions {
         intervals: effective_intervals(&config.config().intervals, &cli),
         enrollment_token: cli.enrollment_token,
+        trusted_root: cli.trusted_root,
     };
     let agent = Agent::new(storage, config, reporter, lock, options)?;
     runtime.block_on(agent.run());

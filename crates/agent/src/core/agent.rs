@@ -23,6 +23,7 @@ use crate::core::error_reporter::ErrorReporter;
 use crate::core::storage::StateManager;
 use crate::core::update::{self, Settlement, Update};
 use crate::net::http_client::{HttpClient, HttpError};
+use crate::net::trust::{TrustError, TrustedMetadata};
 use crate::net::ws_client::{WSClient, WsError};
 use crate::net::{UrlError, backoff, parse_server_url};
 use crate::system::{self, lock_manager::LockManager};
@@ -47,6 +48,9 @@ pub enum AgentError {
     /// The WebSocket client cannot be set up.
     #[error(transparent)]
     Ws(#[from] WsError),
+    /// The trusted root given cannot be pinned.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
 }
 
 /// Settings for one run that do not live in config.json.
@@ -56,6 +60,8 @@ pub struct AgentOptions {
     pub intervals: Intervals,
     /// Sent at registration when the server requires one. Never logged.
     pub enrollment_token: Option<String>,
+    /// `--trusted-root`: the TUF root to pin before anything is fetched.
+    pub trusted_root: Option<std::path::PathBuf>,
 }
 
 /// The running agent; cheap to clone into tasks.
@@ -69,6 +75,7 @@ struct Inner {
     state: StateCell,
     config: Mutex<ConfigManager>,
     http: HttpClient,
+    trust: TrustedMetadata,
     ws: WSClient,
     reporter: ErrorReporter,
     lock: LockManager,
@@ -97,11 +104,16 @@ impl Agent {
         if let Some(credentials) = config.config().credentials.clone() {
             http.set_credentials(credentials);
         }
+        let trust = TrustedMetadata::new(storage.tuf_dir(), &base, http.client().clone())?;
+        if let Some(root) = &options.trusted_root {
+            trust.pin_root_file(root)?;
+        }
         let ws_max = Duration::from_secs(options.intervals.ws_reconnect_max_secs);
         let inner = Inner {
             state: StateCell::default(),
             config: Mutex::new(config),
             http,
+            trust,
             ws: WSClient::new(&base, ws_max)?,
             reporter,
             lock,
@@ -134,6 +146,7 @@ impl Agent {
         tasks.spawn(lock_heartbeat(inner.clone()));
         tasks.spawn(ipc_server(inner.clone()));
         if inner.register_until_done().await {
+            inner.pin_trusted_root().await;
             let _ = inner.state.set_state(AgentState::Idle);
             inner.reporter.flush(&inner.http).await;
             spawn_services(inner, &mut tasks);
@@ -221,6 +234,15 @@ impl Inner {
             }
         }
         !self.cancel.is_cancelled()
+    }
+
+    /// Trust on first use, right after enrollment, when no root was shipped; a failure is
+    /// reported and retried before the next update.
+    async fn pin_trusted_root(&self) {
+        if let Err(err) = self.trust.pin_server_root_if_missing().await {
+            let message = format!("cannot pin the server's release-signing root: {err}");
+            self.report("trust_root_failed", &message, json!({})).await;
+        }
     }
 
     fn register_request(&self) -> RegisterRequest {
@@ -324,6 +346,7 @@ impl Inner {
         let reserve_free_bytes = self.config().config().update_reserve_free_bytes;
         let update = Update {
             http: &self.http,
+            trust: &self.trust,
             state: &self.state,
             storage: &self.storage,
             reserve_free_bytes,

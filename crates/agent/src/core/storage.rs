@@ -72,6 +72,11 @@ impl StateManager {
         self.storage_path.join("updates")
     }
 
+    /// `tuf/`: the pinned root and the last verified release metadata.
+    pub fn tuf_dir(&self) -> PathBuf {
+        self.storage_path.join("tuf")
+    }
+
     fn ensure_directory_permissions(&self) -> Result<(), StorageError> {
         let io_err = |source| StorageError::Io {
             path: self.storage_path.clone(),

@@ -15,7 +15,9 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use cms_protocol::update::{JOURNAL_NAME, UpdateJournal, UpdatePhase, executable_names};
+use cms_protocol::update::{
+    JOURNAL_NAME, UpdateJournal, UpdatePhase, executable_names, package_file_name,
+};
 use cms_protocol::{AgentState, BUILD_VERSION, UpdateInfo};
 use sha2::{Digest, Sha256};
 
@@ -23,6 +25,7 @@ use crate::core::agent_state::StateCell;
 use crate::core::package::{Package, PackageError};
 use crate::core::storage::StateManager;
 use crate::net::http_client::{HttpClient, HttpError};
+use crate::net::trust::{SignedTarget, TrustError, TrustedMetadata};
 use crate::system;
 
 /// Why an update attempt stopped; the old version keeps running.
@@ -57,6 +60,9 @@ pub enum UpdateError {
         /// The value found.
         actual: String,
     },
+    /// The signed release metadata refused the offer, or could not be refreshed.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
     /// The package cannot be read.
     #[error(transparent)]
     Package(#[from] PackageError),
@@ -78,7 +84,7 @@ impl UpdateError {
         match self {
             UpdateError::NotNewer { .. } | UpdateError::DiskSpace { .. } => "starting",
             UpdateError::Download(_) => "downloading",
-            UpdateError::Mismatch { .. } => "verifying",
+            UpdateError::Mismatch { .. } | UpdateError::Trust(_) => "verifying",
             UpdateError::Package(_) => "extracting_updater",
             UpdateError::Io { step, .. } => step,
         }
@@ -98,6 +104,9 @@ impl UpdateError {
 pub struct Update<'a> {
     /// The backend.
     pub http: &'a HttpClient,
+    /// The pinned root and last verified metadata; the only source of a package's length and
+    /// hash.
+    pub trust: &'a TrustedMetadata,
     /// The agent's state; the caller already moved it to `UPDATING_STARTING`.
     pub state: &'a StateCell,
     /// Where `updates/` and `logs/` are.
@@ -110,32 +119,39 @@ impl Update<'_> {
     /// Runs the update up to the launch of the updater; returns the updater's PID.
     pub async fn run(&self, info: &UpdateInfo) -> Result<u32, UpdateError> {
         check_newer(&info.version)?;
+        self.trust.pin_server_root_if_missing().await?;
+        let signed = self.trust.verified_target(info).await?;
         let dir = self.storage.updates_dir();
         fs::create_dir_all(&dir).map_err(|source| UpdateError::Io {
             step: "starting",
             what: "create updates/",
             source,
         })?;
-        self.check_free_space(&dir, info.length)?;
-        let part = dir.join(format!(
-            "cms_agent-{}-{}.zip.part",
-            info.version, info.platform
-        ));
-        let result = self.fetch_and_launch(info, &part).await;
+        self.check_free_space(&dir, signed.length)?;
+        // Named from the checked SemVer version and our own platform, never from a server
+        // string that could hold a path.
+        let file = package_file_name(&info.version, system::PLATFORM);
+        let part = dir.join(format!("{file}.part"));
+        let result = self.fetch_and_launch(info, &signed, &part).await;
         if let Err(err) = &result {
             clear_updates_dir(&dir, err.keeps_partial().then_some(part.as_path()));
         }
         result
     }
 
-    async fn fetch_and_launch(&self, info: &UpdateInfo, part: &Path) -> Result<u32, UpdateError> {
+    async fn fetch_and_launch(
+        &self,
+        info: &UpdateInfo,
+        signed: &SignedTarget,
+        part: &Path,
+    ) -> Result<u32, UpdateError> {
         self.enter(AgentState::UpdatingDownloading);
         self.http
-            .download_file(&info.package_url, part, info.length)
+            .download_file(&info.package_url, part, signed.length)
             .await?;
         self.enter(AgentState::UpdatingVerifying);
         let package_path = part.with_extension("");
-        verify_download(part, info).await?;
+        verify_download(part, signed).await?;
         fs::rename(part, &package_path).map_err(|source| UpdateError::Io {
             step: "verifying",
             what: "keep the verified package",
@@ -215,7 +231,7 @@ fn check_newer(offered: &str) -> Result<(), UpdateError> {
     }
 }
 
-async fn verify_download(part: &Path, info: &UpdateInfo) -> Result<(), UpdateError> {
+async fn verify_download(part: &Path, signed: &SignedTarget) -> Result<(), UpdateError> {
     let path = part.to_path_buf();
     let (length, digest) = tokio::task::spawn_blocking(move || hash_file(&path))
         .await
@@ -229,17 +245,17 @@ async fn verify_download(part: &Path, info: &UpdateInfo) -> Result<(), UpdateErr
             what: "hash the package",
             source,
         })?;
-    if length != info.length {
+    if length != signed.length {
         return Err(mismatch(
             "length",
-            info.length.to_string(),
+            signed.length.to_string(),
             length.to_string(),
         ));
     }
-    if !digest.eq_ignore_ascii_case(&info.sha256) {
-        return Err(mismatch("sha256", info.sha256.clone(), digest));
+    if !digest.eq_ignore_ascii_case(&signed.sha256) {
+        return Err(mismatch("sha256", signed.sha256.clone(), digest));
     }
-    tracing::info!(version = %info.version, length, "package verified");
+    tracing::info!(version = %signed.version, length, "package verified against signed metadata");
     Ok(())
 }
 

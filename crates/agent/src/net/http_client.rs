@@ -115,6 +115,11 @@ impl HttpClient {
         })
     }
 
+    /// The underlying client, for fetches that share its TLS settings (signed metadata).
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     /// The backend base URL.
     pub fn base(&self) -> &Url {
         &self.base

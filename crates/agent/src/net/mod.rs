@@ -4,6 +4,7 @@
 //! buffering): it performs one exchange and returns a typed result.
 
 pub mod http_client;
+pub mod trust;
 pub mod ws_client;
 
 use std::time::Duration;
