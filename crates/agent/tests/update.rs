@@ -1,7 +1,8 @@
 //! Self-update end to end with real builds (1.0.0 -> 2.0.0 via `CMS_BUILD_VERSION`), the real
 //! server's `release publish`, the real updater, and real failures: tampered, truncated and
-//! endless packages, a release that never becomes healthy, a short disk, and kills at random
-//! moments of the update.
+//! endless packages, a release that never becomes healthy, a short disk, kills at random
+//! moments of the update, and, through a throttling proxy, `--force` during a download and a
+//! download resumed after a kill.
 
 #![cfg(unix)] // drives Linux builds and signals; the Windows lane runs its own scenarios
 #![allow(clippy::unwrap_used)] // integration tests: a failed call is a failed test
@@ -13,6 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cms_agent::system::process_alive;
+use util::proxy::Proxy;
 use util::{Server, kill9, lock_record, publish, versioned_build, wait_for};
 
 /// An installed agent: its exe in `install/`, its data in `data/`, like a real machine.
@@ -44,10 +46,15 @@ impl Machine {
 
     /// Starts the installed exe as autostart would, with fast updater checks.
     fn start(&self, server: &Server, poll_secs: &str) {
+        self.start_via(&server.url, poll_secs);
+    }
+
+    /// Starts the installed exe with `--server url` (a proxy in front of the server).
+    fn start_via(&self, url: &str, poll_secs: &str) {
         let child = Command::new(&self.exe)
             .args([
                 "--server",
-                &server.url,
+                url,
                 "--update-poll-interval",
                 poll_secs,
                 "--data-dir",
@@ -87,6 +94,23 @@ impl Machine {
     fn exe_version(&self) -> String {
         let output = Command::new(&self.exe).arg("--version").output().unwrap();
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// Runs the installed exe on this machine's data with `args` (`--status`, `--force`) to
+    /// its end, as an operator at the machine would.
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.exe)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(args)
+            .env_remove("CMS_AGENT_DATA_DIR")
+            .output()
+            .unwrap()
+    }
+
+    /// What `--status` prints (empty when no agent answers).
+    fn status(&self) -> String {
+        String::from_utf8_lossy(&self.cli(&["--status"]).stdout).into_owned()
     }
 
     /// Kills whatever agent or updater of this machine still runs.
@@ -334,4 +358,117 @@ fn kill_at_random_moments_never_bricks_the_machine() {
         "fault injection: {TRIALS} trials, {old} ended on 1.0.0, {new} on 2.0.0, 0 bricked\n"
     );
     std::io::Write::write_all(&mut std::io::stderr(), summary.as_bytes()).unwrap();
+}
+
+/// Server-to-agent pace for the proxy: the debug package (about 24 MB) takes over 40 s at this
+/// rate, so the agent is surely still downloading when the test acts.
+const SLOW: u64 = 512 * 1024;
+
+/// The path the agent downloads release 2.0.0 for this platform from.
+const PACKAGE_2_0_0: &str = "/api/v1/agent/packages/2.0.0/linux-x86_64";
+
+/// Starts a 1.0.0 machine behind a proxy, waits for it to be IDLE, throttles the proxy and
+/// publishes 2.0.0 (pushed over the WebSocket, through the proxy).
+fn slow_update_to_2_0_0(machine: &Machine, server: &Server) -> Proxy {
+    let proxy = Proxy::start(&server.listen_addr());
+    machine.start_via(&proxy.url, "3600");
+    wait_for_version(server, "1.0.0");
+    proxy.throttle(SLOW);
+    machine.publish("2.0.0");
+    proxy
+}
+
+/// Issue 3: `--force` is refused in every UPDATING_* state. The real CLI is run while the real
+/// agent downloads a real release: exit 1, the busy message, and the agent neither stops nor
+/// drops its update, which completes once the link is fast again.
+#[test]
+fn force_during_a_download_is_refused_and_the_update_still_completes() {
+    let machine = Machine::new("1.0.0");
+    let server = Server::start(&machine.server_dir);
+    let proxy = slow_update_to_2_0_0(&machine, &server);
+    wait_for("--status to say UPDATING_DOWNLOADING", || {
+        machine
+            .status()
+            .contains("state: UPDATING_DOWNLOADING")
+            .then_some(())
+    });
+    let pid = lock_record(&machine.data).unwrap().pid;
+
+    let forced = machine.cli(&["--force", "--status-interval", "2"]);
+    let stderr = String::from_utf8_lossy(&forced.stderr);
+    assert_eq!(forced.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--force refused by the running agent: it is updating itself"),
+        "{stderr}"
+    );
+    let status = machine.status();
+    assert!(status.contains("state: UPDATING_"), "{status}");
+    assert!(status.contains(&format!("pid: {pid}")), "{status}");
+    assert!(agent_log(&machine.data).contains("force restart refused: an update is in progress"));
+
+    proxy.unthrottle();
+    wait_for_version(&server, "2.0.0");
+    assert_eq!(machine.exe_version(), "cms_agent 2.0.0");
+    assert!(
+        !process_alive(pid),
+        "the 1.0.0 agent handed over to the updater"
+    );
+    let log = agent_log(&machine.data);
+    assert!(!log.contains("force restart requested over IPC"), "{log}");
+    let downloads = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.path() == PACKAGE_2_0_0)
+        .count();
+    assert_eq!(
+        downloads, 1,
+        "the package came through the throttled proxy, once"
+    );
+}
+
+/// Issue 4: a download cut by a kill resumes after the restart with `Range: bytes=N-`, N being
+/// what the killed agent had written; only the rest is transferred and the package verifies.
+#[test]
+fn a_download_cut_by_a_kill_resumes_from_the_partial_file_after_restart() {
+    let machine = Machine::new("1.0.0");
+    let server = Server::start(&machine.server_dir);
+    let proxy = slow_update_to_2_0_0(&machine, &server);
+    let part = machine
+        .data
+        .join("updates/cms_agent-2.0.0-linux-x86_64.zip.part");
+    let part_len = || std::fs::metadata(&part).map_or(0, |m| m.len());
+    wait_for("256 KiB of the package on disk", || {
+        (part_len() >= 256 * 1024).then_some(())
+    });
+    let pid = lock_record(&machine.data).unwrap().pid;
+    kill9(pid);
+    wait_for("the killed agent to be gone", || {
+        (!process_alive(pid)).then_some(())
+    });
+    let kept = part_len();
+    let package_len = std::fs::metadata(machine.package("2.0.0")).unwrap().len();
+    assert!(
+        kept > 0 && kept < package_len,
+        "kept {kept} of {package_len}"
+    );
+
+    proxy.unthrottle();
+    let sent_before = proxy.bytes_to_client();
+    machine.start_via(&proxy.url, "1"); // no push for a release already out: the poll finds it
+    wait_for_version(&server, "2.0.0");
+    let sent_after_restart = proxy.bytes_to_client() - sent_before;
+
+    let ranges: Vec<Option<String>> = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.path() == PACKAGE_2_0_0)
+        .map(|r| r.header("range").map(str::to_owned))
+        .collect();
+    assert_eq!(ranges, [None, Some(format!("bytes={kept}-"))]);
+    assert!(
+        sent_after_restart < package_len,
+        "{sent_after_restart} bytes sent after the restart: the whole package ({package_len}) again"
+    );
+    assert_eq!(machine.exe_version(), "cms_agent 2.0.0");
+    assert!(agent_log(&machine.data).contains("package verified"));
 }
