@@ -46,11 +46,12 @@ impl Machine {
 
     /// Starts the installed exe as autostart would, with fast updater checks.
     fn start(&self, server: &Server, poll_secs: &str) {
-        self.start_via(&server.url, poll_secs);
+        self.start_via(&server.url, poll_secs, &[]);
     }
 
-    /// Starts the installed exe with `--server url` (a proxy in front of the server).
-    fn start_via(&self, url: &str, poll_secs: &str) {
+    /// Starts the installed exe with `--server url` (a proxy in front of the server) and
+    /// `extra` arguments.
+    fn start_via(&self, url: &str, poll_secs: &str, extra: &[&str]) {
         let child = Command::new(&self.exe)
             .args([
                 "--server",
@@ -60,6 +61,7 @@ impl Machine {
                 "--data-dir",
             ])
             .arg(&self.data)
+            .args(extra)
             .env("CMS_UPDATER_GRACE_SECS", "1")
             .env("CMS_UPDATER_VERIFY_SECS", "20")
             .env("CMS_UPDATER_WAIT_SECS", "20")
@@ -71,14 +73,24 @@ impl Machine {
     }
 
     fn publish(&self, version: &str) {
+        self.publish_with(version, &[]);
+    }
+
+    /// `release publish` of `version` with `extra` options (`--platform`, `--timestamp-expiry-secs`).
+    fn publish_with(&self, version: &str, extra: &[&str]) {
         let build = versioned_build(version);
         publish(
             &self.server_dir,
             version,
             &build.join("cms_agent"),
             &build.join("updater"),
-            &[],
+            extra,
         );
+    }
+
+    /// The server's current signed `timestamp.json`, which a replay or a freeze would serve.
+    fn timestamp_metadata(&self) -> PathBuf {
+        self.server_dir.join("tuf/metadata/timestamp.json")
     }
 
     fn package(&self, version: &str) -> PathBuf {
@@ -371,7 +383,7 @@ const PACKAGE_2_0_0: &str = "/api/v1/agent/packages/2.0.0/linux-x86_64";
 /// publishes 2.0.0 (pushed over the WebSocket, through the proxy).
 fn slow_update_to_2_0_0(machine: &Machine, server: &Server) -> Proxy {
     let proxy = Proxy::start(&server.listen_addr());
-    machine.start_via(&proxy.url, "3600");
+    machine.start_via(&proxy.url, "3600", &[]);
     wait_for_version(server, "1.0.0");
     proxy.throttle(SLOW);
     machine.publish("2.0.0");
@@ -454,7 +466,7 @@ fn a_download_cut_by_a_kill_resumes_from_the_partial_file_after_restart() {
 
     proxy.unthrottle();
     let sent_before = proxy.bytes_to_client();
-    machine.start_via(&proxy.url, "1"); // no push for a release already out: the poll finds it
+    machine.start_via(&proxy.url, "1", &[]); // no push for a release already out: the poll finds it
     wait_for_version(&server, "2.0.0");
     let sent_after_restart = proxy.bytes_to_client() - sent_before;
 
@@ -471,4 +483,96 @@ fn a_download_cut_by_a_kill_resumes_from_the_partial_file_after_restart() {
     );
     assert_eq!(machine.exe_version(), "cms_agent 2.0.0");
     assert!(agent_log(&machine.data).contains("package verified"));
+}
+
+/// What `updates/` holds (nothing once a refused update is cleaned up).
+fn downloads(data: &Path) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(data.join("updates"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default()
+}
+
+/// Issue 4, freeze attack: a server (or a mirror) that stops signing keeps serving a timestamp
+/// whose every signature is good but whose time is up. The agent refuses it and downloads
+/// nothing; once the server signs a fresh timestamp (a restart re-signs one past half its
+/// life), the same release installs.
+#[test]
+fn expired_metadata_is_refused_until_the_server_signs_it_again() {
+    let machine = Machine::new("1.0.0");
+    let server = Server::start(&machine.server_dir); // no release yet: nothing to re-sign
+    machine.publish_with("2.0.0", &["--timestamp-expiry-secs", "1"]);
+    std::thread::sleep(Duration::from_secs(2));
+    machine.start(&server, "1"); // after the publish: no push, the poll finds it
+
+    let message = wait_for_error(&server, "update_failed", "timestamp metadata is expired");
+    assert!(message.contains("while verifying"), "{message}");
+    assert_eq!(server.agents()[0].version, "1.0.0");
+    assert!(downloads(&machine.data).is_empty());
+
+    let address = server.listen_addr();
+    server.stop();
+    let server = Server::start_on(&machine.server_dir, &address);
+    wait_for_version(&server, "2.0.0");
+}
+
+/// Issue 4, rollback attack: once the agent has verified timestamp version 2, an older signed
+/// timestamp (version 1, replayed by a mirror or a man in the middle) is refused, even though
+/// it is genuine and unexpired; nothing is downloaded. The current metadata is then accepted.
+#[test]
+fn replayed_older_metadata_is_refused_as_a_rollback() {
+    let machine = Machine::new("1.0.0");
+    let server = Server::start(&machine.server_dir);
+    machine.publish("2.0.0"); // timestamp version 1
+    let replayed = std::fs::read(machine.timestamp_metadata()).unwrap();
+    // Version 2 lists 2.0.0 for Windows too; the Linux agent is offered the same package.
+    machine.publish_with("2.0.0", &["--platform", "windows-x86_64"]);
+    let current = std::fs::read(machine.timestamp_metadata()).unwrap();
+    // The agent verifies version 2, then refuses the package: a tampered copy.
+    let package = machine.package("2.0.0");
+    let good = std::fs::read(&package).unwrap();
+    let mut altered = good.clone();
+    altered[good.len() / 2] ^= 0xff;
+    std::fs::write(&package, &altered).unwrap();
+    machine.start(&server, "1");
+    wait_for_error(&server, "update_failed", "sha256 mismatch");
+
+    std::fs::write(machine.timestamp_metadata(), &replayed).unwrap();
+    std::fs::write(&package, &good).unwrap();
+    let message = wait_for_error(&server, "update_failed", "Found version 1 of timestamp");
+    assert!(
+        message.contains("previously fetched version 2"),
+        "{message}"
+    );
+    assert_eq!(server.agents()[0].version, "1.0.0");
+    assert!(downloads(&machine.data).is_empty());
+
+    std::fs::write(machine.timestamp_metadata(), &current).unwrap();
+    wait_for_version(&server, "2.0.0");
+}
+
+/// Issue 4: with `--trusted-root` the agent trusts that root and no other: metadata signed by
+/// keys it does not name (another server's, or an impostor's) is refused, and trust on first
+/// use never replaces a root that was given.
+#[test]
+fn metadata_not_signed_by_the_given_root_is_refused() {
+    let machine = Machine::new("1.0.0");
+    let server = Server::start(&machine.server_dir);
+    machine.publish("2.0.0");
+    let impostor = machine.server_dir.with_file_name("impostor");
+    let build = versioned_build("2.0.0");
+    let (agent, updater) = (build.join("cms_agent"), build.join("updater"));
+    publish(&impostor, "2.0.0", &agent, &updater, &[]); // its own keys and root
+    let foreign_root = impostor.join("tuf/metadata/root.json");
+
+    let root_arg = foreign_root.to_str().unwrap();
+    machine.start_via(&server.url, "1", &["--trusted-root", root_arg]);
+    let message = wait_for_error(&server, "update_failed", "signed release metadata refused");
+    assert!(message.contains("timestamp"), "{message}");
+    assert_eq!(server.agents()[0].version, "1.0.0");
+    assert!(downloads(&machine.data).is_empty());
+    let pinned = machine.data.join("tuf/pinned-root.json");
+    assert_eq!(
+        std::fs::read(pinned).unwrap(),
+        std::fs::read(foreign_root).unwrap()
+    );
 }
