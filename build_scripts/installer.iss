@@ -17,13 +17,22 @@
 ;     /NOSTART skips starting it;
 ;   - uninstall: stops the agent, `cms_agent --disable-autostart`, removes the program files;
 ;     the data folder (config.json, logs) is kept unless the
-;     uninstaller is given /PURGE, or the user says so when asked (interactive uninstall only).
+;     uninstaller is given /PURGE, or the user says so when asked (interactive uninstall only);
+;   - with /DSign (`cargo xtask installer --sign`, which also passes ISCC /Scms=<sign command>):
+;     Authenticode-signs the setup exe, the uninstaller it embeds (also Setup's temporary
+;     self-copy) and any of the two programs not signed yet.
 
 #ifndef AppVersion
   #define AppVersion "0.0.0"
 #endif
 #ifndef DistDir
   #define DistDir "..\dist"
+#endif
+
+#ifdef Sign
+  #define SignFlags "signonce"
+#else
+  #define SignFlags ""
 #endif
 
 #define AppName "CMS Agent"
@@ -59,11 +68,15 @@ SetupLogging=yes
 ; The agent is stopped by [Code] below (StopAgent), not by the Restart Manager.
 CloseApplications=no
 RestartApplications=no
+#ifdef Sign
+SignTool=cms
+SignedUninstaller=yes
+#endif
 
 [Files]
 ; Only the two programs. Never add config.json or anything from outside dist\windows-x86_64.
-Source: "{#DistDir}\windows-x86_64\{#AgentExe}"; DestDir: "{app}"; Flags: ignoreversion
-Source: "{#DistDir}\windows-x86_64\{#UpdaterExe}"; DestDir: "{app}"; Flags: ignoreversion
+Source: "{#DistDir}\windows-x86_64\{#AgentExe}"; DestDir: "{app}"; Flags: ignoreversion {#SignFlags}
+Source: "{#DistDir}\windows-x86_64\{#UpdaterExe}"; DestDir: "{app}"; Flags: ignoreversion {#SignFlags}
 
 [UninstallDelete]
 ; Left behind by an interrupted self-update (updater: rename to .old, then swap).

@@ -10,7 +10,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use cms_protocol::{AgentSummary, LockRecord};
@@ -78,12 +78,16 @@ fn build_version(root: &Path, version: &str, demo_dir: &Path) -> Result<PathBuf>
     Ok(out)
 }
 
-struct Server {
-    child: Child,
-    url: String,
+/// A running `cms-server serve` (also driven by the Windows end-to-end run).
+pub(crate) struct Server {
+    /// The process.
+    pub(crate) child: Child,
+    /// Its base URL, such as `http://127.0.0.1:41234`.
+    pub(crate) url: String,
 }
 
-fn start_server(bin: &Path, data_dir: &Path) -> Result<Server> {
+/// Starts `<bin>/cms-server serve` on a free loopback port with its SQLite data in `data_dir`.
+pub(crate) fn start_server(bin: &Path, data_dir: &Path) -> Result<Server> {
     step(&format!(
         "starting cms-server (SQLite in {})",
         data_dir.display()
@@ -257,7 +261,8 @@ impl Demo {
     }
 }
 
-fn agents(server_url: &str) -> Result<Vec<AgentSummary>> {
+/// `GET /api/v1/agents`.
+pub(crate) fn agents(server_url: &str) -> Result<Vec<AgentSummary>> {
     Ok(reqwest::blocking::get(format!("{server_url}/api/v1/agents"))?.json()?)
 }
 
@@ -277,21 +282,14 @@ fn print_matching(log: &str, needles: &[&str]) {
     }
 }
 
-/// Polls `probe` every 200 ms until it yields a value; errors count as "not yet".
-fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Result<Option<T>>) -> Result<T> {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if let Ok(Some(value)) = probe() {
-            return Ok(value);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    bail!("timed out after {WAIT:?} waiting for {what}")
+/// Polls `probe` until it yields a value, for at most [`WAIT`]; errors count as "not yet".
+fn wait_for<T>(what: &str, probe: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    crate::util::wait_for(what, WAIT, probe)
 }
 
 /// Asks the server to stop as the OS would (SIGTERM; killed on Windows, which has no polite
 /// signal for a console-less child) and checks its exit.
-fn stop_server(child: &mut Child) -> Result<()> {
+pub(crate) fn stop_server(child: &mut Child) -> Result<()> {
     step("stopping cms-server");
     if cfg!(unix) {
         run_checked(Command::new("kill").args(["-TERM", &child.id().to_string()]))?;
@@ -310,7 +308,8 @@ fn step(text: &str) {
     println!("==> {text}");
 }
 
-fn exe(name: &str) -> String {
+/// `name` with this platform's executable suffix.
+pub(crate) fn exe(name: &str) -> String {
     format!("{name}{}", std::env::consts::EXE_SUFFIX)
 }
 

@@ -1,4 +1,5 @@
-//! `cargo xtask dist [--version X.Y.Z] [--target windows|linux|all]`: release binaries in `dist/`.
+//! `cargo xtask dist [--version X.Y.Z] [--target windows|linux|all] [--sign]`: release binaries
+//! in `dist/`.
 //!
 //! Cleans `dist/`, release-builds `cms_agent` and `updater` (workspace release profile) with
 //! `CMS_BUILD_VERSION=X.Y.Z` (default: the workspace version), checks that every output exists
@@ -14,9 +15,14 @@
 //! dist/linux-x86_64/updater
 //! ```
 //!
+//! `--sign` Authenticode-signs the Windows exes in `dist/` in place ([`crate::sign`], certificate
+//! from the `CMS_SIGN_*` variables, read before the build starts). The Linux binaries are not
+//! signed: Authenticode is Windows-only.
+//!
 //! Must never: put anything in `dist/` that the release build did not produce (no config.json,
 //! never the Wine test shim), or report success for a platform whose binaries are missing.
 
+use crate::sign::Signer;
 use crate::util::{self, run_checked};
 use anyhow::{Context, Result, bail};
 use std::fs;
@@ -51,19 +57,24 @@ pub const LINUX: Platform = Platform {
 /// The binaries shipped, as (cargo package, binary name).
 pub const BINARIES: [(&str, &str); 2] = [("cms-agent", "cms_agent"), ("cms-updater", "updater")];
 
-/// `cargo xtask dist [--version X.Y.Z] [--target windows|linux|all]`.
+/// `cargo xtask dist [--version X.Y.Z] [--target windows|linux|all] [--sign]`.
 pub fn run(args: &[String]) -> Result<()> {
     let mut args = args.to_vec();
     let version = util::take_value(&mut args, &["--version"])?;
     let target = util::take_value(&mut args, &["--target"])?;
-    if util::take_switch(&mut args, "--sign") {
-        bail!("dist --sign (Authenticode) is not implemented yet");
-    }
+    let sign = util::take_switch(&mut args, "--sign");
     util::reject_rest("dist", &args)?;
     let version = version.unwrap_or_else(|| util::workspace_version().to_string());
     check_version(&version)?;
     let platforms = platforms(target.as_deref().unwrap_or("all"))?;
-    build(&version, &platforms)
+    let signer = match sign {
+        true if !platforms.iter().any(|p| p.name == WINDOWS.name) => {
+            bail!("--sign signs the Windows exes (Authenticode): use --target windows or all")
+        }
+        true => Some(Signer::from_env()?),
+        false => None,
+    };
+    build(&version, &platforms, signer.as_ref())
 }
 
 /// The platforms named by `--target`.
@@ -98,13 +109,17 @@ pub fn dist_binary(platform: &Platform, binary: &str) -> PathBuf {
         .join(format!("{binary}{}", platform.exe_suffix))
 }
 
-/// Cleans `dist/`, builds every platform with `version` stamped in and copies the binaries.
-pub fn build(version: &str, platforms: &[Platform]) -> Result<()> {
+/// Cleans `dist/`, builds every platform with `version` stamped in and copies the binaries;
+/// with a `signer`, signs the Windows ones.
+pub fn build(version: &str, platforms: &[Platform], signer: Option<&Signer>) -> Result<()> {
     let dist = dist_dir();
     util::remove_dir_if_exists(&dist)?;
     for platform in platforms {
         build_platform(version, platform)?;
         copy_platform(platform)?;
+    }
+    if let Some(signer) = signer {
+        sign_windows(signer)?;
     }
     fs::write(dist.join("VERSION"), format!("{version}\n")).context("cannot write dist/VERSION")?;
     if platforms.iter().any(|p| p.name == LINUX.name) {
@@ -137,6 +152,15 @@ fn copy_platform(platform: &Platform) -> Result<()> {
         fs::copy(&from, out.join(&name))
             .with_context(|| format!("cannot copy {} to {}", from.display(), out.display()))?;
         eprintln!("dist: {}/{name}", platform.name);
+    }
+    Ok(())
+}
+
+/// Signs the Windows exes in `dist/` in place.
+fn sign_windows(signer: &Signer) -> Result<()> {
+    eprintln!("dist: signing: {}", signer.summary());
+    for (_, binary) in BINARIES {
+        signer.sign(&dist_binary(&WINDOWS, binary))?;
     }
     Ok(())
 }

@@ -1,10 +1,15 @@
-//! `cargo xtask installer [--version X.Y.Z] [--smoke-test]`: the Windows installer.
+//! `cargo xtask installer [--version X.Y.Z] [--smoke-test] [--sign]`: the Windows installer.
 //!
 //! Compiles `build_scripts/installer.iss` with Inno Setup's `ISCC.exe` (npm package `innosetup`,
 //! unpacked by `.ci/windows-deps.sh` into the CI cache; `$CMS_ISCC` overrides the path) under
 //! Wine into `dist/cms_agent_setup-X.Y.Z.exe`, from the binaries `cargo xtask dist` put in
 //! `dist/windows-x86_64/`. The version defaults to `dist/VERSION`, so the installer says what
 //! the binaries say.
+//!
+//! `--sign` Authenticode-signs through Inno Setup's Sign Tool hook ([`crate::iscc_sign`]): the
+//! embedded uninstaller, any program in `dist/windows-x86_64/` not signed yet (in place), and
+//! the setup exe; then checks that all three carry a signature. The certificate comes from the
+//! `CMS_SIGN_*` variables ([`crate::sign`]).
 //!
 //! `--smoke-test` then installs it silently per machine in a throwaway Wine prefix on a private
 //! Xvfb display, checks the files in `C:\Program Files\CMS Agent` (and that no config.json was
@@ -16,6 +21,8 @@
 //! decides; no config.json, never the Wine test shim).
 
 use crate::dist::{self, WINDOWS};
+use crate::iscc_sign::{self, SignHook};
+use crate::sign::{self, Signer};
 use crate::util::{self, run_checked_timeout};
 use crate::wine::{self, VirtualDisplay, WinePrefix};
 use anyhow::{Context, Result, bail};
@@ -33,7 +40,7 @@ const ISS: &str = "build_scripts/installer.iss";
 const APP_NAME: &str = "CMS Agent";
 
 /// Where a per-machine install lands, relative to `C:\` (`{autopf}\<AppName>` in the script).
-const APP_DIR: &str = "Program Files/CMS Agent";
+pub(crate) const APP_DIR: &str = "Program Files/CMS Agent";
 
 /// The key of the autostart entry `cms_agent --enable-autostart` writes when elevated
 /// (design.md section 4).
@@ -49,15 +56,14 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long Wine may take to wind down once the uninstaller is done.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// `cargo xtask installer [--version X.Y.Z] [--smoke-test]`.
+/// `cargo xtask installer [--version X.Y.Z] [--smoke-test] [--sign]`.
 pub fn run(args: &[String]) -> Result<()> {
     let mut args = args.to_vec();
     let version = util::take_value(&mut args, &["--version"])?;
     let smoke = util::take_switch(&mut args, "--smoke-test");
-    if util::take_switch(&mut args, "--sign") {
-        bail!("installer --sign (Authenticode) is not implemented yet");
-    }
+    let sign = util::take_switch(&mut args, "--sign");
     util::reject_rest("installer", &args)?;
+    let signer = sign.then(Signer::from_env).transpose()?;
     let version = match version {
         Some(v) => v,
         None => dist_version()?,
@@ -70,7 +76,7 @@ pub fn run(args: &[String]) -> Result<()> {
     if let Err(reason) = wine::wine32_status() {
         skip("installer compile and smoke test", &reason);
     }
-    let setup = compile(&version)?;
+    let setup = compile(&version, signer)?;
     if smoke {
         smoke_test(&setup)?;
     }
@@ -78,13 +84,13 @@ pub fn run(args: &[String]) -> Result<()> {
 }
 
 /// Prints the SKIPPED line and ends the process with [`SKIPPED_EXIT_CODE`].
-fn skip(what: &str, reason: &str) -> ! {
+pub(crate) fn skip(what: &str, reason: &str) -> ! {
     println!("SKIPPED: {what}: {reason}");
     std::process::exit(SKIPPED_EXIT_CODE)
 }
 
 /// The version `cargo xtask dist` wrote to `dist/VERSION`, else the workspace version.
-fn dist_version() -> Result<String> {
+pub(crate) fn dist_version() -> Result<String> {
     let path = dist::dist_dir().join("VERSION");
     match fs::read_to_string(&path) {
         Ok(text) => Ok(text.trim().to_string()),
@@ -130,29 +136,56 @@ pub fn iscc_path() -> Result<PathBuf> {
     })
 }
 
-/// Compiles the installer for `version`; returns the path of the setup exe.
-pub fn compile(version: &str) -> Result<PathBuf> {
+/// Compiles the installer for `version`, signed when `signer` is given; returns the path of
+/// the setup exe.
+pub fn compile(version: &str, signer: Option<Signer>) -> Result<PathBuf> {
     let iscc = iscc_path()?;
     let prefix = wine::prepare_prefix("iscc")?;
     let dist = dist::dist_dir();
     let name = format!("cms_agent_setup-{version}");
     let mut cmd = prefix.command(&iscc);
+    iscc_sign::without_secrets(&mut cmd);
+    let hook = match signer {
+        Some(signer) => {
+            eprintln!("installer: signing: {}", signer.summary());
+            let hook = SignHook::start(signer, &dist)?;
+            hook.apply(&mut cmd);
+            Some(hook)
+        }
+        None => None,
+    };
     cmd.arg("/Q")
         .arg(format!("/DAppVersion={version}"))
         .arg(format!("/DDistDir={}", windows_path(&dist)))
         .arg(format!("/O{}", windows_path(&dist)))
         .arg(format!("/F{name}"))
         .arg(windows_path(&util::project_root().join(ISS)));
+    let signing = hook.is_some();
     let started = Instant::now();
-    run_checked_timeout(&mut cmd, ISCC_TIMEOUT).context("ISCC failed")?;
+    let compiled = run_checked_timeout(&mut cmd, ISCC_TIMEOUT).context("ISCC failed");
+    let signed = hook.map(SignHook::stop).transpose();
+    compiled.and(signed)?;
     let setup = dist.join(format!("{name}.exe"));
     dist::require_file(&setup)?;
+    if signing {
+        require_signed(&setup)?;
+    }
     eprintln!(
         "installer: {} in {:.0?}",
         setup.display(),
         started.elapsed()
     );
     Ok(setup)
+}
+
+/// Fails unless the setup exe and the programs it packs carry a signature.
+fn require_signed(setup: &Path) -> Result<()> {
+    let programs = dist::BINARIES
+        .iter()
+        .map(|(_, binary)| dist::dist_binary(&WINDOWS, binary));
+    std::iter::once(setup.to_path_buf())
+        .chain(programs)
+        .try_for_each(|path| sign::require_signature(&path))
 }
 
 /// Silent installs of `setup` in throwaway prefixes, with checks: per machine (install,
@@ -176,7 +209,14 @@ pub fn smoke_test(setup: &Path) -> Result<()> {
 fn per_machine(display: &VirtualDisplay, setup: &Path, checks: &mut Checks) -> Result<()> {
     let prefix = wine::prepare_prefix("installer-smoke")?;
     let app_dir = prefix.drive_c().join(APP_DIR);
-    install(&prefix, display, setup, "/ALLUSERS", "setup-install.log")?;
+    install(
+        &prefix,
+        display,
+        setup,
+        "/ALLUSERS",
+        "setup-install.log",
+        NO_SERVER,
+    )?;
     check_installed(checks, &prefix, &app_dir, "setup-install.log");
     checks.check(
         "per machine: the autostart entry was written (cms_agent --enable-autostart)",
@@ -190,8 +230,15 @@ fn per_machine(display: &VirtualDisplay, setup: &Path, checks: &mut Checks) -> R
     );
     // Upgrade in place: the agent the first install started must be stopped, or its exe
     // cannot be replaced.
-    install(&prefix, display, setup, "/ALLUSERS", "setup-upgrade.log")
-        .context("upgrade over a running agent")?;
+    install(
+        &prefix,
+        display,
+        setup,
+        "/ALLUSERS",
+        "setup-upgrade.log",
+        NO_SERVER,
+    )
+    .context("upgrade over a running agent")?;
     checks.check(
         "per machine: an upgrade over the running agent replaced the programs",
         || files_present(&app_dir, &["cms_agent.exe", "updater.exe"]),
@@ -213,7 +260,14 @@ fn per_machine(display: &VirtualDisplay, setup: &Path, checks: &mut Checks) -> R
 /// this checks.)
 fn per_user(display: &VirtualDisplay, setup: &Path, checks: &mut Checks) -> Result<()> {
     let prefix = wine::prepare_prefix("installer-smoke-user")?;
-    install(&prefix, display, setup, "/CURRENTUSER", "setup-install.log")?;
+    install(
+        &prefix,
+        display,
+        setup,
+        "/CURRENTUSER",
+        "setup-install.log",
+        NO_SERVER,
+    )?;
     let app_dir = per_user_app_dir(&prefix)?;
     check_installed(checks, &prefix, &app_dir, "setup-install.log");
     // <user>\AppData\Local\Programs\CMS Agent -> <user>\AppData\Local\CMSAgent
@@ -297,13 +351,13 @@ fn mode_label(app_dir: &Path) -> &'static str {
 
 /// Named checks that all run; failures are collected and reported together.
 #[derive(Debug, Default)]
-struct Checks {
+pub(crate) struct Checks {
     failed: Vec<String>,
 }
 
 impl Checks {
     /// Runs one check and prints its outcome.
-    fn check(&mut self, name: impl Into<String>, check: impl FnOnce() -> Result<()>) {
+    pub(crate) fn check(&mut self, name: impl Into<String>, check: impl FnOnce() -> Result<()>) {
         let name = name.into();
         match check() {
             Ok(()) => eprintln!("  ok    {name}"),
@@ -315,7 +369,7 @@ impl Checks {
     }
 
     /// Fails when any check failed.
-    fn finish(self, what: &str) -> Result<()> {
+    pub(crate) fn finish(self, what: &str) -> Result<()> {
         if !self.failed.is_empty() {
             bail!(
                 "{what}: {} check(s) failed: {}",
@@ -328,20 +382,24 @@ impl Checks {
     }
 }
 
-/// `setup.exe /VERYSILENT /SUPPRESSMSGBOXES <mode>`, logging to `C:\<log>`.
-fn install(
+/// A backend URL where nothing listens: the agent the smoke test installs starts, fails to
+/// register and retries.
+pub(crate) const NO_SERVER: &str = "http://127.0.0.1:9";
+
+/// `setup.exe /VERYSILENT /SUPPRESSMSGBOXES <mode> /SERVER=<server>`, logging to `C:\<log>`.
+pub(crate) fn install(
     prefix: &WinePrefix,
     display: &VirtualDisplay,
     setup: &Path,
     mode: &str,
     log: &str,
+    server: &str,
 ) -> Result<()> {
     let mut cmd = prefix.command(setup);
     cmd.env("DISPLAY", display.name())
         .args(["/VERYSILENT", "/SUPPRESSMSGBOXES", "/NORESTART", mode])
         .arg(format!("/LOG=C:\\{log}"))
-        // Nothing listens there: the agent starts, fails to register and retries.
-        .arg("/SERVER=http://127.0.0.1:9");
+        .arg(format!("/SERVER={server}"));
     if let Err(e) = run_checked_timeout(&mut cmd, SETUP_TIMEOUT) {
         bail!(
             "silent install ({mode}) failed: {e:#}\n{}",
@@ -368,7 +426,7 @@ fn plant_data(dir: &Path) -> Result<PathBuf> {
 }
 
 /// Runs the uninstaller silently (with `extra` switches) and waits until it has removed itself.
-fn uninstall(
+pub(crate) fn uninstall(
     prefix: &WinePrefix,
     display: &VirtualDisplay,
     app_dir: &Path,
@@ -400,23 +458,26 @@ fn uninstall(
 
 /// Fails unless the autostart value's presence is `expected`.
 fn autostart_expect(prefix: &WinePrefix, expected: bool) -> Result<()> {
-    match autostart_present(prefix)? {
+    match autostart_value(prefix)?.is_some() {
         found if found == expected => Ok(()),
         true => bail!("{RUN_KEY}\\{RUN_VALUE} is still there"),
         false => bail!("{RUN_KEY}\\{RUN_VALUE} is missing"),
     }
 }
 
-/// Whether `HKLM\...\Run` has the `CMSAgent` value in the prefix.
-fn autostart_present(prefix: &WinePrefix) -> Result<bool> {
+/// `reg query`'s report of the `CMSAgent` value under `HKLM\...\Run` in the prefix (it
+/// holds the command line), or `None` when there is no such value.
+pub(crate) fn autostart_value(prefix: &WinePrefix) -> Result<Option<String>> {
     let mut cmd = prefix.command("reg");
     // /reg:64: `wine reg` may be the 32-bit reg.exe, which would see the WOW6432Node view.
     cmd.args(["query", RUN_KEY, "/v", RUN_VALUE, "/reg:64"]);
-    let status = cmd
+    let out = cmd
         .output()
-        .with_context(|| format!("cannot start {}", util::describe(&cmd)))?
-        .status;
-    Ok(status.success())
+        .with_context(|| format!("cannot start {}", util::describe(&cmd)))?;
+    Ok(out
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
 /// `result`, with the tail of the setup log `log` after the error when it failed.
@@ -425,7 +486,7 @@ fn with_log(result: Result<()>, prefix: &WinePrefix, log: &str) -> Result<()> {
 }
 
 /// The last lines of an Inno Setup log in `C:\`, for error messages.
-fn log_tail(prefix: &WinePrefix, name: &str) -> String {
+pub(crate) fn log_tail(prefix: &WinePrefix, name: &str) -> String {
     let path = prefix.drive_c().join(name);
     match fs::read(&path) {
         Ok(bytes) => {

@@ -10,8 +10,12 @@ use std::process::ExitCode;
 mod demo;
 mod dist;
 mod installer;
+mod iscc_sign;
+mod loopback;
+mod sign;
 mod util;
 mod wine;
+mod wine_e2e;
 
 fn main() -> ExitCode {
     match run() {
@@ -32,6 +36,7 @@ fn run() -> Result<()> {
         "dist" => dist::run(&rest),
         "installer" => installer::run(&rest),
         "wine-test" => wine::run(&rest),
+        "wine-e2e" => wine_e2e::run(&rest),
         "" | "help" | "--help" | "-h" => {
             print_help();
             Ok(())
@@ -48,8 +53,9 @@ fn print_help() {
         "cargo xtask <task>\n\n\
          tasks:\n  \
          demo        build, start cms-server on its SQLite default, run an agent against it\n  \
-         dist        [--version X.Y.Z] [--target windows|linux|all]: release binaries into dist/\n  \
-         installer   [--version X.Y.Z] [--smoke-test]: dist/cms_agent_setup-X.Y.Z.exe (ISCC under Wine)\n  \
-         wine-test   [-p PKG]... [-- ARGS]: run the Windows tests under Wine\n"
+         dist        [--version X.Y.Z] [--target windows|linux|all] [--sign]: release binaries into dist/\n  \
+         installer   [--version X.Y.Z] [--smoke-test] [--sign]: dist/cms_agent_setup-X.Y.Z.exe (ISCC under Wine)\n  \
+         wine-test   [-p PKG]... [-- ARGS]: run the Windows tests under Wine\n  \
+         wine-e2e    install, IPC, self-update, rollback, --force, uninstall of the Windows agent under Wine\n"
     );
 }

@@ -1,8 +1,10 @@
 //! Helpers shared by the tasks: where the workspace is, and running commands loudly.
 
 use anyhow::{Context, Result, bail};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// The workspace root (the parent of `xtask/`).
@@ -72,6 +74,84 @@ pub fn run_checked_timeout(cmd: &mut Command, timeout: Duration) -> Result<()> {
             bail!("{} did not finish within {timeout:?}", describe(cmd));
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs `cmd` with its output captured and returns how it ended, whatever the exit code (the
+/// caller judges it); it is killed and an error once `timeout` has passed. Output is collected
+/// by reader threads that are given up on shortly after the exit, because a program may leave
+/// a child (Wine's `wineserver`) holding the pipes open.
+pub fn output_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", describe(cmd)))?;
+    let stdout = collect(child.stdout.take());
+    let stderr = collect(child.stderr.take());
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().context("waiting for a child process")? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            // Best effort: the error below is what matters.
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{} did not finish within {timeout:?}", describe(cmd));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let drained = |rx: mpsc::Receiver<Vec<u8>>| rx.recv_timeout(PIPE_GRACE).unwrap_or_default();
+    Ok(Output {
+        status,
+        stdout: drained(stdout),
+        stderr: drained(stderr),
+    })
+}
+
+/// How long output may keep arriving after the program exited.
+const PIPE_GRACE: Duration = Duration::from_secs(5);
+
+/// Reads `pipe` to its end on a thread; the bytes arrive on the returned channel.
+fn collect(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            // A read error ends the output early; what was read is still worth showing.
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        let _ = tx.send(bytes);
+    });
+    rx
+}
+
+/// Polls `probe` every 250 ms until it yields a value, failing with `what` once `timeout` has
+/// passed. Errors count as "not yet" (a server still starting, a file half written), and the
+/// last one is shown if the wait fails.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    let mut last_error = None;
+    loop {
+        match probe() {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(err) => last_error = Some(err),
+        }
+        if Instant::now() >= deadline {
+            let detail = last_error.map(|e| format!(" (last error: {e:#})"));
+            bail!(
+                "timed out after {timeout:?} waiting for {what}{}",
+                detail.unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
     }
 }
 

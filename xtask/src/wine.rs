@@ -312,21 +312,39 @@ fn build_shim() -> Result<PathBuf> {
     if let Some(path) = built.as_ref() {
         return Ok(path.clone());
     }
-    let src = util::project_root().join("xtask/wine");
-    let out_dir = util::target_dir().join("wine/shim");
-    fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
-    let out = out_dir.join("bcryptprimitives.dll");
-    // Build under a unique name, then rename: other processes may be copying the old one.
-    let tmp = out_dir.join(format!("bcryptprimitives.{}.dll", std::process::id()));
-    let mut gcc = Command::new(MINGW_GCC);
-    gcc.args(["-shared", "-O2", "-s", "-static-libgcc", "-o"])
-        .arg(&tmp)
-        .arg(src.join("bcryptprimitives.c"))
-        .arg(src.join("bcryptprimitives.def"))
-        .arg("-ladvapi32");
-    run_checked(&mut gcc).context("cannot build the bcryptprimitives.dll test shim")?;
-    fs::rename(&tmp, &out).with_context(|| format!("cannot move the shim to {}", out.display()))?;
+    let out = build_windows_program(
+        "shim/bcryptprimitives.dll",
+        &["-shared", "-O2", "-s", "-static-libgcc"],
+        &["bcryptprimitives.c", "bcryptprimitives.def"],
+        &["-ladvapi32"],
+    )
+    .context("cannot build the bcryptprimitives.dll test shim")?;
     *built = Some(out.clone());
+    Ok(out)
+}
+
+/// Builds a Windows binary with mingw from `sources` in `xtask/wine/` into
+/// `<target>/wine/<out>` and returns its path. Built under a unique name, then renamed: other
+/// processes may be using the old one.
+pub fn build_windows_program(
+    out: &str,
+    flags: &[&str],
+    sources: &[&str],
+    libs: &[&str],
+) -> Result<PathBuf> {
+    let src = util::project_root().join("xtask/wine");
+    let out = util::target_dir().join("wine").join(out);
+    let out_dir = out.parent().unwrap_or(&out);
+    fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let mut tmp = out.clone().into_os_string();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let mut gcc = Command::new(MINGW_GCC);
+    gcc.args(flags).arg("-o").arg(&tmp);
+    gcc.args(sources.iter().map(|s| src.join(s))).args(libs);
+    run_checked(&mut gcc)?;
+    fs::rename(&tmp, &out)
+        .with_context(|| format!("cannot move {} to {}", tmp.display(), out.display()))?;
     Ok(out)
 }
 
