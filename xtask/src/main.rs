@@ -13,6 +13,7 @@ mod installer;
 mod iscc_sign;
 mod loopback;
 mod sign;
+mod sign_check;
 mod util;
 mod wine;
 mod wine_e2e;
@@ -35,6 +36,7 @@ fn run() -> Result<()> {
         "demo" => demo::run(&rest),
         "dist" => dist::run(&rest),
         "installer" => installer::run(&rest),
+        "sign-check" => sign_check::run(&rest),
         "wine-test" => wine::run(&rest),
         "wine-e2e" => wine_e2e::run(&rest),
         "" | "help" | "--help" | "-h" => {
@@ -55,6 +57,7 @@ fn print_help() {
          demo        build, start cms-server on its SQLite default, run an agent against it\n  \
          dist        [--version X.Y.Z] [--target windows|linux|all] [--sign]: release binaries into dist/\n  \
          installer   [--version X.Y.Z] [--smoke-test] [--sign]: dist/cms_agent_setup-X.Y.Z.exe (ISCC under Wine)\n  \
+         sign-check  sign dist/ and the installer with a throwaway certificate, verify, tamper\n  \
          wine-test   [-p PKG]... [-- ARGS]: run the Windows tests under Wine\n  \
          wine-e2e    install, IPC, self-update, rollback, --force, uninstall of the Windows agent under Wine\n"
     );
