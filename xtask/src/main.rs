@@ -7,6 +7,8 @@
 use anyhow::{Result, bail};
 use std::process::ExitCode;
 
+#[cfg(target_os = "linux")]
+mod bench;
 mod demo;
 mod dist;
 mod installer;
@@ -33,6 +35,10 @@ fn run() -> Result<()> {
     let task = args.next().unwrap_or_default();
     let rest: Vec<String> = args.collect();
     match task.as_str() {
+        #[cfg(target_os = "linux")]
+        "bench" => bench::run(&rest),
+        #[cfg(not(target_os = "linux"))]
+        "bench" => bail!("bench reads /proc: it runs on Linux only"),
         "demo" => demo::run(&rest),
         "dist" => dist::run(&rest),
         "installer" => installer::run(&rest),
@@ -54,6 +60,8 @@ fn print_help() {
     println!(
         "cargo xtask <task>\n\n\
          tasks:\n  \
+         bench       [--quick] [--no-windows] [--agents N] [--max-agents M]: measure the agent and\n              \
+         server on this machine into docs/BENCHMARKS.md (--quick: smoke test, target/bench/quick)\n  \
          demo        build, start cms-server on its SQLite default, run an agent against it\n  \
          dist        [--version X.Y.Z] [--target windows|linux|all] [--sign]: release binaries into dist/\n  \
          installer   [--version X.Y.Z] [--smoke-test] [--sign]: dist/cms_agent_setup-X.Y.Z.exe (ISCC under Wine)\n  \

@@ -1,0 +1,174 @@
+//! `cms-loadgen`: the tools `cargo xtask bench` drives to measure what it cannot measure from
+//! outside a process.
+//!
+//! - `cms-loadgen swarm --server URL` simulates a fleet of agents speaking the real agent
+//!   protocol (registration, a WebSocket each, heartbeats over a keep-alive HTTP connection each;
+//!   see `docs/protocol.md`) and is steered one line at a time on stdin; see [`swarm`].
+//! - `cms-loadgen download --server URL --url PATH --length N --out FILE` fetches one release
+//!   package through the agent's own downloader (`HttpClient::download_file`, on the same
+//!   single-threaded runtime the agent uses) and prints `{"bytes": N, "secs": S}`.
+//!
+//! Both refuse any server that is not on this machine (loopback): this is a load generator, and
+//! it must never be pointed at someone else's server. Results go to stdout as JSON, logs to
+//! stderr; the bearer token of `download` comes from the environment and is never printed.
+
+mod swarm;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use cms_agent::core::config::Credentials;
+use cms_agent::net::http_client::HttpClient;
+use cms_agent::net::parse_server_url;
+use cms_protocol::BUILD_VERSION;
+
+/// Benchmark tools for the CMS agent and server (loopback only).
+#[derive(Debug, Parser)]
+#[command(name = "cms-loadgen", version = BUILD_VERSION, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Simulate a fleet of agents, steered by commands on stdin (see the crate docs).
+    Swarm(SwarmArgs),
+    /// Download one package through the agent's downloader and print the time it took.
+    Download(DownloadArgs),
+}
+
+#[derive(Debug, Args)]
+struct SwarmArgs {
+    /// The server's base URL, such as `http://127.0.0.1:8080` (loopback only).
+    #[arg(long)]
+    server: String,
+    /// Seconds between heartbeats of each simulated agent (the agent's default is 60).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    heartbeat_secs: u64,
+    /// Version the simulated agents report (releases newer than it are pushed to them).
+    #[arg(long, default_value = "1.0.0")]
+    agent_version: String,
+    /// Platform the simulated agents register for.
+    #[arg(long, default_value = "linux-x86_64")]
+    platform: String,
+    /// Agents set up (connect, register, open the WebSocket) at the same time while growing.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
+}
+
+#[derive(Debug, Args)]
+struct DownloadArgs {
+    /// The server's base URL (loopback only).
+    #[arg(long)]
+    server: String,
+    /// The package URL as the update check gives it (relative to the server or absolute).
+    #[arg(long)]
+    url: String,
+    /// The announced package length; the downloader never reads past it.
+    #[arg(long)]
+    length: u64,
+    /// Where to write the package (replaced if it exists: every run is a full download).
+    #[arg(long)]
+    out: PathBuf,
+    /// The agent bearer token for the package route.
+    #[arg(long, env = "CMS_LOADGEN_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CMS_LOADGEN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("cms-loadgen: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    // The agent's HTTP stack expects a process-wide TLS provider, as in the agent's `main`.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match cli.command {
+        Command::Swarm(args) => {
+            let settings = swarm::Settings {
+                server: loopback_addr(&args.server)?,
+                heartbeat: std::time::Duration::from_secs(args.heartbeat_secs),
+                agent_version: args.agent_version,
+                platform: args.platform,
+                concurrency: usize::from(args.concurrency),
+            };
+            runtime.block_on(swarm::run(settings))
+        }
+        Command::Download(args) => runtime.block_on(download(args)),
+    }
+}
+
+/// The socket address of a loopback server URL; anything else is refused.
+fn loopback_addr(server: &str) -> Result<SocketAddr> {
+    let url = url::Url::parse(server).with_context(|| format!("invalid server URL {server:?}"))?;
+    let addrs = url
+        .socket_addrs(|| Some(80))
+        .with_context(|| format!("cannot resolve {server}"))?;
+    match addrs.into_iter().next() {
+        Some(addr) if addr.ip().is_loopback() && url.scheme() == "http" => Ok(addr),
+        _ => bail!(
+            "{server} is not a plain-http loopback server; cms-loadgen only loads this machine"
+        ),
+    }
+}
+
+/// `download`: one full download through the agent's downloader, timed around the call.
+async fn download(args: DownloadArgs) -> Result<()> {
+    loopback_addr(&args.server)?;
+    let client = HttpClient::new(parse_server_url(&args.server)?)?;
+    client.set_credentials(Credentials {
+        agent_id: "cms-loadgen".into(),
+        agent_token: args.token,
+    });
+    match std::fs::remove_file(&args.out) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => {
+            return Err(err).with_context(|| format!("cannot replace {}", args.out.display()));
+        }
+    }
+    let started = Instant::now();
+    let bytes = client
+        .download_file(&args.url, &args.out, args.length)
+        .await?;
+    let secs = started.elapsed().as_secs_f64();
+    let line = serde_json::json!({ "bytes": bytes, "secs": secs });
+    writeln!(std::io::stdout(), "{line}").context("cannot write the result")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_http_servers_are_accepted() {
+        assert!(loopback_addr("http://127.0.0.1:8080").is_ok());
+        assert!(loopback_addr("http://[::1]:8080").is_ok());
+        assert!(loopback_addr("http://192.0.2.1:8080").is_err());
+        assert!(loopback_addr("https://127.0.0.1:8443").is_err());
+        assert!(loopback_addr("not a url").is_err());
+    }
+}

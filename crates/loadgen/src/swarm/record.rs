@@ -1,0 +1,154 @@
+//! What the fleet observed: heartbeat latencies inside a measurement window, failures, live
+//! connections, and when each pushed release notification arrived.
+//!
+//! Counters are shared by every agent task; nothing here waits or talks to the network.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+/// The fleet's shared observations.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    measuring: AtomicBool,
+    latencies_us: Mutex<Vec<u64>>,
+    heartbeat_errors: AtomicU64,
+    ws_drops: AtomicU64,
+    connected: AtomicUsize,
+    pushes: Mutex<HashMap<String, PushSpread>>,
+}
+
+/// Answer to `measure`.
+#[derive(Debug, Serialize)]
+pub struct Window {
+    secs: f64,
+    connected: usize,
+    latencies_us: Vec<u64>,
+    heartbeat_errors: u64,
+    ws_drops: u64,
+}
+
+/// Arrivals of one release's notification; answer to `await-push`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PushSpread {
+    /// Agents connected when the caller started waiting.
+    pub expected: usize,
+    /// Agents that received the notification.
+    pub received: usize,
+    /// First arrival (microseconds since the Unix epoch).
+    pub first_unix_us: Option<u64>,
+    /// Last arrival (microseconds since the Unix epoch).
+    pub last_unix_us: Option<u64>,
+}
+
+impl Recorder {
+    /// Starts a measurement window: clears latencies and failure counters.
+    pub fn start_window(&self) {
+        lock(&self.latencies_us).clear();
+        self.heartbeat_errors.store(0, Ordering::Relaxed);
+        self.ws_drops.store(0, Ordering::Relaxed);
+        self.measuring.store(true, Ordering::Relaxed);
+    }
+
+    /// Ends the window and hands over what it saw.
+    pub fn end_window(&self, secs: f64) -> Window {
+        self.measuring.store(false, Ordering::Relaxed);
+        Window {
+            secs,
+            connected: self.connected(),
+            latencies_us: std::mem::take(&mut *lock(&self.latencies_us)),
+            heartbeat_errors: self.heartbeat_errors.load(Ordering::Relaxed),
+            ws_drops: self.ws_drops.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A heartbeat answered with 204 after `latency`.
+    pub fn heartbeat_ok(&self, latency: Duration) {
+        if self.measuring.load(Ordering::Relaxed) {
+            let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+            lock(&self.latencies_us).push(micros);
+        }
+    }
+
+    /// A heartbeat that failed (transport error or a status other than 204).
+    pub fn heartbeat_failed(&self) {
+        self.heartbeat_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A WebSocket came up.
+    pub fn ws_up(&self) {
+        self.connected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A WebSocket went down; `dropped` when the server or the network ended it (not `quit`).
+    pub fn ws_down(&self, dropped: bool) {
+        self.connected.fetch_sub(1, Ordering::Relaxed);
+        if dropped {
+            self.ws_drops.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Agents holding a WebSocket now.
+    pub fn connected(&self) -> usize {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// An `agent:update_required` for `version` arrived now.
+    pub fn push_received(&self, version: &str) {
+        let now = unix_micros(SystemTime::now());
+        let mut pushes = lock(&self.pushes);
+        let spread = pushes.entry(version.to_owned()).or_default();
+        spread.received += 1;
+        spread.first_unix_us = Some(spread.first_unix_us.map_or(now, |t| t.min(now)));
+        spread.last_unix_us = Some(spread.last_unix_us.map_or(now, |t| t.max(now)));
+    }
+
+    /// Arrivals for `version` so far.
+    pub fn pushes(&self, version: &str) -> PushSpread {
+        lock(&self.pushes).get(version).cloned().unwrap_or_default()
+    }
+}
+
+fn unix_micros(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// The counters stay meaningful after a panic elsewhere, so a poisoned lock is still used.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latencies_count_only_inside_a_window() {
+        let recorder = Recorder::default();
+        recorder.heartbeat_ok(Duration::from_millis(5));
+        recorder.start_window();
+        recorder.heartbeat_ok(Duration::from_micros(1500));
+        recorder.heartbeat_failed();
+        let window = recorder.end_window(1.0);
+        assert_eq!(window.latencies_us, [1500]);
+        assert_eq!(window.heartbeat_errors, 1);
+        recorder.heartbeat_ok(Duration::from_millis(5));
+        assert!(recorder.end_window(1.0).latencies_us.is_empty());
+    }
+
+    #[test]
+    fn pushes_are_counted_per_version_with_first_and_last_arrival() {
+        let recorder = Recorder::default();
+        recorder.push_received("2.0.0");
+        recorder.push_received("2.0.0");
+        recorder.push_received("3.0.0");
+        let spread = recorder.pushes("2.0.0");
+        assert_eq!(spread.received, 2);
+        assert!(spread.first_unix_us <= spread.last_unix_us);
+        assert_eq!(recorder.pushes("4.0.0").received, 0);
+    }
+}

@@ -1,0 +1,286 @@
+//! `cargo xtask bench [--quick] [--no-windows] [--agents N] [--max-agents M]`: what the agent
+//! and the server cost, measured on this machine in one run.
+//!
+//! One module per family of measurements, each on real processes (release builds, loopback):
+//! [`agent`] (idle footprint, start, `--force`, `--status`), [`update`] (downtime, publish to new
+//! version), [`download`] (agent downloader against curl), [`scale`] (a simulated fleet against
+//! one server), [`sizes`]. The result is written as `docs/BENCHMARKS.md` (a table with the
+//! machine and date) and `docs/benchmarks.json`.
+//!
+//! Timings are noisy on shared machines, so everything is repeated and reported as median and
+//! spread. `--quick` is a smoke test of the bench itself (debug builds, short windows, small N)
+//! that writes to `target/bench/quick/` and never to `docs/`. This task must never turn a
+//! measurement into a pass/fail of the run: a goal that is missed is reported as missed.
+
+mod agent;
+mod build;
+mod download;
+mod fixture;
+mod machine;
+mod procfs;
+mod report;
+mod scale;
+mod sizes;
+mod stats;
+mod update;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::util;
+use build::Binaries;
+
+/// Time the full bench may take on a 2-core machine.
+const FULL_BUDGET: Duration = Duration::from_secs(15 * 60);
+/// Time a quick run may take.
+const QUICK_BUDGET: Duration = Duration::from_secs(5 * 60);
+
+/// What a run measures, and how long it looks.
+#[derive(Debug)]
+pub struct Plan {
+    /// The measured programs.
+    pub bins: Binaries,
+    /// Scratch space for servers and machines (cleaned at the start of a run).
+    pub work: PathBuf,
+    /// Repetitions of each timed operation.
+    pub repeats: usize,
+    /// Window over which the idle agent is observed.
+    pub idle_window: Duration,
+    /// Pause after a process reports ready, before measuring, so start-up work is over.
+    pub settle: Duration,
+    /// Size of the package for the download comparison.
+    pub download_bytes: u64,
+    /// The fleet steps.
+    pub scale: ScalePlan,
+    /// Time left for the run.
+    pub budget: Budget,
+}
+
+/// How the server's fleet is stepped up.
+#[derive(Debug, Clone)]
+pub struct ScalePlan {
+    /// First (reported) N.
+    pub first: usize,
+    /// Growth per further step.
+    pub increment: usize,
+    /// Largest N to try.
+    pub max: usize,
+    /// Heartbeat interval of each simulated agent.
+    pub heartbeat_secs: u64,
+    /// Measurement window of the first step.
+    pub first_window: Duration,
+    /// Measurement window of the other steps.
+    pub window: Duration,
+}
+
+/// The run's time limit.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    started: Instant,
+    limit: Duration,
+}
+
+impl Budget {
+    /// Time left.
+    pub fn remaining(&self) -> Duration {
+        self.limit.saturating_sub(self.started.elapsed())
+    }
+}
+
+/// `cargo xtask bench`.
+pub fn run(args: &[String]) -> Result<()> {
+    let mut args = args.to_vec();
+    let quick = util::take_switch(&mut args, "--quick");
+    let no_windows = util::take_switch(&mut args, "--no-windows");
+    let agents = number(
+        util::take_value(&mut args, &["--agents"])?,
+        if quick { 50 } else { 5000 },
+    )?;
+    let max = number(
+        util::take_value(&mut args, &["--max-agents"])?,
+        if quick { 100 } else { 30_000 },
+    )?;
+    util::reject_rest("bench", &args)?;
+    if max < agents {
+        bail!("--max-agents ({max}) is below --agents ({agents})");
+    }
+    require_curl()?;
+    let budget = Budget {
+        started: Instant::now(),
+        limit: if quick { QUICK_BUDGET } else { FULL_BUDGET },
+    };
+    let machine = machine::describe();
+    let open_files = procfs::raise_open_file_limit(open_files_for(max));
+    let mut phases = report::Phases::default();
+    let bins = phases.time("build", || {
+        if quick {
+            build::debug()
+        } else {
+            build::release(!no_windows && windows_tools_ready())
+        }
+    })?;
+    let work = util::target_dir()
+        .join("bench")
+        .join(if quick { "quick" } else { "full" });
+    util::remove_dir_if_exists(&work)?;
+    std::fs::create_dir_all(&work)?;
+    let plan = if quick {
+        quick_plan(bins, work, agents, max, budget)
+    } else {
+        full_plan(bins, work, agents, max, budget)
+    };
+    let results = measure(&plan, open_files, &mut phases)?;
+    let report = report::Report::new(quick, machine, tools(&plan), results, phases);
+    let out = if quick {
+        plan.work.clone()
+    } else {
+        util::project_root().join("docs")
+    };
+    report.write(&out)
+}
+
+fn measure(plan: &Plan, open_files: u64, phases: &mut report::Phases) -> Result<report::Results> {
+    let agent = phases.time("agent", || {
+        step("agent: idle footprint, start, --force, --status");
+        let dir = plan.work.join("agent-server");
+        std::fs::create_dir_all(&dir)?;
+        let mut server = fixture::Server::start(&plan.bins.server, &dir)?;
+        let results = agent::measure(plan, &server)?;
+        server.stop()?;
+        Ok(results)
+    })?;
+    let update = phases.time("update", || {
+        step("update: downtime and publish -> new version, pushed and polled");
+        update::measure(plan)
+    })?;
+    let download = phases.time("download", || {
+        step("download: the agent's downloader and curl on the same package");
+        download::measure(plan)
+    })?;
+    let scale = phases.time("scale", || {
+        step("server scale: simulated agents, heartbeat latency, push to all");
+        scale::measure(plan, open_files)
+    })?;
+    let sizes = phases.time("sizes", || {
+        step("sizes");
+        if plan.bins.profile == "release" {
+            sizes::measure(plan)
+        } else {
+            Ok(Vec::new())
+        }
+    })?;
+    Ok(report::Results {
+        agent,
+        update,
+        download,
+        scale,
+        sizes,
+    })
+}
+
+fn full_plan(bins: Binaries, work: PathBuf, first: usize, max: usize, budget: Budget) -> Plan {
+    Plan {
+        bins,
+        work,
+        repeats: 7,
+        idle_window: Duration::from_secs(60),
+        settle: Duration::from_secs(3),
+        download_bytes: 50 * 1024 * 1024,
+        scale: ScalePlan {
+            first,
+            increment: 5000,
+            max,
+            heartbeat_secs: 60, // the agent's default
+            first_window: Duration::from_secs(60),
+            window: Duration::from_secs(30),
+        },
+        budget,
+    }
+}
+
+fn quick_plan(bins: Binaries, work: PathBuf, first: usize, max: usize, budget: Budget) -> Plan {
+    Plan {
+        bins,
+        work,
+        repeats: 2,
+        idle_window: Duration::from_secs(3),
+        settle: Duration::from_millis(300),
+        download_bytes: 4 * 1024 * 1024,
+        scale: ScalePlan {
+            first,
+            increment: first.max(1),
+            max,
+            heartbeat_secs: 1,
+            first_window: Duration::from_secs(3),
+            window: Duration::from_secs(3),
+        },
+        budget,
+    }
+}
+
+/// Open files the server (and the swarm) need for `agents`: two connections each, plus slack.
+fn open_files_for(agents: usize) -> u64 {
+    (agents as u64 * 2).saturating_add(4096)
+}
+
+fn number(value: Option<String>, default: usize) -> Result<usize> {
+    match value {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .with_context(|| format!("{v:?} is not a number of agents")),
+    }
+}
+
+fn require_curl() -> Result<()> {
+    match Command::new("curl").arg("--version").output() {
+        Ok(out) if out.status.success() => Ok(()),
+        _ => bail!(
+            "the bench compares the agent's downloader with curl: install it (apt-get install curl)"
+        ),
+    }
+}
+
+/// Whether the Windows cross-build can run here (the lane's mingw linker and rustup target).
+fn windows_tools_ready() -> bool {
+    let linker = Command::new("x86_64-w64-mingw32-gcc")
+        .arg("--version")
+        .output();
+    let targets = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
+    let ready = linker.is_ok_and(|o| o.status.success())
+        && targets.is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == crate::wine::WINDOWS_TARGET)
+        });
+    if !ready {
+        eprintln!(
+            "bench: no Windows lane tools (bash .ci/windows-deps.sh); Windows sizes are not measured"
+        );
+    }
+    ready
+}
+
+/// Versions of everything the numbers depend on.
+fn tools(plan: &Plan) -> Vec<(String, String)> {
+    let agent = plan.bins.current.agent.to_string_lossy().into_owned();
+    [
+        ("cms_agent", machine::tool_version(&agent, &["--version"])),
+        ("rustc", machine::tool_version("rustc", &["--version"])),
+        ("cargo profile", plan.bins.profile.to_owned()),
+        ("curl", machine::tool_version("curl", &["--version"])),
+        ("wine", machine::tool_version("wine", &["--version"])),
+    ]
+    .into_iter()
+    .map(|(name, version)| (name.to_owned(), version))
+    .collect()
+}
+
+fn step(text: &str) {
+    println!("==> {text}");
+}

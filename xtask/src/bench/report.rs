@@ -1,0 +1,512 @@
+//! The bench's output: `BENCHMARKS.md` (tables for people, with the machine and the date) and
+//! `benchmarks.json` (the same numbers for tools), written side by side.
+//!
+//! Every figure carries its spread and sample count, and every goal its verdict; a number that
+//! was not measured says why. This module only formats: it never measures or judges a run.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::agent::{AgentResults, MB};
+use super::download::DownloadResults;
+use super::machine::Machine;
+use super::scale::{P99_GOAL_MS, ScaleResults, Step};
+use super::sizes::{PlatformSizes, Size};
+use super::stats::Summary;
+use super::update::{POLL_SECS, UpdateResults};
+
+/// Goals from the issue that asked for this bench.
+const RSS_GOAL_MB: f64 = 8.0;
+const CPU_GOAL_PERCENT: f64 = 0.1;
+const DOWNTIME_GOAL_MS: f64 = 300.0;
+const PUSH_UPDATE_GOAL_MS: f64 = 3000.0;
+const DOWNLOAD_RATIO_GOAL: f64 = 0.9;
+const FLEET_GOAL: usize = 20_000;
+
+/// How long each phase of the run took.
+#[derive(Debug, Default, Serialize)]
+pub struct Phases(Vec<(String, f64)>);
+
+impl Phases {
+    /// Runs `phase` and records its duration under `name`.
+    pub fn time<T>(&mut self, name: &str, phase: impl FnOnce() -> Result<T>) -> Result<T> {
+        let started = Instant::now();
+        let result = phase().with_context(|| format!("bench phase {name:?} failed"));
+        self.0
+            .push((name.to_owned(), started.elapsed().as_secs_f64()));
+        result
+    }
+
+    fn total(&self) -> f64 {
+        self.0.iter().map(|(_, secs)| secs).sum()
+    }
+}
+
+/// Everything measured.
+#[derive(Debug, Serialize)]
+pub struct Results {
+    /// Idle footprint and process timings.
+    pub agent: AgentResults,
+    /// Self-update.
+    pub update: UpdateResults,
+    /// Download throughput.
+    pub download: DownloadResults,
+    /// Server scale.
+    pub scale: ScaleResults,
+    /// File sizes (release runs only).
+    pub sizes: Vec<PlatformSizes>,
+}
+
+/// One run's report.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// `quick` (smoke test, debug builds) or `full`.
+    pub mode: &'static str,
+    /// Where it ran.
+    pub machine: Machine,
+    /// Tool versions, as (name, version).
+    pub tools: Vec<(String, String)>,
+    /// The numbers.
+    pub results: Results,
+    /// Seconds per phase.
+    pub phases: Phases,
+}
+
+impl Report {
+    /// Bundles a finished run.
+    pub fn new(
+        quick: bool,
+        machine: Machine,
+        tools: Vec<(String, String)>,
+        results: Results,
+        phases: Phases,
+    ) -> Report {
+        Report {
+            mode: if quick { "quick" } else { "full" },
+            machine,
+            tools,
+            results,
+            phases,
+        }
+    }
+
+    /// Writes `BENCHMARKS.md` and `benchmarks.json` into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let json = serde_json::to_string_pretty(self)? + "\n";
+        let md_path = dir.join("BENCHMARKS.md");
+        let json_path = dir.join("benchmarks.json");
+        std::fs::write(&json_path, json)
+            .with_context(|| format!("cannot write {}", json_path.display()))?;
+        std::fs::write(&md_path, self.markdown())
+            .with_context(|| format!("cannot write {}", md_path.display()))?;
+        println!(
+            "==> wrote {} and {}",
+            md_path.display(),
+            json_path.display()
+        );
+        Ok(())
+    }
+
+    /// The Markdown page.
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        self.header(&mut md);
+        self.summary_table(&mut md);
+        scale_table(&mut md, &self.results.scale);
+        sizes_table(&mut md, &self.results.sizes);
+        self.method(&mut md);
+        self.run_table(&mut md);
+        md
+    }
+
+    fn header(&self, md: &mut String) {
+        let m = &self.machine;
+        let _ = writeln!(md, "# Benchmarks\n");
+        let _ = writeln!(
+            md,
+            "Measured by `cargo xtask bench` ({} run, {} builds) on {}; the raw numbers are in \
+             [benchmarks.json](benchmarks.json). Re-run the command to measure another machine. \
+             Every figure is the median of several runs with their spread (min-max); \
+             MB = 10^6 bytes.\n",
+            self.mode,
+            self.tools
+                .iter()
+                .find(|(n, _)| n == "cargo profile")
+                .map_or("?", |(_, v)| v),
+            m.date
+        );
+        let _ = writeln!(md, "| machine | |\n|---|---|");
+        let _ = writeln!(md, "| CPU | {} ({} logical cores) |", m.cpu, m.cores);
+        let _ = writeln!(md, "| memory | {} MiB |", m.ram_mib);
+        let _ = writeln!(md, "| system | {}, kernel {} |", m.os, m.kernel);
+        let _ = writeln!(md, "| date (UTC) | {} |\n", m.date);
+    }
+
+    fn summary_table(&self, md: &mut String) {
+        let r = &self.results;
+        let idle = &r.agent.idle;
+        let life = &r.agent.lifecycle;
+        let _ = writeln!(md, "## Results\n");
+        let _ = writeln!(md, "| measurement | median | spread | n | goal | verdict |");
+        let _ = writeln!(md, "|---|---|---|---|---|---|");
+        let rows = [
+            summary_row(
+                "agent idle memory (VmRSS)",
+                &idle.rss_mb,
+                "MB",
+                2,
+                Some(Goal::AtMost(RSS_GOAL_MB)),
+            ),
+            row(
+                &format!("agent idle CPU over {:.0} s", idle.window_secs),
+                idle.cpu_percent,
+                &format!(
+                    "{} per interval",
+                    spread(&idle.cpu_percent_per_interval, "%", 3)
+                ),
+                idle.cpu_percent_per_interval.n,
+                "%",
+                3,
+                Some(Goal::AtMost(CPU_GOAL_PERCENT)),
+            ),
+            row(
+                "agent idle wakeups",
+                idle.wakeups_per_sec,
+                "whole window",
+                1,
+                "/s",
+                2,
+                None,
+            ),
+            summary_row(
+                "process start -> lock held",
+                &life.start_to_lock_ms,
+                "ms",
+                1,
+                None,
+            ),
+            summary_row(
+                "`--force` handover (spawn -> new lock held)",
+                &life.force_handover_ms,
+                "ms",
+                1,
+                None,
+            ),
+            summary_row(
+                "`--status` round trip (process spawn -> exit)",
+                &life.status_round_trip_ms,
+                "ms",
+                1,
+                None,
+            ),
+            summary_row(
+                "update downtime, push (old lock released -> new lock held)",
+                &r.update.push.downtime_ms,
+                "ms",
+                1,
+                Some(Goal::AtMost(DOWNTIME_GOAL_MS)),
+            ),
+            summary_row(
+                "update downtime, poll",
+                &r.update.poll.downtime_ms,
+                "ms",
+                1,
+                Some(Goal::AtMost(DOWNTIME_GOAL_MS)),
+            ),
+            summary_row(
+                "publish -> new version holds the lock, WebSocket push",
+                &r.update.push.publish_to_new_version_ms,
+                "ms",
+                0,
+                Some(Goal::AtMost(PUSH_UPDATE_GOAL_MS)),
+            ),
+            summary_row(
+                &format!("publish -> new version, polling every {POLL_SECS} s (default 3600 s)"),
+                &r.update.poll.publish_to_new_version_ms,
+                "ms",
+                0,
+                None,
+            ),
+            summary_row(
+                &format!(
+                    "download {:.0} MB, agent's downloader",
+                    r.download.package_bytes as f64 / MB
+                ),
+                &r.download.agent_mb_per_s,
+                "MB/s",
+                0,
+                None,
+            ),
+            summary_row(
+                "download, curl on the same URL",
+                &r.download.curl_mb_per_s,
+                "MB/s",
+                0,
+                None,
+            ),
+            row(
+                "download ratio agent / curl (medians)",
+                r.download.ratio,
+                "",
+                r.download.agent_mb_per_s.n,
+                "",
+                2,
+                Some(Goal::AtLeast(DOWNLOAD_RATIO_GOAL)),
+            ),
+        ];
+        for line in rows {
+            let _ = writeln!(md, "{line}");
+        }
+        for line in fleet_rows(&r.scale) {
+            let _ = writeln!(md, "{line}");
+        }
+        let _ = writeln!(md);
+    }
+
+    fn method(&self, md: &mut String) {
+        let r = &self.results;
+        let _ = writeln!(md, "## How it was measured\n");
+        let lines = [
+            "Everything runs on this machine over loopback: the real `cms-server` (SQLite default), \
+             the real agent and updater as `cargo xtask dist` builds them, `release publish` for \
+             every release. Nothing is mocked.".to_owned(),
+            format!(
+                "Idle: one registered agent with its defaults (heartbeat 60 s, update poll 3600 s) holding \
+                 its WebSocket; VmRSS, CPU time (`/proc/PID/stat`) and voluntary context switches of all \
+                 its threads (`/proc/PID/task/*/status`) read by the bench over {:.0} s.",
+                r.agent.idle.window_secs
+            ),
+            "Process times: taken around real process starts; `agent.lock` is read every millisecond \
+             from outside, and a lock counts as held once it names the new process."
+                .to_owned(),
+            format!(
+                "Updates: each run is a fresh machine and server; {} runs per path. Downtime is the gap \
+                 between the last read of the old agent's lock and the first read of the new one's. \
+                 Polling is measured by publishing while the server is down (it only pushes releases \
+                 published while it runs) and timing from its restart. The update package was {:.1} MB.",
+                r.update.push.downtime_ms.n,
+                r.update.package_bytes as f64 / MB
+            ),
+            "Download: `cms-loadgen download` calls the agent's `HttpClient::download_file` on the \
+             agent's single-threaded runtime (it also flushes the file to disk); curl fetches the same \
+             URL with the same token; the two alternate."
+                .to_owned(),
+            format!(
+                "Server scale: `cms-loadgen swarm` simulates N agents, each with its own WebSocket and a \
+                 keep-alive HTTP connection, sending a heartbeat every {} s (+/-10 %, phases spread); \
+                 latency is request sent -> answer read. A step holds when p99 < {P99_GOAL_MS:.0} ms with \
+                 no failed heartbeat and no dropped WebSocket. Open-file limit: {}. The search stopped \
+                 because {}. Push: publish done -> the agents' WebSockets delivered the event (the server \
+                 looks for new releases every second).",
+                r.scale.heartbeat_secs, r.scale.open_file_limit, r.scale.stopped_because
+            ),
+        ];
+        for line in lines {
+            let _ = writeln!(md, "- {line}");
+        }
+        let _ = writeln!(md);
+    }
+
+    fn run_table(&self, md: &mut String) {
+        let _ = writeln!(md, "## Tools and run time\n");
+        let _ = writeln!(md, "| tool | version |\n|---|---|");
+        for (name, version) in &self.tools {
+            let _ = writeln!(md, "| {name} | {version} |");
+        }
+        let _ = writeln!(md, "\n| phase | seconds |\n|---|---|");
+        for (name, secs) in &self.phases.0 {
+            let _ = writeln!(md, "| {name} | {secs:.0} |");
+        }
+        let _ = writeln!(md, "| total | {:.0} |", self.phases.total());
+    }
+}
+
+/// A goal and how a value is judged against it.
+#[derive(Debug, Clone, Copy)]
+enum Goal {
+    AtMost(f64),
+    AtLeast(f64),
+}
+
+impl Goal {
+    fn describe(self, unit: &str) -> String {
+        match self {
+            Goal::AtMost(v) => format!("<= {v} {unit}"),
+            Goal::AtLeast(v) => format!(">= {v} {unit}"),
+        }
+    }
+
+    fn verdict(self, value: f64) -> &'static str {
+        let met = match self {
+            Goal::AtMost(v) => value <= v,
+            Goal::AtLeast(v) => value >= v,
+        };
+        if met { "met" } else { "**missed**" }
+    }
+}
+
+fn summary_row(what: &str, s: &Summary, unit: &str, digits: usize, goal: Option<Goal>) -> String {
+    row(
+        what,
+        s.median,
+        &spread(s, unit, digits),
+        s.n,
+        unit,
+        digits,
+        goal,
+    )
+}
+
+fn row(
+    what: &str,
+    value: f64,
+    spread: &str,
+    n: usize,
+    unit: &str,
+    digits: usize,
+    goal: Option<Goal>,
+) -> String {
+    let (goal_text, verdict) = goal.map_or((String::new(), ""), |g| {
+        (g.describe(unit), g.verdict(value))
+    });
+    format!("| {what} | {value:.digits$} {unit} | {spread} | {n} | {goal_text} | {verdict} |")
+}
+
+fn spread(s: &Summary, unit: &str, digits: usize) -> String {
+    format!("{:.digits$}-{:.digits$} {unit}", s.min, s.max)
+}
+
+/// The fleet rows of the summary: the first step in detail, and the largest N that held.
+fn fleet_rows(scale: &ScaleResults) -> Vec<String> {
+    let mut rows = Vec::new();
+    if let Some(first) = scale.steps.first() {
+        let n = first.agents;
+        let goal = Goal::AtMost(P99_GOAL_MS);
+        rows.push(format!(
+            "| heartbeat latency, {n} agents (p50 / p99 / max) | {:.1} / {:.1} / {:.1} ms | over {} heartbeats | {} | p99 < {P99_GOAL_MS} ms | {} |",
+            first.p50_ms, first.p99_ms, first.max_ms, first.heartbeats, first.heartbeats, goal.verdict(first.p99_ms)
+        ));
+        rows.push(format!(
+            "| server with {n} agents: memory, CPU | {:.0} MB, {:.1} % of a core | | 1 | | |",
+            first.server_rss_mb, first.server_cpu_percent
+        ));
+        rows.push(format!(
+            "| push a release to all {n} agents (publish done -> last notified) | {} | first after {} | {n} | | |",
+            optional_ms(first.push_all_ms),
+            optional_ms(first.push_first_ms)
+        ));
+    }
+    let held = scale.largest_held;
+    let verdict = Goal::AtLeast(FLEET_GOAL as f64).verdict(held.unwrap_or(0) as f64);
+    rows.push(format!(
+        "| largest fleet held (p99 < {P99_GOAL_MS} ms, no failures) | {} agents | steps of {} | {} | >= {FLEET_GOAL} | {verdict} |",
+        held.map_or_else(|| "none".into(), |n| n.to_string()),
+        scale.steps.get(1).map_or(0, |s| s.agents.saturating_sub(scale.steps[0].agents)),
+        scale.steps.len()
+    ));
+    rows
+}
+
+fn optional_ms(ms: Option<f64>) -> String {
+    ms.map_or_else(|| "not all notified".into(), |ms| format!("{ms:.0} ms"))
+}
+
+fn scale_table(md: &mut String, scale: &ScaleResults) {
+    let _ = writeln!(md, "## Server scale, step by step\n");
+    let _ = writeln!(
+        md,
+        "| agents | ramp | window | heartbeats | p50 | p99 | max | failures | server memory | server CPU | load generator CPU | push: first / all | holds |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for step in &scale.steps {
+        let _ = writeln!(md, "{}", step_row(step));
+    }
+    let _ = writeln!(
+        md,
+        "\nThe search stopped because {}.\n",
+        scale.stopped_because
+    );
+}
+
+fn step_row(s: &Step) -> String {
+    format!(
+        "| {} | {:.0} s | {:.0} s | {} | {:.1} ms | {:.1} ms | {:.1} ms | {} | {:.0} MB | {:.1} % | {:.1} % | {} / {} | {} |",
+        s.agents,
+        s.ramp_secs,
+        s.window_secs,
+        s.heartbeats,
+        s.p50_ms,
+        s.p99_ms,
+        s.max_ms,
+        s.failures,
+        s.server_rss_mb,
+        s.server_cpu_percent,
+        s.loadgen_cpu_percent,
+        optional_ms(s.push_first_ms),
+        optional_ms(s.push_all_ms),
+        if s.holds { "yes" } else { "**no**" }
+    )
+}
+
+fn sizes_table(md: &mut String, sizes: &[PlatformSizes]) {
+    let _ = writeln!(md, "## Sizes\n");
+    if sizes.is_empty() {
+        let _ = writeln!(md, "Not measured in a quick run (debug builds).\n");
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "| platform | agent | updater | installer | update package |\n|---|---|---|---|---|"
+    );
+    let mut notes = Vec::new();
+    for p in sizes {
+        let mut cell = |size: &Size| match size {
+            Size::Bytes(b) => format!("{:.2} MB ({b} bytes)", *b as f64 / MB),
+            Size::NotMeasured(why) => {
+                notes.push(why.clone());
+                format!("not measured [{}]", notes.len())
+            }
+        };
+        let line = format!(
+            "| {} | {} | {} | {} | {} |",
+            p.platform,
+            cell(&p.agent),
+            cell(&p.updater),
+            cell(&p.installer),
+            cell(&p.update_package)
+        );
+        let _ = writeln!(md, "{line}");
+    }
+    let _ = writeln!(md);
+    for (i, note) in notes.iter().enumerate() {
+        let _ = writeln!(md, "[{}] {note}  ", i + 1);
+    }
+    let _ = writeln!(md);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn goals_are_judged_in_both_directions() {
+        assert_eq!(Goal::AtMost(8.0).verdict(7.9), "met");
+        assert_eq!(Goal::AtMost(8.0).verdict(8.1), "**missed**");
+        assert_eq!(Goal::AtLeast(0.9).verdict(0.95), "met");
+        assert_eq!(Goal::AtLeast(0.9).verdict(0.5), "**missed**");
+    }
+
+    #[test]
+    fn a_row_shows_median_spread_count_and_verdict() {
+        let s = Summary::of(&[10.0, 12.0, 30.0]).unwrap();
+        assert_eq!(
+            summary_row("downtime", &s, "ms", 1, Some(Goal::AtMost(300.0))),
+            "| downtime | 12.0 ms | 10.0-30.0 ms | 3 | <= 300 ms | met |"
+        );
+    }
+}
