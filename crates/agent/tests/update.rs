@@ -179,6 +179,16 @@ fn wait_for_version(server: &Server, version: &str) {
     });
 }
 
+/// Flips one byte in the middle of `package` (tampering in transit or on a mirror); returns the
+/// genuine bytes.
+fn alter_one_byte(package: &Path) -> Vec<u8> {
+    let good = std::fs::read(package).unwrap();
+    let mut altered = good.clone();
+    altered[good.len() / 2] ^= 0xff;
+    std::fs::write(package, &altered).unwrap();
+    good
+}
+
 fn wait_for_error(server: &Server, kind: &str, needle: &str) -> String {
     wait_for(&format!("a {kind} report mentioning {needle:?}"), || {
         server
@@ -230,11 +240,7 @@ fn altered_truncated_and_endless_packages_are_refused_and_1_0_0_keeps_running() 
     let server = Server::start(&machine.server_dir);
     machine.publish("2.0.0");
     let package = machine.package("2.0.0");
-    let good = std::fs::read(&package).unwrap();
-
-    let mut altered = good.clone();
-    altered[good.len() / 2] ^= 0xff;
-    std::fs::write(&package, &altered).unwrap();
+    let good = alter_one_byte(&package);
     machine.start(&server, "1");
     wait_for_error(&server, "update_failed", "sha256 mismatch");
 
@@ -515,11 +521,13 @@ fn expired_metadata_is_refused_until_the_server_signs_it_again() {
     wait_for_version(&server, "2.0.0");
 }
 
-/// Issue 4, rollback attack: once the agent has verified timestamp version 2, an older signed
-/// timestamp (version 1, replayed by a mirror or a man in the middle) is refused, even though
-/// it is genuine and unexpired; nothing is downloaded. The current metadata is then accepted.
+/// Issue 4, rollback and endless-data attacks: once the agent has verified timestamp version
+/// 2, an older signed timestamp (version 1, replayed by a mirror or a man in the middle) is
+/// refused although it is genuine and unexpired, even after a restart (what the agent trusts
+/// persists in `tuf/`); so is the current timestamp padded past the size limit. Nothing is
+/// downloaded meanwhile, and the current metadata is then accepted.
 #[test]
-fn replayed_older_metadata_is_refused_as_a_rollback() {
+fn replayed_older_and_oversized_metadata_are_refused() {
     let machine = Machine::new("1.0.0");
     let server = Server::start(&machine.server_dir);
     machine.publish("2.0.0"); // timestamp version 1
@@ -529,20 +537,24 @@ fn replayed_older_metadata_is_refused_as_a_rollback() {
     let current = std::fs::read(machine.timestamp_metadata()).unwrap();
     // The agent verifies version 2, then refuses the package: a tampered copy.
     let package = machine.package("2.0.0");
-    let good = std::fs::read(&package).unwrap();
-    let mut altered = good.clone();
-    altered[good.len() / 2] ^= 0xff;
-    std::fs::write(&package, &altered).unwrap();
+    let good = alter_one_byte(&package);
     machine.start(&server, "1");
     wait_for_error(&server, "update_failed", "sha256 mismatch");
 
+    machine.stop_everything();
     std::fs::write(machine.timestamp_metadata(), &replayed).unwrap();
     std::fs::write(&package, &good).unwrap();
+    machine.start(&server, "1");
     let message = wait_for_error(&server, "update_failed", "Found version 1 of timestamp");
     assert!(
         message.contains("previously fetched version 2"),
         "{message}"
     );
+
+    let mut padded = current.clone();
+    padded.extend(std::iter::repeat_n(b' ', 128 * 1024)); // still valid JSON
+    std::fs::write(machine.timestamp_metadata(), &padded).unwrap();
+    wait_for_error(&server, "update_failed", "max_timestamp_size");
     assert_eq!(server.agents()[0].version, "1.0.0");
     assert!(downloads(&machine.data).is_empty());
 
