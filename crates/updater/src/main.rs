@@ -1,8 +1,8 @@
 //! `updater`: replaces the CMS agent with a new version, proves it healthy or rolls back
 //! (plan part III, design.md sections 4 and 6).
 //!
-//! Flow: wait for the old agent to exit (60 s, then terminate it) -> stage the new exe from the
-//! package -> back up and swap (`swap`) -> start the new agent with the old one's arguments ->
+//! Flow: stage the new exe from the package and back up the current one (`swap`) while the old
+//! agent shuts down -> wait for it to exit (60 s, then terminate it) -> swap -> start the new agent with the old one's arguments ->
 //! verify it (`verify`) -> on success remove `.old` and the package and delete itself; on failure
 //! stop the new agent, restore `.old`, start the old one and exit non-zero. Every phase is
 //! written to the update journal first (`journal`), so a kill at any moment leaves a state the
@@ -33,6 +33,9 @@ const EXIT_ROLLED_BACK: u8 = 1;
 const EXIT_NOTHING_CHANGED: u8 = 2;
 const EXIT_OLD_AGENT_STUCK: u8 = 3;
 const EXIT_SWAP_FAILED: u8 = 4;
+
+/// How often the old agent's exit is checked: the swap waits on it, so it is downtime.
+const EXIT_POLL: Duration = Duration::from_millis(5);
 
 /// Arguments the agent passes when it hands over to the updater.
 #[derive(Debug, Parser)]
@@ -110,29 +113,44 @@ impl Update<'_> {
                 return EXIT_NOTHING_CHANGED;
             }
         };
+        // Staged and backed up while the old agent shuts down: once it is gone, only a rename
+        // and the new agent's start remain, which is all the downtime an update costs.
+        let prepared = self.prepare(exe);
         if !wait_for_old_agent(self.args.old_pid, env_secs("CMS_UPDATER_WAIT_SECS", 60)) {
+            swap::discard(exe);
             return EXIT_OLD_AGENT_STUCK;
         }
-        if let Err(code) = self.swap_in(&mut journal) {
+        if let Err(code) = self.swap_in(&mut journal, prepared) {
             return code;
         }
         self.start_and_verify(&mut journal)
     }
 
-    fn swap_in(&self, journal: &mut Journal) -> Result<(), u8> {
+    /// Extracts the new agent to `<exe>.new` and copies the current one to `<exe>.old`; the
+    /// install path is not touched.
+    fn prepare(&self, exe: &Path) -> Result<(), String> {
+        self.package
+            .extract_agent(&swap::staged_path(exe))
+            .map_err(|err| format!("cannot stage the new agent: {err}"))?;
+        swap::back_up(exe).map_err(|err| format!("cannot back up the current agent: {err}"))
+    }
+
+    /// Moves the prepared new agent in, or restarts the old one if preparing failed.
+    fn swap_in(&self, journal: &mut Journal, prepared: Result<(), String>) -> Result<(), u8> {
         let exe = &self.args.current_exe_path;
-        journal
+        let ready = journal
             .advance(UpdatePhase::Swapping, None)
-            .map_err(|_| EXIT_NOTHING_CHANGED)?;
-        if let Err(err) = self.package.extract_agent(&swap::staged_path(exe)) {
-            tracing::error!(error = %err, "cannot stage the new agent; nothing was changed");
-            let _ = fs::remove_file(swap::staged_path(exe));
-            self.restart_old(journal, &format!("cannot stage the new agent: {err}"));
+            .map_err(|err| format!("cannot write the update journal: {err}"))
+            .and(prepared);
+        if let Err(reason) = ready {
+            tracing::error!(error = %reason, "nothing was changed");
+            swap::discard(exe);
+            self.restart_old(journal, &reason);
             return Err(EXIT_NOTHING_CHANGED);
         }
         swap::install(exe).map_err(|err| {
             tracing::error!(error = %err, "swap failed; the previous agent is still in place");
-            let _ = fs::remove_file(swap::staged_path(exe));
+            swap::discard(exe);
             self.restart_old(journal, &format!("swap failed: {err}"));
             EXIT_SWAP_FAILED
         })
@@ -234,7 +252,7 @@ fn wait_exit(pid: u32, wait: Duration) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(EXIT_POLL);
     }
     true
 }

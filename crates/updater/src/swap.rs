@@ -1,10 +1,12 @@
 //! The swap: at no instant is there no runnable agent at the install path.
 //!
-//! The current exe is *copied* to `<exe>.old` (the install path keeps a runnable exe), the new
-//! one is staged as `<exe>.new` in the same folder, then renamed over the exe: one atomic
-//! rename. A rollback renames `.old` back the same way. Renames are retried for a bounded time
-//! because antivirus scanners briefly lock fresh executables (rustup retries for the same
-//! reason); each retry is logged.
+//! The current exe is *copied* to `<exe>.old` (the install path keeps a runnable exe) and the
+//! new one is staged as `<exe>.new` in the same folder, both while the old agent may still be
+//! shutting down ([`back_up`]); once it has exited, the new exe is renamed over the old one: one
+//! atomic rename ([`install`]), so the machine is without an agent only for that rename and the
+//! new agent's start. A rollback renames `.old` back the same way. Renames are retried for a
+//! bounded time because antivirus scanners briefly lock fresh executables (rustup retries for
+//! the same reason); each retry is logged.
 
 use std::fs;
 use std::io;
@@ -32,11 +34,28 @@ fn with_suffix(exe: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Backs up `exe` and moves the staged new version over it.
-pub fn install(exe: &Path) -> io::Result<()> {
+/// Copies `exe` to its backup, flushed to disk; reading a running exe is allowed everywhere.
+pub fn back_up(exe: &Path) -> io::Result<()> {
     let backup = backup_path(exe);
     copy_synced(exe, &backup)?;
     tracing::info!(backup = %backup.display(), "current agent backed up");
+    Ok(())
+}
+
+/// Removes the staged exe and the backup: the update stopped before the swap.
+pub fn discard(exe: &Path) {
+    for path in [staged_path(exe), backup_path(exe)] {
+        match fs::remove_file(&path) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => {
+                tracing::warn!(path = %path.display(), error = %err, "cannot remove");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Moves the staged new version over `exe` (after [`back_up`]).
+pub fn install(exe: &Path) -> io::Result<()> {
     retry("move the new agent into place", || {
         fs::rename(staged_path(exe), exe)
     })?;
@@ -91,6 +110,7 @@ mod tests {
         let exe = dir.path().join("cms_agent");
         fs::write(&exe, b"old").unwrap();
         fs::write(staged_path(&exe), b"new").unwrap();
+        back_up(&exe).unwrap();
         install(&exe).unwrap();
         assert_eq!(fs::read(&exe).unwrap(), b"new");
         assert_eq!(fs::read(backup_path(&exe)).unwrap(), b"old");
@@ -98,6 +118,19 @@ mod tests {
         restore(&exe).unwrap();
         assert_eq!(fs::read(&exe).unwrap(), b"old");
         assert!(!backup_path(&exe).exists());
+    }
+
+    #[test]
+    fn discard_removes_what_was_prepared_and_keeps_the_exe() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("cms_agent");
+        fs::write(&exe, b"old").unwrap();
+        fs::write(staged_path(&exe), b"new").unwrap();
+        back_up(&exe).unwrap();
+        discard(&exe);
+        discard(&exe); // nothing left to remove is fine
+        assert_eq!(fs::read(&exe).unwrap(), b"old");
+        assert!(!staged_path(&exe).exists() && !backup_path(&exe).exists());
     }
 
     #[test]
