@@ -50,6 +50,14 @@ pub mod paths {
 /// Name of the WebSocket event that tells an agent a newer release is waiting for it.
 pub const EVENT_UPDATE_REQUIRED: &str = "agent:update_required";
 
+/// Largest WebSocket message or frame either side accepts: events are a few hundred bytes, and
+/// a peer that sends more is refused rather than buffered.
+pub const WS_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Read buffer of each WebSocket. The library's default (128 KiB) is zero-filled per socket,
+/// which would make an idle agent, and a server holding thousands of sockets, pay for buffer
+/// space that small events never use.
+pub const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+
 /// What `agent.lock` holds, for other processes to read (the updater's health check, a second
 /// instance explaining why it exits). The OS lock, not this record, decides who owns the lock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,13 +7,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cms_protocol::{ServerEvent, paths};
+use cms_protocol::{ServerEvent, WS_MAX_MESSAGE_BYTES, WS_READ_BUFFER_BYTES, paths};
 use futures_util::StreamExt;
 use rustls_platform_verifier::ConfigVerifierExt;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
@@ -121,9 +122,13 @@ impl WSClient {
 
     async fn connect(&self, token: Option<String>) -> Result<Socket, WsError> {
         let request = self.request(token.as_deref())?;
+        let config = WebSocketConfig::default()
+            .read_buffer_size(WS_READ_BUFFER_BYTES)
+            .max_message_size(Some(WS_MAX_MESSAGE_BYTES))
+            .max_frame_size(Some(WS_MAX_MESSAGE_BYTES));
         let handshake = tokio_tungstenite::connect_async_tls_with_config(
             request,
-            None,
+            Some(config),
             false,
             self.tls.clone(),
         );

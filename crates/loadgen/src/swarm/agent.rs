@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cms_protocol::{
-    AgentState, Metrics, RegisterRequest, RegisterResponse, ServerEvent, StatusReport, paths,
+    AgentState, Metrics, RegisterRequest, RegisterResponse, ServerEvent, StatusReport,
+    WS_READ_BUFFER_BYTES, paths,
 };
 use futures_util::StreamExt;
 use hyper::StatusCode;
@@ -29,9 +30,9 @@ use super::http::{Dialer, ExchangeError, HttpConnection};
 
 /// Pause before reopening a WebSocket the server dropped.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
-/// Read buffer of each simulated agent's WebSocket: it only ever receives small events, and
-/// tens of thousands of 128 KiB default buffers would make the load generator the bottleneck.
-const WS_READ_BUFFER: usize = 4 * 1024;
+/// Registration and WebSocket handshake of one agent; a server that stops answering (out of
+/// file descriptors, say) fails the setup instead of hanging the step.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 type Socket = WebSocketStream<TcpStream>;
 
@@ -46,6 +47,8 @@ enum SetupError {
     Answer(#[from] serde_json::Error),
     #[error("websocket: {0}")]
     WebSocket(#[from] tungstenite::Error),
+    #[error("registration and WebSocket not done within {0:?}")]
+    TimedOut(Duration),
 }
 
 /// One agent of the fleet, before it runs.
@@ -81,7 +84,10 @@ impl SimulatedAgent {
         let setup = {
             // The semaphore is never closed, so a failed acquire cannot happen; go on anyway.
             let _slot = self.shared.setup_slots.acquire().await;
-            self.set_up().await
+            match tokio::time::timeout(SETUP_TIMEOUT, self.set_up()).await {
+                Ok(result) => result,
+                Err(_) => Err(SetupError::TimedOut(SETUP_TIMEOUT)),
+            }
         };
         let (mut session, socket) = match setup {
             Ok(set_up) => {
@@ -155,7 +161,7 @@ impl SimulatedAgent {
             .map_err(|err| tungstenite::Error::HttpFormat(err.into()))?;
         request.headers_mut().insert("authorization", bearer);
         let config = WebSocketConfig::default()
-            .read_buffer_size(WS_READ_BUFFER)
+            .read_buffer_size(WS_READ_BUFFER_BYTES)
             .write_buffer_size(0);
         let (socket, _) =
             tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;

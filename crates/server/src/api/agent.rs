@@ -13,7 +13,7 @@ use axum::response::Response;
 use cms_protocol::update::package_file_name;
 use cms_protocol::{
     AgentState, ErrorBatch, ErrorBatchResponse, RegisterRequest, RegisterResponse, StatusReport,
-    UpdateCheckResponse, UpdateInfo,
+    UpdateCheckResponse, UpdateInfo, WS_MAX_MESSAGE_BYTES, WS_READ_BUFFER_BYTES,
 };
 use serde::Deserialize;
 
@@ -32,8 +32,6 @@ const MAX_REPORT_ID: usize = 128;
 /// Error report text fields are cut to these lengths (bytes) instead of failing the batch.
 const MAX_KIND: usize = 128;
 const MAX_MESSAGE: usize = 16 * 1024;
-/// Largest WebSocket message accepted from an agent (the socket is server-to-agent).
-const MAX_WS_MESSAGE: usize = 64 * 1024;
 
 /// The agent a request's bearer token belongs to.
 #[derive(Debug, Clone)]
@@ -245,8 +243,9 @@ pub async fn websocket(
     let shutdown = state.shutdown().clone();
     let db = state.db().clone();
     let upgrade = upgrade
-        .max_message_size(MAX_WS_MESSAGE)
-        .max_frame_size(MAX_WS_MESSAGE);
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
+        .max_message_size(WS_MAX_MESSAGE_BYTES)
+        .max_frame_size(WS_MAX_MESSAGE_BYTES);
     Ok(upgrade.on_upgrade(move |socket| async move {
         crate::ws::run_socket(socket, agent.agent_id.clone(), hub, shutdown.clone()).await;
         if shutdown.is_cancelled() {
