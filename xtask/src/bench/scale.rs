@@ -26,6 +26,11 @@ use crate::util::describe;
 pub const P99_GOAL_MS: f64 = 50.0;
 /// How long the swarm may wait for a push to reach every agent.
 const PUSH_WAIT_SECS: u32 = 60;
+/// Descriptors the server (and the swarm) hold per agent: its WebSocket and its keep-alive
+/// heartbeat connection.
+const FDS_PER_AGENT: u64 = 2;
+/// Descriptors kept for everything else (listener, database, logs).
+const FD_SLACK: u64 = 1024;
 
 /// One step of the fleet.
 #[derive(Debug, Clone, Serialize)]
@@ -113,10 +118,14 @@ pub fn measure(plan: &Plan, open_file_limit: u64) -> Result<ScaleResults> {
     let mut swarm = Swarm::start(plan, &server.url)?;
     let scale = &plan.scale;
     let mut steps: Vec<Step> = Vec::new();
-    let mut agents = scale.first;
+    let cap = fleet_cap(open_file_limit);
+    let mut agents = scale.first.min(cap);
     let stopped_because = loop {
         let started = Instant::now();
-        let step = run_step(plan, &server, &mut swarm, agents, steps.len())?;
+        let step = match run_step(plan, &server, &mut swarm, agents, steps.len()) {
+            Ok(step) => step,
+            Err(err) => break format!("N={agents} could not be measured: {err:#}"),
+        };
         println!(
             "    N={}: p50 {:.1} ms, p99 {:.1} ms, {} failures, server {:.0} MB / {:.0} % CPU, push to all {:?} ms",
             step.agents,
@@ -136,11 +145,17 @@ pub fn measure(plan: &Plan, open_file_limit: u64) -> Result<ScaleResults> {
         if next > scale.max {
             break format!("reached the largest N asked for ({})", scale.max);
         }
+        if agents >= cap {
+            break format!(
+                "the open-file limit ({open_file_limit}, all this machine allows) leaves room for \
+                 {cap} agents at {FDS_PER_AGENT} connections each"
+            );
+        }
         // Growing by the same increment again, with a longer ramp, fits if the budget allows.
         if started.elapsed() * 3 / 2 > plan.budget.remaining() {
             break format!("the next step (N={next}) would not fit in the time budget");
         }
-        agents = next;
+        agents = next.min(cap);
     };
     swarm.quit()?;
     server.stop()?;
@@ -151,6 +166,12 @@ pub fn measure(plan: &Plan, open_file_limit: u64) -> Result<ScaleResults> {
         steps,
         stopped_because,
     })
+}
+
+/// The most agents the server can hold within `open_file_limit` descriptors.
+fn fleet_cap(open_file_limit: u64) -> usize {
+    let agents = open_file_limit.saturating_sub(FD_SLACK) / FDS_PER_AGENT;
+    usize::try_from(agents).unwrap_or(usize::MAX)
 }
 
 fn run_step(
