@@ -1,8 +1,9 @@
 //! Local logs: size-rotated files under `logs/` plus stderr (plan II.I.1).
 //!
 //! File writes go through a background thread (`tracing_appender::non_blocking`), so a slow
-//! disk never stalls the agent; the returned guard flushes on drop and must outlive the last
-//! log line. Secrets never reach this module: callers log ids, never tokens or secrets.
+//! disk never stalls the agent: lines wait in a queue of [`QUEUED_LINES`], and a burst beyond
+//! that while the disk stalls is dropped rather than blocking. The returned guard flushes on
+//! drop and must outlive the last log line. Secrets never reach this module: callers log ids, never tokens or secrets.
 
 use std::io;
 use std::path::Path;
@@ -10,7 +11,7 @@ use std::path::Path;
 use file_rotate::compression::Compression;
 use file_rotate::suffix::AppendCount;
 use file_rotate::{ContentLimit, FileRotate};
-use tracing_appender::non_blocking::WorkerGuard;
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -19,6 +20,9 @@ use tracing_subscriber::util::SubscriberInitExt;
 const MAX_LOG_BYTES: usize = 5 * 1024 * 1024;
 /// Rotated files kept (`agent.log.1` .. `agent.log.5`).
 const KEPT_LOG_FILES: usize = 5;
+/// Lines the file writer's queue holds. The queue is allocated whole at start, so the
+/// library's default (128,000 lines, 4 MB) would be half of an idle agent's memory.
+const QUEUED_LINES: usize = 4096;
 /// Environment variable with a `tracing` filter, such as `debug` or `cms_agent=trace`.
 pub const LOG_FILTER_ENV: &str = "CMS_AGENT_LOG";
 
@@ -38,7 +42,9 @@ pub fn init(logs_dir: &Path, file_name: &str) -> io::Result<LogGuard> {
         Compression::None,
         None,
     );
-    let (file_writer, worker) = tracing_appender::non_blocking(rotating);
+    let (file_writer, worker) = NonBlockingBuilder::default()
+        .buffered_lines_limit(QUEUED_LINES)
+        .finish(rotating);
     let filter = EnvFilter::try_from_env(LOG_FILTER_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
     let file_layer = tracing_subscriber::fmt::layer()
         .with_ansi(false)
