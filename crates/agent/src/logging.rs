@@ -22,7 +22,7 @@ const MAX_LOG_BYTES: usize = 5 * 1024 * 1024;
 const KEPT_LOG_FILES: usize = 5;
 /// Lines the file writer's queue holds. The queue is allocated whole at start, so the
 /// library's default (128,000 lines, 4 MB) would be half of an idle agent's memory.
-const QUEUED_LINES: usize = 4096;
+const QUEUED_LINES: usize = 1024;
 /// Environment variable with a `tracing` filter, such as `debug` or `cms_agent=trace`.
 pub const LOG_FILTER_ENV: &str = "CMS_AGENT_LOG";
 

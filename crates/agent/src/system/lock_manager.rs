@@ -24,8 +24,9 @@ pub const LOCK_FILE_NAME: &str = "agent.lock";
 const OPEN_ATTEMPTS: usize = 5;
 /// A holder whose heartbeat is older than this is reported as possibly hung (never killed).
 pub const DEFAULT_HUNG_AFTER: Duration = Duration::from_secs(5 * 60);
-/// Pause between attempts of [`LockManager::acquire_with_timeout`].
-const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// Pause between attempts of [`LockManager::acquire_with_timeout`]: `--force` waits there
+/// while the old instance shuts down, so this is part of the handover time.
+const RETRY_PAUSE: Duration = Duration::from_millis(10);
 
 /// Why the lock could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -98,12 +99,19 @@ impl LockManager {
 
     /// Takes the lock if no live process holds it, taking over a stale file left by a crash.
     pub fn acquire(&self) -> Result<Acquire, LockError> {
+        let outcome = self.attempt()?;
+        if let Acquire::HeldBy(record) = &outcome {
+            self.log_holder(record.as_ref());
+        }
+        Ok(outcome)
+    }
+
+    /// [`LockManager::acquire`] without logging the holder.
+    fn attempt(&self) -> Result<Acquire, LockError> {
         for _ in 0..OPEN_ATTEMPTS {
             let mut file = self.open()?;
             if !system::try_lock_exclusive(&file).map_err(|e| self.io(e))? {
-                let record = read_lock_record(&self.path);
-                self.log_holder(record.as_ref());
-                return Ok(Acquire::HeldBy(record));
+                return Ok(Acquire::HeldBy(read_lock_record(&self.path)));
             }
             if !system::is_same_file(&file, &self.path).map_err(|e| self.io(e))? {
                 continue; // the previous owner deleted it between our open and lock
@@ -119,15 +127,15 @@ impl LockManager {
 
     /// Keeps trying [`LockManager::acquire`] until it succeeds or `timeout` passes (`--force`
     /// waits here while the old instance shuts down); the last holder is returned on timeout.
+    /// The holder is logged once, not at every attempt.
     pub fn acquire_with_timeout(&self, timeout: Duration) -> Result<Acquire, LockError> {
         let deadline = Instant::now() + timeout;
-        loop {
-            let outcome = self.acquire()?;
-            if matches!(outcome, Acquire::Acquired) || Instant::now() >= deadline {
-                return Ok(outcome);
-            }
+        let mut outcome = self.acquire()?;
+        while matches!(outcome, Acquire::HeldBy(_)) && Instant::now() < deadline {
             std::thread::sleep(RETRY_PAUSE);
+            outcome = self.attempt()?;
         }
+        Ok(outcome)
     }
 
     /// Logs who holds the lock, and warns when that holder looks hung. Never acts on it.
