@@ -187,15 +187,16 @@ impl Demo {
 
     fn show_update(&self, server_url: &str) -> Result<()> {
         step("publishing release 2.0.0 (cms-server release publish)");
-        run_checked(
-            Command::new(self.bin.join(exe("cms-server")))
-                .args(["release", "publish", "--data-dir"])
-                .arg(&self.server_dir)
-                .args(["--version", "2.0.0", "--agent"])
-                .arg(self.v2.join(exe("cms_agent")))
-                .arg("--updater")
-                .arg(self.v2.join(exe("updater"))),
-        )?;
+        run_checked(&mut crate::util::publish_command(
+            &self.bin.join(exe("cms-server")),
+            &self.server_dir,
+            "2.0.0",
+            None,
+            (
+                &self.v2.join(exe("cms_agent")),
+                &self.v2.join(exe("updater")),
+            ),
+        ))?;
         step("waiting for the agent to update itself to 2.0.0");
         let updated = wait_for("the agent on 2.0.0", || {
             Ok(agents(server_url)?

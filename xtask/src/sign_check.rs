@@ -163,31 +163,20 @@ fn tampered_copy_fails(ca: &ThrowawayCa, signed: &Path, work: &Path) -> Result<(
 
 /// Publishes the signed exes with the real `cms-server` and compares what the package holds.
 fn publish_keeps_signatures(ca: &ThrowawayCa, work: &Path) -> Result<()> {
-    run_checked(util::cargo().args(["build", "-p", "cms-server"]))?;
-    let server = util::target_dir()
-        .join("debug")
-        .join(format!("cms-server{}", std::env::consts::EXE_SUFFIX));
+    let server = util::build_server()?;
     let data = work.join("server");
     let version = installer::dist_version()?;
     let (agent, updater) = (
         dist::dist_binary(&WINDOWS, "cms_agent"),
         dist::dist_binary(&WINDOWS, "updater"),
     );
-    let mut publish = Command::new(server);
-    publish
-        .args([
-            "release",
-            "publish",
-            "--platform",
-            WINDOWS.name,
-            "--data-dir",
-        ])
-        .arg(&data)
-        .args(["--version", &version, "--agent"])
-        .arg(&agent)
-        .arg("--updater")
-        .arg(&updater);
-    run_checked(&mut publish)?;
+    run_checked(&mut util::publish_command(
+        &server,
+        &data,
+        &version,
+        Some(WINDOWS.name),
+        (&agent, &updater),
+    ))?;
     let package = data
         .join("packages")
         .join(WINDOWS.name)

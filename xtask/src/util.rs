@@ -134,6 +134,16 @@ fn collect(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> 
 pub fn wait_for<T>(
     what: &str,
     timeout: Duration,
+    probe: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    wait_for_every(Duration::from_millis(250), what, timeout, probe)
+}
+
+/// [`wait_for`], polling every `poll` (the bench times what it waits for).
+pub fn wait_for_every<T>(
+    poll: Duration,
+    what: &str,
+    timeout: Duration,
     mut probe: impl FnMut() -> Result<Option<T>>,
 ) -> Result<T> {
     let deadline = Instant::now() + timeout;
@@ -151,8 +161,38 @@ pub fn wait_for<T>(
                 detail.unwrap_or_default()
             );
         }
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(poll);
     }
+}
+
+/// `cargo build -p cms-server` (debug, the shared target dir); returns the server's path.
+pub fn build_server() -> Result<PathBuf> {
+    run_checked(cargo().args(["build", "-p", "cms-server"]))?;
+    let exe = target_dir()
+        .join("debug")
+        .join(format!("cms-server{}", std::env::consts::EXE_SUFFIX));
+    crate::dist::require_file(&exe)?;
+    Ok(exe)
+}
+
+/// `server_exe release publish` of `agent` + `updater` as `version` into `data_dir`, for
+/// `platform` (the server's own platform when `None`); the caller runs it.
+pub fn publish_command(
+    server_exe: &Path,
+    data_dir: &Path,
+    version: &str,
+    platform: Option<&str>,
+    (agent, updater): (&Path, &Path),
+) -> Command {
+    let mut cmd = Command::new(server_exe);
+    cmd.args(["release", "publish", "--data-dir"])
+        .arg(data_dir)
+        .args(["--version", version]);
+    if let Some(platform) = platform {
+        cmd.args(["--platform", platform]);
+    }
+    cmd.arg("--agent").arg(agent).arg("--updater").arg(updater);
+    cmd
 }
 
 /// Runs `cmd` and returns its standard output as text; a non-zero exit is an error.

@@ -98,7 +98,7 @@ pub fn run(args: &[String]) -> Result<()> {
     };
     let setup = setup_exe(&installed)?;
     let builds = Builds::make(NEW_VERSION)?;
-    let server_exe = build_server()?;
+    let server_exe = util::build_server()?;
     let server_dir = e2e_dir().join("server");
     util::remove_dir_if_exists(&server_dir)?;
     let mut server = demo::start_server(&util::target_dir().join("debug"), &server_dir)?;
@@ -144,16 +144,6 @@ fn setup_exe(version: &str) -> Result<PathBuf> {
         return Ok(setup);
     }
     installer::compile(version, None)
-}
-
-/// `cargo build -p cms-server` (the shared target dir); returns the server's path.
-fn build_server() -> Result<PathBuf> {
-    run_checked(util::cargo().args(["build", "-p", "cms-server"]))?;
-    let exe = util::target_dir()
-        .join("debug")
-        .join(demo::exe("cms-server"));
-    dist::require_file(&exe)?;
-    Ok(exe)
 }
 
 /// The Windows programs the scenario needs beyond `dist/`.
@@ -519,14 +509,13 @@ impl Scenario<'_> {
     /// `cms-server release publish --platform windows-x86_64` of `agent` as `version`, with
     /// the 2.0.0 updater.
     fn publish(&self, version: &str, agent: &Path) -> Result<()> {
-        let mut cmd = Command::new(self.server_exe);
-        cmd.args(["release", "publish", "--data-dir"])
-            .arg(self.server_dir)
-            .args(["--version", version, "--platform", WINDOWS.name, "--agent"])
-            .arg(agent)
-            .arg("--updater")
-            .arg(&self.builds.updater);
-        run_checked(&mut cmd)
+        run_checked(&mut util::publish_command(
+            self.server_exe,
+            self.server_dir,
+            version,
+            Some(WINDOWS.name),
+            (agent, &self.builds.updater),
+        ))
     }
 
     /// Waits until the server lists an agent for which `wanted` holds.

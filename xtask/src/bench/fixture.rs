@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use cms_protocol::LockRecord;
 
 use super::procfs;
-use crate::util::describe;
+use crate::util::{self, describe};
 
 /// Longest any single wait of the bench may take before it fails with what it waited for.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -163,15 +163,14 @@ pub fn publish(
     updater: &Path,
     platform: &str,
 ) -> Result<()> {
-    let mut command = Command::new(server_exe);
-    command
-        .args(["release", "publish", "--data-dir"])
-        .arg(data_dir)
-        .args(["--version", version, "--platform", platform, "--agent"])
-        .arg(agent)
-        .arg("--updater")
-        .arg(updater);
-    crate::util::output_checked(&mut command).map(drop)
+    let mut command = util::publish_command(
+        server_exe,
+        data_dir,
+        version,
+        Some(platform),
+        (agent, updater),
+    );
+    util::output_checked(&mut command).map(drop)
 }
 
 /// An agent installed on this machine: `install/cms_agent` and its storage path `data/`.
@@ -332,21 +331,8 @@ pub struct Handover {
 
 /// Polls `probe` every 10 ms until it yields a value, failing after [`WAIT`]; errors count as
 /// "not yet" (a server that is still starting refuses connections).
-pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Result<Option<T>>) -> Result<T> {
-    let deadline = Instant::now() + WAIT;
-    let mut last_error = None;
-    while Instant::now() < deadline {
-        match probe() {
-            Ok(Some(value)) => return Ok(value),
-            Ok(None) => {}
-            Err(err) => last_error = Some(err),
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    match last_error {
-        Some(err) => Err(err).context(format!("timed out after {WAIT:?} waiting for {what}")),
-        None => bail!("timed out after {WAIT:?} waiting for {what}"),
-    }
+pub fn wait_for<T>(what: &str, probe: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    util::wait_for_every(Duration::from_millis(10), what, WAIT, probe)
 }
 
 /// Milliseconds from `earlier` to `later`.
