@@ -14,7 +14,7 @@
 # and steps 4 to 6 need step 3), and each ends as PASSED, FAILED or SKIPPED (exit code 77 from
 # xtask: 32-bit Wine or a display is missing; the reason is printed). A skip is never a pass:
 # it is listed as SKIPPED, and with CMS_WINDOWS_LANE_STRICT=1 it fails the lane.
-# Environment: CMS_WINE_TEST_ARGS (default: none, i.e. all three packages) is passed to
+# Environment: CMS_WINE_TEST_ARGS (default: none, i.e. all four Windows-built packages) is passed to
 # `cargo xtask wine-test`, e.g. "-p cms-protocol -p cms-updater".
 # Exit status: 0 when nothing FAILED (and, if strict, nothing was SKIPPED), else 1.
 set -uo pipefail

@@ -43,7 +43,7 @@ const APP_NAME: &str = "CMS Agent";
 pub(crate) const APP_DIR: &str = "Program Files/CMS Agent";
 
 /// The key of the autostart entry `cms_agent --enable-autostart` writes when elevated
-/// (design.md section 4).
+/// (docs/CONTRACT.md).
 const RUN_KEY: &str = r"HKLM\Software\Microsoft\Windows\CurrentVersion\Run";
 /// The autostart entry's value name.
 const RUN_VALUE: &str = "CMSAgent";

@@ -1,7 +1,7 @@
 //! Wine for the Windows lane: throwaway Wine prefixes and `cargo xtask wine-test`.
 //!
 //! `cargo xtask wine-test [-p PKG]... [-- TEST_ARGS...]` cross-compiles the tests of the given
-//! packages (default: cms-protocol, cms-agent, cms-updater) for `x86_64-pc-windows-gnu` and runs
+//! packages (default: cms-protocol, cms-platform, cms-agent, cms-updater) for `x86_64-pc-windows-gnu` and runs
 //! them under Wine (`CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=wine`) in a fresh prefix; any test
 //! failure fails the task.
 //!
@@ -33,7 +33,8 @@ use std::time::Duration;
 pub const WINDOWS_TARGET: &str = "x86_64-pc-windows-gnu";
 
 /// Packages whose tests `wine-test` runs when no `-p` is given.
-pub const DEFAULT_PACKAGES: [&str; 3] = ["cms-protocol", "cms-agent", "cms-updater"];
+pub const DEFAULT_PACKAGES: [&str; 4] =
+    ["cms-protocol", "cms-platform", "cms-agent", "cms-updater"];
 
 /// The C compiler that builds the shim (from Debian's `gcc-mingw-w64-x86-64`).
 const MINGW_GCC: &str = "x86_64-w64-mingw32-gcc";

@@ -1,10 +1,11 @@
 //! The CMS endpoint agent (`cms_agent`): stays up, stays single, reports to its backend, and
 //! updates itself. `main.rs` is the command line; everything else lives in these modules.
 //!
-//! Layout follows `../shared/spec/design.md` section 1: `core` (agent, state, config,
-//! storage, errors), `net` (HTTP and WebSocket clients), `system` (the OS seam, one file per OS).
+//! Layers, each using only the ones after it (`docs/ARCHITECTURE.md`): `core` (agent, state,
+//! config, storage, updates, errors) -> `ipc` (the local control channel) and `net` (HTTP,
+//! WebSocket and update-metadata clients) -> `system` (the OS seam from `cms-platform`, plus the
+//! lock manager) and `logging`.
 
-pub mod clock;
 pub mod core;
 pub mod ipc;
 pub mod logging;

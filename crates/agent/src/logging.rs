@@ -1,4 +1,4 @@
-//! Local logs: size-rotated files under `logs/` plus stderr (plan II.I.1).
+//! Local logs: size-rotated files under `logs/` plus stderr.
 //!
 //! File writes go through a background thread (`tracing_appender::non_blocking`), so a slow
 //! disk never stalls the agent: lines wait in a queue of [`QUEUED_LINES`], and a burst beyond

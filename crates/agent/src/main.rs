@@ -1,4 +1,4 @@
-//! `cms_agent`: the command line of the CMS endpoint agent (design.md section 4).
+//! `cms_agent`: the command line of the CMS endpoint agent (docs/CONTRACT.md).
 //!
 //! Exit codes: 0 clean stop, 1 another instance holds the lock (or refused `--force`), 2 bad
 //! arguments, an unusable storage path/config or a refused OS operation, 3 `--status` found no
@@ -100,7 +100,7 @@ fn args_after_force(argv: &[OsString]) -> Vec<String> {
 
 fn run(cli: Cli, force_args: Vec<String>) -> Result<ExitCode> {
     if cli.enable_autostart || cli.disable_autostart {
-        return autostart(&cli); // before the storage path and the lock (plan II.A.3)
+        return autostart(&cli); // before the storage path and the lock (docs/CONTRACT.md)
     }
     let storage = StateManager::new(cli.data_dir.clone())?;
     let _log_guard = logging::init(&storage.logs_dir(), "agent.log")

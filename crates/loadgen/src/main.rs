@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use cms_agent::core::config::Credentials;
+use cms_agent::net::Credentials;
 use cms_agent::net::http_client::HttpClient;
 use cms_agent::net::parse_server_url;
 use cms_protocol::BUILD_VERSION;

@@ -1,4 +1,4 @@
-//! Messages between `cms_agent --force`/`--status` and the running agent (plan II.E).
+//! Messages between `cms_agent --force`/`--status` and the running agent.
 //!
 //! One JSON request and one JSON response per connection, each on one line (`\n`-terminated)
 //! and at most [`IPC_MAX_MESSAGE_BYTES`] long. This module only names the messages: it must
@@ -47,7 +47,7 @@ impl fmt::Debug for IpcRequest {
     }
 }
 
-/// The answer's verdict (design.md section 4).
+/// The answer's verdict (docs/CONTRACT.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IpcStatus {

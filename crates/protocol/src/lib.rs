@@ -33,11 +33,11 @@ pub mod paths {
     pub const ERRORS: &str = "/api/v1/agent/errors";
     /// WebSocket upgrade (bearer auth); the server sends [`crate::ServerEvent`] text frames.
     pub const WEBSOCKET: &str = "/api/v1/agent/ws";
-    /// Operator API (design.md section 5).
+    /// Operator API (docs/CONTRACT.md, "Operator API").
     pub const AGENTS: &str = "/api/v1/agents";
-    /// Operator API (design.md section 5).
+    /// Operator API (docs/CONTRACT.md, "Operator API").
     pub const OPERATOR_ERRORS: &str = "/api/v1/errors";
-    /// Operator API (design.md section 5).
+    /// Operator API (docs/CONTRACT.md, "Operator API").
     pub const RELEASES: &str = "/api/v1/releases";
     /// Base of the signed release metadata (The Update Framework): `GET` + `root.json`,
     /// `N.root.json`, `timestamp.json`, `N.snapshot.json`, `N.targets.json`. Public: the

@@ -4,8 +4,8 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use cms_agent::core::storage::write_atomic;
-use cms_agent::system;
+use cms_platform::fs::write_atomic;
+use cms_platform::system;
 use cms_protocol::update::{UpdateJournal, UpdatePhase};
 
 /// The journal of this update run.

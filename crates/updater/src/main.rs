@@ -1,5 +1,5 @@
 //! `updater`: replaces the CMS agent with a new version, proves it healthy or rolls back
-//! (plan part III, design.md sections 4 and 6).
+//! (docs/CONTRACT.md, docs/ARCHITECTURE.md "One self-update, end to end").
 //!
 //! Flow: stage the new exe from the package and back up the current one (`swap`) while the old
 //! agent shuts down -> wait for it to exit (60 s, then terminate it) -> swap -> start the new agent with the old one's arguments ->
@@ -21,11 +21,13 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use cms_agent::system::{self, lock_manager::read_lock_record};
+use cms_platform::layout;
+use cms_platform::lock_file::read_lock_record;
+use cms_platform::package::Package;
+use cms_platform::system;
 use cms_protocol::BUILD_VERSION;
-use cms_protocol::update::{JOURNAL_NAME, UpdatePhase};
+use cms_protocol::update::UpdatePhase;
 
-use cms_agent::core::package::Package;
 use journal::Journal;
 use verify::Timeouts;
 
@@ -77,14 +79,15 @@ fn run(args: &Args) -> u8 {
             return EXIT_NOTHING_CHANGED;
         }
     };
-    let Some(storage) = args.log_dir.parent() else {
+    let Some(storage) = layout::storage_of_logs_dir(&args.log_dir) else {
         tracing::error!("--log-dir must be the agent's <storage>/logs");
         return EXIT_NOTHING_CHANGED;
     };
     let update = Update {
         args,
         package,
-        lock_path: storage.join("agent.lock"),
+        lock_path: layout::lock_path(storage),
+        journal_path: layout::journal_path(storage),
     };
     update.run()
 }
@@ -93,6 +96,7 @@ struct Update<'a> {
     args: &'a Args,
     package: Package,
     lock_path: PathBuf,
+    journal_path: PathBuf,
 }
 
 impl Update<'_> {
@@ -100,9 +104,8 @@ impl Update<'_> {
         let exe = &self.args.current_exe_path;
         let old_version =
             read_lock_record(&self.lock_path).map_or_else(|| "unknown".into(), |r| r.version);
-        let journal_path = self.args.package_path.with_file_name(JOURNAL_NAME);
         let mut journal = match Journal::start(
-            journal_path,
+            self.journal_path.clone(),
             &self.package.manifest.version,
             &old_version,
             exe,
@@ -130,7 +133,7 @@ impl Update<'_> {
     /// install path is not touched.
     fn prepare(&self, exe: &Path) -> Result<(), String> {
         self.package
-            .extract_agent(&swap::staged_path(exe))
+            .extract_agent(&layout::staged_path(exe))
             .map_err(|err| format!("cannot stage the new agent: {err}"))?;
         swap::back_up(exe).map_err(|err| format!("cannot back up the current agent: {err}"))
     }
@@ -172,14 +175,16 @@ impl Update<'_> {
             Err(err) => Err(format!("cannot start the new agent: {err}")),
         };
         match verdict {
-            Ok(()) => self.finish(journal),
-            Err(reason) => self.roll_back(journal, reason),
+            Ok(()) => self.cleanup(journal),
+            Err(reason) => self.rollback(journal, reason),
         }
     }
 
-    fn finish(&self, journal: &mut Journal) -> u8 {
+    /// The plan's `cleanup`: the new agent is healthy; `.old` and the package go, and so does
+    /// the updater itself.
+    fn cleanup(&self, journal: &mut Journal) -> u8 {
         let _ = journal.advance(UpdatePhase::Succeeded, None);
-        remove_quietly(&swap::backup_path(&self.args.current_exe_path));
+        remove_quietly(&layout::backup_path(&self.args.current_exe_path));
         remove_quietly(&self.args.package_path);
         tracing::info!(version = %self.package.manifest.version, "update verified");
         if let Err(err) = self_replace::self_delete() {
@@ -188,7 +193,8 @@ impl Update<'_> {
         0
     }
 
-    fn roll_back(&self, journal: &mut Journal, reason: String) -> u8 {
+    /// The plan's `rollback`: `.old` is restored and the old agent started again.
+    fn rollback(&self, journal: &mut Journal, reason: String) -> u8 {
         tracing::error!(reason = %reason, "new agent is not healthy; rolling back");
         let _ = journal.advance(UpdatePhase::RollingBack, Some(reason.clone()));
         if let Err(err) = swap::restore(&self.args.current_exe_path) {
@@ -291,7 +297,7 @@ fn init_logging(log_dir: &Path) -> std::io::Result<()> {
     let file = fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(log_dir.join("updater.log"))?;
+        .open(log_dir.join(layout::UPDATER_LOG_NAME))?;
     tracing_subscriber::fmt()
         .with_ansi(false)
         .with_writer(std::sync::Mutex::new(file))

@@ -10,29 +10,15 @@
 
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use cms_platform::layout::{backup_path, staged_path};
 use std::time::{Duration, Instant};
 
 /// How long a rename is retried while the file is locked by someone else.
 const RETRY_FOR: Duration = Duration::from_secs(28);
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(10);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
-
-/// `<exe>.old`: the backup of the version being replaced.
-pub fn backup_path(exe: &Path) -> PathBuf {
-    with_suffix(exe, ".old")
-}
-
-/// `<exe>.new`: the new version before it is moved in.
-pub fn staged_path(exe: &Path) -> PathBuf {
-    with_suffix(exe, ".new")
-}
-
-fn with_suffix(exe: &Path, suffix: &str) -> PathBuf {
-    let mut name = exe.as_os_str().to_os_string();
-    name.push(suffix);
-    PathBuf::from(name)
-}
 
 /// Copies `exe` to its backup, flushed to disk; reading a running exe is allowed everywhere.
 pub fn back_up(exe: &Path) -> io::Result<()> {

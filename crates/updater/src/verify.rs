@@ -1,4 +1,4 @@
-//! Proving the new agent healthy (plan III `verify_new_agent`).
+//! Proving the new agent healthy: the plan's `verify_new_agent`.
 //!
 //! Healthy means: the process is alive, `agent.lock` names its PID with the expected version and
 //! a fresh heartbeat timestamp, and it is still so after a grace period. Anything else is a
@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use cms_agent::system::lock_manager::read_lock_record;
+use cms_platform::lock_file::read_lock_record;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 

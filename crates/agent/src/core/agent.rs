@@ -1,4 +1,4 @@
-//! `Agent`: ties state, configuration, error reporting and the backend together (plan II.C-I).
+//! `Agent`: ties state, configuration, error reporting and the backend together.
 //!
 //! Every periodic job (heartbeat, update polling, lock heartbeat), the WebSocket client, the
 //! event handler and the OS-signal watcher is a task on one `CancellationToken`.
@@ -18,10 +18,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::agent_state::{AgentState, StateCell};
-use crate::core::config::{ConfigManager, Credentials, Intervals};
+use crate::core::config::{ConfigManager, Intervals};
 use crate::core::error_reporter::ErrorReporter;
 use crate::core::storage::StateManager;
 use crate::core::update::{self, Settlement, Update};
+use crate::net::Credentials;
 use crate::net::http_client::{HttpClient, HttpError};
 use crate::net::trust::{TrustError, TrustedMetadata};
 use crate::net::ws_client::{WSClient, WsError};
@@ -173,6 +174,8 @@ fn spawn_services(inner: &Arc<Inner>, tasks: &mut JoinSet<()>) {
 }
 
 impl Inner {
+    /// The plan's `graceful_shutdown`, first half: `SHUTTING_DOWN` and cancel every task; safe
+    /// from any task. `finish_shutdown` does the rest.
     fn graceful_shutdown(&self) {
         if self.state.get() != AgentState::ShuttingDown {
             let _ = self.state.set_state(AgentState::ShuttingDown);
@@ -180,6 +183,8 @@ impl Inner {
         self.cancel.cancel();
     }
 
+    /// The rest of the plan's `graceful_shutdown`, run by `Agent::run` once the tasks were
+    /// cancelled: join them (with a timeout), `STOPPED`, release the lock, `Shutdown complete`.
     async fn finish_shutdown(&self, mut tasks: JoinSet<()>) {
         self.graceful_shutdown();
         let joined = tokio::time::timeout(SHUTDOWN_JOIN_TIMEOUT, async {
@@ -555,7 +560,7 @@ impl MetricsSampler {
     }
 }
 
-// --- IPC (`--force`, `--status`; plan II.E): the agent's answers to authenticated requests. ---
+// --- IPC (`--force`, `--status`): the agent's answers to authenticated requests. ---
 
 use cms_protocol::{IpcCommand, IpcResponse, IpcStatus};
 

@@ -1,4 +1,4 @@
-//! `AgentState` and the table of transitions the agent may make (plan II.C, design.md 2).
+//! `AgentState` and the table of transitions the agent may make (docs/ARCHITECTURE.md).
 //!
 //! The state names live in `cms_protocol` (they travel in heartbeats); the policy lives here:
 //! [`ALLOWED`] is the only place that says which move is legal, and [`StateCell`] is the only

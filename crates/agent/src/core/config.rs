@@ -1,4 +1,4 @@
-//! `ConfigManager`: `config.json`, its schema versions and their migrations (plan II.D).
+//! `ConfigManager`: `config.json`, its schema versions and their migrations.
 //!
 //! Loading never loses data: an older schema is backed up, migrated step by step
 //! (`v1 -> v2 -> ...`) and written atomically; a file that cannot be parsed or migrated is
@@ -13,8 +13,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::clock;
-use crate::core::storage::write_atomic;
+use cms_platform::clock;
+use cms_platform::fs::write_atomic;
+
+use crate::net::Credentials;
 
 /// The schema version this build reads and writes.
 pub const CONFIG_VERSION: u64 = 2;
@@ -25,24 +27,6 @@ const DEFAULT_UPDATE_POLL_SECS: u64 = 3600;
 const DEFAULT_LOCK_HEARTBEAT_SECS: u64 = 60;
 const DEFAULT_WS_RECONNECT_MAX_SECS: u64 = 60;
 const DEFAULT_ERROR_BUFFER_MAX: usize = 1000;
-
-/// The agent's identity at the backend, kept across restarts. Never logged.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Credentials {
-    /// Stable id assigned at registration.
-    pub agent_id: String,
-    /// Bearer credential for every call after registration.
-    pub agent_token: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("agent_id", &self.agent_id)
-            .field("agent_token", &"<redacted>")
-            .finish()
-    }
-}
 
 /// Timers, in seconds; the command line may override the first two for one run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

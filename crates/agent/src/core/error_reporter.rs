@@ -1,4 +1,4 @@
-//! Error reporting that survives an outage (plan II.I.2).
+//! Error reporting that survives an outage.
 //!
 //! `report` posts a report at once; when the backend cannot take it, the report is appended to
 //! `error_reports.jsonl`. The buffer is bounded: past the bound, newer reports are dropped and
@@ -15,9 +15,9 @@ use cms_protocol::{BUILD_VERSION, ErrorReport};
 use serde_json::Value;
 use std::sync::{Mutex, MutexGuard};
 
-use crate::clock;
-use crate::core::storage::write_atomic;
 use crate::net::http_client::HttpClient;
+use cms_platform::clock;
+use cms_platform::fs::write_atomic;
 
 /// Reports sent per request when the buffer is flushed.
 const FLUSH_BATCH: usize = 200;

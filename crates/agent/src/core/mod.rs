@@ -6,6 +6,5 @@ pub mod agent;
 pub mod agent_state;
 pub mod config;
 pub mod error_reporter;
-pub mod package;
 pub mod storage;
 pub mod update;

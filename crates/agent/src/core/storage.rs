@@ -1,12 +1,16 @@
 //! `StateManager`: where the agent keeps its files, and how it writes them safely.
 //!
-//! The storage path follows design.md section 3: `--data-dir`/`CMS_AGENT_DATA_DIR`, else the
+//! The storage path follows docs/CONTRACT.md ("Files on disk"): `--data-dir`/`CMS_AGENT_DATA_DIR`, else the
 //! per-machine folder when elevated, else the per-user one. Nothing is ever written next to the
-//! executable. Every file that must survive a crash mid-write goes through [`write_atomic`].
+//! executable. Every file that must survive a crash mid-write goes through
+//! `cms_platform::fs::write_atomic`; the names the updater must find too come from
+//! `cms_platform::layout`.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
+
+use cms_platform::layout;
 
 use crate::system;
 
@@ -59,7 +63,7 @@ impl StateManager {
 
     /// `logs/`: the agent's and the updater's log files.
     pub fn logs_dir(&self) -> PathBuf {
-        self.storage_path.join("logs")
+        layout::logs_dir(&self.storage_path)
     }
 
     /// `error_reports.jsonl`: reports waiting for the backend.
@@ -69,7 +73,7 @@ impl StateManager {
 
     /// `updates/`: downloads in progress.
     pub fn updates_dir(&self) -> PathBuf {
-        self.storage_path.join("updates")
+        layout::updates_dir(&self.storage_path)
     }
 
     /// `tuf/`: the pinned root and the last verified release metadata.
@@ -94,28 +98,6 @@ fn absolute(dir: PathBuf) -> PathBuf {
     std::path::absolute(&dir).unwrap_or(dir)
 }
 
-/// Writes `bytes` to `path` so that a reader (or a crash) sees the old or the new content,
-/// never a mix: temp file in the same folder, flush to disk, rename over.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let mut temp_name = file_name.to_os_string();
-    temp_name.push(format!(".tmp-{}", std::process::id()));
-    let temp = path.with_file_name(temp_name);
-    let result = write_and_sync(&temp, bytes).and_then(|()| fs::rename(&temp, path));
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result
-}
-
-fn write_and_sync(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = fs::File::create(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,15 +112,5 @@ mod tests {
             storage.config_path(),
             storage.storage_path().join("config.json")
         );
-    }
-
-    #[test]
-    fn atomic_write_replaces_content_and_leaves_no_temp_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f.json");
-        write_atomic(&path, b"old").unwrap();
-        write_atomic(&path, b"new").unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"new");
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

@@ -1,4 +1,4 @@
-//! The agent's half of a self-update (plan II.F, II.H; design.md section 6).
+//! The agent's half of a self-update (docs/ARCHITECTURE.md, "One self-update, end to end").
 //!
 //! [`Update::run`] walks `UPDATING_STARTING -> DOWNLOADING -> VERIFYING -> EXTRACTING_UPDATER
 //! -> PREPARING_SHUTDOWN`: free-space check, a resumable download that never reads past the
@@ -15,18 +15,17 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use cms_protocol::update::{
-    JOURNAL_NAME, UpdateJournal, UpdatePhase, executable_names, package_file_name,
-};
+use cms_protocol::update::{UpdateJournal, UpdatePhase, executable_names, package_file_name};
 use cms_protocol::{AgentState, BUILD_VERSION, UpdateInfo};
 use sha2::{Digest, Sha256};
 
 use crate::core::agent_state::StateCell;
-use crate::core::package::{Package, PackageError};
 use crate::core::storage::StateManager;
 use crate::net::http_client::{HttpClient, HttpError};
 use crate::net::trust::{SignedTarget, TrustError, TrustedMetadata};
 use crate::system;
+use cms_platform::layout::{self, JOURNAL_NAME};
+use cms_platform::package::{Package, PackageError};
 
 /// Why an update attempt stopped; the old version keeps running.
 #[derive(Debug, thiserror::Error)]
@@ -358,7 +357,7 @@ pub enum Settlement {
 
 /// The journal in `updates/`, if an update left one.
 pub fn read_journal(storage: &StateManager) -> Option<UpdateJournal> {
-    let bytes = fs::read(storage.updates_dir().join(JOURNAL_NAME)).ok()?;
+    let bytes = fs::read(layout::journal_path(storage.storage_path())).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 
@@ -396,9 +395,8 @@ pub fn settle_journal(storage: &StateManager, journal: &UpdateJournal) -> Settle
     if !matches!(settlement, Settlement::RollbackInterrupted { .. }) {
         remove_leftovers(&exe);
     }
-    let updates = storage.updates_dir();
-    clear_updates_dir(&updates, None);
-    if let Err(err) = fs::remove_file(updates.join(JOURNAL_NAME)) {
+    clear_updates_dir(&storage.updates_dir(), None);
+    if let Err(err) = fs::remove_file(layout::journal_path(storage.storage_path())) {
         tracing::warn!(error = %err, "cannot remove the update journal");
     }
     settlement
@@ -406,12 +404,10 @@ pub fn settle_journal(storage: &StateManager, journal: &UpdateJournal) -> Settle
 
 /// `.old` and `.new` beside the exe: once settled, the running exe is the one to keep.
 fn remove_leftovers(exe: &Path) {
-    for suffix in [".old", ".new"] {
-        let mut name = exe.as_os_str().to_os_string();
-        name.push(suffix);
-        match fs::remove_file(PathBuf::from(&name)) {
+    for path in [layout::backup_path(exe), layout::staged_path(exe)] {
+        match fs::remove_file(&path) {
             Err(err) if err.kind() != io::ErrorKind::NotFound => {
-                tracing::warn!(path = ?name, error = %err, "cannot remove an update leftover");
+                tracing::warn!(path = %path.display(), error = %err, "cannot remove an update leftover");
             }
             _ => {}
         }

@@ -1,4 +1,4 @@
-//! Local IPC between `cms_agent --force`/`--status` and the running agent (plan II.E).
+//! Local IPC between `cms_agent --force`/`--status` and the running agent.
 //!
 //! One API over two transports: a Windows named pipe (`\\.\pipe\cms_agent_system` when
 //! elevated, `\\.\pipe\cms_agent_<SID>` otherwise; message mode, DACL limited to the owner,

@@ -1,4 +1,4 @@
-//! `send_force_command` and `query_status`: the client end of the IPC endpoint (plan II.E.3).
+//! `send_force_command` and `query_status`: the client end of the IPC endpoint.
 //!
 //! One connection per request: connect (retrying while the pipe is busy, bounded by a
 //! timeout), write one JSON line, read one JSON line with a timeout. "Nobody listens" is its

@@ -1,4 +1,4 @@
-//! `NamedPipeIPCServer`: the running agent's end of the IPC endpoint (plan II.E.2).
+//! `NamedPipeIPCServer`: the running agent's end of the IPC endpoint.
 //!
 //! Accepts clients until cancelled, reads one request per connection (size-capped, with a
 //! deadline), checks the secret in constant time and hands authenticated commands to the

@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
 use url::Url;
 
-use crate::core::config::Credentials;
+use crate::net::Credentials;
 use crate::net::endpoint;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

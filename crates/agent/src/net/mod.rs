@@ -9,7 +9,26 @@ pub mod ws_client;
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use url::Url;
+
+/// The agent's identity at the backend, kept across restarts. Never logged.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    /// Stable id assigned at registration.
+    pub agent_id: String,
+    /// Bearer credential for every call after registration.
+    pub agent_token: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("agent_id", &self.agent_id)
+            .field("agent_token", &"<redacted>")
+            .finish()
+    }
+}
 
 /// First retry delay after a failure.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -33,7 +52,7 @@ pub enum UrlError {
     },
 }
 
-/// Parses a backend base URL and enforces HTTPS except to loopback (design.md section 7).
+/// Parses a backend base URL and enforces HTTPS except to loopback (docs/CONTRACT.md).
 pub fn parse_server_url(raw: &str) -> Result<Url, UrlError> {
     let invalid = |reason: String| UrlError::Invalid {
         url: raw.to_owned(),

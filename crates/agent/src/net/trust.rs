@@ -27,8 +27,8 @@ use tough::{
 };
 use url::Url;
 
-use crate::core::storage::write_atomic;
 use crate::net::endpoint;
+use cms_platform::fs::write_atomic;
 
 /// Size limits on metadata (TUF's defence against endless-data attacks). Our files are a few
 /// KiB; targets grow by about 300 bytes per published package.

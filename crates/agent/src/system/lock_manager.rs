@@ -1,4 +1,4 @@
-//! `LockManager`: the one-agent-per-storage-path guarantee (plan II.B.3).
+//! `LockManager`: the one-agent-per-storage-path guarantee.
 //!
 //! The OS lock on `agent.lock` decides ownership: it dies with its process, so a crashed agent
 //! never blocks the next start, and a stale file is simply taken over. The file's content (PID,
@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use cms_protocol::{BUILD_VERSION, LockRecord};
 use tokio_util::sync::CancellationToken;
 
-use crate::clock;
-use crate::system;
+use cms_platform::clock;
+use cms_platform::layout::lock_path;
+use cms_platform::lock_file::{HolderHealth, holder_health, read_lock_record};
 
-/// Name of the lock file inside the storage path.
-pub const LOCK_FILE_NAME: &str = "agent.lock";
+use crate::system;
 
 /// How often to retry when the file was swapped under us between open and lock.
 const OPEN_ATTEMPTS: usize = 5;
@@ -53,20 +53,6 @@ pub enum Acquire {
     HeldBy(Option<LockRecord>),
 }
 
-/// What the record of a lock held by another process says about that process.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HolderHealth {
-    /// Its PID runs with the recorded start time and its heartbeat is recent.
-    Alive,
-    /// It runs, but its heartbeat is `age_secs` old: it may be hung. Reported, never killed.
-    Hung {
-        /// Seconds since the last heartbeat.
-        age_secs: u64,
-    },
-    /// The record names no running process (PID gone or reused), or cannot be read.
-    Unknown,
-}
-
 /// Owns `agent.lock` while the agent runs; releases it on `release()` and on drop.
 #[derive(Debug)]
 pub struct LockManager {
@@ -79,7 +65,7 @@ impl LockManager {
     /// A manager for `storage_path/agent.lock`; nothing is touched until `acquire`.
     pub fn new(storage_path: &Path) -> Self {
         LockManager {
-            path: storage_path.join(LOCK_FILE_NAME),
+            path: lock_path(storage_path),
             held: Mutex::new(None),
             hung_after: DEFAULT_HUNG_AFTER,
         }
@@ -203,7 +189,7 @@ impl LockManager {
         tracing::info!(path = %self.path.display(), "lock released");
     }
 
-    /// Creates the file exclusively (plan II.B.3); when it exists, opens it so a stale one can
+    /// Creates the file exclusively; when it exists, opens it so a stale one can
     /// be taken over. The OS lock, not the creation, decides who owns it.
     fn open(&self) -> Result<File, LockError> {
         let created = OpenOptions::new()
@@ -243,39 +229,6 @@ impl Drop for LockManager {
     fn drop(&mut self) {
         self.release();
     }
-}
-
-/// Reads the record of whoever holds (or held) the lock at `path`; `None` when absent or torn.
-pub fn read_lock_record(path: &Path) -> Option<LockRecord> {
-    let text = std::fs::read_to_string(path).ok()?;
-    serde_json::from_str(&text).ok()
-}
-
-/// Judges a holder's record: is its process the recorded one (PID plus start time, so a reused
-/// PID does not count), and is its heartbeat younger than `hung_after`?
-pub fn holder_health(record: &LockRecord, hung_after: Duration) -> HolderHealth {
-    let started = system::process_start_time(record.pid);
-    if started.is_none() || (record.process_start != 0 && started != Some(record.process_start)) {
-        return HolderHealth::Unknown;
-    }
-    let Some(age) = age_of(&record.timestamp) else {
-        return HolderHealth::Unknown;
-    };
-    if age > hung_after {
-        HolderHealth::Hung {
-            age_secs: age.as_secs(),
-        }
-    } else {
-        HolderHealth::Alive
-    }
-}
-
-/// How long ago an RFC 3339 timestamp was; `None` when unreadable (a future one is age 0).
-fn age_of(timestamp: &str) -> Option<Duration> {
-    use time::format_description::well_known::Rfc3339;
-    let then = time::OffsetDateTime::parse(timestamp, &Rfc3339).ok()?;
-    let age = time::OffsetDateTime::now_utc() - then;
-    Some(age.try_into().unwrap_or(Duration::ZERO))
 }
 
 fn log_takeover(file: &mut File) {
@@ -339,7 +292,7 @@ mod tests {
     fn a_stale_file_without_a_live_owner_is_taken_over() {
         let dir = tempfile::tempdir().unwrap();
         let stale = r#"{"pid":999999,"process_start":1,"timestamp":"2020-01-01T00:00:00Z","version":"0.0.1"}"#;
-        std::fs::write(dir.path().join(LOCK_FILE_NAME), stale).unwrap();
+        std::fs::write(lock_path(dir.path()), stale).unwrap();
         let manager = LockManager::new(dir.path());
         assert!(matches!(manager.acquire().unwrap(), Acquire::Acquired));
         let record = read_lock_record(manager.path()).unwrap();
@@ -426,30 +379,6 @@ mod tests {
             .unwrap();
         assert!(matches!(outcome, Acquire::Acquired));
         releaser.join().unwrap();
-    }
-
-    #[test]
-    fn holder_health_tells_alive_hung_and_gone_apart() {
-        let pid = std::process::id();
-        let record = |pid, process_start, timestamp: &str| LockRecord {
-            pid,
-            process_start,
-            timestamp: timestamp.into(),
-            version: "x".into(),
-        };
-        let start = system::process_start_time(pid).unwrap();
-        let hour = Duration::from_secs(3600);
-        let fresh = record(pid, start, &clock::now_rfc3339());
-        assert_eq!(holder_health(&fresh, hour), HolderHealth::Alive);
-        let old = record(pid, start, "2020-01-01T00:00:00Z");
-        assert!(
-            matches!(holder_health(&old, hour), HolderHealth::Hung { age_secs } if age_secs > 3600)
-        );
-        // Same PID, different start time: the PID was reused, the record's owner is gone.
-        let reused = record(pid, start.wrapping_add(1), &clock::now_rfc3339());
-        assert_eq!(holder_health(&reused, hour), HolderHealth::Unknown);
-        let gone = record(u32::MAX, 1, &clock::now_rfc3339());
-        assert_eq!(holder_health(&gone, hour), HolderHealth::Unknown);
     }
 
     #[test]

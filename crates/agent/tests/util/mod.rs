@@ -277,7 +277,7 @@ pub fn publish(server_dir: &Path, version: &str, agent: &Path, updater: &Path, e
 
 /// The record in `data_dir/agent.lock`, when readable.
 pub fn lock_record(data_dir: &Path) -> Option<cms_protocol::LockRecord> {
-    cms_agent::system::lock_manager::read_lock_record(&data_dir.join("agent.lock"))
+    cms_platform::lock_file::read_lock_record(&cms_platform::layout::lock_path(data_dir))
 }
 
 /// Sends SIGKILL to `pid` (ignoring a process that is already gone).

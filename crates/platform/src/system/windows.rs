@@ -269,6 +269,7 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
     (ok != 0).then(|| (u64::from(created.dwHighDateTime) << 32) | u64::from(created.dwLowDateTime))
 }
 
+#[cfg(feature = "signals")]
 pub async fn shutdown_signal() -> io::Result<()> {
     use tokio::signal::windows;
     let mut ctrl_c = windows::ctrl_c()?;
@@ -553,10 +554,10 @@ pub fn write_ipc_secret(
     Ok(())
 }
 
-/// Whether this test process runs under Wine, which does not enforce a few Windows rules
-/// (first pipe instance, delete-pending files); tests of those rules skip themselves there.
-#[cfg(test)]
-pub(crate) fn running_under_wine() -> bool {
+/// Whether this process runs under Wine, which does not enforce a few Windows rules (first
+/// pipe instance, delete-pending files, mandatory locks); tests of those rules skip themselves
+/// there.
+pub fn running_under_wine() -> bool {
     use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleW, GetProcAddress};
     let ntdll = wide(OsStr::new("ntdll.dll"));
     // SAFETY: NUL-terminated module name; ntdll is loaded in every process.

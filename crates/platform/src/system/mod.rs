@@ -1,0 +1,262 @@
+//! What the agent and the updater need from the operating system, behind one API.
+//!
+//! Each function here is implemented twice with the same signature: `windows.rs` (Win32) and
+//! `unix.rs` (Linux). Outside this crate only the agent's `ipc/` may say `cfg(windows)`; callers
+//! use these functions and stay platform-blind. This module must never hold agent policy
+//! (when to lock, what to do when a lock is held): it only answers questions and performs
+//! single OS operations.
+
+#[cfg(unix)]
+mod unix;
+#[cfg(windows)]
+mod windows;
+
+#[cfg(unix)]
+use unix as imp;
+#[cfg(windows)]
+use windows as imp;
+
+/// Owned SDDL security descriptors, for the IPC pipe's DACL.
+#[cfg(windows)]
+pub use windows::SecurityDescriptor;
+
+/// Whether this process runs under Wine (some Windows rules are not enforced there).
+#[cfg(windows)]
+pub use windows::running_under_wine;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Release platform name of this build (`windows-x86_64`, `linux-x86_64`): selects packages.
+pub const PLATFORM: &str = imp::PLATFORM;
+
+/// Whether the process runs elevated (Windows) or as root (Unix): selects the storage path.
+pub fn is_running_as_admin() -> bool {
+    imp::is_running_as_admin()
+}
+
+/// The storage path of docs/CONTRACT.md ("Files on disk") when no override is given, or `None` when the
+/// environment does not say where it should be (no `%PROGRAMDATA%`, no `$HOME`).
+pub fn default_data_dir(is_admin: bool) -> Option<PathBuf> {
+    imp::default_data_dir(is_admin)
+}
+
+/// Makes the storage folder readable by its owner (and, on Windows, SYSTEM and Administrators)
+/// only, because it holds the agent's credential and IPC secret. Windows: a protected DACL
+/// (inheritance off) when elevated; the per-user folder is private already. Linux: 0700.
+pub fn set_directory_acls(path: &Path) -> io::Result<()> {
+    imp::set_directory_acls(path)
+}
+
+/// Tries to take the OS lock that makes this process the one agent; `Ok(false)` when another
+/// process holds it. The lock never covers the bytes other processes read.
+pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+    imp::try_lock_exclusive(file)
+}
+
+/// Whether `file` is still the file that `path` names, so a lock taken on a file that was just
+/// deleted by its previous owner is not mistaken for the lock.
+pub fn is_same_file(file: &File, path: &Path) -> io::Result<bool> {
+    imp::is_same_file(file, path)
+}
+
+/// An opaque, stable number for when process `pid` started, or `None` if it does not run.
+/// Together with the PID it names one process, even after the PID is reused.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    imp::process_start_time(pid)
+}
+
+/// Completes when the OS asks the agent to stop (SIGTERM/SIGINT; console control events on
+/// Windows). The caller turns that into one graceful shutdown. Needs the `signals` feature
+/// (tokio), which the updater does not take.
+#[cfg(feature = "signals")]
+pub async fn shutdown_signal() -> io::Result<()> {
+    imp::shutdown_signal().await
+}
+
+/// Whether process `pid` runs now (the updater waits on the old agent with it).
+pub fn process_alive(pid: u32) -> bool {
+    process_start_time(pid).is_some()
+}
+
+/// Ends process `pid` at once: for an agent that will not stop when asked during an update.
+pub fn terminate_process(pid: u32) -> io::Result<()> {
+    imp::terminate_process(pid)
+}
+
+/// Makes `command` start outside the caller's process group and console, so it outlives the
+/// caller and is not stopped with it (the agent launching the updater, the updater the agent).
+pub fn detach(command: &mut std::process::Command) {
+    imp::detach(command);
+}
+
+/// Marks an extracted executable as runnable (the execute bits on Unix; nothing on Windows).
+pub fn make_executable(path: &Path) -> io::Result<()> {
+    imp::make_executable(path)
+}
+
+/// Name of the autostart entry: the `Run` value on Windows, the unit/desktop file stem on Linux.
+pub const AUTOSTART_NAME: &str = "CMSAgent";
+
+/// Why an OS operation the operator asked for failed; every message says what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum SystemError {
+    /// The OS refused for lack of rights.
+    #[error("permission denied: {what}; {hint}")]
+    PermissionDenied {
+        /// What was attempted, with the place (registry key, file).
+        what: String,
+        /// What the operator can do about it.
+        hint: &'static str,
+    },
+    /// The thing to read does not exist (or the OS cannot find a prerequisite).
+    #[error("not found: {what}")]
+    NotFound {
+        /// What was looked for.
+        what: String,
+    },
+    /// Anything else the OS said.
+    #[error("{what}: {source}")]
+    Os {
+        /// What was attempted.
+        what: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Stored data exists but is not usable.
+    #[error("{what} is unusable: {reason}; delete it and start the agent again")]
+    Invalid {
+        /// What was read.
+        what: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+}
+
+impl SystemError {
+    /// Classifies an I/O error so permission and not-found problems get their own message.
+    fn from_io(what: impl Into<String>, err: io::Error, hint: &'static str) -> Self {
+        let what = what.into();
+        match err.kind() {
+            io::ErrorKind::PermissionDenied => SystemError::PermissionDenied { what, hint },
+            io::ErrorKind::NotFound => SystemError::NotFound { what },
+            _ => SystemError::Os { what, source: err },
+        }
+    }
+}
+
+/// Writes the entry that starts `exe_path args...` at boot (admin/root) or at logon (user),
+/// replacing an older one; returns where it was written, for the operator.
+pub fn register_autostart(
+    exe_path: &Path,
+    args: &[OsString],
+    is_admin: bool,
+) -> Result<String, SystemError> {
+    imp::register_autostart(exe_path, args, is_admin)
+}
+
+/// Removes the autostart entry; `Ok(None)` when there was none (not an error), else where it was.
+pub fn unregister_autostart(is_admin: bool) -> Result<Option<String>, SystemError> {
+    imp::unregister_autostart(is_admin)
+}
+
+/// What [`manage_ipc_secret`] should do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretAction {
+    /// Read the stored secret; `None` when there is none.
+    Get,
+    /// Generate a new secret, store it (replacing any old one) and return it.
+    Create,
+}
+
+/// Whose secret: the machine-wide agent's (elevated/root) or the current user's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretScope {
+    /// The per-user agent.
+    User,
+    /// The machine-wide agent.
+    System,
+}
+
+impl SecretScope {
+    /// The scope that matches the process's rights.
+    pub fn current(is_admin: bool) -> Self {
+        if is_admin {
+            SecretScope::System
+        } else {
+            SecretScope::User
+        }
+    }
+
+    /// `user` or `system`, for names and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretScope::User => "user",
+            SecretScope::System => "system",
+        }
+    }
+}
+
+/// The shared secret that authenticates IPC clients: 32 random bytes as 64 hex digits.
+/// Never logged: `Debug` is redacted and there is no `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IpcSecret(String);
+
+impl IpcSecret {
+    /// Length of the hex form.
+    const HEX_LEN: usize = 64;
+
+    /// A fresh secret from the OS random source.
+    pub fn generate() -> Result<Self, SystemError> {
+        let mut bytes = [0u8; Self::HEX_LEN / 2];
+        getrandom::fill(&mut bytes).map_err(|e| SystemError::Os {
+            what: "generating the IPC secret".into(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        Ok(IpcSecret(hex::encode(bytes)))
+    }
+
+    /// Parses a stored secret; `None` unless it is exactly 64 hex digits.
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.trim();
+        (text.len() == Self::HEX_LEN && text.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| IpcSecret(text.to_ascii_lowercase()))
+    }
+
+    /// The hex form, to send in a request or store.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for IpcSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("IpcSecret(<redacted>)")
+    }
+}
+
+/// Reads or creates the IPC secret (the plan's `manage_ipc_secret`). Windows: a generic credential
+/// `CMSAgent/ipc/<scope>` in Credential Manager. Linux: `ipc.secret` (0600) in `storage_path`.
+pub fn manage_ipc_secret(
+    action: SecretAction,
+    scope: SecretScope,
+    storage_path: &Path,
+) -> Result<Option<IpcSecret>, SystemError> {
+    match action {
+        SecretAction::Get => imp::read_ipc_secret(scope, storage_path),
+        SecretAction::Create => {
+            let secret = IpcSecret::generate()?;
+            imp::write_ipc_secret(scope, storage_path, &secret)?;
+            Ok(Some(secret))
+        }
+    }
+}
+
+/// The current user's SID (`S-1-5-21-...`) on Windows, the effective UID on Linux: names the
+/// per-user IPC endpoint.
+pub fn get_user_sid_string() -> Result<String, SystemError> {
+    imp::get_user_sid_string()
+}
