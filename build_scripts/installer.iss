@@ -1,11 +1,11 @@
-; Inno Setup 6 script for the CMS Agent (plan part IV; design.md sections 3 and 4).
+; Inno Setup 6 script for the CMS Agent (the contract: docs/CONTRACT.md).
 ; Built by `cargo xtask installer` (ISCC.exe, under Wine on Linux) as
 ;   ISCC /DAppVersion=X.Y.Z /DDistDir=<dist> installer.iss  ->  <dist>\cms_agent_setup-X.Y.Z.exe
 ; from the binaries `cargo xtask dist` put in <dist>\windows-x86_64\.
 ;
 ; What it does:
 ;   - installs cms_agent.exe and updater.exe, nothing else: config.json is never in the payload
-;     (the agent writes it in its data folder, design.md section 3), and neither is any test file;
+;     (the agent writes it in its data folder, docs/CONTRACT.md), and neither is any test file;
 ;   - per-machine (admin, Program Files; the default) or per-user (no admin,
 ;     %LOCALAPPDATA%\Programs) install: /ALLUSERS or /CURRENTUSER on the command line, or the
 ;     dialog (PrivilegesRequiredOverridesAllowed);
@@ -38,7 +38,7 @@
 #define AppName "CMS Agent"
 #define AgentExe "cms_agent.exe"
 #define UpdaterExe "updater.exe"
-; Data folder name under %PROGRAMDATA% (admin) or %LOCALAPPDATA% (per user): design.md section 3.
+; Data folder name under %PROGRAMDATA% (admin) or %LOCALAPPDATA% (per user): docs/CONTRACT.md.
 #define DataFolder "CMSAgent"
 
 [Setup]
@@ -84,7 +84,7 @@ Type: files; Name: "{app}\*.old"
 
 [Code]
 const
-  { `cms_agent --status` exit code when no instance runs (design.md section 4). }
+  { `cms_agent --status` exit code when no instance runs (docs/CONTRACT.md). }
   ExitNoInstance = 3;
 
 // Program Files per machine; %LOCALAPPDATA%\Programs per user (what userpf is on Windows).
@@ -133,7 +133,7 @@ begin
     Log('No running agent to stop.');
     Exit;
   end;
-  { IPC STOP PLUGS IN HERE. design.md section 4 offers `--status` (used above) and `--force`,
+  { IPC STOP PLUGS IN HERE. docs/CONTRACT.md offers `--status` (used above) and `--force`,
     which asks the running instance over IPC to shut down gracefully but then goes on running
     itself with the new arguments, so it is no plain stop. When the agent gains a graceful stop
     (an IPC stop command, or a `--force` that can exit after the hand-over), call it here with
@@ -192,7 +192,7 @@ begin
     EnableAutostartAndStart();
 end;
 
-{ The agent's data folder for this install mode (design.md section 3). }
+{ The agent's data folder for this install mode (docs/CONTRACT.md). }
 function DataDir(): String;
 begin
   if IsAdminInstallMode() then
