@@ -18,6 +18,8 @@ use cms_agent::core::storage::StateManager;
 use cms_agent::ipc::{self, IpcEndpoint, IpcError};
 use cms_agent::logging;
 use cms_agent::net::parse_server_url;
+use cms_agent::net::proxy::ProxySetting;
+use cms_agent::net::tls::parse_ca_pem;
 use cms_agent::system::lock_manager::{Acquire, LockManager};
 use cms_agent::system::{self, IpcSecret, SecretAction, SecretScope};
 use cms_protocol::{BUILD_VERSION, IpcStatus};
@@ -72,6 +74,19 @@ struct Cli {
     /// without it the agent trusts the server's root on first use, after enrollment.
     #[arg(long, value_name = "FILE")]
     trusted_root: Option<PathBuf>,
+    /// PEM file of CA certificates to trust for the backend besides the system store (private
+    /// PKI); saved in config.json.
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+    /// Proxy for all backend traffic, http://[user:password@]host:port, or `none` for direct;
+    /// saved in config.json. Without it: the system's proxy setting.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "CMS_AGENT_PROXY",
+        hide_env_values = true
+    )]
+    proxy: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -287,6 +302,7 @@ fn apply_command_line(config: &mut ConfigManager, cli: &Cli) -> Result<()> {
     if config.config().server_url.is_none() {
         return Err(AgentError::NoServer.into()); // checked before anything is written
     }
+    apply_network_settings(config, cli)?;
     match config.config().current_version.as_deref() {
         None => config.update(|c| c.current_version = Some(BUILD_VERSION.to_owned()))?,
         Some(recorded) if recorded != BUILD_VERSION => {
@@ -297,6 +313,21 @@ fn apply_command_line(config: &mut ConfigManager, cli: &Cli) -> Result<()> {
             );
         }
         Some(_) => {}
+    }
+    Ok(())
+}
+
+/// `--ca-cert` and `--proxy`: checked, then saved in config.json.
+fn apply_network_settings(config: &mut ConfigManager, cli: &Cli) -> Result<()> {
+    if let Some(file) = &cli.ca_cert {
+        let pem = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read --ca-cert {}", file.display()))?;
+        parse_ca_pem(&pem).with_context(|| format!("--ca-cert {}", file.display()))?;
+        config.update(|c| c.ca_certs_pem = Some(pem))?;
+    }
+    if let Some(raw) = &cli.proxy {
+        let proxy = ProxySetting::parse(raw)?;
+        config.update(|c| c.proxy = Some(proxy))?;
     }
     Ok(())
 }

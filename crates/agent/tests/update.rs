@@ -2,7 +2,8 @@
 //! server's `release publish`, the real updater, and real failures: tampered, truncated and
 //! endless packages, a release that never becomes healthy, a short disk, kills at random
 //! moments of the update, and, through a throttling proxy, `--force` during a download and a
-//! download resumed after a kill.
+//! download resumed after a kill; and an update over HTTPS with a private CA through an
+//! authenticating forward proxy.
 
 #![cfg(unix)] // drives Linux builds and signals; the Windows lane runs its own scenarios
 #![allow(clippy::unwrap_used)] // integration tests: a failed call is a failed test
@@ -14,6 +15,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cms_agent::system::process_alive;
+use util::forward_proxy::ForwardProxy;
+use util::pki::Pki;
 use util::proxy::Proxy;
 use util::{Server, kill9, lock_record, publish, versioned_build, wait_for};
 
@@ -587,4 +590,42 @@ fn metadata_not_signed_by_the_given_root_is_refused() {
         std::fs::read(pinned).unwrap(),
         std::fs::read(foreign_root).unwrap()
     );
+}
+
+#[test]
+fn an_update_over_https_with_a_private_ca_goes_through_an_authenticating_proxy() {
+    let machine = Machine::new("1.0.0");
+    let scratch = machine.server_dir.with_file_name("scratch");
+    let pki = Pki::new(&scratch.join("pki"));
+    let cert = pki.server_cert("server", &["localhost", "127.0.0.1"], (-1, 365), false);
+    let tls = [
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert.cert.to_str().unwrap(),
+        "--tls-key",
+        cert.key.to_str().unwrap(),
+    ];
+    let server = Server::start_with(&machine.server_dir, &tls, Some(&pki.root_pem));
+    let proxy = ForwardProxy::start(&scratch.join("proxy"), "agent", "upd4te-pass");
+    let ca = pki.ca_file();
+    let proxy_url = format!("http://agent:upd4te-pass@{}", proxy.addr);
+    let extra = ["--ca-cert", ca.to_str().unwrap(), "--proxy", &proxy_url];
+    machine.start_via(&server.url, "3600", &extra);
+    wait_for_version(&server, "1.0.0");
+    machine.publish("2.0.0"); // pushed over WSS, downloaded over HTTPS, both through the proxy
+
+    wait_for_version(&server, "2.0.0");
+    assert_eq!(machine.exe_version(), "cms_agent 2.0.0");
+    let server_port = server.listen_addr();
+    let tunnels = proxy
+        .log()
+        .matches(&format!("CONNECT {server_port}"))
+        .count();
+    assert!(
+        tunnels >= 4,
+        "HTTP and WebSocket of both versions tunnelled: {}",
+        proxy.log()
+    );
+    assert!(!agent_log(&machine.data).contains("upd4te-pass"));
 }

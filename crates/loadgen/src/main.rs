@@ -24,7 +24,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use cms_agent::net::Credentials;
 use cms_agent::net::http_client::HttpClient;
-use cms_agent::net::parse_server_url;
+use cms_agent::net::{Transport, parse_server_url};
 use cms_protocol::BUILD_VERSION;
 
 /// Benchmark tools for the CMS agent and server (loopback only).
@@ -137,7 +137,8 @@ fn loopback_addr(server: &str) -> Result<SocketAddr> {
 /// `download`: one full download through the agent's downloader, timed around the call.
 async fn download(args: DownloadArgs) -> Result<()> {
     loopback_addr(&args.server)?;
-    let client = HttpClient::new(parse_server_url(&args.server)?)?;
+    let base = parse_server_url(&args.server)?;
+    let client = HttpClient::new(base.clone(), &Transport::new(&base, None, None)?)?;
     client.set_credentials(Credentials {
         agent_id: "cms-loadgen".into(),
         agent_token: args.token,

@@ -126,6 +126,9 @@ pub struct StatusReport {
     pub version: String,
     /// Resource use of the agent.
     pub metrics: Metrics,
+    /// How the agent reaches the backend: `direct`, `explicit proxy` or `system proxy (...)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 /// Where and what to download when a newer release exists for this agent.

@@ -15,6 +15,7 @@ pub mod notify;
 pub mod release;
 pub mod rollout;
 pub mod server;
+pub mod tls;
 pub mod ws;
 
 pub use server::{ServeConfig, ServeError, serve};

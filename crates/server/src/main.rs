@@ -1,7 +1,7 @@
 //! The `cms-server` binary: command line, logging, signals; everything else is the library.
 //!
-//! `cms-server serve ...` prints exactly one line on stdout, `listening on http://IP:PORT`, once
-//! it accepts requests; `cms-server release publish ...` prints exactly one line on success,
+//! `cms-server serve ...` prints exactly one line on stdout, `listening on http://IP:PORT` (or
+//! `https://` with `--tls-cert`), once it accepts requests; `cms-server release publish ...` prints exactly one line on success,
 //! `published X.Y.Z for PLATFORM (N bytes, sha256 HEX)`. Logs go to stderr. Exit codes: 0 done,
 //! 1 failure (I/O, database), 2 refused (bad arguments, release already published). This file
 //! must never hold server logic and never print secrets.
@@ -16,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use cms_server::ServeConfig;
 use cms_server::release::tuf::DEFAULT_TIMESTAMP_LIFETIME;
 use cms_server::release::{PLATFORMS, PublishRequest};
+use cms_server::tls::TlsFiles;
 use tokio_util::sync::CancellationToken;
 
 /// Reference backend for the CMS agent.
@@ -101,6 +102,12 @@ struct ServeArgs {
     /// once less than half of this is left).
     #[arg(long, default_value_t = DEFAULT_TIMESTAMP_LIFETIME.as_secs())]
     timestamp_expiry_secs: u64,
+    /// PEM certificate chain: serve HTTPS and WSS (needs --tls-key); re-read when it changes.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (ECDSA, Ed25519 or RSA).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -178,13 +185,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         enrollment_token,
         offline_after: Duration::from_secs(args.offline_after),
         timestamp_lifetime: Duration::from_secs(args.timestamp_expiry_secs),
+        tls: args.tls_cert.map(|cert| TlsFiles {
+            cert,
+            key: args.tls_key.unwrap_or_default(),
+        }),
+    };
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     cms_server::serve(config, shutdown, |addr| {
         let mut stdout = std::io::stdout().lock();
         // A closed stdout must not stop the server; the address is also logged.
-        let _ = writeln!(stdout, "listening on http://{addr}");
+        let _ = writeln!(stdout, "listening on {scheme}://{addr}");
         let _ = stdout.flush();
     })
     .await?;

@@ -13,6 +13,7 @@ use crate::api::{self, AppState};
 use crate::db::{self, Db, DbError};
 use crate::notify::{RELEASE_POLL_INTERVAL, ReleaseWatcher};
 use crate::release;
+use crate::tls::{self, TlsError, TlsFiles, TlsListener};
 use crate::ws::Hub;
 
 /// How often the server checks whether the timestamp metadata needs re-signing.
@@ -33,6 +34,8 @@ pub struct ServeConfig {
     pub offline_after: Duration,
     /// Life of the timestamp metadata when the server re-signs it.
     pub timestamp_lifetime: Duration,
+    /// `--tls-cert`/`--tls-key`: serve HTTPS and WSS instead of plain HTTP.
+    pub tls: Option<TlsFiles>,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -47,6 +50,7 @@ impl std::fmt::Debug for ServeConfig {
             )
             .field("offline_after", &self.offline_after)
             .field("timestamp_lifetime", &self.timestamp_lifetime)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -68,6 +72,9 @@ pub enum ServeError {
     /// The release metadata could not be created at start.
     #[error("cannot prepare the signed release metadata: {0}")]
     Metadata(#[from] crate::release::PublishError),
+    /// The TLS certificate or key cannot be served.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
@@ -84,6 +91,7 @@ pub async fn serve(
         Some(url) => url.clone(),
         None => db::sqlite_url_for_dir(&config.data_dir)?,
     };
+    let acceptor = config.tls.clone().map(tls::acceptor).transpose()?;
     let db = Db::connect(&url).await?;
     tracing::info!(backend = ?db.backend(), "database ready");
     release::refresh_metadata(&db, &config.data_dir, config.timestamp_lifetime).await?;
@@ -113,11 +121,21 @@ pub async fn serve(
         shutdown.clone(),
     );
     let app = api::router(state);
-    tracing::info!(%addr, enrollment = config.enrollment_token.is_some(), "listening");
+    tracing::info!(%addr, tls = acceptor.is_some(), enrollment = config.enrollment_token.is_some(), "listening");
     on_listening(addr);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
+    let result = match acceptor {
+        Some(acceptor) => {
+            let listener = TlsListener::new(listener, acceptor).map_err(ServeError::Http)?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        }
+    };
     watcher_stop.cancel();
     if let Err(error) = watcher.await {
         tracing::warn!(%error, "release watcher task failed");

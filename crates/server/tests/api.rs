@@ -30,6 +30,7 @@ async fn post_status(server: &Server, token: &str, state: AgentState) -> reqwest
         state,
         version: "1.0.1".into(),
         metrics: Metrics::default(),
+        network: None,
     };
     server
         .http

@@ -20,13 +20,14 @@ use tokio_util::sync::CancellationToken;
 use crate::core::agent_state::{AgentState, StateCell};
 use crate::core::config::{ConfigManager, Intervals};
 use crate::core::error_reporter::ErrorReporter;
+use crate::core::net_health::NetHealth;
 use crate::core::storage::StateManager;
 use crate::core::update::{self, Settlement, Update};
 use crate::net::Credentials;
 use crate::net::http_client::{HttpClient, HttpError};
 use crate::net::trust::{TrustError, TrustedMetadata};
 use crate::net::ws_client::{WSClient, WsError};
-use crate::net::{UrlError, backoff, parse_server_url};
+use crate::net::{Transport, TransportError, UrlError, backoff, parse_server_url};
 use crate::system::{self, lock_manager::LockManager};
 
 /// How long shutdown waits for tasks before aborting them.
@@ -52,6 +53,9 @@ pub enum AgentError {
     /// The trusted root given cannot be pinned.
     #[error(transparent)]
     Trust(#[from] TrustError),
+    /// `--ca-cert` or `--proxy` is unusable.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
 }
 
 /// Settings for one run that do not live in config.json.
@@ -79,6 +83,8 @@ struct Inner {
     trust: TrustedMetadata,
     ws: WSClient,
     reporter: ErrorReporter,
+    net_health: NetHealth,
+    network_route: String,
     lock: LockManager,
     storage: StateManager,
     cancel: CancellationToken,
@@ -101,7 +107,14 @@ impl Agent {
             .clone()
             .ok_or(AgentError::NoServer)?;
         let base = parse_server_url(&server)?;
-        let http = HttpClient::new(base.clone())?;
+        let transport = Transport::new(
+            &base,
+            config.config().ca_certs_pem.as_deref(),
+            config.config().proxy.as_ref(),
+        )?;
+        let network_route = transport.route.label();
+        tracing::info!(route = %network_route, extra_ca = config.config().ca_certs_pem.is_some(), "network route to the backend");
+        let http = HttpClient::new(base.clone(), &transport)?;
         if let Some(credentials) = config.config().credentials.clone() {
             http.set_credentials(credentials);
         }
@@ -115,8 +128,10 @@ impl Agent {
             config: Mutex::new(config),
             http,
             trust,
-            ws: WSClient::new(&base, ws_max)?,
+            ws: WSClient::new(&base, ws_max, &transport)?,
             reporter,
+            net_health: NetHealth::default(),
+            network_route,
             lock,
             storage,
             cancel: CancellationToken::new(),
@@ -198,6 +213,9 @@ impl Inner {
             );
             tasks.abort_all();
         }
+        if let Some(open) = self.net_health.take_open() {
+            self.reporter.store("network_problem", &open.message()); // sent at the next start
+        }
         let _ = self.state.set_state(AgentState::Stopped);
         self.lock.release();
         tracing::info!(version = BUILD_VERSION, "Shutdown complete");
@@ -220,13 +238,16 @@ impl Inner {
         let mut failures = 0;
         while !self.http.is_registered() {
             match self.http.register(&self.register_request()).await {
-                Ok(identity) => self.save_identity(identity.agent_id, identity.agent_token),
+                Ok(identity) => {
+                    self.save_identity(identity.agent_id, identity.agent_token);
+                    self.backend_answered().await;
+                }
                 Err(err) => {
                     failures += 1;
-                    let message = format!("registration failed: {err}");
-                    self.report(
+                    self.exchange_failed(
                         "registration_failed",
-                        &message,
+                        &format!("registration failed: {err}"),
+                        &err,
                         json!({ "attempt": failures }),
                     )
                     .await;
@@ -285,15 +306,47 @@ impl Inner {
             state: self.state.get(),
             version: BUILD_VERSION.to_owned(),
             metrics,
+            network: Some(self.network_route.clone()),
         };
         match self.http.send_status(&report).await {
-            Ok(()) if buffered > 0 => self.reporter.flush(&self.http).await,
-            Ok(()) => tracing::debug!(state = %report.state, "heartbeat sent"),
+            Ok(()) => {
+                self.backend_answered().await;
+                if buffered > 0 {
+                    self.reporter.flush(&self.http).await;
+                } else {
+                    tracing::debug!(state = %report.state, "heartbeat sent");
+                }
+            }
             Err(HttpError::Unauthorized { .. }) => self.register_again().await,
             Err(err) => {
-                self.report("status_report_failed", &err.to_string(), Value::Null)
+                let message = err.to_string();
+                self.exchange_failed("status_report_failed", &message, &err, Value::Null)
                     .await
             }
+        }
+    }
+
+    /// A failed exchange with the backend: a problem on the way there (a refused certificate,
+    /// the proxy) is logged once per change and reported when the backend answers again, so a
+    /// fleet behind a broken proxy does not fill its buffers; anything else is reported now.
+    async fn exchange_failed(
+        &self,
+        kind: &'static str,
+        message: &str,
+        err: &HttpError,
+        details: Value,
+    ) {
+        match err.network_problem() {
+            Some(problem) => self.net_health.failed(kind, problem),
+            None => self.report(kind, message, details).await,
+        }
+    }
+
+    /// The backend answered: report the network problem this ends, if there was one.
+    async fn backend_answered(&self) {
+        if let Some(ended) = self.net_health.recovered() {
+            self.report("network_problem", &ended.message(), ended.details())
+                .await;
         }
     }
 

@@ -17,6 +17,7 @@ use cms_platform::clock;
 use cms_platform::fs::write_atomic;
 
 use crate::net::Credentials;
+use crate::net::proxy::ProxySetting;
 
 /// The schema version this build reads and writes.
 pub const CONFIG_VERSION: u64 = 2;
@@ -67,6 +68,13 @@ pub struct Config {
     /// Identity from registration.
     #[serde(default)]
     pub credentials: Option<Credentials>,
+    /// `--ca-cert`: PEM certificates trusted for the backend besides the OS trust store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certs_pem: Option<String>,
+    /// `--proxy`: `none` or a proxy URL (its password is as secret as the credential);
+    /// absent means the system's proxy setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxySetting>,
     /// Timers.
     #[serde(default)]
     pub intervals: Intervals,
@@ -93,6 +101,8 @@ impl Default for Config {
             current_version: None,
             server_url: None,
             credentials: None,
+            ca_certs_pem: None,
+            proxy: None,
             intervals: Intervals::default(),
             error_buffer_max_reports: DEFAULT_ERROR_BUFFER_MAX,
             update_reserve_free_bytes: 0,

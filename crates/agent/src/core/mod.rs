@@ -6,5 +6,6 @@ pub mod agent;
 pub mod agent_state;
 pub mod config;
 pub mod error_reporter;
+pub mod net_health;
 pub mod storage;
 pub mod update;

@@ -20,8 +20,11 @@ use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
 use url::Url;
 
-use crate::net::Credentials;
-use crate::net::endpoint;
+use crate::net::proxy::Route;
+use crate::net::tls;
+use crate::net::{
+    Credentials, Transport, UrlError, endpoint, error_chain, parse_server_url, same_origin,
+};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,7 +56,7 @@ pub enum HttpError {
         body: String,
     },
     /// The server could not be reached or the exchange broke off.
-    #[error("{what}: cannot reach the server: {source}")]
+    #[error("{what}: cannot reach the server: {}", error_chain(source))]
     Transport {
         /// Which call.
         what: &'static str,
@@ -78,6 +81,22 @@ pub enum HttpError {
         /// Bytes expected.
         expected: u64,
     },
+    /// A package URL the agent will not fetch (plain http to another machine, or no URL).
+    #[error("refusing to download {url}: {source}")]
+    RefusedUrl {
+        /// The URL as offered.
+        url: String,
+        /// Why.
+        source: UrlError,
+    },
+    /// The proxy setting cannot be given to the HTTP client.
+    #[error("cannot use proxy {proxy}: {source}")]
+    Proxy {
+        /// The proxy, without credentials.
+        proxy: String,
+        /// What the HTTP client said.
+        source: reqwest::Error,
+    },
     /// The download target could not be written.
     #[error("cannot write download to {path}: {source}")]
     Io {
@@ -88,6 +107,40 @@ pub enum HttpError {
     },
 }
 
+impl HttpError {
+    /// The problem on the way to the backend, in words, when this error is one an operator
+    /// must fix there (a refused certificate, a proxy that wants other credentials); `None`
+    /// for everything else (the server down, a bad answer).
+    pub fn network_problem(&self) -> Option<String> {
+        match self {
+            HttpError::Transport { source, .. } => {
+                if let Some(problem) = tls::certificate_problem(source) {
+                    return Some(format!("TLS: {problem}"));
+                }
+                let chain = error_chain(source);
+                if chain.contains("proxy authorization required") {
+                    Some(PROXY_AUTH_PROBLEM.to_owned())
+                } else if chain.contains("tunnel error") {
+                    Some(PROXY_TUNNEL_PROBLEM.to_owned())
+                } else {
+                    None
+                }
+            }
+            HttpError::Status { status, .. }
+                if *status == StatusCode::PROXY_AUTHENTICATION_REQUIRED =>
+            {
+                Some(PROXY_AUTH_PROBLEM.to_owned())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What a 407 from the proxy means for the operator.
+const PROXY_AUTH_PROBLEM: &str = "proxy refused the credentials (407 Proxy Authentication Required); check the user and password given with --proxy";
+/// What any other refused `CONNECT` means (some proxies answer a wrong password with 401).
+const PROXY_TUNNEL_PROBLEM: &str = "proxy refused the tunnel to the server: check the user and password given with --proxy, and that the proxy allows CONNECT to the server's port";
+
 /// The agent's HTTP side of the backend API.
 #[derive(Debug)]
 pub struct HttpClient {
@@ -97,17 +150,22 @@ pub struct HttpClient {
 }
 
 impl HttpClient {
-    /// A client for the backend at `base` (already checked by `parse_server_url`).
-    pub fn new(base: Url) -> Result<Self, HttpError> {
-        let client = reqwest::Client::builder()
+    /// A client for the backend at `base` (already checked by `parse_server_url`), trusting
+    /// and routing as `transport` says; it never looks at proxy settings of its own.
+    pub fn new(base: Url, transport: &Transport) -> Result<Self, HttpError> {
+        let mut builder = reqwest::Client::builder()
             .user_agent(format!("cms-agent/{BUILD_VERSION}"))
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
-            .build()
-            .map_err(|source| HttpError::Transport {
-                what: "client setup",
-                source,
-            })?;
+            .tls_backend_preconfigured((*transport.tls).clone())
+            .no_proxy();
+        if let Some(proxy) = client_proxy(&transport.route)? {
+            builder = builder.proxy(proxy);
+        }
+        let client = builder.build().map_err(|source| HttpError::Transport {
+            what: "client setup",
+            source,
+        })?;
         Ok(HttpClient {
             client,
             base,
@@ -206,12 +264,16 @@ impl HttpClient {
         target: &Path,
         expected_len: u64,
     ) -> Result<u64, HttpError> {
-        let url = self.resolve(url);
+        let url = self.resolve(url)?;
         let mut received = partial_len(target, expected_len).await?;
         if received == expected_len {
             return Ok(received);
         }
-        let mut builder = self.authed(self.client.get(&url))?;
+        let mut builder = self.client.get(url.as_str());
+        if same_origin(&self.base, &url) {
+            builder = self.authed(builder)?;
+        }
+        let url = url.to_string();
         if received > 0 {
             builder = builder.header(header::RANGE, format!("bytes={received}-"));
         }
@@ -253,12 +315,18 @@ impl HttpClient {
         Ok(received)
     }
 
-    fn resolve(&self, url: &str) -> String {
-        if url.starts_with("http://") || url.starts_with("https://") {
+    /// An absolute package URL (a mirror's) or one relative to the base; either way https,
+    /// or http to loopback only, as for the server itself.
+    fn resolve(&self, url: &str) -> Result<Url, HttpError> {
+        let absolute = if url.starts_with("http://") || url.starts_with("https://") {
             url.to_owned()
         } else {
             endpoint(&self.base, url)
-        }
+        };
+        parse_server_url(&absolute).map_err(|source| HttpError::RefusedUrl {
+            url: url.to_owned(),
+            source,
+        })
     }
 
     fn authed(
@@ -268,6 +336,24 @@ impl HttpClient {
         let token = self.bearer_token().ok_or(HttpError::NotRegistered)?;
         Ok(builder.bearer_auth(token))
     }
+}
+
+/// The proxy for the HTTP client, with its Basic credentials and bypass list.
+fn client_proxy(route: &Route) -> Result<Option<reqwest::Proxy>, HttpError> {
+    let Route::Proxy { proxy, bypass, .. } = route else {
+        return Ok(None);
+    };
+    let mut client_proxy =
+        reqwest::Proxy::all(proxy.url().as_str()).map_err(|source| HttpError::Proxy {
+            proxy: proxy.url().to_string(),
+            source,
+        })?;
+    if let Some((user, password)) = proxy.credentials() {
+        client_proxy = client_proxy.basic_auth(user, password);
+    }
+    Ok(Some(
+        client_proxy.no_proxy(reqwest::NoProxy::from_string(bypass)),
+    ))
 }
 
 /// Length of a partial download worth resuming; anything longer than expected starts over.
@@ -334,4 +420,80 @@ async fn json_of<T: DeserializeOwned>(
         .json()
         .await
         .map_err(|source| HttpError::Transport { what, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::proxy::ProxySetting;
+    use tokio::io::AsyncReadExt;
+
+    fn registered_client(base: &str) -> HttpClient {
+        let base = Url::parse(base).unwrap();
+        let transport = Transport::new(&base, None, Some(&ProxySetting::Direct)).unwrap();
+        let client = HttpClient::new(base, &transport).unwrap();
+        client.set_credentials(Credentials {
+            agent_id: "a".into(),
+            agent_token: "agent-secret-token".into(),
+        });
+        client
+    }
+
+    /// A one-request HTTP server on loopback that answers `body` and returns the request head.
+    async fn serve_once(body: &'static [u8]) -> (String, tokio::task::JoinHandle<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/package.zip", listener.local_addr().unwrap());
+        let served = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                head.push(socket.read_u8().await.unwrap());
+            }
+            let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+            socket.write_all(answer.as_bytes()).await.unwrap();
+            socket.write_all(body).await.unwrap();
+            String::from_utf8_lossy(&head).into_owned()
+        });
+        (url, served)
+    }
+
+    #[tokio::test]
+    async fn the_credential_never_goes_to_another_origin() {
+        let (mirror_url, served) = serve_once(b"package").await;
+        let client = registered_client("http://127.0.0.1:9"); // the backend: another origin
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("p.zip");
+        let received = client.download_file(&mirror_url, &target, 7).await.unwrap();
+        assert_eq!(received, 7);
+        let head = served.await.unwrap().to_ascii_lowercase();
+        assert!(!head.contains("authorization"), "{head}");
+    }
+
+    #[tokio::test]
+    async fn the_backend_itself_gets_the_credential() {
+        let (package_url, served) = serve_once(b"package").await;
+        let base = package_url.trim_end_matches("/package.zip");
+        let client = registered_client(base);
+        let dir = tempfile::tempdir().unwrap();
+        client
+            .download_file("/package.zip", &dir.path().join("p.zip"), 7)
+            .await
+            .unwrap();
+        let head = served.await.unwrap().to_ascii_lowercase();
+        assert!(
+            head.contains("authorization: bearer agent-secret-token"),
+            "{head}"
+        );
+    }
+
+    #[tokio::test]
+    async fn plain_http_to_another_machine_is_refused_before_connecting() {
+        let client = registered_client("https://backend.example");
+        let dir = tempfile::tempdir().unwrap();
+        let err = client
+            .download_file("http://mirror.example/p.zip", &dir.path().join("p.zip"), 1)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, HttpError::RefusedUrl { .. }), "{err}");
+    }
 }

@@ -4,9 +4,12 @@
 //! buffering): it performs one exchange and returns a typed result.
 
 pub mod http_client;
+pub mod proxy;
+pub mod tls;
 pub mod trust;
 pub mod ws_client;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -77,6 +80,63 @@ fn is_loopback(host: &str) -> bool {
         || bare
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// How the agent reaches its backend, built once from config.json and shared by the HTTP
+/// client, the metadata fetches and the WebSocket: whom it trusts and which way it goes.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    /// The OS trust store plus `--ca-cert`.
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Direct, `--proxy`, or the system's proxy.
+    pub route: proxy::Route,
+}
+
+/// Why the transport cannot be set up; the agent exits 2 with this message.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// `--ca-cert` or the trust store.
+    #[error("certificate trust: {0}")]
+    Tls(#[from] tls::TlsSetupError),
+    /// `--proxy` or the system's proxy setting.
+    #[error(transparent)]
+    Proxy(#[from] proxy::ProxyError),
+}
+
+impl Transport {
+    /// The transport to `server` with the saved `--ca-cert` PEM and `--proxy` setting.
+    pub fn new(
+        server: &Url,
+        ca_pem: Option<&str>,
+        proxy: Option<&proxy::ProxySetting>,
+    ) -> Result<Self, TransportError> {
+        Ok(Transport {
+            tls: Arc::new(tls::client_config(ca_pem)?),
+            route: proxy::Route::resolve(proxy, server)?,
+        })
+    }
+}
+
+/// Whether `url` is on the same origin (scheme, host, port) as `base`: only there does the
+/// agent's credential go.
+pub fn same_origin(base: &Url, url: &Url) -> bool {
+    base.origin() == url.origin()
+}
+
+/// An error with its sources, `outer: inner: innermost`: reqwest and tough keep the useful
+/// part (a refused certificate, which role failed) in the sources.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// `base` + an absolute API path, keeping any path prefix the base carries.

@@ -28,6 +28,7 @@ use tough::{
 use url::Url;
 
 use crate::net::endpoint;
+use crate::net::error_chain;
 use cms_platform::fs::write_atomic;
 
 /// Size limits on metadata (TUF's defence against endless-data attacks). Our files are a few
@@ -347,18 +348,6 @@ fn agree(target: &str, what: &'static str, signed: &str, offered: &str) -> Resul
         signed: signed.to_owned(),
         offered: offered.to_owned(),
     })
-}
-
-/// tough's errors nest the useful part (which role, why) in their sources.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// tough's [`Transport`] over the agent's own HTTP client (same TLS roots and timeouts).

@@ -4,12 +4,10 @@
 //! jitter (so a fleet does not reconnect in lockstep after a server restart), and hands each
 //! decoded [`ServerEvent`] to the agent through a channel. It must never act on an event itself.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use cms_protocol::{ServerEvent, WS_MAX_MESSAGE_BYTES, WS_READ_BUFFER_BYTES, paths};
 use futures_util::StreamExt;
-use rustls_platform_verifier::ConfigVerifierExt;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
@@ -20,7 +18,8 @@ use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::net::{backoff, endpoint};
+use crate::net::proxy::{ProxyError, ProxyUrl, connect_tunnel};
+use crate::net::{Transport, backoff, endpoint};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -35,9 +34,9 @@ pub enum WsError {
     /// The URL or credential cannot form a handshake request.
     #[error("cannot build the WebSocket request: {0}")]
     Request(String),
-    /// The OS trust store could not be loaded for `wss`.
-    #[error("cannot set up TLS for the WebSocket: {0}")]
-    Tls(String),
+    /// The proxy would not open a tunnel.
+    #[error("websocket: {0}")]
+    Proxy(#[from] ProxyError),
     /// The handshake or the connection failed.
     #[error("websocket: {0}")]
     Socket(#[from] tungstenite::Error),
@@ -50,6 +49,7 @@ pub enum WsError {
 pub struct WSClient {
     url: String,
     tls: Option<Connector>,
+    proxy: Option<ProxyUrl>,
     max_backoff: Duration,
 }
 
@@ -58,24 +58,30 @@ impl std::fmt::Debug for WSClient {
         f.debug_struct("WSClient")
             .field("url", &self.url)
             .field("tls", &self.tls.is_some())
+            .field("proxy", &self.proxy)
             .finish()
     }
 }
 
 impl WSClient {
-    /// A client for the backend at `base` (`http` becomes `ws`, `https` becomes `wss`, checked
-    /// against the OS trust store like the HTTP client).
-    pub fn new(base: &Url, max_backoff: Duration) -> Result<Self, WsError> {
+    /// A client for the backend at `base` (`http` becomes `ws`, `https` becomes `wss`), with
+    /// the same trust and route as the HTTP client.
+    pub fn new(base: &Url, max_backoff: Duration, transport: &Transport) -> Result<Self, WsError> {
         let (scheme, tls) = match base.scheme() {
-            "https" => ("wss", Some(platform_tls()?)),
+            "https" => ("wss", Some(Connector::Rustls(transport.tls.clone()))),
             _ => ("ws", None),
         };
+        let proxy = transport
+            .route
+            .proxy_for(base.host_str().unwrap_or_default())
+            .cloned();
         let rest = base.as_str().split_once(':').map_or("", |(_, rest)| rest);
         let ws_base =
             Url::parse(&format!("{scheme}:{rest}")).map_err(|e| WsError::Request(e.to_string()))?;
         Ok(WSClient {
             url: endpoint(&ws_base, paths::WEBSOCKET),
             tls,
+            proxy,
             max_backoff,
         })
     }
@@ -126,12 +132,28 @@ impl WSClient {
             .read_buffer_size(WS_READ_BUFFER_BYTES)
             .max_message_size(Some(WS_MAX_MESSAGE_BYTES))
             .max_frame_size(Some(WS_MAX_MESSAGE_BYTES));
-        let handshake = tokio_tungstenite::connect_async_tls_with_config(
-            request,
-            Some(config),
-            false,
-            self.tls.clone(),
-        );
+        let handshake = async {
+            let Some(proxy) = &self.proxy else {
+                return Ok(tokio_tungstenite::connect_async_tls_with_config(
+                    request,
+                    Some(config),
+                    false,
+                    self.tls.clone(),
+                )
+                .await?);
+            };
+            let stream =
+                connect_tunnel(proxy, &target_authority(&request)?, CONNECT_TIMEOUT).await?;
+            Ok::<_, WsError>(
+                tokio_tungstenite::client_async_tls_with_config(
+                    request,
+                    stream,
+                    Some(config),
+                    self.tls.clone(),
+                )
+                .await?,
+            )
+        };
         let (socket, _response) = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
             .await
             .map_err(|_| WsError::Timeout(CONNECT_TIMEOUT))??;
@@ -153,10 +175,20 @@ impl WSClient {
     }
 }
 
-fn platform_tls() -> Result<Connector, WsError> {
-    let config =
-        rustls::ClientConfig::with_platform_verifier().map_err(|e| WsError::Tls(e.to_string()))?;
-    Ok(Connector::Rustls(Arc::new(config)))
+/// `host:port` of the WebSocket server, for the proxy's `CONNECT`.
+fn target_authority(request: &Request) -> Result<String, WsError> {
+    let uri = request.uri();
+    let host = uri
+        .host()
+        .ok_or_else(|| WsError::Request("no host in the WebSocket URL".into()))?;
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("wss") {
+            443
+        } else {
+            80
+        });
+    Ok(format!("{host}:{port}"))
 }
 
 /// Reads until the server closes, the connection dies or `cancel`; forwards decoded events.
@@ -204,14 +236,13 @@ async fn close(mut socket: Socket) -> Result<(), WsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::proxy::ProxySetting;
 
     #[test]
     fn http_base_maps_to_ws_and_keeps_its_prefix() {
-        let client = WSClient::new(
-            &Url::parse("http://127.0.0.1:9/cms").unwrap(),
-            Duration::from_secs(5),
-        )
-        .unwrap();
+        let base = Url::parse("http://127.0.0.1:9/cms").unwrap();
+        let transport = Transport::new(&base, None, Some(&ProxySetting::Direct)).unwrap();
+        let client = WSClient::new(&base, Duration::from_secs(5), &transport).unwrap();
         assert_eq!(client.url, "ws://127.0.0.1:9/cms/api/v1/agent/ws");
     }
 }

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod forward_proxy;
+pub mod pki;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader};
@@ -73,6 +75,7 @@ pub struct Server {
     /// Base URL, such as `http://127.0.0.1:41234`.
     pub url: String,
     data_dir: PathBuf,
+    http: reqwest::blocking::Client,
 }
 
 impl Server {
@@ -83,9 +86,20 @@ impl Server {
 
     /// Starts a server on `listen` (to come back on the same port after a stop).
     pub fn start_on(data_dir: &Path, listen: &str) -> Server {
+        Server::start_with(data_dir, &["--listen", listen], None)
+    }
+
+    /// Starts a server with `args` after `serve --data-dir DIR`; its operator API is read
+    /// trusting `ca_pem` too (for `--tls-cert`).
+    pub fn start_with(data_dir: &Path, args: &[&str], ca_pem: Option<&str>) -> Server {
+        let mut http = reqwest::blocking::Client::builder();
+        if let Some(pem) = ca_pem {
+            http = http.tls_certs_merge([reqwest::Certificate::from_pem(pem.as_bytes()).unwrap()]);
+        }
         let mut child = Command::new(server_exe())
-            .args(["serve", "--listen", listen, "--data-dir"])
+            .args(["serve", "--data-dir"])
             .arg(data_dir)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -102,12 +116,17 @@ impl Server {
             child,
             url,
             data_dir: data_dir.to_path_buf(),
+            http: http.build().unwrap(),
         }
     }
 
     /// `host:port` the server listens on.
     pub fn listen_addr(&self) -> String {
-        self.url.trim_start_matches("http://").to_owned()
+        let rest = self
+            .url
+            .split_once("://")
+            .map_or(self.url.as_str(), |(_, r)| r);
+        rest.to_owned()
     }
 
     /// Stops the server with SIGTERM and waits for it.
@@ -135,7 +154,8 @@ impl Server {
 
     /// `POST url` with an empty body; returns the status code.
     pub fn post(&self, path: &str) -> u16 {
-        let response = reqwest::blocking::Client::new()
+        let response = self
+            .http
             .post(format!("{}{path}", self.url))
             .send()
             .unwrap();
@@ -143,7 +163,9 @@ impl Server {
     }
 
     fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
-        reqwest::blocking::get(format!("{}{path}", self.url))
+        self.http
+            .get(format!("{}{path}", self.url))
+            .send()
             .unwrap()
             .json()
             .unwrap()
@@ -168,7 +190,13 @@ pub struct Agent {
 impl Agent {
     /// Starts an agent on `data_dir` with `args` (for example `--server URL`).
     pub fn start(data_dir: &Path, args: &[&str]) -> Agent {
+        Agent::start_with_env(data_dir, args, &[])
+    }
+
+    /// Starts an agent with extra environment variables (`CMS_AGENT_LOG=debug`, ...).
+    pub fn start_with_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Agent {
         let child = agent_command(data_dir, args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

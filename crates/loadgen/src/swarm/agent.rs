@@ -191,6 +191,7 @@ impl SimulatedAgent {
             state: AgentState::Idle,
             version: self.shared.settings.agent_version.clone(),
             metrics: Metrics::default(),
+            network: None,
         };
         let Ok(body) = serde_json::to_vec(&report) else {
             self.shared.recorder.heartbeat_failed();

@@ -260,3 +260,68 @@ pub fn manage_ipc_secret(
 pub fn get_user_sid_string() -> Result<String, SystemError> {
     imp::get_user_sid_string()
 }
+
+/// The proxy the machine (or the user) is set up to use, as the OS reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemProxy {
+    /// `host:port` or `http://host:port` (possibly with `user:password@`).
+    pub proxy: String,
+    /// Hosts to reach directly: `,` or `;` separated, `*.corp`, `.corp`, `<local>`, `*`.
+    pub bypass: String,
+    /// Where the setting came from, for the operator (`WinHTTP`, `HTTPS_PROXY`, ...).
+    pub source: &'static str,
+}
+
+/// The system's proxy for traffic to an `https` (or plain `http`) server, if one is set.
+/// Windows: the machine's WinHTTP proxy (`netsh winhttp set proxy`, which is what a service
+/// sees), then the user's Internet settings. Linux: `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`
+/// (upper or lower case) and `NO_PROXY`.
+pub fn system_proxy(https: bool) -> Option<SystemProxy> {
+    imp::system_proxy(https)
+}
+
+/// The entry for `https` (or `http`) of a Windows proxy list: `host:port` alone applies to
+/// every scheme; `http=h1:p1;https=h2:p2` names one per scheme.
+#[cfg(any(windows, test))]
+fn proxy_for_scheme(list: &str, https: bool) -> Option<String> {
+    let wanted = if https { "https" } else { "http" };
+    let entries = list
+        .split([';', ' '])
+        .map(str::trim)
+        .filter(|e| !e.is_empty());
+    let mut fallback = None;
+    for entry in entries {
+        match entry.split_once('=') {
+            Some((scheme, proxy)) if scheme.eq_ignore_ascii_case(wanted) => {
+                return Some(proxy.to_owned());
+            }
+            Some(_) => {}
+            None => fallback = fallback.or_else(|| Some(entry.to_owned())),
+        }
+    }
+    fallback
+}
+
+#[cfg(test)]
+mod proxy_list_tests {
+    use super::proxy_for_scheme;
+
+    #[test]
+    fn a_windows_proxy_list_gives_the_entry_of_the_scheme() {
+        assert_eq!(
+            proxy_for_scheme("proxy:3128", true).as_deref(),
+            Some("proxy:3128")
+        );
+        let per_scheme = "http=p1:80;https=p2:443";
+        assert_eq!(
+            proxy_for_scheme(per_scheme, true).as_deref(),
+            Some("p2:443")
+        );
+        assert_eq!(
+            proxy_for_scheme(per_scheme, false).as_deref(),
+            Some("p1:80")
+        );
+        assert_eq!(proxy_for_scheme("ftp=p3:21", true), None);
+        assert_eq!(proxy_for_scheme("", true), None);
+    }
+}

@@ -361,6 +361,31 @@ pub fn get_user_sid_string() -> Result<String, SystemError> {
     Ok(unsafe { libc::geteuid() }.to_string())
 }
 
+/// Proxy variables in the order they are honoured, for `https` and for plain `http` servers.
+const HTTPS_PROXY_VARS: [&str; 4] = ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"];
+const HTTP_PROXY_VARS: [&str; 4] = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"];
+
+pub fn system_proxy(https: bool) -> Option<super::SystemProxy> {
+    let names = if https {
+        HTTPS_PROXY_VARS
+    } else {
+        HTTP_PROXY_VARS
+    };
+    let (source, proxy) = names.into_iter().find_map(|name| {
+        let value = std::env::var(name).ok()?;
+        (!value.trim().is_empty()).then(|| (name, value.trim().to_owned()))
+    })?;
+    let bypass = ["NO_PROXY", "no_proxy"]
+        .into_iter()
+        .find_map(|name| std::env::var(name).ok())
+        .unwrap_or_default();
+    Some(super::SystemProxy {
+        proxy,
+        bypass,
+        source,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -554,6 +554,74 @@ pub fn write_ipc_secret(
     Ok(())
 }
 
+pub fn system_proxy(https: bool) -> Option<super::SystemProxy> {
+    let (list, bypass, source) = winhttp_default_proxy().or_else(user_proxy)?;
+    let proxy = super::proxy_for_scheme(&list, https)?;
+    Some(super::SystemProxy {
+        proxy,
+        bypass,
+        source,
+    })
+}
+
+/// A string WinHTTP allocated; freed with `GlobalFree` on drop.
+struct WinHttpString(windows_sys::core::PWSTR);
+
+impl WinHttpString {
+    fn to_string_lossy(&self) -> String {
+        if self.0.is_null() {
+            return String::new();
+        }
+        // SAFETY: WinHTTP returns NUL-terminated wide strings; the pointer is non-null and
+        // stays valid until this guard frees it.
+        let len = (0..)
+            .take_while(|&i| unsafe { *self.0.add(i) } != 0)
+            .count();
+        // SAFETY: `len` code units were just read from this allocation.
+        let units = unsafe { std::slice::from_raw_parts(self.0, len) };
+        String::from_utf16_lossy(units)
+    }
+}
+
+impl Drop for WinHttpString {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: the string was allocated by WinHTTP with GlobalAlloc and is freed once.
+            unsafe { windows_sys::Win32::Foundation::GlobalFree(self.0.cast()) };
+        }
+    }
+}
+
+/// The machine's WinHTTP proxy (`netsh winhttp set proxy`): list, bypass, source.
+fn winhttp_default_proxy() -> Option<(String, String, &'static str)> {
+    use windows_sys::Win32::Networking::WinHttp::{
+        WINHTTP_ACCESS_TYPE_NAMED_PROXY, WINHTTP_PROXY_INFO, WinHttpGetDefaultProxyConfiguration,
+    };
+    let mut info = WINHTTP_PROXY_INFO::default();
+    // SAFETY: `info` is a valid out-structure; WinHTTP fills its string fields or leaves them null.
+    let ok = unsafe { WinHttpGetDefaultProxyConfiguration(&mut info) } != 0;
+    let proxy = WinHttpString(info.lpszProxy);
+    let bypass = WinHttpString(info.lpszProxyBypass);
+    let list = proxy.to_string_lossy();
+    (ok && info.dwAccessType == WINHTTP_ACCESS_TYPE_NAMED_PROXY && !list.is_empty())
+        .then(|| (list, bypass.to_string_lossy(), "WinHTTP"))
+}
+
+/// The user's Internet settings proxy (what a per-user agent's user has set).
+fn user_proxy() -> Option<(String, String, &'static str)> {
+    use windows_sys::Win32::Networking::WinHttp::{
+        WINHTTP_CURRENT_USER_IE_PROXY_CONFIG, WinHttpGetIEProxyConfigForCurrentUser,
+    };
+    let mut config = WINHTTP_CURRENT_USER_IE_PROXY_CONFIG::default();
+    // SAFETY: `config` is a valid out-structure; WinHTTP fills its string fields or leaves them null.
+    let ok = unsafe { WinHttpGetIEProxyConfigForCurrentUser(&mut config) } != 0;
+    let _auto_config = WinHttpString(config.lpszAutoConfigUrl);
+    let proxy = WinHttpString(config.lpszProxy);
+    let bypass = WinHttpString(config.lpszProxyBypass);
+    let list = proxy.to_string_lossy();
+    (ok && !list.is_empty()).then(|| (list, bypass.to_string_lossy(), "user Internet settings"))
+}
+
 /// Whether this process runs under Wine, which does not enforce a few Windows rules (first
 /// pipe instance, delete-pending files, mandatory locks); tests of those rules skip themselves
 /// there.

@@ -128,6 +128,7 @@ pub async fn status(
         version = %report.version,
         rss_bytes = report.metrics.rss_bytes,
         buffered_errors = report.metrics.buffered_errors,
+        network = ?report.network,
         "heartbeat"
     );
     Ok(StatusCode::NO_CONTENT)
