@@ -190,6 +190,10 @@ impl StampedBuild {
 
 impl Stamped {
     /// The agent and the updater of `version` for this host, already in `dir`.
+    #[cfg_attr(
+        not(target_os = "linux"),
+        expect(dead_code, reason = "the bench's (Linux only)")
+    )]
     pub fn on_host(version: &str, dir: &Path) -> Result<Stamped> {
         Self::checked(version, dir, std::env::consts::EXE_SUFFIX)
     }

@@ -57,6 +57,10 @@ impl InstalledAgent {
     }
 
     /// Its storage path.
+    #[cfg_attr(
+        not(target_os = "linux"),
+        expect(dead_code, reason = "the bench's (Linux only)")
+    )]
     pub fn data(&self) -> &Path {
         &self.data
     }
@@ -130,6 +134,10 @@ impl InstalledAgent {
     }
 
     /// Waits until no update is in flight (the update journal is settled and removed).
+    #[cfg_attr(
+        not(target_os = "linux"),
+        expect(dead_code, reason = "the bench's (Linux only)")
+    )]
     pub fn wait_update_settled(&self) -> Result<()> {
         let journal = self.data.join("updates/update-journal.json");
         util::wait_for("the update journal to be settled", WAIT, || {
@@ -138,6 +146,10 @@ impl InstalledAgent {
     }
 
     /// Reaps the processes this handle started that have exited.
+    #[cfg_attr(
+        not(target_os = "linux"),
+        expect(dead_code, reason = "the bench's (Linux only)")
+    )]
     pub fn reap(&mut self) {
         self.children
             .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));

@@ -147,7 +147,7 @@ fn declared_children(code: &str) -> Vec<String> {
 fn tasks(root: &str, known: &BTreeMap<String, String>) -> BTreeSet<String> {
     root.match_indices("::run(")
         .filter_map(|(at, _)| {
-            let start = root[..at].rfind(|c: char| c == ' ' || c == '>')? + 1;
+            let start = root[..at].rfind([' ', '>'])? + 1;
             known
                 .contains_key(&root[start..at])
                 .then(|| root[start..at].to_owned())

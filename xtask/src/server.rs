@@ -29,6 +29,10 @@ pub enum ServerOutput {
     /// To ours, with a line for each start, stop and publish (the demo, wine-e2e).
     Print,
     /// Its log appended to this file, and nothing printed (the bench).
+    #[cfg_attr(
+        not(target_os = "linux"),
+        expect(dead_code, reason = "the bench's (Linux only)")
+    )]
     LogFile(PathBuf),
 }
 
@@ -175,6 +179,10 @@ impl RunningServer {
     }
 
     /// The process id (for `/proc` readings).
+    #[cfg_attr(
+        not(target_os = "linux"),
+        expect(dead_code, reason = "the bench's (Linux only)")
+    )]
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -206,6 +214,10 @@ impl RunningServer {
 
     /// Stops it, runs `while_stopped` (a publish it must not see happen, say), and starts it
     /// again on the same port.
+    #[cfg_attr(
+        not(target_os = "linux"),
+        expect(dead_code, reason = "the bench's (Linux only)")
+    )]
     pub fn restart(&mut self, while_stopped: impl FnOnce(&Server) -> Result<()>) -> Result<()> {
         let listen = self.listen_addr().to_owned();
         self.stop()?;
