@@ -138,16 +138,18 @@ impl Request<'_> {
             bail!("wrong token");
         }
         let path = (self.host_path)(path)?;
-        let path = path
+        let resolved = path
             .canonicalize()
             .with_context(|| format!("no file {}", path.display()))?;
-        if !path.starts_with(self.allowed_dir) {
+        if !resolved.starts_with(self.allowed_dir) {
             bail!(
                 "{} is outside {}",
-                path.display(),
+                resolved.display(),
                 self.allowed_dir.display()
             );
         }
+        // The path as ISCC named it: on Windows the resolved one is a `\\?\` path, which not
+        // every signing tool takes.
         self.signer.sign(&path)
     }
 }

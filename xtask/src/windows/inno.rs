@@ -132,7 +132,11 @@ impl Iscc {
     /// How ISCC (a Windows program) names the file `path` of this machine.
     fn windows_path(&self, path: &Path) -> String {
         match self {
-            Iscc::Native(_) => path.display().to_string(),
+            // Absolute, with `\` throughout (`build_scripts/installer.iss` joined to the root).
+            Iscc::Native(_) => std::path::absolute(path)
+                .unwrap_or_else(|_| path.to_path_buf())
+                .display()
+                .to_string(),
             Iscc::Wine { .. } => wine::windows_path(path),
         }
     }
