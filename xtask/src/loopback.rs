@@ -1,6 +1,6 @@
-//! A one-thread TCP server on 127.0.0.1 for xtask's helpers: the signing hook ISCC calls
-//! ([`crate::iscc_sign`]) and the throwaway timestamp authority of `sign-check`. Connections are
-//! handled one at a time, in order, until [`LoopbackServer::stop`].
+//! A one-thread TCP server on 127.0.0.1 for xtask's helpers (the Sign Tool hook ISCC calls,
+//! [`crate::signing::hook`]). Connections are handled one at a time, in order, until
+//! [`LoopbackServer::stop`].
 //!
 //! Must never: listen on anything but the loopback address.
 

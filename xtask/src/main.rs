@@ -1,24 +1,36 @@
 //! Build automation for the CMS Agent workspace (`cargo xtask <task>`).
 //!
-//! One module per task, in the style of rust-analyzer's `xtask/`. Tasks run real tools (cargo,
-//! the built binaries, Wine, ISCC) and fail loudly with the command that failed; they never
-//! pretend a step passed.
+//! In the style of rust-analyzer's `xtask/`: this file only dispatches. Each task is a module
+//! of its own with a `run` function (`demo`, `dist`, `bench`, `windows::{wine_test, installer,
+//! wine_e2e}`, `signing::{sign_check, sign_tool}`), and a task uses shared helpers only, never
+//! another task: `util`, `flags`, `host`, `version`, `build`, `dist_tree`, `server`,
+//! `installed_agent`, `checks`, `loopback`, `windows::{wine, inno, setup}`,
+//! `signing::{signer, hook}`. No module imports another in a circle (checked by the `layering`
+//! test below). Tasks run real tools (cargo, the built binaries, Wine, ISCC) and fail loudly
+//! with the command that failed; they never pretend a step passed.
 
 use anyhow::{Result, bail};
 use std::process::ExitCode;
 
 #[cfg(target_os = "linux")]
 mod bench;
+mod build;
+mod checks;
 mod demo;
 mod dist;
-mod installer;
-mod iscc_sign;
+mod dist_tree;
+mod flags;
+mod host;
+mod installed_agent;
 mod loopback;
-mod sign;
-mod sign_check;
+mod server;
+mod signing;
 mod util;
-mod wine;
-mod wine_e2e;
+mod version;
+mod windows;
+
+#[cfg(test)]
+mod layering;
 
 fn main() -> ExitCode {
     match run() {
@@ -41,10 +53,11 @@ fn run() -> Result<()> {
         "bench" => bail!("bench reads /proc: it runs on Linux only"),
         "demo" => demo::run(&rest),
         "dist" => dist::run(&rest),
-        "installer" => installer::run(&rest),
-        "sign-check" => sign_check::run(&rest),
-        "wine-test" => wine::run(&rest),
-        "wine-e2e" => wine_e2e::run(&rest),
+        "installer" => windows::installer::run(&rest),
+        "sign-check" => signing::sign_check::run(&rest),
+        "sign-tool" => signing::sign_tool::run(&rest),
+        "wine-test" => windows::wine_test::run(&rest),
+        "wine-e2e" => windows::wine_e2e::run(&rest),
         "" | "help" | "--help" | "-h" => {
             print_help();
             Ok(())
@@ -61,12 +74,17 @@ fn print_help() {
         "cargo xtask <task>\n\n\
          tasks:\n  \
          bench       [--quick] [--no-windows] [--agents N] [--max-agents M]: measure the agent and\n              \
-         server on this machine into docs/BENCHMARKS.md (--quick: smoke test, target/bench/quick)\n  \
+         server on this machine into docs/BENCHMARKS.md (--quick: smoke test, target/bench/quick;\n              \
+         Linux only)\n  \
          demo        build, start cms-server on its SQLite default, run an agent against it\n  \
-         dist        [--version X.Y.Z] [--target windows|linux|all] [--sign]: release binaries into dist/\n  \
-         installer   [--version X.Y.Z] [--smoke-test] [--sign]: dist/cms_agent_setup-X.Y.Z.exe (ISCC under Wine)\n  \
+         dist        [--version X.Y.Z] [--target windows|linux|all] [--sign]: release binaries into dist/\n              \
+         (default target: all; on Windows: windows)\n  \
+         installer   [--version X.Y.Z] [--smoke-test] [--sign]: dist/cms_agent_setup-X.Y.Z.exe, building\n              \
+         the Windows dist/ first when it is missing (ISCC natively on Windows, under Wine on Linux;\n              \
+         --smoke-test: Linux + Wine only)\n  \
          sign-check  sign dist/ and the installer with a throwaway certificate, verify, tamper\n  \
-         wine-test   [-p PKG]... [-- ARGS]: run the Windows tests under Wine\n  \
-         wine-e2e    install, IPC, self-update, rollback, --force, uninstall of the Windows agent under Wine\n"
+         wine-test   [-p PKG]... [-- ARGS]: run the Windows tests under Wine (Linux only)\n  \
+         wine-e2e    install, IPC, self-update, rollback, --force, uninstall of the Windows agent under Wine\n              \
+         (Linux only)\n"
     );
 }

@@ -1,9 +1,13 @@
-//! Helpers shared by the tasks: where the workspace is, and running commands loudly.
+//! Helpers shared by the tasks: where the workspace is, running commands loudly, waiting for
+//! something to happen, and the one-line progress reports every task prints.
+//!
+//! Must never: hide a failed command (every error names the command line), or wait forever.
 
 use anyhow::{Context, Result, bail};
+use std::ffi::OsStr;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -48,33 +52,17 @@ pub fn cargo() -> Command {
     cmd
 }
 
-/// The workspace version (`[workspace.package] version`, which xtask inherits).
-pub fn workspace_version() -> &'static str {
-    env!("CARGO_PKG_VERSION")
-}
-
 /// Runs `cmd` like [`run_checked`], but kills it and fails once `timeout` has passed.
 pub fn run_checked_timeout(cmd: &mut Command, timeout: Duration) -> Result<()> {
     eprintln!("$ {}", describe(cmd));
     let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot start {}", describe(cmd)))?;
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().context("waiting for a child process")? {
-            if !status.success() {
-                bail!("{} failed with {status}", describe(cmd));
-            }
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            // Best effort: the error below is what matters.
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("{} did not finish within {timeout:?}", describe(cmd));
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let status = wait_child(&mut child, &describe(cmd), timeout)?;
+    if !status.success() {
+        bail!("{} failed with {status}", describe(cmd));
     }
+    Ok(())
 }
 
 /// Runs `cmd` with its output captured and returns how it ended, whatever the exit code (the
@@ -90,25 +78,31 @@ pub fn output_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output> {
         .with_context(|| format!("cannot start {}", describe(cmd)))?;
     let stdout = collect(child.stdout.take());
     let stderr = collect(child.stderr.take());
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().context("waiting for a child process")? {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            // Best effort: the error below is what matters.
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("{} did not finish within {timeout:?}", describe(cmd));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_child(&mut child, &describe(cmd), timeout)?;
     let drained = |rx: mpsc::Receiver<Vec<u8>>| rx.recv_timeout(PIPE_GRACE).unwrap_or_default();
     Ok(Output {
         status,
         stdout: drained(stdout),
         stderr: drained(stderr),
     })
+}
+
+/// Waits for `child` (described as `what`) to exit; once `timeout` has passed it is killed and
+/// the wait is an error.
+pub fn wait_child(child: &mut Child, what: &str, timeout: Duration) -> Result<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().context("waiting for a child process")? {
+            return Ok(status);
+        }
+        if Instant::now() >= deadline {
+            // Best effort: the error below is what matters.
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{what} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// How long output may keep arriving after the program exited.
@@ -165,36 +159,6 @@ pub fn wait_for_every<T>(
     }
 }
 
-/// `cargo build -p cms-server` (debug, the shared target dir); returns the server's path.
-pub fn build_server() -> Result<PathBuf> {
-    run_checked(cargo().args(["build", "-p", "cms-server"]))?;
-    let exe = target_dir()
-        .join("debug")
-        .join(format!("cms-server{}", std::env::consts::EXE_SUFFIX));
-    crate::dist::require_file(&exe)?;
-    Ok(exe)
-}
-
-/// `server_exe release publish` of `agent` + `updater` as `version` into `data_dir`, for
-/// `platform` (the server's own platform when `None`); the caller runs it.
-pub fn publish_command(
-    server_exe: &Path,
-    data_dir: &Path,
-    version: &str,
-    platform: Option<&str>,
-    (agent, updater): (&Path, &Path),
-) -> Command {
-    let mut cmd = Command::new(server_exe);
-    cmd.args(["release", "publish", "--data-dir"])
-        .arg(data_dir)
-        .args(["--version", version]);
-    if let Some(platform) = platform {
-        cmd.args(["--platform", platform]);
-    }
-    cmd.arg("--agent").arg(agent).arg("--updater").arg(updater);
-    cmd
-}
-
 /// Runs `cmd` and returns its standard output as text; a non-zero exit is an error.
 pub fn output_checked(cmd: &mut Command) -> Result<String> {
     let out = cmd
@@ -211,57 +175,6 @@ pub fn output_checked(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Removes every `FLAG VALUE` pair whose flag is one of `flags` from `args` (before any `--`)
-/// and returns the values in order; a flag without a value is an error.
-pub fn take_values(args: &mut Vec<String>, flags: &[&str]) -> Result<Vec<String>> {
-    let mut values = Vec::new();
-    let mut i = 0;
-    while i < args.len() {
-        if args[i] == "--" {
-            break;
-        }
-        if flags.contains(&args[i].as_str()) {
-            let flag = args.remove(i);
-            if i >= args.len() || args[i] == "--" {
-                bail!("{flag} needs a value");
-            }
-            values.push(args.remove(i));
-        } else {
-            i += 1;
-        }
-    }
-    Ok(values)
-}
-
-/// Like [`take_values`] for an option that may be given at most once.
-pub fn take_value(args: &mut Vec<String>, flags: &[&str]) -> Result<Option<String>> {
-    let mut values = take_values(args, flags)?;
-    if values.len() > 1 {
-        bail!("{} given more than once", flags.join("/"));
-    }
-    Ok(values.pop())
-}
-
-/// Removes the switch `flag` from `args` (before any `--`) and says whether it was there.
-pub fn take_switch(args: &mut Vec<String>, flag: &str) -> bool {
-    let end = args.iter().position(|a| a == "--").unwrap_or(args.len());
-    match args[..end].iter().position(|a| a == flag) {
-        Some(i) => {
-            args.remove(i);
-            true
-        }
-        None => false,
-    }
-}
-
-/// Fails when `args` still holds anything: the task did not understand it.
-pub fn reject_rest(task: &str, args: &[String]) -> Result<()> {
-    if !args.is_empty() {
-        bail!("{task}: unexpected arguments {args:?}");
-    }
-    Ok(())
-}
-
 /// Removes `dir` and everything in it; a missing `dir` is fine.
 pub fn remove_dir_if_exists(dir: &Path) -> Result<()> {
     match std::fs::remove_dir_all(dir) {
@@ -271,36 +184,28 @@ pub fn remove_dir_if_exists(dir: &Path) -> Result<()> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
+/// Fails unless `path` is a non-empty file.
+pub fn require_file(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).with_context(|| format!("missing {}", path.display()))?;
+    if !meta.is_file() || meta.len() == 0 {
+        bail!("{} is not a non-empty file", path.display());
     }
+    Ok(())
+}
 
-    #[test]
-    fn options_are_taken_before_the_double_dash_only() -> Result<()> {
-        let mut a = args(&["-p", "a", "--package", "b", "--", "-p", "c"]);
-        assert_eq!(take_values(&mut a, &["-p", "--package"])?, ["a", "b"]);
-        assert_eq!(a, ["--", "-p", "c"]);
-        let mut a = args(&["--smoke-test", "--", "--smoke-test"]);
-        assert!(take_switch(&mut a, "--smoke-test"));
-        assert!(!take_switch(&mut a, "--smoke-test"));
-        Ok(())
-    }
+/// `name` with this host's executable suffix (`.exe` on Windows).
+pub fn host_exe(name: &str) -> String {
+    format!("{name}{}", std::env::consts::EXE_SUFFIX)
+}
 
-    #[test]
-    fn a_missing_or_repeated_value_is_an_error() {
-        assert!(take_values(&mut args(&["-p"]), &["-p"]).is_err());
-        assert!(take_values(&mut args(&["-p", "--"]), &["-p"]).is_err());
-        assert!(
-            take_value(
-                &mut args(&["--version", "1", "--version", "2"]),
-                &["--version"]
-            )
-            .is_err()
-        );
-        assert!(reject_rest("t", &args(&["--bogus"])).is_err());
-    }
+/// Prints a step of a task: `==> text`.
+pub fn step(text: &str) {
+    println!("==> {text}");
+}
+
+/// The first `dir/name` on the search path `path` (a `PATH` value) that is a file.
+pub fn find_on_path(path: &OsStr, name: &str) -> Option<PathBuf> {
+    std::env::split_paths(path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
 }

@@ -10,13 +10,14 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use cms_protocol::{AgentSummary, paths};
 use serde::Serialize;
 
-use super::Plan;
-use super::fixture::{Installed, Server, millis, wait_for};
+use super::fixture::{self, millis, wait_for, wait_lock};
+use super::plan::Plan;
 use super::procfs;
 use super::stats::Summary;
+use crate::installed_agent::InstalledAgent;
+use crate::server::RunningServer;
 
 /// Readings taken over the idle window (every window / this).
 const IDLE_SAMPLES: u32 = 12;
@@ -59,15 +60,11 @@ pub struct AgentResults {
 }
 
 /// Installs the agent under `plan.work/agent`, runs it idle, then times its process life.
-pub fn measure(plan: &Plan, server: &Server) -> Result<AgentResults> {
-    let mut agent = Installed::new(&plan.work.join("agent"), &plan.bins.current.agent)?;
-    let pid = agent.start(&["--server", &server.url])?;
-    agent.wait_lock(|r| r.pid == pid)?;
-    let agent_id = wait_for("the agent to register", || {
-        let agents: Vec<AgentSummary> = server.get_json(paths::AGENTS)?;
-        Ok(agents.into_iter().next().map(|a| a.agent_id))
-    })?;
-    server.wait_for_websocket(&agent_id)?;
+pub fn measure(plan: &Plan, server: &RunningServer) -> Result<AgentResults> {
+    let mut agent = fixture::install(&plan.work.join("agent"), &plan.bins.current.agent)?;
+    let pid = agent.start(&["--server", server.url()])?;
+    wait_lock(&agent, |r| r.pid == pid)?;
+    fixture::wait_registered(server)?;
     wait_idle(&agent)?;
     std::thread::sleep(plan.settle);
     println!("    idle for {:?} (pid {pid})", plan.idle_window);
@@ -104,12 +101,12 @@ fn measure_idle(pid: u32, window: Duration) -> Result<Idle> {
 }
 
 /// Spawn to lock, `repeats` times; each agent is stopped before the next starts.
-fn start_to_lock(agent: &mut Installed, repeats: usize) -> Result<Summary> {
+fn start_to_lock(agent: &mut InstalledAgent, repeats: usize) -> Result<Summary> {
     let mut times = Vec::new();
     for _ in 0..repeats {
         let started = Instant::now();
         let pid = agent.start(&[])?;
-        let (_, seen) = agent.wait_lock(|r| r.pid == pid)?;
+        let (_, seen) = wait_lock(agent, |r| r.pid == pid)?;
         times.push(millis(started, seen));
         wait_idle(agent)?;
         agent.stop_holder()?;
@@ -119,15 +116,15 @@ fn start_to_lock(agent: &mut Installed, repeats: usize) -> Result<Summary> {
 }
 
 /// `--force` handovers, `repeats` times, each new agent replacing the previous one.
-fn force_handover(agent: &mut Installed, repeats: usize) -> Result<Summary> {
+fn force_handover(agent: &mut InstalledAgent, repeats: usize) -> Result<Summary> {
     let first = agent.start(&[])?;
-    agent.wait_lock(|r| r.pid == first)?;
+    wait_lock(agent, |r| r.pid == first)?;
     wait_idle(agent)?;
     let mut times = Vec::new();
     for _ in 0..repeats {
         let started = Instant::now();
         let pid = agent.start(&["--force"])?;
-        let (_, seen) = agent.wait_lock(|r| r.pid == pid)?;
+        let (_, seen) = wait_lock(agent, |r| r.pid == pid)?;
         times.push(millis(started, seen));
         wait_idle(agent)?;
         agent.reap();
@@ -136,7 +133,7 @@ fn force_handover(agent: &mut Installed, repeats: usize) -> Result<Summary> {
 }
 
 /// `--status` against the running agent, `repeats` times.
-fn status_round_trip(agent: &Installed, repeats: usize) -> Result<Summary> {
+fn status_round_trip(agent: &InstalledAgent, repeats: usize) -> Result<Summary> {
     let mut times = Vec::new();
     for _ in 0..repeats {
         let started = Instant::now();
@@ -150,7 +147,7 @@ fn status_round_trip(agent: &Installed, repeats: usize) -> Result<Summary> {
 }
 
 /// Runs `--status` to completion; the state it printed.
-fn status(agent: &Installed) -> Result<String> {
+fn status(agent: &InstalledAgent) -> Result<String> {
     let output = agent
         .command(&["--status"])
         .stdout(Stdio::piped())
@@ -165,7 +162,7 @@ fn status(agent: &Installed) -> Result<String> {
 }
 
 /// Waits until the running agent says it is IDLE (registered, services started).
-fn wait_idle(agent: &Installed) -> Result<()> {
+fn wait_idle(agent: &InstalledAgent) -> Result<()> {
     wait_for("the agent to be IDLE", || {
         Ok((status(agent)? == "IDLE").then_some(()))
     })

@@ -15,10 +15,11 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use super::Plan;
 use super::agent::MB;
-use super::fixture::Server;
+use super::fixture;
+use super::plan::Plan;
 use super::stats::Summary;
+use crate::server::RunningServer;
 use crate::util::describe;
 
 /// Throughput of both clients, MB/s, and their ratio.
@@ -54,15 +55,13 @@ pub fn measure(plan: &Plan) -> Result<DownloadResults> {
     std::fs::create_dir_all(&server_dir)?;
     let payload = dir.join("payload");
     write_incompressible(&payload, plan.download_bytes)?;
-    let mut server = Server::start(&plan.bins.server, &server_dir)?;
-    let version = "999.0.0";
-    server.publish(
-        version,
+    let mut server = fixture::server(plan, &server_dir).start()?;
+    server.publish(&fixture::linux_release(
+        "999.0.0",
         &payload,
         &plan.bins.current.updater,
-        "linux-x86_64",
-    )?;
-    let token = server.register("bench-download")?;
+    ))?;
+    let token = fixture::register(&server, "bench-download")?;
     let offer = offer(&server, &token)?;
     let (mut agent, mut curl) = (Vec::new(), Vec::new());
     for _ in 0..plan.repeats {
@@ -83,10 +82,10 @@ pub fn measure(plan: &Plan) -> Result<DownloadResults> {
 }
 
 /// What the update check offers an agent on 0.0.1: the published package.
-fn offer(server: &Server, token: &str) -> Result<OfferedUpdate> {
+fn offer(server: &RunningServer, token: &str) -> Result<OfferedUpdate> {
     let url = format!(
         "{}{}?version=0.0.1&platform=linux-x86_64",
-        server.url,
+        server.url(),
         cms_protocol::paths::UPDATE_CHECK
     );
     let offer: Offer = reqwest::blocking::Client::new()
@@ -104,7 +103,7 @@ fn offer(server: &Server, token: &str) -> Result<OfferedUpdate> {
 /// One download through the agent's downloader; seconds, as timed around the call.
 fn with_agent(
     plan: &Plan,
-    server: &Server,
+    server: &RunningServer,
     offer: &OfferedUpdate,
     token: &str,
     out: &Path,
@@ -114,7 +113,7 @@ fn with_agent(
         .args([
             "download",
             "--server",
-            &server.url,
+            server.url(),
             "--url",
             &offer.package_url,
         ])
@@ -137,8 +136,13 @@ fn with_agent(
 }
 
 /// One download with curl; seconds, as curl times the transfer (`time_total`).
-fn with_curl(server: &Server, offer: &OfferedUpdate, token: &str, out: &Path) -> Result<f64> {
-    let url = format!("{}{}", server.url, offer.package_url);
+fn with_curl(
+    server: &RunningServer,
+    offer: &OfferedUpdate,
+    token: &str,
+    out: &Path,
+) -> Result<f64> {
+    let url = format!("{}{}", server.url(), offer.package_url);
     let mut command = Command::new("curl");
     command
         .args([

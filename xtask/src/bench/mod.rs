@@ -13,10 +13,11 @@
 //! measurement into a pass/fail of the run: a goal that is missed is reported as missed.
 
 mod agent;
-mod build;
+mod binaries;
 mod download;
 mod fixture;
 mod machine;
+mod plan;
 mod procfs;
 mod report;
 mod scale;
@@ -24,102 +25,48 @@ mod sizes;
 mod stats;
 mod update;
 
-use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::util;
-use build::Binaries;
+use crate::build::WINDOWS;
+use crate::flags;
+use crate::util::{self, step};
+use plan::{Budget, Plan};
 
 /// Time the full bench may take on a 2-core machine.
 const FULL_BUDGET: Duration = Duration::from_secs(15 * 60);
 /// Time a quick run may take.
 const QUICK_BUDGET: Duration = Duration::from_secs(5 * 60);
 
-/// What a run measures, and how long it looks.
-#[derive(Debug)]
-pub struct Plan {
-    /// The measured programs.
-    pub bins: Binaries,
-    /// Scratch space for servers and machines (cleaned at the start of a run).
-    pub work: PathBuf,
-    /// Repetitions of each timed operation.
-    pub repeats: usize,
-    /// Window over which the idle agent is observed.
-    pub idle_window: Duration,
-    /// Pause after a process reports ready, before measuring, so start-up work is over.
-    pub settle: Duration,
-    /// Size of the package for the download comparison.
-    pub download_bytes: u64,
-    /// The fleet steps.
-    pub scale: ScalePlan,
-    /// Time left for the run.
-    pub budget: Budget,
-}
-
-/// How the server's fleet is stepped up.
-#[derive(Debug, Clone)]
-pub struct ScalePlan {
-    /// First (reported) N.
-    pub first: usize,
-    /// Growth per further step.
-    pub increment: usize,
-    /// Largest N to try.
-    pub max: usize,
-    /// Heartbeat interval of each simulated agent.
-    pub heartbeat_secs: u64,
-    /// Measurement window of the first step.
-    pub first_window: Duration,
-    /// Measurement window of the other steps.
-    pub window: Duration,
-}
-
-/// The run's time limit.
-#[derive(Debug, Clone, Copy)]
-pub struct Budget {
-    started: Instant,
-    limit: Duration,
-}
-
-impl Budget {
-    /// Time left.
-    pub fn remaining(&self) -> Duration {
-        self.limit.saturating_sub(self.started.elapsed())
-    }
-}
-
 /// `cargo xtask bench`.
 pub fn run(args: &[String]) -> Result<()> {
     let mut args = args.to_vec();
-    let quick = util::take_switch(&mut args, "--quick");
-    let no_windows = util::take_switch(&mut args, "--no-windows");
+    let quick = flags::take_switch(&mut args, "--quick");
+    let no_windows = flags::take_switch(&mut args, "--no-windows");
     let agents = number(
-        util::take_value(&mut args, &["--agents"])?,
+        flags::take_value(&mut args, &["--agents"])?,
         if quick { 50 } else { 5000 },
     )?;
     let max = number(
-        util::take_value(&mut args, &["--max-agents"])?,
+        flags::take_value(&mut args, &["--max-agents"])?,
         if quick { 100 } else { 30_000 },
     )?;
-    util::reject_rest("bench", &args)?;
+    flags::reject_rest("bench", &args)?;
     if max < agents {
         bail!("--max-agents ({max}) is below --agents ({agents})");
     }
     require_curl()?;
-    let budget = Budget {
-        started: Instant::now(),
-        limit: if quick { QUICK_BUDGET } else { FULL_BUDGET },
-    };
+    let budget = Budget::starting_now(if quick { QUICK_BUDGET } else { FULL_BUDGET });
     let machine = machine::describe();
     let open_files = procfs::raise_open_file_limit(open_files_for(max));
     let mut phases = report::Phases::default();
     let bins = phases.time("build", || {
         if quick {
-            build::debug()
+            binaries::debug()
         } else {
-            build::release(!no_windows && windows_tools_ready())
+            binaries::release(!no_windows && windows_tools_ready())
         }
     })?;
     let work = util::target_dir()
@@ -128,9 +75,9 @@ pub fn run(args: &[String]) -> Result<()> {
     util::remove_dir_if_exists(&work)?;
     std::fs::create_dir_all(&work)?;
     let plan = if quick {
-        quick_plan(bins, work, agents, max, budget)
+        plan::quick(bins, work, agents, max, budget)
     } else {
-        full_plan(bins, work, agents, max, budget)
+        plan::full(bins, work, agents, max, budget)
     };
     let results = measure(&plan, open_files, &mut phases)?;
     let report = report::Report::new(quick, machine, tools(&plan), results, phases);
@@ -147,7 +94,7 @@ fn measure(plan: &Plan, open_files: u64, phases: &mut report::Phases) -> Result<
         step("agent: idle footprint, start, --force, --status");
         let dir = plan.work.join("agent-server");
         std::fs::create_dir_all(&dir)?;
-        let mut server = fixture::Server::start(&plan.bins.server, &dir)?;
+        let mut server = fixture::server(plan, &dir).start()?;
         let results = agent::measure(plan, &server)?;
         server.stop()?;
         Ok(results)
@@ -179,46 +126,6 @@ fn measure(plan: &Plan, open_files: u64, phases: &mut report::Phases) -> Result<
         scale,
         sizes,
     })
-}
-
-fn full_plan(bins: Binaries, work: PathBuf, first: usize, max: usize, budget: Budget) -> Plan {
-    Plan {
-        bins,
-        work,
-        repeats: 7,
-        idle_window: Duration::from_secs(60),
-        settle: Duration::from_secs(3),
-        download_bytes: 50 * 1024 * 1024,
-        scale: ScalePlan {
-            first,
-            increment: 5000,
-            max,
-            heartbeat_secs: 60, // the agent's default
-            first_window: Duration::from_secs(60),
-            window: Duration::from_secs(30),
-        },
-        budget,
-    }
-}
-
-fn quick_plan(bins: Binaries, work: PathBuf, first: usize, max: usize, budget: Budget) -> Plan {
-    Plan {
-        bins,
-        work,
-        repeats: 2,
-        idle_window: Duration::from_secs(3),
-        settle: Duration::from_millis(300),
-        download_bytes: 4 * 1024 * 1024,
-        scale: ScalePlan {
-            first,
-            increment: first.max(1),
-            max,
-            heartbeat_secs: 1,
-            first_window: Duration::from_secs(3),
-            window: Duration::from_secs(3),
-        },
-        budget,
-    }
 }
 
 /// Open files the server (and the swarm) need for `agents`: two connections each, plus slack.
@@ -256,7 +163,7 @@ fn windows_tools_ready() -> bool {
         && targets.is_ok_and(|o| {
             String::from_utf8_lossy(&o.stdout)
                 .lines()
-                .any(|l| l.trim() == crate::wine::WINDOWS_TARGET)
+                .any(|l| l.trim() == WINDOWS.triple)
         });
     if !ready {
         eprintln!(
@@ -279,8 +186,4 @@ fn tools(plan: &Plan) -> Vec<(String, String)> {
     .into_iter()
     .map(|(name, version)| (name.to_owned(), version))
     .collect()
-}
-
-fn step(text: &str) {
-    println!("==> {text}");
 }

@@ -1,15 +1,15 @@
 //! What Linux says about a process: CPU time, resident memory and wakeups from `/proc`, plus
-//! the signals and the open-file limit the bench needs.
+//! the open-file limit the bench needs.
 //!
 //! Readings are taken from outside the measured process, so they cost it nothing. This module
-//! must never signal a process the bench did not start or find in its own lock files.
+//! must never change the measured process.
 
 use std::collections::HashMap;
 use std::fs;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
-use rustix::process::{Pid, Resource, Rlimit, Signal};
+use anyhow::{Context, Result};
+use rustix::process::{Resource, Rlimit};
 
 /// One reading of a process's counters.
 #[derive(Debug, Clone)]
@@ -102,25 +102,6 @@ fn thread_switches(pid: u32) -> Result<HashMap<String, u64>> {
         }
     }
     Ok(switches)
-}
-
-/// Sends SIGTERM (the polite stop every part of the product handles) to `pid`.
-pub fn terminate(pid: u32) -> Result<()> {
-    signal(pid, Signal::TERM)
-}
-
-/// Sends SIGKILL to `pid`; a process that is already gone is fine.
-pub fn kill(pid: u32) {
-    let _ = signal(pid, Signal::KILL);
-}
-
-fn signal(pid: u32, signal: Signal) -> Result<()> {
-    let raw = i32::try_from(pid).ok().and_then(Pid::from_raw);
-    let Some(pid) = raw else {
-        bail!("{pid} is not a process id");
-    };
-    rustix::process::kill_process(pid, signal)
-        .with_context(|| format!("cannot signal process {}", pid.as_raw_nonzero()))
 }
 
 /// Raises this process's open-file limit (inherited by everything it starts) to at least

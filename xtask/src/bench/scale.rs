@@ -15,11 +15,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use super::Plan;
 use super::agent::MB;
-use super::fixture::Server;
+use super::fixture;
+use super::plan::Plan;
 use super::procfs;
 use super::stats;
+use crate::server::RunningServer;
 use crate::util::describe;
 
 /// A step holds when its p99 heartbeat latency is below this.
@@ -114,8 +115,8 @@ pub fn measure(plan: &Plan, open_file_limit: u64) -> Result<ScaleResults> {
     let dir = plan.work.join("scale");
     let server_dir = dir.join("server");
     std::fs::create_dir_all(&server_dir)?;
-    let mut server = Server::start(&plan.bins.server, &server_dir)?;
-    let mut swarm = Swarm::start(plan, &server.url)?;
+    let mut server = fixture::server(plan, &server_dir).start()?;
+    let mut swarm = Swarm::start(plan, server.url())?;
     let scale = &plan.scale;
     let mut steps: Vec<Step> = Vec::new();
     let cap = fleet_cap(open_file_limit);
@@ -176,7 +177,7 @@ fn fleet_cap(open_file_limit: u64) -> usize {
 
 fn run_step(
     plan: &Plan,
-    server: &Server,
+    server: &RunningServer,
     swarm: &mut Swarm,
     agents: usize,
     index: usize,
@@ -238,13 +239,13 @@ fn run_step(
 /// last agent (both `None` when not every agent got it in time).
 fn push(
     plan: &Plan,
-    server: &Server,
+    server: &RunningServer,
     swarm: &mut Swarm,
     index: usize,
 ) -> Result<(Option<f64>, Option<f64>)> {
     let version = format!("{}.0.0", 100 + index);
     let tiny = &plan.bins.current.updater;
-    server.publish(&version, tiny, tiny, "linux-x86_64")?;
+    server.publish(&fixture::linux_release(&version, tiny, tiny))?;
     let published = unix_micros(SystemTime::now());
     let spread: PushSpread = swarm.ask(&format!("await-push {version} {PUSH_WAIT_SECS}"))?;
     if spread.received < spread.expected {

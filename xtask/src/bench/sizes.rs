@@ -9,9 +9,12 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::Plan;
-use crate::dist::{self, LINUX, Platform, WINDOWS};
-use crate::{installer, wine};
+use super::fixture;
+use super::plan::Plan;
+use crate::build::{LINUX, Platform, WINDOWS};
+use crate::dist_tree;
+use crate::server::Release;
+use crate::windows::inno;
 
 /// One platform's files.
 #[derive(Debug, Clone, Serialize)]
@@ -60,8 +63,8 @@ pub fn measure(plan: &Plan) -> Result<Vec<PlatformSizes>> {
 }
 
 fn platform(plan: &Plan, platform: &Platform, installer: Size) -> Result<PlatformSizes> {
-    let agent = dist::dist_binary(platform, "cms_agent");
-    let updater = dist::dist_binary(platform, "updater");
+    let agent = dist_tree::binary(platform, "cms_agent");
+    let updater = dist_tree::binary(platform, "updater");
     Ok(PlatformSizes {
         platform: platform.name.into(),
         agent: size_of(&agent),
@@ -77,10 +80,10 @@ fn no_linux_installer() -> Size {
 
 /// Compiles the Inno Setup installer (as `cargo xtask installer` does) and sizes it.
 fn windows_installer(version: &str) -> Size {
-    if let Err(reason) = wine::wine32_status() {
+    if let Err(reason) = inno::availability() {
         return Size::NotMeasured(format!("Inno Setup needs 32-bit Wine: {reason}"));
     }
-    match installer::compile(version, None) {
+    match inno::compile(version, None) {
         Ok(setup) => size_of(&setup),
         Err(err) => Size::NotMeasured(format!("the installer did not build: {err:#}")),
     }
@@ -91,14 +94,12 @@ fn package_size(plan: &Plan, platform: &Platform, agent: &Path, updater: &Path) 
     let dir = plan.work.join("sizes").join(platform.name);
     std::fs::create_dir_all(&dir)?;
     let version = &plan.bins.current.version;
-    super::fixture::publish(
-        &plan.bins.server,
-        &dir,
+    fixture::server(plan, &dir).publish(&Release {
         version,
+        platform: Some(platform.name),
         agent,
         updater,
-        platform.name,
-    )?;
+    })?;
     let packages = dir.join("packages").join(platform.name).join(version);
     let zip = std::fs::read_dir(&packages)?
         .filter_map(|entry| entry.ok().map(|e| e.path()))

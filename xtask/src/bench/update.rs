@@ -12,11 +12,10 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use cms_protocol::{AgentSummary, paths};
 use serde::Serialize;
 
-use super::Plan;
-use super::fixture::{Handover, Installed, Server, millis, wait_for};
+use super::fixture::{self, Handover, millis, wait_lock, watch_handover};
+use super::plan::Plan;
 use super::stats::Summary;
 
 /// The agent's update poll interval while polling is measured, seconds (the default is 3600).
@@ -97,31 +96,30 @@ fn once(plan: &Plan, trigger: Trigger, run: usize) -> Result<(Instant, Handover)
         .join(format!("update-{trigger:?}-{run}").to_lowercase());
     let server_dir = root.join("server");
     std::fs::create_dir_all(&server_dir)?;
-    let mut server = Server::start(&plan.bins.server, &server_dir)?;
-    let mut machine = Installed::new(&root, &plan.bins.current.agent)?;
+    let mut server = fixture::server(plan, &server_dir).start()?;
+    let mut machine = fixture::install(&root, &plan.bins.current.agent)?;
     let interval = match trigger {
         Trigger::Push => "3600".to_owned(),
         Trigger::Poll => POLL_SECS.to_string(),
     };
-    let pid = machine.start(&["--server", &server.url, "--update-poll-interval", &interval])?;
-    machine.wait_lock(|r| r.pid == pid)?;
-    let agent_id = wait_for("the agent to register", || {
-        let agents: Vec<AgentSummary> = server.get_json(paths::AGENTS)?;
-        Ok(agents.into_iter().next().map(|a| a.agent_id))
-    })?;
-    server.wait_for_websocket(&agent_id)?;
+    let pid = machine.start(&[
+        "--server",
+        server.url(),
+        "--update-poll-interval",
+        &interval,
+    ])?;
+    wait_lock(&machine, |r| r.pid == pid)?;
+    fixture::wait_registered(&server)?;
     std::thread::sleep(plan.settle);
     let next = &plan.bins.next;
+    let release = fixture::linux_release(&next.version, &next.agent, &next.updater);
     let outcome = std::thread::scope(|scope| -> Result<(Instant, Handover)> {
-        let watcher = scope.spawn(|| machine.watch_handover(pid, |r| r.version == next.version));
+        let watcher = scope.spawn(|| watch_handover(&machine, pid, |r| r.version == next.version));
         if trigger == Trigger::Poll {
             // Published while the server is down: at its restart it does not push it.
-            let listen = server.listen_addr().to_owned();
-            server.stop()?;
-            server.publish(&next.version, &next.agent, &next.updater, "linux-x86_64")?;
-            server = Server::start_on(&plan.bins.server, &server_dir, &listen)?;
+            server.restart(|stopped| stopped.publish(&release))?;
         } else {
-            server.publish(&next.version, &next.agent, &next.updater, "linux-x86_64")?;
+            server.publish(&release)?;
         }
         let available = Instant::now();
         let handover = watcher

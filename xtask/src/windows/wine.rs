@@ -1,9 +1,5 @@
-//! Wine for the Windows lane: throwaway Wine prefixes and `cargo xtask wine-test`.
-//!
-//! `cargo xtask wine-test [-p PKG]... [-- TEST_ARGS...]` cross-compiles the tests of the given
-//! packages (default: cms-protocol, cms-platform, cms-agent, cms-updater) for `x86_64-pc-windows-gnu` and runs
-//! them under Wine (`CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=wine`) in a fresh prefix; any test
-//! failure fails the task.
+//! Wine for the Windows lane: throwaway Wine prefixes, the virtual display setup.exe needs,
+//! Windows helper programs built with mingw, and the mapping between Unix and Windows paths.
 //!
 //! Prefixes: a template is made once with `wineboot --init` and `winecfg -v win10` (Wine 8
 //! says Windows 7 by default) and kept in `$CMS_CI_CACHE/wine-template` when the CI cache dir
@@ -13,12 +9,15 @@
 //! clones it to `<target>/wine/prefixes/<name>` (Windows binaries hard-linked: 40 MB instead
 //! of 1.2 GB, in about a second) and installs the TEST-ONLY
 //! `bcryptprimitives.dll` shim (built from `xtask/wine/bcryptprimitives.c`), without which no
-//! Rust exe loads under Wine 8. Windows end-to-end tests reuse [`prepare_prefix`] and
-//! [`WinePrefix::command`].
+//! Rust exe loads under Wine 8.
+//!
+//! Wine runs on Linux only: the tasks that need it call [`require_wine_host`] first.
 //!
 //! Must never: put the shim anywhere but a Wine prefix (never `dist/`, never the installer), or
 //! touch the user's own `~/.wine`.
 
+use crate::build::LINUX;
+use crate::host;
 use crate::util::{self, describe, run_checked, run_checked_timeout};
 use anyhow::{Context, Result, bail};
 use std::ffi::OsStr;
@@ -28,13 +27,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
-
-/// The Rust target triple of the Windows build.
-pub const WINDOWS_TARGET: &str = "x86_64-pc-windows-gnu";
-
-/// Packages whose tests `wine-test` runs when no `-p` is given.
-pub const DEFAULT_PACKAGES: [&str; 4] =
-    ["cms-protocol", "cms-platform", "cms-agent", "cms-updater"];
 
 /// The C compiler that builds the shim (from Debian's `gcc-mingw-w64-x86-64`).
 const MINGW_GCC: &str = "x86_64-w64-mingw32-gcc";
@@ -48,45 +40,29 @@ const TEMPLATE_FORMAT: &str = "template=2 (win10)";
 /// How long `wineboot --init` and `wineserver -w` may take before we give up.
 const WINEBOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// `cargo xtask wine-test [-p PKG]... [-- TEST_ARGS...]`.
-pub fn run(args: &[String]) -> Result<()> {
-    let mut args = args.to_vec();
-    let mut packages = util::take_values(&mut args, &["-p", "--package"])?;
-    let test_args = split_off_dashdash(&mut args);
-    util::reject_rest("wine-test", &args)?;
-    if packages.is_empty() {
-        packages = DEFAULT_PACKAGES.iter().map(|p| p.to_string()).collect();
+/// Fails unless this machine can run Windows programs under Wine (Linux): `what` needs it.
+pub fn require_wine_host(what: &str) -> Result<()> {
+    if !LINUX.is_host {
+        bail!(
+            "{what} runs the Windows programs under Wine, in throwaway prefixes: it needs Linux \
+             with Wine (bash .ci/windows-deps.sh), not this machine"
+        );
     }
-    let prefix = prepare_prefix("wine-test")?;
-    eprintln!("wine-test: WINEPREFIX={}", prefix.dir().display());
-    let mut cmd = util::cargo();
-    cmd.args(["test", "--target", WINDOWS_TARGET, "--no-fail-fast"]);
-    for package in &packages {
-        cmd.args(["-p", package]);
-    }
-    if !test_args.is_empty() {
-        cmd.arg("--").args(&test_args);
-    }
-    prefix.apply_env(&mut cmd);
-    cmd.env("CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER", wine_program());
-    run_checked(&mut cmd).context("Windows tests under Wine failed")?;
-    eprintln!(
-        "wine-test: all tests passed under Wine for {}",
-        packages.join(", ")
-    );
     Ok(())
 }
 
-/// Everything after a `--` in `args` (removed from `args`, `--` included).
-fn split_off_dashdash(args: &mut Vec<String>) -> Vec<String> {
-    match args.iter().position(|a| a == "--") {
-        Some(i) => {
-            let rest = args.split_off(i + 1);
-            args.pop();
-            rest
-        }
-        None => Vec::new(),
-    }
+/// The Windows form of an absolute Unix path, through Wine's `Z:` drive.
+pub fn windows_path(path: &Path) -> String {
+    format!("Z:{}", path.display()).replace('/', "\\")
+}
+
+/// The Unix path of a path on Wine's `Z:` drive (the inverse of [`windows_path`]).
+pub fn unix_path(windows: &str) -> Result<PathBuf> {
+    let rest = windows
+        .strip_prefix("Z:")
+        .or_else(|| windows.strip_prefix("z:"))
+        .with_context(|| format!("{windows} is not on Wine's Z: drive"))?;
+    Ok(PathBuf::from(rest.replace('\\', "/")))
 }
 
 /// A Wine prefix of our own (never `~/.wine`) with the test shim installed.
@@ -187,7 +163,7 @@ fn clone_tree(src: &Path, dest: &Path, share: bool) -> Result<()> {
         let (from, to) = (entry.path(), dest.join(entry.file_name()));
         let kind = entry.file_type()?;
         if kind.is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(&from)?, &to)?;
+            host::copy_symlink(&from, &to)?;
         } else if kind.is_dir() {
             let share = share || from.ends_with("drive_c/windows");
             clone_tree(&from, &to, share)?;
@@ -403,5 +379,18 @@ impl Drop for VirtualDisplay {
         // Best effort: the display was ours alone.
         let _ = self.server.kill();
         let _ = self.server.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unix_paths_map_to_wines_z_drive_and_back() {
+        let path = Path::new("/work/main/dist/uninst.e32.tmp");
+        assert_eq!(windows_path(path), r"Z:\work\main\dist\uninst.e32.tmp");
+        assert_eq!(unix_path(&windows_path(path)).ok().as_deref(), Some(path));
+        assert!(unix_path(r"C:\users\x\Temp\a.exe").is_err());
     }
 }

@@ -43,13 +43,18 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use cms_protocol::{AgentSummary, IpcResponse, IpcStatus, LockRecord, StoredError};
+use cms_protocol::{AgentSummary, IpcResponse, IpcStatus, LockRecord};
 
-use crate::demo;
-use crate::dist::{self, WINDOWS};
-use crate::installer::{self, APP_DIR};
-use crate::util::{self, output_timeout, run_checked, wait_for};
-use crate::wine::{self, VirtualDisplay, WINDOWS_TARGET, WinePrefix};
+use crate::build::{self, Stamped, StampedBuild, WINDOWS};
+use crate::checks;
+use crate::dist_tree;
+use crate::flags;
+use crate::server::{Release, RunningServer, Server, ServerOutput};
+use crate::util::{self, output_timeout, step, wait_for};
+use crate::version;
+use crate::windows::inno;
+use crate::windows::setup::{self, APP_DIR};
+use crate::windows::wine::{self, VirtualDisplay, WinePrefix};
 
 /// The release the installed agent updates itself to.
 const NEW_VERSION: &str = "2.0.0";
@@ -74,45 +79,40 @@ const SELF_DELETE_MARKS: [&str; 2] = [".__selfdelete__.", ".__relocated__."];
 
 /// `cargo xtask wine-e2e` (no options).
 pub fn run(args: &[String]) -> Result<()> {
-    util::reject_rest("wine-e2e", args)?;
+    flags::reject_rest("wine-e2e", args)?;
+    wine::require_wine_host("wine-e2e")?;
     let started = Instant::now();
-    let installed = installer::dist_version()?;
+    let installed = dist_tree::version()?;
     ensure!(
-        is_older(&installed, NEW_VERSION)?,
+        version::is_older(&installed, NEW_VERSION)?,
         "dist/ holds {installed}; the scenario updates to {NEW_VERSION}, so dist/ must be older \
          (cargo xtask dist --version 1.0.0)"
     );
-    for (_, binary) in dist::BINARIES {
-        dist::require_file(&dist::dist_binary(&WINDOWS, binary))
-            .context("run `cargo xtask dist --target windows` first")?;
-    }
+    dist_tree::require(&WINDOWS).context("run `cargo xtask dist --target windows` first")?;
     if let Err(reason) = wine::wine32_status() {
-        installer::skip("Windows end-to-end scenarios", &reason);
+        checks::skip("Windows end-to-end scenarios", &reason);
     }
     let display = match VirtualDisplay::start() {
         Ok(display) => display,
-        Err(e) => installer::skip(
+        Err(e) => checks::skip(
             "Windows end-to-end scenarios",
             &format!("no virtual display: {e:#}"),
         ),
     };
     let setup = setup_exe(&installed)?;
     let builds = Builds::make(NEW_VERSION)?;
-    let server_exe = util::build_server()?;
     let server_dir = e2e_dir().join("server");
     util::remove_dir_if_exists(&server_dir)?;
-    let mut server = demo::start_server(&util::target_dir().join("debug"), &server_dir)?;
+    let mut server = Server::new(&build::server()?, &server_dir, ServerOutput::Print).start()?;
     let outcome = Scenario {
         prefix: wine::prepare_prefix("wine-e2e")?,
         display: &display,
-        server_url: &server.url,
-        server_dir: &server_dir,
-        server_exe: &server_exe,
+        server: &server,
         builds: &builds,
         installed: &installed,
     }
     .run(&setup);
-    let stopped = demo::stop_server(&mut server.child);
+    let stopped = server.stop();
     outcome?;
     stopped?;
     println!(
@@ -123,15 +123,6 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Whether version `a` is older than `b` (both `X.Y.Z`).
-fn is_older(a: &str, b: &str) -> Result<bool> {
-    let parse = |v: &str| -> Result<Vec<u64>> {
-        dist::check_version(v)?;
-        Ok(v.split('.').filter_map(|p| p.parse().ok()).collect())
-    };
-    Ok(parse(a)? < parse(b)?)
-}
-
 /// `target/wine-e2e`: this task's builds and server data.
 fn e2e_dir() -> PathBuf {
     util::target_dir().join("wine-e2e")
@@ -139,20 +130,18 @@ fn e2e_dir() -> PathBuf {
 
 /// The setup exe `cargo xtask installer` made for `version`, compiled now if it is missing.
 fn setup_exe(version: &str) -> Result<PathBuf> {
-    let setup = dist::dist_dir().join(format!("cms_agent_setup-{version}.exe"));
+    let setup = dist_tree::setup_exe(version);
     if setup.is_file() {
         return Ok(setup);
     }
-    installer::compile(version, None)
+    inno::compile(version, None)
 }
 
 /// The Windows programs the scenario needs beyond `dist/`.
 #[derive(Debug)]
 struct Builds {
-    /// `cms_agent.exe` stamped [`NEW_VERSION`].
-    agent: PathBuf,
-    /// `updater.exe` stamped [`NEW_VERSION`].
-    updater: PathBuf,
+    /// `cms_agent.exe` and `updater.exe` stamped [`NEW_VERSION`].
+    new: Stamped,
     /// The `ipc_request` example of cms-agent.
     ipc_request: PathBuf,
 }
@@ -161,39 +150,22 @@ impl Builds {
     /// Builds them stamped `version` in `target/wine-e2e/build`, dev profile without debug
     /// info (a quarter of the size, for the package the agent downloads).
     fn make(version: &str) -> Result<Self> {
-        let target = e2e_dir().join("build");
-        let mut cmd = util::cargo();
-        cmd.args(["build", "--target", WINDOWS_TARGET])
-            .args([
-                "-p",
-                "cms-agent",
-                "--bin",
-                "cms_agent",
-                "--example",
-                "ipc_request",
-            ])
-            .args(["-p", "cms-updater", "--bin", "updater"])
-            .env("CMS_BUILD_VERSION", version)
-            .env("CARGO_TARGET_DIR", &target)
-            .env("CARGO_PROFILE_DEV_DEBUG", "false")
-            .env("CARGO_PROFILE_DEV_STRIP", "true");
         let started = Instant::now();
-        run_checked(&mut cmd)
+        let new = StampedBuild::new(version)
+            .platform(WINDOWS)
+            .target_dir(e2e_dir().join("build"))
+            .example("ipc_request")
+            .lean()
+            .run()
             .with_context(|| format!("cannot build the Windows {version} programs"))?;
         println!(
             "    built the Windows {version} agent, updater and ipc_request in {:.0?}",
             started.elapsed()
         );
-        let out = target.join(WINDOWS_TARGET).join("debug");
-        let builds = Builds {
-            agent: out.join("cms_agent.exe"),
-            updater: out.join("updater.exe"),
-            ipc_request: out.join("examples/ipc_request.exe"),
-        };
-        for exe in [&builds.agent, &builds.updater, &builds.ipc_request] {
-            dist::require_file(exe)?;
-        }
-        Ok(builds)
+        Ok(Builds {
+            ipc_request: new.example("ipc_request"),
+            new,
+        })
     }
 }
 
@@ -209,9 +181,7 @@ struct Status {
 struct Scenario<'a> {
     prefix: WinePrefix,
     display: &'a VirtualDisplay,
-    server_url: &'a str,
-    server_dir: &'a Path,
-    server_exe: &'a Path,
+    server: &'a RunningServer,
     builds: &'a Builds,
     installed: &'a str,
 }
@@ -242,18 +212,18 @@ impl Scenario<'_> {
         step(&format!(
             "installing {} silently per machine with /SERVER={}",
             setup.display(),
-            self.server_url
+            self.server.url()
         ));
         let log = "setup-install.log";
-        installer::install(
+        setup::install(
             &self.prefix,
             self.display,
             setup,
             "/ALLUSERS",
             log,
-            self.server_url,
+            self.server.url(),
         )?;
-        let run = installer::autostart_value(&self.prefix)?
+        let run = setup::autostart_value(&self.prefix)?
             .context("the HKLM Run value CMSAgent is missing after install")?;
         ensure!(
             run.to_lowercase().contains(&AGENT_EXE.to_lowercase()),
@@ -318,7 +288,7 @@ impl Scenario<'_> {
         step("Windows file semantics: the running cms_agent.exe cannot be overwritten");
         let exe = self.app_dir().join("cms_agent.exe");
         let before = fs::read(&exe).with_context(|| format!("cannot read {}", exe.display()))?;
-        let other = installer::windows_path(&dist::dist_binary(&WINDOWS, "updater"));
+        let other = wine::windows_path(&dist_tree::binary(&WINDOWS, "updater"));
         let mut cmd = self.prefix.command("cmd");
         cmd.args(["/c", "copy", "/y", &other, AGENT_EXE]);
         let out = output_timeout(&mut cmd, COMMAND_TIMEOUT)?;
@@ -338,7 +308,7 @@ impl Scenario<'_> {
 
     fn update(&self) -> Result<()> {
         step(&format!("self-update {} -> {NEW_VERSION}", self.installed));
-        self.publish(NEW_VERSION, &self.builds.agent)?;
+        self.publish(NEW_VERSION, &self.builds.new.agent)?;
         self.wait_for_agent(&format!("the agent {NEW_VERSION} online and IDLE"), |a| {
             a.version == NEW_VERSION && a.state == "IDLE" && a.online
         })?;
@@ -373,7 +343,7 @@ impl Scenario<'_> {
         let status = self.status()?;
         ensure!(status.version == NEW_VERSION, "--status says {status:?}");
         ensure!(
-            installer::autostart_value(&self.prefix)?.is_some(),
+            setup::autostart_value(&self.prefix)?.is_some(),
             "the Run value is gone after the update"
         );
         ok(&format!(
@@ -387,9 +357,10 @@ impl Scenario<'_> {
             "release {BROKEN_VERSION} whose agent exits at start is rolled back to {NEW_VERSION}"
         ));
         let before = self.status()?;
-        self.publish(BROKEN_VERSION, &self.builds.updater)?;
+        self.publish(BROKEN_VERSION, &self.builds.new.updater)?;
         let report = wait_for("an update_rolled_back report", WAIT, || {
             Ok(self
+                .server
                 .errors()?
                 .into_iter()
                 .find(|e| e.kind == "update_rolled_back" && e.message.contains(BROKEN_VERSION)))
@@ -484,9 +455,9 @@ impl Scenario<'_> {
 
     fn uninstall(&self) -> Result<()> {
         step("uninstall");
-        installer::uninstall(&self.prefix, self.display, &self.app_dir(), &[])?;
+        setup::uninstall(&self.prefix, self.display, &self.app_dir(), &[])?;
         ensure!(
-            installer::autostart_value(&self.prefix)?.is_none(),
+            setup::autostart_value(&self.prefix)?.is_none(),
             "the Run value is still there"
         );
         ok("the HKLM Run value CMSAgent is gone");
@@ -509,13 +480,12 @@ impl Scenario<'_> {
     /// `cms-server release publish --platform windows-x86_64` of `agent` as `version`, with
     /// the 2.0.0 updater.
     fn publish(&self, version: &str, agent: &Path) -> Result<()> {
-        run_checked(&mut util::publish_command(
-            self.server_exe,
-            self.server_dir,
+        self.server.publish(&Release {
             version,
-            Some(WINDOWS.name),
-            (agent, &self.builds.updater),
-        ))
+            platform: Some(WINDOWS.name),
+            agent,
+            updater: &self.builds.new.updater,
+        })
     }
 
     /// Waits until the server lists an agent for which `wanted` holds.
@@ -524,15 +494,11 @@ impl Scenario<'_> {
         what: &str,
         wanted: impl Fn(&AgentSummary) -> bool,
     ) -> Result<AgentSummary> {
-        wait_for(what, WAIT, || Ok(self.agents()?.into_iter().find(&wanted)))
+        self.server.wait_for_agent(what, WAIT, wanted)
     }
 
     fn agents(&self) -> Result<Vec<AgentSummary>> {
-        demo::agents(self.server_url)
-    }
-
-    fn errors(&self) -> Result<Vec<StoredError>> {
-        Ok(reqwest::blocking::get(format!("{}/api/v1/errors", self.server_url))?.json()?)
+        self.server.agents()
     }
 
     /// `cms_agent.exe --status`, which must find a running agent.
@@ -722,25 +688,6 @@ fn reap(mut child: Child) {
     let _ = child.wait();
 }
 
-fn step(text: &str) {
-    println!("==> {text}");
-}
-
 fn ok(text: &str) {
     println!("    ok: {text}");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn versions_compare_as_numbers() -> Result<()> {
-        assert!(is_older("0.1.0", "2.0.0")?);
-        assert!(is_older("1.10.0", "2.0.0")?);
-        assert!(!is_older("10.0.0", "2.0.0")?);
-        assert!(!is_older("2.0.0", "2.0.0")?);
-        assert!(is_older("x", "2.0.0").is_err());
-        Ok(())
-    }
 }

@@ -25,11 +25,14 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use cms_protocol::update::{executable_names, package_file_name};
 
-use crate::dist::{self, WINDOWS};
-use crate::installer::{self, Checks};
-use crate::sign;
-use crate::util::{self, output_timeout, run_checked};
-use crate::wine;
+use crate::build::{self, SHIPPED, WINDOWS};
+use crate::checks::{self, Checks};
+use crate::dist_tree;
+use crate::flags;
+use crate::server::{Release, Server, ServerOutput};
+use crate::signing::signer;
+use crate::util::{self, output_timeout};
+use crate::windows::inno;
 
 /// Time one child task may take (a cold `dist` release-builds both exes for Windows).
 const TASK_TIMEOUT: Duration = Duration::from_secs(40 * 60);
@@ -38,7 +41,7 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// `cargo xtask sign-check` (no options).
 pub fn run(args: &[String]) -> Result<()> {
-    util::reject_rest("sign-check", args)?;
+    flags::reject_rest("sign-check", args)?;
     let work = util::target_dir().join("sign-check");
     util::remove_dir_if_exists(&work)?;
     fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
@@ -51,7 +54,7 @@ pub fn run(args: &[String]) -> Result<()> {
         &ca.pem_env(),
     )?;
     check_dist(&mut checks, &ca, "CMS_SIGN_PFX", &ca.pfx_env())?;
-    let agent = dist::dist_binary(&WINDOWS, "cms_agent");
+    let agent = dist_tree::binary(&WINDOWS, "cms_agent");
     checks.check("a changed byte in a signed exe fails verification", || {
         tampered_copy_fails(&ca, &agent, &work)
     });
@@ -59,9 +62,9 @@ pub fn run(args: &[String]) -> Result<()> {
         "release publish packs the signed exes byte for byte, and they verify",
         || publish_keeps_signatures(&ca, &work),
     );
-    if let Err(reason) = wine::wine32_status() {
+    if let Err(reason) = inno::availability() {
         checks.finish("sign-check")?;
-        installer::skip("sign-check of the installer", &reason);
+        checks::skip("sign-check of the installer", &reason);
     }
     check_installer(&mut checks, &ca, &work)?;
     checks.finish("sign-check")
@@ -76,8 +79,8 @@ fn check_dist(
     env: &[(&str, &OsStr)],
 ) -> Result<()> {
     let output = run_task(&["dist", "--target", "windows", "--sign"], env)?;
-    for (_, binary) in dist::BINARIES {
-        let exe = dist::dist_binary(&WINDOWS, binary);
+    for (_, binary) in SHIPPED {
+        let exe = dist_tree::binary(&WINDOWS, binary);
         checks.check(
             format!("dist --sign with {how}: {binary}.exe verifies"),
             || ca.verify(&exe),
@@ -94,8 +97,7 @@ fn check_dist(
 /// the output holds no secret.
 fn check_installer(checks: &mut Checks, ca: &ThrowawayCa, work: &Path) -> Result<()> {
     let output = run_task(&["installer", "--sign"], &ca.pfx_env())?;
-    let version = installer::dist_version()?;
-    let setup = dist::dist_dir().join(format!("cms_agent_setup-{version}.exe"));
+    let setup = dist_tree::setup_exe(&dist_tree::version()?);
     checks.check("installer --sign: the setup exe verifies", || {
         ca.verify(&setup)
     });
@@ -115,9 +117,7 @@ fn run_task(args: &[&str], env: &[(&str, &OsStr)]) -> Result<Output> {
     let xtask = std::env::current_exe().context("cannot find the running xtask")?;
     let mut cmd = Command::new(xtask);
     cmd.args(args).current_dir(util::project_root());
-    for name in sign::ENV_VARS {
-        cmd.env_remove(name);
-    }
+    signer::without_secrets(&mut cmd);
     for (name, value) in env {
         cmd.env(name, value);
     }
@@ -147,7 +147,7 @@ fn env_names(env: &[(&str, &OsStr)]) -> String {
 fn tampered_copy_fails(ca: &ThrowawayCa, signed: &Path, work: &Path) -> Result<()> {
     let mut bytes =
         fs::read(signed).with_context(|| format!("cannot read {}", signed.display()))?;
-    let signature = sign::signature_range(&bytes)?
+    let signature = signer::signature_range(&bytes)?
         .with_context(|| format!("{} carries no signature", signed.display()))?;
     let at = signature.start / 2; // inside the image, well past the headers
     bytes[at] ^= 0x01;
@@ -163,20 +163,18 @@ fn tampered_copy_fails(ca: &ThrowawayCa, signed: &Path, work: &Path) -> Result<(
 
 /// Publishes the signed exes with the real `cms-server` and compares what the package holds.
 fn publish_keeps_signatures(ca: &ThrowawayCa, work: &Path) -> Result<()> {
-    let server = util::build_server()?;
     let data = work.join("server");
-    let version = installer::dist_version()?;
+    let version = dist_tree::version()?;
     let (agent, updater) = (
-        dist::dist_binary(&WINDOWS, "cms_agent"),
-        dist::dist_binary(&WINDOWS, "updater"),
+        dist_tree::binary(&WINDOWS, "cms_agent"),
+        dist_tree::binary(&WINDOWS, "updater"),
     );
-    run_checked(&mut util::publish_command(
-        &server,
-        &data,
-        &version,
-        Some(WINDOWS.name),
-        (&agent, &updater),
-    ))?;
+    Server::new(&build::server()?, &data, ServerOutput::Print).publish(&Release {
+        version: &version,
+        platform: Some(WINDOWS.name),
+        agent: &agent,
+        updater: &updater,
+    })?;
     let package = data
         .join("packages")
         .join(WINDOWS.name)
@@ -233,7 +231,7 @@ impl ThrowawayCa {
             key: work.join("codesign.key"),
             pfx: work.join("codesign.pfx"),
             password_file: work.join("pfx-password"),
-            password: sign::random_hex()?,
+            password: signer::random_hex()?,
         };
         fs::write(&ca.password_file, &ca.password)?;
         let ca_key = work.join("ca.key");

@@ -30,8 +30,11 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Every variable this module reads; tools that must not see the secrets run without them.
-pub const ENV_VARS: [&str; 7] = [
+use crate::util;
+
+/// Every variable this module reads; tools that must not see the secrets run without them
+/// ([`without_secrets`]).
+const ENV_VARS: [&str; 7] = [
     "CMS_SIGN_PFX",
     "CMS_SIGN_PFX_PASSWORD",
     "CMS_SIGN_CERT",
@@ -40,6 +43,14 @@ pub const ENV_VARS: [&str; 7] = [
     "CMS_SIGN_TIMESTAMP_URL",
     "CMS_SIGNTOOL",
 ];
+
+/// Removes every `CMS_SIGN_*` variable from `cmd`'s environment.
+pub fn without_secrets(cmd: &mut Command) -> &mut Command {
+    for variable in ENV_VARS {
+        cmd.env_remove(variable);
+    }
+    cmd
+}
 
 /// The description put into each signature (what Windows shows as the program's name).
 const DESCRIPTION: &str = "CMS Agent";
@@ -89,9 +100,13 @@ pub struct Signer {
 impl Signer {
     /// The signer the `CMS_SIGN_*` variables describe; errors say which variable to set.
     pub fn from_env() -> Result<Self> {
-        let lookup = |name: &str| std::env::var_os(name);
-        let credentials = credentials(&lookup)?;
-        let tool = choose_tool(&credentials, &lookup)?;
+        Self::from_vars(&|name| std::env::var_os(name))
+    }
+
+    /// The signer the variables `lookup` returns describe (`CMS_SIGN_*` and `PATH`).
+    pub fn from_vars(lookup: &dyn Fn(&str) -> Option<OsString>) -> Result<Self> {
+        let credentials = credentials(lookup)?;
+        let tool = choose_tool(&credentials, lookup)?;
         let timestamp_url = match lookup("CMS_SIGN_TIMESTAMP_URL") {
             Some(url) if !url.is_empty() => Some(
                 url.into_string()
@@ -321,24 +336,19 @@ fn choose_tool(
     if cfg!(windows) && matches!(credentials, Credentials::Pfx { .. }) {
         let signtool = match lookup("CMS_SIGNTOOL").filter(|v| !v.is_empty()) {
             Some(explicit) => Some(PathBuf::from(explicit)),
-            None => find_on_path(&path, "signtool.exe"),
+            None => util::find_on_path(&path, "signtool.exe"),
         };
         if let Some(program) = signtool {
             return Ok(Tool::Signtool(program));
         }
     }
     let name = format!("osslsigncode{}", std::env::consts::EXE_SUFFIX);
-    find_on_path(&path, &name).map(Tool::Osslsigncode).context(
-        "no signing tool: install osslsigncode (Debian: apt-get install osslsigncode); on \
+    util::find_on_path(&path, &name)
+        .map(Tool::Osslsigncode)
+        .context(
+            "no signing tool: install osslsigncode (Debian: apt-get install osslsigncode); on \
          Windows signtool.exe from the Windows SDK also works (on PATH or CMS_SIGNTOOL)",
-    )
-}
-
-/// The first `dir/name` on the search path `path` that is a file.
-fn find_on_path(path: &OsStr, name: &str) -> Option<PathBuf> {
-    std::env::split_paths(path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
+        )
 }
 
 /// The password in a new temp file only we can read (0600 on Unix), deleted when dropped.

@@ -1,0 +1,96 @@
+//! The binaries the bench measures, built the way they ship.
+//!
+//! Full runs measure release builds: the agent and updater are `cargo xtask dist`'s (the
+//! shipped files, Windows too when the Windows lane's tools are installed), `cms-server` and
+//! `cms-loadgen` come from the same target directory and build version, and the "next" release
+//! an update moves to is a second agent/updater build stamped one major version higher
+//! (`CMS_BUILD_VERSION`) in its own target directory, so that alternating versions never
+//! rebuild each other. Quick runs (smoke tests of the bench itself) use debug builds and the
+//! integration tests' versioned build directory, which CI has warm.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::build::{LINUX, Platform, Stamped, StampedBuild, WINDOWS};
+use crate::dist_tree;
+use crate::util::{self, run_checked};
+use crate::version;
+
+/// Where the measured programs are.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// Cargo profile they were built with (`release` or `dev`).
+    pub profile: &'static str,
+    /// `cms-server`.
+    pub server: PathBuf,
+    /// `cms-loadgen`.
+    pub loadgen: PathBuf,
+    /// The installed agent and updater.
+    pub current: Stamped,
+    /// The release an update moves to.
+    pub next: Stamped,
+    /// Whether `dist/` holds fresh Windows binaries of `current`.
+    pub windows_built: bool,
+}
+
+/// Release builds for a full run; `windows` adds the Windows dist binaries.
+pub fn release(windows: bool) -> Result<Binaries> {
+    let version = version::workspace();
+    let platforms: Vec<Platform> = if windows {
+        vec![WINDOWS, LINUX]
+    } else {
+        vec![LINUX]
+    };
+    dist_tree::build(version, &platforms, None).context("the dist build failed")?;
+    let host = LINUX.triple;
+    let mut tools = util::cargo();
+    tools
+        .args(["build", "--release", "--target", host])
+        .args(["-p", "cms-server", "-p", "cms-loadgen"])
+        .env("CMS_BUILD_VERSION", version);
+    run_checked(&mut tools)?;
+    let built = util::target_dir().join(host).join("release");
+    let next = StampedBuild::new(&version::next_major(version)?)
+        .release()
+        .platform(LINUX)
+        .target_dir(util::target_dir().join("bench-next"))
+        .run()?;
+    Ok(Binaries {
+        profile: "release",
+        server: built.join("cms-server"),
+        loadgen: built.join("cms-loadgen"),
+        current: Stamped::on_host(version, &dist_tree::dir().join(LINUX.name))?,
+        next,
+        windows_built: windows,
+    })
+}
+
+/// Debug builds for a quick run.
+pub fn debug() -> Result<Binaries> {
+    let mut cmd = util::cargo();
+    cmd.args(["build"]).args([
+        "-p",
+        "cms-server",
+        "-p",
+        "cms-loadgen",
+        "-p",
+        "cms-agent",
+        "-p",
+        "cms-updater",
+    ]);
+    run_checked(&mut cmd)?;
+    // The integration tests' versioned builds live here (crates/agent/tests/util).
+    let next = StampedBuild::new(&version::next_major(version::workspace())?)
+        .target_dir(util::target_dir().join("versioned/build"))
+        .run()?;
+    let built = util::target_dir().join("debug");
+    Ok(Binaries {
+        profile: "dev",
+        server: built.join("cms-server"),
+        loadgen: built.join("cms-loadgen"),
+        current: Stamped::on_host(version::workspace(), &built)?,
+        next,
+        windows_built: false,
+    })
+}

@@ -1,0 +1,278 @@
+//! `cms-server` for the tasks that need a backend (demo, wine-e2e, sign-check, bench): one
+//! program and data folder ([`Server`]), which publishes releases (`cms-server release
+//! publish`) and starts `cms-server serve` on loopback ([`RunningServer`]), printing what it
+//! does or quietly with its log in a file. A running server knows its URL and PID, stops
+//! politely, and can be restarted on the same port.
+//!
+//! Must never: listen on anything but 127.0.0.1, or outlive its handle (dropping a
+//! [`RunningServer`] kills the process).
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use cms_protocol::{AgentSummary, StoredError};
+use serde::de::DeserializeOwned;
+
+use crate::host;
+use crate::util::{self, describe, run_checked, step};
+
+/// How long the server may take to stop, and an agent to answer a push.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Where the server's own output goes.
+#[derive(Debug, Clone)]
+pub enum ServerOutput {
+    /// To ours, with a line for each start, stop and publish (the demo, wine-e2e).
+    Print,
+    /// Its log appended to this file, and nothing printed (the bench).
+    #[cfg_attr(
+        not(target_os = "linux"),
+        expect(dead_code, reason = "the bench's (Linux only)")
+    )]
+    LogFile(PathBuf),
+}
+
+/// A `cms-server` program and its data folder (SQLite, packages, TUF metadata).
+#[derive(Debug, Clone)]
+pub struct Server {
+    exe: PathBuf,
+    data_dir: PathBuf,
+    output: ServerOutput,
+}
+
+/// A release to publish: `version` of `agent` + `updater` for `platform` (the server's own
+/// platform when `None`).
+#[derive(Debug, Clone, Copy)]
+pub struct Release<'a> {
+    /// `X.Y.Z`.
+    pub version: &'a str,
+    /// `--platform`, such as `windows-x86_64`.
+    pub platform: Option<&'a str>,
+    /// The agent program.
+    pub agent: &'a Path,
+    /// The updater program.
+    pub updater: &'a Path,
+}
+
+impl Server {
+    /// The server `exe` with its data in `data_dir`.
+    pub fn new(exe: &Path, data_dir: &Path, output: ServerOutput) -> Self {
+        Self {
+            exe: exe.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            output,
+        }
+    }
+
+    /// `cms-server release publish` of `release` into the data folder; a running server sees
+    /// it within its release-watch interval.
+    pub fn publish(&self, release: &Release) -> Result<()> {
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(["release", "publish", "--data-dir"])
+            .arg(&self.data_dir)
+            .args(["--version", release.version]);
+        if let Some(platform) = release.platform {
+            cmd.args(["--platform", platform]);
+        }
+        cmd.arg("--agent")
+            .arg(release.agent)
+            .arg("--updater")
+            .arg(release.updater);
+        match self.output {
+            ServerOutput::Print => run_checked(&mut cmd),
+            ServerOutput::LogFile(_) => util::output_checked(&mut cmd).map(drop),
+        }
+    }
+
+    /// Starts `cms-server serve` on a free loopback port.
+    pub fn start(&self) -> Result<RunningServer> {
+        self.start_on("127.0.0.1:0")
+    }
+
+    /// Starts `cms-server serve` on `listen`; returns once it accepts connections.
+    pub fn start_on(&self, listen: &str) -> Result<RunningServer> {
+        let printing = matches!(self.output, ServerOutput::Print);
+        if printing {
+            step(&format!(
+                "starting cms-server (SQLite in {})",
+                self.data_dir.display()
+            ));
+        }
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(["serve", "--listen", listen, "--data-dir"])
+            .arg(&self.data_dir)
+            .stdout(Stdio::piped());
+        if let ServerOutput::LogFile(log) = &self.output {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .with_context(|| format!("cannot open the server log {}", log.display()))?;
+            cmd.stderr(file);
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", describe(&cmd)))?;
+        let url = match listening_url(&mut child) {
+            Ok(url) => url,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e.context(self.where_to_look()));
+            }
+        };
+        if printing {
+            println!("    listening on {url}");
+        }
+        Ok(RunningServer {
+            server: self.clone(),
+            child,
+            url,
+        })
+    }
+
+    /// Where the server said why it did not start.
+    fn where_to_look(&self) -> String {
+        match &self.output {
+            ServerOutput::Print => "cms-server did not start (its messages are above)".into(),
+            ServerOutput::LogFile(log) => {
+                format!("cms-server did not start; see {}", log.display())
+            }
+        }
+    }
+}
+
+/// The URL in the server's first line of output, `listening on http://127.0.0.1:PORT`.
+fn listening_url(child: &mut Child) -> Result<String> {
+    let stdout = child.stdout.take().context("cms-server has no stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .context("cannot read cms-server's address")?;
+    match line.trim().strip_prefix("listening on ") {
+        Some(url) => Ok(url.to_owned()),
+        None => bail!("cms-server did not report its address (said {line:?})"),
+    }
+}
+
+/// A running `cms-server serve`; killed when dropped.
+#[derive(Debug)]
+pub struct RunningServer {
+    server: Server,
+    child: Child,
+    url: String,
+}
+
+impl RunningServer {
+    /// Its base URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn listen_addr(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+
+    /// The process id (for `/proc` readings).
+    #[cfg_attr(
+        not(target_os = "linux"),
+        expect(dead_code, reason = "the bench's (Linux only)")
+    )]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// [`Server::publish`] into its data folder.
+    pub fn publish(&self, release: &Release) -> Result<()> {
+        self.server.publish(release)
+    }
+
+    /// Asks it to stop as the OS would ([`host::stop_child`]) and waits for its exit, which must
+    /// be clean where the stop was polite.
+    pub fn stop(&mut self) -> Result<()> {
+        let printing = matches!(self.server.output, ServerOutput::Print);
+        if printing {
+            step("stopping cms-server");
+        }
+        if self.child.try_wait()?.is_none() {
+            host::stop_child(&mut self.child)?;
+        }
+        let status = util::wait_child(&mut self.child, "cms-server", WAIT)?;
+        if printing {
+            println!("    cms-server exited with {status}");
+        }
+        if host::STOPS_POLITELY && !status.success() {
+            bail!("cms-server did not exit cleanly ({status})");
+        }
+        Ok(())
+    }
+
+    /// Stops it, runs `while_stopped` (a publish it must not see happen, say), and starts it
+    /// again on the same port.
+    #[cfg_attr(
+        not(target_os = "linux"),
+        expect(dead_code, reason = "the bench's (Linux only)")
+    )]
+    pub fn restart(&mut self, while_stopped: impl FnOnce(&Server) -> Result<()>) -> Result<()> {
+        let listen = self.listen_addr().to_owned();
+        self.stop()?;
+        while_stopped(&self.server)?;
+        *self = self.server.start_on(&listen)?;
+        Ok(())
+    }
+
+    /// `GET path` of its API as JSON.
+    pub fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let url = format!("{}{path}", self.url);
+        reqwest::blocking::get(&url)
+            .and_then(|r| r.error_for_status())
+            .and_then(|r| r.json())
+            .with_context(|| format!("GET {url}"))
+    }
+
+    /// `GET /api/v1/agents`.
+    pub fn agents(&self) -> Result<Vec<AgentSummary>> {
+        self.get_json(cms_protocol::paths::AGENTS)
+    }
+
+    /// Waits up to `timeout` until the server lists an agent for which `wanted` holds.
+    pub fn wait_for_agent(
+        &self,
+        what: &str,
+        timeout: Duration,
+        wanted: impl Fn(&AgentSummary) -> bool,
+    ) -> Result<AgentSummary> {
+        util::wait_for(what, timeout, || {
+            Ok(self.agents()?.into_iter().find(&wanted))
+        })
+    }
+
+    /// `GET /api/v1/errors`.
+    pub fn errors(&self) -> Result<Vec<StoredError>> {
+        self.get_json(cms_protocol::paths::OPERATOR_ERRORS)
+    }
+
+    /// Pushes `agent:update_required` to the agent `agent_id` until the server accepts it (202:
+    /// the agent holds a live WebSocket).
+    pub fn push_update_check(&self, agent_id: &str) -> Result<()> {
+        let url = format!("{}/api/v1/agents/{agent_id}/check-update", self.url);
+        let client = reqwest::blocking::Client::new();
+        util::wait_for("the push to be accepted", WAIT, || {
+            let status = client.post(&url).send()?.status();
+            Ok((status.as_u16() == 202).then_some(()))
+        })
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        // Best effort: after a stop this only reaps what has exited already.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
