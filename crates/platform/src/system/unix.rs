@@ -108,6 +108,30 @@ pub fn make_executable(path: &Path) -> io::Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o755))
 }
 
+pub fn create_private_file(path: &Path) -> io::Result<File> {
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    Ok(file)
+}
+
+/// What Linux appends to `/proc/self/exe` once the running file was unlinked or renamed over.
+const DELETED_SUFFIX: &[u8] = b" (deleted)";
+
+pub fn installed_path(exe: &Path) -> PathBuf {
+    if exe.exists() {
+        return exe.to_path_buf();
+    }
+    match exe.as_os_str().as_bytes().strip_suffix(DELETED_SUFFIX) {
+        Some(installed) => PathBuf::from(std::ffi::OsStr::from_bytes(installed)),
+        None => exe.to_path_buf(),
+    }
+}
+
 /// Where autostart entries live; a struct so tests can point it at a temp dir.
 #[derive(Debug, Clone)]
 struct AutostartDirs {
@@ -376,6 +400,30 @@ mod tests {
     fn a_zombie_does_not_run() {
         let stat = "4242 (a) Z 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
         assert_eq!(parse_start_time(stat), None);
+    }
+
+    #[test]
+    fn a_replaced_exe_is_found_at_its_install_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("cms_agent");
+        fs::write(&exe, b"new").unwrap();
+        let deleted = dir.path().join("cms_agent (deleted)");
+        assert_eq!(installed_path(&deleted), exe);
+        assert_eq!(installed_path(&exe), exe);
+        // A real file whose name ends like that is left alone.
+        fs::write(&deleted, b"x").unwrap();
+        assert_eq!(installed_path(&deleted), deleted);
+    }
+
+    #[test]
+    fn a_private_file_is_0600_even_when_it_existed_wider() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        fs::write(&path, b"old").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        drop(create_private_file(&path).unwrap());
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(fs::read(&path).unwrap(), b"");
     }
 
     #[test]
