@@ -8,6 +8,7 @@
 //! (when to update, what to do when a lock is held). The map of the crates and what each may
 //! depend on is `docs/ARCHITECTURE.md`.
 
+pub mod agent_args;
 pub mod clock;
 pub mod contact;
 pub mod fs;
