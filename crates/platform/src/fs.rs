@@ -56,7 +56,9 @@ mod tests {
 
     #[test]
     fn only_a_full_disk_or_quota_counts_as_out_of_space() {
-        assert!(is_out_of_space(&io::Error::from(io::ErrorKind::StorageFull)));
+        assert!(is_out_of_space(&io::Error::from(
+            io::ErrorKind::StorageFull
+        )));
         assert!(is_out_of_space(&io::Error::from(
             io::ErrorKind::QuotaExceeded
         )));

@@ -155,18 +155,17 @@ impl OldAgent {
         }
         system::detach(&mut command);
         let child = command.spawn()?;
-        tracing::info!(
-            pid = child.id(),
-            args = self.args.len(),
-            "agent started"
-        );
+        tracing::info!(pid = child.id(), args = self.args.len(), "agent started");
         Ok(child)
     }
 
     /// Nothing was changed: once the old agent is gone, start it again (it exited 0 to hand
     /// over, so no service manager would).
     fn give_up(&self, reason: &str) -> u8 {
-        tracing::error!(reason, "nothing was changed; starting the previous agent again");
+        tracing::error!(
+            reason,
+            "nothing was changed; starting the previous agent again"
+        );
         self.restart();
         EXIT_NOTHING_CHANGED
     }
@@ -284,7 +283,10 @@ impl Update<'_> {
     /// The release never ran: the journal says `aborted` (retried later, never refused for
     /// good) and the untouched previous agent is started again.
     fn abort(&self, journal: &mut Journal, reason: &str) {
-        tracing::error!(reason, "update aborted before the swap; nothing was changed");
+        tracing::error!(
+            reason,
+            "update aborted before the swap; nothing was changed"
+        );
         let _ = journal.advance(UpdatePhase::Aborted, Some(reason.to_owned()));
         self.agent.restart();
     }
@@ -294,7 +296,9 @@ impl Update<'_> {
         let expected = verify::Expected {
             lock_path: &self.lock_path,
             version: &self.package.manifest.version,
-            backend_contact_in: self.require_backend_contact.then_some(self.storage.as_path()),
+            backend_contact_in: self
+                .require_backend_contact
+                .then_some(self.storage.as_path()),
         };
         let verdict = match self.agent.start() {
             Ok(mut child) => match verify::verify_new_agent(&mut child, &expected, timeouts()) {

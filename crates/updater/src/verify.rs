@@ -59,7 +59,11 @@ pub fn verify_new_agent(
         wait_until(child, timeouts.backend_contact, what, || {
             Ok(reached_backend(pid, storage, version))
         })?;
-        tracing::info!(pid, version, "the backend accepted the new agent's heartbeat");
+        tracing::info!(
+            pid,
+            version,
+            "the backend accepted the new agent's heartbeat"
+        );
     }
     tracing::info!(pid, "grace period");
     let grace_end = Instant::now() + timeouts.grace;

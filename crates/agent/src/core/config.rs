@@ -278,7 +278,9 @@ fn recover(
         save_config(path, &salvaged.config)?;
         let recovered = salvaged.describe(had_last_good);
         tracing::warn!(kind = unusable.kind(), %recovered, "config.json rebuilt");
-        notice.message.push_str(&format!("; rebuilt from {recovered}"));
+        notice
+            .message
+            .push_str(&format!("; rebuilt from {recovered}"));
     }
     notices.push(notice);
     Ok(salvaged.config)
@@ -770,7 +772,10 @@ mod tests {
             manager.config().server_url.as_deref(),
             Some("http://127.0.0.1:6")
         );
-        assert_eq!(manager.config().credentials.as_ref().unwrap().agent_id, "a4");
+        assert_eq!(
+            manager.config().credentials.as_ref().unwrap().agent_id,
+            "a4"
+        );
     }
 
     #[test]

@@ -7,4 +7,5 @@ pub mod agent_state;
 pub mod config;
 pub mod error_reporter;
 pub mod storage;
+pub mod supervisor;
 pub mod update;
