@@ -352,7 +352,7 @@ impl Inner {
             self.record_backend_contact();
         }
         match sent {
-            Ok(()) if buffered > 0 => self.reporter.flush(&self.http).await,
+            Ok(()) if self.reporter.has_undelivered() => self.reporter.flush(&self.http).await,
             Ok(()) => tracing::debug!(state = %report.state, "heartbeat sent"),
             Err(HttpError::Unauthorized { .. }) => self.register_again().await,
             Err(err) => {

@@ -115,6 +115,12 @@ impl ErrorReporter {
         self.flush_drop_count(http).await;
     }
 
+    /// Whether a flush has anything to deliver: buffered reports, or a count of dropped ones.
+    pub fn has_undelivered(&self) -> bool {
+        let buffer = self.buffer();
+        !buffer.reports.is_empty() || buffer.dropped > 0
+    }
+
     /// Reports waiting in the buffer (heartbeats carry this number).
     pub fn buffered(&self) -> u64 {
         self.buffer().reports.len() as u64

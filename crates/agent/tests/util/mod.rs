@@ -6,6 +6,7 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod endless;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader};
@@ -83,9 +84,15 @@ impl Server {
 
     /// Starts a server on `listen` (to come back on the same port after a stop).
     pub fn start_on(data_dir: &Path, listen: &str) -> Server {
+        Server::start_with(data_dir, listen, &[])
+    }
+
+    /// Starts a server on `listen` with `extra` options of `cms-server serve`.
+    pub fn start_with(data_dir: &Path, listen: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(server_exe())
             .args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -177,6 +184,24 @@ impl Agent {
             child,
             data_dir: data_dir.to_path_buf(),
         }
+    }
+
+    /// Starts an agent whose stderr goes to `stderr` (to watch it while its disk is full).
+    pub fn start_with_stderr(data_dir: &Path, args: &[&str], stderr: &Path) -> Agent {
+        let child = agent_command(data_dir, args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(stderr).unwrap())
+            .spawn()
+            .unwrap();
+        Agent {
+            child,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    /// How many starts reached IDLE, by the log.
+    pub fn idle_count(&self) -> usize {
+        self.log().matches("State transition: STARTING -> IDLE").count()
     }
 
     /// The agent's `logs/agent.log` so far.

@@ -273,10 +273,18 @@ fn systemd_unit(words: &[OsString]) -> Result<String, SystemError> {
         _ => out.push(c),
     })?;
     Ok(format!(
-        "[Unit]\nDescription=CMS Agent\nWants=network-online.target\nAfter=network-online.target\n\n\
-         [Service]\nType=simple\nExecStart={exec}\nRestart=on-failure\nRestartSec=10\n\
-         # 1: another agent holds the lock; 2: unusable arguments or config. Restarting cannot help.\n\
-         RestartPreventExitStatus=1 2\n\n[Install]\nWantedBy={WANTED_BY}\n"
+        "[Unit]\nDescription=CMS Agent\nWants=network-online.target\nAfter=network-online.target\n\
+         # Never give up restarting (by default systemd stops after 5 starts in 10 s).\n\
+         StartLimitIntervalSec=0\n\n\
+         [Service]\nType=simple\nExecStart={exec}\n\
+         # The updater the agent starts must outlive the agent's exit at the hand-over.\n\
+         KillMode=process\n\
+         # Exit 1 (another agent holds the lock) is final. Everything else is retried: 2 (no\n\
+         # usable configuration yet: an operator may still write one), 4 (a task died), signals.\n\
+         Restart=on-failure\nRestartPreventExitStatus=1\n\
+         # 10 s, growing to 10 min over 6 failed starts (systemd 254+; older ones retry every 10 s).\n\
+         RestartSec=10\nRestartSteps=6\nRestartMaxDelaySec=600\n\n\
+         [Install]\nWantedBy={WANTED_BY}\n"
     ))
 }
 
@@ -461,6 +469,11 @@ mod autostart_and_secret_tests {
             "{unit}"
         );
         assert!(unit.contains("WantedBy=multi-user.target"));
+        // Exit 2 (nothing usable yet) is retried with backoff, for good; only 1 is final.
+        assert!(unit.contains("\nRestartPreventExitStatus=1\n"), "{unit}");
+        assert!(unit.contains("\nStartLimitIntervalSec=0\n"), "{unit}");
+        assert!(unit.contains("\nRestartMaxDelaySec=600\n"), "{unit}");
+        assert!(unit.contains("\nKillMode=process\n"), "{unit}");
         assert_eq!(fs::read_link(dirs.wants_link()).unwrap(), dirs.unit_file());
         // Registering again replaces the entry instead of failing on the existing link.
         register_autostart_in(&dirs, exe, &[], true).unwrap();
