@@ -167,6 +167,8 @@ impl Agent {
             lock_heartbeat(inner.clone()),
         );
         tasks.spawn("ipc_server", Role::MayFinish, ipc_server(inner.clone()));
+        // Let them run once, so the stop signals are handled before anything is logged as up.
+        tokio::task::yield_now().await;
         let registered = tokio::select! {
             registered = inner.register_until_done() => Ok(registered),
             death = tasks.next_death(&inner.cancel) => Err(death),

@@ -566,7 +566,7 @@ fn write_last_good(path: &Path, config: &Config) {
 }
 
 fn set_aside(path: &Path, label: &str, why: &Unusable) -> Result<ConfigNotice, ConfigError> {
-    let aside = path.with_file_name(format!("config.json.{label}-{}", clock::now_file_stamp()));
+    let aside = free_aside_name(path, label);
     fs::rename(path, &aside).map_err(|source| io_error("set aside", path, source))?;
     let message = format!("config.json {why}; kept aside as {}", aside.display());
     tracing::error!(kind = why.kind(), kept_as = %aside.display(), "{message}");
@@ -574,6 +574,19 @@ fn set_aside(path: &Path, label: &str, why: &Unusable) -> Result<ConfigNotice, C
         kind: why.kind(),
         message,
     })
+}
+
+/// `config.json.<label>-<time>`, with `-2`, `-3`... when a file set aside in the same second
+/// already has that name (it is never overwritten).
+fn free_aside_name(path: &Path, label: &str) -> PathBuf {
+    let stem = format!("config.json.{label}-{}", clock::now_file_stamp());
+    let mut aside = path.with_file_name(&stem);
+    let mut n = 1;
+    while aside.exists() {
+        n += 1;
+        aside = path.with_file_name(format!("{stem}-{n}"));
+    }
+    aside
 }
 
 /// Writes `config.json`, then its last-good copy.
@@ -735,6 +748,19 @@ mod tests {
             assert_eq!(manager.config(), &saved, "damage {damage:?}");
             assert_eq!(notices[0].kind, "config_corrupt");
             assert!(notices[0].message.contains(LAST_GOOD_NAME), "{notices:?}");
+            fs::write(&path, damage).unwrap();
+            ConfigManager::load(&path).unwrap(); // the same second: both copies are kept
+            let aside = fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .contains("corrupt")
+                })
+                .count();
+            assert_eq!(aside, 2);
             let rewritten: Config = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
             assert_eq!(rewritten, saved);
         }

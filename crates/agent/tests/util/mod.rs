@@ -201,7 +201,9 @@ impl Agent {
 
     /// How many starts reached IDLE, by the log.
     pub fn idle_count(&self) -> usize {
-        self.log().matches("State transition: STARTING -> IDLE").count()
+        self.log()
+            .matches("State transition: STARTING -> IDLE")
+            .count()
     }
 
     /// The agent's `logs/agent.log` so far.
