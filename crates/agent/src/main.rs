@@ -2,27 +2,32 @@
 //!
 //! Exit codes: 0 clean stop, 1 another instance holds the lock (or refused `--force`), 2 bad
 //! arguments, an unusable storage path/config or a refused OS operation, 3 `--status` found no
-//! running agent. `main` is the only place that turns errors into exit codes.
+//! running agent, 4 a task of the running agent died (reported; the service manager restarts
+//! it). A full disk at start is waited out, not an exit. `main` is the only place that turns
+//! errors into exit codes.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use cms_agent::core::agent::{Agent, AgentError, AgentOptions};
+use cms_agent::core::agent::{Agent, AgentError, AgentOptions, RunOutcome};
 use cms_agent::core::config::{ConfigManager, Intervals};
-use cms_agent::core::error_reporter::ErrorReporter;
+use cms_agent::core::error_reporter::{ErrorReporter, install_panic_hook};
 use cms_agent::core::storage::StateManager;
 use cms_agent::ipc::{self, IpcEndpoint, IpcError};
 use cms_agent::logging;
-use cms_agent::net::parse_server_url;
 use cms_agent::net::proxy::ProxySetting;
 use cms_agent::net::tls::parse_ca_pem;
+use cms_agent::net::{EnrollmentToken, backoff, parse_server_url};
 use cms_agent::system::lock_manager::{Acquire, LockManager};
 use cms_agent::system::{self, IpcSecret, SecretAction, SecretScope};
-use cms_protocol::{BUILD_VERSION, IpcStatus};
+use cms_platform::agent_args::{ENROLLMENT_TOKEN_ENV, PROXY_ENV};
+use cms_platform::fs::is_out_of_space;
+use cms_protocol::{BUILD_VERSION, IpcStatus, LockRecord};
 
 /// Another instance holds the lock.
 const EXIT_LOCK_HELD: u8 = 1;
@@ -30,8 +35,12 @@ const EXIT_LOCK_HELD: u8 = 1;
 const EXIT_UNUSABLE: u8 = 2;
 /// `--status` found no running agent.
 const EXIT_NOT_RUNNING: u8 = 3;
+/// A task of the running agent died: restart it.
+const EXIT_TASK_DIED: u8 = 4;
 /// How long `--force` waits for the old instance to shut down and release the lock.
 const FORCE_LOCK_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest pause between two attempts to start on a full disk.
+const DISK_FULL_MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The CMS endpoint agent: runs in the foreground until stopped.
 #[derive(Parser)]
@@ -40,11 +49,12 @@ struct Cli {
     /// Backend base URL (saved in config.json); https, or http to loopback only.
     #[arg(long, value_name = "URL")]
     server: Option<String>,
-    /// Enrollment token, when the server requires one at registration.
+    /// Enrollment token, when the server requires one at registration (kept in config.json
+    /// for a later re-enrollment).
     #[arg(
         long,
         value_name = "TOKEN",
-        env = "CMS_ENROLLMENT_TOKEN",
+        env = ENROLLMENT_TOKEN_ENV,
         hide_env_values = true
     )]
     enrollment_token: Option<String>,
@@ -83,7 +93,7 @@ struct Cli {
     #[arg(
         long,
         value_name = "URL",
-        env = "CMS_AGENT_PROXY",
+        env = PROXY_ENV,
         hide_env_values = true
     )]
     proxy: Option<String>,
@@ -126,43 +136,150 @@ fn run(cli: Cli, force_args: Vec<String>) -> Result<ExitCode> {
     }
     tracing::info!(version = BUILD_VERSION, pid = std::process::id(), data_dir = %storage.storage_path().display(), force = cli.force, "agent starting");
     let lock = LockManager::new(storage.storage_path());
-    let acquired = if cli.force {
+    let wait_for_lock = if cli.force {
         match runtime.block_on(ask_running_agent_to_stop(&storage, force_args)) {
-            Handover::Granted => lock.acquire_with_timeout(FORCE_LOCK_TIMEOUT)?,
-            Handover::NothingRuns => lock.acquire()?,
+            Handover::Granted => true,
+            Handover::NothingRuns => false,
             Handover::Refused => return Ok(ExitCode::from(EXIT_LOCK_HELD)),
         }
+    } else {
+        false
+    };
+    let (started, disk_full) = retry_while_disk_full(storage.storage_path(), || {
+        start(&storage, &lock, wait_for_lock, &cli)
+    })?;
+    let (config, reporter) = match started {
+        Start::Ready(config, reporter) => (config, reporter),
+        Start::LockHeld(holder) => return Ok(lock_held(&storage, holder)),
+    };
+    install_panic_hook(reporter.clone());
+    if let Some(wait) = disk_full {
+        reporter.store("storage_full", &wait.describe(storage.storage_path()));
+    }
+    let options = AgentOptions {
+        intervals: effective_intervals(&config.config().intervals, &cli),
+        trusted_root: cli.trusted_root,
+    };
+    let agent = Agent::new(storage, *config, reporter, lock, options)?;
+    match runtime.block_on(agent.run()) {
+        RunOutcome::Stopped => Ok(ExitCode::SUCCESS),
+        RunOutcome::TaskDied => Ok(ExitCode::from(EXIT_TASK_DIED)),
+    }
+}
+
+/// What a start attempt found.
+enum Start {
+    /// This process holds the lock; the configuration is loaded and the error reporter open.
+    Ready(Box<ConfigManager>, Arc<ErrorReporter>),
+    /// Another agent holds the lock.
+    LockHeld(Option<LockRecord>),
+}
+
+/// Takes the lock, then loads the configuration; a failure after the lock gives it back, so
+/// the attempt can be repeated.
+fn start(
+    storage: &StateManager,
+    lock: &LockManager,
+    wait_for_lock: bool,
+    cli: &Cli,
+) -> Result<Start> {
+    let acquired = if wait_for_lock {
+        lock.acquire_with_timeout(FORCE_LOCK_TIMEOUT)?
     } else {
         lock.acquire()?
     };
     if let Acquire::HeldBy(holder) = acquired {
-        let who = holder.map_or("unknown pid".into(), |r| {
-            format!("pid {}, heartbeat {}", r.pid, r.timestamp)
-        });
-        tracing::error!(holder = %who, "Failed to acquire lock. Agent exiting.");
-        eprintln!(
-            "cms_agent: another agent is running on {} ({who})",
-            storage.storage_path().display()
-        );
-        return Ok(ExitCode::from(EXIT_LOCK_HELD));
+        return Ok(Start::LockHeld(holder));
     }
+    let ready = load_config(storage, cli);
+    if ready.is_err() {
+        lock.release();
+    }
+    ready
+}
+
+/// Loads config.json, opens the error buffer (with what the load found to report) and applies
+/// the command line.
+fn load_config(storage: &StateManager, cli: &Cli) -> Result<Start> {
     let (mut config, notices) = ConfigManager::load(&storage.config_path())?;
-    let reporter = ErrorReporter::open(
+    let reporter = Arc::new(ErrorReporter::open(
         storage.error_buffer_path(),
         config.config().error_buffer_max_reports,
-    );
+    ));
     for notice in &notices {
         reporter.store(notice.kind, &notice.message);
     }
-    apply_command_line(&mut config, &cli)?;
-    let options = AgentOptions {
-        intervals: effective_intervals(&config.config().intervals, &cli),
-        enrollment_token: cli.enrollment_token,
-        trusted_root: cli.trusted_root,
-    };
-    let agent = Agent::new(storage, config, reporter, lock, options)?;
-    runtime.block_on(agent.run());
-    Ok(ExitCode::SUCCESS)
+    apply_command_line(&mut config, cli)?;
+    Ok(Start::Ready(Box::new(config), reporter))
+}
+
+fn lock_held(storage: &StateManager, holder: Option<LockRecord>) -> ExitCode {
+    let who = holder.map_or("unknown pid".into(), |r| {
+        format!("pid {}, heartbeat {}", r.pid, r.timestamp)
+    });
+    tracing::error!(holder = %who, "Failed to acquire lock. Agent exiting.");
+    eprintln!(
+        "cms_agent: another agent is running on {} ({who})",
+        storage.storage_path().display()
+    );
+    ExitCode::from(EXIT_LOCK_HELD)
+}
+
+/// How long a start waited for disk space.
+struct DiskFullWait {
+    waited: Duration,
+    attempts: u32,
+}
+
+impl DiskFullWait {
+    fn describe(&self, storage: &Path) -> String {
+        format!(
+            "the storage path {} was full at start: the agent waited {} s ({} attempts) until it could write its lock and configuration",
+            storage.display(),
+            self.waited.as_secs(),
+            self.attempts
+        )
+    }
+}
+
+/// Runs `attempt` again, backing off up to [`DISK_FULL_MAX_BACKOFF`], for as long as it fails
+/// for want of disk space: a full disk passes, and exiting would leave the machine without an
+/// agent when it does. Any other error is returned at once.
+fn retry_while_disk_full<T>(
+    storage: &Path,
+    mut attempt: impl FnMut() -> Result<T>,
+) -> Result<(T, Option<DiskFullWait>)> {
+    let started = Instant::now();
+    let mut failures = 0;
+    loop {
+        match attempt() {
+            Ok(value) => {
+                let waited = (failures > 0).then(|| DiskFullWait {
+                    waited: started.elapsed(),
+                    attempts: failures + 1,
+                });
+                return Ok((value, waited));
+            }
+            Err(err) if is_disk_full(&err) => {
+                failures += 1;
+                if failures == 1 {
+                    tracing::error!(error = %format!("{err:#}"), "the storage path is full; waiting for free space");
+                    eprintln!(
+                        "cms_agent: {err:#}; waiting for free space in {}",
+                        storage.display()
+                    );
+                }
+                std::thread::sleep(backoff(failures, DISK_FULL_MAX_BACKOFF));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+fn is_disk_full(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .any(is_out_of_space)
 }
 
 /// `--enable-autostart` / `--disable-autostart`: one OS operation, then exit.
@@ -175,7 +292,7 @@ fn autostart(cli: &Cli) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let exe = std::env::current_exe().context("cannot find the path of this program")?;
+    let exe = system::installed_exe().context("cannot find the path of this program")?;
     let mut args: Vec<OsString> = Vec::new();
     if let Some(dir) = &cli.data_dir {
         args.push("--data-dir".into());
@@ -288,16 +405,25 @@ async fn ask_running_agent_to_stop(storage: &StateManager, new_args: Vec<String>
     }
 }
 
-/// Saves what the command line changes permanently, and the version at first start.
+/// Saves what the command line changes permanently (the server, the enrollment token), and
+/// the version at first start. The same server spelled differently keeps the identity.
 fn apply_command_line(config: &mut ConfigManager, cli: &Cli) -> Result<()> {
     if let Some(server) = &cli.server {
-        parse_server_url(server)?;
+        let given = parse_server_url(server)?;
         config.update(|c| {
-            if c.server_url.as_deref() != Some(server.as_str()) {
+            let saved = c
+                .server_url
+                .as_deref()
+                .and_then(|s| parse_server_url(s).ok());
+            if saved.as_ref() != Some(&given) {
                 c.server_url = Some(server.clone());
                 c.credentials = None; // an identity belongs to one server
+                c.enrollment_token = None; // and so does its enrollment token
             }
         })?;
+    }
+    if let Some(token) = &cli.enrollment_token {
+        config.update(|c| c.enrollment_token = Some(EnrollmentToken::new(token.clone())))?;
     }
     if config.config().server_url.is_none() {
         return Err(AgentError::NoServer.into()); // checked before anything is written

@@ -127,3 +127,70 @@ fn reports_buffered_before_a_restart_are_sent_at_the_next_start() {
     }
     assert_eq!(agent.stop().code(), Some(0));
 }
+
+/// A report as the agent writes it, for a hand-made buffer file.
+fn report_line(id: &str) -> Vec<u8> {
+    let report = ErrorReport {
+        report_id: id.into(),
+        kind: "test_report".into(),
+        message: format!("report {id}"),
+        agent_version: "0.0.1".into(),
+        created_at: "2026-01-01T00:00:00Z".into(),
+        details: serde_json::Value::Null,
+    };
+    let mut line = serde_json::to_vec(&report).unwrap();
+    line.push(b'\n');
+    line
+}
+
+/// A buffer damaged the way disks and crashes damage it (one invalid UTF-8 byte in a line, a
+/// torn last line): the good reports are delivered, the two bad lines are counted and reported
+/// as dropped, and nothing else is lost.
+#[test]
+fn invalid_utf8_and_torn_lines_cost_only_themselves() {
+    let (_dir, _server_dir, server, data) = outage_setup();
+    let mut agent = Agent::start(&data, &[]);
+    server.wait_for_agent_state("IDLE");
+    assert_eq!(agent.stop().code(), Some(0));
+
+    let ids = [
+        "00000000-0000-4000-8000-000000000001",
+        "00000000-0000-4000-8000-000000000002",
+        "00000000-0000-4000-8000-000000000003",
+    ];
+    let mut buffer = report_line(ids[0]);
+    let mut bad_utf8 = report_line("00000000-0000-4000-8000-00000000000f");
+    bad_utf8[20] = 0xff;
+    buffer.extend_from_slice(&bad_utf8);
+    buffer.extend_from_slice(&report_line(ids[1]));
+    buffer.extend_from_slice(&report_line(ids[2]));
+    let torn = report_line("00000000-0000-4000-8000-00000000000e");
+    buffer.extend_from_slice(&torn[..torn.len() / 2]);
+    std::fs::write(data.join("error_reports.jsonl"), buffer).unwrap();
+
+    let mut agent = Agent::start(&data, &[]);
+    let overflow = wait_for("the drop count of the two bad lines", || {
+        server
+            .errors()
+            .into_iter()
+            .find(|e| e.kind == "error_buffer_overflow")
+    });
+    assert!(
+        overflow.message.starts_with("2 error reports"),
+        "{}",
+        overflow.message
+    );
+    let stored: HashSet<String> = server.errors().into_iter().map(|e| e.report_id).collect();
+    for id in ids {
+        assert!(stored.contains(id), "good report {id} lost");
+    }
+    wait_for("the buffer to be empty", || {
+        (buffered(&data).is_empty() && dropped(&data) == 0).then_some(())
+    });
+    assert!(
+        agent
+            .log()
+            .contains("skipped damaged lines in the error buffer")
+    );
+    assert_eq!(agent.stop().code(), Some(0));
+}

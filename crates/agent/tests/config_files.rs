@@ -98,3 +98,82 @@ fn a_corrupt_config_without_a_server_url_is_exit_2_and_kept_aside() {
         "the report waits for the next run: {buffered}"
     );
 }
+
+/// The six kinds of damage a fleet meets, each one started as the autostart entry starts the
+/// agent (only `--data-dir`) and once more as an operator re-runs it with `--server`: the agent
+/// comes up with its identity and its server every time, and the server never sees a second
+/// agent.
+#[test]
+fn six_kinds_of_damage_keep_the_identity_and_the_server_and_make_no_ghost() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"));
+    let data = dir.path().join("agent");
+    let mut agent = Agent::start(&data, &["--server", &server.url]);
+    let identity = server.wait_for_agent_state("IDLE").agent_id;
+    assert_eq!(agent.stop().code(), Some(0));
+    let good = std::fs::read(data.join("config.json")).unwrap();
+    let with = |change: &dyn Fn(&mut serde_json::Value)| {
+        let mut config: serde_json::Value = serde_json::from_slice(&good).unwrap();
+        change(&mut config);
+        serde_json::to_vec(&config).unwrap()
+    };
+    let damages: [(&str, Vec<u8>); 6] = [
+        ("empty", Vec::new()),
+        ("truncated", good[..good.len() / 2].to_vec()),
+        ("garbage", b"<html>not a configuration</html>".to_vec()),
+        ("NUL bytes", vec![0; 4096]),
+        (
+            "a mistyped field",
+            with(&|c| c["intervals"]["status_secs"] = "sixty".into()),
+        ),
+        (
+            "an unreadable schema version",
+            with(&|c| c["config_version"] = "two".into()),
+        ),
+    ];
+    let mut starts = agent.idle_count();
+    for (kind, damaged) in &damages {
+        for args in [vec![], vec!["--server", server.url.as_str()]] {
+            std::fs::write(data.join("config.json"), damaged).unwrap();
+            let mut agent = Agent::start(&data, &args);
+            wait_for(
+                &format!("a start on {kind} config ({args:?}) to reach IDLE"),
+                || (agent.idle_count() > starts).then_some(()),
+            );
+            starts = agent.idle_count();
+            let agents = server.agents();
+            assert_eq!(
+                agents.len(),
+                1,
+                "{kind} {args:?}: a second identity registered"
+            );
+            assert_eq!(agents[0].agent_id, identity, "{kind} {args:?}");
+            assert_eq!(agent.stop().code(), Some(0), "{kind} {args:?}");
+            let rebuilt: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(data.join("config.json")).unwrap()).unwrap();
+            assert_eq!(
+                rebuilt["credentials"]["agent_id"],
+                identity.as_str(),
+                "{kind}"
+            );
+            assert_eq!(rebuilt["server_url"], server.url.as_str(), "{kind}");
+        }
+    }
+    assert_eq!(
+        files_starting_with(&data, "config.json.corrupt-").len(),
+        2 * damages.len(),
+        "every damaged file is kept aside"
+    );
+    let reported = wait_for("a config_corrupt report for every damaged start", || {
+        let reports: Vec<_> = server
+            .errors()
+            .into_iter()
+            .filter(|e| e.kind == "config_corrupt")
+            .collect();
+        (reports.len() == 2 * damages.len()).then_some(reports)
+    });
+    assert!(
+        reported.iter().all(|r| r.message.contains("rebuilt from")),
+        "{reported:#?}"
+    );
+}

@@ -113,3 +113,57 @@ fn plain_http_to_a_remote_host_is_refused() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("use https"));
 }
+
+/// A panic in a running agent, while its backend is down: the agent stops with exit code 4
+/// (so a service manager restarts it) instead of running on half alive, the panic waits in the
+/// error buffer, and the next start delivers it. The panic is forced through the debug-only
+/// `CMS_AGENT_TEST_PANIC_FILE` (docs/ARCHITECTURE.md).
+#[test]
+fn a_panic_stops_the_agent_with_exit_4_and_is_reported_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_dir = dir.path().join("server");
+    let server = Server::start(&server_dir);
+    let listen = server.listen_addr();
+    let data = dir.path().join("agent");
+    let trigger = dir.path().join("panic-now");
+    let mut panicking =
+        util::agent_command(&data, &["--server", &server.url, "--status-interval", "1"]);
+    let mut agent = util::Agent {
+        child: panicking
+            .env("CMS_AGENT_TEST_PANIC_FILE", &trigger)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+        data_dir: data.clone(),
+    };
+    server.wait_for_agent_state("IDLE");
+    server.stop();
+
+    std::fs::write(&trigger, b"").unwrap();
+    let status = util::wait_exit(&mut agent.child);
+    assert_eq!(status.code(), Some(4), "{}", agent.log());
+    let buffered = std::fs::read_to_string(data.join("error_reports.jsonl")).unwrap();
+    assert!(buffered.contains("agent_panic"), "{buffered}");
+    assert!(agent.log().contains("test panic requested"));
+
+    let server = Server::start_on(&server_dir, &listen);
+    let mut restarted = Agent::start(&data, &[]);
+    let report = wait_for("the panic report after the restart", || {
+        server
+            .errors()
+            .into_iter()
+            .find(|e| e.kind == "agent_panic")
+    });
+    assert!(
+        report.message.contains("test panic requested"),
+        "{}",
+        report.message
+    );
+    assert!(
+        report.message.contains("agent.rs"),
+        "the panic's place: {}",
+        report.message
+    );
+    assert_eq!(restarted.stop().code(), Some(0));
+}

@@ -1,9 +1,10 @@
 //! Self-update end to end with real builds (1.0.0 -> 2.0.0 via `CMS_BUILD_VERSION`), the real
 //! server's `release publish`, the real updater, and real failures: tampered, truncated and
 //! endless packages, a release that never becomes healthy, a short disk, kills at random
-//! moments of the update, and, through a throttling proxy, `--force` during a download and a
-//! download resumed after a kill; and an update over HTTPS with a private CA through an
-//! authenticating forward proxy.
+//! moments of the update, an exe replaced on disk while it runs, a staging failure retried, a
+//! release cut off from the backend, no secret on a command line or in a log across an update,
+//! and, through a throttling proxy, `--force` during a download and a download resumed after
+//! a kill; and an update over HTTPS with a private CA through an authenticating forward proxy.
 
 #![cfg(unix)] // drives Linux builds and signals; the Windows lane runs its own scenarios
 #![allow(clippy::unwrap_used)] // integration tests: a failed call is a failed test
@@ -67,6 +68,7 @@ impl Machine {
             .args(extra)
             .env("CMS_UPDATER_GRACE_SECS", "1")
             .env("CMS_UPDATER_VERIFY_SECS", "20")
+            .env("CMS_UPDATER_CONTACT_SECS", "20")
             .env("CMS_UPDATER_WAIT_SECS", "20")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -628,4 +630,184 @@ fn an_update_over_https_with_a_private_ca_goes_through_an_authenticating_proxy()
         proxy.log()
     );
     assert!(!agent_log(&machine.data).contains("upd4te-pass"));
+    let updater_log = std::fs::read_to_string(machine.data.join("logs/updater.log")).unwrap();
+    assert!(!updater_log.contains("upd4te-pass"), "{updater_log}");
+}
+
+/// A package manager renames a new file over the running exe (Linux then names the running one
+/// `cms_agent (deleted)`); the next self-update still installs at the install path and leaves
+/// an agent running.
+#[test]
+fn an_exe_replaced_while_running_is_updated_at_its_install_path() {
+    let machine = Machine::new("1.0.0");
+    let server = Server::start(&machine.server_dir);
+    machine.start(&server, "3600");
+    wait_for_version(&server, "1.0.0");
+    let fresh = machine.exe.with_file_name("cms_agent.dpkg-new");
+    std::fs::copy(versioned_build("1.0.0").join("cms_agent"), &fresh).unwrap();
+    std::fs::rename(&fresh, &machine.exe).unwrap();
+    let pid = lock_record(&machine.data).unwrap().pid;
+    let running = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert!(
+        running.to_string_lossy().ends_with(" (deleted)"),
+        "{running:?}"
+    );
+
+    machine.publish("2.0.0");
+    wait_for_version(&server, "2.0.0");
+    assert_eq!(machine.exe_version(), "cms_agent 2.0.0");
+    assert!(process_alive(lock_record(&machine.data).unwrap().pid));
+    assert!(
+        !machine
+            .exe
+            .with_file_name("cms_agent (deleted).old")
+            .exists()
+    );
+}
+
+/// Staging fails (here a folder where `<exe>.new` must go, as a file an antivirus holds past
+/// the retries would): the updater starts the old agent again, the version is not refused for
+/// good, and the retry after the backoff installs it.
+#[test]
+fn a_staging_failure_is_retried_and_the_retry_succeeds() {
+    let machine = Machine::new("1.0.0");
+    let server = Server::start(&machine.server_dir);
+    std::fs::create_dir_all(&machine.data).unwrap();
+    let config = serde_json::json!({
+        "config_version": 2,
+        "server_url": server.url,
+        "intervals": { "update_retry_secs": 2 },
+    });
+    std::fs::write(machine.data.join("config.json"), config.to_string()).unwrap();
+    let blocker = machine.exe.with_file_name("cms_agent.new");
+    std::fs::create_dir(&blocker).unwrap();
+    machine.start(&server, "3600");
+    wait_for_version(&server, "1.0.0");
+    machine.publish("2.0.0");
+
+    let message = wait_for_error(&server, "update_aborted", "2.0.0");
+    assert!(message.contains("cannot stage the new agent"), "{message}");
+    assert!(message.contains("trying again in"), "{message}");
+    std::fs::remove_dir(&blocker).unwrap();
+    wait_for_version(&server, "2.0.0");
+    assert_eq!(machine.exe_version(), "cms_agent 2.0.0");
+    assert!(machine.config()["rolled_back_versions"].is_null());
+    wait_for("the aborted attempt to be forgotten once installed", || {
+        machine.config()["update_retry"].is_null().then_some(())
+    });
+}
+
+/// The new release runs but cannot reach the backend (the network to it is cut as the updater
+/// starts): the old agent could, so the updater rolls back instead of calling it healthy, and
+/// the old agent, back online, reports why.
+#[test]
+fn a_release_that_cannot_reach_the_backend_is_rolled_back() {
+    let machine = Machine::new("1.0.0");
+    let server = Server::start(&machine.server_dir);
+    let proxy = Proxy::start(&server.listen_addr());
+    machine.start_via(&proxy.url, "3600", &[]);
+    wait_for_version(&server, "1.0.0");
+    wait_for("the old agent's backend contact", || {
+        machine
+            .data
+            .join("backend-contact.json")
+            .exists()
+            .then_some(())
+    });
+    machine.publish("2.0.0");
+    wait_for("the updater to start", || journal(&machine.data));
+    proxy.cut_off();
+
+    let updater_log = || std::fs::read_to_string(machine.data.join("logs/updater.log"));
+    wait_for("the rollback", || {
+        updater_log()
+            .is_ok_and(|log| log.contains("rolling back"))
+            .then_some(())
+    });
+    proxy.reconnect();
+    let message = wait_for_error(&server, "update_rolled_back", "2.0.0");
+    assert!(
+        message.contains("heartbeat accepted by the backend"),
+        "{message}"
+    );
+    assert_eq!(machine.exe_version(), "cms_agent 1.0.0");
+    assert_eq!(machine.config()["rolled_back_versions"][0], "2.0.0");
+    let record = lock_record(&machine.data).unwrap();
+    assert_eq!(record.version, "1.0.0");
+    assert!(process_alive(record.pid));
+}
+
+/// Bytes of `/proc/PID/<file>` (the command line, the environment).
+fn proc_file(pid: u32, file: &str) -> Vec<u8> {
+    std::fs::read(format!("/proc/{pid}/{file}")).unwrap()
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// An agent enrolled with a token updates itself: the token is on no command line and in no
+/// environment of the new agent and in no log (the agent's and the updater's), config.json and
+/// logs/ are private, and the token kept in config.json enrolls the agent again after the
+/// server lost its database.
+#[test]
+fn no_secret_on_a_command_line_or_in_a_log_across_an_update() {
+    const TOKEN: &str = "enroll-5f0c9a71-do-not-leak";
+    let machine = Machine::new("1.0.0");
+    let token_arg = ["--enrollment-token", TOKEN];
+    let server = Server::start_with(
+        &machine.server_dir,
+        &["--listen", "127.0.0.1:0", token_arg[0], token_arg[1]],
+        None,
+    );
+    let agent_args = ["--enrollment-token", TOKEN, "--status-interval", "1"];
+    machine.start_via(&server.url, "3600", &agent_args);
+    wait_for_version(&server, "1.0.0");
+    machine.publish("2.0.0");
+    wait_for_version(&server, "2.0.0");
+
+    let record = lock_record(&machine.data).unwrap();
+    assert_eq!(record.version, "2.0.0");
+    assert!(!contains(&proc_file(record.pid, "cmdline"), TOKEN));
+    assert!(!contains(&proc_file(record.pid, "environ"), TOKEN));
+    let config = machine.config();
+    assert_eq!(
+        config["enrollment_token"], TOKEN,
+        "kept for a re-enrollment"
+    );
+    let agent_token = config["credentials"]["agent_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let logs = machine.data.join("logs");
+    for entry in std::fs::read_dir(&logs).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read(&path).unwrap();
+        assert!(
+            !contains(&text, TOKEN),
+            "enrollment token in {}",
+            path.display()
+        );
+        assert!(
+            !contains(&text, &agent_token),
+            "credential in {}",
+            path.display()
+        );
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&machine.data.join("config.json")), 0o600);
+    assert_eq!(mode(&logs), 0o700);
+
+    let listen = server.listen_addr();
+    server.stop();
+    let reset = machine.server_dir.with_file_name("server-after-reset");
+    let server = Server::start_with(
+        &reset,
+        &["--listen", &listen, token_arg[0], token_arg[1]],
+        None,
+    );
+    wait_for_version(&server, "2.0.0");
 }

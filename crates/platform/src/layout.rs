@@ -12,6 +12,8 @@ pub const LOCK_FILE_NAME: &str = "agent.lock";
 pub const JOURNAL_NAME: &str = "update-journal.json";
 /// The updater's log file, in `logs/`.
 pub const UPDATER_LOG_NAME: &str = "updater.log";
+/// The agent's record of its last heartbeat the backend accepted, in the storage path.
+pub const BACKEND_CONTACT_NAME: &str = "backend-contact.json";
 
 /// `agent.lock` in `storage`.
 pub fn lock_path(storage: &Path) -> PathBuf {
@@ -31,6 +33,11 @@ pub fn updates_dir(storage: &Path) -> PathBuf {
 /// `updates/update-journal.json` in `storage`.
 pub fn journal_path(storage: &Path) -> PathBuf {
     updates_dir(storage).join(JOURNAL_NAME)
+}
+
+/// `backend-contact.json` in `storage`: which agent process the backend last heard from.
+pub fn backend_contact_path(storage: &Path) -> PathBuf {
+    storage.join(BACKEND_CONTACT_NAME)
 }
 
 /// The storage path that holds `logs_dir` (the updater is given the logs folder).

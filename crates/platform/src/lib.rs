@@ -1,6 +1,6 @@
 //! What the CMS agent (`cms_agent`) and its updater (`updater`) share: the OS seam, the names of
 //! the files both must agree on, the lock file's record, the release package format, atomic
-//! writes and the clock.
+//! writes, the backend-contact record and the clock.
 //!
 //! The updater is the safety net of a self-update, so it depends on this crate and never on the
 //! agent: nothing here may make a network connection, start an async runtime (the one tokio
@@ -8,7 +8,9 @@
 //! (when to update, what to do when a lock is held). The map of the crates and what each may
 //! depend on is `docs/ARCHITECTURE.md`.
 
+pub mod agent_args;
 pub mod clock;
+pub mod contact;
 pub mod fs;
 pub mod layout;
 pub mod lock_file;

@@ -71,6 +71,16 @@ impl Package {
         self.extract(&self.manifest.updater, target)
     }
 
+    /// Size of the agent executable once extracted (what staging it takes on the install
+    /// volume).
+    pub fn agent_len(&self) -> Result<u64, PackageError> {
+        let mut archive = self.archive()?;
+        let entry = archive
+            .by_name(&self.manifest.agent)
+            .map_err(|e| self.damaged(format!("no {:?}: {e}", self.manifest.agent)))?;
+        Ok(entry.size())
+    }
+
     fn extract(&self, name: &str, target: &Path) -> Result<(), PackageError> {
         let mut archive = self.archive()?;
         let mut entry = archive

@@ -66,6 +66,10 @@ pub enum UpdatePhase {
     Succeeded,
     /// The old version runs again.
     RolledBack,
+    /// The update stopped before the swap (staging failed, the install volume is full, the
+    /// journal or the swap could not be written) and the old agent runs again, unchanged: the
+    /// release never ran, so it is retried later instead of being refused for good.
+    Aborted,
 }
 
 /// The update journal (see the module docs).
@@ -86,4 +90,17 @@ pub struct UpdateJournal {
     /// Why a rollback happened, for the error report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// What `backend-contact.json` in the storage path holds: the last agent process whose heartbeat
+/// the backend accepted. The updater reads it to learn whether the old agent could reach the
+/// backend, and then requires the same of the new one before it calls it healthy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendContact {
+    /// PID of that agent process.
+    pub pid: u32,
+    /// Its version.
+    pub version: String,
+    /// When the backend accepted its heartbeat (RFC 3339, UTC).
+    pub accepted_at: String,
 }

@@ -1,15 +1,21 @@
 //! `updater`: replaces the CMS agent with a new version, proves it healthy or rolls back
 //! (docs/CONTRACT.md, docs/ARCHITECTURE.md "One self-update, end to end").
 //!
-//! Flow: stage the new exe from the package and back up the current one (`swap`) while the old
-//! agent shuts down -> wait for it to exit (60 s, then terminate it) -> swap -> start the new agent with the old one's arguments ->
-//! verify it (`verify`) -> on success remove `.old` and the package and delete itself; on failure
-//! stop the new agent, restore `.old`, start the old one and exit non-zero. Every phase is
-//! written to the update journal first (`journal`), so a kill at any moment leaves a state the
-//! next agent start can finish or undo. Everything is logged to `<log-dir>/updater.log`.
+//! Flow: check the install volume's free space, stage the new exe from the package and back up
+//! the current one (`swap`) while the old agent shuts down -> wait for it to exit (60 s, then
+//! terminate it) -> swap -> start the new agent with the old one's arguments -> verify it
+//! (`verify`; when the old agent had a heartbeat accepted by the backend, the new one must too)
+//! -> on success remove `.old` and the package and delete itself; on failure stop the new agent,
+//! restore `.old`, start the old one and exit non-zero. Whenever it gives up before the swap, the
+//! old agent is started again and the journal says `aborted` (retried later, not refused). Every
+//! phase is written to the update journal first (`journal`), so a kill at any moment leaves a
+//! state the next agent start can finish or undo. Everything is logged to
+//! `<log-dir>/updater.log`, never the agent's arguments (they may carry the enrollment token,
+//! which is handed to the started agent in its environment instead).
 //!
 //! Exit codes: 0 updated and verified; 1 rolled back; 2 nothing changed (bad arguments or
-//! package); 3 the old agent would not stop; 4 the swap or the rollback itself failed.
+//! package, staging failed); 3 the old agent would not stop; 4 the swap or the rollback itself
+//! failed.
 
 mod journal;
 mod swap;
@@ -21,6 +27,8 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use cms_platform::agent_args::{ENROLLMENT_TOKEN_ENV, split_enrollment_token};
+use cms_platform::contact::read_backend_contact;
 use cms_platform::layout;
 use cms_platform::lock_file::read_lock_record;
 use cms_platform::package::Package;
@@ -38,6 +46,8 @@ const EXIT_SWAP_FAILED: u8 = 4;
 
 /// How often the old agent's exit is checked: the swap waits on it, so it is downtime.
 const EXIT_POLL: Duration = Duration::from_millis(5);
+/// Free bytes to leave on the install volume beyond the staged exe and the backup.
+const INSTALL_RESERVE_BYTES: u64 = 1024 * 1024;
 
 /// Arguments the agent passes when it hands over to the updater.
 #[derive(Debug, Parser)]
@@ -55,7 +65,8 @@ struct Args {
     /// Folder for `updater.log`: the agent's `<storage>/logs`.
     #[arg(long, value_name = "DIR")]
     log_dir: PathBuf,
-    /// The agent's own arguments, passed on unchanged to the new (or restored) agent.
+    /// The agent's own arguments, passed on to the new (or restored) agent; an enrollment
+    /// token among them is handed over in its environment instead.
     #[arg(last = true, value_name = "AGENT_ARGS")]
     agent_args: Vec<String>,
 }
@@ -65,43 +76,127 @@ fn main() -> ExitCode {
     if let Err(err) = init_logging(&args.log_dir) {
         eprintln!("updater: cannot log to {}: {err}", args.log_dir.display());
     }
-    tracing::info!(version = BUILD_VERSION, package = %args.package_path.display(), exe = %args.current_exe_path.display(), old_pid = args.old_pid, "updater started");
+    tracing::info!(version = BUILD_VERSION, package = %args.package_path.display(), exe = %args.current_exe_path.display(), old_pid = args.old_pid, agent_args = args.agent_args.len(), "updater started");
     let code = run(&args);
     tracing::info!(exit_code = code, "updater finished");
     ExitCode::from(code)
 }
 
 fn run(args: &Args) -> u8 {
+    let agent = OldAgent::from_args(args);
+    let Some(storage) = layout::storage_of_logs_dir(&args.log_dir) else {
+        return agent.give_up("--log-dir must be the agent's <storage>/logs");
+    };
     let package = match Package::open(&args.package_path) {
         Ok(package) => package,
-        Err(err) => {
-            tracing::error!(error = %err, "refusing the package; nothing was changed");
-            return EXIT_NOTHING_CHANGED;
-        }
-    };
-    let Some(storage) = layout::storage_of_logs_dir(&args.log_dir) else {
-        tracing::error!("--log-dir must be the agent's <storage>/logs");
-        return EXIT_NOTHING_CHANGED;
+        Err(err) => return agent.give_up(&format!("refusing the package: {err}")),
     };
     let update = Update {
-        args,
-        package,
+        require_backend_contact: old_agent_reached_backend(storage, args.old_pid),
         lock_path: layout::lock_path(storage),
         journal_path: layout::journal_path(storage),
+        storage: storage.to_path_buf(),
+        package,
+        agent,
+        args,
     };
     update.run()
 }
 
+/// Whether the agent that handed over had a heartbeat accepted by the backend: then the new
+/// one must have one too before it counts as healthy.
+fn old_agent_reached_backend(storage: &Path, old_pid: u32) -> bool {
+    let reached = read_backend_contact(storage).is_some_and(|c| c.pid == old_pid);
+    tracing::info!(
+        old_pid,
+        reached,
+        "the new agent must reach the backend too when the old one did"
+    );
+    reached
+}
+
+/// The agent being replaced: where it is installed and how it was started.
+struct OldAgent {
+    /// The install path (a replaced exe's ` (deleted)` path resolved to it).
+    exe: PathBuf,
+    pid: u32,
+    /// Its arguments without the enrollment token.
+    args: Vec<std::ffi::OsString>,
+    /// The enrollment token, passed on in the environment, never on a command line.
+    enrollment_token: Option<std::ffi::OsString>,
+}
+
+impl OldAgent {
+    fn from_args(args: &Args) -> Self {
+        let exe = system::installed_path(&args.current_exe_path);
+        if exe != args.current_exe_path {
+            tracing::info!(installed = %exe.display(), "the running agent's exe was replaced on disk; updating the install path");
+        }
+        let given = args.agent_args.iter().map(Into::into).collect();
+        let (args_kept, enrollment_token) = split_enrollment_token(given);
+        OldAgent {
+            exe,
+            pid: args.old_pid,
+            args: args_kept,
+            enrollment_token,
+        }
+    }
+
+    /// Starts the agent at the install path with the old agent's arguments.
+    fn start(&self) -> std::io::Result<Child> {
+        let mut command = Command::new(&self.exe);
+        command
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(token) = &self.enrollment_token {
+            command.env(ENROLLMENT_TOKEN_ENV, token);
+        }
+        system::detach(&mut command);
+        let child = command.spawn()?;
+        tracing::info!(pid = child.id(), args = self.args.len(), "agent started");
+        Ok(child)
+    }
+
+    /// Nothing was changed: once the old agent is gone, start it again (it exited 0 to hand
+    /// over, so no service manager would).
+    fn give_up(&self, reason: &str) -> u8 {
+        tracing::error!(
+            reason,
+            "nothing was changed; starting the previous agent again"
+        );
+        self.restart();
+        EXIT_NOTHING_CHANGED
+    }
+
+    /// Waits for the old process to be gone, then starts the agent again.
+    fn restart(&self) {
+        if !wait_for_old_agent(self.pid, env_secs("CMS_UPDATER_WAIT_SECS", 60)) {
+            return; // it still runs
+        }
+        match self.start() {
+            Ok(child) => tracing::info!(pid = child.id(), "previous agent started again"),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot start the previous agent; autostart will")
+            }
+        }
+    }
+}
+
 struct Update<'a> {
     args: &'a Args,
+    agent: OldAgent,
     package: Package,
+    storage: PathBuf,
     lock_path: PathBuf,
     journal_path: PathBuf,
+    require_backend_contact: bool,
 }
 
 impl Update<'_> {
     fn run(&self) -> u8 {
-        let exe = &self.args.current_exe_path;
+        let exe = &self.agent.exe;
         let old_version =
             read_lock_record(&self.lock_path).map_or_else(|| "unknown".into(), |r| r.version);
         let mut journal = match Journal::start(
@@ -112,15 +207,20 @@ impl Update<'_> {
         ) {
             Ok(journal) => journal,
             Err(err) => {
-                tracing::error!(error = %err, "cannot write the update journal; nothing was changed");
-                return EXIT_NOTHING_CHANGED;
+                return self
+                    .agent
+                    .give_up(&format!("cannot write the update journal: {err}"));
             }
         };
         // Staged and backed up while the old agent shuts down: once it is gone, only a rename
         // and the new agent's start remain, which is all the downtime an update costs.
         let prepared = self.prepare(exe);
-        if !wait_for_old_agent(self.args.old_pid, env_secs("CMS_UPDATER_WAIT_SECS", 60)) {
+        if !wait_for_old_agent(self.agent.pid, env_secs("CMS_UPDATER_WAIT_SECS", 60)) {
             swap::discard(exe);
+            let _ = journal.advance(
+                UpdatePhase::Aborted,
+                Some("the old agent would not stop".into()),
+            );
             return EXIT_OLD_AGENT_STUCK;
         }
         if let Err(code) = self.swap_in(&mut journal, prepared) {
@@ -129,49 +229,85 @@ impl Update<'_> {
         self.start_and_verify(&mut journal)
     }
 
-    /// Extracts the new agent to `<exe>.new` and copies the current one to `<exe>.old`; the
-    /// install path is not touched.
+    /// Checks the install volume, extracts the new agent to `<exe>.new` and copies the current
+    /// one to `<exe>.old`; the install path is not touched.
     fn prepare(&self, exe: &Path) -> Result<(), String> {
+        self.check_install_space(exe)?;
         self.package
             .extract_agent(&layout::staged_path(exe))
             .map_err(|err| format!("cannot stage the new agent: {err}"))?;
         swap::back_up(exe).map_err(|err| format!("cannot back up the current agent: {err}"))
     }
 
-    /// Moves the prepared new agent in, or restarts the old one if preparing failed.
+    /// Room for the staged exe and the backup beside the installed one.
+    fn check_install_space(&self, exe: &Path) -> Result<(), String> {
+        let folder = exe.parent().unwrap_or(Path::new("."));
+        let new_len = self.package.agent_len().map_err(|err| err.to_string())?;
+        let old_len = fs::metadata(exe)
+            .map_err(|err| format!("cannot read {}: {err}", exe.display()))?
+            .len();
+        let needed = new_len
+            .saturating_add(old_len)
+            .saturating_add(INSTALL_RESERVE_BYTES);
+        let free = system::available_space(folder)
+            .map_err(|err| format!("cannot measure free space in {}: {err}", folder.display()))?;
+        if free < needed {
+            return Err(format!(
+                "not enough free space on the install volume ({}): {free} bytes free, {needed} needed",
+                folder.display()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Moves the prepared new agent in, or aborts (old agent started again) if preparing or
+    /// the swap failed.
     fn swap_in(&self, journal: &mut Journal, prepared: Result<(), String>) -> Result<(), u8> {
-        let exe = &self.args.current_exe_path;
+        let exe = &self.agent.exe;
         let ready = journal
             .advance(UpdatePhase::Swapping, None)
             .map_err(|err| format!("cannot write the update journal: {err}"))
             .and(prepared);
         if let Err(reason) = ready {
-            tracing::error!(error = %reason, "nothing was changed");
             swap::discard(exe);
-            self.restart_old(journal, &reason);
+            self.abort(journal, &reason);
             return Err(EXIT_NOTHING_CHANGED);
         }
         swap::install(exe).map_err(|err| {
-            tracing::error!(error = %err, "swap failed; the previous agent is still in place");
             swap::discard(exe);
-            self.restart_old(journal, &format!("swap failed: {err}"));
+            self.abort(journal, &format!("swap failed: {err}"));
             EXIT_SWAP_FAILED
         })
     }
 
+    /// The release never ran: the journal says `aborted` (retried later, never refused for
+    /// good) and the untouched previous agent is started again.
+    fn abort(&self, journal: &mut Journal, reason: &str) {
+        tracing::error!(
+            reason,
+            "update aborted before the swap; nothing was changed"
+        );
+        let _ = journal.advance(UpdatePhase::Aborted, Some(reason.to_owned()));
+        self.agent.restart();
+    }
+
     fn start_and_verify(&self, journal: &mut Journal) -> u8 {
         let _ = journal.advance(UpdatePhase::Verifying, None);
-        let version = &self.package.manifest.version;
-        let verdict = match self.start_agent() {
-            Ok(mut child) => {
-                match verify::verify_new_agent(&mut child, &self.lock_path, version, timeouts()) {
-                    Ok(()) => Ok(()),
-                    Err(reason) => {
-                        stop_child(&mut child);
-                        Err(reason)
-                    }
+        let expected = verify::Expected {
+            lock_path: &self.lock_path,
+            version: &self.package.manifest.version,
+            backend_contact_in: self
+                .require_backend_contact
+                .then_some(self.storage.as_path()),
+        };
+        let verdict = match self.agent.start() {
+            Ok(mut child) => match verify::verify_new_agent(&mut child, &expected, timeouts()) {
+                Ok(()) => Ok(()),
+                Err(reason) => {
+                    stop_child(&mut child);
+                    Err(reason)
                 }
-            }
+            },
             Err(err) => Err(format!("cannot start the new agent: {err}")),
         };
         match verdict {
@@ -184,7 +320,7 @@ impl Update<'_> {
     /// the updater itself.
     fn cleanup(&self, journal: &mut Journal) -> u8 {
         let _ = journal.advance(UpdatePhase::Succeeded, None);
-        remove_quietly(&layout::backup_path(&self.args.current_exe_path));
+        remove_quietly(&layout::backup_path(&self.agent.exe));
         remove_quietly(&self.args.package_path);
         tracing::info!(version = %self.package.manifest.version, "update verified");
         if let Err(err) = self_replace::self_delete() {
@@ -193,41 +329,19 @@ impl Update<'_> {
         0
     }
 
-    /// The plan's `rollback`: `.old` is restored and the old agent started again.
+    /// The plan's `rollback`: `.old` is restored and the old agent started again, which
+    /// reports `reason` and never installs this version again.
     fn rollback(&self, journal: &mut Journal, reason: String) -> u8 {
         tracing::error!(reason = %reason, "new agent is not healthy; rolling back");
         let _ = journal.advance(UpdatePhase::RollingBack, Some(reason.clone()));
-        if let Err(err) = swap::restore(&self.args.current_exe_path) {
+        if let Err(err) = swap::restore(&self.agent.exe) {
             tracing::error!(error = %err, "rollback could not restore the previous agent");
             return EXIT_SWAP_FAILED;
         }
         remove_quietly(&self.args.package_path);
-        self.restart_old(journal, &reason);
+        let _ = journal.advance(UpdatePhase::RolledBack, Some(reason));
+        self.agent.restart();
         EXIT_ROLLED_BACK
-    }
-
-    /// Starts the (restored or untouched) previous agent, which reports `reason`.
-    fn restart_old(&self, journal: &mut Journal, reason: &str) {
-        let _ = journal.advance(UpdatePhase::RolledBack, Some(reason.to_owned()));
-        match self.start_agent() {
-            Ok(child) => tracing::info!(pid = child.id(), "previous agent started again"),
-            Err(err) => {
-                tracing::error!(error = %err, "cannot start the previous agent; autostart will")
-            }
-        }
-    }
-
-    fn start_agent(&self) -> std::io::Result<Child> {
-        let mut command = Command::new(&self.args.current_exe_path);
-        command
-            .args(&self.args.agent_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        system::detach(&mut command);
-        let child = command.spawn()?;
-        tracing::info!(pid = child.id(), args = ?self.args.agent_args, "agent started");
-        Ok(child)
     }
 }
 
@@ -279,6 +393,7 @@ fn remove_quietly(path: &Path) {
 fn timeouts() -> Timeouts {
     Timeouts {
         lock: env_secs("CMS_UPDATER_VERIFY_SECS", 30),
+        backend_contact: env_secs("CMS_UPDATER_CONTACT_SECS", 60),
         grace: env_secs("CMS_UPDATER_GRACE_SECS", 10),
     }
 }
@@ -303,4 +418,33 @@ fn init_logging(log_dir: &Path) -> std::io::Result<()> {
         .with_writer(std::sync::Mutex::new(file))
         .try_init()
         .map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_is_started_again_without_the_token_on_its_command_line() {
+        let args = Args::parse_from([
+            "updater",
+            "--package-path",
+            "p.zip",
+            "--current-exe-path",
+            "/opt/cms/cms_agent",
+            "--old-pid",
+            "42",
+            "--log-dir",
+            "/var/lib/cms-agent/logs",
+            "--",
+            "--server",
+            "https://cms",
+            "--enrollment-token",
+            "s3cret",
+        ]);
+        let agent = OldAgent::from_args(&args);
+        assert_eq!(agent.pid, 42);
+        assert_eq!(agent.args, ["--server", "https://cms"]);
+        assert_eq!(agent.enrollment_token.as_deref(), Some("s3cret".as_ref()));
+    }
 }

@@ -1,13 +1,16 @@
 //! Proving the new agent healthy: the plan's `verify_new_agent`.
 //!
 //! Healthy means: the process is alive, `agent.lock` names its PID with the expected version and
-//! a fresh heartbeat timestamp, and it is still so after a grace period. Anything else is a
-//! reason to roll back, returned as text for the journal and the error report.
+//! a fresh heartbeat timestamp, the backend accepted a heartbeat from it (required when the old
+//! agent had one accepted: a release that cannot reach the backend could never be sent a fix),
+//! and it is still so after a grace period. Anything else is a reason to roll back, returned as
+//! text for the journal and the error report.
 
 use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+use cms_platform::contact::read_backend_contact;
 use cms_platform::lock_file::read_lock_record;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -21,42 +24,80 @@ const POLL: Duration = Duration::from_millis(100);
 pub struct Timeouts {
     /// For the new agent to take the lock.
     pub lock: Duration,
+    /// For the backend to accept its heartbeat, once it holds the lock.
+    pub backend_contact: Duration,
     /// For it to stay healthy afterwards.
     pub grace: Duration,
+}
+
+/// What the new agent must show.
+#[derive(Debug)]
+pub struct Expected<'a> {
+    /// `agent.lock` of the storage path.
+    pub lock_path: &'a Path,
+    /// The version being installed.
+    pub version: &'a str,
+    /// The storage path whose `backend-contact.json` must name the new agent, when the old
+    /// one reached the backend; `None` when only local checks apply.
+    pub backend_contact_in: Option<&'a Path>,
 }
 
 /// Checks the new agent; `Err` says why it is not healthy.
 pub fn verify_new_agent(
     child: &mut Child,
-    lock_path: &Path,
-    version: &str,
+    expected: &Expected<'_>,
     timeouts: Timeouts,
 ) -> Result<(), String> {
-    let deadline = Instant::now() + timeouts.lock;
-    while !holds_lock(child.id(), lock_path, version)? {
-        still_running(child)?;
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "new agent did not take the lock within {:?}",
-                timeouts.lock
-            ));
-        }
-        std::thread::sleep(POLL);
+    let pid = child.id();
+    let (lock_path, version) = (expected.lock_path, expected.version);
+    wait_until(child, timeouts.lock, "take the lock", || {
+        holds_lock(pid, lock_path, version)
+    })?;
+    tracing::info!(pid, version, "new agent holds the lock");
+    if let Some(storage) = expected.backend_contact_in {
+        let what = "have a heartbeat accepted by the backend (the old agent had)";
+        wait_until(child, timeouts.backend_contact, what, || {
+            Ok(reached_backend(pid, storage, version))
+        })?;
+        tracing::info!(
+            pid,
+            version,
+            "the backend accepted the new agent's heartbeat"
+        );
     }
-    tracing::info!(
-        pid = child.id(),
-        version,
-        "new agent holds the lock; grace period"
-    );
+    tracing::info!(pid, "grace period");
     let grace_end = Instant::now() + timeouts.grace;
     while Instant::now() < grace_end {
         still_running(child)?;
         std::thread::sleep(POLL);
     }
-    if !holds_lock(child.id(), lock_path, version)? {
+    if !holds_lock(pid, lock_path, version)? {
         return Err("new agent lost the lock during the grace period".into());
     }
     Ok(())
+}
+
+/// Polls `done` until it says yes while the child runs; an error after `timeout`.
+fn wait_until(
+    child: &mut Child,
+    timeout: Duration,
+    what: &str,
+    mut done: impl FnMut() -> Result<bool, String>,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    while !done()? {
+        still_running(child)?;
+        if Instant::now() >= deadline {
+            return Err(format!("new agent did not {what} within {timeout:?}"));
+        }
+        std::thread::sleep(POLL);
+    }
+    Ok(())
+}
+
+/// Whether the storage path's backend-contact record names this process at this version.
+fn reached_backend(pid: u32, storage: &Path, version: &str) -> bool {
+    read_backend_contact(storage).is_some_and(|c| c.pid == pid && c.version == version)
 }
 
 fn still_running(child: &mut Child) -> Result<(), String> {

@@ -3,9 +3,12 @@
 //! Every periodic job (heartbeat, update polling, lock heartbeat), the WebSocket client, the
 //! event handler and the OS-signal watcher is a task on one `CancellationToken`.
 //! [`Agent::graceful_shutdown`] may be called from any task; `run` then joins the tasks with a
-//! timeout, releases the lock, logs `Shutdown complete` and returns, so `main` can exit 0.
+//! timeout, releases the lock, logs `Shutdown complete` and returns, so `main` can exit 0. A
+//! task that dies (`supervisor`) is reported and shuts the agent down the same way, and `run`
+//! says so, for `main` to exit non-zero and the service manager to restart the agent.
 //! Nothing here calls `process::exit`, and nothing here logs a credential.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -14,14 +17,14 @@ use cms_protocol::{
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::agent_state::{AgentState, StateCell};
-use crate::core::config::{ConfigManager, Intervals};
+use crate::core::config::{ConfigManager, Intervals, UpdateRetry};
 use crate::core::error_reporter::ErrorReporter;
 use crate::core::net_health::NetHealth;
 use crate::core::storage::StateManager;
+use crate::core::supervisor::{Role, TaskDeath, Tasks};
 use crate::core::update::{self, Settlement, Update};
 use crate::net::Credentials;
 use crate::net::http_client::{HttpClient, HttpError};
@@ -63,10 +66,17 @@ pub enum AgentError {
 pub struct AgentOptions {
     /// Timers in effect (config.json with command-line overrides applied).
     pub intervals: Intervals,
-    /// Sent at registration when the server requires one. Never logged.
-    pub enrollment_token: Option<String>,
     /// `--trusted-root`: the TUF root to pin before anything is fetched.
     pub trusted_root: Option<std::path::PathBuf>,
+}
+
+/// How [`Agent::run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// A requested stop (signal, IPC, hand-over to the updater).
+    Stopped,
+    /// A task died; it was reported and the agent stopped so that it is restarted.
+    TaskDied,
 }
 
 /// The running agent; cheap to clone into tasks.
@@ -82,7 +92,7 @@ struct Inner {
     http: HttpClient,
     trust: TrustedMetadata,
     ws: WSClient,
-    reporter: ErrorReporter,
+    reporter: Arc<ErrorReporter>,
     net_health: NetHealth,
     network_route: String,
     lock: LockManager,
@@ -90,6 +100,8 @@ struct Inner {
     cancel: CancellationToken,
     options: AgentOptions,
     metrics: Mutex<MetricsSampler>,
+    /// Set once `backend-contact.json` names this process (the updater's health check).
+    contact_recorded: AtomicBool,
 }
 
 impl Agent {
@@ -97,7 +109,7 @@ impl Agent {
     pub fn new(
         storage: StateManager,
         config: ConfigManager,
-        reporter: ErrorReporter,
+        reporter: Arc<ErrorReporter>,
         lock: LockManager,
         options: AgentOptions,
     ) -> Result<Self, AgentError> {
@@ -137,6 +149,7 @@ impl Agent {
             cancel: CancellationToken::new(),
             options,
             metrics: Mutex::new(MetricsSampler::new()),
+            contact_recorded: AtomicBool::new(false),
         };
         Ok(Agent {
             inner: Arc::new(inner),
@@ -154,32 +167,63 @@ impl Agent {
         self.inner.graceful_shutdown();
     }
 
-    /// Runs until a shutdown is requested, then stops everything in order.
-    pub async fn run(self) {
+    /// Runs until a shutdown is requested or a task dies, then stops everything in order.
+    pub async fn run(self) -> RunOutcome {
         let inner = &self.inner;
-        let mut tasks = JoinSet::new();
-        tasks.spawn(watch_os_signals(inner.clone()));
-        tasks.spawn(lock_heartbeat(inner.clone()));
-        tasks.spawn(ipc_server(inner.clone()));
-        if inner.register_until_done().await {
-            inner.pin_trusted_root().await;
-            let _ = inner.state.set_state(AgentState::Idle);
-            inner.reporter.flush(&inner.http).await;
-            spawn_services(inner, &mut tasks);
-            tasks.spawn(settle_update_journal(inner.clone()));
+        let mut tasks = Tasks::default();
+        tasks.spawn(
+            "os_signals",
+            Role::MayFinish,
+            watch_os_signals(inner.clone()),
+        );
+        tasks.spawn(
+            "lock_heartbeat",
+            Role::Essential,
+            lock_heartbeat(inner.clone()),
+        );
+        tasks.spawn("ipc_server", Role::MayFinish, ipc_server(inner.clone()));
+        // Let them run once, so the stop signals are handled before anything is logged as up.
+        tokio::task::yield_now().await;
+        let registered = tokio::select! {
+            registered = inner.register_until_done() => Ok(registered),
+            death = tasks.next_death(&inner.cancel) => Err(death),
+        };
+        let death = match registered {
+            Err(death) => Some(death),
+            Ok(registered) => {
+                if registered {
+                    inner.pin_trusted_root().await;
+                    let _ = inner.state.set_state(AgentState::Idle);
+                    inner.reporter.flush(&inner.http).await;
+                    spawn_services(inner, &mut tasks);
+                    let settle = settle_update_journal(inner.clone());
+                    tasks.spawn("settle_update_journal", Role::MayFinish, settle);
+                }
+                tokio::select! {
+                    _ = inner.cancel.cancelled() => None,
+                    death = tasks.next_death(&inner.cancel) => Some(death),
+                }
+            }
+        };
+        if let Some(death) = &death {
+            inner.after_death(death).await;
         }
-        inner.cancel.cancelled().await;
         inner.finish_shutdown(tasks).await;
+        match death {
+            Some(_) => RunOutcome::TaskDied,
+            None => RunOutcome::Stopped,
+        }
     }
 }
 
-fn spawn_services(inner: &Arc<Inner>, tasks: &mut JoinSet<()>) {
+fn spawn_services(inner: &Arc<Inner>, tasks: &mut Tasks) {
     let (events_tx, events_rx) = mpsc::channel(16);
-    tasks.spawn(status_loop(inner.clone()));
-    tasks.spawn(poll_loop(inner.clone()));
-    tasks.spawn(event_loop(inner.clone(), events_rx));
+    tasks.spawn("status_loop", Role::Essential, status_loop(inner.clone()));
+    tasks.spawn("poll_loop", Role::Essential, poll_loop(inner.clone()));
+    let events = event_loop(inner.clone(), events_rx);
+    tasks.spawn("event_loop", Role::Essential, events);
     let ws_inner = inner.clone();
-    tasks.spawn(async move {
+    tasks.spawn("websocket", Role::Essential, async move {
         let token = || ws_inner.http.bearer_token();
         ws_inner
             .ws
@@ -200,18 +244,13 @@ impl Inner {
 
     /// The rest of the plan's `graceful_shutdown`, run by `Agent::run` once the tasks were
     /// cancelled: join them (with a timeout), `STOPPED`, release the lock, `Shutdown complete`.
-    async fn finish_shutdown(&self, mut tasks: JoinSet<()>) {
+    async fn finish_shutdown(&self, tasks: Tasks) {
         self.graceful_shutdown();
-        let joined = tokio::time::timeout(SHUTDOWN_JOIN_TIMEOUT, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if joined.is_err() {
+        if !tasks.stop(SHUTDOWN_JOIN_TIMEOUT).await {
             tracing::warn!(
                 timeout_secs = SHUTDOWN_JOIN_TIMEOUT.as_secs(),
                 "tasks did not stop in time; aborting them"
             );
-            tasks.abort_all();
         }
         if let Some(open) = self.net_health.take_open() {
             self.reporter.store("network_problem", &open.message()); // sent at the next start
@@ -219,6 +258,25 @@ impl Inner {
         let _ = self.state.set_state(AgentState::Stopped);
         self.lock.release();
         tracing::info!(version = BUILD_VERSION, "Shutdown complete");
+    }
+
+    /// A task died: say so (a panic was already reported by the panic hook), deliver what is
+    /// buffered while the backend may still be reachable, and stop.
+    async fn after_death(&self, death: &TaskDeath) {
+        tracing::error!(
+            task = death.task,
+            panicked = death.panic.is_some(),
+            "{death}; stopping so that the service manager restarts the agent"
+        );
+        if death.panic.is_none() {
+            let message = format!(
+                "{death} while the agent was running; the agent stops with exit code 4 to be restarted"
+            );
+            let details = json!({ "task": death.task });
+            self.report("task_died", &message, details).await;
+        }
+        self.reporter.flush(&self.http).await;
+        self.graceful_shutdown();
     }
 
     async fn report(&self, kind: &str, message: &str, details: Value) {
@@ -276,7 +334,12 @@ impl Inner {
             hostname: sysinfo::System::host_name().unwrap_or_else(|_| "unknown".into()),
             platform: system::PLATFORM.to_owned(),
             version: BUILD_VERSION.to_owned(),
-            enrollment_token: self.options.enrollment_token.clone(),
+            enrollment_token: self
+                .config()
+                .config()
+                .enrollment_token
+                .as_ref()
+                .map(|t| t.expose().to_owned()),
         }
     }
 
@@ -308,15 +371,14 @@ impl Inner {
             metrics,
             network: Some(self.network_route.clone()),
         };
-        match self.http.send_status(&report).await {
-            Ok(()) => {
-                self.backend_answered().await;
-                if buffered > 0 {
-                    self.reporter.flush(&self.http).await;
-                } else {
-                    tracing::debug!(state = %report.state, "heartbeat sent");
-                }
-            }
+        let sent = self.http.send_status(&report).await;
+        if sent.is_ok() {
+            self.record_backend_contact();
+            self.backend_answered().await;
+        }
+        match sent {
+            Ok(()) if self.reporter.has_undelivered() => self.reporter.flush(&self.http).await,
+            Ok(()) => tracing::debug!(state = %report.state, "heartbeat sent"),
             Err(HttpError::Unauthorized { .. }) => self.register_again().await,
             Err(err) => {
                 let message = err.to_string();
@@ -347,6 +409,26 @@ impl Inner {
         if let Some(ended) = self.net_health.recovered() {
             self.report("network_problem", &ended.message(), ended.details())
                 .await;
+        }
+    }
+
+    /// After the first heartbeat the backend accepted: `backend-contact.json` names this
+    /// process and version, for the updater's health check (retried at the next heartbeat
+    /// when it cannot be written).
+    fn record_backend_contact(&self) {
+        if self.contact_recorded.load(Ordering::Relaxed) {
+            return;
+        }
+        let storage = self.storage.storage_path();
+        match cms_platform::contact::record_backend_contact(storage, BUILD_VERSION) {
+            Ok(()) => {
+                self.contact_recorded.store(true, Ordering::Relaxed);
+                tracing::info!(
+                    version = BUILD_VERSION,
+                    "the backend accepted this agent's heartbeat"
+                );
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot record the backend's contact"),
         }
     }
 
@@ -390,6 +472,10 @@ impl Inner {
             .contains(&info.version)
         {
             tracing::info!(trigger, version = %info.version, "update skipped: this version was rolled back here before");
+            return;
+        }
+        if let Some(retry_in) = self.update_deferred(&info.version) {
+            tracing::info!(trigger, version = %info.version, retry_in_secs = retry_in, "update deferred: the last attempt was aborted before the swap");
             return;
         }
         if self
@@ -436,7 +522,8 @@ impl Inner {
     }
 
     /// Acts on what the last update left: record the new version, or report what went wrong.
-    async fn settle(&self, journal: &cms_protocol::update::UpdateJournal) {
+    /// Returns when to try again after an aborted update.
+    async fn settle(&self, journal: &cms_protocol::update::UpdateJournal) -> Option<Duration> {
         match update::settle_journal(&self.storage, journal) {
             Settlement::Completed { version } => {
                 tracing::info!(version = %version, "update verified by the updater");
@@ -467,6 +554,16 @@ impl Inner {
                 self.report("update_rollback_interrupted", &message, Value::Null)
                     .await;
             }
+            Settlement::Aborted { version, reason } => {
+                let retry = self.remember_abort(&version);
+                let message = format!(
+                    "update to {version} stopped before the swap: {reason}; still running {BUILD_VERSION}, trying again in {} s",
+                    retry.as_secs()
+                );
+                let details = json!({ "version": version, "retry_in_secs": retry.as_secs() });
+                self.report("update_aborted", &message, details).await;
+                return Some(retry);
+            }
             Settlement::Interrupted { version, phase } => {
                 let message = format!(
                     "update to {version} was interrupted during {phase:?}; still running {BUILD_VERSION}"
@@ -475,6 +572,36 @@ impl Inner {
                     .await;
             }
         }
+        None
+    }
+
+    /// An aborted update is tried again after a wait that doubles with each abort; returns
+    /// the wait.
+    fn remember_abort(&self, version: &str) -> Duration {
+        let base = Duration::from_secs(self.options.intervals.update_retry_secs);
+        let mut wait = base;
+        let result = self.config().update(|c| {
+            let earlier = c.update_retry.as_ref().filter(|r| r.version == version);
+            let aborted = earlier.map_or(0, |r| r.aborted).saturating_add(1);
+            wait = update::retry_delay(aborted, base);
+            c.update_retry = Some(UpdateRetry {
+                version: version.to_owned(),
+                aborted,
+                not_before_unix: unix_now().saturating_add(wait.as_secs()),
+            });
+        });
+        if let Err(err) = result {
+            tracing::error!(error = %err, "cannot record when to retry the aborted update");
+        }
+        wait
+    }
+
+    /// Seconds until an aborted update of `version` may be tried again, if it must still wait.
+    fn update_deferred(&self, version: &str) -> Option<u64> {
+        let config = self.config();
+        let retry = config.config().update_retry.as_ref()?;
+        let left = retry.not_before_unix.saturating_sub(unix_now());
+        (retry.version == version && left > 0).then_some(left)
     }
 
     fn remember_rollback(&self, version: &str) {
@@ -488,19 +615,21 @@ impl Inner {
         }
     }
 
-    /// After a verified update the new agent writes its version to config.json.
+    /// After a verified update the new agent writes its version to config.json (and forgets
+    /// an earlier aborted attempt).
     fn record_version(&self) {
-        if let Err(err) = self
-            .config()
-            .update(|c| c.current_version = Some(BUILD_VERSION.to_owned()))
-        {
+        if let Err(err) = self.config().update(|c| {
+            c.current_version = Some(BUILD_VERSION.to_owned());
+            c.update_retry = None;
+        }) {
             tracing::error!(error = %err, "cannot record the new version in config.json");
         }
     }
 }
 
 /// Waits for a still-running updater (it is verifying this very process) to finish, then
-/// settles its journal; with no updater running, settles at once.
+/// settles its journal; with no updater running, settles at once. After an aborted update it
+/// stays to try again once the backoff has passed.
 async fn settle_update_journal(inner: Arc<Inner>) {
     let Some(journal) = update::read_journal(&inner.storage) else {
         return;
@@ -511,7 +640,20 @@ async fn settle_update_journal(inner: Arc<Inner>) {
         }
     }
     let journal = update::read_journal(&inner.storage).unwrap_or(journal);
-    inner.settle(&journal).await;
+    let Some(retry) = inner.settle(&journal).await else {
+        return;
+    };
+    // A second more than the recorded time, so the deferral has passed by the wall clock too.
+    if sleep_or_cancel(&inner.cancel, retry + Duration::from_secs(1)).await {
+        inner.check_for_update("retry").await;
+    }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 async fn watch_os_signals(inner: Arc<Inner>) {
@@ -535,6 +677,7 @@ async fn lock_heartbeat(inner: Arc<Inner>) {
 async fn status_loop(inner: Arc<Inner>) {
     let every = Duration::from_secs(inner.options.intervals.status_secs.max(1));
     loop {
+        panic_if_a_test_asks();
         inner.send_status().await;
         if !sleep_or_cancel(&inner.cancel, jittered(every)).await {
             return;
@@ -562,6 +705,22 @@ async fn event_loop(inner: Arc<Inner>, mut events: mpsc::Receiver<ServerEvent>) 
         }
     }
 }
+
+/// Debug builds only (the tests): with `CMS_AGENT_TEST_PANIC_FILE` set, the status loop panics
+/// once the file it names exists, so a test can make a running agent panic when it chooses.
+/// Release builds do not contain this code (docs/ARCHITECTURE.md, "What each test suite proves").
+#[cfg(debug_assertions)]
+fn panic_if_a_test_asks() {
+    const TEST_PANIC_FILE_ENV: &str = "CMS_AGENT_TEST_PANIC_FILE";
+    let asked = std::env::var_os(TEST_PANIC_FILE_ENV)
+        .is_some_and(|file| std::path::Path::new(&file).exists());
+    if asked {
+        panic!("test panic requested through {TEST_PANIC_FILE_ENV}");
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn panic_if_a_test_asks() {}
 
 /// Sleeps `delay` unless cancelled first; `true` when the full delay passed.
 async fn sleep_or_cancel(cancel: &CancellationToken, delay: Duration) -> bool {

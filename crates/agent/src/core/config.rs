@@ -3,8 +3,14 @@
 //! Loading never loses data: an older schema is backed up, migrated step by step
 //! (`v1 -> v2 -> ...`) and written atomically; a file that cannot be parsed or migrated is
 //! renamed aside (never overwritten) and reported; a file from a newer agent (after a rollback)
-//! is set aside in favour of the backup that newer agent made before migrating. This module
-//! must never reach the network or decide whether the agent can run: it returns what it found.
+//! is set aside in favour of the backup that newer agent made before migrating.
+//!
+//! Damage never costs the agent its identity: every save also writes `config.last-good.json`,
+//! and a damaged `config.json` (empty, truncated, garbage, NUL bytes, one mistyped field) is
+//! rebuilt from that copy with every field of the damaged file that still parses on top, so
+//! the server URL and the credential survive and no second identity is ever registered. A
+//! missing `config.json` beside a last-good copy is restored from it. This module must never
+//! reach the network or decide whether the agent can run: it returns what it found.
 
 use std::fs;
 use std::io;
@@ -16,8 +22,8 @@ use serde_json::{Map, Value};
 use cms_platform::clock;
 use cms_platform::fs::write_atomic;
 
-use crate::net::Credentials;
 use crate::net::proxy::ProxySetting;
+use crate::net::{Credentials, EnrollmentToken};
 
 /// The schema version this build reads and writes.
 pub const CONFIG_VERSION: u64 = 2;
@@ -28,6 +34,10 @@ const DEFAULT_UPDATE_POLL_SECS: u64 = 3600;
 const DEFAULT_LOCK_HEARTBEAT_SECS: u64 = 60;
 const DEFAULT_WS_RECONNECT_MAX_SECS: u64 = 60;
 const DEFAULT_ERROR_BUFFER_MAX: usize = 1000;
+/// First wait before retrying an update the updater aborted; doubles with each abort.
+const DEFAULT_UPDATE_RETRY_SECS: u64 = 600;
+/// Name of the copy of the last configuration written, beside `config.json`.
+const LAST_GOOD_NAME: &str = "config.last-good.json";
 
 /// Timers, in seconds; the command line may override the first two for one run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +51,8 @@ pub struct Intervals {
     pub lock_heartbeat_secs: u64,
     /// Ceiling of the WebSocket reconnect backoff.
     pub ws_reconnect_max_secs: u64,
+    /// First wait before retrying an update that the updater aborted before the swap.
+    pub update_retry_secs: u64,
 }
 
 impl Default for Intervals {
@@ -50,6 +62,7 @@ impl Default for Intervals {
             update_poll_secs: DEFAULT_UPDATE_POLL_SECS,
             lock_heartbeat_secs: DEFAULT_LOCK_HEARTBEAT_SECS,
             ws_reconnect_max_secs: DEFAULT_WS_RECONNECT_MAX_SECS,
+            update_retry_secs: DEFAULT_UPDATE_RETRY_SECS,
         }
     }
 }
@@ -88,6 +101,25 @@ pub struct Config {
     /// bad release cannot put the machine in an update loop (publish a newer one instead).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rolled_back_versions: Vec<String>,
+    /// Enrollment token given once, kept for enrolling again after the server forgot this
+    /// agent (it never travels on a command line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment_token: Option<EnrollmentToken>,
+    /// An update that the updater aborted before the swap (the release never ran): retried
+    /// with backoff instead of being refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_retry: Option<UpdateRetry>,
+}
+
+/// When an aborted update may be tried again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateRetry {
+    /// The version whose update was aborted.
+    pub version: String,
+    /// Aborted attempts so far.
+    pub aborted: u32,
+    /// Not tried again before this time (seconds since the Unix epoch).
+    pub not_before_unix: u64,
 }
 
 fn default_error_buffer_max() -> usize {
@@ -107,6 +139,8 @@ impl Default for Config {
             error_buffer_max_reports: DEFAULT_ERROR_BUFFER_MAX,
             update_reserve_free_bytes: 0,
             rolled_back_versions: Vec::new(),
+            enrollment_token: None,
+            update_retry: None,
         }
     }
 }
@@ -114,7 +148,8 @@ impl Default for Config {
 /// Something about the file on disk that an operator should hear about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigNotice {
-    /// Error-report kind (`config_corrupt`, `config_migration_failed`, `config_downgraded`).
+    /// Error-report kind (`config_corrupt`, `config_migration_failed`, `config_downgraded`,
+    /// `config_restored`).
     pub kind: &'static str,
     /// What happened and where the old file is now.
     pub message: String,
@@ -173,18 +208,18 @@ pub struct ConfigManager {
 }
 
 impl ConfigManager {
-    /// Loads the file (a missing one is a fresh install); returns notices for anything that
-    /// had to be set aside or recovered.
+    /// Loads the file (a missing one is a fresh install, unless a last-good copy says
+    /// otherwise); returns notices for anything that had to be set aside or recovered.
     pub fn load(path: &Path) -> Result<(Self, Vec<ConfigNotice>), ConfigError> {
         let mut notices = Vec::new();
         let config = match read_optional(path)? {
-            None => Config::default(),
+            None => restore_missing(path, &mut notices)?,
             Some(bytes) => match load_document(path, &bytes, &mut notices) {
-                Ok(config) => config,
-                Err(unusable) => {
-                    notices.push(set_aside(path, "corrupt", &unusable)?);
-                    Config::default()
+                Ok(config) => {
+                    keep_last_good(path, &config);
+                    config
                 }
+                Err(unusable) => recover(path, &bytes, &unusable, &mut notices)?,
             },
         };
         let manager = ConfigManager {
@@ -216,6 +251,161 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, ConfigError> {
         Ok(bytes) => Ok(Some(bytes)),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(io_error("read", path, source)),
+    }
+}
+
+/// `config.json` is missing: a fresh install, or a lost file whose last-good copy is restored.
+fn restore_missing(path: &Path, notices: &mut Vec<ConfigNotice>) -> Result<Config, ConfigError> {
+    let Some(config) = read_last_good(path) else {
+        return Ok(Config::default());
+    };
+    save_config(path, &config)?;
+    let message = format!(
+        "config.json was missing; restored from {}",
+        last_good_path(path).display()
+    );
+    tracing::warn!(kind = "config_restored", "{message}");
+    notices.push(ConfigNotice {
+        kind: "config_restored",
+        message,
+    });
+    Ok(config)
+}
+
+/// A damaged file is set aside, then rebuilt from the last-good copy and the damaged file's
+/// fields that still parse; the result is written only when it holds anything at all.
+fn recover(
+    path: &Path,
+    bytes: &[u8],
+    unusable: &Unusable,
+    notices: &mut Vec<ConfigNotice>,
+) -> Result<Config, ConfigError> {
+    let mut notice = set_aside(path, "corrupt", unusable)?;
+    let last_good = read_last_good(path);
+    let had_last_good = last_good.is_some();
+    let salvaged = salvage(bytes, unusable, last_good.unwrap_or_default());
+    if salvaged.config != Config::default() {
+        save_config(path, &salvaged.config)?;
+        let recovered = salvaged.describe(had_last_good);
+        tracing::warn!(kind = unusable.kind(), %recovered, "config.json rebuilt");
+        notice
+            .message
+            .push_str(&format!("; rebuilt from {recovered}"));
+    }
+    notices.push(notice);
+    Ok(salvaged.config)
+}
+
+/// The outcome of rebuilding a damaged file.
+#[derive(Debug)]
+struct Salvaged {
+    config: Config,
+    /// Fields of the damaged file taken over (where they differ from the base).
+    taken: Vec<String>,
+    /// Fields of the damaged file that do not parse and were left at the base value.
+    refused: Vec<String>,
+}
+
+impl Salvaged {
+    fn describe(&self, had_last_good: bool) -> String {
+        let base = if had_last_good {
+            format!("the last good copy ({LAST_GOOD_NAME})")
+        } else {
+            "the defaults".to_owned()
+        };
+        let mut text = base;
+        if !self.taken.is_empty() {
+            text.push_str(&format!(
+                " and the damaged file's {}",
+                self.taken.join(", ")
+            ));
+        }
+        if !self.refused.is_empty() {
+            text.push_str(&format!(
+                "; unreadable and not kept: {}",
+                self.refused.join(", ")
+            ));
+        }
+        text
+    }
+}
+
+/// Lays every field of the damaged document that still parses (one level deep: a mistyped
+/// `intervals.status_secs` costs only that field) over `base`. Only documents of this schema
+/// (or with an unreadable `config_version`) are read field by field: another schema's fields
+/// mean other things.
+fn salvage(bytes: &[u8], unusable: &Unusable, base: Config) -> Salvaged {
+    let mut salvaged = Salvaged {
+        config: base,
+        taken: Vec::new(),
+        refused: Vec::new(),
+    };
+    let of_this_schema = matches!(unusable, Unusable::Schema(_) | Unusable::BadVersion);
+    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(bytes) else {
+        return salvaged;
+    };
+    if !of_this_schema {
+        return salvaged;
+    }
+    for (key, value) in fields.into_iter().filter(|(k, _)| k != "config_version") {
+        if salvaged.try_take(&[&key], value.clone()) {
+            continue;
+        }
+        match value {
+            Value::Object(inner) => {
+                for (sub, value) in inner {
+                    salvaged.try_take(&[&key, &sub], value);
+                }
+            }
+            _ => salvaged.refused.push(key),
+        }
+    }
+    salvaged
+}
+
+impl Salvaged {
+    /// Sets `path` to `value` if the result still parses; records what happened.
+    fn try_take(&mut self, path: &[&str], value: Value) -> bool {
+        let name = path.join(".");
+        let Ok(Value::Object(mut document)) = serde_json::to_value(&self.config) else {
+            return false;
+        };
+        set_path(&mut document, path, value);
+        match serde_json::from_value::<Config>(Value::Object(document)) {
+            Ok(candidate) => {
+                if candidate != self.config {
+                    self.config = candidate;
+                    self.taken.push(name);
+                }
+                true
+            }
+            Err(_) => {
+                if path.len() > 1 {
+                    self.refused.push(name);
+                }
+                false
+            }
+        }
+    }
+}
+
+fn set_path(document: &mut Map<String, Value>, path: &[&str], value: Value) {
+    match path {
+        [] => {}
+        [last] => {
+            document.insert((*last).to_owned(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = document
+                .entry((*first).to_owned())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if !entry.is_object() {
+                *entry = Value::Object(Map::new());
+            }
+            if let Value::Object(inner) = entry {
+                set_path(inner, rest, value);
+            }
+        }
     }
 }
 
@@ -359,8 +549,34 @@ fn load_backup_of_newer(
     Ok(config)
 }
 
+/// `config.last-good.json` beside `path`.
+fn last_good_path(path: &Path) -> PathBuf {
+    path.with_file_name(LAST_GOOD_NAME)
+}
+
+/// The last-good copy, when it exists and parses as this schema.
+fn read_last_good(path: &Path) -> Option<Config> {
+    let bytes = fs::read(last_good_path(path)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Makes the last-good copy match a configuration that just loaded cleanly (an install from
+/// before the copy existed, or a hand edit).
+fn keep_last_good(path: &Path, config: &Config) {
+    if read_last_good(path).as_ref() != Some(config) {
+        write_last_good(path, config);
+    }
+}
+
+fn write_last_good(path: &Path, config: &Config) {
+    let copy = last_good_path(path);
+    if let Err(err) = encode(config).and_then(|bytes| write_atomic(&copy, &bytes)) {
+        tracing::warn!(path = %copy.display(), error = %err, "cannot write the last-good copy of config.json");
+    }
+}
+
 fn set_aside(path: &Path, label: &str, why: &Unusable) -> Result<ConfigNotice, ConfigError> {
-    let aside = path.with_file_name(format!("config.json.{label}-{}", clock::now_file_stamp()));
+    let aside = free_aside_name(path, label);
     fs::rename(path, &aside).map_err(|source| io_error("set aside", path, source))?;
     let message = format!("config.json {why}; kept aside as {}", aside.display());
     tracing::error!(kind = why.kind(), kept_as = %aside.display(), "{message}");
@@ -370,11 +586,31 @@ fn set_aside(path: &Path, label: &str, why: &Unusable) -> Result<ConfigNotice, C
     })
 }
 
+/// `config.json.<label>-<time>`, with `-2`, `-3`... when a file set aside in the same second
+/// already has that name (it is never overwritten).
+fn free_aside_name(path: &Path, label: &str) -> PathBuf {
+    let stem = format!("config.json.{label}-{}", clock::now_file_stamp());
+    let mut aside = path.with_file_name(&stem);
+    let mut n = 1;
+    while aside.exists() {
+        n += 1;
+        aside = path.with_file_name(format!("{stem}-{n}"));
+    }
+    aside
+}
+
+/// Writes `config.json`, then its last-good copy.
 fn save_config(path: &Path, config: &Config) -> Result<(), ConfigError> {
-    let mut bytes = serde_json::to_vec_pretty(config)
-        .map_err(|e| io_error("encode", path, io::Error::other(e)))?;
+    let bytes = encode(config).map_err(|e| io_error("encode", path, e))?;
+    write_atomic(path, &bytes).map_err(|source| io_error("write", path, source))?;
+    write_last_good(path, config);
+    Ok(())
+}
+
+fn encode(config: &Config) -> io::Result<Vec<u8>> {
+    let mut bytes = serde_json::to_vec_pretty(config).map_err(io::Error::other)?;
     bytes.push(b'\n');
-    write_atomic(path, &bytes).map_err(|source| io_error("write", path, source))
+    Ok(bytes)
 }
 
 fn io_error(action: &'static str, path: &Path, source: io::Error) -> ConfigError {
@@ -486,6 +722,122 @@ mod tests {
         let (_dir, _path, manager, notices) = load_text(r#"{"config_version":9}"#);
         assert_eq!(manager.config(), &Config::default());
         assert_eq!(notices[0].kind, "config_migration_failed");
+    }
+
+    /// A saved configuration with a server and an identity, as a registered agent leaves it.
+    fn registered(path: &Path) -> Config {
+        let (mut manager, _) = ConfigManager::load(path).unwrap();
+        manager
+            .update(|c| {
+                c.server_url = Some("http://127.0.0.1:4".into());
+                c.credentials = Some(Credentials {
+                    agent_id: "a4".into(),
+                    agent_token: "t4".into(),
+                });
+                c.intervals.update_poll_secs = 900;
+            })
+            .unwrap();
+        manager.config().clone()
+    }
+
+    #[test]
+    fn every_kind_of_damage_is_rebuilt_from_the_last_good_copy() {
+        let damages: [&[u8]; 5] = [
+            b"",
+            b"{\"config_version\": 2, \"server_url\": \"http://127.0.0.1:4\", \"credent",
+            b"garbage \xff\xfe",
+            &[0u8; 512],
+            b"[1, 2, 3]",
+        ];
+        for damage in damages {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("config.json");
+            let saved = registered(&path);
+            fs::write(&path, damage).unwrap();
+            let (manager, notices) = ConfigManager::load(&path).unwrap();
+            assert_eq!(manager.config(), &saved, "damage {damage:?}");
+            assert_eq!(notices[0].kind, "config_corrupt");
+            assert!(notices[0].message.contains(LAST_GOOD_NAME), "{notices:?}");
+            fs::write(&path, damage).unwrap();
+            ConfigManager::load(&path).unwrap(); // the same second: both copies are kept
+            let aside = fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .contains("corrupt")
+                })
+                .count();
+            assert_eq!(aside, 2);
+            let rewritten: Config = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+            assert_eq!(rewritten, saved);
+        }
+    }
+
+    #[test]
+    fn a_mistyped_field_costs_only_that_field_even_without_a_last_good_copy() {
+        let text = r#"{"config_version":2,"server_url":"http://127.0.0.1:5",
+            "credentials":{"agent_id":"a5","agent_token":"t5"},
+            "intervals":{"status_secs":"sixty","update_poll_secs":900},"error_buffer_max_reports":"many"}"#;
+        let (_dir, path, manager, notices) = load_text(text);
+        let config = manager.config();
+        assert_eq!(config.server_url.as_deref(), Some("http://127.0.0.1:5"));
+        assert_eq!(config.credentials.as_ref().unwrap().agent_id, "a5");
+        assert_eq!(config.intervals.update_poll_secs, 900);
+        assert_eq!(config.intervals.status_secs, DEFAULT_STATUS_SECS);
+        assert_eq!(config.error_buffer_max_reports, DEFAULT_ERROR_BUFFER_MAX);
+        let message = &notices[0].message;
+        assert!(message.contains("intervals.status_secs"), "{message}");
+        assert!(message.contains("error_buffer_max_reports"), "{message}");
+        assert!(message.contains("kept aside"), "{message}");
+        let rewritten: Config = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(&rewritten, config);
+    }
+
+    #[test]
+    fn the_damaged_file_wins_over_the_last_good_copy_where_it_still_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        registered(&path);
+        let edited = r#"{"config_version":2,"server_url":"http://127.0.0.1:6","intervals":{"status_secs":"x"}}"#;
+        fs::write(&path, edited).unwrap();
+        let (manager, _) = ConfigManager::load(&path).unwrap();
+        assert_eq!(
+            manager.config().server_url.as_deref(),
+            Some("http://127.0.0.1:6")
+        );
+        assert_eq!(
+            manager.config().credentials.as_ref().unwrap().agent_id,
+            "a4"
+        );
+    }
+
+    #[test]
+    fn a_missing_file_beside_a_last_good_copy_is_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let saved = registered(&path);
+        fs::remove_file(&path).unwrap();
+        let (manager, notices) = ConfigManager::load(&path).unwrap();
+        assert_eq!(manager.config(), &saved);
+        assert_eq!(notices[0].kind, "config_restored");
+        assert!(path.exists());
+    }
+
+    #[test]
+    fn the_enrollment_token_is_kept_but_never_shown_by_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let (mut manager, _) = ConfigManager::load(&path).unwrap();
+        manager
+            .update(|c| c.enrollment_token = Some(EnrollmentToken::new("enroll-me".into())))
+            .unwrap();
+        assert!(!format!("{manager:?}").contains("enroll-me"));
+        let (reloaded, _) = ConfigManager::load(&path).unwrap();
+        let token = reloaded.config().enrollment_token.as_ref().unwrap();
+        assert_eq!(token.expose(), "enroll-me");
     }
 
     #[test]

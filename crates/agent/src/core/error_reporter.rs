@@ -4,16 +4,23 @@
 //! `error_reports.jsonl`. The buffer is bounded: past the bound, newer reports are dropped and
 //! counted (the count is kept in `error_reports.dropped` and sent as its own report), so the
 //! first errors of an outage, usually the cause, survive. `flush` re-sends the buffer oldest
-//! first. Each report has a unique `report_id`, so a re-send after a lost answer is stored once.
+//! first, one flush at a time, and removes only the reports the backend took. Each report has a
+//! unique `report_id`, so a re-send after a lost answer is stored once.
+//!
+//! A damaged buffer loses only its damaged lines (invalid UTF-8, a torn line), which are
+//! counted with the drops; a report that cannot be appended (a full disk) is counted too, and
+//! its partial line is cut off again. [`install_panic_hook`] makes a panic leave a report in
+//! the buffer, delivered after the restart that follows.
 //! This module must never block the agent for long or panic on a damaged buffer file.
 
+use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use cms_protocol::{BUILD_VERSION, ErrorReport};
 use serde_json::Value;
-use std::sync::{Mutex, MutexGuard};
 
 use crate::net::http_client::HttpClient;
 use cms_platform::clock;
@@ -25,18 +32,26 @@ const FLUSH_BATCH: usize = 200;
 const MAX_MESSAGE_BYTES: usize = 4096;
 /// Kind of the report that says how many reports were dropped.
 pub const OVERFLOW_KIND: &str = "error_buffer_overflow";
+/// Kind of the report a panic leaves.
+pub const PANIC_KIND: &str = "agent_panic";
 
 /// Sends error reports to the backend, buffering them on disk while it is unreachable.
 #[derive(Debug)]
 pub struct ErrorReporter {
+    /// `error_reports.jsonl`, for the panic hook when the buffer is locked.
+    path: PathBuf,
     buffer: Mutex<ErrorBuffer>,
+    /// Held for a whole flush: two flushes at once would each remove the other's reports.
+    flushing: tokio::sync::Mutex<()>,
 }
 
 impl ErrorReporter {
     /// Opens (or starts) the buffer at `path`, keeping at most `max_reports` reports.
     pub fn open(path: PathBuf, max_reports: usize) -> Self {
         ErrorReporter {
-            buffer: Mutex::new(ErrorBuffer::open(path, max_reports.max(1))),
+            buffer: Mutex::new(ErrorBuffer::open(path.clone(), max_reports.max(1))),
+            path,
+            flushing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -59,8 +74,22 @@ impl ErrorReporter {
         self.buffer().push(new_report(kind, message, Value::Null));
     }
 
+    /// Buffers a report from a panic hook: never waits for the buffer's lock (the panicking
+    /// code may hold it), appending straight to the file instead.
+    fn store_from_panic(&self, kind: &str, message: &str) {
+        let report = new_report(kind, message, Value::Null);
+        match self.buffer.try_lock() {
+            Ok(mut buffer) => buffer.push(report),
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner().push(report),
+            Err(TryLockError::WouldBlock) => {
+                let _ = append_line(&self.path, &report);
+            }
+        }
+    }
+
     /// Re-sends buffered reports, oldest first; stops at the first failure and keeps the rest.
     pub async fn flush(&self, http: &HttpClient) {
+        let _one_at_a_time = self.flushing.lock().await;
         loop {
             let batch = self.buffer().oldest(FLUSH_BATCH);
             if batch.is_empty() {
@@ -68,7 +97,7 @@ impl ErrorReporter {
             }
             match http.report_errors(&batch).await {
                 Ok(answer) => {
-                    let left = self.buffer().remove_oldest(batch.len());
+                    let left = self.buffer().remove_delivered(&batch);
                     tracing::info!(
                         sent = batch.len(),
                         stored = answer.stored,
@@ -84,6 +113,12 @@ impl ErrorReporter {
             }
         }
         self.flush_drop_count(http).await;
+    }
+
+    /// Whether a flush has anything to deliver: buffered reports, or a count of dropped ones.
+    pub fn has_undelivered(&self) -> bool {
+        let buffer = self.buffer();
+        !buffer.reports.is_empty() || buffer.dropped > 0
     }
 
     /// Reports waiting in the buffer (heartbeats carry this number).
@@ -106,7 +141,7 @@ impl ErrorReporter {
             return;
         }
         let message = format!(
-            "{dropped} error reports were dropped while the backend was unreachable (the buffer keeps {max})"
+            "{dropped} error reports were dropped while the backend was unreachable (the buffer keeps {max}; a full disk or damaged lines in the buffer file also count)"
         );
         let report = new_report(
             OVERFLOW_KIND,
@@ -117,6 +152,31 @@ impl ErrorReporter {
             self.buffer().subtract_dropped(dropped);
         }
     }
+}
+
+/// Logs every panic and leaves a report of it in the buffer (never the network: the process
+/// may be about to end), so the next flush delivers it, after the restart at the latest. The
+/// release profile may abort on panic: the hook runs before the abort, so this holds there too.
+pub fn install_panic_hook(reporter: Arc<ErrorReporter>) {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = panic_message(info);
+        tracing::error!(kind = PANIC_KIND, "{message}");
+        reporter.store_from_panic(PANIC_KIND, &message);
+        previous(info);
+    }));
+}
+
+fn panic_message(info: &std::panic::PanicHookInfo<'_>) -> String {
+    let payload = info.payload_as_str().unwrap_or("(no message)");
+    let thread = std::thread::current();
+    let place = info
+        .location()
+        .map_or_else(String::new, |l| format!(" at {}:{}", l.file(), l.line()));
+    format!(
+        "the agent panicked in thread {}{place}: {payload}",
+        thread.name().unwrap_or("unnamed")
+    )
 }
 
 fn new_report(kind: &str, message: &str, details: Value) -> ErrorReport {
@@ -161,6 +221,7 @@ impl ErrorBuffer {
         if unreadable > 0 {
             tracing::warn!(unreadable, "skipped damaged lines in the error buffer");
             buffer.rewrite();
+            buffer.save_count();
         }
         buffer
     }
@@ -176,7 +237,8 @@ impl ErrorBuffer {
             Ok(()) => self.reports.push(report),
             Err(err) => {
                 self.dropped += 1;
-                tracing::warn!(error = %err, path = %self.path.display(), "cannot buffer error report; dropped");
+                self.save_count();
+                tracing::warn!(error = %err, path = %self.path.display(), dropped = self.dropped, "cannot buffer error report; dropped");
             }
         }
     }
@@ -185,9 +247,11 @@ impl ErrorBuffer {
         self.reports.iter().take(n).cloned().collect()
     }
 
-    /// Drops the `n` oldest (just delivered) reports; returns how many are left.
-    fn remove_oldest(&mut self, n: usize) -> usize {
-        self.reports.drain(..n.min(self.reports.len()));
+    /// Drops the reports the backend just took (by id: reports stored meanwhile stay);
+    /// returns how many are left.
+    fn remove_delivered(&mut self, delivered: &[ErrorReport]) -> usize {
+        let ids: HashSet<&str> = delivered.iter().map(|r| r.report_id.as_str()).collect();
+        self.reports.retain(|r| !ids.contains(r.report_id.as_str()));
         self.rewrite();
         self.reports.len()
     }
@@ -220,17 +284,23 @@ impl ErrorBuffer {
     }
 }
 
-/// The readable reports of the file, and how many lines were damaged.
+/// The readable reports of the file, and how many lines were damaged (invalid UTF-8, torn,
+/// not a report): each line on its own, so one bad byte costs one report, not the buffer.
 fn read_reports(path: &Path) -> (Vec<ErrorReport>, u64) {
-    let Ok(text) = fs::read_to_string(path) else {
-        return (Vec::new(), 0);
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return (Vec::new(), 0),
+        Err(err) => {
+            tracing::warn!(path = %path.display(), error = %err, "cannot read the error buffer");
+            return (Vec::new(), 0);
+        }
     };
     let mut unreadable = 0;
-    let reports = text
-        .lines()
-        .filter(|line| !line.trim().is_empty())
+    let reports = bytes
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.trim_ascii().is_empty())
         .filter_map(|line| {
-            let parsed = serde_json::from_str(line).ok();
+            let parsed = serde_json::from_slice(line).ok();
             unreadable += u64::from(parsed.is_none());
             parsed
         })
@@ -255,12 +325,23 @@ fn encode_lines(reports: &[ErrorReport]) -> Vec<u8> {
     out
 }
 
+/// Appends one line; when the write fails part way (a full disk), the file is cut back to
+/// where it was, so no torn line is left for the next read.
 fn append_line(path: &Path, report: &ErrorReport) -> io::Result<()> {
     let mut line = serde_json::to_vec(report).map_err(io::Error::other)?;
     line.push(b'\n');
-    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
-    file.write_all(&line)?;
-    file.sync_data()
+    // Not `append(true)`: an append-only handle cannot be cut back on Windows.
+    let mut file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(path)?;
+    let end = file.seek(SeekFrom::End(0))?;
+    let written = file.write_all(&line).and_then(|()| file.sync_data());
+    if written.is_err() {
+        let _ = file.set_len(end);
+    }
+    written
 }
 
 fn remove_if_present(path: &Path) -> io::Result<()> {
@@ -302,9 +383,12 @@ mod tests {
         for n in 0..4 {
             buffer.push(report(n));
         }
-        assert_eq!(buffer.remove_oldest(3), 1);
+        let first_three = buffer.oldest(3);
+        buffer.push(report(4));
+        assert_eq!(buffer.remove_delivered(&first_three), 2);
         assert_eq!(read_reports(&path).0[0].message, "report 3");
-        assert_eq!(buffer.remove_oldest(3), 0);
+        let rest = buffer.oldest(10);
+        assert_eq!(buffer.remove_delivered(&rest), 0);
         assert!(!path.exists());
     }
 
@@ -318,6 +402,37 @@ mod tests {
         assert_eq!(buffer.reports.len(), 1);
         assert_eq!(buffer.dropped, 1);
         assert_eq!(read_reports(&path), (vec![buffer.reports[0].clone()], 0));
+    }
+
+    #[test]
+    fn invalid_utf8_and_a_torn_last_line_cost_only_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("error_reports.jsonl");
+        let good = |n| serde_json::to_vec(&report(n)).unwrap();
+        let mut bytes = good(1);
+        bytes.extend_from_slice(b"\n{\"report_id\":\"\xff\xfe\"}\n");
+        bytes.extend_from_slice(&good(2));
+        bytes.extend_from_slice(b"\n");
+        bytes.extend_from_slice(&good(3)[..20]);
+        fs::write(&path, bytes).unwrap();
+        let buffer = ErrorBuffer::open(path.clone(), 10);
+        let messages: Vec<_> = buffer.reports.iter().map(|r| r.message.as_str()).collect();
+        assert_eq!(messages, ["report 1", "report 2"]);
+        assert_eq!(buffer.dropped, 2);
+        assert_eq!(read_reports(&path), (buffer.reports.clone(), 0));
+        assert_eq!(read_count(&path.with_extension("dropped")), 2);
+    }
+
+    #[test]
+    fn a_report_that_cannot_be_written_is_counted_as_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("error_reports.jsonl");
+        fs::create_dir(&path).unwrap(); // nothing can be appended to a folder
+        let mut buffer = ErrorBuffer::open(path.clone(), 10);
+        buffer.push(report(1));
+        assert!(buffer.reports.is_empty());
+        assert_eq!(buffer.dropped, 1);
+        assert_eq!(read_count(&path.with_extension("dropped")), 1);
     }
 
     #[test]

@@ -8,4 +8,5 @@ pub mod config;
 pub mod error_reporter;
 pub mod net_health;
 pub mod storage;
+pub mod supervisor;
 pub mod update;

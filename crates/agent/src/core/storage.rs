@@ -1,8 +1,9 @@
 //! `StateManager`: where the agent keeps its files, and how it writes them safely.
 //!
 //! The storage path follows docs/CONTRACT.md ("Files on disk"): `--data-dir`/`CMS_AGENT_DATA_DIR`, else the
-//! per-machine folder when elevated, else the per-user one. Nothing is ever written next to the
-//! executable. Every file that must survive a crash mid-write goes through
+//! per-machine folder when elevated, else the per-user one; it and `logs/` are private to their
+//! owner (0700 on Linux, a protected DACL when elevated on Windows). Nothing is ever written
+//! next to the executable. Every file that must survive a crash mid-write goes through
 //! `cms_platform::fs::write_atomic`; the names the updater must find too come from
 //! `cms_platform::layout`.
 
@@ -89,6 +90,7 @@ impl StateManager {
         fs::create_dir_all(&self.storage_path).map_err(io_err)?;
         system::set_directory_acls(&self.storage_path).map_err(io_err)?;
         fs::create_dir_all(self.logs_dir()).map_err(io_err)?;
+        system::set_directory_acls(&self.logs_dir()).map_err(io_err)?;
         tracing::debug!(path = %self.storage_path.display(), "storage path ready");
         Ok(())
     }

@@ -4,8 +4,11 @@
 //! -> PREPARING_SHUTDOWN`: free-space check, a resumable download that never reads past the
 //! expected length, length + SHA-256 + version checks, the updater unpacked from the package
 //! and launched detached with the contract's arguments. Any failure names its step; partial
-//! files that cannot be resumed are removed. [`settle_journal`] is the other end: at start, the
-//! agent finishes, undoes or reports an update that the updater left behind.
+//! files that cannot be resumed are removed. The updater is started from the install path (also
+//! when the running exe was replaced on disk), and the enrollment token never travels on its
+//! command line or in its environment (the agent keeps it in config.json).
+//! [`settle_journal`] is the other end: at start, the agent finishes, undoes or reports an
+//! update that the updater left behind.
 //! This module must never change the agent's state on its own account except through the
 //! `StateCell` it is given, and never stop the agent (the caller does, after a launch).
 
@@ -14,6 +17,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use cms_protocol::update::{UpdateJournal, UpdatePhase, executable_names, package_file_name};
 use cms_protocol::{AgentState, BUILD_VERSION, UpdateInfo};
@@ -24,6 +28,9 @@ use crate::core::storage::StateManager;
 use crate::net::http_client::{HttpClient, HttpError};
 use crate::net::trust::{SignedTarget, TrustError, TrustedMetadata};
 use crate::system;
+use cms_platform::agent_args::{
+    ENROLLMENT_TOKEN_ENV, PROXY_ARG, PROXY_ENV, split_enrollment_token, take_option,
+};
 use cms_platform::layout::{self, JOURNAL_NAME};
 use cms_platform::package::{Package, PackageError};
 
@@ -170,7 +177,7 @@ impl Update<'_> {
     }
 
     fn check_free_space(&self, dir: &Path, length: u64) -> Result<(), UpdateError> {
-        let free = fs4::available_space(dir).map_err(|source| UpdateError::Io {
+        let free = system::available_space(dir).map_err(|source| UpdateError::Io {
             step: "starting",
             what: "measure free space",
             source,
@@ -194,8 +201,10 @@ impl Update<'_> {
             what: "launch the updater",
             source,
         };
-        let exe = std::env::current_exe().map_err(io_err)?;
-        let own_args: Vec<OsString> = std::env::args_os().skip(1).collect();
+        let exe = system::installed_exe().map_err(io_err)?;
+        let (own_args, _token_kept_in_config) =
+            split_enrollment_token(std::env::args_os().skip(1).collect::<Vec<OsString>>());
+        let (own_args, _proxy_kept_in_config) = take_option(own_args, PROXY_ARG);
         let mut command = Command::new(updater);
         command
             .arg("--package-path")
@@ -208,6 +217,8 @@ impl Update<'_> {
             .arg(self.storage.logs_dir())
             .arg("--")
             .args(own_args)
+            .env_remove(ENROLLMENT_TOKEN_ENV)
+            .env_remove(PROXY_ENV)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -346,6 +357,14 @@ pub enum Settlement {
         /// Why it failed.
         reason: String,
     },
+    /// The updater gave up before the swap (staging, install-volume space, the swap itself):
+    /// the release never ran, so it is retried later rather than refused.
+    Aborted {
+        /// The version that was not installed.
+        version: String,
+        /// Why.
+        reason: String,
+    },
     /// The updater died before the new version ran; the old one runs and cleaned up.
     Interrupted {
         /// The version that was not installed.
@@ -383,6 +402,10 @@ pub fn settle_journal(storage: &StateManager, journal: &UpdateJournal) -> Settle
             version: journal.new_version.clone(),
             reason: journal.reason.clone().unwrap_or_else(|| "unknown".into()),
         },
+        UpdatePhase::Aborted => Settlement::Aborted {
+            version: journal.new_version.clone(),
+            reason: journal.reason.clone().unwrap_or_else(|| "unknown".into()),
+        },
         phase if running_new => Settlement::FinishedByAgent {
             version: journal.new_version.clone(),
             phase,
@@ -400,6 +423,16 @@ pub fn settle_journal(storage: &StateManager, journal: &UpdateJournal) -> Settle
         tracing::warn!(error = %err, "cannot remove the update journal");
     }
     settlement
+}
+
+/// Longest wait before an aborted update is tried again.
+const MAX_UPDATE_RETRY: Duration = Duration::from_secs(24 * 3600);
+
+/// Wait before the next try after `aborted` aborted attempts: `base`, doubling with each
+/// abort, at most a day.
+pub fn retry_delay(aborted: u32, base: Duration) -> Duration {
+    let doublings = aborted.saturating_sub(1).min(16);
+    base.saturating_mul(1 << doublings).min(MAX_UPDATE_RETRY)
 }
 
 /// `.old` and `.new` beside the exe: once settled, the running exe is the one to keep.
@@ -441,6 +474,15 @@ mod tests {
             .step(),
             "starting"
         );
+    }
+
+    #[test]
+    fn an_aborted_update_waits_longer_after_each_abort_but_at_most_a_day() {
+        let base = Duration::from_secs(600);
+        assert_eq!(retry_delay(1, base), base);
+        assert_eq!(retry_delay(2, base), base * 2);
+        assert_eq!(retry_delay(3, base), base * 4);
+        assert_eq!(retry_delay(40, base), MAX_UPDATE_RETRY);
     }
 
     #[test]

@@ -2,8 +2,11 @@
 //! the package download.
 //!
 //! Every call has a timeout; the credential travels only in the `Authorization` header and is
-//! never logged. Downloads stream to disk, resume a partial file with an HTTP Range request and
-//! never write a byte past the expected length (an endless response is an attack, not a file).
+//! never logged. Every answer is read with a cap: JSON bodies up to [`MAX_JSON_BODY`], error
+//! bodies only as far as they are quoted, so a hostile or broken backend cannot make the agent
+//! buffer an endless body. Downloads stream to disk, resume a partial file with an HTTP Range
+//! request and never write a byte past the expected length (an endless response is an attack,
+//! not a file).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -32,6 +35,8 @@ const ERROR_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest error body quoted in a message.
 const MAX_QUOTED_BODY: usize = 300;
+/// Largest JSON answer the agent reads (they are a few hundred bytes).
+pub const MAX_JSON_BODY: usize = 1024 * 1024;
 
 /// What went wrong in one exchange with the backend.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +67,22 @@ pub enum HttpError {
         what: &'static str,
         /// The underlying error.
         source: reqwest::Error,
+    },
+    /// The server's answer is larger than the agent reads.
+    #[error("{what}: the server's answer is larger than {limit} bytes; refused")]
+    TooLarge {
+        /// Which call.
+        what: &'static str,
+        /// The cap.
+        limit: usize,
+    },
+    /// The server's answer is not what the API describes.
+    #[error("{what}: the server's answer is not valid: {reason}")]
+    BadAnswer {
+        /// Which call.
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
     },
     /// The server sent more bytes than the expected (signed) length.
     #[error("download of {url} exceeded the expected {expected} bytes; discarded")]
@@ -407,7 +428,10 @@ async fn send(
     if status == StatusCode::UNAUTHORIZED {
         return Err(HttpError::Unauthorized { what });
     }
-    let mut body = response.text().await.unwrap_or_default();
+    let (quoted, _) = read_capped(response, MAX_QUOTED_BODY)
+        .await
+        .unwrap_or_default();
+    let mut body = String::from_utf8_lossy(&quoted).into_owned();
     body.truncate(body.floor_char_boundary(MAX_QUOTED_BODY));
     Err(HttpError::Status { what, status, body })
 }
@@ -416,10 +440,43 @@ async fn json_of<T: DeserializeOwned>(
     what: &'static str,
     response: reqwest::Response,
 ) -> Result<T, HttpError> {
-    response
-        .json()
+    let too_large = HttpError::TooLarge {
+        what,
+        limit: MAX_JSON_BODY,
+    };
+    if response
+        .content_length()
+        .is_some_and(|len| len > MAX_JSON_BODY as u64)
+    {
+        return Err(too_large);
+    }
+    let (body, complete) = read_capped(response, MAX_JSON_BODY)
         .await
-        .map_err(|source| HttpError::Transport { what, source })
+        .map_err(|source| HttpError::Transport { what, source })?;
+    if !complete {
+        return Err(too_large);
+    }
+    serde_json::from_slice(&body).map_err(|e| HttpError::BadAnswer {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+/// Reads at most about `limit` bytes of the body (one chunk past it at most); `true` when that
+/// was the whole body. The rest is never read: the connection is dropped with the response.
+async fn read_capped(
+    response: reqwest::Response,
+    limit: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        body.extend_from_slice(&chunk?);
+        if body.len() > limit {
+            return Ok((body, false));
+        }
+    }
+    Ok((body, true))
 }
 
 #[cfg(test)]

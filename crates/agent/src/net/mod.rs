@@ -33,6 +33,31 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// The enrollment token an operator gave once (`--enrollment-token`), kept in config.json with
+/// the credential so the agent can enroll again after the server forgot it. Sent only in the
+/// registration request; never logged, never put on a command line.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EnrollmentToken(String);
+
+impl EnrollmentToken {
+    /// Wraps a token given on the command line or in the environment.
+    pub fn new(token: String) -> Self {
+        EnrollmentToken(token)
+    }
+
+    /// The token itself, for the registration request.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for EnrollmentToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EnrollmentToken(<redacted>)")
+    }
+}
+
 /// First retry delay after a failure.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 

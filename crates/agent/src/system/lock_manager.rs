@@ -44,6 +44,13 @@ pub enum LockError {
     Unstable(PathBuf),
 }
 
+impl LockError {
+    /// Whether the disk was full: the lock is fine, its record could not be written.
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(self, LockError::Io { source, .. } if cms_platform::fs::is_out_of_space(source))
+    }
+}
+
 /// Outcome of [`LockManager::acquire`].
 #[derive(Debug)]
 pub enum Acquire {
@@ -166,12 +173,18 @@ impl LockManager {
                 _ = cancel.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            if let Err(err) = self.refresh() {
-                tracing::error!(error = %err, "lost the instance lock; stopping");
-                cancel.cancel();
-                return;
+            match self.refresh() {
+                Ok(()) => tracing::debug!("lock heartbeat written"),
+                // The OS lock is still ours; only the timestamp could not be written.
+                Err(err) if err.is_out_of_space() => {
+                    tracing::warn!(error = %err, "disk full: lock heartbeat not written; still holding the lock");
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "lost the instance lock; stopping");
+                    cancel.cancel();
+                    return;
+                }
             }
-            tracing::debug!("lock heartbeat written");
         }
     }
 
@@ -255,9 +268,11 @@ fn write_record(file: &mut File) -> io::Result<()> {
         version: BUILD_VERSION.to_owned(),
     };
     let bytes = serde_json::to_vec(&record).map_err(io::Error::other)?;
-    file.set_len(0)?;
+    // Overwrite, then cut: the blocks of the previous record are reused, so a heartbeat still
+    // lands on a full disk.
     file.seek(SeekFrom::Start(0))?;
     file.write_all(&bytes)?;
+    file.set_len(bytes.len() as u64)?;
     file.sync_data()
 }
 

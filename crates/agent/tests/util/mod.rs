@@ -6,6 +6,7 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod endless;
 pub mod forward_proxy;
 pub mod pki;
 pub mod proxy;
@@ -205,6 +206,26 @@ impl Agent {
             child,
             data_dir: data_dir.to_path_buf(),
         }
+    }
+
+    /// Starts an agent whose stderr goes to `stderr` (to watch it while its disk is full).
+    pub fn start_with_stderr(data_dir: &Path, args: &[&str], stderr: &Path) -> Agent {
+        let child = agent_command(data_dir, args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(stderr).unwrap())
+            .spawn()
+            .unwrap();
+        Agent {
+            child,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    /// How many starts reached IDLE, by the log.
+    pub fn idle_count(&self) -> usize {
+        self.log()
+            .matches("State transition: STARTING -> IDLE")
+            .count()
     }
 
     /// The agent's `logs/agent.log` so far.

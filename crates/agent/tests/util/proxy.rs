@@ -5,8 +5,9 @@
 //! It is a byte pipe: every byte is forwarded unchanged in both directions, so plain HTTP,
 //! keep-alive and WebSocket upgrades all pass. The server-to-agent direction is paced to the
 //! current rate (set at run time); the agent-to-server direction is read to record each HTTP
-//! request head it carries. It must never alter, drop or reorder a byte, and it shuts every
-//! connection down when dropped, so no thread or socket outlives the test.
+//! request head it carries. It must never alter, drop or reorder a byte (it can cut every
+//! connection off, as a dead network would), and it shuts every connection down when dropped,
+//! so no thread or socket outlives the test.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -42,6 +43,8 @@ struct Shared {
     sockets: Mutex<Vec<Weak<TcpStream>>>,
     /// Set by `drop`: the accept loop returns at its next wake-up.
     stopping: AtomicBool,
+    /// Set by `cut_off`: new connections are closed at once, as by an unreachable network.
+    cut_off: AtomicBool,
 }
 
 /// One HTTP request head the agent sent (request line and headers, no body).
@@ -95,6 +98,18 @@ impl Proxy {
         self.shared.rate.store(0, Ordering::SeqCst);
     }
 
+    /// Cuts the agent off from the server: live connections are shut down and new ones
+    /// closed at once, until [`Proxy::reconnect`].
+    pub fn cut_off(&self) {
+        self.shared.cut_off.store(true, Ordering::SeqCst);
+        shut_down_all(&self.shared);
+    }
+
+    /// Lets connections through again.
+    pub fn reconnect(&self) {
+        self.shared.cut_off.store(false, Ordering::SeqCst);
+    }
+
     /// Every request head seen so far.
     pub fn requests(&self) -> Vec<RequestHead> {
         lock(&self.shared.requests).clone()
@@ -114,10 +129,14 @@ impl Drop for Proxy {
         if let Some(accept) = self.accept.take() {
             let _ = accept.join();
         }
-        for socket in lock(&self.shared.sockets).drain(..) {
-            if let Some(socket) = socket.upgrade() {
-                let _ = socket.shutdown(Shutdown::Both);
-            }
+        shut_down_all(&self.shared);
+    }
+}
+
+fn shut_down_all(shared: &Shared) {
+    for socket in lock(&shared.sockets).drain(..) {
+        if let Some(socket) = socket.upgrade() {
+            let _ = socket.shutdown(Shutdown::Both);
         }
     }
 }
@@ -132,6 +151,10 @@ fn accept_loop(listener: TcpListener, upstream: &str, shared: &Arc<Shared>) {
             return;
         }
         let Ok(client) = client else { continue };
+        if shared.cut_off.load(Ordering::SeqCst) {
+            drop(client); // the agent sees a closed connection, as on a dead network
+            continue;
+        }
         match TcpStream::connect(upstream) {
             Ok(server) => connect_pair(client, server, shared),
             Err(_) => drop(client), // the agent sees a closed connection, as without a proxy

@@ -98,6 +98,31 @@ pub fn make_executable(path: &Path) -> io::Result<()> {
     imp::make_executable(path)
 }
 
+/// Creates (or truncates) `path` for writing, readable and writable by its owner only: 0600 on
+/// Unix (also when the file existed with a wider mode); on Windows it inherits the storage
+/// folder's DACL.
+pub fn create_private_file(path: &Path) -> io::Result<File> {
+    imp::create_private_file(path)
+}
+
+/// Bytes this process may still write on the volume that holds `path`.
+pub fn available_space(path: &Path) -> io::Result<u64> {
+    fs4::available_space(path)
+}
+
+/// The install path of an executable that may have been replaced on disk while it runs: on
+/// Linux, once a package manager renamed a new file over the running one, the running exe's
+/// path reads `.../cms_agent (deleted)`; the install path is the same path without that
+/// suffix. Windows keeps the running exe's path, so it is returned unchanged.
+pub fn installed_path(exe: &Path) -> PathBuf {
+    imp::installed_path(exe)
+}
+
+/// This program's install path: `current_exe()` through [`installed_path`].
+pub fn installed_exe() -> io::Result<PathBuf> {
+    Ok(installed_path(&std::env::current_exe()?))
+}
+
 /// Name of the autostart entry: the `Run` value on Windows, the unit/desktop file stem on Linux.
 pub const AUTOSTART_NAME: &str = "CMSAgent";
 

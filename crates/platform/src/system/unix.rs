@@ -108,6 +108,30 @@ pub fn make_executable(path: &Path) -> io::Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o755))
 }
 
+pub fn create_private_file(path: &Path) -> io::Result<File> {
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    Ok(file)
+}
+
+/// What Linux appends to `/proc/self/exe` once the running file was unlinked or renamed over.
+const DELETED_SUFFIX: &[u8] = b" (deleted)";
+
+pub fn installed_path(exe: &Path) -> PathBuf {
+    if exe.exists() {
+        return exe.to_path_buf();
+    }
+    match exe.as_os_str().as_bytes().strip_suffix(DELETED_SUFFIX) {
+        Some(installed) => PathBuf::from(std::ffi::OsStr::from_bytes(installed)),
+        None => exe.to_path_buf(),
+    }
+}
+
 /// Where autostart entries live; a struct so tests can point it at a temp dir.
 #[derive(Debug, Clone)]
 struct AutostartDirs {
@@ -249,10 +273,18 @@ fn systemd_unit(words: &[OsString]) -> Result<String, SystemError> {
         _ => out.push(c),
     })?;
     Ok(format!(
-        "[Unit]\nDescription=CMS Agent\nWants=network-online.target\nAfter=network-online.target\n\n\
-         [Service]\nType=simple\nExecStart={exec}\nRestart=on-failure\nRestartSec=10\n\
-         # 1: another agent holds the lock; 2: unusable arguments or config. Restarting cannot help.\n\
-         RestartPreventExitStatus=1 2\n\n[Install]\nWantedBy={WANTED_BY}\n"
+        "[Unit]\nDescription=CMS Agent\nWants=network-online.target\nAfter=network-online.target\n\
+         # Never give up restarting (by default systemd stops after 5 starts in 10 s).\n\
+         StartLimitIntervalSec=0\n\n\
+         [Service]\nType=simple\nExecStart={exec}\n\
+         # The updater the agent starts must outlive the agent's exit at the hand-over.\n\
+         KillMode=process\n\
+         # Exit 1 (another agent holds the lock) is final. Everything else is retried: 2 (no\n\
+         # usable configuration yet: an operator may still write one), 4 (a task died), signals.\n\
+         Restart=on-failure\nRestartPreventExitStatus=1\n\
+         # 10 s, growing to 10 min over 6 failed starts (systemd 254+; older ones retry every 10 s).\n\
+         RestartSec=10\nRestartSteps=6\nRestartMaxDelaySec=600\n\n\
+         [Install]\nWantedBy={WANTED_BY}\n"
     ))
 }
 
@@ -404,6 +436,30 @@ mod tests {
     }
 
     #[test]
+    fn a_replaced_exe_is_found_at_its_install_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("cms_agent");
+        fs::write(&exe, b"new").unwrap();
+        let deleted = dir.path().join("cms_agent (deleted)");
+        assert_eq!(installed_path(&deleted), exe);
+        assert_eq!(installed_path(&exe), exe);
+        // A real file whose name ends like that is left alone.
+        fs::write(&deleted, b"x").unwrap();
+        assert_eq!(installed_path(&deleted), deleted);
+    }
+
+    #[test]
+    fn a_private_file_is_0600_even_when_it_existed_wider() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        fs::write(&path, b"old").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        drop(create_private_file(&path).unwrap());
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(fs::read(&path).unwrap(), b"");
+    }
+
+    #[test]
     fn own_process_has_a_start_time_and_a_missing_one_has_none() {
         assert!(process_start_time(std::process::id()).is_some());
         assert_eq!(process_start_time(u32::MAX), None);
@@ -438,6 +494,11 @@ mod autostart_and_secret_tests {
             "{unit}"
         );
         assert!(unit.contains("WantedBy=multi-user.target"));
+        // Exit 2 (nothing usable yet) is retried with backoff, for good; only 1 is final.
+        assert!(unit.contains("\nRestartPreventExitStatus=1\n"), "{unit}");
+        assert!(unit.contains("\nStartLimitIntervalSec=0\n"), "{unit}");
+        assert!(unit.contains("\nRestartMaxDelaySec=600\n"), "{unit}");
+        assert!(unit.contains("\nKillMode=process\n"), "{unit}");
         assert_eq!(fs::read_link(dirs.wants_link()).unwrap(), dirs.unit_file());
         // Registering again replaces the entry instead of failing on the existing link.
         register_autostart_in(&dirs, exe, &[], true).unwrap();
