@@ -269,8 +269,18 @@ pub fn bypasses(host: &str, list: &str) -> bool {
             "<local>" => !host.contains('.') && !host.contains(':'),
             suffix if suffix.starts_with("*.") => host.ends_with(&suffix[1..]),
             suffix if suffix.starts_with('.') => host.ends_with(suffix),
-            exact => host == exact.split(':').next().unwrap_or(exact),
+            exact => host == without_port(exact),
         })
+}
+
+/// `host` of a `host:port` bypass entry; an IPv6 address (several colons) stays whole.
+fn without_port(entry: &str) -> &str {
+    let entry = entry.trim_start_matches('[');
+    match entry.split_once("]:") {
+        Some((v6, _port)) => v6,
+        None if entry.matches(':').count() == 1 => entry.split(':').next().unwrap_or(entry),
+        None => entry.trim_end_matches(']'),
+    }
 }
 
 /// Opens a TCP tunnel to `target` (`host:port`) through `proxy` with `CONNECT`, sending
@@ -426,6 +436,8 @@ mod tests {
         assert!(bypasses("10.0.0.5", "10.0.0.5;other"));
         assert!(!bypasses("backend.example", "corp,.corp"));
         assert!(bypasses("[::1]", "::1"));
+        assert!(bypasses("[::1]", "[::1]:8080"));
+        assert!(bypasses("proxyless.corp", "proxyless.corp:443"));
     }
 
     #[test]
