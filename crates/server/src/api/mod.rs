@@ -3,7 +3,7 @@
 //! Handlers live in [`agent`] (the agent-facing API, bearer-authenticated), [`package`] (the
 //! release package download, bearer-authenticated), [`metadata`] (the signed TUF metadata,
 //! public) and [`operator`] (the operator API of
-//! design.md section 5). Every error leaves as `{"error": "..."}` JSON with
+//! docs/CONTRACT.md, "Operator API"). Every error leaves as `{"error": "..."}` JSON with
 //! a fitting status. This module must never run blocking work in a handler or log secrets; the
 //! database error text stays in the server log, never in a response.
 

@@ -1,4 +1,4 @@
-//! Handlers of the operator API (design.md section 5) plus `check-update` and `/healthz`.
+//! Handlers of the operator API (docs/CONTRACT.md, "Operator API") plus `check-update` and `/healthz`.
 //!
 //! Read-mostly views of the fleet. These handlers must never expose token hashes or other
 //! credentials, and never return unbounded result sets (error listings are capped).
