@@ -34,6 +34,16 @@ fn tls_server(dir: &Path, cert: &ServerCert, pki: &Pki) -> Server {
     server
 }
 
+/// The `network_problem` report the agent sends once it gets through.
+fn network_problem_report(server: &Server) -> cms_protocol::StoredError {
+    wait_for("the network problem report", || {
+        server
+            .errors()
+            .into_iter()
+            .find(|e| e.kind == "network_problem")
+    })
+}
+
 fn count(text: &str, needle: &str) -> usize {
     text.matches(needle).count()
 }
@@ -101,12 +111,7 @@ fn an_unknown_ca_is_refused_said_once_and_reported_after_the_fix() {
     let ca = pki.ca_file();
     let _agent = Agent::start(&data, &["--ca-cert", ca.to_str().unwrap()]);
     server.wait_for_agent_state("IDLE");
-    let report = wait_for("the network problem report", || {
-        server
-            .errors()
-            .into_iter()
-            .find(|e| e.kind == "network_problem")
-    });
+    let report = network_problem_report(&server);
     assert!(report.message.contains("not trusted"), "{}", report.message);
 }
 
@@ -128,12 +133,7 @@ fn an_expired_certificate_is_refused_until_its_renewal_on_disk_is_picked_up() {
     pki.server_cert("server", &NAMES, VALID, true);
     agent.wait_for_log("registered with the server");
     server.wait_for_agent_state("IDLE");
-    let report = wait_for("the network problem report", || {
-        server
-            .errors()
-            .into_iter()
-            .find(|e| e.kind == "network_problem")
-    });
+    let report = network_problem_report(&server);
     assert!(report.message.contains("expired"), "{}", report.message);
 }
 

@@ -46,8 +46,14 @@ pub fn client_config(extra_ca_pem: Option<&str>) -> Result<ClientConfig, TlsSetu
         None => Vec::new(),
     };
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = Verifier::new_with_extra_roots(extra, provider.clone())
-        .map_err(|e| TlsSetupError::Verifier(e.to_string()))?;
+    // Without extra roots, the plain platform verifier: Wine's certificate engine refuses an
+    // empty extra store ("Invalid parameter"), and there is nothing to add anyway.
+    let verifier = if extra.is_empty() {
+        Verifier::new(provider.clone())
+    } else {
+        Verifier::new_with_extra_roots(extra, provider.clone())
+    }
+    .map_err(|e| TlsSetupError::Verifier(e.to_string()))?;
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsSetupError::Verifier(e.to_string()))?
