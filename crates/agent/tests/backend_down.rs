@@ -169,12 +169,7 @@ fn invalid_utf8_and_torn_lines_cost_only_themselves() {
     std::fs::write(data.join("error_reports.jsonl"), buffer).unwrap();
 
     let mut agent = Agent::start(&data, &[]);
-    let overflow = wait_for("the drop count of the two bad lines", || {
-        server
-            .errors()
-            .into_iter()
-            .find(|e| e.kind == "error_buffer_overflow")
-    });
+    let overflow = server.wait_for_report("error_buffer_overflow");
     assert!(
         overflow.message.starts_with("2 error reports"),
         "{}",

@@ -62,12 +62,7 @@ fn a_corrupt_config_is_kept_aside_and_reported_when_the_agent_can_still_run() {
 
     let mut agent = Agent::start(&data, &["--server", &server.url]);
     server.wait_for_agent_state("IDLE");
-    let report = wait_for("the config_corrupt report", || {
-        server
-            .errors()
-            .into_iter()
-            .find(|e| e.kind == "config_corrupt")
-    });
+    let report = server.wait_for_report("config_corrupt");
     assert!(report.message.contains("kept aside"), "{}", report.message);
     let aside = files_starting_with(&data, "config.json.corrupt-");
     assert_eq!(aside.len(), 1);

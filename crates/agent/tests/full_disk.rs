@@ -105,12 +105,7 @@ fn a_full_storage_path_is_waited_out_and_every_lost_report_is_counted() {
     });
     assert!(agent.is_running(), "{}", stderr_of(&stderr));
     std::fs::remove_file(&filler).unwrap();
-    let waited = wait_for("the storage_full report once there is space", || {
-        server
-            .errors()
-            .into_iter()
-            .find(|e| e.kind == "storage_full")
-    });
+    let waited = server.wait_for_report("storage_full");
     assert!(
         waited.message.contains("was full at start"),
         "{}",
@@ -130,12 +125,7 @@ fn a_full_storage_path_is_waited_out_and_every_lost_report_is_counted() {
     });
     std::fs::remove_file(&filler).unwrap();
     let server = Server::start_on(&server_dir, &listen);
-    let overflow = wait_for("the drop count", || {
-        server
-            .errors()
-            .into_iter()
-            .find(|e| e.kind == "error_buffer_overflow")
-    });
+    let overflow = server.wait_for_report("error_buffer_overflow");
     assert!(overflow.message.contains("dropped"), "{}", overflow.message);
     let buffer = std::fs::read(data.join("error_reports.jsonl")).unwrap_or_default();
     for line in buffer.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {

@@ -152,12 +152,7 @@ fn a_panic_stops_the_agent_with_exit_4_and_is_reported_after_the_restart() {
 
     let server = Server::start_on(&server_dir, &listen);
     let mut restarted = Agent::start(&data, &[]);
-    let report = wait_for("the panic report after the restart", || {
-        server
-            .errors()
-            .into_iter()
-            .find(|e| e.kind == "agent_panic")
-    });
+    let report = server.wait_for_report("agent_panic");
     assert!(
         report.message.contains("test panic requested"),
         "{}",

@@ -160,6 +160,15 @@ impl Drop for Machine {
     }
 }
 
+/// A 1.0.0 machine, its server, and the agent running IDLE on 1.0.0.
+fn running_1_0_0() -> (Machine, Server) {
+    let machine = Machine::new("1.0.0");
+    let server = Server::start(&machine.server_dir);
+    machine.start(&server, "3600");
+    wait_for_version(&server, "1.0.0");
+    (machine, server)
+}
+
 fn journal(data: &Path) -> Option<cms_protocol::update::UpdateJournal> {
     let bytes = std::fs::read(data.join("updates/update-journal.json")).ok()?;
     serde_json::from_slice(&bytes).ok()
@@ -206,10 +215,7 @@ fn wait_for_error(server: &Server, kind: &str, needle: &str) -> String {
 
 #[test]
 fn pushed_release_updates_1_to_2_and_the_updater_cleans_up() {
-    let machine = Machine::new("1.0.0");
-    let server = Server::start(&machine.server_dir);
-    machine.start(&server, "3600");
-    wait_for_version(&server, "1.0.0");
+    let (machine, server) = running_1_0_0();
     machine.publish("2.0.0"); // the running server pushes it over the WebSocket
 
     wait_for_version(&server, "2.0.0");
@@ -266,10 +272,7 @@ fn altered_truncated_and_endless_packages_are_refused_and_1_0_0_keeps_running() 
 
 #[test]
 fn a_release_that_never_becomes_healthy_is_rolled_back() {
-    let machine = Machine::new("1.0.0");
-    let server = Server::start(&machine.server_dir);
-    machine.start(&server, "3600");
-    wait_for_version(&server, "1.0.0");
+    let (machine, server) = running_1_0_0();
 
     let broken = machine.server_dir.join("broken_agent");
     std::fs::create_dir_all(&machine.server_dir).unwrap();
@@ -639,10 +642,7 @@ fn an_update_over_https_with_a_private_ca_goes_through_an_authenticating_proxy()
 /// an agent running.
 #[test]
 fn an_exe_replaced_while_running_is_updated_at_its_install_path() {
-    let machine = Machine::new("1.0.0");
-    let server = Server::start(&machine.server_dir);
-    machine.start(&server, "3600");
-    wait_for_version(&server, "1.0.0");
+    let (machine, server) = running_1_0_0();
     let fresh = machine.exe.with_file_name("cms_agent.dpkg-new");
     std::fs::copy(versioned_build("1.0.0").join("cms_agent"), &fresh).unwrap();
     std::fs::rename(&fresh, &machine.exe).unwrap();

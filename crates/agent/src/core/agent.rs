@@ -171,40 +171,14 @@ impl Agent {
     pub async fn run(self) -> RunOutcome {
         let inner = &self.inner;
         let mut tasks = Tasks::default();
-        tasks.spawn(
-            "os_signals",
-            Role::MayFinish,
-            watch_os_signals(inner.clone()),
-        );
-        tasks.spawn(
-            "lock_heartbeat",
-            Role::Essential,
-            lock_heartbeat(inner.clone()),
-        );
+        let signals = watch_os_signals(inner.clone());
+        tasks.spawn("os_signals", Role::MayFinish, signals);
+        let heartbeat = lock_heartbeat(inner.clone());
+        tasks.spawn("lock_heartbeat", Role::Essential, heartbeat);
         tasks.spawn("ipc_server", Role::MayFinish, ipc_server(inner.clone()));
         // Let them run once, so the stop signals are handled before anything is logged as up.
         tokio::task::yield_now().await;
-        let registered = tokio::select! {
-            registered = inner.register_until_done() => Ok(registered),
-            death = tasks.next_death(&inner.cancel) => Err(death),
-        };
-        let death = match registered {
-            Err(death) => Some(death),
-            Ok(registered) => {
-                if registered {
-                    inner.pin_trusted_root().await;
-                    let _ = inner.state.set_state(AgentState::Idle);
-                    inner.reporter.flush(&inner.http).await;
-                    spawn_services(inner, &mut tasks);
-                    let settle = settle_update_journal(inner.clone());
-                    tasks.spawn("settle_update_journal", Role::MayFinish, settle);
-                }
-                tokio::select! {
-                    _ = inner.cancel.cancelled() => None,
-                    death = tasks.next_death(&inner.cancel) => Some(death),
-                }
-            }
-        };
+        let death = inner.serve(&mut tasks).await;
         if let Some(death) = &death {
             inner.after_death(death).await;
         }
@@ -212,6 +186,29 @@ impl Agent {
         match death {
             Some(_) => RunOutcome::TaskDied,
             None => RunOutcome::Stopped,
+        }
+    }
+}
+
+impl Inner {
+    /// Registers, goes `IDLE` and runs the services until a stop is requested; the task
+    /// death that ended it first, if one did.
+    async fn serve(self: &Arc<Self>, tasks: &mut Tasks) -> Option<TaskDeath> {
+        let registered = tokio::select! {
+            registered = self.register_until_done() => registered,
+            death = tasks.next_death(&self.cancel) => return Some(death),
+        };
+        if registered {
+            self.pin_trusted_root().await;
+            let _ = self.state.set_state(AgentState::Idle);
+            self.reporter.flush(&self.http).await;
+            spawn_services(self, tasks);
+            let settle = settle_update_journal(self.clone());
+            tasks.spawn("settle_update_journal", Role::MayFinish, settle);
+        }
+        tokio::select! {
+            _ = self.cancel.cancelled() => None,
+            death = tasks.next_death(&self.cancel) => Some(death),
         }
     }
 }

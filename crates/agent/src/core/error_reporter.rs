@@ -276,7 +276,7 @@ impl ErrorBuffer {
         let result = if self.dropped == 0 {
             remove_if_present(&self.dropped_path)
         } else {
-            fs::write(&self.dropped_path, self.dropped.to_string())
+            write_atomic(&self.dropped_path, self.dropped.to_string().as_bytes())
         };
         if let Err(err) = result {
             tracing::warn!(error = %err, "cannot record the dropped-report count");

@@ -153,6 +153,13 @@ impl Server {
         })
     }
 
+    /// Waits until an error report of `kind` is stored, and returns the first one.
+    pub fn wait_for_report(&self, kind: &str) -> StoredError {
+        wait_for(&format!("a {kind} report"), || {
+            self.errors().into_iter().find(|e| e.kind == kind)
+        })
+    }
+
     /// `POST url` with an empty body; returns the status code.
     pub fn post(&self, path: &str) -> u16 {
         let response = self
