@@ -1,4 +1,4 @@
-//! `--status`, `--force` and the IPC socket, with real agent processes.
+//! `--status`, `--stop`, `--force` and the IPC socket, with real agent processes.
 
 #![cfg(unix)] // real processes and a Unix socket; the named pipe is tested under Wine in-module
 #![allow(clippy::unwrap_used)] // integration tests: a failed call is a failed test
@@ -66,6 +66,45 @@ fn status_prints_state_and_version_or_exits_3_when_nothing_runs() {
     assert_eq!(agent.stop().code(), Some(0));
     assert!(!data.join("agent.sock").exists(), "socket left behind");
     assert_eq!(agent_status(&data).status.code(), Some(3));
+}
+
+#[test]
+fn stop_ends_the_agent_gracefully_and_exits_3_when_nothing_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("agent");
+    let none = agent_command(&data, &["--stop"]).output().unwrap();
+    assert_eq!(none.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no agent is running"));
+
+    let server = Server::start(&dir.path().join("server"));
+    let mut agent = start_idle(&server, &data);
+    let pid = agent.child.id();
+    let out = agent_command(&data, &["--stop"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains(&format!("pid {pid}")), "{stdout}");
+    // `--stop` returned only after the agent was gone: its exit is already there to collect.
+    let status = agent.child.try_wait().unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{status:?}");
+    assert!(
+        !data.join("agent.lock").exists(),
+        "the lock was not released"
+    );
+    let log = agent.log();
+    assert!(log.contains("stop requested over IPC"), "{log}");
+    assert!(
+        log.contains("State transition: IDLE -> SHUTTING_DOWN"),
+        "{log}"
+    );
+    assert!(log.contains("Shutdown complete"), "{log}");
+    assert_eq!(
+        agent_command(&data, &["--stop"])
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(3)
+    );
 }
 
 #[test]

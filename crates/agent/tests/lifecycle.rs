@@ -165,3 +165,96 @@ fn a_panic_stops_the_agent_with_exit_4_and_is_reported_after_the_restart() {
     );
     assert_eq!(restarted.stop().code(), Some(0));
 }
+
+#[test]
+fn service_mode_from_a_console_says_so_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = agent_command(&dir.path().join("agent"), &["--service"])
+        .env_remove("INVOCATION_ID")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not started by the service manager"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("agent").exists(), "it touched the storage");
+}
+
+/// `cms_agent --per-user ARGS` with its XDG autostart entry in `config_home`.
+fn per_user(
+    data: &std::path::Path,
+    config_home: &std::path::Path,
+    args: &[&str],
+) -> std::process::Output {
+    agent_command(data, args)
+        .arg("--per-user")
+        .env("XDG_CONFIG_HOME", config_home)
+        .env_remove("CMS_ENROLLMENT_TOKEN")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn enable_autostart_saves_the_settings_first_and_disable_removes_the_entry_and_the_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, home) = (dir.path().join("agent"), dir.path().join("config"));
+    let server = Server::start(&dir.path().join("server"));
+    let enable = [
+        "--enable-autostart",
+        "--server",
+        &server.url,
+        "--enrollment-token",
+        "tok-123",
+    ];
+    let out = per_user(&data, &home, &enable);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let entry = std::fs::read_to_string(home.join("autostart/cmsagent.desktop")).unwrap();
+    assert!(entry.contains(r#""--per-user" "--data-dir""#), "{entry}");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["server_url"], server.url.as_str());
+    assert_eq!(config["enrollment_token"], "tok-123");
+    assert!(!data.join("agent.lock").exists(), "the lock was kept");
+
+    // What the entry starts needs nothing more.
+    let mut agent = Agent::start(&data, &["--per-user"]);
+    server.wait_for_agent_state("IDLE");
+    let busy = per_user(
+        &data,
+        &home,
+        &["--enable-autostart", "--server", "http://127.0.0.1:9"],
+    );
+    assert_eq!(
+        busy.status.code(),
+        Some(1),
+        "settings changed under a running agent"
+    );
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("--force"));
+    assert_eq!(agent.stop().code(), Some(0));
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["server_url"], server.url.as_str());
+    assert_eq!(
+        config["enrollment_token"], "tok-123",
+        "kept for a re-enrollment"
+    );
+    assert!(data.join("ipc.secret").exists());
+
+    let out = per_user(&data, &home, &["--disable-autostart"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!home.join("autostart/cmsagent.desktop").exists());
+    assert!(!data.join("ipc.secret").exists(), "the IPC secret is left");
+    assert!(data.join("config.json").exists(), "the data is kept");
+}

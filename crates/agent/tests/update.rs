@@ -404,11 +404,11 @@ fn slow_update_to_2_0_0(machine: &Machine, server: &Server) -> Proxy {
     proxy
 }
 
-/// Issue 3: `--force` is refused in every UPDATING_* state. The real CLI is run while the real
-/// agent downloads a real release: exit 1, the busy message, and the agent neither stops nor
-/// drops its update, which completes once the link is fast again.
+/// Issue 3: `--force` (and `--stop`) are refused in every UPDATING_* state. The real CLI is run
+/// while the real agent downloads a real release: exit 1, the busy message, and the agent
+/// neither stops nor drops its update, which completes once the link is fast again.
 #[test]
-fn force_during_a_download_is_refused_and_the_update_still_completes() {
+fn force_and_stop_during_a_download_are_refused_and_the_update_still_completes() {
     let machine = Machine::new("1.0.0");
     let server = Server::start(&machine.server_dir);
     let proxy = slow_update_to_2_0_0(&machine, &server);
@@ -431,6 +431,15 @@ fn force_during_a_download_is_refused_and_the_update_still_completes() {
     assert!(status.contains("state: UPDATING_"), "{status}");
     assert!(status.contains(&format!("pid: {pid}")), "{status}");
     assert!(agent_log(&machine.data).contains("force restart refused: an update is in progress"));
+    let stopped = machine.cli(&["--stop"]);
+    let stderr = String::from_utf8_lossy(&stopped.stderr);
+    assert_eq!(stopped.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--stop refused by the running agent: it is updating itself"),
+        "{stderr}"
+    );
+    assert!(agent_log(&machine.data).contains("stop refused: an update is in progress"));
+    assert!(machine.status().contains("state: UPDATING_"));
 
     proxy.unthrottle();
     wait_for_version(&server, "2.0.0");
@@ -441,6 +450,7 @@ fn force_during_a_download_is_refused_and_the_update_still_completes() {
     );
     let log = agent_log(&machine.data);
     assert!(!log.contains("force restart requested over IPC"), "{log}");
+    assert!(!log.contains("stop requested over IPC"), "{log}");
     let downloads = proxy
         .requests()
         .iter()

@@ -1,4 +1,4 @@
-//! Messages between `cms_agent --force`/`--status` and the running agent.
+//! Messages between `cms_agent --force`/`--stop`/`--status` and the running agent.
 //!
 //! One JSON request and one JSON response per connection, each on one line (`\n`-terminated)
 //! and at most [`IPC_MAX_MESSAGE_BYTES`] long. This module only names the messages: it must
@@ -19,6 +19,8 @@ pub const IPC_MAX_MESSAGE_BYTES: usize = 16 * 1024;
 pub enum IpcCommand {
     /// Shut down gracefully so the caller can take over with new arguments.
     ForceRestart,
+    /// Shut down gracefully and stay stopped (`--stop`).
+    Stop,
     /// Report state and version.
     Status,
 }
@@ -51,7 +53,7 @@ impl fmt::Debug for IpcRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IpcStatus {
-    /// Done (status) or accepted: the agent is shutting down (force_restart).
+    /// Done (status) or accepted: the agent is shutting down (force_restart, stop).
     Acknowledged,
     /// Refused: an update is in progress and must not be interrupted.
     BusyUpdating,
@@ -107,6 +109,9 @@ mod tests {
         let status: IpcRequest = serde_json::from_str(r#"{"command":"status","secret":""}"#)
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(status.args.is_empty());
+        let stop: IpcRequest = serde_json::from_str(r#"{"command":"stop","secret":""}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(stop.command, IpcCommand::Stop);
     }
 
     #[test]

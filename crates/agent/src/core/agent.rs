@@ -25,7 +25,7 @@ use crate::core::error_reporter::ErrorReporter;
 use crate::core::net_health::NetHealth;
 use crate::core::storage::StateManager;
 use crate::core::supervisor::{Role, TaskDeath, Tasks};
-use crate::core::update::{self, Settlement, Update};
+use crate::core::update::{self, Relaunch, Settlement, Update};
 use crate::net::Credentials;
 use crate::net::http_client::{HttpClient, HttpError};
 use crate::net::trust::{TrustError, TrustedMetadata};
@@ -68,6 +68,9 @@ pub struct AgentOptions {
     pub intervals: Intervals,
     /// `--trusted-root`: the TUF root to pin before anything is fetched.
     pub trusted_root: Option<std::path::PathBuf>,
+    /// How the updater starts the next version: as a process with these arguments, or as the
+    /// service.
+    pub relaunch: Relaunch,
 }
 
 /// How [`Agent::run`] ended.
@@ -491,6 +494,7 @@ impl Inner {
             state: &self.state,
             storage: &self.storage,
             reserve_free_bytes,
+            relaunch: &self.options.relaunch,
         };
         let outcome = tokio::select! {
             _ = self.cancel.cancelled() => return,
@@ -601,6 +605,17 @@ impl Inner {
         (retry.version == version && left > 0).then_some(left)
     }
 
+    /// The updater suspends the service's recovery actions and restores them at its end;
+    /// after an updater that died midway, this is where they come back.
+    fn restore_service_recovery(&self) {
+        match system::service::set_restart_on_failure(true) {
+            Ok(recovery) => tracing::info!(%recovery, "service recovery actions in place"),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot restore the service's recovery actions")
+            }
+        }
+    }
+
     fn remember_rollback(&self, version: &str) {
         let result = self.config().update(|c| {
             if !c.rolled_back_versions.iter().any(|v| v == version) {
@@ -637,7 +652,11 @@ async fn settle_update_journal(inner: Arc<Inner>) {
         }
     }
     let journal = update::read_journal(&inner.storage).unwrap_or(journal);
-    let Some(retry) = inner.settle(&journal).await else {
+    let retry = inner.settle(&journal).await;
+    if matches!(inner.options.relaunch, Relaunch::Service(_)) {
+        inner.restore_service_recovery();
+    }
+    let Some(retry) = retry else {
         return;
     };
     // A second more than the recorded time, so the deferral has passed by the wall clock too.
@@ -769,7 +788,7 @@ impl MetricsSampler {
     }
 }
 
-// --- IPC (`--force`, `--status`): the agent's answers to authenticated requests. ---
+// --- IPC (`--force`, `--stop`, `--status`): the agent's answers to authenticated requests. ---
 
 use cms_protocol::{IpcCommand, IpcResponse, IpcStatus};
 
@@ -779,9 +798,9 @@ use crate::ipc::{self, IpcHandler, NamedPipeIPCServer};
 /// the agent runs on without it: serving the backend matters more than `--force`.
 async fn ipc_server(inner: Arc<Inner>) {
     let path = inner.storage.storage_path().to_path_buf();
-    let is_admin = system::is_running_as_admin();
-    let bound = ipc::IpcEndpoint::for_agent(&path, is_admin).and_then(|endpoint| {
-        let secret = ipc::load_or_create_secret(&path, is_admin)?;
+    let machine_wide = inner.storage.machine_wide();
+    let bound = ipc::IpcEndpoint::for_agent(&path, machine_wide).and_then(|endpoint| {
+        let secret = ipc::load_or_create_secret(&path, machine_wide)?;
         NamedPipeIPCServer::bind(endpoint, secret)
     });
     match bound {
@@ -800,6 +819,7 @@ impl IpcHandler for Inner {
         let status = match command {
             IpcCommand::Status => IpcStatus::Acknowledged,
             IpcCommand::ForceRestart => self.force_restart(args.len()),
+            IpcCommand::Stop => self.stop_requested(),
         };
         IpcResponse {
             status,
@@ -829,6 +849,29 @@ impl Inner {
                 IpcStatus::BusyUpdating
             }
         }
+    }
+}
+
+impl Inner {
+    /// `--stop` from another process: shut down and stay down, unless an update runs.
+    fn stop_requested(&self) -> IpcStatus {
+        let status = stop_decision(&self.state);
+        if status == IpcStatus::Acknowledged {
+            tracing::info!("stop requested over IPC; shutting down");
+            self.graceful_shutdown();
+        } else {
+            tracing::warn!("stop refused: an update is in progress");
+        }
+        status
+    }
+}
+
+/// `SHUTTING_DOWN` unless an update runs, checked and moved in one step; a stop that is
+/// already under way is acknowledged too (the caller waits for the exit all the same).
+fn stop_decision(state: &StateCell) -> IpcStatus {
+    match state.transition_if(|s| !s.is_updating(), AgentState::ShuttingDown) {
+        Err(refused) if refused.from.is_updating() => IpcStatus::BusyUpdating,
+        _ => IpcStatus::Acknowledged,
     }
 }
 
@@ -897,6 +940,26 @@ mod ipc_tests {
             );
             assert_eq!(cell.get(), state);
         }
+    }
+
+    #[test]
+    fn stop_is_refused_while_updating_and_shuts_down_from_anything_else() {
+        for state in AgentState::ALL.into_iter().filter(|s| s.is_updating()) {
+            let cell = cell_in(state);
+            assert_eq!(stop_decision(&cell), IpcStatus::BusyUpdating, "{state}");
+            assert_eq!(cell.get(), state);
+        }
+        for state in [
+            AgentState::Starting,
+            AgentState::Idle,
+            AgentState::ForceRestarting,
+        ] {
+            let cell = cell_in(state);
+            assert_eq!(stop_decision(&cell), IpcStatus::Acknowledged, "{state}");
+            assert_eq!(cell.get(), AgentState::ShuttingDown, "from {state}");
+        }
+        let stopping = cell_in(AgentState::ShuttingDown);
+        assert_eq!(stop_decision(&stopping), IpcStatus::Acknowledged);
     }
 
     #[test]

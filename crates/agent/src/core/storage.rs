@@ -1,9 +1,10 @@
 //! `StateManager`: where the agent keeps its files, and how it writes them safely.
 //!
 //! The storage path follows docs/CONTRACT.md ("Files on disk"): `--data-dir`/`CMS_AGENT_DATA_DIR`, else the
-//! per-machine folder when elevated, else the per-user one; it and `logs/` are private to their
-//! owner (0700 on Linux, a protected DACL when elevated on Windows). Nothing is ever written
-//! next to the executable. Every file that must survive a crash mid-write goes through
+//! per-machine folder for the machine-wide agent (elevated, not `--per-user`), else the
+//! per-user one; it and `logs/` are private to their owner (0700 on Linux, a protected DACL
+//! for the machine-wide folder on Windows). Nothing is ever written next to the executable.
+//! Every file that must survive a crash mid-write goes through
 //! `cms_platform::fs::write_atomic`; the names the updater must find too come from
 //! `cms_platform::layout`.
 
@@ -37,17 +38,21 @@ pub enum StorageError {
 #[derive(Debug, Clone)]
 pub struct StateManager {
     storage_path: PathBuf,
+    machine_wide: bool,
 }
 
 impl StateManager {
-    /// Chooses the storage path (override first), creates it and restricts it to its owner.
-    pub fn new(override_dir: Option<PathBuf>) -> Result<Self, StorageError> {
+    /// Chooses the storage path (override first) of the machine-wide agent or the user's,
+    /// creates it and restricts it to its owner.
+    pub fn new(override_dir: Option<PathBuf>, machine_wide: bool) -> Result<Self, StorageError> {
         let storage_path = match override_dir {
             Some(dir) => absolute(dir),
-            None => system::default_data_dir(system::is_running_as_admin())
-                .ok_or(StorageError::NoDefault)?,
+            None => system::default_data_dir(machine_wide).ok_or(StorageError::NoDefault)?,
         };
-        let manager = StateManager { storage_path };
+        let manager = StateManager {
+            storage_path,
+            machine_wide,
+        };
         manager.ensure_directory_permissions()?;
         Ok(manager)
     }
@@ -55,6 +60,12 @@ impl StateManager {
     /// The storage path itself.
     pub fn storage_path(&self) -> &Path {
         &self.storage_path
+    }
+
+    /// Whether this is the machine-wide agent's storage (its IPC endpoint, secret and
+    /// autostart entry are the machine's) rather than a user's.
+    pub fn machine_wide(&self) -> bool {
+        self.machine_wide
     }
 
     /// `config.json`.
@@ -88,9 +99,9 @@ impl StateManager {
             source,
         };
         fs::create_dir_all(&self.storage_path).map_err(io_err)?;
-        system::set_directory_acls(&self.storage_path).map_err(io_err)?;
+        system::set_directory_acls(&self.storage_path, self.machine_wide).map_err(io_err)?;
         fs::create_dir_all(self.logs_dir()).map_err(io_err)?;
-        system::set_directory_acls(&self.logs_dir()).map_err(io_err)?;
+        system::set_directory_acls(&self.logs_dir(), self.machine_wide).map_err(io_err)?;
         tracing::debug!(path = %self.storage_path.display(), "storage path ready");
         Ok(())
     }
@@ -107,7 +118,7 @@ mod tests {
     #[test]
     fn override_is_created_and_holds_the_well_known_files() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = StateManager::new(Some(dir.path().join("nested/data"))).unwrap();
+        let storage = StateManager::new(Some(dir.path().join("nested/data")), false).unwrap();
         assert!(storage.storage_path().is_dir());
         assert!(storage.logs_dir().is_dir());
         assert_eq!(

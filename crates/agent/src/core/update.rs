@@ -105,6 +105,17 @@ impl UpdateError {
     }
 }
 
+/// How the updater is to start the new agent (and the old one again after a rollback): the
+/// arguments after `--` in its command line (docs/CONTRACT.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Relaunch {
+    /// As a process of its own, with the arguments this agent was started with.
+    Process(Vec<OsString>),
+    /// Through the service manager (so it runs as the service), with the service's start
+    /// arguments; the updater is told with `--service-name`.
+    Service(Vec<OsString>),
+}
+
 /// One update attempt.
 #[derive(Debug)]
 pub struct Update<'a> {
@@ -119,6 +130,8 @@ pub struct Update<'a> {
     pub storage: &'a StateManager,
     /// Extra free bytes to keep (config.json `update_reserve_free_bytes`).
     pub reserve_free_bytes: u64,
+    /// How the updater starts the agent after the swap.
+    pub relaunch: &'a Relaunch,
 }
 
 impl Update<'_> {
@@ -202,10 +215,19 @@ impl Update<'_> {
             source,
         };
         let exe = system::installed_exe().map_err(io_err)?;
-        let (own_args, _token_kept_in_config) =
-            split_enrollment_token(std::env::args_os().skip(1).collect::<Vec<OsString>>());
-        let (own_args, _proxy_kept_in_config) = take_option(own_args, PROXY_ARG);
         let mut command = Command::new(updater);
+        let agent_args = match self.relaunch {
+            Relaunch::Process(args) => args,
+            Relaunch::Service(args) => {
+                command
+                    .arg("--service-name")
+                    .arg(system::service::SERVICE_NAME);
+                args
+            }
+        };
+        // The token and the proxy (with its password) are in config.json: never on a command line.
+        let (agent_args, _token_kept_in_config) = split_enrollment_token(agent_args.clone());
+        let (agent_args, _proxy_kept_in_config) = take_option(agent_args, PROXY_ARG);
         command
             .arg("--package-path")
             .arg(package)
@@ -216,7 +238,7 @@ impl Update<'_> {
             .arg("--log-dir")
             .arg(self.storage.logs_dir())
             .arg("--")
-            .args(own_args)
+            .args(agent_args)
             .env_remove(ENROLLMENT_TOKEN_ENV)
             .env_remove(PROXY_ENV)
             .stdin(Stdio::null())

@@ -1,4 +1,4 @@
-//! Local IPC between `cms_agent --force`/`--status` and the running agent.
+//! Local IPC between `cms_agent --force`/`--stop`/`--status` and the running agent.
 //!
 //! One API over two transports: a Windows named pipe (`\\.\pipe\cms_agent_system` when
 //! elevated, `\\.\pipe\cms_agent_<SID>` otherwise; message mode, DACL limited to the owner,
@@ -31,7 +31,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::system::{self, IpcSecret, SecretAction, SecretScope, SystemError};
 
-pub use named_pipe_client::{query_status, send_force_command, send_request};
+pub use named_pipe_client::{query_status, send_force_command, send_request, send_stop_command};
 pub use named_pipe_server::{IpcHandler, NamedPipeIPCServer};
 
 /// Where the running agent listens: a pipe name on Windows, a socket path on Linux.

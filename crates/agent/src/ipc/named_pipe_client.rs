@@ -1,4 +1,5 @@
-//! `send_force_command` and `query_status`: the client end of the IPC endpoint.
+//! `send_force_command`, `send_stop_command` and `query_status`: the client end of the IPC
+//! endpoint.
 //!
 //! One connection per request: connect (retrying while the pipe is busy, bounded by a
 //! timeout), write one JSON line, read one JSON line with a timeout. "Nobody listens" is its
@@ -31,13 +32,30 @@ pub async fn send_force_command(
     send_request(endpoint, &request).await
 }
 
+/// Asks the running agent to shut down gracefully and stay stopped (`--stop`).
+pub async fn send_stop_command(
+    endpoint: &IpcEndpoint,
+    secret: &IpcSecret,
+) -> Result<IpcResponse, IpcError> {
+    send_command(endpoint, secret, IpcCommand::Stop).await
+}
+
 /// Asks the running agent for its state and version.
 pub async fn query_status(
     endpoint: &IpcEndpoint,
     secret: &IpcSecret,
 ) -> Result<IpcResponse, IpcError> {
+    send_command(endpoint, secret, IpcCommand::Status).await
+}
+
+/// Sends `command` without arguments.
+async fn send_command(
+    endpoint: &IpcEndpoint,
+    secret: &IpcSecret,
+    command: IpcCommand,
+) -> Result<IpcResponse, IpcError> {
     let request = IpcRequest {
-        command: IpcCommand::Status,
+        command,
         secret: secret.expose().to_owned(),
         args: Vec::new(),
     };

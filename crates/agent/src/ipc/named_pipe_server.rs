@@ -156,12 +156,13 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
-    use crate::ipc::{query_status, send_force_command, send_request};
+    use crate::ipc::{query_status, send_force_command, send_request, send_stop_command};
 
     /// Counts what reached the agent; answers like an idle agent.
     #[derive(Debug, Default)]
     struct Recorder {
         force: AtomicUsize,
+        stop: AtomicUsize,
         status: AtomicUsize,
         last_args: std::sync::Mutex<Vec<String>>,
     }
@@ -170,6 +171,7 @@ mod tests {
         fn handle(&self, command: IpcCommand, args: &[String]) -> IpcResponse {
             let counter = match command {
                 IpcCommand::ForceRestart => &self.force,
+                IpcCommand::Stop => &self.stop,
                 IpcCommand::Status => &self.status,
             };
             counter.fetch_add(1, Ordering::SeqCst);
@@ -212,7 +214,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn round_trip_status_wrong_secret_and_force() {
+    async fn round_trip_status_wrong_secret_stop_and_force() {
         let server = start("roundtrip");
         let status = query_status(&server.endpoint, &server.secret)
             .await
@@ -231,6 +233,14 @@ mod tests {
             "no state for an unauthenticated client"
         );
         assert_eq!(server.recorder.force.load(Ordering::SeqCst), 0);
+        let refused = send_stop_command(&server.endpoint, &wrong).await.unwrap();
+        assert_eq!(refused.status, IpcStatus::InvalidSecret);
+        assert_eq!(server.recorder.stop.load(Ordering::SeqCst), 0);
+        let stopped = send_stop_command(&server.endpoint, &server.secret)
+            .await
+            .unwrap();
+        assert_eq!(stopped.status, IpcStatus::Acknowledged);
+        assert_eq!(server.recorder.stop.load(Ordering::SeqCst), 1);
 
         let args = vec!["--server".to_owned(), "https://x".to_owned()];
         let ack = send_force_command(&server.endpoint, &server.secret, args.clone())

@@ -6,6 +6,7 @@
 //! (when to lock, what to do when a lock is held): it only answers questions and performs
 //! single OS operations.
 
+pub mod service;
 #[cfg(unix)]
 mod unix;
 #[cfg(windows)]
@@ -38,17 +39,27 @@ pub fn is_running_as_admin() -> bool {
     imp::is_running_as_admin()
 }
 
-/// The storage path of docs/CONTRACT.md ("Files on disk") when no override is given, or `None` when the
-/// environment does not say where it should be (no `%PROGRAMDATA%`, no `$HOME`).
-pub fn default_data_dir(is_admin: bool) -> Option<PathBuf> {
-    imp::default_data_dir(is_admin)
+/// The storage path of docs/CONTRACT.md ("Files on disk") of the machine-wide agent or the
+/// user's when no override is given, or `None` when the system does not say where it should be
+/// (no ProgramData/LocalAppData known folder or variable, no `$HOME`).
+pub fn default_data_dir(machine_wide: bool) -> Option<PathBuf> {
+    imp::default_data_dir(machine_wide)
 }
 
 /// Makes the storage folder readable by its owner (and, on Windows, SYSTEM and Administrators)
 /// only, because it holds the agent's credential and IPC secret. Windows: a protected DACL
-/// (inheritance off) when elevated; the per-user folder is private already. Linux: 0700.
-pub fn set_directory_acls(path: &Path) -> io::Result<()> {
-    imp::set_directory_acls(path)
+/// (inheritance off) for the machine-wide folder; the per-user folder is private already (and
+/// must stay reachable by the user's non-elevated processes). Linux: 0700.
+pub fn set_directory_acls(path: &Path, machine_wide: bool) -> io::Result<()> {
+    imp::set_directory_acls(path, machine_wide)
+}
+
+/// Makes `println!`/`eprintln!` reach the console this program was started from. The Windows
+/// exes are GUI-subsystem programs (no console window of their own, at logon or as a service),
+/// so Windows gives them no console: when the standard handles are not redirected, this
+/// attaches to the parent's console. Nothing to do on Linux.
+pub fn attach_parent_console() {
+    imp::attach_parent_console();
 }
 
 /// Tries to take the OS lock that makes this process the one agent; `Ok(false)` when another
@@ -151,6 +162,9 @@ pub enum SystemError {
         /// The OS error.
         source: io::Error,
     },
+    /// `--service` in a process the service manager did not start; the text says how to start it.
+    #[error("not started by the service manager: {0}")]
+    NotAService(String),
     /// Stored data exists but is not usable.
     #[error("{what} is unusable: {reason}; delete it and start the agent again")]
     Invalid {
@@ -173,19 +187,24 @@ impl SystemError {
     }
 }
 
-/// Writes the entry that starts `exe_path args...` at boot (admin/root) or at logon (user),
-/// replacing an older one; returns where it was written, for the operator.
+/// Writes the entry that starts `exe_path args...` at boot (machine-wide) or at logon (user),
+/// replacing an older one; returns where it was written, for the operator. Machine-wide:
+/// the Windows service `CMSAgent` (LocalSystem, automatic start, recovery actions; a `Run`
+/// value left in HKLM by an older version is removed) or root's systemd unit. Per user: the
+/// HKCU `Run` value or the XDG autostart entry.
 pub fn register_autostart(
     exe_path: &Path,
     args: &[OsString],
-    is_admin: bool,
+    machine_wide: bool,
 ) -> Result<String, SystemError> {
-    imp::register_autostart(exe_path, args, is_admin)
+    imp::register_autostart(exe_path, args, machine_wide)
 }
 
-/// Removes the autostart entry; `Ok(None)` when there was none (not an error), else where it was.
-pub fn unregister_autostart(is_admin: bool) -> Result<Option<String>, SystemError> {
-    imp::unregister_autostart(is_admin)
+/// Removes the autostart entry (the Windows service is deleted once it has stopped: stop it
+/// first with [`service::stop`]); `Ok(None)` when there was none (not an error), else where
+/// it was.
+pub fn unregister_autostart(machine_wide: bool) -> Result<Option<String>, SystemError> {
+    imp::unregister_autostart(machine_wide)
 }
 
 /// What [`manage_ipc_secret`] should do.
@@ -195,6 +214,8 @@ pub enum SecretAction {
     Get,
     /// Generate a new secret, store it (replacing any old one) and return it.
     Create,
+    /// Remove the stored secret (uninstall); returns `None`, also when there was none.
+    Delete,
 }
 
 /// Whose secret: the machine-wide agent's (elevated/root) or the current user's.
@@ -263,8 +284,12 @@ impl fmt::Debug for IpcSecret {
     }
 }
 
-/// Reads or creates the IPC secret (the plan's `manage_ipc_secret`). Windows: a generic credential
-/// `CMSAgent/ipc/<scope>` in Credential Manager. Linux: `ipc.secret` (0600) in `storage_path`.
+/// Reads, creates or removes the IPC secret (the plan's `manage_ipc_secret`). Windows, per
+/// user: the generic credential `CMSAgent/ipc/user` in the user's Credential Manager. Windows,
+/// machine-wide: `ipc.secret` in `storage_path` (the protected data folder: SYSTEM and
+/// Administrators only), encrypted with DPAPI's machine key, so an elevated administrator's
+/// `--status`/`--stop`/`--force` can read what the service (LocalSystem) wrote, and a copy of
+/// the file taken off the machine is useless. Linux: `ipc.secret` (0600) in `storage_path`.
 pub fn manage_ipc_secret(
     action: SecretAction,
     scope: SecretScope,
@@ -276,6 +301,10 @@ pub fn manage_ipc_secret(
             let secret = IpcSecret::generate()?;
             imp::write_ipc_secret(scope, storage_path, &secret)?;
             Ok(Some(secret))
+        }
+        SecretAction::Delete => {
+            imp::delete_ipc_secret(scope, storage_path)?;
+            Ok(None)
         }
     }
 }

@@ -8,6 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use super::service::SERVICE_NAME;
 use super::{AUTOSTART_NAME, IpcSecret, SecretScope, SystemError};
 
 /// File holding the IPC secret inside the storage path.
@@ -27,8 +28,8 @@ pub fn is_running_as_admin() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-pub fn default_data_dir(is_admin: bool) -> Option<PathBuf> {
-    if is_admin {
+pub fn default_data_dir(machine_wide: bool) -> Option<PathBuf> {
+    if machine_wide {
         return Some(PathBuf::from("/var/lib/cms-agent"));
     }
     let data_home = std::env::var_os("XDG_DATA_HOME")
@@ -38,7 +39,7 @@ pub fn default_data_dir(is_admin: bool) -> Option<PathBuf> {
     Some(data_home.join("cms-agent"))
 }
 
-pub fn set_directory_acls(path: &Path) -> io::Result<()> {
+pub fn set_directory_acls(path: &Path, _machine_wide: bool) -> io::Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o700))
 }
 
@@ -132,6 +133,8 @@ pub fn installed_path(exe: &Path) -> PathBuf {
     }
 }
 
+pub fn attach_parent_console() {} // a Linux program always has its parent's terminal
+
 /// Where autostart entries live; a struct so tests can point it at a temp dir.
 #[derive(Debug, Clone)]
 struct AutostartDirs {
@@ -154,13 +157,13 @@ impl AutostartDirs {
     }
 
     fn unit_file(&self) -> PathBuf {
-        self.system_units.join(unit_name())
+        self.system_units.join(SERVICE_NAME)
     }
 
     fn wants_link(&self) -> PathBuf {
         self.system_units
             .join(format!("{WANTED_BY}.wants"))
-            .join(unit_name())
+            .join(SERVICE_NAME)
     }
 
     fn desktop_file(&self) -> Result<PathBuf, SystemError> {
@@ -174,10 +177,6 @@ impl AutostartDirs {
             .join("autostart")
             .join(format!("{}.desktop", AUTOSTART_NAME.to_ascii_lowercase())))
     }
-}
-
-fn unit_name() -> String {
-    format!("{}.service", AUTOSTART_NAME.to_ascii_lowercase())
 }
 
 pub fn register_autostart(
@@ -277,8 +276,9 @@ fn systemd_unit(words: &[OsString]) -> Result<String, SystemError> {
          # Never give up restarting (by default systemd stops after 5 starts in 10 s).\n\
          StartLimitIntervalSec=0\n\n\
          [Service]\nType=simple\nExecStart={exec}\n\
-         # The updater the agent starts must outlive the agent's exit at the hand-over.\n\
-         KillMode=process\n\
+         # A stop is SIGTERM to the agent alone, which shuts down gracefully (exit 0) within 10 s;\n\
+         # the updater it hands over to must outlive it, and starts the new version with systemctl.\n\
+         KillMode=process\nTimeoutStopSec=30\n\
          # Exit 1 (another agent holds the lock) is final. Everything else is retried: 2 (no\n\
          # usable configuration yet: an operator may still write one), 4 (a task died), signals.\n\
          Restart=on-failure\nRestartPreventExitStatus=1\n\
@@ -386,6 +386,22 @@ pub fn write_ipc_secret(
         return Err(SystemError::from_io(what(), err, hint));
     }
     Ok(())
+}
+
+pub fn delete_ipc_secret(_scope: SecretScope, storage_path: &Path) -> Result<(), SystemError> {
+    let path = storage_path.join(SECRET_FILE_NAME);
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(err) => {
+            let what = format!("removing {}", path.display());
+            Err(SystemError::from_io(
+                what,
+                err,
+                "run as the user the agent runs as",
+            ))
+        }
+    }
 }
 
 pub fn get_user_sid_string() -> Result<String, SystemError> {
@@ -499,6 +515,7 @@ mod autostart_and_secret_tests {
         assert!(unit.contains("\nStartLimitIntervalSec=0\n"), "{unit}");
         assert!(unit.contains("\nRestartMaxDelaySec=600\n"), "{unit}");
         assert!(unit.contains("\nKillMode=process\n"), "{unit}");
+        assert!(unit.contains("\nTimeoutStopSec=30\n"), "{unit}");
         assert_eq!(fs::read_link(dirs.wants_link()).unwrap(), dirs.unit_file());
         // Registering again replaces the entry instead of failing on the existing link.
         register_autostart_in(&dirs, exe, &[], true).unwrap();
@@ -550,6 +567,9 @@ mod autostart_and_secret_tests {
         let path = dir.path().join(SECRET_FILE_NAME);
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
         assert_eq!(read_ipc_secret(scope, dir.path()).unwrap(), Some(secret));
+        delete_ipc_secret(scope, dir.path()).unwrap();
+        assert!(read_ipc_secret(scope, dir.path()).unwrap().is_none());
+        delete_ipc_secret(scope, dir.path()).unwrap(); // twice is fine
         fs::write(&path, "not hex").unwrap();
         assert!(matches!(
             read_ipc_secret(scope, dir.path()),

@@ -1,5 +1,7 @@
 //! Windows implementation of the `system` API, through `windows-sys`: elevation, the storage
-//! DACL, `LockFileEx`, the `Run` key, Credential Manager and the user's SID.
+//! DACL, `LockFileEx`, the autostart entry (the service `CMSAgent` machine-wide, through
+//! `service/`; the HKCU `Run` value per user), the IPC secret (Credential Manager per user,
+//! a DPAPI machine-key file machine-wide), the parent console and the user's SID.
 //!
 //! Every `unsafe` block is one Win32 call with its `// SAFETY:` reasoning; handles are owned by
 //! `std::os::windows::io::OwnedHandle`, so they are closed on every path.
@@ -86,18 +88,43 @@ fn token_is_elevated() -> io::Result<bool> {
     Ok(elevation.TokenIsElevated != 0)
 }
 
-pub fn default_data_dir(is_admin: bool) -> Option<PathBuf> {
-    let base = if is_admin {
-        "PROGRAMDATA"
+pub fn default_data_dir(machine_wide: bool) -> Option<PathBuf> {
+    use windows_sys::Win32::UI::Shell::{FOLDERID_LocalAppData, FOLDERID_ProgramData};
+    let (folder, variable) = if machine_wide {
+        (&FOLDERID_ProgramData, "PROGRAMDATA")
     } else {
-        "LOCALAPPDATA"
+        (&FOLDERID_LocalAppData, "LOCALAPPDATA")
     };
-    let root = std::env::var_os(base).filter(|v| !v.is_empty())?;
-    Some(Path::new(&root).join("CMSAgent"))
+    // The known folder first: a service's environment need not carry %PROGRAMDATA% (Wine's
+    // services.exe passes none).
+    let root = known_folder(folder).or_else(|| {
+        std::env::var_os(variable)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })?;
+    Some(root.join("CMSAgent"))
 }
 
-pub fn set_directory_acls(path: &Path) -> io::Result<()> {
-    if !is_running_as_admin() {
+/// The path of a known folder (`%PROGRAMDATA%`, `%LOCALAPPDATA%`) from the shell.
+fn known_folder(id: &windows_sys::core::GUID) -> Option<PathBuf> {
+    use windows_sys::Win32::System::Com::CoTaskMemFree;
+    use windows_sys::Win32::UI::Shell::{KF_FLAG_DEFAULT, SHGetKnownFolderPath};
+    let mut path: *mut u16 = std::ptr::null_mut();
+    // SAFETY: `id` is a valid GUID; a null token means the current user; `path` receives a
+    // CoTaskMemAlloc'ed string (also on failure, possibly null), freed below.
+    let code = unsafe {
+        SHGetKnownFolderPath(id, KF_FLAG_DEFAULT as u32, std::ptr::null_mut(), &mut path)
+    };
+    // SAFETY: on success `path` is a NUL-terminated string.
+    let found =
+        (code >= 0 && !path.is_null()).then(|| PathBuf::from(unsafe { from_wide_ptr(path) }));
+    // SAFETY: allocated by SHGetKnownFolderPath (null is allowed), freed once.
+    unsafe { CoTaskMemFree(path.cast()) };
+    found
+}
+
+pub fn set_directory_acls(path: &Path, machine_wide: bool) -> io::Result<()> {
+    if !machine_wide {
         // %LOCALAPPDATA% is already private to the user; only the machine-wide folder needs a DACL.
         return Ok(());
     }
@@ -320,6 +347,51 @@ pub fn installed_path(exe: &Path) -> PathBuf {
     exe.to_path_buf() // the path the exe was started from: the install path
 }
 
+pub fn attach_parent_console() {
+    use windows_sys::Win32::Foundation::{GENERIC_READ, GENERIC_WRITE, INVALID_HANDLE_VALUE};
+    use windows_sys::Win32::Storage::FileSystem::{CreateFileW, OPEN_EXISTING};
+    use windows_sys::Win32::System::Console::{
+        ATTACH_PARENT_PROCESS, AttachConsole, GetStdHandle, STD_ERROR_HANDLE, STD_HANDLE,
+        STD_OUTPUT_HANDLE, SetStdHandle,
+    };
+    let usable = |id: STD_HANDLE| {
+        // SAFETY: GetStdHandle has no memory preconditions; it only reads the process's table.
+        let handle = unsafe { GetStdHandle(id) };
+        !handle.is_null() && handle != INVALID_HANDLE_VALUE
+    };
+    let ids = [STD_OUTPUT_HANDLE, STD_ERROR_HANDLE];
+    // Redirected (a file, a pipe, the installer's Exec): keep it.
+    if ids.iter().all(|id| usable(*id)) {
+        return;
+    }
+    // SAFETY: no memory preconditions; failure (no parent console: a service, a logon start)
+    // leaves the process as it was, and then there is nowhere to print.
+    if unsafe { AttachConsole(ATTACH_PARENT_PROCESS) } == 0 {
+        return;
+    }
+    let name = wide(OsStr::new("CONOUT$"));
+    // SAFETY: `name` is NUL-terminated; no security attributes or template handle.
+    let console = unsafe {
+        CreateFileW(
+            name.as_ptr(),
+            GENERIC_READ | GENERIC_WRITE,
+            FILE_SHARE_READ | FILE_SHARE_WRITE,
+            std::ptr::null(),
+            OPEN_EXISTING,
+            0,
+            std::ptr::null_mut(),
+        )
+    };
+    if console == INVALID_HANDLE_VALUE {
+        return;
+    }
+    for id in ids.into_iter().filter(|id| !usable(*id)) {
+        // SAFETY: `console` is an open handle; the standard-handle table keeps it for the rest
+        // of the process (it is never closed, like the handles a console program starts with).
+        unsafe { SetStdHandle(id, console) };
+    }
+}
+
 fn wide(s: &OsStr) -> Vec<u16> {
     s.encode_wide().chain(std::iter::once(0)).collect()
 }
@@ -389,18 +461,72 @@ pub fn get_user_sid_string() -> Result<String, SystemError> {
 /// `HKLM`/`HKCU` `...\CurrentVersion\Run`: where Windows finds programs to start at logon.
 const RUN_KEY: &str = r"Software\Microsoft\Windows\CurrentVersion\Run";
 /// Advice when the registry refuses.
-const AUTOSTART_HINT: &str = "run elevated (as administrator) to change the machine-wide entry (HKLM), or without elevation for your own (HKCU)";
+const AUTOSTART_HINT: &str = "run elevated (as administrator) to change the machine-wide entry (the service), or without elevation for your own (HKCU)";
 
-fn run_root(is_admin: bool) -> (HKEY, &'static str) {
-    if is_admin {
-        (HKEY_LOCAL_MACHINE, "HKLM")
-    } else {
-        (HKEY_CURRENT_USER, "HKCU")
-    }
+/// A `Run` key: HKCU's for the per-user agent, HKLM's where older versions put the
+/// machine-wide one (removed now: it started a non-elevated copy at every user's logon).
+#[derive(Debug, Clone, Copy)]
+enum RunKey {
+    User,
+    LegacyMachine,
 }
 
-fn run_value_place(is_admin: bool) -> String {
-    format!(r"{}\{RUN_KEY}\{AUTOSTART_NAME}", run_root(is_admin).1)
+impl RunKey {
+    fn root(self) -> HKEY {
+        match self {
+            RunKey::User => HKEY_CURRENT_USER,
+            RunKey::LegacyMachine => HKEY_LOCAL_MACHINE,
+        }
+    }
+
+    /// `HKCU\...\Run\CMSAgent`, for the operator.
+    fn place(self) -> String {
+        let hive = match self {
+            RunKey::User => "HKCU",
+            RunKey::LegacyMachine => "HKLM",
+        };
+        format!(r"{hive}\{RUN_KEY}\{AUTOSTART_NAME}")
+    }
+
+    fn write(self, command: &str) -> Result<String, SystemError> {
+        let data = wide(OsStr::new(command));
+        let key = wide(OsStr::new(RUN_KEY));
+        let name = wide(OsStr::new(AUTOSTART_NAME));
+        // SAFETY: all strings are NUL-terminated; `data` holds `data.len() * 2` bytes of REG_SZ
+        // including its terminator, as the API requires.
+        let code = unsafe {
+            RegSetKeyValueW(
+                self.root(),
+                key.as_ptr(),
+                name.as_ptr(),
+                REG_SZ,
+                data.as_ptr().cast::<c_void>(),
+                (data.len() * 2) as u32,
+            )
+        };
+        let place = self.place();
+        win32_result(code)
+            .map_err(|e| SystemError::from_io(format!("writing {place}"), e, AUTOSTART_HINT))?;
+        Ok(place)
+    }
+
+    /// Removes the value; `Ok(None)` when there was none.
+    fn remove(self) -> Result<Option<String>, SystemError> {
+        let key = wide(OsStr::new(RUN_KEY));
+        let name = wide(OsStr::new(AUTOSTART_NAME));
+        // SAFETY: both strings are NUL-terminated; the root is a predefined key.
+        let code = unsafe { RegDeleteKeyValueW(self.root(), key.as_ptr(), name.as_ptr()) };
+        let place = self.place();
+        match win32_result(code) {
+            Ok(()) => Ok(Some(place)),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(SystemError::from_io(
+                format!("removing {place}"),
+                err,
+                AUTOSTART_HINT,
+            )),
+        }
+    }
 }
 
 /// Turns a Win32 status code into a `Result`.
@@ -415,47 +541,29 @@ fn win32_result(code: WIN32_ERROR) -> io::Result<()> {
 pub fn register_autostart(
     exe_path: &Path,
     args: &[OsString],
-    is_admin: bool,
+    machine_wide: bool,
 ) -> Result<String, SystemError> {
-    let command = command_line(exe_path, args)?;
-    let data = wide(OsStr::new(&command));
-    let (root, _) = run_root(is_admin);
-    let key = wide(OsStr::new(RUN_KEY));
-    let name = wide(OsStr::new(AUTOSTART_NAME));
-    let place = run_value_place(is_admin);
-    // SAFETY: all strings are NUL-terminated; `data` holds `data.len() * 2` bytes of REG_SZ
-    // including its terminator, as the API requires.
-    let code = unsafe {
-        RegSetKeyValueW(
-            root,
-            key.as_ptr(),
-            name.as_ptr(),
-            REG_SZ,
-            data.as_ptr().cast::<c_void>(),
-            (data.len() * 2) as u32,
-        )
-    };
-    win32_result(code)
-        .map_err(|e| SystemError::from_io(format!("writing {place}"), e, AUTOSTART_HINT))?;
+    if !machine_wide {
+        return RunKey::User.write(&command_line(exe_path, args)?);
+    }
+    let installed = super::service::install(exe_path, args)?;
+    let mut place = format!("{}; recovery: {}", installed.place, installed.recovery);
+    if let Some(legacy) = RunKey::LegacyMachine.remove()? {
+        tracing::info!(place = %legacy, "removed the machine-wide Run value of an older version");
+        place.push_str(&format!("; removed the old {legacy}"));
+    }
     Ok(place)
 }
 
-pub fn unregister_autostart(is_admin: bool) -> Result<Option<String>, SystemError> {
-    let (root, _) = run_root(is_admin);
-    let key = wide(OsStr::new(RUN_KEY));
-    let name = wide(OsStr::new(AUTOSTART_NAME));
-    let place = run_value_place(is_admin);
-    // SAFETY: both strings are NUL-terminated; `root` is a predefined key.
-    let code = unsafe { RegDeleteKeyValueW(root, key.as_ptr(), name.as_ptr()) };
-    match win32_result(code) {
-        Ok(()) => Ok(Some(place)),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(SystemError::from_io(
-            format!("removing {place}"),
-            err,
-            AUTOSTART_HINT,
-        )),
+pub fn unregister_autostart(machine_wide: bool) -> Result<Option<String>, SystemError> {
+    if !machine_wide {
+        return RunKey::User.remove();
     }
+    let removed: Vec<String> = [super::service::delete()?, RunKey::LegacyMachine.remove()?]
+        .into_iter()
+        .flatten()
+        .collect();
+    Ok((!removed.is_empty()).then(|| removed.join(" and ")))
 }
 
 /// `"exe" "arg" ...` with the quoting rules of `CommandLineToArgvW`: backslashes before a
@@ -484,10 +592,15 @@ fn command_line(exe_path: &Path, args: &[OsString]) -> Result<String, SystemErro
     Ok(line)
 }
 
-/// Name of the generic credential holding the IPC secret of `scope`.
-fn credential_target(scope: SecretScope) -> String {
-    format!("{AUTOSTART_NAME}/ipc/{}", scope.as_str())
+/// Name of the generic credential holding the per-user agent's IPC secret.
+fn credential_target() -> String {
+    format!("{AUTOSTART_NAME}/ipc/{}", SecretScope::User.as_str())
 }
+
+/// The machine-wide agent's secret file in its (protected) storage path.
+const SECRET_FILE_NAME: &str = "ipc.secret";
+/// Ties the DPAPI blob to this one purpose.
+const SECRET_ENTROPY: &[u8] = b"CMSAgent/ipc/system";
 
 /// Frees a credential returned by `CredReadW` on every path.
 struct CredentialGuard(*mut CREDENTIALW);
@@ -499,11 +612,57 @@ impl Drop for CredentialGuard {
     }
 }
 
+fn parse_secret(bytes: &[u8], what: String) -> Result<Option<IpcSecret>, SystemError> {
+    let parsed = std::str::from_utf8(bytes).ok().and_then(IpcSecret::parse);
+    parsed.map(Some).ok_or_else(|| SystemError::Invalid {
+        what,
+        reason: "it does not hold a 64-digit hex secret".into(),
+    })
+}
+
 pub fn read_ipc_secret(
     scope: SecretScope,
-    _storage_path: &Path,
+    storage_path: &Path,
 ) -> Result<Option<IpcSecret>, SystemError> {
-    let target_name = credential_target(scope);
+    match scope {
+        SecretScope::User => read_credential(),
+        SecretScope::System => read_machine_secret(storage_path),
+    }
+}
+
+pub fn write_ipc_secret(
+    scope: SecretScope,
+    storage_path: &Path,
+    secret: &IpcSecret,
+) -> Result<(), SystemError> {
+    match scope {
+        SecretScope::User => write_credential(secret),
+        SecretScope::System => write_machine_secret(storage_path, secret),
+    }
+}
+
+pub fn delete_ipc_secret(scope: SecretScope, storage_path: &Path) -> Result<(), SystemError> {
+    match scope {
+        SecretScope::User => delete_credential(),
+        SecretScope::System => {
+            let path = storage_path.join(SECRET_FILE_NAME);
+            match std::fs::remove_file(&path) {
+                Err(err) if err.kind() != io::ErrorKind::NotFound => Err(SystemError::from_io(
+                    format!("removing {}", path.display()),
+                    err,
+                    MACHINE_SECRET_HINT,
+                )),
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+const USER_SECRET_HINT: &str = "run as the user the agent runs as";
+const MACHINE_SECRET_HINT: &str = "run elevated (as administrator): the machine-wide agent's folder is for SYSTEM and Administrators only";
+
+fn read_credential() -> Result<Option<IpcSecret>, SystemError> {
+    let target_name = credential_target();
     let target = wide(OsStr::new(&target_name));
     let mut credential: *mut CREDENTIALW = std::ptr::null_mut();
     // SAFETY: `target` is NUL-terminated; `credential` receives a buffer we free with CredFree.
@@ -513,11 +672,7 @@ pub fn read_ipc_secret(
             return Ok(None);
         }
         let what = format!("reading credential {target_name}");
-        return Err(SystemError::from_io(
-            what,
-            err,
-            "run as the user the agent runs as",
-        ));
+        return Err(SystemError::from_io(what, err, USER_SECRET_HINT));
     }
     let guard = CredentialGuard(credential);
     // SAFETY: CredReadW succeeded, so the pointer is a valid CREDENTIALW until CredFree.
@@ -528,19 +683,11 @@ pub fn read_ipc_secret(
         // SAFETY: the credential owns `size` bytes at `blob`, alive until `guard` drops.
         unsafe { std::slice::from_raw_parts(blob, size as usize) }
     };
-    let parsed = std::str::from_utf8(bytes).ok().and_then(IpcSecret::parse);
-    parsed.map(Some).ok_or_else(|| SystemError::Invalid {
-        what: format!("credential {target_name}"),
-        reason: "it does not hold a 64-digit hex secret".into(),
-    })
+    parse_secret(bytes, format!("credential {target_name}"))
 }
 
-pub fn write_ipc_secret(
-    scope: SecretScope,
-    _storage_path: &Path,
-    secret: &IpcSecret,
-) -> Result<(), SystemError> {
-    let target_name = credential_target(scope);
+fn write_credential(secret: &IpcSecret) -> Result<(), SystemError> {
+    let target_name = credential_target();
     let mut target = wide(OsStr::new(&target_name));
     let mut user = wide(OsStr::new(AUTOSTART_NAME));
     let mut blob = secret.expose().as_bytes().to_vec();
@@ -556,8 +703,11 @@ pub fn write_ipc_secret(
     // SAFETY: every pointer in `credential` points into a buffer alive for the whole call.
     if unsafe { CredWriteW(&credential, 0) } == 0 {
         let what = format!("writing credential {target_name}");
-        let hint = "run as the user the agent runs as";
-        return Err(SystemError::from_io(what, io::Error::last_os_error(), hint));
+        return Err(SystemError::from_io(
+            what,
+            io::Error::last_os_error(),
+            USER_SECRET_HINT,
+        ));
     }
     Ok(())
 }
@@ -630,6 +780,148 @@ fn user_proxy() -> Option<(String, String, &'static str)> {
     (ok && !list.is_empty()).then(|| (list, bypass.to_string_lossy(), "user Internet settings"))
 }
 
+fn delete_credential() -> Result<(), SystemError> {
+    use windows_sys::Win32::Security::Credentials::CredDeleteW;
+    let target_name = credential_target();
+    let target = wide(OsStr::new(&target_name));
+    // SAFETY: `target` is NUL-terminated.
+    if unsafe { CredDeleteW(target.as_ptr(), CRED_TYPE_GENERIC, 0) } == 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(ERROR_NOT_FOUND as i32) {
+            let what = format!("removing credential {target_name}");
+            return Err(SystemError::from_io(what, err, USER_SECRET_HINT));
+        }
+    }
+    Ok(())
+}
+
+fn read_machine_secret(storage_path: &Path) -> Result<Option<IpcSecret>, SystemError> {
+    let path = storage_path.join(SECRET_FILE_NAME);
+    let what = || path.display().to_string();
+    let sealed = match std::fs::read(&path) {
+        Ok(sealed) => sealed,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => {
+            let what = format!("reading {}", path.display());
+            return Err(SystemError::from_io(what, err, MACHINE_SECRET_HINT));
+        }
+    };
+    let plain = dpapi::unprotect(&sealed, SECRET_ENTROPY).map_err(|err| SystemError::Invalid {
+        what: what(),
+        reason: format!("DPAPI cannot decrypt it on this machine ({err})"),
+    })?;
+    parse_secret(&plain, what())
+}
+
+fn write_machine_secret(storage_path: &Path, secret: &IpcSecret) -> Result<(), SystemError> {
+    let path = storage_path.join(SECRET_FILE_NAME);
+    let what = || format!("writing {}", path.display());
+    let sealed = dpapi::protect(secret.expose().as_bytes(), SECRET_ENTROPY).map_err(|source| {
+        SystemError::Os {
+            what: what(),
+            source,
+        }
+    })?;
+    // The folder's protected DACL (SYSTEM and Administrators) is inherited by the file.
+    crate::fs::write_atomic(&path, &sealed)
+        .map_err(|e| SystemError::from_io(what(), e, MACHINE_SECRET_HINT))
+}
+
+/// DPAPI with the machine key: any process on this machine that can read the blob can decrypt
+/// it (the file's DACL decides who can), and no other machine can.
+mod dpapi {
+    use std::io;
+
+    use windows_sys::Win32::Foundation::LocalFree;
+    use windows_sys::Win32::Security::Cryptography::{
+        CRYPT_INTEGER_BLOB, CRYPTPROTECT_LOCAL_MACHINE, CRYPTPROTECT_UI_FORBIDDEN,
+        CryptProtectData, CryptUnprotectData,
+    };
+
+    /// A blob DPAPI allocated, freed (`LocalFree`) on drop.
+    struct Output(CRYPT_INTEGER_BLOB);
+
+    impl Output {
+        fn empty() -> Self {
+            Output(CRYPT_INTEGER_BLOB {
+                cbData: 0,
+                pbData: std::ptr::null_mut(),
+            })
+        }
+
+        fn to_vec(&self) -> Vec<u8> {
+            if self.0.pbData.is_null() {
+                return Vec::new();
+            }
+            // SAFETY: DPAPI wrote `cbData` bytes at `pbData`, alive until drop.
+            unsafe { std::slice::from_raw_parts(self.0.pbData, self.0.cbData as usize) }.to_vec()
+        }
+    }
+
+    impl Drop for Output {
+        fn drop(&mut self) {
+            if !self.0.pbData.is_null() {
+                // SAFETY: allocated by CryptProtectData/CryptUnprotectData, freed once here.
+                unsafe { LocalFree(self.0.pbData.cast()) };
+            }
+        }
+    }
+
+    /// A read-only view of `bytes` in the form DPAPI takes (it never writes through it).
+    fn input(bytes: &[u8]) -> CRYPT_INTEGER_BLOB {
+        CRYPT_INTEGER_BLOB {
+            cbData: bytes.len() as u32,
+            pbData: bytes.as_ptr().cast_mut(),
+        }
+    }
+
+    /// Runs one DPAPI call that writes its result into the blob it is given.
+    fn fill(call: impl FnOnce(&mut CRYPT_INTEGER_BLOB) -> i32) -> io::Result<Vec<u8>> {
+        let mut out = Output::empty();
+        if call(&mut out.0) == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(out.to_vec())
+    }
+
+    pub fn protect(plain: &[u8], entropy: &[u8]) -> io::Result<Vec<u8>> {
+        let (data, entropy) = (input(plain), input(entropy));
+        fill(|out| {
+            // SAFETY: the input blobs point at live slices for the call; `out` receives a
+            // LocalAlloc'ed blob freed by `Output`'s Drop.
+            unsafe {
+                CryptProtectData(
+                    &data,
+                    std::ptr::null(),
+                    &entropy,
+                    std::ptr::null(),
+                    std::ptr::null(),
+                    CRYPTPROTECT_LOCAL_MACHINE | CRYPTPROTECT_UI_FORBIDDEN,
+                    out,
+                )
+            }
+        })
+    }
+
+    pub fn unprotect(sealed: &[u8], entropy: &[u8]) -> io::Result<Vec<u8>> {
+        let (data, entropy) = (input(sealed), input(entropy));
+        fill(|out| {
+            // SAFETY: as in `protect`; the description out pointer is not requested.
+            unsafe {
+                CryptUnprotectData(
+                    &data,
+                    std::ptr::null_mut(),
+                    &entropy,
+                    std::ptr::null(),
+                    std::ptr::null(),
+                    CRYPTPROTECT_UI_FORBIDDEN,
+                    out,
+                )
+            }
+        })
+    }
+}
+
 /// Whether this process runs under Wine, which does not enforce a few Windows rules (first
 /// pipe instance, delete-pending files, mandatory locks); tests of those rules skip themselves
 /// there.
@@ -648,7 +940,7 @@ pub fn running_under_wine() -> bool {
 #[cfg(test)]
 mod tests {
     //! Run under Wine (`cargo xtask wine-test`), which runs programs as an administrator, so
-    //! both the HKLM and the HKCU paths are reachable; functions take `is_admin` explicitly.
+    //! both the HKLM and the HKCU paths are reachable; functions take `machine_wide` explicitly.
 
     use super::*;
     use windows_sys::Win32::Security::Authorization::{
@@ -657,8 +949,8 @@ mod tests {
     use windows_sys::Win32::System::Registry::{RRF_RT_REG_SZ, RegGetValueW};
 
     /// The command stored in the `Run` value, `None` when there is none.
-    fn read_autostart(is_admin: bool) -> Result<Option<String>, SystemError> {
-        let (root, _) = run_root(is_admin);
+    fn read_autostart(run: RunKey) -> Result<Option<String>, SystemError> {
+        let root = run.root();
         let key = wide(OsStr::new(RUN_KEY));
         let name = wide(OsStr::new(AUTOSTART_NAME));
         let mut buffer = vec![0u16; 4096];
@@ -683,7 +975,7 @@ mod tests {
             }
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(err) => Err(SystemError::from_io(
-                format!("reading {}", run_value_place(is_admin)),
+                format!("reading {}", run.place()),
                 err,
                 AUTOSTART_HINT,
             )),
@@ -732,31 +1024,38 @@ mod tests {
     }
 
     #[test]
-    fn run_value_is_written_read_back_and_removed_for_machine_and_user() {
+    fn the_users_run_value_is_written_read_back_and_removed() {
         let exe = Path::new(r"C:\Program Files\CMSAgent\cms_agent.exe");
         let args = [
             OsString::from("--data-dir"),
             OsString::from(r"C:\data dir\"),
         ];
-        for is_admin in [true, false] {
-            let place = register_autostart(exe, &args, is_admin).unwrap();
-            assert!(
-                place.starts_with(if is_admin { "HKLM" } else { "HKCU" }),
-                "{place}"
-            );
-            let stored = read_autostart(is_admin).unwrap();
-            assert_eq!(
-                stored.as_deref(),
-                Some(r#""C:\Program Files\CMSAgent\cms_agent.exe" "--data-dir" "C:\data dir\\""#)
-            );
-            assert_eq!(unregister_autostart(is_admin).unwrap(), Some(place));
-            assert_eq!(read_autostart(is_admin).unwrap(), None);
-            assert_eq!(
-                unregister_autostart(is_admin).unwrap(),
-                None,
-                "removing twice is fine"
-            );
-        }
+        let place = register_autostart(exe, &args, false).unwrap();
+        assert!(place.starts_with("HKCU"), "{place}");
+        let stored = read_autostart(RunKey::User).unwrap();
+        assert_eq!(
+            stored.as_deref(),
+            Some(r#""C:\Program Files\CMSAgent\cms_agent.exe" "--data-dir" "C:\data dir\\""#)
+        );
+        assert_eq!(unregister_autostart(false).unwrap(), Some(place));
+        assert_eq!(read_autostart(RunKey::User).unwrap(), None);
+        assert_eq!(
+            unregister_autostart(false).unwrap(),
+            None,
+            "removing twice is fine"
+        );
+    }
+
+    #[test]
+    fn the_machine_wide_run_value_of_an_older_version_is_removed() {
+        let legacy = RunKey::LegacyMachine
+            .write(r#""C:\old\cms_agent.exe""#)
+            .unwrap();
+        assert!(legacy.starts_with("HKLM"), "{legacy}");
+        // No service CMSAgent in this prefix: only the old value goes.
+        assert_eq!(unregister_autostart(true).unwrap(), Some(legacy));
+        assert_eq!(read_autostart(RunKey::LegacyMachine).unwrap(), None);
+        assert_eq!(unregister_autostart(true).unwrap(), None);
     }
 
     #[test]
@@ -766,29 +1065,51 @@ mod tests {
     }
 
     #[test]
-    fn ipc_secret_credential_is_created_and_read_back() {
-        let storage = Path::new(".");
+    fn ipc_secrets_are_created_read_back_and_removed_in_both_scopes() {
+        let storage = tempfile::tempdir().unwrap();
         for scope in [SecretScope::User, SecretScope::System] {
             let secret = IpcSecret::generate().unwrap();
-            write_ipc_secret(scope, storage, &secret).unwrap();
+            write_ipc_secret(scope, storage.path(), &secret).unwrap();
             assert_eq!(
-                read_ipc_secret(scope, storage).unwrap(),
+                read_ipc_secret(scope, storage.path()).unwrap(),
                 Some(secret.clone())
             );
-            let newer =
-                super::super::manage_ipc_secret(super::super::SecretAction::Create, scope, storage)
-                    .unwrap()
-                    .unwrap();
+            let newer = super::super::manage_ipc_secret(
+                super::super::SecretAction::Create,
+                scope,
+                storage.path(),
+            )
+            .unwrap()
+            .unwrap();
             assert_ne!(newer, secret);
-            assert_eq!(read_ipc_secret(scope, storage).unwrap(), Some(newer));
+            assert_eq!(read_ipc_secret(scope, storage.path()).unwrap(), Some(newer));
+            delete_ipc_secret(scope, storage.path()).unwrap();
+            assert_eq!(read_ipc_secret(scope, storage.path()).unwrap(), None);
+            delete_ipc_secret(scope, storage.path()).unwrap(); // twice is fine
         }
+    }
+
+    #[test]
+    fn the_machine_wide_secret_file_is_sealed_with_dpapi() {
+        let storage = tempfile::tempdir().unwrap();
+        let secret = IpcSecret::generate().unwrap();
+        write_ipc_secret(SecretScope::System, storage.path(), &secret).unwrap();
+        let file = std::fs::read(storage.path().join(SECRET_FILE_NAME)).unwrap();
+        let text = String::from_utf8_lossy(&file);
+        assert!(
+            !text.contains(secret.expose()),
+            "the secret is stored in clear"
+        );
+        std::fs::write(storage.path().join(SECRET_FILE_NAME), b"not a DPAPI blob").unwrap();
+        let err = read_ipc_secret(SecretScope::System, storage.path()).unwrap_err();
+        assert!(matches!(err, SystemError::Invalid { .. }), "{err}");
     }
 
     #[test]
     fn protected_dacl_is_applied_to_the_storage_folder() {
         let dir = tempfile::tempdir().unwrap();
         apply_protected_dacl(dir.path()).unwrap();
-        set_directory_acls(dir.path()).unwrap();
+        set_directory_acls(dir.path(), true).unwrap();
         let sddl = dacl_sddl(dir.path());
         if running_under_wine() {
             // Wine 8 accepts the call but keeps no security descriptor for the folder (no
