@@ -13,14 +13,27 @@
 //! `<log-dir>/updater.log`, never the agent's arguments (they may carry the enrollment token,
 //! which is handed to the started agent in its environment instead).
 //!
+//! With `--service-name CMSAgent` (the agent runs as the Windows service, or the systemd unit
+//! `cmsagent.service`) the new agent and, after a rollback or a give-up, the old one are started
+//! through the service manager, so they run as the service (as LocalSystem; the enrollment
+//! token is in config.json, never a start argument), and the service's restart-after-failure is
+//! suspended from the journal's start to the end, so the service manager never restarts a
+//! failing new version behind the updater's back.
+//!
 //! Exit codes: 0 updated and verified; 1 rolled back; 2 nothing changed (bad arguments or
 //! package, staging failed); 3 the old agent would not stop; 4 the swap or the rollback itself
 //! failed.
+//!
+//! On Windows this is a GUI-subsystem program: started detached by the agent it opens no
+//! console window; run from a console, it attaches to it to print.
+
+#![windows_subsystem = "windows"]
 
 mod journal;
 mod swap;
 mod verify;
 
+use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -33,11 +46,12 @@ use cms_platform::layout;
 use cms_platform::lock_file::read_lock_record;
 use cms_platform::package::Package;
 use cms_platform::system;
+use cms_platform::system::service::{self, SERVICE_NAME, ServiceState, StopOutcome};
 use cms_protocol::BUILD_VERSION;
 use cms_protocol::update::UpdatePhase;
 
 use journal::Journal;
-use verify::Timeouts;
+use verify::{Timeouts, Watched};
 
 const EXIT_ROLLED_BACK: u8 = 1;
 const EXIT_NOTHING_CHANGED: u8 = 2;
@@ -65,6 +79,10 @@ struct Args {
     /// Folder for `updater.log`: the agent's `<storage>/logs`.
     #[arg(long, value_name = "DIR")]
     log_dir: PathBuf,
+    /// The agent runs as this service: start the new (or restored) agent through the service
+    /// manager, with AGENT_ARGS as its start arguments.
+    #[arg(long, value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new([SERVICE_NAME]))]
+    service_name: Option<String>,
     /// The agent's own arguments, passed on to the new (or restored) agent; an enrollment
     /// token among them is handed over in its environment instead.
     #[arg(last = true, value_name = "AGENT_ARGS")]
@@ -72,6 +90,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    system::attach_parent_console();
     let args = Args::parse();
     if let Err(err) = init_logging(&args.log_dir) {
         eprintln!("updater: cannot log to {}: {err}", args.log_dir.display());
@@ -84,6 +103,14 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> u8 {
     let agent = OldAgent::from_args(args);
+    let code = update(args, &agent);
+    if agent.launcher == Launcher::Service {
+        restore_service_recovery();
+    }
+    code
+}
+
+fn update(args: &Args, agent: &OldAgent) -> u8 {
     let Some(storage) = layout::storage_of_logs_dir(&args.log_dir) else {
         return agent.give_up("--log-dir must be the agent's <storage>/logs");
     };
@@ -117,6 +144,8 @@ fn old_agent_reached_backend(storage: &Path, old_pid: u32) -> bool {
 
 /// The agent being replaced: where it is installed and how it was started.
 struct OldAgent {
+    /// As a process of its own, or as the service.
+    launcher: Launcher,
     /// The install path (a replaced exe's ` (deleted)` path resolved to it).
     exe: PathBuf,
     pid: u32,
@@ -135,6 +164,10 @@ impl OldAgent {
         let given = args.agent_args.iter().map(Into::into).collect();
         let (args_kept, enrollment_token) = split_enrollment_token(given);
         OldAgent {
+            launcher: match args.service_name {
+                Some(_) => Launcher::Service,
+                None => Launcher::Process,
+            },
             exe,
             pid: args.old_pid,
             args: args_kept,
@@ -142,8 +175,16 @@ impl OldAgent {
         }
     }
 
-    /// Starts the agent at the install path with the old agent's arguments.
-    fn start(&self) -> std::io::Result<Child> {
+    /// Starts the agent at the install path with the old agent's arguments: as a process, or
+    /// as the service through the service manager.
+    fn start(&self) -> Result<Started, String> {
+        match self.launcher {
+            Launcher::Process => self.spawn().map_err(|e| e.to_string()),
+            Launcher::Service => start_service(&self.args),
+        }
+    }
+
+    fn spawn(&self) -> std::io::Result<Started> {
         let mut command = Command::new(&self.exe);
         command
             .args(&self.args)
@@ -156,7 +197,7 @@ impl OldAgent {
         system::detach(&mut command);
         let child = command.spawn()?;
         tracing::info!(pid = child.id(), args = self.args.len(), "agent started");
-        Ok(child)
+        Ok(Started::Child(child))
     }
 
     /// Nothing was changed: once the old agent is gone, start it again (it exited 0 to hand
@@ -176,7 +217,7 @@ impl OldAgent {
             return; // it still runs
         }
         match self.start() {
-            Ok(child) => tracing::info!(pid = child.id(), "previous agent started again"),
+            Ok(agent) => tracing::info!(pid = agent.pid(), "previous agent started again"),
             Err(err) => {
                 tracing::error!(error = %err, "cannot start the previous agent; autostart will")
             }
@@ -186,7 +227,7 @@ impl OldAgent {
 
 struct Update<'a> {
     args: &'a Args,
-    agent: OldAgent,
+    agent: &'a OldAgent,
     package: Package,
     storage: PathBuf,
     lock_path: PathBuf,
@@ -212,6 +253,11 @@ impl Update<'_> {
                     .give_up(&format!("cannot write the update journal: {err}"));
             }
         };
+        if self.agent.launcher == Launcher::Service {
+            // From here the journal is on disk, so an agent that finds it after a crash of
+            // this updater turns recovery back on.
+            suspend_service_recovery();
+        }
         // Staged and backed up while the old agent shuts down: once it is gone, only a rename
         // and the new agent's start remain, which is all the downtime an update costs.
         let prepared = self.prepare(exe);
@@ -301,10 +347,10 @@ impl Update<'_> {
                 .then_some(self.storage.as_path()),
         };
         let verdict = match self.agent.start() {
-            Ok(mut child) => match verify::verify_new_agent(&mut child, &expected, timeouts()) {
+            Ok(mut agent) => match verify::verify_new_agent(&mut agent, &expected, timeouts()) {
                 Ok(()) => Ok(()),
                 Err(reason) => {
-                    stop_child(&mut child);
+                    agent.stop();
                     Err(reason)
                 }
             },
@@ -345,6 +391,151 @@ impl Update<'_> {
     }
 }
 
+/// How the agent is started after the swap (and after a rollback).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Launcher {
+    /// A detached process of its own, like the agent started the updater.
+    Process,
+    /// The service, through the service manager.
+    Service,
+}
+
+/// An agent the updater started and watches.
+enum Started {
+    /// Its own child process.
+    Child(Child),
+    /// The service's process.
+    Service {
+        /// Its PID, as the service manager named it.
+        pid: u32,
+    },
+}
+
+impl Watched for Started {
+    fn pid(&self) -> u32 {
+        match self {
+            Started::Child(child) => child.id(),
+            Started::Service { pid } => *pid,
+        }
+    }
+
+    fn still_running(&mut self) -> Result<(), String> {
+        match self {
+            Started::Child(child) => match child.try_wait() {
+                Ok(None) => Ok(()),
+                Ok(Some(status)) => Err(format!("new agent exited with {status}")),
+                Err(err) => Err(format!("cannot watch the new agent: {err}")),
+            },
+            Started::Service { pid } => service_still_runs(*pid),
+        }
+    }
+}
+
+impl Started {
+    /// Stops the agent that failed its check: killed (a child), or stopped through the service
+    /// manager and ended by its PID if it does not stop in time (the service).
+    fn stop(&mut self) {
+        match self {
+            Started::Child(child) => {
+                if let Err(err) = child.kill() {
+                    tracing::warn!(pid = child.id(), error = %err, "cannot stop the new agent");
+                }
+                let _ = child.wait();
+            }
+            Started::Service { pid } => stop_service(*pid),
+        }
+    }
+}
+
+/// Starts the service with `args` as its start arguments (once the old agent's service has
+/// reached `STOPPED`) and waits until the service manager names its process.
+fn start_service(args: &[OsString]) -> Result<Started, String> {
+    wait_for_service_stopped();
+    let outcome = service::start(args).map_err(|e| e.to_string())?;
+    let (status, running) = service::wait_for(timeouts().lock, |s| {
+        s.state == ServiceState::Running && s.pid.is_some() || s.state == ServiceState::Stopped
+    })
+    .map_err(|e| e.to_string())?;
+    match status {
+        Some(status) if running && status.state == ServiceState::Running => {
+            let pid = status.pid.unwrap_or_default();
+            tracing::info!(pid, ?outcome, start_args = args.len(), "service started");
+            Ok(Started::Service { pid })
+        }
+        Some(status) => Err(format!(
+            "service {SERVICE_NAME} did not run: {} with exit code {}",
+            status.state, status.exit_code
+        )),
+        None => Err(format!("service {SERVICE_NAME} is not installed")),
+    }
+}
+
+/// `Ok` while the service runs in process `pid`.
+fn service_still_runs(pid: u32) -> Result<(), String> {
+    if !system::process_alive(pid) {
+        return Err(format!("new agent (service process {pid}) exited"));
+    }
+    match service::query() {
+        Ok(Some(status)) if status.state == ServiceState::Running && status.pid == Some(pid) => {
+            Ok(())
+        }
+        Ok(Some(status)) => Err(format!(
+            "service {SERVICE_NAME} is {} (exit code {})",
+            status.state, status.exit_code
+        )),
+        Ok(None) => Err(format!("service {SERVICE_NAME} was deleted")),
+        Err(err) => Err(format!("cannot watch service {SERVICE_NAME}: {err}")),
+    }
+}
+
+fn stop_service(pid: u32) {
+    match service::stop(env_secs("CMS_UPDATER_WAIT_SECS", 60)) {
+        Ok(StopOutcome::TimedOut { .. }) => {
+            tracing::warn!(
+                pid,
+                "the new agent's service does not stop; ending its process"
+            );
+            if let Err(err) = system::terminate_process(pid) {
+                tracing::error!(pid, error = %err, "cannot end the new agent");
+            }
+            wait_exit(pid, Duration::from_secs(10));
+        }
+        Ok(outcome) => tracing::info!(pid, ?outcome, "new agent's service stopped"),
+        Err(err) => tracing::error!(pid, error = %err, "cannot stop the new agent's service"),
+    }
+}
+
+/// The old agent has exited; its service must be `STOPPED` before it can be started again.
+fn wait_for_service_stopped() {
+    let wait = env_secs("CMS_UPDATER_WAIT_SECS", 60);
+    match service::wait_for(wait, |s| s.state == ServiceState::Stopped) {
+        Ok((_, true)) => tracing::info!("old agent's service stopped"),
+        Ok((status, false)) => {
+            tracing::warn!(
+                ?status,
+                "the old agent exited but its service is not STOPPED; starting anyway"
+            );
+        }
+        Err(err) => tracing::warn!(error = %err, "cannot query the service"),
+    }
+}
+
+fn suspend_service_recovery() {
+    match service::set_restart_on_failure(false) {
+        Ok(recovery) => tracing::info!(%recovery, "service recovery suspended for the update"),
+        Err(err) => tracing::warn!(error = %err, "cannot suspend the service's recovery actions"),
+    }
+}
+
+fn restore_service_recovery() {
+    match service::set_restart_on_failure(true) {
+        Ok(recovery) => tracing::info!(%recovery, "service recovery restored"),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot restore the service's recovery actions; the next agent start does")
+        }
+    }
+}
+
 /// Waits for the old agent to exit, terminating it after `wait`; `false` if it survives that.
 fn wait_for_old_agent(pid: u32, wait: Duration) -> bool {
     if wait_exit(pid, wait) {
@@ -375,13 +566,6 @@ fn wait_exit(pid: u32, wait: Duration) -> bool {
         std::thread::sleep(EXIT_POLL);
     }
     true
-}
-
-fn stop_child(child: &mut Child) {
-    if let Err(err) = child.kill() {
-        tracing::warn!(pid = child.id(), error = %err, "cannot stop the new agent");
-    }
-    let _ = child.wait();
 }
 
 fn remove_quietly(path: &Path) {
@@ -423,6 +607,28 @@ fn init_logging(log_dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_service_is_named_explicitly_and_only_the_agents_service_is_accepted() {
+        let base = [
+            "updater",
+            "--package-path",
+            "p.zip",
+            "--current-exe-path",
+            "C:/a/cms_agent.exe",
+            "--old-pid",
+            "7",
+            "--log-dir",
+            "C:/d/logs",
+        ];
+        let plain = Args::parse_from(base);
+        assert_eq!(OldAgent::from_args(&plain).launcher, Launcher::Process);
+        let service =
+            Args::parse_from(base.iter().copied().chain(["--service-name", SERVICE_NAME]));
+        assert_eq!(OldAgent::from_args(&service).launcher, Launcher::Service);
+        let other = Args::try_parse_from(base.iter().copied().chain(["--service-name", "Spooler"]));
+        assert!(other.is_err(), "another service must not be driven");
+    }
 
     #[test]
     fn the_agent_is_started_again_without_the_token_on_its_command_line() {

@@ -7,7 +7,6 @@
 //! text for the journal and the error report.
 
 use std::path::Path;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use cms_platform::contact::read_backend_contact;
@@ -42,13 +41,21 @@ pub struct Expected<'a> {
     pub backend_contact_in: Option<&'a Path>,
 }
 
+/// The new agent as the updater watches it: its own child, or the service's process.
+pub trait Watched {
+    /// Its PID.
+    fn pid(&self) -> u32;
+    /// `Err` (saying how) once it has exited.
+    fn still_running(&mut self) -> Result<(), String>;
+}
+
 /// Checks the new agent; `Err` says why it is not healthy.
 pub fn verify_new_agent(
-    child: &mut Child,
+    child: &mut impl Watched,
     expected: &Expected<'_>,
     timeouts: Timeouts,
 ) -> Result<(), String> {
-    let pid = child.id();
+    let pid = child.pid();
     let (lock_path, version) = (expected.lock_path, expected.version);
     wait_until(child, timeouts.lock, "take the lock", || {
         holds_lock(pid, lock_path, version)
@@ -68,7 +75,7 @@ pub fn verify_new_agent(
     tracing::info!(pid, "grace period");
     let grace_end = Instant::now() + timeouts.grace;
     while Instant::now() < grace_end {
-        still_running(child)?;
+        child.still_running()?;
         std::thread::sleep(POLL);
     }
     if !holds_lock(pid, lock_path, version)? {
@@ -77,16 +84,16 @@ pub fn verify_new_agent(
     Ok(())
 }
 
-/// Polls `done` until it says yes while the child runs; an error after `timeout`.
+/// Polls `done` until it says yes while the agent runs; an error after `timeout`.
 fn wait_until(
-    child: &mut Child,
+    child: &mut impl Watched,
     timeout: Duration,
     what: &str,
     mut done: impl FnMut() -> Result<bool, String>,
 ) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     while !done()? {
-        still_running(child)?;
+        child.still_running()?;
         if Instant::now() >= deadline {
             return Err(format!("new agent did not {what} within {timeout:?}"));
         }
@@ -98,14 +105,6 @@ fn wait_until(
 /// Whether the storage path's backend-contact record names this process at this version.
 fn reached_backend(pid: u32, storage: &Path, version: &str) -> bool {
     read_backend_contact(storage).is_some_and(|c| c.pid == pid && c.version == version)
-}
-
-fn still_running(child: &mut Child) -> Result<(), String> {
-    match child.try_wait() {
-        Ok(None) => Ok(()),
-        Ok(Some(status)) => Err(format!("new agent exited with {status}")),
-        Err(err) => Err(format!("cannot watch the new agent: {err}")),
-    }
 }
 
 /// Whether the lock names `pid`, `version` and a fresh timestamp; a different version under
