@@ -13,8 +13,11 @@
 //!
 //! `--smoke-test` then installs it silently in throwaway Wine prefixes on a private Xvfb
 //! display (Linux only): per machine (files in `C:\Program Files\CMS Agent`, no config.json
-//! shipped, the autostart entry, an upgrade over the running agent, uninstall keeps the data)
-//! and per user (uninstall with `/PURGE` removes the data).
+//! shipped, the service `CMSAgent` running `cms_agent.exe --service` as LocalSystem with
+//! automatic start and no HKLM `Run` value, an upgrade over the running service that stops it
+//! through the SCM, uninstall deletes the service and keeps the data) and per user (the HKCU
+//! `Run` value with `--per-user`, removed by the uninstall, which with `/PURGE` removes the
+//! data).
 //!
 //! Without 32-bit Wine (ISCC.exe and setup.exe are 32-bit) or a display the task prints
 //! `SKIPPED: <check>: <reason>` and exits with 77, never 0: a skip is not a pass.
@@ -35,7 +38,7 @@ use crate::signing::signer::Signer;
 use crate::util;
 use crate::version;
 use crate::windows::inno;
-use crate::windows::setup::{self, APP_DIR, APP_NAME, NO_SERVER, RUN_KEY, RUN_VALUE};
+use crate::windows::setup::{self, APP_DIR, Hive, NO_SERVER};
 use crate::windows::wine::{self, VirtualDisplay, WinePrefix};
 
 /// `cargo xtask installer [--version X.Y.Z] [--smoke-test] [--sign]`.
@@ -88,7 +91,8 @@ fn smoke_test(setup: &Path) -> Result<()> {
     checks.finish("installer smoke test")
 }
 
-/// `/ALLUSERS`: into `C:\Program Files\CMS Agent`, autostart in HKLM, then an upgrade in place.
+/// `/ALLUSERS`: into `C:\Program Files\CMS Agent`, the service `CMSAgent`, then an upgrade in
+/// place over the running service.
 fn per_machine(display: &VirtualDisplay, setup: &Path, checks: &mut Checks) -> Result<()> {
     let prefix = wine::prepare_prefix("installer-smoke")?;
     let app_dir = prefix.drive_c().join(APP_DIR);
@@ -102,17 +106,14 @@ fn per_machine(display: &VirtualDisplay, setup: &Path, checks: &mut Checks) -> R
     )?;
     check_installed(checks, &prefix, &app_dir, "setup-install.log");
     checks.check(
-        "per machine: the autostart entry was written (cms_agent --enable-autostart)",
-        || {
-            with_log(
-                autostart_expect(&prefix, true),
-                &prefix,
-                "setup-install.log",
-            )
-        },
+        "per machine: the service CMSAgent runs `cms_agent.exe --service` as LocalSystem, automatic start",
+        || with_log(setup::service_expect(&prefix, true), &prefix, "setup-install.log"),
     );
-    // Upgrade in place: the agent the first install started must be stopped, or its exe
-    // cannot be replaced.
+    checks.check("per machine: no HKLM Run value", || {
+        setup::run_value_expect(&prefix, Hive::Machine, false)
+    });
+    // Upgrade in place: the service the first install started must be stopped through the SCM,
+    // or its exe cannot be replaced.
     setup::install(
         &prefix,
         display,
@@ -123,8 +124,12 @@ fn per_machine(display: &VirtualDisplay, setup: &Path, checks: &mut Checks) -> R
     )
     .context("upgrade over a running agent")?;
     checks.check(
-        "per machine: an upgrade over the running agent replaced the programs",
+        "per machine: an upgrade over the running service replaced the programs",
         || files_present(&app_dir, &["cms_agent.exe", "updater.exe"]),
+    );
+    checks.check(
+        "per machine: the upgrade stopped the service through the SCM",
+        || setup::log_says(&prefix, "setup-upgrade.log", "through the SCM"),
     );
     let data = plant_data(&prefix.drive_c().join("ProgramData/CMSAgent"))?;
     setup::uninstall(&prefix, display, &app_dir, &[])?;
@@ -132,15 +137,15 @@ fn per_machine(display: &VirtualDisplay, setup: &Path, checks: &mut Checks) -> R
     checks.check("per machine: the data folder is kept (no /PURGE)", || {
         util::require_file(&data)
     });
-    checks.check("per machine: the autostart entry is removed", || {
-        autostart_expect(&prefix, false)
+    checks.check("per machine: the service is deleted", || {
+        setup::service_expect(&prefix, false)
     });
     Ok(())
 }
 
-/// `/CURRENTUSER`: into `%LOCALAPPDATA%\Programs\CMS Agent`, uninstalled with `/PURGE`.
-/// (Wine runs everything as an administrator, so the agent's own per-user paths are not what
-/// this checks.)
+/// `/CURRENTUSER`: into `%LOCALAPPDATA%\Programs\CMS Agent`, the HKCU `Run` value, uninstalled
+/// with `/PURGE`. (Wine runs everything as an administrator; `--per-user` in the entry makes
+/// the agent the user's all the same.)
 fn per_user(display: &VirtualDisplay, setup: &Path, checks: &mut Checks) -> Result<()> {
     let prefix = wine::prepare_prefix("installer-smoke-user")?;
     setup::install(
@@ -151,13 +156,30 @@ fn per_user(display: &VirtualDisplay, setup: &Path, checks: &mut Checks) -> Resu
         "setup-install.log",
         NO_SERVER,
     )?;
-    let app_dir = per_user_app_dir(&prefix)?;
+    let app_dir = setup::per_user_app_dir(&prefix)?;
     check_installed(checks, &prefix, &app_dir, "setup-install.log");
+    checks.check(
+        "per user: the HKCU Run value starts `cms_agent.exe --per-user`",
+        || {
+            let value =
+                setup::autostart_value(&prefix, Hive::User)?.context("no HKCU Run value")?;
+            match value.contains("--per-user") {
+                true => Ok(()),
+                false => bail!("{value}"),
+            }
+        },
+    );
+    checks.check("per user: no service", || {
+        setup::service_expect(&prefix, false)
+    });
     // <user>\AppData\Local\Programs\CMS Agent -> <user>\AppData\Local\CMSAgent
     let local_app_data = app_dir.parent().and_then(Path::parent).unwrap_or(&app_dir);
     let data = plant_data(&local_app_data.join("CMSAgent"))?;
     setup::uninstall(&prefix, display, &app_dir, &["/PURGE"])?;
     check_uninstalled(checks, &prefix, &app_dir);
+    checks.check("per user: the HKCU Run value is removed", || {
+        setup::run_value_expect(&prefix, Hive::User, false)
+    });
     checks.check("per user: /PURGE removed the data folder", || {
         match data.exists() {
             true => bail!("{} is still there", data.display()),
@@ -165,26 +187,6 @@ fn per_user(display: &VirtualDisplay, setup: &Path, checks: &mut Checks) -> Resu
         }
     });
     Ok(())
-}
-
-/// Where a per-user install lands: `C:\users\<user>\AppData\Local\Programs\CMS Agent`.
-fn per_user_app_dir(prefix: &WinePrefix) -> Result<PathBuf> {
-    let users = prefix.drive_c().join("users");
-    let entries =
-        fs::read_dir(&users).with_context(|| format!("cannot list {}", users.display()))?;
-    entries
-        .filter_map(|e| {
-            e.ok()
-                .map(|e| e.path().join("AppData/Local/Programs").join(APP_NAME))
-        })
-        .find(|dir| dir.is_dir())
-        .with_context(|| {
-            format!(
-                "no per-user install under {}/*/AppData/Local/Programs\n{}",
-                users.display(),
-                setup::log_tail(prefix, "setup-install.log")
-            )
-        })
 }
 
 /// The programs and the uninstaller are in `app_dir`, config.json is not.
@@ -246,15 +248,6 @@ fn plant_data(dir: &Path) -> Result<PathBuf> {
     fs::write(&file, "made by the installer smoke test\n")
         .with_context(|| format!("cannot write {}", file.display()))?;
     Ok(file)
-}
-
-/// Fails unless the autostart value's presence is `expected`.
-fn autostart_expect(prefix: &WinePrefix, expected: bool) -> Result<()> {
-    match setup::autostart_value(prefix)?.is_some() {
-        found if found == expected => Ok(()),
-        true => bail!("{RUN_KEY}\\{RUN_VALUE} is still there"),
-        false => bail!("{RUN_KEY}\\{RUN_VALUE} is missing"),
-    }
 }
 
 /// `result`, with the tail of the setup log `log` after the error when it failed.

@@ -106,6 +106,16 @@ impl WinePrefix {
     pub fn kill_all(&self) -> Result<()> {
         kill_prefix(&self.dir)
     }
+
+    /// Starts this prefix's wineserver for good (`wineserver -p`): otherwise it ends a few
+    /// seconds after the last ordinary Wine program, and takes Wine's `services.exe` and every
+    /// service with it. [`WinePrefix::kill_all`] ends it like a power cut; the next Wine
+    /// program starts `services.exe` again, which starts the automatic services (a boot).
+    pub fn persist(&self) -> Result<()> {
+        let mut cmd = Command::new(wineserver_program());
+        self.apply_env(&mut cmd).arg("-p");
+        run_checked_timeout(&mut cmd, WINEBOOT_TIMEOUT)
+    }
 }
 
 /// `wineserver -k` for the prefix `dir` (a non-zero exit only means none was running).

@@ -1,31 +1,48 @@
 //! `cargo xtask wine-e2e`: the Windows agent end to end under Wine, installed by its own
 //! installer and driven against the Linux `cms-server` on loopback. Nothing is faked: the
-//! programs are the Windows builds, the registry, named pipe, Credential Manager, processes
-//! and file semantics are Wine's implementation of Win32.
+//! programs are the Windows builds, the registry, the Service Control Manager, named pipe,
+//! Credential Manager, DPAPI, processes and file semantics are Wine's implementation of Win32.
 //!
-//! The scenario, in one throwaway prefix on a private Xvfb display; every step is checked and
-//! the first failure ends the run with the logs that explain it:
+//! The scenario, in one throwaway prefix on a private Xvfb display, whose wineserver is kept
+//! running (`wineserver -p`) as a machine keeps its services; every step is checked and the
+//! first failure ends the run with the logs that explain it:
 //!
-//! 1. install: `setup.exe /VERYSILENT /ALLUSERS /SERVER=http://127.0.0.1:PORT`; the HKLM `Run`
-//!    value `CMSAgent` names the installed exe; the agent registers (operator API: IDLE,
-//!    online, the `dist/` version).
-//! 2. IPC: `cms_agent.exe --status` answers over `\\.\pipe\cms_agent_system`; a wrong secret
-//!    sent by a Windows program (the `ipc_request` example of cms-agent) is refused, and the
-//!    agent keeps running and logs the refusal.
+//! 1. install: `setup.exe /VERYSILENT /ALLUSERS /SERVER=http://127.0.0.1:PORT`; the service
+//!    `CMSAgent` runs `cms_agent.exe --service` as LocalSystem with automatic start
+//!    (`sc query`: RUNNING; the registry holds its configuration), no HKLM `Run` value; the
+//!    agent registers (operator API: IDLE, online, the `dist/` version).
+//! 2. IPC from an elevated console: `cms_agent.exe --status` reaches the service over
+//!    `\\.\pipe\cms_agent_system` with the DPAPI-sealed secret (and says it is the service);
+//!    a wrong secret sent by a Windows program (the `ipc_request` example of cms-agent) is
+//!    refused, and the agent keeps running and logs the refusal.
 //! 3. Windows file semantics: overwriting the running exe (`cmd /c copy`) is a sharing
-//!    violation, so the update below has to go through the updater.
-//! 4. update: release 2.0.0 (Windows builds stamped `CMS_BUILD_VERSION=2.0.0`) published with
-//!    `cms-server release publish --platform windows-x86_64`; the agent is told over its
-//!    WebSocket and hands over to `updater.exe`, which swaps, verifies and deletes itself.
-//!    Checked: 2.0.0 online, the exe says 2.0.0, no `.old`/`.new`, `updates/` empty, no
-//!    self-delete leftovers anywhere under `C:\`, `current_version` recorded.
-//! 5. rollback: release 3.0.0 whose agent exits at start (the 2.0.0 `updater.exe`, which
-//!    refuses the agent's command line, the Windows twin of the Linux tests' crashing script):
-//!    `update_rolled_back` is reported, 2.0.0 runs again and never retries 3.0.0.
-//! 6. `--force`: a new instance asks the running one to stop over the pipe and takes over;
-//!    the server still knows one agent.
-//! 7. uninstall: no `Run` value, no `cms_agent.exe` process, Wine winds down, and the server
-//!    sees the agent go offline.
+//!    violation, so the update has to go through the updater.
+//! 4. a simulated reboot: every Wine process ended (`wineserver -k`), Wine started again: the
+//!    service is back without anyone logging on, and the same agent_id is online.
+//! 5. the service process killed: restarted by the SCM if Wine carries out recovery actions;
+//!    Wine 8 does not (it stores no failure actions and answers QueryServiceConfig2 with
+//!    ERROR_INVALID_LEVEL, which `--status` reports), and the lane says so and starts the
+//!    service again with `sc start`.
+//! 6. `--stop` from the console: the service ends STOPPED with exit code 0 and stays stopped;
+//!    `sc start` brings it back.
+//! 7. update: release 2.0.0 (Windows builds stamped `CMS_BUILD_VERSION=2.0.0`) published with
+//!    `cms-server release publish --platform windows-x86_64`; the service hands over to
+//!    `updater.exe`, which starts 2.0.0 through the SCM: a new service process, no `.old`/`.new`,
+//!    `updates/` empty, no updater left running or on disk, `current_version` recorded.
+//! 8. rollback: release 3.0.0 whose agent exits at start (the 2.0.0 `updater.exe`, which
+//!    refuses the agent's command line): `update_rolled_back` is reported, 2.0.0 runs again as
+//!    the service and never retries 3.0.0.
+//! 9. `--force --status-interval 5` from the console: the service stops and the SCM starts it
+//!    again with the new setting (still the service; the console process exits 0); the server
+//!    still knows one agent.
+//! 10. both exes are GUI-subsystem programs (PE header) and `--version` still prints.
+//! 11. an upgrade install over the running service stops it through the SCM and starts the
+//!     new files as the service.
+//! 12. uninstall: no service, no `cms_agent.exe` process, no `Run` value, no IPC secret, and
+//!     the server sees the agent go offline.
+//! 13. per user: `setup.exe /CURRENTUSER`: the HKCU `Run` value starts `cms_agent.exe
+//!     --per-user`, the agent registers and answers `--status --per-user` over its own pipe;
+//!     uninstall stops it with `--stop` and leaves no process, `Run` value or credential.
 //!
 //! Needs `cargo xtask dist` (the installed version is `dist/VERSION` and must be older than
 //! 2.0.0) and the setup exe (`cargo xtask installer`; compiled here when missing). Builds the
@@ -39,7 +56,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -50,10 +67,10 @@ use crate::checks;
 use crate::dist_tree;
 use crate::flags;
 use crate::server::{Release, RunningServer, Server, ServerOutput};
-use crate::util::{self, output_timeout, step, wait_for};
+use crate::util::{self, output_timeout, run_checked, step, wait_for};
 use crate::version;
 use crate::windows::inno;
-use crate::windows::setup::{self, APP_DIR};
+use crate::windows::setup::{self, APP_DIR, Hive};
 use crate::windows::wine::{self, VirtualDisplay, WinePrefix};
 
 /// The release the installed agent updates itself to.
@@ -65,6 +82,15 @@ const BROKEN_VERSION: &str = "3.0.0";
 const AGENT_EXE: &str = r"C:\Program Files\CMS Agent\cms_agent.exe";
 /// The per-machine storage path (`%PROGRAMDATA%\CMSAgent`), relative to `C:\`.
 const DATA_DIR: &str = "ProgramData/CMSAgent";
+/// The per-machine agent's service.
+const SERVICE: &str = "CMSAgent";
+/// How long the scenario gives the SCM to restart a killed service (its first restart delay
+/// is 5 s).
+const RECOVERY_WAIT: Duration = Duration::from_secs(30);
+/// How long a stopped service is watched for an unwanted restart.
+const STAYS_STOPPED: Duration = Duration::from_secs(15);
+/// `IMAGE_SUBSYSTEM_WINDOWS_GUI` in a PE optional header.
+const GUI_SUBSYSTEM: u16 = 2;
 
 /// How long any one thing the scenario waits for may take under Wine.
 const WAIT: Duration = Duration::from_secs(120);
@@ -116,8 +142,9 @@ pub fn run(args: &[String]) -> Result<()> {
     outcome?;
     stopped?;
     println!(
-        "wine-e2e: PASSED (install, IPC, update {installed} -> {NEW_VERSION}, rollback of \
-         {BROKEN_VERSION}, --force, uninstall) in {:.0?}",
+        "wine-e2e: PASSED (service install, IPC, reboot, kill, --stop, update {installed} -> \
+         {NEW_VERSION}, rollback of {BROKEN_VERSION}, --force, GUI subsystem, upgrade, uninstall, \
+         per-user install) in {:.0?}",
         started.elapsed()
     );
     Ok(())
@@ -175,6 +202,10 @@ struct Status {
     state: String,
     version: String,
     pid: u32,
+    /// `service: CMSAgent` when the agent that answered is the service.
+    service: bool,
+    /// The service's recovery actions as the SCM reports them.
+    recovery: Option<String>,
 }
 
 /// One run of the scenario on one Wine prefix.
@@ -197,15 +228,20 @@ impl Scenario<'_> {
     }
 
     fn steps(&self, setup: &Path) -> Result<()> {
+        self.prefix.persist()?;
         self.install(setup)?;
         self.ipc()?;
         self.running_exe_is_protected()?;
+        self.reboot()?;
+        self.kill_service_process()?;
+        self.stop_from_console()?;
         self.update()?;
         self.roll_back()?;
-        let forced = self.force()?;
-        let uninstalled = self.uninstall();
-        reap(forced);
-        uninstalled
+        self.force()?;
+        self.gui_subsystem()?;
+        self.upgrade(setup)?;
+        self.uninstall()?;
+        self.per_user(setup)
     }
 
     fn install(&self, setup: &Path) -> Result<()> {
@@ -214,22 +250,13 @@ impl Scenario<'_> {
             setup.display(),
             self.server.url()
         ));
-        let log = "setup-install.log";
-        setup::install(
-            &self.prefix,
-            self.display,
-            setup,
-            "/ALLUSERS",
-            log,
-            self.server.url(),
-        )?;
-        let run = setup::autostart_value(&self.prefix)?
-            .context("the HKLM Run value CMSAgent is missing after install")?;
-        ensure!(
-            run.to_lowercase().contains(&AGENT_EXE.to_lowercase()),
-            "the Run value does not name {AGENT_EXE}:\n{run}"
-        );
-        ok(&format!("HKLM Run value CMSAgent starts {AGENT_EXE}"));
+        self.setup(setup, "/ALLUSERS", "setup-install.log")?;
+        setup::service_expect(&self.prefix, true)?;
+        ok("service CMSAgent: cms_agent.exe --service, LocalSystem, automatic start");
+        setup::run_value_expect(&self.prefix, Hive::Machine, false)?;
+        ok("no HKLM Run value");
+        self.wait_for_service_state("RUNNING")?;
+        ok("sc query CMSAgent: RUNNING");
         let agent = self.wait_for_agent(
             &format!("the agent {} online and IDLE", self.installed),
             |a| a.version == self.installed && a.state == "IDLE" && a.online,
@@ -242,16 +269,26 @@ impl Scenario<'_> {
     }
 
     fn ipc(&self) -> Result<()> {
-        step(r"IPC over \\.\pipe\cms_agent_system: --status, then a wrong secret");
+        step(r"IPC over \\.\pipe\cms_agent_system from the console: --status, then a wrong secret");
         let before = self.status()?;
         let lock = self.lock().context("no agent.lock")?;
         ensure!(
-            before.state == "IDLE" && before.version == self.installed && before.pid == lock.pid,
+            before.state == "IDLE"
+                && before.version == self.installed
+                && before.pid == lock.pid
+                && before.service,
             "--status said {before:?}; agent.lock says pid {} version {}",
             lock.pid,
             lock.version
         );
-        ok(&format!("cms_agent.exe --status: {before:?}"));
+        ok(&format!(
+            "cms_agent.exe --status reaches the service: {before:?}"
+        ));
+        ensure!(
+            self.data_dir().join("ipc.secret").is_file(),
+            "no ipc.secret in the data folder"
+        );
+        ok("the service's IPC secret is ipc.secret (DPAPI) in the protected data folder");
         let answer = self.ipc_request_with_wrong_secret()?;
         ensure!(
             answer.status == IpcStatus::InvalidSecret
@@ -306,8 +343,114 @@ impl Scenario<'_> {
         Ok(())
     }
 
+    /// Every Wine process ended, then Wine started again: `services.exe` starts the automatic
+    /// service, and the agent comes back with its identity.
+    fn reboot(&self) -> Result<()> {
+        step("a simulated reboot: wineserver -k, then Wine starts again");
+        let before = self.status()?;
+        let agent_id = self.the_agent()?.agent_id;
+        self.prefix.kill_all()?;
+        ensure!(
+            self.agent_processes().is_empty(),
+            "cms_agent.exe survived wineserver -k"
+        );
+        self.prefix.persist()?;
+        self.wait_for_service_state("RUNNING")?;
+        let after = self.wait_for_new_status(&before, "the service back after the reboot")?;
+        ensure!(after.service, "after the reboot --status says {after:?}");
+        self.wait_for_agent("the same agent online again", |a| {
+            a.agent_id == agent_id && a.online
+        })?;
+        ok(&format!(
+            "the service is back (pid {} -> {}) and agent {agent_id} is online, nobody logged on",
+            before.pid, after.pid
+        ));
+        Ok(())
+    }
+
+    /// The service process killed: the SCM's recovery actions restart it, if Wine has them.
+    fn kill_service_process(&self) -> Result<()> {
+        step("the service process killed");
+        let before = self.status()?;
+        let recovery = before.recovery.clone().unwrap_or_default();
+        let processes = self.agent_processes();
+        ensure!(
+            processes.len() == 1,
+            "cms_agent.exe processes: {processes:?}"
+        );
+        kill9(processes[0])?;
+        let restarted = wait_for("the SCM to restart the service", RECOVERY_WAIT, || {
+            Ok(self.status().ok().filter(|s| s.pid != before.pid))
+        });
+        match restarted {
+            Ok(after) => ok(&format!(
+                "the SCM restarted the service (pid {} -> {}); recovery: {recovery}",
+                before.pid, after.pid
+            )),
+            Err(_) => {
+                println!(
+                    "    note: Wine's SCM did not restart the killed service within {RECOVERY_WAIT:?}: \
+                     Wine 8 does not carry out recovery actions. Read back through \
+                     QueryServiceConfig2 (cms_agent --status): {recovery}. On Windows, \
+                     `sc qfailure {SERVICE}` shows restart/5000, restart/10000, restart/60000 \
+                     and `sc qfailureflag {SERVICE}` shows the non-crash flag TRUE."
+                );
+                ensure!(
+                    recovery.contains("ERROR_INVALID_LEVEL") || recovery.starts_with("restart"),
+                    "--status reports the recovery actions as {recovery:?}"
+                );
+                run_checked(self.prefix.command("sc").args(["start", SERVICE]))?;
+                let after = self.wait_for_new_status(&before, "the service started again")?;
+                ok(&format!(
+                    "sc start {SERVICE}: the service runs again (pid {})",
+                    after.pid
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `--stop` from the console ends the service cleanly, and it stays stopped.
+    fn stop_from_console(&self) -> Result<()> {
+        step("--stop from the console, then sc start");
+        let before = self.status()?;
+        let out = checked(self.prefix.command(AGENT_EXE).arg("--stop"))?;
+        let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let state = self.service_state()?;
+        ensure!(
+            state.state == "STOPPED" && state.exit_code == 0,
+            "after --stop: {state:?}"
+        );
+        ok(&format!("--stop: {said:?}; sc query: STOPPED, exit code 0"));
+        std::thread::sleep(STAYS_STOPPED);
+        let state = self.service_state()?;
+        ensure!(
+            state.state == "STOPPED",
+            "the service came back by itself: {state:?}"
+        );
+        ensure!(
+            self.agent_processes().is_empty(),
+            "cms_agent.exe still runs"
+        );
+        ok(&format!(
+            "still STOPPED after {STAYS_STOPPED:?}: recovery did not restart it"
+        ));
+        run_checked(self.prefix.command("sc").args(["start", SERVICE]))?;
+        let after = self.wait_for_new_status(&before, "the service started again")?;
+        ensure!(after.service && after.state == "IDLE", "{after:?}");
+        ok(&format!(
+            "sc start {SERVICE}: running again (pid {})",
+            after.pid
+        ));
+        Ok(())
+    }
+
     fn update(&self) -> Result<()> {
-        step(&format!("self-update {} -> {NEW_VERSION}", self.installed));
+        step(&format!(
+            "self-update {} -> {NEW_VERSION} of the service",
+            self.installed
+        ));
+        let before = self.status()?;
         self.publish(NEW_VERSION, &self.builds.new.agent)?;
         self.wait_for_agent(&format!("the agent {NEW_VERSION} online and IDLE"), |a| {
             a.version == NEW_VERSION && a.state == "IDLE" && a.online
@@ -319,20 +462,33 @@ impl Scenario<'_> {
         )?;
         self.expect_exe_version(NEW_VERSION)?;
         let updater_log = self.updater_log();
-        for needle in ["old agent exited", "new agent in place", "update verified"] {
+        for needle in [
+            "service recovery suspended",
+            "old agent exited",
+            "old agent's service stopped",
+            "new agent in place",
+            "service started",
+            "update verified",
+            "service recovery restored",
+        ] {
             ensure!(updater_log.contains(needle), "updater.log lacks {needle:?}");
         }
         ensure!(
             !updater_log.contains("cannot delete the updater itself"),
             "the updater could not delete itself"
         );
-        ok("updater.log: old agent exited, new agent in place, update verified");
+        ok(
+            "updater.log: recovery suspended, old service stopped, new one started through the SCM, verified, recovery restored",
+        );
         self.expect_no_update_files()?;
         wait_for("the updater's self-delete copies to go", WAIT, || {
             let left = self.self_delete_leftovers();
             none_left(&left)
         })?;
-        ok("updater.exe deleted itself (no self-delete copies left under C:\\)");
+        wait_for("no updater.exe process", WAIT, || {
+            none_left(&self.processes_running("updater.exe"))
+        })?;
+        ok("updater.exe is gone: no process, no self-delete copies under C:\\");
         let config = self.config()?;
         ensure!(
             config["current_version"] == NEW_VERSION,
@@ -341,13 +497,17 @@ impl Scenario<'_> {
         );
         ok(&format!("config.json current_version {NEW_VERSION}"));
         let status = self.status()?;
-        ensure!(status.version == NEW_VERSION, "--status says {status:?}");
         ensure!(
-            setup::autostart_value(&self.prefix)?.is_some(),
-            "the Run value is gone after the update"
+            status.version == NEW_VERSION && status.service && status.pid != before.pid,
+            "--status says {status:?} (before: {before:?})"
+        );
+        ensure!(
+            self.service_state()?.state == "RUNNING",
+            "the service is not RUNNING"
         );
         ok(&format!(
-            "--status: {status:?}; the Run value is still there"
+            "{NEW_VERSION} runs as the service in a new process (pid {} -> {})",
+            before.pid, status.pid
         ));
         Ok(())
     }
@@ -365,20 +525,10 @@ impl Scenario<'_> {
                 .into_iter()
                 .find(|e| e.kind == "update_rolled_back" && e.message.contains(BROKEN_VERSION)))
         })?;
-        ensure!(
-            report.message.contains("exited"),
-            "the report says {:?}",
-            report.message
-        );
         ok(&format!("reported update_rolled_back: {}", report.message));
-        let after = wait_for(&format!("{NEW_VERSION} running again"), WAIT, || {
-            Ok(self
-                .status()
-                .ok()
-                .filter(|s| s.pid != before.pid && s.state == "IDLE"))
-        })?;
+        let after = self.wait_for_new_status(&before, &format!("{NEW_VERSION} running again"))?;
         ensure!(
-            after.version == NEW_VERSION,
+            after.version == NEW_VERSION && after.service,
             "after the rollback --status says {after:?}"
         );
         self.expect_exe_version(NEW_VERSION)?;
@@ -395,46 +545,31 @@ impl Scenario<'_> {
             config["rolled_back_versions"]
         );
         ok(&format!(
-            "{NEW_VERSION} runs again (pid {}); {BROKEN_VERSION} is in rolled_back_versions",
+            "{NEW_VERSION} runs again as the service (pid {}); {BROKEN_VERSION} is in rolled_back_versions",
             after.pid
         ));
         self.expect_no_update_files()
     }
 
-    /// Starts `cms_agent.exe --force --status-interval 5`; returns the `wine` process it runs
-    /// in (ended by the uninstall).
-    fn force(&self) -> Result<Child> {
-        step("--force: a new instance takes over from the running one");
+    /// `--force --status-interval 5` against the service: the service runs again with it.
+    fn force(&self) -> Result<()> {
+        step("--force --status-interval 5 from the console against the service");
         let old = self.status()?;
-        let mut cmd = self.prefix.command(AGENT_EXE);
-        cmd.args(["--force", "--status-interval", "5"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {}", util::describe(&cmd)))?;
-        match self.check_takeover(&old) {
-            Ok(()) => Ok(child),
-            Err(err) => {
-                reap(child);
-                Err(err)
-            }
-        }
-    }
-
-    /// The instance `old` has handed over to a new one.
-    fn check_takeover(&self, old: &Status) -> Result<()> {
-        let new = wait_for("the new instance to answer --status", WAIT, || {
-            Ok(self
-                .status()
-                .ok()
-                .filter(|s| s.pid != old.pid && s.state == "IDLE"))
-        })?;
+        let out =
+            checked(
+                self.prefix
+                    .command(AGENT_EXE)
+                    .args(["--force", "--status-interval", "5"]),
+            )?;
+        let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        ensure!(said.contains("runs again"), "--force printed {said:?}");
+        let new = self.wait_for_new_status(&old, "the service to answer again")?;
+        ensure!(new.service, "after --force --status says {new:?}");
         let log = self.agent_log();
         for needle in [
             "IDLE -> FORCE_RESTARTING",
-            "--force acknowledged; waiting for the lock",
+            "--force acknowledged by the service",
+            "status_secs=5",
         ] {
             ensure!(log.contains(needle), "agent.log lacks {needle:?}");
         }
@@ -447,22 +582,77 @@ impl Scenario<'_> {
             agents.len()
         );
         ok(&format!(
-            "pid {} stopped, pid {} runs and answers; still one agent on the server",
+            "{said:?}: pid {} -> {}, still the service, with the 5 s heartbeat; one agent on the server",
             old.pid, new.pid
         ));
         Ok(())
     }
 
-    fn uninstall(&self) -> Result<()> {
-        step("uninstall");
-        setup::uninstall(&self.prefix, self.display, &self.app_dir(), &[])?;
+    /// Both exes are GUI-subsystem programs, and `--version` still prints in a console.
+    fn gui_subsystem(&self) -> Result<()> {
+        step("no console window: the installed exes are GUI-subsystem programs");
+        for name in ["cms_agent.exe", "updater.exe"] {
+            let path = self.app_dir().join(name);
+            let subsystem = pe_subsystem(&path)?;
+            ensure!(
+                subsystem == GUI_SUBSYSTEM,
+                "{name}: PE subsystem {subsystem}, not {GUI_SUBSYSTEM} (GUI)"
+            );
+        }
+        ok("cms_agent.exe and updater.exe: PE subsystem 2 (Windows GUI)");
+        self.expect_exe_version(NEW_VERSION)
+    }
+
+    /// The same setup again over the running service: stopped through the SCM, then started.
+    fn upgrade(&self, setup: &Path) -> Result<()> {
+        step("upgrade install over the running service");
+        let before = self.status()?;
+        let log = "setup-upgrade.log";
+        self.setup(setup, "/ALLUSERS", log)?;
         ensure!(
-            setup::autostart_value(&self.prefix)?.is_none(),
-            "the Run value is still there"
+            self.setup_log(log)
+                .contains("Stopping the service CMSAgent through the SCM"),
+            "{log} does not show a stop through the SCM"
         );
-        ok("the HKLM Run value CMSAgent is gone");
-        let running = self.agent_processes();
-        ensure!(running.is_empty(), "cms_agent.exe still runs: {running:?}");
+        let after = self.wait_for_new_status(&before, "the upgraded service to answer")?;
+        ensure!(
+            after.service && after.version == self.installed,
+            "{after:?}"
+        );
+        ok(&format!(
+            "stopped through the SCM, files replaced, {} runs as the service (pid {} -> {})",
+            after.version, before.pid, after.pid
+        ));
+        Ok(())
+    }
+
+    fn uninstall(&self) -> Result<()> {
+        step("uninstall after a reboot (the service auto-started)");
+        self.prefix.kill_all()?;
+        setup::uninstall(&self.prefix, self.display, &self.app_dir(), &[])?;
+        let text = self.setup_log("setup-uninstall.log");
+        for needle in [
+            "Stopping the service CMSAgent through the SCM",
+            "--disable-autostart -> exit code 0",
+        ] {
+            ensure!(
+                text.contains(needle),
+                "setup-uninstall.log lacks {needle:?}"
+            );
+        }
+        ok("the uninstaller stopped the service through the SCM, then ran --disable-autostart");
+        setup::service_expect(&self.prefix, false)?;
+        setup::run_value_expect(&self.prefix, Hive::Machine, false)?;
+        ok("no service CMSAgent, no HKLM Run value");
+        ensure!(
+            !self.data_dir().join("ipc.secret").exists(),
+            "ipc.secret is still there"
+        );
+        ok("no IPC secret; the data folder is kept (no /PURGE)");
+        ensure!(
+            self.agent_processes().is_empty(),
+            "cms_agent.exe still runs"
+        );
         ok("no cms_agent.exe process is left, and Wine wound down");
         for name in ["cms_agent.exe", "updater.exe"] {
             ensure!(
@@ -475,6 +665,71 @@ impl Scenario<'_> {
         })?;
         ok("the programs are removed and the server sees the agent offline");
         Ok(())
+    }
+
+    /// `/CURRENTUSER`: the HKCU `Run` value and a per-user agent, stopped with `--stop`.
+    fn per_user(&self, setup: &Path) -> Result<()> {
+        step("per-user install: HKCU Run value, the user's agent, --stop at uninstall");
+        let known: Vec<String> = self.agents()?.into_iter().map(|a| a.agent_id).collect();
+        self.setup(setup, "/CURRENTUSER", "setup-install-user.log")?;
+        let run = setup::autostart_value(&self.prefix, Hive::User)?
+            .context("no HKCU Run value after a per-user install")?;
+        ensure!(run.contains("--per-user"), "the HKCU Run value is {run}");
+        setup::service_expect(&self.prefix, false)?;
+        ok("HKCU Run value CMSAgent starts cms_agent.exe --per-user; no service");
+        let agent = self.wait_for_agent("the per-user agent online and IDLE", |a| {
+            !known.contains(&a.agent_id) && a.state == "IDLE" && a.online
+        })?;
+        let exe = setup::per_user_app_dir(&self.prefix)?.join("cms_agent.exe");
+        let windows_exe = self.windows_path_in_prefix(&exe)?;
+        let out = checked(
+            self.prefix
+                .command(&windows_exe)
+                .args(["--status", "--per-user"]),
+        )?;
+        let status = parse_status(&String::from_utf8_lossy(&out.stdout))?;
+        ensure!(!status.service && status.state == "IDLE", "{status:?}");
+        ensure!(
+            setup::user_credential_present(&self.prefix)?,
+            "no Credential Manager entry CMSAgent/ipc/user for the per-user agent"
+        );
+        ok(&format!(
+            "agent {} registered; --status --per-user answers over the user's pipe (pid {})",
+            agent.agent_id, status.pid
+        ));
+        let app_dir = setup::per_user_app_dir(&self.prefix)?;
+        setup::uninstall(&self.prefix, self.display, &app_dir, &[])?;
+        ensure!(
+            self.setup_log("setup-uninstall.log")
+                .contains("--per-user --stop -> exit code 0"),
+            "the uninstaller did not stop the agent with --stop"
+        );
+        setup::run_value_expect(&self.prefix, Hive::User, false)?;
+        ensure!(
+            !setup::user_credential_present(&self.prefix)?,
+            "the Credential Manager entry CMSAgent/ipc/user is still there"
+        );
+        ok(
+            "uninstall: stopped with --stop (exit 0), no HKCU Run value, no credential, Wine wound down",
+        );
+        Ok(())
+    }
+
+    /// `setup.exe /VERYSILENT ... MODE /SERVER=<the server>`, logging to `C:\<log>`.
+    fn setup(&self, setup: &Path, mode: &str, log: &str) -> Result<()> {
+        setup::install(
+            &self.prefix,
+            self.display,
+            setup,
+            mode,
+            log,
+            self.server.url(),
+        )
+    }
+
+    /// The setup log `C:\<name>` so far (empty when there is none).
+    fn setup_log(&self, name: &str) -> String {
+        fs::read_to_string(self.prefix.drive_c().join(name)).unwrap_or_default()
     }
 
     /// `cms-server release publish --platform windows-x86_64` of `agent` as `version`, with
@@ -504,20 +759,45 @@ impl Scenario<'_> {
     /// `cms_agent.exe --status`, which must find a running agent.
     fn status(&self) -> Result<Status> {
         let out = checked(self.prefix.command(AGENT_EXE).arg("--status"))?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let field = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-                .map(str::to_owned)
-                .with_context(|| format!("--status printed no {name}: {text:?}"))
-        };
-        Ok(Status {
-            state: field("state")?,
-            version: field("version")?,
-            pid: field("pid")?
-                .parse()
-                .context("--status printed a bad pid")?,
+        parse_status(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// Waits until `--status` answers from another process than `before`'s, IDLE.
+    fn wait_for_new_status(&self, before: &Status, what: &str) -> Result<Status> {
+        wait_for(what, WAIT, || {
+            Ok(self
+                .status()
+                .ok()
+                .filter(|s| s.pid != before.pid && s.state == "IDLE"))
         })
+    }
+
+    /// The one agent the server knows.
+    fn the_agent(&self) -> Result<AgentSummary> {
+        match self.agents()?.as_slice() {
+            [agent] => Ok(agent.clone()),
+            agents => bail!("the server lists {} agents", agents.len()),
+        }
+    }
+
+    /// `sc query CMSAgent`.
+    fn service_state(&self) -> Result<ServiceState> {
+        let out = checked(self.prefix.command("sc").args(["query", SERVICE]))?;
+        parse_sc_query(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    fn wait_for_service_state(&self, wanted: &str) -> Result<ServiceState> {
+        wait_for(&format!("sc query {SERVICE}: {wanted}"), WAIT, || {
+            Ok(self.service_state().ok().filter(|s| s.state == wanted))
+        })
+    }
+
+    /// The Windows path of a file in the prefix's `C:` drive.
+    fn windows_path_in_prefix(&self, path: &Path) -> Result<String> {
+        let relative = path
+            .strip_prefix(self.prefix.drive_c())
+            .with_context(|| format!("{} is not on C:", path.display()))?;
+        Ok(format!(r"C:\{}", relative.display()).replace('/', "\\"))
     }
 
     fn expect_exe_version(&self, version: &str) -> Result<()> {
@@ -597,8 +877,14 @@ impl Scenario<'_> {
 
     /// Linux PIDs of the processes of this prefix that run the installed `cms_agent.exe`.
     fn agent_processes(&self) -> Vec<u32> {
+        self.processes_running(AGENT_EXE)
+    }
+
+    /// Linux PIDs of the processes of this prefix whose Windows program is `exe` (a full path,
+    /// or a file name matched at the end of the program's path).
+    fn processes_running(&self, exe: &str) -> Vec<u32> {
         let wineprefix = format!("WINEPREFIX={}", self.prefix.dir().display());
-        let exe = AGENT_EXE.to_lowercase();
+        let exe = exe.to_lowercase();
         let Ok(entries) = fs::read_dir("/proc") else {
             return Vec::new();
         };
@@ -609,7 +895,16 @@ impl Scenario<'_> {
                 let read = |name| fs::read(proc.join(name)).unwrap_or_default();
                 // Wine puts the Windows command line where Linux shows the process's arguments.
                 let cmdline = String::from_utf8_lossy(&read("cmdline")).to_lowercase();
-                cmdline.trim_start_matches('"').starts_with(&exe)
+                let program = cmdline
+                    .trim_start_matches('"')
+                    .split(['"', '\0'])
+                    .next()
+                    .unwrap_or_default()
+                    .split(".exe")
+                    .next()
+                    .map(|p| format!("{}.exe", p.trim()))
+                    .unwrap_or_default();
+                (program == exe || program.ends_with(&format!("\\{exe}")))
                     && read("environ")
                         .split(|b| *b == 0)
                         .any(|var| var == wineprefix.as_bytes())
@@ -625,7 +920,9 @@ impl Scenario<'_> {
             data.join("logs/agent.log"),
             data.join("logs/updater.log"),
             drive_c.join("setup-install.log"),
+            drive_c.join("setup-upgrade.log"),
             drive_c.join("setup-uninstall.log"),
+            drive_c.join("setup-install-user.log"),
         ] {
             match fs::read(&path) {
                 Ok(bytes) => {
@@ -681,13 +978,110 @@ fn find_files(dir: &Path, found: &mut Vec<PathBuf>, wanted: &dyn Fn(&str) -> boo
     }
 }
 
-/// Waits for a `wine` process we started (its Windows program has ended or been killed).
-fn reap(mut child: Child) {
-    // Best effort: the prefix's wineserver is killed when the prefix is dropped anyway.
-    let _ = child.kill();
-    let _ = child.wait();
+/// What `sc query` says about a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ServiceState {
+    /// `RUNNING`, `STOPPED`, ...
+    state: String,
+    /// `SERVICE_EXIT_CODE` when `WIN32_EXIT_CODE` is 1066 (service-specific), else the
+    /// Win32 code.
+    exit_code: u32,
+}
+
+fn parse_sc_query(text: &str) -> Result<ServiceState> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(name)?.trim().strip_prefix(':'))
+            .map(str::trim)
+            .with_context(|| format!("sc query printed no {name}: {text:?}"))
+    };
+    let state = field("STATE")?
+        .split_whitespace()
+        .nth(1)
+        .context("sc query's STATE has no name")?
+        .to_owned();
+    let number = |name| -> Result<u32> {
+        let value = field(name)?;
+        let digits = value.split_whitespace().next().unwrap_or_default();
+        digits
+            .parse()
+            .with_context(|| format!("sc query's {name} is {value:?}"))
+    };
+    let win32 = number("WIN32_EXIT_CODE")?;
+    let exit_code = if win32 == 1066 {
+        number("SERVICE_EXIT_CODE")?
+    } else {
+        win32
+    };
+    Ok(ServiceState { state, exit_code })
+}
+
+/// What `cms_agent --status` printed, parsed.
+fn parse_status(text: &str) -> Result<Status> {
+    let line = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .map(str::to_owned)
+    };
+    let field =
+        |name: &str| line(name).with_context(|| format!("--status printed no {name}: {text:?}"));
+    Ok(Status {
+        state: field("state")?,
+        version: field("version")?,
+        pid: field("pid")?
+            .parse()
+            .context("--status printed a bad pid")?,
+        service: line("service").as_deref() == Some(SERVICE),
+        recovery: line("recovery"),
+    })
+}
+
+/// The `Subsystem` field of the PE optional header of `path`.
+fn pe_subsystem(path: &Path) -> Result<u16> {
+    let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let u32_at = |at: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+    };
+    let pe = u32_at(0x3c).context("no DOS header")? as usize;
+    ensure!(
+        bytes.get(pe..pe + 4) == Some(b"PE\0\0".as_slice()),
+        "{} is not a PE file",
+        path.display()
+    );
+    // The optional header follows the 4-byte signature and the 20-byte COFF header; its
+    // Subsystem field is at offset 68 in both PE32 and PE32+.
+    let at = pe + 4 + 20 + 68;
+    let field = bytes.get(at..at + 2).context("truncated optional header")?;
+    Ok(u16::from_le_bytes([field[0], field[1]]))
+}
+
+/// SIGKILL to a Linux process (a Wine program): no cleanup, no stop control.
+fn kill9(pid: u32) -> Result<()> {
+    run_checked(Command::new("kill").args(["-KILL", &pid.to_string()]))
 }
 
 fn ok(text: &str) {
     println!("    ok: {text}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sc_query_and_status_output_are_read() -> Result<()> {
+        let sc = "SERVICE_NAME: CMSAgent\n        TYPE               : 10  WIN32_OWN_PROCESS\n        \
+            STATE              : 1  STOPPED\n        WIN32_EXIT_CODE    : 1066  (0x42a)\n        \
+            SERVICE_EXIT_CODE  : 2  (0x2)\n";
+        let state = parse_sc_query(sc)?;
+        assert_eq!(state.state, "STOPPED");
+        assert_eq!(state.exit_code, 2);
+        let status =
+            parse_status("state: IDLE\nversion: 2.0.0\npid: 42\nservice: CMSAgent\nrecovery: x\n")?;
+        assert!(status.service);
+        assert_eq!(status.pid, 42);
+        assert_eq!(status.recovery.as_deref(), Some("x"));
+        assert!(!parse_status("state: IDLE\nversion: 1\npid: 7\n")?.service);
+        Ok(())
+    }
 }
