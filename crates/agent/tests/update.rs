@@ -438,7 +438,11 @@ fn force_and_stop_during_a_download_are_refused_and_the_update_still_completes()
         stderr.contains("--stop refused by the running agent: it is updating itself"),
         "{stderr}"
     );
-    assert!(agent_log(&machine.data).contains("stop refused: an update is in progress"));
+    wait_for("the refused --stop in agent.log", || {
+        agent_log(&machine.data)
+            .contains("stop refused: an update is in progress")
+            .then_some(())
+    });
     assert!(machine.status().contains("state: UPDATING_"));
 
     proxy.unthrottle();
