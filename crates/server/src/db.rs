@@ -310,6 +310,15 @@ impl Db {
         Ok(row.is_some())
     }
 
+    /// The platform an agent registered with.
+    pub async fn agent_platform(&self, agent_id: &str) -> Result<Option<String>, DbError> {
+        let row = sqlx::query_as::<_, (String,)>("SELECT platform FROM agents WHERE agent_id = $1")
+            .bind(agent_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|(platform,)| platform))
+    }
+
     /// Records a heartbeat: version, state and last contact.
     pub async fn update_status(
         &self,

@@ -13,71 +13,11 @@ use std::time::Duration;
 
 use cms_protocol::update::{MANIFEST_NAME, PackageManifest};
 use cms_protocol::{ReleaseSummary, ServerEvent, UpdateCheckResponse, UpdateRequired, paths};
-use common::{Options, Server, Store, WsStream, next_text, postgres_schema};
+use common::{
+    Inputs, Options, Server, Store, WsStream, inputs, next_text, postgres_schema, publish,
+};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-
-/// Fake executables to package.
-struct Inputs {
-    agent: PathBuf,
-    updater: PathBuf,
-    agent_bytes: Vec<u8>,
-    updater_bytes: Vec<u8>,
-}
-
-fn inputs(dir: &Path) -> Inputs {
-    let mut rng = fastrand_bytes(0x5eed);
-    let agent_bytes: Vec<u8> = (0..40_000).map(|_| rng()).collect();
-    let updater_bytes = b"#!/bin/sh\necho updater\n".to_vec();
-    let agent = dir.join("fake_agent");
-    let updater = dir.join("fake_updater");
-    std::fs::write(&agent, &agent_bytes).unwrap();
-    std::fs::write(&updater, &updater_bytes).unwrap();
-    Inputs {
-        agent,
-        updater,
-        agent_bytes,
-        updater_bytes,
-    }
-}
-
-/// A tiny deterministic byte generator (xorshift), so the agent does not compress to nothing.
-fn fastrand_bytes(seed: u64) -> impl FnMut() -> u8 {
-    let mut state = seed;
-    move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 24) as u8
-    }
-}
-
-/// Runs `cms-server release publish` and returns (exit code, stdout, stderr).
-async fn publish(
-    data_dir: &Path,
-    store: &Store,
-    version: &str,
-    files: &Inputs,
-    extra: &[&str],
-) -> (Option<i32>, String, String) {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cms-server"));
-    cmd.args(["release", "publish", "--data-dir"])
-        .arg(data_dir)
-        .args(["--version", version, "--agent"])
-        .arg(&files.agent)
-        .arg("--updater")
-        .arg(&files.updater)
-        .args(extra);
-    if let Store::Postgres(url) = store {
-        cmd.args(["--database-url", url]);
-    }
-    let output = cmd.output().await.unwrap();
-    (
-        output.status.code(),
-        String::from_utf8(output.stdout).unwrap(),
-        String::from_utf8(output.stderr).unwrap(),
-    )
-}
 
 /// Publishes, asserting success and the one-line output; returns the package path.
 async fn publish_ok(

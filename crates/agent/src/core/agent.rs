@@ -29,7 +29,7 @@ use crate::core::update::{self, Relaunch, Settlement, Update};
 use crate::net::Credentials;
 use crate::net::http_client::{HttpClient, HttpError};
 use crate::net::trust::{TrustError, TrustedMetadata};
-use crate::net::ws_client::{WSClient, WsError};
+use crate::net::ws_client::{WSClient, WsError, WsLink};
 use crate::net::{Transport, TransportError, UrlError, backoff, parse_server_url};
 use crate::system::{self, lock_manager::LockManager};
 
@@ -37,6 +37,9 @@ use crate::system::{self, lock_manager::LockManager};
 const SHUTDOWN_JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Ceiling of the registration retry backoff.
 const REGISTER_MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How long the first heartbeat waits for the WebSocket, so that it does not open an HTTP
+/// connection just before the socket is up.
+const FIRST_HEARTBEAT_WAIT: Duration = Duration::from_secs(5);
 
 /// Why the agent cannot be built from its configuration.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +98,7 @@ struct Inner {
     http: HttpClient,
     trust: TrustedMetadata,
     ws: WSClient,
+    ws_link: WsLink,
     reporter: Arc<ErrorReporter>,
     net_health: NetHealth,
     network_route: String,
@@ -138,12 +142,14 @@ impl Agent {
             trust.pin_root_file(root)?;
         }
         let ws_max = Duration::from_secs(options.intervals.ws_reconnect_max_secs);
+        let ws = WSClient::new(&base, ws_max, &transport)?;
         let inner = Inner {
             state: StateCell::default(),
             config: Mutex::new(config),
             http,
             trust,
-            ws: WSClient::new(&base, ws_max, &transport)?,
+            ws_link: ws.link(),
+            ws,
             reporter,
             net_health: NetHealth::default(),
             network_route,
@@ -371,7 +377,7 @@ impl Inner {
             metrics,
             network: Some(self.network_route.clone()),
         };
-        let sent = self.http.send_status(&report).await;
+        let sent = self.deliver_status(&report).await;
         if sent.is_ok() {
             self.record_backend_contact();
             self.backend_answered().await;
@@ -384,6 +390,21 @@ impl Inner {
                 let message = err.to_string();
                 self.exchange_failed("status_report_failed", &message, &err, Value::Null)
                     .await
+            }
+        }
+    }
+
+    /// The heartbeat on the WebSocket while it is up (its answer reaches the event loop),
+    /// else over HTTP.
+    async fn deliver_status(&self, report: &StatusReport) -> Result<(), HttpError> {
+        match self.ws_link.heartbeat(report).await {
+            Ok(_) => {
+                tracing::debug!(state = %report.state, "heartbeat sent over the websocket");
+                Ok(())
+            }
+            Err(err) => {
+                tracing::debug!(reason = %err, "heartbeat over HTTP");
+                self.http.send_status(report).await
             }
         }
     }
@@ -692,6 +713,7 @@ async fn lock_heartbeat(inner: Arc<Inner>) {
 
 async fn status_loop(inner: Arc<Inner>) {
     let every = Duration::from_secs(inner.options.intervals.status_secs.max(1));
+    inner.ws_link.wait_up(FIRST_HEARTBEAT_WAIT).await;
     loop {
         panic_if_a_test_asks();
         inner.send_status().await;
@@ -709,7 +731,11 @@ async fn poll_loop(inner: Arc<Inner>) {
     }
 }
 
+/// Acts on server events: a push checks for updates now; a heartbeat answer that offers a
+/// release not offered by the previous answer starts that update (so a push that was lost waits
+/// no longer than the next heartbeat, and a failed update is not retried at every heartbeat).
 async fn event_loop(inner: Arc<Inner>, mut events: mpsc::Receiver<ServerEvent>) {
+    let mut last_offer: Option<String> = None;
     loop {
         let event = tokio::select! {
             _ = inner.cancel.cancelled() => return,
@@ -717,6 +743,14 @@ async fn event_loop(inner: Arc<Inner>, mut events: mpsc::Receiver<ServerEvent>) 
         };
         match event {
             Some(ServerEvent::UpdateRequired(_)) => inner.check_for_update("push").await,
+            Some(ServerEvent::HeartbeatAck(ack)) => {
+                let offered = ack.update.as_ref().map(|u| u.version.clone());
+                let new_offer = offered.is_some() && offered != last_offer;
+                last_offer = offered;
+                if let (true, Some(update)) = (new_offer, ack.update) {
+                    inner.initiate_update("heartbeat", &update).await;
+                }
+            }
             None => return,
         }
     }

@@ -12,8 +12,9 @@ use axum::http::request::Parts;
 use axum::response::Response;
 use cms_protocol::update::package_file_name;
 use cms_protocol::{
-    AgentState, ErrorBatch, ErrorBatchResponse, RegisterRequest, RegisterResponse, StatusReport,
-    UpdateCheckResponse, UpdateInfo, WS_MAX_MESSAGE_BYTES, WS_READ_BUFFER_BYTES,
+    AgentMessage, AgentState, ErrorBatch, ErrorBatchResponse, HeartbeatAck, RegisterRequest,
+    RegisterResponse, ServerEvent, StatusReport, UpdateCheckResponse, UpdateInfo,
+    WS_MAX_MESSAGE_BYTES, WS_READ_BUFFER_BYTES,
 };
 use serde::Deserialize;
 
@@ -106,24 +107,37 @@ pub async fn register(
     }))
 }
 
-/// `POST /api/v1/agent/status`: records a heartbeat.
+/// `POST /api/v1/agent/status`: records a heartbeat (agents without a WebSocket, and older
+/// agents, send it this way).
 pub async fn status(
     State(state): State<AppState>,
     agent: AuthedAgent,
     ApiJson(report): ApiJson<StatusReport>,
 ) -> Result<StatusCode, ApiError> {
+    record_heartbeat(&state, &agent.agent_id, &report, "http").await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Stores one heartbeat, whichever way it came (`via`: `http` or `websocket`).
+async fn record_heartbeat(
+    state: &AppState,
+    agent_id: &str,
+    report: &StatusReport,
+    via: &'static str,
+) -> Result<(), ApiError> {
     check_field("version", &report.version, MAX_SHORT_FIELD)?;
     state
         .db()
         .update_status(
-            &agent.agent_id,
+            agent_id,
             &report.version,
             report.state.name(),
             &clock::now(),
         )
         .await?;
     tracing::debug!(
-        agent_id = agent.agent_id,
+        agent_id,
+        via,
         state = %report.state,
         version = %report.version,
         rss_bytes = report.metrics.rss_bytes,
@@ -131,7 +145,38 @@ pub async fn status(
         network = ?report.network,
         "heartbeat"
     );
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
+}
+
+/// The agent's messages on its WebSocket: heartbeats, answered with what the update check
+/// would answer now.
+#[derive(Debug)]
+struct SocketMessages {
+    state: AppState,
+    /// The platform the agent registered with (the heartbeat does not repeat it).
+    platform: String,
+}
+
+impl crate::ws::AgentMessages for SocketMessages {
+    async fn handle(&self, agent_id: &str, message: AgentMessage) -> Option<ServerEvent> {
+        let AgentMessage::Heartbeat(report) = message;
+        if let Err(error) = record_heartbeat(&self.state, agent_id, &report, "websocket").await {
+            // No answer: the agent sends the heartbeat again over HTTP and sees the error.
+            tracing::info!(agent_id, %error, "heartbeat over WebSocket not stored");
+            return None;
+        }
+        let update = match rollout::parse_version(&report.version) {
+            Some(current) => offer_for(&self.state, agent_id, &current, &self.platform).await,
+            None => Ok(None),
+        };
+        match update {
+            Ok(update) => Some(ServerEvent::HeartbeatAck(HeartbeatAck { update })),
+            Err(error) => {
+                tracing::warn!(agent_id, %error, "cannot look up an update for a heartbeat");
+                Some(ServerEvent::HeartbeatAck(HeartbeatAck::default()))
+            }
+        }
+    }
 }
 
 /// Query of `GET /api/v1/agent/update`.
@@ -153,7 +198,20 @@ pub async fn update_check(
     let current = rollout::parse_version(&query.version)
         .ok_or_else(|| ApiError::BadRequest("version must look like X.Y.Z".into()))?;
     state.db().touch(&agent.agent_id, &clock::now()).await?;
-    let releases = state.db().releases_for_platform(&query.platform).await?;
+    let update = offer_for(&state, &agent.agent_id, &current, &query.platform).await?;
+    tracing::debug!(agent_id = agent.agent_id, current = %current, offered = ?update.as_ref().map(|u| &u.version), "update check");
+    Ok(axum::Json(UpdateCheckResponse { update }))
+}
+
+/// The newest release for `platform` that is newer than `current` and whose rollout includes
+/// `agent_id`.
+async fn offer_for(
+    state: &AppState,
+    agent_id: &str,
+    current: &semver::Version,
+    platform: &str,
+) -> Result<Option<UpdateInfo>, ApiError> {
+    let releases = state.db().releases_for_platform(platform).await?;
     let candidates: Vec<Candidate> = releases
         .iter()
         .map(|r| Candidate {
@@ -161,18 +219,16 @@ pub async fn update_check(
             rollout_percent: r.rollout_percent,
         })
         .collect();
-    let picked = rollout::pick_update(&agent.agent_id, &current, &candidates)
+    let picked = rollout::pick_update(agent_id, current, &candidates)
         .and_then(|c| releases.iter().find(|r| r.version == c.version));
-    let update = picked.map(|r| UpdateInfo {
+    Ok(picked.map(|r| UpdateInfo {
         package_url: package_url(&r.version, &r.platform),
         target: package_file_name(&r.version, &r.platform),
         version: r.version.clone(),
         platform: r.platform.clone(),
         length: u64::try_from(r.length).unwrap_or_default(),
         sha256: r.sha256.clone(),
-    });
-    tracing::debug!(agent_id = agent.agent_id, current = %current, offered = ?update.as_ref().map(|u| &u.version), "update check");
-    Ok(axum::Json(UpdateCheckResponse { update }))
+    }))
 }
 
 /// Path of a release package, relative to the server's base URL.
@@ -240,15 +296,31 @@ pub async fn websocket(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     state.db().touch(&agent.agent_id, &clock::now()).await?;
+    let platform = state
+        .db()
+        .agent_platform(&agent.agent_id)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
     let hub = state.hub().clone();
     let shutdown = state.shutdown().clone();
     let db = state.db().clone();
+    let messages = SocketMessages {
+        state: state.clone(),
+        platform,
+    };
     let upgrade = upgrade
         .read_buffer_size(WS_READ_BUFFER_BYTES)
         .max_message_size(WS_MAX_MESSAGE_BYTES)
         .max_frame_size(WS_MAX_MESSAGE_BYTES);
     Ok(upgrade.on_upgrade(move |socket| async move {
-        crate::ws::run_socket(socket, agent.agent_id.clone(), hub, shutdown.clone()).await;
+        crate::ws::run_socket(
+            socket,
+            agent.agent_id.clone(),
+            hub,
+            messages,
+            shutdown.clone(),
+        )
+        .await;
         if shutdown.is_cancelled() {
             return; // The pool is closing; the agent reconnects to the next server anyway.
         }

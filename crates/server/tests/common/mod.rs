@@ -2,6 +2,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod agent;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -260,5 +262,87 @@ impl PgSchema {
         .await
         .unwrap();
         conn.close().await.unwrap();
+    }
+}
+
+/// Fake executables to package.
+pub struct Inputs {
+    pub agent: PathBuf,
+    pub updater: PathBuf,
+    pub agent_bytes: Vec<u8>,
+    pub updater_bytes: Vec<u8>,
+}
+
+/// Writes two fake executables into `dir`.
+pub fn inputs(dir: &Path) -> Inputs {
+    let mut rng = fastrand_bytes(0x5eed);
+    let agent_bytes: Vec<u8> = (0..40_000).map(|_| rng()).collect();
+    let updater_bytes = b"#!/bin/sh\necho updater\n".to_vec();
+    let agent = dir.join("fake_agent");
+    let updater = dir.join("fake_updater");
+    std::fs::write(&agent, &agent_bytes).unwrap();
+    std::fs::write(&updater, &updater_bytes).unwrap();
+    Inputs {
+        agent,
+        updater,
+        agent_bytes,
+        updater_bytes,
+    }
+}
+
+/// A tiny deterministic byte generator (xorshift), so the agent does not compress to nothing.
+fn fastrand_bytes(seed: u64) -> impl FnMut() -> u8 {
+    let mut state = seed;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 24) as u8
+    }
+}
+
+/// Runs `cms-server release publish` and returns (exit code, stdout, stderr).
+pub async fn publish(
+    data_dir: &Path,
+    store: &Store,
+    version: &str,
+    files: &Inputs,
+    extra: &[&str],
+) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cms-server"));
+    cmd.args(["release", "publish", "--data-dir"])
+        .arg(data_dir)
+        .args(["--version", version, "--agent"])
+        .arg(&files.agent)
+        .arg("--updater")
+        .arg(&files.updater)
+        .args(extra);
+    if let Store::Postgres(url) = store {
+        cmd.args(["--database-url", url]);
+    }
+    let output = cmd.output().await.unwrap();
+    (
+        output.status.code(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+/// Polls `probe` every 50 ms until it returns `Some`, failing with `what` after `secs`.
+pub async fn wait_until<T, F, Fut>(what: &str, secs: u64, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
