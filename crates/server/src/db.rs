@@ -5,6 +5,8 @@
 //! which both backends accept. This module must never hold HTTP types or business rules (who may
 //! do what, which release fits): it stores and loads rows.
 
+mod cluster;
+
 use std::path::Path;
 use std::time::Duration;
 

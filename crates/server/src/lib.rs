@@ -10,7 +10,10 @@
 pub mod api;
 pub mod auth;
 pub mod clock;
+pub mod cluster;
 pub mod db;
+pub mod events;
+pub mod leader;
 pub mod notify;
 pub mod release;
 pub mod rollout;

@@ -9,8 +9,15 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
 use crate::api::{self, AppState};
+use crate::cluster::Cluster;
 use crate::db::{self, Db, DbError};
+use crate::events::{self, Dispatcher, EventBus};
+use crate::leader;
 use crate::notify::{RELEASE_POLL_INTERVAL, ReleaseWatcher};
 use crate::release;
 use crate::tls::{self, TlsError, TlsFiles, TlsListener};
@@ -94,7 +101,10 @@ pub async fn serve(
     let acceptor = config.tls.clone().map(tls::acceptor).transpose()?;
     let db = Db::connect(&url).await?;
     tracing::info!(backend = ?db.backend(), "database ready");
-    release::refresh_metadata(&db, &config.data_dir, config.timestamp_lifetime).await?;
+    let refresh = release::refresh_metadata(&db, &config.data_dir, config.timestamp_lifetime);
+    leader::exclusively(&db, leader::METADATA_SIGNING, refresh).await?;
+    let cluster = Cluster::new(db.clone(), EventBus::new(&db).await?);
+    cluster.join().await?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -104,17 +114,11 @@ pub async fn serve(
     let addr = listener.local_addr().map_err(ServeError::Http)?;
     let hub = Hub::new();
     let watcher_stop = shutdown.child_token();
-    let watcher = ReleaseWatcher::new(db.clone(), hub.clone()).await;
-    let watcher = tokio::spawn(watcher.run(RELEASE_POLL_INTERVAL, watcher_stop.clone()));
-    let refresher = tokio::spawn(keep_metadata_fresh(
-        db.clone(),
-        config.data_dir.clone(),
-        config.timestamp_lifetime,
-        watcher_stop.clone(),
-    ));
+    let background = spawn_background(&config, &url, &db, &cluster, &hub, &watcher_stop).await;
     let state = AppState::new(
         db.clone(),
         hub,
+        cluster,
         config.data_dir.clone(),
         config.enrollment_token.clone(),
         config.offline_after,
@@ -137,18 +141,54 @@ pub async fn serve(
         }
     };
     watcher_stop.cancel();
-    if let Err(error) = watcher.await {
-        tracing::warn!(%error, "release watcher task failed");
-    }
-    if let Err(error) = refresher.await {
-        tracing::warn!(%error, "metadata refresher task failed");
+    for task in background {
+        if let Err(error) = task.await {
+            tracing::warn!(%error, "background task failed");
+        }
     }
     db.close().await;
     result.map_err(ServeError::Http)
 }
 
+/// The release watcher, the metadata refresher, the replica lease and, on PostgreSQL, the
+/// listener for the other replicas' events.
+async fn spawn_background(
+    config: &ServeConfig,
+    url: &str,
+    db: &Db,
+    cluster: &Cluster,
+    hub: &Hub,
+    stop: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let releases_changed = Arc::new(Notify::new());
+    let channel = cluster.bus().channel().map(str::to_owned);
+    // With a bus the watcher is told of every change; without one it polls.
+    let poll = channel.is_none().then_some(RELEASE_POLL_INTERVAL);
+    let watcher = ReleaseWatcher::new(db.clone(), hub.clone()).await;
+    let mut tasks = vec![
+        tokio::spawn(watcher.run(poll, releases_changed.clone(), stop.clone())),
+        tokio::spawn(keep_metadata_fresh(
+            db.clone(),
+            config.data_dir.clone(),
+            config.timestamp_lifetime,
+            stop.clone(),
+        )),
+        tokio::spawn(cluster.clone().run_lease(stop.clone())),
+    ];
+    if let Some(channel) = channel {
+        let dispatcher = Dispatcher {
+            replica_id: cluster.replica_id(),
+            hub: hub.clone(),
+            releases_changed,
+        };
+        let listen = events::listen(url.to_owned(), channel, dispatcher, stop.clone());
+        tasks.push(tokio::spawn(listen));
+    }
+    tasks
+}
+
 /// Re-signs the release metadata before its timestamp runs out, so agents never see it
-/// expire while the server is up.
+/// expire while the server is up; one replica at a time does it.
 async fn keep_metadata_fresh(
     db: Db,
     data_dir: PathBuf,
@@ -164,9 +204,10 @@ async fn keep_metadata_fresh(
             _ = stop.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        match release::refresh_metadata(&db, &data_dir, lifetime).await {
-            Ok(true) => tracing::info!("re-signed the release metadata before it expired"),
-            Ok(false) => {}
+        let refresh = release::refresh_metadata(&db, &data_dir, lifetime);
+        match leader::unless_taken(&db, leader::METADATA_SIGNING, refresh).await {
+            Ok(Some(true)) => tracing::info!("re-signed the release metadata before it expired"),
+            Ok(Some(false) | None) => {}
             Err(error) => tracing::error!(%error, "cannot re-sign the release metadata"),
         }
     }

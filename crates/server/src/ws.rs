@@ -146,14 +146,25 @@ impl Hub {
     }
 }
 
-/// What the server does with the messages an agent sends on its socket.
+/// What the server does when an agent's socket opens, speaks and closes.
 pub trait AgentMessages: Send + Sync {
+    /// The socket `connection_id` of `agent_id` is registered in the hub.
+    fn opened(&self, agent_id: &str, connection_id: u64) -> impl Future<Output = ()> + Send;
+
     /// Handles one message of `agent_id`; the answer, if any, is sent back on its socket.
     fn handle(
         &self,
         agent_id: &str,
         message: AgentMessage,
     ) -> impl Future<Output = Option<ServerEvent>> + Send;
+
+    /// The socket `connection_id` is gone from the hub (`shutdown`: the server is stopping).
+    fn closed(
+        &self,
+        agent_id: &str,
+        connection_id: u64,
+        shutdown: bool,
+    ) -> impl Future<Output = ()> + Send;
 }
 
 /// Why a socket loop ended.
@@ -178,6 +189,7 @@ pub async fn run_socket(
         mut events,
     } = hub.register(&agent_id);
     tracing::info!(agent_id, connection_id, "agent WebSocket connected");
+    messages.opened(&agent_id, connection_id).await;
     let (mut sink, mut stream) = socket.split();
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -218,6 +230,9 @@ pub async fn run_socket(
         let _ = send_frame(&mut sink, Message::Close(None)).await;
     }
     tracing::info!(agent_id, connection_id, reason = ?end, "agent WebSocket closed");
+    messages
+        .closed(&agent_id, connection_id, end == End::Shutdown)
+        .await;
 }
 
 /// What one frame from the agent amounts to.

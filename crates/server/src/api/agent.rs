@@ -158,6 +158,27 @@ struct SocketMessages {
 }
 
 impl crate::ws::AgentMessages for SocketMessages {
+    async fn opened(&self, agent_id: &str, connection_id: u64) {
+        self.state
+            .cluster()
+            .connected(agent_id, connection_id)
+            .await;
+    }
+
+    async fn closed(&self, agent_id: &str, connection_id: u64, shutdown: bool) {
+        if shutdown {
+            return; // The replica leaves with all its rows; the agent reconnects elsewhere.
+        }
+        self.state
+            .cluster()
+            .disconnected(agent_id, connection_id)
+            .await;
+        // The socket kept the agent online until now: record that as its last contact.
+        if let Err(error) = self.state.db().touch(agent_id, &clock::now()).await {
+            tracing::warn!(agent_id, %error, "cannot record disconnect time");
+        }
+    }
+
     async fn handle(&self, agent_id: &str, message: AgentMessage) -> Option<ServerEvent> {
         let AgentMessage::Heartbeat(report) = message;
         if let Err(error) = record_heartbeat(&self.state, agent_id, &report, "websocket").await {
@@ -303,7 +324,6 @@ pub async fn websocket(
         .ok_or(ApiError::Unauthorized)?;
     let hub = state.hub().clone();
     let shutdown = state.shutdown().clone();
-    let db = state.db().clone();
     let messages = SocketMessages {
         state: state.clone(),
         platform,
@@ -312,22 +332,8 @@ pub async fn websocket(
         .read_buffer_size(WS_READ_BUFFER_BYTES)
         .max_message_size(WS_MAX_MESSAGE_BYTES)
         .max_frame_size(WS_MAX_MESSAGE_BYTES);
-    Ok(upgrade.on_upgrade(move |socket| async move {
-        crate::ws::run_socket(
-            socket,
-            agent.agent_id.clone(),
-            hub,
-            messages,
-            shutdown.clone(),
-        )
-        .await;
-        if shutdown.is_cancelled() {
-            return; // The pool is closing; the agent reconnects to the next server anyway.
-        }
-        // The socket kept the agent online until now: record that as its last contact.
-        if let Err(error) = db.touch(&agent.agent_id, &clock::now()).await {
-            tracing::warn!(agent_id = agent.agent_id, %error, "cannot record disconnect time");
-        }
+    Ok(upgrade.on_upgrade(move |socket| {
+        crate::ws::run_socket(socket, agent.agent_id, hub, messages, shutdown)
     }))
 }
 

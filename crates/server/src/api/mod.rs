@@ -28,6 +28,7 @@ use cms_protocol::paths;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::Cluster;
 use crate::db::{Db, DbError};
 use crate::ws::Hub;
 
@@ -44,6 +45,7 @@ pub struct AppState {
 struct Inner {
     db: Db,
     hub: Hub,
+    cluster: Cluster,
     data_dir: PathBuf,
     enrollment_token: Option<String>,
     offline_after: Duration,
@@ -55,6 +57,7 @@ impl AppState {
     pub fn new(
         db: Db,
         hub: Hub,
+        cluster: Cluster,
         data_dir: PathBuf,
         enrollment_token: Option<String>,
         offline_after: Duration,
@@ -64,6 +67,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 db,
                 hub,
+                cluster,
                 data_dir,
                 enrollment_token,
                 offline_after,
@@ -80,6 +84,11 @@ impl AppState {
     /// The WebSocket hub (publishers call [`Hub::broadcast`] / [`Hub::notify`]).
     pub fn hub(&self) -> &Hub {
         &self.inner.hub
+    }
+
+    /// This replica among the others (connections, routing of check-updates).
+    pub fn cluster(&self) -> &Cluster {
+        &self.inner.cluster
     }
 
     /// The server's data directory (release packages live under `packages/`).

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::{ApiError, ApiQuery, AppState};
 use crate::clock;
+use crate::cluster::Route;
 use crate::db::ReleaseRecord;
 use crate::ws::NotifyError;
 
@@ -20,14 +21,17 @@ pub const DEFAULT_ERROR_LIMIT: i64 = 1000;
 /// Upper bound of `?limit=` on the error listing.
 pub const MAX_ERROR_LIMIT: i64 = 10_000;
 
-/// `GET /api/v1/agents`: every agent with its latest status and whether it is online.
+/// `GET /api/v1/agents`: every agent with its latest status and whether it is online (its
+/// WebSocket is held by this or another live replica, or it was seen recently).
 pub async fn agents(State(state): State<AppState>) -> Result<Json<Vec<AgentSummary>>, ApiError> {
     let now = time::OffsetDateTime::now_utc();
     let rows = state.db().list_agents().await?;
+    let connected = state.cluster().connected_agents().await?;
     let agents = rows
         .into_iter()
         .map(|row| {
             let online = state.hub().is_connected(&row.agent_id)
+                || connected.contains(&row.agent_id)
                 || clock::is_within(&row.last_seen, state.offline_after(), now);
             AgentSummary {
                 agent_id: row.agent_id,
@@ -75,7 +79,8 @@ pub async fn releases(State(state): State<AppState>) -> Result<Json<Vec<ReleaseR
 }
 
 /// `POST /api/v1/agents/{agent_id}/check-update`: asks one agent, over its WebSocket, to check
-/// for updates now. 202 sent, 404 unknown agent, 409 no live WebSocket.
+/// for updates now, through whichever replica holds the socket. 202 sent, 404 unknown agent,
+/// 409 no live WebSocket on any replica.
 pub async fn check_update(
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
@@ -84,16 +89,21 @@ pub async fn check_update(
         return Err(ApiError::NotFound(format!("unknown agent {agent_id}")));
     }
     let event = ServerEvent::UpdateRequired(UpdateRequired { version: None });
-    match state.hub().notify(&agent_id, event) {
-        Ok(()) => {
-            tracing::info!(agent_id, "update check requested over WebSocket");
-            let body = serde_json::json!({ "status": "sent" });
-            Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    let via = match state.hub().notify(&agent_id, event) {
+        Ok(()) => "this replica".to_owned(),
+        Err(NotifyError::NotConnected) => {
+            match state.cluster().route_check_update(&agent_id).await? {
+                Route::Sent { replica_id } => replica_id,
+                Route::NotConnected => {
+                    return Err(ApiError::Conflict(NotifyError::NotConnected.to_string()));
+                }
+            }
         }
-        Err(error @ (NotifyError::NotConnected | NotifyError::QueueFull)) => {
-            Err(ApiError::Conflict(error.to_string()))
-        }
-    }
+        Err(error @ NotifyError::QueueFull) => return Err(ApiError::Conflict(error.to_string())),
+    };
+    tracing::info!(agent_id, via, "update check requested over WebSocket");
+    let body = serde_json::json!({ "status": "sent" });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
 /// `GET /healthz`: 200 when the database answers, 503 otherwise.

@@ -17,6 +17,8 @@ use semver::Version;
 
 use crate::clock;
 use crate::db::{self, Db, DbError, NewRelease};
+use crate::events::{ClusterEvent, EventBus};
+use crate::leader;
 use crate::rollout;
 
 /// Platforms a release can be published for.
@@ -120,6 +122,12 @@ pub enum PublishError {
     Signing(#[from] tuf::TufError),
 }
 
+impl From<DbError> for PublishError {
+    fn from(error: DbError) -> Self {
+        PublishError::Database(error)
+    }
+}
+
 impl PublishError {
     /// Whether the request itself was refused (bad input, already published): retrying the same
     /// command cannot succeed. Other errors (I/O, database) may be transient.
@@ -149,7 +157,12 @@ pub async fn publish(request: PublishRequest) -> Result<Published, PublishError>
         None => db::sqlite_url_for_dir(&request.data_dir).map_err(PublishError::Database)?,
     };
     let db = Db::connect(&url).await.map_err(PublishError::Database)?;
-    let result = publish_with(&db, &request, &version).await;
+    let result = leader::exclusively(
+        &db,
+        leader::METADATA_SIGNING,
+        publish_with(&db, &request, &version),
+    )
+    .await;
     db.close().await;
     result
 }
@@ -220,10 +233,17 @@ async fn publish_with(
         rollout_percent: i64::from(request.rollout_percent),
         published_at: &published_at,
     };
-    let pending = db.begin_release(&row).await.map_err(|error| match error {
+    let mut pending = db.begin_release(&row).await.map_err(|error| match error {
         DbError::Duplicate(_) => already_published(&version_text, platform, String::new()),
         other => PublishError::Database(other),
     })?;
+    if let Some(channel) = EventBus::new(db).await?.channel() {
+        let event = ClusterEvent::ReleasePublished {
+            version: version_text.clone(),
+            platform: platform.to_owned(),
+        };
+        pending.notify_on_commit(channel, &event.payload()).await?;
+    }
     let (byte_length, sha256) = (built.length, built.sha256.clone());
     move_into_place(built, &final_path)?;
     pending.commit().await.map_err(PublishError::Database)?;
