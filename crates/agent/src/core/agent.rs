@@ -28,9 +28,10 @@ use crate::core::supervisor::{Role, TaskDeath, Tasks};
 use crate::core::update::{self, Relaunch, Settlement, Update};
 use crate::net::Credentials;
 use crate::net::http_client::{HttpClient, HttpError};
+use crate::net::servers::ServerList;
 use crate::net::trust::{TrustError, TrustedMetadata};
-use crate::net::ws_client::{WSClient, WsError, WsLink};
-use crate::net::{Transport, TransportError, UrlError, backoff, parse_server_url};
+use crate::net::ws_client::{WSClient, WsLink};
+use crate::net::{Transport, TransportError, UrlError, backoff};
 use crate::system::{self, lock_manager::LockManager};
 
 /// How long shutdown waits for tasks before aborting them.
@@ -53,9 +54,6 @@ pub enum AgentError {
     /// The HTTP client cannot be set up.
     #[error(transparent)]
     Http(#[from] HttpError),
-    /// The WebSocket client cannot be set up.
-    #[error(transparent)]
-    Ws(#[from] WsError),
     /// The trusted root given cannot be pinned.
     #[error(transparent)]
     Trust(#[from] TrustError),
@@ -120,29 +118,28 @@ impl Agent {
         lock: LockManager,
         options: AgentOptions,
     ) -> Result<Self, AgentError> {
-        let server = config
-            .config()
-            .server_url
-            .clone()
-            .ok_or(AgentError::NoServer)?;
-        let base = parse_server_url(&server)?;
+        let servers = config.config().servers();
+        if servers.is_empty() {
+            return Err(AgentError::NoServer);
+        }
+        let servers = Arc::new(ServerList::parse(&servers)?);
         let transport = Transport::new(
-            &base,
+            servers.primary(),
             config.config().ca_certs_pem.as_deref(),
             config.config().proxy.as_ref(),
         )?;
         let network_route = transport.route.label();
         tracing::info!(route = %network_route, extra_ca = config.config().ca_certs_pem.is_some(), "network route to the backend");
-        let http = HttpClient::new(base.clone(), &transport)?;
+        let http = HttpClient::with_servers(servers.clone(), &transport)?;
         if let Some(credentials) = config.config().credentials.clone() {
             http.set_credentials(credentials);
         }
-        let trust = TrustedMetadata::new(storage.tuf_dir(), &base, http.client().clone())?;
+        let trust = TrustedMetadata::new(storage.tuf_dir(), servers.clone(), http.client().clone());
         if let Some(root) = &options.trusted_root {
             trust.pin_root_file(root)?;
         }
         let ws_max = Duration::from_secs(options.intervals.ws_reconnect_max_secs);
-        let ws = WSClient::new(&base, ws_max, &transport)?;
+        let ws = WSClient::new(servers, ws_max, &transport);
         let inner = Inner {
             state: StateCell::default(),
             config: Mutex::new(config),

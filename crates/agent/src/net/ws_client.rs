@@ -25,7 +25,10 @@ use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::net::proxy::{ProxyError, ProxyUrl, connect_tunnel};
+use std::sync::Arc;
+
+use crate::net::proxy::{ProxyError, ProxyUrl, Route, connect_tunnel};
+use crate::net::servers::ServerList;
 use crate::net::{Transport, backoff, endpoint};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -130,9 +133,9 @@ impl WsLink {
 
 /// Keeps the agent's WebSocket open and forwards server events.
 pub struct WSClient {
-    url: String,
-    tls: Option<Connector>,
-    proxy: Option<ProxyUrl>,
+    servers: Arc<ServerList>,
+    tls: Arc<rustls::ClientConfig>,
+    route: Route,
     max_backoff: Duration,
     link: WsLink,
 }
@@ -140,35 +143,31 @@ pub struct WSClient {
 impl std::fmt::Debug for WSClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WSClient")
-            .field("url", &self.url)
-            .field("tls", &self.tls.is_some())
-            .field("proxy", &self.proxy)
+            .field("servers", &self.servers)
+            .field("route", &self.route.label())
             .finish()
     }
 }
 
+/// Where one connection attempt goes.
+struct Target {
+    url: String,
+    tls: Option<Connector>,
+    proxy: Option<ProxyUrl>,
+}
+
 impl WSClient {
-    /// A client for the backend at `base` (`http` becomes `ws`, `https` becomes `wss`), with
-    /// the same trust and route as the HTTP client.
-    pub fn new(base: &Url, max_backoff: Duration, transport: &Transport) -> Result<Self, WsError> {
-        let (scheme, tls) = match base.scheme() {
-            "https" => ("wss", Some(Connector::Rustls(transport.tls.clone()))),
-            _ => ("ws", None),
-        };
-        let proxy = transport
-            .route
-            .proxy_for(base.host_str().unwrap_or_default())
-            .cloned();
-        let rest = base.as_str().split_once(':').map_or("", |(_, rest)| rest);
-        let ws_base =
-            Url::parse(&format!("{scheme}:{rest}")).map_err(|e| WsError::Request(e.to_string()))?;
-        Ok(WSClient {
-            url: endpoint(&ws_base, paths::WEBSOCKET),
-            tls,
-            proxy,
+    /// A client for the backend's `servers` (`http` becomes `ws`, `https` becomes `wss`), with
+    /// the same trust and route as the HTTP client; it connects to the server in use and moves
+    /// the list on when that one cannot be reached.
+    pub fn new(servers: Arc<ServerList>, max_backoff: Duration, transport: &Transport) -> Self {
+        WSClient {
+            servers,
+            tls: transport.tls.clone(),
+            route: transport.route.clone(),
             max_backoff,
             link: WsLink::default(),
-        })
+        }
     }
 
     /// The sending side, for heartbeats.
@@ -186,13 +185,14 @@ impl WSClient {
     ) {
         let mut failures: u32 = 0;
         loop {
+            let base = self.servers.current();
             let outcome = tokio::select! {
                 _ = cancel.cancelled() => return,
-                outcome = self.connect(token()) => outcome,
+                outcome = self.connect(&base, token()) => outcome,
             };
             match outcome {
-                Ok(socket) => {
-                    tracing::info!(url = %self.url, "websocket connected");
+                Ok((socket, url)) => {
+                    tracing::info!(%url, "websocket connected");
                     failures = 0;
                     let queue = self.link.open();
                     let ended = session(socket, queue, &events, &cancel).await;
@@ -204,7 +204,10 @@ impl WSClient {
                 }
                 Err(err) => {
                     failures = failures.saturating_add(1);
-                    tracing::warn!(error = %err, failures, "websocket connect failed");
+                    tracing::warn!(server = %base, error = %err, failures, "websocket connect failed");
+                    if err.server_unreachable() {
+                        self.servers.failed(&base);
+                    }
                 }
             }
             let delay = backoff(failures, self.max_backoff);
@@ -219,19 +222,44 @@ impl WSClient {
         }
     }
 
-    async fn connect(&self, token: Option<String>) -> Result<Socket, WsError> {
-        let request = self.request(token.as_deref())?;
+    /// The WebSocket URL, TLS and proxy for the server at `base`.
+    fn target(&self, base: &Url) -> Result<Target, WsError> {
+        let (scheme, tls) = match base.scheme() {
+            "https" => ("wss", Some(Connector::Rustls(self.tls.clone()))),
+            _ => ("ws", None),
+        };
+        let proxy = self
+            .route
+            .proxy_for(base.host_str().unwrap_or_default())
+            .cloned();
+        let rest = base.as_str().split_once(':').map_or("", |(_, rest)| rest);
+        let ws_base =
+            Url::parse(&format!("{scheme}:{rest}")).map_err(|e| WsError::Request(e.to_string()))?;
+        Ok(Target {
+            url: endpoint(&ws_base, paths::WEBSOCKET),
+            tls,
+            proxy,
+        })
+    }
+
+    async fn connect(
+        &self,
+        base: &Url,
+        token: Option<String>,
+    ) -> Result<(Socket, String), WsError> {
+        let target = self.target(base)?;
+        let request = request(&target.url, token.as_deref())?;
         let config = WebSocketConfig::default()
             .read_buffer_size(WS_READ_BUFFER_BYTES)
             .max_message_size(Some(WS_MAX_MESSAGE_BYTES))
             .max_frame_size(Some(WS_MAX_MESSAGE_BYTES));
         let handshake = async {
-            let Some(proxy) = &self.proxy else {
+            let Some(proxy) = &target.proxy else {
                 return Ok(tokio_tungstenite::connect_async_tls_with_config(
                     request,
                     Some(config),
                     false,
-                    self.tls.clone(),
+                    target.tls.clone(),
                 )
                 .await?);
             };
@@ -242,7 +270,7 @@ impl WSClient {
                     request,
                     stream,
                     Some(config),
-                    self.tls.clone(),
+                    target.tls.clone(),
                 )
                 .await?,
             )
@@ -250,22 +278,35 @@ impl WSClient {
         let (socket, _response) = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
             .await
             .map_err(|_| WsError::Timeout(CONNECT_TIMEOUT))??;
-        Ok(socket)
+        Ok((socket, target.url))
     }
+}
 
-    fn request(&self, token: Option<&str>) -> Result<Request, WsError> {
-        let token = token.ok_or_else(|| WsError::Request("not registered yet".into()))?;
-        let mut request = self
-            .url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| WsError::Request(e.to_string()))?;
-        let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| WsError::Request("credential is not a valid header value".into()))?;
-        value.set_sensitive(true);
-        request.headers_mut().insert("authorization", value);
-        Ok(request)
+impl WsError {
+    /// Whether the server itself is out of reach (refused, reset, silent, or a balancer with no
+    /// server behind it), so that another server of the list should be tried.
+    fn server_unreachable(&self) -> bool {
+        match self {
+            WsError::Timeout(_) | WsError::Socket(tungstenite::Error::Io(_)) => true,
+            WsError::Socket(tungstenite::Error::Http(response)) => {
+                response.status().is_server_error()
+            }
+            _ => false,
+        }
     }
+}
+
+/// The handshake request to `url` with the agent's bearer token.
+fn request(url: &str, token: Option<&str>) -> Result<Request, WsError> {
+    let token = token.ok_or_else(|| WsError::Request("not registered yet".into()))?;
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| WsError::Request(e.to_string()))?;
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| WsError::Request("credential is not a valid header value".into()))?;
+    value.set_sensitive(true);
+    request.headers_mut().insert("authorization", value);
+    Ok(request)
 }
 
 /// `host:port` of the WebSocket server, for the proxy's `CONNECT`.
@@ -381,7 +422,14 @@ mod tests {
     fn http_base_maps_to_ws_and_keeps_its_prefix() {
         let base = Url::parse("http://127.0.0.1:9/cms").unwrap();
         let transport = Transport::new(&base, None, Some(&ProxySetting::Direct)).unwrap();
-        let client = WSClient::new(&base, Duration::from_secs(5), &transport).unwrap();
-        assert_eq!(client.url, "ws://127.0.0.1:9/cms/api/v1/agent/ws");
+        let servers = Arc::new(ServerList::single(base.clone()));
+        let client = WSClient::new(servers, Duration::from_secs(5), &transport);
+        let target = client.target(&base).unwrap();
+        assert_eq!(target.url, "ws://127.0.0.1:9/cms/api/v1/agent/ws");
+        assert!(target.tls.is_none());
+        let secure = Url::parse("https://cms.example.com").unwrap();
+        let target = client.target(&secure).unwrap();
+        assert_eq!(target.url, "wss://cms.example.com/api/v1/agent/ws");
+        assert!(target.tls.is_some());
     }
 }

@@ -234,7 +234,7 @@ async fn next_frame(socket: &mut Option<Socket>) -> Frame {
     match live.next().await {
         Some(Ok(Message::Text(text))) => match serde_json::from_str(text.as_str()) {
             Ok(ServerEvent::UpdateRequired(event)) => Frame::Push(event.version),
-            Err(_) => Frame::Ignored,
+            Ok(ServerEvent::HeartbeatAck(_)) | Err(_) => Frame::Ignored,
         },
         Some(Ok(Message::Close(_)) | Err(_)) | None => {
             *socket = None;
