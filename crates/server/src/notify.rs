@@ -68,6 +68,16 @@ impl ReleaseWatcher {
     ) {
         let mut ticker = tokio::time::interval(interval.unwrap_or(RELEASE_POLL_INTERVAL));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let polls = interval.map(|every| every.as_millis() as u64);
+        tracing::info!(
+            poll_ms = polls,
+            "release watcher started ({})",
+            if polls.is_some() {
+                "polling"
+            } else {
+                "told of changes, never polling"
+            }
+        );
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,

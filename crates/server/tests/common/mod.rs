@@ -43,6 +43,8 @@ pub struct Options {
     pub enrollment_token: Option<String>,
     pub enrollment_env: Option<String>,
     pub offline_after: Option<u64>,
+    /// `--listen` (default `127.0.0.1:0`, a free port).
+    pub listen: Option<String>,
 }
 
 impl Server {
@@ -51,8 +53,9 @@ impl Server {
         let log = data_dir.join(format!("server-{}.log", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(data_dir).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cms-server"));
+        let listen = options.listen.as_deref().unwrap_or("127.0.0.1:0");
         cmd.arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
             .env_remove("CMS_ENROLLMENT_TOKEN")
             .env("RUST_LOG", "debug,sqlx=warn,hyper=info")
@@ -118,6 +121,16 @@ impl Server {
         read_log(&self.log)
     }
 
+    /// `host:port` the server listens on.
+    pub fn listen_addr(&self) -> String {
+        self.base.trim_start_matches("http://").to_owned()
+    }
+
+    /// Sends SIGKILL: the server dies without any cleanup.
+    pub async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+
     /// Sends SIGTERM and returns the exit code.
     pub async fn stop(mut self) -> Option<i32> {
         let pid = self.child.id().unwrap();
@@ -166,6 +179,18 @@ impl Server {
         let response = self
             .http
             .get(self.url(cms_protocol::paths::AGENTS))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// `GET /api/v1/errors`.
+    pub async fn errors(&self) -> Vec<cms_protocol::StoredError> {
+        let response = self
+            .http
+            .get(self.url(cms_protocol::paths::OPERATOR_ERRORS))
             .send()
             .await
             .unwrap();
