@@ -44,6 +44,19 @@ fn idle_report(version: &str) -> StatusReport {
     }
 }
 
+/// Posts an `IDLE` heartbeat over HTTP, as agents of the old protocol do; returns the status.
+async fn http_heartbeat(server: &Server, token: &str) -> u16 {
+    let response = server
+        .http
+        .post(server.url(paths::STATUS))
+        .bearer_auth(token)
+        .json(&idle_report("1.0.0"))
+        .send()
+        .await
+        .unwrap();
+    response.status().as_u16()
+}
+
 /// Sends a heartbeat on `ws` and returns the server's answer (skipping pushes in between).
 async fn heartbeat_on(ws: &mut WsStream, version: &str) -> HeartbeatAck {
     let message = AgentMessage::Heartbeat(idle_report(version));
@@ -87,15 +100,7 @@ async fn heartbeats_travel_on_the_websocket_and_http_heartbeats_still_work() {
 
     // An agent of the old protocol posts its heartbeat over HTTP.
     let old = server.register_ok("old-agent").await;
-    let response = server
-        .http
-        .post(server.url(paths::STATUS))
-        .bearer_auth(&old.agent_token)
-        .json(&idle_report("1.0.0"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 204);
+    assert_eq!(http_heartbeat(&server, &old.agent_token).await, 204);
     assert_eq!(heartbeats(&server.log(), &old.agent_id, "http"), 1);
     let listed = server.agents().await;
     let listed = listed.iter().find(|a| a.agent_id == old.agent_id).unwrap();
@@ -245,15 +250,7 @@ async fn two_replicas_on_postgres_are_one_backend() {
 
     // An agent of the old protocol registered through A posts its heartbeat to B.
     let old = a.register_ok("old-agent").await;
-    let response = b
-        .http
-        .post(b.url(paths::STATUS))
-        .bearer_auth(&old.agent_token)
-        .json(&idle_report("1.0.0"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 204);
+    assert_eq!(http_heartbeat(&b, &old.agent_token).await, 204);
     assert!(online_on(&a, &old.agent_id).await);
 
     // A check-update sent to replica A reaches the agent on replica B.

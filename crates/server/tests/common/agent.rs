@@ -78,16 +78,9 @@ impl AgentProcess {
 
     /// Stops the agent with SIGTERM and returns its exit code.
     pub async fn stop(mut self) -> Option<i32> {
-        let pid = self.child.id().unwrap();
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let exit = tokio::time::timeout(std::time::Duration::from_secs(30), self.child.wait())
+        let exit = super::terminate(&mut self.child, 30)
             .await
-            .unwrap_or_else(|_| panic!("agent did not stop; log:\n{}", self.log()))
-            .unwrap();
+            .unwrap_or_else(|| panic!("agent did not stop; log:\n{}", self.log()));
         exit.code()
     }
 }

@@ -133,16 +133,9 @@ impl Server {
 
     /// Sends SIGTERM and returns the exit code.
     pub async fn stop(mut self) -> Option<i32> {
-        let pid = self.child.id().unwrap();
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let exit = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+        let exit = terminate(&mut self.child, 20)
             .await
-            .unwrap_or_else(|_| panic!("server did not stop; log:\n{}", self.log()))
-            .unwrap();
+            .unwrap_or_else(|| panic!("server did not stop; log:\n{}", self.log()));
         let extra = self.extra_stdout.lock().unwrap();
         assert!(
             extra.is_empty(),
@@ -213,6 +206,18 @@ impl Server {
         let (stream, _) = tokio_tungstenite::connect_async(request).await?;
         Ok(stream)
     }
+}
+
+/// Sends SIGTERM to `child` and waits up to `secs` for it to exit (`None`: it did not).
+pub async fn terminate(child: &mut Child, secs: u64) -> Option<std::process::ExitStatus> {
+    let pid = child.id().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(secs), child.wait()).await;
+    exit.ok().map(Result::unwrap)
 }
 
 /// A client WebSocket.
