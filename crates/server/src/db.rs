@@ -169,8 +169,8 @@ pub struct PackageRow {
     pub length: i64,
 }
 
-/// An inserted but uncommitted release row: it becomes visible to the server on
-/// [`PendingRelease::commit`] and vanishes when dropped uncommitted.
+/// An uncommitted change to a release row (inserted, or its rollout changed): it becomes
+/// visible to the server on [`PendingRelease::commit`] and vanishes when dropped uncommitted.
 #[derive(Debug)]
 pub struct PendingRelease {
     tx: sqlx::Transaction<'static, sqlx::Any>,
@@ -485,6 +485,17 @@ impl Db {
         Ok(count)
     }
 
+    /// Number of release rows and the sum of their rollouts: a cheap change detector for the
+    /// release watcher of a server without replicas (a new release or a rollout change moves it).
+    pub async fn releases_fingerprint(&self) -> Result<(i64, i64), DbError> {
+        let row = sqlx::query_as::<_, (i64, i64)>(
+            "SELECT COUNT(*), CAST(COALESCE(SUM(rollout_percent), 0) AS BIGINT) FROM releases",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row)
+    }
+
     /// Inserts a release row inside a transaction that the caller commits once the package
     /// file is in place. [`DbError::Duplicate`] when (version, platform) already exists.
     pub async fn begin_release(&self, release: &NewRelease<'_>) -> Result<PendingRelease, DbError> {
@@ -503,6 +514,27 @@ impl Db {
         .execute(&mut *tx)
         .await?;
         Ok(PendingRelease { tx })
+    }
+
+    /// Changes a release's rollout inside a transaction the caller commits; `None` when no
+    /// such release is published.
+    pub async fn begin_rollout(
+        &self,
+        version: &str,
+        platform: &str,
+        rollout_percent: i64,
+    ) -> Result<Option<PendingRelease>, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE releases SET rollout_percent = $1 WHERE version = $2 AND platform = $3",
+        )
+        .bind(rollout_percent)
+        .bind(version)
+        .bind(platform)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        Ok((changed > 0).then_some(PendingRelease { tx }))
     }
 
     /// The package of one release, if it was published.

@@ -15,7 +15,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use cms_server::ServeConfig;
 use cms_server::release::tuf::DEFAULT_TIMESTAMP_LIFETIME;
-use cms_server::release::{PLATFORMS, PublishRequest};
+use cms_server::release::{PLATFORMS, PublishError, PublishRequest, RolloutRequest};
 use cms_server::tls::TlsFiles;
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +40,9 @@ enum Command {
 enum ReleaseCommand {
     /// Package an agent and an updater as a release; a running server offers it at once.
     Publish(PublishArgs),
+    /// Change the share of the fleet a published release is offered to; running servers push
+    /// it to the agents it now includes.
+    Rollout(RolloutArgs),
 }
 
 /// The platform of the machine this server was built for.
@@ -79,6 +82,25 @@ struct PublishArgs {
     /// server that stops re-signing cannot keep them on a stale release list (freeze attack).
     #[arg(long, default_value_t = DEFAULT_TIMESTAMP_LIFETIME.as_secs())]
     timestamp_expiry_secs: u64,
+}
+
+#[derive(Debug, Args)]
+struct RolloutArgs {
+    /// The server's data directory (SQLite lives here by default).
+    #[arg(long, default_value = "./cms-server-data")]
+    data_dir: PathBuf,
+    /// `postgres://user:pass@host/db` when the server uses PostgreSQL.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// The published version.
+    #[arg(long)]
+    version: String,
+    /// Its platform.
+    #[arg(long, default_value = DEFAULT_PLATFORM, value_parser = PLATFORMS)]
+    platform: String,
+    /// The new percentage of the fleet (by stable cohort).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+    percent: u8,
 }
 
 #[derive(Debug, Args)]
@@ -141,6 +163,7 @@ fn run() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)).map(|()| ExitCode::SUCCESS),
         Command::Release(ReleaseCommand::Publish(args)) => runtime.block_on(publish(args)),
+        Command::Release(ReleaseCommand::Rollout(args)) => runtime.block_on(rollout(args)),
     }
 }
 
@@ -155,15 +178,40 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         rollout_percent: args.rollout,
         timestamp_lifetime: Duration::from_secs(args.timestamp_expiry_secs),
     };
-    match cms_server::release::publish(request).await {
-        Ok(published) => {
-            let mut stdout = std::io::stdout().lock();
-            // The release is committed; a closed stdout must not turn that into a failure.
-            let _ = writeln!(
-                stdout,
+    let published = cms_server::release::publish(request)
+        .await
+        .map(|published| {
+            format!(
                 "published {} for {} ({} bytes, sha256 {})",
                 published.version, published.platform, published.length, published.sha256
-            );
+            )
+        });
+    finish("release publish", published)
+}
+
+async fn rollout(args: RolloutArgs) -> anyhow::Result<ExitCode> {
+    let request = RolloutRequest {
+        data_dir: args.data_dir,
+        database_url: args.database_url,
+        version: args.version,
+        platform: args.platform,
+        rollout_percent: args.percent,
+    };
+    let summary = format!(
+        "rollout of {} for {} set to {}%",
+        request.version, request.platform, request.rollout_percent
+    );
+    let changed = cms_server::release::set_rollout(request).await;
+    finish("release rollout", changed.map(|()| summary))
+}
+
+/// Prints the one line of a command that succeeded; a refusal exits 2, anything else 1.
+fn finish(command: &str, outcome: Result<String, PublishError>) -> anyhow::Result<ExitCode> {
+    match outcome {
+        Ok(line) => {
+            let mut stdout = std::io::stdout().lock();
+            // The change is committed; a closed stdout must not turn that into a failure.
+            let _ = writeln!(stdout, "{line}");
             let _ = stdout.flush();
             Ok(ExitCode::SUCCESS)
         }
@@ -172,7 +220,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
             eprintln!("cms-server: {error}");
             Ok(ExitCode::from(EXIT_REFUSED))
         }
-        Err(error) => Err(error).context("release publish failed"),
+        Err(error) => Err(error).with_context(|| format!("{command} failed")),
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! `release publish` is a separate process writing to the same database. On PostgreSQL it
 //! notifies every replica (`crate::events`), which wakes the watcher; on SQLite `serve` polls a
-//! cheap `COUNT(*)` of the releases every [`RELEASE_POLL_INTERVAL`]. Either way the watcher then
+//! cheap count of the releases (and sum of their rollouts) every [`RELEASE_POLL_INTERVAL`]. Either way the watcher then
 //! reads the list, finds the new (version, platform) pairs and those whose rollout grew, and
 //! notifies every connected agent of that platform whose rollout cohort includes the release
 //! and whose reported version is older. The event only says "check now"; the update check
@@ -34,8 +34,8 @@ pub struct ReleaseWatcher {
     hub: Hub,
     /// Releases already known with their rollout, `None` until the first successful read.
     known: Option<HashMap<Key, i64>>,
-    /// Row count at the last read.
-    count: i64,
+    /// Row count and rollout sum at the last read.
+    fingerprint: (i64, i64),
     /// Whether the last poll failed (to log failures once, not every second).
     failing: bool,
 }
@@ -48,7 +48,7 @@ impl ReleaseWatcher {
             db,
             hub,
             known: None,
-            count: -1,
+            fingerprint: (-1, -1),
             failing: false,
         };
         if let Err(error) = watcher.poll(true).await {
@@ -104,10 +104,10 @@ impl ReleaseWatcher {
     }
 
     /// One look at the table (the whole list when `told` that it changed, else only when the
-    /// row count moved); notifies for releases not seen before and rollouts that grew.
+    /// row count or the rollout sum moved); notifies for releases not seen before and rollouts that grew.
     async fn poll(&mut self, told: bool) -> Result<(), DbError> {
-        let count = self.db.count_releases().await?;
-        if !told && count == self.count && self.known.is_some() {
+        let fingerprint = self.db.releases_fingerprint().await?;
+        if !told && fingerprint == self.fingerprint && self.known.is_some() {
             return Ok(());
         }
         let releases = self.db.list_releases().await?;
@@ -126,7 +126,7 @@ impl ReleaseWatcher {
             }
         }
         self.known = Some(current);
-        self.count = count;
+        self.fingerprint = fingerprint;
         Ok(())
     }
 

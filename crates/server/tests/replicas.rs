@@ -20,7 +20,8 @@ use cms_protocol::{
 };
 use common::agent::AgentProcess;
 use common::{
-    Options, Server, Store, WsStream, inputs, next_text, postgres_schema, publish, wait_until,
+    Options, Server, Store, WsStream, inputs, next_text, postgres_schema, publish, set_rollout,
+    wait_until,
 };
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
@@ -152,6 +153,51 @@ async fn a_heartbeat_on_the_websocket_is_answered_with_the_update_offer() {
     assert_eq!(server.stop().await, Some(0));
 }
 
+#[tokio::test]
+async fn a_widened_rollout_is_pushed_and_offered() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let server = Server::start(&data, &Store::Sqlite, &Options::default()).await;
+    let identity = server.register_ok("raw-client").await;
+    let mut ws = server.connect_ws(&identity.agent_token).await.unwrap();
+    // Once a heartbeat is answered, the socket is in the hub and will hear pushes.
+    assert_eq!(
+        heartbeat_on(&mut ws, "1.0.0").await,
+        HeartbeatAck::default()
+    );
+    let files = inputs(dir.path());
+    let (code, _, stderr) =
+        publish(&data, &Store::Sqlite, "1.1.0", &files, &["--rollout", "0"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        heartbeat_on(&mut ws, "1.0.0").await,
+        HeartbeatAck::default()
+    );
+
+    let (code, stdout, stderr) = set_rollout(&data, &Store::Sqlite, "1.1.0", 100).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, "rollout of 1.1.0 for linux-x86_64 set to 100%\n");
+    let text = next_text(&mut ws, 20)
+        .await
+        .expect("a push for the widened rollout");
+    assert_eq!(
+        serde_json::from_str::<ServerEvent>(&text).unwrap(),
+        ServerEvent::UpdateRequired(cms_protocol::UpdateRequired {
+            version: Some("1.1.0".into())
+        })
+    );
+    let offered = heartbeat_on(&mut ws, "1.0.0")
+        .await
+        .update
+        .expect("an offer");
+    assert_eq!(offered.version, "1.1.0");
+
+    let (code, _, stderr) = set_rollout(&data, &Store::Sqlite, "7.7.7", 50).await;
+    assert_eq!(code, Some(2), "an unknown release is refused: {stderr}");
+    assert!(stderr.contains("no release 7.7.7"), "{stderr}");
+    assert_eq!(server.stop().await, Some(0));
+}
+
 /// Whether `server`'s log shows `agent_id`'s WebSocket connecting to it.
 fn holds_socket_of(server: &Server, agent_id: &str) -> bool {
     server
@@ -271,7 +317,19 @@ async fn two_replicas_on_postgres_are_one_backend() {
     assert_eq!(code, Some(0), "{stderr}");
     for agent in [&agent_a, &agent_b] {
         wait_until("the pushed release", 30, || async {
-            triggered(agent, "push", "update starting").then_some(())
+            triggered(agent, "push", "to=99.0.0").then_some(())
+        })
+        .await;
+    }
+    // So does a rollout that widens: published to nobody, then to everybody.
+    let (code, _, stderr) =
+        publish(&store_dir, &store, "100.0.0", &files, &["--rollout", "0"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, _, stderr) = set_rollout(&store_dir, &store, "100.0.0", 100).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    for agent in [&agent_a, &agent_b] {
+        wait_until("the pushed rollout", 30, || async {
+            triggered(agent, "push", "to=100.0.0").then_some(())
         })
         .await;
     }

@@ -100,6 +100,14 @@ pub enum PublishError {
         /// Extra detail (an existing version of the same precedence).
         note: String,
     },
+    /// `release rollout` named a release that is not published.
+    #[error("no release {version} is published for {platform}")]
+    UnknownRelease {
+        /// Requested version.
+        version: String,
+        /// Requested platform.
+        platform: String,
+    },
     /// The database failed.
     #[error(transparent)]
     Database(DbError),
@@ -139,6 +147,7 @@ impl PublishError {
                 | PublishError::InvalidRollout(_)
                 | PublishError::BadInput { .. }
                 | PublishError::AlreadyPublished { .. }
+                | PublishError::UnknownRelease { .. }
         )
     }
 }
@@ -152,11 +161,7 @@ pub fn package_rel_path(version: &str, platform: &str) -> String {
 /// Publishes one release (see the module docs).
 pub async fn publish(request: PublishRequest) -> Result<Published, PublishError> {
     let version = validate(&request)?;
-    let url = match &request.database_url {
-        Some(url) => url.clone(),
-        None => db::sqlite_url_for_dir(&request.data_dir).map_err(PublishError::Database)?,
-    };
-    let db = Db::connect(&url).await.map_err(PublishError::Database)?;
+    let db = open_db(&request.data_dir, request.database_url.as_deref()).await?;
     let result = leader::exclusively(
         &db,
         leader::METADATA_SIGNING,
@@ -165,6 +170,86 @@ pub async fn publish(request: PublishRequest) -> Result<Published, PublishError>
     .await;
     db.close().await;
     result
+}
+
+/// The database of the server at `data_dir` (`database_url`, else its SQLite file).
+async fn open_db(data_dir: &Path, database_url: Option<&str>) -> Result<Db, PublishError> {
+    let url = match database_url {
+        Some(url) => url.to_owned(),
+        None => db::sqlite_url_for_dir(data_dir)?,
+    };
+    Ok(Db::connect(&url).await?)
+}
+
+/// On PostgreSQL, every replica hears `event` when (and only if) `pending` commits; a running
+/// SQLite server finds the change by polling.
+async fn tell_replicas_at_commit(
+    db: &Db,
+    pending: &mut db::PendingRelease,
+    event: &ClusterEvent,
+) -> Result<(), DbError> {
+    if let Some(channel) = EventBus::new(db).await?.channel() {
+        pending.notify_on_commit(channel, &event.payload()).await?;
+    }
+    Ok(())
+}
+
+/// What `release rollout` changes.
+#[derive(Debug, Clone)]
+pub struct RolloutRequest {
+    /// Server data directory (SQLite lives here by default).
+    pub data_dir: PathBuf,
+    /// `postgres://...` URL; `None` means SQLite in `data_dir`.
+    pub database_url: Option<String>,
+    /// The published version.
+    pub version: String,
+    /// Its platform.
+    pub platform: String,
+    /// The new share of the fleet (0..=100).
+    pub rollout_percent: u8,
+}
+
+/// Sets a published release's rollout; running servers push it to the agents it now
+/// includes (on PostgreSQL at once, through the replicas' events).
+pub async fn set_rollout(request: RolloutRequest) -> Result<(), PublishError> {
+    if request.rollout_percent > 100 {
+        return Err(PublishError::InvalidRollout(request.rollout_percent));
+    }
+    let version = rollout::parse_version(&request.version)
+        .ok_or_else(|| PublishError::InvalidVersion(request.version.clone()))?
+        .to_string();
+    let db = open_db(&request.data_dir, request.database_url.as_deref()).await?;
+    let result = change_rollout(&db, &version, &request).await;
+    db.close().await;
+    result
+}
+
+async fn change_rollout(
+    db: &Db,
+    version: &str,
+    request: &RolloutRequest,
+) -> Result<(), PublishError> {
+    let platform = request.platform.as_str();
+    let percent = i64::from(request.rollout_percent);
+    let Some(mut pending) = db.begin_rollout(version, platform, percent).await? else {
+        return Err(PublishError::UnknownRelease {
+            version: version.to_owned(),
+            platform: platform.to_owned(),
+        });
+    };
+    let event = ClusterEvent::RolloutChanged {
+        version: version.to_owned(),
+        platform: platform.to_owned(),
+    };
+    tell_replicas_at_commit(db, &mut pending, &event).await?;
+    pending.commit().await?;
+    tracing::info!(
+        version,
+        platform,
+        rollout_percent = percent,
+        "rollout changed"
+    );
+    Ok(())
 }
 
 /// Checks the request; returns the parsed version.
@@ -237,13 +322,11 @@ async fn publish_with(
         DbError::Duplicate(_) => already_published(&version_text, platform, String::new()),
         other => PublishError::Database(other),
     })?;
-    if let Some(channel) = EventBus::new(db).await?.channel() {
-        let event = ClusterEvent::ReleasePublished {
-            version: version_text.clone(),
-            platform: platform.to_owned(),
-        };
-        pending.notify_on_commit(channel, &event.payload()).await?;
-    }
+    let event = ClusterEvent::ReleasePublished {
+        version: version_text.clone(),
+        platform: platform.to_owned(),
+    };
+    tell_replicas_at_commit(db, &mut pending, &event).await?;
     let (byte_length, sha256) = (built.length, built.sha256.clone());
     move_into_place(built, &final_path)?;
     pending.commit().await.map_err(PublishError::Database)?;

@@ -347,6 +347,25 @@ pub async fn publish(
         .arg("--updater")
         .arg(&files.updater)
         .args(extra);
+    run_command(cmd, store).await
+}
+
+/// Runs `cms-server release rollout` and returns (exit code, stdout, stderr).
+pub async fn set_rollout(
+    data_dir: &Path,
+    store: &Store,
+    version: &str,
+    percent: u8,
+) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cms-server"));
+    cmd.args(["release", "rollout", "--data-dir"])
+        .arg(data_dir)
+        .args(["--version", version, "--percent", &percent.to_string()]);
+    run_command(cmd, store).await
+}
+
+/// Runs a `cms-server` command against `store` and returns (exit code, stdout, stderr).
+async fn run_command(mut cmd: Command, store: &Store) -> (Option<i32>, String, String) {
     if let Store::Postgres(url) = store {
         cmd.args(["--database-url", url]);
     }
