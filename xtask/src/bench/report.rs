@@ -297,9 +297,9 @@ impl Report {
              URL with the same token; the two alternate."
                 .to_owned(),
             format!(
-                "Server scale: `cms-loadgen swarm` simulates N agents, each with its own WebSocket and a \
-                 keep-alive HTTP connection, sending a heartbeat every {} s (+/-10 %, phases spread); \
-                 latency is request sent -> answer read. A step holds when p99 < {P99_GOAL_MS:.0} ms with \
+                "Server scale: `cms-loadgen swarm` simulates N agents, each with its own WebSocket \
+                 (one connection per agent), sending a heartbeat on it every {} s (+/-10 %, phases \
+                 spread); latency is heartbeat sent -> the server's answer read. A step holds when p99 < {P99_GOAL_MS:.0} ms with \
                  no failed heartbeat and no dropped WebSocket. Open-file limit: {}. The search stopped \
                  because {}. Push: publish done -> the agents' WebSockets delivered the event (the server \
                  looks for new releases every second).",
