@@ -207,11 +207,6 @@ impl HttpClient {
         &self.client
     }
 
-    /// The base URL of the server in use.
-    pub fn base(&self) -> Url {
-        self.servers.current()
-    }
-
     /// Sends one call to the server in use (`path` below its base); a server that cannot be
     /// reached or does not answer in time makes the list move on, for the next call.
     async fn call(

@@ -57,16 +57,6 @@ impl ServerList {
         &self.urls[0]
     }
 
-    /// How many servers there are.
-    pub fn len(&self) -> usize {
-        self.urls.len()
-    }
-
-    /// Whether the list is empty (never: [`ServerList::parse`] refuses that).
-    pub fn is_empty(&self) -> bool {
-        self.urls.is_empty()
-    }
-
     /// `failed` could not be reached: use the next server, unless another failure already moved
     /// on from it. Returns the server in use afterwards.
     pub fn failed(&self, failed: &Url) -> Url {
@@ -115,7 +105,6 @@ mod tests {
         let list = ServerList::parse(&["https://cms.example.com"]).unwrap();
         let only = list.current();
         assert_eq!(list.failed(&only), only);
-        assert_eq!(list.len(), 1);
     }
 
     #[test]
