@@ -434,3 +434,60 @@ async fn an_agent_whose_replica_is_killed_goes_on_with_the_other_and_loses_no_re
     assert_eq!(back.stop().await, Some(0));
     schema.drop_schema().await;
 }
+
+#[tokio::test]
+async fn a_replica_whose_listener_was_cut_off_reads_the_releases_again() {
+    let Some(schema) = postgres_schema("listener_cut_off").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let store = Store::Postgres(schema.server_url.clone());
+    let server = Server::start(&store_dir, &store, &Options::default()).await;
+    let identity = server.register_ok("raw-client").await;
+    let mut ws = server.connect_ws(&identity.agent_token).await.unwrap();
+    assert_eq!(
+        heartbeat_on(&mut ws, "1.0.0").await,
+        HeartbeatAck::default()
+    );
+
+    // The database ends the listening session, as a failover of PostgreSQL or a proxy would.
+    wait_until("the listener's session to be ended", 30, || async {
+        (terminate_listeners(&schema).await > 0).then_some(())
+    })
+    .await;
+    wait_until("the listener to come back and re-read", 30, || async {
+        server
+            .log()
+            .contains("event listener lost its connection and reconnected; re-reading")
+            .then_some(())
+    })
+    .await;
+    let files = inputs(dir.path());
+    let (code, _, stderr) = publish(&store_dir, &store, "1.1.0", &files, &[]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let text = next_text(&mut ws, 20)
+        .await
+        .expect("the push after the reconnect");
+    assert!(text.contains("agent:update_required"), "{text}");
+    assert_eq!(server.stop().await, Some(0));
+    schema.drop_schema().await;
+}
+
+/// Ends the database sessions that listen on the schema's event channel; returns how many.
+async fn terminate_listeners(schema: &common::PgSchema) -> usize {
+    use sqlx::Connection;
+    let mut conn = sqlx::postgres::PgConnection::connect(&schema.admin_url)
+        .await
+        .unwrap();
+    let pattern = format!("LISTEN \"cms_events:{}\"%", schema.schema);
+    let ended: Vec<(bool,)> = sqlx::query_as(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE $1",
+    )
+    .bind(pattern)
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    ended.len()
+}
