@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use cms_protocol::{
-    BUILD_VERSION, Metrics, RegisterRequest, ServerEvent, StatusReport, UpdateInfo,
+    BUILD_VERSION, HeartbeatAck, Metrics, RegisterRequest, ServerEvent, StatusReport, UpdateInfo,
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -741,10 +741,7 @@ async fn event_loop(inner: Arc<Inner>, mut events: mpsc::Receiver<ServerEvent>) 
         match event {
             Some(ServerEvent::UpdateRequired(_)) => inner.check_for_update("push").await,
             Some(ServerEvent::HeartbeatAck(ack)) => {
-                let offered = ack.update.as_ref().map(|u| u.version.clone());
-                let new_offer = offered.is_some() && offered != last_offer;
-                last_offer = offered;
-                if let (true, Some(update)) = (new_offer, ack.update) {
+                if let Some(update) = new_offer(&mut last_offer, ack) {
                     inner.initiate_update("heartbeat", &update).await;
                 }
             }
@@ -768,6 +765,15 @@ fn panic_if_a_test_asks() {
 
 #[cfg(not(debug_assertions))]
 fn panic_if_a_test_asks() {}
+
+/// The release a heartbeat answer offers, when the previous answer (`last`, updated here)
+/// offered another one or none.
+fn new_offer(last: &mut Option<String>, ack: HeartbeatAck) -> Option<UpdateInfo> {
+    let offered = ack.update.as_ref().map(|u| u.version.clone());
+    let is_new = offered.is_some() && offered != *last;
+    *last = offered;
+    ack.update.filter(|_| is_new)
+}
 
 /// Sleeps `delay` unless cancelled first; `true` when the full delay passed.
 async fn sleep_or_cancel(cancel: &CancellationToken, delay: Duration) -> bool {
@@ -924,6 +930,47 @@ fn force_restart_decision(state: &StateCell) -> ForceDecision {
         Err(refused) if refused.from.is_updating() => ForceDecision::BusyUpdating,
         Err(refused) if refused.from == AgentState::Starting => ForceDecision::Shutdown,
         Err(_) => ForceDecision::AlreadyStopping,
+    }
+}
+
+#[cfg(test)]
+mod offer_tests {
+    use super::*;
+
+    fn ack(version: Option<&str>) -> HeartbeatAck {
+        HeartbeatAck {
+            update: version.map(|version| UpdateInfo {
+                version: version.into(),
+                platform: "linux-x86_64".into(),
+                package_url: String::new(),
+                target: String::new(),
+                length: 1,
+                sha256: String::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn an_offer_starts_an_update_once_until_another_one_comes() {
+        let mut last = None;
+        assert!(new_offer(&mut last, ack(None)).is_none());
+        assert_eq!(
+            new_offer(&mut last, ack(Some("2.0.0"))).unwrap().version,
+            "2.0.0"
+        );
+        assert!(
+            new_offer(&mut last, ack(Some("2.0.0"))).is_none(),
+            "not at every heartbeat"
+        );
+        assert_eq!(
+            new_offer(&mut last, ack(Some("2.1.0"))).unwrap().version,
+            "2.1.0"
+        );
+        assert!(new_offer(&mut last, ack(None)).is_none());
+        assert!(
+            new_offer(&mut last, ack(Some("2.1.0"))).is_some(),
+            "offered again after none"
+        );
     }
 }
 
