@@ -64,9 +64,9 @@ async fn update_check(server: &Server, token: &str, version: &str) -> reqwest::R
 }
 
 async fn check_update(server: &Server, agent_id: &str) -> reqwest::Response {
+    let path = format!("/api/v1/agents/{agent_id}/check-update");
     server
-        .http
-        .post(server.url(&format!("/api/v1/agents/{agent_id}/check-update")))
+        .operator(reqwest::Method::POST, &path)
         .send()
         .await
         .unwrap()
@@ -186,27 +186,16 @@ async fn full_scenario(dir: &Path, store: Store, db_url: String) {
         .await
         .unwrap();
     assert_eq!((third.stored, third.duplicates), (1, 1));
-    let errors: Vec<StoredError> = server
-        .http
-        .get(server.url(paths::OPERATOR_ERRORS))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let errors: Vec<StoredError> = server.operator_json(paths::OPERATOR_ERRORS).await;
     assert_eq!(errors.len(), 3);
     assert_eq!(errors[0].report_id, "r-3", "newest first");
     let mine: Vec<StoredError> = server
-        .http
-        .get(server.url(paths::OPERATOR_ERRORS))
-        .query(&[("agent_id", identity.agent_id.as_str())])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .operator_json(&format!(
+            "{}?agent_id={}",
+            paths::OPERATOR_ERRORS,
+            identity.agent_id
+        ))
+        .await;
     assert_eq!(mine.len(), 2);
     assert!(mine.iter().all(|e| e.agent_id == identity.agent_id));
     assert_eq!(
@@ -258,15 +247,7 @@ async fn full_scenario(dir: &Path, store: Store, db_url: String) {
         .await
         .unwrap();
     assert_eq!(current.update, None);
-    let releases: Vec<ReleaseSummary> = server
-        .http
-        .get(server.url(paths::RELEASES))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let releases: Vec<ReleaseSummary> = server.operator_json(paths::RELEASES).await;
     assert_eq!(releases.len(), 2);
 
     // check-update over a real WebSocket
