@@ -202,6 +202,7 @@ pub async fn serve(
                 reports_per_agent: config.retention.per_agent,
             },
             download_slots: sizing.download_slots,
+            listing_slots: PoolUse::Operators.max_connections(db.backend()) as usize - 1,
         },
         shutdown.clone(),
     );

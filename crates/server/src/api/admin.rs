@@ -81,7 +81,7 @@ pub async fn audit(
         at: e.at.clone(),
         audit_id: e.audit_id.clone(),
     });
-    page_response(&entries, next, &uri)
+    page_response(entries, next, &uri).await
 }
 
 impl From<AccessError> for ApiError {

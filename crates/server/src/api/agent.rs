@@ -221,11 +221,13 @@ pub async fn errors(
     agent: AuthedAgent,
     request: Request,
 ) -> Result<axum::Json<ErrorBatchResponse>, ApiError> {
-    // An agent that is out of tokens is refused before its body is read and parsed.
-    state
-        .error_reports()
-        .has_tokens(&agent.agent_id, Instant::now())
-        .map_err(throttled_reports)?;
+    // An agent that is out of tokens is refused without parsing its body. The body is still
+    // read (within the body limit), so the client gets the 429 instead of a broken pipe.
+    let now = Instant::now();
+    if let Err(retry_after) = state.error_reports().has_tokens(&agent.agent_id, now) {
+        let _ = axum::body::to_bytes(request.into_body(), super::MAX_BODY_BYTES).await;
+        return Err(throttled_reports(&agent.agent_id, None, retry_after, now));
+    }
     let ApiJson(batch) = ApiJson::<ErrorBatch>::from_request(request, &state).await?;
     if batch.reports.len() > MAX_REPORTS_PER_BATCH {
         return Err(ApiError::PayloadTooLarge(format!(
@@ -243,16 +245,12 @@ pub async fn errors(
     let cost = u32::try_from(reports.len()).unwrap_or(u32::MAX);
     let now = Instant::now();
     if let Err(retry_after) = state.error_reports().try_take(&agent.agent_id, cost, now) {
-        if let Some(refused) = REPORTS_THROTTLED.occurrence(now) {
-            tracing::warn!(
-                agent_id = agent.agent_id,
-                reports = cost,
-                refused,
-                retry_after_secs = retry_after.as_secs(),
-                "error reports throttled"
-            );
-        }
-        return Err(throttled_reports(retry_after));
+        return Err(throttled_reports(
+            &agent.agent_id,
+            Some(cost),
+            retry_after,
+            now,
+        ));
     }
     let rows: Vec<NewErrorReport<'_>> = reports
         .iter()
@@ -280,7 +278,23 @@ pub async fn errors(
     Ok(axum::Json(ErrorBatchResponse { stored, duplicates }))
 }
 
-fn throttled_reports(retry_after: Duration) -> ApiError {
+/// The 429 for a throttled batch (of `reports`, when it was read), logged at most once per
+/// interval.
+fn throttled_reports(
+    agent_id: &str,
+    reports: Option<u32>,
+    retry_after: Duration,
+    now: Instant,
+) -> ApiError {
+    if let Some(refused) = REPORTS_THROTTLED.occurrence(now) {
+        tracing::warn!(
+            agent_id,
+            reports,
+            refused,
+            retry_after_secs = retry_after.as_secs(),
+            "error reports throttled"
+        );
+    }
     ApiError::TooManyRequests {
         message: "too many error reports from this agent; keep them and retry later".into(),
         retry_after,

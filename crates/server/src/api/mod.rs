@@ -47,8 +47,6 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Longest a request may take to arrive and be answered (the response body may stream on):
 /// a client trickling its body is cut off here.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Operator listings built at the same time; each holds at most one page in memory.
-const LISTING_SLOTS: usize = 4;
 /// How long a listing waits for a slot before it is answered 503.
 const LISTING_WAIT: Duration = Duration::from_secs(10);
 /// Keys each rate limiter remembers at most (a full bucket is forgotten first).
@@ -78,6 +76,9 @@ pub struct StateSettings {
     pub ingest: IngestLimits,
     /// Package downloads served at the same time (each holds an open file).
     pub download_slots: usize,
+    /// Operator listings built at the same time (each holds one page in memory and one
+    /// connection of the operators' pool; keep one connection free for the other routes).
+    pub listing_slots: usize,
 }
 
 /// Everything handlers share (cheap to clone).
@@ -110,6 +111,7 @@ impl AppState {
     ) -> Self {
         let ingest = settings.ingest;
         let download_slots = Arc::new(Semaphore::new(settings.download_slots.max(1)));
+        let listing_slots = Semaphore::new(settings.listing_slots.max(1));
         Self {
             inner: Arc::new(Inner {
                 db,
@@ -119,7 +121,7 @@ impl AppState {
                 shutdown,
                 registrations: RateLimiter::new(ingest.registrations, RATE_LIMITER_KEYS),
                 error_reports: RateLimiter::new(ingest.error_reports, RATE_LIMITER_KEYS),
-                listing_slots: Semaphore::new(LISTING_SLOTS),
+                listing_slots,
                 download_slots,
             }),
         }

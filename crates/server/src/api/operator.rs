@@ -53,7 +53,7 @@ pub async fn agents(
             }
         })
         .collect();
-    page_response(&agents, next, &uri)
+    page_response(agents, next, &uri).await
 }
 
 /// Filter of `GET /api/v1/errors`.
@@ -79,7 +79,7 @@ pub async fn errors(
         .await?;
     let next = rows.last().filter(|_| more).map(|(_, key)| key.clone());
     let errors: Vec<_> = rows.into_iter().map(|(stored, _)| stored).collect();
-    page_response(&errors, next, &uri)
+    page_response(errors, next, &uri).await
 }
 
 /// `GET /api/v1/releases`: one page of published releases, newest first (the fields of
@@ -97,7 +97,7 @@ pub async fn releases(
         .list_releases_page(&after, page.limit())
         .await?;
     let next = rows.last().filter(|_| more).map(ReleaseRecord::key);
-    page_response(&rows, next, &uri)
+    page_response(rows, next, &uri).await
 }
 
 /// `POST /api/v1/agents/{agent_id}/check-update` (operator role): asks one agent, over its

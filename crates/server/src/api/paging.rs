@@ -53,12 +53,30 @@ impl PageQuery {
 
 /// The page as a JSON array, with a `Link` to the next one when `next` is the key to continue
 /// after.
-pub fn page_response<T: Serialize, K: Serialize>(
-    items: &[T],
+///
+/// A page may be megabytes of JSON: it is serialized on a blocking thread, so the runtime's
+/// workers stay free for heartbeats meanwhile.
+pub async fn page_response<T, K>(
+    items: Vec<T>,
     next: Option<K>,
     uri: &Uri,
-) -> Result<Response, ApiError> {
-    let mut response = axum::Json(items).into_response();
+) -> Result<Response, ApiError>
+where
+    T: Serialize + Send + 'static,
+    K: Serialize,
+{
+    let body = tokio::task::spawn_blocking(move || serde_json::to_vec(&items))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut response = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response();
     if let Some(key) = next {
         let json = serde_json::to_vec(&key).map_err(|e| ApiError::Internal(e.to_string()))?;
         let link = format!("<{}>; rel=\"next\"", next_uri(uri, &hex::encode(json)));
@@ -102,13 +120,13 @@ mod tests {
         assert_eq!(page(Some(1_000_000)).limit(), i64::from(MAX_PAGE_SIZE));
     }
 
-    #[test]
-    fn cursor_round_trip_and_bad_cursors() {
+    #[tokio::test]
+    async fn cursor_round_trip_and_bad_cursors() {
         let uri: Uri = "/api/v1/errors?agent_id=a%20b&cursor=00&limit=5"
             .parse()
             .unwrap();
         let key = Key { at: "t1".into() };
-        let response = page_response(&[1, 2], Some(&key), &uri).unwrap();
+        let response = page_response(vec![1, 2], Some(&key), &uri).await.unwrap();
         let link = response.headers()[header::LINK]
             .to_str()
             .unwrap()
@@ -130,7 +148,7 @@ mod tests {
             };
             assert!(query.after::<Key>().is_err(), "{bad}");
         }
-        let last = page_response(&[1], None::<Key>, &uri).unwrap();
+        let last = page_response(vec![1], None::<Key>, &uri).await.unwrap();
         assert!(last.headers().get(header::LINK).is_none());
     }
 }

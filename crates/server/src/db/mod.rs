@@ -106,8 +106,8 @@ impl PoolUse {
         match (self, backend) {
             (PoolUse::Agents, Backend::Sqlite) => 4,
             (PoolUse::Agents, Backend::Postgres) => 16,
-            (PoolUse::Operators, Backend::Sqlite) => 2,
-            (PoolUse::Operators, Backend::Postgres) => 4,
+            (PoolUse::Operators, Backend::Sqlite) => 3,
+            (PoolUse::Operators, Backend::Postgres) => 6,
             (PoolUse::Command, _) => 2,
         }
     }

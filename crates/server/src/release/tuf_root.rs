@@ -314,3 +314,184 @@ fn import_chain(repo: &Repository, root_dir: &RootKeyDir) -> Result<(), TufError
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::release::tuf::DEFAULT_TIMESTAMP_LIFETIME;
+    use tough::{FilesystemTransport, RepositoryLoader};
+
+    fn entry(version: &str) -> TargetEntry {
+        TargetEntry {
+            version: version.to_owned(),
+            platform: "linux-x86_64".to_owned(),
+            length: 42,
+            sha256: "ab".repeat(32),
+        }
+    }
+
+    fn entries(versions: &[&str]) -> Vec<TargetEntry> {
+        versions.iter().map(|v| entry(v)).collect()
+    }
+
+    /// What a client pinned on `pinned` (keeping its state in `datastore`) accepts.
+    async fn load(repo: &Repository, pinned: &[u8], datastore: &Path) -> tough::Repository {
+        let url = url::Url::from_directory_path(repo.metadata_dir()).unwrap();
+        RepositoryLoader::new(&pinned, url.clone(), url)
+            .transport(FilesystemTransport)
+            .datastore(datastore)
+            .load()
+            .await
+            .unwrap()
+    }
+
+    fn versions(loaded: &tough::Repository) -> Vec<String> {
+        let mut versions: Vec<String> = loaded
+            .targets()
+            .signed
+            .targets
+            .values()
+            .map(|t| t.custom["version"].as_str().unwrap().to_owned())
+            .collect();
+        versions.sort();
+        versions
+    }
+
+    #[tokio::test]
+    async fn a_pinned_client_follows_rotations_and_a_recovery_from_the_offline_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let client = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let (offline, replacement) = (
+            RootKeyDir::new(&dir.path().join("offline")),
+            RootKeyDir::new(&dir.path().join("offline-2")),
+        );
+        let lifetime = DEFAULT_TIMESTAMP_LIFETIME;
+        let repo = Repository::new(&data);
+        let lock = repo.lock().unwrap();
+        assert_eq!(init(&repo, &lock, &offline).await.unwrap(), 1);
+        assert!(
+            !repo.key_path(RoleType::Root).exists(),
+            "the root key is not online"
+        );
+        assert!(offline.key_path().is_file() && offline.dir.join("1.root.json").is_file());
+        let again = init(&repo, &lock, &offline).await.unwrap_err();
+        assert!(again.is_refusal(), "{again}");
+        repo.sign(&lock, &entries(&["1.0.0"]), lifetime)
+            .await
+            .unwrap();
+        let pinned = fs::read(repo.metadata_dir().join("1.root.json")).unwrap();
+        assert_eq!(
+            versions(&load(&repo, &pinned, client.path()).await),
+            ["1.0.0"]
+        );
+
+        // New root key and new online keys: the client pinned on root 1 follows to root 2.
+        let old_timestamp_key = fs::read(repo.key_path(RoleType::Timestamp)).unwrap();
+        let rotation = Rotation {
+            new_root_key: Some(replacement.clone()),
+            online_keys: true,
+        };
+        let targets = entries(&["1.0.0", "2.0.0"]);
+        let version = rotate(&repo, &lock, &offline, &rotation, &targets, lifetime).await;
+        assert_eq!(version.unwrap(), 2);
+        assert!(!repo.next_keys_dir().exists());
+        assert_ne!(
+            fs::read(repo.key_path(RoleType::Timestamp)).unwrap(),
+            old_timestamp_key
+        );
+        let loaded = load(&repo, &pinned, client.path()).await;
+        assert_eq!(loaded.root().signed.version.get(), 2);
+        assert_eq!(versions(&loaded), ["1.0.0", "2.0.0"]);
+        let stale = rotate(
+            &repo,
+            &lock,
+            &offline,
+            &Rotation::default(),
+            &targets,
+            lifetime,
+        )
+        .await;
+        assert!(
+            stale.unwrap_err().is_refusal(),
+            "the replaced root key signs no more"
+        );
+        drop(lock);
+
+        // The data directory is lost; the offline key and its copies of the roots rebuild it.
+        fs::remove_dir_all(&data).unwrap();
+        let repo = Repository::new(&data);
+        let lock = repo.lock().unwrap();
+        let recovered = recover(&repo, &lock, &replacement, &entries(&["3.0.0"]), lifetime).await;
+        assert_eq!(recovered.unwrap(), 3);
+        let loaded = load(&repo, &pinned, client.path()).await;
+        assert_eq!(loaded.root().signed.version.get(), 3);
+        assert_eq!(versions(&loaded), ["3.0.0"]);
+        assert_eq!(
+            loaded.timestamp().signed.version.get(),
+            1,
+            "counters start afresh"
+        );
+        let twice = recover(&repo, &lock, &replacement, &[], lifetime).await;
+        assert!(twice.unwrap_err().is_refusal());
+    }
+
+    #[tokio::test]
+    async fn an_online_root_key_is_taken_offline_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::new(&dir.path().join("data"));
+        let offline = RootKeyDir::new(&dir.path().join("offline"));
+        let lock = repo.lock().unwrap();
+        repo.ensure_root(&lock).await.unwrap();
+        let key = fs::read(repo.key_path(RoleType::Root)).unwrap();
+        take_offline(&repo, &lock, &offline).unwrap();
+        assert!(!repo.key_path(RoleType::Root).exists());
+        assert_eq!(fs::read(offline.key_path()).unwrap(), key);
+        assert!(offline.dir.join("1.root.json").is_file());
+        assert!(
+            take_offline(&repo, &lock, &offline)
+                .unwrap_err()
+                .is_refusal()
+        );
+        repo.sign(&lock, &entries(&["1.0.0"]), DEFAULT_TIMESTAMP_LIFETIME)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_key_rotation_cut_short_is_settled_by_the_next_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::new(&dir.path().join("data"));
+        let lock = repo.lock().unwrap();
+        repo.ensure_root(&lock).await.unwrap();
+        let current = fs::read(repo.key_path(RoleType::Snapshot)).unwrap();
+        stage_online_keys(&repo, true).unwrap();
+        drop(lock);
+        // The root was never signed: the staged keys are discarded.
+        let lock = repo.lock().unwrap();
+        assert!(!repo.next_keys_dir().exists());
+        assert_eq!(
+            fs::read(repo.key_path(RoleType::Snapshot)).unwrap(),
+            current
+        );
+        // The root naming them was installed, then the process died: they are promoted.
+        let staged = stage_online_keys(&repo, true).unwrap();
+        let root_key = repo.key_path(RoleType::Root);
+        let mut root = tuf::build_root(&root_key, &staged, NonZeroU64::MIN).unwrap();
+        root.version = NonZeroU64::new(2).unwrap();
+        let previous = repo.current_root().unwrap().signed;
+        let signed = tuf::sign_root(&root, &[&previous, &root], &[&root_key])
+            .await
+            .unwrap();
+        repo.install_root(&signed).unwrap();
+        let promoted = fs::read(key_file(&staged, RoleType::Snapshot)).unwrap();
+        drop(lock);
+        let _lock = repo.lock().unwrap();
+        assert!(!repo.next_keys_dir().exists());
+        assert_eq!(
+            fs::read(repo.key_path(RoleType::Snapshot)).unwrap(),
+            promoted
+        );
+    }
+}

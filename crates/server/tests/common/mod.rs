@@ -206,6 +206,13 @@ impl Server {
         read_log(&self.log)
     }
 
+    /// The last `lines` lines of the server's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     /// Sends SIGTERM and returns the exit code.
     pub async fn stop(mut self) -> Option<i32> {
         let pid = self.child.id().unwrap();
@@ -269,6 +276,75 @@ impl Server {
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
         let (stream, _) = tokio_tungstenite::connect_async(request).await?;
         Ok(stream)
+    }
+}
+
+/// The `rel="next"` path of a listing answer's `Link` header, if any.
+pub fn next_link(response: &reqwest::Response) -> Option<String> {
+    let link = response.headers().get("link")?.to_str().unwrap();
+    let path = link
+        .strip_prefix('<')
+        .and_then(|rest| rest.strip_suffix(">; rel=\"next\""))
+        .unwrap_or_else(|| panic!("unexpected Link header {link:?}"));
+    Some(path.to_owned())
+}
+
+impl Server {
+    /// Every item of a paged operator listing starting at `path`, following `Link` headers;
+    /// also returns how many pages it took.
+    pub async fn all_pages<T: serde::de::DeserializeOwned>(&self, path: &str) -> (Vec<T>, usize) {
+        let mut items = Vec::new();
+        let mut next = Some(path.to_owned());
+        let mut pages = 0;
+        while let Some(path) = next {
+            let response = self
+                .operator(reqwest::Method::GET, &path)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            if status == 503 {
+                // Busy building other listings: wait as told, like any client.
+                let secs = response.headers()["retry-after"].to_str().unwrap();
+                tokio::time::sleep(Duration::from_secs(secs.parse().unwrap())).await;
+                next = Some(path);
+                continue;
+            }
+            assert_eq!(status, 200, "GET {path}; log ends:\n{}", self.log_tail(20));
+            next = next_link(&response);
+            let page: Vec<T> = response.json().await.unwrap();
+            items.extend(page);
+            pages += 1;
+        }
+        (items, pages)
+    }
+
+    /// The server's `IP:PORT`.
+    pub fn socket_addr(&self) -> std::net::SocketAddr {
+        self.base.trim_start_matches("http://").parse().unwrap()
+    }
+
+    /// A raw TCP connection to the server from the loopback address `source` (Linux answers
+    /// on all of 127.0.0.0/8, so tests can play several hosts).
+    pub async fn connect_from(&self, source: &str) -> std::io::Result<tokio::net::TcpStream> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(format!("{source}:0").parse().unwrap())?;
+        socket.connect(self.socket_addr()).await
+    }
+}
+
+/// Whether the server closes `stream` (EOF or reset) within `secs`; bytes it sends first
+/// (an error answer) are read past.
+pub async fn closed_within(stream: &mut tokio::net::TcpStream, secs: u64) -> bool {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
     }
 }
 
