@@ -5,6 +5,8 @@
 //! counted (the count is kept in `error_reports.dropped` and sent as its own report), so the
 //! first errors of an outage, usually the cause, survive. `flush` re-sends the buffer oldest
 //! first. Each report has a unique `report_id`, so a re-send after a lost answer is stored once.
+//! When the server throttles the agent (429), reports go to the buffer without trying, and no
+//! flush is attempted, until its `Retry-After` has passed; the throttled batch stays buffered.
 //! This module must never block the agent for long or panic on a damaged buffer file.
 
 use std::fs::{self, OpenOptions};
@@ -14,10 +16,11 @@ use std::path::{Path, PathBuf};
 use cms_protocol::{BUILD_VERSION, ErrorReport};
 use serde_json::Value;
 use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
 
 use crate::clock;
 use crate::core::storage::write_atomic;
-use crate::net::http_client::HttpClient;
+use crate::net::http_client::{HttpClient, HttpError};
 
 /// Reports sent per request when the buffer is flushed.
 const FLUSH_BATCH: usize = 200;
@@ -30,6 +33,8 @@ pub const OVERFLOW_KIND: &str = "error_buffer_overflow";
 #[derive(Debug)]
 pub struct ErrorReporter {
     buffer: Mutex<ErrorBuffer>,
+    /// No delivery is tried before this instant (the server's last `Retry-After`).
+    hold_until: Mutex<Option<Instant>>,
 }
 
 impl ErrorReporter {
@@ -37,6 +42,7 @@ impl ErrorReporter {
     pub fn open(path: PathBuf, max_reports: usize) -> Self {
         ErrorReporter {
             buffer: Mutex::new(ErrorBuffer::open(path, max_reports.max(1))),
+            hold_until: Mutex::new(None),
         }
     }
 
@@ -44,13 +50,50 @@ impl ErrorReporter {
     pub async fn report(&self, http: &HttpClient, kind: &str, message: &str, details: Value) {
         tracing::error!(kind, "{message}");
         let report = new_report(kind, message, details);
-        if self.buffered() == 0 {
-            match http.report_errors(std::slice::from_ref(&report)).await {
+        if self.buffered() == 0 && !self.held() {
+            match self.deliver(http, std::slice::from_ref(&report)).await {
                 Ok(_) => return,
                 Err(err) => tracing::debug!(error = %err, "error report buffered"),
             }
         }
         self.buffer().push(report);
+    }
+
+    /// Posts `reports`; a 429 holds every delivery back for its `Retry-After`.
+    async fn deliver(
+        &self,
+        http: &HttpClient,
+        reports: &[ErrorReport],
+    ) -> Result<cms_protocol::ErrorBatchResponse, HttpError> {
+        let result = http.report_errors(reports).await;
+        if let Err(HttpError::RateLimited { retry_after, .. }) = &result {
+            tracing::warn!(
+                retry_after_secs = retry_after.as_secs(),
+                reports = reports.len(),
+                "the server throttles error reports; they stay buffered until then"
+            );
+            *self.hold() = Some(Instant::now() + *retry_after);
+        }
+        result
+    }
+
+    /// Whether deliveries are held back by a recent 429.
+    fn held(&self) -> bool {
+        let mut hold = self.hold();
+        match *hold {
+            Some(until) if Instant::now() < until => true,
+            Some(_) => {
+                *hold = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn hold(&self) -> MutexGuard<'_, Option<Instant>> {
+        self.hold_until
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Buffers a report without trying the network: for problems found before the agent can
@@ -61,12 +104,16 @@ impl ErrorReporter {
 
     /// Re-sends buffered reports, oldest first; stops at the first failure and keeps the rest.
     pub async fn flush(&self, http: &HttpClient) {
+        if self.held() {
+            tracing::debug!("error reports held back by the server's Retry-After");
+            return;
+        }
         loop {
             let batch = self.buffer().oldest(FLUSH_BATCH);
             if batch.is_empty() {
                 break;
             }
-            match http.report_errors(&batch).await {
+            match self.deliver(http, &batch).await {
                 Ok(answer) => {
                     let left = self.buffer().remove_oldest(batch.len());
                     tracing::info!(
@@ -113,7 +160,7 @@ impl ErrorReporter {
             &message,
             serde_json::json!({ "dropped": dropped }),
         );
-        if http.report_errors(&[report]).await.is_ok() {
+        if self.deliver(http, &[report]).await.is_ok() {
             self.buffer().subtract_dropped(dropped);
         }
     }
