@@ -37,11 +37,11 @@ pub mod paths {
     pub const ERRORS: &str = "/api/v1/agent/errors";
     /// WebSocket upgrade (bearer auth); the server sends [`crate::ServerEvent`] text frames.
     pub const WEBSOCKET: &str = "/api/v1/agent/ws";
-    /// Operator API (design.md section 5): agents, paged (viewer).
+    /// Operator API (docs/protocol.md): agents, paged (viewer).
     pub const AGENTS: &str = "/api/v1/agents";
-    /// Operator API (design.md section 5): stored error reports, paged (viewer).
+    /// Operator API (docs/protocol.md): stored error reports, paged (viewer).
     pub const OPERATOR_ERRORS: &str = "/api/v1/errors";
-    /// Operator API (design.md section 5): published releases, paged (viewer).
+    /// Operator API (docs/protocol.md): published releases, paged (viewer).
     pub const RELEASES: &str = "/api/v1/releases";
     /// Operator tokens: `GET` lists, `POST` creates, `DELETE /{name}` revokes (admin).
     pub const TOKENS: &str = "/api/v1/tokens";

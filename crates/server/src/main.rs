@@ -279,18 +279,40 @@ fn print_line(line: &str) {
     let _ = stdout.flush();
 }
 
-/// Exit 2 with the message for a refusal; the error itself otherwise.
-fn refused_or<E: std::error::Error + Send + Sync + 'static>(
-    error: E,
-    refusal: bool,
-    context: &'static str,
-) -> anyhow::Result<ExitCode> {
-    if refusal {
-        tracing::error!("{error}");
-        eprintln!("cms-server: {error}");
-        return Ok(ExitCode::from(EXIT_REFUSED));
+/// Errors that tell a refused request (exit 2: retrying cannot help) from a failure (exit 1).
+trait Refusal: std::error::Error + Send + Sync + 'static {
+    fn is_refusal(&self) -> bool;
+}
+
+impl Refusal for release::PublishError {
+    fn is_refusal(&self) -> bool {
+        release::PublishError::is_refusal(self)
     }
-    Err(error).context(context)
+}
+
+impl Refusal for access::AccessError {
+    fn is_refusal(&self) -> bool {
+        access::AccessError::is_refusal(self)
+    }
+}
+
+impl Refusal for cms_server::ServeError {
+    fn is_refusal(&self) -> bool {
+        cms_server::ServeError::is_refusal(self)
+    }
+}
+
+/// 0 when done; 2 with the message for a refusal; the error itself (exit 1) otherwise.
+fn exit_code<E: Refusal>(result: Result<(), E>, context: &'static str) -> anyhow::Result<ExitCode> {
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(error) if error.is_refusal() => {
+            tracing::error!("{error}");
+            eprintln!("cms-server: {error}");
+            Ok(ExitCode::from(EXIT_REFUSED))
+        }
+        Err(error) => Err(error).context(context),
+    }
 }
 
 /// Who runs this command, for the audit log (the OS user name when known).
@@ -318,19 +340,13 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         timestamp_lifetime: Duration::from_secs(args.timestamp_expiry_secs),
         actor: command_actor(),
     };
-    match release::publish(request).await {
-        Ok(published) => {
-            print_line(&format!(
-                "published {} for {} ({} bytes, sha256 {})",
-                published.version, published.platform, published.length, published.sha256
-            ));
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(error) => {
-            let refusal = error.is_refusal();
-            refused_or(error, refusal, "release publish failed")
-        }
-    }
+    let result = release::publish(request).await.map(|published| {
+        print_line(&format!(
+            "published {} for {} ({} bytes, sha256 {})",
+            published.version, published.platform, published.length, published.sha256
+        ));
+    });
+    exit_code(result, "release publish failed")
 }
 
 async fn open_store(store: &StoreArgs) -> anyhow::Result<Db> {
@@ -359,13 +375,7 @@ async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
         }
     };
     db.close().await;
-    match result {
-        Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(error) => {
-            let refusal = error.is_refusal();
-            refused_or(error, refusal, "token command failed")
-        }
-    }
+    exit_code(result, "token command failed")
 }
 
 fn print_tokens(tokens: &[cms_protocol::OperatorToken]) {
@@ -404,16 +414,7 @@ async fn tuf(command: TufCommand) -> anyhow::Result<ExitCode> {
         TufCommand::RotateRoot(args) => rotate_root(args).await?,
         TufCommand::Recover(args) => recover(args).await?,
     };
-    match result {
-        Ok(line) => {
-            print_line(&line);
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(error) => {
-            let refusal = error.is_refusal();
-            refused_or(error, refusal, "tuf command failed")
-        }
-    }
+    exit_code(result.map(|line| print_line(&line)), "tuf command failed")
 }
 
 type TufOutcome = Result<String, release::PublishError>;
@@ -490,16 +491,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     })
     .await;
-    match served {
-        Ok(()) => {
-            tracing::info!("shutdown complete");
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(error) => {
-            let refusal = error.is_refusal();
-            refused_or(error, refusal, "serve failed")
-        }
-    }
+    let served = served.map(|()| tracing::info!("shutdown complete"));
+    exit_code(served, "serve failed")
 }
 
 fn connection_settings(limits: &LimitArgs) -> ConnectionSettings {

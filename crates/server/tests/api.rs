@@ -6,8 +6,8 @@
 mod common;
 
 use cms_protocol::{
-    AgentState, ErrorBatch, ErrorBatchResponse, ErrorReport, Metrics, ReleaseSummary, ServerEvent,
-    StatusReport, StoredError, UpdateCheckResponse, UpdateRequired, paths,
+    AgentState, ErrorBatch, ErrorBatchResponse, ErrorReport, ReleaseSummary, ServerEvent,
+    StoredError, UpdateCheckResponse, UpdateRequired, paths,
 };
 use std::path::Path;
 
@@ -26,30 +26,11 @@ fn report(id: &str) -> ErrorReport {
 }
 
 async fn post_status(server: &Server, token: &str, state: AgentState) -> reqwest::Response {
-    let report = StatusReport {
-        state,
-        version: "1.0.1".into(),
-        metrics: Metrics::default(),
-    };
-    server
-        .http
-        .post(server.url(paths::STATUS))
-        .bearer_auth(token)
-        .json(&report)
-        .send()
-        .await
-        .unwrap()
+    server.post_status(token, state, "1.0.1").await
 }
 
 async fn post_errors(server: &Server, token: &str, batch: &ErrorBatch) -> reqwest::Response {
-    server
-        .http
-        .post(server.url(paths::ERRORS))
-        .bearer_auth(token)
-        .json(batch)
-        .send()
-        .await
-        .unwrap()
+    server.post_errors(token, batch).await
 }
 
 async fn update_check(server: &Server, token: &str, version: &str) -> reqwest::Response {
@@ -270,12 +251,14 @@ async fn full_scenario(dir: &Path, store: Store, db_url: String) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(sent, "check-update never reached the socket");
-    let text = next_text(&mut ws, 10).await.expect("event frame");
-    let event: ServerEvent = serde_json::from_str(&text).unwrap();
-    assert_eq!(
-        event,
-        ServerEvent::UpdateRequired(UpdateRequired { version: None })
-    );
+    // The release watcher may push the releases inserted above first (with their version).
+    let text = loop {
+        let text = next_text(&mut ws, 10).await.expect("event frame");
+        let event: ServerEvent = serde_json::from_str(&text).unwrap();
+        if event == ServerEvent::UpdateRequired(UpdateRequired { version: None }) {
+            break text;
+        }
+    };
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&text).unwrap()["event"],
         "agent:update_required"

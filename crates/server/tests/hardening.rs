@@ -39,30 +39,11 @@ async fn post_errors(server: &Server, token: &str, count: usize) -> reqwest::Res
     let batch = ErrorBatch {
         reports: (0..count).map(|n| report(n, 10)).collect(),
     };
-    server
-        .http
-        .post(server.url(paths::ERRORS))
-        .bearer_auth(token)
-        .json(&batch)
-        .send()
-        .await
-        .unwrap()
+    server.post_errors(token, &batch).await
 }
 
 async fn heartbeat(server: &Server, token: &str) -> reqwest::Response {
-    let report = StatusReport {
-        state: AgentState::Idle,
-        version: "1.0.0".into(),
-        metrics: Metrics::default(),
-    };
-    server
-        .http
-        .post(server.url(paths::STATUS))
-        .bearer_auth(token)
-        .json(&report)
-        .send()
-        .await
-        .unwrap()
+    server.post_status(token, AgentState::Idle, "1.0.0").await
 }
 
 fn retry_after(response: &reqwest::Response) -> u64 {

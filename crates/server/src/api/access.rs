@@ -9,13 +9,11 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
-use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use cms_protocol::OperatorRole;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, bearer};
 use crate::access::{self, Actor, Outcome};
-use crate::auth;
 
 /// The authenticated caller of an operator route.
 #[derive(Debug, Clone)]
@@ -36,12 +34,7 @@ impl FromRequestParts<AppState> for Operator {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let source = peer_address(parts);
-        let token = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(auth::bearer_token)
-            .ok_or(ApiError::Unauthorized(UNAUTHORIZED))?;
+        let token = bearer(parts).ok_or(ApiError::Unauthorized(UNAUTHORIZED))?;
         let Some(row) = access::authenticate(state.operator_db(), token).await? else {
             tracing::debug!(source, "operator request refused: no valid operator token");
             return Err(ApiError::Unauthorized(UNAUTHORIZED));

@@ -8,13 +8,13 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use cms_protocol::{NewOperatorToken, OperatorRole, OperatorToken};
+use cms_protocol::{AuditEntry, NewOperatorToken, OperatorRole, OperatorToken};
 
 use super::access::Operator;
-use super::paging::{PageQuery, page_response};
+use super::paging::{PageQuery, listing};
 use super::{ApiError, ApiJson, ApiQuery, AppState};
 use crate::access::{self, AccessError};
-use crate::db::AuditKey;
+use crate::db::{AuditKey, Db};
 
 /// `GET /api/v1/tokens`: every operator token (name, role, created, last used).
 pub async fn tokens(
@@ -74,14 +74,12 @@ pub async fn audit(
     operator
         .require(&state, OperatorRole::Admin, "audit.read", None)
         .await?;
-    let _slot = state.listing_slot().await?;
-    let after: AuditKey = page.after()?;
-    let (entries, more) = state.operator_db().list_audit(&after, page.limit()).await?;
-    let next = entries.last().filter(|_| more).map(|e| AuditKey {
-        at: e.at.clone(),
-        audit_id: e.audit_id.clone(),
-    });
-    page_response(entries, next, &uri).await
+    let fetch = |db: Db, after: AuditKey, limit| async move { db.list_audit(&after, limit).await };
+    let key_of = |entry: &AuditEntry| AuditKey {
+        at: entry.at.clone(),
+        audit_id: entry.audit_id.clone(),
+    };
+    listing(&state, &page, &uri, fetch, key_of, |entry| entry).await
 }
 
 impl From<AccessError> for ApiError {

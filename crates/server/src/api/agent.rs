@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequest, FromRequestParts, Request, State, WebSocketUpgrade};
 use axum::http::StatusCode;
-use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::response::Response;
 use cms_protocol::update::package_file_name;
@@ -21,7 +20,7 @@ use cms_protocol::{
 use serde::Deserialize;
 
 use super::access::Peer;
-use super::{ApiError, ApiJson, ApiQuery, AppState, check_field};
+use super::{ApiError, ApiJson, ApiQuery, AppState, bearer, check_field};
 use crate::auth;
 use crate::clock;
 use crate::db::{NewAgent, NewErrorReport};
@@ -58,12 +57,7 @@ impl FromRequestParts<AppState> for AuthedAgent {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(auth::bearer_token)
-            .ok_or(ApiError::Unauthorized(UNAUTHORIZED))?;
+        let token = bearer(parts).ok_or(ApiError::Unauthorized(UNAUTHORIZED))?;
         let presented = auth::hash_token(token);
         let (agent_id, stored) = state
             .db()

@@ -2,7 +2,7 @@
 //!
 //! Handlers live in [`agent`] (the agent-facing API, bearer-authenticated), [`package`] (the
 //! release package download, bearer-authenticated), [`metadata`] (the signed TUF metadata,
-//! public), [`operator`] (the operator API of design.md section 5, operator tokens) and
+//! public), [`operator`] (the operator API of docs/protocol.md, operator tokens) and
 //! [`admin`] (token management and the audit log, admin tokens); [`access`] authenticates
 //! operators and [`paging`] pages their listings. The agent and operator APIs are separate
 //! routers, so they can be served on separate addresses. Every request must arrive and be
@@ -400,6 +400,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         let Query(value) = Query::<T>::from_request_parts(parts, state).await?;
         Ok(ApiQuery(value))
     }
+}
+
+/// The token of the request's `Authorization: Bearer <token>` header, if any.
+pub(crate) fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(crate::auth::bearer_token)
 }
 
 /// Rejects `value` when it is empty or longer than `max` bytes.

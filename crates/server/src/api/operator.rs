@@ -1,4 +1,4 @@
-//! Handlers of the operator API (design.md section 5) plus `/healthz`.
+//! Handlers of the operator API (docs/protocol.md, "Operator API") plus `/healthz`.
 //!
 //! Every route but `/healthz` takes an [`Operator`]: any valid token reads (viewer), and
 //! `check-update` needs the operator role and is audited. Listings are keyset-paged
@@ -10,15 +10,15 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use cms_protocol::{AgentSummary, OperatorRole, ServerEvent, UpdateRequired};
+use cms_protocol::{AgentSummary, OperatorRole, ServerEvent, StoredError, UpdateRequired};
 use serde::Deserialize;
 
 use super::access::Operator;
-use super::paging::{PageQuery, page_response};
+use super::paging::{PageQuery, listing};
 use super::{ApiError, ApiQuery, AppState};
 use crate::access::Outcome;
 use crate::clock;
-use crate::db::{AgentKey, AgentRow, ErrorKey, ReleaseKey, ReleaseRecord};
+use crate::db::{AgentKey, AgentRow, Db, ErrorKey, ReleaseKey, ReleaseRecord};
 use crate::ws::NotifyError;
 
 /// `GET /api/v1/agents`: one page of agents with their latest status and whether each is
@@ -29,31 +29,19 @@ pub async fn agents(
     ApiQuery(page): ApiQuery<PageQuery>,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let _slot = state.listing_slot().await?;
-    let after: AgentKey = page.after()?;
-    let (rows, more) = state
-        .operator_db()
-        .list_agents(&after, page.limit())
-        .await?;
-    let next = rows.last().filter(|_| more).map(AgentRow::key);
     let now = time::OffsetDateTime::now_utc();
-    let agents: Vec<AgentSummary> = rows
-        .into_iter()
-        .map(|row| {
-            let online = state.hub().is_connected(&row.agent_id)
-                || clock::is_within(&row.last_seen, state.offline_after(), now);
-            AgentSummary {
-                agent_id: row.agent_id,
-                hostname: row.hostname,
-                platform: row.platform,
-                version: row.version,
-                state: row.state,
-                last_seen: row.last_seen,
-                online,
-            }
-        })
-        .collect();
-    page_response(agents, next, &uri).await
+    let summary = |row: AgentRow| AgentSummary {
+        online: state.hub().is_connected(&row.agent_id)
+            || clock::is_within(&row.last_seen, state.offline_after(), now),
+        agent_id: row.agent_id,
+        hostname: row.hostname,
+        platform: row.platform,
+        version: row.version,
+        state: row.state,
+        last_seen: row.last_seen,
+    };
+    let fetch = |db: Db, after: AgentKey, limit| async move { db.list_agents(&after, limit).await };
+    listing(&state, &page, &uri, fetch, AgentRow::key, summary).await
 }
 
 /// Filter of `GET /api/v1/errors`.
@@ -71,15 +59,12 @@ pub async fn errors(
     ApiQuery(page): ApiQuery<PageQuery>,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let _slot = state.listing_slot().await?;
-    let after: ErrorKey = page.after()?;
-    let (rows, more) = state
-        .operator_db()
-        .list_errors(filter.agent_id.as_deref(), &after, page.limit())
-        .await?;
-    let next = rows.last().filter(|_| more).map(|(_, key)| key.clone());
-    let errors: Vec<_> = rows.into_iter().map(|(stored, _)| stored).collect();
-    page_response(errors, next, &uri).await
+    let fetch = |db: Db, after: ErrorKey, limit| async move {
+        db.list_errors(filter.agent_id.as_deref(), &after, limit)
+            .await
+    };
+    let key_of = |(_, key): &(StoredError, ErrorKey)| key.clone();
+    listing(&state, &page, &uri, fetch, key_of, |(stored, _)| stored).await
 }
 
 /// `GET /api/v1/releases`: one page of published releases, newest first (the fields of
@@ -90,14 +75,10 @@ pub async fn releases(
     ApiQuery(page): ApiQuery<PageQuery>,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let _slot = state.listing_slot().await?;
-    let after: ReleaseKey = page.after()?;
-    let (rows, more) = state
-        .operator_db()
-        .list_releases_page(&after, page.limit())
-        .await?;
-    let next = rows.last().filter(|_| more).map(ReleaseRecord::key);
-    page_response(rows, next, &uri).await
+    let fetch = |db: Db, after: ReleaseKey, limit| async move {
+        db.list_releases_page(&after, limit).await
+    };
+    listing(&state, &page, &uri, fetch, ReleaseRecord::key, |r| r).await
 }
 
 /// `POST /api/v1/agents/{agent_id}/check-update` (operator role): asks one agent, over its

@@ -13,7 +13,10 @@ use cms_protocol::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::ApiError;
+use std::future::Future;
+
+use super::{ApiError, AppState};
+use crate::db::{Db, DbError};
 
 /// Longest cursor accepted (keys are a few hundred bytes at most).
 const MAX_CURSOR_LEN: usize = 4096;
@@ -84,6 +87,30 @@ where
         response.headers_mut().insert(header::LINK, value);
     }
     Ok(response)
+}
+
+/// One page of a listing: waits for a listing slot, reads the rows after the cursor's key
+/// with `fetch` (on the operators' pool), and answers them as items with a `Link` to the next
+/// page.
+pub async fn listing<K, R, T, Fut>(
+    state: &AppState,
+    page: &PageQuery,
+    uri: &Uri,
+    fetch: impl FnOnce(Db, K, i64) -> Fut,
+    key_of: impl Fn(&R) -> K,
+    to_item: impl FnMut(R) -> T,
+) -> Result<Response, ApiError>
+where
+    K: DeserializeOwned + Default + Serialize,
+    Fut: Future<Output = Result<(Vec<R>, bool), DbError>>,
+    T: Serialize + Send + 'static,
+{
+    let _slot = state.listing_slot().await?;
+    let after: K = page.after()?;
+    let (rows, more) = fetch(state.operator_db().clone(), after, page.limit()).await?;
+    let next = rows.last().filter(|_| more).map(key_of);
+    let items: Vec<T> = rows.into_iter().map(to_item).collect();
+    page_response(items, next, uri).await
 }
 
 /// The request's path and query with `cursor` replaced.

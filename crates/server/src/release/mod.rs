@@ -197,9 +197,7 @@ pub async fn rotate_root(
     lifetime: std::time::Duration,
     actor: &Actor,
 ) -> Result<u64, PublishError> {
-    let repository = tuf::Repository::new(data_dir);
-    let lock = lock_repository(&repository).await?;
-    let targets = signed_targets(db).await?;
+    let (repository, lock, targets) = locked_with_targets(db, data_dir).await?;
     let result = tuf_root::rotate(&repository, &lock, root_dir, rotation, &targets, lifetime).await;
     audit_root_change(db, actor, "tuf.rotate_root", &result).await;
     Ok(result?)
@@ -214,12 +212,21 @@ pub async fn recover_signing(
     lifetime: std::time::Duration,
     actor: &Actor,
 ) -> Result<u64, PublishError> {
-    let repository = tuf::Repository::new(data_dir);
-    let lock = lock_repository(&repository).await?;
-    let targets = signed_targets(db).await?;
+    let (repository, lock, targets) = locked_with_targets(db, data_dir).await?;
     let result = tuf_root::recover(&repository, &lock, root_dir, &targets, lifetime).await;
     audit_root_change(db, actor, "tuf.recover", &result).await;
     Ok(result?)
+}
+
+/// The repository of `data_dir`, locked, and the releases it must list.
+async fn locked_with_targets(
+    db: &Db,
+    data_dir: &Path,
+) -> Result<(tuf::Repository, tuf::SigningLock, Vec<tuf::TargetEntry>), PublishError> {
+    let repository = tuf::Repository::new(data_dir);
+    let lock = lock_repository(&repository).await?;
+    let targets = signed_targets(db).await?;
+    Ok((repository, lock, targets))
 }
 
 async fn audit_root_change(

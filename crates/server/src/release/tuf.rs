@@ -543,6 +543,17 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TufError
     Ok(())
 }
 
+/// A made-up target of the Linux platform at `version`, for tests.
+#[cfg(test)]
+pub(crate) fn test_entry(version: &str) -> TargetEntry {
+    TargetEntry {
+        version: version.to_owned(),
+        platform: "linux-x86_64".to_owned(),
+        length: 42,
+        sha256: "ab".repeat(32),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -550,12 +561,7 @@ mod tests {
     use tough::{FilesystemTransport, RepositoryLoader, TargetName};
 
     fn entry(version: &str) -> TargetEntry {
-        TargetEntry {
-            version: version.to_owned(),
-            platform: "linux-x86_64".to_owned(),
-            length: 42,
-            sha256: "ab".repeat(32),
-        }
+        test_entry(version)
     }
 
     async fn load(repo: &Repository, datastore: &Path) -> tough::Repository {

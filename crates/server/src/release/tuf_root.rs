@@ -322,17 +322,8 @@ mod tests {
     use crate::release::tuf::DEFAULT_TIMESTAMP_LIFETIME;
     use tough::{FilesystemTransport, RepositoryLoader};
 
-    fn entry(version: &str) -> TargetEntry {
-        TargetEntry {
-            version: version.to_owned(),
-            platform: "linux-x86_64".to_owned(),
-            length: 42,
-            sha256: "ab".repeat(32),
-        }
-    }
-
     fn entries(versions: &[&str]) -> Vec<TargetEntry> {
-        versions.iter().map(|v| entry(v)).collect()
+        versions.iter().map(|v| tuf::test_entry(v)).collect()
     }
 
     /// What a client pinned on `pinned` (keeping its state in `datastore`) accepts.

@@ -249,6 +249,42 @@ impl Server {
             .unwrap()
     }
 
+    /// `POST /api/v1/agent/status` as the agent `token`.
+    pub async fn post_status(
+        &self,
+        token: &str,
+        state: cms_protocol::AgentState,
+        version: &str,
+    ) -> reqwest::Response {
+        let report = cms_protocol::StatusReport {
+            state,
+            version: version.into(),
+            metrics: cms_protocol::Metrics::default(),
+        };
+        self.http
+            .post(self.url(cms_protocol::paths::STATUS))
+            .bearer_auth(token)
+            .json(&report)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `POST /api/v1/agent/errors` as the agent `token`.
+    pub async fn post_errors(
+        &self,
+        token: &str,
+        batch: &cms_protocol::ErrorBatch,
+    ) -> reqwest::Response {
+        self.http
+            .post(self.url(cms_protocol::paths::ERRORS))
+            .bearer_auth(token)
+            .json(batch)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Registers an agent, asserting success.
     pub async fn register_ok(&self, hostname: &str) -> RegisterResponse {
         let response = self.register(hostname, None).await;
