@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use cms_protocol::{AgentSummary, StoredError};
+use cms_protocol::{AgentSummary, MAX_PAGE_SIZE, StoredError};
 use serde::de::DeserializeOwned;
 
 use crate::host;
@@ -42,6 +42,7 @@ pub struct Server {
     exe: PathBuf,
     data_dir: PathBuf,
     output: ServerOutput,
+    serve_args: Vec<String>,
 }
 
 /// A release to publish: `version` of `agent` + `updater` for `platform` (the server's own
@@ -65,7 +66,32 @@ impl Server {
             exe: exe.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
             output,
+            serve_args: Vec::new(),
         }
+    }
+
+    /// The same server started with `args` added to `serve` (limits, say).
+    #[cfg_attr(
+        not(target_os = "linux"),
+        expect(dead_code, reason = "the bench's (Linux only)")
+    )]
+    pub fn with_serve_args(mut self, args: &[&str]) -> Self {
+        self.serve_args = args.iter().map(|arg| (*arg).to_owned()).collect();
+        self
+    }
+
+    /// A new admin operator token (`cms-server token create`): every operator route but
+    /// `/healthz` needs one.
+    fn create_operator_token(&self) -> Result<String> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos());
+        let name = format!("xtask-{}-{nanos}", std::process::id());
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(["token", "create", "--role", "admin", "--name", &name])
+            .arg("--data-dir")
+            .arg(&self.data_dir);
+        Ok(util::output_checked(&mut cmd)?.trim().to_owned())
     }
 
     /// `cms-server release publish` of `release` into the data folder; a running server sees
@@ -102,9 +128,11 @@ impl Server {
                 self.data_dir.display()
             ));
         }
+        let operator_token = self.create_operator_token()?;
         let mut cmd = Command::new(&self.exe);
         cmd.args(["serve", "--listen", listen, "--data-dir"])
             .arg(&self.data_dir)
+            .args(&self.serve_args)
             .stdout(Stdio::piped());
         if let ServerOutput::LogFile(log) = &self.output {
             let file = OpenOptions::new()
@@ -132,6 +160,7 @@ impl Server {
             server: self.clone(),
             child,
             url,
+            operator_token,
         })
     }
 
@@ -165,6 +194,7 @@ pub struct RunningServer {
     server: Server,
     child: Child,
     url: String,
+    operator_token: String,
 }
 
 impl RunningServer {
@@ -226,18 +256,24 @@ impl RunningServer {
         Ok(())
     }
 
-    /// `GET path` of its API as JSON.
+    /// `GET path` of its operator API as JSON, with its admin token.
     pub fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let url = format!("{}{path}", self.url);
-        reqwest::blocking::get(&url)
+        reqwest::blocking::Client::new()
+            .get(&url)
+            .bearer_auth(&self.operator_token)
+            .send()
             .and_then(|r| r.error_for_status())
             .and_then(|r| r.json())
             .with_context(|| format!("GET {url}"))
     }
 
-    /// `GET /api/v1/agents`.
+    /// `GET /api/v1/agents` (the first page of up to [`MAX_PAGE_SIZE`]).
     pub fn agents(&self) -> Result<Vec<AgentSummary>> {
-        self.get_json(cms_protocol::paths::AGENTS)
+        self.get_json(&format!(
+            "{}?limit={MAX_PAGE_SIZE}",
+            cms_protocol::paths::AGENTS
+        ))
     }
 
     /// Waits up to `timeout` until the server lists an agent for which `wanted` holds.
@@ -252,9 +288,12 @@ impl RunningServer {
         })
     }
 
-    /// `GET /api/v1/errors`.
+    /// `GET /api/v1/errors` (the newest [`MAX_PAGE_SIZE`]).
     pub fn errors(&self) -> Result<Vec<StoredError>> {
-        self.get_json(cms_protocol::paths::OPERATOR_ERRORS)
+        self.get_json(&format!(
+            "{}?limit={MAX_PAGE_SIZE}",
+            cms_protocol::paths::OPERATOR_ERRORS
+        ))
     }
 
     /// Pushes `agent:update_required` to the agent `agent_id` until the server accepts it (202:
@@ -263,7 +302,8 @@ impl RunningServer {
         let url = format!("{}/api/v1/agents/{agent_id}/check-update", self.url);
         let client = reqwest::blocking::Client::new();
         util::wait_for("the push to be accepted", WAIT, || {
-            let status = client.post(&url).send()?.status();
+            let request = client.post(&url).bearer_auth(&self.operator_token);
+            let status = request.send()?.status();
             Ok((status.as_u16() == 202).then_some(()))
         })
     }

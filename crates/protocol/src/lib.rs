@@ -6,10 +6,14 @@
 //! `docs/protocol.md` describes the HTTP and WebSocket API these types travel over.
 
 mod ipc;
+mod operator;
 mod state;
 pub mod update;
 
 pub use ipc::{IPC_MAX_MESSAGE_BYTES, IpcCommand, IpcRequest, IpcResponse, IpcStatus};
+pub use operator::{
+    AuditEntry, CreatedOperatorToken, NewOperatorToken, OperatorRole, OperatorToken, UnknownRole,
+};
 pub use state::{AgentState, UnknownState};
 
 use serde::{Deserialize, Serialize};
@@ -33,12 +37,16 @@ pub mod paths {
     pub const ERRORS: &str = "/api/v1/agent/errors";
     /// WebSocket upgrade (bearer auth); the server sends [`crate::ServerEvent`] text frames.
     pub const WEBSOCKET: &str = "/api/v1/agent/ws";
-    /// Operator API (docs/CONTRACT.md, "Operator API").
+    /// Operator API (docs/protocol.md): agents, paged (viewer).
     pub const AGENTS: &str = "/api/v1/agents";
-    /// Operator API (docs/CONTRACT.md, "Operator API").
+    /// Operator API (docs/protocol.md): stored error reports, paged (viewer).
     pub const OPERATOR_ERRORS: &str = "/api/v1/errors";
-    /// Operator API (docs/CONTRACT.md, "Operator API").
+    /// Operator API (docs/protocol.md): published releases, paged (viewer).
     pub const RELEASES: &str = "/api/v1/releases";
+    /// Operator tokens: `GET` lists, `POST` creates, `DELETE /{name}` revokes (admin).
+    pub const TOKENS: &str = "/api/v1/tokens";
+    /// The audit log of operator actions, newest first, paged (admin).
+    pub const AUDIT: &str = "/api/v1/audit";
     /// Base of the signed release metadata (The Update Framework): `GET` + `root.json`,
     /// `N.root.json`, `timestamp.json`, `N.snapshot.json`, `N.targets.json`. Public: the
     /// metadata is signed, so it may equally come from a mirror or CDN.
@@ -46,6 +54,11 @@ pub mod paths {
     /// Liveness of the server.
     pub const HEALTHZ: &str = "/healthz";
 }
+
+/// Items per page of an operator listing when `?limit=` is not given.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+/// Largest `?limit=` of an operator listing; larger values are cut to it.
+pub const MAX_PAGE_SIZE: u32 = 1000;
 
 /// Name of the WebSocket event that tells an agent a newer release is waiting for it.
 pub const EVENT_UPDATE_REQUIRED: &str = "agent:update_required";

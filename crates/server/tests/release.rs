@@ -183,15 +183,7 @@ async fn publish_and_download(dir: &Path, store: Store) {
     assert_eq!(status, 401);
 
     // The operator listing shows it, with the extra fields.
-    let listing: serde_json::Value = server
-        .http
-        .get(server.url(paths::RELEASES))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listing: serde_json::Value = server.operator_json(paths::RELEASES).await;
     let releases: Vec<ReleaseSummary> = serde_json::from_value(listing.clone()).unwrap();
     assert_eq!(releases.len(), 1);
     assert_eq!(
@@ -292,9 +284,10 @@ async fn register(server: &Server, hostname: &str, platform: &str) -> (String, S
 /// `check-update` reaches it), draining that first event.
 async fn connect(server: &Server, agent_id: &str, token: &str) -> WsStream {
     let mut ws = server.connect_ws(token).await.unwrap();
-    let url = server.url(&format!("/api/v1/agents/{agent_id}/check-update"));
+    let path = format!("/api/v1/agents/{agent_id}/check-update");
     for _ in 0..100 {
-        if server.http.post(&url).send().await.unwrap().status() == 202 {
+        let sent = server.operator(reqwest::Method::POST, &path).send().await;
+        if sent.unwrap().status() == 202 {
             let text = next_text(&mut ws, 10).await.expect("check-update event");
             let event: ServerEvent = serde_json::from_str(&text).unwrap();
             assert_eq!(
@@ -378,7 +371,9 @@ async fn duplicate_release_row_is_a_duplicate_on_postgres() {
     else {
         return;
     };
-    let db = Db::connect(&schema.server_url).await.unwrap();
+    let db = Db::connect(&schema.server_url, cms_server::db::PoolUse::Command)
+        .await
+        .unwrap();
     let release = NewRelease {
         version: "1.0.0",
         platform: "linux-x86_64",

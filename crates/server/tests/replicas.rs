@@ -252,18 +252,6 @@ async fn online_on(server: &Server, agent_id: &str) -> bool {
         .any(|a| a.agent_id == agent_id && a.online)
 }
 
-async fn check_update(server: &Server, agent_id: &str) -> u16 {
-    let url = server.url(&format!("/api/v1/agents/{agent_id}/check-update"));
-    server
-        .http
-        .post(url)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 #[tokio::test]
 async fn two_replicas_on_postgres_are_one_backend() {
     let Some(schema) = postgres_schema("two_replicas_on_postgres_are_one_backend").await else {
@@ -300,7 +288,7 @@ async fn two_replicas_on_postgres_are_one_backend() {
     assert!(online_on(&a, &old.agent_id).await);
 
     // A check-update sent to replica A reaches the agent on replica B.
-    assert_eq!(check_update(&a, &id_b).await, 202);
+    assert_eq!(a.check_update(&id_b).await.status(), 202);
     wait_until("the check-update through the other replica", 30, || async {
         triggered(&agent_b, "push", "no update available").then_some(())
     })
@@ -356,7 +344,7 @@ async fn two_replicas_on_postgres_are_one_backend() {
     assert_eq!(agent_b.stop().await, Some(0));
     // A replica that stops leaves the cluster: its agents are no longer counted as connected.
     assert_eq!(a.stop().await, Some(0));
-    assert_eq!(check_update(&b, &id_a).await, 409);
+    assert_eq!(b.check_update(&id_a).await.status(), 409);
     assert_eq!(b.stop().await, Some(0));
     schema.drop_schema().await;
 }
@@ -382,7 +370,7 @@ async fn an_agent_whose_replica_is_killed_goes_on_with_the_other_and_loses_no_re
     })
     .await;
     wait_until("B to route a check-update to it", 30, || async {
-        (check_update(&b, &agent_id).await == 202).then_some(())
+        (b.check_update(&agent_id).await.status() == 202).then_some(())
     })
     .await;
     wait_until("the check-update to arrive", 30, || async {

@@ -32,6 +32,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const ERROR_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Wait after a 429 without a usable `Retry-After`.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// Longest wait a `Retry-After` may impose.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// Longest error body quoted in a message.
 const MAX_QUOTED_BODY: usize = 300;
 /// Largest JSON answer the agent reads (they are a few hundred bytes).
@@ -48,6 +52,14 @@ pub enum HttpError {
     Unauthorized {
         /// Which call.
         what: &'static str,
+    },
+    /// The server is throttling this agent; the same call may succeed after `retry_after`.
+    #[error("{what}: the server asks to slow down; retry in {} s", retry_after.as_secs())]
+    RateLimited {
+        /// Which call.
+        what: &'static str,
+        /// How long to wait (the server's `Retry-After`, bounded).
+        retry_after: Duration,
     },
     /// The server answered with an unexpected status.
     #[error("{what}: server answered {status}: {body}")]
@@ -460,12 +472,26 @@ async fn send(
     if status == StatusCode::UNAUTHORIZED {
         return Err(HttpError::Unauthorized { what });
     }
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let retry_after = retry_after(response.headers().get(header::RETRY_AFTER));
+        return Err(HttpError::RateLimited { what, retry_after });
+    }
     let (quoted, _) = read_capped(response, MAX_QUOTED_BODY)
         .await
         .unwrap_or_default();
     let mut body = String::from_utf8_lossy(&quoted).into_owned();
     body.truncate(body.floor_char_boundary(MAX_QUOTED_BODY));
     Err(HttpError::Status { what, status, body })
+}
+
+/// The wait a `Retry-After: SECONDS` header asks for, within [`MAX_RETRY_AFTER`] (the HTTP-date
+/// form, which this server never sends, counts as absent).
+fn retry_after(header: Option<&header::HeaderValue>) -> Duration {
+    header
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .map_or(DEFAULT_RETRY_AFTER, Duration::from_secs)
+        .min(MAX_RETRY_AFTER)
 }
 
 async fn json_of<T: DeserializeOwned>(
@@ -584,5 +610,15 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, HttpError::RefusedUrl { .. }), "{err}");
+    }
+
+    #[test]
+    fn retry_after_is_read_and_bounded() {
+        let value = |text: &str| header::HeaderValue::from_str(text).unwrap();
+        assert_eq!(retry_after(Some(&value("7"))), Duration::from_secs(7));
+        assert_eq!(retry_after(Some(&value("999999"))), MAX_RETRY_AFTER);
+        let date = value("Wed, 21 Oct 2015 07:28:00 GMT");
+        assert_eq!(retry_after(Some(&date)), DEFAULT_RETRY_AFTER);
+        assert_eq!(retry_after(None), DEFAULT_RETRY_AFTER);
     }
 }

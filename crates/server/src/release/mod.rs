@@ -9,17 +9,20 @@
 
 pub mod archive;
 pub mod tuf;
+pub mod tuf_root;
 
 use std::path::{Path, PathBuf};
 
 use cms_protocol::update::{PackageManifest, executable_names, package_file_name};
 use semver::Version;
 
+use crate::access::{self, Actor, Outcome};
 use crate::clock;
 use crate::db::{self, Db, DbError, NewRelease};
 use crate::events::{ClusterEvent, EventBus};
 use crate::leader;
 use crate::rollout;
+use tuf_root::RootKeyDir;
 
 /// Platforms a release can be published for.
 pub const PLATFORMS: [&str; 2] = ["windows-x86_64", "linux-x86_64"];
@@ -46,6 +49,8 @@ pub struct PublishRequest {
     pub rollout_percent: u8,
     /// How long the signed `timestamp.json` stays valid (agents refuse older metadata).
     pub timestamp_lifetime: std::time::Duration,
+    /// Who publishes, for the audit log.
+    pub actor: Actor,
 }
 
 /// A release that was published.
@@ -148,7 +153,7 @@ impl PublishError {
                 | PublishError::BadInput { .. }
                 | PublishError::AlreadyPublished { .. }
                 | PublishError::UnknownRelease { .. }
-        )
+        ) || matches!(self, PublishError::Signing(error) if error.is_refusal())
     }
 }
 
@@ -161,24 +166,30 @@ pub fn package_rel_path(version: &str, platform: &str) -> String {
 /// Publishes one release (see the module docs).
 pub async fn publish(request: PublishRequest) -> Result<Published, PublishError> {
     let version = validate(&request)?;
-    let db = open_db(&request.data_dir, request.database_url.as_deref()).await?;
+    let db = Db::open_for_command(&request.data_dir, request.database_url.as_deref())
+        .await
+        .map_err(PublishError::Database)?;
     let result = leader::exclusively(
         &db,
         leader::METADATA_SIGNING,
         publish_with(&db, &request, &version),
     )
     .await;
+    let outcome = match &result {
+        Ok(_) => Outcome::Ok,
+        Err(_) => Outcome::Refused,
+    };
+    let target = format!("{} {}", request.version.trim(), request.platform);
+    access::audit(
+        &db,
+        &request.actor,
+        "release.publish",
+        Some(&target),
+        outcome,
+    )
+    .await;
     db.close().await;
     result
-}
-
-/// The database of the server at `data_dir` (`database_url`, else its SQLite file).
-async fn open_db(data_dir: &Path, database_url: Option<&str>) -> Result<Db, PublishError> {
-    let url = match database_url {
-        Some(url) => url.to_owned(),
-        None => db::sqlite_url_for_dir(data_dir)?,
-    };
-    Ok(Db::connect(&url).await?)
 }
 
 /// On PostgreSQL, every replica hears `event` when (and only if) `pending` commits; a running
@@ -207,6 +218,8 @@ pub struct RolloutRequest {
     pub platform: String,
     /// The new share of the fleet (0..=100).
     pub rollout_percent: u8,
+    /// Who changes it, for the audit log.
+    pub actor: Actor,
 }
 
 /// Sets a published release's rollout; running servers push it to the agents it now
@@ -218,8 +231,26 @@ pub async fn set_rollout(request: RolloutRequest) -> Result<(), PublishError> {
     let version = rollout::parse_version(&request.version)
         .ok_or_else(|| PublishError::InvalidVersion(request.version.clone()))?
         .to_string();
-    let db = open_db(&request.data_dir, request.database_url.as_deref()).await?;
+    let db = Db::open_for_command(&request.data_dir, request.database_url.as_deref())
+        .await
+        .map_err(PublishError::Database)?;
     let result = change_rollout(&db, &version, &request).await;
+    let outcome = match &result {
+        Ok(()) => Outcome::Ok,
+        Err(_) => Outcome::Refused,
+    };
+    let target = format!(
+        "{version} {} {}%",
+        request.platform, request.rollout_percent
+    );
+    access::audit(
+        &db,
+        &request.actor,
+        "release.rollout",
+        Some(&target),
+        outcome,
+    )
+    .await;
     db.close().await;
     result
 }
@@ -250,6 +281,78 @@ async fn change_rollout(
         "rollout changed"
     );
     Ok(())
+}
+
+/// `cms-server tuf init`: a new repository whose root key lives in `root_dir`.
+pub async fn init_offline_root(
+    data_dir: &Path,
+    root_dir: &RootKeyDir,
+) -> Result<u64, PublishError> {
+    let repository = tuf::Repository::new(data_dir);
+    let lock = lock_repository(&repository).await?;
+    Ok(tuf_root::init(&repository, &lock, root_dir).await?)
+}
+
+/// `cms-server tuf offline-root`: moves the online root key into `root_dir`.
+pub async fn take_root_offline(data_dir: &Path, root_dir: &RootKeyDir) -> Result<(), PublishError> {
+    let repository = tuf::Repository::new(data_dir);
+    let lock = lock_repository(&repository).await?;
+    Ok(tuf_root::take_offline(&repository, &lock, root_dir)?)
+}
+
+/// `cms-server tuf rotate-root`: signs the next root (see [`tuf_root::rotate`]) and re-signs
+/// the published releases; audited.
+pub async fn rotate_root(
+    db: &Db,
+    data_dir: &Path,
+    root_dir: &RootKeyDir,
+    rotation: &tuf_root::Rotation,
+    lifetime: std::time::Duration,
+    actor: &Actor,
+) -> Result<u64, PublishError> {
+    let (repository, lock, targets) = locked_with_targets(db, data_dir).await?;
+    let result = tuf_root::rotate(&repository, &lock, root_dir, rotation, &targets, lifetime).await;
+    audit_root_change(db, actor, "tuf.rotate_root", &result).await;
+    Ok(result?)
+}
+
+/// `cms-server tuf recover`: new online keys for a lost data directory, signed by the offline
+/// root (see [`tuf_root::recover`]); audited.
+pub async fn recover_signing(
+    db: &Db,
+    data_dir: &Path,
+    root_dir: &RootKeyDir,
+    lifetime: std::time::Duration,
+    actor: &Actor,
+) -> Result<u64, PublishError> {
+    let (repository, lock, targets) = locked_with_targets(db, data_dir).await?;
+    let result = tuf_root::recover(&repository, &lock, root_dir, &targets, lifetime).await;
+    audit_root_change(db, actor, "tuf.recover", &result).await;
+    Ok(result?)
+}
+
+/// The repository of `data_dir`, locked, and the releases it must list.
+async fn locked_with_targets(
+    db: &Db,
+    data_dir: &Path,
+) -> Result<(tuf::Repository, tuf::SigningLock, Vec<tuf::TargetEntry>), PublishError> {
+    let repository = tuf::Repository::new(data_dir);
+    let lock = lock_repository(&repository).await?;
+    let targets = signed_targets(db).await?;
+    Ok((repository, lock, targets))
+}
+
+async fn audit_root_change(
+    db: &Db,
+    actor: &Actor,
+    action: &str,
+    result: &Result<u64, tuf::TufError>,
+) {
+    let (target, outcome) = match result {
+        Ok(version) => (Some(format!("root {version}")), Outcome::Ok),
+        Err(_) => (None, Outcome::Refused),
+    };
+    access::audit(db, actor, action, target.as_deref(), outcome).await;
 }
 
 /// Checks the request; returns the parsed version.
@@ -506,6 +609,7 @@ mod tests {
             updater: dir.join("updater"),
             rollout_percent: 100,
             timestamp_lifetime: tuf::DEFAULT_TIMESTAMP_LIFETIME,
+            actor: Actor::command_line("test"),
         }
     }
 
