@@ -16,6 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cms_agent::system::process_alive;
+use cms_protocol::AgentSummary;
 use util::forward_proxy::ForwardProxy;
 use util::pki::Pki;
 use util::proxy::Proxy;
@@ -184,13 +185,13 @@ fn idle_count(data: &Path) -> usize {
         .count()
 }
 
-fn wait_for_version(server: &Server, version: &str) {
+fn wait_for_version(server: &Server, version: &str) -> AgentSummary {
     wait_for(&format!("an IDLE agent on {version}"), || {
         server
             .agents()
             .into_iter()
             .find(|a| a.version == version && a.state == "IDLE" && a.online)
-    });
+    })
 }
 
 /// Flips one byte in the middle of `package` (tampering in transit or on a mirror); returns the
@@ -660,7 +661,12 @@ fn an_update_over_https_with_a_private_ca_goes_through_an_authenticating_proxy()
     wait_for_version(&server, "1.0.0");
     machine.publish("2.0.0"); // pushed over WSS, downloaded over HTTPS, both through the proxy
 
-    wait_for_version(&server, "2.0.0");
+    let listed = wait_for_version(&server, "2.0.0");
+    assert_eq!(
+        listed.network.as_deref(),
+        Some("explicit proxy"),
+        "the route operators see"
+    );
     assert_eq!(machine.exe_version(), "cms_agent 2.0.0");
     let server_port = server.listen_addr();
     let tunnels = proxy

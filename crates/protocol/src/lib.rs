@@ -266,6 +266,10 @@ pub struct AgentSummary {
     pub last_seen: String,
     /// Whether the agent holds a WebSocket or was seen recently.
     pub online: bool,
+    /// How the agent reaches the backend (`direct`, `explicit proxy`, `system proxy (...)`),
+    /// from its latest heartbeat; absent for agents that do not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 /// One stored error report as operators see it (`GET /api/v1/errors`).

@@ -154,12 +154,16 @@ async fn record_heartbeat(
     via: &'static str,
 ) -> Result<(), ApiError> {
     check_field("version", &report.version, MAX_SHORT_FIELD)?;
+    if let Some(network) = &report.network {
+        check_field("network", network, MAX_SHORT_FIELD)?;
+    }
     state
         .db()
         .update_status(
             agent_id,
             &report.version,
             report.state.name(),
+            report.network.as_deref(),
             &clock::now(),
         )
         .await?;
@@ -170,7 +174,7 @@ async fn record_heartbeat(
         version = %Untrusted(&report.version),
         rss_bytes = report.metrics.rss_bytes,
         buffered_errors = report.metrics.buffered_errors,
-        network = ?report.network,
+        network = %Untrusted(report.network.as_deref().unwrap_or("")),
         "heartbeat"
     );
     Ok(())

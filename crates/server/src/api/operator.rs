@@ -43,6 +43,7 @@ pub async fn agents(
         version: row.version,
         state: row.state,
         last_seen: row.last_seen,
+        network: row.network,
     };
     let fetch = |db: Db, after: AgentKey, limit| async move { db.list_agents(&after, limit).await };
     listing(&state, &page, &uri, fetch, AgentRow::key, summary).await

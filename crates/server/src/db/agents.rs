@@ -34,6 +34,8 @@ pub struct AgentRow {
     pub state: String,
     /// Latest contact (RFC 3339).
     pub last_seen: String,
+    /// How it reaches the backend, from its latest heartbeat (older agents do not say).
+    pub network: Option<String>,
 }
 
 /// Where a page of the agent listing starts: after this (hostname, agent_id).
@@ -55,7 +57,15 @@ impl AgentRow {
     }
 }
 
-type AgentTuple = (String, String, String, String, String, String);
+type AgentTuple = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+);
 
 impl Db {
     /// Inserts a newly registered agent.
@@ -114,13 +124,16 @@ impl Db {
         agent_id: &str,
         version: &str,
         state: &str,
+        network: Option<&str>,
         now: &str,
     ) -> Result<(), DbError> {
         sqlx::query(
-            "UPDATE agents SET version = $1, state = $2, last_seen = $3 WHERE agent_id = $4",
+            "UPDATE agents SET version = $1, state = $2, network = $3, last_seen = $4 \
+             WHERE agent_id = $5",
         )
         .bind(version)
         .bind(state)
+        .bind(network)
         .bind(now)
         .bind(agent_id)
         .execute(&self.pool)
@@ -146,7 +159,7 @@ impl Db {
         limit: i64,
     ) -> Result<(Vec<AgentRow>, bool), DbError> {
         let rows = sqlx::query_as::<_, AgentTuple>(
-            "SELECT agent_id, hostname, platform, version, state, last_seen FROM agents \
+            "SELECT agent_id, hostname, platform, version, state, last_seen, network FROM agents \
              WHERE (hostname, agent_id) > ($1, $2) ORDER BY hostname, agent_id LIMIT $3",
         )
         .bind(after.hostname.as_str())
@@ -157,13 +170,14 @@ impl Db {
         let rows = rows
             .into_iter()
             .map(
-                |(agent_id, hostname, platform, version, state, last_seen)| AgentRow {
+                |(agent_id, hostname, platform, version, state, last_seen, network)| AgentRow {
                     agent_id,
                     hostname,
                     platform,
                     version,
                     state,
                     last_seen,
+                    network,
                 },
             )
             .collect();
