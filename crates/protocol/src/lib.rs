@@ -7,6 +7,7 @@
 
 mod ipc;
 mod operator;
+mod progress;
 mod state;
 pub mod update;
 
@@ -14,6 +15,7 @@ pub use ipc::{IPC_MAX_MESSAGE_BYTES, IpcCommand, IpcRequest, IpcResponse, IpcSta
 pub use operator::{
     AuditEntry, CreatedOperatorToken, NewOperatorToken, OperatorRole, OperatorToken, UnknownRole,
 };
+pub use progress::{UPDATE_PROGRESS_KIND, UpdateProgress, UpdateStep};
 pub use state::{AgentState, UnknownState};
 
 use serde::{Deserialize, Serialize};

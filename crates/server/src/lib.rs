@@ -2,7 +2,8 @@
 //!
 //! It registers agents, records their heartbeats and error reports, answers update checks,
 //! serves release packages and pushes events over a WebSocket per agent; operators read the
-//! fleet through a small JSON API with role-bearing tokens, and publish releases with
+//! fleet through a small JSON API with role-bearing tokens or the dashboard served at `/`
+//! (with rollout control and an automatic halt), and publish releases with
 //! `cms-server release publish`. It is built to face a network: connections are budgeted and
 //! timed out, registrations and error reports are rate-limited, reports are kept by a
 //! retention policy, untrusted text is escaped in logs, files are private and the TUF root key
@@ -16,6 +17,7 @@ pub mod api;
 pub mod auth;
 pub mod clock;
 pub mod cluster;
+pub mod dashboard;
 pub mod db;
 pub mod events;
 pub mod files;

@@ -19,6 +19,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use cms_protocol::OperatorRole;
 use cms_server::access::{self, Actor};
+use cms_server::dashboard::rollouts::{self, RolloutAction, RolloutError};
 use cms_server::db::Db;
 use cms_server::net::Timeouts;
 use cms_server::ratelimit::Rate;
@@ -48,6 +49,9 @@ enum Command {
     /// Manage operator tokens (stored hashed; a token is shown once, at creation).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Control a release's rollout: percentage, halt rule, pause, resume, status (audited).
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Manage the signing keys of the release metadata (TUF), with the root key offline.
     #[command(subcommand)]
     Tuf(TufCommand),
@@ -70,6 +74,45 @@ enum TokenCommand {
     List(StoreArgs),
     /// Revoke a token; it stops working at once.
     Revoke(TokenRevokeArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum RolloutCommand {
+    /// Set the rollout percentage and/or the automatic halt rule.
+    Set(RolloutSetArgs),
+    /// Offer the release to no more agents.
+    Pause(RolloutTarget),
+    /// Offer it again (clears an automatic halt).
+    Resume(RolloutTarget),
+    /// Print the rollout and its funnel as JSON.
+    Status(RolloutTarget),
+}
+
+#[derive(Debug, Args)]
+struct RolloutTarget {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The published version.
+    #[arg(long)]
+    version: String,
+    /// Its platform.
+    #[arg(long, default_value = DEFAULT_PLATFORM, value_parser = PLATFORMS)]
+    platform: String,
+}
+
+#[derive(Debug, Args)]
+struct RolloutSetArgs {
+    #[command(flatten)]
+    release: RolloutTarget,
+    /// Share of the fleet (by stable cohort) offered the release.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+    percent: Option<u8>,
+    /// The rollout halts itself when failures and rollbacks pass this share of the attempts.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+    halt_percent: Option<u8>,
+    /// ... once there are at least this many attempts.
+    #[arg(long)]
+    halt_min_attempts: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -295,6 +338,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Release(ReleaseCommand::Publish(args)) => runtime.block_on(publish(args)),
         Command::Release(ReleaseCommand::Rollout(args)) => runtime.block_on(rollout(args)),
         Command::Token(command) => runtime.block_on(token(command)),
+        Command::Rollout(command) => runtime.block_on(rollout_control(command)),
         Command::Tuf(command) => runtime.block_on(tuf(command)),
     }
 }
@@ -320,6 +364,12 @@ impl Refusal for release::PublishError {
 impl Refusal for access::AccessError {
     fn is_refusal(&self) -> bool {
         access::AccessError::is_refusal(self)
+    }
+}
+
+impl Refusal for RolloutError {
+    fn is_refusal(&self) -> bool {
+        !matches!(self, RolloutError::Database(_))
     }
 }
 
@@ -423,6 +473,36 @@ async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
     };
     db.close().await;
     exit_code(result, "token command failed")
+}
+
+async fn rollout_control(command: RolloutCommand) -> anyhow::Result<ExitCode> {
+    let (release, action) = match command {
+        RolloutCommand::Set(args) => (
+            args.release,
+            Some(RolloutAction::Set {
+                percent: args.percent.map(i64::from),
+                halt_percent: args.halt_percent.map(i64::from),
+                halt_min_attempts: args.halt_min_attempts.map(i64::from),
+            }),
+        ),
+        RolloutCommand::Pause(args) => (args, Some(RolloutAction::Pause)),
+        RolloutCommand::Resume(args) => (args, Some(RolloutAction::Resume)),
+        RolloutCommand::Status(args) => (args, None),
+    };
+    let db = open_store(&release.store).await?;
+    let (version, platform) = (release.version.as_str(), release.platform.as_str());
+    let result = match action {
+        Some(action) => rollouts::apply(&db, &command_actor(), version, platform, action).await,
+        None => rollouts::status(&db, version, platform).await,
+    };
+    db.close().await;
+    let printed = result.and_then(|status| {
+        let json = serde_json::to_string_pretty(&status)
+            .map_err(|e| RolloutError::Invalid(e.to_string()))?;
+        print_line(&json);
+        Ok(())
+    });
+    exit_code(printed, "rollout command failed")
 }
 
 fn print_tokens(tokens: &[cms_protocol::OperatorToken]) {

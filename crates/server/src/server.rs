@@ -231,6 +231,7 @@ pub async fn serve(
             },
             download_slots: sizing.download_slots,
             listing_slots: PoolUse::Operators.max_connections(db.backend()) as usize - 1,
+            serves_tls: tls.is_some(),
         },
         shutdown.clone(),
     );

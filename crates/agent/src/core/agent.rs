@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use cms_protocol::{
     BUILD_VERSION, HeartbeatAck, Metrics, RegisterRequest, ServerEvent, StatusReport, UpdateInfo,
+    UpdateProgress, UpdateStep,
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -107,6 +108,8 @@ struct Inner {
     metrics: Mutex<MetricsSampler>,
     /// Set once `backend-contact.json` names this process (the updater's health check).
     contact_recorded: AtomicBool,
+    /// Versions whose refusal was reported in this run (reported once, not at every offer).
+    refusals_reported: Mutex<Vec<String>>,
 }
 
 impl Agent {
@@ -156,6 +159,7 @@ impl Agent {
             options,
             metrics: Mutex::new(MetricsSampler::new()),
             contact_recorded: AtomicBool::new(false),
+            refusals_reported: Mutex::new(Vec::new()),
         };
         Ok(Agent {
             inner: Arc::new(inner),
@@ -490,6 +494,7 @@ impl Inner {
             .contains(&info.version)
         {
             tracing::info!(trigger, version = %info.version, "update skipped: this version was rolled back here before");
+            self.report_refusal(&info.version).await;
             return;
         }
         if let Some(retry_in) = self.update_deferred(&info.version) {
@@ -505,7 +510,9 @@ impl Inner {
             return;
         }
         tracing::info!(trigger, from = BUILD_VERSION, to = %info.version, "update starting");
+        self.progress(&info.version, UpdateStep::Offered, None);
         let reserve_free_bytes = self.config().config().update_reserve_free_bytes;
+        let on_step = |step| self.progress(&info.version, step, None);
         let update = Update {
             http: &self.http,
             trust: &self.trust,
@@ -513,6 +520,7 @@ impl Inner {
             storage: &self.storage,
             reserve_free_bytes,
             relaunch: &self.options.relaunch,
+            on_step: &on_step,
         };
         let outcome = tokio::select! {
             _ = self.cancel.cancelled() => return,
@@ -521,9 +529,12 @@ impl Inner {
         match outcome {
             Ok(updater_pid) => {
                 tracing::info!(updater_pid, version = %info.version, "handing over to the updater");
+                self.progress(&info.version, UpdateStep::HandedOver, None);
+                self.reporter.flush(&self.http).await;
                 self.graceful_shutdown();
             }
             Err(err) => {
+                self.progress(&info.version, UpdateStep::Failed, Some(err.step()));
                 let details = json!({ "step": err.step(), "version": info.version });
                 self.report(
                     "update_failed",
@@ -535,21 +546,60 @@ impl Inner {
                     details,
                 )
                 .await;
+                self.reporter.flush(&self.http).await;
                 let _ = self.state.set_state(AgentState::Idle);
             }
         }
     }
 
+    /// Buffers an update progress event for the server's rollout funnel (sent at the next
+    /// flush, which follows every end of an update attempt).
+    fn progress(&self, version: &str, step: UpdateStep, failed_step: Option<&str>) {
+        self.reporter.store_progress(&UpdateProgress {
+            version: version.to_owned(),
+            platform: system::PLATFORM.to_owned(),
+            step,
+            failed_step: failed_step.map(str::to_owned),
+        });
+    }
+
+    /// Reports once per run that the offer of `version` was turned down.
+    async fn report_refusal(&self, version: &str) {
+        {
+            let mut reported = self
+                .refusals_reported
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if reported.iter().any(|v| v == version) {
+                return;
+            }
+            reported.push(version.to_owned());
+        }
+        self.progress(version, UpdateStep::Refused, None);
+        self.reporter.flush(&self.http).await;
+    }
+
     /// Acts on what the last update left: record the new version, or report what went wrong.
     /// Returns when to try again after an aborted update.
     async fn settle(&self, journal: &cms_protocol::update::UpdateJournal) -> Option<Duration> {
+        let retry = self.settle_and_report(journal).await;
+        self.reporter.flush(&self.http).await;
+        retry
+    }
+
+    async fn settle_and_report(
+        &self,
+        journal: &cms_protocol::update::UpdateJournal,
+    ) -> Option<Duration> {
         match update::settle_journal(&self.storage, journal) {
             Settlement::Completed { version } => {
                 tracing::info!(version = %version, "update verified by the updater");
                 self.record_version();
+                self.progress(&version, UpdateStep::Healthy, None);
             }
             Settlement::FinishedByAgent { version, phase } => {
                 self.record_version();
+                self.progress(&version, UpdateStep::Healthy, None);
                 let message = format!(
                     "the updater stopped during {phase:?}; the agent finished the update to {version}"
                 );
@@ -558,6 +608,7 @@ impl Inner {
             }
             Settlement::RolledBack { version, reason } => {
                 self.remember_rollback(&version);
+                self.progress(&version, UpdateStep::RolledBack, None);
                 self.report(
                     "update_rolled_back",
                     &format!("update to {version} was rolled back: {reason}"),
@@ -567,6 +618,7 @@ impl Inner {
             }
             Settlement::RollbackInterrupted { version, reason } => {
                 self.remember_rollback(&version);
+                self.progress(&version, UpdateStep::RolledBack, None);
                 let message = format!(
                     "rollback from {version} was interrupted ({reason}); the previous exe is kept as .old"
                 );
@@ -574,6 +626,7 @@ impl Inner {
                     .await;
             }
             Settlement::Aborted { version, reason } => {
+                self.progress(&version, UpdateStep::Failed, Some("handing_over"));
                 let retry = self.remember_abort(&version);
                 let message = format!(
                     "update to {version} stopped before the swap: {reason}; still running {BUILD_VERSION}, trying again in {} s",
@@ -584,6 +637,7 @@ impl Inner {
                 return Some(retry);
             }
             Settlement::Interrupted { version, phase } => {
+                self.progress(&version, UpdateStep::Failed, Some("handing_over"));
                 let message = format!(
                     "update to {version} was interrupted during {phase:?}; still running {BUILD_VERSION}"
                 );

@@ -11,6 +11,7 @@
 //! counted with the drops; a report that cannot be appended (a full disk) is counted too, and
 //! its partial line is cut off again. [`install_panic_hook`] makes a panic leave a report in
 //! the buffer, delivered after the restart that follows.
+//! Update progress events travel the same way ([`ErrorReporter::store_progress`]).
 //! When the server throttles the agent (429), reports go to the buffer without trying, and no
 //! flush is attempted, until its `Retry-After` has passed; the throttled batch stays buffered.
 //! This module must never block the agent for long or panic on a damaged buffer file.
@@ -21,7 +22,7 @@ use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
-use cms_protocol::{BUILD_VERSION, ErrorReport};
+use cms_protocol::{BUILD_VERSION, ErrorReport, UPDATE_PROGRESS_KIND, UpdateProgress};
 use serde_json::Value;
 use std::time::Instant;
 
@@ -128,6 +129,20 @@ impl ErrorReporter {
                 let _ = append_line(&self.path, &report);
             }
         }
+    }
+
+    /// Buffers an update progress event (a report of kind `update_progress`, see
+    /// `cms_protocol::UpdateProgress`); the next [`ErrorReporter::flush`] delivers it, so it
+    /// survives an outage like an error report.
+    pub fn store_progress(&self, progress: &UpdateProgress) {
+        let message = match &progress.failed_step {
+            Some(failed) => format!("update to {}: failed while {failed}", progress.version),
+            None => format!("update to {}: {}", progress.version, progress.step.name()),
+        };
+        tracing::info!(version = %progress.version, step = progress.step.name(), "update progress");
+        let details = serde_json::to_value(progress).unwrap_or(Value::Null);
+        self.buffer()
+            .push(new_report(UPDATE_PROGRESS_KIND, &message, details));
     }
 
     /// Re-sends buffered reports, oldest first; stops at the first failure and keeps the rest.

@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cms_protocol::update::{UpdateJournal, UpdatePhase, executable_names, package_file_name};
-use cms_protocol::{AgentState, BUILD_VERSION, UpdateInfo};
+use cms_protocol::{AgentState, BUILD_VERSION, UpdateInfo, UpdateStep};
 use sha2::{Digest, Sha256};
 
 use crate::core::agent_state::StateCell;
@@ -117,7 +117,6 @@ pub enum Relaunch {
 }
 
 /// One update attempt.
-#[derive(Debug)]
 pub struct Update<'a> {
     /// The backend.
     pub http: &'a HttpClient,
@@ -132,6 +131,18 @@ pub struct Update<'a> {
     pub reserve_free_bytes: u64,
     /// How the updater starts the agent after the swap.
     pub relaunch: &'a Relaunch,
+    /// Told when the download starts and when the package passed verification.
+    pub on_step: &'a (dyn Fn(UpdateStep) + Sync),
+}
+
+impl std::fmt::Debug for Update<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Update")
+            .field("storage", &self.storage)
+            .field("reserve_free_bytes", &self.reserve_free_bytes)
+            .field("relaunch", &self.relaunch)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Update<'_> {
@@ -165,6 +176,7 @@ impl Update<'_> {
         part: &Path,
     ) -> Result<u32, UpdateError> {
         self.enter(AgentState::UpdatingDownloading);
+        (self.on_step)(UpdateStep::Downloading);
         self.http
             .download_file(&info.package_url, part, signed.length)
             .await?;
@@ -178,6 +190,7 @@ impl Update<'_> {
         })?;
         let package = Package::open(&package_path)?;
         check_manifest(&package, info)?;
+        (self.on_step)(UpdateStep::Verified);
         self.enter(AgentState::UpdatingExtractingUpdater);
         let updater = package_path.with_file_name(executable_names(system::PLATFORM).1);
         package.extract_updater(&updater)?;

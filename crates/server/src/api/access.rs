@@ -1,7 +1,8 @@
 //! The operator extractor: who is calling the operator API, and whether their role suffices.
 //!
 //! Every operator route takes an [`Operator`], which requires `Authorization: Bearer <operator
-//! token>` (401 without a valid one). A handler then calls [`Operator::require`] with the role
+//! token>` or the dashboard's session cookie (401 without a valid one; a state-changing request
+//! by cookie also needs the CSRF header of `crate::dashboard::session`, 403 without it). A handler then calls [`Operator::require`] with the role
 //! the route needs: a lower role is answered 403 and the attempt is audited. This module must
 //! never accept an agent token (agent and operator tokens live in separate tables) and never
 //! log a token.
@@ -9,11 +10,14 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::Method;
 use axum::http::request::Parts;
 use cms_protocol::OperatorRole;
 
 use super::{ApiError, AppState, bearer};
 use crate::access::{self, Actor, Outcome};
+use crate::dashboard::session;
+use crate::db::OperatorTokenRow;
 
 /// The authenticated caller of an operator route.
 #[derive(Debug, Clone)]
@@ -34,9 +38,15 @@ impl FromRequestParts<AppState> for Operator {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let source = peer_address(parts);
-        let token = bearer(parts).ok_or(ApiError::Unauthorized(UNAUTHORIZED))?;
-        let Some(row) = access::authenticate(state.operator_db(), token).await? else {
-            tracing::debug!(source, "operator request refused: no valid operator token");
+        let row = match bearer(parts) {
+            Some(token) => access::authenticate(state.operator_db(), token).await?,
+            None => session_operator(parts, state).await?,
+        };
+        let Some(row) = row else {
+            tracing::debug!(
+                source,
+                "operator request refused: no valid operator token or session"
+            );
             return Err(ApiError::Unauthorized(UNAUTHORIZED));
         };
         Ok(Operator {
@@ -47,6 +57,25 @@ impl FromRequestParts<AppState> for Operator {
             role: row.role,
         })
     }
+}
+
+/// The operator of the request's session cookie. A request that can change state must also
+/// carry the CSRF header (403 without it), so another site cannot make a browser send it.
+async fn session_operator(
+    parts: &Parts,
+    state: &AppState,
+) -> Result<Option<OperatorTokenRow>, ApiError> {
+    let Some(id) = session::cookie_session(&parts.headers) else {
+        return Err(ApiError::Unauthorized(UNAUTHORIZED));
+    };
+    let safe = matches!(parts.method, Method::GET | Method::HEAD);
+    if !safe && !parts.headers.contains_key(session::CSRF_HEADER) {
+        return Err(ApiError::Forbidden(format!(
+            "a request signed in by cookie that changes state needs the {} header",
+            session::CSRF_HEADER
+        )));
+    }
+    Ok(session::operator(state.operator_db(), id).await?)
 }
 
 impl Operator {

@@ -24,7 +24,9 @@ use super::access::Peer;
 use super::{ApiError, ApiJson, ApiQuery, AppState, bearer, check_field};
 use crate::auth;
 use crate::clock;
-use crate::db::{NewAgent, NewErrorReport};
+use crate::dashboard::live::LiveEvent;
+use crate::dashboard::signature::signature;
+use crate::db::{Heartbeat, NewAgent, NewErrorReport};
 use crate::logtext::{LogEvery, Untrusted, clip};
 use crate::ratelimit::source_network;
 use crate::rollout::{self, Candidate};
@@ -121,6 +123,9 @@ pub async fn register(
         state: AgentState::Starting.name(),
     };
     state.db().insert_agent(&agent, &clock::now()).await?;
+    state.live().publish(LiveEvent::AgentRegistered {
+        agent_id: agent_id.clone(),
+    });
     tracing::info!(
         agent_id,
         %source,
@@ -157,16 +162,26 @@ async fn record_heartbeat(
     if let Some(network) = &report.network {
         check_field("network", network, MAX_SHORT_FIELD)?;
     }
-    state
+    let metrics_json =
+        serde_json::to_string(&report.metrics).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let heartbeat = Heartbeat {
+        version: &report.version,
+        state: report.state.name(),
+        metrics_json: &metrics_json,
+        network: report.network.as_deref(),
+    };
+    let before = state
         .db()
-        .update_status(
-            agent_id,
-            &report.version,
-            report.state.name(),
-            report.network.as_deref(),
-            &clock::now(),
-        )
+        .update_status(agent_id, &heartbeat, &clock::now())
         .await?;
+    if before.is_some_and(|(state, version)| state != heartbeat.state || version != report.version)
+    {
+        state.live().publish(LiveEvent::AgentChanged {
+            agent_id: agent_id.to_owned(),
+            state: heartbeat.state.to_owned(),
+            version: report.version.clone(),
+        });
+    }
     tracing::debug!(
         agent_id,
         via,
@@ -328,22 +343,34 @@ pub async fn errors(
             now,
         ));
     }
+    let (progress, reports) = super::progress::split(reports);
     let rows: Vec<NewErrorReport<'_>> = reports
         .iter()
         .map(|report| NewErrorReport {
             report,
             details_json: (!report.details.is_null()).then(|| report.details.to_string()),
+            signature: signature(&report.message),
         })
         .collect();
-    let stored = state
-        .db()
-        .insert_error_reports(
-            &agent.agent_id,
-            &rows,
-            &clock::now(),
-            state.ingest().reports_per_agent,
-        )
-        .await?;
+    let mut stored = if rows.is_empty() {
+        0
+    } else {
+        state
+            .db()
+            .insert_error_reports(
+                &agent.agent_id,
+                &rows,
+                &clock::now(),
+                state.ingest().reports_per_agent,
+            )
+            .await?
+    };
+    if stored > 0 {
+        state.live().publish(LiveEvent::ErrorsReported {
+            agent_id: agent.agent_id.clone(),
+        });
+    }
+    stored += super::progress::record(&state, &agent.agent_id, &progress, &reports).await?;
     let duplicates = cost.saturating_sub(stored);
     tracing::info!(
         agent_id = agent.agent_id,

@@ -3,8 +3,10 @@
 //! Handlers live in [`agent`] (the agent-facing API, bearer-authenticated), [`package`] (the
 //! release package download, bearer-authenticated), [`metadata`] (the signed TUF metadata,
 //! public), [`operator`] (the operator API of docs/protocol.md, operator tokens) and
-//! [`admin`] (token management and the audit log, admin tokens); [`access`] authenticates
-//! operators and [`paging`] pages their listings. The agent and operator APIs are separate
+//! [`admin`] (token management and the audit log, admin tokens) and [`dashboard`] (the
+//! operator dashboard's page, sessions, fleet, errors, rollouts and live feed); [`access`]
+//! authenticates operators (bearer token or session cookie), [`paging`] pages their listings
+//! and [`progress`] files the agents' update progress. The agent and operator APIs are separate
 //! routers, so they can be served on separate addresses. Every request must arrive and be
 //! answered within [`REQUEST_TIMEOUT`]; every error leaves as `{"error": "..."}` JSON with a
 //! fitting status (429 and 503 with `Retry-After`). This module must never run blocking work in
@@ -14,10 +16,12 @@
 pub mod access;
 pub mod admin;
 pub mod agent;
+pub mod dashboard;
 pub mod metadata;
 pub mod operator;
 pub mod package;
 pub mod paging;
+pub mod progress;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -39,6 +43,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Cluster;
+use crate::dashboard::live::LiveFeed;
 use crate::db::{Db, DbError};
 use crate::ratelimit::{Rate, RateLimiter};
 use crate::ws::Hub;
@@ -80,6 +85,8 @@ pub struct StateSettings {
     /// Operator listings built at the same time (each holds one page in memory and one
     /// connection of the operators' pool; keep one connection free for the other routes).
     pub listing_slots: usize,
+    /// Whether the server itself terminates TLS (session cookies are then `Secure`).
+    pub serves_tls: bool,
 }
 
 /// Everything handlers share (cheap to clone).
@@ -100,6 +107,7 @@ struct Inner {
     error_reports: RateLimiter<String>,
     listing_slots: Semaphore,
     download_slots: Arc<Semaphore>,
+    live: LiveFeed,
 }
 
 impl AppState {
@@ -127,6 +135,7 @@ impl AppState {
                 error_reports: RateLimiter::new(ingest.error_reports, RATE_LIMITER_KEYS),
                 listing_slots,
                 download_slots,
+                live: LiveFeed::default(),
             }),
         }
     }
@@ -154,6 +163,15 @@ impl AppState {
     /// The server's data directory (release packages live under `packages/`).
     pub fn data_dir(&self) -> &Path {
         &self.inner.settings.data_dir
+    }
+
+    /// The dashboard's live feed.
+    pub fn live(&self) -> &LiveFeed {
+        &self.inner.live
+    }
+
+    fn serves_tls(&self) -> bool {
+        self.inner.settings.serves_tls
     }
 
     fn enrollment_token(&self) -> Option<&str> {
@@ -250,6 +268,27 @@ fn operator_routes_without_healthz() -> Router<AppState> {
         .route(paths::TOKENS, get(admin::tokens).post(admin::create_token))
         .route("/api/v1/tokens/{name}", delete(admin::revoke_token))
         .route(paths::AUDIT, get(admin::audit))
+        .route("/", get(dashboard::index))
+        .route("/assets/{name}", get(dashboard::asset))
+        .route(
+            "/api/v1/session",
+            get(dashboard::whoami)
+                .post(dashboard::sign_in)
+                .delete(dashboard::sign_out),
+        )
+        .route("/api/v1/fleet", get(dashboard::fleet))
+        .route("/api/v1/fleet/agents", get(dashboard::fleet_agents))
+        .route(
+            "/api/v1/fleet/agents/{agent_id}",
+            get(dashboard::agent_page),
+        )
+        .route("/api/v1/error-groups", get(dashboard::error_groups))
+        .route("/api/v1/rollouts", get(dashboard::rollouts))
+        .route(
+            "/api/v1/rollouts/{platform}/{version}",
+            post(dashboard::rollout_action),
+        )
+        .route("/api/v1/events", get(dashboard::events))
 }
 
 fn finish(routes: Router<AppState>, state: AppState) -> Router {

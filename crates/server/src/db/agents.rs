@@ -20,7 +20,7 @@ pub struct NewAgent<'a> {
 }
 
 /// An agent row as the operator listing needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
 pub struct AgentRow {
     /// Stable id.
     pub agent_id: String,
@@ -67,9 +67,42 @@ type AgentTuple = (
     Option<String>,
 );
 
+/// What a heartbeat stores.
+#[derive(Debug, Clone, Copy)]
+pub struct Heartbeat<'a> {
+    /// Reported version.
+    pub version: &'a str,
+    /// Reported state name.
+    pub state: &'a str,
+    /// Reported metrics as JSON text.
+    pub metrics_json: &'a str,
+    /// The agent's network route, when it reported one.
+    pub network: Option<&'a str>,
+}
+
+/// Adds `version` to the agent's version history (once).
+async fn record_version<'c>(
+    executor: impl sqlx::Executor<'c, Database = sqlx::Any>,
+    agent_id: &str,
+    version: &str,
+    now: &str,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "INSERT INTO agent_versions (agent_id, version, first_seen) VALUES ($1, $2, $3) \
+         ON CONFLICT (agent_id, version) DO NOTHING",
+    )
+    .bind(agent_id)
+    .bind(version)
+    .bind(now)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
 impl Db {
     /// Inserts a newly registered agent.
     pub async fn insert_agent(&self, agent: &NewAgent<'_>, now: &str) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO agents (agent_id, token_hash, hostname, platform, version, state, \
              registered_at, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
@@ -81,8 +114,10 @@ impl Db {
         .bind(agent.version)
         .bind(agent.state)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        record_version(&mut *tx, agent.agent_id, agent.version, now).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -118,27 +153,45 @@ impl Db {
         Ok(row.map(|(platform,)| platform))
     }
 
-    /// Records a heartbeat: version, state and last contact.
+    /// Records a heartbeat: version, state, metrics (JSON text) and last contact, and the
+    /// version in the agent's history when it is new. Returns the state and version stored
+    /// before, `None` for an unknown agent.
+    ///
+    /// Three short statements rather than one read-then-write transaction: on SQLite, two
+    /// such transactions meeting would fail one of them at once ("database is locked")
+    /// instead of waiting. Two heartbeats of one agent never overlap, and the history insert
+    /// is idempotent.
     pub async fn update_status(
         &self,
         agent_id: &str,
-        version: &str,
-        state: &str,
-        network: Option<&str>,
+        heartbeat: &Heartbeat<'_>,
         now: &str,
-    ) -> Result<(), DbError> {
-        sqlx::query(
-            "UPDATE agents SET version = $1, state = $2, network = $3, last_seen = $4 \
-             WHERE agent_id = $5",
+    ) -> Result<Option<(String, String)>, DbError> {
+        let before = sqlx::query_as::<_, (String, String)>(
+            "SELECT state, version FROM agents WHERE agent_id = $1",
         )
-        .bind(version)
-        .bind(state)
-        .bind(network)
+        .bind(agent_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        sqlx::query(
+            "UPDATE agents SET version = $1, state = $2, network = $3, last_seen = $4, \
+             metrics = $5 WHERE agent_id = $6",
+        )
+        .bind(heartbeat.version)
+        .bind(heartbeat.state)
+        .bind(heartbeat.network)
         .bind(now)
+        .bind(heartbeat.metrics_json)
         .bind(agent_id)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        if before
+            .as_ref()
+            .is_some_and(|(_, version)| version != heartbeat.version)
+        {
+            record_version(&self.pool, agent_id, heartbeat.version, now).await?;
+        }
+        Ok(before)
     }
 
     /// Records a contact without new status.

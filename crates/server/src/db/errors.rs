@@ -17,6 +17,8 @@ pub struct NewErrorReport<'a> {
     pub report: &'a cms_protocol::ErrorReport,
     /// `details` serialized as JSON text, `None` when absent.
     pub details_json: Option<String>,
+    /// The message's signature (see `crate::dashboard::signature`).
+    pub signature: String,
 }
 
 /// Where a page of the error listing starts: after this (received_at, report_id), going back
@@ -65,8 +67,8 @@ impl Db {
             let r = new.report;
             let result = sqlx::query(
                 "INSERT INTO error_reports (report_id, agent_id, kind, message, agent_version, \
-                 details, created_at, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                 ON CONFLICT (report_id) DO NOTHING",
+                 details, created_at, received_at, signature) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (report_id) DO NOTHING",
             )
             .bind(r.report_id.as_str())
             .bind(agent_id)
@@ -76,6 +78,7 @@ impl Db {
             .bind(new.details_json.clone())
             .bind(r.created_at.as_str())
             .bind(now)
+            .bind(new.signature.as_str())
             .execute(&mut *tx)
             .await?;
             if result.rows_affected() > 0 {

@@ -10,13 +10,18 @@
 mod agents;
 mod cluster;
 mod errors;
+mod fleet;
 mod operators;
 mod releases;
+mod rollouts;
+mod sessions;
 
-pub use agents::{AgentKey, AgentRow, NewAgent};
+pub use agents::{AgentKey, AgentRow, Heartbeat, NewAgent};
 pub use errors::{ErrorKey, NewErrorReport, RetentionSweep};
+pub use fleet::{AgentSearch, AgentSort, ErrorGroup, FleetAgent, FleetCounts, Tally, VersionSeen};
 pub use operators::{AuditKey, NewAuditEntry, OperatorTokenRow};
 pub use releases::{NewRelease, PackageRow, PendingRelease, ReleaseKey, ReleaseRecord, ReleaseRow};
+pub use rollouts::{NewUpdateEvent, RolloutChange, RolloutRow, UpdateEventRow};
 
 use std::path::Path;
 use std::time::Duration;

@@ -240,10 +240,11 @@ impl Db {
         }))
     }
 
-    /// Releases published for one platform.
+    /// Releases published for one platform; a paused rollout is offered to nobody.
     pub async fn releases_for_platform(&self, platform: &str) -> Result<Vec<ReleaseRow>, DbError> {
         let rows = sqlx::query_as::<_, (String, String, i64, String, i64)>(
-            "SELECT version, platform, length, sha256, rollout_percent FROM releases \
+            "SELECT version, platform, length, sha256, \
+             CASE WHEN paused = 0 THEN rollout_percent ELSE 0 END FROM releases \
              WHERE platform = $1",
         )
         .bind(platform)

@@ -1,0 +1,208 @@
+// Browser test of the operator dashboard: Playwright (playwright-core) drives the system's
+// Chromium, headless, against a real cms-server with real agents on loopback. Started by
+// crates/agent/tests/dashboard.rs, which builds the binaries and passes their paths:
+// The server's log goes to CMS_WORK_DIR/server.log. CMS_SERVER_EXE, CMS_AGENT_EXE (the current version), CMS_AGENT_V2_DIR (cms_agent and
+// updater built as 2.0.0), CMS_WORK_DIR (an empty temp dir), CMS_SCREENSHOTS, CMS_CHROMIUM.
+
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import { copyFileSync, mkdirSync, openSync, readFileSync, writeFileSync, chmodSync } from "node:fs";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const env = process.env;
+const SERVER = env.CMS_SERVER_EXE;
+const work = env.CMS_WORK_DIR;
+const shots = env.CMS_SCREENSHOTS;
+const serverDir = join(work, "server");
+const PLATFORM = "linux-x86_64";
+const LONG = 120_000;
+mkdirSync(shots, { recursive: true });
+
+const children = [];
+const agentDirs = [];
+
+function cli(...args) {
+  return execFileSync(SERVER, args, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] }).trim();
+}
+
+function startServer() {
+  const child = spawn(SERVER, ["serve", "--listen", "127.0.0.1:0", "--data-dir", serverDir,
+    "--offline-after", "15"], { stdio: ["ignore", "pipe", openSync(join(work, "server.log"), "w")] });
+  children.push(child);
+  return new Promise((resolve, reject) => {
+    let out = "";
+    child.stdout.on("data", (chunk) => {
+      out += chunk;
+      const match = out.match(/listening on (http:\/\/\S+)/);
+      if (match) resolve(match[1]);
+    });
+    child.on("exit", (code) => reject(new Error(`cms-server exited with ${code}`)));
+  });
+}
+
+function startAgent(url, name) {
+  const dir = join(work, name);
+  mkdirSync(join(dir, "install"), { recursive: true });
+  const exe = join(dir, "install", "cms_agent");
+  copyFileSync(env.CMS_AGENT_EXE, exe);
+  chmodSync(exe, 0o755);
+  const child = spawn(exe, ["--server", url, "--data-dir", join(dir, "data"),
+    "--status-interval", "1", "--update-poll-interval", "3600"], {
+    stdio: "ignore",
+    env: { ...env, CMS_UPDATER_GRACE_SECS: "1", CMS_UPDATER_VERIFY_SECS: "20", CMS_UPDATER_WAIT_SECS: "20" },
+  });
+  children.push(child);
+  agentDirs.push(dir);
+}
+
+const token = (role, name) => cli("token", "create", "--data-dir", serverDir, "--role", role, "--name", name);
+const tokens = { operator: token("operator", "ops"), viewer: token("viewer", "watcher"), admin: token("admin", "root") };
+const url = await startServer();
+const browser = await chromium.launch({ executablePath: env.CMS_CHROMIUM, headless: true,
+  args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"] });
+
+after(async () => {
+  await browser.close();
+  for (const dir of agentDirs) {
+    try {
+      const pid = JSON.parse(readFileSync(join(dir, "data", "agent.lock"), "utf8")).pid;
+      process.kill(pid, "SIGTERM");
+    } catch { /* not running */ }
+  }
+  for (const child of children) child.kill("SIGTERM");
+});
+
+async function signIn(role) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+  const page = await context.newPage();
+  page.on("pageerror", (error) => { throw error; });
+  await page.goto(url);
+  await page.fill("#token", tokens[role]);
+  await page.click("#sign-in button[type=submit]");
+  await page.waitForSelector("[data-count=total]");
+  return page;
+}
+
+// Shows `view` (a reload, so it is read afresh even when the page already shows it).
+async function show(page, view) {
+  await page.goto(`${url}/#/${view}`);
+  await page.reload();
+  await page.waitForSelector(`#view[data-view="${view}"]`);
+}
+
+const countOf = (page, card) => page.locator(`[data-count=${card}] .n`);
+const stepOf = (page, release, step) => page.locator(`[data-release="${release}"] [data-step=${step}] b`);
+
+async function bearer(method, path, role, body) {
+  const response = await fetch(url + path, {
+    method, body: body && JSON.stringify(body),
+    headers: { Authorization: `Bearer ${tokens[role]}`, "Content-Type": "application/json" },
+  });
+  return { status: response.status, body: await response.json().catch(() => null) };
+}
+
+let page;
+
+test("a wrong token is refused and an operator token signs in", async () => {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+  const first = await context.newPage();
+  await first.goto(url);
+  await first.fill("#token", "cmso_not-a-token");
+  await first.click("#sign-in button[type=submit]");
+  await first.waitForSelector("#sign-in-error:has-text('not a valid operator token')");
+  await first.screenshot({ path: join(shots, "sign-in.png") });
+  await context.close();
+  page = await signIn("operator");
+  assert.equal(await countOf(page, "total").textContent(), "0");
+  const cookies = await page.context().cookies();
+  const session = cookies.find((c) => c.name === "cms_session");
+  assert.ok(session && session.httpOnly && session.sameSite === "Strict", "HttpOnly, SameSite=Strict");
+});
+
+test("a new agent appears live, with its page", async () => {
+  startAgent(url, "agent-a");
+  await page.locator("#agents tr[data-agent]").first().waitFor({ timeout: LONG });
+  await page.locator("[data-count=online] .n:text-is('1')").waitFor({ timeout: LONG });
+  await page.screenshot({ path: join(shots, "fleet-one-agent.png") });
+  const agentId = await page.locator("#agents tr[data-agent]").first().getAttribute("data-agent");
+  await page.click(`#agents tr[data-agent="${agentId}"] a`);
+  await page.waitForSelector("text=Version history");
+  await page.waitForSelector("text=Memory (RSS)", { timeout: LONG });
+  await page.screenshot({ path: join(shots, "agent.png"), fullPage: true });
+});
+
+test("a published release's funnel reaches healthy", async () => {
+  startAgent(url, "agent-b");
+  startAgent(url, "agent-c");
+  await show(page, "fleet");
+  await page.locator("[data-count=online] .n:text-is('3')").waitFor({ timeout: LONG });
+  await page.fill("#search", "zz-no-such-host");
+  await page.locator("#agent-total:text-is('0–0 of 0')").waitFor();
+  await page.fill("#search", "");
+  await page.locator("#agents tr[data-agent]").nth(2).waitFor();
+  await show(page, "releases");
+  await page.waitForSelector("text=No release published yet.");
+  const v2 = env.CMS_AGENT_V2_DIR;
+  cli("release", "publish", "--data-dir", serverDir, "--version", "2.0.0",
+    "--agent", join(v2, "cms_agent"), "--updater", join(v2, "updater"));
+  await stepOf(page, `2.0.0/${PLATFORM}`, "healthy").filter({ hasText: /^3$/ }).waitFor({ timeout: LONG });
+  assert.equal(await stepOf(page, `2.0.0/${PLATFORM}`, "handed_over").textContent(), "3");
+  await page.screenshot({ path: join(shots, "releases.png"), fullPage: true });
+  await show(page, "fleet");
+  await page.locator("#agents tr[data-agent]").nth(2).waitFor();
+  await page.locator("[data-count=online] .n:text-is('3')").waitFor({ timeout: LONG });
+  await page.screenshot({ path: join(shots, "fleet.png"), fullPage: true });
+});
+
+test("a release whose agent exits at start is rolled back and its rollout halts itself", async () => {
+  const broken = join(work, "broken_agent");
+  writeFileSync(broken, "#!/bin/sh\necho 'crashes at start' >&2\nexit 1\n");
+  chmodSync(broken, 0o755);
+  cli("release", "publish", "--data-dir", serverDir, "--version", "3.0.0", "--agent", broken,
+    "--updater", join(env.CMS_AGENT_V2_DIR, "updater"), "--rollout", "0");
+  cli("rollout", "set", "--data-dir", serverDir, "--version", "3.0.0", "--halt-percent", "50",
+    "--halt-min-attempts", "2");
+  await show(page, "releases");
+  const card = page.locator(`[data-release="3.0.0/${PLATFORM}"]`);
+  await card.waitFor();
+  await card.locator("[data-input=percent]").fill("100");
+  await card.locator("button[data-action=set]").click();
+  await page.locator(`[data-banner="3.0.0/${PLATFORM}"]`).waitFor({ timeout: LONG });
+  await card.locator(".badge.halted").waitFor();
+  assert.ok(Number(await stepOf(page, `3.0.0/${PLATFORM}`, "rolled_back").textContent()) >= 2);
+  await card.locator("button[data-action=resume]").waitFor();
+  await page.screenshot({ path: join(shots, "releases-halted.png"), fullPage: true });
+  const audit = await bearer("GET", "/api/v1/audit?limit=100", "admin");
+  const actions = audit.body.map((e) => `${e.actor} ${e.action} ${e.target} ${e.outcome}`);
+  assert.ok(actions.includes(`server:halt rollout.halt 3.0.0/${PLATFORM} ok`), actions.join("\n"));
+  assert.ok(actions.includes(`ops rollout.set 3.0.0/${PLATFORM} ok`), actions.join("\n"));
+  assert.ok(actions.some((a) => a.startsWith("cli") && a.includes("rollout.set 3.0.0")), actions.join("\n"));
+  const status = JSON.parse(cli("rollout", "status", "--data-dir", serverDir, "--version", "3.0.0"));
+  assert.equal(status.paused, true);
+  const csrf = await page.evaluate(async (path) => (await fetch(path, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: '{"action":"resume"}',
+  })).status, `/api/v1/rollouts/${PLATFORM}/3.0.0`);
+  assert.equal(csrf, 403, "a cookie request without the CSRF header is refused");
+  await show(page, "errors");
+  await page.locator("#error-groups td:text-is('update_rolled_back')").waitFor();
+  await page.screenshot({ path: join(shots, "errors.png"), fullPage: true });
+});
+
+test("a viewer sees no action buttons and gets 403 from the API", async () => {
+  const viewer = await signIn("viewer");
+  await show(viewer, "releases");
+  await viewer.locator(`[data-release="2.0.0/${PLATFORM}"]`).waitFor();
+  assert.equal(await viewer.locator("button[data-action]").count(), 0);
+  await viewer.screenshot({ path: join(shots, "viewer-releases.png"), fullPage: true });
+  const byCookie = await viewer.evaluate(async (path) => (await fetch(path, {
+    method: "POST", headers: { "Content-Type": "application/json", "X-CMS-CSRF": "1" },
+    body: '{"action":"pause"}',
+  })).status, `/api/v1/rollouts/${PLATFORM}/2.0.0`);
+  assert.equal(byCookie, 403);
+  const byToken = await bearer("POST", `/api/v1/rollouts/${PLATFORM}/2.0.0`, "viewer", { action: "pause" });
+  assert.equal(byToken.status, 403);
+  const status = JSON.parse(cli("rollout", "status", "--data-dir", serverDir, "--version", "2.0.0"));
+  assert.equal(status.paused, false, "the viewer's pause did nothing");
+});

@@ -1,0 +1,80 @@
+//! The operator dashboard in a real browser: `browser/dashboard.mjs` (Playwright driving the
+//! system's Chromium, headless) against the real `cms-server` and real agents.
+//!
+//! This file builds what the script needs (the server, this agent, the agent and updater as
+//! 2.0.0) and runs it with node; screenshots of each page land in `target/screenshots/`. Without
+//! Chromium, node or `npm ci`'s `node_modules/playwright-core` it skips, loudly, unless
+//! `CMS_REQUIRE_BROWSER=1` (set by `.ci/run`, which installs them) makes that a failure.
+
+#![allow(clippy::unwrap_used)] // integration tests: a failed call is a failed test
+
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use util::{agent_exe, server_exe, versioned_build};
+
+/// The workspace root (two levels above this crate).
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .unwrap()
+        .to_path_buf()
+}
+
+/// What the browser test needs and this machine lacks, if anything.
+fn missing_tools(chromium: &Path) -> Option<String> {
+    if !chromium.exists() {
+        return Some(format!("no Chromium at {}", chromium.display()));
+    }
+    let node = Command::new("node").arg("--version").output();
+    if !node.is_ok_and(|out| out.status.success()) {
+        return Some("no node on PATH".into());
+    }
+    let playwright = workspace().join("node_modules/playwright-core");
+    (!playwright.exists()).then(|| format!("no {} (run npm ci)", playwright.display()))
+}
+
+#[test]
+fn dashboard_in_a_real_browser() {
+    let chromium =
+        std::env::var_os("CMS_CHROMIUM").map_or_else(|| "/usr/bin/chromium".into(), PathBuf::from);
+    if let Some(missing) = missing_tools(&chromium) {
+        let required = std::env::var("CMS_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
+        assert!(!required, "the browser test cannot run: {missing}");
+        eprintln!("SKIPPED dashboard_in_a_real_browser: {missing}");
+        return;
+    }
+    let v2 = versioned_build("2.0.0");
+    let work = tempfile::tempdir().unwrap();
+    let screenshots = agent_exe()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("screenshots");
+    let status = Command::new("node")
+        .arg(workspace().join("crates/agent/tests/browser/dashboard.mjs"))
+        .current_dir(workspace())
+        .env("CMS_SERVER_EXE", server_exe())
+        .env("CMS_AGENT_EXE", agent_exe())
+        .env("CMS_AGENT_V2_DIR", &v2)
+        .env("CMS_WORK_DIR", work.path())
+        .env("CMS_SCREENSHOTS", &screenshots)
+        .env("CMS_CHROMIUM", &chromium)
+        .env_remove("CMS_AGENT_DATA_DIR")
+        .status()
+        .unwrap();
+    if !status.success() {
+        let log = std::fs::read_to_string(work.path().join("server.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(80).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "the browser test failed (screenshots in {}); the server's log ends:\n{}",
+            screenshots.display(),
+            tail.join("\n")
+        );
+    }
+}

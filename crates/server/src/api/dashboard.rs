@@ -1,0 +1,364 @@
+//! Handlers of the operator dashboard: the page and its files, sign-in and sign-out, and the
+//! JSON the page reads (fleet counts, the agent list, one agent, error groups, rollouts), the
+//! rollout actions and the live event stream (docs/protocol.md, "Dashboard").
+//!
+//! Every route but the page, its files and the sign-in takes an [`Operator`] (a bearer token or
+//! the session cookie); rollout actions need the operator role. The agent list is searched,
+//! sorted and paged in the database with a bounded offset. These handlers must never return a
+//! token, a token hash or a session id except in the session cookie.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use cms_protocol::{OperatorRole, StoredError};
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::access::Operator;
+use super::{ApiError, ApiJson, ApiQuery, AppState};
+use crate::clock;
+use crate::dashboard::assets::{self, Asset, CONTENT_SECURITY_POLICY};
+use crate::dashboard::live::LiveEvent;
+use crate::dashboard::rollouts::{self, RolloutAction, RolloutError};
+use crate::dashboard::session;
+use crate::db::{AgentSearch, AgentSort, ErrorKey, FleetAgent};
+
+/// An agent not seen for this long counts as missing.
+pub const MISSING_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Largest offset into the agent list (deeper pages need a narrower search).
+pub const MAX_OFFSET: i64 = 100_000;
+/// Largest page of the agent list.
+pub const MAX_AGENT_PAGE: i64 = 500;
+/// Longest search text.
+const MAX_SEARCH_LEN: usize = 200;
+/// Error reports and update events shown on an agent's page.
+const AGENT_PAGE_ITEMS: i64 = 50;
+/// Error groups listed at most.
+const MAX_ERROR_GROUPS: i64 = 500;
+/// How often an idle event stream sends a comment, so proxies keep it open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+fn serve_asset(asset: Asset) -> Response {
+    let headers = [
+        (header::CONTENT_TYPE, asset.content_type),
+        (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CACHE_CONTROL, "no-cache"),
+    ];
+    (headers, asset.body).into_response()
+}
+
+/// `GET /`: the dashboard page.
+pub async fn index() -> Response {
+    serve_asset(assets::INDEX)
+}
+
+/// `GET /assets/{name}`: the page's script and style sheet.
+pub async fn asset(Path(name): Path<String>) -> Result<Response, ApiError> {
+    assets::asset(&name)
+        .map(serve_asset)
+        .ok_or_else(|| ApiError::NotFound("no such file".into()))
+}
+
+/// Body of `POST /api/v1/session`.
+#[derive(Debug, Deserialize)]
+pub struct SignIn {
+    /// An operator token.
+    pub token: String,
+}
+
+/// Who is signed in.
+#[derive(Debug, Serialize)]
+pub struct WhoAmI {
+    /// The token's name.
+    pub name: String,
+    /// Its role.
+    pub role: OperatorRole,
+}
+
+/// `POST /api/v1/session`: opens a session for a valid operator token and sets its cookie.
+pub async fn sign_in(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<SignIn>,
+) -> Result<Response, ApiError> {
+    let opened = session::open(state.operator_db(), body.token.trim())
+        .await
+        .map_err(|e| match e {
+            session::SessionError::Database(db) => ApiError::Database(db),
+            other => ApiError::Internal(other.to_string()),
+        })?;
+    let Some(opened) = opened else {
+        tracing::info!("dashboard sign-in refused: no valid operator token");
+        return Err(ApiError::Unauthorized("not a valid operator token"));
+    };
+    tracing::info!(operator = opened.operator.name, "dashboard session opened");
+    let cookie = session::set_cookie(Some(&opened.id), is_https(&state, &headers));
+    let who = WhoAmI {
+        name: opened.operator.name,
+        role: opened.operator.role,
+    };
+    Ok(([(header::SET_COOKIE, cookie)], Json(who)).into_response())
+}
+
+fn is_https(state: &AppState, headers: &HeaderMap) -> bool {
+    session::is_https(headers, state.serves_tls())
+}
+
+/// `GET /api/v1/session`: who the caller is.
+pub async fn whoami(operator: Operator) -> Json<WhoAmI> {
+    Json(WhoAmI {
+        name: operator.actor.name,
+        role: operator.role,
+    })
+}
+
+/// `DELETE /api/v1/session`: ends the cookie's session and clears the cookie.
+pub async fn sign_out(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if let Some(id) = session::cookie_session(&headers) {
+        session::close(state.operator_db(), id).await?;
+    }
+    let cookie = session::set_cookie(None, is_https(&state, &headers));
+    Ok(([(header::SET_COOKIE, cookie)], StatusCode::NO_CONTENT).into_response())
+}
+
+/// `GET /api/v1/fleet`: counts online / offline / missing, by state, version and platform.
+pub async fn fleet(
+    State(state): State<AppState>,
+    _operator: Operator,
+) -> Result<Response, ApiError> {
+    let now = time::OffsetDateTime::now_utc();
+    let ago = |window: Duration| {
+        clock::format_utc(now - time::Duration::try_from(window).unwrap_or(time::Duration::ZERO))
+    };
+    let counts = state
+        .operator_db()
+        .fleet_counts(&ago(state.offline_after()), &ago(MISSING_AFTER))
+        .await?;
+    Ok(Json(counts).into_response())
+}
+
+/// Query of `GET /api/v1/fleet/agents`.
+#[derive(Debug, Default, Deserialize)]
+pub struct FleetQuery {
+    /// Part of a hostname or agent id.
+    #[serde(default)]
+    pub q: String,
+    /// Only agents in this state.
+    pub state: Option<String>,
+    /// Sort column.
+    #[serde(default)]
+    pub sort: AgentSort,
+    /// `asc` (default) or `desc`.
+    pub order: Option<String>,
+    /// Rows to skip (at most [`MAX_OFFSET`]).
+    #[serde(default)]
+    pub offset: i64,
+    /// Rows wanted (1 to [`MAX_AGENT_PAGE`], default 50).
+    pub limit: Option<i64>,
+}
+
+/// One row of the agent list.
+#[derive(Debug, Serialize)]
+pub struct FleetRow {
+    #[serde(flatten)]
+    agent: FleetAgent,
+    online: bool,
+}
+
+/// A page of the agent list.
+#[derive(Debug, Serialize)]
+pub struct FleetPage {
+    /// Agents matching the search.
+    pub total: i64,
+    /// Rows skipped.
+    pub offset: i64,
+    /// The rows.
+    pub items: Vec<FleetRow>,
+}
+
+/// `GET /api/v1/fleet/agents?q=&state=&sort=&order=&offset=&limit=`: one page of the agent
+/// list, searched, sorted and paged by the database.
+pub async fn fleet_agents(
+    State(state): State<AppState>,
+    _operator: Operator,
+    ApiQuery(query): ApiQuery<FleetQuery>,
+) -> Result<Response, ApiError> {
+    if !(0..=MAX_OFFSET).contains(&query.offset) {
+        return Err(ApiError::BadRequest(format!(
+            "offset must be between 0 and {MAX_OFFSET}; narrow the search to go deeper"
+        )));
+    }
+    if query.q.len() > MAX_SEARCH_LEN {
+        return Err(ApiError::BadRequest(format!(
+            "q is longer than {MAX_SEARCH_LEN} bytes"
+        )));
+    }
+    let search = AgentSearch {
+        text: query.q.trim().to_owned(),
+        state: query.state.filter(|s| !s.is_empty()),
+        sort: query.sort,
+        descending: query.order.as_deref() == Some("desc"),
+        offset: query.offset,
+        limit: query.limit.unwrap_or(50).clamp(1, MAX_AGENT_PAGE),
+    };
+    let _slot = state.listing_slot().await?;
+    let (agents, total) = state.operator_db().search_agents(&search).await?;
+    let now = time::OffsetDateTime::now_utc();
+    let items = agents
+        .into_iter()
+        .map(|agent| FleetRow {
+            online: is_online(&state, &agent, now),
+            agent,
+        })
+        .collect();
+    Ok(Json(FleetPage {
+        total,
+        offset: search.offset,
+        items,
+    })
+    .into_response())
+}
+
+fn is_online(state: &AppState, agent: &FleetAgent, now: time::OffsetDateTime) -> bool {
+    state.hub().is_connected(&agent.agent.agent_id)
+        || clock::is_within(&agent.agent.last_seen, state.offline_after(), now)
+}
+
+/// `GET /api/v1/fleet/agents/{agent_id}`: an agent's page.
+pub async fn agent_page(
+    State(state): State<AppState>,
+    _operator: Operator,
+    Path(agent_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let db = state.operator_db();
+    let Some(agent) = db.fleet_agent(&agent_id).await? else {
+        return Err(ApiError::NotFound("unknown agent".into()));
+    };
+    let metrics: Value = agent
+        .metrics
+        .as_deref()
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or(Value::Null);
+    let (errors, _) = db
+        .list_errors(Some(&agent_id), &ErrorKey::default(), AGENT_PAGE_ITEMS)
+        .await?;
+    let errors: Vec<StoredError> = errors.into_iter().map(|(stored, _)| stored).collect();
+    let body = serde_json::json!({
+        "online": is_online(&state, &agent, time::OffsetDateTime::now_utc()),
+        "metrics": metrics,
+        "versions": db.version_history(&agent_id).await?,
+        "errors": errors,
+        "updates": db.agent_update_events(&agent_id, AGENT_PAGE_ITEMS).await?,
+        "agent": agent,
+    });
+    Ok(Json(body).into_response())
+}
+
+/// `GET /api/v1/error-groups`: reports grouped by kind and message signature.
+pub async fn error_groups(
+    State(state): State<AppState>,
+    _operator: Operator,
+) -> Result<Response, ApiError> {
+    let groups = state.operator_db().error_groups(MAX_ERROR_GROUPS).await?;
+    Ok(Json(groups).into_response())
+}
+
+/// Query of `GET /api/v1/rollouts`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RolloutsQuery {
+    /// Only rollouts the halt rule paused (for the banner).
+    #[serde(default)]
+    pub halted: bool,
+}
+
+/// `GET /api/v1/rollouts[?halted=true]`: every release's rollout control and funnel, newest
+/// first (or only the halted ones).
+pub async fn rollouts(
+    State(state): State<AppState>,
+    _operator: Operator,
+    ApiQuery(query): ApiQuery<RolloutsQuery>,
+) -> Result<Response, ApiError> {
+    let _slot = state.listing_slot().await?;
+    let listed = rollouts::list(state.operator_db(), query.halted).await?;
+    Ok(Json(listed).into_response())
+}
+
+/// `POST /api/v1/rollouts/{platform}/{version}` (operator role): set, pause or resume. The
+/// release watcher pushes a widened rollout to the agents it now includes (it notices the
+/// changed rollout sum); heartbeat answers and update checks follow the change at once.
+pub async fn rollout_action(
+    State(state): State<AppState>,
+    operator: Operator,
+    Path((platform, version)): Path<(String, String)>,
+    ApiJson(action): ApiJson<RolloutAction>,
+) -> Result<Response, ApiError> {
+    let target = format!("{version}/{platform}");
+    operator
+        .require(
+            &state,
+            OperatorRole::Operator,
+            action.audit_name(),
+            Some(&target),
+        )
+        .await?;
+    let db = state.operator_db();
+    let status = rollouts::apply(db, &operator.actor, &version, &platform, action)
+        .await
+        .map_err(|error| match error {
+            RolloutError::Invalid(message) => ApiError::BadRequest(message),
+            unknown @ RolloutError::UnknownRelease { .. } => {
+                ApiError::NotFound(unknown.to_string())
+            }
+            RolloutError::Database(db) => ApiError::Database(db),
+        })?;
+    let rollout = &status.rollout;
+    state.live().publish(LiveEvent::RolloutChanged {
+        version: rollout.version.clone(),
+        platform: rollout.platform.clone(),
+    });
+    Ok(Json(status).into_response())
+}
+
+/// `GET /api/v1/events`: the live feed as server-sent events, until the server stops.
+pub async fn events(
+    State(state): State<AppState>,
+    operator: Operator,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    tracing::debug!(operator = operator.actor.name, "live feed opened");
+    let receiver = state.live().subscribe();
+    let shutdown = state.shutdown().clone();
+    let stream = futures_util::stream::unfold(
+        (receiver, shutdown),
+        |(mut receiver, shutdown)| async move {
+            let received = tokio::select! {
+                () = shutdown.cancelled() => return None,
+                received = receiver.recv() => received,
+            };
+            let sse = match received {
+                Ok(event) => {
+                    let data = serde_json::to_string(&event).unwrap_or_default();
+                    Event::default().event(event.name()).data(data)
+                }
+                Err(RecvError::Lagged(skipped)) => {
+                    Event::default().event("lagged").data(skipped.to_string())
+                }
+                Err(RecvError::Closed) => return None,
+            };
+            Some((Ok(sse), (receiver, shutdown)))
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+}

@@ -1,0 +1,245 @@
+//! The rollout funnel and the automatic halt rule.
+//!
+//! [`Funnel::from_counts`] turns the per-step counts of distinct agents (from the agents' own
+//! progress reports, plus what older agents reveal by their version and error reports) into a
+//! funnel whose steps never grow along the way; [`HaltRule`] says when failures and rollbacks
+//! have passed a release's threshold. Pure functions only: this module must never do I/O.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// Distinct agents per step of one release on one platform, as the database counted them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepCounts {
+    /// Agents that reported each step (by step name).
+    pub reported: BTreeMap<String, i64>,
+    /// Agents that reported a failure, by the step that failed.
+    pub failed_by_step: BTreeMap<String, i64>,
+    /// Agents that reported progress for the release and run its version now, or reported
+    /// `healthy` (the version runs; the report may still be on its way).
+    pub healthy_reporting: i64,
+    /// Agents that run the release's version and reported no progress for it (older agents,
+    /// or agents registered at that version).
+    pub silent_on_version: i64,
+    /// Agents without progress reports whose error reports say the update failed.
+    pub legacy_failed: i64,
+    /// Agents without progress reports whose error reports say the update was rolled back.
+    pub legacy_rolled_back: i64,
+}
+
+impl StepCounts {
+    fn step(&self, name: &str) -> i64 {
+        self.reported.get(name).copied().unwrap_or(0)
+    }
+}
+
+/// One release's funnel on one platform.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Funnel {
+    /// Agents that were offered the release (and did not turn it down at once).
+    pub offered: i64,
+    /// Agents that started the download.
+    pub downloading: i64,
+    /// Agents whose package passed verification.
+    pub verified: i64,
+    /// Agents that handed over to the updater.
+    pub handed_over: i64,
+    /// Agents that run the new version.
+    pub healthy: i64,
+    /// Agents that turned the offer down (rolled back here before).
+    pub refused: i64,
+    /// Agents whose attempt failed before the hand-over.
+    pub failed: i64,
+    /// Failures by the step that failed (`legacy` for older agents' error reports).
+    pub failed_by_step: BTreeMap<String, i64>,
+    /// Agents whose new version failed and that run the old one again.
+    pub rolled_back: i64,
+}
+
+impl Funnel {
+    /// The funnel of `counts`: each step counts at least the agents of the steps after it
+    /// (an agent that handed over was verified, even when that report is still on its way).
+    /// Agents without progress reports (older agents) are added: those on the version and
+    /// those whose error reports tell a rollback went through every step to the hand-over,
+    /// those whose reports tell a failure were offered.
+    pub fn from_counts(counts: &StepCounts) -> Funnel {
+        let healthy = counts.healthy_reporting.max(counts.step("healthy"));
+        let rolled_back = counts.step("rolled_back");
+        let handed_over = counts.step("handed_over").max(healthy + rolled_back);
+        let verified = counts.step("verified").max(handed_over);
+        let downloading = counts.step("downloading").max(verified);
+        let offered = counts.step("offered").max(downloading);
+        let legacy_handed_over = counts.silent_on_version + counts.legacy_rolled_back;
+        let mut failed_by_step = counts.failed_by_step.clone();
+        if counts.legacy_failed > 0 {
+            *failed_by_step.entry("legacy".to_owned()).or_default() += counts.legacy_failed;
+        }
+        Funnel {
+            offered: offered + legacy_handed_over + counts.legacy_failed,
+            downloading: downloading + legacy_handed_over,
+            verified: verified + legacy_handed_over,
+            handed_over: handed_over + legacy_handed_over,
+            healthy: healthy + counts.silent_on_version,
+            refused: counts.step("refused"),
+            failed: counts.step("failed") + counts.legacy_failed,
+            failed_by_step,
+            rolled_back: rolled_back + counts.legacy_rolled_back,
+        }
+    }
+
+    /// Update attempts: agents that were offered the release.
+    pub fn attempts(&self) -> i64 {
+        self.offered
+    }
+
+    /// Attempts that went wrong: failures and rollbacks.
+    pub fn failures(&self) -> i64 {
+        self.failed + self.rolled_back
+    }
+}
+
+/// When a rollout pauses itself: failures and rollbacks above `percent` of the attempts, once
+/// there are at least `min_attempts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HaltRule {
+    /// Share of failed attempts (0..=100) that is still tolerated.
+    pub percent: i64,
+    /// Attempts needed before the rule applies.
+    pub min_attempts: i64,
+}
+
+impl Default for HaltRule {
+    fn default() -> Self {
+        HaltRule {
+            percent: 5,
+            min_attempts: 20,
+        }
+    }
+}
+
+impl HaltRule {
+    /// Whether `funnel` has passed the threshold.
+    pub fn is_passed(&self, funnel: &Funnel) -> bool {
+        let attempts = funnel.attempts();
+        attempts >= self.min_attempts.max(1) && funnel.failures() * 100 > self.percent * attempts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(reported: &[(&str, i64)]) -> StepCounts {
+        StepCounts {
+            reported: reported
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
+            ..StepCounts::default()
+        }
+    }
+
+    #[test]
+    fn later_steps_fill_in_earlier_ones() {
+        let funnel = Funnel::from_counts(&counts(&[("offered", 2), ("healthy", 3)]));
+        assert_eq!(
+            (funnel.offered, funnel.downloading, funnel.verified),
+            (3, 3, 3)
+        );
+        assert_eq!((funnel.handed_over, funnel.healthy), (3, 3));
+    }
+
+    #[test]
+    fn outcomes_are_counted_with_their_step() {
+        let mut c = counts(&[
+            ("offered", 10),
+            ("downloading", 9),
+            ("verified", 7),
+            ("handed_over", 6),
+            ("healthy", 4),
+            ("refused", 1),
+            ("failed", 2),
+            ("rolled_back", 2),
+        ]);
+        c.failed_by_step.insert("verifying".into(), 2);
+        let funnel = Funnel::from_counts(&c);
+        assert_eq!(funnel.offered, 10);
+        assert_eq!(funnel.handed_over, 6);
+        assert_eq!(
+            (funnel.failed, funnel.rolled_back, funnel.refused),
+            (2, 2, 1)
+        );
+        assert_eq!(funnel.failed_by_step["verifying"], 2);
+        assert_eq!((funnel.attempts(), funnel.failures()), (10, 4));
+    }
+
+    #[test]
+    fn older_agents_count_by_version_and_error_reports() {
+        let c = StepCounts {
+            silent_on_version: 5,
+            legacy_failed: 2,
+            legacy_rolled_back: 1,
+            ..StepCounts::default()
+        };
+        let funnel = Funnel::from_counts(&c);
+        assert_eq!(funnel.healthy, 5);
+        assert_eq!(funnel.handed_over, 6, "5 healthy + 1 rolled back");
+        assert_eq!(funnel.offered, 8, "6 handed over + 2 failed before");
+        assert_eq!(funnel.failed_by_step["legacy"], 2);
+        assert_eq!(funnel.failures(), 3);
+    }
+
+    #[test]
+    fn agents_with_and_without_progress_reports_add_up() {
+        let mut c = counts(&[("offered", 2), ("healthy", 1), ("failed", 1)]);
+        c.healthy_reporting = 1;
+        c.legacy_rolled_back = 1;
+        let funnel = Funnel::from_counts(&c);
+        assert_eq!(
+            (funnel.offered, funnel.handed_over, funnel.healthy),
+            (3, 2, 1)
+        );
+        assert_eq!(funnel.failures(), 2);
+    }
+
+    #[test]
+    fn an_agent_on_the_new_version_counts_once_before_its_healthy_report_arrives() {
+        let mut c = counts(&[("offered", 3), ("handed_over", 3)]);
+        c.healthy_reporting = 3;
+        let funnel = Funnel::from_counts(&c);
+        assert_eq!(
+            (funnel.handed_over, funnel.healthy, funnel.offered),
+            (3, 3, 3)
+        );
+    }
+
+    #[test]
+    fn halt_needs_enough_attempts_and_more_than_the_share() {
+        let rule = HaltRule::default();
+        let funnel = |offered, failed, rolled_back| Funnel {
+            offered,
+            failed,
+            rolled_back,
+            ..Funnel::default()
+        };
+        assert!(
+            !rule.is_passed(&funnel(19, 10, 9)),
+            "fewer than 20 attempts"
+        );
+        assert!(
+            !rule.is_passed(&funnel(20, 1, 0)),
+            "exactly 5 % is tolerated"
+        );
+        assert!(rule.is_passed(&funnel(20, 1, 1)), "10 % passes");
+        assert!(rule.is_passed(&funnel(100, 3, 3)));
+        assert!(!rule.is_passed(&funnel(0, 0, 0)));
+        let strict = HaltRule {
+            percent: 50,
+            min_attempts: 0,
+        };
+        assert!(!strict.is_passed(&funnel(0, 0, 0)), "no attempt, no halt");
+        assert!(strict.is_passed(&funnel(3, 0, 2)));
+        assert!(!strict.is_passed(&funnel(4, 1, 1)));
+    }
+}

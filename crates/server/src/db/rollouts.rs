@@ -1,0 +1,298 @@
+//! The agents' update progress and the rollout control of each release: what the dashboard's
+//! funnel counts, and the pause and halt that stop a release from being offered.
+
+use serde::Serialize;
+
+use super::{Db, DbError};
+use crate::dashboard::funnel::{HaltRule, StepCounts};
+
+/// One stored progress event.
+#[derive(Debug, Clone)]
+pub struct NewUpdateEvent<'a> {
+    /// The report id the agent chose.
+    pub event_id: &'a str,
+    /// The release version.
+    pub version: &'a str,
+    /// Its platform.
+    pub platform: &'a str,
+    /// Step name.
+    pub step: &'a str,
+    /// For a failure: the step that failed.
+    pub failed_step: Option<&'a str>,
+    /// The report's message.
+    pub detail: &'a str,
+    /// When the agent saw it.
+    pub created_at: &'a str,
+}
+
+/// A progress event as the agent page lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct UpdateEventRow {
+    /// The release version.
+    pub version: String,
+    /// Step name.
+    pub step: String,
+    /// For a failure: the step that failed.
+    pub failed_step: Option<String>,
+    /// The agent's message.
+    pub detail: Option<String>,
+    /// When the agent saw it (RFC 3339).
+    pub created_at: String,
+}
+
+/// A release's rollout and its control.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RolloutRow {
+    /// Version.
+    pub version: String,
+    /// Platform.
+    pub platform: String,
+    /// When it was published.
+    pub published_at: String,
+    /// Share of the fleet it is offered to (while not paused).
+    pub rollout_percent: i64,
+    /// Offered to nobody new while paused.
+    pub paused: bool,
+    /// When the halt rule paused it, if it did.
+    pub halted_at: Option<String>,
+    /// Its halt rule.
+    pub halt: HaltRule,
+}
+
+type RolloutTuple = (String, String, String, i64, i64, Option<String>, i64, i64);
+
+/// What a rollout change sets; `None` keeps the current value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RolloutChange {
+    /// New share of the fleet.
+    pub percent: Option<i64>,
+    /// Pause (`true`) or resume (`false`); resuming clears a halt.
+    pub paused: Option<bool>,
+    /// New halt rule share.
+    pub halt_percent: Option<i64>,
+    /// New halt rule minimum of attempts.
+    pub halt_min_attempts: Option<i64>,
+}
+
+impl Db {
+    /// Stores progress events of one agent, each id once; returns those that were new.
+    pub async fn insert_update_events<'a>(
+        &self,
+        agent_id: &str,
+        events: &[NewUpdateEvent<'a>],
+        now: &str,
+    ) -> Result<Vec<NewUpdateEvent<'a>>, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let mut stored = Vec::new();
+        for event in events {
+            let result = sqlx::query(
+                "INSERT INTO update_events (event_id, agent_id, version, platform, step, \
+                 failed_step, detail, created_at, received_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (event_id) DO NOTHING",
+            )
+            .bind(event.event_id)
+            .bind(agent_id)
+            .bind(event.version)
+            .bind(event.platform)
+            .bind(event.step)
+            .bind(event.failed_step)
+            .bind(event.detail)
+            .bind(event.created_at)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            if result.rows_affected() > 0 {
+                stored.push(event.clone());
+            }
+        }
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    /// An agent's latest progress events, newest first.
+    pub async fn agent_update_events(
+        &self,
+        agent_id: &str,
+        limit: i64,
+    ) -> Result<Vec<UpdateEventRow>, DbError> {
+        Ok(sqlx::query_as::<_, UpdateEventRow>(
+            "SELECT version, step, failed_step, detail, created_at FROM update_events \
+             WHERE agent_id = $1 ORDER BY received_at DESC, event_id DESC LIMIT $2",
+        )
+        .bind(agent_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Distinct agents per step of one release, with what older agents reveal.
+    pub async fn step_counts(&self, version: &str, platform: &str) -> Result<StepCounts, DbError> {
+        let reported = sqlx::query_as::<_, (String, i64)>(
+            "SELECT step, COUNT(DISTINCT agent_id) FROM update_events \
+             WHERE version = $1 AND platform = $2 GROUP BY step",
+        )
+        .bind(version)
+        .bind(platform)
+        .fetch_all(&self.pool)
+        .await?;
+        let failed_by_step = sqlx::query_as::<_, (String, i64)>(
+            "SELECT COALESCE(failed_step, 'unknown'), COUNT(DISTINCT agent_id) FROM update_events \
+             WHERE version = $1 AND platform = $2 AND step = 'failed' GROUP BY 1",
+        )
+        .bind(version)
+        .bind(platform)
+        .fetch_all(&self.pool)
+        .await?;
+        let (healthy_reporting, silent_on_version) = sqlx::query_as::<_, (i64, i64)>(
+            "SELECT \
+             CAST(COALESCE(SUM(CASE WHEN (a.version = $1 AND EXISTS (SELECT 1 FROM update_events u \
+                 WHERE u.agent_id = a.agent_id AND u.version = $1)) OR EXISTS (SELECT 1 \
+                 FROM update_events h WHERE h.agent_id = a.agent_id AND h.version = $1 \
+                 AND h.step = 'healthy') THEN 1 ELSE 0 END), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(CASE WHEN a.version = $1 AND NOT EXISTS (SELECT 1 \
+                 FROM update_events u WHERE u.agent_id = a.agent_id AND u.version = $1) \
+                 THEN 1 ELSE 0 END), 0) AS BIGINT) \
+             FROM agents a WHERE a.platform = $2",
+        )
+        .bind(version)
+        .bind(platform)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(StepCounts {
+            reported: reported.into_iter().collect(),
+            failed_by_step: failed_by_step.into_iter().collect(),
+            healthy_reporting,
+            silent_on_version,
+            legacy_failed: self
+                .legacy_count("update_failed", version, platform)
+                .await?,
+            legacy_rolled_back: self
+                .legacy_count("update_rolled_back", version, platform)
+                .await?,
+        })
+    }
+
+    /// Agents that sent no progress for this release but an error report of `kind` about it
+    /// (its message starts `update to VERSION `).
+    async fn legacy_count(
+        &self,
+        kind: &str,
+        version: &str,
+        platform: &str,
+    ) -> Result<i64, DbError> {
+        let (count,) = sqlx::query_as::<_, (i64,)>(
+            "SELECT COUNT(DISTINCT e.agent_id) FROM error_reports e \
+             JOIN agents a ON a.agent_id = e.agent_id \
+             WHERE e.kind = $1 AND e.message LIKE $2 AND a.platform = $3 \
+             AND NOT EXISTS (SELECT 1 FROM update_events u \
+                 WHERE u.agent_id = e.agent_id AND u.version = $4)",
+        )
+        .bind(kind)
+        .bind(format!("update to {version} %"))
+        .bind(platform)
+        .bind(version)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count)
+    }
+
+    /// Every release with its rollout control (only halted ones when `halted`), newest
+    /// publication first (at most `limit`).
+    pub async fn list_rollouts(
+        &self,
+        halted: bool,
+        limit: i64,
+    ) -> Result<Vec<RolloutRow>, DbError> {
+        let rows = sqlx::query_as::<_, RolloutTuple>(
+            "SELECT version, platform, published_at, rollout_percent, paused, halted_at, \
+             halt_percent, halt_min_attempts FROM releases \
+             WHERE ($1 = 0 OR (paused = 1 AND halted_at IS NOT NULL)) \
+             ORDER BY published_at DESC, platform DESC, version DESC LIMIT $2",
+        )
+        .bind(i64::from(halted))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(rollout_row).collect())
+    }
+
+    /// One release's rollout control, if published.
+    pub async fn rollout(
+        &self,
+        version: &str,
+        platform: &str,
+    ) -> Result<Option<RolloutRow>, DbError> {
+        let row = sqlx::query_as::<_, RolloutTuple>(
+            "SELECT version, platform, published_at, rollout_percent, paused, halted_at, \
+             halt_percent, halt_min_attempts FROM releases WHERE version = $1 AND platform = $2",
+        )
+        .bind(version)
+        .bind(platform)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(rollout_row))
+    }
+
+    /// Applies `change` to a release; `false` when no such release is published.
+    pub async fn change_rollout(
+        &self,
+        version: &str,
+        platform: &str,
+        change: &RolloutChange,
+    ) -> Result<bool, DbError> {
+        let paused = change.paused.map(i64::from);
+        let result = sqlx::query(
+            "UPDATE releases SET rollout_percent = COALESCE($1, rollout_percent), \
+             paused = COALESCE($2, paused), \
+             halted_at = CASE WHEN $2 = 0 THEN NULL ELSE halted_at END, \
+             halt_percent = COALESCE($3, halt_percent), \
+             halt_min_attempts = COALESCE($4, halt_min_attempts) \
+             WHERE version = $5 AND platform = $6",
+        )
+        .bind(change.percent)
+        .bind(paused)
+        .bind(change.halt_percent)
+        .bind(change.halt_min_attempts)
+        .bind(version)
+        .bind(platform)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// Pauses a running rollout as halted at `now`; `false` when it was paused already.
+    pub async fn halt_rollout(
+        &self,
+        version: &str,
+        platform: &str,
+        now: &str,
+    ) -> Result<bool, DbError> {
+        let result = sqlx::query(
+            "UPDATE releases SET paused = 1, halted_at = $1 \
+             WHERE version = $2 AND platform = $3 AND paused = 0",
+        )
+        .bind(now)
+        .bind(version)
+        .bind(platform)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
+}
+
+fn rollout_row(
+    (version, platform, published_at, rollout_percent, paused, halted_at, percent, min_attempts): RolloutTuple,
+) -> RolloutRow {
+    RolloutRow {
+        version,
+        platform,
+        published_at,
+        rollout_percent,
+        paused: paused != 0,
+        halted_at,
+        halt: HaltRule {
+            percent,
+            min_attempts,
+        },
+    }
+}
