@@ -209,7 +209,7 @@ impl Db {
         let column = search.sort.column();
         let (limit, offset) = (values.len() + 1, values.len() + 2);
         let sql = format!(
-            "SELECT agent_id, hostname, platform, version, state, last_seen, registered_at, \
+            "SELECT agent_id, hostname, platform, version, state, last_seen, network, registered_at, \
              metrics FROM agents {filter} \
              ORDER BY {column} {direction}, agent_id {direction} LIMIT ${limit} OFFSET ${offset}"
         );
@@ -228,7 +228,7 @@ impl Db {
     /// One agent's row, if registered.
     pub async fn fleet_agent(&self, agent_id: &str) -> Result<Option<FleetAgent>, DbError> {
         let row = sqlx::query_as::<_, FleetAgent>(
-            "SELECT agent_id, hostname, platform, version, state, last_seen, registered_at, \
+            "SELECT agent_id, hostname, platform, version, state, last_seen, network, registered_at, \
              metrics FROM agents WHERE agent_id = $1",
         )
         .bind(agent_id)
