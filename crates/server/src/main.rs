@@ -88,6 +88,7 @@ enum RolloutCommand {
     Status(RolloutTarget),
 }
 
+/// A published release (of `release rollout` and `rollout ...`).
 #[derive(Debug, Args)]
 struct RolloutTarget {
     #[command(flatten)]
@@ -222,13 +223,7 @@ struct PublishArgs {
 #[derive(Debug, Args)]
 struct RolloutArgs {
     #[command(flatten)]
-    store: StoreArgs,
-    /// The published version.
-    #[arg(long)]
-    version: String,
-    /// Its platform.
-    #[arg(long, default_value = DEFAULT_PLATFORM, value_parser = PLATFORMS)]
-    platform: String,
+    release: RolloutTarget,
     /// The new percentage of the fleet (by stable cohort).
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
     percent: u8,
@@ -428,10 +423,10 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
 
 async fn rollout(args: RolloutArgs) -> anyhow::Result<ExitCode> {
     let request = RolloutRequest {
-        data_dir: args.store.data_dir,
-        database_url: args.store.database_url,
-        version: args.version,
-        platform: args.platform,
+        data_dir: args.release.store.data_dir,
+        database_url: args.release.store.database_url,
+        version: args.release.version,
+        platform: args.release.platform,
         rollout_percent: args.percent,
         actor: command_actor(),
     };
