@@ -1,8 +1,10 @@
 //! `cms-server` for the tasks that need a backend (demo, wine-e2e, sign-check, bench): one
 //! program and data folder ([`Server`]), which publishes releases (`cms-server release
 //! publish`) and starts `cms-server serve` on loopback ([`RunningServer`]), printing what it
-//! does or quietly with its log in a file. A running server knows its URL and PID, stops
-//! politely, and can be restarted on the same port.
+//! does or quietly with its log in a file, over plain HTTP or (with [`Server::with_tls`]) HTTPS
+//! with a certificate of a throwaway CA ([`crate::pki`]). A running server knows its URL and PID,
+//! stops politely, and can be restarted on the same port. Every request xtask makes to it goes
+//! through [`RunningServer::client`], which trusts that CA.
 //!
 //! Must never: listen on anything but 127.0.0.1, or outlive its handle (dropping a
 //! [`RunningServer`] kills the process).
@@ -18,6 +20,7 @@ use cms_protocol::{AgentSummary, StoredError};
 use serde::de::DeserializeOwned;
 
 use crate::host;
+use crate::pki::TestPki;
 use crate::util::{self, describe, run_checked, step};
 
 /// How long the server may take to stop, and an agent to answer a push.
@@ -42,6 +45,7 @@ pub struct Server {
     exe: PathBuf,
     data_dir: PathBuf,
     output: ServerOutput,
+    tls: Option<TestPki>,
 }
 
 /// A release to publish: `version` of `agent` + `updater` for `platform` (the server's own
@@ -65,7 +69,14 @@ impl Server {
             exe: exe.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
             output,
+            tls: None,
         }
+    }
+
+    /// Serves HTTPS and WSS with `pki`'s server certificate (`--tls-cert/--tls-key`).
+    pub fn with_tls(mut self, pki: &TestPki) -> Self {
+        self.tls = Some(pki.clone());
+        self
     }
 
     /// `cms-server release publish` of `release` into the data folder; a running server sees
@@ -106,6 +117,13 @@ impl Server {
         cmd.args(["serve", "--listen", listen, "--data-dir"])
             .arg(&self.data_dir)
             .stdout(Stdio::piped());
+        if let Some(pki) = &self.tls {
+            cmd.arg("--tls-cert")
+                .arg(&pki.cert)
+                .arg("--tls-key")
+                .arg(&pki.key);
+        }
+        let client = self.client()?;
         if let ServerOutput::LogFile(log) = &self.output {
             let file = OpenOptions::new()
                 .create(true)
@@ -132,7 +150,19 @@ impl Server {
             server: self.clone(),
             child,
             url,
+            client,
         })
+    }
+
+    /// An HTTP client for this server: trusting its CA when it serves HTTPS.
+    fn client(&self) -> Result<reqwest::blocking::Client> {
+        let mut builder = reqwest::blocking::Client::builder();
+        if let Some(pki) = &self.tls {
+            let ca = reqwest::Certificate::from_pem(pki.ca_pem()?.as_bytes())
+                .context("cannot read the test CA")?;
+            builder = builder.tls_certs_merge([ca]);
+        }
+        builder.build().context("cannot build an HTTP client")
     }
 
     /// Where the server said why it did not start.
@@ -146,7 +176,7 @@ impl Server {
     }
 }
 
-/// The URL in the server's first line of output, `listening on http://127.0.0.1:PORT`.
+/// The URL in the server's first line of output, `listening on http(s)://127.0.0.1:PORT`.
 fn listening_url(child: &mut Child) -> Result<String> {
     let stdout = child.stdout.take().context("cms-server has no stdout")?;
     let mut line = String::new();
@@ -165,17 +195,35 @@ pub struct RunningServer {
     server: Server,
     child: Child,
     url: String,
+    client: reqwest::blocking::Client,
 }
 
 impl RunningServer {
-    /// Its base URL, `http://127.0.0.1:PORT`.
+    /// Its base URL, `http://127.0.0.1:PORT` (`https://` with TLS).
     pub fn url(&self) -> &str {
         &self.url
     }
 
     /// `127.0.0.1:PORT`.
     pub fn listen_addr(&self) -> &str {
-        self.url.trim_start_matches("http://")
+        self.url
+            .split_once("://")
+            .map_or(&self.url, |(_, addr)| addr)
+    }
+
+    /// The CA file that signed its certificate, when it serves HTTPS.
+    #[cfg_attr(
+        not(target_os = "linux"),
+        expect(dead_code, reason = "the bench's (Linux only)")
+    )]
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.server.tls.as_ref().map(|pki| pki.ca.as_path())
+    }
+
+    /// The HTTP client every request to this server goes through (it trusts the server's CA;
+    /// the operator API's credentials belong here too).
+    pub fn client(&self) -> &reqwest::blocking::Client {
+        &self.client
     }
 
     /// The process id (for `/proc` readings).
@@ -229,7 +277,9 @@ impl RunningServer {
     /// `GET path` of its API as JSON.
     pub fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let url = format!("{}{path}", self.url);
-        reqwest::blocking::get(&url)
+        self.client
+            .get(&url)
+            .send()
             .and_then(|r| r.error_for_status())
             .and_then(|r| r.json())
             .with_context(|| format!("GET {url}"))
@@ -261,9 +311,8 @@ impl RunningServer {
     /// the agent holds a live WebSocket).
     pub fn push_update_check(&self, agent_id: &str) -> Result<()> {
         let url = format!("{}/api/v1/agents/{agent_id}/check-update", self.url);
-        let client = reqwest::blocking::Client::new();
         util::wait_for("the push to be accepted", WAIT, || {
-            let status = client.post(&url).send()?.status();
+            let status = self.client.post(&url).send()?.status();
             Ok((status.as_u16() == 202).then_some(()))
         })
     }

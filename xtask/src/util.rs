@@ -203,6 +203,11 @@ pub fn step(text: &str) {
     println!("==> {text}");
 }
 
+/// Prints a check of a step that passed: `    ok: text`.
+pub fn ok(text: &str) {
+    println!("    ok: {text}");
+}
+
 /// The first `dir/name` on the search path `path` (a `PATH` value) that is a file.
 pub fn find_on_path(path: &OsStr, name: &str) -> Option<PathBuf> {
     std::env::split_paths(path)

@@ -69,7 +69,8 @@ pub fn register(server: &RunningServer, hostname: &str) -> Result<String> {
         enrollment_token: None,
     };
     let url = format!("{}{}", server.url(), cms_protocol::paths::REGISTER);
-    let response: cms_protocol::RegisterResponse = reqwest::blocking::Client::new()
+    let response: cms_protocol::RegisterResponse = server
+        .client()
         .post(&url)
         .json(&request)
         .send()

@@ -3,8 +3,9 @@
 //!
 //! One module per family of measurements, each on real processes (release builds, loopback):
 //! [`agent`] (idle footprint, start, `--force`, `--status`), [`update`] (downtime, publish to new
-//! version), [`download`] (agent downloader against curl), [`scale`] (a simulated fleet against
-//! one server), [`sizes`]. The result is written as `docs/BENCHMARKS.md` (a table with the
+//! version), [`download`] (agent downloader against curl), [`tls`] (heartbeat latency and
+//! download throughput over HTTPS against plain HTTP), [`scale`] (a simulated fleet against one
+//! server), [`sizes`]. The result is written as `docs/BENCHMARKS.md` (a table with the
 //! machine and date) and `docs/benchmarks.json`.
 //!
 //! Timings are noisy on shared machines, so everything is repeated and reported as median and
@@ -23,6 +24,7 @@ mod report;
 mod scale;
 mod sizes;
 mod stats;
+mod tls;
 mod update;
 
 use std::process::Command;
@@ -107,6 +109,10 @@ fn measure(plan: &Plan, open_files: u64, phases: &mut report::Phases) -> Result<
         step("download: the agent's downloader and curl on the same package");
         download::measure(plan)
     })?;
+    let tls = phases.time("tls", || {
+        step("TLS against plain HTTP: heartbeat latency and download throughput");
+        tls::measure(plan)
+    })?;
     let scale = phases.time("scale", || {
         step("server scale: simulated agents, heartbeat latency, push to all");
         scale::measure(plan, open_files)
@@ -123,6 +129,7 @@ fn measure(plan: &Plan, open_files: u64, phases: &mut report::Phases) -> Result<
         agent,
         update,
         download,
+        tls,
         scale,
         sizes,
     })

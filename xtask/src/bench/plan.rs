@@ -23,6 +23,8 @@ pub struct Plan {
     pub settle: Duration,
     /// Size of the package for the download comparison.
     pub download_bytes: u64,
+    /// Heartbeats in a row per run of the TLS against plain HTTP comparison.
+    pub heartbeats: u32,
     /// The fleet steps.
     pub scale: ScalePlan,
     /// Time left for the run.
@@ -77,6 +79,7 @@ pub fn full(bins: Binaries, work: PathBuf, first: usize, max: usize, budget: Bud
         idle_window: Duration::from_secs(60),
         settle: Duration::from_secs(3),
         download_bytes: 50 * 1024 * 1024,
+        heartbeats: 1000,
         scale: ScalePlan {
             first,
             increment: 5000,
@@ -98,6 +101,7 @@ pub fn quick(bins: Binaries, work: PathBuf, first: usize, max: usize, budget: Bu
         idle_window: Duration::from_secs(3),
         settle: Duration::from_millis(300),
         download_bytes: 4 * 1024 * 1024,
+        heartbeats: 100,
         scale: ScalePlan {
             first,
             increment: first.max(1),

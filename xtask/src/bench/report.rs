@@ -17,6 +17,7 @@ use super::machine::Machine;
 use super::scale::{P99_GOAL_MS, ScaleResults, Step};
 use super::sizes::{PlatformSizes, Size};
 use super::stats::Summary;
+use super::tls::{TlsResults, TransportResults};
 use super::update::{POLL_SECS, UpdateResults};
 
 /// Goals from the issue that asked for this bench.
@@ -55,6 +56,8 @@ pub struct Results {
     pub update: UpdateResults,
     /// Download throughput.
     pub download: DownloadResults,
+    /// HTTPS against plain HTTP.
+    pub tls: TlsResults,
     /// Server scale.
     pub scale: ScaleResults,
     /// File sizes (release runs only).
@@ -117,6 +120,7 @@ impl Report {
         let mut md = String::new();
         self.header(&mut md);
         self.summary_table(&mut md);
+        tls_table(&mut md, &self.results.tls);
         scale_table(&mut md, &self.results.scale);
         sizes_table(&mut md, &self.results.sizes);
         self.method(&mut md);
@@ -297,6 +301,19 @@ impl Report {
              URL with the same token; the two alternate."
                 .to_owned(),
             format!(
+                "TLS against plain HTTP: two servers of the same build, one on `http://`, one on \
+                 `https://` with a certificate (ECDSA P-256) of a CA made for the run, the same \
+                 release on both, measured in turn in each of {} rounds. Heartbeats: `cms-loadgen \
+                 heartbeats` registers through the agent's own client (its rustls stack and trust, \
+                 the CA given with `--ca-cert`) and sends {} heartbeats in a row on one keep-alive \
+                 connection, as the agent does; each round gives a p50 and a p99, and the \
+                 registration is the first request of a new connection (the TLS handshake \
+                 included). Download: the {:.0} MB package through the agent's downloader.",
+                r.tls.plain.heartbeat_p50_ms.n,
+                r.tls.heartbeats_per_run,
+                r.tls.package_bytes as f64 / MB
+            ),
+            format!(
                 "Server scale: `cms-loadgen swarm` simulates N agents, each with its own WebSocket and a \
                  keep-alive HTTP connection, sending a heartbeat every {} s (+/-10 %, phases spread); \
                  latency is request sent -> answer read. A step holds when p99 < {P99_GOAL_MS:.0} ms with \
@@ -414,6 +431,43 @@ fn fleet_rows(scale: &ScaleResults) -> Vec<String> {
 
 fn optional_ms(ms: Option<f64>) -> String {
     ms.map_or_else(|| "not all notified".into(), |ms| format!("{ms:.0} ms"))
+}
+
+/// Plain HTTP and HTTPS, row by row, with the TLS cost.
+fn tls_table(md: &mut String, tls: &TlsResults) {
+    let _ = writeln!(md, "## TLS against plain HTTP\n");
+    let _ = writeln!(
+        md,
+        "| measurement | plain HTTP | HTTPS | HTTPS / plain | n |\n|---|---|---|---|---|"
+    );
+    let rows: [(&str, fn(&TransportResults) -> &Summary, &str, usize); 4] = [
+        ("heartbeat latency p50", |t| &t.heartbeat_p50_ms, "ms", 2),
+        ("heartbeat latency p99", |t| &t.heartbeat_p99_ms, "ms", 2),
+        (
+            "first request on a new connection (registration)",
+            |t| &t.first_request_ms,
+            "ms",
+            1,
+        ),
+        ("package download", |t| &t.download_mb_per_s, "MB/s", 0),
+    ];
+    for (what, field, unit, digits) in rows {
+        let (plain, secure) = (field(&tls.plain), field(&tls.tls));
+        let _ = writeln!(
+            md,
+            "| {what} | {} | {} | {:.2} | {} |",
+            spread_cell(plain, unit, digits),
+            spread_cell(secure, unit, digits),
+            secure.median / plain.median,
+            plain.n
+        );
+    }
+    let _ = writeln!(md);
+}
+
+/// `median unit (min-max unit)`.
+fn spread_cell(s: &Summary, unit: &str, digits: usize) -> String {
+    format!("{:.digits$} {unit} ({})", s.median, spread(s, unit, digits))
 }
 
 fn scale_table(md: &mut String, scale: &ScaleResults) {
