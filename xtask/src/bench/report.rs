@@ -148,6 +148,11 @@ impl Report {
         let _ = writeln!(md, "| CPU | {} ({} logical cores) |", m.cpu, m.cores);
         let _ = writeln!(md, "| memory | {} MiB |", m.ram_mib);
         let _ = writeln!(md, "| system | {}, kernel {} |", m.os, m.kernel);
+        let _ = writeln!(
+            md,
+            "| load average at the start (1 / 5 / 15 min) | {} |",
+            m.load_average
+        );
         let _ = writeln!(md, "| date (UTC) | {} |\n", m.date);
     }
 
@@ -436,6 +441,12 @@ fn optional_ms(ms: Option<f64>) -> String {
 /// Plain HTTP and HTTPS, row by row, with the TLS cost.
 fn tls_table(md: &mut String, tls: &TlsResults) {
     let _ = writeln!(md, "## TLS against plain HTTP\n");
+    let _ = writeln!(
+        md,
+        "Same server build, same machine, measured in turn; load average when this phase \
+         started: {} (1 / 5 / 15 min, {} heartbeats per run).\n",
+        tls.load_average, tls.heartbeats_per_run
+    );
     let _ = writeln!(
         md,
         "| measurement | plain HTTP | HTTPS | HTTPS / plain | n |\n|---|---|---|---|---|"

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::agent::MB;
 use super::download;
 use super::fixture;
+use super::machine;
 use super::plan::Plan;
 use super::stats::{self, Summary};
 use crate::pki::TestPki;
@@ -44,6 +45,8 @@ pub struct TransportResults {
 pub struct TlsResults {
     /// Heartbeats per run.
     pub heartbeats_per_run: u32,
+    /// Load average when the phase started (1 / 5 / 15 min).
+    pub load_average: String,
     /// Package length, bytes.
     pub package_bytes: u64,
     /// `http://`.
@@ -82,6 +85,7 @@ impl Samples {
 
 /// Both servers, `plan.repeats` rounds of heartbeats and a download on each.
 pub fn measure(plan: &Plan) -> Result<TlsResults> {
+    let load_average = machine::load_average();
     let dir = plan.work.join("tls");
     std::fs::create_dir_all(&dir)?;
     let pki = TestPki::create(&dir.join("pki"))?;
@@ -120,12 +124,33 @@ pub fn measure(plan: &Plan) -> Result<TlsResults> {
         server.stop()?;
     }
     let [plain, tls] = samples;
-    Ok(TlsResults {
+    let results = TlsResults {
         heartbeats_per_run: plan.heartbeats,
+        load_average,
         package_bytes,
         plain: plain.summarize()?,
         tls: tls.summarize()?,
-    })
+    };
+    print(&results);
+    Ok(results)
+}
+
+/// The comparison in the bench's output (medians, plain HTTP -> HTTPS).
+fn print(results: &TlsResults) {
+    let (plain, tls) = (&results.plain, &results.tls);
+    println!(
+        "    heartbeat p50 {:.2} -> {:.2} ms, p99 {:.2} -> {:.2} ms, first request {:.1} -> {:.1} \
+         ms, download {:.0} -> {:.0} MB/s (plain HTTP -> HTTPS; load {})",
+        plain.heartbeat_p50_ms.median,
+        tls.heartbeat_p50_ms.median,
+        plain.heartbeat_p99_ms.median,
+        tls.heartbeat_p99_ms.median,
+        plain.first_request_ms.median,
+        tls.first_request_ms.median,
+        plain.download_mb_per_s.median,
+        tls.download_mb_per_s.median,
+        results.load_average
+    );
 }
 
 /// One `cms-loadgen heartbeats` run against `server`, added to `samples`.
