@@ -77,9 +77,13 @@ impl ForwardProxy {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// How many `CONNECT` tunnels it was asked for so far.
+    /// How many `CONNECT` tunnels it was asked for so far (its request lines, `Request (file
+    /// descriptor N): CONNECT host:port HTTP/1.1`; `CONNECT` alone is also a log level).
     pub fn tunnels(&self) -> usize {
-        self.log().matches("CONNECT").count()
+        self.log()
+            .lines()
+            .filter(|line| line.contains("): CONNECT "))
+            .count()
     }
 }
 

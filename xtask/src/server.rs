@@ -222,6 +222,10 @@ impl RunningServer {
 
     /// The HTTP client every request to this server goes through (it trusts the server's CA;
     /// the operator API's credentials belong here too).
+    #[cfg_attr(
+        not(target_os = "linux"),
+        expect(dead_code, reason = "the bench's (Linux only)")
+    )]
     pub fn client(&self) -> &reqwest::blocking::Client {
         &self.client
     }

@@ -438,6 +438,9 @@ fn optional_ms(ms: Option<f64>) -> String {
     ms.map_or_else(|| "not all notified".into(), |ms| format!("{ms:.0} ms"))
 }
 
+/// Picks one figure of a transport's results.
+type SummaryOf = fn(&TransportResults) -> &Summary;
+
 /// Plain HTTP and HTTPS, row by row, with the TLS cost.
 fn tls_table(md: &mut String, tls: &TlsResults) {
     let _ = writeln!(md, "## TLS against plain HTTP\n");
@@ -451,7 +454,7 @@ fn tls_table(md: &mut String, tls: &TlsResults) {
         md,
         "| measurement | plain HTTP | HTTPS | HTTPS / plain | n |\n|---|---|---|---|---|"
     );
-    let rows: [(&str, fn(&TransportResults) -> &Summary, &str, usize); 4] = [
+    let rows: [(&str, SummaryOf, &str, usize); 4] = [
         ("heartbeat latency p50", |t| &t.heartbeat_p50_ms, "ms", 2),
         ("heartbeat latency p99", |t| &t.heartbeat_p99_ms, "ms", 2),
         (
