@@ -220,8 +220,10 @@ impl RunningServer {
         self.server.tls.as_ref().map(|pki| pki.ca.as_path())
     }
 
-    /// The HTTP client every request to this server goes through (it trusts the server's CA;
-    /// the operator API's credentials belong here too).
+    /// The HTTP client every request to this server goes through (it trusts the server's CA).
+    /// It also makes agent-API calls for the bench, so operator credentials go per request in
+    /// [`RunningServer::get_json`] and [`RunningServer::push_update_check`], the only operator
+    /// API calls.
     #[cfg_attr(
         not(target_os = "linux"),
         expect(dead_code, reason = "the bench's (Linux only)")
