@@ -313,7 +313,8 @@ impl Report {
                  the CA given with `--ca-cert`) and sends {} heartbeats in a row on one keep-alive \
                  connection, as the agent does; each round gives a p50 and a p99, and the \
                  registration is the first request of a new connection (the TLS handshake \
-                 included). Download: the {:.0} MB package through the agent's downloader.",
+                 included) in a new process, so over HTTPS it also includes loading the system \
+                 trust store once. Download: the {:.0} MB package through the agent's downloader.",
                 r.tls.plain.heartbeat_p50_ms.n,
                 r.tls.heartbeats_per_run,
                 r.tls.package_bytes as f64 / MB
