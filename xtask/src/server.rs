@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use cms_protocol::{AgentSummary, StoredError};
+use cms_protocol::{AgentSummary, MAX_PAGE_SIZE, StoredError};
 use serde::de::DeserializeOwned;
 
 use crate::host;
@@ -46,6 +46,7 @@ pub struct Server {
     data_dir: PathBuf,
     output: ServerOutput,
     tls: Option<TestPki>,
+    serve_args: Vec<String>,
 }
 
 /// A release to publish: `version` of `agent` + `updater` for `platform` (the server's own
@@ -70,6 +71,7 @@ impl Server {
             data_dir: data_dir.to_path_buf(),
             output,
             tls: None,
+            serve_args: Vec::new(),
         }
     }
 
@@ -77,6 +79,30 @@ impl Server {
     pub fn with_tls(mut self, pki: &TestPki) -> Self {
         self.tls = Some(pki.clone());
         self
+    }
+
+    /// The same server started with `args` added to `serve` (limits, say).
+    #[cfg_attr(
+        not(target_os = "linux"),
+        expect(dead_code, reason = "the bench's (Linux only)")
+    )]
+    pub fn with_serve_args(mut self, args: &[&str]) -> Self {
+        self.serve_args = args.iter().map(|arg| (*arg).to_owned()).collect();
+        self
+    }
+
+    /// A new admin operator token (`cms-server token create`): every operator route but
+    /// `/healthz` needs one.
+    fn create_operator_token(&self) -> Result<String> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos());
+        let name = format!("xtask-{}-{nanos}", std::process::id());
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(["token", "create", "--role", "admin", "--name", &name])
+            .arg("--data-dir")
+            .arg(&self.data_dir);
+        Ok(util::output_checked(&mut cmd)?.trim().to_owned())
     }
 
     /// `cms-server release publish` of `release` into the data folder; a running server sees
@@ -113,9 +139,11 @@ impl Server {
                 self.data_dir.display()
             ));
         }
+        let operator_token = self.create_operator_token()?;
         let mut cmd = Command::new(&self.exe);
         cmd.args(["serve", "--listen", listen, "--data-dir"])
             .arg(&self.data_dir)
+            .args(&self.serve_args)
             .stdout(Stdio::piped());
         if let Some(pki) = &self.tls {
             cmd.arg("--tls-cert")
@@ -151,6 +179,7 @@ impl Server {
             child,
             url,
             client,
+            operator_token,
         })
     }
 
@@ -196,6 +225,7 @@ pub struct RunningServer {
     child: Child,
     url: String,
     client: reqwest::blocking::Client,
+    operator_token: String,
 }
 
 impl RunningServer {
@@ -280,20 +310,24 @@ impl RunningServer {
         Ok(())
     }
 
-    /// `GET path` of its API as JSON.
+    /// `GET path` of its operator API as JSON, with its admin token.
     pub fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let url = format!("{}{path}", self.url);
         self.client
             .get(&url)
+            .bearer_auth(&self.operator_token)
             .send()
             .and_then(|r| r.error_for_status())
             .and_then(|r| r.json())
             .with_context(|| format!("GET {url}"))
     }
 
-    /// `GET /api/v1/agents`.
+    /// `GET /api/v1/agents` (the first page of up to [`MAX_PAGE_SIZE`]).
     pub fn agents(&self) -> Result<Vec<AgentSummary>> {
-        self.get_json(cms_protocol::paths::AGENTS)
+        self.get_json(&format!(
+            "{}?limit={MAX_PAGE_SIZE}",
+            cms_protocol::paths::AGENTS
+        ))
     }
 
     /// Waits up to `timeout` until the server lists an agent for which `wanted` holds.
@@ -308,9 +342,12 @@ impl RunningServer {
         })
     }
 
-    /// `GET /api/v1/errors`.
+    /// `GET /api/v1/errors` (the newest [`MAX_PAGE_SIZE`]).
     pub fn errors(&self) -> Result<Vec<StoredError>> {
-        self.get_json(cms_protocol::paths::OPERATOR_ERRORS)
+        self.get_json(&format!(
+            "{}?limit={MAX_PAGE_SIZE}",
+            cms_protocol::paths::OPERATOR_ERRORS
+        ))
     }
 
     /// Pushes `agent:update_required` to the agent `agent_id` until the server accepts it (202:
@@ -318,7 +355,8 @@ impl RunningServer {
     pub fn push_update_check(&self, agent_id: &str) -> Result<()> {
         let url = format!("{}/api/v1/agents/{agent_id}/check-update", self.url);
         util::wait_for("the push to be accepted", WAIT, || {
-            let status = self.client.post(&url).send()?.status();
+            let request = self.client.post(&url).bearer_auth(&self.operator_token);
+            let status = request.send()?.status();
             Ok((status.as_u16() == 202).then_some(()))
         })
     }

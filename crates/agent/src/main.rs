@@ -29,9 +29,10 @@ use cms_agent::core::update::Relaunch;
 use cms_agent::ipc::{self, IpcEndpoint, IpcError};
 use cms_agent::logging;
 use cms_agent::net::proxy::ProxySetting;
+use cms_agent::net::servers::ServerList;
 use cms_agent::net::tls::parse_ca_pem;
 use cms_agent::net::trust::TrustedMetadata;
-use cms_agent::net::{EnrollmentToken, backoff, parse_server_url};
+use cms_agent::net::{EnrollmentToken, backoff};
 use cms_agent::system::lock_manager::{Acquire, LockManager};
 use cms_agent::system::service::{
     self, SERVICE_NAME, ServiceExit, ServiceSession, ServiceState, StopOutcome,
@@ -63,9 +64,10 @@ const SERVICE_START_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Parser)]
 #[command(name = "cms_agent", version = BUILD_VERSION)]
 struct Cli {
-    /// Backend base URL (saved in config.json); https, or http to loopback only.
+    /// Backend base URL (saved in config.json); https, or http to loopback only. Repeat it for
+    /// the replicas of one backend: the agent uses the first and moves on when one is down.
     #[arg(long, value_name = "URL")]
-    server: Option<String>,
+    server: Vec<String>,
     /// Enrollment token, when the server requires one at registration (kept in config.json
     /// for a later re-enrollment).
     #[arg(
@@ -410,7 +412,7 @@ fn autostart(cli: &Cli) -> Result<u8> {
 
 /// Whether the command line carries settings that outlive this run.
 fn gives_settings(cli: &Cli) -> bool {
-    cli.server.is_some()
+    !cli.server.is_empty()
         || cli.enrollment_token.is_some()
         || cli.trusted_root.is_some()
         || cli.ca_cert.is_some()
@@ -458,17 +460,16 @@ fn save_settings_first(storage: &StateManager, cli: &Cli) -> Result<bool> {
 
 /// Pins `root` in the storage's trust store (the running agent would do it at start).
 fn pin_trusted_root(storage: &StateManager, config: &ConfigManager, root: &Path) -> Result<()> {
-    let server = config
-        .config()
-        .server_url
-        .clone()
-        .context("--trusted-root needs a server: pass --server URL too")?;
-    let base = parse_server_url(&server)?;
+    let servers = config.config().servers();
+    if servers.is_empty() {
+        bail!("--trusted-root needs a server: pass --server URL too");
+    }
+    let servers = Arc::new(ServerList::parse(&servers)?);
     // Pinning reads the file and writes the trust store; the client is never used for it.
     let client = reqwest::Client::builder()
         .build()
         .context("cannot set up an HTTP client")?;
-    TrustedMetadata::new(storage.tuf_dir(), &base, client)?.pin_root_file(root)?;
+    TrustedMetadata::new(storage.tuf_dir(), servers, client).pin_root_file(root)?;
     Ok(())
 }
 
@@ -768,19 +769,9 @@ fn service_start_args(force_args: &[String]) -> Vec<OsString> {
 /// and its enrollment token; the same server spelled differently keeps them), the enrollment
 /// token (kept for a later re-enrollment), `--ca-cert` and `--proxy`.
 fn save_settings(config: &mut ConfigManager, cli: &Cli) -> Result<()> {
-    if let Some(server) = &cli.server {
-        let given = parse_server_url(server)?;
-        config.update(|c| {
-            let saved = c
-                .server_url
-                .as_deref()
-                .and_then(|s| parse_server_url(s).ok());
-            if saved.as_ref() != Some(&given) {
-                c.server_url = Some(server.clone());
-                c.credentials = None; // an identity belongs to one server
-                c.enrollment_token = None; // and so does its enrollment token
-            }
-        })?;
+    if !cli.server.is_empty() {
+        ServerList::parse(&cli.server)?;
+        config.update(|c| c.set_servers(&cli.server))?;
     }
     if let Some(token) = &cli.enrollment_token {
         config.update(|c| c.enrollment_token = Some(EnrollmentToken::new(token.clone())))?;

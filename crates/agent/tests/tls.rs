@@ -69,6 +69,11 @@ fn a_private_ca_carries_registration_heartbeats_and_the_websocket() {
     );
     let summary = server.wait_for_agent_state("IDLE");
     assert!(summary.online);
+    assert_eq!(
+        summary.network.as_deref(),
+        Some("direct"),
+        "the route operators see"
+    );
     agent.wait_for_log("websocket connected");
     agent.wait_for_log("heartbeat sent");
     let config = std::fs::read_to_string(agent.data_dir.join("config.json")).unwrap();

@@ -2,8 +2,9 @@
 //! outside a process.
 //!
 //! - `cms-loadgen swarm --server URL` simulates a fleet of agents speaking the real agent
-//!   protocol (registration, a WebSocket each, heartbeats over a keep-alive HTTP connection each;
-//!   see `docs/protocol.md`) and is steered one line at a time on stdin; see [`swarm`].
+//!   protocol (registration, a WebSocket each carrying its heartbeats, or with `--heartbeat-over
+//!   http` a keep-alive HTTP connection each for them; see `docs/protocol.md`) and is steered one
+//!   line at a time on stdin; see [`swarm`].
 //! - `cms-loadgen download --server URL --url PATH --length N --out FILE` fetches one release
 //!   package through the agent's own downloader (`HttpClient::download_file`, on the same
 //!   single-threaded runtime the agent uses) and prints `{"bytes": N, "secs": S}`.
@@ -88,6 +89,10 @@ struct SwarmArgs {
     /// Seconds between heartbeats of each simulated agent (the agent's default is 60).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     heartbeat_secs: u64,
+    /// Where heartbeats go: `websocket` (one connection per agent, as the agent does) or `http`
+    /// (a keep-alive connection beside the socket, as older agents do).
+    #[arg(long, default_value = "websocket", value_parser = ["websocket", "http"])]
+    heartbeat_over: String,
     /// Version the simulated agents report (releases newer than it are pushed to them).
     #[arg(long, default_value = "1.0.0")]
     agent_version: String,
@@ -155,6 +160,11 @@ fn run(cli: Cli) -> Result<()> {
             let settings = swarm::Settings {
                 server: loopback_addr(&args.server, &["http"])?,
                 heartbeat: std::time::Duration::from_secs(args.heartbeat_secs),
+                heartbeat_route: if args.heartbeat_over == "http" {
+                    swarm::HeartbeatRoute::Http
+                } else {
+                    swarm::HeartbeatRoute::WebSocket
+                },
                 agent_version: args.agent_version,
                 platform: args.platform,
                 concurrency: usize::from(args.concurrency),

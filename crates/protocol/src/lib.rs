@@ -6,10 +6,14 @@
 //! `docs/protocol.md` describes the HTTP and WebSocket API these types travel over.
 
 mod ipc;
+mod operator;
 mod state;
 pub mod update;
 
 pub use ipc::{IPC_MAX_MESSAGE_BYTES, IpcCommand, IpcRequest, IpcResponse, IpcStatus};
+pub use operator::{
+    AuditEntry, CreatedOperatorToken, NewOperatorToken, OperatorRole, OperatorToken, UnknownRole,
+};
 pub use state::{AgentState, UnknownState};
 
 use serde::{Deserialize, Serialize};
@@ -33,12 +37,16 @@ pub mod paths {
     pub const ERRORS: &str = "/api/v1/agent/errors";
     /// WebSocket upgrade (bearer auth); the server sends [`crate::ServerEvent`] text frames.
     pub const WEBSOCKET: &str = "/api/v1/agent/ws";
-    /// Operator API (docs/CONTRACT.md, "Operator API").
+    /// Operator API (docs/protocol.md): agents, paged (viewer).
     pub const AGENTS: &str = "/api/v1/agents";
-    /// Operator API (docs/CONTRACT.md, "Operator API").
+    /// Operator API (docs/protocol.md): stored error reports, paged (viewer).
     pub const OPERATOR_ERRORS: &str = "/api/v1/errors";
-    /// Operator API (docs/CONTRACT.md, "Operator API").
+    /// Operator API (docs/protocol.md): published releases, paged (viewer).
     pub const RELEASES: &str = "/api/v1/releases";
+    /// Operator tokens: `GET` lists, `POST` creates, `DELETE /{name}` revokes (admin).
+    pub const TOKENS: &str = "/api/v1/tokens";
+    /// The audit log of operator actions, newest first, paged (admin).
+    pub const AUDIT: &str = "/api/v1/audit";
     /// Base of the signed release metadata (The Update Framework): `GET` + `root.json`,
     /// `N.root.json`, `timestamp.json`, `N.snapshot.json`, `N.targets.json`. Public: the
     /// metadata is signed, so it may equally come from a mirror or CDN.
@@ -47,8 +55,17 @@ pub mod paths {
     pub const HEALTHZ: &str = "/healthz";
 }
 
+/// Items per page of an operator listing when `?limit=` is not given.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+/// Largest `?limit=` of an operator listing; larger values are cut to it.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
 /// Name of the WebSocket event that tells an agent a newer release is waiting for it.
 pub const EVENT_UPDATE_REQUIRED: &str = "agent:update_required";
+/// Name of the WebSocket message that carries an agent's heartbeat to the server.
+pub const EVENT_HEARTBEAT: &str = "agent:heartbeat";
+/// Name of the WebSocket event that answers a heartbeat.
+pub const EVENT_HEARTBEAT_ACK: &str = "agent:heartbeat_ack";
 
 /// Largest WebSocket message or frame either side accepts: events are a few hundred bytes, and
 /// a peer that sends more is refused rather than buffered.
@@ -200,6 +217,15 @@ pub struct UpdateRequired {
     pub version: Option<String>,
 }
 
+/// Payload of [`EVENT_HEARTBEAT_ACK`]: the server stored a heartbeat sent over the WebSocket,
+/// and says what the HTTP update check would say right now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    /// The release this agent should move to, if any (same rule as the update check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdateInfo>,
+}
+
 /// A message pushed by the server over the agent's WebSocket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", content = "data")]
@@ -207,6 +233,20 @@ pub enum ServerEvent {
     /// A newer release is waiting: check for updates now instead of at the next poll.
     #[serde(rename = "agent:update_required")]
     UpdateRequired(UpdateRequired),
+    /// The answer to an [`AgentMessage::Heartbeat`].
+    #[serde(rename = "agent:heartbeat_ack")]
+    HeartbeatAck(HeartbeatAck),
+}
+
+/// A message the agent sends over its WebSocket (a server that predates it ignores it, so the
+/// agent falls back to HTTP when no answer comes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", content = "data")]
+pub enum AgentMessage {
+    /// The heartbeat, the same body as `POST /api/v1/agent/status`; answered with
+    /// [`ServerEvent::HeartbeatAck`].
+    #[serde(rename = "agent:heartbeat")]
+    Heartbeat(StatusReport),
 }
 
 /// One agent as operators see it (`GET /api/v1/agents`).
@@ -226,6 +266,10 @@ pub struct AgentSummary {
     pub last_seen: String,
     /// Whether the agent holds a WebSocket or was seen recently.
     pub online: bool,
+    /// How the agent reaches the backend (`direct`, `explicit proxy`, `system proxy (...)`),
+    /// from its latest heartbeat; absent for agents that do not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 /// One stored error report as operators see it (`GET /api/v1/errors`).
@@ -269,6 +313,28 @@ mod tests {
             serde_json::json!({"event": "agent:update_required", "data": {"version": "2.0.0"}})
         );
         assert_eq!(serde_json::from_value::<ServerEvent>(json).unwrap(), event);
+    }
+
+    #[test]
+    fn heartbeat_messages_have_the_documented_shape() {
+        let heartbeat = AgentMessage::Heartbeat(StatusReport {
+            state: AgentState::Idle,
+            version: "1.0.0".into(),
+            metrics: Metrics::default(),
+            network: None,
+        });
+        let json = serde_json::to_value(&heartbeat).unwrap();
+        assert_eq!(json["event"], EVENT_HEARTBEAT);
+        assert_eq!(json["data"]["state"], "IDLE");
+        assert_eq!(
+            serde_json::from_value::<AgentMessage>(json).unwrap(),
+            heartbeat
+        );
+        let ack = ServerEvent::HeartbeatAck(HeartbeatAck::default());
+        assert_eq!(
+            serde_json::to_value(&ack).unwrap(),
+            serde_json::json!({"event": EVENT_HEARTBEAT_ACK, "data": {}})
+        );
     }
 
     #[test]

@@ -28,6 +28,11 @@ pub fn now() -> String {
     format_utc(OffsetDateTime::now_utc())
 }
 
+/// The time `ahead` from now (or `-ahead` before it, when `ahead` is negative), stored format.
+pub fn from_now(ahead: time::Duration) -> String {
+    format_utc(OffsetDateTime::now_utc() + ahead)
+}
+
 /// Whether an RFC 3339 timestamp lies within `window` before `now`; unparsable means no.
 pub fn is_within(timestamp: &str, window: Duration, now: OffsetDateTime) -> bool {
     let Ok(at) = OffsetDateTime::parse(timestamp, &Rfc3339) else {

@@ -2,20 +2,33 @@
 //!
 //! It registers agents, records their heartbeats and error reports, answers update checks,
 //! serves release packages and pushes events over a WebSocket per agent; operators read the
-//! fleet through a small JSON API and publish releases with `cms-server release publish`.
+//! fleet through a small JSON API with role-bearing tokens, and publish releases with
+//! `cms-server release publish`. It is built to face a network: connections are budgeted and
+//! timed out, registrations and error reports are rate-limited, reports are kept by a
+//! retention policy, untrusted text is escaped in logs, files are private and the TUF root key
+//! may live offline.
 //! The library holds everything the `cms-server` binary runs so tests and the binary share one
 //! code path. It must never read the process environment or command line itself (that is
 //! `main.rs`'s job) and never log a bearer or enrollment token.
 
+pub mod access;
 pub mod api;
 pub mod auth;
 pub mod clock;
+pub mod cluster;
 pub mod db;
+pub mod events;
+pub mod files;
+pub mod leader;
+pub mod logtext;
+pub mod net;
 pub mod notify;
+pub mod ratelimit;
 pub mod release;
+pub mod retention;
 pub mod rollout;
 pub mod server;
 pub mod tls;
 pub mod ws;
 
-pub use server::{ServeConfig, ServeError, serve};
+pub use server::{ConnectionSettings, Listening, ServeConfig, ServeError, serve};

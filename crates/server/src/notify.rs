@@ -1,18 +1,21 @@
-//! The release watcher: pushes `agent:update_required` to connected agents when a release is
-//! published.
+//! The release watcher: pushes `agent:update_required` to the agents connected to this server
+//! when a release is published or its rollout widens.
 //!
-//! `release publish` is a separate process writing to the same database, so `serve` polls a
-//! cheap `COUNT(*)` of the releases every [`RELEASE_POLL_INTERVAL`]; when it changes, it reads
-//! the list, finds the new (version, platform) pairs and notifies every connected agent of that
-//! platform whose rollout cohort includes the release and whose reported version is older. The
-//! event only says "check now"; the update check decides what to install. This module must
-//! never block the hub (it uses `notify`, which never waits) and never tell an agent outside a
-//! release's cohort.
+//! `release publish` is a separate process writing to the same database. On PostgreSQL it
+//! notifies every replica (`crate::events`), which wakes the watcher; on SQLite `serve` polls a
+//! cheap count of the releases (and sum of their rollouts) every [`RELEASE_POLL_INTERVAL`]. Either way the watcher then
+//! reads the list, finds the new (version, platform) pairs and those whose rollout grew, and
+//! notifies every connected agent of that platform whose rollout cohort includes the release
+//! and whose reported version is older. The event only says "check now"; the update check
+//! decides what to install. This module must never block the hub (it uses `notify`, which never
+//! waits) and never tell an agent outside a release's cohort.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cms_protocol::{ServerEvent, UpdateRequired};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{Db, DbError, ReleaseRecord};
@@ -29,10 +32,10 @@ type Key = (String, String);
 pub struct ReleaseWatcher {
     db: Db,
     hub: Hub,
-    /// Releases already known, `None` until the first successful read.
-    known: Option<HashSet<Key>>,
-    /// Row count at the last read.
-    count: i64,
+    /// Releases already known with their rollout, `None` until the first successful read.
+    known: Option<HashMap<Key, i64>>,
+    /// Row count and rollout sum at the last read.
+    fingerprint: (i64, i64),
     /// Whether the last poll failed (to log failures once, not every second).
     failing: bool,
 }
@@ -45,31 +48,48 @@ impl ReleaseWatcher {
             db,
             hub,
             known: None,
-            count: -1,
+            fingerprint: (-1, -1),
             failing: false,
         };
-        if let Err(error) = watcher.poll().await {
+        if let Err(error) = watcher.poll(true).await {
             tracing::warn!(%error, "cannot read releases; the watcher retries");
             watcher.failing = true;
         }
         watcher
     }
 
-    /// Polls every `interval` until `shutdown` is cancelled.
-    pub async fn run(mut self, interval: Duration, shutdown: CancellationToken) {
-        let mut ticker = tokio::time::interval(interval);
+    /// Re-reads the releases when `changed` is notified, and polls every `interval` when one
+    /// is given (without a bus to tell it), until `shutdown` is cancelled.
+    pub async fn run(
+        mut self,
+        interval: Option<Duration>,
+        changed: Arc<Notify>,
+        shutdown: CancellationToken,
+    ) {
+        let mut ticker = tokio::time::interval(interval.unwrap_or(RELEASE_POLL_INTERVAL));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let polls = interval.map(|every| every.as_millis() as u64);
+        tracing::info!(
+            poll_ms = polls,
+            "release watcher started ({})",
+            if polls.is_some() {
+                "polling"
+            } else {
+                "told of changes, never polling"
+            }
+        );
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                _ = ticker.tick() => self.tick().await,
+                () = changed.notified() => self.tick(true).await,
+                _ = ticker.tick(), if interval.is_some() => self.tick(false).await,
             }
         }
         tracing::debug!("release watcher stopped");
     }
 
-    async fn tick(&mut self) {
-        match self.poll().await {
+    async fn tick(&mut self, told: bool) {
+        match self.poll(told).await {
             Ok(()) if self.failing => {
                 tracing::info!("release watcher reads the database again");
                 self.failing = false;
@@ -83,21 +103,30 @@ impl ReleaseWatcher {
         }
     }
 
-    /// One look at the table; notifies for releases not seen before.
-    async fn poll(&mut self) -> Result<(), DbError> {
-        let count = self.db.count_releases().await?;
-        if count == self.count && self.known.is_some() {
+    /// One look at the table (the whole list when `told` that it changed, else only when the
+    /// row count or the rollout sum moved); notifies for releases not seen before and rollouts that grew.
+    async fn poll(&mut self, told: bool) -> Result<(), DbError> {
+        let fingerprint = self.db.releases_fingerprint().await?;
+        if !told && fingerprint == self.fingerprint && self.known.is_some() {
             return Ok(());
         }
         let releases = self.db.list_releases().await?;
-        let current: HashSet<Key> = releases.iter().map(key).collect();
+        let current: HashMap<Key, i64> = releases
+            .iter()
+            .map(|r| (key(r), r.rollout_percent))
+            .collect();
         if let Some(known) = &self.known {
-            for release in releases.iter().filter(|r| !known.contains(&key(r))) {
+            let widened = |r: &&ReleaseRecord| {
+                known
+                    .get(&key(r))
+                    .is_none_or(|before| r.rollout_percent > *before)
+            };
+            for release in releases.iter().filter(widened) {
                 self.announce(release).await?;
             }
         }
         self.known = Some(current);
-        self.count = count;
+        self.fingerprint = fingerprint;
         Ok(())
     }
 
@@ -138,7 +167,7 @@ impl ReleaseWatcher {
             connected = connected.len(),
             notified,
             missed,
-            "new release published; connected agents notified"
+            "release published or its rollout widened; connected agents notified"
         );
         Ok(())
     }

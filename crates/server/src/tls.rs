@@ -4,8 +4,9 @@
 //! PKCS#1). They are checked at start (a missing, unreadable or mismatched pair stops the server
 //! with a clear message) and watched afterwards: when either file changes on disk (a renewal),
 //! the next handshake after the change uses the new pair, with no restart; a renewal that
-//! cannot be loaded is logged and the previous pair stays in use. Handshakes run concurrently,
-//! each with a deadline, so a client that never finishes one holds nothing but its socket.
+//! cannot be loaded is logged and the previous pair stays in use. Each handshake runs in its
+//! connection's own task with a deadline, inside the connection budget (`net`), so a client
+//! that never finishes one holds nothing but its socket, and only until the deadline.
 //!
 //! This module must never log key material, and never serve without a verified-loadable pair.
 
@@ -20,17 +21,13 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::TlsAcceptor;
+pub use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 /// Longest a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the files are looked at for a renewal (one `stat` each, on a handshake).
 const RELOAD_CHECK_EVERY: Duration = Duration::from_secs(1);
-/// Finished handshakes waiting for the HTTP server to take them.
-const READY_QUEUE: usize = 64;
 
 /// The two PEM files of `--tls-cert` and `--tls-key`.
 #[derive(Debug, Clone)]
@@ -194,77 +191,21 @@ pub fn acceptor(files: TlsFiles) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// A listener whose connections are TLS streams: TCP connections are accepted in the
-/// background, each handshake runs in a task of its own with a deadline, and finished ones are
-/// handed to the HTTP server in order of completion.
-#[derive(Debug)]
-pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local_addr: SocketAddr,
-    acceptor_task: tokio::task::JoinHandle<()>,
-}
-
-impl TlsListener {
-    /// Serves TLS on `listener` with `acceptor`.
-    pub fn new(listener: TcpListener, acceptor: TlsAcceptor) -> io::Result<Self> {
-        let local_addr = listener.local_addr()?;
-        let (ready_tx, ready) = mpsc::channel(READY_QUEUE);
-        let acceptor_task = tokio::spawn(accept_loop(listener, acceptor, ready_tx));
-        Ok(TlsListener {
-            ready,
-            local_addr,
-            acceptor_task,
-        })
-    }
-}
-
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        self.acceptor_task.abort();
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
-) {
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => {
-                    let _ = ready.send((stream, peer)).await;
-                }
-                Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
-        });
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(connection) => connection,
-            // The accept loop never ends on its own; if it was aborted, wait for shutdown.
-            None => std::future::pending().await,
+/// Runs the TLS handshake on `io` within [`HANDSHAKE_TIMEOUT`]; `None` (logged at debug level,
+/// a flood must not fill the log) when the client fails or stalls.
+pub async fn handshake<I>(acceptor: &TlsAcceptor, io: I, peer: SocketAddr) -> Option<TlsStream<I>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "TLS handshake failed");
+            None
         }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local_addr)
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
     }
 }

@@ -3,8 +3,9 @@
 //! The hub maps agent ids to the sending half of a small channel; each socket task forwards
 //! [`ServerEvent`]s from its channel as JSON text frames, pings every [`PING_INTERVAL`] and
 //! drops connections that stop answering. A new connection for the same agent replaces the old
-//! one. This module must never touch the database directly (callers pass what it needs) and
-//! never block: sends into the hub are `try_send`.
+//! one. Messages from the agent (its heartbeat) go to an [`AgentMessages`] handler, whose
+//! answer is sent back on the same socket. This module must never touch the database directly
+//! (the handler does) and never block: sends into the hub are `try_send`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
-use cms_protocol::ServerEvent;
+use cms_protocol::{AgentMessage, ServerEvent};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -145,6 +146,27 @@ impl Hub {
     }
 }
 
+/// What the server does when an agent's socket opens, speaks and closes.
+pub trait AgentMessages: Send + Sync {
+    /// The socket `connection_id` of `agent_id` is registered in the hub.
+    fn opened(&self, agent_id: &str, connection_id: u64) -> impl Future<Output = ()> + Send;
+
+    /// Handles one message of `agent_id`; the answer, if any, is sent back on its socket.
+    fn handle(
+        &self,
+        agent_id: &str,
+        message: AgentMessage,
+    ) -> impl Future<Output = Option<ServerEvent>> + Send;
+
+    /// The socket `connection_id` is gone from the hub (`shutdown`: the server is stopping).
+    fn closed(
+        &self,
+        agent_id: &str,
+        connection_id: u64,
+        shutdown: bool,
+    ) -> impl Future<Output = ()> + Send;
+}
+
 /// Why a socket loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
@@ -159,6 +181,7 @@ pub async fn run_socket(
     socket: WebSocket,
     agent_id: String,
     hub: Hub,
+    messages: impl AgentMessages,
     shutdown: CancellationToken,
 ) {
     let Registration {
@@ -166,6 +189,7 @@ pub async fn run_socket(
         mut events,
     } = hub.register(&agent_id);
     tracing::info!(agent_id, connection_id, "agent WebSocket connected");
+    messages.opened(&agent_id, connection_id).await;
     let (mut sink, mut stream) = socket.split();
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -189,8 +213,14 @@ pub async fn run_socket(
             }
             frame = stream.next() => {
                 silent_intervals = 0;
-                if let Some(end) = on_frame(&agent_id, frame) {
-                    break end;
+                let message = match on_frame(&agent_id, frame) {
+                    Frame::End(end) => break end,
+                    Frame::Message(message) => message,
+                    Frame::Nothing => continue,
+                };
+                let Some(answer) = messages.handle(&agent_id, message).await else { continue };
+                if !send_event(&mut sink, &agent_id, &answer).await {
+                    break End::Dead;
                 }
             }
         }
@@ -200,21 +230,39 @@ pub async fn run_socket(
         let _ = send_frame(&mut sink, Message::Close(None)).await;
     }
     tracing::info!(agent_id, connection_id, reason = ?end, "agent WebSocket closed");
+    messages
+        .closed(&agent_id, connection_id, end == End::Shutdown)
+        .await;
 }
 
-/// Handles one frame from the agent; `Some` ends the connection.
-fn on_frame(agent_id: &str, frame: Option<Result<Message, axum::Error>>) -> Option<End> {
+/// What one frame from the agent amounts to.
+#[derive(Debug)]
+enum Frame {
+    /// The connection is over.
+    End(End),
+    /// A message for the handler.
+    Message(AgentMessage),
+    /// Nothing to do (a pong, or a text frame this server does not know).
+    Nothing,
+}
+
+/// Decodes one frame from the agent.
+fn on_frame(agent_id: &str, frame: Option<Result<Message, axum::Error>>) -> Frame {
     match frame {
-        Some(Ok(Message::Text(text))) => {
-            tracing::debug!(agent_id, len = text.len(), "ignoring text frame from agent");
-            None
-        }
-        Some(Ok(Message::Close(_))) | None => Some(End::ClientClosed),
+        Some(Ok(Message::Text(text))) => match serde_json::from_str(text.as_str()) {
+            Ok(message) => Frame::Message(message),
+            Err(error) => {
+                // A newer agent's message: ignored, as agents ignore unknown events.
+                tracing::debug!(agent_id, len = text.len(), %error, "ignoring unknown message from agent");
+                Frame::Nothing
+            }
+        },
+        Some(Ok(Message::Close(_))) | None => Frame::End(End::ClientClosed),
         Some(Err(error)) => {
             tracing::debug!(agent_id, %error, "WebSocket read failed");
-            Some(End::Dead)
+            Frame::End(End::Dead)
         }
-        Some(Ok(_)) => None,
+        Some(Ok(_)) => Frame::Nothing,
     }
 }
 

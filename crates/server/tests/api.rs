@@ -6,8 +6,8 @@
 mod common;
 
 use cms_protocol::{
-    AgentState, ErrorBatch, ErrorBatchResponse, ErrorReport, Metrics, ReleaseSummary, ServerEvent,
-    StatusReport, StoredError, UpdateCheckResponse, UpdateRequired, paths,
+    AgentState, ErrorBatch, ErrorBatchResponse, ErrorReport, ReleaseSummary, ServerEvent,
+    StoredError, UpdateCheckResponse, UpdateRequired, paths,
 };
 use std::path::Path;
 
@@ -26,31 +26,11 @@ fn report(id: &str) -> ErrorReport {
 }
 
 async fn post_status(server: &Server, token: &str, state: AgentState) -> reqwest::Response {
-    let report = StatusReport {
-        state,
-        version: "1.0.1".into(),
-        metrics: Metrics::default(),
-        network: None,
-    };
-    server
-        .http
-        .post(server.url(paths::STATUS))
-        .bearer_auth(token)
-        .json(&report)
-        .send()
-        .await
-        .unwrap()
+    server.post_status(token, state, "1.0.1").await
 }
 
 async fn post_errors(server: &Server, token: &str, batch: &ErrorBatch) -> reqwest::Response {
-    server
-        .http
-        .post(server.url(paths::ERRORS))
-        .bearer_auth(token)
-        .json(batch)
-        .send()
-        .await
-        .unwrap()
+    server.post_errors(token, batch).await
 }
 
 async fn update_check(server: &Server, token: &str, version: &str) -> reqwest::Response {
@@ -59,15 +39,6 @@ async fn update_check(server: &Server, token: &str, version: &str) -> reqwest::R
         .get(server.url(paths::UPDATE_CHECK))
         .query(&[("version", version), ("platform", "linux-x86_64")])
         .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn check_update(server: &Server, agent_id: &str) -> reqwest::Response {
-    server
-        .http
-        .post(server.url(&format!("/api/v1/agents/{agent_id}/check-update")))
         .send()
         .await
         .unwrap()
@@ -187,27 +158,16 @@ async fn full_scenario(dir: &Path, store: Store, db_url: String) {
         .await
         .unwrap();
     assert_eq!((third.stored, third.duplicates), (1, 1));
-    let errors: Vec<StoredError> = server
-        .http
-        .get(server.url(paths::OPERATOR_ERRORS))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let errors: Vec<StoredError> = server.operator_json(paths::OPERATOR_ERRORS).await;
     assert_eq!(errors.len(), 3);
     assert_eq!(errors[0].report_id, "r-3", "newest first");
     let mine: Vec<StoredError> = server
-        .http
-        .get(server.url(paths::OPERATOR_ERRORS))
-        .query(&[("agent_id", identity.agent_id.as_str())])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .operator_json(&format!(
+            "{}?agent_id={}",
+            paths::OPERATOR_ERRORS,
+            identity.agent_id
+        ))
+        .await;
     assert_eq!(mine.len(), 2);
     assert!(mine.iter().all(|e| e.agent_id == identity.agent_id));
     assert_eq!(
@@ -259,20 +219,12 @@ async fn full_scenario(dir: &Path, store: Store, db_url: String) {
         .await
         .unwrap();
     assert_eq!(current.update, None);
-    let releases: Vec<ReleaseSummary> = server
-        .http
-        .get(server.url(paths::RELEASES))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let releases: Vec<ReleaseSummary> = server.operator_json(paths::RELEASES).await;
     assert_eq!(releases.len(), 2);
 
     // check-update over a real WebSocket
-    assert_json_error(check_update(&server, "no-such-agent").await, 404).await;
-    assert_json_error(check_update(&server, &identity.agent_id).await, 409).await;
+    assert_json_error(server.check_update("no-such-agent").await, 404).await;
+    assert_json_error(server.check_update(&identity.agent_id).await, 409).await;
     assert!(
         server.connect_ws("wrong-token").await.is_err(),
         "ws needs auth"
@@ -281,7 +233,7 @@ async fn full_scenario(dir: &Path, store: Store, db_url: String) {
     // The hub registers the socket right after the upgrade; retry briefly until it does.
     let mut sent = false;
     for _ in 0..50 {
-        let response = check_update(&server, &identity.agent_id).await;
+        let response = server.check_update(&identity.agent_id).await;
         if response.status() == 202 {
             sent = true;
             break;
@@ -290,12 +242,14 @@ async fn full_scenario(dir: &Path, store: Store, db_url: String) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(sent, "check-update never reached the socket");
-    let text = next_text(&mut ws, 10).await.expect("event frame");
-    let event: ServerEvent = serde_json::from_str(&text).unwrap();
-    assert_eq!(
-        event,
-        ServerEvent::UpdateRequired(UpdateRequired { version: None })
-    );
+    // The release watcher may push the releases inserted above first (with their version).
+    let text = loop {
+        let text = next_text(&mut ws, 10).await.expect("event frame");
+        let event: ServerEvent = serde_json::from_str(&text).unwrap();
+        if event == ServerEvent::UpdateRequired(UpdateRequired { version: None }) {
+            break text;
+        }
+    };
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&text).unwrap()["event"],
         "agent:update_required"
@@ -304,7 +258,7 @@ async fn full_scenario(dir: &Path, store: Store, db_url: String) {
     // a second connection replaces the first
     let mut replacement = server.connect_ws(&identity.agent_token).await.unwrap();
     assert_eq!(next_text(&mut ws, 10).await, None, "old socket closed");
-    let response = check_update(&server, &identity.agent_id).await;
+    let response = server.check_update(&identity.agent_id).await;
     assert_eq!(response.status(), 202);
     assert!(next_text(&mut replacement, 10).await.is_some());
     drop(replacement);

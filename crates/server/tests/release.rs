@@ -13,71 +13,11 @@ use std::time::Duration;
 
 use cms_protocol::update::{MANIFEST_NAME, PackageManifest};
 use cms_protocol::{ReleaseSummary, ServerEvent, UpdateCheckResponse, UpdateRequired, paths};
-use common::{Options, Server, Store, WsStream, next_text, postgres_schema};
+use common::{
+    Inputs, Options, Server, Store, WsStream, inputs, next_text, postgres_schema, publish,
+};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-
-/// Fake executables to package.
-struct Inputs {
-    agent: PathBuf,
-    updater: PathBuf,
-    agent_bytes: Vec<u8>,
-    updater_bytes: Vec<u8>,
-}
-
-fn inputs(dir: &Path) -> Inputs {
-    let mut rng = fastrand_bytes(0x5eed);
-    let agent_bytes: Vec<u8> = (0..40_000).map(|_| rng()).collect();
-    let updater_bytes = b"#!/bin/sh\necho updater\n".to_vec();
-    let agent = dir.join("fake_agent");
-    let updater = dir.join("fake_updater");
-    std::fs::write(&agent, &agent_bytes).unwrap();
-    std::fs::write(&updater, &updater_bytes).unwrap();
-    Inputs {
-        agent,
-        updater,
-        agent_bytes,
-        updater_bytes,
-    }
-}
-
-/// A tiny deterministic byte generator (xorshift), so the agent does not compress to nothing.
-fn fastrand_bytes(seed: u64) -> impl FnMut() -> u8 {
-    let mut state = seed;
-    move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 24) as u8
-    }
-}
-
-/// Runs `cms-server release publish` and returns (exit code, stdout, stderr).
-async fn publish(
-    data_dir: &Path,
-    store: &Store,
-    version: &str,
-    files: &Inputs,
-    extra: &[&str],
-) -> (Option<i32>, String, String) {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cms-server"));
-    cmd.args(["release", "publish", "--data-dir"])
-        .arg(data_dir)
-        .args(["--version", version, "--agent"])
-        .arg(&files.agent)
-        .arg("--updater")
-        .arg(&files.updater)
-        .args(extra);
-    if let Store::Postgres(url) = store {
-        cmd.args(["--database-url", url]);
-    }
-    let output = cmd.output().await.unwrap();
-    (
-        output.status.code(),
-        String::from_utf8(output.stdout).unwrap(),
-        String::from_utf8(output.stderr).unwrap(),
-    )
-}
 
 /// Publishes, asserting success and the one-line output; returns the package path.
 async fn publish_ok(
@@ -243,15 +183,7 @@ async fn publish_and_download(dir: &Path, store: Store) {
     assert_eq!(status, 401);
 
     // The operator listing shows it, with the extra fields.
-    let listing: serde_json::Value = server
-        .http
-        .get(server.url(paths::RELEASES))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listing: serde_json::Value = server.operator_json(paths::RELEASES).await;
     let releases: Vec<ReleaseSummary> = serde_json::from_value(listing.clone()).unwrap();
     assert_eq!(releases.len(), 1);
     assert_eq!(
@@ -352,9 +284,10 @@ async fn register(server: &Server, hostname: &str, platform: &str) -> (String, S
 /// `check-update` reaches it), draining that first event.
 async fn connect(server: &Server, agent_id: &str, token: &str) -> WsStream {
     let mut ws = server.connect_ws(token).await.unwrap();
-    let url = server.url(&format!("/api/v1/agents/{agent_id}/check-update"));
+    let path = format!("/api/v1/agents/{agent_id}/check-update");
     for _ in 0..100 {
-        if server.http.post(&url).send().await.unwrap().status() == 202 {
+        let sent = server.operator(reqwest::Method::POST, &path).send().await;
+        if sent.unwrap().status() == 202 {
             let text = next_text(&mut ws, 10).await.expect("check-update event");
             let event: ServerEvent = serde_json::from_str(&text).unwrap();
             assert_eq!(
@@ -438,7 +371,9 @@ async fn duplicate_release_row_is_a_duplicate_on_postgres() {
     else {
         return;
     };
-    let db = Db::connect(&schema.server_url).await.unwrap();
+    let db = Db::connect(&schema.server_url, cms_server::db::PoolUse::Command)
+        .await
+        .unwrap();
     let release = NewRelease {
         version: "1.0.0",
         platform: "linux-x86_64",

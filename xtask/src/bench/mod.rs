@@ -135,9 +135,9 @@ fn measure(plan: &Plan, open_files: u64, phases: &mut report::Phases) -> Result<
     })
 }
 
-/// Open files the server (and the swarm) need for `agents`: two connections each, plus slack.
+/// Open files the server (and the swarm) need for `agents`: one connection each, plus slack.
 fn open_files_for(agents: usize) -> u64 {
-    (agents as u64 * 2).saturating_add(4096)
+    (agents as u64 * scale::FDS_PER_AGENT).saturating_add(4096)
 }
 
 fn number(value: Option<String>, default: usize) -> Result<usize> {

@@ -320,9 +320,9 @@ impl Report {
                 r.tls.package_bytes as f64 / MB
             ),
             format!(
-                "Server scale: `cms-loadgen swarm` simulates N agents, each with its own WebSocket and a \
-                 keep-alive HTTP connection, sending a heartbeat every {} s (+/-10 %, phases spread); \
-                 latency is request sent -> answer read. A step holds when p99 < {P99_GOAL_MS:.0} ms with \
+                "Server scale: `cms-loadgen swarm` simulates N agents, each with its own WebSocket \
+                 (one connection per agent), sending a heartbeat on it every {} s (+/-10 %, phases \
+                 spread); latency is heartbeat sent -> the server's answer read. A step holds when p99 < {P99_GOAL_MS:.0} ms with \
                  no failed heartbeat and no dropped WebSocket. Open-file limit: {}. The search stopped \
                  because {}. Push: publish done -> the agents' WebSockets delivered the event (the server \
                  looks for new releases every second).",

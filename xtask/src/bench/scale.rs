@@ -27,9 +27,9 @@ use crate::util::describe;
 pub const P99_GOAL_MS: f64 = 50.0;
 /// How long the swarm may wait for a push to reach every agent.
 const PUSH_WAIT_SECS: u32 = 60;
-/// Descriptors the server (and the swarm) hold per agent: its WebSocket and its keep-alive
-/// heartbeat connection.
-const FDS_PER_AGENT: u64 = 2;
+/// Descriptors the server (and the swarm) hold per agent: its WebSocket, which carries its
+/// heartbeats too (`cms-loadgen swarm` sends them on it, as the agent does).
+pub const FDS_PER_AGENT: u64 = 1;
 /// Descriptors kept for everything else (listener, database, logs).
 const FD_SLACK: u64 = 1024;
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use cms_protocol::{
-    BUILD_VERSION, Metrics, RegisterRequest, ServerEvent, StatusReport, UpdateInfo,
+    BUILD_VERSION, HeartbeatAck, Metrics, RegisterRequest, ServerEvent, StatusReport, UpdateInfo,
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -28,15 +28,19 @@ use crate::core::supervisor::{Role, TaskDeath, Tasks};
 use crate::core::update::{self, Relaunch, Settlement, Update};
 use crate::net::Credentials;
 use crate::net::http_client::{HttpClient, HttpError};
+use crate::net::servers::ServerList;
 use crate::net::trust::{TrustError, TrustedMetadata};
-use crate::net::ws_client::{WSClient, WsError};
-use crate::net::{Transport, TransportError, UrlError, backoff, parse_server_url};
+use crate::net::ws_client::{WSClient, WsLink};
+use crate::net::{Transport, TransportError, UrlError, backoff};
 use crate::system::{self, lock_manager::LockManager};
 
 /// How long shutdown waits for tasks before aborting them.
 const SHUTDOWN_JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Ceiling of the registration retry backoff.
 const REGISTER_MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How long the first heartbeat waits for the WebSocket, so that it does not open an HTTP
+/// connection just before the socket is up.
+const FIRST_HEARTBEAT_WAIT: Duration = Duration::from_secs(5);
 
 /// Why the agent cannot be built from its configuration.
 #[derive(Debug, thiserror::Error)]
@@ -50,9 +54,6 @@ pub enum AgentError {
     /// The HTTP client cannot be set up.
     #[error(transparent)]
     Http(#[from] HttpError),
-    /// The WebSocket client cannot be set up.
-    #[error(transparent)]
-    Ws(#[from] WsError),
     /// The trusted root given cannot be pinned.
     #[error(transparent)]
     Trust(#[from] TrustError),
@@ -95,6 +96,7 @@ struct Inner {
     http: HttpClient,
     trust: TrustedMetadata,
     ws: WSClient,
+    ws_link: WsLink,
     reporter: Arc<ErrorReporter>,
     net_health: NetHealth,
     network_route: String,
@@ -116,34 +118,35 @@ impl Agent {
         lock: LockManager,
         options: AgentOptions,
     ) -> Result<Self, AgentError> {
-        let server = config
-            .config()
-            .server_url
-            .clone()
-            .ok_or(AgentError::NoServer)?;
-        let base = parse_server_url(&server)?;
+        let servers = config.config().servers();
+        if servers.is_empty() {
+            return Err(AgentError::NoServer);
+        }
+        let servers = Arc::new(ServerList::parse(&servers)?);
         let transport = Transport::new(
-            &base,
+            servers.primary(),
             config.config().ca_certs_pem.as_deref(),
             config.config().proxy.as_ref(),
         )?;
         let network_route = transport.route.label();
         tracing::info!(route = %network_route, extra_ca = config.config().ca_certs_pem.is_some(), "network route to the backend");
-        let http = HttpClient::new(base.clone(), &transport)?;
+        let http = HttpClient::with_servers(servers.clone(), &transport)?;
         if let Some(credentials) = config.config().credentials.clone() {
             http.set_credentials(credentials);
         }
-        let trust = TrustedMetadata::new(storage.tuf_dir(), &base, http.client().clone())?;
+        let trust = TrustedMetadata::new(storage.tuf_dir(), servers.clone(), http.client().clone());
         if let Some(root) = &options.trusted_root {
             trust.pin_root_file(root)?;
         }
         let ws_max = Duration::from_secs(options.intervals.ws_reconnect_max_secs);
+        let ws = WSClient::new(servers, ws_max, &transport);
         let inner = Inner {
             state: StateCell::default(),
             config: Mutex::new(config),
             http,
             trust,
-            ws: WSClient::new(&base, ws_max, &transport)?,
+            ws_link: ws.link(),
+            ws,
             reporter,
             net_health: NetHealth::default(),
             network_route,
@@ -371,7 +374,7 @@ impl Inner {
             metrics,
             network: Some(self.network_route.clone()),
         };
-        let sent = self.http.send_status(&report).await;
+        let sent = self.deliver_status(&report).await;
         if sent.is_ok() {
             self.record_backend_contact();
             self.backend_answered().await;
@@ -384,6 +387,21 @@ impl Inner {
                 let message = err.to_string();
                 self.exchange_failed("status_report_failed", &message, &err, Value::Null)
                     .await
+            }
+        }
+    }
+
+    /// The heartbeat on the WebSocket while it is up (its answer reaches the event loop),
+    /// else over HTTP.
+    async fn deliver_status(&self, report: &StatusReport) -> Result<(), HttpError> {
+        match self.ws_link.heartbeat(report).await {
+            Ok(_) => {
+                tracing::debug!(state = %report.state, "heartbeat sent over the websocket");
+                Ok(())
+            }
+            Err(err) => {
+                tracing::debug!(reason = %err, "heartbeat over HTTP");
+                self.http.send_status(report).await
             }
         }
     }
@@ -692,6 +710,7 @@ async fn lock_heartbeat(inner: Arc<Inner>) {
 
 async fn status_loop(inner: Arc<Inner>) {
     let every = Duration::from_secs(inner.options.intervals.status_secs.max(1));
+    inner.ws_link.wait_up(FIRST_HEARTBEAT_WAIT).await;
     loop {
         panic_if_a_test_asks();
         inner.send_status().await;
@@ -709,7 +728,11 @@ async fn poll_loop(inner: Arc<Inner>) {
     }
 }
 
+/// Acts on server events: a push checks for updates now; a heartbeat answer that offers a
+/// release not offered by the previous answer starts that update (so a push that was lost waits
+/// no longer than the next heartbeat, and a failed update is not retried at every heartbeat).
 async fn event_loop(inner: Arc<Inner>, mut events: mpsc::Receiver<ServerEvent>) {
+    let mut last_offer: Option<String> = None;
     loop {
         let event = tokio::select! {
             _ = inner.cancel.cancelled() => return,
@@ -717,6 +740,11 @@ async fn event_loop(inner: Arc<Inner>, mut events: mpsc::Receiver<ServerEvent>) 
         };
         match event {
             Some(ServerEvent::UpdateRequired(_)) => inner.check_for_update("push").await,
+            Some(ServerEvent::HeartbeatAck(ack)) => {
+                if let Some(update) = new_offer(&mut last_offer, ack) {
+                    inner.initiate_update("heartbeat", &update).await;
+                }
+            }
             None => return,
         }
     }
@@ -737,6 +765,15 @@ fn panic_if_a_test_asks() {
 
 #[cfg(not(debug_assertions))]
 fn panic_if_a_test_asks() {}
+
+/// The release a heartbeat answer offers, when the previous answer (`last`, updated here)
+/// offered another one or none.
+fn new_offer(last: &mut Option<String>, ack: HeartbeatAck) -> Option<UpdateInfo> {
+    let offered = ack.update.as_ref().map(|u| u.version.clone());
+    let is_new = offered.is_some() && offered != *last;
+    *last = offered;
+    ack.update.filter(|_| is_new)
+}
 
 /// Sleeps `delay` unless cancelled first; `true` when the full delay passed.
 async fn sleep_or_cancel(cancel: &CancellationToken, delay: Duration) -> bool {
@@ -893,6 +930,47 @@ fn force_restart_decision(state: &StateCell) -> ForceDecision {
         Err(refused) if refused.from.is_updating() => ForceDecision::BusyUpdating,
         Err(refused) if refused.from == AgentState::Starting => ForceDecision::Shutdown,
         Err(_) => ForceDecision::AlreadyStopping,
+    }
+}
+
+#[cfg(test)]
+mod offer_tests {
+    use super::*;
+
+    fn ack(version: Option<&str>) -> HeartbeatAck {
+        HeartbeatAck {
+            update: version.map(|version| UpdateInfo {
+                version: version.into(),
+                platform: "linux-x86_64".into(),
+                package_url: String::new(),
+                target: String::new(),
+                length: 1,
+                sha256: String::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn an_offer_starts_an_update_once_until_another_one_comes() {
+        let mut last = None;
+        assert!(new_offer(&mut last, ack(None)).is_none());
+        assert_eq!(
+            new_offer(&mut last, ack(Some("2.0.0"))).unwrap().version,
+            "2.0.0"
+        );
+        assert!(
+            new_offer(&mut last, ack(Some("2.0.0"))).is_none(),
+            "not at every heartbeat"
+        );
+        assert_eq!(
+            new_offer(&mut last, ack(Some("2.1.0"))).unwrap().version,
+            "2.1.0"
+        );
+        assert!(new_offer(&mut last, ack(None)).is_none());
+        assert!(
+            new_offer(&mut last, ack(Some("2.1.0"))).is_some(),
+            "offered again after none"
+        );
     }
 }
 

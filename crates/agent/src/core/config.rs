@@ -23,7 +23,7 @@ use cms_platform::clock;
 use cms_platform::fs::write_atomic;
 
 use crate::net::proxy::ProxySetting;
-use crate::net::{Credentials, EnrollmentToken};
+use crate::net::{Credentials, EnrollmentToken, parse_server_url};
 
 /// The schema version this build reads and writes.
 pub const CONFIG_VERSION: u64 = 2;
@@ -75,9 +75,13 @@ pub struct Config {
     /// Agent version that last ran with this file (written at first start and after updates).
     #[serde(default)]
     pub current_version: Option<String>,
-    /// Backend base URL.
+    /// Backend base URL (the first of `server_urls` when there are several).
     #[serde(default)]
     pub server_url: Option<String>,
+    /// Every server of the backend (replicas), in the order they are tried, when more than one
+    /// was given; `server_url` alone otherwise. An older agent reads `server_url` only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_urls: Vec<String>,
     /// Identity from registration.
     #[serde(default)]
     pub credentials: Option<Credentials>,
@@ -132,6 +136,7 @@ impl Default for Config {
             config_version: CONFIG_VERSION,
             current_version: None,
             server_url: None,
+            server_urls: Vec::new(),
             credentials: None,
             ca_certs_pem: None,
             proxy: None,
@@ -143,6 +148,44 @@ impl Default for Config {
             update_retry: None,
         }
     }
+}
+
+impl Config {
+    /// The backend's servers in the order they are tried: `server_urls`, else `server_url`.
+    pub fn servers(&self) -> Vec<String> {
+        if self.server_urls.is_empty() {
+            self.server_url.iter().cloned().collect()
+        } else {
+            self.server_urls.clone()
+        }
+    }
+
+    /// Saves the servers given on the command line (the first as `server_url`). An identity
+    /// belongs to one backend, so a new first server forgets it and its enrollment token; the
+    /// same server spelled differently keeps them.
+    pub fn set_servers(&mut self, servers: &[String]) {
+        let Some(first) = servers.first() else {
+            return;
+        };
+        if !same_server(self.server_url.as_deref(), first) {
+            self.server_url = Some(first.clone());
+            self.credentials = None;
+            self.enrollment_token = None;
+        }
+        self.server_urls = if servers.len() > 1 {
+            servers.to_vec()
+        } else {
+            Vec::new()
+        };
+    }
+}
+
+/// Whether `saved` and `given` name the same server once parsed.
+fn same_server(saved: Option<&str>, given: &str) -> bool {
+    let parse = |url: &str| parse_server_url(url).ok();
+    saved
+        .and_then(parse)
+        .is_some_and(|saved| Some(saved) == parse(given))
 }
 
 /// Something about the file on disk that an operator should hear about.
@@ -641,6 +684,43 @@ mod tests {
         assert_eq!(manager.config(), &Config::default());
         assert!(notices.is_empty());
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn one_server_is_saved_as_before_and_a_list_beside_it() {
+        let credentials = Credentials {
+            agent_id: "a1".into(),
+            agent_token: "t1".into(),
+        };
+        let mut config = Config {
+            server_url: Some("https://a.example".into()),
+            credentials: Some(credentials),
+            ..Config::default()
+        };
+        config.set_servers(&["https://a.example".into()]);
+        assert!(config.server_urls.is_empty());
+        assert!(config.credentials.is_some(), "same server, same identity");
+        let json = serde_json::to_value(&config).unwrap();
+        assert!(json.get("server_urls").is_none(), "{json}");
+
+        let replicas = [
+            "https://a.example".to_owned(),
+            "https://b.example".to_owned(),
+        ];
+        config.set_servers(&replicas);
+        assert_eq!(config.servers(), replicas);
+        assert!(
+            config.credentials.is_some(),
+            "the first server is unchanged"
+        );
+        assert_eq!(config.server_url.as_deref(), Some("https://a.example"));
+
+        config.set_servers(&["https://c.example".into()]);
+        assert_eq!(config.servers(), ["https://c.example"]);
+        assert!(
+            config.credentials.is_none(),
+            "another backend, another identity"
+        );
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! counted with the drops; a report that cannot be appended (a full disk) is counted too, and
 //! its partial line is cut off again. [`install_panic_hook`] makes a panic leave a report in
 //! the buffer, delivered after the restart that follows.
+//! When the server throttles the agent (429), reports go to the buffer without trying, and no
+//! flush is attempted, until its `Retry-After` has passed; the throttled batch stays buffered.
 //! This module must never block the agent for long or panic on a damaged buffer file.
 
 use std::collections::HashSet;
@@ -21,8 +23,9 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use cms_protocol::{BUILD_VERSION, ErrorReport};
 use serde_json::Value;
+use std::time::Instant;
 
-use crate::net::http_client::HttpClient;
+use crate::net::http_client::{HttpClient, HttpError};
 use cms_platform::clock;
 use cms_platform::fs::write_atomic;
 
@@ -43,6 +46,8 @@ pub struct ErrorReporter {
     buffer: Mutex<ErrorBuffer>,
     /// Held for a whole flush: two flushes at once would each remove the other's reports.
     flushing: tokio::sync::Mutex<()>,
+    /// No delivery is tried before this instant (the server's last `Retry-After`).
+    hold_until: Mutex<Option<Instant>>,
 }
 
 impl ErrorReporter {
@@ -52,6 +57,7 @@ impl ErrorReporter {
             buffer: Mutex::new(ErrorBuffer::open(path.clone(), max_reports.max(1))),
             path,
             flushing: tokio::sync::Mutex::new(()),
+            hold_until: Mutex::new(None),
         }
     }
 
@@ -59,13 +65,50 @@ impl ErrorReporter {
     pub async fn report(&self, http: &HttpClient, kind: &str, message: &str, details: Value) {
         tracing::error!(kind, "{message}");
         let report = new_report(kind, message, details);
-        if self.buffered() == 0 {
-            match http.report_errors(std::slice::from_ref(&report)).await {
+        if self.buffered() == 0 && !self.held() {
+            match self.deliver(http, std::slice::from_ref(&report)).await {
                 Ok(_) => return,
                 Err(err) => tracing::debug!(error = %err, "error report buffered"),
             }
         }
         self.buffer().push(report);
+    }
+
+    /// Posts `reports`; a 429 holds every delivery back for its `Retry-After`.
+    async fn deliver(
+        &self,
+        http: &HttpClient,
+        reports: &[ErrorReport],
+    ) -> Result<cms_protocol::ErrorBatchResponse, HttpError> {
+        let result = http.report_errors(reports).await;
+        if let Err(HttpError::RateLimited { retry_after, .. }) = &result {
+            tracing::warn!(
+                retry_after_secs = retry_after.as_secs(),
+                reports = reports.len(),
+                "the server throttles error reports; they stay buffered until then"
+            );
+            *self.hold() = Some(Instant::now() + *retry_after);
+        }
+        result
+    }
+
+    /// Whether deliveries are held back by a recent 429.
+    fn held(&self) -> bool {
+        let mut hold = self.hold();
+        match *hold {
+            Some(until) if Instant::now() < until => true,
+            Some(_) => {
+                *hold = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn hold(&self) -> MutexGuard<'_, Option<Instant>> {
+        self.hold_until
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Buffers a report without trying the network: for problems found before the agent can
@@ -89,13 +132,17 @@ impl ErrorReporter {
 
     /// Re-sends buffered reports, oldest first; stops at the first failure and keeps the rest.
     pub async fn flush(&self, http: &HttpClient) {
+        if self.held() {
+            tracing::debug!("error reports held back by the server's Retry-After");
+            return;
+        }
         let _one_at_a_time = self.flushing.lock().await;
         loop {
             let batch = self.buffer().oldest(FLUSH_BATCH);
             if batch.is_empty() {
                 break;
             }
-            match http.report_errors(&batch).await {
+            match self.deliver(http, &batch).await {
                 Ok(answer) => {
                     let left = self.buffer().remove_delivered(&batch);
                     tracing::info!(
@@ -148,7 +195,7 @@ impl ErrorReporter {
             &message,
             serde_json::json!({ "dropped": dropped }),
         );
-        if http.report_errors(&[report]).await.is_ok() {
+        if self.deliver(http, &[report]).await.is_ok() {
             self.buffer().subtract_dropped(dropped);
         }
     }

@@ -10,7 +10,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use cms_protocol::{
@@ -24,15 +24,18 @@ use tokio::io::AsyncWriteExt;
 use url::Url;
 
 use crate::net::proxy::Route;
+use crate::net::servers::ServerList;
 use crate::net::tls;
-use crate::net::{
-    Credentials, Transport, UrlError, endpoint, error_chain, parse_server_url, same_origin,
-};
+use crate::net::{Credentials, Transport, UrlError, endpoint, error_chain, parse_server_url};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const ERROR_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Wait after a 429 without a usable `Retry-After`.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// Longest wait a `Retry-After` may impose.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// Longest error body quoted in a message.
 const MAX_QUOTED_BODY: usize = 300;
 /// Largest JSON answer the agent reads (they are a few hundred bytes).
@@ -49,6 +52,14 @@ pub enum HttpError {
     Unauthorized {
         /// Which call.
         what: &'static str,
+    },
+    /// The server is throttling this agent; the same call may succeed after `retry_after`.
+    #[error("{what}: the server asks to slow down; retry in {} s", retry_after.as_secs())]
+    RateLimited {
+        /// Which call.
+        what: &'static str,
+        /// How long to wait (the server's `Retry-After`, bounded).
+        retry_after: Duration,
     },
     /// The server answered with an unexpected status.
     #[error("{what}: server answered {status}: {body}")]
@@ -166,7 +177,7 @@ const PROXY_TUNNEL_PROBLEM: &str = "proxy refused the tunnel to the server: chec
 #[derive(Debug)]
 pub struct HttpClient {
     client: reqwest::Client,
-    base: Url,
+    servers: Arc<ServerList>,
     credentials: RwLock<Option<Credentials>>,
 }
 
@@ -174,6 +185,15 @@ impl HttpClient {
     /// A client for the backend at `base` (already checked by `parse_server_url`), trusting
     /// and routing as `transport` says; it never looks at proxy settings of its own.
     pub fn new(base: Url, transport: &Transport) -> Result<Self, HttpError> {
+        Self::with_servers(Arc::new(ServerList::single(base)), transport)
+    }
+
+    /// A client for a backend of several servers: calls go to the one in use, and one that
+    /// cannot be reached makes the list move on to the next.
+    pub fn with_servers(
+        servers: Arc<ServerList>,
+        transport: &Transport,
+    ) -> Result<Self, HttpError> {
         let mut builder = reqwest::Client::builder()
             .user_agent(format!("cms-agent/{BUILD_VERSION}"))
             .connect_timeout(CONNECT_TIMEOUT)
@@ -189,7 +209,7 @@ impl HttpClient {
         })?;
         Ok(HttpClient {
             client,
-            base,
+            servers,
             credentials: RwLock::new(None),
         })
     }
@@ -199,9 +219,22 @@ impl HttpClient {
         &self.client
     }
 
-    /// The backend base URL.
-    pub fn base(&self) -> &Url {
-        &self.base
+    /// Sends one call to the server in use (`path` below its base); a server that cannot be
+    /// reached or does not answer in time makes the list move on, for the next call.
+    async fn call(
+        &self,
+        what: &'static str,
+        path: &str,
+        request: impl FnOnce(String) -> Result<reqwest::RequestBuilder, HttpError>,
+    ) -> Result<reqwest::Response, HttpError> {
+        let base = self.servers.current();
+        let result = send(what, request(endpoint(&base, path))?).await;
+        if let Err(HttpError::Transport { source, .. }) = &result
+            && (source.is_connect() || source.is_timeout())
+        {
+            self.servers.failed(&base);
+        }
+        result
     }
 
     /// Uses `credentials` for every later call.
@@ -231,20 +264,24 @@ impl HttpClient {
     /// Enrolls this machine; the caller stores the returned identity.
     pub async fn register(&self, request: &RegisterRequest) -> Result<RegisterResponse, HttpError> {
         let what = "register";
-        let builder = self
-            .client
-            .post(endpoint(&self.base, paths::REGISTER))
-            .json(request);
-        json_of(what, send(what, builder.timeout(CALL_TIMEOUT)).await?).await
+        let response = self
+            .call(what, paths::REGISTER, |url| {
+                Ok(self.client.post(url).json(request).timeout(CALL_TIMEOUT))
+            })
+            .await?;
+        json_of(what, response).await
     }
 
     /// Sends the heartbeat.
     pub async fn send_status(&self, report: &StatusReport) -> Result<(), HttpError> {
-        let what = "status";
-        let builder = self.authed(self.client.post(endpoint(&self.base, paths::STATUS)))?;
-        send(what, builder.json(report).timeout(CALL_TIMEOUT))
-            .await
-            .map(drop)
+        self.call("status", paths::STATUS, |url| {
+            Ok(self
+                .authed(self.client.post(url))?
+                .json(report)
+                .timeout(CALL_TIMEOUT))
+        })
+        .await
+        .map(drop)
     }
 
     /// Asks whether a newer release is waiting for this agent.
@@ -254,9 +291,15 @@ impl HttpClient {
         platform: &str,
     ) -> Result<Option<UpdateInfo>, HttpError> {
         let what = "update check";
-        let builder = self.authed(self.client.get(endpoint(&self.base, paths::UPDATE_CHECK)))?;
         let query = [("version", version), ("platform", platform)];
-        let response = send(what, builder.query(&query).timeout(CALL_TIMEOUT)).await?;
+        let response = self
+            .call(what, paths::UPDATE_CHECK, |url| {
+                Ok(self
+                    .authed(self.client.get(url))?
+                    .query(&query)
+                    .timeout(CALL_TIMEOUT))
+            })
+            .await?;
         Ok(json_of::<UpdateCheckResponse>(what, response).await?.update)
     }
 
@@ -269,12 +312,13 @@ impl HttpClient {
         let batch = ErrorBatch {
             reports: reports.to_vec(),
         };
-        let builder = self.authed(self.client.post(endpoint(&self.base, paths::ERRORS)))?;
-        json_of(
-            what,
-            send(what, builder.json(&batch).timeout(ERROR_CALL_TIMEOUT)).await?,
-        )
-        .await
+        let response = self
+            .call(what, paths::ERRORS, |url| {
+                let builder = self.authed(self.client.post(url))?;
+                Ok(builder.json(&batch).timeout(ERROR_CALL_TIMEOUT))
+            })
+            .await?;
+        json_of(what, response).await
     }
 
     /// Downloads `url` (absolute, or relative to the base) to `target`, resuming a partial file;
@@ -291,7 +335,7 @@ impl HttpClient {
             return Ok(received);
         }
         let mut builder = self.client.get(url.as_str());
-        if same_origin(&self.base, &url) {
+        if self.servers.is_backend(&url) {
             builder = self.authed(builder)?;
         }
         let url = url.to_string();
@@ -342,7 +386,7 @@ impl HttpClient {
         let absolute = if url.starts_with("http://") || url.starts_with("https://") {
             url.to_owned()
         } else {
-            endpoint(&self.base, url)
+            endpoint(&self.servers.current(), url)
         };
         parse_server_url(&absolute).map_err(|source| HttpError::RefusedUrl {
             url: url.to_owned(),
@@ -428,12 +472,26 @@ async fn send(
     if status == StatusCode::UNAUTHORIZED {
         return Err(HttpError::Unauthorized { what });
     }
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let retry_after = retry_after(response.headers().get(header::RETRY_AFTER));
+        return Err(HttpError::RateLimited { what, retry_after });
+    }
     let (quoted, _) = read_capped(response, MAX_QUOTED_BODY)
         .await
         .unwrap_or_default();
     let mut body = String::from_utf8_lossy(&quoted).into_owned();
     body.truncate(body.floor_char_boundary(MAX_QUOTED_BODY));
     Err(HttpError::Status { what, status, body })
+}
+
+/// The wait a `Retry-After: SECONDS` header asks for, within [`MAX_RETRY_AFTER`] (the HTTP-date
+/// form, which this server never sends, counts as absent).
+fn retry_after(header: Option<&header::HeaderValue>) -> Duration {
+    header
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .map_or(DEFAULT_RETRY_AFTER, Duration::from_secs)
+        .min(MAX_RETRY_AFTER)
 }
 
 async fn json_of<T: DeserializeOwned>(
@@ -552,5 +610,15 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, HttpError::RefusedUrl { .. }), "{err}");
+    }
+
+    #[test]
+    fn retry_after_is_read_and_bounded() {
+        let value = |text: &str| header::HeaderValue::from_str(text).unwrap();
+        assert_eq!(retry_after(Some(&value("7"))), Duration::from_secs(7));
+        assert_eq!(retry_after(Some(&value("999999"))), MAX_RETRY_AFTER);
+        let date = value("Wed, 21 Oct 2015 07:28:00 GMT");
+        assert_eq!(retry_after(Some(&date)), DEFAULT_RETRY_AFTER);
+        assert_eq!(retry_after(None), DEFAULT_RETRY_AFTER);
     }
 }

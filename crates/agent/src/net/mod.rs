@@ -5,6 +5,7 @@
 
 pub mod http_client;
 pub mod proxy;
+pub mod servers;
 pub mod tls;
 pub mod trust;
 pub mod ws_client;
@@ -140,12 +141,6 @@ impl Transport {
             route: proxy::Route::resolve(proxy, server)?,
         })
     }
-}
-
-/// Whether `url` is on the same origin (scheme, host, port) as `base`: only there does the
-/// agent's credential go.
-pub fn same_origin(base: &Url, url: &Url) -> bool {
-    base.origin() == url.origin()
 }
 
 /// An error with its sources, `outer: inner: innermost`: reqwest and tough keep the useful

@@ -15,6 +15,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use cms_protocol::update::target_custom;
 use cms_protocol::{UpdateInfo, paths};
@@ -29,6 +30,7 @@ use url::Url;
 
 use crate::net::endpoint;
 use crate::net::error_chain;
+use crate::net::servers::ServerList;
 use cms_platform::fs::write_atomic;
 
 /// Size limits on metadata (TUF's defence against endless-data attacks). Our files are a few
@@ -129,20 +131,26 @@ pub struct SignedTarget {
 #[derive(Debug, Clone)]
 pub struct TrustedMetadata {
     dir: PathBuf,
-    metadata_url: Url,
+    servers: Arc<ServerList>,
     transport: MetadataTransport,
 }
 
 impl TrustedMetadata {
-    /// The store in `dir` for the server at `base`; `client` carries the agent's TLS settings.
-    pub fn new(dir: PathBuf, base: &Url, client: reqwest::Client) -> Result<Self, TrustError> {
-        let metadata_url = Url::parse(&endpoint(base, paths::TUF_METADATA))
-            .map_err(|e| TrustError::Refused(format!("bad metadata URL: {e}")))?;
-        Ok(TrustedMetadata {
+    /// The store in `dir` for the backend's `servers` (the metadata comes from the one in use:
+    /// it is signed, so any of them, or a mirror, will do); `client` carries the agent's TLS
+    /// settings.
+    pub fn new(dir: PathBuf, servers: Arc<ServerList>, client: reqwest::Client) -> Self {
+        TrustedMetadata {
             dir,
-            metadata_url,
+            servers,
             transport: MetadataTransport { client },
-        })
+        }
+    }
+
+    /// Where the metadata lies on the server in use.
+    fn metadata_url(&self) -> Result<Url, TrustError> {
+        Url::parse(&endpoint(&self.servers.current(), paths::TUF_METADATA))
+            .map_err(|e| TrustError::Refused(format!("bad metadata URL: {e}")))
     }
 
     /// Whether a root is pinned.
@@ -166,7 +174,7 @@ impl TrustedMetadata {
             return Ok(());
         }
         let url = self
-            .metadata_url
+            .metadata_url()?
             .join(DATASTORE_ROOT)
             .map_err(|e| TrustError::Refused(e.to_string()))?;
         let bytes = self
@@ -243,14 +251,14 @@ impl TrustedMetadata {
     /// One verified refresh, starting from the newest root trusted so far.
     async fn refresh(&self) -> Result<tough::Repository, TrustError> {
         let root = self.starting_root()?;
-        let repository =
-            RepositoryLoader::new(&root, self.metadata_url.clone(), self.metadata_url.clone())
-                .transport(self.transport.clone())
-                .limits(LIMITS)
-                .datastore(&self.dir)
-                .load()
-                .await
-                .map_err(|e| TrustError::Refused(error_chain(&e)))?;
+        let url = self.metadata_url()?;
+        let repository = RepositoryLoader::new(&root, url.clone(), url)
+            .transport(self.transport.clone())
+            .limits(LIMITS)
+            .datastore(&self.dir)
+            .load()
+            .await
+            .map_err(|e| TrustError::Refused(error_chain(&e)))?;
         self.keep_newest_root(repository.root())?;
         tracing::info!(
             timestamp = repository.timestamp().signed.version.get(),

@@ -76,7 +76,32 @@ pub struct Server {
     /// Base URL, such as `http://127.0.0.1:41234`.
     pub url: String,
     data_dir: PathBuf,
+    /// An admin operator token for the operator API (made with `cms-server token create`).
+    pub operator_token: String,
     http: reqwest::blocking::Client,
+}
+
+/// Runs `cms-server ARGS --data-dir DIR` to success and returns what it printed.
+pub fn server_command(data_dir: &Path, args: &[&str]) -> String {
+    let output = Command::new(server_exe())
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "cms-server {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Runs `cms-server token create` on `data_dir` and returns the token it prints.
+pub fn create_operator_token(data_dir: &Path, role: &str) -> String {
+    let name = format!("tests-{}", uuid::Uuid::new_v4().simple());
+    let args = ["token", "create", "--role", role, "--name", &name];
+    server_command(data_dir, &args).trim().to_owned()
 }
 
 impl Server {
@@ -90,9 +115,10 @@ impl Server {
         Server::start_with(data_dir, &["--listen", listen], None)
     }
 
-    /// Starts a server with `args` after `serve --data-dir DIR`; its operator API is read
-    /// trusting `ca_pem` too (for `--tls-cert`).
+    /// Starts a server with `args` after `serve --data-dir DIR` (give `--listen`); its
+    /// operator API is read with an admin token, trusting `ca_pem` too (for `--tls-cert`).
     pub fn start_with(data_dir: &Path, args: &[&str], ca_pem: Option<&str>) -> Server {
+        let operator_token = create_operator_token(data_dir, "admin");
         let mut http = reqwest::blocking::Client::builder();
         if let Some(pem) = ca_pem {
             http = http.tls_certs_merge([reqwest::Certificate::from_pem(pem.as_bytes()).unwrap()]);
@@ -117,6 +143,7 @@ impl Server {
             child,
             url,
             data_dir: data_dir.to_path_buf(),
+            operator_token,
             http: http.build().unwrap(),
         }
     }
@@ -136,14 +163,14 @@ impl Server {
         wait_exit(&mut self.child);
     }
 
-    /// `GET /api/v1/agents`.
+    /// `GET /api/v1/agents` (one page of up to 1000: every agent a test starts).
     pub fn agents(&self) -> Vec<AgentSummary> {
-        self.get_json("/api/v1/agents")
+        self.get_json("/api/v1/agents?limit=1000")
     }
 
-    /// `GET /api/v1/errors`.
+    /// `GET /api/v1/errors` (one page of up to 1000).
     pub fn errors(&self) -> Vec<StoredError> {
-        self.get_json("/api/v1/errors")
+        self.get_json("/api/v1/errors?limit=1000")
     }
 
     /// Waits until exactly one agent is listed in `state`, and returns it.
@@ -160,23 +187,26 @@ impl Server {
         })
     }
 
-    /// `POST url` with an empty body; returns the status code.
+    /// `POST url` on the operator API with an empty body; returns the status code.
     pub fn post(&self, path: &str) -> u16 {
         let response = self
             .http
             .post(format!("{}{path}", self.url))
+            .bearer_auth(&self.operator_token)
             .send()
             .unwrap();
         response.status().as_u16()
     }
 
     fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
-        self.http
+        let response = self
+            .http
             .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.operator_token)
             .send()
-            .unwrap()
-            .json()
-            .unwrap()
+            .unwrap();
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().unwrap()
     }
 }
 

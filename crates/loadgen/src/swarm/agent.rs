@@ -2,17 +2,21 @@
 //!
 //! It behaves like a real agent on the wire (same requests, same bodies, a WebSocket that
 //! answers pings, reconnection after a drop) but never acts on a push: the bench measures how
-//! fast notifications arrive, not what agents then do. It must never hide a failure: every
-//! failed heartbeat and dropped WebSocket is counted in the [`Recorder`](super::record::Recorder).
+//! fast notifications arrive, not what agents then do. Heartbeats go on the WebSocket, timed
+//! from the frame sent to the server's answer, and over HTTP while the socket is down, as the
+//! agent does; with [`HeartbeatRoute::Http`] they always go over a keep-alive HTTP connection,
+//! as agents before the WebSocket heartbeat did. It must never hide a failure: every failed
+//! heartbeat (an unanswered one included) and dropped WebSocket is counted in the
+//! [`Recorder`](super::record::Recorder).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use cms_protocol::{
-    AgentState, Metrics, RegisterRequest, RegisterResponse, ServerEvent, StatusReport,
-    WS_READ_BUFFER_BYTES, paths,
+    AgentMessage, AgentState, Metrics, RegisterRequest, RegisterResponse, ServerEvent,
+    StatusReport, WS_READ_BUFFER_BYTES, paths,
 };
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use hyper::StatusCode;
 use hyper::body::Bytes;
 use tokio::net::TcpStream;
@@ -25,8 +29,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
-use super::Shared;
 use super::http::{Dialer, ExchangeError, HttpConnection};
+use super::{HeartbeatRoute, Shared};
 
 /// Pause before reopening a WebSocket the server dropped.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
@@ -63,6 +67,8 @@ pub struct SimulatedAgent {
 struct Session {
     token: String,
     http: HttpConnection,
+    /// When the heartbeat waiting for its answer on the WebSocket was sent.
+    unanswered: Option<Instant>,
 }
 
 impl SimulatedAgent {
@@ -100,6 +106,10 @@ impl SimulatedAgent {
             }
         };
         self.shared.recorder.ws_up();
+        if self.shared.settings.heartbeat_route == HeartbeatRoute::WebSocket {
+            // One connection per agent: the registration's HTTP connection is closed.
+            session.http = HttpConnection::new(self.dialer);
+        }
         let mut socket = Some(socket);
         let mut next_heartbeat =
             Instant::now() + self.shared.settings.heartbeat.mul_f64(fastrand::f64());
@@ -107,16 +117,24 @@ impl SimulatedAgent {
             tokio::select! {
                 () = stop.cancelled() => break,
                 () = tokio::time::sleep_until(next_heartbeat) => {
-                    self.heartbeat(&mut session).await;
+                    self.heartbeat(&mut session, &mut socket).await;
                     next_heartbeat += jittered(self.shared.settings.heartbeat);
                 }
                 frame = next_frame(&mut socket) => match frame {
                     Frame::Push(version) => {
                         self.shared.recorder.push_received(version.as_deref().unwrap_or(""));
                     }
+                    Frame::Answer => {
+                        if let Some(sent) = session.unanswered.take() {
+                            self.shared.recorder.heartbeat_ok(sent.elapsed());
+                        }
+                    }
                     Frame::Ignored => {}
                     Frame::Gone => {
                         self.shared.recorder.ws_down(true);
+                        if session.unanswered.take().is_some() {
+                            self.shared.recorder.heartbeat_failed();
+                        }
                         socket = self.reconnect(&session.token, &stop).await;
                     }
                 },
@@ -149,6 +167,7 @@ impl SimulatedAgent {
         let session = Session {
             token: identity.agent_token,
             http,
+            unanswered: None,
         };
         Ok((session, socket))
     }
@@ -185,15 +204,48 @@ impl SimulatedAgent {
         }
     }
 
-    /// One `POST /api/v1/agent/status`, timed from sending to the answer.
-    async fn heartbeat(&self, session: &mut Session) {
+    /// One heartbeat: on the WebSocket (its answer arrives as a frame) unless the fleet posts
+    /// over HTTP or the socket is down. A heartbeat still unanswered when the next is due failed.
+    async fn heartbeat(&self, session: &mut Session, socket: &mut Option<Socket>) {
         let report = StatusReport {
             state: AgentState::Idle,
             version: self.shared.settings.agent_version.clone(),
             metrics: Metrics::default(),
             network: None,
         };
-        let Ok(body) = serde_json::to_vec(&report) else {
+        if session.unanswered.take().is_some() {
+            self.shared.recorder.heartbeat_failed();
+        }
+        let on_socket = self.shared.settings.heartbeat_route == HeartbeatRoute::WebSocket;
+        match socket.as_mut() {
+            Some(live) if on_socket => self.heartbeat_on_socket(session, live, report).await,
+            _ => self.heartbeat_over_http(session, &report).await,
+        }
+    }
+
+    async fn heartbeat_on_socket(
+        &self,
+        session: &mut Session,
+        socket: &mut Socket,
+        report: StatusReport,
+    ) {
+        let Ok(text) = serde_json::to_string(&AgentMessage::Heartbeat(report)) else {
+            self.shared.recorder.heartbeat_failed();
+            return;
+        };
+        let started = Instant::now();
+        match socket.send(Message::Text(text.into())).await {
+            Ok(()) => session.unanswered = Some(started),
+            Err(err) => {
+                tracing::warn!(agent = self.index, error = %err, "heartbeat on the WebSocket failed");
+                self.shared.recorder.heartbeat_failed();
+            }
+        }
+    }
+
+    /// One `POST /api/v1/agent/status`, timed from sending to the answer.
+    async fn heartbeat_over_http(&self, session: &mut Session, report: &StatusReport) {
+        let Ok(body) = serde_json::to_vec(report) else {
             self.shared.recorder.heartbeat_failed();
             return;
         };
@@ -220,6 +272,8 @@ impl SimulatedAgent {
 enum Frame {
     /// `agent:update_required`, with the release version when the server named one.
     Push(Option<String>),
+    /// The server's answer to a heartbeat sent on the socket.
+    Answer,
     /// Anything else the agent ignores (pings are answered by tungstenite while reading).
     Ignored,
     /// The socket is gone (closed by the server, or the connection broke).
@@ -234,6 +288,7 @@ async fn next_frame(socket: &mut Option<Socket>) -> Frame {
     match live.next().await {
         Some(Ok(Message::Text(text))) => match serde_json::from_str(text.as_str()) {
             Ok(ServerEvent::UpdateRequired(event)) => Frame::Push(event.version),
+            Ok(ServerEvent::HeartbeatAck(_)) => Frame::Answer,
             Err(_) => Frame::Ignored,
         },
         Some(Ok(Message::Close(_)) | Err(_)) | None => {

@@ -1,10 +1,12 @@
 //! The simulated fleet, and the line protocol `cargo xtask bench` steers it with.
 //!
-//! Each simulated agent is one task that does what a real agent does on the wire: it opens a
-//! keep-alive HTTP/1.1 connection, registers, opens its WebSocket (`/api/v1/agent/ws`), answers
-//! the server's pings, and sends a `StatusReport` heartbeat every `--heartbeat-secs` (+/- 10 %,
-//! first one at a random point of the interval so the load is steady, as in a fleet that has
-//! been up for a while). The server cannot tell it from a real agent.
+//! Each simulated agent is one task that does what a real agent does on the wire: it registers
+//! over HTTP/1.1, opens its WebSocket (`/api/v1/agent/ws`), answers the server's pings, and
+//! sends a `StatusReport` heartbeat every `--heartbeat-secs` (+/- 10 %, first one at a random
+//! point of the interval so the load is steady, as in a fleet that has been up for a while):
+//! on the WebSocket, holding one connection per agent (`--heartbeat-over websocket`, what the
+//! agent does), or over a keep-alive HTTP connection beside the socket (`--heartbeat-over
+//! http`, what older agents do). The server cannot tell it from a real agent.
 //!
 //! Commands, one per line on stdin; each is answered by exactly one JSON line on stdout:
 //!
@@ -39,9 +41,18 @@ use record::Recorder;
 
 /// How long `quit` waits for the agents to close their WebSockets.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
-/// Simulated agents per loopback source address: two connections each stay well inside one
-/// address's ephemeral port range (28,232 ports by default on Linux).
+/// Simulated agents per loopback source address: two connections each (with HTTP heartbeats)
+/// stay well inside one address's ephemeral port range (28,232 ports by default on Linux).
 const AGENTS_PER_SOURCE_IP: usize = 10_000;
+
+/// Which way the simulated agents send their heartbeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeartbeatRoute {
+    /// On the WebSocket (the agent's way while its socket is up): one connection per agent.
+    WebSocket,
+    /// `POST /api/v1/agent/status` on a keep-alive connection (agents before that).
+    Http,
+}
 
 /// How the fleet behaves.
 #[derive(Debug, Clone)]
@@ -50,6 +61,8 @@ pub struct Settings {
     pub server: SocketAddr,
     /// Interval between heartbeats of one agent.
     pub heartbeat: Duration,
+    /// Which way they go.
+    pub heartbeat_route: HeartbeatRoute,
     /// Version the agents report.
     pub agent_version: String,
     /// Platform the agents register for.
@@ -227,6 +240,7 @@ mod tests {
             settings: Settings {
                 server: server.parse().unwrap(),
                 heartbeat: Duration::from_secs(60),
+                heartbeat_route: HeartbeatRoute::WebSocket,
                 agent_version: "1.0.0".into(),
                 platform: "linux-x86_64".into(),
                 concurrency: 1,

@@ -5,22 +5,28 @@
 //! [`AuthedAgent`] extractor. Handlers must never log a token, trust an agent id sent in a body
 //! (the token decides who is calling) or accept unbounded input.
 
-use axum::extract::{FromRequestParts, State, WebSocketUpgrade};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use axum::extract::{FromRequest, FromRequestParts, Request, State, WebSocketUpgrade};
 use axum::http::StatusCode;
-use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::response::Response;
 use cms_protocol::update::package_file_name;
 use cms_protocol::{
-    AgentState, ErrorBatch, ErrorBatchResponse, RegisterRequest, RegisterResponse, StatusReport,
-    UpdateCheckResponse, UpdateInfo, WS_MAX_MESSAGE_BYTES, WS_READ_BUFFER_BYTES,
+    AgentMessage, AgentState, ErrorBatch, ErrorBatchResponse, HeartbeatAck, RegisterRequest,
+    RegisterResponse, ServerEvent, StatusReport, UpdateCheckResponse, UpdateInfo,
+    WS_MAX_MESSAGE_BYTES, WS_READ_BUFFER_BYTES,
 };
 use serde::Deserialize;
 
-use super::{ApiError, ApiJson, ApiQuery, AppState, check_field};
+use super::access::Peer;
+use super::{ApiError, ApiJson, ApiQuery, AppState, bearer, check_field};
 use crate::auth;
 use crate::clock;
 use crate::db::{NewAgent, NewErrorReport};
+use crate::logtext::{LogEvery, Untrusted, clip};
+use crate::ratelimit::source_network;
 use crate::rollout::{self, Candidate};
 
 /// Most reports accepted in one batch; larger batches get 413.
@@ -32,6 +38,11 @@ const MAX_REPORT_ID: usize = 128;
 /// Error report text fields are cut to these lengths (bytes) instead of failing the batch.
 const MAX_KIND: usize = 128;
 const MAX_MESSAGE: usize = 16 * 1024;
+
+const UNAUTHORIZED: &str = "missing or invalid agent token";
+/// At most one warning per interval about refused floods (with the count it stands for).
+static REGISTRATIONS_THROTTLED: LogEvery = LogEvery::new(Duration::from_secs(10));
+static REPORTS_THROTTLED: LogEvery = LogEvery::new(Duration::from_secs(10));
 
 /// The agent a request's bearer token belongs to.
 #[derive(Debug, Clone)]
@@ -47,35 +58,52 @@ impl FromRequestParts<AppState> for AuthedAgent {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(auth::bearer_token)
-            .ok_or(ApiError::Unauthorized)?;
+        let token = bearer(parts).ok_or(ApiError::Unauthorized(UNAUTHORIZED))?;
         let presented = auth::hash_token(token);
         let (agent_id, stored) = state
             .db()
             .agent_by_token_hash(&presented)
             .await?
-            .ok_or(ApiError::Unauthorized)?;
+            .ok_or(ApiError::Unauthorized(UNAUTHORIZED))?;
         if !auth::secrets_equal(&presented, &stored) {
-            return Err(ApiError::Unauthorized);
+            return Err(ApiError::Unauthorized(UNAUTHORIZED));
         }
         Ok(AuthedAgent { agent_id })
     }
 }
 
+/// The source network a request counts for in the registration limit (the peer address the
+/// listener recorded; one shared bucket if it recorded none).
+fn source_of(peer: Peer) -> IpAddr {
+    peer.0
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), source_network)
+}
+
 /// `POST /api/v1/agent/register`: enrolls a new agent and returns its id and token.
+/// Rate-limited per source network (429 with `Retry-After`).
 pub async fn register(
     State(state): State<AppState>,
+    peer: Peer,
     ApiJson(request): ApiJson<RegisterRequest>,
 ) -> Result<axum::Json<RegisterResponse>, ApiError> {
+    let source = source_of(peer);
+    let now = Instant::now();
+    if let Err(retry_after) = state.registrations().try_take(&source, 1, now) {
+        if let Some(refused) = REGISTRATIONS_THROTTLED.occurrence(now) {
+            tracing::warn!(%source, refused, retry_after_secs = retry_after.as_secs(), "registrations throttled");
+        }
+        return Err(ApiError::TooManyRequests {
+            message: "too many registrations from this address; retry later".into(),
+            retry_after,
+        });
+    }
     if let Some(expected) = state.enrollment_token() {
         let presented = request.enrollment_token.as_deref().unwrap_or_default();
         if !auth::secrets_equal(presented, expected) {
-            tracing::warn!(hostname = %request.hostname, "registration refused: bad enrollment token");
-            return Err(ApiError::Forbidden);
+            tracing::info!(%source, "registration refused: bad enrollment token");
+            return Err(ApiError::Forbidden(
+                "missing or invalid enrollment token".into(),
+            ));
         }
     }
     check_field("hostname", &request.hostname, MAX_SHORT_FIELD)?;
@@ -95,9 +123,10 @@ pub async fn register(
     state.db().insert_agent(&agent, &clock::now()).await?;
     tracing::info!(
         agent_id,
-        hostname = %request.hostname,
-        platform = %request.platform,
-        version = %request.version,
+        %source,
+        hostname = %Untrusted(&request.hostname),
+        platform = %Untrusted(&request.platform),
+        version = %Untrusted(&request.version),
         "agent registered"
     );
     Ok(axum::Json(RegisterResponse {
@@ -106,32 +135,101 @@ pub async fn register(
     }))
 }
 
-/// `POST /api/v1/agent/status`: records a heartbeat.
+/// `POST /api/v1/agent/status`: records a heartbeat (agents without a WebSocket, and older
+/// agents, send it this way).
 pub async fn status(
     State(state): State<AppState>,
     agent: AuthedAgent,
     ApiJson(report): ApiJson<StatusReport>,
 ) -> Result<StatusCode, ApiError> {
+    record_heartbeat(&state, &agent.agent_id, &report, "http").await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Stores one heartbeat, whichever way it came (`via`: `http` or `websocket`).
+async fn record_heartbeat(
+    state: &AppState,
+    agent_id: &str,
+    report: &StatusReport,
+    via: &'static str,
+) -> Result<(), ApiError> {
     check_field("version", &report.version, MAX_SHORT_FIELD)?;
+    if let Some(network) = &report.network {
+        check_field("network", network, MAX_SHORT_FIELD)?;
+    }
     state
         .db()
         .update_status(
-            &agent.agent_id,
+            agent_id,
             &report.version,
             report.state.name(),
+            report.network.as_deref(),
             &clock::now(),
         )
         .await?;
     tracing::debug!(
-        agent_id = agent.agent_id,
+        agent_id,
+        via,
         state = %report.state,
-        version = %report.version,
+        version = %Untrusted(&report.version),
         rss_bytes = report.metrics.rss_bytes,
         buffered_errors = report.metrics.buffered_errors,
-        network = ?report.network,
+        network = %Untrusted(report.network.as_deref().unwrap_or("")),
         "heartbeat"
     );
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
+}
+
+/// The agent's messages on its WebSocket: heartbeats, answered with what the update check
+/// would answer now.
+#[derive(Debug)]
+struct SocketMessages {
+    state: AppState,
+    /// The platform the agent registered with (the heartbeat does not repeat it).
+    platform: String,
+}
+
+impl crate::ws::AgentMessages for SocketMessages {
+    async fn opened(&self, agent_id: &str, connection_id: u64) {
+        self.state
+            .cluster()
+            .connected(agent_id, connection_id)
+            .await;
+    }
+
+    async fn closed(&self, agent_id: &str, connection_id: u64, shutdown: bool) {
+        if shutdown {
+            return; // The replica leaves with all its rows; the agent reconnects elsewhere.
+        }
+        self.state
+            .cluster()
+            .disconnected(agent_id, connection_id)
+            .await;
+        // The socket kept the agent online until now: record that as its last contact.
+        if let Err(error) = self.state.db().touch(agent_id, &clock::now()).await {
+            tracing::warn!(agent_id, %error, "cannot record disconnect time");
+        }
+    }
+
+    async fn handle(&self, agent_id: &str, message: AgentMessage) -> Option<ServerEvent> {
+        let AgentMessage::Heartbeat(report) = message;
+        if let Err(error) = record_heartbeat(&self.state, agent_id, &report, "websocket").await {
+            // No answer: the agent sends the heartbeat again over HTTP and sees the error.
+            tracing::info!(agent_id, %error, "heartbeat over WebSocket not stored");
+            return None;
+        }
+        let update = match rollout::parse_version(&report.version) {
+            Some(current) => offer_for(&self.state, agent_id, &current, &self.platform).await,
+            None => Ok(None),
+        };
+        match update {
+            Ok(update) => Some(ServerEvent::HeartbeatAck(HeartbeatAck { update })),
+            Err(error) => {
+                tracing::warn!(agent_id, %error, "cannot look up an update for a heartbeat");
+                Some(ServerEvent::HeartbeatAck(HeartbeatAck::default()))
+            }
+        }
+    }
 }
 
 /// Query of `GET /api/v1/agent/update`.
@@ -153,7 +251,20 @@ pub async fn update_check(
     let current = rollout::parse_version(&query.version)
         .ok_or_else(|| ApiError::BadRequest("version must look like X.Y.Z".into()))?;
     state.db().touch(&agent.agent_id, &clock::now()).await?;
-    let releases = state.db().releases_for_platform(&query.platform).await?;
+    let update = offer_for(&state, &agent.agent_id, &current, &query.platform).await?;
+    tracing::debug!(agent_id = agent.agent_id, current = %current, offered = ?update.as_ref().map(|u| &u.version), "update check");
+    Ok(axum::Json(UpdateCheckResponse { update }))
+}
+
+/// The newest release for `platform` that is newer than `current` and whose rollout includes
+/// `agent_id`.
+async fn offer_for(
+    state: &AppState,
+    agent_id: &str,
+    current: &semver::Version,
+    platform: &str,
+) -> Result<Option<UpdateInfo>, ApiError> {
+    let releases = state.db().releases_for_platform(platform).await?;
     let candidates: Vec<Candidate> = releases
         .iter()
         .map(|r| Candidate {
@@ -161,18 +272,16 @@ pub async fn update_check(
             rollout_percent: r.rollout_percent,
         })
         .collect();
-    let picked = rollout::pick_update(&agent.agent_id, &current, &candidates)
+    let picked = rollout::pick_update(agent_id, current, &candidates)
         .and_then(|c| releases.iter().find(|r| r.version == c.version));
-    let update = picked.map(|r| UpdateInfo {
+    Ok(picked.map(|r| UpdateInfo {
         package_url: package_url(&r.version, &r.platform),
         target: package_file_name(&r.version, &r.platform),
         version: r.version.clone(),
         platform: r.platform.clone(),
         length: u64::try_from(r.length).unwrap_or_default(),
         sha256: r.sha256.clone(),
-    });
-    tracing::debug!(agent_id = agent.agent_id, current = %current, offered = ?update.as_ref().map(|u| &u.version), "update check");
-    Ok(axum::Json(UpdateCheckResponse { update }))
+    }))
 }
 
 /// Path of a release package, relative to the server's base URL.
@@ -181,11 +290,21 @@ pub fn package_url(version: &str, platform: &str) -> String {
 }
 
 /// `POST /api/v1/agent/errors`: stores a batch of reports, each `report_id` once.
+/// Rate-limited per agent by report count (429 with `Retry-After`; the agent keeps the batch
+/// and sends it again then); only the agent's newest reports are kept.
 pub async fn errors(
     State(state): State<AppState>,
     agent: AuthedAgent,
-    ApiJson(batch): ApiJson<ErrorBatch>,
+    request: Request,
 ) -> Result<axum::Json<ErrorBatchResponse>, ApiError> {
+    // An agent that is out of tokens is refused without parsing its body. The body is still
+    // read (within the body limit), so the client gets the 429 instead of a broken pipe.
+    let now = Instant::now();
+    if let Err(retry_after) = state.error_reports().has_tokens(&agent.agent_id, now) {
+        let _ = axum::body::to_bytes(request.into_body(), super::MAX_BODY_BYTES).await;
+        return Err(throttled_reports(&agent.agent_id, None, retry_after, now));
+    }
+    let ApiJson(batch) = ApiJson::<ErrorBatch>::from_request(request, &state).await?;
     if batch.reports.len() > MAX_REPORTS_PER_BATCH {
         return Err(ApiError::PayloadTooLarge(format!(
             "at most {MAX_REPORTS_PER_BATCH} reports per batch"
@@ -199,6 +318,16 @@ pub async fn errors(
         truncate(&mut report.agent_version, MAX_SHORT_FIELD);
         truncate(&mut report.created_at, MAX_SHORT_FIELD);
     }
+    let cost = u32::try_from(reports.len()).unwrap_or(u32::MAX);
+    let now = Instant::now();
+    if let Err(retry_after) = state.error_reports().try_take(&agent.agent_id, cost, now) {
+        return Err(throttled_reports(
+            &agent.agent_id,
+            Some(cost),
+            retry_after,
+            now,
+        ));
+    }
     let rows: Vec<NewErrorReport<'_>> = reports
         .iter()
         .map(|report| NewErrorReport {
@@ -208,10 +337,14 @@ pub async fn errors(
         .collect();
     let stored = state
         .db()
-        .insert_error_reports(&agent.agent_id, &rows, &clock::now())
+        .insert_error_reports(
+            &agent.agent_id,
+            &rows,
+            &clock::now(),
+            state.ingest().reports_per_agent,
+        )
         .await?;
-    let total = u32::try_from(rows.len()).unwrap_or(u32::MAX);
-    let duplicates = total.saturating_sub(stored);
+    let duplicates = cost.saturating_sub(stored);
     tracing::info!(
         agent_id = agent.agent_id,
         stored,
@@ -221,15 +354,32 @@ pub async fn errors(
     Ok(axum::Json(ErrorBatchResponse { stored, duplicates }))
 }
 
+/// The 429 for a throttled batch (of `reports`, when it was read), logged at most once per
+/// interval.
+fn throttled_reports(
+    agent_id: &str,
+    reports: Option<u32>,
+    retry_after: Duration,
+    now: Instant,
+) -> ApiError {
+    if let Some(refused) = REPORTS_THROTTLED.occurrence(now) {
+        tracing::warn!(
+            agent_id,
+            reports,
+            refused,
+            retry_after_secs = retry_after.as_secs(),
+            "error reports throttled"
+        );
+    }
+    ApiError::TooManyRequests {
+        message: "too many error reports from this agent; keep them and retry later".into(),
+        retry_after,
+    }
+}
+
 /// Cuts `text` to at most `max` bytes on a character boundary.
 fn truncate(text: &mut String, max: usize) {
-    if text.len() <= max {
-        return;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
+    let end = clip(text, max).len();
     text.truncate(end);
 }
 
@@ -240,22 +390,23 @@ pub async fn websocket(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     state.db().touch(&agent.agent_id, &clock::now()).await?;
+    let platform = state
+        .db()
+        .agent_platform(&agent.agent_id)
+        .await?
+        .ok_or(ApiError::Unauthorized(UNAUTHORIZED))?;
     let hub = state.hub().clone();
     let shutdown = state.shutdown().clone();
-    let db = state.db().clone();
+    let messages = SocketMessages {
+        state: state.clone(),
+        platform,
+    };
     let upgrade = upgrade
         .read_buffer_size(WS_READ_BUFFER_BYTES)
         .max_message_size(WS_MAX_MESSAGE_BYTES)
         .max_frame_size(WS_MAX_MESSAGE_BYTES);
-    Ok(upgrade.on_upgrade(move |socket| async move {
-        crate::ws::run_socket(socket, agent.agent_id.clone(), hub, shutdown.clone()).await;
-        if shutdown.is_cancelled() {
-            return; // The pool is closing; the agent reconnects to the next server anyway.
-        }
-        // The socket kept the agent online until now: record that as its last contact.
-        if let Err(error) = db.touch(&agent.agent_id, &clock::now()).await {
-            tracing::warn!(agent_id = agent.agent_id, %error, "cannot record disconnect time");
-        }
+    Ok(upgrade.on_upgrade(move |socket| {
+        crate::ws::run_socket(socket, agent.agent_id, hub, messages, shutdown)
     }))
 }
 
@@ -269,9 +420,6 @@ mod tests {
         let mut text = "ééé".to_string();
         truncate(&mut text, 3);
         assert_eq!(text, "é");
-        let mut short = "abc".to_string();
-        truncate(&mut short, 10);
-        assert_eq!(short, "abc");
     }
 
     #[test]

@@ -2,16 +2,24 @@
 //!
 //! Handlers live in [`agent`] (the agent-facing API, bearer-authenticated), [`package`] (the
 //! release package download, bearer-authenticated), [`metadata`] (the signed TUF metadata,
-//! public) and [`operator`] (the operator API of
-//! docs/CONTRACT.md, "Operator API"). Every error leaves as `{"error": "..."}` JSON with
-//! a fitting status. This module must never run blocking work in a handler or log secrets; the
-//! database error text stays in the server log, never in a response.
+//! public), [`operator`] (the operator API of docs/protocol.md, operator tokens) and
+//! [`admin`] (token management and the audit log, admin tokens); [`access`] authenticates
+//! operators and [`paging`] pages their listings. The agent and operator APIs are separate
+//! routers, so they can be served on separate addresses. Every request must arrive and be
+//! answered within [`REQUEST_TIMEOUT`]; every error leaves as `{"error": "..."}` JSON with a
+//! fitting status (429 and 503 with `Retry-After`). This module must never run blocking work in
+//! a handler or log secrets; the database error text stays in the server log, never in a
+//! response.
 
+pub mod access;
+pub mod admin;
 pub mod agent;
 pub mod metadata;
 pub mod operator;
 pub mod package;
+pub mod paging;
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,19 +28,59 @@ use axum::Json;
 use axum::Router;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Query, Request};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use cms_protocol::paths;
 use serde::de::DeserializeOwned;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::Cluster;
 use crate::db::{Db, DbError};
+use crate::ratelimit::{Rate, RateLimiter};
 use crate::ws::Hub;
 
 /// Largest request body accepted (error batches are the big ones).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Longest a request may take to arrive and be answered (the response body may stream on):
+/// a client trickling its body is cut off here.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a listing waits for a slot before it is answered 503.
+const LISTING_WAIT: Duration = Duration::from_secs(10);
+/// Keys each rate limiter remembers at most (a full bucket is forgotten first).
+const RATE_LIMITER_KEYS: usize = 100_000;
+
+/// Limits on what agents may send (see docs/protocol.md, "Limits").
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IngestLimits {
+    /// Registrations per source network.
+    pub registrations: Rate,
+    /// Error reports per agent (each report costs one token).
+    pub error_reports: Rate,
+    /// Error reports kept per agent; older ones are deleted as new ones arrive.
+    pub reports_per_agent: i64,
+}
+
+/// What [`AppState::new`] needs besides the databases.
+#[derive(Debug)]
+pub struct StateSettings {
+    /// The server's data directory (release packages, signed metadata).
+    pub data_dir: PathBuf,
+    /// When set, registration requires this token.
+    pub enrollment_token: Option<String>,
+    /// An agent without a WebSocket counts as offline after this long without contact.
+    pub offline_after: Duration,
+    /// Rate limits and the per-agent report cap.
+    pub ingest: IngestLimits,
+    /// Package downloads served at the same time (each holds an open file).
+    pub download_slots: usize,
+    /// Operator listings built at the same time (each holds one page in memory and one
+    /// connection of the operators' pool; keep one connection free for the other routes).
+    pub listing_slots: usize,
+}
 
 /// Everything handlers share (cheap to clone).
 #[derive(Debug, Clone)]
@@ -43,38 +91,54 @@ pub struct AppState {
 #[derive(Debug)]
 struct Inner {
     db: Db,
+    operator_db: Db,
     hub: Hub,
-    data_dir: PathBuf,
-    enrollment_token: Option<String>,
-    offline_after: Duration,
+    cluster: Cluster,
+    settings: StateSettings,
     shutdown: CancellationToken,
+    registrations: RateLimiter<IpAddr>,
+    error_reports: RateLimiter<String>,
+    listing_slots: Semaphore,
+    download_slots: Arc<Semaphore>,
 }
 
 impl AppState {
-    /// Bundles the shared state; `data_dir` is where release packages lie.
+    /// Bundles the shared state: `db` serves agents, `operator_db` operators and the audit log.
     pub fn new(
         db: Db,
+        operator_db: Db,
         hub: Hub,
-        data_dir: PathBuf,
-        enrollment_token: Option<String>,
-        offline_after: Duration,
+        cluster: Cluster,
+        settings: StateSettings,
         shutdown: CancellationToken,
     ) -> Self {
+        let ingest = settings.ingest;
+        let download_slots = Arc::new(Semaphore::new(settings.download_slots.max(1)));
+        let listing_slots = Semaphore::new(settings.listing_slots.max(1));
         Self {
             inner: Arc::new(Inner {
                 db,
+                operator_db,
                 hub,
-                data_dir,
-                enrollment_token,
-                offline_after,
+                cluster,
+                settings,
                 shutdown,
+                registrations: RateLimiter::new(ingest.registrations, RATE_LIMITER_KEYS),
+                error_reports: RateLimiter::new(ingest.error_reports, RATE_LIMITER_KEYS),
+                listing_slots,
+                download_slots,
             }),
         }
     }
 
-    /// The database.
+    /// The agents' database pool.
     pub fn db(&self) -> &Db {
         &self.inner.db
+    }
+
+    /// The operators' database pool (operator API, audit log).
+    pub fn operator_db(&self) -> &Db {
+        &self.inner.operator_db
     }
 
     /// The WebSocket hub (publishers call [`Hub::broadcast`] / [`Hub::notify`]).
@@ -82,26 +146,83 @@ impl AppState {
         &self.inner.hub
     }
 
+    /// This replica among the others (connections, routing of check-updates).
+    pub fn cluster(&self) -> &Cluster {
+        &self.inner.cluster
+    }
+
     /// The server's data directory (release packages live under `packages/`).
     pub fn data_dir(&self) -> &Path {
-        &self.inner.data_dir
+        &self.inner.settings.data_dir
     }
 
     fn enrollment_token(&self) -> Option<&str> {
-        self.inner.enrollment_token.as_deref()
+        self.inner.settings.enrollment_token.as_deref()
     }
 
     fn offline_after(&self) -> Duration {
-        self.inner.offline_after
+        self.inner.settings.offline_after
     }
 
     fn shutdown(&self) -> &CancellationToken {
         &self.inner.shutdown
     }
+
+    fn ingest(&self) -> &IngestLimits {
+        &self.inner.settings.ingest
+    }
+
+    fn registrations(&self) -> &RateLimiter<IpAddr> {
+        &self.inner.registrations
+    }
+
+    fn error_reports(&self) -> &RateLimiter<String> {
+        &self.inner.error_reports
+    }
+
+    /// A slot to build one operator listing, or 503 after [`LISTING_WAIT`].
+    async fn listing_slot(&self) -> Result<SemaphorePermit<'_>, ApiError> {
+        match tokio::time::timeout(LISTING_WAIT, self.inner.listing_slots.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(busy("too many listings at once")),
+        }
+    }
+
+    /// A slot to serve one package download (held until its body is sent), or 503 at once:
+    /// the agent retries at its next update check.
+    fn download_slot(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        Arc::clone(&self.inner.download_slots)
+            .try_acquire_owned()
+            .map_err(|_| busy("too many downloads at once"))
+    }
 }
 
-/// The whole HTTP API.
+fn busy(what: &str) -> ApiError {
+    ApiError::Unavailable {
+        message: format!("{what}; retry shortly"),
+        retry_after: Duration::from_secs(1),
+    }
+}
+
+/// The agent-facing API (with `/healthz` and the signed metadata).
+pub fn agent_router(state: AppState) -> Router {
+    finish(agent_routes(), state)
+}
+
+/// The operator API (with `/healthz`), for a separate `--operator-listen` address.
+pub fn operator_router(state: AppState) -> Router {
+    finish(operator_routes(), state)
+}
+
+/// Both APIs on one address.
 pub fn router(state: AppState) -> Router {
+    finish(
+        agent_routes().merge(operator_routes_without_healthz()),
+        state,
+    )
+}
+
+fn agent_routes() -> Router<AppState> {
     Router::new()
         .route(paths::REGISTER, post(agent::register))
         .route(paths::STATUS, post(agent::status))
@@ -110,6 +231,15 @@ pub fn router(state: AppState) -> Router {
         .route(paths::WEBSOCKET, get(agent::websocket))
         .route(package::PACKAGE_ROUTE, get(package::download))
         .route(metadata::METADATA_ROUTE, get(metadata::file))
+        .route(paths::HEALTHZ, get(operator::healthz))
+}
+
+fn operator_routes() -> Router<AppState> {
+    operator_routes_without_healthz().route(paths::HEALTHZ, get(operator::healthz))
+}
+
+fn operator_routes_without_healthz() -> Router<AppState> {
+    Router::new()
         .route(paths::AGENTS, get(operator::agents))
         .route(
             "/api/v1/agents/{agent_id}/check-update",
@@ -117,10 +247,25 @@ pub fn router(state: AppState) -> Router {
         )
         .route(paths::OPERATOR_ERRORS, get(operator::errors))
         .route(paths::RELEASES, get(operator::releases))
-        .route(paths::HEALTHZ, get(operator::healthz))
+        .route(paths::TOKENS, get(admin::tokens).post(admin::create_token))
+        .route("/api/v1/tokens/{name}", delete(admin::revoke_token))
+        .route(paths::AUDIT, get(admin::audit))
+}
+
+fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(request_timeout))
         .with_state(state)
+}
+
+/// Cuts off a request that is not answered within [`REQUEST_TIMEOUT`] (408).
+async fn request_timeout(request: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout.into_response(),
+    }
 }
 
 async fn not_found() -> ApiError {
@@ -133,12 +278,31 @@ pub enum ApiError {
     /// Malformed or invalid request.
     #[error("{0}")]
     BadRequest(String),
-    /// Missing or unknown bearer token.
-    #[error("missing or invalid agent token")]
-    Unauthorized,
-    /// Missing or wrong enrollment token.
-    #[error("missing or invalid enrollment token")]
-    Forbidden,
+    /// Missing or unknown bearer token (the text says which kind).
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// Authenticated (or enrolling) but not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Too many requests from this caller; retry after the given time.
+    #[error("{message}")]
+    TooManyRequests {
+        /// What was limited.
+        message: String,
+        /// When a retry can succeed.
+        retry_after: Duration,
+    },
+    /// The server is busy; retry after the given time.
+    #[error("{message}")]
+    Unavailable {
+        /// What is busy.
+        message: String,
+        /// When a retry can succeed.
+        retry_after: Duration,
+    },
+    /// The request took longer than [`REQUEST_TIMEOUT`].
+    #[error("request took too long (more than {} s)", REQUEST_TIMEOUT.as_secs())]
+    Timeout,
     /// No such resource.
     #[error("{0}")]
     NotFound(String),
@@ -168,8 +332,11 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -187,7 +354,16 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         let body = serde_json::json!({ "error": self.to_string() });
-        (self.status(), Json(body)).into_response()
+        let mut response = (self.status(), Json(body)).into_response();
+        if let ApiError::TooManyRequests { retry_after, .. }
+        | ApiError::Unavailable { retry_after, .. } = &self
+        {
+            let secs = retry_after.as_secs().max(1);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
     }
 }
 
@@ -233,6 +409,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         let Query(value) = Query::<T>::from_request_parts(parts, state).await?;
         Ok(ApiQuery(value))
     }
+}
+
+/// The token of the request's `Authorization: Bearer <token>` header, if any.
+pub(crate) fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(crate::auth::bearer_token)
 }
 
 /// Rejects `value` when it is empty or longer than `max` bytes.

@@ -4,8 +4,10 @@
 //! `bytes=N-M`, `bytes=-S`) so an interrupted download resumes: 206 with `Content-Range`, 416
 //! when the range starts past the end; any other `Range` value is ignored (200, whole file).
 //! The file on disk is served as it is: the agent, not this handler, checks length and SHA-256
-//! against the update check. This handler must never read a package into memory, never serve
-//! a path outside the data directory, and never answer for a release that is not published.
+//! against the update check. Downloads in flight are bounded (each holds an open file; one
+//! past the bound is answered 503 with `Retry-After`). This handler must never read a package
+//! into memory, never serve a path outside the data directory, and never answer for a release
+//! that is not published.
 
 use std::path::{Component, Path as FsPath, PathBuf};
 
@@ -15,11 +17,13 @@ use axum::extract::{Path, State};
 use axum::http::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
 use super::agent::AuthedAgent;
 use super::{ApiError, AppState};
+use crate::logtext::Untrusted;
 
 /// Route of the package download (the path `agent::package_url` builds).
 pub const PACKAGE_ROUTE: &str = "/api/v1/agent/packages/{version}/{platform}";
@@ -104,13 +108,12 @@ pub async fn download(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path((version, platform)) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let slot = state.download_slot()?;
     let row = state
         .db()
         .release_package(&version, &platform)
         .await?
-        .ok_or_else(|| {
-            ApiError::NotFound(format!("no release {version} published for {platform}"))
-        })?;
+        .ok_or_else(|| ApiError::NotFound("no such release is published".into()))?;
     let file_path = resolve(state.data_dir(), &row.package_path)?;
     let mut file = tokio::fs::File::open(&file_path)
         .await
@@ -122,8 +125,8 @@ pub async fn download(
         .len();
     if i64::try_from(total).ok() != Some(row.length) {
         tracing::warn!(
-            version,
-            platform,
+            version = %Untrusted(&version),
+            platform = %Untrusted(&platform),
             on_disk = total,
             recorded = row.length,
             "package file length differs from its release record; agents will refuse it"
@@ -132,8 +135,8 @@ pub async fn download(
     let range = parse_range(headers.get(RANGE).and_then(|v| v.to_str().ok()), total);
     tracing::info!(
         agent_id = agent.agent_id,
-        version,
-        platform,
+        version = %Untrusted(&version),
+        platform = %Untrusted(&platform),
         ?range,
         "package download"
     );
@@ -145,7 +148,12 @@ pub async fn download(
     file.seek(std::io::SeekFrom::Start(start))
         .await
         .map_err(|e| ApiError::Internal(format!("{}: {e}", file_path.display())))?;
-    let body = Body::from_stream(ReaderStream::with_capacity(file.take(length), CHUNK));
+    // The stream owns the download slot: it is freed when the body is sent or dropped.
+    let stream = ReaderStream::with_capacity(file.take(length), CHUNK).map(move |chunk| {
+        let _slot = &slot;
+        chunk
+    });
+    let body = Body::from_stream(stream);
     let mut response = (status, body).into_response();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/zip"));

@@ -9,15 +9,20 @@
 
 pub mod archive;
 pub mod tuf;
+pub mod tuf_root;
 
 use std::path::{Path, PathBuf};
 
 use cms_protocol::update::{PackageManifest, executable_names, package_file_name};
 use semver::Version;
 
+use crate::access::{self, Actor, Outcome};
 use crate::clock;
 use crate::db::{self, Db, DbError, NewRelease};
+use crate::events::{ClusterEvent, EventBus};
+use crate::leader;
 use crate::rollout;
+use tuf_root::RootKeyDir;
 
 /// Platforms a release can be published for.
 pub const PLATFORMS: [&str; 2] = ["windows-x86_64", "linux-x86_64"];
@@ -44,6 +49,8 @@ pub struct PublishRequest {
     pub rollout_percent: u8,
     /// How long the signed `timestamp.json` stays valid (agents refuse older metadata).
     pub timestamp_lifetime: std::time::Duration,
+    /// Who publishes, for the audit log.
+    pub actor: Actor,
 }
 
 /// A release that was published.
@@ -98,6 +105,14 @@ pub enum PublishError {
         /// Extra detail (an existing version of the same precedence).
         note: String,
     },
+    /// `release rollout` named a release that is not published.
+    #[error("no release {version} is published for {platform}")]
+    UnknownRelease {
+        /// Requested version.
+        version: String,
+        /// Requested platform.
+        platform: String,
+    },
     /// The database failed.
     #[error(transparent)]
     Database(DbError),
@@ -120,6 +135,12 @@ pub enum PublishError {
     Signing(#[from] tuf::TufError),
 }
 
+impl From<DbError> for PublishError {
+    fn from(error: DbError) -> Self {
+        PublishError::Database(error)
+    }
+}
+
 impl PublishError {
     /// Whether the request itself was refused (bad input, already published): retrying the same
     /// command cannot succeed. Other errors (I/O, database) may be transient.
@@ -131,7 +152,8 @@ impl PublishError {
                 | PublishError::InvalidRollout(_)
                 | PublishError::BadInput { .. }
                 | PublishError::AlreadyPublished { .. }
-        )
+                | PublishError::UnknownRelease { .. }
+        ) || matches!(self, PublishError::Signing(error) if error.is_refusal())
     }
 }
 
@@ -144,14 +166,193 @@ pub fn package_rel_path(version: &str, platform: &str) -> String {
 /// Publishes one release (see the module docs).
 pub async fn publish(request: PublishRequest) -> Result<Published, PublishError> {
     let version = validate(&request)?;
-    let url = match &request.database_url {
-        Some(url) => url.clone(),
-        None => db::sqlite_url_for_dir(&request.data_dir).map_err(PublishError::Database)?,
+    let db = Db::open_for_command(&request.data_dir, request.database_url.as_deref())
+        .await
+        .map_err(PublishError::Database)?;
+    let result = leader::exclusively(
+        &db,
+        leader::METADATA_SIGNING,
+        publish_with(&db, &request, &version),
+    )
+    .await;
+    let outcome = match &result {
+        Ok(_) => Outcome::Ok,
+        Err(_) => Outcome::Refused,
     };
-    let db = Db::connect(&url).await.map_err(PublishError::Database)?;
-    let result = publish_with(&db, &request, &version).await;
+    let target = format!("{} {}", request.version.trim(), request.platform);
+    access::audit(
+        &db,
+        &request.actor,
+        "release.publish",
+        Some(&target),
+        outcome,
+    )
+    .await;
     db.close().await;
     result
+}
+
+/// On PostgreSQL, every replica hears `event` when (and only if) `pending` commits; a running
+/// SQLite server finds the change by polling.
+async fn tell_replicas_at_commit(
+    db: &Db,
+    pending: &mut db::PendingRelease,
+    event: &ClusterEvent,
+) -> Result<(), DbError> {
+    if let Some(channel) = EventBus::new(db).await?.channel() {
+        pending.notify_on_commit(channel, &event.payload()).await?;
+    }
+    Ok(())
+}
+
+/// What `release rollout` changes.
+#[derive(Debug, Clone)]
+pub struct RolloutRequest {
+    /// Server data directory (SQLite lives here by default).
+    pub data_dir: PathBuf,
+    /// `postgres://...` URL; `None` means SQLite in `data_dir`.
+    pub database_url: Option<String>,
+    /// The published version.
+    pub version: String,
+    /// Its platform.
+    pub platform: String,
+    /// The new share of the fleet (0..=100).
+    pub rollout_percent: u8,
+    /// Who changes it, for the audit log.
+    pub actor: Actor,
+}
+
+/// Sets a published release's rollout; running servers push it to the agents it now
+/// includes (on PostgreSQL at once, through the replicas' events).
+pub async fn set_rollout(request: RolloutRequest) -> Result<(), PublishError> {
+    if request.rollout_percent > 100 {
+        return Err(PublishError::InvalidRollout(request.rollout_percent));
+    }
+    let version = rollout::parse_version(&request.version)
+        .ok_or_else(|| PublishError::InvalidVersion(request.version.clone()))?
+        .to_string();
+    let db = Db::open_for_command(&request.data_dir, request.database_url.as_deref())
+        .await
+        .map_err(PublishError::Database)?;
+    let result = change_rollout(&db, &version, &request).await;
+    let outcome = match &result {
+        Ok(()) => Outcome::Ok,
+        Err(_) => Outcome::Refused,
+    };
+    let target = format!(
+        "{version} {} {}%",
+        request.platform, request.rollout_percent
+    );
+    access::audit(
+        &db,
+        &request.actor,
+        "release.rollout",
+        Some(&target),
+        outcome,
+    )
+    .await;
+    db.close().await;
+    result
+}
+
+async fn change_rollout(
+    db: &Db,
+    version: &str,
+    request: &RolloutRequest,
+) -> Result<(), PublishError> {
+    let platform = request.platform.as_str();
+    let percent = i64::from(request.rollout_percent);
+    let Some(mut pending) = db.begin_rollout(version, platform, percent).await? else {
+        return Err(PublishError::UnknownRelease {
+            version: version.to_owned(),
+            platform: platform.to_owned(),
+        });
+    };
+    let event = ClusterEvent::RolloutChanged {
+        version: version.to_owned(),
+        platform: platform.to_owned(),
+    };
+    tell_replicas_at_commit(db, &mut pending, &event).await?;
+    pending.commit().await?;
+    tracing::info!(
+        version,
+        platform,
+        rollout_percent = percent,
+        "rollout changed"
+    );
+    Ok(())
+}
+
+/// `cms-server tuf init`: a new repository whose root key lives in `root_dir`.
+pub async fn init_offline_root(
+    data_dir: &Path,
+    root_dir: &RootKeyDir,
+) -> Result<u64, PublishError> {
+    let repository = tuf::Repository::new(data_dir);
+    let lock = lock_repository(&repository).await?;
+    Ok(tuf_root::init(&repository, &lock, root_dir).await?)
+}
+
+/// `cms-server tuf offline-root`: moves the online root key into `root_dir`.
+pub async fn take_root_offline(data_dir: &Path, root_dir: &RootKeyDir) -> Result<(), PublishError> {
+    let repository = tuf::Repository::new(data_dir);
+    let lock = lock_repository(&repository).await?;
+    Ok(tuf_root::take_offline(&repository, &lock, root_dir)?)
+}
+
+/// `cms-server tuf rotate-root`: signs the next root (see [`tuf_root::rotate`]) and re-signs
+/// the published releases; audited.
+pub async fn rotate_root(
+    db: &Db,
+    data_dir: &Path,
+    root_dir: &RootKeyDir,
+    rotation: &tuf_root::Rotation,
+    lifetime: std::time::Duration,
+    actor: &Actor,
+) -> Result<u64, PublishError> {
+    let (repository, lock, targets) = locked_with_targets(db, data_dir).await?;
+    let result = tuf_root::rotate(&repository, &lock, root_dir, rotation, &targets, lifetime).await;
+    audit_root_change(db, actor, "tuf.rotate_root", &result).await;
+    Ok(result?)
+}
+
+/// `cms-server tuf recover`: new online keys for a lost data directory, signed by the offline
+/// root (see [`tuf_root::recover`]); audited.
+pub async fn recover_signing(
+    db: &Db,
+    data_dir: &Path,
+    root_dir: &RootKeyDir,
+    lifetime: std::time::Duration,
+    actor: &Actor,
+) -> Result<u64, PublishError> {
+    let (repository, lock, targets) = locked_with_targets(db, data_dir).await?;
+    let result = tuf_root::recover(&repository, &lock, root_dir, &targets, lifetime).await;
+    audit_root_change(db, actor, "tuf.recover", &result).await;
+    Ok(result?)
+}
+
+/// The repository of `data_dir`, locked, and the releases it must list.
+async fn locked_with_targets(
+    db: &Db,
+    data_dir: &Path,
+) -> Result<(tuf::Repository, tuf::SigningLock, Vec<tuf::TargetEntry>), PublishError> {
+    let repository = tuf::Repository::new(data_dir);
+    let lock = lock_repository(&repository).await?;
+    let targets = signed_targets(db).await?;
+    Ok((repository, lock, targets))
+}
+
+async fn audit_root_change(
+    db: &Db,
+    actor: &Actor,
+    action: &str,
+    result: &Result<u64, tuf::TufError>,
+) {
+    let (target, outcome) = match result {
+        Ok(version) => (Some(format!("root {version}")), Outcome::Ok),
+        Err(_) => (None, Outcome::Refused),
+    };
+    access::audit(db, actor, action, target.as_deref(), outcome).await;
 }
 
 /// Checks the request; returns the parsed version.
@@ -220,10 +421,15 @@ async fn publish_with(
         rollout_percent: i64::from(request.rollout_percent),
         published_at: &published_at,
     };
-    let pending = db.begin_release(&row).await.map_err(|error| match error {
+    let mut pending = db.begin_release(&row).await.map_err(|error| match error {
         DbError::Duplicate(_) => already_published(&version_text, platform, String::new()),
         other => PublishError::Database(other),
     })?;
+    let event = ClusterEvent::ReleasePublished {
+        version: version_text.clone(),
+        platform: platform.to_owned(),
+    };
+    tell_replicas_at_commit(db, &mut pending, &event).await?;
     let (byte_length, sha256) = (built.length, built.sha256.clone());
     move_into_place(built, &final_path)?;
     pending.commit().await.map_err(PublishError::Database)?;
@@ -403,6 +609,7 @@ mod tests {
             updater: dir.join("updater"),
             rollout_percent: 100,
             timestamp_lifetime: tuf::DEFAULT_TIMESTAMP_LIFETIME,
+            actor: Actor::command_line("test"),
         }
     }
 

@@ -27,8 +27,11 @@ use serde_json::json;
 use tough::editor::RepositoryEditor;
 use tough::editor::signed::SignedRole;
 use tough::key_source::{KeySource, LocalKeySource};
+use tough::schema::decoded::{Decoded, Hex};
 use tough::schema::{KeyHolder, RoleKeys, RoleType, Root, Signed, Target, Timestamp};
 use tough::sign::{Sign, parse_keypair};
+
+use crate::files;
 
 /// Folder of the repository inside the server's data directory.
 pub const TUF_DIR: &str = "tuf";
@@ -39,16 +42,15 @@ pub const METADATA_DIR: &str = "metadata";
 pub const DEFAULT_TIMESTAMP_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Life of targets and snapshot metadata (re-signed with every timestamp refresh).
 const TARGETS_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
-/// Life of the root; this reference server does not rotate its root key.
-const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Life of a root; `cms-server tuf rotate-root` signs a new one before it ends.
+pub(crate) const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Versions of snapshot/targets kept on disk for clients that read just before a re-sign.
 const KEPT_VERSIONS: u64 = 5;
-const ROLES: [RoleType; 4] = [
-    RoleType::Root,
-    RoleType::Targets,
-    RoleType::Snapshot,
-    RoleType::Timestamp,
-];
+/// The roles whose keys the serving process holds (the root key may be offline).
+pub(crate) const ONLINE_ROLES: [RoleType; 3] =
+    [RoleType::Targets, RoleType::Snapshot, RoleType::Timestamp];
+/// Folder inside `keys/` of online keys being rotated in (see [`Repository::lock`]).
+const NEXT_KEYS_DIR: &str = "next";
 
 /// Why the metadata could not be created or signed.
 #[derive(Debug, thiserror::Error)]
@@ -72,16 +74,26 @@ pub enum TufError {
     /// Building, signing or parsing metadata failed.
     #[error("TUF metadata: {0}")]
     Metadata(String),
+    /// The request cannot be carried out as asked (the text says why and what to do).
+    #[error("{0}")]
+    Refused(String),
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TufError + '_ {
+impl TufError {
+    /// Whether the request itself was refused (what is asked cannot be done as asked).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, TufError::Refused(_) | TufError::Key { .. })
+    }
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TufError + '_ {
     move |source| TufError::Io {
         path: path.display().to_string(),
         source,
     }
 }
 
-fn metadata_err(error: impl std::fmt::Display) -> TufError {
+pub(crate) fn metadata_err(error: impl std::fmt::Display) -> TufError {
     TufError::Metadata(error.to_string())
 }
 
@@ -123,21 +135,32 @@ impl Repository {
         self.dir.join(METADATA_DIR)
     }
 
-    fn keys_dir(&self) -> PathBuf {
+    pub(crate) fn keys_dir(&self) -> PathBuf {
         self.dir.join("keys")
     }
 
-    fn key_path(&self, role: RoleType) -> PathBuf {
-        self.keys_dir().join(format!("{role}.pk8"))
+    pub(crate) fn next_keys_dir(&self) -> PathBuf {
+        self.keys_dir().join(NEXT_KEYS_DIR)
     }
 
-    fn root_path(&self) -> PathBuf {
+    /// The online key of `role` (the root key, when it is online).
+    pub(crate) fn key_path(&self, role: RoleType) -> PathBuf {
+        key_file(&self.keys_dir(), role)
+    }
+
+    pub(crate) fn root_path(&self) -> PathBuf {
         self.metadata_dir().join("root.json")
     }
 
-    /// Waits for, then takes, the repository's signing lock (blocking).
+    /// Whether a root exists (the repository was created).
+    pub fn has_root(&self) -> bool {
+        self.root_path().is_file()
+    }
+
+    /// Waits for, then takes, the repository's signing lock (blocking); then finishes a key
+    /// rotation that a crash interrupted.
     pub fn lock(&self) -> Result<SigningLock, TufError> {
-        fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+        files::private_dir(&self.dir).map_err(io_err(&self.dir))?;
         let path = self.dir.join("signing.lock");
         let file = OpenOptions::new()
             .create(true)
@@ -146,69 +169,72 @@ impl Repository {
             .open(&path)
             .map_err(io_err(&path))?;
         file.lock().map_err(io_err(&path))?;
-        Ok(SigningLock { _file: file })
+        let lock = SigningLock { _file: file };
+        self.settle_key_rotation(&lock)?;
+        Ok(lock)
     }
 
-    /// Creates the keys and the self-signed root if they do not exist yet.
+    /// Online keys staged in `keys/next/` become the keys when the installed root lists them
+    /// (the rotation got that far), and are discarded otherwise.
+    pub(crate) fn settle_key_rotation(&self, _lock: &SigningLock) -> Result<(), TufError> {
+        let next = self.next_keys_dir();
+        if !next.is_dir() {
+            return Ok(());
+        }
+        let root = self.has_root().then(|| self.current_root()).transpose()?;
+        for role in ONLINE_ROLES {
+            let staged = key_file(&next, role);
+            if !staged.exists() {
+                continue;
+            }
+            let listed = match &root {
+                Some(root) => root_lists_key(root, role, &staged)?,
+                None => false,
+            };
+            if listed {
+                fs::rename(&staged, self.key_path(role)).map_err(io_err(&staged))?;
+                tracing::info!(%role, "rotated-in online key now in use");
+            } else {
+                fs::remove_file(&staged).map_err(io_err(&staged))?;
+            }
+        }
+        fs::remove_dir(&next).map_err(io_err(&next))?;
+        super::sync_parent(&self.key_path(RoleType::Targets)).map_err(io_err(&self.keys_dir()))
+    }
+
+    /// Creates the keys (all online) and the self-signed root if there is no root yet.
     pub async fn ensure_root(&self, _lock: &SigningLock) -> Result<(), TufError> {
-        if self.root_path().is_file() {
+        if self.has_root() {
             return Ok(());
         }
         let keys_dir = self.keys_dir();
-        fs::create_dir_all(&keys_dir).map_err(io_err(&keys_dir))?;
-        restrict_dir(&keys_dir).map_err(io_err(&keys_dir))?;
-        for role in ROLES {
+        files::private_dir(&keys_dir).map_err(io_err(&keys_dir))?;
+        for role in ONLINE_ROLES.into_iter().chain([RoleType::Root]) {
             create_key_if_missing(&self.key_path(role))?;
         }
-        let root = self.build_root().await?;
-        let keys = self.key_sources();
-        let holder = KeyHolder::Root(root.clone());
-        let signed = SignedRole::new(root, &holder, &keys, &SystemRandom::new())
-            .await
-            .map_err(metadata_err)?;
-        let metadata_dir = self.metadata_dir();
-        fs::create_dir_all(&metadata_dir).map_err(io_err(&metadata_dir))?;
-        write_atomically(&metadata_dir.join("1.root.json"), signed.buffer())?;
-        write_atomically(&self.root_path(), signed.buffer())?;
+        let root_key = self.key_path(RoleType::Root);
+        let root = build_root(&root_key, &keys_dir, NonZeroU64::MIN)?;
+        let signed = sign_root(&root, &[&root], &[&root_key]).await?;
+        self.install_root(&signed)?;
         tracing::info!(dir = %self.dir.display(), "created TUF keys and root metadata");
         Ok(())
     }
 
-    async fn build_root(&self) -> Result<Root, TufError> {
-        let mut root = Root {
-            spec_version: "1.0.0".to_owned(),
-            consistent_snapshot: true,
-            version: NonZeroU64::MIN,
-            expires: expiry(ROOT_LIFETIME)?,
-            keys: HashMap::new(),
-            roles: HashMap::new(),
-            _extra: HashMap::new(),
-        };
-        for role in ROLES {
-            let key = read_key(&self.key_path(role))?.tuf_key();
-            let key_id = key.key_id().map_err(metadata_err)?;
-            root.keys.insert(key_id.clone(), key);
-            root.roles.insert(
-                role,
-                RoleKeys {
-                    keyids: vec![key_id],
-                    threshold: NonZeroU64::MIN,
-                    _extra: HashMap::new(),
-                },
-            );
-        }
-        Ok(root)
+    /// Writes a signed root as `N.root.json` and `root.json` (the copy first clients pin).
+    pub(crate) fn install_root(&self, signed: &Signed<Root>) -> Result<(), TufError> {
+        let bytes = serde_json::to_vec_pretty(signed).map_err(metadata_err)?;
+        let metadata_dir = self.metadata_dir();
+        fs::create_dir_all(&metadata_dir).map_err(io_err(&metadata_dir))?;
+        let versioned = metadata_dir.join(format!("{}.root.json", signed.signed.version));
+        write_atomically(&versioned, &bytes)?;
+        write_atomically(&self.root_path(), &bytes)
     }
 
-    fn key_sources(&self) -> Vec<Box<dyn KeySource>> {
-        ROLES
-            .iter()
-            .map(|role| {
-                Box::new(LocalKeySource {
-                    path: self.key_path(*role),
-                }) as Box<dyn KeySource>
-            })
-            .collect()
+    /// The installed root (`root.json`).
+    pub(crate) fn current_root(&self) -> Result<Signed<Root>, TufError> {
+        let path = self.root_path();
+        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        serde_json::from_slice(&bytes).map_err(|e| metadata_err(format!("{}: {e}", path.display())))
     }
 
     /// Signs a new version of targets, snapshot and timestamp listing exactly `targets`;
@@ -220,6 +246,19 @@ impl Repository {
         timestamp_lifetime: Duration,
     ) -> Result<NonZeroU64, TufError> {
         self.ensure_root(lock).await?;
+        self.sign_with(lock, &self.keys_dir(), targets, timestamp_lifetime)
+            .await
+    }
+
+    /// Signs targets, snapshot and timestamp with the online keys in `keys_dir` under the
+    /// installed root, and installs them; returns their version.
+    pub(crate) async fn sign_with(
+        &self,
+        _lock: &SigningLock,
+        keys_dir: &Path,
+        targets: &[TargetEntry],
+        timestamp_lifetime: Duration,
+    ) -> Result<NonZeroU64, TufError> {
         let version = self.next_version()?;
         let mut editor = RepositoryEditor::new(self.root_path())
             .await
@@ -240,10 +279,8 @@ impl Repository {
             .snapshot_expires(long)
             .timestamp_version(version)
             .timestamp_expires(short);
-        let signed = editor
-            .sign(&self.key_sources())
-            .await
-            .map_err(metadata_err)?;
+        let keys = key_sources(keys_dir, &ONLINE_ROLES);
+        let signed = editor.sign(&keys).await.map_err(metadata_err)?;
         self.install(&signed).await?;
         self.prune(version.get());
         tracing::info!(
@@ -346,14 +383,19 @@ fn target_of(entry: &TargetEntry) -> Result<Target, TufError> {
     serde_json::from_value(value).map_err(metadata_err)
 }
 
-fn expiry(lifetime: Duration) -> Result<jiff::Timestamp, TufError> {
+pub(crate) fn expiry(lifetime: Duration) -> Result<jiff::Timestamp, TufError> {
     let span = jiff::SignedDuration::try_from(lifetime).map_err(metadata_err)?;
     jiff::Timestamp::now()
         .checked_add(span)
         .map_err(metadata_err)
 }
 
-fn read_key(path: &Path) -> Result<impl Sign, TufError> {
+/// The key file of `role` in `dir`.
+pub(crate) fn key_file(dir: &Path, role: RoleType) -> PathBuf {
+    dir.join(format!("{role}.pk8"))
+}
+
+pub(crate) fn read_key(path: &Path) -> Result<impl Sign, TufError> {
     let bytes = fs::read(path).map_err(io_err(path))?;
     parse_keypair(&bytes).map_err(|_| TufError::Key {
         path: path.display().to_string(),
@@ -361,8 +403,118 @@ fn read_key(path: &Path) -> Result<impl Sign, TufError> {
     })
 }
 
+/// The TUF key id of the key in `path`.
+pub(crate) fn key_id(path: &Path) -> Result<Decoded<Hex>, TufError> {
+    read_key(path)?.tuf_key().key_id().map_err(metadata_err)
+}
+
+/// Whether `root` names the key in `path` for `role`.
+pub(crate) fn root_lists_key(
+    root: &Signed<Root>,
+    role: RoleType,
+    path: &Path,
+) -> Result<bool, TufError> {
+    let id = key_id(path)?;
+    Ok(root
+        .signed
+        .roles
+        .get(&role)
+        .is_some_and(|keys| keys.keyids.contains(&id)))
+}
+
+fn key_sources(dir: &Path, roles: &[RoleType]) -> Vec<Box<dyn KeySource>> {
+    roles
+        .iter()
+        .map(|role| {
+            Box::new(LocalKeySource {
+                path: key_file(dir, *role),
+            }) as Box<dyn KeySource>
+        })
+        .collect()
+}
+
+/// A root at `version` naming the key in `root_key` for the root role and the keys in
+/// `online_dir` for the other three, each with threshold 1.
+pub(crate) fn build_root(
+    root_key: &Path,
+    online_dir: &Path,
+    version: NonZeroU64,
+) -> Result<Root, TufError> {
+    let mut root = Root {
+        spec_version: "1.0.0".to_owned(),
+        consistent_snapshot: true,
+        version,
+        expires: expiry(ROOT_LIFETIME)?,
+        keys: HashMap::new(),
+        roles: HashMap::new(),
+        _extra: HashMap::new(),
+    };
+    let roles = ONLINE_ROLES
+        .into_iter()
+        .map(|role| (role, key_file(online_dir, role)))
+        .chain([(RoleType::Root, root_key.to_owned())]);
+    for (role, path) in roles {
+        let key = read_key(&path)?.tuf_key();
+        let key_id = key.key_id().map_err(metadata_err)?;
+        root.keys.insert(key_id.clone(), key);
+        root.roles.insert(
+            role,
+            RoleKeys {
+                keyids: vec![key_id],
+                threshold: NonZeroU64::MIN,
+                _extra: HashMap::new(),
+            },
+        );
+    }
+    Ok(root)
+}
+
+/// Signs `root` with the root keys in `keys`, each as a member of the roots in `holders` that
+/// lists it (a rotated root is signed by the previous root's key and its own), and checks that
+/// every holder's threshold is met.
+pub(crate) async fn sign_root(
+    root: &Root,
+    holders: &[&Root],
+    keys: &[&Path],
+) -> Result<Signed<Root>, TufError> {
+    let mut signed: Option<SignedRole<Root>> = None;
+    for holder in holders {
+        let sources: Vec<Box<dyn KeySource>> = keys
+            .iter()
+            .map(|path| {
+                Box::new(LocalKeySource {
+                    path: path.to_path_buf(),
+                }) as Box<dyn KeySource>
+            })
+            .collect();
+        let holder_keys = KeyHolder::Root((*holder).clone());
+        let by_holder = SignedRole::new(root.clone(), &holder_keys, &sources, &SystemRandom::new())
+            .await
+            .map_err(metadata_err)?;
+        signed = Some(match signed {
+            None => by_holder,
+            Some(previous) => by_holder
+                .add_old_signatures(previous.signed().signatures.clone())
+                .map_err(metadata_err)?,
+        });
+    }
+    let signed = signed
+        .ok_or_else(|| metadata_err("no root to sign for"))?
+        .signed()
+        .clone();
+    for holder in holders {
+        holder.verify_role(&signed).map_err(|e| {
+            metadata_err(format!(
+                "root version {} is not signed as needed: {e}",
+                root.version
+            ))
+        })?;
+    }
+    Ok(signed)
+}
+
 /// Creates a new ed25519 key at `path` (0600, never overwriting); keeps an existing one.
-fn create_key_if_missing(path: &Path) -> Result<(), TufError> {
+pub(crate) fn create_key_if_missing(path: &Path) -> Result<(), TufError> {
     if path.exists() {
         return Ok(());
     }
@@ -373,14 +525,14 @@ fn create_key_if_missing(path: &Path) -> Result<(), TufError> {
         })?;
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
-    owner_only(&mut options);
+    files::owner_only(&mut options);
     let mut file = options.open(path).map_err(io_err(path))?;
     file.write_all(document.as_ref())
         .and_then(|()| file.sync_all())
         .map_err(io_err(path))
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TufError> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TufError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
     temp.write_all(bytes)
@@ -391,24 +543,15 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TufError> {
     Ok(())
 }
 
-#[cfg(unix)]
-fn owner_only(options: &mut OpenOptions) {
-    use std::os::unix::fs::OpenOptionsExt;
-    options.mode(0o600);
-}
-
-#[cfg(not(unix))]
-fn owner_only(_options: &mut OpenOptions) {}
-
-#[cfg(unix)]
-fn restrict_dir(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-}
-
-#[cfg(not(unix))]
-fn restrict_dir(_dir: &Path) -> io::Result<()> {
-    Ok(())
+/// A made-up target of the Linux platform at `version`, for tests.
+#[cfg(test)]
+pub(crate) fn test_entry(version: &str) -> TargetEntry {
+    TargetEntry {
+        version: version.to_owned(),
+        platform: "linux-x86_64".to_owned(),
+        length: 42,
+        sha256: "ab".repeat(32),
+    }
 }
 
 #[cfg(test)]
@@ -418,12 +561,7 @@ mod tests {
     use tough::{FilesystemTransport, RepositoryLoader, TargetName};
 
     fn entry(version: &str) -> TargetEntry {
-        TargetEntry {
-            version: version.to_owned(),
-            platform: "linux-x86_64".to_owned(),
-            length: 42,
-            sha256: "ab".repeat(32),
-        }
+        test_entry(version)
     }
 
     async fn load(repo: &Repository, datastore: &Path) -> tough::Repository {

@@ -1,0 +1,112 @@
+//! The operator extractor: who is calling the operator API, and whether their role suffices.
+//!
+//! Every operator route takes an [`Operator`], which requires `Authorization: Bearer <operator
+//! token>` (401 without a valid one). A handler then calls [`Operator::require`] with the role
+//! the route needs: a lower role is answered 403 and the attempt is audited. This module must
+//! never accept an agent token (agent and operator tokens live in separate tables) and never
+//! log a token.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use cms_protocol::OperatorRole;
+
+use super::{ApiError, AppState, bearer};
+use crate::access::{self, Actor, Outcome};
+
+/// The authenticated caller of an operator route.
+#[derive(Debug, Clone)]
+pub struct Operator {
+    /// Token name and peer address, as the audit log records them.
+    pub actor: Actor,
+    /// What the token may do.
+    pub role: OperatorRole,
+}
+
+const UNAUTHORIZED: &str = "missing or invalid operator token";
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let source = peer_address(parts);
+        let token = bearer(parts).ok_or(ApiError::Unauthorized(UNAUTHORIZED))?;
+        let Some(row) = access::authenticate(state.operator_db(), token).await? else {
+            tracing::debug!(source, "operator request refused: no valid operator token");
+            return Err(ApiError::Unauthorized(UNAUTHORIZED));
+        };
+        Ok(Operator {
+            actor: Actor {
+                name: row.name,
+                source,
+            },
+            role: row.role,
+        })
+    }
+}
+
+impl Operator {
+    /// Refuses (403, audited as `denied`) unless the caller's role is at least `needed`.
+    pub async fn require(
+        &self,
+        state: &AppState,
+        needed: OperatorRole,
+        action: &str,
+        target: Option<&str>,
+    ) -> Result<(), ApiError> {
+        if self.role >= needed {
+            return Ok(());
+        }
+        self.audit(state, action, target, Outcome::Denied).await;
+        Err(ApiError::Forbidden(format!(
+            "this needs the {needed} role; the token has {}",
+            self.role
+        )))
+    }
+
+    /// Records the outcome of an action in the audit log.
+    pub async fn audit(
+        &self,
+        state: &AppState,
+        action: &str,
+        target: Option<&str>,
+        outcome: Outcome,
+    ) {
+        access::audit(state.operator_db(), &self.actor, action, target, outcome).await;
+    }
+}
+
+/// The peer's IP address as the listener recorded it (`unknown` when it did not).
+pub fn peer_address(parts: &Parts) -> String {
+    Peer::of(parts)
+        .0
+        .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
+}
+
+/// The peer's IP address, when the listener recorded one (it always does; requests built in
+/// process may not).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub Option<IpAddr>);
+
+impl Peer {
+    fn of(parts: &Parts) -> Peer {
+        Peer(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|info| info.0.ip()),
+        )
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Peer::of(parts))
+    }
+}

@@ -1,0 +1,200 @@
+//! Rows of the `agents` table: registration, heartbeats, the operator listing.
+
+use super::{Db, DbError, split_page};
+
+/// A new agent row, written at registration.
+#[derive(Debug, Clone)]
+pub struct NewAgent<'a> {
+    /// Generated id.
+    pub agent_id: &'a str,
+    /// SHA-256 hex of the bearer token.
+    pub token_hash: &'a str,
+    /// Reported machine name.
+    pub hostname: &'a str,
+    /// Reported platform.
+    pub platform: &'a str,
+    /// Reported agent version.
+    pub version: &'a str,
+    /// Initial state name.
+    pub state: &'a str,
+}
+
+/// An agent row as the operator listing needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRow {
+    /// Stable id.
+    pub agent_id: String,
+    /// Machine name.
+    pub hostname: String,
+    /// Platform.
+    pub platform: String,
+    /// Latest reported version.
+    pub version: String,
+    /// Latest reported state.
+    pub state: String,
+    /// Latest contact (RFC 3339).
+    pub last_seen: String,
+    /// How it reaches the backend, from its latest heartbeat (older agents do not say).
+    pub network: Option<String>,
+}
+
+/// Where a page of the agent listing starts: after this (hostname, agent_id).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AgentKey {
+    /// Hostname of the last agent of the previous page.
+    pub hostname: String,
+    /// Its id.
+    pub agent_id: String,
+}
+
+impl AgentRow {
+    /// The key the next page starts after.
+    pub fn key(&self) -> AgentKey {
+        AgentKey {
+            hostname: self.hostname.clone(),
+            agent_id: self.agent_id.clone(),
+        }
+    }
+}
+
+type AgentTuple = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+);
+
+impl Db {
+    /// Inserts a newly registered agent.
+    pub async fn insert_agent(&self, agent: &NewAgent<'_>, now: &str) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO agents (agent_id, token_hash, hostname, platform, version, state, \
+             registered_at, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+        )
+        .bind(agent.agent_id)
+        .bind(agent.token_hash)
+        .bind(agent.hostname)
+        .bind(agent.platform)
+        .bind(agent.version)
+        .bind(agent.state)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Looks up an agent by its token hash: `(agent_id, token_hash)`.
+    pub async fn agent_by_token_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<(String, String)>, DbError> {
+        let row = sqlx::query_as::<_, (String, String)>(
+            "SELECT agent_id, token_hash FROM agents WHERE token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row)
+    }
+
+    /// Whether an agent with this id is registered.
+    pub async fn agent_exists(&self, agent_id: &str) -> Result<bool, DbError> {
+        let row = sqlx::query_as::<_, (String,)>("SELECT agent_id FROM agents WHERE agent_id = $1")
+            .bind(agent_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// The platform an agent registered with.
+    pub async fn agent_platform(&self, agent_id: &str) -> Result<Option<String>, DbError> {
+        let row = sqlx::query_as::<_, (String,)>("SELECT platform FROM agents WHERE agent_id = $1")
+            .bind(agent_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|(platform,)| platform))
+    }
+
+    /// Records a heartbeat: version, state and last contact.
+    pub async fn update_status(
+        &self,
+        agent_id: &str,
+        version: &str,
+        state: &str,
+        network: Option<&str>,
+        now: &str,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "UPDATE agents SET version = $1, state = $2, network = $3, last_seen = $4 \
+             WHERE agent_id = $5",
+        )
+        .bind(version)
+        .bind(state)
+        .bind(network)
+        .bind(now)
+        .bind(agent_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a contact without new status.
+    pub async fn touch(&self, agent_id: &str, now: &str) -> Result<(), DbError> {
+        sqlx::query("UPDATE agents SET last_seen = $1 WHERE agent_id = $2")
+            .bind(now)
+            .bind(agent_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// One page of agents ordered by hostname then id, starting after `after` (the start when
+    /// its fields are empty); `true` when more follow.
+    pub async fn list_agents(
+        &self,
+        after: &AgentKey,
+        limit: i64,
+    ) -> Result<(Vec<AgentRow>, bool), DbError> {
+        let rows = sqlx::query_as::<_, AgentTuple>(
+            "SELECT agent_id, hostname, platform, version, state, last_seen, network FROM agents \
+             WHERE (hostname, agent_id) > ($1, $2) ORDER BY hostname, agent_id LIMIT $3",
+        )
+        .bind(after.hostname.as_str())
+        .bind(after.agent_id.as_str())
+        .bind(limit + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let rows = rows
+            .into_iter()
+            .map(
+                |(agent_id, hostname, platform, version, state, last_seen, network)| AgentRow {
+                    agent_id,
+                    hostname,
+                    platform,
+                    version,
+                    state,
+                    last_seen,
+                    network,
+                },
+            )
+            .collect();
+        Ok(split_page(rows, limit))
+    }
+
+    /// `(agent_id, version)` of every agent registered for `platform`.
+    pub async fn agents_on_platform(
+        &self,
+        platform: &str,
+    ) -> Result<Vec<(String, String)>, DbError> {
+        let rows = sqlx::query_as::<_, (String, String)>(
+            "SELECT agent_id, version FROM agents WHERE platform = $1",
+        )
+        .bind(platform)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+}

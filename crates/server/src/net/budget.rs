@@ -1,0 +1,270 @@
+//! The connection budget: how many connections the server may hold, overall and per source,
+//! sized from the open-file limit.
+//!
+//! At start the soft open-file limit is raised to the hard limit; what is left after a reserve
+//! (database connections, package files being served, logs, metadata, listeners) is the
+//! connection cap, so accepting one more connection can never make `accept` or `open` fail
+//! with "Too many open files". Each source network (an IPv4 address, an IPv6 /64) may hold at
+//! most a share of it, so one host flooding the port cannot lock the fleet out. A refused
+//! connection is closed at once. This module must never block and never count a connection
+//! twice or not at all (the slot is released by `Drop`).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::ratelimit::source_network;
+
+/// File descriptors kept out of the connection cap for everything but connections.
+const RESERVED_FDS: u64 = 64;
+/// Share of the cap one source network may hold, by default: 1/8.
+const DEFAULT_SOURCE_SHARE: usize = 8;
+/// Smallest default per-source bound, so a small server still serves a NAT'd site.
+const MIN_PER_SOURCE: usize = 16;
+/// Cap when the platform has no open-file limit to size it from (Windows).
+const CAP_WITHOUT_LIMIT: usize = 16_384;
+
+/// The process's open-file limit before and after raising it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileLimit {
+    /// Soft limit found at start.
+    pub found: u64,
+    /// Soft limit now (the hard limit, if raising worked).
+    pub now: u64,
+    /// Hard limit.
+    pub hard: u64,
+}
+
+/// How the budget was sized, for the start-up log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizing {
+    /// The open-file limit, if the platform has one.
+    pub file_limit: Option<FileLimit>,
+    /// Descriptors kept for databases, package downloads and the rest.
+    pub reserved: u64,
+    /// Connections held at most.
+    pub max_connections: usize,
+    /// Connections one source network holds at most.
+    pub max_per_source: usize,
+    /// Package downloads served at the same time.
+    pub download_slots: usize,
+}
+
+/// Raises the soft open-file limit to the hard limit (Unix); `None` where there is none.
+#[cfg(unix)]
+pub fn raise_file_limit() -> Option<FileLimit> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let unlimited = u64::MAX;
+    let found = limit.current.unwrap_or(unlimited);
+    let hard = limit.maximum.unwrap_or(unlimited);
+    let mut now = found;
+    if found < hard {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => now = hard,
+            Err(error) => {
+                tracing::warn!(%error, found, hard, "cannot raise the open-file limit");
+            }
+        }
+    }
+    Some(FileLimit { found, now, hard })
+}
+
+/// Raises the soft open-file limit to the hard limit (Unix); `None` where there is none.
+#[cfg(not(unix))]
+pub fn raise_file_limit() -> Option<FileLimit> {
+    None
+}
+
+/// Sizes the budget from the open-file limit: downloads get a share, `db_connections` and
+/// [`RESERVED_FDS`] are kept, connections get the rest. Explicit values win.
+pub fn size(
+    file_limit: Option<FileLimit>,
+    db_connections: u32,
+    max_connections: Option<usize>,
+    max_per_source: Option<usize>,
+) -> Sizing {
+    let limit = file_limit.map(|l| l.now);
+    let download_slots = limit.map_or(256, |l| (l / 16).clamp(4, 256)) as usize;
+    let reserved = RESERVED_FDS + u64::from(db_connections) + download_slots as u64;
+    let derived = match limit {
+        Some(limit) => usize::try_from(limit.saturating_sub(reserved)).unwrap_or(usize::MAX),
+        None => CAP_WITHOUT_LIMIT,
+    };
+    let max_connections = max_connections.unwrap_or(derived).max(1);
+    let max_per_source = max_per_source
+        .unwrap_or((max_connections / DEFAULT_SOURCE_SHARE).max(MIN_PER_SOURCE))
+        .clamp(1, max_connections);
+    Sizing {
+        file_limit,
+        reserved,
+        max_connections,
+        max_per_source,
+        download_slots,
+    }
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The server holds its maximum of connections.
+    Full,
+    /// This source network holds its maximum.
+    SourceFull,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: usize,
+    per_source: HashMap<IpAddr, usize>,
+}
+
+/// Open connections, overall and per source network (see the module docs).
+#[derive(Debug)]
+pub struct ConnectionBudget {
+    max_total: usize,
+    max_per_source: usize,
+    counts: Mutex<Counts>,
+}
+
+/// One admitted connection; dropping it frees its place.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    budget: Arc<ConnectionBudget>,
+    source: IpAddr,
+}
+
+impl ConnectionBudget {
+    /// A budget of `max_total` connections, `max_per_source` per source network.
+    pub fn new(max_total: usize, max_per_source: usize) -> Arc<Self> {
+        Arc::new(ConnectionBudget {
+            max_total,
+            max_per_source,
+            counts: Mutex::new(Counts::default()),
+        })
+    }
+
+    /// Admits a connection from `peer`, or says why not.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<ConnectionSlot, Refusal> {
+        let source = source_network(peer);
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if counts.total >= self.max_total {
+            return Err(Refusal::Full);
+        }
+        let held = counts.per_source.entry(source).or_default();
+        if *held >= self.max_per_source {
+            return Err(Refusal::SourceFull);
+        }
+        *held += 1;
+        counts.total += 1;
+        Ok(ConnectionSlot {
+            budget: Arc::clone(self),
+            source,
+        })
+    }
+
+    /// Connections held now.
+    pub fn open(&self) -> usize {
+        self.counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .total
+    }
+
+    fn release(&self, source: IpAddr) {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        counts.total = counts.total.saturating_sub(1);
+        if let Some(held) = counts.per_source.get_mut(&source) {
+            *held -= 1;
+            if *held == 0 {
+                counts.per_source.remove(&source);
+            }
+        }
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.budget.release(self.source);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn sized_from_the_file_limit() {
+        let limit = FileLimit {
+            found: 1024,
+            now: 1024,
+            hard: 1024,
+        };
+        let sizing = size(Some(limit), 6, None, None);
+        assert_eq!(sizing.download_slots, 64);
+        assert_eq!(sizing.reserved, 64 + 6 + 64);
+        assert_eq!(sizing.max_connections, 1024 - 134);
+        assert_eq!(sizing.max_per_source, (1024 - 134) / 8);
+        let explicit = size(Some(limit), 6, Some(100), Some(500));
+        assert_eq!(
+            (explicit.max_connections, explicit.max_per_source),
+            (100, 100)
+        );
+        let tiny = size(
+            Some(FileLimit {
+                found: 64,
+                now: 64,
+                hard: 64,
+            }),
+            6,
+            None,
+            None,
+        );
+        assert_eq!(tiny.max_connections, 1, "never zero");
+        assert_eq!(size(None, 6, None, None).max_connections, CAP_WITHOUT_LIMIT);
+    }
+
+    #[test]
+    fn caps_hold_overall_and_per_source_and_slots_free_on_drop() {
+        let budget = ConnectionBudget::new(3, 2);
+        let a1 = budget.admit(ip("10.0.0.1")).unwrap();
+        let _a2 = budget.admit(ip("10.0.0.1")).unwrap();
+        assert_eq!(
+            budget.admit(ip("10.0.0.1")).unwrap_err(),
+            Refusal::SourceFull
+        );
+        let _b = budget.admit(ip("10.0.0.2")).unwrap();
+        assert_eq!(budget.admit(ip("10.0.0.3")).unwrap_err(), Refusal::Full);
+        drop(a1);
+        assert_eq!(budget.open(), 2);
+        budget.admit(ip("10.0.0.3")).unwrap();
+    }
+
+    #[test]
+    fn ipv6_hosts_of_one_64_share_a_bound() {
+        let budget = ConnectionBudget::new(10, 1);
+        let _first = budget.admit(ip("2001:db8::1")).unwrap();
+        assert_eq!(
+            budget.admit(ip("2001:db8::2")).unwrap_err(),
+            Refusal::SourceFull
+        );
+        budget.admit(ip("2001:db8:0:1::1")).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn raising_reaches_the_hard_limit() {
+        let limit = raise_file_limit().unwrap();
+        assert_eq!(limit.now, limit.hard);
+        assert!(limit.found <= limit.now);
+    }
+}
