@@ -41,7 +41,8 @@
 //! 12. uninstall: no service, no `cms_agent.exe` process, no `Run` value, no IPC secret, and
 //!     the server sees the agent go offline.
 //! 13. per user: `setup.exe /CURRENTUSER`: the HKCU `Run` value starts `cms_agent.exe
-//!     --per-user`, the agent registers and answers `--status --per-user` over its own pipe;
+//!     --per-user`, the agent registers, is offered the broken 3.0.0 by its first heartbeat's
+//!     answer and rolls it back, and answers `--status --per-user` over its own pipe;
 //!     uninstall stops it with `--stop` and leaves no process, `Run` value or credential.
 //!
 //! 14. the network ([`wine_net`], in a prefix of its own): HTTPS and WSS with a throwaway CA
@@ -699,13 +700,18 @@ impl Scenario<'_> {
         })?;
         let exe = setup::per_user_app_dir(&self.prefix)?.join("cms_agent.exe");
         let windows_exe = self.windows_path_in_prefix(&exe)?;
-        let out = run_windows(
-            self.prefix
-                .command(&windows_exe)
-                .args(["--status", "--per-user"]),
-        )?;
-        let status = parse_status(&String::from_utf8_lossy(&out.stdout))?;
-        ensure!(!status.service && status.state == "IDLE", "{status:?}");
+        // Its first heartbeat is answered with the newest release, the broken 3.0.0, which it
+        // tries and rolls back: `--status` finds no agent while the updater has the lock.
+        let status = wait_for("--status --per-user to answer IDLE", WAIT, || {
+            let status = run_windows(
+                self.prefix
+                    .command(&windows_exe)
+                    .args(["--status", "--per-user"]),
+            )
+            .and_then(|out| parse_status(&String::from_utf8_lossy(&out.stdout)));
+            Ok(status.ok().filter(|status| status.state == "IDLE"))
+        })?;
+        ensure!(!status.service, "{status:?}");
         ensure!(
             setup::user_credential_present(&self.prefix)?,
             "no Credential Manager entry CMSAgent/ipc/user for the per-user agent"
