@@ -25,6 +25,8 @@ pub struct Plan {
     pub download_bytes: u64,
     /// The fleet steps.
     pub scale: ScalePlan,
+    /// The replica step.
+    pub replicas: ReplicaPlan,
     /// Time left for the run.
     pub budget: Budget,
 }
@@ -44,6 +46,66 @@ pub struct ScalePlan {
     pub first_window: Duration,
     /// Measurement window of the other steps.
     pub window: Duration,
+}
+
+/// How the replica step's fleet is stepped up (see `replicas.rs`).
+#[derive(Debug, Clone)]
+pub struct ReplicaPlan {
+    /// `cms-server serve` processes behind the load balancer.
+    pub replicas: usize,
+    /// First N.
+    pub first: usize,
+    /// Growth per further step.
+    pub increment: usize,
+    /// Largest N to try.
+    pub max: usize,
+    /// Simulated agents per `cms-loadgen` process (each holds one descriptor per agent).
+    pub per_loadgen: usize,
+    /// Heartbeat interval of each simulated agent.
+    pub heartbeat_secs: u64,
+    /// Measurement window of every step.
+    pub window: Duration,
+    /// Pause after a step's agents are connected, before its window.
+    pub settle: Duration,
+    /// Longest wait for a push to reach every agent, and for a killed replica's agents.
+    pub wait: Duration,
+    /// Time the whole step may take.
+    pub budget: Duration,
+}
+
+impl ReplicaPlan {
+    /// A full run: three replicas, 10,000 agents per load generator and per step, heartbeats
+    /// every 60 s (the agent's default), up to `max`.
+    pub fn full(max: usize) -> Self {
+        Self {
+            replicas: 3,
+            first: 10_000.min(max),
+            increment: 10_000,
+            max,
+            per_loadgen: 10_000,
+            heartbeat_secs: 60,
+            window: Duration::from_secs(30),
+            settle: Duration::from_secs(5),
+            wait: Duration::from_secs(60),
+            budget: Duration::from_secs(20 * 60),
+        }
+    }
+
+    /// A quick run: the same parts, a small fleet over two load generators, 1 s heartbeats.
+    pub fn quick(max: usize) -> Self {
+        Self {
+            replicas: 3,
+            first: 50.min(max),
+            increment: 50,
+            max,
+            per_loadgen: 50,
+            heartbeat_secs: 1,
+            window: Duration::from_secs(3),
+            settle: Duration::from_millis(500),
+            wait: Duration::from_secs(30),
+            budget: Duration::from_secs(3 * 60),
+        }
+    }
 }
 
 /// The run's time limit.
@@ -68,8 +130,15 @@ impl Budget {
     }
 }
 
-/// A full run: 7 repeats, a minute idle, a fleet from `first` agents up by 5000.
-pub fn full(bins: Binaries, work: PathBuf, first: usize, max: usize, budget: Budget) -> Plan {
+/// A full run: 7 repeats, a minute idle, a fleet from `first` agents up by 5000 to `max`, the
+/// replica step up to `replica_max`.
+pub fn full(
+    bins: Binaries,
+    work: PathBuf,
+    [first, max, replica_max]: [usize; 3],
+    budget: Budget,
+) -> Plan {
+    let replicas = ReplicaPlan::full(replica_max);
     Plan {
         bins,
         work,
@@ -85,12 +154,19 @@ pub fn full(bins: Binaries, work: PathBuf, first: usize, max: usize, budget: Bud
             first_window: Duration::from_secs(60),
             window: Duration::from_secs(30),
         },
+        replicas,
         budget,
     }
 }
 
-/// A quick run: 2 repeats, seconds-long windows, small fleet steps.
-pub fn quick(bins: Binaries, work: PathBuf, first: usize, max: usize, budget: Budget) -> Plan {
+/// A quick run: 2 repeats, seconds-long windows, small fleet steps (fleet sizes as in [`full`]).
+pub fn quick(
+    bins: Binaries,
+    work: PathBuf,
+    [first, max, replica_max]: [usize; 3],
+    budget: Budget,
+) -> Plan {
+    let replicas = ReplicaPlan::quick(replica_max);
     Plan {
         bins,
         work,
@@ -106,6 +182,7 @@ pub fn quick(bins: Binaries, work: PathBuf, first: usize, max: usize, budget: Bu
             first_window: Duration::from_secs(3),
             window: Duration::from_secs(3),
         },
+        replicas,
         budget,
     }
 }

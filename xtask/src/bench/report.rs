@@ -14,6 +14,8 @@ use serde::Serialize;
 use super::agent::{AgentResults, MB};
 use super::download::DownloadResults;
 use super::machine::Machine;
+use super::replica_report;
+use super::replicas::ReplicaResults;
 use super::scale::{P99_GOAL_MS, ScaleResults, Step};
 use super::sizes::{PlatformSizes, Size};
 use super::stats::Summary;
@@ -57,6 +59,8 @@ pub struct Results {
     pub download: DownloadResults,
     /// Server scale.
     pub scale: ScaleResults,
+    /// Replicas on PostgreSQL behind haproxy.
+    pub replicas: ReplicaResults,
     /// File sizes (release runs only).
     pub sizes: Vec<PlatformSizes>,
 }
@@ -118,6 +122,12 @@ impl Report {
         self.header(&mut md);
         self.summary_table(&mut md);
         scale_table(&mut md, &self.results.scale);
+        md.push_str(&replica_report::section(
+            &self.results.replicas,
+            &self.machine,
+            self.mode,
+        ));
+        md.push('\n');
         sizes_table(&mut md, &self.results.sizes);
         self.method(&mut md);
         self.run_table(&mut md);

@@ -8,20 +8,17 @@
 //! heartbeat and no dropped WebSocket; the search stops at the first step that does not hold,
 //! at the largest N asked for, or when the next step would not fit in the time budget.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
-use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
+use anyhow::{Result, bail};
+use serde::Serialize;
 
 use super::agent::MB;
 use super::fixture;
 use super::plan::Plan;
 use super::procfs;
-use super::stats;
+use super::swarm::{self, Grown, PushSpread, Swarm, Window, unix_micros};
 use crate::server::RunningServer;
-use crate::util::describe;
 
 /// A step holds when its p99 heartbeat latency is below this.
 pub const P99_GOAL_MS: f64 = 50.0;
@@ -83,41 +80,14 @@ pub struct ScaleResults {
     pub stopped_because: String,
 }
 
-/// Answer of the swarm to `grow`.
-#[derive(Debug, Deserialize)]
-struct Grown {
-    connected: usize,
-    failed: usize,
-    ramp_secs: f64,
-    first_error: Option<String>,
-}
-
-/// Answer to `measure`.
-#[derive(Debug, Deserialize)]
-struct Window {
-    connected: usize,
-    latencies_us: Vec<u64>,
-    heartbeat_errors: u64,
-    ws_drops: u64,
-}
-
-/// Answer to `await-push`.
-#[derive(Debug, Deserialize)]
-struct PushSpread {
-    expected: usize,
-    received: usize,
-    first_unix_us: Option<u64>,
-    last_unix_us: Option<u64>,
-}
-
 /// Runs the steps of `plan.scale`.
 pub fn measure(plan: &Plan, open_file_limit: u64) -> Result<ScaleResults> {
     let dir = plan.work.join("scale");
     let server_dir = dir.join("server");
     std::fs::create_dir_all(&server_dir)?;
     let mut server = fixture::server(plan, &server_dir).start()?;
-    let mut swarm = Swarm::start(plan, server.url())?;
     let scale = &plan.scale;
+    let mut swarm = Swarm::start(&plan.bins.loadgen, server.url(), scale.heartbeat_secs, 0)?;
     let mut steps: Vec<Step> = Vec::new();
     let cap = fleet_cap(open_file_limit);
     let mut agents = scale.first.min(cap);
@@ -205,14 +175,8 @@ fn run_step(
     let window: Window = swarm.ask(&format!("measure {window_secs}"))?;
     let server_after = procfs::sample(server.pid())?;
     let swarm_after = procfs::sample(swarm.pid())?;
-    let latencies: Vec<f64> = window
-        .latencies_us
-        .iter()
-        .map(|us| *us as f64 / 1000.0)
-        .collect();
-    let [p50, p99, max] = match stats::percentiles(&latencies, &[50.0, 99.0, 100.0]).as_deref() {
-        Some(&[p50, p99, max]) => [p50, p99, max],
-        _ => bail!("no heartbeat was answered in the {window_secs} s window at N={agents}"),
+    let Some([p50, p99, max]) = swarm::latency_ms(&window.latencies_us) else {
+        bail!("no heartbeat was answered in the {window_secs} s window at N={agents}");
     };
     let failures = window.heartbeat_errors + window.ws_drops;
     let (push_first_ms, push_all_ms) = push(plan, server, swarm, index)?;
@@ -221,7 +185,7 @@ fn run_step(
         connected: window.connected,
         ramp_secs: grown.ramp_secs,
         window_secs,
-        heartbeats: latencies.len(),
+        heartbeats: window.latencies_us.len(),
         p50_ms: p50,
         p99_ms: p99,
         max_ms: max,
@@ -257,77 +221,4 @@ fn push(
     }
     let since = |at: Option<u64>| at.map(|t| t.saturating_sub(published) as f64 / 1000.0);
     Ok((since(spread.first_unix_us), since(spread.last_unix_us)))
-}
-
-fn unix_micros(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
-
-/// The running `cms-loadgen swarm`, steered line by line.
-struct Swarm {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Swarm {
-    fn start(plan: &Plan, server_url: &str) -> Result<Swarm> {
-        let mut command = Command::new(&plan.bins.loadgen);
-        command
-            .args(["swarm", "--server", server_url, "--heartbeat-secs"])
-            .arg(plan.scale.heartbeat_secs.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("cannot start {}", describe(&command)))?;
-        let stdin = child.stdin.take().context("cms-loadgen has no stdin")?;
-        let stdout = BufReader::new(child.stdout.take().context("cms-loadgen has no stdout")?);
-        Ok(Swarm {
-            child,
-            stdin,
-            stdout,
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Sends one command and reads its one-line answer.
-    fn ask<T: serde::de::DeserializeOwned>(&mut self, command: &str) -> Result<T> {
-        writeln!(self.stdin, "{command}").context("cms-loadgen stopped reading")?;
-        self.stdin.flush()?;
-        let mut line = String::new();
-        if self.stdout.read_line(&mut line)? == 0 {
-            bail!("cms-loadgen exited while answering {command:?}");
-        }
-        let value: serde_json::Value = serde_json::from_str(&line)
-            .with_context(|| format!("cms-loadgen answered {line:?}"))?;
-        if let Some(error) = value.get("error") {
-            bail!("cms-loadgen refused {command:?}: {error}");
-        }
-        serde_json::from_value(value).with_context(|| format!("cms-loadgen answered {line:?}"))
-    }
-
-    fn quit(mut self) -> Result<()> {
-        writeln!(self.stdin, "quit")?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                bail!("cms-loadgen did not quit");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Swarm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
