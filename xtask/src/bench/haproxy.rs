@@ -161,7 +161,7 @@ mod tests {
     /// The replica step's addresses as `docs/DEPLOYMENT.md` shows them.
     fn documented() -> String {
         let replicas = ["127.0.0.1:8081", "127.0.0.1:8082", "127.0.0.1:8083"].map(String::from);
-        config("127.0.0.1:8080", &replicas, 61000)
+        config("127.0.0.1:8080", &replicas, 51000)
     }
 
     #[test]

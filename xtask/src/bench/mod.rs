@@ -64,7 +64,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let replicas_only = flags::take_switch(&mut args, "--replicas-only");
     let replica_max = number(
         flags::take_value(&mut args, &["--replica-max-agents"])?,
-        if quick { 100 } else { 60_000 },
+        if quick { 100 } else { 50_000 },
     )?;
     flags::reject_rest("bench", &args)?;
     if max < agents {
