@@ -17,14 +17,16 @@ use crate::host;
 use crate::util::{self, describe};
 
 /// The haproxy configuration for `replicas` (`host:port` each) behind `bind` (`host:port`),
-/// holding up to `maxconn` agent connections.
+/// holding up to `maxconn` agent connections, connecting to the replicas from `source` (an
+/// address of its own, so that each balancer has the whole range of local ports for its
+/// connections: one per agent, plus one per registration that then waits out TIME_WAIT).
 ///
 /// WebSocket-aware: haproxy passes the upgrade in `mode http` and then applies `timeout
 /// tunnel` to the open socket (agents heartbeat every 60 s and the server pings every 30 s).
 /// `leastconn` spreads long-lived sockets evenly; `option redispatch` with `retries` sends a
 /// reconnect that meets a dead replica (before its health check has marked it down) to a live
 /// one; `GET /healthz` is 200 only while the replica reaches its database.
-pub fn config(bind: &str, replicas: &[String], maxconn: usize) -> String {
+pub fn config(bind: &str, source: &str, replicas: &[String], maxconn: usize) -> String {
     let mut text = format!(
         "global
     maxconn {maxconn}
@@ -47,6 +49,7 @@ backend replicas
     option redispatch
     retries 3
     option httpchk GET /healthz
+    source {source}
 "
     );
     for (i, address) in replicas.iter().enumerate() {
@@ -161,7 +164,7 @@ mod tests {
     /// The replica step's addresses as `docs/DEPLOYMENT.md` shows them.
     fn documented() -> String {
         let replicas = ["127.0.0.1:8081", "127.0.0.1:8082", "127.0.0.1:8083"].map(String::from);
-        config("127.0.0.1:8080", &replicas, 51000)
+        config("127.0.0.1:8080", "127.0.1.1", &replicas, 9000)
     }
 
     #[test]

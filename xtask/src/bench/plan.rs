@@ -74,15 +74,16 @@ pub struct ReplicaPlan {
 }
 
 impl ReplicaPlan {
-    /// A full run: three replicas, 10,000 agents per load generator and per step, heartbeats
-    /// every 60 s (the agent's default), up to `max`.
+    /// A full run: three replicas, 10,000 more agents per step, 8,000 per load generator
+    /// (each behind its own haproxy, which holds two descriptors per agent, inside the 20,000
+    /// one process may open here), heartbeats every 60 s (the agent's default), up to `max`.
     pub fn full(max: usize) -> Self {
         Self {
             replicas: 3,
             first: 10_000.min(max),
             increment: 10_000,
             max,
-            per_loadgen: 10_000,
+            per_loadgen: 8_000,
             heartbeat_secs: 60,
             window: Duration::from_secs(30),
             settle: Duration::from_secs(5),

@@ -76,7 +76,7 @@ fn goals(md: &mut String, run: &ReplicaRun, cores: usize) {
         .steps
         .iter()
         .filter(|s| s.holds)
-        .max_by_key(|s| s.agents);
+        .max_by_key(|s| s.window.agents);
     let _ = writeln!(md, "| goal | measured | verdict |\n|---|---|---|");
     let n = run.largest_held.unwrap_or(0);
     let per_core = n as f64 / cores.max(1) as f64;
@@ -93,7 +93,7 @@ fn goals(md: &mut String, run: &ReplicaRun, cores: usize) {
                 md,
                 "| <= {KB_PER_AGENT_GOAL:.0} KB replica memory per agent | {:.1} KB at {} agents ({:.0} MB in {} replicas) | {} |",
                 step.replica_kb_per_agent,
-                step.agents,
+                step.window.agents,
                 step.replicas_rss_mb,
                 run.replicas,
                 verdict(step.replica_kb_per_agent <= KB_PER_AGENT_GOAL)
@@ -103,7 +103,7 @@ fn goals(md: &mut String, run: &ReplicaRun, cores: usize) {
                 "| release pushed to all in < {:.0} s | {} at {} agents | {} |",
                 PUSH_ALL_GOAL_MS / 1000.0,
                 optional_secs(step.push_all_ms),
-                step.agents,
+                step.window.agents,
                 verdict(step.push_all_ms.is_some_and(|ms| ms < PUSH_ALL_GOAL_MS))
             );
         }
@@ -141,7 +141,8 @@ fn steps_table(md: &mut String, steps: &[ReplicaStep]) {
         "| agents | ramp | heartbeats | p50 / p99 / max | failures | replicas: memory, per agent, CPU | haproxy: memory, CPU | load generators CPU | load average | publish command | push: first / all | holds |"
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for s in steps {
+    for step in steps {
+        let s = &step.window;
         let _ = writeln!(
             md,
             "| {} | {:.0} s | {} in {:.0} s | {:.1} / {:.1} / {:.1} ms | {} | {:.0} MB, {:.1} KB, {:.0} % | {:.0} MB, {:.0} % | {:.0} % | {:.1} | {:.0} ms | {} / {} | {} |",
@@ -153,17 +154,17 @@ fn steps_table(md: &mut String, steps: &[ReplicaStep]) {
             s.p99_ms,
             s.max_ms,
             s.failures,
-            s.replicas_rss_mb,
-            s.replica_kb_per_agent,
-            s.replicas_cpu_percent,
-            s.haproxy_rss_mb,
-            s.haproxy_cpu_percent,
-            s.loadgen_cpu_percent,
-            s.load_average,
-            s.publish_ms,
-            optional_secs(s.push_first_ms),
-            optional_secs(s.push_all_ms),
-            if s.holds { "yes" } else { "**no**" }
+            step.replicas_rss_mb,
+            step.replica_kb_per_agent,
+            step.replicas_cpu_percent,
+            step.haproxy_rss_mb,
+            step.haproxy_cpu_percent,
+            step.loadgen_cpu_percent,
+            step.load_average,
+            step.publish_ms,
+            optional_secs(step.push_first_ms),
+            optional_secs(step.push_all_ms),
+            if step.holds { "yes" } else { "**no**" }
         );
     }
     let _ = writeln!(md);

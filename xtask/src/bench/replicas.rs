@@ -23,13 +23,16 @@ use super::haproxy::{self, RunningProxy};
 use super::plan::ReplicaPlan;
 use super::postgres::{self, Schema};
 use super::procfs::{self, Sample};
-use super::swarm::{self, Fleet, Grown, PushSpread, Status, Window, unix_micros};
+use super::swarm::{self, Fleet, Heartbeats, PushSpread, Status, Window, unix_micros};
 use crate::server::{RunningServer, Server};
 
 /// A step holds when its p99 heartbeat latency is below this (the issue's goal).
 pub const P99_GOAL_MS: f64 = 100.0;
 /// Descriptors kept for everything else (listeners, database pools, logs).
-const FD_SLACK: u64 = 8192;
+const FD_SLACK: u64 = 1024;
+/// The fleet a replica is killed under when the largest one reached does not fit in the
+/// replicas left (the issue's number).
+const FAILOVER_FLEET: usize = 20_000;
 
 /// What the replica step found.
 #[derive(Debug, Clone, Serialize)]
@@ -76,24 +79,9 @@ pub struct ReplicaRun {
 /// One step of the fleet.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReplicaStep {
-    /// Simulated agents.
-    pub agents: usize,
-    /// Agents holding a WebSocket at the end of the window.
-    pub connected: usize,
-    /// Seconds it took to add this step's agents.
-    pub ramp_secs: f64,
-    /// Length of the measurement window, seconds.
-    pub window_secs: f64,
-    /// Heartbeats answered in the window.
-    pub heartbeats: usize,
-    /// Heartbeat latency, milliseconds.
-    pub p50_ms: f64,
-    /// See `p50_ms`.
-    pub p99_ms: f64,
-    /// See `p50_ms`.
-    pub max_ms: f64,
-    /// Failed heartbeats and dropped WebSockets in the window.
-    pub failures: u64,
+    /// Agents, latencies and failures of the window, over every load generator.
+    #[serde(flatten)]
+    pub window: Heartbeats,
     /// Resident memory of all replicas together at the end of the window, MB.
     pub replicas_rss_mb: f64,
     /// That memory per connected agent, KB (10^3 bytes).
@@ -134,12 +122,23 @@ pub struct Failover {
 /// Everything the step runs on; dropped in reverse order of start.
 struct Rig {
     fleet: Fleet,
-    proxy: RunningProxy,
+    proxies: Vec<RunningProxy>,
     replicas: Vec<RunningServer>,
     store: Server,
     /// What the releases carry: a small real program (the simulated agents never download
     /// it, and a large one would time `release publish` packing it rather than the push).
     payload: PathBuf,
+}
+
+/// What every rig of one run is made of.
+struct Parts<'a> {
+    plan: &'a ReplicaPlan,
+    server_exe: &'a Path,
+    loadgen: &'a Path,
+    haproxy_exe: &'a Path,
+    work: &'a Path,
+    database_url: String,
+    open_file_limit: u64,
 }
 
 /// Runs the replica step with `server` and `loadgen`, in `work`.
@@ -179,39 +178,54 @@ fn run(
     admin_url: &str,
 ) -> Result<ReplicaRun> {
     std::fs::create_dir_all(work)?;
-    let open_file_limit = procfs::raise_open_file_limit(plan.max as u64 * 2 + FD_SLACK);
+    let open_file_limit = procfs::raise_open_file_limit(plan.max as u64 + FD_SLACK);
+    let proxy_fds = 2 * proxy_maxconn(plan) as u64 + FD_SLACK;
+    if proxy_fds > open_file_limit {
+        bail!(
+            "one haproxy for {} agents needs {proxy_fds} descriptors, over the open-file limit \
+             ({open_file_limit})",
+            plan.per_loadgen
+        );
+    }
     let schema = Schema::create(admin_url)?;
     println!(
         "    PostgreSQL schema {} (dropped at the end)",
         schema.name()
     );
-    let outcome = (|| {
-        let rig = Rig::start(plan, server_exe, loadgen, work, haproxy_exe, &schema)?;
-        search(plan, rig, open_file_limit, haproxy_exe, &schema)
-    })();
+    let parts = Parts {
+        plan,
+        server_exe,
+        loadgen,
+        haproxy_exe,
+        work,
+        database_url: schema.server_url(),
+        open_file_limit,
+    };
+    let outcome = search(&parts, &schema);
     let dropped = schema.drop_schema();
     let run = outcome?;
     dropped?;
     Ok(run)
 }
 
+/// Connections one haproxy takes: its load generator's agents, plus room for reconnects.
+fn proxy_maxconn(plan: &ReplicaPlan) -> usize {
+    plan.per_loadgen + 1000
+}
+
 impl Rig {
-    fn start(
-        plan: &ReplicaPlan,
-        server_exe: &Path,
-        loadgen: &Path,
-        work: &Path,
-        haproxy_exe: &Path,
-        schema: &Schema,
-    ) -> Result<Rig> {
-        let store_dir = work.join("store");
+    /// Replicas, then one haproxy per load generator in front of all of them (one process may
+    /// hold `open_file_limit` descriptors and haproxy holds two per agent), then enough load
+    /// generators for `max_agents`, each through its own haproxy.
+    fn start(parts: &Parts, max_agents: usize) -> Result<Rig> {
+        let plan = parts.plan;
+        let store_dir = parts.work.join("store");
         std::fs::create_dir_all(&store_dir)?;
-        let url = schema.server_url();
         let replicas = (1..=plan.replicas)
             .map(|i| {
-                let log = work.join(format!("replica-{i}.log"));
-                fixture::fleet_server(server_exe, &store_dir, &log)
-                    .with_database_url(&url)
+                let log = parts.work.join(format!("replica-{i}.log"));
+                fixture::fleet_server(parts.server_exe, &store_dir, &log)
+                    .with_database_url(&parts.database_url)
                     .start()
                     .with_context(|| format!("replica {i} did not start"))
             })
@@ -220,32 +234,29 @@ impl Rig {
             .iter()
             .map(|r| r.listen_addr().to_owned())
             .collect();
-        let bind = free_loopback_address()?;
-        let config = haproxy::config(&bind, &addresses, plan.max + 1000);
-        let proxy = RunningProxy::start(
-            haproxy_exe,
-            &work.join("haproxy.cfg"),
-            &config,
-            &bind,
-            &work.join("haproxy.log"),
-        )?;
+        let proxies = (1..=max_agents.div_ceil(plan.per_loadgen.max(1)))
+            .map(|k| start_proxy(parts, &addresses, k))
+            .collect::<Result<Vec<_>>>()?;
+        let urls: Vec<String> = proxies.iter().map(|p| p.url().to_owned()).collect();
         println!(
-            "    {} replicas ({}) behind haproxy on {bind}",
+            "    {} replicas ({}) behind {} haproxy ({})",
             replicas.len(),
-            addresses.join(", ")
+            addresses.join(", "),
+            proxies.len(),
+            urls.join(", ")
         );
         let fleet = Fleet::start(
-            loadgen,
-            proxy.url(),
+            parts.loadgen,
+            &urls,
             plan.heartbeat_secs,
-            plan.max,
+            max_agents,
             plan.per_loadgen,
         )?;
-        let store = fixture::fleet_server(server_exe, &store_dir, &work.join("publish.log"))
-            .with_database_url(&url);
+        let store = fixture::fleet_server(parts.server_exe, &store_dir, &parts.work.join("publish.log"))
+            .with_database_url(&parts.database_url);
         Ok(Rig {
             fleet,
-            proxy,
+            proxies,
             replicas,
             store,
             payload: small_program()?,
@@ -256,13 +267,41 @@ impl Rig {
         self.replicas.iter().map(RunningServer::pid).collect()
     }
 
-    fn stop(mut self) -> Result<()> {
-        self.fleet.quit()?;
-        for replica in &mut self.replicas {
-            replica.stop()?;
-        }
-        self.proxy.stop()
+    fn proxy_pids(&self) -> Vec<u32> {
+        self.proxies.iter().map(RunningProxy::pid).collect()
     }
+
+    /// Stops everything; a slow stop is worth a line, not the numbers already taken.
+    fn stop(mut self) {
+        let stopped = (|| {
+            self.fleet.quit()?;
+            for replica in &mut self.replicas {
+                replica.stop()?;
+            }
+            self.proxies.iter_mut().try_for_each(RunningProxy::stop)
+        })();
+        if let Err(err) = stopped {
+            eprintln!("bench: the replica step did not stop cleanly: {err:#}");
+        }
+    }
+}
+
+/// haproxy number `k` (from 1) in front of `replicas`, on a free loopback port, connecting
+/// to them from 127.0.1.`k`.
+fn start_proxy(parts: &Parts, replicas: &[String], k: usize) -> Result<RunningProxy> {
+    if k > 254 {
+        bail!("haproxy number {k}: the bench gives at most 254 a source address of its own");
+    }
+    let bind = free_loopback_address()?;
+    let source = format!("127.0.1.{k}");
+    let config = haproxy::config(&bind, &source, replicas, proxy_maxconn(parts.plan));
+    RunningProxy::start(
+        parts.haproxy_exe,
+        &parts.work.join(format!("haproxy-{k}.cfg")),
+        &config,
+        &bind,
+        &parts.work.join(format!("haproxy-{k}.log")),
+    )
 }
 
 /// `true` from the system (tens of KB): a real executable for the releases to carry.
@@ -277,17 +316,20 @@ fn free_loopback_address() -> Result<String> {
     Ok(listener.local_addr()?.to_string())
 }
 
-fn search(
-    plan: &ReplicaPlan,
-    mut rig: Rig,
-    open_file_limit: u64,
-    haproxy_exe: &Path,
-    schema: &Schema,
-) -> Result<ReplicaRun> {
+/// Agents `replicas` replicas can hold within the open-file limit, one descriptor each.
+fn replicas_hold(replicas: usize, open_file_limit: u64) -> usize {
+    let each = usize::try_from(open_file_limit.saturating_sub(FD_SLACK)).unwrap_or(usize::MAX);
+    replicas.saturating_mul(each)
+}
+
+fn search(parts: &Parts, schema: &Schema) -> Result<ReplicaRun> {
+    let plan = parts.plan;
+    let open_file_limit = parts.open_file_limit;
     let started = Instant::now();
     let load_at_start = load_average();
-    // haproxy holds two descriptors per agent, the heaviest of all the processes.
-    let cap = usize::try_from(open_file_limit.saturating_sub(FD_SLACK) / 2).unwrap_or(usize::MAX);
+    let cap = replicas_hold(plan.replicas, open_file_limit);
+    let mut rig = Rig::start(parts, plan.max.min(cap))?;
+    let loadgen_processes = rig.fleet.processes();
     let mut steps: Vec<ReplicaStep> = Vec::new();
     let mut agents = plan.first.min(cap);
     let stopped_because = loop {
@@ -308,7 +350,8 @@ fn search(
         }
         if agents >= cap {
             break format!(
-                "the open-file limit ({open_file_limit}) leaves haproxy room for {cap} agents"
+                "the open-file limit ({open_file_limit}) leaves {} replicas room for {cap} agents",
+                plan.replicas
             );
         }
         let left = plan.budget.saturating_sub(started.elapsed());
@@ -317,28 +360,23 @@ fn search(
         }
         agents = next.min(cap);
     };
-    let reached = steps.last().map_or(0, |s| s.agents);
-    let (failover, failover_error) = match kill_one(plan, &mut rig, reached) {
+    let reached = steps.last().map_or(0, |s| s.window.agents);
+    let (failover, failover_error) = match failover(parts, rig, reached) {
         Ok(failover) => (Some(failover), None),
         Err(err) => (None, Some(format!("{err:#}"))),
     };
-    let loadgen_processes = rig.fleet.processes();
-    if let Err(err) = rig.stop() {
-        // The numbers are taken; a slow stop is worth a line, not the run.
-        eprintln!("bench: the replica step did not stop cleanly: {err:#}");
-    }
     Ok(ReplicaRun {
         replicas: plan.replicas,
         loadgen_processes,
         agents_per_loadgen: plan.per_loadgen,
         heartbeat_secs: plan.heartbeat_secs,
         open_file_limit,
-        haproxy: haproxy::version(haproxy_exe),
+        haproxy: haproxy::version(parts.haproxy_exe),
         postgres: schema
             .server_version()
             .unwrap_or_else(|e| format!("unknown ({e:#})")),
         load_at_start,
-        largest_held: steps.iter().filter(|s| s.holds).map(|s| s.agents).max(),
+        largest_held: steps.iter().filter(|s| s.holds).map(|s| s.window.agents).max(),
         steps,
         stopped_because,
         failover,
@@ -349,10 +387,10 @@ fn search(
 fn print_step(step: &ReplicaStep) {
     println!(
         "    N={}: p50 {:.1} ms, p99 {:.1} ms, {} failures, replicas {:.0} MB ({:.1} KB/agent) / {:.0} % CPU, haproxy {:.0} % CPU, load {:.1}, push to all {:?} ms",
-        step.agents,
-        step.p50_ms,
-        step.p99_ms,
-        step.failures,
+        step.window.agents,
+        step.window.p50_ms,
+        step.window.p99_ms,
+        step.window.failures,
         step.replicas_rss_mb,
         step.replica_kb_per_agent,
         step.replicas_cpu_percent,
@@ -365,7 +403,7 @@ fn print_step(step: &ReplicaStep) {
 /// The processes one window samples: replicas, haproxy, load generators.
 struct Readings {
     replicas: Vec<Sample>,
-    haproxy: Sample,
+    haproxy: Vec<Sample>,
     loadgens: Vec<Sample>,
 }
 
@@ -378,7 +416,7 @@ impl Readings {
         };
         Ok(Readings {
             replicas: all(rig.replica_pids())?,
-            haproxy: procfs::sample(rig.proxy.pid())?,
+            haproxy: all(rig.proxy_pids())?,
             loadgens: all(rig.fleet.pids())?,
         })
     }
@@ -399,7 +437,7 @@ fn measure_step(
     index: usize,
 ) -> Result<ReplicaStep> {
     let grown = rig.fleet.grow(agents)?;
-    let ramp_secs = check_grown(&grown, agents)?;
+    let ramp_secs = swarm::ramp_secs(&grown, agents)?;
     println!(
         "    N={agents}: {} connected after {ramp_secs:.1} s",
         grown.iter().map(|g| g.connected).sum::<usize>()
@@ -410,55 +448,24 @@ fn measure_step(
     let windows: Vec<Window> = rig.fleet.ask_all(&format!("measure {window_secs}"))?;
     let after = Readings::take(rig)?;
     let load = load_average()[0];
-    let latencies: Vec<u64> = windows
-        .iter()
-        .flat_map(|w| w.latencies_us.iter().copied())
-        .collect();
-    let Some([p50, p99, max]) = swarm::latency_ms(&latencies) else {
-        bail!("no heartbeat was answered in the {window_secs} s window at N={agents}");
-    };
-    let connected: usize = windows.iter().map(|w| w.connected).sum();
-    let failures: u64 = windows
-        .iter()
-        .map(|w| w.heartbeat_errors + w.ws_drops)
-        .sum();
+    let heartbeats = Heartbeats::of(agents, ramp_secs, window_secs, &windows)?;
     let replicas_rss: u64 = after.replicas.iter().map(|s| s.rss_bytes).sum();
     let push = push(plan, rig, index)?;
+    let connected = heartbeats.connected.max(1);
     Ok(ReplicaStep {
-        agents,
-        connected,
-        ramp_secs,
-        window_secs,
-        heartbeats: latencies.len(),
-        p50_ms: p50,
-        p99_ms: p99,
-        max_ms: max,
-        failures,
+        holds: heartbeats.hold(P99_GOAL_MS),
+        window: heartbeats,
         replicas_rss_mb: replicas_rss as f64 / MB,
-        replica_kb_per_agent: replicas_rss as f64 / 1000.0 / connected.max(1) as f64,
+        replica_kb_per_agent: replicas_rss as f64 / 1000.0 / connected as f64,
         replicas_cpu_percent: cpu_since(&after.replicas, &before.replicas),
-        haproxy_rss_mb: after.haproxy.rss_bytes as f64 / MB,
-        haproxy_cpu_percent: after.haproxy.cpu_percent_since(&before.haproxy),
+        haproxy_rss_mb: after.haproxy.iter().map(|s| s.rss_bytes).sum::<u64>() as f64 / MB,
+        haproxy_cpu_percent: cpu_since(&after.haproxy, &before.haproxy),
         loadgen_cpu_percent: cpu_since(&after.loadgens, &before.loadgens),
         load_average: load,
         publish_ms: push.publish_ms,
         push_first_ms: push.first_ms,
         push_all_ms: push.all_ms,
-        holds: p99 < P99_GOAL_MS && failures == 0 && connected == agents,
     })
-}
-
-/// The ramp's length (the slowest process); an agent that could not be set up fails the step.
-fn check_grown(grown: &[Grown], agents: usize) -> Result<f64> {
-    let failed: usize = grown.iter().map(|g| g.failed).sum();
-    if failed > 0 {
-        let error = grown.iter().find_map(|g| g.first_error.clone());
-        bail!(
-            "{failed} of {agents} simulated agents could not be set up: {}",
-            error.unwrap_or_default()
-        );
-    }
-    Ok(grown.iter().map(|g| g.ramp_secs).fold(0.0, f64::max))
 }
 
 /// How one release reached the fleet.
@@ -498,6 +505,34 @@ fn push(plan: &ReplicaPlan, rig: &mut Rig, index: usize) -> Result<Push> {
         first_ms: since(spreads.iter().filter_map(|s| s.first_unix_us).min()),
         all_ms: since(spreads.iter().filter_map(|s| s.last_unix_us).max()),
     })
+}
+
+/// The failover under the fleet `reached` when the replicas left can hold it, else under a
+/// fresh fleet of [`FAILOVER_FLEET`] (or what they can hold) on a fresh rig.
+fn failover(parts: &Parts, mut rig: Rig, reached: usize) -> Result<Failover> {
+    let survivors = replicas_hold(parts.plan.replicas - 1, parts.open_file_limit);
+    if reached <= survivors {
+        let failover = kill_one(parts.plan, &mut rig, reached);
+        rig.stop();
+        return failover;
+    }
+    rig.stop();
+    let agents = FAILOVER_FLEET.min(survivors);
+    println!(
+        "    {reached} agents do not fit in {} replicas' open files: failover under {agents} on a fresh rig",
+        parts.plan.replicas - 1
+    );
+    let mut fresh = Rig::start(parts, agents)?;
+    let failover = fresh
+        .fleet
+        .grow(agents)
+        .and_then(|grown| swarm::ramp_secs(&grown, agents))
+        .and_then(|_| {
+            std::thread::sleep(parts.plan.settle);
+            kill_one(parts.plan, &mut fresh, agents)
+        });
+    fresh.stop();
+    failover
 }
 
 /// Kills the first replica with SIGKILL and waits until every agent holds a WebSocket again

@@ -395,11 +395,11 @@ fn spread(s: &Summary, unit: &str, digits: usize) -> String {
 fn fleet_rows(scale: &ScaleResults) -> Vec<String> {
     let mut rows = Vec::new();
     if let Some(first) = scale.steps.first() {
-        let n = first.agents;
+        let n = first.window.agents;
         let goal = Goal::AtMost(P99_GOAL_MS);
         rows.push(format!(
             "| heartbeat latency, {n} agents (p50 / p99 / max) | {:.1} / {:.1} / {:.1} ms | over {} heartbeats | {} | p99 < {P99_GOAL_MS} ms | {} |",
-            first.p50_ms, first.p99_ms, first.max_ms, first.heartbeats, first.heartbeats, goal.verdict(first.p99_ms)
+            first.window.p50_ms, first.window.p99_ms, first.window.max_ms, first.window.heartbeats, first.window.heartbeats, goal.verdict(first.window.p99_ms)
         ));
         rows.push(format!(
             "| server with {n} agents: memory, CPU | {:.0} MB, {:.1} % of a core | | 1 | | |",
@@ -416,7 +416,7 @@ fn fleet_rows(scale: &ScaleResults) -> Vec<String> {
     rows.push(format!(
         "| largest fleet held (p99 < {P99_GOAL_MS} ms, no failures) | {} agents | steps of {} | {} | >= {FLEET_GOAL} | {verdict} |",
         held.map_or_else(|| "none".into(), |n| n.to_string()),
-        scale.steps.get(1).map_or(0, |s| s.agents.saturating_sub(scale.steps[0].agents)),
+        scale.steps.get(1).map_or(0, |s| s.window.agents.saturating_sub(scale.steps[0].window.agents)),
         scale.steps.len()
     ));
     rows
@@ -446,14 +446,14 @@ fn scale_table(md: &mut String, scale: &ScaleResults) {
 fn step_row(s: &Step) -> String {
     format!(
         "| {} | {:.0} s | {:.0} s | {} | {:.1} ms | {:.1} ms | {:.1} ms | {} | {:.0} MB | {:.1} % | {:.1} % | {} / {} | {} |",
-        s.agents,
-        s.ramp_secs,
-        s.window_secs,
-        s.heartbeats,
-        s.p50_ms,
-        s.p99_ms,
-        s.max_ms,
-        s.failures,
+        s.window.agents,
+        s.window.ramp_secs,
+        s.window.window_secs,
+        s.window.heartbeats,
+        s.window.p50_ms,
+        s.window.p99_ms,
+        s.window.max_ms,
+        s.window.failures,
         s.server_rss_mb,
         s.server_cpu_percent,
         s.loadgen_cpu_percent,

@@ -10,14 +10,14 @@
 
 use std::time::{Instant, SystemTime};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use serde::Serialize;
 
 use super::agent::MB;
 use super::fixture;
 use super::plan::Plan;
 use super::procfs;
-use super::swarm::{self, Grown, PushSpread, Swarm, Window, unix_micros};
+use super::swarm::{self, Grown, Heartbeats, PushSpread, Swarm, Window, unix_micros};
 use crate::server::RunningServer;
 
 /// A step holds when its p99 heartbeat latency is below this.
@@ -33,24 +33,9 @@ const FD_SLACK: u64 = 1024;
 /// One step of the fleet.
 #[derive(Debug, Clone, Serialize)]
 pub struct Step {
-    /// Simulated agents.
-    pub agents: usize,
-    /// Agents holding a WebSocket at the end of the window.
-    pub connected: usize,
-    /// Seconds it took to add this step's agents (register, connect).
-    pub ramp_secs: f64,
-    /// Length of the measurement window, seconds.
-    pub window_secs: f64,
-    /// Heartbeats answered in the window.
-    pub heartbeats: usize,
-    /// Heartbeat latency percentiles, milliseconds: p50, p99, max.
-    pub p50_ms: f64,
-    /// See `p50_ms`.
-    pub p99_ms: f64,
-    /// See `p50_ms`.
-    pub max_ms: f64,
-    /// Heartbeats that failed, and WebSockets dropped, in the window.
-    pub failures: u64,
+    /// Agents, latencies and failures of the window.
+    #[serde(flatten)]
+    pub window: Heartbeats,
     /// Server resident memory at the end of the window, MB.
     pub server_rss_mb: f64,
     /// Server CPU over the window, percent of one core.
@@ -99,10 +84,10 @@ pub fn measure(plan: &Plan, open_file_limit: u64) -> Result<ScaleResults> {
         };
         println!(
             "    N={}: p50 {:.1} ms, p99 {:.1} ms, {} failures, server {:.0} MB / {:.0} % CPU, push to all {:?} ms",
-            step.agents,
-            step.p50_ms,
-            step.p99_ms,
-            step.failures,
+            step.window.agents,
+            step.window.p50_ms,
+            step.window.p99_ms,
+            step.window.failures,
             step.server_rss_mb,
             step.server_cpu_percent,
             step.push_all_ms.map(|ms| ms.round())
@@ -133,7 +118,7 @@ pub fn measure(plan: &Plan, open_file_limit: u64) -> Result<ScaleResults> {
     Ok(ScaleResults {
         heartbeat_secs: scale.heartbeat_secs,
         open_file_limit,
-        largest_held: steps.iter().filter(|s| s.holds).map(|s| s.agents).max(),
+        largest_held: steps.iter().filter(|s| s.holds).map(|s| s.window.agents).max(),
         steps,
         stopped_because,
     })
@@ -153,17 +138,9 @@ fn run_step(
     index: usize,
 ) -> Result<Step> {
     let grown: Grown = swarm.ask(&format!("grow {agents}"))?;
-    if grown.failed > 0 {
-        bail!(
-            "{} of {agents} simulated agents could not be set up: {}",
-            grown.failed,
-            grown.first_error.unwrap_or_default()
-        );
-    }
-    println!(
-        "    N={agents}: {} connected after {:.1} s",
-        grown.connected, grown.ramp_secs
-    );
+    let connected = grown.connected;
+    let ramp_secs = swarm::ramp_secs(&[grown], agents)?;
+    println!("    N={agents}: {connected} connected after {ramp_secs:.1} s");
     std::thread::sleep(plan.settle);
     let window_secs = if index == 0 {
         plan.scale.first_window.as_secs_f64()
@@ -175,27 +152,16 @@ fn run_step(
     let window: Window = swarm.ask(&format!("measure {window_secs}"))?;
     let server_after = procfs::sample(server.pid())?;
     let swarm_after = procfs::sample(swarm.pid())?;
-    let Some([p50, p99, max]) = swarm::latency_ms(&window.latencies_us) else {
-        bail!("no heartbeat was answered in the {window_secs} s window at N={agents}");
-    };
-    let failures = window.heartbeat_errors + window.ws_drops;
+    let heartbeats = Heartbeats::of(agents, ramp_secs, window_secs, &[window])?;
     let (push_first_ms, push_all_ms) = push(plan, server, swarm, index)?;
     Ok(Step {
-        agents,
-        connected: window.connected,
-        ramp_secs: grown.ramp_secs,
-        window_secs,
-        heartbeats: window.latencies_us.len(),
-        p50_ms: p50,
-        p99_ms: p99,
-        max_ms: max,
-        failures,
+        holds: heartbeats.hold(P99_GOAL_MS),
+        window: heartbeats,
         server_rss_mb: server_after.rss_bytes as f64 / MB,
         server_cpu_percent: server_after.cpu_percent_since(&server_before),
         loadgen_cpu_percent: swarm_after.cpu_percent_since(&swarm_before),
         push_first_ms,
         push_all_ms,
-        holds: p99 < P99_GOAL_MS && failures == 0 && window.connected == agents,
     })
 }
 

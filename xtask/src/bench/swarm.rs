@@ -12,8 +12,8 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::stats;
 use crate::util::describe;
@@ -70,8 +70,73 @@ pub struct Status {
     pub last_connected_unix_us: Option<u64>,
 }
 
+/// What a fleet step's measurement window saw, over every process of the fleet.
+#[derive(Debug, Clone, Serialize)]
+pub struct Heartbeats {
+    /// Simulated agents.
+    pub agents: usize,
+    /// Agents holding a WebSocket at the end of the window.
+    pub connected: usize,
+    /// Seconds it took to add this step's agents (register, connect).
+    pub ramp_secs: f64,
+    /// Length of the measurement window, seconds.
+    pub window_secs: f64,
+    /// Heartbeats answered in the window.
+    pub heartbeats: usize,
+    /// Heartbeat latency percentiles, milliseconds: p50, p99, max.
+    pub p50_ms: f64,
+    /// See `p50_ms`.
+    pub p99_ms: f64,
+    /// See `p50_ms`.
+    pub max_ms: f64,
+    /// Heartbeats that failed, and WebSockets dropped, in the window.
+    pub failures: u64,
+}
+
+impl Heartbeats {
+    /// Sums up `windows` (one per process) of `agents` grown in `ramp_secs`.
+    pub fn of(agents: usize, ramp_secs: f64, window_secs: f64, windows: &[Window]) -> Result<Self> {
+        let latencies: Vec<u64> = windows
+            .iter()
+            .flat_map(|w| w.latencies_us.iter().copied())
+            .collect();
+        let Some([p50, p99, max]) = latency_ms(&latencies) else {
+            bail!("no heartbeat was answered in the {window_secs} s window at N={agents}");
+        };
+        Ok(Heartbeats {
+            agents,
+            connected: windows.iter().map(|w| w.connected).sum(),
+            ramp_secs,
+            window_secs,
+            heartbeats: latencies.len(),
+            p50_ms: p50,
+            p99_ms: p99,
+            max_ms: max,
+            failures: windows.iter().map(|w| w.heartbeat_errors + w.ws_drops).sum(),
+        })
+    }
+
+    /// p99 under `goal_ms`, no failure, every agent connected.
+    pub fn hold(&self, goal_ms: f64) -> bool {
+        self.p99_ms < goal_ms && self.failures == 0 && self.connected == self.agents
+    }
+}
+
+/// The ramp's length (the slowest process); an agent that could not be set up fails the step.
+pub fn ramp_secs(grown: &[Grown], agents: usize) -> Result<f64> {
+    let failed: usize = grown.iter().map(|g| g.failed).sum();
+    if failed > 0 {
+        let error = grown.iter().find_map(|g| g.first_error.clone());
+        bail!(
+            "{failed} of {agents} simulated agents could not be set up: {}",
+            error.unwrap_or_default()
+        );
+    }
+    Ok(grown.iter().map(|g| g.ramp_secs).fold(0.0, f64::max))
+}
+
 /// Heartbeat latency percentiles of `latencies_us` in milliseconds: p50, p99, max.
-pub fn latency_ms(latencies_us: &[u64]) -> Option<[f64; 3]> {
+fn latency_ms(latencies_us: &[u64]) -> Option<[f64; 3]> {
     let millis: Vec<f64> = latencies_us.iter().map(|us| *us as f64 / 1000.0).collect();
     match stats::percentiles(&millis, &[50.0, 99.0, 100.0]).as_deref() {
         Some(&[p50, p99, max]) => Some([p50, p99, max]),
@@ -174,7 +239,8 @@ impl Drop for Swarm {
 }
 
 /// Several swarms sharing one fleet: process `k` simulates agents `k * per_process` to
-/// `(k + 1) * per_process - 1`, and is filled before the next one starts.
+/// `(k + 1) * per_process - 1` against server URL `k` (round robin over the URLs given), and
+/// is filled before the next one starts.
 #[derive(Debug)]
 pub struct Fleet {
     swarms: Vec<Swarm>,
@@ -185,14 +251,20 @@ impl Fleet {
     /// Enough processes for `max_agents`, `per_process` agents each at most.
     pub fn start(
         loadgen: &Path,
-        server_url: &str,
+        server_urls: &[String],
         heartbeat_secs: u64,
         max_agents: usize,
         per_process: usize,
     ) -> Result<Fleet> {
         let per_process = per_process.max(1);
+        if server_urls.is_empty() {
+            bail!("a fleet needs a server URL");
+        }
         let swarms = (0..max_agents.div_ceil(per_process))
-            .map(|k| Swarm::start(loadgen, server_url, heartbeat_secs, k * per_process))
+            .map(|k| {
+                let url = &server_urls[k % server_urls.len()];
+                Swarm::start(loadgen, url, heartbeat_secs, k * per_process)
+            })
             .collect::<Result<_>>()?;
         Ok(Fleet {
             swarms,
