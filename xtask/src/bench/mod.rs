@@ -178,7 +178,10 @@ fn replicas_alone(quick: bool, replica_max: usize) -> Result<()> {
     } else {
         util::project_root().join("docs")
     };
-    let mode = format!("{mode}, {} builds, replica step alone", tools.profile);
+    let mode = format!(
+        "{mode} run of the replica step alone, {} builds",
+        tools.profile
+    );
     replica_report::splice(&out, &results, &machine, &mode)
 }
 

@@ -40,7 +40,7 @@ fn measured(md: &mut String, run: &ReplicaRun, machine: &Machine, mode: &str) {
     let [l1, l5, l15] = run.load_at_start;
     let _ = writeln!(
         md,
-        "Measured by `cargo xtask bench` ({mode} run) on {} ({} logical cores, {} MiB) on {}. \
+        "Measured by `cargo xtask bench` ({mode}) on {} ({} logical cores, {} MiB) on {}. \
          **The machine was shared with other work**: load average {l1:.1} / {l5:.1} / {l15:.1} \
          (1 / 5 / 15 min) when the step started, and as given per step below; on a {}-core \
          machine a load above {} means processes waited for a core, so these numbers are a \

@@ -252,8 +252,12 @@ impl Rig {
             max_agents,
             plan.per_loadgen,
         )?;
-        let store = fixture::fleet_server(parts.server_exe, &store_dir, &parts.work.join("publish.log"))
-            .with_database_url(&parts.database_url);
+        let store = fixture::fleet_server(
+            parts.server_exe,
+            &store_dir,
+            &parts.work.join("publish.log"),
+        )
+        .with_database_url(&parts.database_url);
         Ok(Rig {
             fleet,
             proxies,
@@ -376,7 +380,11 @@ fn search(parts: &Parts, schema: &Schema) -> Result<ReplicaRun> {
             .server_version()
             .unwrap_or_else(|e| format!("unknown ({e:#})")),
         load_at_start,
-        largest_held: steps.iter().filter(|s| s.holds).map(|s| s.window.agents).max(),
+        largest_held: steps
+            .iter()
+            .filter(|s| s.holds)
+            .map(|s| s.window.agents)
+            .max(),
         steps,
         stopped_because,
         failover,

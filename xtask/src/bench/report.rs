@@ -125,7 +125,7 @@ impl Report {
         md.push_str(&replica_report::section(
             &self.results.replicas,
             &self.machine,
-            self.mode,
+            &format!("{} run", self.mode),
         ));
         md.push('\n');
         sizes_table(&mut md, &self.results.sizes);

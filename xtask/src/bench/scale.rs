@@ -118,7 +118,11 @@ pub fn measure(plan: &Plan, open_file_limit: u64) -> Result<ScaleResults> {
     Ok(ScaleResults {
         heartbeat_secs: scale.heartbeat_secs,
         open_file_limit,
-        largest_held: steps.iter().filter(|s| s.holds).map(|s| s.window.agents).max(),
+        largest_held: steps
+            .iter()
+            .filter(|s| s.holds)
+            .map(|s| s.window.agents)
+            .max(),
         steps,
         stopped_because,
     })

@@ -112,7 +112,10 @@ impl Heartbeats {
             p50_ms: p50,
             p99_ms: p99,
             max_ms: max,
-            failures: windows.iter().map(|w| w.heartbeat_errors + w.ws_drops).sum(),
+            failures: windows
+                .iter()
+                .map(|w| w.heartbeat_errors + w.ws_drops)
+                .sum(),
         })
     }
 
