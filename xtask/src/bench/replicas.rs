@@ -41,7 +41,7 @@ pub enum ReplicaResults {
     /// Not measured, and why (no PostgreSQL, psql or haproxy).
     Skipped(String),
     /// Measured.
-    Measured(ReplicaRun),
+    Measured(Box<ReplicaRun>),
 }
 
 /// One measured replica step.
@@ -153,7 +153,7 @@ pub fn measure(plan: &ReplicaPlan, server: &Path, loadgen: &Path, work: &Path) -
         }
     };
     match run(plan, server, loadgen, work, &haproxy_exe, &admin_url) {
-        Ok(run) => ReplicaResults::Measured(run),
+        Ok(run) => ReplicaResults::Measured(Box::new(run)),
         Err(err) => {
             let why = format!("the replica step failed: {err:#}");
             eprintln!("!!! bench: {why}");
