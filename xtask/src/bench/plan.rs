@@ -109,6 +109,63 @@ impl ReplicaPlan {
     }
 }
 
+/// How a fleet is stepped up: N = `first`, `first + increment`, ... up to `max`, never past
+/// `cap` (what the machine can hold, `cap_reason` saying why), while the time budget lasts.
+#[derive(Debug, Clone)]
+pub struct Ladder {
+    /// First N.
+    pub first: usize,
+    /// Growth per further step.
+    pub increment: usize,
+    /// Largest N asked for.
+    pub max: usize,
+    /// Largest N the machine can hold.
+    pub cap: usize,
+    /// Why it cannot hold more than `cap`.
+    pub cap_reason: String,
+    /// Time left for the steps.
+    pub budget: Budget,
+}
+
+impl Ladder {
+    /// Runs `measure(N, step index)` on each rung until a step does not hold (`holds`), cannot
+    /// be measured, or the next would pass `max` or `cap` or not fit in the budget; returns the
+    /// steps measured and why it stopped.
+    pub fn climb<S>(
+        &self,
+        mut measure: impl FnMut(usize, usize) -> anyhow::Result<S>,
+        holds: impl Fn(&S) -> bool,
+    ) -> (Vec<S>, String) {
+        let mut steps = Vec::new();
+        let mut agents = self.first.min(self.cap);
+        let stopped_because = loop {
+            let started = Instant::now();
+            let step = match measure(agents, steps.len()) {
+                Ok(step) => step,
+                Err(err) => break format!("N={agents} could not be measured: {err:#}"),
+            };
+            let held = holds(&step);
+            steps.push(step);
+            let next = agents + self.increment;
+            if !held {
+                break format!("N={agents} did not hold");
+            }
+            if next > self.max {
+                break format!("reached the largest N asked for ({})", self.max);
+            }
+            if agents >= self.cap {
+                break self.cap_reason.clone();
+            }
+            // Growing by the same increment again, with a longer ramp, fits if the budget allows.
+            if started.elapsed() * 3 / 2 > self.budget.remaining() {
+                break format!("the next step (N={next}) would not fit in the time budget");
+            }
+            agents = next.min(self.cap);
+        };
+        (steps, stopped_because)
+    }
+}
+
 /// The run's time limit.
 #[derive(Debug, Clone, Copy)]
 pub struct Budget {
@@ -185,5 +242,47 @@ pub fn quick(
         },
         replicas,
         budget,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ladder(max: usize, cap: usize) -> Ladder {
+        Ladder {
+            first: 10,
+            increment: 10,
+            max,
+            cap,
+            cap_reason: "full".into(),
+            budget: Budget::starting_now(Duration::from_secs(3600)),
+        }
+    }
+
+    #[test]
+    fn the_ladder_stops_at_the_first_step_that_does_not_hold() {
+        let (steps, why) = ladder(100, 100).climb(|n, i| Ok((n, i)), |&(n, _)| n < 30);
+        assert_eq!(steps, [(10, 0), (20, 1), (30, 2)]);
+        assert_eq!(why, "N=30 did not hold");
+    }
+
+    #[test]
+    fn the_ladder_stops_at_max_at_the_cap_and_on_errors() {
+        let (steps, why) = ladder(25, 100).climb(|n, _| Ok(n), |_| true);
+        assert_eq!(
+            (steps, why.as_str()),
+            (vec![10, 20], "reached the largest N asked for (25)")
+        );
+        let (steps, why) = ladder(100, 15).climb(|n, _| Ok(n), |_| true);
+        assert_eq!((steps, why.as_str()), (vec![10, 15], "full"));
+        let (steps, why) = ladder(100, 100).climb(
+            |n, _| if n < 20 { Ok(n) } else { anyhow::bail!("gone") },
+            |_| true,
+        );
+        assert_eq!(
+            (steps, why.as_str()),
+            (vec![10], "N=20 could not be measured: gone")
+        );
     }
 }

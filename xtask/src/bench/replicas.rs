@@ -20,7 +20,7 @@ use serde::Serialize;
 use super::agent::MB;
 use super::fixture;
 use super::haproxy::{self, RunningProxy};
-use super::plan::ReplicaPlan;
+use super::plan::{Budget, Ladder, ReplicaPlan};
 use super::postgres::{self, Schema};
 use super::procfs::{self, Sample};
 use super::swarm::{self, Fleet, Heartbeats, PushSpread, Status, Window, unix_micros};
@@ -329,41 +329,29 @@ fn replicas_hold(replicas: usize, open_file_limit: u64) -> usize {
 fn search(parts: &Parts, schema: &Schema) -> Result<ReplicaRun> {
     let plan = parts.plan;
     let open_file_limit = parts.open_file_limit;
-    let started = Instant::now();
     let load_at_start = load_average();
     let cap = replicas_hold(plan.replicas, open_file_limit);
     let mut rig = Rig::start(parts, plan.max.min(cap))?;
     let loadgen_processes = rig.fleet.processes();
-    let mut steps: Vec<ReplicaStep> = Vec::new();
-    let mut agents = plan.first.min(cap);
-    let stopped_because = loop {
-        let step_started = Instant::now();
-        let step = match measure_step(plan, &mut rig, agents, steps.len()) {
-            Ok(step) => step,
-            Err(err) => break format!("N={agents} could not be measured: {err:#}"),
-        };
-        print_step(&step);
-        let holds = step.holds;
-        steps.push(step);
-        let next = agents + plan.increment;
-        if !holds {
-            break format!("N={agents} did not hold");
-        }
-        if next > plan.max {
-            break format!("reached the largest N asked for ({})", plan.max);
-        }
-        if agents >= cap {
-            break format!(
-                "the open-file limit ({open_file_limit}) leaves {} replicas room for {cap} agents",
-                plan.replicas
-            );
-        }
-        let left = plan.budget.saturating_sub(started.elapsed());
-        if step_started.elapsed() * 3 / 2 > left {
-            break format!("the next step (N={next}) would not fit in the time budget");
-        }
-        agents = next.min(cap);
+    let ladder = Ladder {
+        first: plan.first,
+        increment: plan.increment,
+        max: plan.max,
+        cap,
+        cap_reason: format!(
+            "the open-file limit ({open_file_limit}) leaves {} replicas room for {cap} agents",
+            plan.replicas
+        ),
+        budget: Budget::starting_now(plan.budget),
     };
+    let (steps, stopped_because) = ladder.climb(
+        |agents, index| {
+            let step = measure_step(plan, &mut rig, agents, index)?;
+            print_step(&step);
+            Ok(step)
+        },
+        |step: &ReplicaStep| step.holds,
+    );
     let reached = steps.last().map_or(0, |s| s.window.agents);
     let (failover, failover_error) = match failover(parts, rig, reached) {
         Ok(failover) => (Some(failover), None),

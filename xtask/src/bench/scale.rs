@@ -8,14 +8,14 @@
 //! heartbeat and no dropped WebSocket; the search stops at the first step that does not hold,
 //! at the largest N asked for, or when the next step would not fit in the time budget.
 
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::Result;
 use serde::Serialize;
 
 use super::agent::MB;
 use super::fixture;
-use super::plan::Plan;
+use super::plan::{Ladder, Plan};
 use super::procfs;
 use super::swarm::{self, Grown, Heartbeats, PushSpread, Swarm, Window, unix_micros};
 use crate::server::RunningServer;
@@ -73,46 +73,26 @@ pub fn measure(plan: &Plan, open_file_limit: u64) -> Result<ScaleResults> {
     let mut server = fixture::server(plan, &server_dir).start()?;
     let scale = &plan.scale;
     let mut swarm = Swarm::start(&plan.bins.loadgen, server.url(), scale.heartbeat_secs, 0)?;
-    let mut steps: Vec<Step> = Vec::new();
     let cap = fleet_cap(open_file_limit);
-    let mut agents = scale.first.min(cap);
-    let stopped_because = loop {
-        let started = Instant::now();
-        let step = match run_step(plan, &server, &mut swarm, agents, steps.len()) {
-            Ok(step) => step,
-            Err(err) => break format!("N={agents} could not be measured: {err:#}"),
-        };
-        println!(
-            "    N={}: p50 {:.1} ms, p99 {:.1} ms, {} failures, server {:.0} MB / {:.0} % CPU, push to all {:?} ms",
-            step.window.agents,
-            step.window.p50_ms,
-            step.window.p99_ms,
-            step.window.failures,
-            step.server_rss_mb,
-            step.server_cpu_percent,
-            step.push_all_ms.map(|ms| ms.round())
-        );
-        let holds = step.holds;
-        steps.push(step);
-        let next = agents + scale.increment;
-        if !holds {
-            break format!("N={agents} did not hold");
-        }
-        if next > scale.max {
-            break format!("reached the largest N asked for ({})", scale.max);
-        }
-        if agents >= cap {
-            break format!(
-                "the open-file limit ({open_file_limit}, all this machine allows) leaves room for \
-                 {cap} agents at {FDS_PER_AGENT} connections each"
-            );
-        }
-        // Growing by the same increment again, with a longer ramp, fits if the budget allows.
-        if started.elapsed() * 3 / 2 > plan.budget.remaining() {
-            break format!("the next step (N={next}) would not fit in the time budget");
-        }
-        agents = next.min(cap);
+    let ladder = Ladder {
+        first: scale.first,
+        increment: scale.increment,
+        max: scale.max,
+        cap,
+        cap_reason: format!(
+            "the open-file limit ({open_file_limit}, all this machine allows) leaves room for \
+             {cap} agents at {FDS_PER_AGENT} connections each"
+        ),
+        budget: plan.budget,
     };
+    let (steps, stopped_because) = ladder.climb(
+        |agents, index| {
+            let step = run_step(plan, &server, &mut swarm, agents, index)?;
+            print_step(&step);
+            Ok(step)
+        },
+        |step: &Step| step.holds,
+    );
     swarm.quit()?;
     server.stop()?;
     Ok(ScaleResults {
@@ -126,6 +106,19 @@ pub fn measure(plan: &Plan, open_file_limit: u64) -> Result<ScaleResults> {
         steps,
         stopped_because,
     })
+}
+
+fn print_step(step: &Step) {
+    println!(
+        "    N={}: p50 {:.1} ms, p99 {:.1} ms, {} failures, server {:.0} MB / {:.0} % CPU, push to all {:?} ms",
+        step.window.agents,
+        step.window.p50_ms,
+        step.window.p99_ms,
+        step.window.failures,
+        step.server_rss_mb,
+        step.server_cpu_percent,
+        step.push_all_ms.map(|ms| ms.round())
+    );
 }
 
 /// The most agents the server can hold within `open_file_limit` descriptors.
