@@ -47,6 +47,7 @@ pub struct Server {
     output: ServerOutput,
     tls: Option<TestPki>,
     serve_args: Vec<String>,
+    database_url: Option<String>,
 }
 
 /// A release to publish: `version` of `agent` + `updater` for `platform` (the server's own
@@ -72,6 +73,26 @@ impl Server {
             output,
             tls: None,
             serve_args: Vec::new(),
+            database_url: None,
+        }
+    }
+
+    /// The same server on PostgreSQL (`--database-url`) instead of its SQLite file: every
+    /// command (serve, token, publish) goes to that database.
+    #[cfg_attr(
+        not(target_os = "linux"),
+        expect(dead_code, reason = "the bench's (Linux only)")
+    )]
+    pub fn with_database_url(mut self, url: &str) -> Self {
+        self.database_url = Some(url.to_owned());
+        self
+    }
+
+    /// `--data-dir DIR [--database-url URL]`, as every command takes them.
+    fn store_args(&self, cmd: &mut Command) {
+        cmd.arg("--data-dir").arg(&self.data_dir);
+        if let Some(url) = &self.database_url {
+            cmd.arg("--database-url").arg(url);
         }
     }
 
@@ -99,9 +120,8 @@ impl Server {
             .map_or(0, |elapsed| elapsed.as_nanos());
         let name = format!("xtask-{}-{nanos}", std::process::id());
         let mut cmd = Command::new(&self.exe);
-        cmd.args(["token", "create", "--role", "admin", "--name", &name])
-            .arg("--data-dir")
-            .arg(&self.data_dir);
+        cmd.args(["token", "create", "--role", "admin", "--name", &name]);
+        self.store_args(&mut cmd);
         Ok(util::output_checked(&mut cmd)?.trim().to_owned())
     }
 
@@ -109,9 +129,9 @@ impl Server {
     /// it within its release-watch interval.
     pub fn publish(&self, release: &Release) -> Result<()> {
         let mut cmd = Command::new(&self.exe);
-        cmd.args(["release", "publish", "--data-dir"])
-            .arg(&self.data_dir)
-            .args(["--version", release.version]);
+        cmd.args(["release", "publish"]);
+        self.store_args(&mut cmd);
+        cmd.args(["--version", release.version]);
         if let Some(platform) = release.platform {
             cmd.args(["--platform", platform]);
         }
@@ -141,10 +161,9 @@ impl Server {
         }
         let operator_token = self.create_operator_token()?;
         let mut cmd = Command::new(&self.exe);
-        cmd.args(["serve", "--listen", listen, "--data-dir"])
-            .arg(&self.data_dir)
-            .args(&self.serve_args)
-            .stdout(Stdio::piped());
+        cmd.args(["serve", "--listen", listen]);
+        self.store_args(&mut cmd);
+        cmd.args(&self.serve_args).stdout(Stdio::piped());
         if let Some(pki) = &self.tls {
             cmd.arg("--tls-cert")
                 .arg(&pki.cert)
@@ -293,6 +312,17 @@ impl RunningServer {
         if host::STOPS_POLITELY && !status.success() {
             bail!("cms-server did not exit cleanly ({status})");
         }
+        Ok(())
+    }
+
+    /// Ends it with SIGKILL, as a crash would, and reaps it.
+    #[cfg_attr(
+        not(target_os = "linux"),
+        expect(dead_code, reason = "the bench's (Linux only)")
+    )]
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill().context("cannot kill cms-server")?;
+        self.child.wait().context("cannot reap cms-server")?;
         Ok(())
     }
 

@@ -102,6 +102,10 @@ struct SwarmArgs {
     /// Agents set up (connect, register, open the WebSocket) at the same time while growing.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: u16,
+    /// Number of this process's first agent: several processes given disjoint ranges share
+    /// one fleet (distinct hostnames and loopback source addresses).
+    #[arg(long, default_value_t = 0)]
+    first_agent: usize,
 }
 
 #[derive(Debug, Args)]
@@ -168,6 +172,7 @@ fn run(cli: Cli) -> Result<()> {
                 agent_version: args.agent_version,
                 platform: args.platform,
                 concurrency: usize::from(args.concurrency),
+                first_agent: args.first_agent,
             };
             runtime.block_on(swarm::run(settings))
         }

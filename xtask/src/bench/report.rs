@@ -14,6 +14,8 @@ use serde::Serialize;
 use super::agent::{AgentResults, MB};
 use super::download::DownloadResults;
 use super::machine::Machine;
+use super::replica_report;
+use super::replicas::ReplicaResults;
 use super::scale::{P99_GOAL_MS, ScaleResults, Step};
 use super::sizes::{PlatformSizes, Size};
 use super::stats::Summary;
@@ -60,6 +62,8 @@ pub struct Results {
     pub tls: TlsResults,
     /// Server scale.
     pub scale: ScaleResults,
+    /// Replicas on PostgreSQL behind haproxy.
+    pub replicas: ReplicaResults,
     /// File sizes (release runs only).
     pub sizes: Vec<PlatformSizes>,
 }
@@ -122,6 +126,12 @@ impl Report {
         self.summary_table(&mut md);
         tls_table(&mut md, &self.results.tls);
         scale_table(&mut md, &self.results.scale);
+        md.push_str(&replica_report::section(
+            &self.results.replicas,
+            &self.machine,
+            &format!("{} run", self.mode),
+        ));
+        md.push('\n');
         sizes_table(&mut md, &self.results.sizes);
         self.method(&mut md);
         self.run_table(&mut md);
@@ -408,11 +418,11 @@ fn spread(s: &Summary, unit: &str, digits: usize) -> String {
 fn fleet_rows(scale: &ScaleResults) -> Vec<String> {
     let mut rows = Vec::new();
     if let Some(first) = scale.steps.first() {
-        let n = first.agents;
+        let n = first.window.agents;
         let goal = Goal::AtMost(P99_GOAL_MS);
         rows.push(format!(
             "| heartbeat latency, {n} agents (p50 / p99 / max) | {:.1} / {:.1} / {:.1} ms | over {} heartbeats | {} | p99 < {P99_GOAL_MS} ms | {} |",
-            first.p50_ms, first.p99_ms, first.max_ms, first.heartbeats, first.heartbeats, goal.verdict(first.p99_ms)
+            first.window.p50_ms, first.window.p99_ms, first.window.max_ms, first.window.heartbeats, first.window.heartbeats, goal.verdict(first.window.p99_ms)
         ));
         rows.push(format!(
             "| server with {n} agents: memory, CPU | {:.0} MB, {:.1} % of a core | | 1 | | |",
@@ -429,7 +439,7 @@ fn fleet_rows(scale: &ScaleResults) -> Vec<String> {
     rows.push(format!(
         "| largest fleet held (p99 < {P99_GOAL_MS} ms, no failures) | {} agents | steps of {} | {} | >= {FLEET_GOAL} | {verdict} |",
         held.map_or_else(|| "none".into(), |n| n.to_string()),
-        scale.steps.get(1).map_or(0, |s| s.agents.saturating_sub(scale.steps[0].agents)),
+        scale.steps.get(1).map_or(0, |s| s.window.agents.saturating_sub(scale.steps[0].window.agents)),
         scale.steps.len()
     ));
     rows
@@ -505,14 +515,14 @@ fn scale_table(md: &mut String, scale: &ScaleResults) {
 fn step_row(s: &Step) -> String {
     format!(
         "| {} | {:.0} s | {:.0} s | {} | {:.1} ms | {:.1} ms | {:.1} ms | {} | {:.0} MB | {:.1} % | {:.1} % | {} / {} | {} |",
-        s.agents,
-        s.ramp_secs,
-        s.window_secs,
-        s.heartbeats,
-        s.p50_ms,
-        s.p99_ms,
-        s.max_ms,
-        s.failures,
+        s.window.agents,
+        s.window.ramp_secs,
+        s.window.window_secs,
+        s.window.heartbeats,
+        s.window.p50_ms,
+        s.window.p99_ms,
+        s.window.max_ms,
+        s.window.failures,
         s.server_rss_mb,
         s.server_cpu_percent,
         s.loadgen_cpu_percent,
