@@ -2,7 +2,8 @@
 # Installs everything the Windows test lane needs, idempotently, on a Debian 12 machine:
 #   - gcc-mingw-w64-x86-64 (linker) and the rustup target x86_64-pc-windows-gnu
 #   - openssl and osslsigncode (Authenticode signing and `cargo xtask sign-check`)
-#   - wine + wine64 (runs the Windows test binaries), xvfb (a display for setup.exe)
+#   - wine + wine64 (runs the Windows test binaries), xvfb (a display for setup.exe), tinyproxy
+#     (the forward proxy of wine-e2e's network scenario)
 #   - wine32:i386 (Inno Setup's ISCC.exe and setup.exe are 32-bit); when apt cannot resolve it
 #     (the mirror's i386 index of bookworm-security failed to download on 2026-11-25), the
 #     fallback fetches the i386 .debs from the same pool path and mirror apt uses for amd64
@@ -65,7 +66,7 @@ if ! dpkg --print-foreign-architectures | grep -qx i386; then
 fi
 
 # --- 64-bit packages -------------------------------------------------------------------------
-PKGS64=(gcc-mingw-w64-x86-64 wine wine64 xvfb xauth curl ca-certificates openssl osslsigncode)
+PKGS64=(gcc-mingw-w64-x86-64 wine wine64 xvfb xauth curl ca-certificates openssl osslsigncode tinyproxy)
 missing=()
 for p in "${PKGS64[@]}"; do is_installed "$p" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

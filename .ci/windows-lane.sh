@@ -6,7 +6,9 @@
 #   4. cargo xtask installer --smoke-test   setup.exe compiled with ISCC under Wine, then
 #                                       installed silently, checked, uninstalled
 #   5. cargo xtask wine-e2e             the installed agent against the Linux cms-server:
-#                                       register, IPC, self-update, rollback, --force, uninstall
+#                                       register, IPC, self-update, rollback, --force, uninstall;
+#                                       then HTTPS with a private CA, --proxy with Basic (tinyproxy)
+#                                       and the WinHTTP proxy
 #   6. cargo xtask sign-check           dist --sign and installer --sign with a throwaway
 #                                       certificate, osslsigncode verify, a tampered byte fails
 #                                       (last: it rebuilds dist/ for Windows only, signed)

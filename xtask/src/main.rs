@@ -3,10 +3,10 @@
 //! In the style of rust-analyzer's `xtask/`: this file only dispatches. Each task is a module
 //! of its own with a `run` function (`demo`, `dist`, `bench`, `windows::{wine_test, installer,
 //! wine_e2e}`, `signing::{sign_check, sign_tool}`), and a task uses shared helpers only, never
-//! another task: `util`, `flags`, `host`, `version`, `build`, `dist_tree`, `server`,
-//! `installed_agent`, `checks`, `loopback`, `windows::{wine, inno, setup}`,
-//! `signing::{signer, hook}`. No module imports another in a circle (checked by the `layering`
-//! test below). Tasks run real tools (cargo, the built binaries, Wine, ISCC) and fail loudly
+//! another task: `util`, `flags`, `host`, `version`, `build`, `dist_tree`, `server`, `pki`,
+//! `forward_proxy`, `installed_agent`, `checks`, `loopback`, `windows::{wine, inno, setup,
+//! wine_net}`, `signing::{signer, hook}`. No module imports another in a circle (checked by the
+//! `layering` test below). Tasks run real tools (cargo, the built binaries, Wine, ISCC) and fail loudly
 //! with the command that failed; they never pretend a step passed.
 
 use anyhow::{Result, bail};
@@ -20,9 +20,11 @@ mod demo;
 mod dist;
 mod dist_tree;
 mod flags;
+mod forward_proxy;
 mod host;
 mod installed_agent;
 mod loopback;
+mod pki;
 mod server;
 mod signing;
 mod util;
@@ -84,7 +86,7 @@ fn print_help() {
          --smoke-test: Linux + Wine only)\n  \
          sign-check  sign dist/ and the installer with a throwaway certificate, verify, tamper\n  \
          wine-test   [-p PKG]... [-- ARGS]: run the Windows tests under Wine (Linux only)\n  \
-         wine-e2e    install, IPC, self-update, rollback, --force, uninstall of the Windows agent under Wine\n              \
-         (Linux only)\n"
+         wine-e2e    [--network-only]: install, IPC, self-update, rollback, --force, uninstall of the\n              \
+         Windows agent under Wine, then HTTPS with a private CA and proxies (Linux only)\n"
     );
 }

@@ -1,8 +1,10 @@
 //! `cms-server` for the tasks that need a backend (demo, wine-e2e, sign-check, bench): one
 //! program and data folder ([`Server`]), which publishes releases (`cms-server release
 //! publish`) and starts `cms-server serve` on loopback ([`RunningServer`]), printing what it
-//! does or quietly with its log in a file. A running server knows its URL and PID, stops
-//! politely, and can be restarted on the same port.
+//! does or quietly with its log in a file, over plain HTTP or (with [`Server::with_tls`]) HTTPS
+//! with a certificate of a throwaway CA ([`crate::pki`]). A running server knows its URL and PID,
+//! stops politely, and can be restarted on the same port. Every request xtask makes to it goes
+//! through [`RunningServer::client`], which trusts that CA.
 //!
 //! Must never: listen on anything but 127.0.0.1, or outlive its handle (dropping a
 //! [`RunningServer`] kills the process).
@@ -18,6 +20,7 @@ use cms_protocol::{AgentSummary, MAX_PAGE_SIZE, StoredError};
 use serde::de::DeserializeOwned;
 
 use crate::host;
+use crate::pki::TestPki;
 use crate::util::{self, describe, run_checked, step};
 
 /// How long the server may take to stop, and an agent to answer a push.
@@ -42,7 +45,9 @@ pub struct Server {
     exe: PathBuf,
     data_dir: PathBuf,
     output: ServerOutput,
+    tls: Option<TestPki>,
     serve_args: Vec<String>,
+    database_url: Option<String>,
 }
 
 /// A release to publish: `version` of `agent` + `updater` for `platform` (the server's own
@@ -66,8 +71,35 @@ impl Server {
             exe: exe.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
             output,
+            tls: None,
             serve_args: Vec::new(),
+            database_url: None,
         }
+    }
+
+    /// The same server on PostgreSQL (`--database-url`) instead of its SQLite file: every
+    /// command (serve, token, publish) goes to that database.
+    #[cfg_attr(
+        not(target_os = "linux"),
+        expect(dead_code, reason = "the bench's (Linux only)")
+    )]
+    pub fn with_database_url(mut self, url: &str) -> Self {
+        self.database_url = Some(url.to_owned());
+        self
+    }
+
+    /// `--data-dir DIR [--database-url URL]`, as every command takes them.
+    fn store_args(&self, cmd: &mut Command) {
+        cmd.arg("--data-dir").arg(&self.data_dir);
+        if let Some(url) = &self.database_url {
+            cmd.arg("--database-url").arg(url);
+        }
+    }
+
+    /// Serves HTTPS and WSS with `pki`'s server certificate (`--tls-cert/--tls-key`).
+    pub fn with_tls(mut self, pki: &TestPki) -> Self {
+        self.tls = Some(pki.clone());
+        self
     }
 
     /// The same server started with `args` added to `serve` (limits, say).
@@ -88,9 +120,8 @@ impl Server {
             .map_or(0, |elapsed| elapsed.as_nanos());
         let name = format!("xtask-{}-{nanos}", std::process::id());
         let mut cmd = Command::new(&self.exe);
-        cmd.args(["token", "create", "--role", "admin", "--name", &name])
-            .arg("--data-dir")
-            .arg(&self.data_dir);
+        cmd.args(["token", "create", "--role", "admin", "--name", &name]);
+        self.store_args(&mut cmd);
         Ok(util::output_checked(&mut cmd)?.trim().to_owned())
     }
 
@@ -98,9 +129,9 @@ impl Server {
     /// it within its release-watch interval.
     pub fn publish(&self, release: &Release) -> Result<()> {
         let mut cmd = Command::new(&self.exe);
-        cmd.args(["release", "publish", "--data-dir"])
-            .arg(&self.data_dir)
-            .args(["--version", release.version]);
+        cmd.args(["release", "publish"]);
+        self.store_args(&mut cmd);
+        cmd.args(["--version", release.version]);
         if let Some(platform) = release.platform {
             cmd.args(["--platform", platform]);
         }
@@ -130,10 +161,16 @@ impl Server {
         }
         let operator_token = self.create_operator_token()?;
         let mut cmd = Command::new(&self.exe);
-        cmd.args(["serve", "--listen", listen, "--data-dir"])
-            .arg(&self.data_dir)
-            .args(&self.serve_args)
-            .stdout(Stdio::piped());
+        cmd.args(["serve", "--listen", listen]);
+        self.store_args(&mut cmd);
+        cmd.args(&self.serve_args).stdout(Stdio::piped());
+        if let Some(pki) = &self.tls {
+            cmd.arg("--tls-cert")
+                .arg(&pki.cert)
+                .arg("--tls-key")
+                .arg(&pki.key);
+        }
+        let client = self.client()?;
         if let ServerOutput::LogFile(log) = &self.output {
             let file = OpenOptions::new()
                 .create(true)
@@ -160,8 +197,20 @@ impl Server {
             server: self.clone(),
             child,
             url,
+            client,
             operator_token,
         })
+    }
+
+    /// An HTTP client for this server: trusting its CA when it serves HTTPS.
+    fn client(&self) -> Result<reqwest::blocking::Client> {
+        let mut builder = reqwest::blocking::Client::builder();
+        if let Some(pki) = &self.tls {
+            let ca = reqwest::Certificate::from_pem(pki.ca_pem()?.as_bytes())
+                .context("cannot read the test CA")?;
+            builder = builder.tls_certs_merge([ca]);
+        }
+        builder.build().context("cannot build an HTTP client")
     }
 
     /// Where the server said why it did not start.
@@ -175,7 +224,7 @@ impl Server {
     }
 }
 
-/// The URL in the server's first line of output, `listening on http://127.0.0.1:PORT`.
+/// The URL in the server's first line of output, `listening on http(s)://127.0.0.1:PORT`.
 fn listening_url(child: &mut Child) -> Result<String> {
     let stdout = child.stdout.take().context("cms-server has no stdout")?;
     let mut line = String::new();
@@ -194,18 +243,42 @@ pub struct RunningServer {
     server: Server,
     child: Child,
     url: String,
+    client: reqwest::blocking::Client,
     operator_token: String,
 }
 
 impl RunningServer {
-    /// Its base URL, `http://127.0.0.1:PORT`.
+    /// Its base URL, `http://127.0.0.1:PORT` (`https://` with TLS).
     pub fn url(&self) -> &str {
         &self.url
     }
 
     /// `127.0.0.1:PORT`.
     pub fn listen_addr(&self) -> &str {
-        self.url.trim_start_matches("http://")
+        self.url
+            .split_once("://")
+            .map_or(&self.url, |(_, addr)| addr)
+    }
+
+    /// The CA file that signed its certificate, when it serves HTTPS.
+    #[cfg_attr(
+        not(target_os = "linux"),
+        expect(dead_code, reason = "the bench's (Linux only)")
+    )]
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.server.tls.as_ref().map(|pki| pki.ca.as_path())
+    }
+
+    /// The HTTP client every request to this server goes through (it trusts the server's CA).
+    /// It also makes agent-API calls for the bench, so operator credentials go per request in
+    /// [`RunningServer::get_json`] and [`RunningServer::push_update_check`], the only operator
+    /// API calls.
+    #[cfg_attr(
+        not(target_os = "linux"),
+        expect(dead_code, reason = "the bench's (Linux only)")
+    )]
+    pub fn client(&self) -> &reqwest::blocking::Client {
+        &self.client
     }
 
     /// The process id (for `/proc` readings).
@@ -242,6 +315,17 @@ impl RunningServer {
         Ok(())
     }
 
+    /// Ends it with SIGKILL, as a crash would, and reaps it.
+    #[cfg_attr(
+        not(target_os = "linux"),
+        expect(dead_code, reason = "the bench's (Linux only)")
+    )]
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill().context("cannot kill cms-server")?;
+        self.child.wait().context("cannot reap cms-server")?;
+        Ok(())
+    }
+
     /// Stops it, runs `while_stopped` (a publish it must not see happen, say), and starts it
     /// again on the same port.
     #[cfg_attr(
@@ -259,7 +343,7 @@ impl RunningServer {
     /// `GET path` of its operator API as JSON, with its admin token.
     pub fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let url = format!("{}{path}", self.url);
-        reqwest::blocking::Client::new()
+        self.client
             .get(&url)
             .bearer_auth(&self.operator_token)
             .send()
@@ -300,9 +384,8 @@ impl RunningServer {
     /// the agent holds a live WebSocket).
     pub fn push_update_check(&self, agent_id: &str) -> Result<()> {
         let url = format!("{}/api/v1/agents/{agent_id}/check-update", self.url);
-        let client = reqwest::blocking::Client::new();
         util::wait_for("the push to be accepted", WAIT, || {
-            let request = client.post(&url).bearer_auth(&self.operator_token);
+            let request = self.client.post(&url).bearer_auth(&self.operator_token);
             let status = request.send()?.status();
             Ok((status.as_u16() == 202).then_some(()))
         })

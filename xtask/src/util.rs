@@ -29,11 +29,27 @@ pub fn run_checked(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// The command line of `cmd`, for messages.
+/// The command line of `cmd`, for messages, with the password of any URL in it hidden.
 pub fn describe(cmd: &Command) -> String {
     let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
-    parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+    parts.extend(cmd.get_args().map(|a| hide_password(&a.to_string_lossy())));
     parts.join(" ")
+}
+
+/// `scheme://user:***@host...` for `scheme://user:password@host...`; anything else unchanged.
+fn hide_password(arg: &str) -> String {
+    let Some((scheme, rest)) = arg.split_once("://") else {
+        return arg.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        _ => arg.to_owned(),
+    }
 }
 
 /// The cargo target directory: `CARGO_TARGET_DIR` when set (relative paths are taken from the
@@ -203,9 +219,38 @@ pub fn step(text: &str) {
     println!("==> {text}");
 }
 
+/// Prints a check of a step that passed: `    ok: text`.
+pub fn ok(text: &str) {
+    println!("    ok: {text}");
+}
+
 /// The first `dir/name` on the search path `path` (a `PATH` value) that is a file.
 pub fn find_on_path(path: &OsStr, name: &str) -> Option<PathBuf> {
     std::env::split_paths(path)
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_urls_are_hidden_from_messages() {
+        assert_eq!(
+            hide_password("postgres://cms:secret@127.0.0.1:5432/db?options=-c%20x"),
+            "postgres://cms:***@127.0.0.1:5432/db?options=-c%20x"
+        );
+        assert_eq!(
+            hide_password("postgres://cms@host/db"),
+            "postgres://cms@host/db"
+        );
+        assert_eq!(hide_password("--data-dir"), "--data-dir");
+        let mut cmd = Command::new("cms-server");
+        cmd.args(["serve", "--database-url", "postgres://a:b@h/d"]);
+        assert_eq!(
+            describe(&cmd),
+            "cms-server serve --database-url postgres://a:***@h/d"
+        );
+    }
 }

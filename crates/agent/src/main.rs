@@ -606,8 +606,17 @@ async fn stop_running_agent(storage: &StateManager) -> Result<u8> {
     let (endpoint, Some(secret)) = ipc_target(storage)? else {
         return Ok(not_running(storage));
     };
+    // Read before asking: an agent that stops at once may close the pipe before its whole
+    // answer is read (Wine drops what is unread), and the lock record still names it.
+    let holder = cms_platform::lock_file::read_lock_record(&cms_platform::layout::lock_path(
+        storage.storage_path(),
+    ));
     let answer = match ipc::send_stop_command(&endpoint, &secret).await {
         Err(IpcError::NotRunning { .. }) => return Ok(not_running(storage)),
+        Err(IpcError::BadResponse { reason, .. }) if holder.is_some() => {
+            tracing::info!(%reason, "--stop answer cut short; the agent is taken to be stopping");
+            acknowledged_by(holder)
+        }
         answer => answer?,
     };
     match answer.status {
@@ -637,6 +646,17 @@ async fn stop_running_agent(storage: &StateManager) -> Result<u8> {
             "the running agent refused --stop ({status:?}): {}",
             answer.message.unwrap_or_default()
         ),
+    }
+}
+
+/// The answer a stopping agent gives, with the pid its lock record names.
+fn acknowledged_by(holder: Option<LockRecord>) -> cms_protocol::IpcResponse {
+    cms_protocol::IpcResponse {
+        status: IpcStatus::Acknowledged,
+        state: None,
+        version: None,
+        pid: holder.map(|record| record.pid),
+        message: None,
     }
 }
 

@@ -8,10 +8,16 @@
 //! - `cms-loadgen download --server URL --url PATH --length N --out FILE` fetches one release
 //!   package through the agent's own downloader (`HttpClient::download_file`, on the same
 //!   single-threaded runtime the agent uses) and prints `{"bytes": N, "secs": S}`.
+//! - `cms-loadgen heartbeats --server URL --count N` registers one agent through the agent's
+//!   own client and sends it N heartbeats one after the other, as the agent does (one keep-alive
+//!   connection), printing `{"register_us": R, "latencies_us": [...]}`: the registration is the
+//!   first request on a new connection (TCP and, over HTTPS, the TLS handshake included).
 //!
-//! Both refuse any server that is not on this machine (loopback): this is a load generator, and
-//! it must never be pointed at someone else's server. Results go to stdout as JSON, logs to
-//! stderr; the bearer token of `download` comes from the environment and is never printed.
+//! `download` and `heartbeats` take `--ca-cert FILE` for an HTTPS server signed by a private CA,
+//! and always go direct (never through a proxy a variable names). Every command refuses any
+//! server that is not on this machine (loopback): this is a load generator, and it must never
+//! be pointed at someone else's server. Results go to stdout as JSON, logs to stderr; the
+//! bearer token of `download` comes from the environment and is never printed.
 
 mod swarm;
 
@@ -25,8 +31,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use cms_agent::net::Credentials;
 use cms_agent::net::http_client::HttpClient;
+use cms_agent::net::proxy::ProxySetting;
 use cms_agent::net::{Transport, parse_server_url};
-use cms_protocol::BUILD_VERSION;
+use cms_protocol::{AgentState, BUILD_VERSION, Metrics, RegisterRequest, StatusReport};
 
 /// Benchmark tools for the CMS agent and server (loopback only).
 #[derive(Debug, Parser)]
@@ -42,6 +49,36 @@ enum Command {
     Swarm(SwarmArgs),
     /// Download one package through the agent's downloader and print the time it took.
     Download(DownloadArgs),
+    /// Register one agent and time heartbeats sent through the agent's client.
+    Heartbeats(HeartbeatsArgs),
+}
+
+/// The server `download` and `heartbeats` talk to, and the CA they trust for it.
+#[derive(Debug, Args)]
+struct Backend {
+    /// The server's base URL, `http://` or `https://` (loopback only).
+    #[arg(long)]
+    server: String,
+    /// PEM certificate(s) of the CA that signed an HTTPS server's certificate.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+}
+
+impl Backend {
+    /// The agent's own HTTP client for this server: its TLS trust plus `--ca-cert`, direct.
+    fn client(&self) -> Result<HttpClient> {
+        loopback_addr(&self.server, &["http", "https"])?;
+        let base = parse_server_url(&self.server)?;
+        let ca_pem = match &self.ca_cert {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read --ca-cert {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let transport = Transport::new(&base, ca_pem.as_deref(), Some(&ProxySetting::Direct))?;
+        Ok(HttpClient::new(base, &transport)?)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -65,13 +102,16 @@ struct SwarmArgs {
     /// Agents set up (connect, register, open the WebSocket) at the same time while growing.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: u16,
+    /// Number of this process's first agent: several processes given disjoint ranges share
+    /// one fleet (distinct hostnames and loopback source addresses).
+    #[arg(long, default_value_t = 0)]
+    first_agent: usize,
 }
 
 #[derive(Debug, Args)]
 struct DownloadArgs {
-    /// The server's base URL (loopback only).
-    #[arg(long)]
-    server: String,
+    #[command(flatten)]
+    backend: Backend,
     /// The package URL as the update check gives it (relative to the server or absolute).
     #[arg(long)]
     url: String,
@@ -84,6 +124,15 @@ struct DownloadArgs {
     /// The agent bearer token for the package route.
     #[arg(long, env = "CMS_LOADGEN_TOKEN", hide_env_values = true)]
     token: String,
+}
+
+#[derive(Debug, Args)]
+struct HeartbeatsArgs {
+    #[command(flatten)]
+    backend: Backend,
+    /// Heartbeats to send, one after the other.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    count: u32,
 }
 
 fn main() -> ExitCode {
@@ -113,7 +162,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Swarm(args) => {
             let settings = swarm::Settings {
-                server: loopback_addr(&args.server)?,
+                server: loopback_addr(&args.server, &["http"])?,
                 heartbeat: std::time::Duration::from_secs(args.heartbeat_secs),
                 heartbeat_route: if args.heartbeat_over == "http" {
                     swarm::HeartbeatRoute::Http
@@ -123,32 +172,33 @@ fn run(cli: Cli) -> Result<()> {
                 agent_version: args.agent_version,
                 platform: args.platform,
                 concurrency: usize::from(args.concurrency),
+                first_agent: args.first_agent,
             };
             runtime.block_on(swarm::run(settings))
         }
         Command::Download(args) => runtime.block_on(download(args)),
+        Command::Heartbeats(args) => runtime.block_on(heartbeats(args)),
     }
 }
 
-/// The socket address of a loopback server URL; anything else is refused.
-fn loopback_addr(server: &str) -> Result<SocketAddr> {
+/// The socket address of a loopback server URL with one of `schemes`; anything else is refused.
+fn loopback_addr(server: &str, schemes: &[&str]) -> Result<SocketAddr> {
     let url = url::Url::parse(server).with_context(|| format!("invalid server URL {server:?}"))?;
     let addrs = url
-        .socket_addrs(|| Some(80))
+        .socket_addrs(|| url.port_or_known_default())
         .with_context(|| format!("cannot resolve {server}"))?;
     match addrs.into_iter().next() {
-        Some(addr) if addr.ip().is_loopback() && url.scheme() == "http" => Ok(addr),
+        Some(addr) if addr.ip().is_loopback() && schemes.contains(&url.scheme()) => Ok(addr),
         _ => bail!(
-            "{server} is not a plain-http loopback server; cms-loadgen only loads this machine"
+            "{server} is not a {} loopback server; cms-loadgen only loads this machine",
+            schemes.join(" or ")
         ),
     }
 }
 
 /// `download`: one full download through the agent's downloader, timed around the call.
 async fn download(args: DownloadArgs) -> Result<()> {
-    loopback_addr(&args.server)?;
-    let base = parse_server_url(&args.server)?;
-    let client = HttpClient::new(base.clone(), &Transport::new(&base, None, None)?)?;
+    let client = args.backend.client()?;
     client.set_credentials(Credentials {
         agent_id: "cms-loadgen".into(),
         agent_token: args.token,
@@ -165,9 +215,43 @@ async fn download(args: DownloadArgs) -> Result<()> {
         .download_file(&args.url, &args.out, args.length)
         .await?;
     let secs = started.elapsed().as_secs_f64();
-    let line = serde_json::json!({ "bytes": bytes, "secs": secs });
-    writeln!(std::io::stdout(), "{line}").context("cannot write the result")?;
-    Ok(())
+    print_result(&serde_json::json!({ "bytes": bytes, "secs": secs }))
+}
+
+/// `heartbeats`: one registration, then `count` heartbeats in a row, each timed around the call.
+async fn heartbeats(args: HeartbeatsArgs) -> Result<()> {
+    let client = args.backend.client()?;
+    let request = RegisterRequest {
+        hostname: "cms-loadgen-heartbeats".into(),
+        platform: "linux-x86_64".into(),
+        version: "1.0.0".into(),
+        enrollment_token: None,
+    };
+    let started = Instant::now();
+    let identity = client.register(&request).await?;
+    let register_us = started.elapsed().as_micros();
+    client.set_credentials(Credentials {
+        agent_id: identity.agent_id,
+        agent_token: identity.agent_token,
+    });
+    let report = StatusReport {
+        state: AgentState::Idle,
+        version: request.version,
+        metrics: Metrics::default(),
+        network: Some("direct".into()),
+    };
+    let mut latencies_us = Vec::new();
+    for _ in 0..args.count {
+        let started = Instant::now();
+        client.send_status(&report).await?;
+        latencies_us.push(started.elapsed().as_micros());
+    }
+    print_result(&serde_json::json!({ "register_us": register_us, "latencies_us": latencies_us }))
+}
+
+/// One JSON line on stdout.
+fn print_result(line: &serde_json::Value) -> Result<()> {
+    writeln!(std::io::stdout(), "{line}").context("cannot write the result")
 }
 
 #[cfg(test)]
@@ -175,11 +259,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_loopback_http_servers_are_accepted() {
-        assert!(loopback_addr("http://127.0.0.1:8080").is_ok());
-        assert!(loopback_addr("http://[::1]:8080").is_ok());
-        assert!(loopback_addr("http://192.0.2.1:8080").is_err());
-        assert!(loopback_addr("https://127.0.0.1:8443").is_err());
-        assert!(loopback_addr("not a url").is_err());
+    fn only_loopback_servers_with_an_allowed_scheme_are_accepted() {
+        let http = ["http"];
+        assert!(loopback_addr("http://127.0.0.1:8080", &http).is_ok());
+        assert!(loopback_addr("http://[::1]:8080", &http).is_ok());
+        assert!(loopback_addr("http://192.0.2.1:8080", &http).is_err());
+        assert!(loopback_addr("https://127.0.0.1:8443", &http).is_err());
+        assert!(loopback_addr("https://127.0.0.1:8443", &["http", "https"]).is_ok());
+        assert!(loopback_addr("https://192.0.2.1:8443", &["http", "https"]).is_err());
+        assert!(loopback_addr("not a url", &http).is_err());
     }
 }

@@ -263,7 +263,7 @@ mod tests {
             replica_id: "me".into(),
         });
         assert_eq!(
-            registration.events.try_recv().unwrap(),
+            *registration.events.try_recv().unwrap(),
             ServerEvent::UpdateRequired(UpdateRequired { version: None })
         );
     }

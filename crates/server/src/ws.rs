@@ -25,6 +25,12 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Events waiting per agent; beyond it new events are dropped (they only say "check now").
 const QUEUE_DEPTH: usize = 16;
 
+/// An event in an agent's queue. Shared, not copied: the queue's first block of slots is
+/// allocated with the connection and lives as long as it, so a slot must be one pointer (a
+/// whole `ServerEvent` per slot cost 4 KB per connected agent), and a broadcast to every
+/// agent allocates its event once.
+type Queued = Arc<ServerEvent>;
+
 /// Why an event did not reach an agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum NotifyError {
@@ -39,7 +45,7 @@ pub enum NotifyError {
 #[derive(Debug)]
 struct Slot {
     connection_id: u64,
-    sender: mpsc::Sender<ServerEvent>,
+    sender: mpsc::Sender<Queued>,
 }
 
 /// Live WebSocket connections by agent id (cheap to clone).
@@ -55,7 +61,7 @@ pub struct Registration {
     /// Distinguishes this connection from a later one of the same agent.
     pub connection_id: u64,
     /// Events to forward to the socket; closes when a newer connection replaces this one.
-    pub events: mpsc::Receiver<ServerEvent>,
+    pub events: mpsc::Receiver<Queued>,
 }
 
 impl Hub {
@@ -111,7 +117,7 @@ impl Hub {
     pub fn notify(&self, agent_id: &str, event: ServerEvent) -> Result<(), NotifyError> {
         let slots = self.lock();
         let slot = slots.get(agent_id).ok_or(NotifyError::NotConnected)?;
-        slot.sender.try_send(event).map_err(|e| match e {
+        slot.sender.try_send(Arc::new(event)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => NotifyError::QueueFull,
             mpsc::error::TrySendError::Closed(_) => NotifyError::NotConnected,
         })
@@ -119,10 +125,11 @@ impl Hub {
 
     /// Queues `event` for every connected agent; returns how many it was queued for.
     pub fn broadcast(&self, event: &ServerEvent) -> usize {
+        let shared = Arc::new(event.clone());
         let slots = self.lock();
         slots
             .values()
-            .filter(|slot| slot.sender.try_send(event.clone()).is_ok())
+            .filter(|slot| slot.sender.try_send(Arc::clone(&shared)).is_ok())
             .count()
     }
 
@@ -304,7 +311,7 @@ mod tests {
         let mut reg = hub.register("a");
         assert!(hub.is_connected("a"));
         hub.notify("a", event()).unwrap();
-        assert_eq!(reg.events.try_recv().unwrap(), event());
+        assert_eq!(*reg.events.try_recv().unwrap(), event());
     }
 
     #[test]
@@ -318,7 +325,7 @@ mod tests {
         hub.unregister("a", old.connection_id);
         assert!(hub.is_connected("a"));
         hub.notify("a", event()).unwrap();
-        assert_eq!(new.events.try_recv().unwrap(), event());
+        assert_eq!(*new.events.try_recv().unwrap(), event());
         hub.unregister("a", new.connection_id);
         assert!(!hub.is_connected("a"));
         assert!(hub.is_empty());

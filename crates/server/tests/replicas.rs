@@ -58,6 +58,18 @@ async fn http_heartbeat(server: &Server, token: &str) -> u16 {
     response.status().as_u16()
 }
 
+/// A raw client registered on `server` whose WebSocket heartbeat (as 1.0.0) was answered with
+/// no offer: from then on the socket is in the hub and hears pushes.
+async fn raw_agent_on_socket(server: &Server) -> WsStream {
+    let identity = server.register_ok("raw-client").await;
+    let mut ws = server.connect_ws(&identity.agent_token).await.unwrap();
+    assert_eq!(
+        heartbeat_on(&mut ws, "1.0.0").await,
+        HeartbeatAck::default()
+    );
+    ws
+}
+
 /// Sends a heartbeat on `ws` and returns the server's answer (skipping pushes in between).
 async fn heartbeat_on(ws: &mut WsStream, version: &str) -> HeartbeatAck {
     let message = AgentMessage::Heartbeat(idle_report(version));
@@ -116,12 +128,7 @@ async fn a_heartbeat_on_the_websocket_is_answered_with_the_update_offer() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("server");
     let server = Server::start(&data, &Store::Sqlite, &Options::default()).await;
-    let identity = server.register_ok("raw-client").await;
-    let mut ws = server.connect_ws(&identity.agent_token).await.unwrap();
-    assert_eq!(
-        heartbeat_on(&mut ws, "1.0.0").await,
-        HeartbeatAck::default()
-    );
+    let mut ws = raw_agent_on_socket(&server).await;
 
     let files = inputs(dir.path());
     let (code, _, stderr) = publish(&data, &Store::Sqlite, "1.1.0", &files, &[]).await;
@@ -158,13 +165,7 @@ async fn a_widened_rollout_is_pushed_and_offered() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("server");
     let server = Server::start(&data, &Store::Sqlite, &Options::default()).await;
-    let identity = server.register_ok("raw-client").await;
-    let mut ws = server.connect_ws(&identity.agent_token).await.unwrap();
-    // Once a heartbeat is answered, the socket is in the hub and will hear pushes.
-    assert_eq!(
-        heartbeat_on(&mut ws, "1.0.0").await,
-        HeartbeatAck::default()
-    );
+    let mut ws = raw_agent_on_socket(&server).await;
     let files = inputs(dir.path());
     let (code, _, stderr) =
         publish(&data, &Store::Sqlite, "1.1.0", &files, &["--rollout", "0"]).await;
@@ -432,12 +433,7 @@ async fn a_replica_whose_listener_was_cut_off_reads_the_releases_again() {
     let store_dir = dir.path().join("store");
     let store = Store::Postgres(schema.server_url.clone());
     let server = Server::start(&store_dir, &store, &Options::default()).await;
-    let identity = server.register_ok("raw-client").await;
-    let mut ws = server.connect_ws(&identity.agent_token).await.unwrap();
-    assert_eq!(
-        heartbeat_on(&mut ws, "1.0.0").await,
-        HeartbeatAck::default()
-    );
+    let mut ws = raw_agent_on_socket(&server).await;
 
     // The database ends the listening session, as a failover of PostgreSQL or a proxy would.
     wait_until("the listener's session to be ended", 30, || async {

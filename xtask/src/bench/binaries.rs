@@ -43,14 +43,7 @@ pub fn release(windows: bool) -> Result<Binaries> {
         vec![LINUX]
     };
     dist_tree::build(version, &platforms, None).context("the dist build failed")?;
-    let host = LINUX.triple;
-    let mut tools = util::cargo();
-    tools
-        .args(["build", "--release", "--target", host])
-        .args(["-p", "cms-server", "-p", "cms-loadgen"])
-        .env("CMS_BUILD_VERSION", version);
-    run_checked(&mut tools)?;
-    let built = util::target_dir().join(host).join("release");
+    let tools = fleet_tools(true)?;
     let next = StampedBuild::new(&version::next_major(version)?)
         .release()
         .platform(LINUX)
@@ -58,11 +51,44 @@ pub fn release(windows: bool) -> Result<Binaries> {
         .run()?;
     Ok(Binaries {
         profile: "release",
-        server: built.join("cms-server"),
-        loadgen: built.join("cms-loadgen"),
+        server: tools.server,
+        loadgen: tools.loadgen,
         current: Stamped::on_host(version, &dist_tree::dir().join(LINUX.name))?,
         next,
         windows_built: windows,
+    })
+}
+
+/// `cms-server` and `cms-loadgen` alone, for the replica step.
+#[derive(Debug, Clone)]
+pub struct FleetTools {
+    /// Cargo profile (`release` or `dev`).
+    pub profile: &'static str,
+    /// `cms-server`.
+    pub server: PathBuf,
+    /// `cms-loadgen`.
+    pub loadgen: PathBuf,
+}
+
+/// Builds `cms-server` and `cms-loadgen`: release builds for the host triple stamped with the
+/// workspace version (as a full run's), or debug builds.
+pub fn fleet_tools(release: bool) -> Result<FleetTools> {
+    let mut cmd = util::cargo();
+    cmd.arg("build");
+    let built = if release {
+        let host = LINUX.triple;
+        cmd.args(["--release", "--target", host])
+            .env("CMS_BUILD_VERSION", version::workspace());
+        util::target_dir().join(host).join("release")
+    } else {
+        util::target_dir().join("debug")
+    };
+    cmd.args(["-p", "cms-server", "-p", "cms-loadgen"]);
+    run_checked(&mut cmd)?;
+    Ok(FleetTools {
+        profile: if release { "release" } else { "dev" },
+        server: built.join("cms-server"),
+        loadgen: built.join("cms-loadgen"),
     })
 }
 

@@ -42,9 +42,10 @@ struct Offer {
 }
 
 #[derive(Debug, serde::Deserialize)]
-struct OfferedUpdate {
+pub struct OfferedUpdate {
     package_url: String,
-    length: u64,
+    /// The package's length, bytes.
+    pub length: u64,
 }
 
 /// Publishes a package of about `plan.download_bytes` and downloads it `plan.repeats` times
@@ -82,13 +83,14 @@ pub fn measure(plan: &Plan) -> Result<DownloadResults> {
 }
 
 /// What the update check offers an agent on 0.0.1: the published package.
-fn offer(server: &RunningServer, token: &str) -> Result<OfferedUpdate> {
+pub fn offer(server: &RunningServer, token: &str) -> Result<OfferedUpdate> {
     let url = format!(
         "{}{}?version=0.0.1&platform=linux-x86_64",
         server.url(),
         cms_protocol::paths::UPDATE_CHECK
     );
-    let offer: Offer = reqwest::blocking::Client::new()
+    let offer: Offer = server
+        .client()
         .get(&url)
         .bearer_auth(token)
         .send()
@@ -100,8 +102,9 @@ fn offer(server: &RunningServer, token: &str) -> Result<OfferedUpdate> {
         .context("the server offers no package to download")
 }
 
-/// One download through the agent's downloader; seconds, as timed around the call.
-fn with_agent(
+/// One download through the agent's downloader; seconds, as timed around the call. Over
+/// HTTPS it trusts the server's CA.
+pub fn with_agent(
     plan: &Plan,
     server: &RunningServer,
     offer: &OfferedUpdate,
@@ -120,6 +123,9 @@ fn with_agent(
         .args(["--length", &offer.length.to_string(), "--out"])
         .arg(out)
         .env("CMS_LOADGEN_TOKEN", token);
+    if let Some(ca) = server.ca_file() {
+        command.arg("--ca-cert").arg(ca);
+    }
     let output = crate::util::output_checked(&mut command)?;
     let result: serde_json::Value = serde_json::from_str(output.trim())
         .with_context(|| format!("{} printed {output:?}", describe(&command)))?;
@@ -187,7 +193,7 @@ fn with_curl(
 }
 
 /// Writes `len` pseudo-random bytes (xorshift64*: fast, and deflate cannot shrink them).
-fn write_incompressible(path: &Path, len: u64) -> Result<()> {
+pub fn write_incompressible(path: &Path, len: u64) -> Result<()> {
     let mut file = std::io::BufWriter::new(
         std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
     );

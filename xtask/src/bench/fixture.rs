@@ -38,8 +38,14 @@ const FLEET_ON_LOOPBACK: [&str; 6] = [
 
 /// The bench's server with its data in `data_dir` and its log in `<data_dir>.log`.
 pub fn server(plan: &Plan, data_dir: &Path) -> Server {
-    let log = ServerOutput::LogFile(data_dir.with_extension("log"));
-    Server::new(&plan.bins.server, data_dir, log).with_serve_args(&FLEET_ON_LOOPBACK)
+    fleet_server(&plan.bins.server, data_dir, &data_dir.with_extension("log"))
+}
+
+/// The server `exe` with its data in `data_dir`, its log in `log`, and the per-source guards
+/// lifted for a simulated fleet on loopback.
+pub fn fleet_server(exe: &Path, data_dir: &Path, log: &Path) -> Server {
+    Server::new(exe, data_dir, ServerOutput::LogFile(log.to_path_buf()))
+        .with_serve_args(&FLEET_ON_LOOPBACK)
 }
 
 /// The Linux release `version` of `agent` + `updater`.
@@ -80,7 +86,8 @@ pub fn register(server: &RunningServer, hostname: &str) -> Result<String> {
         enrollment_token: None,
     };
     let url = format!("{}{}", server.url(), cms_protocol::paths::REGISTER);
-    let response: cms_protocol::RegisterResponse = reqwest::blocking::Client::new()
+    let response: cms_protocol::RegisterResponse = server
+        .client()
         .post(&url)
         .json(&request)
         .send()

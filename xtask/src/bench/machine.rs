@@ -20,6 +20,8 @@ pub struct Machine {
     pub kernel: String,
     /// When the run started (UTC, RFC 3339).
     pub date: String,
+    /// Load average when the run started (other work shares the machine).
+    pub load_average: String,
 }
 
 /// Describes this machine now.
@@ -38,6 +40,17 @@ pub fn describe() -> Machine {
         date: time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),
+        load_average: load_average(),
+    }
+}
+
+/// The load average now, over 1, 5 and 15 minutes (`/proc/loadavg`).
+pub fn load_average() -> String {
+    let text = read("/proc/loadavg");
+    let fields: Vec<&str> = text.split_whitespace().take(3).collect();
+    match fields.as_slice() {
+        [one, five, fifteen] => format!("{one} / {five} / {fifteen}"),
+        _ => "unknown".into(),
     }
 }
 
@@ -91,5 +104,6 @@ mod tests {
         assert!(machine.cores >= 1);
         assert!(machine.ram_mib > 0);
         assert!(!machine.kernel.is_empty());
+        assert_eq!(machine.load_average.matches(" / ").count(), 2);
     }
 }

@@ -3,9 +3,13 @@
 //!
 //! One module per family of measurements, each on real processes (release builds, loopback):
 //! [`agent`] (idle footprint, start, `--force`, `--status`), [`update`] (downtime, publish to new
-//! version), [`download`] (agent downloader against curl), [`scale`] (a simulated fleet against
-//! one server), [`sizes`]. The result is written as `docs/BENCHMARKS.md` (a table with the
-//! machine and date) and `docs/benchmarks.json`.
+//! version), [`download`] (agent downloader against curl), [`tls`] (heartbeat latency and
+//! download throughput over HTTPS against plain HTTP), [`scale`] (a simulated fleet against one
+//! server), [`replicas`] (three replicas on PostgreSQL behind haproxy, the fleet over several
+//! load generators, a replica killed), [`sizes`]. The result is written as `docs/BENCHMARKS.md`
+//! (a table with the machine and date) and `docs/benchmarks.json`. `--replicas-only
+//! [--replica-max-agents M]` runs the replica step alone (building only the server and the load
+//! generator) and replaces its section in those pages.
 //!
 //! Timings are noisy on shared machines, so everything is repeated and reported as median and
 //! spread. `--quick` is a smoke test of the bench itself (debug builds, short windows, small N)
@@ -16,13 +20,19 @@ mod agent;
 mod binaries;
 mod download;
 mod fixture;
+mod haproxy;
 mod machine;
 mod plan;
+mod postgres;
 mod procfs;
+mod replica_report;
+mod replicas;
 mod report;
 mod scale;
 mod sizes;
 mod stats;
+mod swarm;
+mod tls;
 mod update;
 
 use std::process::Command;
@@ -53,9 +63,17 @@ pub fn run(args: &[String]) -> Result<()> {
         flags::take_value(&mut args, &["--max-agents"])?,
         if quick { 100 } else { 30_000 },
     )?;
+    let replicas_only = flags::take_switch(&mut args, "--replicas-only");
+    let replica_max = number(
+        flags::take_value(&mut args, &["--replica-max-agents"])?,
+        if quick { 100 } else { 50_000 },
+    )?;
     flags::reject_rest("bench", &args)?;
     if max < agents {
         bail!("--max-agents ({max}) is below --agents ({agents})");
+    }
+    if replicas_only {
+        return replicas_alone(quick, replica_max);
     }
     require_curl()?;
     let budget = Budget::starting_now(if quick { QUICK_BUDGET } else { FULL_BUDGET });
@@ -74,10 +92,11 @@ pub fn run(args: &[String]) -> Result<()> {
         .join(if quick { "quick" } else { "full" });
     util::remove_dir_if_exists(&work)?;
     std::fs::create_dir_all(&work)?;
+    let sizes = [agents, max, replica_max];
     let plan = if quick {
-        plan::quick(bins, work, agents, max, budget)
+        plan::quick(bins, work, sizes, budget)
     } else {
-        plan::full(bins, work, agents, max, budget)
+        plan::full(bins, work, sizes, budget)
     };
     let results = measure(&plan, open_files, &mut phases)?;
     let report = report::Report::new(quick, machine, tools(&plan), results, phases);
@@ -107,9 +126,24 @@ fn measure(plan: &Plan, open_files: u64, phases: &mut report::Phases) -> Result<
         step("download: the agent's downloader and curl on the same package");
         download::measure(plan)
     })?;
+    let tls = phases.time("tls", || {
+        step("TLS against plain HTTP: heartbeat latency and download throughput");
+        tls::measure(plan)
+    })?;
     let scale = phases.time("scale", || {
         step("server scale: simulated agents, heartbeat latency, push to all");
         scale::measure(plan, open_files)
+    })?;
+    let replicas = phases.time("replicas", || {
+        step("replicas: three cms-server on PostgreSQL behind haproxy, a fleet, one killed");
+        let bins = &plan.bins;
+        let work = plan.work.join("replicas");
+        Ok(replicas::measure(
+            &plan.replicas,
+            &bins.server,
+            &bins.loadgen,
+            &work,
+        ))
     })?;
     let sizes = phases.time("sizes", || {
         step("sizes");
@@ -123,9 +157,39 @@ fn measure(plan: &Plan, open_files: u64, phases: &mut report::Phases) -> Result<
         agent,
         update,
         download,
+        tls,
         scale,
+        replicas,
         sizes,
     })
+}
+
+/// `--replicas-only`: the replica step alone, spliced into the pages of an earlier run.
+fn replicas_alone(quick: bool, replica_max: usize) -> Result<()> {
+    let machine = machine::describe();
+    let tools = binaries::fleet_tools(!quick)?;
+    let mode = if quick { "quick" } else { "full" };
+    let work = util::target_dir()
+        .join("bench")
+        .join(format!("{mode}-replicas"));
+    util::remove_dir_if_exists(&work)?;
+    let plan = if quick {
+        plan::ReplicaPlan::quick(replica_max)
+    } else {
+        plan::ReplicaPlan::full(replica_max)
+    };
+    step("replicas: three cms-server on PostgreSQL behind haproxy, a fleet, one killed");
+    let results = replicas::measure(&plan, &tools.server, &tools.loadgen, &work);
+    let out = if quick {
+        work
+    } else {
+        util::project_root().join("docs")
+    };
+    let mode = format!(
+        "{mode} run of the replica step alone, {} builds",
+        tools.profile
+    );
+    replica_report::splice(&out, &results, &machine, &mode)
 }
 
 /// Open files the server (and the swarm) need for `agents`: one connection each, plus slack.

@@ -14,9 +14,12 @@ use serde::Serialize;
 use super::agent::{AgentResults, MB};
 use super::download::DownloadResults;
 use super::machine::Machine;
+use super::replica_report;
+use super::replicas::ReplicaResults;
 use super::scale::{P99_GOAL_MS, ScaleResults, Step};
 use super::sizes::{PlatformSizes, Size};
 use super::stats::Summary;
+use super::tls::{TlsResults, TransportResults};
 use super::update::{POLL_SECS, UpdateResults};
 
 /// Goals from the issue that asked for this bench.
@@ -55,8 +58,12 @@ pub struct Results {
     pub update: UpdateResults,
     /// Download throughput.
     pub download: DownloadResults,
+    /// HTTPS against plain HTTP.
+    pub tls: TlsResults,
     /// Server scale.
     pub scale: ScaleResults,
+    /// Replicas on PostgreSQL behind haproxy.
+    pub replicas: ReplicaResults,
     /// File sizes (release runs only).
     pub sizes: Vec<PlatformSizes>,
 }
@@ -117,7 +124,14 @@ impl Report {
         let mut md = String::new();
         self.header(&mut md);
         self.summary_table(&mut md);
+        tls_table(&mut md, &self.results.tls);
         scale_table(&mut md, &self.results.scale);
+        md.push_str(&replica_report::section(
+            &self.results.replicas,
+            &self.machine,
+            &format!("{} run", self.mode),
+        ));
+        md.push('\n');
         sizes_table(&mut md, &self.results.sizes);
         self.method(&mut md);
         self.run_table(&mut md);
@@ -144,6 +158,11 @@ impl Report {
         let _ = writeln!(md, "| CPU | {} ({} logical cores) |", m.cpu, m.cores);
         let _ = writeln!(md, "| memory | {} MiB |", m.ram_mib);
         let _ = writeln!(md, "| system | {}, kernel {} |", m.os, m.kernel);
+        let _ = writeln!(
+            md,
+            "| load average at the start (1 / 5 / 15 min) | {} |",
+            m.load_average
+        );
         let _ = writeln!(md, "| date (UTC) | {} |\n", m.date);
     }
 
@@ -297,6 +316,20 @@ impl Report {
              URL with the same token; the two alternate."
                 .to_owned(),
             format!(
+                "TLS against plain HTTP: two servers of the same build, one on `http://`, one on \
+                 `https://` with a certificate (ECDSA P-256) of a CA made for the run, the same \
+                 release on both, measured in turn in each of {} rounds. Heartbeats: `cms-loadgen \
+                 heartbeats` registers through the agent's own client (its rustls stack and trust, \
+                 the CA given with `--ca-cert`) and sends {} heartbeats in a row on one keep-alive \
+                 connection, as the agent does; each round gives a p50 and a p99, and the \
+                 registration is the first request of a new connection (the TLS handshake \
+                 included) in a new process, so over HTTPS it also includes loading the system \
+                 trust store once. Download: the {:.0} MB package through the agent's downloader.",
+                r.tls.plain.heartbeat_p50_ms.n,
+                r.tls.heartbeats_per_run,
+                r.tls.package_bytes as f64 / MB
+            ),
+            format!(
                 "Server scale: `cms-loadgen swarm` simulates N agents, each with its own WebSocket \
                  (one connection per agent), sending a heartbeat on it every {} s (+/-10 %, phases \
                  spread); latency is heartbeat sent -> the server's answer read. A step holds when p99 < {P99_GOAL_MS:.0} ms with \
@@ -385,11 +418,11 @@ fn spread(s: &Summary, unit: &str, digits: usize) -> String {
 fn fleet_rows(scale: &ScaleResults) -> Vec<String> {
     let mut rows = Vec::new();
     if let Some(first) = scale.steps.first() {
-        let n = first.agents;
+        let n = first.window.agents;
         let goal = Goal::AtMost(P99_GOAL_MS);
         rows.push(format!(
             "| heartbeat latency, {n} agents (p50 / p99 / max) | {:.1} / {:.1} / {:.1} ms | over {} heartbeats | {} | p99 < {P99_GOAL_MS} ms | {} |",
-            first.p50_ms, first.p99_ms, first.max_ms, first.heartbeats, first.heartbeats, goal.verdict(first.p99_ms)
+            first.window.p50_ms, first.window.p99_ms, first.window.max_ms, first.window.heartbeats, first.window.heartbeats, goal.verdict(first.window.p99_ms)
         ));
         rows.push(format!(
             "| server with {n} agents: memory, CPU | {:.0} MB, {:.1} % of a core | | 1 | | |",
@@ -406,7 +439,7 @@ fn fleet_rows(scale: &ScaleResults) -> Vec<String> {
     rows.push(format!(
         "| largest fleet held (p99 < {P99_GOAL_MS} ms, no failures) | {} agents | steps of {} | {} | >= {FLEET_GOAL} | {verdict} |",
         held.map_or_else(|| "none".into(), |n| n.to_string()),
-        scale.steps.get(1).map_or(0, |s| s.agents.saturating_sub(scale.steps[0].agents)),
+        scale.steps.get(1).map_or(0, |s| s.window.agents.saturating_sub(scale.steps[0].window.agents)),
         scale.steps.len()
     ));
     rows
@@ -414,6 +447,52 @@ fn fleet_rows(scale: &ScaleResults) -> Vec<String> {
 
 fn optional_ms(ms: Option<f64>) -> String {
     ms.map_or_else(|| "not all notified".into(), |ms| format!("{ms:.0} ms"))
+}
+
+/// Picks one figure of a transport's results.
+type SummaryOf = fn(&TransportResults) -> &Summary;
+
+/// Plain HTTP and HTTPS, row by row, with the TLS cost.
+fn tls_table(md: &mut String, tls: &TlsResults) {
+    let _ = writeln!(md, "## TLS against plain HTTP\n");
+    let _ = writeln!(
+        md,
+        "Same server build, same machine, measured in turn; load average when this phase \
+         started: {} (1 / 5 / 15 min, {} heartbeats per run).\n",
+        tls.load_average, tls.heartbeats_per_run
+    );
+    let _ = writeln!(
+        md,
+        "| measurement | plain HTTP | HTTPS | HTTPS / plain | n |\n|---|---|---|---|---|"
+    );
+    let rows: [(&str, SummaryOf, &str, usize); 4] = [
+        ("heartbeat latency p50", |t| &t.heartbeat_p50_ms, "ms", 2),
+        ("heartbeat latency p99", |t| &t.heartbeat_p99_ms, "ms", 2),
+        (
+            "first request on a new connection (registration)",
+            |t| &t.first_request_ms,
+            "ms",
+            1,
+        ),
+        ("package download", |t| &t.download_mb_per_s, "MB/s", 0),
+    ];
+    for (what, field, unit, digits) in rows {
+        let (plain, secure) = (field(&tls.plain), field(&tls.tls));
+        let _ = writeln!(
+            md,
+            "| {what} | {} | {} | {:.2} | {} |",
+            spread_cell(plain, unit, digits),
+            spread_cell(secure, unit, digits),
+            secure.median / plain.median,
+            plain.n
+        );
+    }
+    let _ = writeln!(md);
+}
+
+/// `median unit (min-max unit)`.
+fn spread_cell(s: &Summary, unit: &str, digits: usize) -> String {
+    format!("{:.digits$} {unit} ({})", s.median, spread(s, unit, digits))
 }
 
 fn scale_table(md: &mut String, scale: &ScaleResults) {
@@ -436,14 +515,14 @@ fn scale_table(md: &mut String, scale: &ScaleResults) {
 fn step_row(s: &Step) -> String {
     format!(
         "| {} | {:.0} s | {:.0} s | {} | {:.1} ms | {:.1} ms | {:.1} ms | {} | {:.0} MB | {:.1} % | {:.1} % | {} / {} | {} |",
-        s.agents,
-        s.ramp_secs,
-        s.window_secs,
-        s.heartbeats,
-        s.p50_ms,
-        s.p99_ms,
-        s.max_ms,
-        s.failures,
+        s.window.agents,
+        s.window.ramp_secs,
+        s.window.window_secs,
+        s.window.heartbeats,
+        s.window.p50_ms,
+        s.window.p99_ms,
+        s.window.max_ms,
+        s.window.failures,
         s.server_rss_mb,
         s.server_cpu_percent,
         s.loadgen_cpu_percent,

@@ -8,20 +8,17 @@
 //! heartbeat and no dropped WebSocket; the search stops at the first step that does not hold,
 //! at the largest N asked for, or when the next step would not fit in the time budget.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
+use anyhow::Result;
+use serde::Serialize;
 
 use super::agent::MB;
 use super::fixture;
-use super::plan::Plan;
+use super::plan::{Ladder, Plan};
 use super::procfs;
-use super::stats;
+use super::swarm::{self, Grown, Heartbeats, PushSpread, Swarm, Window, unix_micros};
 use crate::server::RunningServer;
-use crate::util::describe;
 
 /// A step holds when its p99 heartbeat latency is below this.
 pub const P99_GOAL_MS: f64 = 50.0;
@@ -36,24 +33,9 @@ const FD_SLACK: u64 = 1024;
 /// One step of the fleet.
 #[derive(Debug, Clone, Serialize)]
 pub struct Step {
-    /// Simulated agents.
-    pub agents: usize,
-    /// Agents holding a WebSocket at the end of the window.
-    pub connected: usize,
-    /// Seconds it took to add this step's agents (register, connect).
-    pub ramp_secs: f64,
-    /// Length of the measurement window, seconds.
-    pub window_secs: f64,
-    /// Heartbeats answered in the window.
-    pub heartbeats: usize,
-    /// Heartbeat latency percentiles, milliseconds: p50, p99, max.
-    pub p50_ms: f64,
-    /// See `p50_ms`.
-    pub p99_ms: f64,
-    /// See `p50_ms`.
-    pub max_ms: f64,
-    /// Heartbeats that failed, and WebSockets dropped, in the window.
-    pub failures: u64,
+    /// Agents, latencies and failures of the window.
+    #[serde(flatten)]
+    pub window: Heartbeats,
     /// Server resident memory at the end of the window, MB.
     pub server_rss_mb: f64,
     /// Server CPU over the window, percent of one core.
@@ -83,90 +65,60 @@ pub struct ScaleResults {
     pub stopped_because: String,
 }
 
-/// Answer of the swarm to `grow`.
-#[derive(Debug, Deserialize)]
-struct Grown {
-    connected: usize,
-    failed: usize,
-    ramp_secs: f64,
-    first_error: Option<String>,
-}
-
-/// Answer to `measure`.
-#[derive(Debug, Deserialize)]
-struct Window {
-    connected: usize,
-    latencies_us: Vec<u64>,
-    heartbeat_errors: u64,
-    ws_drops: u64,
-}
-
-/// Answer to `await-push`.
-#[derive(Debug, Deserialize)]
-struct PushSpread {
-    expected: usize,
-    received: usize,
-    first_unix_us: Option<u64>,
-    last_unix_us: Option<u64>,
-}
-
 /// Runs the steps of `plan.scale`.
 pub fn measure(plan: &Plan, open_file_limit: u64) -> Result<ScaleResults> {
     let dir = plan.work.join("scale");
     let server_dir = dir.join("server");
     std::fs::create_dir_all(&server_dir)?;
     let mut server = fixture::server(plan, &server_dir).start()?;
-    let mut swarm = Swarm::start(plan, server.url())?;
     let scale = &plan.scale;
-    let mut steps: Vec<Step> = Vec::new();
+    let mut swarm = Swarm::start(&plan.bins.loadgen, server.url(), scale.heartbeat_secs, 0)?;
     let cap = fleet_cap(open_file_limit);
-    let mut agents = scale.first.min(cap);
-    let stopped_because = loop {
-        let started = Instant::now();
-        let step = match run_step(plan, &server, &mut swarm, agents, steps.len()) {
-            Ok(step) => step,
-            Err(err) => break format!("N={agents} could not be measured: {err:#}"),
-        };
-        println!(
-            "    N={}: p50 {:.1} ms, p99 {:.1} ms, {} failures, server {:.0} MB / {:.0} % CPU, push to all {:?} ms",
-            step.agents,
-            step.p50_ms,
-            step.p99_ms,
-            step.failures,
-            step.server_rss_mb,
-            step.server_cpu_percent,
-            step.push_all_ms.map(|ms| ms.round())
-        );
-        let holds = step.holds;
-        steps.push(step);
-        let next = agents + scale.increment;
-        if !holds {
-            break format!("N={agents} did not hold");
-        }
-        if next > scale.max {
-            break format!("reached the largest N asked for ({})", scale.max);
-        }
-        if agents >= cap {
-            break format!(
-                "the open-file limit ({open_file_limit}, all this machine allows) leaves room for \
-                 {cap} agents at {FDS_PER_AGENT} connections each"
-            );
-        }
-        // Growing by the same increment again, with a longer ramp, fits if the budget allows.
-        if started.elapsed() * 3 / 2 > plan.budget.remaining() {
-            break format!("the next step (N={next}) would not fit in the time budget");
-        }
-        agents = next.min(cap);
+    let ladder = Ladder {
+        first: scale.first,
+        increment: scale.increment,
+        max: scale.max,
+        cap,
+        cap_reason: format!(
+            "the open-file limit ({open_file_limit}, all this machine allows) leaves room for \
+             {cap} agents at {FDS_PER_AGENT} connections each"
+        ),
+        budget: plan.budget,
     };
+    let (steps, stopped_because) = ladder.climb(
+        |agents, index| {
+            let step = run_step(plan, &server, &mut swarm, agents, index)?;
+            print_step(&step);
+            Ok(step)
+        },
+        |step: &Step| step.holds,
+    );
     swarm.quit()?;
     server.stop()?;
     Ok(ScaleResults {
         heartbeat_secs: scale.heartbeat_secs,
         open_file_limit,
-        largest_held: steps.iter().filter(|s| s.holds).map(|s| s.agents).max(),
+        largest_held: steps
+            .iter()
+            .filter(|s| s.holds)
+            .map(|s| s.window.agents)
+            .max(),
         steps,
         stopped_because,
     })
+}
+
+fn print_step(step: &Step) {
+    println!(
+        "    N={}: p50 {:.1} ms, p99 {:.1} ms, {} failures, server {:.0} MB / {:.0} % CPU, push to all {:?} ms",
+        step.window.agents,
+        step.window.p50_ms,
+        step.window.p99_ms,
+        step.window.failures,
+        step.server_rss_mb,
+        step.server_cpu_percent,
+        step.push_all_ms.map(|ms| ms.round())
+    );
 }
 
 /// The most agents the server can hold within `open_file_limit` descriptors.
@@ -183,17 +135,9 @@ fn run_step(
     index: usize,
 ) -> Result<Step> {
     let grown: Grown = swarm.ask(&format!("grow {agents}"))?;
-    if grown.failed > 0 {
-        bail!(
-            "{} of {agents} simulated agents could not be set up: {}",
-            grown.failed,
-            grown.first_error.unwrap_or_default()
-        );
-    }
-    println!(
-        "    N={agents}: {} connected after {:.1} s",
-        grown.connected, grown.ramp_secs
-    );
+    let connected = grown.connected;
+    let ramp_secs = swarm::ramp_secs(&[grown], agents)?;
+    println!("    N={agents}: {connected} connected after {ramp_secs:.1} s");
     std::thread::sleep(plan.settle);
     let window_secs = if index == 0 {
         plan.scale.first_window.as_secs_f64()
@@ -205,33 +149,16 @@ fn run_step(
     let window: Window = swarm.ask(&format!("measure {window_secs}"))?;
     let server_after = procfs::sample(server.pid())?;
     let swarm_after = procfs::sample(swarm.pid())?;
-    let latencies: Vec<f64> = window
-        .latencies_us
-        .iter()
-        .map(|us| *us as f64 / 1000.0)
-        .collect();
-    let [p50, p99, max] = match stats::percentiles(&latencies, &[50.0, 99.0, 100.0]).as_deref() {
-        Some(&[p50, p99, max]) => [p50, p99, max],
-        _ => bail!("no heartbeat was answered in the {window_secs} s window at N={agents}"),
-    };
-    let failures = window.heartbeat_errors + window.ws_drops;
+    let heartbeats = Heartbeats::of(agents, ramp_secs, window_secs, &[window])?;
     let (push_first_ms, push_all_ms) = push(plan, server, swarm, index)?;
     Ok(Step {
-        agents,
-        connected: window.connected,
-        ramp_secs: grown.ramp_secs,
-        window_secs,
-        heartbeats: latencies.len(),
-        p50_ms: p50,
-        p99_ms: p99,
-        max_ms: max,
-        failures,
+        holds: heartbeats.hold(P99_GOAL_MS),
+        window: heartbeats,
         server_rss_mb: server_after.rss_bytes as f64 / MB,
         server_cpu_percent: server_after.cpu_percent_since(&server_before),
         loadgen_cpu_percent: swarm_after.cpu_percent_since(&swarm_before),
         push_first_ms,
         push_all_ms,
-        holds: p99 < P99_GOAL_MS && failures == 0 && window.connected == agents,
     })
 }
 
@@ -257,77 +184,4 @@ fn push(
     }
     let since = |at: Option<u64>| at.map(|t| t.saturating_sub(published) as f64 / 1000.0);
     Ok((since(spread.first_unix_us), since(spread.last_unix_us)))
-}
-
-fn unix_micros(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
-
-/// The running `cms-loadgen swarm`, steered line by line.
-struct Swarm {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Swarm {
-    fn start(plan: &Plan, server_url: &str) -> Result<Swarm> {
-        let mut command = Command::new(&plan.bins.loadgen);
-        command
-            .args(["swarm", "--server", server_url, "--heartbeat-secs"])
-            .arg(plan.scale.heartbeat_secs.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("cannot start {}", describe(&command)))?;
-        let stdin = child.stdin.take().context("cms-loadgen has no stdin")?;
-        let stdout = BufReader::new(child.stdout.take().context("cms-loadgen has no stdout")?);
-        Ok(Swarm {
-            child,
-            stdin,
-            stdout,
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Sends one command and reads its one-line answer.
-    fn ask<T: serde::de::DeserializeOwned>(&mut self, command: &str) -> Result<T> {
-        writeln!(self.stdin, "{command}").context("cms-loadgen stopped reading")?;
-        self.stdin.flush()?;
-        let mut line = String::new();
-        if self.stdout.read_line(&mut line)? == 0 {
-            bail!("cms-loadgen exited while answering {command:?}");
-        }
-        let value: serde_json::Value = serde_json::from_str(&line)
-            .with_context(|| format!("cms-loadgen answered {line:?}"))?;
-        if let Some(error) = value.get("error") {
-            bail!("cms-loadgen refused {command:?}: {error}");
-        }
-        serde_json::from_value(value).with_context(|| format!("cms-loadgen answered {line:?}"))
-    }
-
-    fn quit(mut self) -> Result<()> {
-        writeln!(self.stdin, "quit")?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                bail!("cms-loadgen did not quit");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Swarm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

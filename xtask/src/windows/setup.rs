@@ -128,7 +128,7 @@ pub fn autostart_value(prefix: &WinePrefix, hive: Hive) -> Result<Option<String>
 }
 
 /// `reg query ARGS /reg:64` in the prefix; `None` when the key or value does not exist.
-fn reg_query(prefix: &WinePrefix, args: &[&str]) -> Result<Option<String>> {
+pub fn reg_query(prefix: &WinePrefix, args: &[&str]) -> Result<Option<String>> {
     let mut cmd = prefix.command("reg");
     // /reg:64: `wine reg` may be the 32-bit reg.exe, which would see the WOW6432Node view.
     cmd.arg("query").args(args).arg("/reg:64");
@@ -139,6 +139,22 @@ fn reg_query(prefix: &WinePrefix, args: &[&str]) -> Result<Option<String>> {
         .status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+/// `reg add KEY /v VALUE /t REG_BINARY /d HEX /f /reg:64` in the prefix.
+pub fn reg_add_binary(prefix: &WinePrefix, key: &str, value: &str, data: &[u8]) -> Result<()> {
+    let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
+    let mut cmd = prefix.command("reg");
+    cmd.args(["add", key, "/v", value, "/t", "REG_BINARY", "/d", &hex])
+        .args(["/f", "/reg:64"]);
+    util::run_checked(&mut cmd)
+}
+
+/// `reg delete KEY /v VALUE /f /reg:64` in the prefix.
+pub fn reg_delete(prefix: &WinePrefix, key: &str, value: &str) -> Result<()> {
+    let mut cmd = prefix.command("reg");
+    cmd.args(["delete", key, "/v", value, "/f", "/reg:64"]);
+    util::run_checked(&mut cmd)
 }
 
 /// The service `CMSAgent`'s configuration as the registry holds it (`ImagePath`, `Start`,

@@ -18,13 +18,13 @@
 
 use crate::build::LINUX;
 use crate::host;
-use crate::util::{self, describe, run_checked, run_checked_timeout};
+use crate::util::{self, describe, output_timeout, run_checked, run_checked_timeout};
 use anyhow::{Context, Result, bail};
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -39,6 +39,9 @@ const TEMPLATE_FORMAT: &str = "template=2 (win10)";
 
 /// How long `wineboot --init` and `wineserver -w` may take before we give up.
 const WINEBOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Time limit for one short-lived Windows program (`--status`, `reg`, `cmd`).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Fails unless this machine can run Windows programs under Wine (Linux): `what` needs it.
 pub fn require_wine_host(what: &str) -> Result<()> {
@@ -134,6 +137,22 @@ impl Drop for WinePrefix {
         // Best effort: a throwaway prefix must not leave Windows programs running behind it.
         let _ = self.kill_all();
     }
+}
+
+/// Runs a short-lived Windows program (at most [`COMMAND_TIMEOUT`]); a non-zero exit is an
+/// error carrying its output.
+pub fn run_windows(cmd: &mut Command) -> Result<Output> {
+    let out = output_timeout(cmd, COMMAND_TIMEOUT)?;
+    if !out.status.success() {
+        bail!(
+            "{} failed with {}: {}{}",
+            describe(cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out)
 }
 
 /// A fresh throwaway prefix `<target>/wine/prefixes/<name>` (anything there before is removed):

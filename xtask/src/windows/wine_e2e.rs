@@ -41,8 +41,14 @@
 //! 12. uninstall: no service, no `cms_agent.exe` process, no `Run` value, no IPC secret, and
 //!     the server sees the agent go offline.
 //! 13. per user: `setup.exe /CURRENTUSER`: the HKCU `Run` value starts `cms_agent.exe
-//!     --per-user`, the agent registers and answers `--status --per-user` over its own pipe;
+//!     --per-user`, the agent registers, is offered the broken 3.0.0 by its first heartbeat's
+//!     answer and rolls it back, and answers `--status --per-user` over its own pipe;
 //!     uninstall stops it with `--stop` and leaves no process, `Run` value or credential.
+//!
+//! 14. the network ([`wine_net`], in a prefix of its own): HTTPS and WSS with a throwaway CA
+//!     given with `--ca-cert` and an update over HTTPS, the refusal without the CA, tinyproxy
+//!     with Basic authentication through `--proxy`, and the machine's WinHTTP proxy setting.
+//!     `--network-only` runs just this (it needs no installer, 32-bit Wine or display).
 //!
 //! Needs `cargo xtask dist` (the installed version is `dist/VERSION` and must be older than
 //! 2.0.0) and the setup exe (`cargo xtask installer`; compiled here when missing). Builds the
@@ -56,7 +62,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -67,11 +73,12 @@ use crate::checks;
 use crate::dist_tree;
 use crate::flags;
 use crate::server::{Release, RunningServer, Server, ServerOutput};
-use crate::util::{self, output_timeout, run_checked, step, wait_for};
+use crate::util::{self, ok, output_timeout, run_checked, step, wait_for};
 use crate::version;
 use crate::windows::inno;
 use crate::windows::setup::{self, APP_DIR, Hive};
-use crate::windows::wine::{self, VirtualDisplay, WinePrefix};
+use crate::windows::wine::{self, COMMAND_TIMEOUT, VirtualDisplay, WinePrefix, run_windows};
+use crate::windows::wine_net;
 
 /// The release the installed agent updates itself to.
 const NEW_VERSION: &str = "2.0.0";
@@ -94,8 +101,6 @@ const GUI_SUBSYSTEM: u16 = 2;
 
 /// How long any one thing the scenario waits for may take under Wine.
 const WAIT: Duration = Duration::from_secs(120);
-/// Time limit for one short-lived Windows program (`--status`, `reg`, `cmd`).
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A secret that cannot be the agent's: 64 hex digits, all zero.
 const WRONG_SECRET: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -103,9 +108,11 @@ const WRONG_SECRET: &str = "0000000000000000000000000000000000000000000000000000
 /// Marks of the temporary copies `self_replace::self_delete` makes of the updater.
 const SELF_DELETE_MARKS: [&str; 2] = [".__selfdelete__.", ".__relocated__."];
 
-/// `cargo xtask wine-e2e` (no options).
+/// `cargo xtask wine-e2e [--network-only]`.
 pub fn run(args: &[String]) -> Result<()> {
-    flags::reject_rest("wine-e2e", args)?;
+    let mut args = args.to_vec();
+    let network_only = flags::take_switch(&mut args, "--network-only");
+    flags::reject_rest("wine-e2e", &args)?;
     wine::require_wine_host("wine-e2e")?;
     let started = Instant::now();
     let installed = dist_tree::version()?;
@@ -115,6 +122,16 @@ pub fn run(args: &[String]) -> Result<()> {
          (cargo xtask dist --version 1.0.0)"
     );
     dist_tree::require(&WINDOWS).context("run `cargo xtask dist --target windows` first")?;
+    if network_only {
+        let builds = Builds::make(NEW_VERSION)?;
+        wine_net::run(&builds.new)?;
+        println!(
+            "wine-e2e --network-only: PASSED (HTTPS with --ca-cert and an update over it, no CA \
+             refused, --proxy with Basic, the WinHTTP proxy) in {:.0?}",
+            started.elapsed()
+        );
+        return Ok(());
+    }
     if let Err(reason) = wine::wine32_status() {
         checks::skip("Windows end-to-end scenarios", &reason);
     }
@@ -141,10 +158,12 @@ pub fn run(args: &[String]) -> Result<()> {
     let stopped = server.stop();
     outcome?;
     stopped?;
+    wine_net::run(&builds.new)?;
     println!(
         "wine-e2e: PASSED (service install, IPC, reboot, kill, --stop, update {installed} -> \
          {NEW_VERSION}, rollback of {BROKEN_VERSION}, --force, GUI subsystem, upgrade, uninstall, \
-         per-user install) in {:.0?}",
+         per-user install; HTTPS with a private CA, an update over HTTPS, no CA refused, --proxy \
+         with Basic, the WinHTTP proxy) in {:.0?}",
         started.elapsed()
     );
     Ok(())
@@ -316,7 +335,7 @@ impl Scenario<'_> {
     fn ipc_request_with_wrong_secret(&self) -> Result<IpcResponse> {
         let mut cmd = self.prefix.command(&self.builds.ipc_request);
         cmd.args(["--command", "force-restart", "--secret", WRONG_SECRET]);
-        let out = checked(&mut cmd)?;
+        let out = run_windows(&mut cmd)?;
         let text = String::from_utf8_lossy(&out.stdout);
         serde_json::from_str(text.trim()).with_context(|| format!("ipc_request printed {text:?}"))
     }
@@ -414,7 +433,7 @@ impl Scenario<'_> {
     fn stop_from_console(&self) -> Result<()> {
         step("--stop from the console, then sc start");
         let before = self.status()?;
-        let out = checked(self.prefix.command(AGENT_EXE).arg("--stop"))?;
+        let out = run_windows(self.prefix.command(AGENT_EXE).arg("--stop"))?;
         let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         let state = self.service_state()?;
         ensure!(
@@ -555,12 +574,11 @@ impl Scenario<'_> {
     fn force(&self) -> Result<()> {
         step("--force --status-interval 5 from the console against the service");
         let old = self.status()?;
-        let out =
-            checked(
-                self.prefix
-                    .command(AGENT_EXE)
-                    .args(["--force", "--status-interval", "5"]),
-            )?;
+        let out = run_windows(self.prefix.command(AGENT_EXE).args([
+            "--force",
+            "--status-interval",
+            "5",
+        ]))?;
         let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         ensure!(said.contains("runs again"), "--force printed {said:?}");
         let new = self.wait_for_new_status(&old, "the service to answer again")?;
@@ -682,13 +700,18 @@ impl Scenario<'_> {
         })?;
         let exe = setup::per_user_app_dir(&self.prefix)?.join("cms_agent.exe");
         let windows_exe = self.windows_path_in_prefix(&exe)?;
-        let out = checked(
-            self.prefix
-                .command(&windows_exe)
-                .args(["--status", "--per-user"]),
-        )?;
-        let status = parse_status(&String::from_utf8_lossy(&out.stdout))?;
-        ensure!(!status.service && status.state == "IDLE", "{status:?}");
+        // Its first heartbeat is answered with the newest release, the broken 3.0.0, which it
+        // tries and rolls back: `--status` finds no agent while the updater has the lock.
+        let status = wait_for("--status --per-user to answer IDLE", WAIT, || {
+            let status = run_windows(
+                self.prefix
+                    .command(&windows_exe)
+                    .args(["--status", "--per-user"]),
+            )
+            .and_then(|out| parse_status(&String::from_utf8_lossy(&out.stdout)));
+            Ok(status.ok().filter(|status| status.state == "IDLE"))
+        })?;
+        ensure!(!status.service, "{status:?}");
         ensure!(
             setup::user_credential_present(&self.prefix)?,
             "no Credential Manager entry CMSAgent/ipc/user for the per-user agent"
@@ -758,7 +781,7 @@ impl Scenario<'_> {
 
     /// `cms_agent.exe --status`, which must find a running agent.
     fn status(&self) -> Result<Status> {
-        let out = checked(self.prefix.command(AGENT_EXE).arg("--status"))?;
+        let out = run_windows(self.prefix.command(AGENT_EXE).arg("--status"))?;
         parse_status(&String::from_utf8_lossy(&out.stdout))
     }
 
@@ -782,7 +805,7 @@ impl Scenario<'_> {
 
     /// `sc query CMSAgent`.
     fn service_state(&self) -> Result<ServiceState> {
-        let out = checked(self.prefix.command("sc").args(["query", SERVICE]))?;
+        let out = run_windows(self.prefix.command("sc").args(["query", SERVICE]))?;
         parse_sc_query(&String::from_utf8_lossy(&out.stdout))
     }
 
@@ -801,7 +824,7 @@ impl Scenario<'_> {
     }
 
     fn expect_exe_version(&self, version: &str) -> Result<()> {
-        let out = checked(self.prefix.command(AGENT_EXE).arg("--version"))?;
+        let out = run_windows(self.prefix.command(AGENT_EXE).arg("--version"))?;
         let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         ensure!(
             said == format!("cms_agent {version}"),
@@ -945,21 +968,6 @@ fn none_left(left: &[impl std::fmt::Debug]) -> Result<Option<()>> {
     }
 }
 
-/// Runs a short-lived Windows program; a non-zero exit is an error carrying its output.
-fn checked(cmd: &mut Command) -> Result<Output> {
-    let out = output_timeout(cmd, COMMAND_TIMEOUT)?;
-    if !out.status.success() {
-        bail!(
-            "{} failed with {}: {}{}",
-            util::describe(cmd),
-            out.status,
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(out)
-}
-
 /// Adds to `found` every file under `dir` whose name satisfies `wanted` (symlinks are not
 /// followed: a Wine prefix links into the user's home).
 fn find_files(dir: &Path, found: &mut Vec<PathBuf>, wanted: &dyn Fn(&str) -> bool) {
@@ -1058,10 +1066,6 @@ fn pe_subsystem(path: &Path) -> Result<u16> {
 /// SIGKILL to a Linux process (a Wine program): no cleanup, no stop control.
 fn kill9(pid: u32) -> Result<()> {
     run_checked(Command::new("kill").args(["-KILL", &pid.to_string()]))
-}
-
-fn ok(text: &str) {
-    println!("    ok: {text}");
 }
 
 #[cfg(test)]

@@ -2,16 +2,25 @@
 //!
 //! One `rustls` client configuration serves every connection to the backend (HTTP calls, the
 //! package download, the TUF metadata and the WebSocket): the operating system's trust store
-//! (the Windows certificate store, or the system roots on Linux, through the platform verifier)
-//! plus the PEM certificates of a private PKI given with `--ca-cert`. This module never turns
-//! verification off and never decides what to do about a failure: it builds the configuration
-//! and names a refused certificate's problem in words an operator can act on.
+//! (the Windows certificate store, or the system roots on Linux, through the platform verifier),
+//! and, when it refuses a server, the PEM certificates of a private PKI given with `--ca-cert`,
+//! checked by rustls' own WebPKI verifier (chain, validity, name; no revocation lookups, as a
+//! private PKI's CRLs are rarely reachable). The private roots are kept out of the Windows
+//! certificate engine on purpose: its extra-root engine needs a Windows 8 structure that Wine
+//! refuses ("Invalid parameter"), and the PKI needs nothing from the OS. A certificate the
+//! system found revoked is never given a second chance. This module never turns verification
+//! off and never decides what to do about a failure: it builds the configuration and names a
+//! refused certificate's problem in words an operator can act on.
 
 use std::sync::Arc;
 
-use rustls::pki_types::CertificateDer;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::{CertificateError, ClientConfig};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use rustls_platform_verifier::Verifier;
 
 /// Why the trust configuration cannot be built.
@@ -23,6 +32,9 @@ pub enum TlsSetupError {
     /// A PEM block is damaged.
     #[error("the CA file is not valid PEM: {0}")]
     BadPem(String),
+    /// A certificate of the CA file cannot be a trust anchor.
+    #[error("the CA file holds a certificate that cannot be a CA: {0}")]
+    BadCa(String),
     /// The OS trust store or the verifier could not be set up.
     #[error("cannot set up certificate verification: {0}")]
     Verifier(String),
@@ -39,28 +51,107 @@ pub fn parse_ca_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsSetupE
     Ok(certs)
 }
 
-/// The client configuration for the backend: the OS trust store plus `extra_ca_pem`.
+/// The client configuration for the backend: the OS trust store, then `extra_ca_pem`.
 pub fn client_config(extra_ca_pem: Option<&str>) -> Result<ClientConfig, TlsSetupError> {
-    let extra = match extra_ca_pem {
-        Some(pem) => parse_ca_pem(pem)?,
-        None => Vec::new(),
-    };
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    // Without extra roots, the plain platform verifier: Wine's certificate engine refuses an
-    // empty extra store ("Invalid parameter"), and there is nothing to add anyway.
-    let verifier = if extra.is_empty() {
-        Verifier::new(provider.clone())
-    } else {
-        Verifier::new_with_extra_roots(extra, provider.clone())
-    }
-    .map_err(|e| TlsSetupError::Verifier(e.to_string()))?;
+    let system =
+        Verifier::new(provider.clone()).map_err(|e| TlsSetupError::Verifier(e.to_string()))?;
+    let verifier: Arc<dyn ServerCertVerifier> = match extra_ca_pem {
+        Some(pem) => {
+            let mut roots = RootCertStore::empty();
+            for cert in parse_ca_pem(pem)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| TlsSetupError::BadCa(e.to_string()))?;
+            }
+            let private =
+                WebPkiServerVerifier::builder_with_provider(roots.into(), provider.clone())
+                    .build()
+                    .map_err(|e| TlsSetupError::Verifier(e.to_string()))?;
+            Arc::new(SystemThenPrivateCa { system, private })
+        }
+        None => Arc::new(system),
+    };
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsSetupError::Verifier(e.to_string()))?
-        .dangerous() // a custom verifier, not "no verification": the platform verifier checks everything
-        .with_custom_certificate_verifier(Arc::new(verifier))
+        .dangerous() // a custom verifier, not "no verification": both verifiers check everything
+        .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     Ok(config)
+}
+
+/// The system's verifier first; when it refuses (for any reason but revocation), the private
+/// CA's. Handshake signatures are checked by the system's verifier either way.
+#[derive(Debug)]
+struct SystemThenPrivateCa {
+    system: Verifier,
+    private: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for SystemThenPrivateCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let by_system = self.system.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        );
+        let refused = match by_system {
+            Ok(verified) => return Ok(verified),
+            Err(refused) if is_revoked(&refused) => return Err(refused),
+            Err(refused) => refused,
+        };
+        self.private
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            .map_err(|by_private| refusal(refused, by_private))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.system.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.system.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.system.supported_verify_schemes()
+    }
+}
+
+fn is_revoked(error: &rustls::Error) -> bool {
+    matches!(
+        error,
+        rustls::Error::InvalidCertificate(CertificateError::Revoked)
+    )
+}
+
+/// The error to report when both verifiers refused: the private CA's, unless the certificate
+/// does not chain to it at all (then what the system said).
+fn refusal(by_system: rustls::Error, by_private: rustls::Error) -> rustls::Error {
+    match by_private {
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => by_system,
+        other => other,
+    }
 }
 
 /// What was wrong with a certificate the agent refused, in an operator's words; `None` when
@@ -112,6 +203,34 @@ mod tests {
             parse_ca_pem("-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n"),
             Err(TlsSetupError::BadPem(_))
         ));
+    }
+
+    #[test]
+    fn the_private_cas_verdict_wins_unless_the_certificate_is_not_its_own() {
+        let invalid = |e| rustls::Error::InvalidCertificate(e);
+        let system = || invalid(CertificateError::UnknownIssuer);
+        assert_eq!(
+            refusal(system(), invalid(CertificateError::Expired)),
+            invalid(CertificateError::Expired)
+        );
+        assert_eq!(
+            refusal(
+                invalid(CertificateError::NotValidForName),
+                invalid(CertificateError::UnknownIssuer)
+            ),
+            invalid(CertificateError::NotValidForName)
+        );
+        assert!(is_revoked(&invalid(CertificateError::Revoked)));
+        assert!(!is_revoked(&system()));
+    }
+
+    #[test]
+    fn a_ca_file_is_turned_into_a_configuration_or_refused() {
+        assert!(client_config(None).is_ok());
+        assert_eq!(
+            client_config(Some("no pem here")).err(),
+            Some(TlsSetupError::NoCertificate)
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! |---|---|
 //! | `grow N` | adds agents until N exist: `{"agents", "connected", "failed", "ramp_secs", "first_error"}` |
 //! | `measure SECS` | heartbeat latencies of the next SECS seconds: `{"secs", "connected", "latencies_us": [...], "heartbeat_errors", "ws_drops"}` |
+//! | `status` | at once: `{"agents", "connected", "ws_drops", "last_connected_unix_us"}` (drops since the start; when the last WebSocket came up) |
 //! | `await-push VERSION SECS` | waits up to SECS for every connected agent to be pushed `agent:update_required` for VERSION: `{"expected", "received", "first_unix_us", "last_unix_us"}` |
 //! | `quit` (or end of input) | closes every connection and exits |
 //!
@@ -69,6 +70,8 @@ pub struct Settings {
     pub platform: String,
     /// Agents set up at once while growing.
     pub concurrency: usize,
+    /// Number of the first agent of this process (see [`Shared::source_ip`]).
+    pub first_agent: usize,
 }
 
 /// What every agent task shares.
@@ -80,8 +83,9 @@ struct Shared {
 }
 
 impl Shared {
-    /// The local address agent `index` connects from: IPv4 loopback servers are reached from
-    /// 127.0.0.1, 127.0.0.2, ... so that large fleets do not run out of ephemeral ports.
+    /// The local address agent `index` (counted from 0 across every process of the fleet)
+    /// connects from: IPv4 loopback servers are reached from 127.0.0.1, 127.0.0.2, ... so that
+    /// large fleets do not run out of ephemeral ports.
     fn source_ip(&self, index: usize) -> Option<IpAddr> {
         if !self.settings.server.is_ipv4() {
             return None;
@@ -127,6 +131,15 @@ struct Grown {
     first_error: Option<String>,
 }
 
+/// Answer to `status`.
+#[derive(Debug, Serialize)]
+struct Status {
+    agents: usize,
+    connected: usize,
+    ws_drops: u64,
+    last_connected_unix_us: Option<u64>,
+}
+
 impl Fleet {
     async fn serve_commands(mut self) -> Result<()> {
         let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -146,6 +159,7 @@ impl Fleet {
                     Ok(secs) if secs > 0.0 => to_json(&self.await_push(version, secs).await),
                     _ => error_json(&format!("await-push needs seconds, not {secs:?}")),
                 },
+                ["status"] => to_json(&self.status()),
                 ["quit"] => break,
                 [] => continue,
                 _ => error_json(&format!("unknown command {line:?}")),
@@ -166,7 +180,8 @@ impl Fleet {
         let mut pending = Vec::new();
         while self.agents < target {
             let (ready, setup) = oneshot::channel();
-            let task = agent::SimulatedAgent::new(self.shared.clone(), self.agents);
+            let index = self.shared.settings.first_agent + self.agents;
+            let task = agent::SimulatedAgent::new(self.shared.clone(), index);
             self.tasks.spawn(task.run(ready, self.stop.child_token()));
             pending.push(setup);
             self.agents += 1;
@@ -187,6 +202,16 @@ impl Fleet {
             failed: self.failed,
             ramp_secs: started.elapsed().as_secs_f64(),
             first_error,
+        }
+    }
+
+    fn status(&self) -> Status {
+        let recorder = &self.shared.recorder;
+        Status {
+            agents: self.agents,
+            connected: recorder.connected(),
+            ws_drops: recorder.total_ws_drops(),
+            last_connected_unix_us: recorder.last_connected_unix_us(),
         }
     }
 
@@ -244,6 +269,7 @@ mod tests {
                 agent_version: "1.0.0".into(),
                 platform: "linux-x86_64".into(),
                 concurrency: 1,
+                first_agent: 0,
             },
             recorder: Recorder::default(),
             setup_slots: Semaphore::new(1),

@@ -17,7 +17,10 @@ pub struct Recorder {
     latencies_us: Mutex<Vec<u64>>,
     heartbeat_errors: AtomicU64,
     ws_drops: AtomicU64,
+    total_ws_drops: AtomicU64,
     connected: AtomicUsize,
+    /// When a WebSocket last came up (microseconds since the Unix epoch; 0: never).
+    last_connected_us: AtomicU64,
     pushes: Mutex<HashMap<String, PushSpread>>,
 }
 
@@ -81,6 +84,8 @@ impl Recorder {
     /// A WebSocket came up.
     pub fn ws_up(&self) {
         self.connected.fetch_add(1, Ordering::Relaxed);
+        let now = unix_micros(SystemTime::now());
+        self.last_connected_us.fetch_max(now, Ordering::Relaxed);
     }
 
     /// A WebSocket went down; `dropped` when the server or the network ended it (not `quit`).
@@ -88,7 +93,18 @@ impl Recorder {
         self.connected.fetch_sub(1, Ordering::Relaxed);
         if dropped {
             self.ws_drops.fetch_add(1, Ordering::Relaxed);
+            self.total_ws_drops.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// WebSockets the server or the network ended since the fleet started (windows aside).
+    pub fn total_ws_drops(&self) -> u64 {
+        self.total_ws_drops.load(Ordering::Relaxed)
+    }
+
+    /// When a WebSocket last came up, if one ever did.
+    pub fn last_connected_unix_us(&self) -> Option<u64> {
+        Some(self.last_connected_us.load(Ordering::Relaxed)).filter(|us| *us > 0)
     }
 
     /// Agents holding a WebSocket now.
@@ -138,6 +154,21 @@ mod tests {
         assert_eq!(window.heartbeat_errors, 1);
         recorder.heartbeat_ok(Duration::from_millis(5));
         assert!(recorder.end_window(1.0).latencies_us.is_empty());
+    }
+
+    #[test]
+    fn drops_are_counted_across_windows_and_the_last_connection_is_kept() {
+        let recorder = Recorder::default();
+        assert_eq!(recorder.last_connected_unix_us(), None);
+        recorder.ws_up();
+        recorder.ws_up();
+        recorder.ws_down(true);
+        recorder.start_window();
+        recorder.ws_down(false);
+        assert_eq!(recorder.connected(), 0);
+        assert_eq!(recorder.total_ws_drops(), 1);
+        assert_eq!(recorder.end_window(1.0).ws_drops, 0);
+        assert!(recorder.last_connected_unix_us().is_some());
     }
 
     #[test]

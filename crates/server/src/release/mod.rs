@@ -175,21 +175,26 @@ pub async fn publish(request: PublishRequest) -> Result<Published, PublishError>
         publish_with(&db, &request, &version),
     )
     .await;
-    let outcome = match &result {
+    let target = format!("{} {}", request.version.trim(), request.platform);
+    audit_result(&db, &request.actor, "release.publish", &target, &result).await;
+    db.close().await;
+    result
+}
+
+/// Writes the audit entry of a command's `action` on `target`: ok when it succeeded, refused
+/// otherwise.
+async fn audit_result<T>(
+    db: &Db,
+    actor: &Actor,
+    action: &str,
+    target: &str,
+    result: &Result<T, PublishError>,
+) {
+    let outcome = match result {
         Ok(_) => Outcome::Ok,
         Err(_) => Outcome::Refused,
     };
-    let target = format!("{} {}", request.version.trim(), request.platform);
-    access::audit(
-        &db,
-        &request.actor,
-        "release.publish",
-        Some(&target),
-        outcome,
-    )
-    .await;
-    db.close().await;
-    result
+    access::audit(db, actor, action, Some(target), outcome).await;
 }
 
 /// On PostgreSQL, every replica hears `event` when (and only if) `pending` commits; a running
@@ -235,22 +240,11 @@ pub async fn set_rollout(request: RolloutRequest) -> Result<(), PublishError> {
         .await
         .map_err(PublishError::Database)?;
     let result = change_rollout(&db, &version, &request).await;
-    let outcome = match &result {
-        Ok(()) => Outcome::Ok,
-        Err(_) => Outcome::Refused,
-    };
     let target = format!(
         "{version} {} {}%",
         request.platform, request.rollout_percent
     );
-    access::audit(
-        &db,
-        &request.actor,
-        "release.rollout",
-        Some(&target),
-        outcome,
-    )
-    .await;
+    audit_result(&db, &request.actor, "release.rollout", &target, &result).await;
     db.close().await;
     result
 }
