@@ -19,13 +19,13 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use cms_protocol::OperatorRole;
 use cms_server::access::{self, Actor};
-use cms_server::dashboard::rollouts::{self, RolloutAction, RolloutError};
+use cms_server::dashboard::rollouts::{self, RolloutAction, RolloutError, RolloutStatus};
 use cms_server::db::Db;
 use cms_server::net::Timeouts;
 use cms_server::ratelimit::Rate;
 use cms_server::release::tuf::DEFAULT_TIMESTAMP_LIFETIME;
 use cms_server::release::tuf_root::{RootKeyDir, Rotation};
-use cms_server::release::{self, PLATFORMS, PublishRequest, RolloutRequest};
+use cms_server::release::{self, PLATFORMS, PublishRequest};
 use cms_server::retention::{self, RetentionPolicy};
 use cms_server::tls::TlsFiles;
 use cms_server::{ConnectionSettings, Listening, ServeConfig};
@@ -422,23 +422,24 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn rollout(args: RolloutArgs) -> anyhow::Result<ExitCode> {
-    let request = RolloutRequest {
-        data_dir: args.release.store.data_dir,
-        database_url: args.release.store.database_url,
-        version: args.release.version,
-        platform: args.release.platform,
-        rollout_percent: args.percent,
-        actor: command_actor(),
+    let release = args.release;
+    let db = open_store(&release.store).await?;
+    let action = RolloutAction::Set {
+        percent: Some(i64::from(args.percent)),
+        halt_percent: None,
+        halt_min_attempts: None,
     };
-    let summary = format!(
-        "rollout of {} for {} set to {}%",
-        request.version, request.platform, request.rollout_percent
-    );
-    let result = release::set_rollout(request).await;
-    exit_code(
-        result.map(|()| print_line(&summary)),
-        "release rollout failed",
-    )
+    let (version, platform) = (release.version.as_str(), release.platform.as_str());
+    let result = rollouts::apply(&db, &command_actor(), version, platform, action).await;
+    db.close().await;
+    let summary = |status: RolloutStatus| {
+        let rollout = status.rollout;
+        print_line(&format!(
+            "rollout of {} for {} set to {}%",
+            rollout.version, rollout.platform, rollout.rollout_percent
+        ));
+    };
+    exit_code(result.map(summary), "release rollout failed")
 }
 
 async fn open_store(store: &StoreArgs) -> anyhow::Result<Db> {

@@ -322,6 +322,26 @@ async fn two_replicas_on_postgres_are_one_backend() {
         })
         .await;
     }
+    // And a rollout widened through one replica's operator API (the dashboard's action).
+    let (code, _, stderr) =
+        publish(&store_dir, &store, "101.0.0", &files, &["--rollout", "0"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let widened = a
+        .operator(
+            reqwest::Method::POST,
+            "/api/v1/rollouts/linux-x86_64/101.0.0",
+        )
+        .json(&serde_json::json!({"action": "set", "percent": 100}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(widened.status(), 200);
+    for agent in [&agent_a, &agent_b] {
+        wait_until("the rollout widened through the API", 30, || async {
+            triggered(agent, "push", "to=101.0.0").then_some(())
+        })
+        .await;
+    }
     for id in [&id_a, &id_b] {
         wait_until("the short-disk failure to be reported", 30, || async {
             let errors = a.errors().await;

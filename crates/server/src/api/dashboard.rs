@@ -296,9 +296,10 @@ pub async fn rollouts(
     Ok(Json(listed).into_response())
 }
 
-/// `POST /api/v1/rollouts/{platform}/{version}` (operator role): set, pause or resume. The
-/// release watcher pushes a widened rollout to the agents it now includes (it notices the
-/// changed rollout sum); heartbeat answers and update checks follow the change at once.
+/// `POST /api/v1/rollouts/{platform}/{version}` (operator role): set, pause or resume. Every
+/// replica's release watcher pushes a widened rollout to the agents it now includes (told by
+/// the event bus on PostgreSQL, by polling on SQLite); heartbeat answers and update checks
+/// follow the change at once.
 pub async fn rollout_action(
     State(state): State<AppState>,
     operator: Operator,

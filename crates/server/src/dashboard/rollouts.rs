@@ -1,9 +1,11 @@
 //! Rollout control: set a release's percentage and halt rule, pause, resume, read the funnel,
 //! and the automatic halt.
 //!
-//! The API (`POST /api/v1/rollouts/...`) and the command line (`cms-server rollout ...`) both
-//! call [`apply`], which validates, changes the release row and writes an audit entry, even
-//! for a refused change. [`check_halt`] runs after the server stored a failure or a rollback
+//! The API (`POST /api/v1/rollouts/...`) and the command line (`cms-server rollout ...` and
+//! `cms-server release rollout`) all call [`apply`], which validates, changes the release row,
+//! tells every replica (their release watchers push the release to the agents it now
+//! includes; on SQLite the one server's watcher finds it by polling) and writes an audit
+//! entry, even for a refused change. [`check_halt`] runs after the server stored a failure or a rollback
 //! for a release, and after its halt rule changed: once failures and rollbacks pass the
 //! release's [`HaltRule`](super::funnel::HaltRule), the rollout pauses itself with an audit
 //! entry by `server:halt`. A paused release is offered to no agent
@@ -16,6 +18,7 @@ use super::funnel::Funnel;
 use crate::access::{self, Actor, Outcome};
 use crate::clock;
 use crate::db::{Db, DbError, RolloutChange, RolloutRow};
+use crate::events::{ClusterEvent, EventBus};
 use crate::rollout;
 
 /// Releases the rollout listing shows at most.
@@ -175,10 +178,21 @@ async fn apply_unaudited(
             platform: platform.to_owned(),
         });
     }
+    tell_replicas(db, &version, platform).await?;
     if change.halt_percent.is_some() || change.halt_min_attempts.is_some() {
         check_halt(db, &version, platform).await?;
     }
     status(db, &version, platform).await
+}
+
+/// Wakes every replica's release watcher (PostgreSQL only: SQLite's one server polls).
+async fn tell_replicas(db: &Db, version: &str, platform: &str) -> Result<(), DbError> {
+    let event = ClusterEvent::RolloutChanged {
+        version: version.to_owned(),
+        platform: platform.to_owned(),
+    };
+    EventBus::new(db).await?.publish(&event).await?;
+    Ok(())
 }
 
 /// One release's rollout and funnel.

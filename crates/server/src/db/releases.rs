@@ -200,27 +200,6 @@ impl Db {
         Ok(PendingRelease { tx })
     }
 
-    /// Changes a release's rollout inside a transaction the caller commits; `None` when no
-    /// such release is published.
-    pub async fn begin_rollout(
-        &self,
-        version: &str,
-        platform: &str,
-        rollout_percent: i64,
-    ) -> Result<Option<PendingRelease>, DbError> {
-        let mut tx = self.pool.begin().await?;
-        let changed = sqlx::query(
-            "UPDATE releases SET rollout_percent = $1 WHERE version = $2 AND platform = $3",
-        )
-        .bind(rollout_percent)
-        .bind(version)
-        .bind(platform)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        Ok((changed > 0).then_some(PendingRelease { tx }))
-    }
-
     /// The package of one release, if it was published.
     pub async fn release_package(
         &self,

@@ -105,14 +105,6 @@ pub enum PublishError {
         /// Extra detail (an existing version of the same precedence).
         note: String,
     },
-    /// `release rollout` named a release that is not published.
-    #[error("no release {version} is published for {platform}")]
-    UnknownRelease {
-        /// Requested version.
-        version: String,
-        /// Requested platform.
-        platform: String,
-    },
     /// The database failed.
     #[error(transparent)]
     Database(DbError),
@@ -152,7 +144,6 @@ impl PublishError {
                 | PublishError::InvalidRollout(_)
                 | PublishError::BadInput { .. }
                 | PublishError::AlreadyPublished { .. }
-                | PublishError::UnknownRelease { .. }
         ) || matches!(self, PublishError::Signing(error) if error.is_refusal())
     }
 }
@@ -207,73 +198,6 @@ async fn tell_replicas_at_commit(
     if let Some(channel) = EventBus::new(db).await?.channel() {
         pending.notify_on_commit(channel, &event.payload()).await?;
     }
-    Ok(())
-}
-
-/// What `release rollout` changes.
-#[derive(Debug, Clone)]
-pub struct RolloutRequest {
-    /// Server data directory (SQLite lives here by default).
-    pub data_dir: PathBuf,
-    /// `postgres://...` URL; `None` means SQLite in `data_dir`.
-    pub database_url: Option<String>,
-    /// The published version.
-    pub version: String,
-    /// Its platform.
-    pub platform: String,
-    /// The new share of the fleet (0..=100).
-    pub rollout_percent: u8,
-    /// Who changes it, for the audit log.
-    pub actor: Actor,
-}
-
-/// Sets a published release's rollout; running servers push it to the agents it now
-/// includes (on PostgreSQL at once, through the replicas' events).
-pub async fn set_rollout(request: RolloutRequest) -> Result<(), PublishError> {
-    if request.rollout_percent > 100 {
-        return Err(PublishError::InvalidRollout(request.rollout_percent));
-    }
-    let version = rollout::parse_version(&request.version)
-        .ok_or_else(|| PublishError::InvalidVersion(request.version.clone()))?
-        .to_string();
-    let db = Db::open_for_command(&request.data_dir, request.database_url.as_deref())
-        .await
-        .map_err(PublishError::Database)?;
-    let result = change_rollout(&db, &version, &request).await;
-    let target = format!(
-        "{version} {} {}%",
-        request.platform, request.rollout_percent
-    );
-    audit_result(&db, &request.actor, "release.rollout", &target, &result).await;
-    db.close().await;
-    result
-}
-
-async fn change_rollout(
-    db: &Db,
-    version: &str,
-    request: &RolloutRequest,
-) -> Result<(), PublishError> {
-    let platform = request.platform.as_str();
-    let percent = i64::from(request.rollout_percent);
-    let Some(mut pending) = db.begin_rollout(version, platform, percent).await? else {
-        return Err(PublishError::UnknownRelease {
-            version: version.to_owned(),
-            platform: platform.to_owned(),
-        });
-    };
-    let event = ClusterEvent::RolloutChanged {
-        version: version.to_owned(),
-        platform: platform.to_owned(),
-    };
-    tell_replicas_at_commit(db, &mut pending, &event).await?;
-    pending.commit().await?;
-    tracing::info!(
-        version,
-        platform,
-        rollout_percent = percent,
-        "rollout changed"
-    );
     Ok(())
 }
 
