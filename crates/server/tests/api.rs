@@ -358,6 +358,27 @@ async fn agents_without_contact_go_offline() {
         online(&connected.agent_id),
         "a live WebSocket counts as online"
     );
+    // The dashboard's cards and list say the same.
+    let fleet: serde_json::Value = server.operator_json("/api/v1/fleet").await;
+    assert_eq!(
+        (&fleet["online"], &fleet["offline"]),
+        (&json!(1), &json!(1))
+    );
+    let page: serde_json::Value = server
+        .operator_json("/api/v1/fleet/agents?sort=hostname")
+        .await;
+    let listed: Vec<(&str, bool)> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["hostname"].as_str().unwrap(),
+                a["online"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(listed, [("connected", true), ("quiet", false)]);
     assert_eq!(
         agents
             .iter()

@@ -79,10 +79,15 @@ pub fn wait_registered(server: &RunningServer) -> Result<String> {
 
 /// Registers an identity the way an agent does and returns its bearer token.
 pub fn register(server: &RunningServer, hostname: &str) -> Result<String> {
+    register_as(server, hostname, "0.0.1")
+}
+
+/// Registers an identity of agent `version` the way an agent does; returns its bearer token.
+pub fn register_as(server: &RunningServer, hostname: &str, version: &str) -> Result<String> {
     let request = cms_protocol::RegisterRequest {
         hostname: hostname.into(),
         platform: "linux-x86_64".into(),
-        version: "0.0.1".into(),
+        version: version.into(),
         enrollment_token: None,
     };
     let url = format!("{}{}", server.url(), cms_protocol::paths::REGISTER);

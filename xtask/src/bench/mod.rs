@@ -6,10 +6,11 @@
 //! version), [`download`] (agent downloader against curl), [`tls`] (heartbeat latency and
 //! download throughput over HTTPS against plain HTTP), [`scale`] (a simulated fleet against one
 //! server), [`replicas`] (three replicas on PostgreSQL behind haproxy, the fleet over several
-//! load generators, a replica killed), [`sizes`]. The result is written as `docs/BENCHMARKS.md`
-//! (a table with the machine and date) and `docs/benchmarks.json`. `--replicas-only
-//! [--replica-max-agents M]` runs the replica step alone (building only the server and the load
-//! generator) and replaces its section in those pages.
+//! load generators, a replica killed), [`fleet_page`] (the dashboard's agent list at 50,000
+//! agents), [`sizes`]. The result is written as `docs/BENCHMARKS.md` (a table with the machine
+//! and date) and `docs/benchmarks.json`. `--replicas-only [--replica-max-agents M]` and
+//! `--fleet-page-only [--fleet-page-agents N]` run one of those steps alone (building only the
+//! server and the load generator) and replace its section in those pages ([`splice`]).
 //!
 //! Timings are noisy on shared machines, so everything is repeated and reported as median and
 //! spread. `--quick` is a smoke test of the bench itself (debug builds, short windows, small N)
@@ -20,6 +21,7 @@ mod agent;
 mod binaries;
 mod download;
 mod fixture;
+mod fleet_page;
 mod haproxy;
 mod machine;
 mod plan;
@@ -30,6 +32,7 @@ mod replicas;
 mod report;
 mod scale;
 mod sizes;
+mod splice;
 mod stats;
 mod swarm;
 mod tls;
@@ -68,12 +71,20 @@ pub fn run(args: &[String]) -> Result<()> {
         flags::take_value(&mut args, &["--replica-max-agents"])?,
         if quick { 100 } else { 50_000 },
     )?;
+    let fleet_page_only = flags::take_switch(&mut args, "--fleet-page-only");
+    let fleet_page_agents = number(
+        flags::take_value(&mut args, &["--fleet-page-agents"])?,
+        if quick { 500 } else { 50_000 },
+    )?;
     flags::reject_rest("bench", &args)?;
     if max < agents {
         bail!("--max-agents ({max}) is below --agents ({agents})");
     }
     if replicas_only {
         return replicas_alone(quick, replica_max);
+    }
+    if fleet_page_only {
+        return fleet_page_alone(quick, fleet_page_agents);
     }
     require_curl()?;
     let budget = Budget::starting_now(if quick { QUICK_BUDGET } else { FULL_BUDGET });
@@ -92,7 +103,7 @@ pub fn run(args: &[String]) -> Result<()> {
         .join(if quick { "quick" } else { "full" });
     util::remove_dir_if_exists(&work)?;
     std::fs::create_dir_all(&work)?;
-    let sizes = [agents, max, replica_max];
+    let sizes = [agents, max, replica_max, fleet_page_agents];
     let plan = if quick {
         plan::quick(bins, work, sizes, budget)
     } else {
@@ -145,6 +156,12 @@ fn measure(plan: &Plan, open_files: u64, phases: &mut report::Phases) -> Result<
             &work,
         ))
     })?;
+    let fleet_page = phases.time("fleet page", || {
+        step("fleet page: the dashboard's agent list, searched, sorted and paged");
+        let samples = plan.repeats * 3;
+        let work = plan.work.join("fleet-page");
+        fleet_page::measure(&plan.bins.server, &work, plan.fleet_page_agents, samples)
+    })?;
     let sizes = phases.time("sizes", || {
         step("sizes");
         if plan.bins.profile == "release" {
@@ -160,6 +177,7 @@ fn measure(plan: &Plan, open_files: u64, phases: &mut report::Phases) -> Result<
         tls,
         scale,
         replicas,
+        fleet_page,
         sizes,
     })
 }
@@ -190,6 +208,31 @@ fn replicas_alone(quick: bool, replica_max: usize) -> Result<()> {
         tools.profile
     );
     replica_report::splice(&out, &results, &machine, &mode)
+}
+
+/// `--fleet-page-only`: the dashboard's agent list alone, spliced into the pages of an
+/// earlier run.
+fn fleet_page_alone(quick: bool, agents: usize) -> Result<()> {
+    let machine = machine::describe();
+    let tools = binaries::fleet_tools(!quick)?;
+    let mode = if quick { "quick" } else { "full" };
+    let work = util::target_dir()
+        .join("bench")
+        .join(format!("{mode}-fleet-page"));
+    util::remove_dir_if_exists(&work)?;
+    step("fleet page: the dashboard's agent list, searched, sorted and paged");
+    let samples = if quick { 6 } else { 21 };
+    let results = fleet_page::measure(&tools.server, &work, agents, samples)?;
+    let out = if quick {
+        work
+    } else {
+        util::project_root().join("docs")
+    };
+    let mode = format!(
+        "{mode} run of the fleet page step alone, {} builds",
+        tools.profile
+    );
+    fleet_page::splice(&out, &results, &machine, &mode)
 }
 
 /// Open files the server (and the swarm) need for `agents`: one connection each, plus slack.

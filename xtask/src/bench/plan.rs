@@ -29,6 +29,8 @@ pub struct Plan {
     pub scale: ScalePlan,
     /// The replica step.
     pub replicas: ReplicaPlan,
+    /// Agents the server holds while the dashboard's agent list is timed.
+    pub fleet_page_agents: usize,
     /// Time left for the run.
     pub budget: Budget,
 }
@@ -191,11 +193,11 @@ impl Budget {
 }
 
 /// A full run: 7 repeats, a minute idle, a fleet from `first` agents up by 5000 to `max`, the
-/// replica step up to `replica_max`.
+/// replica step up to `replica_max`, the dashboard's agent list at `fleet_page_agents`.
 pub fn full(
     bins: Binaries,
     work: PathBuf,
-    [first, max, replica_max]: [usize; 3],
+    [first, max, replica_max, fleet_page_agents]: [usize; 4],
     budget: Budget,
 ) -> Plan {
     let replicas = ReplicaPlan::full(replica_max);
@@ -216,6 +218,7 @@ pub fn full(
             window: Duration::from_secs(30),
         },
         replicas,
+        fleet_page_agents,
         budget,
     }
 }
@@ -224,7 +227,7 @@ pub fn full(
 pub fn quick(
     bins: Binaries,
     work: PathBuf,
-    [first, max, replica_max]: [usize; 3],
+    [first, max, replica_max, fleet_page_agents]: [usize; 4],
     budget: Budget,
 ) -> Plan {
     let replicas = ReplicaPlan::quick(replica_max);
@@ -245,6 +248,7 @@ pub fn quick(
             window: Duration::from_secs(3),
         },
         replicas,
+        fleet_page_agents,
         budget,
     }
 }

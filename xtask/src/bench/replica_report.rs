@@ -7,10 +7,11 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::machine::Machine;
 use super::replicas::{P99_GOAL_MS, ReplicaResults, ReplicaRun, ReplicaStep};
+use super::splice::Section;
 
 /// Where the section starts and ends in `BENCHMARKS.md`.
 const BEGIN: &str = "<!-- replica step: begin -->";
@@ -178,72 +179,21 @@ fn optional_secs(ms: Option<f64>) -> String {
     ms.map_or_else(|| "not all".into(), |ms| format!("{:.2} s", ms / 1000.0))
 }
 
-/// Replaces the section in `dir/BENCHMARKS.md` (appending it when the page has none) and the
-/// `results.replicas` entry of `dir/benchmarks.json`, leaving everything else as it was.
+/// Replaces the section in `dir/BENCHMARKS.md` and the `results.replicas` entry of
+/// `dir/benchmarks.json`, leaving everything else as it was.
 pub fn splice(dir: &Path, results: &ReplicaResults, machine: &Machine, mode: &str) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let md_path = dir.join("BENCHMARKS.md");
-    let page = std::fs::read_to_string(&md_path).unwrap_or_default();
-    std::fs::write(
-        &md_path,
-        replace_section(&page, &section(results, machine, mode)),
-    )
-    .with_context(|| format!("cannot write {}", md_path.display()))?;
-    let json_path = dir.join("benchmarks.json");
-    let mut json: serde_json::Value = match std::fs::read_to_string(&json_path) {
-        Ok(text) => serde_json::from_str(&text)
-            .with_context(|| format!("{} is not JSON", json_path.display()))?,
-        Err(_) => serde_json::json!({}),
+    let page = Section {
+        begin: BEGIN,
+        end: END,
+        json_key: "replicas",
     };
     let entry = serde_json::json!({ "machine": machine, "mode": mode, "results": results });
-    match json.pointer_mut("/results") {
-        Some(existing) if existing.is_object() => existing["replicas"] = entry,
-        _ => json["results"] = serde_json::json!({ "replicas": entry }),
-    }
-    std::fs::write(&json_path, serde_json::to_string_pretty(&json)? + "\n")
-        .with_context(|| format!("cannot write {}", json_path.display()))?;
-    println!(
-        "==> wrote the replica step into {} and {}",
-        md_path.display(),
-        json_path.display()
-    );
-    Ok(())
-}
-
-/// `page` with its marked section replaced by `section` (appended when it has none).
-fn replace_section(page: &str, section: &str) -> String {
-    match (page.find(BEGIN), page.find(END)) {
-        (Some(begin), Some(end)) if begin < end => {
-            let after = &page[end + END.len()..];
-            format!(
-                "{}{section}{}",
-                &page[..begin],
-                after.strip_prefix('\n').unwrap_or(after)
-            )
-        }
-        _ if page.is_empty() => section.to_owned(),
-        _ => format!("{}\n\n{section}", page.trim_end()),
-    }
+    page.splice(dir, &section(results, machine, mode), entry)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_section_is_replaced_in_place_or_appended() {
-        let old = format!("# B\n\n{BEGIN}\nold\n{END}\n## After\n");
-        let new = format!("{BEGIN}\nnew\n{END}\n");
-        assert_eq!(
-            replace_section(&old, &new),
-            format!("# B\n\n{BEGIN}\nnew\n{END}\n## After\n")
-        );
-        assert_eq!(
-            replace_section("# B\n", &new),
-            format!("# B\n\n{BEGIN}\nnew\n{END}\n")
-        );
-        assert_eq!(replace_section("", &new), new);
-    }
 
     #[test]
     fn a_skipped_step_says_why() {

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::agent::{AgentResults, MB};
 use super::download::DownloadResults;
+use super::fleet_page::{self, FleetPageResults};
 use super::machine::Machine;
 use super::replica_report;
 use super::replicas::ReplicaResults;
@@ -64,6 +65,8 @@ pub struct Results {
     pub scale: ScaleResults,
     /// Replicas on PostgreSQL behind haproxy.
     pub replicas: ReplicaResults,
+    /// The dashboard's agent list at fleet scale.
+    pub fleet_page: FleetPageResults,
     /// File sizes (release runs only).
     pub sizes: Vec<PlatformSizes>,
 }
@@ -128,6 +131,12 @@ impl Report {
         scale_table(&mut md, &self.results.scale);
         md.push_str(&replica_report::section(
             &self.results.replicas,
+            &self.machine,
+            &format!("{} run", self.mode),
+        ));
+        md.push('\n');
+        md.push_str(&fleet_page::section(
+            &self.results.fleet_page,
             &self.machine,
             &format!("{} run", self.mode),
         ));

@@ -7,6 +7,7 @@
 //! sorted and paged in the database with a bounded offset. These handlers must never return a
 //! token, a token hash or a session id except in the session cookie.
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -145,7 +146,11 @@ pub async fn fleet(
     };
     let counts = state
         .operator_db()
-        .fleet_counts(&ago(state.offline_after()), &ago(MISSING_AFTER))
+        .fleet_counts(
+            &ago(state.offline_after()),
+            &ago(MISSING_AFTER),
+            &clock::format_utc(now),
+        )
         .await?;
     Ok(Json(counts).into_response())
 }
@@ -216,11 +221,16 @@ pub async fn fleet_agents(
     };
     let _slot = state.listing_slot().await?;
     let (agents, total) = state.operator_db().search_agents(&search).await?;
+    let ids: Vec<&str> = agents.iter().map(|a| a.agent.agent_id.as_str()).collect();
     let now = time::OffsetDateTime::now_utc();
+    let connected = state
+        .operator_db()
+        .connected_among(&ids, &clock::format_utc(now))
+        .await?;
     let items = agents
         .into_iter()
         .map(|agent| FleetRow {
-            online: is_online(&state, &agent, now),
+            online: is_online(&state, &connected, &agent, now),
             agent,
         })
         .collect();
@@ -232,8 +242,17 @@ pub async fn fleet_agents(
     .into_response())
 }
 
-fn is_online(state: &AppState, agent: &FleetAgent, now: time::OffsetDateTime) -> bool {
-    state.hub().is_connected(&agent.agent.agent_id)
+/// Online as `GET /api/v1/agents` says: its WebSocket is held here or by another live replica
+/// (`connected`), or it was seen recently.
+fn is_online(
+    state: &AppState,
+    connected: &HashSet<String>,
+    agent: &FleetAgent,
+    now: time::OffsetDateTime,
+) -> bool {
+    let agent_id = &agent.agent.agent_id;
+    state.hub().is_connected(agent_id)
+        || connected.contains(agent_id)
         || clock::is_within(&agent.agent.last_seen, state.offline_after(), now)
 }
 
@@ -247,6 +266,10 @@ pub async fn agent_page(
     let Some(agent) = db.fleet_agent(&agent_id).await? else {
         return Err(ApiError::NotFound("unknown agent".into()));
     };
+    let now = time::OffsetDateTime::now_utc();
+    let connected = db
+        .connected_among(&[agent_id.as_str()], &clock::format_utc(now))
+        .await?;
     let metrics: Value = agent
         .metrics
         .as_deref()
@@ -257,7 +280,7 @@ pub async fn agent_page(
         .await?;
     let errors: Vec<StoredError> = errors.into_iter().map(|(stored, _)| stored).collect();
     let body = serde_json::json!({
-        "online": is_online(&state, &agent, time::OffsetDateTime::now_utc()),
+        "online": is_online(&state, &connected, &agent, now),
         "metrics": metrics,
         "versions": db.version_history(&agent_id).await?,
         "errors": errors,

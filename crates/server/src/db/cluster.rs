@@ -5,8 +5,10 @@
 //! replica's clock must be kept in sync (NTP) to well within the lease. This module must never
 //! decide what a lease is worth or what an event means: it stores and loads rows.
 
-use sqlx::Any;
+use std::collections::HashSet;
+
 use sqlx::pool::PoolConnection;
+use sqlx::{Any, AssertSqlSafe};
 
 use super::{Backend, Db, DbError, PendingRelease};
 
@@ -172,6 +174,30 @@ impl Db {
         .bind(now)
         .fetch_all(&self.pool)
         .await?;
+        Ok(rows.into_iter().map(|(agent_id,)| agent_id).collect())
+    }
+
+    /// Those of `agent_ids` whose WebSocket a replica with a lease past `now` holds.
+    pub async fn connected_among(
+        &self,
+        agent_ids: &[&str],
+        now: &str,
+    ) -> Result<HashSet<String>, DbError> {
+        if agent_ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let placeholders: Vec<String> = (2..agent_ids.len() + 2).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT c.agent_id FROM agent_connections c \
+             JOIN replicas r ON r.replica_id = c.replica_id \
+             WHERE r.lease_until > $1 AND c.agent_id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query_as::<_, (String,)>(AssertSqlSafe(sql)).bind(now);
+        for agent_id in agent_ids {
+            query = query.bind(*agent_id);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         Ok(rows.into_iter().map(|(agent_id,)| agent_id).collect())
     }
 

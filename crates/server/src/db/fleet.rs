@@ -14,11 +14,11 @@ pub type Tally = Vec<(String, i64)>;
 pub struct FleetCounts {
     /// Agents registered.
     pub total: i64,
-    /// Agents seen since the online cutoff.
+    /// Agents seen since the online cutoff or connected to a live replica.
     pub online: i64,
-    /// Agents seen before the online cutoff but since the missing cutoff.
+    /// The others seen since the missing cutoff.
     pub offline: i64,
-    /// Agents not seen since the missing cutoff.
+    /// Agents neither connected nor seen since the missing cutoff.
     pub missing: i64,
     /// Agents by state.
     pub by_state: Tally,
@@ -151,20 +151,28 @@ fn filter(search: &AgentSearch) -> (String, Vec<String>) {
 }
 
 impl Db {
-    /// The fleet's counts; `online_since` and `missing_before` are stored-format timestamps.
+    /// The fleet's counts: online is seen since `online_since` or connected to a replica whose
+    /// lease runs past `now` (as `GET /api/v1/agents` says), missing is neither and not seen
+    /// since `missing_before` (stored-format timestamps).
     pub async fn fleet_counts(
         &self,
         online_since: &str,
         missing_before: &str,
+        now: &str,
     ) -> Result<FleetCounts, DbError> {
         let (total, online, missing) = sqlx::query_as::<_, (i64, i64, i64)>(
             "SELECT COUNT(*), \
-             CAST(COALESCE(SUM(CASE WHEN last_seen >= $1 THEN 1 ELSE 0 END), 0) AS BIGINT), \
-             CAST(COALESCE(SUM(CASE WHEN last_seen < $2 THEN 1 ELSE 0 END), 0) AS BIGINT) \
-             FROM agents",
+             CAST(COALESCE(SUM(CASE WHEN a.last_seen >= $1 OR k.agent_id IS NOT NULL \
+                 THEN 1 ELSE 0 END), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(CASE WHEN a.last_seen < $2 AND k.agent_id IS NULL \
+                 THEN 1 ELSE 0 END), 0) AS BIGINT) \
+             FROM agents a LEFT JOIN (SELECT DISTINCT c.agent_id FROM agent_connections c \
+                 JOIN replicas r ON r.replica_id = c.replica_id WHERE r.lease_until > $3) k \
+                 ON k.agent_id = a.agent_id",
         )
         .bind(online_since)
         .bind(missing_before)
+        .bind(now)
         .fetch_one(&self.pool)
         .await?;
         Ok(FleetCounts {
