@@ -15,8 +15,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock;
+use crate::dashboard::live::LiveFeed;
 use crate::db::{Db, DbError};
-use crate::events::{ClusterEvent, EventBus};
+use crate::events::{self, ClusterEvent, EventBus};
 
 /// How often a replica renews its lease.
 pub const LEASE_RENEWAL: Duration = Duration::from_secs(5);
@@ -43,17 +44,33 @@ pub struct Cluster {
     db: Db,
     replica_id: Arc<str>,
     bus: EventBus,
+    live: LiveFeed,
 }
 
 impl Cluster {
-    /// A replica with a new id on `db`; [`Cluster::join`] announces it.
+    /// A replica with a new id on `db`; [`Cluster::join`] announces it. With a bus (PostgreSQL)
+    /// its dashboards' live feed is relayed to the other replicas by a task started here, which
+    /// ends with the last copy of the feed.
     pub fn new(db: Db, bus: EventBus) -> Self {
-        let replica_id = uuid::Uuid::new_v4().to_string();
+        let replica_id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
+        let live = if bus.channel().is_some() {
+            let (live, events) = LiveFeed::relayed();
+            tokio::spawn(events::relay_live(bus.clone(), replica_id.clone(), events));
+            live
+        } else {
+            LiveFeed::default()
+        };
         Cluster {
             db,
-            replica_id: replica_id.into(),
+            replica_id,
             bus,
+            live,
         }
+    }
+
+    /// The live feed of the dashboards (relayed to the other replicas when there are any).
+    pub fn live(&self) -> &LiveFeed {
+        &self.live
     }
 
     /// This replica's id.

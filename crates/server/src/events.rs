@@ -5,11 +5,14 @@
 //! schema; every replica listens and hands what arrives to a [`Dispatcher`]: a release
 //! published or a rollout changed wakes the release watcher, which re-reads the releases table
 //! and pushes to the agents this replica holds; a check-update addressed to this replica goes
-//! to the agent's socket. A payload carries ids only: the receiver reads the rows. When the
+//! to the agent's socket; a dashboard's live event ([`crate::dashboard::live`]) goes to the
+//! dashboards open on the other replicas. A payload carries ids (and, for live events, the
+//! names of a state, version or step) only: the receiver reads the rows. When the
 //! listening connection was lost (notifications sent meanwhile are gone), the watcher re-reads
 //! everything once the listener is back; beyond that, the heartbeat answer offers a release to
 //! any agent that missed its push. On SQLite there is one server and no bus: the watcher polls.
-//! This module must never carry anything but ids in a payload, and never block the hub.
+//! This module must never carry anything but ids and names in a payload, and never block the
+//! hub.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,9 +20,10 @@ use std::time::Duration;
 use cms_protocol::{ServerEvent, UpdateRequired};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::dashboard::live::{LiveEvent, LiveFeed};
 use crate::db::{Db, DbError};
 use crate::ws::Hub;
 
@@ -53,6 +57,13 @@ pub enum ClusterEvent {
         agent_id: String,
         /// The replica that holds its WebSocket.
         replica_id: String,
+    },
+    /// Something a dashboard shows changed on the replica `origin`.
+    Live {
+        /// The replica that published it (it has shown it already).
+        origin: String,
+        /// What changed.
+        change: LiveEvent,
     },
 }
 
@@ -121,6 +132,8 @@ pub struct Dispatcher {
     pub hub: Hub,
     /// Wakes the release watcher for a re-read.
     pub releases_changed: Arc<Notify>,
+    /// The dashboards open here.
+    pub live: LiveFeed,
 }
 
 impl Dispatcher {
@@ -143,12 +156,30 @@ impl Dispatcher {
                 }
             }
             ClusterEvent::CheckUpdate { .. } => {}
+            ClusterEvent::Live { origin, change } if *origin != *self.replica_id => {
+                self.live.publish_here(change);
+            }
+            ClusterEvent::Live { .. } => {}
         }
     }
 
     /// After the listener (re)connected: notifications may have been missed, read everything.
     fn resync(&self) {
         self.releases_changed.notify_one();
+    }
+}
+
+/// Sends the live events of this replica (`origin`) to the others until the feed is gone; an
+/// event the bus cannot take is dropped (the dashboards reload anyway).
+pub async fn relay_live(bus: EventBus, origin: Arc<str>, mut events: mpsc::Receiver<LiveEvent>) {
+    while let Some(change) = events.recv().await {
+        let event = ClusterEvent::Live {
+            origin: origin.to_string(),
+            change,
+        };
+        if let Err(error) = bus.publish(&event).await {
+            tracing::debug!(%error, "live event not sent to the other replicas");
+        }
     }
 }
 
@@ -252,6 +283,7 @@ mod tests {
             replica_id: "me".into(),
             hub: hub.clone(),
             releases_changed: Arc::new(Notify::new()),
+            live: LiveFeed::default(),
         };
         dispatcher.dispatch(ClusterEvent::CheckUpdate {
             agent_id: "a1".into(),
@@ -266,5 +298,32 @@ mod tests {
             *registration.events.try_recv().unwrap(),
             ServerEvent::UpdateRequired(UpdateRequired { version: None })
         );
+    }
+
+    #[tokio::test]
+    async fn live_events_of_other_replicas_reach_the_dashboards_here_once() {
+        let dispatcher = Dispatcher {
+            replica_id: "me".into(),
+            hub: Hub::new(),
+            releases_changed: Arc::new(Notify::new()),
+            live: LiveFeed::default(),
+        };
+        let mut dashboard = dispatcher.live.subscribe();
+        let live = |origin: &str, agent_id: &str| ClusterEvent::Live {
+            origin: origin.into(),
+            change: LiveEvent::AgentRegistered {
+                agent_id: agent_id.into(),
+            },
+        };
+        let echo = live("me", "shown-already");
+        let parsed: ClusterEvent = serde_json::from_str(&echo.payload()).unwrap();
+        assert_eq!(parsed, echo);
+        dispatcher.dispatch(parsed);
+        dispatcher.dispatch(live("other", "new"));
+        let LiveEvent::AgentRegistered { agent_id } = dashboard.recv().await.unwrap() else {
+            panic!("not the registration");
+        };
+        assert_eq!(agent_id, "new");
+        assert!(dashboard.try_recv().is_err());
     }
 }

@@ -397,6 +397,7 @@ async fn spawn_background(
             replica_id: cluster.replica_id(),
             hub: hub.clone(),
             releases_changed,
+            live: cluster.live().clone(),
         };
         let listen = events::listen(url.to_owned(), channel, dispatcher, stop.clone());
         tasks.push(tokio::spawn(listen));

@@ -283,6 +283,26 @@ async fn two_replicas_on_postgres_are_one_backend() {
         }
     }
 
+    // A dashboard's live feed on A shows an agent that registers through B.
+    let mut feed = a
+        .operator(reqwest::Method::GET, "/api/v1/events")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(feed.status(), 200);
+    let on_b = b.register_ok("registered-on-b").await;
+    let needle = format!("\"agent_id\":\"{}\"", on_b.agent_id);
+    let mut seen = String::new();
+    while !(seen.contains("event: agent_registered") && seen.contains(&needle)) {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(30), feed.chunk())
+            .await
+            .expect("the live event from the other replica within 30 s")
+            .unwrap()
+            .expect("the live feed stays open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(feed);
+
     // An agent of the old protocol registered through A posts its heartbeat to B.
     let old = a.register_ok("old-agent").await;
     assert_eq!(http_heartbeat(&b, &old.agent_token).await, 204);

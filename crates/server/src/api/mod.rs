@@ -107,7 +107,6 @@ struct Inner {
     error_reports: RateLimiter<String>,
     listing_slots: Semaphore,
     download_slots: Arc<Semaphore>,
-    live: LiveFeed,
 }
 
 impl AppState {
@@ -135,7 +134,6 @@ impl AppState {
                 error_reports: RateLimiter::new(ingest.error_reports, RATE_LIMITER_KEYS),
                 listing_slots,
                 download_slots,
-                live: LiveFeed::default(),
             }),
         }
     }
@@ -167,7 +165,7 @@ impl AppState {
 
     /// The dashboard's live feed.
     pub fn live(&self) -> &LiveFeed {
-        &self.inner.live
+        self.inner.cluster.live()
     }
 
     fn serves_tls(&self) -> bool {

@@ -1,19 +1,24 @@
-//! The live feed: what changed on this server, for the dashboard's event stream (SSE).
+//! The live feed: what changed in the backend, for the dashboard's event stream (SSE).
 //!
 //! Handlers publish a [`LiveEvent`] when an agent registers, changes state or version, reports
 //! update progress, or a rollout changes; every open dashboard receives it and reloads what it
-//! shows. Events are hints, never data an operator could not read from the API: a dashboard
-//! that falls behind skips them (the channel is bounded) and reloads anyway. This module must
-//! never block a publisher.
+//! shows. With replicas on PostgreSQL, a feed made by [`LiveFeed::relayed`] also hands each
+//! event to a relay task that sends it to the other replicas over the event bus
+//! ([`crate::events`]), so a dashboard on one replica sees the agents of all. Events are hints,
+//! never data an operator could not read from the API: a dashboard (or the relay) that falls
+//! behind skips them (the channels are bounded) and reloads anyway. This module must never
+//! block a publisher.
 
-use serde::Serialize;
-use tokio::sync::broadcast;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc};
 
 /// Events kept for a slow dashboard before it skips ahead.
 const FEED_CAPACITY: usize = 256;
+/// Events waiting for the relay to the other replicas before new ones are dropped.
+const RELAY_CAPACITY: usize = 1024;
 
 /// Something an open dashboard should show.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum LiveEvent {
     /// A new agent registered.
@@ -70,19 +75,45 @@ impl LiveEvent {
 #[derive(Debug, Clone)]
 pub struct LiveFeed {
     sender: broadcast::Sender<LiveEvent>,
+    /// To the relay task, when there are other replicas to tell.
+    relay: Option<mpsc::Sender<LiveEvent>>,
 }
 
 impl Default for LiveFeed {
+    /// A feed of this server alone (SQLite: there is no other replica).
     fn default() -> Self {
         LiveFeed {
             sender: broadcast::channel(FEED_CAPACITY).0,
+            relay: None,
         }
     }
 }
 
 impl LiveFeed {
-    /// Sends `event` to every open dashboard (none listening is fine).
+    /// A feed whose events also go to the returned receiver, for the relay to the other
+    /// replicas.
+    pub fn relayed() -> (Self, mpsc::Receiver<LiveEvent>) {
+        let (relay, events) = mpsc::channel(RELAY_CAPACITY);
+        let feed = LiveFeed {
+            relay: Some(relay),
+            ..LiveFeed::default()
+        };
+        (feed, events)
+    }
+
+    /// Sends `event` to every open dashboard here (none listening is fine) and, when relayed,
+    /// to the other replicas.
     pub fn publish(&self, event: LiveEvent) {
+        if let Some(relay) = &self.relay
+            && relay.try_send(event.clone()).is_err()
+        {
+            tracing::debug!(?event, "live event not relayed: the relay is behind");
+        }
+        self.publish_here(event);
+    }
+
+    /// Sends `event`, which another replica published, to the open dashboards here only.
+    pub fn publish_here(&self, event: LiveEvent) {
         let _ = self.sender.send(event);
     }
 
@@ -112,5 +143,23 @@ mod tests {
         assert_eq!(listener.recv().await.unwrap(), event);
         let json = serde_json::to_value(&event).unwrap();
         assert_eq!(json["type"], event.name());
+    }
+
+    #[tokio::test]
+    async fn a_relayed_feed_hands_its_own_events_on_and_not_those_of_others() {
+        let (feed, mut relayed) = LiveFeed::relayed();
+        let mut listener = feed.subscribe();
+        let mine = LiveEvent::AgentRegistered {
+            agent_id: "here".into(),
+        };
+        let theirs = LiveEvent::AgentRegistered {
+            agent_id: "there".into(),
+        };
+        feed.publish(mine.clone());
+        feed.publish_here(theirs.clone());
+        assert_eq!(relayed.recv().await.unwrap(), mine);
+        assert!(relayed.try_recv().is_err());
+        assert_eq!(listener.recv().await.unwrap(), mine);
+        assert_eq!(listener.recv().await.unwrap(), theirs);
     }
 }
