@@ -38,6 +38,7 @@ mod swarm;
 mod tls;
 mod update;
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -182,57 +183,62 @@ fn measure(plan: &Plan, open_files: u64, phases: &mut report::Phases) -> Result<
     })
 }
 
-/// `--replicas-only`: the replica step alone, spliced into the pages of an earlier run.
+/// `--replicas-only`: the replica step alone.
 fn replicas_alone(quick: bool, replica_max: usize) -> Result<()> {
-    let machine = machine::describe();
-    let tools = binaries::fleet_tools(!quick)?;
-    let mode = if quick { "quick" } else { "full" };
-    let work = util::target_dir()
-        .join("bench")
-        .join(format!("{mode}-replicas"));
-    util::remove_dir_if_exists(&work)?;
     let plan = if quick {
         plan::ReplicaPlan::quick(replica_max)
     } else {
         plan::ReplicaPlan::full(replica_max)
     };
-    step("replicas: three cms-server on PostgreSQL behind haproxy, a fleet, one killed");
-    let results = replicas::measure(&plan, &tools.server, &tools.loadgen, &work);
-    let out = if quick {
-        work
-    } else {
-        util::project_root().join("docs")
+    let measure = |tools: &binaries::FleetTools, work: &Path| {
+        step("replicas: three cms-server on PostgreSQL behind haproxy, a fleet, one killed");
+        Ok(replicas::measure(
+            &plan,
+            &tools.server,
+            &tools.loadgen,
+            work,
+        ))
     };
-    let mode = format!(
-        "{mode} run of the replica step alone, {} builds",
-        tools.profile
-    );
-    replica_report::splice(&out, &results, &machine, &mode)
+    step_alone(quick, "replica", measure, replica_report::splice)
 }
 
-/// `--fleet-page-only`: the dashboard's agent list alone, spliced into the pages of an
-/// earlier run.
+/// `--fleet-page-only`: the dashboard's agent list alone.
 fn fleet_page_alone(quick: bool, agents: usize) -> Result<()> {
+    let samples = if quick { 6 } else { 21 };
+    let measure = |tools: &binaries::FleetTools, work: &Path| {
+        step("fleet page: the dashboard's agent list, searched, sorted and paged");
+        fleet_page::measure(&tools.server, work, agents, samples)
+    };
+    step_alone(quick, "fleet-page", measure, fleet_page::splice)
+}
+
+/// One step run alone: only the server and the load generator built, measured in
+/// `target/bench/MODE-NAME`, and spliced into the pages of an earlier run (`docs/`; for a
+/// quick run, into that folder).
+fn step_alone<R>(
+    quick: bool,
+    name: &str,
+    measure: impl FnOnce(&binaries::FleetTools, &Path) -> Result<R>,
+    splice: impl FnOnce(&Path, &R, &machine::Machine, &str) -> Result<()>,
+) -> Result<()> {
     let machine = machine::describe();
     let tools = binaries::fleet_tools(!quick)?;
     let mode = if quick { "quick" } else { "full" };
     let work = util::target_dir()
         .join("bench")
-        .join(format!("{mode}-fleet-page"));
+        .join(format!("{mode}-{name}"));
     util::remove_dir_if_exists(&work)?;
-    step("fleet page: the dashboard's agent list, searched, sorted and paged");
-    let samples = if quick { 6 } else { 21 };
-    let results = fleet_page::measure(&tools.server, &work, agents, samples)?;
+    let results = measure(&tools, &work)?;
     let out = if quick {
         work
     } else {
         util::project_root().join("docs")
     };
     let mode = format!(
-        "{mode} run of the fleet page step alone, {} builds",
+        "{mode} run of the {name} step alone, {} builds",
         tools.profile
     );
-    fleet_page::splice(&out, &results, &machine, &mode)
+    splice(&out, &results, &machine, &mode)
 }
 
 /// Open files the server (and the swarm) need for `agents`: one connection each, plus slack.
