@@ -6,6 +6,7 @@
 //! Chromium, node or `npm ci`'s `node_modules/playwright-core` it skips, loudly, unless
 //! `CMS_REQUIRE_BROWSER=1` (set by `.ci/run`, which installs them) makes that a failure.
 
+#![cfg(unix)] // drives Linux Chromium against Linux builds; the Windows lane runs its own scenarios
 #![allow(clippy::unwrap_used)] // integration tests: a failed call is a failed test
 
 mod util;
