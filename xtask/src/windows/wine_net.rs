@@ -20,8 +20,9 @@
 //!    nothing, so the scenario writes the registry value netsh writes on Windows
 //!    (`HKLM\...\Internet Settings\Connections\WinHttpSettings`), which Wine's
 //!    `WinHttpGetDefaultProxyConfiguration` reads. The agent, without `--proxy`, takes the
-//!    route `system proxy (WinHTTP)` through the tunnel. The lane says what Wine cannot show
-//!    and the command that shows it on Windows.
+//!    route `system proxy (WinHTTP)` through the tunnel, and installs the release 2.0.0 of
+//!    step 1 through it (offered in its first heartbeat's answer) before it is stopped. The
+//!    lane says what Wine cannot show and the command that shows it on Windows.
 //!
 //! The agents run with `http_proxy`/`https_proxy`/`no_proxy` removed from their environment:
 //! Wine's WinHTTP answers with `http_proxy` when the registry holds no setting.
@@ -376,9 +377,17 @@ impl Network<'_> {
         wait_for("two tunnels in the WinHTTP proxy's log", WAIT, || {
             Ok((proxy.tunnels() >= 2).then_some(()))
         })?;
+        // Release 2.0.0 is published by now, so the first heartbeat's answer offers it: the
+        // agent updates through the proxy, and is stopped only once that is over (a --stop
+        // during an update is refused by design).
+        let updated = format!("the agent behind the WinHTTP proxy updated to {NEW_VERSION}");
+        self.wait_online(agent, &updated, |a| {
+            a.version == NEW_VERSION && a.state == "IDLE"
+        })?;
+        agent.wait_for_log("update verified by the updater")?;
         ok(&format!(
-            "WinHTTP proxy {}: route=system proxy (WinHTTP), registered, WebSocket through CONNECT \
-             ({} tunnels)",
+            "WinHTTP proxy {}: route=system proxy (WinHTTP), registered, updated to {NEW_VERSION}, \
+             WebSocket through CONNECT ({} tunnels)",
             proxy.addr(),
             proxy.tunnels()
         ));
