@@ -7,7 +7,6 @@
 //! sorted and paged in the database with a bounded offset. These handlers must never return a
 //! token, a token hash or a session id except in the session cookie.
 
-use std::collections::HashSet;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -230,7 +229,7 @@ pub async fn fleet_agents(
     let items = agents
         .into_iter()
         .map(|agent| FleetRow {
-            online: is_online(&state, &connected, &agent, now),
+            online: state.is_online(&connected, &agent.agent, now),
             agent,
         })
         .collect();
@@ -240,20 +239,6 @@ pub async fn fleet_agents(
         items,
     })
     .into_response())
-}
-
-/// Online as `GET /api/v1/agents` says: its WebSocket is held here or by another live replica
-/// (`connected`), or it was seen recently.
-fn is_online(
-    state: &AppState,
-    connected: &HashSet<String>,
-    agent: &FleetAgent,
-    now: time::OffsetDateTime,
-) -> bool {
-    let agent_id = &agent.agent.agent_id;
-    state.hub().is_connected(agent_id)
-        || connected.contains(agent_id)
-        || clock::is_within(&agent.agent.last_seen, state.offline_after(), now)
 }
 
 /// `GET /api/v1/fleet/agents/{agent_id}`: an agent's page.
@@ -280,7 +265,7 @@ pub async fn agent_page(
         .await?;
     let errors: Vec<StoredError> = errors.into_iter().map(|(stored, _)| stored).collect();
     let body = serde_json::json!({
-        "online": is_online(&state, &connected, &agent, now),
+        "online": state.is_online(&connected, &agent.agent, now),
         "metrics": metrics,
         "versions": db.version_history(&agent_id).await?,
         "errors": errors,

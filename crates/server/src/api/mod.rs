@@ -23,6 +23,7 @@ pub mod package;
 pub mod paging;
 pub mod progress;
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,9 +43,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock;
 use crate::cluster::Cluster;
 use crate::dashboard::live::LiveFeed;
-use crate::db::{Db, DbError};
+use crate::db::{AgentRow, Db, DbError};
 use crate::ratelimit::{Rate, RateLimiter};
 use crate::ws::Hub;
 
@@ -178,6 +180,20 @@ impl AppState {
 
     fn offline_after(&self) -> Duration {
         self.inner.settings.offline_after
+    }
+
+    /// Whether an agent counts as online: its WebSocket is held here or by another live
+    /// replica (`connected`, from the connection records), or it was seen within
+    /// `--offline-after` of `now`. Every operator view asks this one rule.
+    pub fn is_online(
+        &self,
+        connected: &HashSet<String>,
+        agent: &AgentRow,
+        now: time::OffsetDateTime,
+    ) -> bool {
+        self.hub().is_connected(&agent.agent_id)
+            || connected.contains(&agent.agent_id)
+            || clock::is_within(&agent.last_seen, self.offline_after(), now)
     }
 
     fn shutdown(&self) -> &CancellationToken {

@@ -17,7 +17,6 @@ use super::access::Operator;
 use super::paging::{PageQuery, listing};
 use super::{ApiError, ApiQuery, AppState};
 use crate::access::Outcome;
-use crate::clock;
 use crate::cluster::Route;
 use crate::db::{AgentKey, AgentRow, Db, ErrorKey, ReleaseKey, ReleaseRecord};
 use crate::ws::NotifyError;
@@ -34,9 +33,7 @@ pub async fn agents(
     let now = time::OffsetDateTime::now_utc();
     let connected = state.cluster().connected_agents().await?;
     let summary = |row: AgentRow| AgentSummary {
-        online: state.hub().is_connected(&row.agent_id)
-            || connected.contains(&row.agent_id)
-            || clock::is_within(&row.last_seen, state.offline_after(), now),
+        online: state.is_online(&connected, &row, now),
         agent_id: row.agent_id,
         hostname: row.hostname,
         platform: row.platform,
