@@ -422,16 +422,12 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn rollout(args: RolloutArgs) -> anyhow::Result<ExitCode> {
-    let release = args.release;
-    let db = open_store(&release.store).await?;
     let action = RolloutAction::Set {
         percent: Some(i64::from(args.percent)),
         halt_percent: None,
         halt_min_attempts: None,
     };
-    let (version, platform) = (release.version.as_str(), release.platform.as_str());
-    let result = rollouts::apply(&db, &command_actor(), version, platform, action).await;
-    db.close().await;
+    let result = rollout_in_store(&args.release, Some(action)).await?;
     let summary = |status: RolloutStatus| {
         let rollout = status.rollout;
         print_line(&format!(
@@ -485,13 +481,7 @@ async fn rollout_control(command: RolloutCommand) -> anyhow::Result<ExitCode> {
         RolloutCommand::Resume(args) => (args, Some(RolloutAction::Resume)),
         RolloutCommand::Status(args) => (args, None),
     };
-    let db = open_store(&release.store).await?;
-    let (version, platform) = (release.version.as_str(), release.platform.as_str());
-    let result = match action {
-        Some(action) => rollouts::apply(&db, &command_actor(), version, platform, action).await,
-        None => rollouts::status(&db, version, platform).await,
-    };
-    db.close().await;
+    let result = rollout_in_store(&release, action).await?;
     let printed = result.and_then(|status| {
         let json = serde_json::to_string_pretty(&status)
             .map_err(|e| RolloutError::Invalid(e.to_string()))?;
@@ -499,6 +489,22 @@ async fn rollout_control(command: RolloutCommand) -> anyhow::Result<ExitCode> {
         Ok(())
     });
     exit_code(printed, "rollout command failed")
+}
+
+/// Applies `action` to the release `target` names (`None`: reads its rollout) in the store it
+/// names, as the user running the command; the outer error is a store that cannot be opened.
+async fn rollout_in_store(
+    target: &RolloutTarget,
+    action: Option<RolloutAction>,
+) -> anyhow::Result<Result<RolloutStatus, RolloutError>> {
+    let db = open_store(&target.store).await?;
+    let (version, platform) = (target.version.as_str(), target.platform.as_str());
+    let result = match action {
+        Some(action) => rollouts::apply(&db, &command_actor(), version, platform, action).await,
+        None => rollouts::status(&db, version, platform).await,
+    };
+    db.close().await;
+    Ok(result)
 }
 
 fn print_tokens(tokens: &[cms_protocol::OperatorToken]) {
