@@ -191,8 +191,13 @@ pub fn section(results: &FleetPageResults, machine: &Machine, mode: &str) -> Str
 
 /// Writes the section and the JSON entry of a run of this step alone into `dir`.
 pub fn splice(dir: &Path, results: &FleetPageResults, machine: &Machine, mode: &str) -> Result<()> {
-    let entry = serde_json::json!({ "machine": machine, "mode": mode, "results": results });
-    SECTION.splice(dir, &section(results, machine, mode), entry)
+    SECTION.splice(
+        dir,
+        &section(results, machine, mode),
+        machine,
+        mode,
+        results,
+    )
 }
 
 #[cfg(test)]

@@ -187,8 +187,13 @@ pub fn splice(dir: &Path, results: &ReplicaResults, machine: &Machine, mode: &st
         end: END,
         json_key: "replicas",
     };
-    let entry = serde_json::json!({ "machine": machine, "mode": mode, "results": results });
-    page.splice(dir, &section(results, machine, mode), entry)
+    page.splice(
+        dir,
+        &section(results, machine, mode),
+        machine,
+        mode,
+        results,
+    )
 }
 
 #[cfg(test)]

@@ -8,6 +8,9 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::machine::Machine;
 
 /// Where a step's numbers live in the two pages.
 #[derive(Debug, Clone, Copy)]
@@ -22,9 +25,17 @@ pub struct Section {
 
 impl Section {
     /// Writes `markdown` (markers included) into `dir/BENCHMARKS.md` in place of the old
-    /// section (appended when the page has none) and `entry` as `results.KEY` of
-    /// `dir/benchmarks.json`.
-    pub fn splice(&self, dir: &Path, markdown: &str, entry: serde_json::Value) -> Result<()> {
+    /// section (appended when the page has none), and `results` with the `machine` and the
+    /// `mode` of the run as `results.KEY` of `dir/benchmarks.json`.
+    pub fn splice(
+        &self,
+        dir: &Path,
+        markdown: &str,
+        machine: &Machine,
+        mode: &str,
+        results: &impl Serialize,
+    ) -> Result<()> {
+        let entry = serde_json::json!({ "machine": machine, "mode": mode, "results": results });
         std::fs::create_dir_all(dir)?;
         let md_path = dir.join("BENCHMARKS.md");
         let page = std::fs::read_to_string(&md_path).unwrap_or_default();
@@ -98,16 +109,16 @@ mod tests {
             r#"{"mode":"full","results":{"other":1,"step":{"old":true}}}"#,
         )
         .unwrap();
-        STEP.splice(
-            dir.path(),
-            "<!-- b -->\nx\n<!-- e -->\n",
-            serde_json::json!({"new": 2}),
-        )
-        .unwrap();
+        let machine = super::super::machine::describe();
+        let markdown = "<!-- b -->\nx\n<!-- e -->\n";
+        let results = serde_json::json!({"new": 2});
+        STEP.splice(dir.path(), markdown, &machine, "quick", &results)
+            .unwrap();
         let text = std::fs::read_to_string(dir.path().join("benchmarks.json")).unwrap();
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(json["results"]["other"], 1);
-        assert_eq!(json["results"]["step"], serde_json::json!({"new": 2}));
+        assert_eq!(json["results"]["step"]["results"], results);
+        assert_eq!(json["results"]["step"]["mode"], "quick");
         assert_eq!(json["mode"], "full");
     }
 }
