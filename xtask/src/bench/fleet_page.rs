@@ -28,6 +28,8 @@ pub const PAGE_GOAL_MS: f64 = 200.0;
 const PAGE_SIZE: usize = 50;
 /// Clients registering at the same time.
 const REGISTER_THREADS: usize = 4;
+/// Requests of each page per repetition of the run's plan.
+const SAMPLES_PER_REPEAT: usize = 3;
 /// Where the step's numbers live in the pages.
 pub const SECTION: Section = Section {
     begin: "<!-- fleet page step: begin -->",
@@ -79,9 +81,10 @@ fn queries(agents: usize) -> Vec<(String, &'static str)> {
     .collect()
 }
 
-/// Starts the server `exe` in `work`, registers `agents` agents and times `samples` requests
-/// of each page.
-pub fn measure(exe: &Path, work: &Path, agents: usize, samples: usize) -> Result<FleetPageResults> {
+/// Starts the server `exe` in `work`, registers `agents` agents and times each page
+/// [`SAMPLES_PER_REPEAT`] times for each of the plan's `repeats`.
+pub fn measure(exe: &Path, work: &Path, agents: usize, repeats: usize) -> Result<FleetPageResults> {
+    let samples = repeats * SAMPLES_PER_REPEAT;
     std::fs::create_dir_all(work)?;
     let data = work.join("server");
     let mut server = fixture::fleet_server(exe, &data, &work.join("server.log")).start()?;

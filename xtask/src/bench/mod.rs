@@ -159,9 +159,13 @@ fn measure(plan: &Plan, open_files: u64, phases: &mut report::Phases) -> Result<
     })?;
     let fleet_page = phases.time("fleet page", || {
         step("fleet page: the dashboard's agent list, searched, sorted and paged");
-        let samples = plan.repeats * 3;
         let work = plan.work.join("fleet-page");
-        fleet_page::measure(&plan.bins.server, &work, plan.fleet_page_agents, samples)
+        fleet_page::measure(
+            &plan.bins.server,
+            &work,
+            plan.fleet_page_agents,
+            plan.repeats,
+        )
     })?;
     let sizes = phases.time("sizes", || {
         step("sizes");
@@ -204,10 +208,14 @@ fn replicas_alone(quick: bool, replica_max: usize) -> Result<()> {
 
 /// `--fleet-page-only`: the dashboard's agent list alone.
 fn fleet_page_alone(quick: bool, agents: usize) -> Result<()> {
-    let samples = if quick { 6 } else { 21 };
+    let repeats = if quick {
+        plan::QUICK_REPEATS
+    } else {
+        plan::FULL_REPEATS
+    };
     let measure = |tools: &binaries::FleetTools, work: &Path| {
         step("fleet page: the dashboard's agent list, searched, sorted and paged");
-        fleet_page::measure(&tools.server, work, agents, samples)
+        fleet_page::measure(&tools.server, work, agents, repeats)
     };
     step_alone(quick, "fleet-page", measure, fleet_page::splice)
 }

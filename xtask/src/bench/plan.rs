@@ -8,6 +8,11 @@ use std::time::{Duration, Instant};
 
 use super::binaries::Binaries;
 
+/// Repetitions of each timed operation in a full run.
+pub const FULL_REPEATS: usize = 7;
+/// Repetitions of each timed operation in a quick run.
+pub const QUICK_REPEATS: usize = 2;
+
 /// What a run measures, and how long it looks.
 #[derive(Debug)]
 pub struct Plan {
@@ -204,7 +209,7 @@ pub fn full(
     Plan {
         bins,
         work,
-        repeats: 7,
+        repeats: FULL_REPEATS,
         idle_window: Duration::from_secs(60),
         settle: Duration::from_secs(3),
         download_bytes: 50 * 1024 * 1024,
@@ -234,7 +239,7 @@ pub fn quick(
     Plan {
         bins,
         work,
-        repeats: 2,
+        repeats: QUICK_REPEATS,
         idle_window: Duration::from_secs(3),
         settle: Duration::from_millis(300),
         download_bytes: 4 * 1024 * 1024,
