@@ -8,7 +8,6 @@
 //! never fail a request or a socket because the database could not record a connection: it logs
 //! and the next lease renewal or reconnect repairs it.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -162,12 +161,6 @@ impl Cluster {
         if let Err(error) = forgotten {
             tracing::warn!(agent_id, %error, "cannot remove the agent's connection record");
         }
-    }
-
-    /// Agents whose socket a live replica holds.
-    pub async fn connected_agents(&self) -> Result<HashSet<String>, DbError> {
-        let agents = self.db.connected_agents(&clock::now()).await?;
-        Ok(agents.into_iter().collect())
     }
 
     /// Sends a check-update to the live replica that holds `agent_id`'s socket, if another

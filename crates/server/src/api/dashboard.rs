@@ -229,7 +229,7 @@ pub async fn fleet_agents(
     let items = agents
         .into_iter()
         .map(|agent| FleetRow {
-            online: state.is_online(&connected, &agent.agent, now),
+            online: state.is_online(connected.contains(&agent.agent.agent_id), &agent.agent, now),
             agent,
         })
         .collect();
@@ -265,7 +265,7 @@ pub async fn agent_page(
         .await?;
     let errors: Vec<StoredError> = errors.into_iter().map(|(stored, _)| stored).collect();
     let body = serde_json::json!({
-        "online": state.is_online(&connected, &agent.agent, now),
+        "online": state.is_online(connected.contains(&agent_id), &agent.agent, now),
         "metrics": metrics,
         "versions": db.version_history(&agent_id).await?,
         "errors": errors,

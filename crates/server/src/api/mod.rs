@@ -23,7 +23,6 @@ pub mod package;
 pub mod paging;
 pub mod progress;
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -185,14 +184,9 @@ impl AppState {
     /// Whether an agent counts as online: its WebSocket is held here or by another live
     /// replica (`connected`, from the connection records), or it was seen within
     /// `--offline-after` of `now`. Every operator view asks this one rule.
-    pub fn is_online(
-        &self,
-        connected: &HashSet<String>,
-        agent: &AgentRow,
-        now: time::OffsetDateTime,
-    ) -> bool {
-        self.hub().is_connected(&agent.agent_id)
-            || connected.contains(&agent.agent_id)
+    pub fn is_online(&self, connected: bool, agent: &AgentRow, now: time::OffsetDateTime) -> bool {
+        connected
+            || self.hub().is_connected(&agent.agent_id)
             || clock::is_within(&agent.last_seen, self.offline_after(), now)
     }
 

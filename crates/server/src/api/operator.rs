@@ -17,6 +17,7 @@ use super::access::Operator;
 use super::paging::{PageQuery, listing};
 use super::{ApiError, ApiQuery, AppState};
 use crate::access::Outcome;
+use crate::clock;
 use crate::cluster::Route;
 use crate::db::{AgentKey, AgentRow, Db, ErrorKey, ReleaseKey, ReleaseRecord};
 use crate::ws::NotifyError;
@@ -31,9 +32,8 @@ pub async fn agents(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let now = time::OffsetDateTime::now_utc();
-    let connected = state.cluster().connected_agents().await?;
-    let summary = |row: AgentRow| AgentSummary {
-        online: state.is_online(&connected, &row, now),
+    let summary = |(row, connected): (AgentRow, bool)| AgentSummary {
+        online: state.is_online(connected, &row, now),
         agent_id: row.agent_id,
         hostname: row.hostname,
         platform: row.platform,
@@ -42,8 +42,18 @@ pub async fn agents(
         last_seen: row.last_seen,
         network: row.network,
     };
-    let fetch = |db: Db, after: AgentKey, limit| async move { db.list_agents(&after, limit).await };
-    listing(&state, &page, &uri, fetch, AgentRow::key, summary).await
+    let fetch = |db: Db, after: AgentKey, limit| async move {
+        let (rows, more) = db.list_agents(&after, limit).await?;
+        let ids: Vec<&str> = rows.iter().map(|row| row.agent_id.as_str()).collect();
+        let connected = db.connected_among(&ids, &clock::format_utc(now)).await?;
+        let rows = rows.into_iter().map(|row| {
+            let is_connected = connected.contains(&row.agent_id);
+            (row, is_connected)
+        });
+        Ok((rows.collect(), more))
+    };
+    let key = |(row, _): &(AgentRow, bool)| row.key();
+    listing(&state, &page, &uri, fetch, key, summary).await
 }
 
 /// Filter of `GET /api/v1/errors`.

@@ -165,18 +165,6 @@ impl Db {
         Ok(row.map(|(replica_id,)| replica_id))
     }
 
-    /// Every agent whose WebSocket a replica with a lease past `now` holds.
-    pub async fn connected_agents(&self, now: &str) -> Result<Vec<String>, DbError> {
-        let rows = sqlx::query_as::<_, (String,)>(
-            "SELECT c.agent_id FROM agent_connections c \
-             JOIN replicas r ON r.replica_id = c.replica_id WHERE r.lease_until > $1",
-        )
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|(agent_id,)| agent_id).collect())
-    }
-
     /// Those of `agent_ids` whose WebSocket a replica with a lease past `now` holds.
     pub async fn connected_among(
         &self,
