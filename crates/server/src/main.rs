@@ -21,6 +21,7 @@ use cms_protocol::OperatorRole;
 use cms_server::access::{self, Actor};
 use cms_server::dashboard::rollouts::{self, RolloutAction, RolloutError, RolloutStatus};
 use cms_server::db::Db;
+use cms_server::events::EventBus;
 use cms_server::net::Timeouts;
 use cms_server::ratelimit::Rate;
 use cms_server::release::tuf::DEFAULT_TIMESTAMP_LIFETIME;
@@ -500,7 +501,12 @@ async fn rollout_in_store(
     let db = open_store(&target.store).await?;
     let (version, platform) = (target.version.as_str(), target.platform.as_str());
     let result = match action {
-        Some(action) => rollouts::apply(&db, &command_actor(), version, platform, action).await,
+        Some(action) => match EventBus::new(&db).await {
+            Ok(bus) => {
+                rollouts::apply(&db, &bus, &command_actor(), version, platform, action).await
+            }
+            Err(error) => Err(RolloutError::Database(error)),
+        },
         None => rollouts::status(&db, version, platform).await,
     };
     db.close().await;

@@ -324,7 +324,8 @@ pub async fn rollout_action(
         )
         .await?;
     let db = state.operator_db();
-    let status = rollouts::apply(db, &operator.actor, &version, &platform, action)
+    let bus = state.cluster().bus();
+    let status = rollouts::apply(db, bus, &operator.actor, &version, &platform, action)
         .await
         .map_err(|error| match error {
             RolloutError::Invalid(message) => ApiError::BadRequest(message),

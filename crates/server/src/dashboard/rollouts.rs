@@ -134,9 +134,11 @@ fn normalize_version(version: &str) -> Result<String, RolloutError> {
         .ok_or_else(|| RolloutError::Invalid(format!("{version:?} is not a version like 1.2.3")))
 }
 
-/// Applies `action` to the release `version` on `platform` as `actor`; audited either way.
+/// Applies `action` to the release `version` on `platform` as `actor` and tells every replica
+/// on `bus`; audited either way.
 pub async fn apply(
     db: &Db,
+    bus: &EventBus,
     actor: &Actor,
     version: &str,
     platform: &str,
@@ -144,7 +146,7 @@ pub async fn apply(
 ) -> Result<RolloutStatus, RolloutError> {
     let target = format!("{version}/{platform}");
     let audit_name = action.audit_name();
-    let result = apply_unaudited(db, version, platform, action).await;
+    let result = apply_unaudited(db, bus, version, platform, action).await;
     let outcome = match &result {
         Ok(_) => Outcome::Ok,
         Err(RolloutError::Database(_)) => return result,
@@ -166,6 +168,7 @@ pub async fn apply(
 
 async fn apply_unaudited(
     db: &Db,
+    bus: &EventBus,
     version: &str,
     platform: &str,
     action: RolloutAction,
@@ -178,21 +181,15 @@ async fn apply_unaudited(
             platform: platform.to_owned(),
         });
     }
-    tell_replicas(db, &version, platform).await?;
+    let event = ClusterEvent::RolloutChanged {
+        version: version.clone(),
+        platform: platform.to_owned(),
+    };
+    bus.publish(&event).await?;
     if change.halt_percent.is_some() || change.halt_min_attempts.is_some() {
         check_halt(db, &version, platform).await?;
     }
     status(db, &version, platform).await
-}
-
-/// Wakes every replica's release watcher (PostgreSQL only: SQLite's one server polls).
-async fn tell_replicas(db: &Db, version: &str, platform: &str) -> Result<(), DbError> {
-    let event = ClusterEvent::RolloutChanged {
-        version: version.to_owned(),
-        platform: platform.to_owned(),
-    };
-    EventBus::new(db).await?.publish(&event).await?;
-    Ok(())
 }
 
 /// One release's rollout and funnel.

@@ -167,25 +167,21 @@ pub async fn publish(request: PublishRequest) -> Result<Published, PublishError>
     )
     .await;
     let target = format!("{} {}", request.version.trim(), request.platform);
-    audit_result(&db, &request.actor, "release.publish", &target, &result).await;
+    let outcome = if result.is_ok() {
+        Outcome::Ok
+    } else {
+        Outcome::Refused
+    };
+    access::audit(
+        &db,
+        &request.actor,
+        "release.publish",
+        Some(&target),
+        outcome,
+    )
+    .await;
     db.close().await;
     result
-}
-
-/// Writes the audit entry of a command's `action` on `target`: ok when it succeeded, refused
-/// otherwise.
-async fn audit_result<T>(
-    db: &Db,
-    actor: &Actor,
-    action: &str,
-    target: &str,
-    result: &Result<T, PublishError>,
-) {
-    let outcome = match result {
-        Ok(_) => Outcome::Ok,
-        Err(_) => Outcome::Refused,
-    };
-    access::audit(db, actor, action, Some(target), outcome).await;
 }
 
 /// On PostgreSQL, every replica hears `event` when (and only if) `pending` commits; a running
