@@ -548,5 +548,20 @@ async fn fleet_errors_progress_and_the_automatic_halt(dir: &std::path::Path, sto
         (resumed["paused"].as_bool(), resumed["halted_at"].is_null()),
         (Some(false), true)
     );
+
+    // Healthy on the new version without a "healthy" step: an agent that reported the
+    // attempt and now runs 2.0.0, and an older one that reported nothing and runs it.
+    let d = server.register_ok("host-d").await;
+    for token in [&b.agent_token, &d.agent_token] {
+        let status = server.post_status(token, AgentState::Idle, "2.0.0").await;
+        assert_eq!(status.status(), StatusCode::NO_CONTENT);
+    }
+    let (_, status) = rollout_cli(&server, &store, &["status", "--version", "2.0.0"]).await;
+    let funnel = &status["funnel"];
+    assert_eq!(
+        (funnel["offered"].as_i64(), funnel["healthy"].as_i64()),
+        (Some(4), Some(3)),
+        "{funnel}"
+    );
     server.stop().await;
 }
