@@ -352,6 +352,23 @@ impl RunningServer {
             .with_context(|| format!("GET {url}"))
     }
 
+    /// `POST path` of its operator API with the JSON `body`, with its admin token.
+    #[cfg_attr(
+        not(target_os = "linux"),
+        expect(dead_code, reason = "the bench's (Linux only)")
+    )]
+    pub fn post_json(&self, path: &str, body: &serde_json::Value) -> Result<serde_json::Value> {
+        let url = format!("{}{path}", self.url);
+        self.client
+            .post(&url)
+            .bearer_auth(&self.operator_token)
+            .json(body)
+            .send()
+            .and_then(|r| r.error_for_status())
+            .and_then(|r| r.json())
+            .with_context(|| format!("POST {url}"))
+    }
+
     /// `GET /api/v1/agents` (the first page of up to [`MAX_PAGE_SIZE`]).
     pub fn agents(&self) -> Result<Vec<AgentSummary>> {
         self.get_json(&format!(
