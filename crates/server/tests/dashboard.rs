@@ -550,9 +550,10 @@ async fn fleet_errors_progress_and_the_automatic_halt(dir: &std::path::Path, sto
     );
 
     // Healthy on the new version without a "healthy" step: an agent that reported the
-    // attempt and now runs 2.0.0, and an older one that reported nothing and runs it.
+    // attempt and now runs 2.0.0, and an older one that reported nothing and runs it; the
+    // agent that reported it healthy and runs it too is counted once.
     let d = server.register_ok("host-d").await;
-    for token in [&b.agent_token, &d.agent_token] {
+    for token in [&a.agent_token, &b.agent_token, &d.agent_token] {
         let status = server.post_status(token, AgentState::Idle, "2.0.0").await;
         assert_eq!(status.status(), StatusCode::NO_CONTENT);
     }

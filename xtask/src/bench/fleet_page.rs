@@ -8,7 +8,8 @@
 //!
 //! The agents register through the agent API (a few clients at a time, the per-source guards
 //! lifted as for every bench server), and one in [`REPORTING_EVERY`] reports a whole update of
-//! the release through it, so the rows and indexes are the server's own. This module measures
+//! the release through it and then heartbeats on it, so the rows and indexes are the server's
+//! own. This module measures
 //! and formats its section of the pages ([`super::splice`]); it never judges a run: a page
 //! slower than the goal is reported as missed.
 
@@ -27,6 +28,9 @@ use super::stats::Summary;
 use crate::server::RunningServer;
 use crate::util::step;
 
+/// What the bench prints when the step starts.
+pub const STEP: &str =
+    "fleet page: the dashboard's agent list, cards and funnel, and progress reports, at scale";
 /// A page must be answered within this (the issue's goal at 50,000 agents).
 pub const PAGE_GOAL_MS: f64 = 200.0;
 /// Agents per page, as the dashboard asks.
@@ -122,7 +126,10 @@ pub fn measure(exe: &Path, work: &Path, agents: usize, repeats: usize) -> Result
         .step_by(REPORTING_EVERY)
         .map(String::as_str)
         .collect();
-    for_each_parallel(&reporters, |token| report(&server, token, &whole_update()))?;
+    for_each_parallel(&reporters, |token| {
+        report(&server, token, &whole_update())?;
+        run_release(&server, token)
+    })?;
     let fill_secs = started.elapsed().as_secs_f64();
     step(&format!(
         "fleet page: {agents} agents registered, {} of them updated, in {fill_secs:.0} s",
@@ -267,6 +274,26 @@ fn report(server: &RunningServer, token: &str, steps: &[(UpdateStep, Option<&str
     Ok(())
 }
 
+/// Heartbeats as the agent of `token` would once it runs [`RELEASE`].
+fn run_release(server: &RunningServer, token: &str) -> Result<()> {
+    let status = cms_protocol::StatusReport {
+        state: cms_protocol::AgentState::Idle,
+        version: RELEASE.to_owned(),
+        metrics: cms_protocol::Metrics::default(),
+        network: None,
+    };
+    let url = format!("{}{}", server.url(), cms_protocol::paths::STATUS);
+    server
+        .client()
+        .post(&url)
+        .bearer_auth(token)
+        .json(&status)
+        .send()
+        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("POST {url}"))?;
+    Ok(())
+}
+
 fn progress_report(step: UpdateStep, failed_step: Option<&str>) -> Result<ErrorReport> {
     let progress = UpdateProgress {
         version: RELEASE.to_owned(),
@@ -346,7 +373,8 @@ pub fn section(results: &FleetPageResults, machine: &Machine, mode: &str) -> Str
         md,
         "Measured by `cargo xtask bench` ({mode}) on {} ({} logical cores) on {}: a `cms-server` \
          on SQLite holding {} agents registered through the agent API, {} of which reported a \
-         whole update to {RELEASE} (offered to healthy) through it ({:.0} s in all), then {} \
+         whole update to {RELEASE} (offered to healthy) through it and then heartbeated on it \
+         ({:.0} s in all), then {} \
          requests of each kind (request sent -> whole answer read): pages of {PAGE_SIZE} of \
          the agent list, the fleet's cards, the releases page with the release's funnel, and \
          an agent's report of three update steps from agents that had reported none, ending \

@@ -6,8 +6,8 @@
 //! version), [`download`] (agent downloader against curl), [`tls`] (heartbeat latency and
 //! download throughput over HTTPS against plain HTTP), [`scale`] (a simulated fleet against one
 //! server), [`replicas`] (three replicas on PostgreSQL behind haproxy, the fleet over several
-//! load generators, a replica killed), [`fleet_page`] (the dashboard's agent list at 50,000
-//! agents), [`sizes`]. The result is written as `docs/BENCHMARKS.md` (a table with the machine
+//! load generators, a replica killed), [`fleet_page`] (the dashboard at 50,000 agents: the
+//! agent list, the cards, a release's funnel, progress reports), [`sizes`]. The result is written as `docs/BENCHMARKS.md` (a table with the machine
 //! and date) and `docs/benchmarks.json`. `--replicas-only [--replica-max-agents M]` and
 //! `--fleet-page-only [--fleet-page-agents N]` run one of those steps alone (building only the
 //! server and the load generator) and replace its section in those pages ([`splice`]).
@@ -158,7 +158,7 @@ fn measure(plan: &Plan, open_files: u64, phases: &mut report::Phases) -> Result<
         ))
     })?;
     let fleet_page = phases.time("fleet page", || {
-        step("fleet page: the dashboard's agent list, searched, sorted and paged");
+        step(fleet_page::STEP);
         let work = plan.work.join("fleet-page");
         fleet_page::measure(
             &plan.bins.server,
@@ -206,7 +206,7 @@ fn replicas_alone(quick: bool, replica_max: usize) -> Result<()> {
     step_alone(quick, "replica", measure, replica_report::splice)
 }
 
-/// `--fleet-page-only`: the dashboard's agent list alone.
+/// `--fleet-page-only`: the dashboard step alone.
 fn fleet_page_alone(quick: bool, agents: usize) -> Result<()> {
     let repeats = if quick {
         plan::QUICK_REPEATS
@@ -214,7 +214,7 @@ fn fleet_page_alone(quick: bool, agents: usize) -> Result<()> {
         plan::FULL_REPEATS
     };
     let measure = |tools: &binaries::FleetTools, work: &Path| {
-        step("fleet page: the dashboard's agent list, searched, sorted and paged");
+        step(fleet_page::STEP);
         fleet_page::measure(&tools.server, work, agents, repeats)
     };
     step_alone(quick, "fleet-page", measure, fleet_page::splice)

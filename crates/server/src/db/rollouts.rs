@@ -143,21 +143,36 @@ impl Db {
         .bind(platform)
         .fetch_all(&self.pool)
         .await?;
-        let (healthy_reporting, silent_on_version) = sqlx::query_as::<_, (i64, i64)>(
-            "SELECT \
-             CAST(COALESCE(SUM(CASE WHEN (a.version = $1 AND EXISTS (SELECT 1 FROM update_events u \
-                 WHERE u.agent_id = a.agent_id AND u.version = $1)) OR EXISTS (SELECT 1 \
-                 FROM update_events h WHERE h.agent_id = a.agent_id AND h.version = $1 \
-                 AND h.step = 'healthy') THEN 1 ELSE 0 END), 0) AS BIGINT), \
-             CAST(COALESCE(SUM(CASE WHEN a.version = $1 AND NOT EXISTS (SELECT 1 \
-                 FROM update_events u WHERE u.agent_id = a.agent_id AND u.version = $1) \
-                 THEN 1 ELSE 0 END), 0) AS BIGINT) \
-             FROM agents a WHERE a.platform = $2",
+        // Healthy: agents that reported the release healthy, or run it and reported it at
+        // all. Counted from the release's own rows (its healthy events, the agents on its
+        // version) and never by a pass over the platform's whole fleet: the halt rule counts
+        // this again at each failure reported.
+        let (healthy_events,) = sqlx::query_as::<_, (i64,)>(
+            "SELECT COUNT(DISTINCT u.agent_id) FROM update_events u \
+             WHERE u.version = $1 AND u.platform = $2 AND u.step = 'healthy' \
+             AND EXISTS (SELECT 1 FROM agents a WHERE a.agent_id = u.agent_id AND a.platform = $2)",
         )
         .bind(version)
         .bind(platform)
         .fetch_one(&self.pool)
         .await?;
+        let (on_version, reporting_on_version, healthy_on_version) =
+            sqlx::query_as::<_, (i64, i64, i64)>(
+                "SELECT COUNT(*), \
+                 CAST(COALESCE(SUM(CASE WHEN EXISTS (SELECT 1 FROM update_events u \
+                     WHERE u.agent_id = a.agent_id AND u.version = $1) THEN 1 ELSE 0 END), 0) \
+                     AS BIGINT), \
+                 CAST(COALESCE(SUM(CASE WHEN EXISTS (SELECT 1 FROM update_events h \
+                     WHERE h.agent_id = a.agent_id AND h.version = $1 AND h.step = 'healthy' \
+                     AND h.platform = $2) THEN 1 ELSE 0 END), 0) AS BIGINT) \
+                 FROM agents a WHERE a.version = $1 AND a.platform = $2",
+            )
+            .bind(version)
+            .bind(platform)
+            .fetch_one(&self.pool)
+            .await?;
+        let healthy_reporting = healthy_events + reporting_on_version - healthy_on_version;
+        let silent_on_version = on_version - reporting_on_version;
         Ok(StepCounts {
             reported: reported.into_iter().collect(),
             failed_by_step: failed_by_step.into_iter().collect(),
