@@ -540,8 +540,8 @@ fn a_download_cut_by_a_kill_resumes_from_the_partial_file_after_restart() {
     assert!(agent_log(&machine.data).contains("package verified"));
 }
 
-/// What `updates/` holds (nothing once a refused update is cleaned up).
-/// What `DATA/updates/` holds: each file's name and length, sorted by name.
+/// What `DATA/updates/` holds (nothing once a refused update is cleaned up): each file's name
+/// and length, sorted by name.
 fn downloads(data: &Path) -> Vec<(std::ffi::OsString, u64)> {
     let mut files: Vec<_> = std::fs::read_dir(data.join("updates"))
         .map(|d| {
