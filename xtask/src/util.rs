@@ -1,5 +1,5 @@
 //! Helpers shared by the tasks: where the workspace is, running commands loudly, waiting for
-//! something to happen, and the one-line progress reports every task prints.
+//! something to happen, random ids, and the one-line progress reports every task prints.
 //!
 //! Must never: hide a failed command (every error names the command line), or wait forever.
 
@@ -229,6 +229,13 @@ pub fn find_on_path(path: &OsStr, name: &str) -> Option<PathBuf> {
     std::env::split_paths(path)
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
+}
+
+/// 128 random bits as hex: one-time tokens, throwaway passwords, report ids.
+pub fn random_hex() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no random bytes: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]

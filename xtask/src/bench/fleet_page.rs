@@ -9,9 +9,8 @@
 //! The agents register through the agent API (a few clients at a time, the per-source guards
 //! lifted as for every bench server), and one in [`REPORTING_EVERY`] reports a whole update of
 //! the release through it and then heartbeats on it, so the rows and indexes are the server's
-//! own. This module measures
-//! and formats its section of the pages ([`super::splice`]); it never judges a run: a page
-//! slower than the goal is reported as missed.
+//! own. This module measures and formats its section of the pages ([`super::splice`]); it never
+//! judges a run: a page slower than the goal is reported as missed.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -26,7 +25,7 @@ use super::machine::{self, Machine};
 use super::splice::Section;
 use super::stats::Summary;
 use crate::server::RunningServer;
-use crate::util::step;
+use crate::util::{self, step};
 
 /// What the bench prints when the step starts.
 pub const STEP: &str =
@@ -262,16 +261,12 @@ fn report(server: &RunningServer, token: &str, steps: &[(UpdateStep, Option<&str
         .iter()
         .map(|(step, failed_step)| progress_report(*step, *failed_step))
         .collect::<Result<_>>()?;
-    let url = format!("{}{}", server.url(), cms_protocol::paths::ERRORS);
-    server
-        .client()
-        .post(&url)
-        .bearer_auth(token)
-        .json(&ErrorBatch { reports })
-        .send()
-        .and_then(|r| r.error_for_status())
-        .with_context(|| format!("POST {url}"))?;
-    Ok(())
+    post_as_agent(
+        server,
+        token,
+        cms_protocol::paths::ERRORS,
+        &ErrorBatch { reports },
+    )
 }
 
 /// Heartbeats as the agent of `token` would once it runs [`RELEASE`].
@@ -282,12 +277,22 @@ fn run_release(server: &RunningServer, token: &str) -> Result<()> {
         metrics: cms_protocol::Metrics::default(),
         network: None,
     };
-    let url = format!("{}{}", server.url(), cms_protocol::paths::STATUS);
+    post_as_agent(server, token, cms_protocol::paths::STATUS, &status)
+}
+
+/// `POST path` of the agent API with the JSON `body`, as the agent of `token`.
+fn post_as_agent(
+    server: &RunningServer,
+    token: &str,
+    path: &str,
+    body: &impl Serialize,
+) -> Result<()> {
+    let url = format!("{}{path}", server.url());
     server
         .client()
         .post(&url)
         .bearer_auth(token)
-        .json(&status)
+        .json(body)
         .send()
         .and_then(|r| r.error_for_status())
         .with_context(|| format!("POST {url}"))?;
@@ -301,10 +306,8 @@ fn progress_report(step: UpdateStep, failed_step: Option<&str>) -> Result<ErrorR
         step,
         failed_step: failed_step.map(str::to_owned),
     };
-    let mut id = [0u8; 16];
-    getrandom::fill(&mut id).map_err(|e| anyhow::anyhow!("no random report id: {e}"))?;
     Ok(ErrorReport {
-        report_id: id.iter().map(|b| format!("{b:02x}")).collect(),
+        report_id: util::random_hex()?,
         kind: UPDATE_PROGRESS_KIND.to_owned(),
         message: format!("update to {RELEASE}: {}", step.name()),
         agent_version: "1.0.0".to_owned(),

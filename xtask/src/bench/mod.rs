@@ -7,8 +7,9 @@
 //! download throughput over HTTPS against plain HTTP), [`scale`] (a simulated fleet against one
 //! server), [`replicas`] (three replicas on PostgreSQL behind haproxy, the fleet over several
 //! load generators, a replica killed), [`fleet_page`] (the dashboard at 50,000 agents: the
-//! agent list, the cards, a release's funnel, progress reports), [`sizes`]. The result is written as `docs/BENCHMARKS.md` (a table with the machine
-//! and date) and `docs/benchmarks.json`. `--replicas-only [--replica-max-agents M]` and
+//! agent list, the cards, a release's funnel, progress reports), [`sizes`]. The result is
+//! written as `docs/BENCHMARKS.md` (a table with the machine and date) and
+//! `docs/benchmarks.json`. `--replicas-only [--replica-max-agents M]` and
 //! `--fleet-page-only [--fleet-page-agents N]` run one of those steps alone (building only the
 //! server and the load generator) and replace its section in those pages ([`splice`]).
 //!

@@ -21,7 +21,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use crate::loopback::LoopbackServer;
-use crate::signing::signer::{self, Signer};
+use crate::signing::signer::Signer;
+use crate::util;
 
 /// How long one request may take to arrive (the Sign Tool sends it at once).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,7 +54,7 @@ impl SignHook {
         let allowed_dir = allowed_dir
             .canonicalize()
             .with_context(|| format!("cannot resolve {}", allowed_dir.display()))?;
-        let token = signer::random_hex()?;
+        let token = util::random_hex()?;
         let server = {
             let token = token.clone();
             LoopbackServer::start("sign hook", move |stream| {

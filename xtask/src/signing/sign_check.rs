@@ -231,7 +231,7 @@ impl ThrowawayCa {
             key: work.join("codesign.key"),
             pfx: work.join("codesign.pfx"),
             password_file: work.join("pfx-password"),
-            password: signer::random_hex()?,
+            password: util::random_hex()?,
         };
         fs::write(&ca.password_file, &ca.password)?;
         let ca_key = work.join("ca.key");

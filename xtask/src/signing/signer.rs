@@ -374,13 +374,6 @@ fn replace_keeping_mode(signed: &Path, original: &Path) -> Result<()> {
         .with_context(|| format!("cannot move {} to {}", signed.display(), original.display()))
 }
 
-/// 128 random bits as hex: one-time tokens and throwaway passwords.
-pub fn random_hex() -> Result<String> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no random bytes: {e}"))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 /// Where the Authenticode signature (the PE certificate table) is in the PE file `pe`, if it
 /// has one. Errors when `pe` is not a PE file or the table points outside it.
 pub fn signature_range(pe: &[u8]) -> Result<Option<Range<usize>>> {
