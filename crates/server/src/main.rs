@@ -501,16 +501,22 @@ async fn rollout_in_store(
     let db = open_store(&target.store).await?;
     let (version, platform) = (target.version.as_str(), target.platform.as_str());
     let result = match action {
-        Some(action) => match EventBus::new(&db).await {
-            Ok(bus) => {
-                rollouts::apply(&db, &bus, &command_actor(), version, platform, action).await
-            }
-            Err(error) => Err(RolloutError::Database(error)),
-        },
+        Some(action) => apply_as_command(&db, version, platform, action).await,
         None => rollouts::status(&db, version, platform).await,
     };
     db.close().await;
     Ok(result)
+}
+
+/// Applies `action` as the user running the command, telling the replicas on a bus of its own.
+async fn apply_as_command(
+    db: &Db,
+    version: &str,
+    platform: &str,
+    action: RolloutAction,
+) -> Result<RolloutStatus, RolloutError> {
+    let bus = EventBus::new(db).await?;
+    rollouts::apply(db, &bus, &command_actor(), version, platform, action).await
 }
 
 fn print_tokens(tokens: &[cms_protocol::OperatorToken]) {
