@@ -252,6 +252,15 @@ impl Network<'_> {
             .wait_for_agent(what, WAIT, |a| a.agent_id == id && a.online && wanted(a))
     }
 
+    /// Waits until the server lists `agent` online and IDLE on [`NEW_VERSION`], and its
+    /// updater has verified it.
+    fn wait_updated(&self, agent: &NetAgent, what: &str) -> Result<()> {
+        self.wait_online(agent, what, |a| {
+            a.version == NEW_VERSION && a.state == "IDLE"
+        })?;
+        agent.wait_for_log("update verified by the updater")
+    }
+
     fn trusted_ca(&self, agent: &NetAgent) -> Result<()> {
         let summary = self.wait_online(agent, "the agent with --ca-cert online and IDLE", |a| {
             a.state == "IDLE"
@@ -342,10 +351,7 @@ impl Network<'_> {
             agent: &new.agent,
             updater: &new.updater,
         })?;
-        self.wait_online(agent, &format!("the agent {NEW_VERSION} online"), |a| {
-            a.version == NEW_VERSION && a.state == "IDLE"
-        })?;
-        agent.wait_for_log("update verified by the updater")?;
+        self.wait_updated(agent, &format!("the agent {NEW_VERSION} online"))?;
         let out = run_windows(self.prefix.command(agent.exe()).arg("--version"))?;
         let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         ensure!(
@@ -381,10 +387,7 @@ impl Network<'_> {
         // agent updates through the proxy, and is stopped only once that is over (a --stop
         // during an update is refused by design).
         let updated = format!("the agent behind the WinHTTP proxy updated to {NEW_VERSION}");
-        self.wait_online(agent, &updated, |a| {
-            a.version == NEW_VERSION && a.state == "IDLE"
-        })?;
-        agent.wait_for_log("update verified by the updater")?;
+        self.wait_updated(agent, &updated)?;
         ok(&format!(
             "WinHTTP proxy {}: route=system proxy (WinHTTP), registered, updated to {NEW_VERSION}, \
              WebSocket through CONNECT ({} tunnels)",
