@@ -110,6 +110,12 @@ struct Inner {
     contact_recorded: AtomicBool,
     /// Versions whose refusal was reported in this run (reported once, not at every offer).
     refusals_reported: Mutex<Vec<String>>,
+    /// Set once the last run's update journal is settled (or there was none). No update starts
+    /// before: the updater that started this run may still be at work in `updates/`, and the
+    /// settlement may add the offered version to `rolled_back_versions`.
+    journal_settled: AtomicBool,
+    /// Set when an update trigger came before that; the settlement then checks once.
+    trigger_held: AtomicBool,
 }
 
 impl Agent {
@@ -160,6 +166,8 @@ impl Agent {
             metrics: Mutex::new(MetricsSampler::new()),
             contact_recorded: AtomicBool::new(false),
             refusals_reported: Mutex::new(Vec::new()),
+            journal_settled: AtomicBool::new(false),
+            trigger_held: AtomicBool::new(false),
         };
         Ok(Agent {
             inner: Arc::new(inner),
@@ -487,6 +495,14 @@ impl Inner {
     /// Runs an update from `IDLE` only; a trigger in any other state is logged and ignored,
     /// so a second push during an update does not start a second one.
     async fn initiate_update(&self, trigger: &'static str, info: &UpdateInfo) {
+        if !self.journal_settled.load(Ordering::SeqCst) {
+            // Held before the second look: a settlement in between then sees it and checks.
+            self.trigger_held.store(true, Ordering::SeqCst);
+            if !self.journal_settled.load(Ordering::SeqCst) {
+                tracing::info!(trigger, version = %info.version, "update trigger held: the last update is not settled yet");
+                return;
+            }
+        }
         if self
             .config()
             .config()
@@ -715,12 +731,33 @@ impl Inner {
 /// settles its journal; with no updater running, settles at once. After an aborted update it
 /// stays to try again once the backoff has passed.
 async fn settle_update_journal(inner: Arc<Inner>) {
-    let Some(journal) = update::read_journal(&inner.storage) else {
-        return;
+    let retry = match update::read_journal(&inner.storage) {
+        Some(journal) => match settle_once_the_updater_exits(&inner, journal).await {
+            Some(retry) => retry,
+            None => return, // stopped first
+        },
+        None => None,
     };
+    inner.journal_settled.store(true, Ordering::SeqCst);
+    if let Some(retry) = retry {
+        // A second more than the recorded time, so the deferral has passed by the wall clock too.
+        if sleep_or_cancel(&inner.cancel, retry + Duration::from_secs(1)).await {
+            inner.check_for_update("retry").await;
+        }
+    } else if inner.trigger_held.swap(false, Ordering::SeqCst) {
+        inner.check_for_update("held until settled").await;
+    }
+}
+
+/// Waits until the updater `journal` names has exited, then settles what it left; the retry
+/// delay of an aborted update, or `None` when the agent is stopped first.
+async fn settle_once_the_updater_exits(
+    inner: &Inner,
+    journal: cms_protocol::update::UpdateJournal,
+) -> Option<Option<Duration>> {
     while update::updater_running(&journal) {
         if !sleep_or_cancel(&inner.cancel, Duration::from_millis(500)).await {
-            return;
+            return None;
         }
     }
     let journal = update::read_journal(&inner.storage).unwrap_or(journal);
@@ -728,13 +765,7 @@ async fn settle_update_journal(inner: Arc<Inner>) {
     if matches!(inner.options.relaunch, Relaunch::Service(_)) {
         inner.restore_service_recovery();
     }
-    let Some(retry) = retry else {
-        return;
-    };
-    // A second more than the recorded time, so the deferral has passed by the wall clock too.
-    if sleep_or_cancel(&inner.cancel, retry + Duration::from_secs(1)).await {
-        inner.check_for_update("retry").await;
-    }
+    Some(retry)
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
