@@ -23,6 +23,8 @@ mod binaries;
 mod download;
 mod fixture;
 mod fleet_page;
+#[cfg(test)]
+mod golden;
 mod haproxy;
 mod machine;
 mod plan;

@@ -50,6 +50,14 @@ impl Phases {
     }
 }
 
+/// Phases with the given durations (a report of fixed sample results).
+#[cfg(test)]
+impl From<Vec<(String, f64)>> for Phases {
+    fn from(phases: Vec<(String, f64)>) -> Self {
+        Phases(phases)
+    }
+}
+
 /// Everything measured.
 #[derive(Debug, Serialize)]
 pub struct Results {
