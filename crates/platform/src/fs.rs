@@ -1,11 +1,13 @@
-//! Writing files so that a crash or a concurrent reader never sees half of one, and telling a
-//! full disk apart from other write failures.
+//! Writing files so that a crash or a concurrent reader never sees half of one, private to
+//! their owner, and telling a full disk apart from other write failures.
+//!
+//! This module must never use `system` (the OS seam uses it to write its own files, so the
+//! other way round would be a circle): the private file it writes through is made here, the
+//! one per-OS function outside `system/`.
 
-use std::fs;
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::Path;
-
-use crate::system;
 
 /// Writes `bytes` to `path` so that a reader (or a crash) sees the old or the new content,
 /// never a mix: temp file in the same folder, flush to disk, rename over. The file is private
@@ -26,9 +28,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 fn write_and_sync(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = system::create_private_file(path)?;
+    let mut file = create_private_file(path)?;
     file.write_all(bytes)?;
     file.sync_all()
+}
+
+/// Creates (or truncates) `path` for writing, readable and writable by its owner only: 0600 on
+/// Unix (also when the file existed with a wider mode); on Windows it inherits the storage
+/// folder's DACL.
+#[cfg(unix)]
+pub fn create_private_file(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    Ok(file)
+}
+
+/// See the Unix version above.
+#[cfg(windows)]
+pub fn create_private_file(path: &Path) -> io::Result<File> {
+    File::create(path) // inherits the storage folder's DACL
 }
 
 /// Whether `err` says the disk (or the user's quota) is full: a condition that passes once
@@ -52,6 +76,19 @@ mod tests {
         write_atomic(&path, b"new").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"new");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_private_file_is_0600_even_when_it_existed_wider() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        fs::write(&path, b"old").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        drop(create_private_file(&path).unwrap());
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(fs::read(&path).unwrap(), b"");
     }
 
     #[test]

@@ -109,13 +109,6 @@ pub fn make_executable(path: &Path) -> io::Result<()> {
     imp::make_executable(path)
 }
 
-/// Creates (or truncates) `path` for writing, readable and writable by its owner only: 0600 on
-/// Unix (also when the file existed with a wider mode); on Windows it inherits the storage
-/// folder's DACL.
-pub fn create_private_file(path: &Path) -> io::Result<File> {
-    imp::create_private_file(path)
-}
-
 /// Bytes this process may still write on the volume that holds `path`.
 pub fn available_space(path: &Path) -> io::Result<u64> {
     fs4::available_space(path)

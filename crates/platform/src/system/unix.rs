@@ -109,17 +109,6 @@ pub fn make_executable(path: &Path) -> io::Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o755))
 }
 
-pub fn create_private_file(path: &Path) -> io::Result<File> {
-    let file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.set_permissions(fs::Permissions::from_mode(0o600))?;
-    Ok(file)
-}
-
 /// What Linux appends to `/proc/self/exe` once the running file was unlinked or renamed over.
 const DELETED_SUFFIX: &[u8] = b" (deleted)";
 
@@ -462,17 +451,6 @@ mod tests {
         // A real file whose name ends like that is left alone.
         fs::write(&deleted, b"x").unwrap();
         assert_eq!(installed_path(&deleted), deleted);
-    }
-
-    #[test]
-    fn a_private_file_is_0600_even_when_it_existed_wider() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("config.json");
-        fs::write(&path, b"old").unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        drop(create_private_file(&path).unwrap());
-        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
-        assert_eq!(fs::read(&path).unwrap(), b"");
     }
 
     #[test]

@@ -339,10 +339,6 @@ pub fn make_executable(_path: &Path) -> io::Result<()> {
     Ok(()) // an .exe is runnable by its name alone
 }
 
-pub fn create_private_file(path: &Path) -> io::Result<File> {
-    File::create(path) // inherits the storage folder's DACL
-}
-
 pub fn installed_path(exe: &Path) -> PathBuf {
     exe.to_path_buf() // the path the exe was started from: the install path
 }
