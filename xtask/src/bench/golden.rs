@@ -143,7 +143,12 @@ fn fleet_page(agents: usize) -> FleetPageResults {
         fill_secs: 95.5,
         load_average: "2.00 1.00 0.50".into(),
         pages: vec![
-            page("/api/v1/fleet/agents?limit=50&sort=name", "by name", true, 12.34),
+            page(
+                "/api/v1/fleet/agents?limit=50&sort=name",
+                "by name",
+                true,
+                12.34,
+            ),
             page("/api/v1/fleet", "the fleet's cards", true, 250.0),
             page("POST /api/v1/agent/errors", "a report", false, 3.5),
         ],
@@ -234,7 +239,13 @@ fn report(full: bool) -> Report {
     let phases = [("build", 123.4), ("agent", 80.6), ("sizes", 0.2)]
         .map(|(name, secs)| (name.to_owned(), secs))
         .to_vec();
-    Report::new(!full, machine(), tools(), results(full), Phases::from(phases))
+    Report::new(
+        !full,
+        machine(),
+        tools(),
+        results(full),
+        Phases::from(phases),
+    )
 }
 
 fn pages(report: &Report) -> (String, String) {
@@ -274,4 +285,3 @@ fn steps_run_alone_are_spliced_as_before() {
     assert_eq!(markdown, include_str!("testdata/spliced.md"));
     assert_eq!(json, include_str!("testdata/spliced.json"));
 }
-
