@@ -9,10 +9,9 @@
 //! The agents register through the agent API (a few clients at a time, the per-source guards
 //! lifted as for every bench server), and one in [`REPORTING_EVERY`] reports a whole update of
 //! the release through it and then heartbeats on it, so the rows and indexes are the server's
-//! own. This module measures and formats its section of the pages ([`super::splice`]); it never
-//! judges a run: a page slower than the goal is reported as missed.
+//! own. This module only measures: its section of the pages is [`super::report`]'s, and it never
+//! judges a run (a page slower than the goal is reported as missed there).
 
-use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Instant;
 
@@ -21,8 +20,7 @@ use cms_protocol::{ErrorBatch, ErrorReport, UPDATE_PROGRESS_KIND, UpdateProgress
 use serde::Serialize;
 
 use super::fixture::{self, WAIT};
-use super::machine::{self, Machine};
-use super::splice::Section;
+use super::machine;
 use super::stats::Summary;
 use crate::server::RunningServer;
 use crate::util::{self, step};
@@ -30,26 +28,18 @@ use crate::util::{self, step};
 /// What the bench prints when the step starts.
 pub const STEP: &str =
     "fleet page: the dashboard's agent list, cards and funnel, and progress reports, at scale";
-/// A page must be answered within this (the issue's goal at 50,000 agents).
-pub const PAGE_GOAL_MS: f64 = 200.0;
 /// Agents per page, as the dashboard asks.
-const PAGE_SIZE: usize = 50;
+pub const PAGE_SIZE: usize = 50;
 /// Clients registering (and reporting) at the same time.
 const REGISTER_THREADS: usize = 4;
 /// Requests of each kind per repetition of the run's plan.
 const SAMPLES_PER_REPEAT: usize = 3;
 /// The release the agents update to (they run 1.x.0).
-const RELEASE: &str = "2.0.0";
+pub const RELEASE: &str = "2.0.0";
 /// The platform the agents register with.
 const PLATFORM: &str = "linux-x86_64";
 /// One agent in this many reports a whole update of [`RELEASE`], offered to healthy.
 const REPORTING_EVERY: usize = 10;
-/// Where the step's numbers live in the pages.
-pub const SECTION: Section = Section {
-    begin: "<!-- fleet page step: begin -->",
-    end: "<!-- fleet page step: end -->",
-    json_key: "fleet_page",
-};
 
 /// What one kind of request cost.
 #[derive(Debug, Clone, Serialize)]
@@ -364,69 +354,6 @@ fn for_each_parallel<T: Copy + Sync>(
                 .unwrap_or_else(|_| anyhow::bail!("a worker thread panicked"))
         })
     })
-}
-
-/// The step's section of `BENCHMARKS.md`, markers included.
-pub fn section(results: &FleetPageResults, machine: &Machine, mode: &str) -> String {
-    let mut md = format!(
-        "{}\n## Dashboard at {} agents\n\n",
-        SECTION.begin, results.agents
-    );
-    let _ = writeln!(
-        md,
-        "Measured by `cargo xtask bench` ({mode}) on {} ({} logical cores) on {}: a `cms-server` \
-         on SQLite holding {} agents registered through the agent API, {} of which reported a \
-         whole update to {RELEASE} (offered to healthy) through it and then heartbeated on it \
-         ({:.0} s in all), then {} \
-         requests of each kind (request sent -> whole answer read): pages of {PAGE_SIZE} of \
-         the agent list, the fleet's cards, the releases page with the release's funnel, and \
-         an agent's report of three update steps from agents that had reported none, ending \
-         verified or failed (a failure runs the halt rule, which counts the funnel again; its \
-         threshold was set out of reach so every failure does). Load average when the timing \
-         started: {}.\n",
-        machine.cpu,
-        machine.cores,
-        machine.date,
-        results.agents,
-        results.reporting,
-        results.fill_secs,
-        results.pages.first().map_or(0, |p| p.ms.n),
-        results.load_average,
-    );
-    let _ = writeln!(
-        md,
-        "| request | for | median | spread | n | goal | verdict |"
-    );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
-    for page in &results.pages {
-        let (goal, verdict) = match (page.is_page, page.ms.median <= PAGE_GOAL_MS) {
-            (false, _) => ("-".to_owned(), "-"),
-            (true, met) => (
-                format!("<= {PAGE_GOAL_MS:.0} ms"),
-                if met { "met" } else { "**missed**" },
-            ),
-        };
-        let _ = writeln!(
-            md,
-            "| `{}` | {} | {:.1} ms | {:.1}-{:.1} ms | {} | {goal} | {verdict} |",
-            page.request, page.what, page.ms.median, page.ms.min, page.ms.max, page.ms.n
-        );
-    }
-    md.push('\n');
-    md.push_str(SECTION.end);
-    md.push('\n');
-    md
-}
-
-/// Writes the section and the JSON entry of a run of this step alone into `dir`.
-pub fn splice(dir: &Path, results: &FleetPageResults, machine: &Machine, mode: &str) -> Result<()> {
-    SECTION.splice(
-        dir,
-        &section(results, machine, mode),
-        machine,
-        mode,
-        results,
-    )
 }
 
 #[cfg(test)]

@@ -9,11 +9,10 @@ use std::path::Path;
 
 use super::agent::{AgentResults, Idle, Lifecycle};
 use super::download::DownloadResults;
-use super::fleet_page::{self, FleetPageResults, PageTiming};
+use super::fleet_page::{FleetPageResults, PageTiming};
 use super::machine::Machine;
-use super::replica_report;
 use super::replicas::{Failover, ReplicaResults, ReplicaRun, ReplicaStep};
-use super::report::{Phases, Report, Results};
+use super::report::{self, Phases, Report, Results};
 use super::scale::{ScaleResults, Step};
 use super::sizes::{PlatformSizes, Size};
 use super::stats::Summary;
@@ -278,9 +277,9 @@ fn steps_run_alone_are_spliced_as_before() {
     let dir = tempfile::tempdir().unwrap();
     report(true).write(dir.path()).unwrap();
     let mode = "full run of the replica step alone, release builds";
-    replica_report::splice(dir.path(), &replica_run(false), &machine(), mode).unwrap();
+    report::splice(dir.path(), &replica_run(false), &machine(), mode).unwrap();
     let mode = "full run of the fleet-page step alone, release builds";
-    fleet_page::splice(dir.path(), &fleet_page(60_000), &machine(), mode).unwrap();
+    report::splice(dir.path(), &fleet_page(60_000), &machine(), mode).unwrap();
     let (markdown, json) = read_pages(dir.path());
     assert_eq!(markdown, include_str!("testdata/spliced.md"));
     assert_eq!(json, include_str!("testdata/spliced.json"));

@@ -11,7 +11,8 @@
 //! written as `docs/BENCHMARKS.md` (a table with the machine and date) and
 //! `docs/benchmarks.json`. `--replicas-only [--replica-max-agents M]` and
 //! `--fleet-page-only [--fleet-page-agents N]` run one of those steps alone (building only the
-//! server and the load generator) and replace its section in those pages ([`splice`]).
+//! server and the load generator) and replace its section in those pages ([`report::splice`]).
+//! The step modules only measure; [`report`] renders every section.
 //!
 //! Timings are noisy on shared machines, so everything is repeated and reported as median and
 //! spread. `--quick` is a smoke test of the bench itself (debug builds, short windows, small N)
@@ -30,12 +31,10 @@ mod machine;
 mod plan;
 mod postgres;
 mod procfs;
-mod replica_report;
 mod replicas;
 mod report;
 mod scale;
 mod sizes;
-mod splice;
 mod stats;
 mod swarm;
 mod tls;
@@ -206,7 +205,7 @@ fn replicas_alone(quick: bool, replica_max: usize) -> Result<()> {
             work,
         ))
     };
-    step_alone(quick, "replica", measure, replica_report::splice)
+    step_alone(quick, "replica", measure)
 }
 
 /// `--fleet-page-only`: the dashboard step alone.
@@ -220,17 +219,16 @@ fn fleet_page_alone(quick: bool, agents: usize) -> Result<()> {
         step(fleet_page::STEP);
         fleet_page::measure(&tools.server, work, agents, repeats)
     };
-    step_alone(quick, "fleet-page", measure, fleet_page::splice)
+    step_alone(quick, "fleet-page", measure)
 }
 
 /// One step run alone: only the server and the load generator built, measured in
 /// `target/bench/MODE-NAME`, and spliced into the pages of an earlier run (`docs/`; for a
 /// quick run, into that folder).
-fn step_alone<R>(
+fn step_alone<R: report::StepSection>(
     quick: bool,
     name: &str,
     measure: impl FnOnce(&binaries::FleetTools, &Path) -> Result<R>,
-    splice: impl FnOnce(&Path, &R, &machine::Machine, &str) -> Result<()>,
 ) -> Result<()> {
     let machine = machine::describe();
     let tools = binaries::fleet_tools(!quick)?;
@@ -249,7 +247,7 @@ fn step_alone<R>(
         "{mode} run of the {name} step alone, {} builds",
         tools.profile
     );
-    splice(&out, &results, &machine, &mode)
+    report::splice(&out, &results, &machine, &mode)
 }
 
 /// Open files the server (and the swarm) need for `agents`: one connection each, plus slack.

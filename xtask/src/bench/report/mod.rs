@@ -1,8 +1,16 @@
-//! The bench's output: `BENCHMARKS.md` (tables for people, with the machine and the date) and
-//! `benchmarks.json` (the same numbers for tools), written side by side.
+//! The bench's output, the one renderer of every section: `BENCHMARKS.md` (tables for people,
+//! with the machine and the date) and `benchmarks.json` (the same numbers for tools), written
+//! side by side by a full run; a step that can run alone ([`StepSection`]: [`replicas`],
+//! [`fleet_page`]) renders its section here too, and [`splice`] writes it into the pages of an
+//! earlier run.
 //!
 //! Every figure carries its spread and sample count, and every goal its verdict; a number that
-//! was not measured says why. This module only formats: it never measures or judges a run.
+//! was not measured says why. This module only formats: it never measures a run; the step
+//! modules measure and hand their results here.
+
+mod fleet_page;
+mod replicas;
+mod splice;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -13,15 +21,15 @@ use serde::Serialize;
 
 use super::agent::{AgentResults, MB};
 use super::download::DownloadResults;
-use super::fleet_page::{self, FleetPageResults};
+use super::fleet_page::FleetPageResults;
 use super::machine::Machine;
-use super::replica_report;
 use super::replicas::ReplicaResults;
 use super::scale::{P99_GOAL_MS, ScaleResults, Step};
 use super::sizes::{PlatformSizes, Size};
 use super::stats::Summary;
 use super::tls::{TlsResults, TransportResults};
 use super::update::{POLL_SECS, UpdateResults};
+use splice::Section;
 
 /// Goals from the issue that asked for this bench.
 const RSS_GOAL_MB: f64 = 8.0;
@@ -30,6 +38,27 @@ const DOWNTIME_GOAL_MS: f64 = 300.0;
 const PUSH_UPDATE_GOAL_MS: f64 = 3000.0;
 const DOWNLOAD_RATIO_GOAL: f64 = 0.9;
 const FLEET_GOAL: usize = 20_000;
+
+/// A step that can run alone, and its section of the pages.
+pub trait StepSection: Serialize {
+    /// Where its numbers live in the pages.
+    const SECTION: Section;
+
+    /// Its section of `BENCHMARKS.md`, markers included, for a run in `mode` on `machine`.
+    fn section(&self, machine: &Machine, mode: &str) -> String;
+}
+
+/// Writes the section and the JSON entry of a step run alone into the pages in `dir`, leaving
+/// the other sections as they were.
+pub fn splice<R: StepSection>(
+    dir: &Path,
+    results: &R,
+    machine: &Machine,
+    mode: &str,
+) -> Result<()> {
+    let markdown = results.section(machine, mode);
+    R::SECTION.splice(dir, &markdown, machine, mode, results)
+}
 
 /// How long each phase of the run took.
 #[derive(Debug, Default, Serialize)]
@@ -137,17 +166,19 @@ impl Report {
         self.summary_table(&mut md);
         tls_table(&mut md, &self.results.tls);
         scale_table(&mut md, &self.results.scale);
-        md.push_str(&replica_report::section(
-            &self.results.replicas,
-            &self.machine,
-            &format!("{} run", self.mode),
-        ));
+        md.push_str(
+            &self
+                .results
+                .replicas
+                .section(&self.machine, &format!("{} run", self.mode)),
+        );
         md.push('\n');
-        md.push_str(&fleet_page::section(
-            &self.results.fleet_page,
-            &self.machine,
-            &format!("{} run", self.mode),
-        ));
+        md.push_str(
+            &self
+                .results
+                .fleet_page
+                .section(&self.machine, &format!("{} run", self.mode)),
+        );
         md.push('\n');
         sizes_table(&mut md, &self.results.sizes);
         self.method(&mut md);

@@ -5,13 +5,11 @@
 //! This module only formats: it never measures or judges a run.
 
 use std::fmt::Write as _;
-use std::path::Path;
 
-use anyhow::Result;
-
-use super::machine::Machine;
-use super::replicas::{P99_GOAL_MS, ReplicaResults, ReplicaRun, ReplicaStep};
+use super::StepSection;
 use super::splice::Section;
+use crate::bench::machine::Machine;
+use crate::bench::replicas::{P99_GOAL_MS, ReplicaResults, ReplicaRun, ReplicaStep};
 
 /// Where the section starts and ends in `BENCHMARKS.md`.
 const BEGIN: &str = "<!-- replica step: begin -->";
@@ -23,8 +21,20 @@ const KB_PER_AGENT_GOAL: f64 = 16.0;
 const PUSH_ALL_GOAL_MS: f64 = 5000.0;
 const FAILOVER_GOAL_MS: f64 = 30_000.0;
 
+impl StepSection for ReplicaResults {
+    const SECTION: Section = Section {
+        begin: BEGIN,
+        end: END,
+        json_key: "replicas",
+    };
+
+    fn section(&self, machine: &Machine, mode: &str) -> String {
+        section(self, machine, mode)
+    }
+}
+
 /// The section, markers included.
-pub fn section(results: &ReplicaResults, machine: &Machine, mode: &str) -> String {
+fn section(results: &ReplicaResults, machine: &Machine, mode: &str) -> String {
     let mut md = format!("{BEGIN}\n## Replicas on PostgreSQL behind haproxy\n\n");
     match results {
         ReplicaResults::Skipped(why) => {
@@ -179,30 +189,13 @@ fn optional_secs(ms: Option<f64>) -> String {
     ms.map_or_else(|| "not all".into(), |ms| format!("{:.2} s", ms / 1000.0))
 }
 
-/// Replaces the section in `dir/BENCHMARKS.md` and the `results.replicas` entry of
-/// `dir/benchmarks.json`, leaving everything else as it was.
-pub fn splice(dir: &Path, results: &ReplicaResults, machine: &Machine, mode: &str) -> Result<()> {
-    let page = Section {
-        begin: BEGIN,
-        end: END,
-        json_key: "replicas",
-    };
-    page.splice(
-        dir,
-        &section(results, machine, mode),
-        machine,
-        mode,
-        results,
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_skipped_step_says_why() {
-        let machine = super::super::machine::describe();
+        let machine = crate::bench::machine::describe();
         let text = section(
             &ReplicaResults::Skipped("no haproxy".into()),
             &machine,

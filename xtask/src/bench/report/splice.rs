@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::machine::Machine;
+use super::super::machine::Machine;
 
 /// Where a step's numbers live in the two pages.
 #[derive(Debug, Clone, Copy)]
@@ -109,7 +109,7 @@ mod tests {
             r#"{"mode":"full","results":{"other":1,"step":{"old":true}}}"#,
         )
         .unwrap();
-        let machine = super::super::machine::describe();
+        let machine = super::super::super::machine::describe();
         let markdown = "<!-- b -->\nx\n<!-- e -->\n";
         let results = serde_json::json!({"new": 2});
         STEP.splice(dir.path(), markdown, &machine, "quick", &results)
