@@ -2,7 +2,7 @@
 //! sign-in sessions and their cookie, the CSRF guard, roles, the fleet list searched, sorted
 //! and paged by the server, an agent's page, error groups, rollout actions from the API and the
 //! command line, update progress from agents (new and old) and the automatic halt.
-//! The same flows in a real browser are in crates/agent/tests/dashboard.rs.
+//! The same flows in a real browser are in crates/server/tests/browser.rs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

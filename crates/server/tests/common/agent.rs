@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Once;
+use std::sync::{Mutex, Once};
 
 use tokio::process::{Child, Command};
 
@@ -13,15 +13,55 @@ pub fn agent_exe() -> PathBuf {
     let exe = server.with_file_name(format!("cms_agent{}", std::env::consts::EXE_SUFFIX));
     BUILD.call_once(|| {
         if !exe.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = std::process::Command::new(cargo)
-                .args(["build", "-p", "cms-agent"])
-                .status()
-                .unwrap();
-            assert!(status.success(), "cannot build cms_agent for the tests");
+            cargo_build(&["-p", "cms-agent"], &[], "cms_agent for the tests");
         }
     });
     exe
+}
+
+/// `cms_agent` and `updater` built as `version` (`CMS_BUILD_VERSION`), in
+/// `target/versioned/VERSION/`: built once per test process, in a target folder of their own
+/// so the tests' own build is left as it is.
+pub fn versioned_build(version: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    let target = agent_exe()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("versioned");
+    let out = target.join(version);
+    if built.iter().any(|v| v == version) {
+        return out;
+    }
+    let build_dir = target.join("build");
+    let env = [
+        ("CMS_BUILD_VERSION", Path::new(version)),
+        ("CARGO_TARGET_DIR", &build_dir),
+    ];
+    cargo_build(&["-p", "cms-agent", "-p", "cms-updater"], &env, version);
+    std::fs::create_dir_all(&out).unwrap();
+    for name in ["cms_agent", "updater"] {
+        let file = format!("{name}{}", std::env::consts::EXE_SUFFIX);
+        let temp = out.join(format!("{file}.tmp-{}", std::process::id()));
+        std::fs::copy(build_dir.join("debug").join(&file), &temp).unwrap();
+        std::fs::rename(&temp, out.join(&file)).unwrap();
+    }
+    built.push(version.to_owned());
+    out
+}
+
+/// `cargo build ARGS` with `env`, failing the test (naming `what`) when it fails.
+fn cargo_build(args: &[&str], env: &[(&str, &Path)], what: &str) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .arg("build")
+        .args(args)
+        .envs(env.iter().copied())
+        .status()
+        .unwrap();
+    assert!(status.success(), "cannot build {what}");
 }
 
 /// A running `cms_agent` with its own storage path.

@@ -1,7 +1,7 @@
 //! The operator dashboard in a real browser: `browser/dashboard.mjs` (Playwright driving the
 //! system's Chromium, headless) against the real `cms-server` and real agents.
 //!
-//! This file builds what the script needs (the server, this agent, the agent and updater as
+//! This file builds what the script needs (this server, the agent, the agent and updater as
 //! 2.0.0) and runs it with node; screenshots of each page land in `target/screenshots/`. Without
 //! Chromium, node or `npm ci`'s `node_modules/playwright-core` it skips, loudly, unless
 //! `CMS_REQUIRE_BROWSER=1` (set by `.ci/run`, which installs them) makes that a failure.
@@ -9,12 +9,17 @@
 #![cfg(unix)] // drives Linux Chromium against Linux builds; the Windows lane runs its own scenarios
 #![allow(clippy::unwrap_used)] // integration tests: a failed call is a failed test
 
-mod util;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use util::{agent_exe, server_exe, versioned_build};
+use common::agent::{agent_exe, versioned_build};
+
+/// The server binary of this crate.
+fn server_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cms-server"))
+}
 
 /// The workspace root (two levels above this crate).
 fn workspace() -> PathBuf {
@@ -57,7 +62,7 @@ fn dashboard_in_a_real_browser() {
         .unwrap()
         .join("screenshots");
     let status = Command::new("node")
-        .arg(workspace().join("crates/agent/tests/browser/dashboard.mjs"))
+        .arg(workspace().join("crates/server/tests/browser/dashboard.mjs"))
         .current_dir(workspace())
         .env("CMS_SERVER_EXE", server_exe())
         .env("CMS_AGENT_EXE", agent_exe())

@@ -1,6 +1,6 @@
 // Browser test of the operator dashboard: Playwright (playwright-core) drives the system's
 // Chromium, headless, against a real cms-server with real agents on loopback. Started by
-// crates/agent/tests/dashboard.rs, which builds the binaries and passes their paths:
+// crates/server/tests/browser.rs, which builds the binaries and passes their paths:
 // The server's log goes to CMS_WORK_DIR/server.log. CMS_SERVER_EXE, CMS_AGENT_EXE (the current version), CMS_AGENT_V2_DIR (cms_agent and
 // updater built as 2.0.0), CMS_WORK_DIR (an empty temp dir), CMS_SCREENSHOTS, CMS_CHROMIUM.
 
