@@ -11,7 +11,7 @@ mod util;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, chown, symlink};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use util::{Agent, Server};
 
@@ -33,12 +33,31 @@ fn give_away(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
 }
 
-/// An empty folder outside the data folder, the other user's, for a link to point at.
-fn outside(dir: &Path, name: &str) -> std::path::PathBuf {
-    let outside = dir.join(name);
+/// `agent/` in `dir`, the data folder, made by root or (`theirs`) given to the other user 0777.
+fn data_folder(dir: &Path, theirs: bool) -> PathBuf {
+    let data = dir.join("agent");
+    fs::create_dir(&data).unwrap();
+    if theirs {
+        give_away(&data, 0o777);
+    }
+    data
+}
+
+/// Links `data/name` to an empty folder of the other user's outside `data`, which it returns.
+fn link_elsewhere(dir: &Path, data: &Path, name: &str) -> PathBuf {
+    let outside = dir.join(format!("elsewhere-{name}"));
     fs::create_dir(&outside).unwrap();
     give_away(&outside, 0o777);
+    symlink(&outside, data.join(name)).unwrap();
     outside
+}
+
+/// Checks that `outside` is still empty and that the warning says `data/name` was removed.
+fn assert_link_removed(stderr: &str, data: &Path, name: &str, outside: &Path) {
+    let left: Vec<_> = fs::read_dir(outside).unwrap().collect();
+    assert!(left.is_empty(), "written through {name}: {left:?}");
+    let removed = format!("removed {} (a link", data.join(name).display());
+    assert!(stderr.contains(&removed), "stderr:\n{stderr}");
 }
 
 /// Starts an agent on `data` against a fresh server, waits until it is IDLE, stops it, and
@@ -70,20 +89,13 @@ fn run_agent(dir: &Path, data: &Path) -> String {
     fs::read_to_string(stderr).unwrap()
 }
 
-fn assert_empty(folder: &Path) {
-    let left: Vec<_> = fs::read_dir(folder).unwrap().collect();
-    assert!(left.is_empty(), "written through a link: {left:?}");
-}
-
 #[test]
 fn a_folder_pre_created_by_another_user_is_taken_over() {
     if !root() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("agent");
-    fs::create_dir(&data).unwrap();
-    give_away(&data, 0o777);
+    let data = data_folder(dir.path(), true);
     fs::write(data.join("planted.txt"), b"theirs").unwrap();
     give_away(&data.join("planted.txt"), 0o666);
 
@@ -104,42 +116,27 @@ fn a_linked_logs_folder_is_removed_not_written_through() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("agent");
-    fs::create_dir(&data).unwrap();
-    let elsewhere = outside(dir.path(), "elsewhere-logs");
-    symlink(&elsewhere, data.join("logs")).unwrap();
+    let data = data_folder(dir.path(), false);
+    let logs = link_elsewhere(dir.path(), &data, "logs");
 
     let stderr = run_agent(dir.path(), &data);
 
-    assert_empty(&elsewhere);
+    assert_link_removed(&stderr, &data, "logs", &logs);
     assert!(data.join("logs/agent.log").is_file());
-    let removed = format!("removed {} (a link", data.join("logs").display());
-    assert!(stderr.contains(&removed), "stderr:\n{stderr}");
 }
 
 #[test]
-fn a_linked_updates_folder_is_removed_not_written_through() {
+fn linked_updates_and_tuf_folders_are_removed_not_written_through() {
     if !root() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("agent");
-    fs::create_dir(&data).unwrap();
-    give_away(&data, 0o777);
-    let elsewhere = outside(dir.path(), "elsewhere-updates");
-    symlink(&elsewhere, data.join("updates")).unwrap();
-    let tuf = outside(dir.path(), "elsewhere-tuf");
-    symlink(&tuf, data.join("tuf")).unwrap();
+    let data = data_folder(dir.path(), true);
+    let updates = link_elsewhere(dir.path(), &data, "updates");
+    let tuf = link_elsewhere(dir.path(), &data, "tuf");
 
     let stderr = run_agent(dir.path(), &data);
 
-    assert_empty(&elsewhere);
-    assert_empty(&tuf);
-    for linked in ["updates", "tuf"] {
-        if let Ok(meta) = fs::symlink_metadata(data.join(linked)) {
-            assert!(meta.is_dir() && !meta.file_type().is_symlink(), "{linked}");
-        }
-    }
-    let removed = format!("removed {} (a link", data.join("updates").display());
-    assert!(stderr.contains(&removed), "stderr:\n{stderr}");
+    assert_link_removed(&stderr, &data, "updates", &updates);
+    assert_link_removed(&stderr, &data, "tuf", &tuf);
 }
