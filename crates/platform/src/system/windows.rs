@@ -1098,11 +1098,17 @@ mod data_folder {
             }
             Verdict::TakeOver => {
                 let previous_owner = owner.unwrap_or_default();
-                take_over(path).map_err(|err| refused(path, &previous_owner, err))?;
-                report.changes.push(DataDirChange::TakenOver {
-                    path: path.to_path_buf(),
-                    previous_owner,
-                });
+                match take_over(path) {
+                    Ok(()) => report.changes.push(DataDirChange::TakenOver {
+                        path: path.to_path_buf(),
+                        previous_owner,
+                    }),
+                    // Wine enforces no owners or DACLs: nothing to take from anyone there.
+                    Err(err) if running_under_wine() => {
+                        tracing::warn!(path = %path.display(), owner = %previous_owner, error = %err, "cannot take over under Wine; used as it is");
+                    }
+                    Err(err) => return Err(refused(path, &previous_owner, err)),
+                }
             }
         }
         Ok(kind == EntryKind::Folder)
