@@ -349,6 +349,24 @@ fn proxy_for_scheme(list: &str, https: bool) -> Option<String> {
     fallback
 }
 
+mod data_dir;
+pub use data_dir::{DataDirChange, DataDirReport};
+
+/// Makes `path` the data folder of an elevated agent (root on Linux) and nobody else's: a
+/// folder that does not exist is created with its protection in the creating call (0700; on
+/// Windows the protected DACL of [`set_directory_acls`] for the machine-wide folder); one that
+/// exists is walked without following anything: a link, junction or reparse point (and on
+/// Linux a second hard link or someone else's socket/FIFO) anywhere in the tree is removed,
+/// and every folder or file an administrator (SYSTEM, Administrators, root) does not own is
+/// taken over (owner reset; 0700/0600 or the protected DACL). The report says what was done,
+/// for a warning naming the folder and its previous owner; an error (the folder cannot be
+/// created, or something cannot be taken over) says which entry and whose it is. The parent
+/// folders are created as needed and trusted: choose a data folder inside one only
+/// administrators can change.
+pub fn secure_data_dir(path: &Path, machine_wide: bool) -> io::Result<DataDirReport> {
+    imp::secure_data_dir(path, machine_wide)
+}
+
 #[cfg(test)]
 mod proxy_list_tests {
     use super::proxy_for_scheme;

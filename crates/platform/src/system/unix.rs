@@ -1,15 +1,17 @@
 //! Linux implementation of the `system` API: POSIX permissions, `flock`, `/proc`, signals,
 //! systemd/XDG autostart entries and the IPC secret file.
 
-use std::ffi::OsString;
+use std::ffi::{CStr, CString, OsString};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 
+use super::data_dir::{EntryKind, Verdict, refused, verdict};
 use super::service::SERVICE_NAME;
-use super::{AUTOSTART_NAME, IpcSecret, SecretScope, SystemError};
+use super::{AUTOSTART_NAME, DataDirChange, DataDirReport, IpcSecret, SecretScope, SystemError};
 
 /// File holding the IPC secret inside the storage path.
 const SECRET_FILE_NAME: &str = "ipc.secret";
@@ -423,6 +425,229 @@ pub fn system_proxy(https: bool) -> Option<super::SystemProxy> {
     })
 }
 
+/// How deep the data folder's tree is walked; a deeper tree is refused (the agent's is 2 deep).
+const MAX_DATA_DIR_DEPTH: usize = 16;
+/// What a taken-over file's copy is called until it is renamed over the original.
+const TAKEOVER_SUFFIX: &[u8] = b".cms-takeover";
+
+pub fn secure_data_dir(path: &Path, _machine_wide: bool) -> io::Result<DataDirReport> {
+    let mut report = DataDirReport::default();
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(meta) => {
+            // A link (or someone else's file) where the folder goes: removed, never followed.
+            let what = if meta.file_type().is_symlink() {
+                "a link"
+            } else if meta.uid() != 0 {
+                "someone else's file"
+            } else {
+                return Err(io::Error::other(format!(
+                    "{} is a file, not a folder",
+                    path.display()
+                )));
+            };
+            fs::remove_file(path).map_err(|err| refused(path, &uid_name(meta.uid()), err))?;
+            report.changes.push(DataDirChange::Removed {
+                path: path.to_path_buf(),
+                what,
+            });
+            report.created = create_private_dir(path)?;
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            report.created = create_private_dir(path)?;
+        }
+        Err(err) => return Err(err),
+    }
+    // O_NOFOLLOW: a link put in its place since the check above fails the open (ELOOP).
+    let dir = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)?;
+    secure_folder(&dir, path, 0, &mut report)?;
+    Ok(report)
+}
+
+/// Creates `path` with mode 0700 in the `mkdir` call itself; `false` when it appeared meanwhile
+/// (then it is checked like any existing folder).
+fn create_private_dir(path: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::DirBuilderExt;
+    match fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+/// Makes the open folder `dir` root's and 0700, then does the same to everything in it; every
+/// operation goes through a descriptor, so nothing renamed or linked meanwhile can redirect it.
+fn secure_folder(
+    dir: &File,
+    path: &Path,
+    depth: usize,
+    report: &mut DataDirReport,
+) -> io::Result<()> {
+    if depth > MAX_DATA_DIR_DEPTH {
+        return Err(io::Error::other(format!(
+            "{} is nested more than {MAX_DATA_DIR_DEPTH} folders deep",
+            path.display()
+        )));
+    }
+    let meta = dir.metadata()?;
+    if meta.uid() != 0 || meta.gid() != 0 {
+        let owner = uid_name(meta.uid());
+        std::os::unix::fs::fchown(dir, Some(0), Some(0))
+            .map_err(|err| refused(path, &owner, err))?;
+        if meta.uid() != 0 {
+            report.changes.push(DataDirChange::TakenOver {
+                path: path.to_path_buf(),
+                previous_owner: owner,
+            });
+        }
+    }
+    if meta.mode() & 0o7777 != 0o700 {
+        dir.set_permissions(fs::Permissions::from_mode(0o700))?;
+    }
+    // The entries are listed through the descriptor (/proc/self/fd/N is the folder it holds).
+    let listing = Path::new("/proc/self/fd").join(dir.as_raw_fd().to_string());
+    for entry in fs::read_dir(listing)? {
+        let name = entry?.file_name();
+        let entry_path = path.join(&name);
+        let name = CString::new(name.as_bytes()).map_err(io::Error::other)?;
+        let Some(stat) = lstat_at(dir, &name)? else {
+            continue; // removed meanwhile
+        };
+        let kind = entry_kind(&stat);
+        match verdict(kind, stat.st_uid == 0) {
+            Verdict::Keep | Verdict::TakeOver if kind == EntryKind::Folder => {
+                let sub = open_at(dir, &name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+                secure_folder(&sub, &entry_path, depth + 1, report)?;
+            }
+            Verdict::Keep => {}
+            Verdict::Remove(what) => {
+                unlink_at(dir, &name)
+                    .map_err(|err| refused(&entry_path, &uid_name(stat.st_uid), err))?;
+                report.changes.push(DataDirChange::Removed {
+                    path: entry_path,
+                    what,
+                });
+            }
+            Verdict::TakeOver => {
+                let owner = uid_name(stat.st_uid);
+                replace_with_own_copy(dir, &name, &stat)
+                    .map_err(|err| refused(&entry_path, &owner, err))?;
+                report.changes.push(DataDirChange::TakenOver {
+                    path: entry_path,
+                    previous_owner: owner,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Replaces someone else's file `name` in `dir` by a copy that is root's and 0600, renamed over
+/// it: a descriptor its owner kept open then writes to the orphaned original, never to the
+/// agent's file.
+fn replace_with_own_copy(dir: &File, name: &CStr, seen: &libc::stat) -> io::Result<()> {
+    let mut source = open_at(dir, name, libc::O_RDONLY | libc::O_NONBLOCK, 0)?;
+    let meta = source.metadata()?;
+    if !meta.is_file() || meta.ino() != seen.st_ino {
+        return Err(io::Error::other("it changed while being checked"));
+    }
+    let mut temp = b".".to_vec();
+    temp.extend_from_slice(name.to_bytes());
+    temp.extend_from_slice(TAKEOVER_SUFFIX);
+    let temp = CString::new(temp).map_err(io::Error::other)?;
+    match unlink_at(dir, &temp) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+        _ => {} // a copy left by an interrupted takeover is gone
+    }
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+    let mut copy = open_at(dir, &temp, flags, 0o600)?;
+    let copied = io::copy(&mut source, &mut copy)
+        .and_then(|_| copy.set_permissions(fs::Permissions::from_mode(0o600)))
+        .and_then(|()| copy.sync_all())
+        .and_then(|()| rename_at(dir, &temp, name));
+    if copied.is_err() {
+        let _ = unlink_at(dir, &temp);
+    }
+    copied
+}
+
+/// `uid N`, for messages about who owned an entry.
+fn uid_name(uid: u32) -> String {
+    format!("uid {uid}")
+}
+
+/// What `stat` (taken without following links) describes.
+fn entry_kind(stat: &libc::stat) -> EntryKind {
+    match stat.st_mode & libc::S_IFMT {
+        libc::S_IFDIR => EntryKind::Folder,
+        libc::S_IFREG => EntryKind::File {
+            names: stat.st_nlink,
+        },
+        libc::S_IFLNK => EntryKind::Link,
+        _ => EntryKind::Special,
+    }
+}
+
+/// `openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC, mode)`.
+fn open_at(dir: &File, name: &CStr, flags: libc::c_int, mode: libc::mode_t) -> io::Result<File> {
+    let flags = flags | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: `dir` is an open descriptor and `name` NUL-terminated; the result is checked.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat succeeded, so `fd` is an open descriptor nothing else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`; `None` when there is no such entry.
+fn lstat_at(dir: &File, name: &CStr) -> io::Result<Option<libc::stat>> {
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `dir` is open, `name` NUL-terminated, `stat` points to room for one `stat`.
+    let code = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            stat.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if code != 0 {
+        let err = io::Error::last_os_error();
+        return match err.kind() {
+            io::ErrorKind::NotFound => Ok(None),
+            _ => Err(err),
+        };
+    }
+    // SAFETY: fstatat succeeded, so it filled `stat`.
+    Ok(Some(unsafe { stat.assume_init() }))
+}
+
+/// `unlinkat(dir, name, 0)`: removes a file or a link itself, never what a link points to.
+fn unlink_at(dir: &File, name: &CStr) -> io::Result<()> {
+    // SAFETY: `dir` is open and `name` NUL-terminated.
+    if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `renameat(dir, from, dir, to)`.
+fn rename_at(dir: &File, from: &CStr, to: &CStr) -> io::Result<()> {
+    let fd = dir.as_raw_fd();
+    // SAFETY: `fd` is open and both names are NUL-terminated.
+    if unsafe { libc::renameat(fd, from.as_ptr(), fd, to.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -553,5 +778,112 @@ mod autostart_and_secret_tests {
             read_ipc_secret(scope, dir.path()),
             Err(SystemError::Invalid { .. })
         ));
+    }
+}
+
+#[cfg(test)]
+mod data_dir_tests {
+    //! The takeover of a data folder someone else made; as root only (CI runs as root).
+
+    use super::*;
+    use std::os::unix::fs::{chown, symlink};
+
+    /// Whether the test can run; prints why not.
+    fn root() -> bool {
+        let root = is_running_as_admin();
+        if !root {
+            println!("SKIPPED: needs root");
+        }
+        root
+    }
+
+    #[test]
+    fn a_fresh_folder_is_created_private() {
+        if !root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("a/data");
+        let report = secure_data_dir(&data, true).unwrap();
+        assert!(report.created && !report.taken_over(), "{report:?}");
+        assert_eq!(fs::metadata(&data).unwrap().mode() & 0o7777, 0o700);
+        // Twice: the agent's own folder is left as it is.
+        fs::write(data.join("config.json"), b"{}").unwrap();
+        assert_eq!(
+            secure_data_dir(&data, true).unwrap(),
+            DataDirReport::default()
+        );
+        assert_eq!(fs::read(data.join("config.json")).unwrap(), b"{}");
+    }
+
+    #[test]
+    fn someone_elses_folder_is_taken_over_and_its_links_removed_unfollowed() {
+        if !root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (data, outside) = (dir.path().join("data"), dir.path().join("outside"));
+        fs::create_dir_all(data.join("tuf")).unwrap();
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("victim"), b"keep").unwrap();
+        fs::write(data.join("config.json"), b"planted").unwrap();
+        symlink(&outside, data.join("logs")).unwrap();
+        symlink(outside.join("victim"), data.join("tuf/root.json")).unwrap();
+        fs::hard_link(outside.join("victim"), data.join("agent.lock")).unwrap();
+        for path in [&data, &data.join("tuf"), &data.join("config.json")] {
+            chown(path, Some(65534), Some(65534)).unwrap();
+            fs::set_permissions(path, fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        let mut held = fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("config.json"))
+            .unwrap();
+
+        let report = secure_data_dir(&data, true).unwrap();
+        assert!(!report.created && report.taken_over(), "{report:?}");
+        let text = report
+            .changes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            text.contains(&format!(
+                "took over {} (owned by uid 65534)",
+                data.display()
+            )),
+            "{text}"
+        );
+        for (path, mode) in [(&data, 0o700), (&data.join("tuf"), 0o700)] {
+            let meta = fs::symlink_metadata(path).unwrap();
+            assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, mode), "{path:?}");
+        }
+        let config = fs::symlink_metadata(data.join("config.json")).unwrap();
+        assert_eq!((config.uid(), config.mode() & 0o777), (0, 0o600));
+        assert_eq!(fs::read(data.join("config.json")).unwrap(), b"planted");
+        // The previous owner's open descriptor writes to the replaced original, not the copy.
+        held.write_all(b" and more").unwrap();
+        assert_eq!(fs::read(data.join("config.json")).unwrap(), b"planted");
+        for gone in ["logs", "tuf/root.json", "agent.lock"] {
+            assert!(fs::symlink_metadata(data.join(gone)).is_err(), "{gone}");
+        }
+        assert_eq!(fs::read(outside.join("victim")).unwrap(), b"keep");
+        assert_eq!(fs::metadata(&outside).unwrap().mode() & 0o777, 0o755);
+    }
+
+    #[test]
+    fn a_link_in_place_of_the_folder_is_replaced_by_a_real_one() {
+        if !root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (data, outside) = (dir.path().join("data"), dir.path().join("outside"));
+        fs::create_dir(&outside).unwrap();
+        symlink(&outside, &data).unwrap();
+        let report = secure_data_dir(&data, true).unwrap();
+        assert!(report.created && report.taken_over(), "{report:?}");
+        let meta = fs::symlink_metadata(&data).unwrap();
+        assert!(meta.is_dir() && meta.mode() & 0o7777 == 0o700);
+        assert_eq!(fs::metadata(&outside).unwrap().mode() & 0o777, 0o755);
     }
 }

@@ -21,8 +21,8 @@ use windows_sys::Win32::Foundation::{
     STILL_ACTIVE, WIN32_ERROR,
 };
 use windows_sys::Win32::Security::Authorization::{
-    ConvertSidToStringSidW, ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1,
-    SE_FILE_OBJECT, SetNamedSecurityInfoW,
+    ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1, SE_FILE_OBJECT,
+    SetNamedSecurityInfoW,
 };
 use windows_sys::Win32::Security::Credentials::{
     CRED_PERSIST_LOCAL_MACHINE, CRED_TYPE_GENERIC, CREDENTIALW, CredFree, CredReadW, CredWriteW,
@@ -442,16 +442,7 @@ pub fn get_user_sid_string() -> Result<String, SystemError> {
     // SAFETY: the call succeeded, so the buffer starts with a TOKEN_USER whose SID pointer
     // points into the same buffer, which outlives this use.
     let sid = unsafe { (*buffer.as_ptr().cast::<TOKEN_USER>()).User.Sid };
-    let mut text: *mut u16 = std::ptr::null_mut();
-    // SAFETY: `sid` is valid (above); `text` receives a LocalAlloc'ed string.
-    if unsafe { ConvertSidToStringSidW(sid, &mut text) } == 0 {
-        return Err(os(io::Error::last_os_error()));
-    }
-    // SAFETY: the conversion succeeded, so `text` is a NUL-terminated string.
-    let sid_string = unsafe { from_wide_ptr(text) };
-    // SAFETY: `text` was allocated by ConvertSidToStringSidW and is freed once.
-    unsafe { LocalFree(text.cast()) };
-    Ok(sid_string)
+    data_folder::sid_string(sid).map_err(os)
 }
 
 /// `HKLM`/`HKCU` `...\CurrentVersion\Run`: where Windows finds programs to start at logon.
@@ -931,6 +922,376 @@ pub fn running_under_wine() -> bool {
     }
     // SAFETY: valid module handle and a NUL-terminated export name.
     unsafe { GetProcAddress(module, c"wine_get_version".as_ptr().cast()) }.is_some()
+}
+
+pub use data_folder::secure_data_dir;
+
+/// The elevated agent's data folder (docs/CONTRACT.md, "Files on disk"): created with its
+/// protected DACL in the `CreateDirectoryW` call; an existing one walked without following
+/// reparse points, which are removed; what SYSTEM, Administrators or this process's own user
+/// do not own is taken over through a handle opened without following links.
+mod data_folder {
+    use std::fs::{self, File, Metadata, OpenOptions};
+    use std::io;
+    use std::os::windows::fs::{MetadataExt, OpenOptionsExt};
+    use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle};
+    use std::path::Path;
+
+    use windows_sys::Win32::Foundation::{ERROR_ALREADY_EXISTS, HANDLE, LUID, LocalFree};
+    use windows_sys::Win32::Security::Authorization::{
+        ConvertSidToStringSidW, GetSecurityInfo, SE_FILE_OBJECT, SetSecurityInfo,
+    };
+    use windows_sys::Win32::Security::{
+        ACL, AdjustTokenPrivileges, DACL_SECURITY_INFORMATION, GetSecurityDescriptorDacl,
+        GetSecurityDescriptorOwner, LUID_AND_ATTRIBUTES, LookupPrivilegeValueW,
+        OWNER_SECURITY_INFORMATION, PROTECTED_DACL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR,
+        PSID, SE_PRIVILEGE_ENABLED, SE_RESTORE_NAME, SE_TAKE_OWNERSHIP_NAME, SECURITY_ATTRIBUTES,
+        TOKEN_ADJUST_PRIVILEGES, TOKEN_PRIVILEGES, TOKEN_QUERY,
+    };
+    use windows_sys::Win32::Storage::FileSystem::{
+        CreateDirectoryW, FILE_ATTRIBUTE_DIRECTORY, FILE_ATTRIBUTE_REPARSE_POINT,
+        FILE_FLAG_BACKUP_SEMANTICS, FILE_FLAG_OPEN_REPARSE_POINT, FILE_SHARE_DELETE,
+        FILE_SHARE_READ, FILE_SHARE_WRITE, READ_CONTROL, WRITE_DAC, WRITE_OWNER,
+    };
+    use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
+
+    use super::super::data_dir::{EntryKind, Verdict, is_admin_owner, refused, verdict};
+    use super::super::{DataDirChange, DataDirReport};
+    use super::{
+        STORAGE_SDDL, SecurityDescriptor, from_wide_ptr, get_user_sid_string, running_under_wine,
+        wide, win32_result,
+    };
+
+    /// How deep the tree is walked; a deeper tree is refused (the agent's is 2 deep).
+    const MAX_DEPTH: usize = 16;
+
+    pub fn secure_data_dir(path: &Path, machine_wide: bool) -> io::Result<DataDirReport> {
+        let mut report = DataDirReport::default();
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        match fs::symlink_metadata(path) {
+            Ok(meta) if is_reparse_point(&meta) => {
+                remove_link(path, &meta)?;
+                report.changes.push(DataDirChange::Removed {
+                    path: path.to_path_buf(),
+                    what: "a junction or link",
+                });
+                report.created = create_protected_dir(path, machine_wide)?;
+            }
+            Ok(meta) if !meta.is_dir() => {
+                return Err(io::Error::other(format!(
+                    "{} is a file, not a folder",
+                    path.display()
+                )));
+            }
+            Ok(_) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                report.created = create_protected_dir(path, machine_wide)?;
+            }
+            Err(err) => return Err(err),
+        }
+        if report.created {
+            // Made by this call with this process's owner and DACL, and empty: nothing to ask
+            // (Wine, where ownership is not real, then never stops a fresh start).
+            return Ok(report);
+        }
+        let own = get_user_sid_string().ok();
+        let top = fs::symlink_metadata(path)?;
+        secure_entry(path, &top, own.as_deref(), &mut report)?;
+        sweep(path, own.as_deref(), 0, &mut report)?;
+        Ok(report)
+    }
+
+    /// `CreateDirectoryW` with the storage DACL (machine-wide) in its security attributes, so
+    /// the folder is never reachable unprotected; `false` when it appeared meanwhile.
+    fn create_protected_dir(path: &Path, machine_wide: bool) -> io::Result<bool> {
+        let descriptor = machine_wide
+            .then(|| SecurityDescriptor::from_sddl(STORAGE_SDDL))
+            .transpose()?;
+        let attributes = SECURITY_ATTRIBUTES {
+            nLength: size_of::<SECURITY_ATTRIBUTES>() as u32,
+            lpSecurityDescriptor: descriptor
+                .as_ref()
+                .map_or(std::ptr::null_mut(), SecurityDescriptor::as_ptr),
+            bInheritHandle: 0,
+        };
+        let name = wide(path.as_os_str());
+        // SAFETY: `name` is NUL-terminated; `attributes` and the descriptor it points to (or
+        // null: the default for the per-user folder) outlive the call.
+        if unsafe { CreateDirectoryW(name.as_ptr(), &attributes) } != 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(code) if code == ERROR_ALREADY_EXISTS as i32 => Ok(false),
+            _ => Err(err),
+        }
+    }
+
+    /// Applies the rule of `data_dir` to every entry below `dir`, parents before children.
+    fn sweep(
+        dir: &Path,
+        own: Option<&str>,
+        depth: usize,
+        report: &mut DataDirReport,
+    ) -> io::Result<()> {
+        if depth > MAX_DEPTH {
+            return Err(io::Error::other(format!(
+                "{} is nested more than {MAX_DEPTH} folders deep",
+                dir.display()
+            )));
+        }
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            // The directory listing's own data: a link is described, not followed.
+            let meta = entry.metadata()?;
+            let path = entry.path();
+            if secure_entry(&path, &meta, own, report)? && !is_reparse_point(&meta) {
+                sweep(&path, own, depth + 1, report)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One entry: a link is removed, someone else's folder or file taken over; `true` when it
+    /// is a folder that stays.
+    fn secure_entry(
+        path: &Path,
+        meta: &Metadata,
+        own: Option<&str>,
+        report: &mut DataDirReport,
+    ) -> io::Result<bool> {
+        let kind = if is_reparse_point(meta) {
+            EntryKind::Link
+        } else if meta.file_attributes() & FILE_ATTRIBUTE_DIRECTORY != 0 {
+            EntryKind::Folder
+        } else {
+            EntryKind::File { names: 1 }
+        };
+        let owner = match kind {
+            EntryKind::Link => None,
+            _ => owner_of(path).map(Some).or_else(|err| {
+                if running_under_wine() {
+                    // Wine keeps no owners; there is nobody to take the folder from.
+                    tracing::warn!(path = %path.display(), error = %err, "owner unknown under Wine; used as it is");
+                    Ok(None)
+                } else {
+                    Err(refused(path, "an unknown owner", err))
+                }
+            })?,
+        };
+        let admin_owned = owner.as_deref().is_none_or(|sid| is_admin_owner(sid, own));
+        match verdict(kind, admin_owned) {
+            Verdict::Keep => {}
+            Verdict::Remove(what) => {
+                remove_link(path, meta)?;
+                report.changes.push(DataDirChange::Removed {
+                    path: path.to_path_buf(),
+                    what,
+                });
+                return Ok(false);
+            }
+            Verdict::TakeOver => {
+                let previous_owner = owner.unwrap_or_default();
+                match take_over(path) {
+                    Ok(()) => report.changes.push(DataDirChange::TakenOver {
+                        path: path.to_path_buf(),
+                        previous_owner,
+                    }),
+                    // Wine enforces no owners or DACLs: nothing to take from anyone there.
+                    Err(err) if running_under_wine() => {
+                        tracing::warn!(path = %path.display(), owner = %previous_owner, error = %err, "cannot take over under Wine; used as it is");
+                    }
+                    Err(err) => return Err(refused(path, &previous_owner, err)),
+                }
+            }
+        }
+        Ok(kind == EntryKind::Folder)
+    }
+
+    fn is_reparse_point(meta: &Metadata) -> bool {
+        meta.file_attributes() & FILE_ATTRIBUTE_REPARSE_POINT != 0
+    }
+
+    /// Removes a junction, symbolic link or other reparse point itself: `RemoveDirectoryW` for
+    /// a folder's, `DeleteFileW` for a file's; neither follows it.
+    fn remove_link(path: &Path, meta: &Metadata) -> io::Result<()> {
+        if meta.file_attributes() & FILE_ATTRIBUTE_DIRECTORY != 0 {
+            fs::remove_dir(path)
+        } else {
+            fs::remove_file(path)
+        }
+    }
+
+    /// Opens `path` itself (never what a reparse point names) for `access`; folders too.
+    fn open_no_follow(path: &Path, access: u32) -> io::Result<File> {
+        let file = OpenOptions::new()
+            .access_mode(access)
+            .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE)
+            .custom_flags(FILE_FLAG_BACKUP_SEMANTICS | FILE_FLAG_OPEN_REPARSE_POINT)
+            .open(path)?;
+        if is_reparse_point(&file.metadata()?) {
+            return Err(io::Error::other("it became a link while being checked"));
+        }
+        Ok(file)
+    }
+
+    /// The owner's SID of `path`, read through a handle to the entry itself.
+    fn owner_of(path: &Path) -> io::Result<String> {
+        let file = open_no_follow(path, READ_CONTROL)?;
+        let mut owner: PSID = std::ptr::null_mut();
+        let mut descriptor: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+        // SAFETY: `file` is an open handle with READ_CONTROL; `owner` will point into
+        // `descriptor`, a LocalAlloc'ed buffer freed by the guard below after its last use.
+        let code = unsafe {
+            GetSecurityInfo(
+                file.as_raw_handle(),
+                SE_FILE_OBJECT,
+                OWNER_SECURITY_INFORMATION,
+                &mut owner,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                &mut descriptor,
+            )
+        };
+        win32_result(code)?;
+        let descriptor = SecurityDescriptor(descriptor);
+        let sid = sid_string(owner);
+        drop(descriptor);
+        sid
+    }
+
+    /// Makes Administrators the owner of `path` and gives it the storage DACL (protected),
+    /// through one handle to the entry itself; the take-ownership and restore privileges are
+    /// enabled for the call, as someone else's DACL may grant an administrator nothing.
+    fn take_over(path: &Path) -> io::Result<()> {
+        let _privileges = [SE_TAKE_OWNERSHIP_NAME, SE_RESTORE_NAME]
+            .map(|name| EnabledPrivilege::enable(name).ok());
+        let file = open_no_follow(path, READ_CONTROL | WRITE_DAC | WRITE_OWNER)?;
+        let descriptor = SecurityDescriptor::from_sddl(&format!("O:BA{STORAGE_SDDL}"))?;
+        let (mut owner, mut dacl): (PSID, *mut ACL) = (std::ptr::null_mut(), std::ptr::null_mut());
+        let (mut present, mut defaulted) = (0, 0);
+        // SAFETY: `descriptor` is valid; the out pointers live on this stack frame and point
+        // into `descriptor`, which outlives their use below.
+        let ok = unsafe {
+            GetSecurityDescriptorOwner(descriptor.as_ptr(), &mut owner, &mut defaulted) != 0
+                && GetSecurityDescriptorDacl(
+                    descriptor.as_ptr(),
+                    &mut present,
+                    &mut dacl,
+                    &mut defaulted,
+                ) != 0
+        };
+        if !ok {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `file` is an open handle with WRITE_OWNER and WRITE_DAC; `owner` and `dacl`
+        // are valid (above); group and SACL are not changed.
+        let code = unsafe {
+            SetSecurityInfo(
+                file.as_raw_handle(),
+                SE_FILE_OBJECT,
+                OWNER_SECURITY_INFORMATION
+                    | DACL_SECURITY_INFORMATION
+                    | PROTECTED_DACL_SECURITY_INFORMATION,
+                owner,
+                std::ptr::null_mut(),
+                dacl,
+                std::ptr::null(),
+            )
+        };
+        win32_result(code)
+    }
+
+    /// A privilege of this process's token enabled by [`EnabledPrivilege::enable`] and
+    /// disabled again on drop (unless it was enabled before).
+    struct EnabledPrivilege {
+        token: OwnedHandle,
+        luid: LUID,
+        was_enabled: bool,
+    }
+
+    impl EnabledPrivilege {
+        fn enable(name: windows_sys::core::PCWSTR) -> io::Result<Self> {
+            let mut raw: HANDLE = std::ptr::null_mut();
+            let access = TOKEN_ADJUST_PRIVILEGES | TOKEN_QUERY;
+            // SAFETY: GetCurrentProcess returns a pseudo-handle; `raw` is a valid out pointer.
+            if unsafe { OpenProcessToken(GetCurrentProcess(), access, &mut raw) } == 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: OpenProcessToken succeeded, so `raw` is an open handle we now own.
+            let token = unsafe { OwnedHandle::from_raw_handle(raw) };
+            let mut luid = LUID {
+                LowPart: 0,
+                HighPart: 0,
+            };
+            // SAFETY: `name` is a NUL-terminated constant; `luid` is a valid out pointer.
+            if unsafe { LookupPrivilegeValueW(std::ptr::null(), name, &mut luid) } == 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let previous = adjust(&token, luid, SE_PRIVILEGE_ENABLED)?;
+            // An unchanged privilege (already enabled, or not held) reports no previous state.
+            let was_enabled = previous.PrivilegeCount == 0;
+            Ok(EnabledPrivilege {
+                token,
+                luid,
+                was_enabled,
+            })
+        }
+    }
+
+    impl Drop for EnabledPrivilege {
+        fn drop(&mut self) {
+            if !self.was_enabled {
+                let _ = adjust(&self.token, self.luid, 0);
+            }
+        }
+    }
+
+    /// Sets one privilege's attributes; returns what changed (its state before).
+    fn adjust(token: &OwnedHandle, luid: LUID, attributes: u32) -> io::Result<TOKEN_PRIVILEGES> {
+        let new = TOKEN_PRIVILEGES {
+            PrivilegeCount: 1,
+            Privileges: [LUID_AND_ATTRIBUTES {
+                Luid: luid,
+                Attributes: attributes,
+            }],
+        };
+        let mut previous = TOKEN_PRIVILEGES::default();
+        let mut returned = 0u32;
+        // SAFETY: `token` is open with TOKEN_ADJUST_PRIVILEGES; `new` and `previous` are
+        // TOKEN_PRIVILEGES with room for one entry, the size passed.
+        let ok = unsafe {
+            AdjustTokenPrivileges(
+                token.as_raw_handle(),
+                0,
+                &new,
+                size_of::<TOKEN_PRIVILEGES>() as u32,
+                &mut previous,
+                &mut returned,
+            )
+        };
+        if ok == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(previous)
+    }
+
+    /// `S-1-5-...` for `sid`.
+    pub(super) fn sid_string(sid: PSID) -> io::Result<String> {
+        let mut text: *mut u16 = std::ptr::null_mut();
+        // SAFETY: the caller passes a valid SID; `text` receives a LocalAlloc'ed string.
+        if unsafe { ConvertSidToStringSidW(sid, &mut text) } == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the conversion succeeded, so `text` is a NUL-terminated string.
+        let sid_string = unsafe { from_wide_ptr(text) };
+        // SAFETY: `text` was allocated by ConvertSidToStringSidW and is freed once.
+        unsafe { LocalFree(text.cast()) };
+        Ok(sid_string)
+    }
 }
 
 #[cfg(test)]
