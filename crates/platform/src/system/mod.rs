@@ -315,6 +315,22 @@ pub fn get_user_sid_string() -> Result<String, SystemError> {
     imp::get_user_sid_string()
 }
 
+/// The account a running process acts as: who may serve an IPC endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessIdentity {
+    /// The user's SID on Windows, the effective UID on Linux (as [`get_user_sid_string`]).
+    pub account: String,
+    /// Whether it runs with full rights: an elevated token (SYSTEM, or an administrator
+    /// after UAC) on Windows, UID 0 on Linux. A standard user's process never is.
+    pub privileged: bool,
+}
+
+/// The account process `pid` runs as, for checking who serves an IPC endpoint before
+/// anything is sent to it.
+pub fn process_identity(pid: u32) -> Result<ProcessIdentity, SystemError> {
+    imp::process_identity(pid)
+}
+
 /// The proxy the machine (or the user) is set up to use, as the OS reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SystemProxy {

@@ -409,6 +409,19 @@ pub fn get_user_sid_string() -> Result<String, SystemError> {
     Ok(unsafe { libc::geteuid() }.to_string())
 }
 
+pub fn process_identity(pid: u32) -> Result<super::ProcessIdentity, SystemError> {
+    // The owner of /proc/PID is the process's effective UID (its `dumpable` owner).
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let metadata = std::fs::metadata(&proc_dir).map_err(|source| SystemError::Os {
+        what: format!("reading the account of process {pid}"),
+        source,
+    })?;
+    Ok(super::ProcessIdentity {
+        account: metadata.uid().to_string(),
+        privileged: metadata.uid() == 0,
+    })
+}
+
 /// Proxy variables in the order they are honoured, for `https` and for plain `http` servers.
 const HTTPS_PROXY_VARS: [&str; 4] = ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"];
 const HTTP_PROXY_VARS: [&str; 4] = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"];

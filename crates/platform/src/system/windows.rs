@@ -55,21 +55,29 @@ const LOCK_OFFSET: u64 = 1 << 62;
 const STORAGE_SDDL: &str = "D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)";
 
 pub fn is_running_as_admin() -> bool {
-    token_is_elevated().unwrap_or(false)
+    own_token()
+        .and_then(|token| token_is_elevated(&token))
+        .unwrap_or(false)
 }
 
-fn open_process_token() -> io::Result<OwnedHandle> {
+/// This process's access token.
+fn own_token() -> io::Result<OwnedHandle> {
+    // SAFETY: GetCurrentProcess returns a pseudo-handle that needs no closing.
+    open_process_token(unsafe { GetCurrentProcess() })
+}
+
+/// The access token of `process` (a real or pseudo process handle), for queries.
+fn open_process_token(process: HANDLE) -> io::Result<OwnedHandle> {
     let mut raw: HANDLE = std::ptr::null_mut();
-    // SAFETY: GetCurrentProcess returns a pseudo-handle; `raw` is a valid out pointer.
-    if unsafe { OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut raw) } == 0 {
+    // SAFETY: `process` is a valid process handle for the call; `raw` is a valid out pointer.
+    if unsafe { OpenProcessToken(process, TOKEN_QUERY, &mut raw) } == 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: OpenProcessToken succeeded, so `raw` is an open handle we now own.
     Ok(unsafe { OwnedHandle::from_raw_handle(raw) })
 }
 
-fn token_is_elevated() -> io::Result<bool> {
-    let token = open_process_token()?;
+fn token_is_elevated(token: &OwnedHandle) -> io::Result<bool> {
     let mut elevation = TOKEN_ELEVATION { TokenIsElevated: 0 };
     let mut returned = 0u32;
     // SAFETY: the buffer is a TOKEN_ELEVATION of the size passed; `token` is a valid token.
@@ -415,7 +423,32 @@ pub fn get_user_sid_string() -> Result<String, SystemError> {
         what: "reading the current user's SID".into(),
         source,
     };
-    let token = open_process_token().map_err(os)?;
+    own_token()
+        .and_then(|token| token_user_sid(&token))
+        .map_err(os)
+}
+
+pub fn process_identity(pid: u32) -> Result<super::ProcessIdentity, SystemError> {
+    let os = |source| SystemError::Os {
+        what: format!("reading the account of process {pid}"),
+        source,
+    };
+    // SAFETY: OpenProcess has no memory preconditions; a null result means failure.
+    let raw = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
+    if raw.is_null() {
+        return Err(os(io::Error::last_os_error()));
+    }
+    // SAFETY: OpenProcess succeeded, so `raw` is an open handle we now own.
+    let process = unsafe { OwnedHandle::from_raw_handle(raw) };
+    let token = open_process_token(process.as_raw_handle()).map_err(os)?;
+    Ok(super::ProcessIdentity {
+        account: token_user_sid(&token).map_err(os)?,
+        privileged: token_is_elevated(&token).map_err(os)?,
+    })
+}
+
+/// The SID (`S-1-5-...`) of the user a token belongs to.
+fn token_user_sid(token: &OwnedHandle) -> io::Result<String> {
     let mut needed = 0u32;
     // SAFETY: a null buffer of size 0 only asks for the needed size (the call "fails" with
     // ERROR_INSUFFICIENT_BUFFER, which is expected).
@@ -441,7 +474,7 @@ pub fn get_user_sid_string() -> Result<String, SystemError> {
         )
     };
     if ok == 0 {
-        return Err(os(io::Error::last_os_error()));
+        return Err(io::Error::last_os_error());
     }
     // SAFETY: the call succeeded, so the buffer starts with a TOKEN_USER whose SID pointer
     // points into the same buffer, which outlives this use.
@@ -449,7 +482,7 @@ pub fn get_user_sid_string() -> Result<String, SystemError> {
     let mut text: *mut u16 = std::ptr::null_mut();
     // SAFETY: `sid` is valid (above); `text` receives a LocalAlloc'ed string.
     if unsafe { ConvertSidToStringSidW(sid, &mut text) } == 0 {
-        return Err(os(io::Error::last_os_error()));
+        return Err(io::Error::last_os_error());
     }
     // SAFETY: the conversion succeeded, so `text` is a NUL-terminated string.
     let sid_string = unsafe { from_wide_ptr(text) };
