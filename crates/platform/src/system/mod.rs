@@ -165,6 +165,16 @@ pub enum SystemError {
     /// `--service` in a process the service manager did not start; the text says how to start it.
     #[error("not started by the service manager: {0}")]
     NotAService(String),
+    /// The exe to run with full rights sits where a standard user could change it.
+    #[error(
+        "refusing to register {path} to start with full rights: {why}; install it where only administrators can write (Program Files on Windows, /usr/local/bin or /opt on Linux) and run --enable-autostart from there"
+    )]
+    UnsafeLocation {
+        /// The exe.
+        path: PathBuf,
+        /// Who could write what.
+        why: String,
+    },
     /// Stored data exists but is not usable.
     #[error("{what} is unusable: {reason}; delete it and start the agent again")]
     Invalid {
@@ -192,11 +202,22 @@ impl SystemError {
 /// the Windows service `CMSAgent` (LocalSystem, automatic start, recovery actions; a `Run`
 /// value left in HKLM by an older version is removed) or root's systemd unit. Per user: the
 /// HKCU `Run` value or the XDG autostart entry.
+///
+/// The machine-wide entry runs the exe with full rights at every boot, so it is refused for an
+/// exe that a standard user could replace or plant a file beside ([`SystemError::UnsafeLocation`]):
+/// the exe and its folder must be writable by SYSTEM, Administrators and TrustedInstaller only
+/// (Windows), or be root's and writable by nobody else, up to `/` (Linux).
 pub fn register_autostart(
     exe_path: &Path,
     args: &[OsString],
     machine_wide: bool,
 ) -> Result<String, SystemError> {
+    if machine_wide && let Some(why) = imp::writable_by_standard_users(exe_path)? {
+        return Err(SystemError::UnsafeLocation {
+            path: exe_path.to_path_buf(),
+            why,
+        });
+    }
     imp::register_autostart(exe_path, args, machine_wide)
 }
 

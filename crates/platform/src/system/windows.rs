@@ -21,15 +21,16 @@ use windows_sys::Win32::Foundation::{
     STILL_ACTIVE, WIN32_ERROR,
 };
 use windows_sys::Win32::Security::Authorization::{
-    ConvertSidToStringSidW, ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1,
-    SE_FILE_OBJECT, SetNamedSecurityInfoW,
+    ConvertSidToStringSidW, ConvertStringSecurityDescriptorToSecurityDescriptorW,
+    GetNamedSecurityInfoW, SDDL_REVISION_1, SE_FILE_OBJECT, SetNamedSecurityInfoW,
 };
 use windows_sys::Win32::Security::Credentials::{
     CRED_PERSIST_LOCAL_MACHINE, CRED_TYPE_GENERIC, CREDENTIALW, CredFree, CredReadW, CredWriteW,
 };
 use windows_sys::Win32::Security::{
-    ACL, DACL_SECURITY_INFORMATION, GetSecurityDescriptorDacl, GetTokenInformation,
-    PROTECTED_DACL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR, TOKEN_ELEVATION, TOKEN_QUERY,
+    ACCESS_ALLOWED_ACE, ACE_HEADER, ACL, DACL_SECURITY_INFORMATION, GetAce,
+    GetSecurityDescriptorDacl, GetTokenInformation, INHERIT_ONLY_ACE, OWNER_SECURITY_INFORMATION,
+    PROTECTED_DACL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR, PSID, TOKEN_ELEVATION, TOKEN_QUERY,
     TOKEN_USER, TokenElevation, TokenUser,
 };
 use windows_sys::Win32::Storage::FileSystem::{
@@ -479,8 +480,17 @@ fn token_user_sid(token: &OwnedHandle) -> io::Result<String> {
     // SAFETY: the call succeeded, so the buffer starts with a TOKEN_USER whose SID pointer
     // points into the same buffer, which outlives this use.
     let sid = unsafe { (*buffer.as_ptr().cast::<TOKEN_USER>()).User.Sid };
+    // SAFETY: `sid` points into `buffer`, which lives until the end of this function.
+    unsafe { sid_string(sid) }
+}
+
+/// `sid` as text (`S-1-5-18`).
+///
+/// # Safety
+/// `sid` must point to a valid SID for the duration of the call.
+unsafe fn sid_string(sid: PSID) -> io::Result<String> {
     let mut text: *mut u16 = std::ptr::null_mut();
-    // SAFETY: `sid` is valid (above); `text` receives a LocalAlloc'ed string.
+    // SAFETY: the caller guarantees `sid`; `text` receives a LocalAlloc'ed string.
     if unsafe { ConvertSidToStringSidW(sid, &mut text) } == 0 {
         return Err(io::Error::last_os_error());
     }
@@ -489,6 +499,102 @@ fn token_user_sid(token: &OwnedHandle) -> io::Result<String> {
     // SAFETY: `text` was allocated by ConvertSidToStringSidW and is freed once.
     unsafe { LocalFree(text.cast()) };
     Ok(sid_string)
+}
+
+/// The accounts that may write where a SYSTEM program lives: SYSTEM, Administrators,
+/// TrustedInstaller.
+const TRUSTED_WRITERS: [&str; 3] = [
+    "S-1-5-18",
+    "S-1-5-32-544",
+    "S-1-5-80-956008885-3418522649-1831038044-1853292631-2271478464",
+];
+
+/// `ACCESS_ALLOWED_ACE_TYPE` (winnt.h; in a `windows-sys` feature this crate does not enable).
+const ACCESS_ALLOWED_ACE_TYPE: u32 = 0;
+
+/// Rights that let an account change a file or a folder's entries: write or append data (add a
+/// file or a subfolder), delete children, delete, change the DACL or the owner, generic write
+/// and all.
+const WRITE_RIGHTS: u32 =
+    0x2 | 0x4 | 0x40 | 0x1_0000 | 0x4_0000 | 0x8_0000 | 0x1000_0000 | 0x4000_0000;
+
+pub fn writable_by_standard_users(exe: &Path) -> Result<Option<String>, SystemError> {
+    if running_under_wine() {
+        // Wine keeps no owners or DACLs on files: there is nothing true to check.
+        tracing::warn!(exe = %exe.display(), "under Wine: who may write the exe's folder cannot be checked");
+        return Ok(None);
+    }
+    let folder = exe.parent().unwrap_or(exe);
+    for path in [exe, folder] {
+        let why = others_may_write(path).map_err(|source| SystemError::Os {
+            what: format!("reading who may write {}", path.display()),
+            source,
+        })?;
+        if let Some(why) = why {
+            return Ok(Some(format!("{}: {why}", path.display())));
+        }
+    }
+    Ok(None)
+}
+
+/// Who other than [`TRUSTED_WRITERS`] owns `path` or may change it, if anyone.
+fn others_may_write(path: &Path) -> io::Result<Option<String>> {
+    let name = wide(path.as_os_str());
+    let (mut owner, mut dacl): (PSID, *mut ACL) = (std::ptr::null_mut(), std::ptr::null_mut());
+    let mut descriptor: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+    // SAFETY: `name` is NUL-terminated; the out pointers are valid; the descriptor is
+    // LocalAlloc'ed and owned below, and `owner`/`dacl` point into it.
+    let status = unsafe {
+        GetNamedSecurityInfoW(
+            name.as_ptr(),
+            SE_FILE_OBJECT,
+            OWNER_SECURITY_INFORMATION | DACL_SECURITY_INFORMATION,
+            &mut owner,
+            std::ptr::null_mut(),
+            &mut dacl,
+            std::ptr::null_mut(),
+            &mut descriptor,
+        )
+    };
+    if status != ERROR_SUCCESS {
+        return Err(io::Error::from_raw_os_error(status as i32));
+    }
+    let _owned = SecurityDescriptor(descriptor);
+    // SAFETY: `owner` points into the descriptor, alive while `_owned` is.
+    let owner = unsafe { sid_string(owner) }?;
+    if !TRUSTED_WRITERS.contains(&owner.as_str()) {
+        return Ok(Some(format!("owned by {owner}, who may change its DACL")));
+    }
+    if dacl.is_null() {
+        return Ok(Some("it has no DACL, so everyone may write".into()));
+    }
+    // SAFETY: a non-null DACL from the call above, alive while `_owned` is.
+    let count = unsafe { (*dacl).AceCount };
+    for index in 0..u32::from(count) {
+        let mut ace: *mut c_void = std::ptr::null_mut();
+        // SAFETY: `index` is below the ACL's count; `ace` receives a pointer into the ACL.
+        if unsafe { GetAce(dacl, index, &mut ace) } == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: every ACE starts with an ACE_HEADER.
+        let header = unsafe { &*ace.cast::<ACE_HEADER>() };
+        let applies = u32::from(header.AceFlags) & INHERIT_ONLY_ACE == 0;
+        if u32::from(header.AceType) != ACCESS_ALLOWED_ACE_TYPE || !applies {
+            continue;
+        }
+        // SAFETY: an ACCESS_ALLOWED_ACE (its type was checked); its SID starts at SidStart.
+        let allowed = unsafe { &*ace.cast::<ACCESS_ALLOWED_ACE>() };
+        if allowed.Mask & WRITE_RIGHTS == 0 {
+            continue;
+        }
+        let sid = (&raw const allowed.SidStart).cast_mut().cast::<c_void>();
+        // SAFETY: the SID lies inside the ACE, alive while `_owned` is.
+        let account = unsafe { sid_string(sid) }?;
+        if !TRUSTED_WRITERS.contains(&account.as_str()) {
+            return Ok(Some(format!("{account} may write to it")));
+        }
+    }
+    Ok(None)
 }
 
 /// `HKLM`/`HKCU` `...\CurrentVersion\Run`: where Windows finds programs to start at logon.
@@ -976,6 +1082,19 @@ mod tests {
     //! both the HKLM and the HKCU paths are reachable; functions take `machine_wide` explicitly.
 
     use super::*;
+
+    #[test]
+    fn an_exe_in_a_folder_its_user_owns_may_not_start_as_a_service() {
+        if running_under_wine() {
+            eprintln!("SKIPPED under Wine: it keeps no owners or DACLs on files");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("cms_agent.exe");
+        std::fs::write(&exe, b"MZ").unwrap();
+        let why = writable_by_standard_users(&exe).unwrap();
+        assert!(why.is_some(), "a user's temp folder passed as safe");
+    }
     use windows_sys::Win32::Security::Authorization::{
         ConvertSecurityDescriptorToStringSecurityDescriptorW, GetNamedSecurityInfoW, SE_FILE_OBJECT,
     };
