@@ -1,7 +1,8 @@
 //! A full disk, for real: the agent's storage path is a small tmpfs that the test fills to the
 //! last byte. At start the agent waits (its lock cannot be written) and comes up once space
 //! returns, then reports the wait; while running, reports it cannot append are counted and
-//! reported, and no torn line is left in the buffer.
+//! reported, even after a restart before the backend returns, and no torn line is left in the
+//! buffer.
 //!
 //! Mounting needs root (`mount -t tmpfs`); without it the test says so on stderr and does
 //! nothing (a skip, counted by no one as a pass).
@@ -124,6 +125,10 @@ fn a_full_storage_path_is_waited_out_and_every_lost_report_is_counted() {
             .then_some(())
     });
     std::fs::remove_file(&filler).unwrap();
+    // A restart before the backend is back: the count, kept in memory while it could not be
+    // written, is written once a write succeeds again (at the latest when the agent stops).
+    assert_eq!(agent.stop().code(), Some(0));
+    let mut agent = Agent::start_with_stderr(&data, &args, &stderr);
     let server = Server::start_on(&server_dir, &listen);
     let overflow = server.wait_for_report("error_buffer_overflow");
     assert!(overflow.message.contains("dropped"), "{}", overflow.message);

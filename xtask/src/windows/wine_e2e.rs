@@ -24,7 +24,9 @@
 //!    ERROR_INVALID_LEVEL, which `--status` reports), and the lane says so and starts the
 //!    service again with `sc start`.
 //! 6. `--stop` from the console: the service ends STOPPED with exit code 0 and stays stopped;
-//!    `sc start` brings it back.
+//!    meanwhile a program of the user's (the `pipe_squatter` example) serves the service's pipe
+//!    first, and `--status` refuses it by name and sends it nothing; `sc start` brings the
+//!    service back.
 //! 7. update: release 2.0.0 (Windows builds stamped `CMS_BUILD_VERSION=2.0.0`) published with
 //!    `cms-server release publish --platform windows-x86_64`; the service hands over to
 //!    `updater.exe`, which starts 2.0.0 through the SCM: a new service process, no `.old`/`.new`,
@@ -190,6 +192,8 @@ struct Builds {
     new: Stamped,
     /// The `ipc_request` example of cms-agent.
     ipc_request: PathBuf,
+    /// The `pipe_squatter` example of cms-agent.
+    pipe_squatter: PathBuf,
 }
 
 impl Builds {
@@ -201,15 +205,17 @@ impl Builds {
             .platform(WINDOWS)
             .target_dir(e2e_dir().join("build"))
             .example("ipc_request")
+            .example("pipe_squatter")
             .lean()
             .run()
             .with_context(|| format!("cannot build the Windows {version} programs"))?;
         println!(
-            "    built the Windows {version} agent, updater and ipc_request in {:.0?}",
+            "    built the Windows {version} agent, updater, ipc_request and pipe_squatter in {:.0?}",
             started.elapsed()
         );
         Ok(Builds {
             ipc_request: new.example("ipc_request"),
+            pipe_squatter: new.example("pipe_squatter"),
             new,
         })
     }
@@ -441,7 +447,9 @@ impl Scenario<'_> {
             "after --stop: {state:?}"
         );
         ok(&format!("--stop: {said:?}; sc query: STOPPED, exit code 0"));
-        std::thread::sleep(STAYS_STOPPED);
+        let watched = Instant::now();
+        self.squatter_is_sent_nothing()?;
+        std::thread::sleep(STAYS_STOPPED.saturating_sub(watched.elapsed()));
         let state = self.service_state()?;
         ensure!(
             state.state == "STOPPED",
@@ -460,6 +468,47 @@ impl Scenario<'_> {
         ok(&format!(
             "sc start {SERVICE}: running again (pid {})",
             after.pid
+        ));
+        Ok(())
+    }
+
+    /// While the service is stopped, a program of the user's serves `\\.\pipe\cms_agent_system`
+    /// first: `--status` names it and sends it nothing (neither the secret nor a byte).
+    fn squatter_is_sent_nothing(&self) -> Result<()> {
+        let out_file = e2e_dir().join("pipe_squatter.out");
+        let mut squatter = self
+            .prefix
+            .command(&self.builds.pipe_squatter)
+            .args(["--wait-secs", "60"])
+            .stdout(fs::File::create(&out_file)?)
+            .spawn()
+            .context("cannot start pipe_squatter")?;
+        let said_by_squatter = || fs::read_to_string(&out_file).unwrap_or_default();
+        let pid = wait_for("the squatter's pipe", WAIT, || {
+            Ok(said_by_squatter()
+                .lines()
+                .find_map(|line| line.split(" as pid ").nth(1).map(str::to_owned)))
+        })?;
+        let out = output_timeout(
+            self.prefix.command(AGENT_EXE).arg("--status"),
+            COMMAND_TIMEOUT,
+        )?;
+        let said = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        ensure!(
+            !out.status.success()
+                && said.contains("refusing to talk")
+                && said.contains(&format!("process {pid} ")),
+            "--status against a squatter ({}): {said}",
+            out.status
+        );
+        let finished = wait_for("the squatter to report", WAIT, || Ok(squatter.try_wait()?))?;
+        let report = said_by_squatter();
+        ensure!(
+            finished.success() && report.contains("received 0 bytes"),
+            "the squatter ({finished}) says: {report}"
+        );
+        ok(&format!(
+            "a squatter on the stopped service's pipe (pid {pid}) was named and sent 0 bytes: {said:?}"
         ));
         Ok(())
     }

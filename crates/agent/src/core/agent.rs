@@ -270,6 +270,7 @@ impl Inner {
         if let Some(open) = self.net_health.take_open() {
             self.reporter.store("network_problem", &open.message()); // sent at the next start
         }
+        self.reporter.persist_drop_count();
         let _ = self.state.set_state(AgentState::Stopped);
         self.lock.release();
         tracing::info!(version = BUILD_VERSION, "Shutdown complete");

@@ -147,6 +147,7 @@ impl ErrorReporter {
 
     /// Re-sends buffered reports, oldest first; stops at the first failure and keeps the rest.
     pub async fn flush(&self, http: &HttpClient) {
+        self.persist_drop_count();
         if self.held() {
             tracing::debug!("error reports held back by the server's Retry-After");
             return;
@@ -175,6 +176,12 @@ impl ErrorReporter {
             }
         }
         self.flush_drop_count(http).await;
+    }
+
+    /// Writes the count of dropped reports if an earlier write failed (a full disk), so it
+    /// survives the process; the agent calls it when it stops.
+    pub fn persist_drop_count(&self) {
+        self.buffer().save_count_if_unsaved();
     }
 
     /// Whether a flush has anything to deliver: buffered reports, or a count of dropped ones.
@@ -262,6 +269,9 @@ struct ErrorBuffer {
     reports: Vec<ErrorReport>,
     max_reports: usize,
     dropped: u64,
+    /// Whether `dropped_path` holds `dropped`: false after a write failed (a full disk), so
+    /// the count is written as soon as a write succeeds again and survives a restart.
+    count_saved: bool,
 }
 
 impl ErrorBuffer {
@@ -273,12 +283,13 @@ impl ErrorBuffer {
             dropped += (reports.len() - max_reports) as u64;
             reports.truncate(max_reports);
         }
-        let buffer = ErrorBuffer {
+        let mut buffer = ErrorBuffer {
             path,
             dropped_path,
             reports,
             max_reports,
             dropped,
+            count_saved: true,
         };
         if unreadable > 0 {
             tracing::warn!(unreadable, "skipped damaged lines in the error buffer");
@@ -296,7 +307,11 @@ impl ErrorBuffer {
             return;
         }
         match append_line(&self.path, &report) {
-            Ok(()) => self.reports.push(report),
+            Ok(()) => {
+                self.reports.push(report);
+                // A write went through, so space is back: the count can be kept now.
+                self.save_count_if_unsaved();
+            }
             Err(err) => {
                 self.dropped += 1;
                 self.save_count();
@@ -334,14 +349,24 @@ impl ErrorBuffer {
         }
     }
 
-    fn save_count(&self) {
+    fn save_count(&mut self) {
         let result = if self.dropped == 0 {
             remove_if_present(&self.dropped_path)
         } else {
             write_atomic(&self.dropped_path, self.dropped.to_string().as_bytes())
         };
+        self.count_saved = result.is_ok();
         if let Err(err) = result {
-            tracing::warn!(error = %err, "cannot record the dropped-report count");
+            tracing::warn!(error = %err, dropped = self.dropped, "cannot record the dropped-report count yet; kept in memory");
+        }
+    }
+
+    fn save_count_if_unsaved(&mut self) {
+        if !self.count_saved {
+            self.save_count();
+            if self.count_saved {
+                tracing::info!(dropped = self.dropped, "dropped-report count recorded");
+            }
         }
     }
 }
@@ -435,6 +460,27 @@ mod tests {
         assert_eq!(reopened.reports.len(), 3);
         assert_eq!(reopened.reports[0].message, "report 0");
         assert_eq!(reopened.dropped, 7);
+    }
+
+    #[test]
+    fn a_count_that_could_not_be_written_is_written_once_a_write_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("error_reports.jsonl");
+        let mut buffer = ErrorBuffer::open(path.clone(), 1);
+        buffer.push(report(0));
+        // The count file cannot be written: a non-empty folder stands where it goes.
+        let obstacle = path.with_extension("dropped");
+        fs::create_dir_all(obstacle.join("in-the-way")).unwrap();
+        buffer.push(report(1));
+        assert_eq!(buffer.dropped, 1);
+        assert!(!buffer.count_saved);
+
+        fs::remove_dir_all(&obstacle).unwrap();
+        let delivered = buffer.oldest(1);
+        buffer.remove_delivered(&delivered);
+        buffer.push(report(2));
+        assert!(buffer.count_saved);
+        assert_eq!(ErrorBuffer::open(path, 1).dropped, 1, "the count was lost");
     }
 
     #[test]

@@ -29,7 +29,9 @@ use cms_protocol::IPC_MAX_MESSAGE_BYTES;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::system::{self, IpcSecret, SecretAction, SecretScope, SystemError};
+use cms_platform::{layout, lock_file};
+
+use crate::system::{self, IpcSecret, ProcessIdentity, SecretAction, SecretScope, SystemError};
 
 pub use named_pipe_client::{query_status, send_force_command, send_request, send_stop_command};
 pub use named_pipe_server::{IpcHandler, NamedPipeIPCServer};
@@ -38,25 +40,110 @@ pub use named_pipe_server::{IpcHandler, NamedPipeIPCServer};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpcEndpoint {
     name: PathBuf,
+    server: ServerCheck,
+}
+
+/// Who may serve an endpoint. A standard user can create a pipe named like the agent's while
+/// the agent restarts; a client that talked to it would hand over the IPC secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ServerCheck {
+    /// The agent of a storage path: the process that holds its `agent.lock`, running as the
+    /// account the agent runs as (privileged for the machine-wide agent, this user otherwise).
+    LockHolder {
+        /// The storage path's `agent.lock`.
+        lock_path: PathBuf,
+        /// Whether the machine-wide (privileged) agent serves it.
+        machine_wide: bool,
+    },
+    /// A test endpoint, served by the test itself.
+    Unchecked,
 }
 
 impl IpcEndpoint {
     /// The endpoint of the agent that owns `storage_path` with the given rights.
     pub fn for_agent(storage_path: &Path, is_admin: bool) -> Result<Self, IpcError> {
         let name = imp::agent_endpoint(storage_path, is_admin).map_err(IpcError::Endpoint)?;
-        Ok(IpcEndpoint { name })
+        Ok(IpcEndpoint {
+            name,
+            server: ServerCheck::LockHolder {
+                lock_path: layout::lock_path(storage_path),
+                machine_wide: is_admin,
+            },
+        })
     }
 
     /// A private endpoint for tests (a socket in `dir`, or a uniquely named pipe).
     pub fn for_test(dir: &Path, tag: &str) -> Self {
         IpcEndpoint {
             name: imp::test_endpoint(dir, tag),
+            server: ServerCheck::Unchecked,
         }
     }
 
     /// The pipe name or socket path.
     pub fn name(&self) -> &Path {
         &self.name
+    }
+
+    /// Refuses a connection whose server is not this endpoint's agent, before anything is
+    /// sent on it: the process must hold the storage path's `agent.lock` and run as the
+    /// account the agent runs as.
+    fn check_server(&self, connection: &imp::ClientConnection) -> Result<(), IpcError> {
+        let ServerCheck::LockHolder {
+            lock_path,
+            machine_wide,
+        } = &self.server
+        else {
+            return Ok(());
+        };
+        let server = imp::server_process(connection).map_err(|source| IpcError::Io {
+            endpoint: self.to_string(),
+            source,
+        })?;
+        let refuse = |why: String| {
+            tracing::error!(endpoint = %self, pid = server.pid, account = %server.identity.account, why = %why, "IPC endpoint served by another process; nothing sent");
+            Err(IpcError::NotTheAgent {
+                endpoint: self.to_string(),
+                pid: server.pid,
+                account: server.identity.account.clone(),
+                why: why.clone(),
+            })
+        };
+        if let Some(why) = wrong_account(&server.identity, *machine_wide) {
+            return refuse(why);
+        }
+        match lock_file::read_lock_record(lock_path) {
+            Some(record) if record.pid == server.pid => Ok(()),
+            Some(record) => refuse(format!(
+                "but {} names process {} as the agent",
+                lock_path.display(),
+                record.pid
+            )),
+            None => refuse(format!("but no agent holds {}", lock_path.display())),
+        }
+    }
+}
+
+/// The process serving an endpoint, as the OS reports it for the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ServerProcess {
+    /// Its PID.
+    pub(crate) pid: u32,
+    /// The account it runs as.
+    pub(crate) identity: ProcessIdentity,
+}
+
+/// Why `identity` may not serve the agent's endpoint, if it may not: the machine-wide agent
+/// runs privileged (SYSTEM, an elevated administrator, root), a per-user one as this user.
+fn wrong_account(identity: &ProcessIdentity, machine_wide: bool) -> Option<String> {
+    if machine_wide {
+        return (!identity.privileged)
+            .then(|| "an unprivileged account, not the machine-wide agent's".to_owned());
+    }
+    match system::get_user_sid_string() {
+        Ok(own) if own == identity.account => None,
+        Ok(own) => Some(format!("not this user ({own})")),
+        Err(err) => Some(format!("and this user's account cannot be read ({err})")),
     }
 }
 
@@ -106,6 +193,20 @@ pub enum IpcError {
         endpoint: String,
         /// What the OS said.
         source: io::Error,
+    },
+    /// Another process serves the endpoint (a squatter): nothing was sent to it.
+    #[error(
+        "refusing to talk to {endpoint}: it is served by process {pid} running as {account}, {why}; nothing was sent (the agent may be restarting: try again, and find out what process {pid} is)"
+    )]
+    NotTheAgent {
+        /// The endpoint.
+        endpoint: String,
+        /// The PID of the process that serves it.
+        pid: u32,
+        /// The account it runs as.
+        account: String,
+        /// Why it is not the agent.
+        why: String,
     },
     /// The answer was not a valid response.
     #[error("the agent on {endpoint} sent an unreadable answer: {reason}")]

@@ -6,12 +6,12 @@
 //! answer and changes nothing; no input can stop the server. It must never act on a command
 //! itself, and never log the secret or a request's arguments.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cms_protocol::{IpcCommand, IpcRequest, IpcResponse, IpcStatus};
 use subtle::ConstantTimeEq;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -22,7 +22,8 @@ use crate::system::IpcSecret;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long writing an answer may take.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections served at once; more are closed unanswered until one finishes.
+/// Connections served at once. Beyond it, the oldest client that has sent nothing is dropped
+/// for the newcomer; only when every one of them has been heard is the newcomer closed.
 const MAX_CONNECTIONS: usize = 8;
 /// How long a stopping server waits for answers in flight (an acknowledged `--force`).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
@@ -62,20 +63,20 @@ impl NamedPipeIPCServer {
     /// Serves clients until `cancel`, then lets answers in flight go out and closes the
     /// endpoint.
     pub async fn serve(mut self, handler: Arc<dyn IpcHandler>, cancel: CancellationToken) {
-        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let mut connections = JoinSet::new();
+        let mut silent = SilentClients::default();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 accepted = self.listener.accept() => match accepted {
                     Ok(connection) => {
-                        let Ok(permit) = limit.clone().try_acquire_owned() else {
-                            tracing::warn!(max = MAX_CONNECTIONS, "too many IPC clients at once; closing a connection unanswered");
+                        if connections.len() >= MAX_CONNECTIONS && !silent.drop_oldest() {
+                            tracing::warn!(max = MAX_CONNECTIONS, "too many IPC clients at once, all of them heard; closing a connection unanswered");
                             continue;
-                        };
+                        }
                         let (secret, handler) = (self.secret.clone(), handler.clone());
-                        connections.spawn(serve_connection(connection, secret, handler, permit));
+                        connections.spawn(serve_connection(connection, secret, handler, silent.admit()));
                     }
                     Err(err) => {
                         tracing::warn!(endpoint = %self.endpoint, error = %err, "IPC accept failed");
@@ -96,26 +97,67 @@ impl NamedPipeIPCServer {
     }
 }
 
+/// The connections that have not sent their request yet, oldest first. When every slot is
+/// taken, the oldest of them is dropped to make room, so clients that connect and say nothing
+/// can delay `--status`, `--stop` and `--force` by at most one slot's turn, never lock them out.
+#[derive(Debug, Default)]
+struct SilentClients {
+    waiting: VecDeque<CancellationToken>,
+}
+
+impl SilentClients {
+    /// A new connection, silent until its request arrives: the token it must give up on.
+    fn admit(&mut self) -> CancellationToken {
+        self.waiting.retain(|token| !token.is_cancelled());
+        let token = CancellationToken::new();
+        self.waiting.push_back(token.clone());
+        token
+    }
+
+    /// Drops the oldest connection still waiting for its request; false when none is.
+    fn drop_oldest(&mut self) -> bool {
+        while let Some(token) = self.waiting.pop_front() {
+            if !token.is_cancelled() {
+                token.cancel();
+                tracing::warn!(
+                    "every IPC slot taken; dropping the oldest client that has sent nothing"
+                );
+                return true;
+            }
+        }
+        false
+    }
+}
+
 async fn serve_connection(
     mut connection: imp::ServerConnection,
     secret: IpcSecret,
     handler: Arc<dyn IpcHandler>,
-    _permit: OwnedSemaphorePermit,
+    silent: CancellationToken,
 ) {
-    let response = match tokio::time::timeout(REQUEST_TIMEOUT, read_message(&mut connection)).await
-    {
-        Err(_) => {
+    let request = tokio::select! {
+        read = tokio::time::timeout(REQUEST_TIMEOUT, read_message(&mut connection)) => Some(read),
+        _ = silent.cancelled() => None,
+    };
+    // Heard, or out of time: no longer one of the silent (a cancelled token is skipped there).
+    silent.cancel();
+    let response = match request {
+        None => IpcResponse::refusal(
+            IpcStatus::Error,
+            "dropped: no request was sent while other clients waited",
+        ),
+        Some(Err(_)) => {
             tracing::warn!(
                 timeout_secs = REQUEST_TIMEOUT.as_secs(),
                 "IPC client sent no complete request in time"
             );
             IpcResponse::refusal(IpcStatus::Error, "timed out waiting for the request")
         }
-        Ok(Err(err)) => {
+        Some(Ok(Err(err))) => {
             tracing::warn!(error = %err, "unreadable IPC request");
             IpcResponse::refusal(IpcStatus::Error, err.to_string())
         }
-        Ok(Ok(bytes)) => answer(&bytes, &secret, handler.as_ref()),
+        Some(Ok(Ok(bytes))) => answer(&bytes, &secret, handler.as_ref()),
     };
     let written =
         tokio::time::timeout(ANSWER_TIMEOUT, write_message(&mut connection, &response)).await;
@@ -254,6 +296,30 @@ mod tests {
         server.task.await.unwrap();
         let gone = query_status(&server.endpoint, &server.secret).await;
         assert!(matches!(gone, Err(IpcError::NotRunning { .. })), "{gone:?}");
+    }
+
+    #[tokio::test]
+    async fn clients_that_connect_and_say_nothing_cannot_lock_out_status_or_force() {
+        let server = start("silent");
+        let mut silent = Vec::new();
+        for _ in 0..MAX_CONNECTIONS + 4 {
+            silent.push(imp::connect(server.endpoint.name()).await.unwrap());
+        }
+        let status = query_status(&server.endpoint, &server.secret)
+            .await
+            .unwrap();
+        assert_eq!(status.status, IpcStatus::Acknowledged);
+        // Silent clients keep arriving between the two commands: still heard.
+        for _ in 0..4 {
+            silent.push(imp::connect(server.endpoint.name()).await.unwrap());
+        }
+        let force = send_force_command(&server.endpoint, &server.secret, vec![])
+            .await
+            .unwrap();
+        assert_eq!(force.status, IpcStatus::Acknowledged);
+        assert_eq!(server.recorder.force.load(Ordering::SeqCst), 1);
+        server.cancel.cancel();
+        server.task.await.unwrap();
     }
 
     /// Sends `bytes` on a fresh connection. With a trailing newline the answer is read and

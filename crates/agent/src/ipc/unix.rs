@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::system::SystemError;
+use super::ServerProcess;
+use crate::system::{ProcessIdentity, SystemError};
 
 /// Socket file name inside the storage path.
 const SOCKET_FILE_NAME: &str = "agent.sock";
@@ -64,6 +65,23 @@ impl Drop for Listener {
 /// Connects to `path`; `NotFound`/`ConnectionRefused` mean nobody listens.
 pub(crate) async fn connect(path: &Path) -> io::Result<ClientConnection> {
     UnixStream::connect(path).await
+}
+
+/// The process at the other end of `connection`, from the kernel's record of the peer
+/// (`SO_PEERCRED`, taken when the server called `listen`, so it cannot be forged later).
+pub(crate) fn server_process(connection: &ClientConnection) -> io::Result<ServerProcess> {
+    let peer = connection.peer_cred()?;
+    let pid = peer
+        .pid()
+        .and_then(|pid| u32::try_from(pid).ok())
+        .ok_or_else(|| io::Error::other("the kernel reported no PID for the IPC server"))?;
+    Ok(ServerProcess {
+        pid,
+        identity: ProcessIdentity {
+            account: peer.uid().to_string(),
+            privileged: peer.uid() == 0,
+        },
+    })
 }
 
 /// Whether a connect error means "no agent runs" rather than a failure.

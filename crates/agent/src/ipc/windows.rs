@@ -9,12 +9,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use cms_protocol::IPC_MAX_MESSAGE_BYTES;
+use std::os::windows::io::AsRawHandle;
 use tokio::net::windows::named_pipe::{
     ClientOptions, NamedPipeClient, NamedPipeServer, PipeMode, ServerOptions,
 };
 use windows_sys::Win32::Foundation::ERROR_PIPE_BUSY;
 use windows_sys::Win32::Security::SECURITY_ATTRIBUTES;
+use windows_sys::Win32::System::Pipes::GetNamedPipeServerProcessId;
 
+use super::ServerProcess;
 use crate::system::{self, SecurityDescriptor, SystemError};
 
 /// The server side of one connection.
@@ -134,6 +137,17 @@ pub(crate) async fn connect(name: &Path) -> io::Result<ClientConnection> {
             Err(err) => return Err(err),
         }
     }
+}
+
+/// The process serving the pipe at the other end of `connection`, and the account it runs as.
+pub(crate) fn server_process(connection: &ClientConnection) -> io::Result<ServerProcess> {
+    let mut pid = 0u32;
+    // SAFETY: `connection` owns an open pipe handle for the call; `pid` is a valid out pointer.
+    if unsafe { GetNamedPipeServerProcessId(connection.as_raw_handle(), &mut pid) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let identity = system::process_identity(pid).map_err(io::Error::other)?;
+    Ok(ServerProcess { pid, identity })
 }
 
 /// Whether a connect error means "no agent runs" (`ERROR_FILE_NOT_FOUND`).

@@ -158,6 +158,16 @@ pub enum SystemError {
     /// `--service` in a process the service manager did not start; the text says how to start it.
     #[error("not started by the service manager: {0}")]
     NotAService(String),
+    /// The exe to run with full rights sits where a standard user could change it.
+    #[error(
+        "refusing to register {path} to start with full rights: {why}; install it where only administrators can write (Program Files on Windows, /usr/local/bin or /opt on Linux) and run --enable-autostart from there"
+    )]
+    UnsafeLocation {
+        /// The exe.
+        path: PathBuf,
+        /// Who could write what.
+        why: String,
+    },
     /// Stored data exists but is not usable.
     #[error("{what} is unusable: {reason}; delete it and start the agent again")]
     Invalid {
@@ -185,11 +195,22 @@ impl SystemError {
 /// the Windows service `CMSAgent` (LocalSystem, automatic start, recovery actions; a `Run`
 /// value left in HKLM by an older version is removed) or root's systemd unit. Per user: the
 /// HKCU `Run` value or the XDG autostart entry.
+///
+/// The machine-wide entry runs the exe with full rights at every boot, so it is refused for an
+/// exe that a standard user could replace or plant a file beside ([`SystemError::UnsafeLocation`]):
+/// the exe and its folder must be writable by SYSTEM, Administrators and TrustedInstaller only
+/// (Windows), or be root's and writable by nobody else, up to `/` (Linux).
 pub fn register_autostart(
     exe_path: &Path,
     args: &[OsString],
     machine_wide: bool,
 ) -> Result<String, SystemError> {
+    if machine_wide && let Some(why) = imp::writable_by_standard_users(exe_path)? {
+        return Err(SystemError::UnsafeLocation {
+            path: exe_path.to_path_buf(),
+            why,
+        });
+    }
     imp::register_autostart(exe_path, args, machine_wide)
 }
 
@@ -306,6 +327,22 @@ pub fn manage_ipc_secret(
 /// per-user IPC endpoint.
 pub fn get_user_sid_string() -> Result<String, SystemError> {
     imp::get_user_sid_string()
+}
+
+/// The account a running process acts as: who may serve an IPC endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessIdentity {
+    /// The user's SID on Windows, the effective UID on Linux (as [`get_user_sid_string`]).
+    pub account: String,
+    /// Whether it runs with full rights: an elevated token (SYSTEM, or an administrator
+    /// after UAC) on Windows, UID 0 on Linux. A standard user's process never is.
+    pub privileged: bool,
+}
+
+/// The account process `pid` runs as, for checking who serves an IPC endpoint before
+/// anything is sent to it.
+pub fn process_identity(pid: u32) -> Result<ProcessIdentity, SystemError> {
+    imp::process_identity(pid)
 }
 
 /// The proxy the machine (or the user) is set up to use, as the OS reports it.

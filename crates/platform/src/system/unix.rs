@@ -182,6 +182,48 @@ pub fn unregister_autostart(is_admin: bool) -> Result<Option<String>, SystemErro
     unregister_autostart_in(&AutostartDirs::from_env(), is_admin)
 }
 
+/// Why a user other than root could replace `exe` or put files beside it, if one could: the
+/// exe and its folder must be root's and writable by nobody else; the folders above may also
+/// be sticky (`/tmp`-like: others may add entries there, but not rename root's).
+pub fn writable_by_standard_users(exe: &Path) -> Result<Option<String>, SystemError> {
+    let inspect = |path: &Path| {
+        fs::metadata(path).map_err(|source| SystemError::Os {
+            what: format!("inspecting {}", path.display()),
+            source,
+        })
+    };
+    let exe_meta = inspect(exe)?;
+    if let Some(why) = others_may_write(exe, &exe_meta, false) {
+        return Ok(Some(why));
+    }
+    for (depth, folder) in exe.ancestors().skip(1).enumerate() {
+        if folder.as_os_str().is_empty() {
+            continue;
+        }
+        let sticky_is_enough = depth > 0;
+        if let Some(why) = others_may_write(folder, &inspect(folder)?, sticky_is_enough) {
+            return Ok(Some(why));
+        }
+    }
+    Ok(None)
+}
+
+/// Why `path` (with `meta`) is not root's alone, if it is not.
+fn others_may_write(path: &Path, meta: &fs::Metadata, sticky_is_enough: bool) -> Option<String> {
+    let shown = path.display();
+    if meta.uid() != 0 {
+        return Some(format!("{shown} belongs to uid {}, not root", meta.uid()));
+    }
+    let sticky = meta.mode() & 0o1000 != 0;
+    if meta.mode() & 0o022 != 0 && !(sticky_is_enough && sticky) {
+        return Some(format!(
+            "{shown} is writable by its group or by everyone (mode {:o})",
+            meta.mode() & 0o7777
+        ));
+    }
+    None
+}
+
 fn register_autostart_in(
     dirs: &AutostartDirs,
     exe_path: &Path,
@@ -398,6 +440,19 @@ pub fn delete_ipc_secret(_scope: SecretScope, storage_path: &Path) -> Result<(),
 pub fn get_user_sid_string() -> Result<String, SystemError> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     Ok(unsafe { libc::geteuid() }.to_string())
+}
+
+pub fn process_identity(pid: u32) -> Result<super::ProcessIdentity, SystemError> {
+    // The owner of /proc/PID is the process's effective UID (its `dumpable` owner).
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let metadata = std::fs::metadata(&proc_dir).map_err(|source| SystemError::Os {
+        what: format!("reading the account of process {pid}"),
+        source,
+    })?;
+    Ok(super::ProcessIdentity {
+        account: metadata.uid().to_string(),
+        privileged: metadata.uid() == 0,
+    })
 }
 
 /// Proxy variables in the order they are honoured, for `https` and for plain `http` servers.
@@ -688,6 +743,39 @@ mod tests {
 #[cfg(test)]
 mod autostart_and_secret_tests {
     use super::*;
+
+    #[test]
+    fn only_an_exe_that_root_alone_can_change_may_start_with_full_rights() {
+        if !is_running_as_admin() {
+            eprintln!("SKIPPED: the ownership checks need root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        fs::create_dir(&bin).unwrap();
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+        let exe = bin.join("cms_agent");
+        fs::write(&exe, b"#!/bin/sh\n").unwrap();
+        fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(writable_by_standard_users(&exe).unwrap(), None);
+
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o1777)).unwrap();
+        let why = writable_by_standard_users(&exe).unwrap().unwrap();
+        assert!(
+            why.contains("writable by its group or by everyone"),
+            "{why}"
+        );
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+
+        std::os::unix::fs::chown(&exe, Some(65534), None).unwrap();
+        let why = writable_by_standard_users(&exe).unwrap().unwrap();
+        assert!(why.contains("uid 65534"), "{why}");
+        std::os::unix::fs::chown(&exe, Some(0), None).unwrap();
+
+        std::os::unix::fs::chown(dir.path(), Some(65534), None).unwrap();
+        let why = writable_by_standard_users(&exe).unwrap().unwrap();
+        assert!(why.contains("uid 65534"), "a folder above: {why}");
+    }
 
     fn dirs(root: &Path) -> AutostartDirs {
         AutostartDirs {

@@ -21,15 +21,16 @@ use windows_sys::Win32::Foundation::{
     STILL_ACTIVE, WIN32_ERROR,
 };
 use windows_sys::Win32::Security::Authorization::{
-    ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1, SE_FILE_OBJECT,
-    SetNamedSecurityInfoW,
+    ConvertStringSecurityDescriptorToSecurityDescriptorW, GetNamedSecurityInfoW, SDDL_REVISION_1,
+    SE_FILE_OBJECT, SetNamedSecurityInfoW,
 };
 use windows_sys::Win32::Security::Credentials::{
     CRED_PERSIST_LOCAL_MACHINE, CRED_TYPE_GENERIC, CREDENTIALW, CredFree, CredReadW, CredWriteW,
 };
 use windows_sys::Win32::Security::{
-    ACL, DACL_SECURITY_INFORMATION, GetSecurityDescriptorDacl, GetTokenInformation,
-    PROTECTED_DACL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR, TOKEN_ELEVATION, TOKEN_QUERY,
+    ACCESS_ALLOWED_ACE, ACE_HEADER, ACL, DACL_SECURITY_INFORMATION, GetAce,
+    GetSecurityDescriptorDacl, GetTokenInformation, INHERIT_ONLY_ACE, OWNER_SECURITY_INFORMATION,
+    PROTECTED_DACL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR, PSID, TOKEN_ELEVATION, TOKEN_QUERY,
     TOKEN_USER, TokenElevation, TokenUser,
 };
 use windows_sys::Win32::Storage::FileSystem::{
@@ -55,21 +56,29 @@ const LOCK_OFFSET: u64 = 1 << 62;
 const STORAGE_SDDL: &str = "D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)";
 
 pub fn is_running_as_admin() -> bool {
-    token_is_elevated().unwrap_or(false)
+    own_token()
+        .and_then(|token| token_is_elevated(&token))
+        .unwrap_or(false)
 }
 
-fn open_process_token() -> io::Result<OwnedHandle> {
+/// This process's access token.
+fn own_token() -> io::Result<OwnedHandle> {
+    // SAFETY: GetCurrentProcess returns a pseudo-handle that needs no closing.
+    open_process_token(unsafe { GetCurrentProcess() })
+}
+
+/// The access token of `process` (a real or pseudo process handle), for queries.
+fn open_process_token(process: HANDLE) -> io::Result<OwnedHandle> {
     let mut raw: HANDLE = std::ptr::null_mut();
-    // SAFETY: GetCurrentProcess returns a pseudo-handle; `raw` is a valid out pointer.
-    if unsafe { OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut raw) } == 0 {
+    // SAFETY: `process` is a valid process handle for the call; `raw` is a valid out pointer.
+    if unsafe { OpenProcessToken(process, TOKEN_QUERY, &mut raw) } == 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: OpenProcessToken succeeded, so `raw` is an open handle we now own.
     Ok(unsafe { OwnedHandle::from_raw_handle(raw) })
 }
 
-fn token_is_elevated() -> io::Result<bool> {
-    let token = open_process_token()?;
+fn token_is_elevated(token: &OwnedHandle) -> io::Result<bool> {
     let mut elevation = TOKEN_ELEVATION { TokenIsElevated: 0 };
     let mut returned = 0u32;
     // SAFETY: the buffer is a TOKEN_ELEVATION of the size passed; `token` is a valid token.
@@ -411,7 +420,32 @@ pub fn get_user_sid_string() -> Result<String, SystemError> {
         what: "reading the current user's SID".into(),
         source,
     };
-    let token = open_process_token().map_err(os)?;
+    own_token()
+        .and_then(|token| token_user_sid(&token))
+        .map_err(os)
+}
+
+pub fn process_identity(pid: u32) -> Result<super::ProcessIdentity, SystemError> {
+    let os = |source| SystemError::Os {
+        what: format!("reading the account of process {pid}"),
+        source,
+    };
+    // SAFETY: OpenProcess has no memory preconditions; a null result means failure.
+    let raw = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
+    if raw.is_null() {
+        return Err(os(io::Error::last_os_error()));
+    }
+    // SAFETY: OpenProcess succeeded, so `raw` is an open handle we now own.
+    let process = unsafe { OwnedHandle::from_raw_handle(raw) };
+    let token = open_process_token(process.as_raw_handle()).map_err(os)?;
+    Ok(super::ProcessIdentity {
+        account: token_user_sid(&token).map_err(os)?,
+        privileged: token_is_elevated(&token).map_err(os)?,
+    })
+}
+
+/// The SID (`S-1-5-...`) of the user a token belongs to.
+fn token_user_sid(token: &OwnedHandle) -> io::Result<String> {
     let mut needed = 0u32;
     // SAFETY: a null buffer of size 0 only asks for the needed size (the call "fails" with
     // ERROR_INSUFFICIENT_BUFFER, which is expected).
@@ -437,12 +471,108 @@ pub fn get_user_sid_string() -> Result<String, SystemError> {
         )
     };
     if ok == 0 {
-        return Err(os(io::Error::last_os_error()));
+        return Err(io::Error::last_os_error());
     }
     // SAFETY: the call succeeded, so the buffer starts with a TOKEN_USER whose SID pointer
     // points into the same buffer, which outlives this use.
     let sid = unsafe { (*buffer.as_ptr().cast::<TOKEN_USER>()).User.Sid };
-    data_folder::sid_string(sid).map_err(os)
+    data_folder::sid_string(sid)
+}
+
+/// The accounts that may write where a SYSTEM program lives: SYSTEM, Administrators,
+/// TrustedInstaller.
+const TRUSTED_WRITERS: [&str; 3] = [
+    "S-1-5-18",
+    "S-1-5-32-544",
+    "S-1-5-80-956008885-3418522649-1831038044-1853292631-2271478464",
+];
+
+/// `ACCESS_ALLOWED_ACE_TYPE` (winnt.h; in a `windows-sys` feature this crate does not enable).
+const ACCESS_ALLOWED_ACE_TYPE: u32 = 0;
+
+/// Rights that let an account change a file or a folder's entries: write or append data (add a
+/// file or a subfolder), delete children, delete, change the DACL or the owner, generic write
+/// and all.
+const WRITE_RIGHTS: u32 =
+    0x2 | 0x4 | 0x40 | 0x1_0000 | 0x4_0000 | 0x8_0000 | 0x1000_0000 | 0x4000_0000;
+
+pub fn writable_by_standard_users(exe: &Path) -> Result<Option<String>, SystemError> {
+    if running_under_wine() {
+        // Wine keeps no owners or DACLs on files: there is nothing true to check.
+        tracing::warn!(exe = %exe.display(), "under Wine: who may write the exe's folder cannot be checked");
+        return Ok(None);
+    }
+    let folder = exe.parent().unwrap_or(exe);
+    for path in [exe, folder] {
+        let why = others_may_write(path).map_err(|source| SystemError::Os {
+            what: format!("reading who may write {}", path.display()),
+            source,
+        })?;
+        if let Some(why) = why {
+            return Ok(Some(format!("{}: {why}", path.display())));
+        }
+    }
+    Ok(None)
+}
+
+/// Who other than [`TRUSTED_WRITERS`] owns `path` or may change it, if anyone.
+fn others_may_write(path: &Path) -> io::Result<Option<String>> {
+    let name = wide(path.as_os_str());
+    let (mut owner, mut dacl): (PSID, *mut ACL) = (std::ptr::null_mut(), std::ptr::null_mut());
+    let mut descriptor: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+    // SAFETY: `name` is NUL-terminated; the out pointers are valid; the descriptor is
+    // LocalAlloc'ed and owned below, and `owner`/`dacl` point into it.
+    let status = unsafe {
+        GetNamedSecurityInfoW(
+            name.as_ptr(),
+            SE_FILE_OBJECT,
+            OWNER_SECURITY_INFORMATION | DACL_SECURITY_INFORMATION,
+            &mut owner,
+            std::ptr::null_mut(),
+            &mut dacl,
+            std::ptr::null_mut(),
+            &mut descriptor,
+        )
+    };
+    if status != ERROR_SUCCESS {
+        return Err(io::Error::from_raw_os_error(status as i32));
+    }
+    let _owned = SecurityDescriptor(descriptor);
+    // `owner` points into the descriptor, alive while `_owned` is.
+    let owner = data_folder::sid_string(owner)?;
+    if !TRUSTED_WRITERS.contains(&owner.as_str()) {
+        return Ok(Some(format!("owned by {owner}, who may change its DACL")));
+    }
+    if dacl.is_null() {
+        return Ok(Some("it has no DACL, so everyone may write".into()));
+    }
+    // SAFETY: a non-null DACL from the call above, alive while `_owned` is.
+    let count = unsafe { (*dacl).AceCount };
+    for index in 0..u32::from(count) {
+        let mut ace: *mut c_void = std::ptr::null_mut();
+        // SAFETY: `index` is below the ACL's count; `ace` receives a pointer into the ACL.
+        if unsafe { GetAce(dacl, index, &mut ace) } == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: every ACE starts with an ACE_HEADER.
+        let header = unsafe { &*ace.cast::<ACE_HEADER>() };
+        let applies = u32::from(header.AceFlags) & INHERIT_ONLY_ACE == 0;
+        if u32::from(header.AceType) != ACCESS_ALLOWED_ACE_TYPE || !applies {
+            continue;
+        }
+        // SAFETY: an ACCESS_ALLOWED_ACE (its type was checked); its SID starts at SidStart.
+        let allowed = unsafe { &*ace.cast::<ACCESS_ALLOWED_ACE>() };
+        if allowed.Mask & WRITE_RIGHTS == 0 {
+            continue;
+        }
+        let sid = (&raw const allowed.SidStart).cast_mut().cast::<c_void>();
+        // The SID lies inside the ACE, alive while `_owned` is.
+        let account = data_folder::sid_string(sid)?;
+        if !TRUSTED_WRITERS.contains(&account.as_str()) {
+            return Ok(Some(format!("{account} may write to it")));
+        }
+    }
+    Ok(None)
 }
 
 /// `HKLM`/`HKCU` `...\CurrentVersion\Run`: where Windows finds programs to start at logon.
@@ -1300,6 +1430,19 @@ mod tests {
     //! both the HKLM and the HKCU paths are reachable; functions take `machine_wide` explicitly.
 
     use super::*;
+
+    #[test]
+    fn an_exe_in_a_folder_its_user_owns_may_not_start_as_a_service() {
+        if running_under_wine() {
+            eprintln!("SKIPPED under Wine: it keeps no owners or DACLs on files");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("cms_agent.exe");
+        std::fs::write(&exe, b"MZ").unwrap();
+        let why = writable_by_standard_users(&exe).unwrap();
+        assert!(why.is_some(), "a user's temp folder passed as safe");
+    }
     use windows_sys::Win32::Security::Authorization::{
         ConvertSecurityDescriptorToStringSecurityDescriptorW, GetNamedSecurityInfoW, SE_FILE_OBJECT,
     };
