@@ -14,23 +14,17 @@
 
 pub mod access;
 pub mod api;
-pub mod auth;
 pub mod clock;
 pub mod cluster;
-pub mod dashboard;
 pub mod db;
 pub mod events;
 pub mod files;
-pub mod leader;
+pub mod intake;
 pub mod logtext;
 pub mod net;
-pub mod notify;
-pub mod ratelimit;
 pub mod release;
-pub mod retention;
 pub mod rollout;
 pub mod server;
-pub mod tls;
 pub mod ws;
 
 pub use server::{ConnectionSettings, Listening, ServeConfig, ServeError, serve};

@@ -19,16 +19,16 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use cms_protocol::OperatorRole;
 use cms_server::access::{self, Actor};
-use cms_server::dashboard::rollouts::{self, RolloutAction, RolloutError, RolloutStatus};
 use cms_server::db::Db;
 use cms_server::events::EventBus;
+use cms_server::intake::retention::{self, RetentionPolicy};
 use cms_server::net::Timeouts;
-use cms_server::ratelimit::Rate;
+use cms_server::net::ratelimit::Rate;
+use cms_server::net::tls::TlsFiles;
 use cms_server::release::tuf::DEFAULT_TIMESTAMP_LIFETIME;
 use cms_server::release::tuf_root::{RootKeyDir, Rotation};
 use cms_server::release::{self, PLATFORMS, PublishRequest};
-use cms_server::retention::{self, RetentionPolicy};
-use cms_server::tls::TlsFiles;
+use cms_server::rollout::control::{self, RolloutAction, RolloutError, RolloutStatus};
 use cms_server::{ConnectionSettings, Listening, ServeConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -502,7 +502,7 @@ async fn rollout_in_store(
     let (version, platform) = (target.version.as_str(), target.platform.as_str());
     let result = match action {
         Some(action) => apply_as_command(&db, version, platform, action).await,
-        None => rollouts::status(&db, version, platform).await,
+        None => control::status(&db, version, platform).await,
     };
     db.close().await;
     Ok(result)
@@ -516,7 +516,7 @@ async fn apply_as_command(
     action: RolloutAction,
 ) -> Result<RolloutStatus, RolloutError> {
     let bus = EventBus::new(db).await?;
-    rollouts::apply(db, &bus, &command_actor(), version, platform, action).await
+    control::apply(db, &bus, &command_actor(), version, platform, action).await
 }
 
 fn print_tokens(tokens: &[cms_protocol::OperatorToken]) {

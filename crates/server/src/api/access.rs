@@ -2,7 +2,7 @@
 //!
 //! Every operator route takes an [`Operator`], which requires `Authorization: Bearer <operator
 //! token>` or the dashboard's session cookie (401 without a valid one; a state-changing request
-//! by cookie also needs the CSRF header of `crate::dashboard::session`, 403 without it). A handler then calls [`Operator::require`] with the role
+//! by cookie also needs the CSRF header of `crate::access::session`, 403 without it). A handler then calls [`Operator::require`] with the role
 //! the route needs: a lower role is answered 403 and the attempt is audited. This module must
 //! never accept an agent token (agent and operator tokens live in separate tables) and never
 //! log a token.
@@ -15,8 +15,8 @@ use axum::http::request::Parts;
 use cms_protocol::OperatorRole;
 
 use super::{ApiError, AppState, bearer};
+use crate::access::session;
 use crate::access::{self, Actor, Outcome};
-use crate::dashboard::session;
 use crate::db::OperatorTokenRow;
 
 /// The authenticated caller of an operator route.

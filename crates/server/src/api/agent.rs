@@ -22,14 +22,14 @@ use serde::Deserialize;
 
 use super::access::Peer;
 use super::{ApiError, ApiJson, ApiQuery, AppState, bearer, check_field};
-use crate::auth;
+use crate::access::auth;
 use crate::clock;
-use crate::dashboard::live::LiveEvent;
-use crate::dashboard::signature::signature;
 use crate::db::{Heartbeat, NewAgent, NewErrorReport};
+use crate::events::live::LiveEvent;
+use crate::intake::signature::signature;
 use crate::logtext::{LogEvery, Untrusted, clip};
-use crate::ratelimit::source_network;
-use crate::rollout::{self, Candidate};
+use crate::net::ratelimit::source_network;
+use crate::rollout::cohort::{self, Candidate};
 
 /// Most reports accepted in one batch; larger batches get 413.
 pub const MAX_REPORTS_PER_BATCH: usize = 500;
@@ -233,7 +233,7 @@ impl crate::ws::AgentMessages for SocketMessages {
             tracing::info!(agent_id, %error, "heartbeat over WebSocket not stored");
             return None;
         }
-        let update = match rollout::parse_version(&report.version) {
+        let update = match cohort::parse_version(&report.version) {
             Some(current) => offer_for(&self.state, agent_id, &current, &self.platform).await,
             None => Ok(None),
         };
@@ -263,7 +263,7 @@ pub async fn update_check(
     ApiQuery(query): ApiQuery<UpdateQuery>,
 ) -> Result<axum::Json<UpdateCheckResponse>, ApiError> {
     check_field("platform", &query.platform, MAX_SHORT_FIELD)?;
-    let current = rollout::parse_version(&query.version)
+    let current = cohort::parse_version(&query.version)
         .ok_or_else(|| ApiError::BadRequest("version must look like X.Y.Z".into()))?;
     state.db().touch(&agent.agent_id, &clock::now()).await?;
     let update = offer_for(&state, &agent.agent_id, &current, &query.platform).await?;
@@ -287,7 +287,7 @@ async fn offer_for(
             rollout_percent: r.rollout_percent,
         })
         .collect();
-    let picked = rollout::pick_update(agent_id, current, &candidates)
+    let picked = cohort::pick_update(agent_id, current, &candidates)
         .and_then(|c| releases.iter().find(|r| r.version == c.version));
     Ok(picked.map(|r| UpdateInfo {
         package_url: package_url(&r.version, &r.platform),

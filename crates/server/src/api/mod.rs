@@ -44,9 +44,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock;
 use crate::cluster::Cluster;
-use crate::dashboard::live::LiveFeed;
 use crate::db::{AgentRow, Db, DbError};
-use crate::ratelimit::{Rate, RateLimiter};
+use crate::events::live::LiveFeed;
+use crate::net::ratelimit::{Rate, RateLimiter};
 use crate::ws::Hub;
 
 /// Largest request body accepted (error batches are the big ones).
@@ -464,7 +464,7 @@ pub(crate) fn bearer(parts: &Parts) -> Option<&str> {
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(crate::auth::bearer_token)
+        .and_then(crate::access::auth::bearer_token)
 }
 
 /// Rejects `value` when it is empty or longer than `max` bytes.

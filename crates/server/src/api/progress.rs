@@ -12,9 +12,9 @@ use serde_json::Value;
 
 use super::{ApiError, AppState};
 use crate::clock;
-use crate::dashboard::live::LiveEvent;
-use crate::dashboard::rollouts;
 use crate::db::NewUpdateEvent;
+use crate::events::live::LiveEvent;
+use crate::rollout::control;
 
 /// Error kinds by which older agents tell that an update failed or was rolled back.
 const LEGACY_FAILURE_KINDS: [&str; 2] = ["update_failed", "update_rolled_back"];
@@ -94,7 +94,7 @@ pub async fn record(
         }
     }
     for version in failing {
-        if rollouts::check_halt(db, &version, &agent.agent.platform).await? {
+        if control::check_halt(db, &version, &agent.agent.platform).await? {
             state.live().publish(LiveEvent::RolloutChanged {
                 version,
                 platform: agent.agent.platform.clone(),

@@ -10,6 +10,7 @@
 pub mod archive;
 pub mod tuf;
 pub mod tuf_root;
+pub mod watcher;
 
 use std::path::{Path, PathBuf};
 
@@ -18,10 +19,10 @@ use semver::Version;
 
 use crate::access::{self, Actor, Outcome};
 use crate::clock;
+use crate::cluster::leader;
 use crate::db::{self, Db, DbError, NewRelease};
 use crate::events::{ClusterEvent, EventBus};
-use crate::leader;
-use crate::rollout;
+use crate::rollout::cohort;
 use tuf_root::RootKeyDir;
 
 /// Platforms a release can be published for.
@@ -437,7 +438,7 @@ async fn refuse_existing(
         if release.version == version_text {
             return Err(already_published(version_text, platform, String::new()));
         }
-        let same_precedence = rollout::parse_version(&release.version)
+        let same_precedence = cohort::parse_version(&release.version)
             .is_some_and(|v| v.cmp_precedence(version).is_eq());
         if same_precedence {
             let note = format!(" as {} (same precedence)", release.version);

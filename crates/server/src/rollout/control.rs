@@ -19,7 +19,7 @@ use crate::access::{self, Actor, Outcome};
 use crate::clock;
 use crate::db::{Db, DbError, RolloutChange, RolloutRow};
 use crate::events::{ClusterEvent, EventBus};
-use crate::rollout;
+use crate::rollout::cohort;
 
 /// Releases the rollout listing shows at most.
 pub const MAX_ROLLOUTS_LISTED: i64 = 200;
@@ -129,7 +129,7 @@ pub enum RolloutError {
 
 /// The version as stored (SemVer, without a leading `v`).
 fn normalize_version(version: &str) -> Result<String, RolloutError> {
-    rollout::parse_version(version)
+    cohort::parse_version(version)
         .map(|v| v.to_string())
         .ok_or_else(|| RolloutError::Invalid(format!("{version:?} is not a version like 1.2.3")))
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::http::{HeaderMap, HeaderValue, header};
 
 use crate::access;
-use crate::auth;
+use crate::access::auth;
 use crate::clock;
 use crate::db::{Db, DbError, OperatorTokenRow};
 

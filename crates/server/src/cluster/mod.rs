@@ -8,14 +8,16 @@
 //! never fail a request or a socket because the database could not record a connection: it logs
 //! and the next lease renewal or reconnect repairs it.
 
+pub mod leader;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::clock;
-use crate::dashboard::live::LiveFeed;
 use crate::db::{Db, DbError};
+use crate::events::live::LiveFeed;
 use crate::events::{self, ClusterEvent, EventBus};
 
 /// How often a replica renews its lease.

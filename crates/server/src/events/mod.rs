@@ -5,7 +5,7 @@
 //! schema; every replica listens and hands what arrives to a [`Dispatcher`]: a release
 //! published or a rollout changed wakes the release watcher, which re-reads the releases table
 //! and pushes to the agents this replica holds; a check-update addressed to this replica goes
-//! to the agent's socket; a dashboard's live event ([`crate::dashboard::live`]) goes to the
+//! to the agent's socket; a dashboard's live event ([`crate::events::live`]) goes to the
 //! dashboards open on the other replicas. A payload carries ids (and, for live events, the
 //! names of a state, version or step) only: the receiver reads the rows. When the
 //! listening connection was lost (notifications sent meanwhile are gone), the watcher re-reads
@@ -13,6 +13,8 @@
 //! any agent that missed its push. On SQLite there is one server and no bus: the watcher polls.
 //! This module must never carry anything but ids and names in a payload, and never block the
 //! hub.
+
+pub mod live;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +25,8 @@ use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::dashboard::live::{LiveEvent, LiveFeed};
 use crate::db::{Db, DbError};
+use crate::events::live::{LiveEvent, LiveFeed};
 use crate::ws::Hub;
 
 /// Longest channel name PostgreSQL keeps (NAMEDATALEN - 1).

@@ -1,0 +1,8 @@
+//! What the agents send, and the rules it is stored by: message signatures of error reports
+//! ([`signature`]) and how long error reports are kept ([`retention`]).
+//!
+//! The agent API (`api/agent.rs`) parses and authenticates; this module decides what is
+//! kept. It must never trust an agent id or platform from a body, and never log a token.
+
+pub mod retention;
+pub mod signature;
