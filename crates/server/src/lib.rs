@@ -9,11 +9,12 @@
 //! retention policy, untrusted text is escaped in logs, files are private and the TUF root key
 //! may live offline.
 //! The library holds everything the `cms-server` binary runs so tests and the binary share one
-//! code path. It must never read the process environment or command line itself (that is
-//! `main.rs`'s job) and never log a bearer or enrollment token.
+//! code path, its command line included ([`cli`]). Outside `cli` it must never read the process
+//! environment or command line, and it must never log a bearer or enrollment token.
 
 pub mod access;
 pub mod api;
+pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod db;

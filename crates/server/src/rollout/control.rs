@@ -127,6 +127,13 @@ pub enum RolloutError {
     Database(#[from] DbError),
 }
 
+impl RolloutError {
+    /// Whether retrying cannot help (everything but a database failure).
+    pub fn is_refusal(&self) -> bool {
+        !matches!(self, RolloutError::Database(_))
+    }
+}
+
 /// The version as stored (SemVer, without a leading `v`).
 fn normalize_version(version: &str) -> Result<String, RolloutError> {
     cohort::parse_version(version)
@@ -164,6 +171,19 @@ pub async fn apply(
         );
     }
     result
+}
+
+/// Applies `action` as `actor` from outside a running server (the command line), telling the
+/// replicas on a bus of its own.
+pub async fn apply_with_own_bus(
+    db: &Db,
+    actor: &Actor,
+    version: &str,
+    platform: &str,
+    action: RolloutAction,
+) -> Result<RolloutStatus, RolloutError> {
+    let bus = EventBus::new(db).await?;
+    apply(db, &bus, actor, version, platform, action).await
 }
 
 async fn apply_unaudited(
