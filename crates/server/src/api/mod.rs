@@ -5,8 +5,9 @@
 //! public), [`operator`] (the operator API of docs/protocol.md, operator tokens) and
 //! [`admin`] (token management and the audit log, admin tokens) and [`dashboard`] (the
 //! operator dashboard's page, sessions, fleet, errors, rollouts and live feed); [`access`]
-//! authenticates operators (bearer token or session cookie), [`paging`] pages their listings
-//! and [`progress`] files the agents' update progress. The agent and operator APIs are separate
+//! authenticates operators (bearer token or session cookie) and [`paging`] pages their
+//! listings. Handlers parse, authorize, call the domain modules (`intake`, `rollout`, `access`,
+//! `release`, `cluster`, `events`) and answer. The agent and operator APIs are separate
 //! routers, so they can be served on separate addresses. Every request must arrive and be
 //! answered within [`REQUEST_TIMEOUT`]; every error leaves as `{"error": "..."}` JSON with a
 //! fitting status (429 and 503 with `Retry-After`). This module must never run blocking work in
@@ -21,7 +22,6 @@ pub mod metadata;
 pub mod operator;
 pub mod package;
 pub mod paging;
-pub mod progress;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
