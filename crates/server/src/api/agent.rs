@@ -20,7 +20,7 @@ use cms_protocol::{
 use serde::Deserialize;
 
 use super::access::Peer;
-use super::{ApiError, ApiJson, ApiQuery, AppState, bearer, check_field};
+use super::{ApiError, ApiJson, ApiQuery, AppState, check_field};
 use crate::access::auth;
 use crate::clock;
 use crate::db::{Heartbeat, NewAgent, NewErrorReport};
@@ -60,7 +60,7 @@ impl FromRequestParts<AppState> for AuthedAgent {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).ok_or(ApiError::Unauthorized(UNAUTHORIZED))?;
+        let token = auth::bearer(&parts.headers).ok_or(ApiError::Unauthorized(UNAUTHORIZED))?;
         let presented = auth::hash_token(token);
         let (agent_id, stored) = state
             .db()

@@ -458,15 +458,6 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// The token of the request's `Authorization: Bearer <token>` header, if any.
-pub(crate) fn bearer(parts: &Parts) -> Option<&str> {
-    parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(crate::access::auth::bearer_token)
-}
-
 /// Rejects `value` when it is empty or longer than `max` bytes.
 pub(crate) fn check_field(name: &str, value: &str, max: usize) -> Result<(), ApiError> {
     if value.trim().is_empty() {

@@ -17,7 +17,7 @@ use crate::net::Timeouts;
 use crate::net::ratelimit::Rate;
 use crate::net::tls::TlsFiles;
 use crate::release::tuf::DEFAULT_TIMESTAMP_LIFETIME;
-use crate::{ConnectionSettings, Listening, ServeConfig};
+use crate::server::{self, ConnectionSettings, Listening, ServeConfig};
 
 #[derive(Debug, Args)]
 pub(super) struct ServeArgs {
@@ -90,9 +90,9 @@ pub(super) struct LimitArgs {
     error_retention_per_agent: i64,
 }
 
-impl Refusal for crate::ServeError {
+impl Refusal for server::ServeError {
     fn is_refusal(&self) -> bool {
-        crate::ServeError::is_refusal(self)
+        server::ServeError::is_refusal(self)
     }
 }
 
@@ -133,7 +133,7 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let served = crate::serve(config, shutdown, |listening: Listening| {
+    let served = server::serve(config, shutdown, |listening: Listening| {
         print_line(&format!("listening on {scheme}://{}", listening.agents));
         if let Some(operators) = listening.operators {
             print_line(&format!("operator API on {scheme}://{operators}"));

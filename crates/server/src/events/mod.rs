@@ -15,6 +15,7 @@
 //! hub.
 
 pub mod live;
+pub mod relay;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,7 @@ use std::time::Duration;
 use cms_protocol::{ServerEvent, UpdateRequired};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgListener;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{Db, DbError};
@@ -168,20 +169,6 @@ impl Dispatcher {
     /// After the listener (re)connected: notifications may have been missed, read everything.
     fn resync(&self) {
         self.releases_changed.notify_one();
-    }
-}
-
-/// Sends the live events of this replica (`origin`) to the others until the feed is gone; an
-/// event the bus cannot take is dropped (the dashboards reload anyway).
-pub async fn relay_live(bus: EventBus, origin: Arc<str>, mut events: mpsc::Receiver<LiveEvent>) {
-    while let Some(change) = events.recv().await {
-        let event = ClusterEvent::Live {
-            origin: origin.to_string(),
-            change,
-        };
-        if let Err(error) = bus.publish(&event).await {
-            tracing::debug!(%error, "live event not sent to the other replicas");
-        }
     }
 }
 
