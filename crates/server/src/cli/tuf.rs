@@ -56,7 +56,7 @@ pub(super) async fn tuf(command: TufCommand) -> anyhow::Result<ExitCode> {
     let result = match command {
         TufCommand::Init(args) => {
             let root_dir = RootKeyDir::new(&args.root_key_dir);
-            release::init_offline_root(&args.store.data_dir, &root_dir)
+            release::signing::init_offline_root(&args.store.data_dir, &root_dir)
                 .await
                 .map(|version| {
                     let dir = args.root_key_dir.display();
@@ -65,7 +65,7 @@ pub(super) async fn tuf(command: TufCommand) -> anyhow::Result<ExitCode> {
         }
         TufCommand::OfflineRoot(args) => {
             let root_dir = RootKeyDir::new(&args.root_key_dir);
-            release::take_root_offline(&args.store.data_dir, &root_dir)
+            release::signing::take_root_offline(&args.store.data_dir, &root_dir)
                 .await
                 .map(|()| format!("moved the root key to {}", args.root_key_dir.display()))
         }
@@ -85,7 +85,7 @@ async fn rotate_root(args: RotateArgs) -> anyhow::Result<TufOutcome> {
     let tuf = args.tuf;
     let lifetime = Duration::from_secs(tuf.timestamp_expiry_secs);
     let db = open_store(&tuf.store).await?;
-    let result = release::rotate_root(
+    let result = release::signing::rotate_root(
         &db,
         &tuf.store.data_dir,
         &RootKeyDir::new(&tuf.root_key_dir),
@@ -101,7 +101,7 @@ async fn rotate_root(args: RotateArgs) -> anyhow::Result<TufOutcome> {
 async fn recover(args: TufArgs) -> anyhow::Result<TufOutcome> {
     let lifetime = Duration::from_secs(args.timestamp_expiry_secs);
     let db = open_store(&args.store).await?;
-    let result = release::recover_signing(
+    let result = release::signing::recover_signing(
         &db,
         &args.store.data_dir,
         &RootKeyDir::new(&args.root_key_dir),
