@@ -5,7 +5,7 @@
 //! schema; every replica listens and hands what arrives to a [`Dispatcher`]: a release
 //! published or a rollout changed wakes the release watcher, which re-reads the releases table
 //! and pushes to the agents this replica holds; a check-update addressed to this replica goes
-//! to the agent's socket; a dashboard's live event ([`crate::events::live`]) goes to the
+//! to the agent's socket; a dashboard's live event ([`live`], sent by [`relay`]) goes to the
 //! dashboards open on the other replicas. A payload carries ids (and, for live events, the
 //! names of a state, version or step) only: the receiver reads the rows. When the
 //! listening connection was lost (notifications sent meanwhile are gone), the watcher re-reads
