@@ -9,28 +9,23 @@
 //! retention policy, untrusted text is escaped in logs, files are private and the TUF root key
 //! may live offline.
 //! The library holds everything the `cms-server` binary runs so tests and the binary share one
-//! code path. It must never read the process environment or command line itself (that is
-//! `main.rs`'s job) and never log a bearer or enrollment token.
+//! code path, its command line included ([`cli`]). Outside `cli` it must never read the process
+//! environment or command line, and it must never log a bearer or enrollment token.
 
 pub mod access;
 pub mod api;
-pub mod auth;
+pub mod cli;
 pub mod clock;
 pub mod cluster;
-pub mod dashboard;
 pub mod db;
 pub mod events;
 pub mod files;
-pub mod leader;
+pub mod intake;
 pub mod logtext;
 pub mod net;
-pub mod notify;
-pub mod ratelimit;
 pub mod release;
-pub mod retention;
 pub mod rollout;
 pub mod server;
-pub mod tls;
 pub mod ws;
 
 pub use server::{ConnectionSettings, Listening, ServeConfig, ServeError, serve};

@@ -19,16 +19,16 @@ use tokio::sync::Notify;
 
 use crate::api::{self, AppState, IngestLimits, StateSettings};
 use crate::cluster::Cluster;
+use crate::cluster::leader;
 use crate::db::{self, Db, DbError, PoolUse};
 use crate::events::{self, Dispatcher, EventBus};
-use crate::leader;
+use crate::intake::retention::{self, RetentionPolicy};
 use crate::net::budget::{self, ConnectionBudget, Sizing};
+use crate::net::ratelimit::Rate;
+use crate::net::tls::{self, TlsAcceptor, TlsError, TlsFiles};
 use crate::net::{self, Listener, Timeouts};
-use crate::notify::{RELEASE_POLL_INTERVAL, ReleaseWatcher};
-use crate::ratelimit::Rate;
 use crate::release;
-use crate::retention::{self, RetentionPolicy};
-use crate::tls::{self, TlsAcceptor, TlsError, TlsFiles};
+use crate::release::watcher::{RELEASE_POLL_INTERVAL, ReleaseWatcher};
 use crate::ws::Hub;
 
 /// How often the server checks whether the timestamp metadata needs re-signing.

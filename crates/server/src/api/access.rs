@@ -2,7 +2,7 @@
 //!
 //! Every operator route takes an [`Operator`], which requires `Authorization: Bearer <operator
 //! token>` or the dashboard's session cookie (401 without a valid one; a state-changing request
-//! by cookie also needs the CSRF header of `crate::dashboard::session`, 403 without it). A handler then calls [`Operator::require`] with the role
+//! by cookie also needs the CSRF header of `crate::access::session`, 403 without it). A handler then calls [`Operator::require`] with the role
 //! the route needs: a lower role is answered 403 and the attempt is audited. This module must
 //! never accept an agent token (agent and operator tokens live in separate tables) and never
 //! log a token.
@@ -10,13 +10,11 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
-use axum::http::Method;
 use axum::http::request::Parts;
 use cms_protocol::OperatorRole;
 
-use super::{ApiError, AppState, bearer};
-use crate::access::{self, Actor, Outcome};
-use crate::dashboard::session;
+use super::{ApiError, AppState};
+use crate::access::{self, Actor, Outcome, auth, session};
 use crate::db::OperatorTokenRow;
 
 /// The authenticated caller of an operator route.
@@ -38,7 +36,7 @@ impl FromRequestParts<AppState> for Operator {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let source = peer_address(parts);
-        let row = match bearer(parts) {
+        let row = match auth::bearer(&parts.headers) {
             Some(token) => access::authenticate(state.operator_db(), token).await?,
             None => session_operator(parts, state).await?,
         };
@@ -68,8 +66,7 @@ async fn session_operator(
     let Some(id) = session::cookie_session(&parts.headers) else {
         return Err(ApiError::Unauthorized(UNAUTHORIZED));
     };
-    let safe = matches!(parts.method, Method::GET | Method::HEAD);
-    if !safe && !parts.headers.contains_key(session::CSRF_HEADER) {
+    if session::lacks_csrf_header(&parts.method, &parts.headers) {
         return Err(ApiError::Forbidden(format!(
             "a request signed in by cookie that changes state needs the {} header",
             session::CSRF_HEADER

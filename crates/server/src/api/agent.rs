@@ -12,24 +12,24 @@ use axum::extract::{FromRequest, FromRequestParts, Request, State, WebSocketUpgr
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::Response;
-use cms_protocol::update::package_file_name;
 use cms_protocol::{
     AgentMessage, AgentState, ErrorBatch, ErrorBatchResponse, HeartbeatAck, RegisterRequest,
-    RegisterResponse, ServerEvent, StatusReport, UpdateCheckResponse, UpdateInfo,
-    WS_MAX_MESSAGE_BYTES, WS_READ_BUFFER_BYTES,
+    RegisterResponse, ServerEvent, StatusReport, UpdateCheckResponse, WS_MAX_MESSAGE_BYTES,
+    WS_READ_BUFFER_BYTES,
 };
 use serde::Deserialize;
 
 use super::access::Peer;
-use super::{ApiError, ApiJson, ApiQuery, AppState, bearer, check_field};
-use crate::auth;
+use super::{ApiError, ApiJson, ApiQuery, AppState, check_field};
+use crate::access::auth;
 use crate::clock;
-use crate::dashboard::live::LiveEvent;
-use crate::dashboard::signature::signature;
 use crate::db::{Heartbeat, NewAgent, NewErrorReport};
+use crate::events::live::LiveEvent;
+use crate::intake::signature::signature;
+use crate::intake::{heartbeat, progress};
 use crate::logtext::{LogEvery, Untrusted, clip};
-use crate::ratelimit::source_network;
-use crate::rollout::{self, Candidate};
+use crate::net::ratelimit::source_network;
+use crate::rollout::{cohort, offer};
 
 /// Most reports accepted in one batch; larger batches get 413.
 pub const MAX_REPORTS_PER_BATCH: usize = 500;
@@ -60,7 +60,7 @@ impl FromRequestParts<AppState> for AuthedAgent {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).ok_or(ApiError::Unauthorized(UNAUTHORIZED))?;
+        let token = auth::bearer(&parts.headers).ok_or(ApiError::Unauthorized(UNAUTHORIZED))?;
         let presented = auth::hash_token(token);
         let (agent_id, stored) = state
             .db()
@@ -170,18 +170,7 @@ async fn record_heartbeat(
         metrics_json: &metrics_json,
         network: report.network.as_deref(),
     };
-    let before = state
-        .db()
-        .update_status(agent_id, &heartbeat, &clock::now())
-        .await?;
-    if before.is_some_and(|(state, version)| state != heartbeat.state || version != report.version)
-    {
-        state.live().publish(LiveEvent::AgentChanged {
-            agent_id: agent_id.to_owned(),
-            state: heartbeat.state.to_owned(),
-            version: report.version.clone(),
-        });
-    }
+    heartbeat::record(state.db(), state.live(), agent_id, &heartbeat).await?;
     tracing::debug!(
         agent_id,
         via,
@@ -233,8 +222,10 @@ impl crate::ws::AgentMessages for SocketMessages {
             tracing::info!(agent_id, %error, "heartbeat over WebSocket not stored");
             return None;
         }
-        let update = match rollout::parse_version(&report.version) {
-            Some(current) => offer_for(&self.state, agent_id, &current, &self.platform).await,
+        let update = match cohort::parse_version(&report.version) {
+            Some(current) => {
+                offer::offer_for(self.state.db(), agent_id, &current, &self.platform).await
+            }
             None => Ok(None),
         };
         match update {
@@ -263,45 +254,12 @@ pub async fn update_check(
     ApiQuery(query): ApiQuery<UpdateQuery>,
 ) -> Result<axum::Json<UpdateCheckResponse>, ApiError> {
     check_field("platform", &query.platform, MAX_SHORT_FIELD)?;
-    let current = rollout::parse_version(&query.version)
+    let current = cohort::parse_version(&query.version)
         .ok_or_else(|| ApiError::BadRequest("version must look like X.Y.Z".into()))?;
     state.db().touch(&agent.agent_id, &clock::now()).await?;
-    let update = offer_for(&state, &agent.agent_id, &current, &query.platform).await?;
+    let update = offer::offer_for(state.db(), &agent.agent_id, &current, &query.platform).await?;
     tracing::debug!(agent_id = agent.agent_id, current = %current, offered = ?update.as_ref().map(|u| &u.version), "update check");
     Ok(axum::Json(UpdateCheckResponse { update }))
-}
-
-/// The newest release for `platform` that is newer than `current` and whose rollout includes
-/// `agent_id`.
-async fn offer_for(
-    state: &AppState,
-    agent_id: &str,
-    current: &semver::Version,
-    platform: &str,
-) -> Result<Option<UpdateInfo>, ApiError> {
-    let releases = state.db().releases_for_platform(platform).await?;
-    let candidates: Vec<Candidate> = releases
-        .iter()
-        .map(|r| Candidate {
-            version: r.version.clone(),
-            rollout_percent: r.rollout_percent,
-        })
-        .collect();
-    let picked = rollout::pick_update(agent_id, current, &candidates)
-        .and_then(|c| releases.iter().find(|r| r.version == c.version));
-    Ok(picked.map(|r| UpdateInfo {
-        package_url: package_url(&r.version, &r.platform),
-        target: package_file_name(&r.version, &r.platform),
-        version: r.version.clone(),
-        platform: r.platform.clone(),
-        length: u64::try_from(r.length).unwrap_or_default(),
-        sha256: r.sha256.clone(),
-    }))
-}
-
-/// Path of a release package, relative to the server's base URL.
-pub fn package_url(version: &str, platform: &str) -> String {
-    format!("/api/v1/agent/packages/{version}/{platform}")
 }
 
 /// `POST /api/v1/agent/errors`: stores a batch of reports, each `report_id` once.
@@ -343,7 +301,7 @@ pub async fn errors(
             now,
         ));
     }
-    let (progress, reports) = super::progress::split(reports);
+    let (progress, reports) = progress::split(reports);
     let rows: Vec<NewErrorReport<'_>> = reports
         .iter()
         .map(|report| NewErrorReport {
@@ -370,7 +328,14 @@ pub async fn errors(
             agent_id: agent.agent_id.clone(),
         });
     }
-    stored += super::progress::record(&state, &agent.agent_id, &progress, &reports).await?;
+    stored += progress::record(
+        state.db(),
+        state.live(),
+        &agent.agent_id,
+        &progress,
+        &reports,
+    )
+    .await?;
     let duplicates = cost.saturating_sub(stored);
     tracing::info!(
         agent_id = agent.agent_id,
@@ -447,13 +412,5 @@ mod tests {
         let mut text = "ééé".to_string();
         truncate(&mut text, 3);
         assert_eq!(text, "é");
-    }
-
-    #[test]
-    fn package_url_shape() {
-        assert_eq!(
-            package_url("1.2.3", "linux-x86_64"),
-            "/api/v1/agent/packages/1.2.3/linux-x86_64"
-        );
     }
 }

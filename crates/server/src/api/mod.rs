@@ -5,8 +5,9 @@
 //! public), [`operator`] (the operator API of docs/protocol.md, operator tokens) and
 //! [`admin`] (token management and the audit log, admin tokens) and [`dashboard`] (the
 //! operator dashboard's page, sessions, fleet, errors, rollouts and live feed); [`access`]
-//! authenticates operators (bearer token or session cookie), [`paging`] pages their listings
-//! and [`progress`] files the agents' update progress. The agent and operator APIs are separate
+//! authenticates operators (bearer token or session cookie) and [`paging`] pages their
+//! listings. Handlers parse, authorize, call the domain modules (`intake`, `rollout`, `access`,
+//! `release`, `cluster`, `events`) and answer. The agent and operator APIs are separate
 //! routers, so they can be served on separate addresses. Every request must arrive and be
 //! answered within [`REQUEST_TIMEOUT`]; every error leaves as `{"error": "..."}` JSON with a
 //! fitting status (429 and 503 with `Retry-After`). This module must never run blocking work in
@@ -21,7 +22,6 @@ pub mod metadata;
 pub mod operator;
 pub mod package;
 pub mod paging;
-pub mod progress;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -44,9 +44,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock;
 use crate::cluster::Cluster;
-use crate::dashboard::live::LiveFeed;
 use crate::db::{AgentRow, Db, DbError};
-use crate::ratelimit::{Rate, RateLimiter};
+use crate::events::live::LiveFeed;
+use crate::net::ratelimit::{Rate, RateLimiter};
 use crate::ws::Hub;
 
 /// Largest request body accepted (error batches are the big ones).
@@ -456,15 +456,6 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         let Query(value) = Query::<T>::from_request_parts(parts, state).await?;
         Ok(ApiQuery(value))
     }
-}
-
-/// The token of the request's `Authorization: Bearer <token>` header, if any.
-pub(crate) fn bearer(parts: &Parts) -> Option<&str> {
-    parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(crate::auth::bearer_token)
 }
 
 /// Rejects `value` when it is empty or longer than `max` bytes.

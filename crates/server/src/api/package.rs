@@ -25,7 +25,7 @@ use super::agent::AuthedAgent;
 use super::{ApiError, AppState};
 use crate::logtext::Untrusted;
 
-/// Route of the package download (the path `agent::package_url` builds).
+/// Route of the package download (the path `rollout::offer::package_url` builds).
 pub const PACKAGE_ROUTE: &str = "/api/v1/agent/packages/{version}/{platform}";
 
 /// Read size of the streamed body.

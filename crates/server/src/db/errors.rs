@@ -17,7 +17,7 @@ pub struct NewErrorReport<'a> {
     pub report: &'a cms_protocol::ErrorReport,
     /// `details` serialized as JSON text, `None` when absent.
     pub details_json: Option<String>,
-    /// The message's signature (see `crate::dashboard::signature`).
+    /// The message's signature (the intake's message signature).
     pub signature: String,
 }
 

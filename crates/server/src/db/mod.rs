@@ -21,7 +21,9 @@ pub use errors::{ErrorKey, NewErrorReport, RetentionSweep};
 pub use fleet::{AgentSearch, AgentSort, ErrorGroup, FleetAgent, FleetCounts, Tally, VersionSeen};
 pub use operators::{AuditKey, NewAuditEntry, OperatorTokenRow};
 pub use releases::{NewRelease, PackageRow, PendingRelease, ReleaseKey, ReleaseRecord, ReleaseRow};
-pub use rollouts::{NewUpdateEvent, RolloutChange, RolloutRow, UpdateEventRow};
+pub use rollouts::{
+    HaltRule, NewUpdateEvent, RolloutChange, RolloutRow, StepCounts, UpdateEventRow,
+};
 
 use std::path::Path;
 use std::time::Duration;

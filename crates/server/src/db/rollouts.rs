@@ -1,10 +1,11 @@
 //! The agents' update progress and the rollout control of each release: what the dashboard's
 //! funnel counts, and the pause and halt that stop a release from being offered.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use super::{Db, DbError};
-use crate::dashboard::funnel::{HaltRule, StepCounts};
 
 /// One stored progress event.
 #[derive(Debug, Clone)]
@@ -57,6 +58,35 @@ pub struct RolloutRow {
     pub halted_at: Option<String>,
     /// Its halt rule.
     pub halt: HaltRule,
+}
+
+/// Distinct agents per step of one release on one platform, as the database counted them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepCounts {
+    /// Agents that reported each step (by step name).
+    pub reported: BTreeMap<String, i64>,
+    /// Agents that reported a failure, by the step that failed.
+    pub failed_by_step: BTreeMap<String, i64>,
+    /// Agents that reported progress for the release and run its version now, or reported
+    /// `healthy` (the version runs; the report may still be on its way).
+    pub healthy_reporting: i64,
+    /// Agents that run the release's version and reported no progress for it (older agents,
+    /// or agents registered at that version).
+    pub silent_on_version: i64,
+    /// Agents without progress reports whose error reports say the update failed.
+    pub legacy_failed: i64,
+    /// Agents without progress reports whose error reports say the update was rolled back.
+    pub legacy_rolled_back: i64,
+}
+
+/// When a rollout pauses itself: failures and rollbacks above `percent` of the attempts, once
+/// there are at least `min_attempts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HaltRule {
+    /// Share of failed attempts (0..=100) that is still tolerated.
+    pub percent: i64,
+    /// Attempts needed before the rule applies.
+    pub min_attempts: i64,
 }
 
 type RolloutTuple = (String, String, String, i64, i64, Option<String>, i64, i64);

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::ratelimit::source_network;
+use crate::net::ratelimit::source_network;
 
 /// File descriptors kept out of the connection cap for everything but connections.
 const RESERVED_FDS: u64 = 64;

@@ -12,6 +12,8 @@
 
 pub mod budget;
 pub mod idle;
+pub mod ratelimit;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::io;
@@ -62,7 +64,7 @@ pub struct Listener {
     /// The routes it serves.
     pub app: Router,
     /// HTTPS and WSS instead of plain HTTP (`--tls-cert`).
-    pub tls: Option<crate::tls::TlsAcceptor>,
+    pub tls: Option<crate::net::tls::TlsAcceptor>,
 }
 
 impl std::fmt::Debug for Listener {
@@ -109,7 +111,7 @@ pub async fn serve(listener: Listener, timeouts: Timeouts, shutdown: Cancellatio
         match listener.tls.clone() {
             None => tracker.spawn(serve_connection(io, peer, app, timeouts, stop)),
             Some(acceptor) => tracker.spawn(async move {
-                if let Some(tls) = crate::tls::handshake(&acceptor, io, peer).await {
+                if let Some(tls) = crate::net::tls::handshake(&acceptor, io, peer).await {
                     serve_connection(tls, peer, app, timeouts, stop).await;
                 }
             }),

@@ -8,8 +8,11 @@
 //! a published package or row, and never read the command line or the environment.
 
 pub mod archive;
+pub mod signing;
 pub mod tuf;
+pub mod tuf_keys;
 pub mod tuf_root;
+pub mod watcher;
 
 use std::path::{Path, PathBuf};
 
@@ -18,11 +21,10 @@ use semver::Version;
 
 use crate::access::{self, Actor, Outcome};
 use crate::clock;
+use crate::cluster::leader;
 use crate::db::{self, Db, DbError, NewRelease};
 use crate::events::{ClusterEvent, EventBus};
-use crate::leader;
-use crate::rollout;
-use tuf_root::RootKeyDir;
+use crate::rollout::cohort;
 
 /// Platforms a release can be published for.
 pub const PLATFORMS: [&str; 2] = ["windows-x86_64", "linux-x86_64"];
@@ -197,78 +199,6 @@ async fn tell_replicas_at_commit(
     Ok(())
 }
 
-/// `cms-server tuf init`: a new repository whose root key lives in `root_dir`.
-pub async fn init_offline_root(
-    data_dir: &Path,
-    root_dir: &RootKeyDir,
-) -> Result<u64, PublishError> {
-    let repository = tuf::Repository::new(data_dir);
-    let lock = lock_repository(&repository).await?;
-    Ok(tuf_root::init(&repository, &lock, root_dir).await?)
-}
-
-/// `cms-server tuf offline-root`: moves the online root key into `root_dir`.
-pub async fn take_root_offline(data_dir: &Path, root_dir: &RootKeyDir) -> Result<(), PublishError> {
-    let repository = tuf::Repository::new(data_dir);
-    let lock = lock_repository(&repository).await?;
-    Ok(tuf_root::take_offline(&repository, &lock, root_dir)?)
-}
-
-/// `cms-server tuf rotate-root`: signs the next root (see [`tuf_root::rotate`]) and re-signs
-/// the published releases; audited.
-pub async fn rotate_root(
-    db: &Db,
-    data_dir: &Path,
-    root_dir: &RootKeyDir,
-    rotation: &tuf_root::Rotation,
-    lifetime: std::time::Duration,
-    actor: &Actor,
-) -> Result<u64, PublishError> {
-    let (repository, lock, targets) = locked_with_targets(db, data_dir).await?;
-    let result = tuf_root::rotate(&repository, &lock, root_dir, rotation, &targets, lifetime).await;
-    audit_root_change(db, actor, "tuf.rotate_root", &result).await;
-    Ok(result?)
-}
-
-/// `cms-server tuf recover`: new online keys for a lost data directory, signed by the offline
-/// root (see [`tuf_root::recover`]); audited.
-pub async fn recover_signing(
-    db: &Db,
-    data_dir: &Path,
-    root_dir: &RootKeyDir,
-    lifetime: std::time::Duration,
-    actor: &Actor,
-) -> Result<u64, PublishError> {
-    let (repository, lock, targets) = locked_with_targets(db, data_dir).await?;
-    let result = tuf_root::recover(&repository, &lock, root_dir, &targets, lifetime).await;
-    audit_root_change(db, actor, "tuf.recover", &result).await;
-    Ok(result?)
-}
-
-/// The repository of `data_dir`, locked, and the releases it must list.
-async fn locked_with_targets(
-    db: &Db,
-    data_dir: &Path,
-) -> Result<(tuf::Repository, tuf::SigningLock, Vec<tuf::TargetEntry>), PublishError> {
-    let repository = tuf::Repository::new(data_dir);
-    let lock = lock_repository(&repository).await?;
-    let targets = signed_targets(db).await?;
-    Ok((repository, lock, targets))
-}
-
-async fn audit_root_change(
-    db: &Db,
-    actor: &Actor,
-    action: &str,
-    result: &Result<u64, tuf::TufError>,
-) {
-    let (target, outcome) = match result {
-        Ok(version) => (Some(format!("root {version}")), Outcome::Ok),
-        Err(_) => (None, Outcome::Refused),
-    };
-    access::audit(db, actor, action, target.as_deref(), outcome).await;
-}
-
 /// Checks the request; returns the parsed version.
 fn validate(request: &PublishRequest) -> Result<Version, PublishError> {
     let version = Version::parse(request.version.trim())
@@ -437,7 +367,7 @@ async fn refuse_existing(
         if release.version == version_text {
             return Err(already_published(version_text, platform, String::new()));
         }
-        let same_precedence = rollout::parse_version(&release.version)
+        let same_precedence = cohort::parse_version(&release.version)
             .is_some_and(|v| v.cmp_precedence(version).is_eq());
         if same_precedence {
             let note = format!(" as {} (same precedence)", release.version);

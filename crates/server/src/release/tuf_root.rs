@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 use tough::schema::{RoleType, Root, Signed};
 
 use super::tuf::{
-    self, ONLINE_ROLES, Repository, SigningLock, TargetEntry, TufError, io_err, key_file,
-    metadata_err, root_lists_key,
+    self, ONLINE_ROLES, Repository, SigningLock, TargetEntry, TufError, io_err, metadata_err,
 };
+use super::tuf_keys::{self, key_file, root_lists_key};
 use crate::files;
 
 /// Where an offline root key lives, with copies of the roots it signed.
@@ -67,7 +67,7 @@ impl RootKeyDir {
     fn create(&self) -> Result<PathBuf, TufError> {
         files::private_dir(&self.dir).map_err(io_err(&self.dir))?;
         let path = self.key_path();
-        tuf::create_key_if_missing(&path)?;
+        tuf_keys::create_key_if_missing(&path)?;
         Ok(path)
     }
 
@@ -126,10 +126,10 @@ pub async fn init(
     let keys_dir = repo.keys_dir();
     files::private_dir(&keys_dir).map_err(io_err(&keys_dir))?;
     for role in ONLINE_ROLES {
-        tuf::create_key_if_missing(&repo.key_path(role))?;
+        tuf_keys::create_key_if_missing(&repo.key_path(role))?;
     }
-    let root = tuf::build_root(&root_key, &keys_dir, NonZeroU64::MIN)?;
-    let signed = tuf::sign_root(&root, &[&root], &[&root_key]).await?;
+    let root = tuf_keys::build_root(&root_key, &keys_dir, NonZeroU64::MIN)?;
+    let signed = tuf_keys::sign_root(&root, &[&root], &[&root_key]).await?;
     repo.install_root(&signed)?;
     root_dir.keep_roots_from(&repo.metadata_dir())?;
     tracing::info!("created a TUF root whose key is held outside the data directory");
@@ -158,7 +158,7 @@ pub fn take_offline(
     files::private_dir(&root_dir.dir).map_err(io_err(&root_dir.dir))?;
     let offline = root_dir.key_path();
     copy_new_private(&online, &offline)?;
-    if tuf::key_id(&offline)? != tuf::key_id(&online)? {
+    if tuf_keys::key_id(&offline)? != tuf_keys::key_id(&online)? {
         return Err(refuse(
             "the copied root key does not read back the same; nothing removed",
         ));
@@ -214,8 +214,9 @@ pub async fn rotate(
         .version
         .checked_add(1)
         .ok_or_else(|| refuse("root version exhausted"))?;
-    let next = tuf::build_root(&new_key, &online_dir, version)?;
-    let signed = tuf::sign_root(&next, &[&current.signed, &next], &[&old_key, &new_key]).await?;
+    let next = tuf_keys::build_root(&new_key, &online_dir, version)?;
+    let signed =
+        tuf_keys::sign_root(&next, &[&current.signed, &next], &[&old_key, &new_key]).await?;
     repo.install_root(&signed)?;
     repo.sign_with(lock, &online_dir, targets, timestamp_lifetime)
         .await?;
@@ -248,7 +249,7 @@ fn stage_online_keys(repo: &Repository, rotate: bool) -> Result<PathBuf, TufErro
         if path.exists() {
             fs::remove_file(&path).map_err(io_err(&path))?;
         }
-        tuf::create_key_if_missing(&path)?;
+        tuf_keys::create_key_if_missing(&path)?;
     }
     Ok(next)
 }
@@ -469,10 +470,10 @@ mod tests {
         // The root naming them was installed, then the process died: they are promoted.
         let staged = stage_online_keys(&repo, true).unwrap();
         let root_key = repo.key_path(RoleType::Root);
-        let mut root = tuf::build_root(&root_key, &staged, NonZeroU64::MIN).unwrap();
+        let mut root = tuf_keys::build_root(&root_key, &staged, NonZeroU64::MIN).unwrap();
         root.version = NonZeroU64::new(2).unwrap();
         let previous = repo.current_root().unwrap().signed;
-        let signed = tuf::sign_root(&root, &[&previous, &root], &[&root_key])
+        let signed = tuf_keys::sign_root(&root, &[&previous, &root], &[&root_key])
             .await
             .unwrap();
         repo.install_root(&signed).unwrap();

@@ -10,10 +10,10 @@
 
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
 
 use crate::access;
-use crate::auth;
+use crate::access::auth;
 use crate::clock;
 use crate::db::{Db, DbError, OperatorTokenRow};
 
@@ -77,6 +77,13 @@ pub fn cookie_session(headers: &HeaderMap) -> Option<&str> {
         .find(|(name, _)| *name == SESSION_COOKIE)
         .map(|(_, value)| value.trim())
         .filter(|value| !value.is_empty())
+}
+
+/// Whether a request signed in by cookie may not go on: it can change state (not `GET` or
+/// `HEAD`) and lacks the [`CSRF_HEADER`], so another site may have made a browser send it.
+pub fn lacks_csrf_header(method: &Method, headers: &HeaderMap) -> bool {
+    let safe = matches!(*method, Method::GET | Method::HEAD);
+    !safe && !headers.contains_key(CSRF_HEADER)
 }
 
 /// Whether the request came over HTTPS (directly, or through a proxy that says so).

@@ -3,30 +3,15 @@
 //! [`Funnel::from_counts`] turns the per-step counts of distinct agents (from the agents' own
 //! progress reports, plus what older agents reveal by their version and error reports) into a
 //! funnel whose steps never grow along the way; [`HaltRule`] says when failures and rollbacks
-//! have passed a release's threshold. Pure functions only: this module must never do I/O.
+//! have passed a release's threshold. The counts and the rule's two numbers are the store's
+//! types (`db` reads and writes them); the rules over them are here. Pure functions only: this
+//! module must never do I/O.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-/// Distinct agents per step of one release on one platform, as the database counted them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StepCounts {
-    /// Agents that reported each step (by step name).
-    pub reported: BTreeMap<String, i64>,
-    /// Agents that reported a failure, by the step that failed.
-    pub failed_by_step: BTreeMap<String, i64>,
-    /// Agents that reported progress for the release and run its version now, or reported
-    /// `healthy` (the version runs; the report may still be on its way).
-    pub healthy_reporting: i64,
-    /// Agents that run the release's version and reported no progress for it (older agents,
-    /// or agents registered at that version).
-    pub silent_on_version: i64,
-    /// Agents without progress reports whose error reports say the update failed.
-    pub legacy_failed: i64,
-    /// Agents without progress reports whose error reports say the update was rolled back.
-    pub legacy_rolled_back: i64,
-}
+pub use crate::db::{HaltRule, StepCounts};
 
 impl StepCounts {
     fn step(&self, name: &str) -> i64 {
@@ -97,16 +82,6 @@ impl Funnel {
     pub fn failures(&self) -> i64 {
         self.failed + self.rolled_back
     }
-}
-
-/// When a rollout pauses itself: failures and rollbacks above `percent` of the attempts, once
-/// there are at least `min_attempts`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct HaltRule {
-    /// Share of failed attempts (0..=100) that is still tolerated.
-    pub percent: i64,
-    /// Attempts needed before the rule applies.
-    pub min_attempts: i64,
 }
 
 impl Default for HaltRule {

@@ -3,6 +3,7 @@
 //! Only SHA-256 hashes of bearer tokens are stored or compared. This module must never log,
 //! store or return a token except the freshly minted one handed back at registration.
 
+use axum::http::{HeaderMap, header};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -38,6 +39,14 @@ pub fn bearer_token(header: &str) -> Option<&str> {
     let (scheme, token) = header.trim().split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The token of a request's `Authorization: Bearer <token>` header, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(bearer_token)
 }
 
 #[cfg(test)]

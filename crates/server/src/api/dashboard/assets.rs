@@ -14,7 +14,7 @@ pub struct Asset {
 /// The page itself, served at `/`.
 pub const INDEX: Asset = Asset {
     content_type: "text/html; charset=utf-8",
-    body: include_str!("../../web/index.html"),
+    body: include_str!("../../../web/index.html"),
 };
 
 /// The file named `name` under `/assets/`, if it is one of ours.
@@ -22,9 +22,12 @@ pub fn asset(name: &str) -> Option<Asset> {
     let (content_type, body) = match name {
         "app.js" => (
             "text/javascript; charset=utf-8",
-            include_str!("../../web/app.js"),
+            include_str!("../../../web/app.js"),
         ),
-        "app.css" => ("text/css; charset=utf-8", include_str!("../../web/app.css")),
+        "app.css" => (
+            "text/css; charset=utf-8",
+            include_str!("../../../web/app.css"),
+        ),
         _ => return None,
     };
     Some(Asset { content_type, body })

@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{Db, DbError, ReleaseRecord};
-use crate::rollout;
+use crate::rollout::cohort;
 use crate::ws::Hub;
 
 /// How often the watcher looks for new releases.
@@ -132,7 +132,7 @@ impl ReleaseWatcher {
 
     /// Notifies the connected agents `release` is meant for.
     async fn announce(&self, release: &ReleaseRecord) -> Result<(), DbError> {
-        let Some(version) = rollout::parse_version(&release.version) else {
+        let Some(version) = cohort::parse_version(&release.version) else {
             tracing::warn!(version = %release.version, "new release has no SemVer version");
             return Ok(());
         };
@@ -144,12 +144,7 @@ impl ReleaseWatcher {
         let (mut notified, mut missed) = (0usize, 0usize);
         let targets = agents.iter().filter(|(agent_id, agent_version)| {
             connected.contains(agent_id)
-                && rollout::should_notify(
-                    agent_id,
-                    agent_version,
-                    &version,
-                    release.rollout_percent,
-                )
+                && cohort::should_notify(agent_id, agent_version, &version, release.rollout_percent)
         });
         for (agent_id, _) in targets {
             match self.hub.notify(agent_id, event.clone()) {

@@ -7,6 +7,8 @@
 //! sorted and paged in the database with a bounded offset. These handlers must never return a
 //! token, a token hash or a session id except in the session cookie.
 
+pub mod assets;
+
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -21,14 +23,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
 
+use self::assets::{Asset, CONTENT_SECURITY_POLICY};
 use super::access::Operator;
 use super::{ApiError, ApiJson, ApiQuery, AppState};
+use crate::access::session;
 use crate::clock;
-use crate::dashboard::assets::{self, Asset, CONTENT_SECURITY_POLICY};
-use crate::dashboard::live::LiveEvent;
-use crate::dashboard::rollouts::{self, RolloutAction, RolloutError};
-use crate::dashboard::session;
 use crate::db::{AgentSearch, AgentSort, ErrorKey, FleetAgent};
+use crate::events::live::LiveEvent;
+use crate::rollout::control::{self, RolloutAction, RolloutError};
 
 /// An agent not seen for this long counts as missing.
 pub const MISSING_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -300,7 +302,7 @@ pub async fn rollouts(
     ApiQuery(query): ApiQuery<RolloutsQuery>,
 ) -> Result<Response, ApiError> {
     let _slot = state.listing_slot().await?;
-    let listed = rollouts::list(state.operator_db(), query.halted).await?;
+    let listed = control::list(state.operator_db(), query.halted).await?;
     Ok(Json(listed).into_response())
 }
 
@@ -325,7 +327,7 @@ pub async fn rollout_action(
         .await?;
     let db = state.operator_db();
     let bus = state.cluster().bus();
-    let status = rollouts::apply(db, bus, &operator.actor, &version, &platform, action)
+    let status = control::apply(db, bus, &operator.actor, &version, &platform, action)
         .await
         .map_err(|error| match error {
             RolloutError::Invalid(message) => ApiError::BadRequest(message),

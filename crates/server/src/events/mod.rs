@@ -5,7 +5,7 @@
 //! schema; every replica listens and hands what arrives to a [`Dispatcher`]: a release
 //! published or a rollout changed wakes the release watcher, which re-reads the releases table
 //! and pushes to the agents this replica holds; a check-update addressed to this replica goes
-//! to the agent's socket; a dashboard's live event ([`crate::dashboard::live`]) goes to the
+//! to the agent's socket; a dashboard's live event ([`live`], sent by [`relay`]) goes to the
 //! dashboards open on the other replicas. A payload carries ids (and, for live events, the
 //! names of a state, version or step) only: the receiver reads the rows. When the
 //! listening connection was lost (notifications sent meanwhile are gone), the watcher re-reads
@@ -14,17 +14,20 @@
 //! This module must never carry anything but ids and names in a payload, and never block the
 //! hub.
 
+pub mod live;
+pub mod relay;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use cms_protocol::{ServerEvent, UpdateRequired};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgListener;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::dashboard::live::{LiveEvent, LiveFeed};
 use crate::db::{Db, DbError};
+use crate::events::live::{LiveEvent, LiveFeed};
 use crate::ws::Hub;
 
 /// Longest channel name PostgreSQL keeps (NAMEDATALEN - 1).
@@ -166,20 +169,6 @@ impl Dispatcher {
     /// After the listener (re)connected: notifications may have been missed, read everything.
     fn resync(&self) {
         self.releases_changed.notify_one();
-    }
-}
-
-/// Sends the live events of this replica (`origin`) to the others until the feed is gone; an
-/// event the bus cannot take is dropped (the dashboards reload anyway).
-pub async fn relay_live(bus: EventBus, origin: Arc<str>, mut events: mpsc::Receiver<LiveEvent>) {
-    while let Some(change) = events.recv().await {
-        let event = ClusterEvent::Live {
-            origin: origin.to_string(),
-            change,
-        };
-        if let Err(error) = bus.publish(&event).await {
-            tracing::debug!(%error, "live event not sent to the other replicas");
-        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! Update progress on the agent API: the reports of kind `update_progress` in an error batch
+//! Update progress from the agents: the reports of kind `update_progress` in an error batch
 //! are stored as update events (not errors), published on the live feed, and a failure or a
 //! rollback runs the release's halt rule. Older agents' `update_failed` and
 //! `update_rolled_back` error reports run the halt rule too (the funnel counts them from the
@@ -10,11 +10,10 @@ use std::collections::BTreeSet;
 use cms_protocol::{ErrorReport, UpdateProgress, UpdateStep};
 use serde_json::Value;
 
-use super::{ApiError, AppState};
 use crate::clock;
-use crate::dashboard::live::LiveEvent;
-use crate::dashboard::rollouts;
-use crate::db::NewUpdateEvent;
+use crate::db::{Db, DbError, NewUpdateEvent};
+use crate::events::live::{LiveEvent, LiveFeed};
+use crate::rollout::control;
 
 /// Error kinds by which older agents tell that an update failed or was rolled back.
 const LEGACY_FAILURE_KINDS: [&str; 2] = ["update_failed", "update_rolled_back"];
@@ -48,12 +47,12 @@ fn legacy_failure_version(report: &ErrorReport) -> Option<String> {
 /// Stores `progress`, publishes each new event, and runs the halt rule of each release that
 /// got a failure or rollback (by `progress`, or by the error reports `errors`).
 pub async fn record(
-    state: &AppState,
+    db: &Db,
+    live: &LiveFeed,
     agent_id: &str,
     progress: &[(ErrorReport, UpdateProgress)],
     errors: &[ErrorReport],
-) -> Result<u32, ApiError> {
-    let db = state.db();
+) -> Result<u32, DbError> {
     let Some(agent) = db.fleet_agent(agent_id).await? else {
         return Ok(0);
     };
@@ -83,7 +82,7 @@ pub async fn record(
             step = event.step,
             "update progress"
         );
-        state.live().publish(LiveEvent::UpdateProgress {
+        live.publish(LiveEvent::UpdateProgress {
             agent_id: agent_id.to_owned(),
             version: event.version.to_owned(),
             step: event.step.to_owned(),
@@ -94,8 +93,8 @@ pub async fn record(
         }
     }
     for version in failing {
-        if rollouts::check_halt(db, &version, &agent.agent.platform).await? {
-            state.live().publish(LiveEvent::RolloutChanged {
+        if control::check_halt(db, &version, &agent.agent.platform).await? {
+            live.publish(LiveEvent::RolloutChanged {
                 version,
                 platform: agent.agent.platform.clone(),
             });

@@ -19,7 +19,7 @@ use crate::access::{self, Actor, Outcome};
 use crate::clock;
 use crate::db::{Db, DbError, RolloutChange, RolloutRow};
 use crate::events::{ClusterEvent, EventBus};
-use crate::rollout;
+use crate::rollout::cohort;
 
 /// Releases the rollout listing shows at most.
 pub const MAX_ROLLOUTS_LISTED: i64 = 200;
@@ -127,9 +127,16 @@ pub enum RolloutError {
     Database(#[from] DbError),
 }
 
+impl RolloutError {
+    /// Whether retrying cannot help (everything but a database failure).
+    pub fn is_refusal(&self) -> bool {
+        !matches!(self, RolloutError::Database(_))
+    }
+}
+
 /// The version as stored (SemVer, without a leading `v`).
 fn normalize_version(version: &str) -> Result<String, RolloutError> {
-    rollout::parse_version(version)
+    cohort::parse_version(version)
         .map(|v| v.to_string())
         .ok_or_else(|| RolloutError::Invalid(format!("{version:?} is not a version like 1.2.3")))
 }
@@ -164,6 +171,19 @@ pub async fn apply(
         );
     }
     result
+}
+
+/// Applies `action` as `actor` from outside a running server (the command line), telling the
+/// replicas on a bus of its own.
+pub async fn apply_with_own_bus(
+    db: &Db,
+    actor: &Actor,
+    version: &str,
+    platform: &str,
+    action: RolloutAction,
+) -> Result<RolloutStatus, RolloutError> {
+    let bus = EventBus::new(db).await?;
+    apply(db, &bus, actor, version, platform, action).await
 }
 
 async fn apply_unaudited(

@@ -8,14 +8,17 @@
 //! the admin API share these functions. This module must never log, store or return a token
 //! except the one handed out once at creation.
 
+pub mod auth;
+pub mod session;
+
 use std::time::Duration;
 
 use cms_protocol::{CreatedOperatorToken, OperatorRole, OperatorToken};
 
-use crate::auth::{self, RandomError};
 use crate::clock;
 use crate::db::{Db, DbError, NewAuditEntry, OperatorTokenRow};
 use crate::logtext::{Untrusted, clip};
+use auth::RandomError;
 
 /// Prefix of every operator token, so it is recognisable (and told apart from agent tokens).
 pub const OPERATOR_TOKEN_PREFIX: &str = "cmso_";

@@ -8,15 +8,17 @@
 //! never fail a request or a socket because the database could not record a connection: it logs
 //! and the next lease renewal or reconnect repairs it.
 
+pub mod leader;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::clock;
-use crate::dashboard::live::LiveFeed;
 use crate::db::{Db, DbError};
-use crate::events::{self, ClusterEvent, EventBus};
+use crate::events::live::LiveFeed;
+use crate::events::{ClusterEvent, EventBus, relay};
 
 /// How often a replica renews its lease.
 pub const LEASE_RENEWAL: Duration = Duration::from_secs(5);
@@ -54,7 +56,7 @@ impl Cluster {
         let replica_id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
         let live = if bus.channel().is_some() {
             let (live, events) = LiveFeed::relayed();
-            tokio::spawn(events::relay_live(bus.clone(), replica_id.clone(), events));
+            tokio::spawn(relay::relay_live(bus.clone(), replica_id.clone(), events));
             live
         } else {
             LiveFeed::default()

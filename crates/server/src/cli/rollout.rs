@@ -1,0 +1,103 @@
+//! `cms-server rollout set|pause|resume|status`: a release's rollout from the command line,
+//! audited as the user running the command (the rules are [`crate::rollout::control`]'s).
+//!
+//! `status` and the changes print the rollout and its funnel as JSON. This module must never
+//! change a rollout but through [`control::apply_with_own_bus`].
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use super::{
+    DEFAULT_PLATFORM, Refusal, StoreArgs, command_actor, exit_code, open_store, print_line,
+};
+use crate::release::PLATFORMS;
+use crate::rollout::control::{self, RolloutAction, RolloutError, RolloutStatus};
+
+#[derive(Debug, Subcommand)]
+pub(super) enum RolloutCommand {
+    /// Set the rollout percentage and/or the automatic halt rule.
+    Set(RolloutSetArgs),
+    /// Offer the release to no more agents.
+    Pause(RolloutTarget),
+    /// Offer it again (clears an automatic halt).
+    Resume(RolloutTarget),
+    /// Print the rollout and its funnel as JSON.
+    Status(RolloutTarget),
+}
+
+/// A published release (of `release rollout` and `rollout ...`).
+#[derive(Debug, Args)]
+pub(super) struct RolloutTarget {
+    #[command(flatten)]
+    pub(super) store: StoreArgs,
+    /// The published version.
+    #[arg(long)]
+    pub(super) version: String,
+    /// Its platform.
+    #[arg(long, default_value = DEFAULT_PLATFORM, value_parser = PLATFORMS)]
+    pub(super) platform: String,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct RolloutSetArgs {
+    #[command(flatten)]
+    release: RolloutTarget,
+    /// Share of the fleet (by stable cohort) offered the release.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+    percent: Option<u8>,
+    /// The rollout halts itself when failures and rollbacks pass this share of the attempts.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+    halt_percent: Option<u8>,
+    /// ... once there are at least this many attempts.
+    #[arg(long)]
+    halt_min_attempts: Option<u32>,
+}
+
+impl Refusal for RolloutError {
+    fn is_refusal(&self) -> bool {
+        RolloutError::is_refusal(self)
+    }
+}
+
+pub(super) async fn rollout_control(command: RolloutCommand) -> anyhow::Result<ExitCode> {
+    let (release, action) = match command {
+        RolloutCommand::Set(args) => (
+            args.release,
+            Some(RolloutAction::Set {
+                percent: args.percent.map(i64::from),
+                halt_percent: args.halt_percent.map(i64::from),
+                halt_min_attempts: args.halt_min_attempts.map(i64::from),
+            }),
+        ),
+        RolloutCommand::Pause(args) => (args, Some(RolloutAction::Pause)),
+        RolloutCommand::Resume(args) => (args, Some(RolloutAction::Resume)),
+        RolloutCommand::Status(args) => (args, None),
+    };
+    let result = rollout_in_store(&release, action).await?;
+    let printed = result.and_then(|status| {
+        let json = serde_json::to_string_pretty(&status)
+            .map_err(|e| RolloutError::Invalid(e.to_string()))?;
+        print_line(&json);
+        Ok(())
+    });
+    exit_code(printed, "rollout command failed")
+}
+
+/// Applies `action` to the release `target` names (`None`: reads its rollout) in the store it
+/// names, as the user running the command; the outer error is a store that cannot be opened.
+pub(super) async fn rollout_in_store(
+    target: &RolloutTarget,
+    action: Option<RolloutAction>,
+) -> anyhow::Result<Result<RolloutStatus, RolloutError>> {
+    let db = open_store(&target.store).await?;
+    let (version, platform) = (target.version.as_str(), target.platform.as_str());
+    let result = match action {
+        Some(action) => {
+            control::apply_with_own_bus(&db, &command_actor(), version, platform, action).await
+        }
+        None => control::status(&db, version, platform).await,
+    };
+    db.close().await;
+    Ok(result)
+}

@@ -1,0 +1,30 @@
+//! Heartbeats: an agent's state, version and metrics stored, and the dashboards told when its
+//! state or version changed (over HTTP and over the WebSocket alike).
+//!
+//! This module must never publish a live event for a heartbeat that changed nothing the
+//! dashboard shows.
+
+use crate::clock;
+use crate::db::{Db, DbError, Heartbeat};
+use crate::events::live::{LiveEvent, LiveFeed};
+
+/// Stores `heartbeat` of `agent_id` and publishes [`LiveEvent::AgentChanged`] when its state or
+/// version differs from what was stored.
+pub async fn record(
+    db: &Db,
+    live: &LiveFeed,
+    agent_id: &str,
+    heartbeat: &Heartbeat<'_>,
+) -> Result<(), DbError> {
+    let before = db.update_status(agent_id, heartbeat, &clock::now()).await?;
+    if before
+        .is_some_and(|(state, version)| state != heartbeat.state || version != heartbeat.version)
+    {
+        live.publish(LiveEvent::AgentChanged {
+            agent_id: agent_id.to_owned(),
+            state: heartbeat.state.to_owned(),
+            version: heartbeat.version.to_owned(),
+        });
+    }
+    Ok(())
+}

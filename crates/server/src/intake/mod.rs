@@ -1,0 +1,12 @@
+//! What the agents send, and the rules it is stored by: heartbeats and the live event of a
+//! change ([`heartbeat`]), update progress and the halt it may trigger ([`progress`]), message
+//! signatures of error reports ([`signature`]) and how long error reports are kept
+//! ([`retention`]).
+//!
+//! The agent API (`api/agent.rs`) parses and authenticates; this module decides what is
+//! kept. It must never trust an agent id or platform from a body, and never log a token.
+
+pub mod heartbeat;
+pub mod progress;
+pub mod retention;
+pub mod signature;

@@ -1,0 +1,14 @@
+//! Rollouts: which agents a release is offered to, and how an operator or the server itself
+//! changes that.
+//!
+//! [`cohort`] picks the release an agent should move to (versions and stable cohorts, pure);
+//! [`offer`] turns that pick into the update an agent is told about;
+//! [`control`] sets a release's percentage and halt rule, pauses and resumes it with an audit
+//! entry, and runs the automatic halt; [`funnel`] counts the agents at each step of an update
+//! and holds the halt rule (pure). The API and the command line both call [`control`]. This
+//! module must never change a rollout without an audit entry, and never read the network.
+
+pub mod cohort;
+pub mod control;
+pub mod funnel;
+pub mod offer;
