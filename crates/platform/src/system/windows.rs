@@ -937,6 +937,38 @@ pub fn running_under_wine() -> bool {
     unsafe { GetProcAddress(module, c"wine_get_version".as_ptr().cast()) }.is_some()
 }
 
+// --- No SYSTEM code from a writable place; the package pinned while it is checked (issue 22) ---
+
+pub fn restrict_dll_search() -> io::Result<()> {
+    use windows_sys::Win32::System::LibraryLoader::{
+        LOAD_LIBRARY_SEARCH_SYSTEM32, SetDefaultDllDirectories,
+    };
+    // SAFETY: takes flags only; it changes where this process's later LoadLibrary calls look.
+    if unsafe { SetDefaultDllDirectories(LOAD_LIBRARY_SEARCH_SYSTEM32) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub fn open_exclusive_read(path: &Path) -> io::Result<File> {
+    use windows_sys::Win32::Storage::FileSystem::FILE_FLAG_OPEN_REPARSE_POINT;
+    // Read sharing only: no writer, no rename, no delete while it is open. A link opened as
+    // itself is not a regular file, which the caller refuses.
+    OpenOptions::new()
+        .read(true)
+        .share_mode(FILE_SHARE_READ)
+        .custom_flags(FILE_FLAG_OPEN_REPARSE_POINT)
+        .open(path)
+}
+
+pub fn pinned_path(_file: &File, path: &Path) -> PathBuf {
+    path.to_path_buf() // the open file's share mode keeps `path` naming it
+}
+
+pub fn delete_running_exe() -> io::Result<bool> {
+    Ok(false) // a running exe cannot be deleted; the next agent start clears `updates/`
+}
+
 #[cfg(test)]
 mod tests {
     //! Run under Wine (`cargo xtask wine-test`), which runs programs as an administrator, so
