@@ -356,30 +356,6 @@ fn proxy_for_scheme(list: &str, https: bool) -> Option<String> {
     fallback
 }
 
-#[cfg(test)]
-mod proxy_list_tests {
-    use super::proxy_for_scheme;
-
-    #[test]
-    fn a_windows_proxy_list_gives_the_entry_of_the_scheme() {
-        assert_eq!(
-            proxy_for_scheme("proxy:3128", true).as_deref(),
-            Some("proxy:3128")
-        );
-        let per_scheme = "http=p1:80;https=p2:443";
-        assert_eq!(
-            proxy_for_scheme(per_scheme, true).as_deref(),
-            Some("p2:443")
-        );
-        assert_eq!(
-            proxy_for_scheme(per_scheme, false).as_deref(),
-            Some("p1:80")
-        );
-        assert_eq!(proxy_for_scheme("ftp=p3:21", true), None);
-        assert_eq!(proxy_for_scheme("", true), None);
-    }
-}
-
 // --- No SYSTEM code from a writable place; the package pinned while it is checked (issue 22) ---
 
 /// Restricts the DLLs this process loads at run time (`LoadLibrary` by our code or by a
@@ -423,4 +399,28 @@ pub fn pinned_path(file: &File, path: &Path) -> PathBuf {
 /// code from a folder standard users can write); whoever starts next removes the file.
 pub fn delete_running_exe() -> io::Result<bool> {
     imp::delete_running_exe()
+}
+
+#[cfg(test)]
+mod proxy_list_tests {
+    use super::proxy_for_scheme;
+
+    #[test]
+    fn a_windows_proxy_list_gives_the_entry_of_the_scheme() {
+        assert_eq!(
+            proxy_for_scheme("proxy:3128", true).as_deref(),
+            Some("proxy:3128")
+        );
+        let per_scheme = "http=p1:80;https=p2:443";
+        assert_eq!(
+            proxy_for_scheme(per_scheme, true).as_deref(),
+            Some("p2:443")
+        );
+        assert_eq!(
+            proxy_for_scheme(per_scheme, false).as_deref(),
+            Some("p1:80")
+        );
+        assert_eq!(proxy_for_scheme("ftp=p3:21", true), None);
+        assert_eq!(proxy_for_scheme("", true), None);
+    }
 }

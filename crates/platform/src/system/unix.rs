@@ -434,6 +434,34 @@ pub fn system_proxy(https: bool) -> Option<super::SystemProxy> {
     })
 }
 
+// --- No SYSTEM code from a writable place; the package pinned while it is checked (issue 22) ---
+
+pub fn restrict_dll_search() -> io::Result<()> {
+    Ok(()) // the dynamic loader searches only the system's folders (no RPATH in our exes)
+}
+
+pub fn open_exclusive_read(path: &Path) -> io::Result<File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+pub fn pinned_path(file: &File, path: &Path) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    let own = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    if own.exists() {
+        own
+    } else {
+        path.to_path_buf()
+    }
+}
+
+pub fn delete_running_exe() -> io::Result<bool> {
+    fs::remove_file(std::env::current_exe()?)?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -576,34 +604,6 @@ mod autostart_and_secret_tests {
             Err(SystemError::Invalid { .. })
         ));
     }
-}
-
-// --- No SYSTEM code from a writable place; the package pinned while it is checked (issue 22) ---
-
-pub fn restrict_dll_search() -> io::Result<()> {
-    Ok(()) // the dynamic loader searches only the system's folders (no RPATH in our exes)
-}
-
-pub fn open_exclusive_read(path: &Path) -> io::Result<File> {
-    fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-}
-
-pub fn pinned_path(file: &File, path: &Path) -> PathBuf {
-    use std::os::fd::AsRawFd;
-    let own = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-    if own.exists() {
-        own
-    } else {
-        path.to_path_buf()
-    }
-}
-
-pub fn delete_running_exe() -> io::Result<bool> {
-    fs::remove_file(std::env::current_exe()?)?;
-    Ok(true)
 }
 
 #[cfg(test)]
