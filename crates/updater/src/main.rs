@@ -678,19 +678,22 @@ fn init_logging(log_dir: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// The arguments every call has (an older agent passes no more).
+    const BASE_ARGS: [&str; 9] = [
+        "updater",
+        "--package-path",
+        "p.zip",
+        "--current-exe-path",
+        "C:/a/cms_agent.exe",
+        "--old-pid",
+        "7",
+        "--log-dir",
+        "C:/d/logs",
+    ];
+
     #[test]
     fn the_service_is_named_explicitly_and_only_the_agents_service_is_accepted() {
-        let base = [
-            "updater",
-            "--package-path",
-            "p.zip",
-            "--current-exe-path",
-            "C:/a/cms_agent.exe",
-            "--old-pid",
-            "7",
-            "--log-dir",
-            "C:/d/logs",
-        ];
+        let base = BASE_ARGS;
         let plain = Args::parse_from(base);
         assert_eq!(OldAgent::from_args(&plain).launcher, Launcher::Process);
         let service =
@@ -702,17 +705,7 @@ mod tests {
 
     #[test]
     fn the_package_hash_and_length_come_together_or_not_at_all() {
-        let base = [
-            "updater",
-            "--package-path",
-            "p.zip",
-            "--current-exe-path",
-            "/opt/cms/cms_agent",
-            "--old-pid",
-            "7",
-            "--log-dir",
-            "/var/lib/cms-agent/logs",
-        ];
+        let base = BASE_ARGS;
         let older_agent = Args::parse_from(base);
         assert_eq!(older_agent.package_sha256, None);
         assert_eq!(older_agent.package_length, None);
