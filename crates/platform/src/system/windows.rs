@@ -1164,3 +1164,33 @@ mod tests {
         assert!(sid.starts_with("S-1-"), "{sid}");
     }
 }
+
+#[cfg(test)]
+mod pinning_tests {
+    //! Run under Wine (`cargo xtask wine-test`), which enforces share modes.
+
+    use super::super::{open_exclusive_read, pinned_path};
+    use std::fs;
+    use std::io::Read;
+
+    #[test]
+    fn an_exclusively_read_file_cannot_be_written_renamed_over_or_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("package.zip");
+        fs::write(&path, b"checked").unwrap();
+        let file = open_exclusive_read(&path).unwrap();
+        assert!(fs::OpenOptions::new().write(true).open(&path).is_err());
+        let other = dir.path().join("other");
+        fs::write(&other, b"planted").unwrap();
+        assert!(fs::rename(&other, &path).is_err());
+        assert!(fs::remove_file(&path).is_err());
+        let mut read = Vec::new();
+        fs::File::open(pinned_path(&file, &path))
+            .unwrap()
+            .read_to_end(&mut read)
+            .unwrap();
+        assert_eq!(read, b"checked");
+        drop(file);
+        fs::remove_file(&path).unwrap();
+    }
+}
