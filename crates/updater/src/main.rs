@@ -1,11 +1,15 @@
 //! `updater`: replaces the CMS agent with a new version, proves it healthy or rolls back
 //! (docs/CONTRACT.md, docs/ARCHITECTURE.md "One self-update, end to end").
 //!
-//! Flow: check the install volume's free space, stage the new exe from the package and back up
+//! Flow: check the package again on a handle no one can write through (`package_check`: the
+//! length and SHA-256 the agent verified; a mismatch is refused before anything changes), check
+//! the install volume's free space, stage the new exe from the package and back up
 //! the current one (`swap`) while the old agent shuts down -> wait for it to exit (60 s, then
 //! terminate it) -> swap -> start the new agent with the old one's arguments -> verify it
 //! (`verify`; when the old agent had a heartbeat accepted by the backend, the new one must too)
-//! -> on success remove `.old` and the package and delete itself; on failure stop the new agent,
+//! -> on success remove `.old` and the package (Linux: and unlink itself; on Windows the agent
+//! clears `updates/`, the updater too, once this process has exited: no copy of it in a temp
+//! folder, no helper process); on failure stop the new agent,
 //! restore `.old`, start the old one and exit non-zero. Whenever it gives up before the swap, the
 //! old agent is started again and the journal says `aborted` (retried later, not refused). Every
 //! phase is written to the update journal first (`journal`), so a kill at any moment leaves a
@@ -25,11 +29,15 @@
 //! failed.
 //!
 //! On Windows this is a GUI-subsystem program: started detached by the agent it opens no
-//! console window; run from a console, it attaches to it to print.
+//! console window; run from a console, it attaches to it to print. It runs as SYSTEM for the
+//! service, so it never runs code from a folder standard users can write: it loads DLLs at run
+//! time from System32 only (`system::restrict_dll_search`, its first act), starts the agent by
+//! its absolute install path only, and starts no other process.
 
 #![windows_subsystem = "windows"]
 
 mod journal;
+mod package_check;
 mod swap;
 mod verify;
 
@@ -51,6 +59,7 @@ use cms_protocol::BUILD_VERSION;
 use cms_protocol::update::UpdatePhase;
 
 use journal::Journal;
+use package_check::Expected;
 use verify::{Timeouts, Watched};
 
 const EXIT_ROLLED_BACK: u8 = 1;
@@ -70,6 +79,13 @@ struct Args {
     /// The verified update package (zip) in the agent's `updates/` folder.
     #[arg(long, value_name = "PATH")]
     package_path: PathBuf,
+    /// The package's SHA-256 (64 hex digits) as the agent verified it; checked again, with
+    /// `--package-length`, before anything changes. An older agent does not pass it.
+    #[arg(long, value_name = "HEX", requires = "package_length")]
+    package_sha256: Option<String>,
+    /// The package's length in bytes as the agent verified it (with `--package-sha256`).
+    #[arg(long, value_name = "BYTES", requires = "package_sha256")]
+    package_length: Option<u64>,
     /// The agent executable to replace.
     #[arg(long, value_name = "PATH")]
     current_exe_path: PathBuf,
@@ -90,10 +106,14 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    let dll_search = system::restrict_dll_search();
     system::attach_parent_console();
     let args = Args::parse();
     if let Err(err) = init_logging(&args.log_dir) {
         eprintln!("updater: cannot log to {}: {err}", args.log_dir.display());
+    }
+    if let Err(err) = dll_search {
+        tracing::warn!(error = %err, "cannot restrict DLL loading to System32");
     }
     tracing::info!(version = BUILD_VERSION, package = %args.package_path.display(), exe = %args.current_exe_path.display(), old_pid = args.old_pid, agent_args = args.agent_args.len(), "updater started");
     let code = run(&args);
@@ -114,20 +134,57 @@ fn update(args: &Args, agent: &OldAgent) -> u8 {
     let Some(storage) = layout::storage_of_logs_dir(&args.log_dir) else {
         return agent.give_up("--log-dir must be the agent's <storage>/logs");
     };
-    let package = match Package::open(&args.package_path) {
-        Ok(package) => package,
-        Err(err) => return agent.give_up(&format!("refusing the package: {err}")),
+    let expected = args
+        .package_sha256
+        .as_ref()
+        .zip(args.package_length)
+        .map(|(sha256, length)| Expected {
+            sha256: sha256.clone(),
+            length,
+        });
+    let opened = match package_check::open(&args.package_path, expected.as_ref()) {
+        Ok(opened) => opened,
+        Err(reason) => return refuse_package(storage, args, agent, &reason),
     };
     let update = Update {
         require_backend_contact: old_agent_reached_backend(storage, args.old_pid),
         lock_path: layout::lock_path(storage),
         journal_path: layout::journal_path(storage),
         storage: storage.to_path_buf(),
-        package,
+        package: opened.package,
         agent,
         args,
     };
-    update.run()
+    update.run(opened.pin)
+}
+
+/// The package is not the one the agent checked, or unusable: nothing was changed. The
+/// journal says `aborted` (with the version the agent named the package after), so the old
+/// agent, started again, reports it, clears `updates/` once this process has exited and
+/// retries later.
+fn refuse_package(storage: &Path, args: &Args, agent: &OldAgent, reason: &str) -> u8 {
+    let version =
+        package_check::version_in_name(&args.package_path).unwrap_or_else(|| "unknown".to_owned());
+    let old_version = installed_version(&layout::lock_path(storage));
+    match Journal::start(
+        layout::journal_path(storage),
+        &version,
+        &old_version,
+        &agent.exe,
+    ) {
+        Ok(mut journal) => {
+            agent.abort(&mut journal, reason);
+            EXIT_NOTHING_CHANGED
+        }
+        Err(err) => agent.give_up(&format!(
+            "{reason}; and cannot write the update journal: {err}"
+        )),
+    }
+}
+
+/// The running agent's version, as its lock file says.
+fn installed_version(lock_path: &Path) -> String {
+    read_lock_record(lock_path).map_or_else(|| "unknown".into(), |r| r.version)
 }
 
 /// Whether the agent that handed over had a heartbeat accepted by the backend: then the new
@@ -185,6 +242,14 @@ impl OldAgent {
     }
 
     fn spawn(&self) -> std::io::Result<Started> {
+        if !self.exe.is_absolute() {
+            // A relative name would be looked up (on Windows in this folder and the current
+            // one first): only the install path itself is ever started.
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{} is not an absolute path", self.exe.display()),
+            ));
+        }
         let mut command = Command::new(&self.exe);
         command
             .args(&self.args)
@@ -209,6 +274,17 @@ impl OldAgent {
         );
         self.restart();
         EXIT_NOTHING_CHANGED
+    }
+
+    /// The release never ran: the journal says `aborted` (retried later, never refused for
+    /// good) and the untouched previous agent is started again.
+    fn abort(&self, journal: &mut Journal, reason: &str) {
+        tracing::error!(
+            reason,
+            "update aborted before the swap; nothing was changed"
+        );
+        let _ = journal.advance(UpdatePhase::Aborted, Some(reason.to_owned()));
+        self.restart();
     }
 
     /// Waits for the old process to be gone, then starts the agent again.
@@ -236,10 +312,11 @@ struct Update<'a> {
 }
 
 impl Update<'_> {
-    fn run(&self) -> u8 {
+    /// Runs the update; `pin` (the handle the package was checked on) is held until the new
+    /// agent is staged from it.
+    fn run(&self, pin: Option<fs::File>) -> u8 {
         let exe = &self.agent.exe;
-        let old_version =
-            read_lock_record(&self.lock_path).map_or_else(|| "unknown".into(), |r| r.version);
+        let old_version = installed_version(&self.lock_path);
         let mut journal = match Journal::start(
             self.journal_path.clone(),
             &self.package.manifest.version,
@@ -261,6 +338,7 @@ impl Update<'_> {
         // Staged and backed up while the old agent shuts down: once it is gone, only a rename
         // and the new agent's start remain, which is all the downtime an update costs.
         let prepared = self.prepare(exe);
+        drop(pin); // read sharing only: the package could not be removed while it is open
         if !wait_for_old_agent(self.agent.pid, env_secs("CMS_UPDATER_WAIT_SECS", 60)) {
             swap::discard(exe);
             let _ = journal.advance(
@@ -316,25 +394,14 @@ impl Update<'_> {
             .and(prepared);
         if let Err(reason) = ready {
             swap::discard(exe);
-            self.abort(journal, &reason);
+            self.agent.abort(journal, &reason);
             return Err(EXIT_NOTHING_CHANGED);
         }
         swap::install(exe).map_err(|err| {
             swap::discard(exe);
-            self.abort(journal, &format!("swap failed: {err}"));
+            self.agent.abort(journal, &format!("swap failed: {err}"));
             EXIT_SWAP_FAILED
         })
-    }
-
-    /// The release never ran: the journal says `aborted` (retried later, never refused for
-    /// good) and the untouched previous agent is started again.
-    fn abort(&self, journal: &mut Journal, reason: &str) {
-        tracing::error!(
-            reason,
-            "update aborted before the swap; nothing was changed"
-        );
-        let _ = journal.advance(UpdatePhase::Aborted, Some(reason.to_owned()));
-        self.agent.restart();
     }
 
     fn start_and_verify(&self, journal: &mut Journal) -> u8 {
@@ -363,14 +430,17 @@ impl Update<'_> {
     }
 
     /// The plan's `cleanup`: the new agent is healthy; `.old` and the package go, and so does
-    /// the updater itself.
+    /// the updater itself where a running exe can be deleted (Linux); on Windows the agent
+    /// removes it from `updates/` once this process has exited.
     fn cleanup(&self, journal: &mut Journal) -> u8 {
         let _ = journal.advance(UpdatePhase::Succeeded, None);
         remove_quietly(&layout::backup_path(&self.agent.exe));
         remove_quietly(&self.args.package_path);
         tracing::info!(version = %self.package.manifest.version, "update verified");
-        if let Err(err) = self_replace::self_delete() {
-            tracing::warn!(error = %err, "cannot delete the updater itself");
+        match system::delete_running_exe() {
+            Ok(true) => tracing::info!("updater deleted itself"),
+            Ok(false) => tracing::info!("the agent removes the updater once it has exited"),
+            Err(err) => tracing::warn!(error = %err, "cannot delete the updater itself"),
         }
         0
     }
@@ -608,19 +678,22 @@ fn init_logging(log_dir: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// The arguments every call has (an older agent passes no more).
+    const BASE_ARGS: [&str; 9] = [
+        "updater",
+        "--package-path",
+        "p.zip",
+        "--current-exe-path",
+        "C:/a/cms_agent.exe",
+        "--old-pid",
+        "7",
+        "--log-dir",
+        "C:/d/logs",
+    ];
+
     #[test]
     fn the_service_is_named_explicitly_and_only_the_agents_service_is_accepted() {
-        let base = [
-            "updater",
-            "--package-path",
-            "p.zip",
-            "--current-exe-path",
-            "C:/a/cms_agent.exe",
-            "--old-pid",
-            "7",
-            "--log-dir",
-            "C:/d/logs",
-        ];
+        let base = BASE_ARGS;
         let plain = Args::parse_from(base);
         assert_eq!(OldAgent::from_args(&plain).launcher, Launcher::Process);
         let service =
@@ -628,6 +701,20 @@ mod tests {
         assert_eq!(OldAgent::from_args(&service).launcher, Launcher::Service);
         let other = Args::try_parse_from(base.iter().copied().chain(["--service-name", "Spooler"]));
         assert!(other.is_err(), "another service must not be driven");
+    }
+
+    #[test]
+    fn the_package_hash_and_length_come_together_or_not_at_all() {
+        let base = BASE_ARGS;
+        let older_agent = Args::parse_from(base);
+        assert_eq!(older_agent.package_sha256, None);
+        assert_eq!(older_agent.package_length, None);
+        let sha = ["--package-sha256", "ab"];
+        let both = Args::parse_from(base.iter().chain(&sha).chain(&["--package-length", "9"]));
+        assert_eq!(both.package_sha256.as_deref(), Some("ab"));
+        assert_eq!(both.package_length, Some(9));
+        assert!(Args::try_parse_from(base.iter().chain(&sha)).is_err());
+        assert!(Args::try_parse_from(base.iter().chain(&["--package-length", "9"])).is_err());
     }
 
     #[test]

@@ -404,6 +404,51 @@ pub fn secure_data_dir(path: &Path, machine_wide: bool) -> io::Result<DataDirRep
     imp::secure_data_dir(path, machine_wide)
 }
 
+// --- No SYSTEM code from a writable place; the package pinned while it is checked (issue 22) ---
+
+/// Restricts the DLLs this process loads at run time (`LoadLibrary` by our code or by a
+/// system DLL) to System32: the exe's folder, the current directory and `PATH` are no longer
+/// searched. Call it first thing in `main`. Our exes are statically linked and ship no DLL,
+/// so their own folder is not needed. It cannot govern the DLLs the exe imports statically:
+/// the loader resolves those before `main` runs, searching the exe's own folder first, which
+/// is why every folder an exe runs from must be writable by administrators only. Nothing to
+/// do on Linux (the dynamic loader searches no writable folder of ours).
+pub fn restrict_dll_search() -> io::Result<()> {
+    imp::restrict_dll_search()
+}
+
+/// Opens the regular file `path` for reading so that its bytes cannot change while the file
+/// is open: on Windows no one may open it for writing, rename or delete it meanwhile (share
+/// mode read only; an existing writer makes this fail); a symbolic link or junction in its
+/// last component is refused on both systems (Linux: `O_NOFOLLOW`). On Linux root (the
+/// storage folder's only writer) could still write to it.
+pub fn open_exclusive_read(path: &Path) -> io::Result<File> {
+    let file = imp::open_exclusive_read(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    Ok(file)
+}
+
+/// A path that names `file`, opened from `path` by [`open_exclusive_read`], for as long as it
+/// stays open, for readers that open by path: on Linux `/proc/self/fd/N` (the open file
+/// itself, whatever is renamed over `path` meanwhile; `path` when `/proc` is not mounted), on
+/// Windows `path` (nothing can be moved over it while the file is open).
+pub fn pinned_path(file: &File, path: &Path) -> PathBuf {
+    imp::pinned_path(file, path)
+}
+
+/// Deletes this program's own executable while it runs, where the OS allows that without
+/// help: Linux unlinks it (`Ok(true)`). Windows cannot delete a running exe, and this does
+/// nothing (`Ok(false)`): no copy in a temp folder and no helper process (both would run
+/// code from a folder standard users can write); whoever starts next removes the file.
+pub fn delete_running_exe() -> io::Result<bool> {
+    imp::delete_running_exe()
+}
+
 #[cfg(test)]
 mod proxy_list_tests {
     use super::proxy_for_scheme;

@@ -703,6 +703,34 @@ fn rename_at(dir: &File, from: &CStr, to: &CStr) -> io::Result<()> {
     Ok(())
 }
 
+// --- No SYSTEM code from a writable place; the package pinned while it is checked (issue 22) ---
+
+pub fn restrict_dll_search() -> io::Result<()> {
+    Ok(()) // the dynamic loader searches only the system's folders (no RPATH in our exes)
+}
+
+pub fn open_exclusive_read(path: &Path) -> io::Result<File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+pub fn pinned_path(file: &File, path: &Path) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    let own = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    if own.exists() {
+        own
+    } else {
+        path.to_path_buf()
+    }
+}
+
+pub fn delete_running_exe() -> io::Result<bool> {
+    fs::remove_file(std::env::current_exe()?)?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -973,5 +1001,41 @@ mod data_dir_tests {
         let meta = fs::symlink_metadata(&data).unwrap();
         assert!(meta.is_dir() && meta.mode() & 0o7777 == 0o700);
         assert_eq!(fs::metadata(&outside).unwrap().mode() & 0o777, 0o755);
+    }
+}
+
+#[cfg(test)]
+mod pinning_tests {
+    use super::super::{open_exclusive_read, pinned_path};
+    use std::fs;
+    use std::io::Read;
+
+    #[test]
+    fn the_pinned_path_names_the_opened_file_after_another_is_renamed_over_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("package.zip");
+        fs::write(&path, b"checked").unwrap();
+        let file = open_exclusive_read(&path).unwrap();
+        let other = dir.path().join("other");
+        fs::write(&other, b"planted").unwrap();
+        fs::rename(&other, &path).unwrap();
+        let mut read = Vec::new();
+        fs::File::open(pinned_path(&file, &path))
+            .unwrap()
+            .read_to_end(&mut read)
+            .unwrap();
+        assert_eq!(read, b"checked");
+    }
+
+    #[test]
+    fn a_link_or_a_folder_is_not_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        fs::write(&target, b"x").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(open_exclusive_read(&link).is_err());
+        assert!(open_exclusive_read(dir.path()).is_err());
+        assert!(open_exclusive_read(&target).is_ok());
     }
 }

@@ -1424,6 +1424,38 @@ mod data_folder {
     }
 }
 
+// --- No SYSTEM code from a writable place; the package pinned while it is checked (issue 22) ---
+
+pub fn restrict_dll_search() -> io::Result<()> {
+    use windows_sys::Win32::System::LibraryLoader::{
+        LOAD_LIBRARY_SEARCH_SYSTEM32, SetDefaultDllDirectories,
+    };
+    // SAFETY: takes flags only; it changes where this process's later LoadLibrary calls look.
+    if unsafe { SetDefaultDllDirectories(LOAD_LIBRARY_SEARCH_SYSTEM32) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub fn open_exclusive_read(path: &Path) -> io::Result<File> {
+    use windows_sys::Win32::Storage::FileSystem::FILE_FLAG_OPEN_REPARSE_POINT;
+    // Read sharing only: no writer, no rename, no delete while it is open. A link opened as
+    // itself is not a regular file, which the caller refuses.
+    OpenOptions::new()
+        .read(true)
+        .share_mode(FILE_SHARE_READ)
+        .custom_flags(FILE_FLAG_OPEN_REPARSE_POINT)
+        .open(path)
+}
+
+pub fn pinned_path(_file: &File, path: &Path) -> PathBuf {
+    path.to_path_buf() // the open file's share mode keeps `path` naming it
+}
+
+pub fn delete_running_exe() -> io::Result<bool> {
+    Ok(false) // a running exe cannot be deleted; the next agent start clears `updates/`
+}
+
 #[cfg(test)]
 mod tests {
     //! Run under Wine (`cargo xtask wine-test`), which runs programs as an administrator, so
@@ -1630,5 +1662,35 @@ mod tests {
     fn the_user_sid_looks_like_a_sid() {
         let sid = get_user_sid_string().unwrap();
         assert!(sid.starts_with("S-1-"), "{sid}");
+    }
+}
+
+#[cfg(test)]
+mod pinning_tests {
+    //! Run under Wine (`cargo xtask wine-test`), which enforces share modes.
+
+    use super::super::{open_exclusive_read, pinned_path};
+    use std::fs;
+    use std::io::Read;
+
+    #[test]
+    fn an_exclusively_read_file_cannot_be_written_renamed_over_or_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("package.zip");
+        fs::write(&path, b"checked").unwrap();
+        let file = open_exclusive_read(&path).unwrap();
+        assert!(fs::OpenOptions::new().write(true).open(&path).is_err());
+        let other = dir.path().join("other");
+        fs::write(&other, b"planted").unwrap();
+        assert!(fs::rename(&other, &path).is_err());
+        assert!(fs::remove_file(&path).is_err());
+        let mut read = Vec::new();
+        fs::File::open(pinned_path(&file, &path))
+            .unwrap()
+            .read_to_end(&mut read)
+            .unwrap();
+        assert_eq!(read, b"checked");
+        drop(file);
+        fs::remove_file(&path).unwrap();
     }
 }
