@@ -32,7 +32,6 @@ fn edge_rules(from: Option<&str>, to: Option<&str>, edge: &Edge) -> Vec<String> 
 }
 
 #[test]
-#[ignore = "enabled when the layout lands"]
 fn the_agent_keeps_its_layering() {
     let krate = Crate::read("crates/agent", Some("cms_agent"));
     super::assert_kept("cms-agent", &broken(&krate));

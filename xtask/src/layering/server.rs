@@ -44,7 +44,6 @@ fn edge_rules(from: Option<&str>, to: Option<&str>, edge: &Edge) -> Vec<String> 
 }
 
 #[test]
-#[ignore = "enabled when the layout lands"]
 fn the_server_keeps_its_layering() {
     let krate = Crate::read("crates/server", Some("cms_server"));
     super::assert_kept("cms-server", &broken(&krate));
