@@ -14,19 +14,18 @@ use std::time::{Duration, Instant};
 
 use cms_protocol::{
     BUILD_VERSION, HeartbeatAck, Metrics, RegisterRequest, ServerEvent, StatusReport, UpdateInfo,
-    UpdateProgress, UpdateStep,
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::agent_state::{AgentState, StateCell};
-use crate::core::config::{ConfigManager, Intervals, UpdateRetry};
+use crate::core::config::{self, ConfigManager, Intervals};
 use crate::core::error_reporter::ErrorReporter;
 use crate::core::net_health::NetHealth;
 use crate::core::storage::StateManager;
-use crate::core::supervisor::{Role, TaskDeath, Tasks};
-use crate::core::update::{self, Relaunch, Settlement, Update};
+use crate::core::supervisor::{Role, TaskDeath, Tasks, sleep_or_cancel};
+use crate::core::update::{Relaunch, UpdateController, UpdateDeps};
 use crate::net::Credentials;
 use crate::net::http_client::{HttpClient, HttpError};
 use crate::net::servers::ServerList;
@@ -108,14 +107,8 @@ struct Inner {
     metrics: Mutex<MetricsSampler>,
     /// Set once `backend-contact.json` names this process (the updater's health check).
     contact_recorded: AtomicBool,
-    /// Versions whose refusal was reported in this run (reported once, not at every offer).
-    refusals_reported: Mutex<Vec<String>>,
-    /// Set once the last run's update journal is settled (or there was none). No update starts
-    /// before: the updater that started this run may still be at work in `updates/`, and the
-    /// settlement may add the offered version to `rolled_back_versions`.
-    journal_settled: AtomicBool,
-    /// Set when an update trigger came before that; the settlement then checks once.
-    trigger_held: AtomicBool,
+    /// When updates may start, and what is recorded and reported around them.
+    updates: UpdateController,
 }
 
 impl Agent {
@@ -165,9 +158,7 @@ impl Agent {
             options,
             metrics: Mutex::new(MetricsSampler::new()),
             contact_recorded: AtomicBool::new(false),
-            refusals_reported: Mutex::new(Vec::new()),
-            journal_settled: AtomicBool::new(false),
-            trigger_held: AtomicBool::new(false),
+            updates: UpdateController::default(),
         };
         Ok(Agent {
             inner: Arc::new(inner),
@@ -301,9 +292,7 @@ impl Inner {
     }
 
     fn config(&self) -> MutexGuard<'_, ConfigManager> {
-        self.config
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        config::lock(&self.config)
     }
 
     /// Registers unless credentials exist; retries with backoff. `false` if cancelled first.
@@ -472,258 +461,32 @@ impl Inner {
         self.register_until_done().await;
     }
 
-    async fn check_for_update(&self, trigger: &'static str) {
-        match self
-            .http
-            .check_for_update(BUILD_VERSION, system::PLATFORM)
-            .await
-        {
-            Ok(None) => tracing::info!(trigger, version = BUILD_VERSION, "no update available"),
-            Ok(Some(update)) => self.initiate_update(trigger, &update).await,
-            Err(err) => {
-                let message = format!("update check failed: {err}");
-                self.report(
-                    "update_check_failed",
-                    &message,
-                    json!({ "trigger": trigger }),
-                )
-                .await;
-            }
-        }
-    }
-
-    /// Runs an update from `IDLE` only; a trigger in any other state is logged and ignored,
-    /// so a second push during an update does not start a second one.
-    async fn initiate_update(&self, trigger: &'static str, info: &UpdateInfo) {
-        if !self.journal_settled.load(Ordering::SeqCst) {
-            // Held before the second look: a settlement in between then sees it and checks.
-            self.trigger_held.store(true, Ordering::SeqCst);
-            if !self.journal_settled.load(Ordering::SeqCst) {
-                tracing::info!(trigger, version = %info.version, "update trigger held: the last update is not settled yet");
-                return;
-            }
-        }
-        if self
-            .config()
-            .config()
-            .rolled_back_versions
-            .contains(&info.version)
-        {
-            tracing::info!(trigger, version = %info.version, "update skipped: this version was rolled back here before");
-            self.report_refusal(&info.version).await;
-            return;
-        }
-        if let Some(retry_in) = self.update_deferred(&info.version) {
-            tracing::info!(trigger, version = %info.version, retry_in_secs = retry_in, "update deferred: the last attempt was aborted before the swap");
-            return;
-        }
-        if self
-            .state
-            .transition_if(|s| s == AgentState::Idle, AgentState::UpdatingStarting)
-            .is_err()
-        {
-            tracing::info!(trigger, version = %info.version, "update trigger ignored: not idle");
-            return;
-        }
-        tracing::info!(trigger, from = BUILD_VERSION, to = %info.version, "update starting");
-        self.progress(&info.version, UpdateStep::Offered, None);
-        let reserve_free_bytes = self.config().config().update_reserve_free_bytes;
-        let on_step = |step| self.progress(&info.version, step, None);
-        let update = Update {
+    /// The update controller's dependencies, lent for one call.
+    fn update_deps<'a>(&'a self, shut_down: &'a (dyn Fn() + Sync)) -> UpdateDeps<'a> {
+        UpdateDeps {
+            state: &self.state,
+            config: &self.config,
             http: &self.http,
             trust: &self.trust,
-            state: &self.state,
+            reporter: &self.reporter,
             storage: &self.storage,
-            reserve_free_bytes,
+            cancel: &self.cancel,
             relaunch: &self.options.relaunch,
-            on_step: &on_step,
-        };
-        let outcome = tokio::select! {
-            _ = self.cancel.cancelled() => return,
-            outcome = update.run(info) => outcome,
-        };
-        match outcome {
-            Ok(updater_pid) => {
-                tracing::info!(updater_pid, version = %info.version, "handing over to the updater");
-                self.progress(&info.version, UpdateStep::HandedOver, None);
-                self.reporter.flush(&self.http).await;
-                self.graceful_shutdown();
-            }
-            Err(err) => {
-                self.progress(&info.version, UpdateStep::Failed, Some(err.step()));
-                let details = json!({ "step": err.step(), "version": info.version });
-                self.report(
-                    "update_failed",
-                    &format!(
-                        "update to {} failed while {}: {err}",
-                        info.version,
-                        err.step()
-                    ),
-                    details,
-                )
-                .await;
-                self.reporter.flush(&self.http).await;
-                let _ = self.state.set_state(AgentState::Idle);
-            }
+            retry_base: Duration::from_secs(self.options.intervals.update_retry_secs),
+            shut_down,
         }
     }
 
-    /// Buffers an update progress event for the server's rollout funnel (sent at the next
-    /// flush, which follows every end of an update attempt).
-    fn progress(&self, version: &str, step: UpdateStep, failed_step: Option<&str>) {
-        self.reporter.store_progress(&UpdateProgress {
-            version: version.to_owned(),
-            platform: system::PLATFORM.to_owned(),
-            step,
-            failed_step: failed_step.map(str::to_owned),
-        });
+    async fn check_for_update(&self, trigger: &'static str) {
+        let shut_down = || self.graceful_shutdown();
+        let deps = self.update_deps(&shut_down);
+        self.updates.check_for_update(&deps, trigger).await;
     }
 
-    /// Reports once per run that the offer of `version` was turned down.
-    async fn report_refusal(&self, version: &str) {
-        {
-            let mut reported = self
-                .refusals_reported
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if reported.iter().any(|v| v == version) {
-                return;
-            }
-            reported.push(version.to_owned());
-        }
-        self.progress(version, UpdateStep::Refused, None);
-        self.reporter.flush(&self.http).await;
-    }
-
-    /// Acts on what the last update left: record the new version, or report what went wrong.
-    /// Returns when to try again after an aborted update.
-    async fn settle(&self, journal: &cms_protocol::update::UpdateJournal) -> Option<Duration> {
-        let retry = self.settle_and_report(journal).await;
-        self.reporter.flush(&self.http).await;
-        retry
-    }
-
-    async fn settle_and_report(
-        &self,
-        journal: &cms_protocol::update::UpdateJournal,
-    ) -> Option<Duration> {
-        match update::settle_journal(&self.storage, journal) {
-            Settlement::Completed { version } => {
-                tracing::info!(version = %version, "update verified by the updater");
-                self.record_version();
-                self.progress(&version, UpdateStep::Healthy, None);
-            }
-            Settlement::FinishedByAgent { version, phase } => {
-                self.record_version();
-                self.progress(&version, UpdateStep::Healthy, None);
-                let message = format!(
-                    "the updater stopped during {phase:?}; the agent finished the update to {version}"
-                );
-                self.report("update_finished_by_agent", &message, Value::Null)
-                    .await;
-            }
-            Settlement::RolledBack { version, reason } => {
-                self.remember_rollback(&version);
-                self.progress(&version, UpdateStep::RolledBack, None);
-                self.report(
-                    "update_rolled_back",
-                    &format!("update to {version} was rolled back: {reason}"),
-                    Value::Null,
-                )
-                .await;
-            }
-            Settlement::RollbackInterrupted { version, reason } => {
-                self.remember_rollback(&version);
-                self.progress(&version, UpdateStep::RolledBack, None);
-                let message = format!(
-                    "rollback from {version} was interrupted ({reason}); the previous exe is kept as .old"
-                );
-                self.report("update_rollback_interrupted", &message, Value::Null)
-                    .await;
-            }
-            Settlement::Aborted { version, reason } => {
-                self.progress(&version, UpdateStep::Failed, Some("handing_over"));
-                let retry = self.remember_abort(&version);
-                let message = format!(
-                    "update to {version} stopped before the swap: {reason}; still running {BUILD_VERSION}, trying again in {} s",
-                    retry.as_secs()
-                );
-                let details = json!({ "version": version, "retry_in_secs": retry.as_secs() });
-                self.report("update_aborted", &message, details).await;
-                return Some(retry);
-            }
-            Settlement::Interrupted { version, phase } => {
-                self.progress(&version, UpdateStep::Failed, Some("handing_over"));
-                let message = format!(
-                    "update to {version} was interrupted during {phase:?}; still running {BUILD_VERSION}"
-                );
-                self.report("update_interrupted", &message, Value::Null)
-                    .await;
-            }
-        }
-        None
-    }
-
-    /// An aborted update is tried again after a wait that doubles with each abort; returns
-    /// the wait.
-    fn remember_abort(&self, version: &str) -> Duration {
-        let base = Duration::from_secs(self.options.intervals.update_retry_secs);
-        let mut wait = base;
-        let result = self.config().update(|c| {
-            let earlier = c.update_retry.as_ref().filter(|r| r.version == version);
-            let aborted = earlier.map_or(0, |r| r.aborted).saturating_add(1);
-            wait = update::retry_delay(aborted, base);
-            c.update_retry = Some(UpdateRetry {
-                version: version.to_owned(),
-                aborted,
-                not_before_unix: unix_now().saturating_add(wait.as_secs()),
-            });
-        });
-        if let Err(err) = result {
-            tracing::error!(error = %err, "cannot record when to retry the aborted update");
-        }
-        wait
-    }
-
-    /// Seconds until an aborted update of `version` may be tried again, if it must still wait.
-    fn update_deferred(&self, version: &str) -> Option<u64> {
-        let config = self.config();
-        let retry = config.config().update_retry.as_ref()?;
-        let left = retry.not_before_unix.saturating_sub(unix_now());
-        (retry.version == version && left > 0).then_some(left)
-    }
-
-    /// The updater suspends the service's recovery actions and restores them at its end;
-    /// after an updater that died midway, this is where they come back.
-    fn restore_service_recovery(&self) {
-        match system::service::set_restart_on_failure(true) {
-            Ok(recovery) => tracing::info!(%recovery, "service recovery actions in place"),
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot restore the service's recovery actions")
-            }
-        }
-    }
-
-    fn remember_rollback(&self, version: &str) {
-        let result = self.config().update(|c| {
-            if !c.rolled_back_versions.iter().any(|v| v == version) {
-                c.rolled_back_versions.push(version.to_owned());
-            }
-        });
-        if let Err(err) = result {
-            tracing::error!(error = %err, "cannot record the rolled-back version");
-        }
-    }
-
-    /// After a verified update the new agent writes its version to config.json (and forgets
-    /// an earlier aborted attempt).
-    fn record_version(&self) {
-        if let Err(err) = self.config().update(|c| {
-            c.current_version = Some(BUILD_VERSION.to_owned());
-            c.update_retry = None;
-        }) {
-            tracing::error!(error = %err, "cannot record the new version in config.json");
-        }
+    async fn initiate_update(&self, trigger: &'static str, info: &UpdateInfo) {
+        let shut_down = || self.graceful_shutdown();
+        let deps = self.update_deps(&shut_down);
+        self.updates.initiate_update(&deps, trigger, info).await;
     }
 }
 
@@ -731,50 +494,10 @@ impl Inner {
 /// settles its journal; with no updater running, settles at once. After an aborted update it
 /// stays to try again once the backoff has passed.
 async fn settle_update_journal(inner: Arc<Inner>) {
-    let retry = match update::read_journal(&inner.storage) {
-        Some(journal) => match settle_once_the_updater_exits(&inner, journal).await {
-            Some(retry) => retry,
-            None => return, // stopped first
-        },
-        None => None,
-    };
-    inner.journal_settled.store(true, Ordering::SeqCst);
-    if let Some(retry) = retry {
-        // A second more than the recorded time, so the deferral has passed by the wall clock too.
-        if sleep_or_cancel(&inner.cancel, retry + Duration::from_secs(1)).await {
-            inner.check_for_update("retry").await;
-        }
-    } else if inner.trigger_held.swap(false, Ordering::SeqCst) {
-        inner.check_for_update("held until settled").await;
-    }
+    let shut_down = || inner.graceful_shutdown();
+    let deps = inner.update_deps(&shut_down);
+    inner.updates.settle_last_run(&deps).await;
 }
-
-/// Waits until the updater `journal` names has exited, then settles what it left; the retry
-/// delay of an aborted update, or `None` when the agent is stopped first.
-async fn settle_once_the_updater_exits(
-    inner: &Inner,
-    journal: cms_protocol::update::UpdateJournal,
-) -> Option<Option<Duration>> {
-    while update::updater_running(&journal) {
-        if !sleep_or_cancel(&inner.cancel, Duration::from_millis(500)).await {
-            return None;
-        }
-    }
-    let journal = update::read_journal(&inner.storage).unwrap_or(journal);
-    let retry = inner.settle(&journal).await;
-    if matches!(inner.options.relaunch, Relaunch::Service(_)) {
-        inner.restore_service_recovery();
-    }
-    Some(retry)
-}
-
-/// Seconds since the Unix epoch (0 if the clock is before it).
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 async fn watch_os_signals(inner: Arc<Inner>) {
     tokio::select! {
         _ = inner.cancel.cancelled() => {}
@@ -858,14 +581,6 @@ fn new_offer(last: &mut Option<String>, ack: HeartbeatAck) -> Option<UpdateInfo>
     let is_new = offered.is_some() && offered != *last;
     *last = offered;
     ack.update.filter(|_| is_new)
-}
-
-/// Sleeps `delay` unless cancelled first; `true` when the full delay passed.
-async fn sleep_or_cancel(cancel: &CancellationToken, delay: Duration) -> bool {
-    tokio::select! {
-        _ = cancel.cancelled() => false,
-        _ = tokio::time::sleep(delay) => true,
-    }
 }
 
 /// `every` +/- 10 %, so a fleet's timers drift apart instead of hitting the server together.

@@ -15,6 +15,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -287,6 +288,14 @@ impl ConfigManager {
         }
         Ok(())
     }
+}
+
+/// The configuration behind the agent's mutex; a thread that panicked while holding it does
+/// not take it away from the others.
+pub fn lock(shared: &Mutex<ConfigManager>) -> MutexGuard<'_, ConfigManager> {
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, ConfigError> {
