@@ -7,16 +7,17 @@
 //! task that dies (`supervisor`) is reported and shuts the agent down the same way, and `run`
 //! says so, for `main` to exit non-zero and the service manager to restart the agent.
 //! Nothing here calls `process::exit`, and nothing here logs a credential.
+//!
+//! This file keeps the lifecycle (build, run, serve, shut down), registration and heartbeats;
+//! `tasks` holds the loops, `control` the answers to IPC requests, `metrics` the resource
+//! figures of the heartbeat, and the update sequencing is `core::update::UpdateController`'s.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use cms_protocol::{
-    BUILD_VERSION, HeartbeatAck, Metrics, RegisterRequest, ServerEvent, StatusReport, UpdateInfo,
-};
+use cms_protocol::{BUILD_VERSION, RegisterRequest, StatusReport, UpdateInfo};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::agent_state::{AgentState, StateCell};
@@ -24,7 +25,7 @@ use crate::core::config::{self, ConfigManager, Intervals};
 use crate::core::error_reporter::ErrorReporter;
 use crate::core::net_health::NetHealth;
 use crate::core::storage::StateManager;
-use crate::core::supervisor::{Role, TaskDeath, Tasks, sleep_or_cancel};
+use crate::core::supervisor::{Role, TaskDeath, Tasks};
 use crate::core::update::{Relaunch, UpdateController, UpdateDeps};
 use crate::net::Credentials;
 use crate::net::http_client::{HttpClient, HttpError};
@@ -34,13 +35,18 @@ use crate::net::ws_client::{WSClient, WsLink};
 use crate::net::{Transport, TransportError, UrlError, backoff};
 use crate::system::{self, lock_manager::LockManager};
 
+mod control;
+mod metrics;
+mod tasks;
+
+use control::ipc_server;
+use metrics::MetricsSampler;
+use tasks::{lock_heartbeat, settle_update_journal, spawn_services, watch_os_signals};
+
 /// How long shutdown waits for tasks before aborting them.
 const SHUTDOWN_JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Ceiling of the registration retry backoff.
 const REGISTER_MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// How long the first heartbeat waits for the WebSocket, so that it does not open an HTTP
-/// connection just before the socket is up.
-const FIRST_HEARTBEAT_WAIT: Duration = Duration::from_secs(5);
 
 /// Why the agent cannot be built from its configuration.
 #[derive(Debug, thiserror::Error)]
@@ -220,22 +226,6 @@ impl Inner {
             death = tasks.next_death(&self.cancel) => Some(death),
         }
     }
-}
-
-fn spawn_services(inner: &Arc<Inner>, tasks: &mut Tasks) {
-    let (events_tx, events_rx) = mpsc::channel(16);
-    tasks.spawn("status_loop", Role::Essential, status_loop(inner.clone()));
-    tasks.spawn("poll_loop", Role::Essential, poll_loop(inner.clone()));
-    let events = event_loop(inner.clone(), events_rx);
-    tasks.spawn("event_loop", Role::Essential, events);
-    let ws_inner = inner.clone();
-    tasks.spawn("websocket", Role::Essential, async move {
-        let token = || ws_inner.http.bearer_token();
-        ws_inner
-            .ws
-            .run(token, events_tx, ws_inner.cancel.clone())
-            .await;
-    });
 }
 
 impl Inner {
@@ -487,381 +477,5 @@ impl Inner {
         let shut_down = || self.graceful_shutdown();
         let deps = self.update_deps(&shut_down);
         self.updates.initiate_update(&deps, trigger, info).await;
-    }
-}
-
-/// Waits for a still-running updater (it is verifying this very process) to finish, then
-/// settles its journal; with no updater running, settles at once. After an aborted update it
-/// stays to try again once the backoff has passed.
-async fn settle_update_journal(inner: Arc<Inner>) {
-    let shut_down = || inner.graceful_shutdown();
-    let deps = inner.update_deps(&shut_down);
-    inner.updates.settle_last_run(&deps).await;
-}
-async fn watch_os_signals(inner: Arc<Inner>) {
-    tokio::select! {
-        _ = inner.cancel.cancelled() => {}
-        result = system::shutdown_signal() => {
-            if let Err(err) = result {
-                tracing::error!(error = %err, "cannot watch for OS stop signals");
-                return;
-            }
-            inner.graceful_shutdown();
-        }
-    }
-}
-
-async fn lock_heartbeat(inner: Arc<Inner>) {
-    let every = Duration::from_secs(inner.options.intervals.lock_heartbeat_secs.max(1));
-    inner.lock.run_heartbeat(every, inner.cancel.clone()).await;
-}
-
-async fn status_loop(inner: Arc<Inner>) {
-    let every = Duration::from_secs(inner.options.intervals.status_secs.max(1));
-    inner.ws_link.wait_up(FIRST_HEARTBEAT_WAIT).await;
-    loop {
-        panic_if_a_test_asks();
-        inner.send_status().await;
-        if !sleep_or_cancel(&inner.cancel, jittered(every)).await {
-            return;
-        }
-    }
-}
-
-async fn poll_loop(inner: Arc<Inner>) {
-    let every = Duration::from_secs(inner.options.intervals.update_poll_secs.max(1));
-    while sleep_or_cancel(&inner.cancel, jittered(every)).await {
-        inner.reporter.flush(&inner.http).await;
-        inner.check_for_update("poll").await;
-    }
-}
-
-/// Acts on server events: a push checks for updates now; a heartbeat answer that offers a
-/// release not offered by the previous answer starts that update (so a push that was lost waits
-/// no longer than the next heartbeat, and a failed update is not retried at every heartbeat).
-async fn event_loop(inner: Arc<Inner>, mut events: mpsc::Receiver<ServerEvent>) {
-    let mut last_offer: Option<String> = None;
-    loop {
-        let event = tokio::select! {
-            _ = inner.cancel.cancelled() => return,
-            event = events.recv() => event,
-        };
-        match event {
-            Some(ServerEvent::UpdateRequired(_)) => inner.check_for_update("push").await,
-            Some(ServerEvent::HeartbeatAck(ack)) => {
-                if let Some(update) = new_offer(&mut last_offer, ack) {
-                    inner.initiate_update("heartbeat", &update).await;
-                }
-            }
-            None => return,
-        }
-    }
-}
-
-/// Debug builds only (the tests): with `CMS_AGENT_TEST_PANIC_FILE` set, the status loop panics
-/// once the file it names exists, so a test can make a running agent panic when it chooses.
-/// Release builds do not contain this code (docs/ARCHITECTURE.md, "What each test suite proves").
-#[cfg(debug_assertions)]
-fn panic_if_a_test_asks() {
-    const TEST_PANIC_FILE_ENV: &str = "CMS_AGENT_TEST_PANIC_FILE";
-    let asked = std::env::var_os(TEST_PANIC_FILE_ENV)
-        .is_some_and(|file| std::path::Path::new(&file).exists());
-    if asked {
-        panic!("test panic requested through {TEST_PANIC_FILE_ENV}");
-    }
-}
-
-#[cfg(not(debug_assertions))]
-fn panic_if_a_test_asks() {}
-
-/// The release a heartbeat answer offers, when the previous answer (`last`, updated here)
-/// offered another one or none.
-fn new_offer(last: &mut Option<String>, ack: HeartbeatAck) -> Option<UpdateInfo> {
-    let offered = ack.update.as_ref().map(|u| u.version.clone());
-    let is_new = offered.is_some() && offered != *last;
-    *last = offered;
-    ack.update.filter(|_| is_new)
-}
-
-/// `every` +/- 10 %, so a fleet's timers drift apart instead of hitting the server together.
-fn jittered(every: Duration) -> Duration {
-    every.mul_f64(0.9 + fastrand::f64() * 0.2)
-}
-
-/// Samples the agent's own resource use for heartbeats.
-#[derive(Debug)]
-struct MetricsSampler {
-    system: Option<sysinfo::System>,
-    pid: sysinfo::Pid,
-    started: Instant,
-}
-
-impl MetricsSampler {
-    fn new() -> Self {
-        MetricsSampler {
-            system: sysinfo::System::new().ok(),
-            pid: sysinfo::Pid::from_u32(std::process::id()),
-            started: Instant::now(),
-        }
-    }
-
-    fn sample(&mut self, buffered_errors: u64) -> Metrics {
-        let (rss_bytes, cpu_percent) = self.process_usage().unwrap_or((0, 0.0));
-        Metrics {
-            rss_bytes,
-            cpu_percent,
-            uptime_secs: self.started.elapsed().as_secs(),
-            buffered_errors,
-        }
-    }
-
-    fn process_usage(&mut self) -> Option<(u64, f32)> {
-        use sysinfo::{ProcessRefreshKind, ProcessesToUpdate};
-        let system = self.system.as_mut()?;
-        let kind = ProcessRefreshKind::nothing().with_memory().with_cpu();
-        system.refresh_processes_specifics(ProcessesToUpdate::Some(&[self.pid]), true, kind);
-        let process = system.process(self.pid)?;
-        Some((process.memory(), process.cpu_usage()))
-    }
-}
-
-// --- IPC (`--force`, `--stop`, `--status`): the agent's answers to authenticated requests. ---
-
-use cms_protocol::{IpcCommand, IpcResponse, IpcStatus};
-
-use crate::ipc::{self, IpcHandler, NamedPipeIPCServer};
-
-/// Serves the IPC endpoint until shutdown. An endpoint that cannot be opened is reported and
-/// the agent runs on without it: serving the backend matters more than `--force`.
-async fn ipc_server(inner: Arc<Inner>) {
-    let path = inner.storage.storage_path().to_path_buf();
-    let machine_wide = inner.storage.machine_wide();
-    let bound = ipc::IpcEndpoint::for_agent(&path, machine_wide).and_then(|endpoint| {
-        let secret = ipc::load_or_create_secret(&path, machine_wide)?;
-        NamedPipeIPCServer::bind(endpoint, secret)
-    });
-    match bound {
-        Ok(server) => server.serve(inner.clone(), inner.cancel.clone()).await,
-        Err(err) => {
-            let message = format!(
-                "IPC server not started: {err}; --force and --status cannot reach this agent"
-            );
-            inner.report("ipc_unavailable", &message, Value::Null).await;
-        }
-    }
-}
-
-impl IpcHandler for Inner {
-    fn handle(&self, command: IpcCommand, args: &[String]) -> IpcResponse {
-        let status = match command {
-            IpcCommand::Status => IpcStatus::Acknowledged,
-            IpcCommand::ForceRestart => self.force_restart(args.len()),
-            IpcCommand::Stop => self.stop_requested(),
-        };
-        IpcResponse {
-            status,
-            state: Some(self.state.get()),
-            version: Some(BUILD_VERSION.to_owned()),
-            pid: Some(std::process::id()),
-            message: None,
-        }
-    }
-}
-
-impl Inner {
-    /// `--force` from another process: stop so it can take over, unless an update runs.
-    fn force_restart(&self, new_args: usize) -> IpcStatus {
-        match force_restart_decision(&self.state) {
-            ForceDecision::Shutdown => {
-                tracing::info!(
-                    new_args,
-                    "force restart requested over IPC; shutting down for the new instance"
-                );
-                self.graceful_shutdown();
-                IpcStatus::Acknowledged
-            }
-            ForceDecision::AlreadyStopping => IpcStatus::Acknowledged,
-            ForceDecision::BusyUpdating => {
-                tracing::warn!("force restart refused: an update is in progress");
-                IpcStatus::BusyUpdating
-            }
-        }
-    }
-}
-
-impl Inner {
-    /// `--stop` from another process: shut down and stay down, unless an update runs.
-    fn stop_requested(&self) -> IpcStatus {
-        let status = stop_decision(&self.state);
-        if status == IpcStatus::Acknowledged {
-            tracing::info!("stop requested over IPC; shutting down");
-            self.graceful_shutdown();
-        } else {
-            tracing::warn!("stop refused: an update is in progress");
-        }
-        status
-    }
-}
-
-/// `SHUTTING_DOWN` unless an update runs, checked and moved in one step; a stop that is
-/// already under way is acknowledged too (the caller waits for the exit all the same).
-fn stop_decision(state: &StateCell) -> IpcStatus {
-    match state.transition_if(|s| !s.is_updating(), AgentState::ShuttingDown) {
-        Err(refused) if refused.from.is_updating() => IpcStatus::BusyUpdating,
-        _ => IpcStatus::Acknowledged,
-    }
-}
-
-/// What a `force_restart` request leads to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ForceDecision {
-    /// Shut down now (from `IDLE` via `FORCE_RESTARTING`, or while still `STARTING`).
-    Shutdown,
-    /// A shutdown is already under way; the caller just waits for the lock.
-    AlreadyStopping,
-    /// Refused in every `UPDATING_*` state: an update must not be cut off.
-    BusyUpdating,
-}
-
-/// Checks and moves the state in one step, so a force restart and an update never both win.
-fn force_restart_decision(state: &StateCell) -> ForceDecision {
-    match state.transition_if(|s| s == AgentState::Idle, AgentState::ForceRestarting) {
-        Ok(_) => ForceDecision::Shutdown,
-        Err(refused) if refused.from.is_updating() => ForceDecision::BusyUpdating,
-        Err(refused) if refused.from == AgentState::Starting => ForceDecision::Shutdown,
-        Err(_) => ForceDecision::AlreadyStopping,
-    }
-}
-
-#[cfg(test)]
-mod offer_tests {
-    use super::*;
-
-    fn ack(version: Option<&str>) -> HeartbeatAck {
-        HeartbeatAck {
-            update: version.map(|version| UpdateInfo {
-                version: version.into(),
-                platform: "linux-x86_64".into(),
-                package_url: String::new(),
-                target: String::new(),
-                length: 1,
-                sha256: String::new(),
-            }),
-        }
-    }
-
-    #[test]
-    fn an_offer_starts_an_update_once_until_another_one_comes() {
-        let mut last = None;
-        assert!(new_offer(&mut last, ack(None)).is_none());
-        assert_eq!(
-            new_offer(&mut last, ack(Some("2.0.0"))).unwrap().version,
-            "2.0.0"
-        );
-        assert!(
-            new_offer(&mut last, ack(Some("2.0.0"))).is_none(),
-            "not at every heartbeat"
-        );
-        assert_eq!(
-            new_offer(&mut last, ack(Some("2.1.0"))).unwrap().version,
-            "2.1.0"
-        );
-        assert!(new_offer(&mut last, ack(None)).is_none());
-        assert!(
-            new_offer(&mut last, ack(Some("2.1.0"))).is_some(),
-            "offered again after none"
-        );
-    }
-}
-
-#[cfg(test)]
-mod ipc_tests {
-    use super::*;
-
-    fn cell_in(target: AgentState) -> StateCell {
-        let cell = StateCell::default();
-        let path: &[AgentState] = match target {
-            AgentState::Starting => &[],
-            AgentState::ShuttingDown => &[AgentState::ShuttingDown],
-            AgentState::Stopped => &[AgentState::ShuttingDown, AgentState::Stopped],
-            AgentState::ForceRestarting => &[AgentState::Idle, AgentState::ForceRestarting],
-            _ => &[AgentState::Idle],
-        };
-        for next in path {
-            cell.set_state(*next).unwrap_or_else(|e| panic!("{e}"));
-        }
-        let walk = [
-            AgentState::UpdatingStarting,
-            AgentState::UpdatingDownloading,
-            AgentState::UpdatingVerifying,
-            AgentState::UpdatingExtractingUpdater,
-            AgentState::UpdatingPreparingShutdown,
-        ];
-        for next in walk
-            .iter()
-            .take_while(|_| cell.get() != target && target.is_updating())
-        {
-            cell.set_state(*next).unwrap_or_else(|e| panic!("{e}"));
-        }
-        assert_eq!(cell.get(), target);
-        cell
-    }
-
-    #[test]
-    fn force_restart_is_refused_in_every_updating_state_and_leaves_it_alone() {
-        for state in AgentState::ALL.into_iter().filter(|s| s.is_updating()) {
-            let cell = cell_in(state);
-            assert_eq!(
-                force_restart_decision(&cell),
-                ForceDecision::BusyUpdating,
-                "{state}"
-            );
-            assert_eq!(cell.get(), state);
-        }
-    }
-
-    #[test]
-    fn stop_is_refused_while_updating_and_shuts_down_from_anything_else() {
-        for state in AgentState::ALL.into_iter().filter(|s| s.is_updating()) {
-            let cell = cell_in(state);
-            assert_eq!(stop_decision(&cell), IpcStatus::BusyUpdating, "{state}");
-            assert_eq!(cell.get(), state);
-        }
-        for state in [
-            AgentState::Starting,
-            AgentState::Idle,
-            AgentState::ForceRestarting,
-        ] {
-            let cell = cell_in(state);
-            assert_eq!(stop_decision(&cell), IpcStatus::Acknowledged, "{state}");
-            assert_eq!(cell.get(), AgentState::ShuttingDown, "from {state}");
-        }
-        let stopping = cell_in(AgentState::ShuttingDown);
-        assert_eq!(stop_decision(&stopping), IpcStatus::Acknowledged);
-    }
-
-    #[test]
-    fn force_restart_from_idle_moves_to_force_restarting() {
-        let cell = cell_in(AgentState::Idle);
-        assert_eq!(force_restart_decision(&cell), ForceDecision::Shutdown);
-        assert_eq!(cell.get(), AgentState::ForceRestarting);
-        assert_eq!(
-            force_restart_decision(&cell),
-            ForceDecision::AlreadyStopping
-        );
-    }
-
-    #[test]
-    fn force_restart_while_starting_or_stopping() {
-        assert_eq!(
-            force_restart_decision(&cell_in(AgentState::Starting)),
-            ForceDecision::Shutdown
-        );
-        for state in [AgentState::ShuttingDown, AgentState::Stopped] {
-            assert_eq!(
-                force_restart_decision(&cell_in(state)),
-                ForceDecision::AlreadyStopping
-            );
-        }
     }
 }
