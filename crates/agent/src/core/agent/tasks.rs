@@ -10,7 +10,7 @@ use std::time::Duration;
 use cms_protocol::{HeartbeatAck, ServerEvent, UpdateInfo};
 use tokio::sync::mpsc;
 
-use super::Inner;
+use super::{Inner, panic_if_a_test_asks};
 use crate::core::supervisor::{Role, Tasks, sleep_or_cancel};
 use crate::system;
 
@@ -101,22 +101,6 @@ async fn event_loop(inner: Arc<Inner>, mut events: mpsc::Receiver<ServerEvent>) 
         }
     }
 }
-
-/// Debug builds only (the tests): with `CMS_AGENT_TEST_PANIC_FILE` set, the status loop panics
-/// once the file it names exists, so a test can make a running agent panic when it chooses.
-/// Release builds do not contain this code (docs/ARCHITECTURE.md, "What each test suite proves").
-#[cfg(debug_assertions)]
-fn panic_if_a_test_asks() {
-    const TEST_PANIC_FILE_ENV: &str = "CMS_AGENT_TEST_PANIC_FILE";
-    let asked = std::env::var_os(TEST_PANIC_FILE_ENV)
-        .is_some_and(|file| std::path::Path::new(&file).exists());
-    if asked {
-        panic!("test panic requested through {TEST_PANIC_FILE_ENV}");
-    }
-}
-
-#[cfg(not(debug_assertions))]
-fn panic_if_a_test_asks() {}
 
 /// The release a heartbeat answer offers, when the previous answer (`last`, updated here)
 /// offered another one or none.

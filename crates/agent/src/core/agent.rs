@@ -479,3 +479,20 @@ impl Inner {
         self.updates.initiate_update(&deps, trigger, info).await;
     }
 }
+
+/// Debug builds only (the tests): with `CMS_AGENT_TEST_PANIC_FILE` set, the status loop panics
+/// once the file it names exists, so a test can make a running agent panic when it chooses.
+/// Release builds do not contain this code (docs/ARCHITECTURE.md, "What each test suite proves").
+/// It stays in this file: `lifecycle.rs` checks that the report names the panic's place here.
+#[cfg(debug_assertions)]
+fn panic_if_a_test_asks() {
+    const TEST_PANIC_FILE_ENV: &str = "CMS_AGENT_TEST_PANIC_FILE";
+    let asked = std::env::var_os(TEST_PANIC_FILE_ENV)
+        .is_some_and(|file| std::path::Path::new(&file).exists());
+    if asked {
+        panic!("test panic requested through {TEST_PANIC_FILE_ENV}");
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn panic_if_a_test_asks() {}
