@@ -257,3 +257,66 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()
         .context("cannot start the async runtime")
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// The arguments `words` give, as after `cms_agent`.
+    pub(super) fn args(words: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("cms_agent").chain(words.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn an_error_is_exit_code_2_and_a_code_passes_through() {
+        assert_eq!(exit_code(Ok(0)), 0);
+        assert_eq!(exit_code(Ok(EXIT_NOT_RUNNING)), 3);
+        assert_eq!(exit_code(Ok(EXIT_TASK_DIED)), 4);
+        assert_eq!(exit_code(Err(anyhow::anyhow!("no storage"))), EXIT_UNUSABLE);
+    }
+
+    #[test]
+    fn the_options_after_force_are_the_new_instances() {
+        let argv = [
+            "cms_agent",
+            "--per-user",
+            "--force",
+            "--server",
+            "https://a",
+        ]
+        .map(OsString::from);
+        assert_eq!(args_after_force(&argv), ["--server", "https://a"]);
+        assert!(args_after_force(&argv[..2]).is_empty());
+    }
+
+    #[test]
+    fn the_modes_exclude_each_other() {
+        for words in [
+            &["--status", "--stop"][..],
+            &["--service", "--force"],
+            &["--service", "--per-user"],
+            &["--enable-autostart", "--disable-autostart"],
+            &["--disable-autostart", "--status"],
+            &["--update-poll-interval", "0"],
+        ] {
+            assert!(args(words).is_err(), "{words:?}");
+        }
+        assert!(args(&["--force", "--server", "https://a"]).is_ok());
+    }
+
+    #[test]
+    fn the_command_line_overrides_the_configured_timers_for_this_run() {
+        let configured = Intervals::default();
+        let given = args(&["--status-interval", "5"]).unwrap();
+        let run = effective_intervals(&configured, &given);
+        assert_eq!(run.status_secs, 5);
+        assert_eq!(run.update_poll_secs, configured.update_poll_secs);
+    }
+}

@@ -162,3 +162,29 @@ fn remove_ipc_secret(cli: &Args, machine_wide: bool) -> Result<()> {
     println!("IPC secret removed ({} agent)", scope.as_str());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::args;
+    use super::*;
+
+    #[test]
+    fn the_entry_runs_the_service_or_the_user_with_an_absolute_data_dir() {
+        let given = args(&["--enable-autostart", "--data-dir", "relative"]).unwrap();
+        let entry = entry_args(&given, true);
+        assert_eq!(entry[..2], ["--service", "--data-dir"].map(OsString::from));
+        assert!(Path::new(&entry[2]).is_absolute());
+        assert_eq!(entry_args(&given, false)[0], "--per-user");
+    }
+
+    #[test]
+    fn settings_on_the_command_line_are_saved_first() {
+        for words in [
+            &["--enable-autostart", "--server", "https://a"][..],
+            &["--enable-autostart", "--proxy", "none"],
+            &["--enable-autostart", "--trusted-root", "root.json"],
+        ] {
+            assert!(gives_settings(&args(words).unwrap()), "{words:?}");
+        }
+    }
+}

@@ -277,3 +277,24 @@ fn service_start_args(force_args: &[String]) -> Vec<OsString> {
     }
     args
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_service_is_started_with_the_force_options_but_its_own_data_dir() {
+        let force_args = [
+            "--data-dir",
+            "elsewhere",
+            "--server",
+            "https://a",
+            "--data-dir=there",
+            "--proxy",
+            "none",
+        ]
+        .map(String::from);
+        let expected = ["--server", "https://a", "--proxy", "none"].map(OsString::from);
+        assert_eq!(service_start_args(&force_args), expected);
+    }
+}
