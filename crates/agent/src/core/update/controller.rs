@@ -11,13 +11,14 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cms_protocol::update::UpdateJournal;
 use cms_protocol::{AgentState, BUILD_VERSION, UpdateInfo, UpdateProgress, UpdateStep};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::steps::remove_update_files;
 use super::{
     Relaunch, Settlement, Update, read_journal, retry_delay, settle_journal, updater_running,
 };
@@ -382,10 +383,42 @@ impl UpdateDeps<'_> {
         }
         let journal = read_journal(self.storage).unwrap_or(journal);
         let retry = self.settle(&journal).await;
+        self.clear_what_the_updater_left().await;
         if matches!(self.relaunch, Relaunch::Service(_)) {
             self.restore_service_recovery();
         }
         Some(retry)
+    }
+}
+
+/// How long files the updater left in `updates/` may resist removal: on Windows an exe that
+/// has just exited stays mapped for a moment, and a scanner may hold a fresh one.
+const LEFTOVER_PATIENCE: Duration = Duration::from_secs(30);
+/// Pause between two attempts to remove them.
+const LEFTOVER_RETRY: Duration = Duration::from_millis(250);
+
+impl UpdateDeps<'_> {
+    /// Removes what the updater left in `updates/`, its own exe above all (on Windows the
+    /// updater never deletes itself: that would run code from a folder standard users can
+    /// write), retrying while the OS still holds a file.
+    async fn clear_what_the_updater_left(&self) {
+        let dir = self.storage.updates_dir();
+        let deadline = Instant::now() + LEFTOVER_PATIENCE;
+        loop {
+            let stuck = remove_update_files(&dir, None);
+            if stuck.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                for (path, err) in stuck {
+                    tracing::warn!(path = %path.display(), error = %err, "cannot remove a file the updater left");
+                }
+                return;
+            }
+            if !sleep_or_cancel(self.cancel, LEFTOVER_RETRY).await {
+                return;
+            }
+        }
     }
 }
 

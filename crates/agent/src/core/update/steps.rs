@@ -193,7 +193,7 @@ impl Update<'_> {
         let updater = package_path.with_file_name(executable_names(system::PLATFORM).1);
         package.extract_updater(&updater)?;
         self.enter(AgentState::UpdatingPreparingShutdown);
-        self.launch_updater(&updater, &package_path)
+        self.launch_updater(&updater, &package_path, signed)
     }
 
     fn enter(&self, state: AgentState) {
@@ -219,7 +219,15 @@ impl Update<'_> {
         Ok(())
     }
 
-    fn launch_updater(&self, updater: &Path, package: &Path) -> Result<u32, UpdateError> {
+    /// Starts the updater with the plan's four arguments, the package's signed length and
+    /// SHA-256 (the updater checks them again on a handle nobody can write through, so a
+    /// package swapped after this check never runs) and the agent's own arguments after `--`.
+    fn launch_updater(
+        &self,
+        updater: &Path,
+        package: &Path,
+        signed: &SignedTarget,
+    ) -> Result<u32, UpdateError> {
         let io_err = |source| UpdateError::Io {
             step: "preparing_shutdown",
             what: "launch the updater",
@@ -248,6 +256,10 @@ impl Update<'_> {
             .arg(std::process::id().to_string())
             .arg("--log-dir")
             .arg(self.storage.logs_dir())
+            .arg("--package-sha256")
+            .arg(signed.sha256.to_ascii_lowercase())
+            .arg("--package-length")
+            .arg(signed.length.to_string())
             .arg("--")
             .args(agent_args)
             .env_remove(ENROLLMENT_TOKEN_ENV)
@@ -346,19 +358,30 @@ fn mismatch(what: &'static str, expected: String, actual: String) -> UpdateError
 
 /// Empties `updates/` except the journal and `keep` (a partial download worth resuming).
 pub(super) fn clear_updates_dir(dir: &Path, keep: Option<&Path>) {
+    for (path, err) in remove_update_files(dir, keep) {
+        tracing::warn!(path = %path.display(), error = %err, "cannot remove a leftover update file");
+    }
+}
+
+/// Removes every file in `updates/` but the journal and `keep`; returns the ones that would
+/// not go, with why.
+pub(super) fn remove_update_files(dir: &Path, keep: Option<&Path>) -> Vec<(PathBuf, io::Error)> {
     let Ok(entries) = fs::read_dir(dir) else {
-        return;
+        return Vec::new();
     };
+    let mut stuck = Vec::new();
     for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
         let is_journal = path.file_name().is_some_and(|n| n == JOURNAL_NAME);
         if is_journal || keep == Some(path.as_path()) {
             continue;
         }
         if let Err(err) = fs::remove_file(&path) {
-            tracing::warn!(path = %path.display(), error = %err, "cannot remove a leftover update file");
+            stuck.push((path, err));
         }
     }
+    stuck
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
