@@ -180,6 +180,9 @@ pub fn run(cli: Args, force_args: Vec<String>, service: Option<&ServiceSession>)
     let storage = StateManager::new(cli.data_dir.clone(), machine_wide(&cli))?;
     let _log_guard = logging::init(&storage.logs_dir(), "agent.log")
         .with_context(|| format!("cannot open logs in {}", storage.logs_dir().display()))?;
+    if let Some(warning) = storage.takeover_warning() {
+        tracing::warn!(folder = %storage.storage_path().display(), "{warning}");
+    }
     let runtime = runtime()?;
     if cli.status {
         return runtime.block_on(print_status(&storage));
@@ -190,7 +193,7 @@ pub fn run(cli: Args, force_args: Vec<String>, service: Option<&ServiceSession>)
     tracing::info!(version = BUILD_VERSION, pid = std::process::id(), data_dir = %storage.storage_path().display(), force = cli.force, service = service.is_some(), "agent starting");
     let lock = LockManager::new(storage.storage_path());
     let wait_for_lock = if cli.force {
-        match runtime.block_on(ask_running_agent_to_stop(&storage, force_args.clone())) {
+        match runtime.block_on(ask_running_agent_to_stop(&storage)) {
             Handover::ToService => return restart_service_with(&storage, &cli, &force_args),
             Handover::Granted => true,
             Handover::NothingRuns => false,

@@ -16,7 +16,13 @@ use cms_agent::cli::{self, Args};
 use cms_agent::system;
 
 fn main() -> ExitCode {
+    // First: no DLL this process loads at run time may come from its folder, the current
+    // directory or PATH (docs/SECURITY.md).
+    let dll_search = system::restrict_dll_search();
     system::attach_parent_console();
+    if let Err(err) = dll_search {
+        eprintln!("cms_agent: warning: cannot restrict DLL loading to System32: {err}");
+    }
     let argv: Vec<OsString> = std::env::args_os().collect();
     let args = Args::parse_from(&argv);
     if args.service {
