@@ -7,6 +7,7 @@ use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use cms_platform::agent_args;
 use cms_protocol::{IpcStatus, LockRecord};
 
 use crate::core::storage::StateManager;
@@ -173,10 +174,7 @@ pub(super) enum Handover {
     Refused,
 }
 
-pub(super) async fn ask_running_agent_to_stop(
-    storage: &StateManager,
-    new_args: Vec<String>,
-) -> Handover {
+pub(super) async fn ask_running_agent_to_stop(storage: &StateManager) -> Handover {
     // Asked before the request: once stopping, the service manager no longer names the PID.
     let service_pid = running_service_pid(storage);
     let (endpoint, secret) = match ipc_target(storage) {
@@ -191,7 +189,7 @@ pub(super) async fn ask_running_agent_to_stop(
             return Handover::Refused;
         }
     };
-    match ipc::send_force_command(&endpoint, &secret, new_args).await {
+    match ipc::send_force_command(&endpoint, &secret).await {
         Ok(answer) if answer.status == IpcStatus::Acknowledged => {
             if service_pid.is_some() && answer.pid == service_pid {
                 tracing::info!(old_pid = ?answer.pid, "--force acknowledged by the service; it will be started again");
@@ -264,7 +262,8 @@ pub(super) fn restart_service_with(
 }
 
 /// The `--force` options as start arguments: all but `--data-dir`, which the service's command
-/// line has already.
+/// line has already, and the enrollment token and the proxy (with its password), which were
+/// saved in config.json first and never travel on a command line.
 fn service_start_args(force_args: &[String]) -> Vec<OsString> {
     let mut args = Vec::new();
     let mut words = force_args.iter();
@@ -275,6 +274,8 @@ fn service_start_args(force_args: &[String]) -> Vec<OsString> {
             args.push(OsString::from(word));
         }
     }
+    let (args, _token_in_config) = agent_args::split_enrollment_token(args);
+    let (args, _proxy_in_config) = agent_args::take_option(args, agent_args::PROXY_ARG);
     args
 }
 
@@ -283,18 +284,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_service_is_started_with_the_force_options_but_its_own_data_dir() {
+    fn the_service_is_started_with_the_force_options_but_its_own_data_dir_and_no_secret() {
         let force_args = [
             "--data-dir",
             "elsewhere",
             "--server",
             "https://a",
             "--data-dir=there",
+            "--enrollment-token",
+            "secret-token",
             "--proxy",
-            "none",
+            "http://user:password@proxy:3128",
+            "--status-interval",
+            "5",
         ]
         .map(String::from);
-        let expected = ["--server", "https://a", "--proxy", "none"].map(OsString::from);
+        let expected = ["--server", "https://a", "--status-interval", "5"].map(OsString::from);
         assert_eq!(service_start_args(&force_args), expected);
     }
 }

@@ -218,6 +218,13 @@ pub enum IpcError {
     },
 }
 
+impl IpcError {
+    /// Whether binding failed because another process already serves the endpoint's name.
+    pub fn endpoint_taken(&self) -> bool {
+        matches!(self, IpcError::Bind { source, .. } if imp::means_taken(source))
+    }
+}
+
 /// Reads the IPC secret for this agent, creating one when there is none or the stored one is
 /// unusable; the server calls it at start, so a client only ever needs to read.
 pub fn load_or_create_secret(storage_path: &Path, is_admin: bool) -> Result<IpcSecret, IpcError> {
@@ -294,4 +301,25 @@ pub(crate) async fn write_message<W: AsyncWrite + Unpin>(
     }
     writer.write_all(&bytes).await?;
     writer.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_another_process_serves_is_told_apart_from_other_bind_failures() {
+        let bind = |source| IpcError::Bind {
+            endpoint: "endpoint".into(),
+            source,
+        };
+        #[cfg(unix)]
+        let taken = io::Error::from(io::ErrorKind::AddrInUse);
+        #[cfg(windows)]
+        let taken = io::Error::from_raw_os_error(5); // ERROR_ACCESS_DENIED: first instance taken
+        assert!(bind(taken).endpoint_taken());
+        assert!(!bind(io::Error::from(io::ErrorKind::NotFound)).endpoint_taken());
+        let secret = IpcError::Secret(SystemError::NotFound { what: "x".into() });
+        assert!(!secret.endpoint_taken());
+    }
 }

@@ -18,18 +18,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the agent may take to answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Asks the running agent to shut down gracefully so this process can run with `new_args`.
+/// Asks the running agent to shut down gracefully so this process can take over. It sends no
+/// arguments: what the new instance runs with (an enrollment token, a proxy password) is its
+/// own, saved in config.json, and never crosses the pipe.
 pub async fn send_force_command(
     endpoint: &IpcEndpoint,
     secret: &IpcSecret,
-    new_args: Vec<String>,
 ) -> Result<IpcResponse, IpcError> {
-    let request = IpcRequest {
-        command: IpcCommand::ForceRestart,
-        secret: secret.expose().to_owned(),
-        args: new_args,
-    };
-    send_request(endpoint, &request).await
+    send_command(endpoint, secret, IpcCommand::ForceRestart).await
 }
 
 /// Asks the running agent to shut down gracefully and stay stopped (`--stop`).
@@ -169,8 +165,7 @@ mod tests {
         );
 
         write_lock_record(dir.path(), std::process::id() + 1);
-        let force = send_force_command(&endpoint, &secret, vec!["--enrollment-token".into()]);
-        let other_holder = force.await;
+        let other_holder = send_force_command(&endpoint, &secret).await;
         assert!(
             matches!(&other_holder, Err(IpcError::NotTheAgent { why, .. }) if why.contains("names process")),
             "{other_holder:?}"

@@ -32,9 +32,8 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(200);
 
 /// What the agent does with an authenticated command; the server only transports.
 pub trait IpcHandler: Send + Sync + 'static {
-    /// Answers `command`; `args` are the arguments the caller will run with (never log them:
-    /// they may hold an enrollment token).
-    fn handle(&self, command: IpcCommand, args: &[String]) -> IpcResponse;
+    /// Answers `command`.
+    fn handle(&self, command: IpcCommand) -> IpcResponse;
 }
 
 /// The agent's IPC server, bound and ready; [`NamedPipeIPCServer::serve`] runs it.
@@ -179,8 +178,12 @@ pub(crate) fn answer(bytes: &[u8], secret: &IpcSecret, handler: &dyn IpcHandler)
         tracing::warn!(command = ?request.command, "IPC request refused: invalid secret");
         return IpcResponse::refusal(IpcStatus::InvalidSecret, "the IPC secret does not match");
     }
-    tracing::info!(command = ?request.command, args = request.args.len(), "IPC request accepted");
-    let response = handler.handle(request.command, &request.args);
+    if !request.args.is_empty() {
+        // An older `--force` sends the new instance's arguments; they are not needed here.
+        tracing::debug!(count = request.args.len(), "IPC request arguments ignored");
+    }
+    tracing::info!(command = ?request.command, "IPC request accepted");
+    let response = handler.handle(request.command);
     tracing::info!(command = ?request.command, status = ?response.status, "IPC request answered");
     response
 }
@@ -206,18 +209,16 @@ mod tests {
         force: AtomicUsize,
         stop: AtomicUsize,
         status: AtomicUsize,
-        last_args: std::sync::Mutex<Vec<String>>,
     }
 
     impl IpcHandler for Recorder {
-        fn handle(&self, command: IpcCommand, args: &[String]) -> IpcResponse {
+        fn handle(&self, command: IpcCommand) -> IpcResponse {
             let counter = match command {
                 IpcCommand::ForceRestart => &self.force,
                 IpcCommand::Stop => &self.stop,
                 IpcCommand::Status => &self.status,
             };
             counter.fetch_add(1, Ordering::SeqCst);
-            *self.last_args.lock().unwrap() = args.to_vec();
             IpcResponse {
                 status: IpcStatus::Acknowledged,
                 state: Some(AgentState::Idle),
@@ -266,9 +267,7 @@ mod tests {
         assert_eq!(status.version.as_deref(), Some("9.9.9"));
 
         let wrong = IpcSecret::generate().unwrap();
-        let refused = send_force_command(&server.endpoint, &wrong, vec![])
-            .await
-            .unwrap();
+        let refused = send_force_command(&server.endpoint, &wrong).await.unwrap();
         assert_eq!(refused.status, IpcStatus::InvalidSecret);
         assert_eq!(
             refused.state, None,
@@ -284,13 +283,11 @@ mod tests {
         assert_eq!(stopped.status, IpcStatus::Acknowledged);
         assert_eq!(server.recorder.stop.load(Ordering::SeqCst), 1);
 
-        let args = vec!["--server".to_owned(), "https://x".to_owned()];
-        let ack = send_force_command(&server.endpoint, &server.secret, args.clone())
+        let ack = send_force_command(&server.endpoint, &server.secret)
             .await
             .unwrap();
         assert_eq!(ack.status, IpcStatus::Acknowledged);
         assert_eq!(server.recorder.force.load(Ordering::SeqCst), 1);
-        assert_eq!(*server.recorder.last_args.lock().unwrap(), args);
 
         server.cancel.cancel();
         server.task.await.unwrap();
@@ -313,7 +310,7 @@ mod tests {
         for _ in 0..4 {
             silent.push(imp::connect(server.endpoint.name()).await.unwrap());
         }
-        let force = send_force_command(&server.endpoint, &server.secret, vec![])
+        let force = send_force_command(&server.endpoint, &server.secret)
             .await
             .unwrap();
         assert_eq!(force.status, IpcStatus::Acknowledged);

@@ -84,6 +84,12 @@ pub(crate) fn server_process(connection: &ClientConnection) -> io::Result<Server
     })
 }
 
+/// Whether a bind error means another process serves the socket's path (the stale file is
+/// removed first, so only a live listener racing this one).
+pub(crate) fn means_taken(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::AddrInUse
+}
+
 /// Whether a connect error means "no agent runs" rather than a failure.
 pub(crate) fn means_not_running(err: &io::Error) -> bool {
     matches!(

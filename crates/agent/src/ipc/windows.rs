@@ -13,7 +13,7 @@ use std::os::windows::io::AsRawHandle;
 use tokio::net::windows::named_pipe::{
     ClientOptions, NamedPipeClient, NamedPipeServer, PipeMode, ServerOptions,
 };
-use windows_sys::Win32::Foundation::ERROR_PIPE_BUSY;
+use windows_sys::Win32::Foundation::{ERROR_ACCESS_DENIED, ERROR_PIPE_BUSY};
 use windows_sys::Win32::Security::SECURITY_ATTRIBUTES;
 use windows_sys::Win32::System::Pipes::GetNamedPipeServerProcessId;
 
@@ -148,6 +148,16 @@ pub(crate) fn server_process(connection: &ClientConnection) -> io::Result<Server
     }
     let identity = system::process_identity(pid).map_err(io::Error::other)?;
     Ok(ServerProcess { pid, identity })
+}
+
+/// Whether creating the first pipe instance failed because another process created the name
+/// first (`FILE_FLAG_FIRST_PIPE_INSTANCE`: `ERROR_ACCESS_DENIED`, or `ERROR_PIPE_BUSY` when all
+/// its instances are taken).
+pub(crate) fn means_taken(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(code) if code == ERROR_ACCESS_DENIED as i32 || code == ERROR_PIPE_BUSY as i32
+    )
 }
 
 /// Whether a connect error means "no agent runs" (`ERROR_FILE_NOT_FOUND`).

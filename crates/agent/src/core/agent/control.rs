@@ -4,39 +4,69 @@
 //! update.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use cms_protocol::{BUILD_VERSION, IpcCommand, IpcResponse, IpcStatus};
 use serde_json::Value;
 
 use super::Inner;
 use crate::core::agent_state::{AgentState, StateCell};
+use crate::core::supervisor::sleep_or_cancel;
 use crate::ipc::{self, IpcHandler, NamedPipeIPCServer};
 
-/// Serves the IPC endpoint until shutdown. An endpoint that cannot be opened is reported and
-/// the agent runs on without it: serving the backend matters more than `--force`.
+/// How often an endpoint that another process holds is tried again.
+const IPC_BIND_RETRY: Duration = Duration::from_secs(5);
+
+/// Serves the IPC endpoint until shutdown. An endpoint that another process already serves (a
+/// squatter, waiting for an administrator's secret: the clients refuse to talk to it) is
+/// reported as `ipc_squatted` once and tried again until it is free; one that cannot be
+/// opened for another reason is reported and the agent runs on without it: serving the
+/// backend matters more than `--force`.
 pub(super) async fn ipc_server(inner: Arc<Inner>) {
     let path = inner.storage.storage_path().to_path_buf();
     let machine_wide = inner.storage.machine_wide();
-    let bound = ipc::IpcEndpoint::for_agent(&path, machine_wide).and_then(|endpoint| {
-        let secret = ipc::load_or_create_secret(&path, machine_wide)?;
-        NamedPipeIPCServer::bind(endpoint, secret)
-    });
-    match bound {
-        Ok(server) => server.serve(inner.clone(), inner.cancel.clone()).await,
-        Err(err) => {
-            let message = format!(
-                "IPC server not started: {err}; --force and --status cannot reach this agent"
-            );
-            inner.report("ipc_unavailable", &message, Value::Null).await;
+    let mut squatted = false;
+    loop {
+        let bound = ipc::IpcEndpoint::for_agent(&path, machine_wide).and_then(|endpoint| {
+            let secret = ipc::load_or_create_secret(&path, machine_wide)?;
+            NamedPipeIPCServer::bind(endpoint, secret)
+        });
+        match bound {
+            Ok(server) => {
+                if squatted {
+                    tracing::info!("the IPC endpoint is free again; serving it");
+                }
+                return server.serve(inner.clone(), inner.cancel.clone()).await;
+            }
+            Err(err) if err.endpoint_taken() => {
+                if !squatted {
+                    let message = format!(
+                        "{err}: another process serves this agent's IPC endpoint (clients refuse to talk to it); retrying every {} s",
+                        IPC_BIND_RETRY.as_secs()
+                    );
+                    inner.report("ipc_squatted", &message, Value::Null).await;
+                    squatted = true;
+                }
+            }
+            Err(err) => {
+                let message = format!(
+                    "IPC server not started: {err}; --force and --status cannot reach this agent"
+                );
+                inner.report("ipc_unavailable", &message, Value::Null).await;
+                return;
+            }
+        }
+        if !sleep_or_cancel(&inner.cancel, IPC_BIND_RETRY).await {
+            return;
         }
     }
 }
 
 impl IpcHandler for Inner {
-    fn handle(&self, command: IpcCommand, args: &[String]) -> IpcResponse {
+    fn handle(&self, command: IpcCommand) -> IpcResponse {
         let status = match command {
             IpcCommand::Status => IpcStatus::Acknowledged,
-            IpcCommand::ForceRestart => self.force_restart(args.len()),
+            IpcCommand::ForceRestart => self.force_restart(),
             IpcCommand::Stop => self.stop_requested(),
         };
         IpcResponse {
@@ -51,11 +81,10 @@ impl IpcHandler for Inner {
 
 impl Inner {
     /// `--force` from another process: stop so it can take over, unless an update runs.
-    fn force_restart(&self, new_args: usize) -> IpcStatus {
+    fn force_restart(&self) -> IpcStatus {
         match force_restart_decision(&self.state) {
             ForceDecision::Shutdown => {
                 tracing::info!(
-                    new_args,
                     "force restart requested over IPC; shutting down for the new instance"
                 );
                 self.graceful_shutdown();
