@@ -27,7 +27,8 @@
 //!    meanwhile a program of the user's (the `pipe_squatter` example) serves the service's pipe
 //!    first, and `--status` refuses it by name and sends it nothing; `sc start` brings the
 //!    service back.
-//! 7. update: release 2.0.0 (Windows builds stamped `CMS_BUILD_VERSION=2.0.0`) published with
+//! 7. update (with a `cmd.exe` planted in `updates\` and every temp folder, which must never
+//!    run): release 2.0.0 (Windows builds stamped `CMS_BUILD_VERSION=2.0.0`) published with
 //!    `cms-server release publish --platform windows-x86_64`; the service hands over to
 //!    `updater.exe`, which starts 2.0.0 through the SCM: a new service process, no `.old`/`.new`,
 //!    `updates/` empty, no updater left running or on disk, `current_version` recorded.
@@ -194,6 +195,8 @@ struct Builds {
     ipc_request: PathBuf,
     /// The `pipe_squatter` example of cms-agent.
     pipe_squatter: PathBuf,
+    /// The `planted` example of cms-agent: leaves a mark if anything starts it.
+    planted: PathBuf,
 }
 
 impl Builds {
@@ -206,16 +209,18 @@ impl Builds {
             .target_dir(e2e_dir().join("build"))
             .example("ipc_request")
             .example("pipe_squatter")
+            .example("planted")
             .lean()
             .run()
             .with_context(|| format!("cannot build the Windows {version} programs"))?;
         println!(
-            "    built the Windows {version} agent, updater, ipc_request and pipe_squatter in {:.0?}",
+            "    built the Windows {version} agent, updater and the ipc_request, pipe_squatter and planted examples in {:.0?}",
             started.elapsed()
         );
         Ok(Builds {
             ipc_request: new.example("ipc_request"),
             pipe_squatter: new.example("pipe_squatter"),
+            planted: new.example("planted"),
             new,
         })
     }
@@ -519,6 +524,7 @@ impl Scenario<'_> {
             self.installed
         ));
         let before = self.status()?;
+        self.plant_cmd_exe()?;
         self.publish(NEW_VERSION, &self.builds.new.agent)?;
         self.wait_for_agent(&format!("the agent {NEW_VERSION} online and IDLE"), |a| {
             a.version == NEW_VERSION && a.state == "IDLE" && a.online
@@ -557,6 +563,7 @@ impl Scenario<'_> {
             none_left(&self.processes_running("updater.exe"))
         })?;
         ok("updater.exe is gone: no process, no self-delete copies under C:\\");
+        self.planted_never_ran()?;
         let config = self.config()?;
         ensure!(
             config["current_version"] == NEW_VERSION,
@@ -585,6 +592,7 @@ impl Scenario<'_> {
             "release {BROKEN_VERSION} whose agent exits at start is rolled back to {NEW_VERSION}"
         ));
         let before = self.status()?;
+        self.plant_cmd_exe()?;
         self.publish(BROKEN_VERSION, &self.builds.new.updater)?;
         let report = wait_for("an update_rolled_back report", WAIT, || {
             Ok(self
@@ -616,7 +624,8 @@ impl Scenario<'_> {
             "{NEW_VERSION} runs again as the service (pid {}); {BROKEN_VERSION} is in rolled_back_versions",
             after.pid
         ));
-        self.expect_no_update_files()
+        self.expect_no_update_files()?;
+        self.planted_never_ran()
     }
 
     /// `--force --status-interval 5` against the service: the service runs again with it.
@@ -880,6 +889,49 @@ impl Scenario<'_> {
             "the installed exe says {said:?}"
         );
         ok(&format!("{AGENT_EXE} --version: {said}"));
+        Ok(())
+    }
+
+    /// Plants a `cmd.exe` (the `planted` example) where a standard user could, and where a
+    /// SYSTEM updater that runs `cmd.exe` by name, or from a copy of itself in a temp folder,
+    /// would find it: `updates\` (beside `updater.exe`), `C:\windows\temp` and each user's temp
+    /// folder.
+    fn plant_cmd_exe(&self) -> Result<()> {
+        let drive_c = self.prefix.drive_c();
+        let mut folders = vec![
+            self.data_dir().join("updates"),
+            drive_c.join("windows/temp"),
+        ];
+        for user in fs::read_dir(drive_c.join("users"))?.flatten() {
+            for temp in ["Temp", "AppData/Local/Temp"] {
+                folders.push(user.path().join(temp));
+            }
+        }
+        let mut planted = 0;
+        for folder in folders.iter().filter(|f| f.is_dir()) {
+            fs::copy(&self.builds.planted, folder.join("cmd.exe"))
+                .with_context(|| format!("cannot plant cmd.exe in {}", folder.display()))?;
+            planted += 1;
+        }
+        ensure!(
+            planted >= 2,
+            "found no temp folder to plant in: {folders:?}"
+        );
+        ok(&format!(
+            "planted cmd.exe in {planted} folders (updates\\ and the temp folders)"
+        ));
+        Ok(())
+    }
+
+    /// Nothing ran a planted program during the update or the rollback.
+    fn planted_never_ran(&self) -> Result<()> {
+        let mark = self.prefix.drive_c().join("cms-planted-ran.txt");
+        ensure!(
+            !mark.exists(),
+            "a planted program ran as the service's updater: {}",
+            fs::read_to_string(&mark).unwrap_or_default()
+        );
+        ok("no planted cmd.exe ran");
         Ok(())
     }
 
