@@ -13,13 +13,14 @@
 //!
 //! Exit codes: 0 an answer came back (whatever it says), 1 no answer (nothing listens, timeout).
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
-use cms_agent::ipc::{self, IpcEndpoint};
-use cms_agent::system;
+use cms_agent::ipc;
 use cms_protocol::{IpcCommand, IpcRequest};
 
 /// Sends one IPC request to a running agent and prints its answer.
@@ -57,13 +58,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let is_admin = system::is_running_as_admin();
-    let storage = match cli.data_dir {
-        Some(dir) => dir,
-        None => system::default_data_dir(is_admin)
-            .context("no default storage path here; pass --data-dir")?,
-    };
-    let endpoint = IpcEndpoint::for_agent(&storage, is_admin)?;
+    let endpoint = common::agent_endpoint(cli.data_dir)?;
     let request = IpcRequest {
         command: match cli.command {
             Command::Status => IpcCommand::Status,
@@ -72,10 +67,7 @@ fn run(cli: Cli) -> Result<()> {
         secret: cli.secret,
         args: Vec::new(),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = common::runtime()?;
     let answer = runtime
         .block_on(ipc::send_request(&endpoint, &request))
         .with_context(|| format!("no answer from {endpoint}"))?;

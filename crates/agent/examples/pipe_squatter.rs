@@ -15,14 +15,15 @@
 //! Exit codes: 0 a client came (whatever it sent), 1 none came in time or the endpoint could
 //! not be created.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
 use cms_agent::ipc::IpcEndpoint;
-use cms_agent::system;
 use tokio::io::AsyncReadExt;
 
 /// Serves the agent's IPC endpoint as a squatter and reports what a client sent.
@@ -51,17 +52,8 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let is_admin = system::is_running_as_admin();
-    let storage = match cli.data_dir {
-        Some(dir) => dir,
-        None => system::default_data_dir(is_admin)
-            .context("no default storage path here; pass --data-dir")?,
-    };
-    let endpoint = IpcEndpoint::for_agent(&storage, is_admin)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let endpoint = common::agent_endpoint(cli.data_dir)?;
+    let runtime = common::runtime()?;
     runtime.block_on(async {
         let received = squat(&endpoint, Duration::from_secs(cli.wait_secs)).await?;
         println!("received {received} bytes");
