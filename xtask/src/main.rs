@@ -27,6 +27,7 @@ mod loopback;
 mod pki;
 mod server;
 mod signing;
+mod trusted_root;
 mod util;
 mod version;
 mod windows;
