@@ -7,26 +7,26 @@
 //! task that dies (`supervisor`) is reported and shuts the agent down the same way, and `run`
 //! says so, for `main` to exit non-zero and the service manager to restart the agent.
 //! Nothing here calls `process::exit`, and nothing here logs a credential.
+//!
+//! This file keeps the lifecycle (build, run, serve, shut down), registration and heartbeats;
+//! `tasks` holds the loops, `control` the answers to IPC requests, `metrics` the resource
+//! figures of the heartbeat, and the update sequencing is `core::update::UpdateController`'s.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use cms_protocol::{
-    BUILD_VERSION, HeartbeatAck, Metrics, RegisterRequest, ServerEvent, StatusReport, UpdateInfo,
-    UpdateProgress, UpdateStep,
-};
+use cms_protocol::{BUILD_VERSION, RegisterRequest, StatusReport, UpdateInfo};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::agent_state::{AgentState, StateCell};
-use crate::core::config::{ConfigManager, Intervals, UpdateRetry};
+use crate::core::config::{self, ConfigManager, Intervals};
 use crate::core::error_reporter::ErrorReporter;
 use crate::core::net_health::NetHealth;
 use crate::core::storage::StateManager;
 use crate::core::supervisor::{Role, TaskDeath, Tasks};
-use crate::core::update::{self, Relaunch, Settlement, Update};
+use crate::core::update::{Relaunch, UpdateController, UpdateDeps};
 use crate::net::Credentials;
 use crate::net::http_client::{HttpClient, HttpError};
 use crate::net::servers::ServerList;
@@ -35,13 +35,18 @@ use crate::net::ws_client::{WSClient, WsLink};
 use crate::net::{Transport, TransportError, UrlError, backoff};
 use crate::system::{self, lock_manager::LockManager};
 
+mod control;
+mod metrics;
+mod tasks;
+
+use control::ipc_server;
+use metrics::MetricsSampler;
+use tasks::{lock_heartbeat, settle_update_journal, spawn_services, watch_os_signals};
+
 /// How long shutdown waits for tasks before aborting them.
 const SHUTDOWN_JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Ceiling of the registration retry backoff.
 const REGISTER_MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// How long the first heartbeat waits for the WebSocket, so that it does not open an HTTP
-/// connection just before the socket is up.
-const FIRST_HEARTBEAT_WAIT: Duration = Duration::from_secs(5);
 
 /// Why the agent cannot be built from its configuration.
 #[derive(Debug, thiserror::Error)]
@@ -108,14 +113,8 @@ struct Inner {
     metrics: Mutex<MetricsSampler>,
     /// Set once `backend-contact.json` names this process (the updater's health check).
     contact_recorded: AtomicBool,
-    /// Versions whose refusal was reported in this run (reported once, not at every offer).
-    refusals_reported: Mutex<Vec<String>>,
-    /// Set once the last run's update journal is settled (or there was none). No update starts
-    /// before: the updater that started this run may still be at work in `updates/`, and the
-    /// settlement may add the offered version to `rolled_back_versions`.
-    journal_settled: AtomicBool,
-    /// Set when an update trigger came before that; the settlement then checks once.
-    trigger_held: AtomicBool,
+    /// When updates may start, and what is recorded and reported around them.
+    updates: UpdateController,
 }
 
 impl Agent {
@@ -165,9 +164,7 @@ impl Agent {
             options,
             metrics: Mutex::new(MetricsSampler::new()),
             contact_recorded: AtomicBool::new(false),
-            refusals_reported: Mutex::new(Vec::new()),
-            journal_settled: AtomicBool::new(false),
-            trigger_held: AtomicBool::new(false),
+            updates: UpdateController::default(),
         };
         Ok(Agent {
             inner: Arc::new(inner),
@@ -231,22 +228,6 @@ impl Inner {
     }
 }
 
-fn spawn_services(inner: &Arc<Inner>, tasks: &mut Tasks) {
-    let (events_tx, events_rx) = mpsc::channel(16);
-    tasks.spawn("status_loop", Role::Essential, status_loop(inner.clone()));
-    tasks.spawn("poll_loop", Role::Essential, poll_loop(inner.clone()));
-    let events = event_loop(inner.clone(), events_rx);
-    tasks.spawn("event_loop", Role::Essential, events);
-    let ws_inner = inner.clone();
-    tasks.spawn("websocket", Role::Essential, async move {
-        let token = || ws_inner.http.bearer_token();
-        ws_inner
-            .ws
-            .run(token, events_tx, ws_inner.cancel.clone())
-            .await;
-    });
-}
-
 impl Inner {
     /// The plan's `graceful_shutdown`, first half: `SHUTTING_DOWN` and cancel every task; safe
     /// from any task. `finish_shutdown` does the rest.
@@ -302,9 +283,7 @@ impl Inner {
     }
 
     fn config(&self) -> MutexGuard<'_, ConfigManager> {
-        self.config
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        config::lock(&self.config)
     }
 
     /// Registers unless credentials exist; retries with backoff. `false` if cancelled first.
@@ -473,372 +452,39 @@ impl Inner {
         self.register_until_done().await;
     }
 
-    async fn check_for_update(&self, trigger: &'static str) {
-        match self
-            .http
-            .check_for_update(BUILD_VERSION, system::PLATFORM)
-            .await
-        {
-            Ok(None) => tracing::info!(trigger, version = BUILD_VERSION, "no update available"),
-            Ok(Some(update)) => self.initiate_update(trigger, &update).await,
-            Err(err) => {
-                let message = format!("update check failed: {err}");
-                self.report(
-                    "update_check_failed",
-                    &message,
-                    json!({ "trigger": trigger }),
-                )
-                .await;
-            }
-        }
-    }
-
-    /// Runs an update from `IDLE` only; a trigger in any other state is logged and ignored,
-    /// so a second push during an update does not start a second one.
-    async fn initiate_update(&self, trigger: &'static str, info: &UpdateInfo) {
-        if !self.journal_settled.load(Ordering::SeqCst) {
-            // Held before the second look: a settlement in between then sees it and checks.
-            self.trigger_held.store(true, Ordering::SeqCst);
-            if !self.journal_settled.load(Ordering::SeqCst) {
-                tracing::info!(trigger, version = %info.version, "update trigger held: the last update is not settled yet");
-                return;
-            }
-        }
-        if self
-            .config()
-            .config()
-            .rolled_back_versions
-            .contains(&info.version)
-        {
-            tracing::info!(trigger, version = %info.version, "update skipped: this version was rolled back here before");
-            self.report_refusal(&info.version).await;
-            return;
-        }
-        if let Some(retry_in) = self.update_deferred(&info.version) {
-            tracing::info!(trigger, version = %info.version, retry_in_secs = retry_in, "update deferred: the last attempt was aborted before the swap");
-            return;
-        }
-        if self
-            .state
-            .transition_if(|s| s == AgentState::Idle, AgentState::UpdatingStarting)
-            .is_err()
-        {
-            tracing::info!(trigger, version = %info.version, "update trigger ignored: not idle");
-            return;
-        }
-        tracing::info!(trigger, from = BUILD_VERSION, to = %info.version, "update starting");
-        self.progress(&info.version, UpdateStep::Offered, None);
-        let reserve_free_bytes = self.config().config().update_reserve_free_bytes;
-        let on_step = |step| self.progress(&info.version, step, None);
-        let update = Update {
+    /// The update controller's dependencies, lent for one call.
+    fn update_deps<'a>(&'a self, shut_down: &'a (dyn Fn() + Sync)) -> UpdateDeps<'a> {
+        UpdateDeps {
+            state: &self.state,
+            config: &self.config,
             http: &self.http,
             trust: &self.trust,
-            state: &self.state,
+            reporter: &self.reporter,
             storage: &self.storage,
-            reserve_free_bytes,
+            cancel: &self.cancel,
             relaunch: &self.options.relaunch,
-            on_step: &on_step,
-        };
-        let outcome = tokio::select! {
-            _ = self.cancel.cancelled() => return,
-            outcome = update.run(info) => outcome,
-        };
-        match outcome {
-            Ok(updater_pid) => {
-                tracing::info!(updater_pid, version = %info.version, "handing over to the updater");
-                self.progress(&info.version, UpdateStep::HandedOver, None);
-                self.reporter.flush(&self.http).await;
-                self.graceful_shutdown();
-            }
-            Err(err) => {
-                self.progress(&info.version, UpdateStep::Failed, Some(err.step()));
-                let details = json!({ "step": err.step(), "version": info.version });
-                self.report(
-                    "update_failed",
-                    &format!(
-                        "update to {} failed while {}: {err}",
-                        info.version,
-                        err.step()
-                    ),
-                    details,
-                )
-                .await;
-                self.reporter.flush(&self.http).await;
-                let _ = self.state.set_state(AgentState::Idle);
-            }
+            retry_base: Duration::from_secs(self.options.intervals.update_retry_secs),
+            shut_down,
         }
     }
 
-    /// Buffers an update progress event for the server's rollout funnel (sent at the next
-    /// flush, which follows every end of an update attempt).
-    fn progress(&self, version: &str, step: UpdateStep, failed_step: Option<&str>) {
-        self.reporter.store_progress(&UpdateProgress {
-            version: version.to_owned(),
-            platform: system::PLATFORM.to_owned(),
-            step,
-            failed_step: failed_step.map(str::to_owned),
-        });
+    async fn check_for_update(&self, trigger: &'static str) {
+        let shut_down = || self.graceful_shutdown();
+        let deps = self.update_deps(&shut_down);
+        self.updates.check_for_update(&deps, trigger).await;
     }
 
-    /// Reports once per run that the offer of `version` was turned down.
-    async fn report_refusal(&self, version: &str) {
-        {
-            let mut reported = self
-                .refusals_reported
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if reported.iter().any(|v| v == version) {
-                return;
-            }
-            reported.push(version.to_owned());
-        }
-        self.progress(version, UpdateStep::Refused, None);
-        self.reporter.flush(&self.http).await;
-    }
-
-    /// Acts on what the last update left: record the new version, or report what went wrong.
-    /// Returns when to try again after an aborted update.
-    async fn settle(&self, journal: &cms_protocol::update::UpdateJournal) -> Option<Duration> {
-        let retry = self.settle_and_report(journal).await;
-        self.reporter.flush(&self.http).await;
-        retry
-    }
-
-    async fn settle_and_report(
-        &self,
-        journal: &cms_protocol::update::UpdateJournal,
-    ) -> Option<Duration> {
-        match update::settle_journal(&self.storage, journal) {
-            Settlement::Completed { version } => {
-                tracing::info!(version = %version, "update verified by the updater");
-                self.record_version();
-                self.progress(&version, UpdateStep::Healthy, None);
-            }
-            Settlement::FinishedByAgent { version, phase } => {
-                self.record_version();
-                self.progress(&version, UpdateStep::Healthy, None);
-                let message = format!(
-                    "the updater stopped during {phase:?}; the agent finished the update to {version}"
-                );
-                self.report("update_finished_by_agent", &message, Value::Null)
-                    .await;
-            }
-            Settlement::RolledBack { version, reason } => {
-                self.remember_rollback(&version);
-                self.progress(&version, UpdateStep::RolledBack, None);
-                self.report(
-                    "update_rolled_back",
-                    &format!("update to {version} was rolled back: {reason}"),
-                    Value::Null,
-                )
-                .await;
-            }
-            Settlement::RollbackInterrupted { version, reason } => {
-                self.remember_rollback(&version);
-                self.progress(&version, UpdateStep::RolledBack, None);
-                let message = format!(
-                    "rollback from {version} was interrupted ({reason}); the previous exe is kept as .old"
-                );
-                self.report("update_rollback_interrupted", &message, Value::Null)
-                    .await;
-            }
-            Settlement::Aborted { version, reason } => {
-                self.progress(&version, UpdateStep::Failed, Some("handing_over"));
-                let retry = self.remember_abort(&version);
-                let message = format!(
-                    "update to {version} stopped before the swap: {reason}; still running {BUILD_VERSION}, trying again in {} s",
-                    retry.as_secs()
-                );
-                let details = json!({ "version": version, "retry_in_secs": retry.as_secs() });
-                self.report("update_aborted", &message, details).await;
-                return Some(retry);
-            }
-            Settlement::Interrupted { version, phase } => {
-                self.progress(&version, UpdateStep::Failed, Some("handing_over"));
-                let message = format!(
-                    "update to {version} was interrupted during {phase:?}; still running {BUILD_VERSION}"
-                );
-                self.report("update_interrupted", &message, Value::Null)
-                    .await;
-            }
-        }
-        None
-    }
-
-    /// An aborted update is tried again after a wait that doubles with each abort; returns
-    /// the wait.
-    fn remember_abort(&self, version: &str) -> Duration {
-        let base = Duration::from_secs(self.options.intervals.update_retry_secs);
-        let mut wait = base;
-        let result = self.config().update(|c| {
-            let earlier = c.update_retry.as_ref().filter(|r| r.version == version);
-            let aborted = earlier.map_or(0, |r| r.aborted).saturating_add(1);
-            wait = update::retry_delay(aborted, base);
-            c.update_retry = Some(UpdateRetry {
-                version: version.to_owned(),
-                aborted,
-                not_before_unix: unix_now().saturating_add(wait.as_secs()),
-            });
-        });
-        if let Err(err) = result {
-            tracing::error!(error = %err, "cannot record when to retry the aborted update");
-        }
-        wait
-    }
-
-    /// Seconds until an aborted update of `version` may be tried again, if it must still wait.
-    fn update_deferred(&self, version: &str) -> Option<u64> {
-        let config = self.config();
-        let retry = config.config().update_retry.as_ref()?;
-        let left = retry.not_before_unix.saturating_sub(unix_now());
-        (retry.version == version && left > 0).then_some(left)
-    }
-
-    /// The updater suspends the service's recovery actions and restores them at its end;
-    /// after an updater that died midway, this is where they come back.
-    fn restore_service_recovery(&self) {
-        match system::service::set_restart_on_failure(true) {
-            Ok(recovery) => tracing::info!(%recovery, "service recovery actions in place"),
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot restore the service's recovery actions")
-            }
-        }
-    }
-
-    fn remember_rollback(&self, version: &str) {
-        let result = self.config().update(|c| {
-            if !c.rolled_back_versions.iter().any(|v| v == version) {
-                c.rolled_back_versions.push(version.to_owned());
-            }
-        });
-        if let Err(err) = result {
-            tracing::error!(error = %err, "cannot record the rolled-back version");
-        }
-    }
-
-    /// After a verified update the new agent writes its version to config.json (and forgets
-    /// an earlier aborted attempt).
-    fn record_version(&self) {
-        if let Err(err) = self.config().update(|c| {
-            c.current_version = Some(BUILD_VERSION.to_owned());
-            c.update_retry = None;
-        }) {
-            tracing::error!(error = %err, "cannot record the new version in config.json");
-        }
-    }
-}
-
-/// Waits for a still-running updater (it is verifying this very process) to finish, then
-/// settles its journal; with no updater running, settles at once. After an aborted update it
-/// stays to try again once the backoff has passed.
-async fn settle_update_journal(inner: Arc<Inner>) {
-    let retry = match update::read_journal(&inner.storage) {
-        Some(journal) => match settle_once_the_updater_exits(&inner, journal).await {
-            Some(retry) => retry,
-            None => return, // stopped first
-        },
-        None => None,
-    };
-    inner.journal_settled.store(true, Ordering::SeqCst);
-    if let Some(retry) = retry {
-        // A second more than the recorded time, so the deferral has passed by the wall clock too.
-        if sleep_or_cancel(&inner.cancel, retry + Duration::from_secs(1)).await {
-            inner.check_for_update("retry").await;
-        }
-    } else if inner.trigger_held.swap(false, Ordering::SeqCst) {
-        inner.check_for_update("held until settled").await;
-    }
-}
-
-/// Waits until the updater `journal` names has exited, then settles what it left; the retry
-/// delay of an aborted update, or `None` when the agent is stopped first.
-async fn settle_once_the_updater_exits(
-    inner: &Inner,
-    journal: cms_protocol::update::UpdateJournal,
-) -> Option<Option<Duration>> {
-    while update::updater_running(&journal) {
-        if !sleep_or_cancel(&inner.cancel, Duration::from_millis(500)).await {
-            return None;
-        }
-    }
-    let journal = update::read_journal(&inner.storage).unwrap_or(journal);
-    let retry = inner.settle(&journal).await;
-    if matches!(inner.options.relaunch, Relaunch::Service(_)) {
-        inner.restore_service_recovery();
-    }
-    Some(retry)
-}
-
-/// Seconds since the Unix epoch (0 if the clock is before it).
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-async fn watch_os_signals(inner: Arc<Inner>) {
-    tokio::select! {
-        _ = inner.cancel.cancelled() => {}
-        result = system::shutdown_signal() => {
-            if let Err(err) = result {
-                tracing::error!(error = %err, "cannot watch for OS stop signals");
-                return;
-            }
-            inner.graceful_shutdown();
-        }
-    }
-}
-
-async fn lock_heartbeat(inner: Arc<Inner>) {
-    let every = Duration::from_secs(inner.options.intervals.lock_heartbeat_secs.max(1));
-    inner.lock.run_heartbeat(every, inner.cancel.clone()).await;
-}
-
-async fn status_loop(inner: Arc<Inner>) {
-    let every = Duration::from_secs(inner.options.intervals.status_secs.max(1));
-    inner.ws_link.wait_up(FIRST_HEARTBEAT_WAIT).await;
-    loop {
-        panic_if_a_test_asks();
-        inner.send_status().await;
-        if !sleep_or_cancel(&inner.cancel, jittered(every)).await {
-            return;
-        }
-    }
-}
-
-async fn poll_loop(inner: Arc<Inner>) {
-    let every = Duration::from_secs(inner.options.intervals.update_poll_secs.max(1));
-    while sleep_or_cancel(&inner.cancel, jittered(every)).await {
-        inner.reporter.flush(&inner.http).await;
-        inner.check_for_update("poll").await;
-    }
-}
-
-/// Acts on server events: a push checks for updates now; a heartbeat answer that offers a
-/// release not offered by the previous answer starts that update (so a push that was lost waits
-/// no longer than the next heartbeat, and a failed update is not retried at every heartbeat).
-async fn event_loop(inner: Arc<Inner>, mut events: mpsc::Receiver<ServerEvent>) {
-    let mut last_offer: Option<String> = None;
-    loop {
-        let event = tokio::select! {
-            _ = inner.cancel.cancelled() => return,
-            event = events.recv() => event,
-        };
-        match event {
-            Some(ServerEvent::UpdateRequired(_)) => inner.check_for_update("push").await,
-            Some(ServerEvent::HeartbeatAck(ack)) => {
-                if let Some(update) = new_offer(&mut last_offer, ack) {
-                    inner.initiate_update("heartbeat", &update).await;
-                }
-            }
-            None => return,
-        }
+    async fn initiate_update(&self, trigger: &'static str, info: &UpdateInfo) {
+        let shut_down = || self.graceful_shutdown();
+        let deps = self.update_deps(&shut_down);
+        self.updates.initiate_update(&deps, trigger, info).await;
     }
 }
 
 /// Debug builds only (the tests): with `CMS_AGENT_TEST_PANIC_FILE` set, the status loop panics
 /// once the file it names exists, so a test can make a running agent panic when it chooses.
 /// Release builds do not contain this code (docs/ARCHITECTURE.md, "What each test suite proves").
+/// It stays in this file: `lifecycle.rs` checks that the report names the panic's place here.
 #[cfg(debug_assertions)]
 fn panic_if_a_test_asks() {
     const TEST_PANIC_FILE_ENV: &str = "CMS_AGENT_TEST_PANIC_FILE";
@@ -851,303 +497,3 @@ fn panic_if_a_test_asks() {
 
 #[cfg(not(debug_assertions))]
 fn panic_if_a_test_asks() {}
-
-/// The release a heartbeat answer offers, when the previous answer (`last`, updated here)
-/// offered another one or none.
-fn new_offer(last: &mut Option<String>, ack: HeartbeatAck) -> Option<UpdateInfo> {
-    let offered = ack.update.as_ref().map(|u| u.version.clone());
-    let is_new = offered.is_some() && offered != *last;
-    *last = offered;
-    ack.update.filter(|_| is_new)
-}
-
-/// Sleeps `delay` unless cancelled first; `true` when the full delay passed.
-async fn sleep_or_cancel(cancel: &CancellationToken, delay: Duration) -> bool {
-    tokio::select! {
-        _ = cancel.cancelled() => false,
-        _ = tokio::time::sleep(delay) => true,
-    }
-}
-
-/// `every` +/- 10 %, so a fleet's timers drift apart instead of hitting the server together.
-fn jittered(every: Duration) -> Duration {
-    every.mul_f64(0.9 + fastrand::f64() * 0.2)
-}
-
-/// Samples the agent's own resource use for heartbeats.
-#[derive(Debug)]
-struct MetricsSampler {
-    system: Option<sysinfo::System>,
-    pid: sysinfo::Pid,
-    started: Instant,
-}
-
-impl MetricsSampler {
-    fn new() -> Self {
-        MetricsSampler {
-            system: sysinfo::System::new().ok(),
-            pid: sysinfo::Pid::from_u32(std::process::id()),
-            started: Instant::now(),
-        }
-    }
-
-    fn sample(&mut self, buffered_errors: u64) -> Metrics {
-        let (rss_bytes, cpu_percent) = self.process_usage().unwrap_or((0, 0.0));
-        Metrics {
-            rss_bytes,
-            cpu_percent,
-            uptime_secs: self.started.elapsed().as_secs(),
-            buffered_errors,
-        }
-    }
-
-    fn process_usage(&mut self) -> Option<(u64, f32)> {
-        use sysinfo::{ProcessRefreshKind, ProcessesToUpdate};
-        let system = self.system.as_mut()?;
-        let kind = ProcessRefreshKind::nothing().with_memory().with_cpu();
-        system.refresh_processes_specifics(ProcessesToUpdate::Some(&[self.pid]), true, kind);
-        let process = system.process(self.pid)?;
-        Some((process.memory(), process.cpu_usage()))
-    }
-}
-
-// --- IPC (`--force`, `--stop`, `--status`): the agent's answers to authenticated requests. ---
-
-use cms_protocol::{IpcCommand, IpcResponse, IpcStatus};
-
-use crate::ipc::{self, IpcHandler, NamedPipeIPCServer};
-
-/// Serves the IPC endpoint until shutdown. An endpoint that cannot be opened is reported and
-/// the agent runs on without it: serving the backend matters more than `--force`.
-async fn ipc_server(inner: Arc<Inner>) {
-    let path = inner.storage.storage_path().to_path_buf();
-    let machine_wide = inner.storage.machine_wide();
-    let bound = ipc::IpcEndpoint::for_agent(&path, machine_wide).and_then(|endpoint| {
-        let secret = ipc::load_or_create_secret(&path, machine_wide)?;
-        NamedPipeIPCServer::bind(endpoint, secret)
-    });
-    match bound {
-        Ok(server) => server.serve(inner.clone(), inner.cancel.clone()).await,
-        Err(err) => {
-            let message = format!(
-                "IPC server not started: {err}; --force and --status cannot reach this agent"
-            );
-            inner.report("ipc_unavailable", &message, Value::Null).await;
-        }
-    }
-}
-
-impl IpcHandler for Inner {
-    fn handle(&self, command: IpcCommand, args: &[String]) -> IpcResponse {
-        let status = match command {
-            IpcCommand::Status => IpcStatus::Acknowledged,
-            IpcCommand::ForceRestart => self.force_restart(args.len()),
-            IpcCommand::Stop => self.stop_requested(),
-        };
-        IpcResponse {
-            status,
-            state: Some(self.state.get()),
-            version: Some(BUILD_VERSION.to_owned()),
-            pid: Some(std::process::id()),
-            message: None,
-        }
-    }
-}
-
-impl Inner {
-    /// `--force` from another process: stop so it can take over, unless an update runs.
-    fn force_restart(&self, new_args: usize) -> IpcStatus {
-        match force_restart_decision(&self.state) {
-            ForceDecision::Shutdown => {
-                tracing::info!(
-                    new_args,
-                    "force restart requested over IPC; shutting down for the new instance"
-                );
-                self.graceful_shutdown();
-                IpcStatus::Acknowledged
-            }
-            ForceDecision::AlreadyStopping => IpcStatus::Acknowledged,
-            ForceDecision::BusyUpdating => {
-                tracing::warn!("force restart refused: an update is in progress");
-                IpcStatus::BusyUpdating
-            }
-        }
-    }
-}
-
-impl Inner {
-    /// `--stop` from another process: shut down and stay down, unless an update runs.
-    fn stop_requested(&self) -> IpcStatus {
-        let status = stop_decision(&self.state);
-        if status == IpcStatus::Acknowledged {
-            tracing::info!("stop requested over IPC; shutting down");
-            self.graceful_shutdown();
-        } else {
-            tracing::warn!("stop refused: an update is in progress");
-        }
-        status
-    }
-}
-
-/// `SHUTTING_DOWN` unless an update runs, checked and moved in one step; a stop that is
-/// already under way is acknowledged too (the caller waits for the exit all the same).
-fn stop_decision(state: &StateCell) -> IpcStatus {
-    match state.transition_if(|s| !s.is_updating(), AgentState::ShuttingDown) {
-        Err(refused) if refused.from.is_updating() => IpcStatus::BusyUpdating,
-        _ => IpcStatus::Acknowledged,
-    }
-}
-
-/// What a `force_restart` request leads to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ForceDecision {
-    /// Shut down now (from `IDLE` via `FORCE_RESTARTING`, or while still `STARTING`).
-    Shutdown,
-    /// A shutdown is already under way; the caller just waits for the lock.
-    AlreadyStopping,
-    /// Refused in every `UPDATING_*` state: an update must not be cut off.
-    BusyUpdating,
-}
-
-/// Checks and moves the state in one step, so a force restart and an update never both win.
-fn force_restart_decision(state: &StateCell) -> ForceDecision {
-    match state.transition_if(|s| s == AgentState::Idle, AgentState::ForceRestarting) {
-        Ok(_) => ForceDecision::Shutdown,
-        Err(refused) if refused.from.is_updating() => ForceDecision::BusyUpdating,
-        Err(refused) if refused.from == AgentState::Starting => ForceDecision::Shutdown,
-        Err(_) => ForceDecision::AlreadyStopping,
-    }
-}
-
-#[cfg(test)]
-mod offer_tests {
-    use super::*;
-
-    fn ack(version: Option<&str>) -> HeartbeatAck {
-        HeartbeatAck {
-            update: version.map(|version| UpdateInfo {
-                version: version.into(),
-                platform: "linux-x86_64".into(),
-                package_url: String::new(),
-                target: String::new(),
-                length: 1,
-                sha256: String::new(),
-            }),
-        }
-    }
-
-    #[test]
-    fn an_offer_starts_an_update_once_until_another_one_comes() {
-        let mut last = None;
-        assert!(new_offer(&mut last, ack(None)).is_none());
-        assert_eq!(
-            new_offer(&mut last, ack(Some("2.0.0"))).unwrap().version,
-            "2.0.0"
-        );
-        assert!(
-            new_offer(&mut last, ack(Some("2.0.0"))).is_none(),
-            "not at every heartbeat"
-        );
-        assert_eq!(
-            new_offer(&mut last, ack(Some("2.1.0"))).unwrap().version,
-            "2.1.0"
-        );
-        assert!(new_offer(&mut last, ack(None)).is_none());
-        assert!(
-            new_offer(&mut last, ack(Some("2.1.0"))).is_some(),
-            "offered again after none"
-        );
-    }
-}
-
-#[cfg(test)]
-mod ipc_tests {
-    use super::*;
-
-    fn cell_in(target: AgentState) -> StateCell {
-        let cell = StateCell::default();
-        let path: &[AgentState] = match target {
-            AgentState::Starting => &[],
-            AgentState::ShuttingDown => &[AgentState::ShuttingDown],
-            AgentState::Stopped => &[AgentState::ShuttingDown, AgentState::Stopped],
-            AgentState::ForceRestarting => &[AgentState::Idle, AgentState::ForceRestarting],
-            _ => &[AgentState::Idle],
-        };
-        for next in path {
-            cell.set_state(*next).unwrap_or_else(|e| panic!("{e}"));
-        }
-        let walk = [
-            AgentState::UpdatingStarting,
-            AgentState::UpdatingDownloading,
-            AgentState::UpdatingVerifying,
-            AgentState::UpdatingExtractingUpdater,
-            AgentState::UpdatingPreparingShutdown,
-        ];
-        for next in walk
-            .iter()
-            .take_while(|_| cell.get() != target && target.is_updating())
-        {
-            cell.set_state(*next).unwrap_or_else(|e| panic!("{e}"));
-        }
-        assert_eq!(cell.get(), target);
-        cell
-    }
-
-    #[test]
-    fn force_restart_is_refused_in_every_updating_state_and_leaves_it_alone() {
-        for state in AgentState::ALL.into_iter().filter(|s| s.is_updating()) {
-            let cell = cell_in(state);
-            assert_eq!(
-                force_restart_decision(&cell),
-                ForceDecision::BusyUpdating,
-                "{state}"
-            );
-            assert_eq!(cell.get(), state);
-        }
-    }
-
-    #[test]
-    fn stop_is_refused_while_updating_and_shuts_down_from_anything_else() {
-        for state in AgentState::ALL.into_iter().filter(|s| s.is_updating()) {
-            let cell = cell_in(state);
-            assert_eq!(stop_decision(&cell), IpcStatus::BusyUpdating, "{state}");
-            assert_eq!(cell.get(), state);
-        }
-        for state in [
-            AgentState::Starting,
-            AgentState::Idle,
-            AgentState::ForceRestarting,
-        ] {
-            let cell = cell_in(state);
-            assert_eq!(stop_decision(&cell), IpcStatus::Acknowledged, "{state}");
-            assert_eq!(cell.get(), AgentState::ShuttingDown, "from {state}");
-        }
-        let stopping = cell_in(AgentState::ShuttingDown);
-        assert_eq!(stop_decision(&stopping), IpcStatus::Acknowledged);
-    }
-
-    #[test]
-    fn force_restart_from_idle_moves_to_force_restarting() {
-        let cell = cell_in(AgentState::Idle);
-        assert_eq!(force_restart_decision(&cell), ForceDecision::Shutdown);
-        assert_eq!(cell.get(), AgentState::ForceRestarting);
-        assert_eq!(
-            force_restart_decision(&cell),
-            ForceDecision::AlreadyStopping
-        );
-    }
-
-    #[test]
-    fn force_restart_while_starting_or_stopping() {
-        assert_eq!(
-            force_restart_decision(&cell_in(AgentState::Starting)),
-            ForceDecision::Shutdown
-        );
-        for state in [AgentState::ShuttingDown, AgentState::Stopped] {
-            assert_eq!(
-                force_restart_decision(&cell_in(state)),
-                ForceDecision::AlreadyStopping
-            );
-        }
-    }
-}

@@ -109,6 +109,14 @@ fn panic_text(err: JoinError) -> String {
         .unwrap_or_else(|| "(no message)".into())
 }
 
+/// Sleeps `delay` unless cancelled first; `true` when the full delay passed.
+pub async fn sleep_or_cancel(cancel: &CancellationToken, delay: Duration) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(delay) => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
