@@ -424,8 +424,8 @@ begin
   Result := (I <= Length(Text)) and (Text[I] = '"');
 end;
 
-{ `--trusted-root` with the root this setup embeds ({app}\root.json), per machine only, when a
-  server is known and no root is pinned yet; '' otherwise (logged). }
+{ `--trusted-root` with the root this setup embeds (root.json in the install folder), per
+  machine only, when a server is known and no root is pinned yet; '' otherwise (logged). }
 function EmbeddedRootArgs(const Server: String): String;
 begin
   Result := '';

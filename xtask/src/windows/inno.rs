@@ -17,7 +17,8 @@
 //! and the setup exe; then all three must carry a signature.
 //!
 //! Must never: put anything but the `dist/` binaries and a checked TUF root into the installer
-//! (the `.iss` decides; no config.json, never the Wine test shim), or let the signing secrets into ISCC's environment.
+//! (the `.iss` decides; no config.json, never the Wine test shim), or let the signing secrets
+//! into ISCC's environment.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -92,7 +93,7 @@ impl<'a> Setup<'a> {
     }
 
     /// Runs ISCC; returns the path of the setup exe.
-    pub fn compile(self) -> Result<PathBuf> {
+    pub fn compile(mut self) -> Result<PathBuf> {
         let root = self
             .trusted_root
             .as_deref()
@@ -101,31 +102,11 @@ impl<'a> Setup<'a> {
         let iscc = Iscc::find()?;
         let mut cmd = iscc.command();
         signer::without_secrets(&mut cmd);
-        let hook = match self.signer {
+        let hook = match self.signer.take() {
             Some(signer) => Some(sign_hook(&iscc, signer, &self.out_dir, &mut cmd)?),
             None => None,
         };
-        if let Some(root) = &root {
-            eprintln!(
-                "installer: embedding the TUF root {} (version {})",
-                root.source().display(),
-                root.version()
-            );
-            cmd.arg(format!(
-                "/DTrustedRoot={}",
-                iscc.windows_path(root.source())
-            ));
-        }
-        let out_dir = iscc.windows_path(&self.out_dir);
-        cmd.arg("/Q")
-            .arg(format!("/DAppVersion={}", self.version))
-            .arg(format!(
-                "/DDistDir={}",
-                iscc.windows_path(&dist_tree::dir())
-            ))
-            .arg(format!("/O{out_dir}"))
-            .arg(format!("/F{}", dist_tree::setup_name(self.version)))
-            .arg(iscc.windows_path(&util::project_root().join(ISS)));
+        self.script_args(&iscc, root.as_ref(), &mut cmd);
         let signing = hook.is_some();
         let started = Instant::now();
         let compiled = run_checked_timeout(&mut cmd, ISCC_TIMEOUT).context("ISCC failed");
@@ -144,6 +125,30 @@ impl<'a> Setup<'a> {
             started.elapsed()
         );
         Ok(setup)
+    }
+
+    /// The defines, output and script ISCC is given (`/DTrustedRoot` with a `root`).
+    fn script_args(&self, iscc: &Iscc, root: Option<&TrustedRoot>, cmd: &mut Command) {
+        if let Some(root) = root {
+            eprintln!(
+                "installer: embedding the TUF root {} (version {})",
+                root.source().display(),
+                root.version()
+            );
+            cmd.arg(format!(
+                "/DTrustedRoot={}",
+                iscc.windows_path(root.source())
+            ));
+        }
+        cmd.arg("/Q")
+            .arg(format!("/DAppVersion={}", self.version))
+            .arg(format!(
+                "/DDistDir={}",
+                iscc.windows_path(&dist_tree::dir())
+            ))
+            .arg(format!("/O{}", iscc.windows_path(&self.out_dir)))
+            .arg(format!("/F{}", dist_tree::setup_name(self.version)))
+            .arg(iscc.windows_path(&util::project_root().join(ISS)));
     }
 }
 
