@@ -1,11 +1,15 @@
 ; Inno Setup 6 script for the CMS Agent (the contract: docs/CONTRACT.md).
 ; Built by `cargo xtask installer` (ISCC.exe, under Wine on Linux) as
-;   ISCC /DAppVersion=X.Y.Z /DDistDir=<dist> installer.iss  ->  <dist>\cms_agent_setup-X.Y.Z.exe
-; from the binaries `cargo xtask dist` put in <dist>\windows-x86_64\.
+;   ISCC /DAppVersion=X.Y.Z /DDistDir=<dist> [/DTrustedRoot=<root.json>] installer.iss
+;     ->  <dist>\cms_agent_setup-X.Y.Z.exe
+; from the binaries `cargo xtask dist` put in <dist>\windows-x86_64\ (and, with
+; `--trusted-root`, the backend's TUF root it put there as root.json).
 ;
 ; What it does:
-;   - installs cms_agent.exe and updater.exe, nothing else: config.json is never in the payload
-;     (the agent writes it in its data folder, docs/CONTRACT.md), and neither is any test file;
+;   - installs cms_agent.exe and updater.exe, and per machine the backend's TUF root as
+;     {app}\root.json when built with /DTrustedRoot; nothing else: config.json is never in the
+;     payload (the agent writes it in its data folder, docs/CONTRACT.md), and neither is any
+;     test file;
 ;   - per-machine (admin, Program Files; the default) or per-user (no admin,
 ;     %LOCALAPPDATA%\Programs) install: /ALLUSERS or /CURRENTUSER on the command line, or the
 ;     dialog (PrivilegesRequiredOverridesAllowed);
@@ -20,6 +24,12 @@
 ;     agent's config.json and registers the service CMSAgent (per machine: LocalSystem,
 ;     automatic start, recovery actions) or the HKCU Run value (per user, `--per-user`); then
 ;     starts the service through the SCM, or the per-user agent; /NOSTART skips starting it;
+;   - the TUF root: /TRUSTEDROOT=FILE wins; else a per-machine install of a setup built with
+;     /DTrustedRoot pins the embedded {app}\root.json (`--trusted-root`), so the service never
+;     trusts the server's root on first use; not when no server is known (neither /SERVER= nor
+;     one in config.json: the agent needs one to pin), nor when the agent already has a root
+;     pinned (it follows the server's signed root rotations from there; an older embedded root
+;     would be refused). Per-user installs keep trust on first use unless /TRUSTEDROOT= is given;
 ;   - uninstall: stops the agent (above), `cms_agent --disable-autostart` (deletes the service or
 ;     the Run value, and the IPC secret; done here directly if the exe fails), removes the
 ;     program files; the data folder (config.json, logs) is kept unless the uninstaller is given
@@ -83,6 +93,10 @@ SignedUninstaller=yes
 ; Only the two programs. Never add config.json or anything from outside dist\windows-x86_64.
 Source: "{#DistDir}\windows-x86_64\{#AgentExe}"; DestDir: "{app}"; Flags: ignoreversion {#SignFlags}
 Source: "{#DistDir}\windows-x86_64\{#UpdaterExe}"; DestDir: "{app}"; Flags: ignoreversion {#SignFlags}
+#ifdef TrustedRoot
+; The backend's TUF root (`cargo xtask installer --trusted-root`), pinned by per-machine installs.
+Source: "{#TrustedRoot}"; DestDir: "{app}"; DestName: "root.json"; Flags: ignoreversion; Check: IsAdminInstallMode
+#endif
 
 [UninstallDelete]
 ; Left behind by an interrupted self-update (updater: rename to .old, then swap).
@@ -390,7 +404,48 @@ begin
     Log('No agent holds the lock.');
 end;
 
-{ The settings for `--enable-autostart`, from /SERVER=, /ENROLLMENTTOKEN= and /TRUSTEDROOT=. }
+{ Whether the agent's config.json names a server ("server_url": "..."). }
+function ServerConfigured(): Boolean;
+var
+  Raw: AnsiString;
+  Text: String;
+  I: Integer;
+begin
+  Result := False;
+  if not LoadStringFromFile(DataDir() + '\config.json', Raw) then
+    Exit;
+  Text := String(Raw);
+  I := Pos('"server_url":', Text);
+  if I = 0 then
+    Exit;
+  I := I + Length('"server_url":');
+  while (I <= Length(Text)) and (Text[I] = ' ') do
+    I := I + 1;
+  Result := (I <= Length(Text)) and (Text[I] = '"');
+end;
+
+{ `--trusted-root` with the root this setup embeds (root.json in the install folder), per
+  machine only, when a server is known and no root is pinned yet; '' otherwise (logged). }
+function EmbeddedRootArgs(const Server: String): String;
+begin
+  Result := '';
+#ifdef TrustedRoot
+  if not IsAdminInstallMode() then
+    Log('Per-user install: the agent trusts the server''s TUF root on first use (no /TRUSTEDROOT=).')
+  else if FileExists(DataDir() + '\tuf\pinned-root.json') then
+    Log('A TUF root is already pinned; the embedded root.json is not pinned again.')
+  else if (Server = '') and not ServerConfigured() then
+    Log('No server given or configured: the embedded root.json is not pinned (pass --server and --trusted-root "' + ExpandConstant('{app}\root.json') + '").')
+  else
+  begin
+    Log('Pinning the TUF root shipped with the installer: ' + ExpandConstant('{app}\root.json'));
+    Result := ' --trusted-root ' + AddQuotes(ExpandConstant('{app}\root.json'));
+  end;
+#endif
+end;
+
+{ The settings for `--enable-autostart`, from /SERVER=, /ENROLLMENTTOKEN= and /TRUSTEDROOT=
+  (else the embedded root, EmbeddedRootArgs). }
 function AgentSettingsArgs(): String;
 var
   Server, Token, Root: String;
@@ -404,7 +459,9 @@ begin
   if Token <> '' then
     Result := Result + ' --enrollment-token ' + AddQuotes(Token);
   if Root <> '' then
-    Result := Result + ' --trusted-root ' + AddQuotes(ExpandFileName(Root));
+    Result := Result + ' --trusted-root ' + AddQuotes(ExpandFileName(Root))
+  else
+    Result := Result + EmbeddedRootArgs(Server);
 end;
 
 procedure EnableAutostartAndStart();

@@ -7,8 +7,10 @@
 //! dist/VERSION                         the version the binaries carry (read by `xtask installer`)
 //! dist/windows-x86_64/cms_agent.exe
 //! dist/windows-x86_64/updater.exe
+//! dist/windows-x86_64/root.json        the backend's TUF root, with `--trusted-root` only
 //! dist/linux-x86_64/cms_agent
 //! dist/linux-x86_64/updater
+//! dist/linux-x86_64/root.json          the same root
 //! dist/cms_agent_setup-X.Y.Z.exe       the installer (`cargo xtask installer`)
 //! ```
 //!
@@ -17,8 +19,13 @@
 //! copy it, sign the Windows exes when asked, and check the version of the binaries this machine
 //! can run (`--version`; the others are stamped by the same variable in the same way).
 //!
-//! Must never: put anything in `dist/` that the release build did not produce (no config.json,
-//! never the Wine test shim), or report success for a platform whose binaries are missing.
+//! With `--trusted-root FILE` (`cargo xtask dist` and `installer`), the backend's TUF root,
+//! checked ([`crate::trusted_root`]), goes beside the binaries as `root.json`; the installer
+//! embeds it when it is there.
+//!
+//! Must never: put anything in `dist/` that the release build did not produce but a checked
+//! TUF root (no config.json, never the Wine test shim), or report success for a platform whose
+//! binaries are missing.
 
 use std::fs;
 use std::path::PathBuf;
@@ -28,6 +35,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::build::{Platform, SHIPPED, StampedBuild, WINDOWS};
 use crate::signing::signer::Signer;
+use crate::trusted_root::{self, TrustedRoot};
 use crate::util;
 use crate::version;
 
@@ -39,6 +47,26 @@ pub fn dir() -> PathBuf {
 /// Where `binary` of `platform` lands in `dist/`.
 pub fn binary(platform: &Platform, binary: &str) -> PathBuf {
     dir().join(platform.name).join(platform.exe(binary))
+}
+
+/// Where the backend's TUF root for `platform` lies in `dist/` (when it was given).
+pub fn trusted_root(platform: &Platform) -> PathBuf {
+    dir().join(platform.name).join(trusted_root::FILE_NAME)
+}
+
+/// Puts `root` beside the binaries of each of `platforms`.
+pub fn add_trusted_root(root: &TrustedRoot, platforms: &[Platform]) -> Result<()> {
+    for platform in platforms {
+        let path = trusted_root(platform);
+        root.write_to(&path)?;
+        eprintln!(
+            "dist: {} (TUF root version {}, from {})",
+            path.display(),
+            root.version(),
+            root.source().display()
+        );
+    }
+    Ok(())
 }
 
 /// Where the installer for `version` lands.

@@ -27,6 +27,7 @@ mod loopback;
 mod pki;
 mod server;
 mod signing;
+mod trusted_root;
 mod util;
 mod version;
 mod windows;
@@ -80,11 +81,13 @@ fn print_help() {
          Linux only; --replicas-only [--replica-max-agents M] or --fleet-page-only\n              \
          [--fleet-page-agents N]: that step alone, replacing its section)\n  \
          demo        build, start cms-server on its SQLite default, run an agent against it\n  \
-         dist        [--version X.Y.Z] [--target windows|linux|all] [--sign]: release binaries into dist/\n              \
-         (default target: all; on Windows: windows)\n  \
-         installer   [--version X.Y.Z] [--smoke-test] [--sign]: dist/cms_agent_setup-X.Y.Z.exe, building\n              \
-         the Windows dist/ first when it is missing (ISCC natively on Windows, under Wine on Linux;\n              \
-         --smoke-test: Linux + Wine only)\n  \
+         dist        [--version X.Y.Z] [--target windows|linux|all] [--sign] [--trusted-root FILE]:\n              \
+         release binaries into dist/ (default target: all; on Windows: windows), with the backend's\n              \
+         TUF root (DIR/tuf/metadata/root.json) beside them as root.json when given\n  \
+         installer   [--version X.Y.Z] [--trusted-root FILE] [--smoke-test] [--sign]:\n              \
+         dist/cms_agent_setup-X.Y.Z.exe, building the Windows dist/ first when it is missing (ISCC\n              \
+         natively on Windows, under Wine on Linux; --smoke-test: Linux + Wine only); embeds\n              \
+         dist/windows-x86_64/root.json (or FILE), which per-machine installs pin\n  \
          sign-check  sign dist/ and the installer with a throwaway certificate, verify, tamper\n  \
          wine-test   [-p PKG]... [-- ARGS]: run the Windows tests under Wine (Linux only)\n  \
          wine-e2e    [--network-only]: install, IPC, self-update, rollback, --force, uninstall of the\n              \

@@ -295,6 +295,12 @@ impl RunningServer {
         self.server.publish(release)
     }
 
+    /// Its TUF root, `DIR/tuf/metadata/root.json` (`serve` creates it at start): what an agent
+    /// is given with `--trusted-root`.
+    pub fn tuf_root(&self) -> PathBuf {
+        self.server.data_dir.join("tuf/metadata/root.json")
+    }
+
     /// Asks it to stop as the OS would ([`host::stop_child`]) and waits for its exit, which must
     /// be clean where the stop was polite.
     pub fn stop(&mut self) -> Result<()> {

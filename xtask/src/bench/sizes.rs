@@ -83,7 +83,7 @@ fn windows_installer(version: &str) -> Size {
     if let Err(reason) = inno::availability() {
         return Size::NotMeasured(format!("Inno Setup needs 32-bit Wine: {reason}"));
     }
-    match inno::compile(version, None) {
+    match inno::Setup::from_dist(version).compile() {
         Ok(setup) => size_of(&setup),
         Err(err) => Size::NotMeasured(format!("the installer did not build: {err:#}")),
     }

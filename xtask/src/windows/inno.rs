@@ -8,24 +8,30 @@
 //! CI cache). ISCC.exe is a 32-bit program: under Wine it needs 32-bit Wine, which
 //! [`availability`] reports, for the caller to skip.
 //!
+//! With a TUF root ([`Setup::trusted_root`], or `dist/windows-x86_64/root.json` when `cargo
+//! xtask dist --trusted-root` put one there), ISCC gets `/DTrustedRoot=<file>`: the script
+//! installs it as `{app}\root.json` per machine and pins it at `--enable-autostart`.
+//!
 //! Signing goes through Inno Setup's Sign Tool hook ([`crate::signing::hook`]): ISCC signs the
 //! uninstaller it embeds, any program it packs that is not signed yet (in place, in `dist/`),
 //! and the setup exe; then all three must carry a signature.
 //!
-//! Must never: put anything but the `dist/` binaries into the installer (the `.iss` decides; no
-//! config.json, never the Wine test shim), or let the signing secrets into ISCC's environment.
+//! Must never: put anything but the `dist/` binaries and a checked TUF root into the installer
+//! (the `.iss` decides; no config.json, never the Wine test shim), or let the signing secrets
+//! into ISCC's environment.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 
 use crate::build::{SHIPPED, WINDOWS};
 use crate::dist_tree;
 use crate::signing::hook::SignHook;
 use crate::signing::signer::{self, Signer};
+use crate::trusted_root::TrustedRoot;
 use crate::util::{self, run_checked_timeout};
 use crate::windows::wine::{self, WinePrefix};
 
@@ -46,50 +52,126 @@ pub fn availability() -> std::result::Result<(), String> {
     }
 }
 
-/// Compiles the installer for `version` from `dist/`, signed when `signer` is given; returns
-/// the path of the setup exe.
-pub fn compile(version: &str, signer: Option<Signer>) -> Result<PathBuf> {
-    let iscc = Iscc::find()?;
-    let dist = dist_tree::dir();
-    let mut cmd = iscc.command();
-    signer::without_secrets(&mut cmd);
-    let hook = match signer {
-        Some(signer) => {
-            eprintln!("installer: signing: {}", signer.summary());
-            let hook = SignHook::start(signer, &dist, iscc.host_path())?;
-            cmd.arg("/DSign")
-                .arg(format!(
-                    "/S{}={} $f",
-                    SignHook::TOOL_NAME,
-                    iscc.sign_tool()?
-                ))
-                .envs(hook.env());
-            Some(hook)
+/// One setup exe to compile from the binaries in `dist/`.
+#[derive(Debug)]
+pub struct Setup<'a> {
+    version: &'a str,
+    signer: Option<Signer>,
+    trusted_root: Option<PathBuf>,
+    out_dir: PathBuf,
+}
+
+impl<'a> Setup<'a> {
+    /// The installer of `dist/` for `version`: into `dist/`, embedding `dist/`'s TUF root
+    /// (`windows-x86_64/root.json`) when there is one.
+    pub fn from_dist(version: &'a str) -> Self {
+        let root = dist_tree::trusted_root(&WINDOWS);
+        Setup {
+            version,
+            signer: None,
+            trusted_root: root.is_file().then_some(root),
+            out_dir: dist_tree::dir(),
         }
-        None => None,
-    };
-    cmd.arg("/Q")
-        .arg(format!("/DAppVersion={version}"))
-        .arg(format!("/DDistDir={}", iscc.windows_path(&dist)))
-        .arg(format!("/O{}", iscc.windows_path(&dist)))
-        .arg(format!("/F{}", dist_tree::setup_name(version)))
-        .arg(iscc.windows_path(&util::project_root().join(ISS)));
-    let signing = hook.is_some();
-    let started = Instant::now();
-    let compiled = run_checked_timeout(&mut cmd, ISCC_TIMEOUT).context("ISCC failed");
-    let signed = hook.map(SignHook::stop).transpose();
-    compiled.and(signed)?;
-    let setup = dist_tree::setup_exe(version);
-    util::require_file(&setup)?;
-    if signing {
-        require_signed(&setup)?;
     }
-    eprintln!(
-        "installer: {} in {:.0?}",
-        setup.display(),
-        started.elapsed()
+
+    /// Signed with `signer` (into `dist/` only: the Sign Tool signs nothing outside it).
+    pub fn signed(mut self, signer: Option<Signer>) -> Self {
+        self.signer = signer;
+        self
+    }
+
+    /// Embedding `root` (a TUF root file) instead of `dist/`'s.
+    pub fn trusted_root(mut self, root: &Path) -> Self {
+        self.trusted_root = Some(root.to_path_buf());
+        self
+    }
+
+    /// Into `dir` instead of `dist/`.
+    pub fn out_dir(mut self, dir: &Path) -> Self {
+        self.out_dir = dir.to_path_buf();
+        self
+    }
+
+    /// Runs ISCC; returns the path of the setup exe.
+    pub fn compile(mut self) -> Result<PathBuf> {
+        let root = self
+            .trusted_root
+            .as_deref()
+            .map(TrustedRoot::read)
+            .transpose()?;
+        let iscc = Iscc::find()?;
+        let mut cmd = iscc.command();
+        signer::without_secrets(&mut cmd);
+        let hook = match self.signer.take() {
+            Some(signer) => Some(sign_hook(&iscc, signer, &self.out_dir, &mut cmd)?),
+            None => None,
+        };
+        self.script_args(&iscc, root.as_ref(), &mut cmd);
+        let signing = hook.is_some();
+        let started = Instant::now();
+        let compiled = run_checked_timeout(&mut cmd, ISCC_TIMEOUT).context("ISCC failed");
+        let signed = hook.map(SignHook::stop).transpose();
+        compiled.and(signed)?;
+        let setup = self
+            .out_dir
+            .join(format!("{}.exe", dist_tree::setup_name(self.version)));
+        util::require_file(&setup)?;
+        if signing {
+            require_signed(&setup)?;
+        }
+        eprintln!(
+            "installer: {} in {:.0?}",
+            setup.display(),
+            started.elapsed()
+        );
+        Ok(setup)
+    }
+
+    /// The defines, output and script ISCC is given (`/DTrustedRoot` with a `root`).
+    fn script_args(&self, iscc: &Iscc, root: Option<&TrustedRoot>, cmd: &mut Command) {
+        if let Some(root) = root {
+            eprintln!(
+                "installer: embedding the TUF root {} (version {})",
+                root.source().display(),
+                root.version()
+            );
+            cmd.arg(format!(
+                "/DTrustedRoot={}",
+                iscc.windows_path(root.source())
+            ));
+        }
+        cmd.arg("/Q")
+            .arg(format!("/DAppVersion={}", self.version))
+            .arg(format!(
+                "/DDistDir={}",
+                iscc.windows_path(&dist_tree::dir())
+            ))
+            .arg(format!("/O{}", iscc.windows_path(&self.out_dir)))
+            .arg(format!("/F{}", dist_tree::setup_name(self.version)))
+            .arg(iscc.windows_path(&util::project_root().join(ISS)));
+    }
+}
+
+/// Starts the Sign Tool hook for `signer` and tells ISCC (`cmd`) about it; the setup must go
+/// to `dist/`, where the hook signs.
+fn sign_hook(iscc: &Iscc, signer: Signer, out_dir: &Path, cmd: &mut Command) -> Result<SignHook> {
+    let dist = dist_tree::dir();
+    ensure!(
+        out_dir == dist,
+        "a signed installer goes to {}, not {}",
+        dist.display(),
+        out_dir.display()
     );
-    Ok(setup)
+    eprintln!("installer: signing: {}", signer.summary());
+    let hook = SignHook::start(signer, &dist, iscc.host_path())?;
+    cmd.arg("/DSign")
+        .arg(format!(
+            "/S{}={} $f",
+            SignHook::TOOL_NAME,
+            iscc.sign_tool()?
+        ))
+        .envs(hook.env());
+    Ok(hook)
 }
 
 /// Fails unless the setup exe and the programs it packs carry a signature.

@@ -1,11 +1,16 @@
-//! `cargo xtask installer [--version X.Y.Z] [--smoke-test] [--sign]`: the Windows installer,
-//! `dist/cms_agent_setup-X.Y.Z.exe`, in one command.
+//! `cargo xtask installer [--version X.Y.Z] [--trusted-root FILE] [--smoke-test] [--sign]`:
+//! the Windows installer, `dist/cms_agent_setup-X.Y.Z.exe`, in one command.
 //!
 //! The version defaults to `dist/VERSION`, so the installer says what the binaries say. When
 //! `dist/` does not hold the Windows binaries of that version, they are built first, as
 //! `cargo xtask dist --target windows --version X.Y.Z` does (clean `dist/`, build the agent
 //! and the updater, check the output); then ISCC compiles the installer
 //! ([`crate::windows::inno`]: natively on Windows, under Wine on Linux).
+//!
+//! `--trusted-root FILE` (the backend's `DIR/tuf/metadata/root.json`) is checked and put in
+//! `dist/windows-x86_64/root.json`, as `cargo xtask dist --trusted-root` does; whenever that
+//! file is there the installer embeds it, and a per-machine install pins it instead of trusting
+//! the server's root on first use. Without it the installer is built as before.
 //!
 //! `--sign` Authenticode-signs the embedded uninstaller, any program in `dist/windows-x86_64/`
 //! not signed yet (in place), and the setup exe, with the certificate of the `CMS_SIGN_*`
@@ -35,18 +40,20 @@ use crate::checks::{self, Checks};
 use crate::dist_tree;
 use crate::flags;
 use crate::signing::signer::Signer;
+use crate::trusted_root::TrustedRoot;
 use crate::util;
 use crate::version;
 use crate::windows::inno;
 use crate::windows::setup::{self, APP_DIR, Hive, NO_SERVER};
 use crate::windows::wine::{self, VirtualDisplay, WinePrefix};
 
-/// `cargo xtask installer [--version X.Y.Z] [--smoke-test] [--sign]`.
+/// `cargo xtask installer [--version X.Y.Z] [--trusted-root FILE] [--smoke-test] [--sign]`.
 pub fn run(args: &[String]) -> Result<()> {
     let mut args = args.to_vec();
     let version = flags::take_value(&mut args, &["--version"])?;
     let smoke = flags::take_switch(&mut args, "--smoke-test");
     let sign = flags::take_switch(&mut args, "--sign");
+    let root = TrustedRoot::take_flag(&mut args)?;
     flags::reject_rest("installer", &args)?;
     if smoke {
         wine::require_wine_host("installer --smoke-test")?;
@@ -67,7 +74,10 @@ pub fn run(args: &[String]) -> Result<()> {
         );
         dist_tree::build(&version, &[WINDOWS], None)?;
     }
-    let setup = inno::compile(&version, signer)?;
+    if let Some(root) = &root {
+        dist_tree::add_trusted_root(root, &[WINDOWS])?;
+    }
+    let setup = inno::Setup::from_dist(&version).signed(signer).compile()?;
     if smoke {
         smoke_test(&setup)?;
     }

@@ -7,10 +7,13 @@
 //! running (`wineserver -p`) as a machine keeps its services; every step is checked and the
 //! first failure ends the run with the logs that explain it:
 //!
-//! 1. install: `setup.exe /VERYSILENT /ALLUSERS /SERVER=http://127.0.0.1:PORT`; the service
-//!    `CMSAgent` runs `cms_agent.exe --service` as LocalSystem with automatic start
-//!    (`sc query`: RUNNING; the registry holds its configuration), no HKLM `Run` value; the
-//!    agent registers (operator API: IDLE, online, the `dist/` version).
+//! 1. install: `setup.exe /VERYSILENT /ALLUSERS /SERVER=http://127.0.0.1:PORT`, a setup
+//!    compiled for this run with the server's TUF root embedded; the service `CMSAgent` runs
+//!    `cms_agent.exe --service` as LocalSystem with automatic start (`sc query`: RUNNING; the
+//!    registry holds its configuration), no HKLM `Run` value; the agent registers (operator
+//!    API: IDLE, online, the `dist/` version); `{app}\root.json` and the agent's
+//!    `tuf/pinned-root.json` are the server's root, and agent.log has no trust-on-first-use
+//!    line.
 //! 2. IPC from an elevated console: `cms_agent.exe --status` reaches the service over
 //!    `\\.\pipe\cms_agent_system` with the DPAPI-sealed secret (and says it is the service);
 //!    a wrong secret sent by a Windows program (the `ipc_request` example of cms-agent) is
@@ -31,7 +34,8 @@
 //!    run): release 2.0.0 (Windows builds stamped `CMS_BUILD_VERSION=2.0.0`) published with
 //!    `cms-server release publish --platform windows-x86_64`; the service hands over to
 //!    `updater.exe`, which starts 2.0.0 through the SCM: a new service process, no `.old`/`.new`,
-//!    `updates/` empty, no updater left running or on disk, `current_version` recorded.
+//!    `updates/` empty, no updater left running or on disk, `current_version` recorded: the
+//!    root the installer pinned verified a real release.
 //! 8. rollback: release 3.0.0 whose agent exits at start (the 2.0.0 `updater.exe`, which
 //!    refuses the agent's command line): `update_rolled_back` is reported, 2.0.0 runs again as
 //!    the service and never retries 3.0.0.
@@ -39,8 +43,8 @@
 //!    again with the new setting (still the service; the console process exits 0); the server
 //!    still knows one agent.
 //! 10. both exes are GUI-subsystem programs (PE header) and `--version` still prints.
-//! 11. an upgrade install over the running service stops it through the SCM and starts the
-//!     new files as the service.
+//! 11. an upgrade install over the running service stops it through the SCM, leaves the
+//!     pinned root alone and starts the new files as the service.
 //! 12. uninstall: no service, no `cms_agent.exe` process, no `Run` value, no IPC secret, and
 //!     the server sees the agent go offline.
 //! 13. per user: `setup.exe /CURRENTUSER`: the HKCU `Run` value starts `cms_agent.exe
@@ -54,7 +58,8 @@
 //!     `--network-only` runs just this (it needs no installer, 32-bit Wine or display).
 //!
 //! Needs `cargo xtask dist` (the installed version is `dist/VERSION` and must be older than
-//! 2.0.0) and the setup exe (`cargo xtask installer`; compiled here when missing). Builds the
+//! 2.0.0). The setup exe is compiled from `dist/` once per run, after the server started (it
+//! embeds that server's root), into `target/wine-e2e/setup`, not over `dist/`'s. Builds the
 //! Linux `cms-server` in the shared target dir, and the 2.0.0 agent, updater and the
 //! `ipc_request` example for Windows in `target/wine-e2e/build` (a target dir of its own: a
 //! build stamped 2.0.0 must never replace the binaries other tests run), dev profile without
@@ -108,6 +113,13 @@ const WAIT: Duration = Duration::from_secs(120);
 /// A secret that cannot be the agent's: 64 hex digits, all zero.
 const WRONG_SECRET: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// The agent's pinned TUF root, relative to its data folder.
+const PINNED_ROOT: &str = "tuf/pinned-root.json";
+/// What the agent logs when it trusts the server's root on first use.
+const TOFU_LINE: &str = "pinned the server's TUF root on first use";
+/// What the installer logs when it pins the root it embeds.
+const PINS_EMBEDDED_ROOT: &str = "Pinning the TUF root shipped with the installer";
+
 /// Marks of the temporary copies `self_replace::self_delete` makes of the updater.
 const SELF_DELETE_MARKS: [&str; 2] = [".__selfdelete__.", ".__relocated__."];
 
@@ -145,19 +157,20 @@ pub fn run(args: &[String]) -> Result<()> {
             &format!("no virtual display: {e:#}"),
         ),
     };
-    let setup = setup_exe(&installed)?;
     let builds = Builds::make(NEW_VERSION)?;
     let server_dir = e2e_dir().join("server");
     util::remove_dir_if_exists(&server_dir)?;
     let mut server = Server::new(&build::server()?, &server_dir, ServerOutput::Print).start()?;
-    let outcome = Scenario {
-        prefix: wine::prepare_prefix("wine-e2e")?,
-        display: &display,
-        server: &server,
-        builds: &builds,
-        installed: &installed,
-    }
-    .run(&setup);
+    let outcome = setup_exe(&installed, &server).and_then(|setup| {
+        Scenario {
+            prefix: wine::prepare_prefix("wine-e2e")?,
+            display: &display,
+            server: &server,
+            builds: &builds,
+            installed: &installed,
+        }
+        .run(&setup)
+    });
     let stopped = server.stop();
     outcome?;
     stopped?;
@@ -177,13 +190,17 @@ fn e2e_dir() -> PathBuf {
     util::target_dir().join("wine-e2e")
 }
 
-/// The setup exe `cargo xtask installer` made for `version`, compiled now if it is missing.
-fn setup_exe(version: &str) -> Result<PathBuf> {
-    let setup = dist_tree::setup_exe(version);
-    if setup.is_file() {
-        return Ok(setup);
-    }
-    inno::compile(version, None)
+/// The setup exe of `dist/` for `version` with `server`'s TUF root embedded, compiled into
+/// `target/wine-e2e/setup` (never over the installer in `dist/`).
+fn setup_exe(version: &str, server: &RunningServer) -> Result<PathBuf> {
+    step("compiling the installer with the server's TUF root embedded");
+    let dir = e2e_dir().join("setup");
+    util::remove_dir_if_exists(&dir)?;
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    inno::Setup::from_dist(version)
+        .trusted_root(&server.tuf_root())
+        .out_dir(&dir)
+        .compile()
 }
 
 /// The Windows programs the scenario needs beyond `dist/`.
@@ -295,6 +312,46 @@ impl Scenario<'_> {
             "the agent registered: {} on {} ({}), {} IDLE online",
             agent.agent_id, agent.hostname, agent.platform, agent.version
         ));
+        self.embedded_root_is_pinned()
+    }
+
+    /// The installer's `{app}\root.json` is the server's root, `--enable-autostart` pinned it
+    /// (`tuf/pinned-root.json` is the same bytes), and the agent did not trust on first use.
+    fn embedded_root_is_pinned(&self) -> Result<()> {
+        let server_root = self.server.tuf_root();
+        let expected = fs::read(&server_root)
+            .with_context(|| format!("cannot read {}", server_root.display()))?;
+        for path in [
+            self.app_dir().join("root.json"),
+            self.data_dir().join(PINNED_ROOT),
+        ] {
+            let found =
+                fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            ensure!(
+                found == expected,
+                "{} is not the server's root",
+                path.display()
+            );
+        }
+        ensure!(
+            self.setup_log("setup-install.log")
+                .contains(PINS_EMBEDDED_ROOT),
+            "setup-install.log lacks {PINS_EMBEDDED_ROOT:?}"
+        );
+        self.expect_no_trust_on_first_use()?;
+        ok(&format!(
+            "the setup shipped the server's TUF root as root.json and pinned it ({PINNED_ROOT}); \
+             no trust on first use"
+        ));
+        Ok(())
+    }
+
+    /// agent.log has no line saying the agent pinned the server's root on first use.
+    fn expect_no_trust_on_first_use(&self) -> Result<()> {
+        ensure!(
+            !self.agent_log().contains(TOFU_LINE),
+            "agent.log says the agent {TOFU_LINE}"
+        );
         Ok(())
     }
 
@@ -571,6 +628,8 @@ impl Scenario<'_> {
             config["current_version"]
         );
         ok(&format!("config.json current_version {NEW_VERSION}"));
+        self.expect_no_trust_on_first_use()?;
+        ok("the update was verified against the root the installer pinned");
         let status = self.status()?;
         ensure!(
             status.version == NEW_VERSION && status.service && status.pid != before.pid,
@@ -685,18 +744,23 @@ impl Scenario<'_> {
         let before = self.status()?;
         let log = "setup-upgrade.log";
         self.setup(setup, "/ALLUSERS", log)?;
-        ensure!(
-            self.setup_log(log)
-                .contains("Stopping the service CMSAgent through the SCM"),
-            "{log} does not show a stop through the SCM"
-        );
+        for needle in [
+            "Stopping the service CMSAgent through the SCM",
+            "A TUF root is already pinned",
+        ] {
+            ensure!(
+                self.setup_log(log).contains(needle),
+                "{log} lacks {needle:?}"
+            );
+        }
         let after = self.wait_for_new_status(&before, "the upgraded service to answer")?;
         ensure!(
             after.service && after.version == self.installed,
             "{after:?}"
         );
         ok(&format!(
-            "stopped through the SCM, files replaced, {} runs as the service (pid {} -> {})",
+            "stopped through the SCM, files replaced, the pinned root left alone, {} runs as the \
+             service (pid {} -> {})",
             after.version, before.pid, after.pid
         ));
         Ok(())
