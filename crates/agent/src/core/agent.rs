@@ -35,6 +35,9 @@ use crate::net::ws_client::{WSClient, WsLink};
 use crate::net::{Transport, TransportError, UrlError, backoff};
 use crate::system::{self, lock_manager::LockManager};
 
+/// The release-signing root an installer ships beside the exe.
+const SHIPPED_ROOT: &str = "root.json";
+
 mod control;
 mod metrics;
 mod tasks;
@@ -143,8 +146,9 @@ impl Agent {
             http.set_credentials(credentials);
         }
         let trust = TrustedMetadata::new(storage.tuf_dir(), servers.clone(), http.client().clone());
-        if let Some(root) = &options.trusted_root {
-            trust.pin_root_file(root)?;
+        match &options.trusted_root {
+            Some(root) => trust.pin_root_file(root)?,
+            None => pin_shipped_root(&trust),
         }
         let ws_max = Duration::from_secs(options.intervals.ws_reconnect_max_secs);
         let ws = WSClient::new(servers, ws_max, &transport);
@@ -497,3 +501,28 @@ fn panic_if_a_test_asks() {
 
 #[cfg(not(debug_assertions))]
 fn panic_if_a_test_asks() {}
+
+/// The backend's root that the installer put beside the exe (`root.json`, from `cargo xtask
+/// installer --trusted-root`), pinned when none is: an install that was given no server (so no
+/// `--trusted-root` at `--enable-autostart`) still never trusts a root on first use. A file that
+/// cannot be pinned is logged and left alone; the server's root is then trusted on first use.
+fn pin_shipped_root(trust: &TrustedMetadata) {
+    if trust.has_root() {
+        return;
+    }
+    let shipped = system::installed_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join(SHIPPED_ROOT)))
+        .filter(|root| root.is_file());
+    let Some(root) = shipped else {
+        return;
+    };
+    match trust.pin_root_file(&root) {
+        Ok(()) => {
+            tracing::info!(root = %root.display(), "pinned the release-signing root shipped beside the agent");
+        }
+        Err(err) => {
+            tracing::error!(root = %root.display(), error = %err, "cannot pin the root shipped beside the agent; the server's root will be trusted on first use");
+        }
+    }
+}
