@@ -13,9 +13,8 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::Response;
 use cms_protocol::{
-    AgentMessage, AgentState, ErrorBatch, ErrorBatchResponse, HeartbeatAck, RegisterRequest,
-    RegisterResponse, ServerEvent, StatusReport, UpdateCheckResponse, WS_MAX_MESSAGE_BYTES,
-    WS_READ_BUFFER_BYTES,
+    AgentMessage, ErrorBatch, ErrorBatchResponse, HeartbeatAck, RegisterRequest, RegisterResponse,
+    ServerEvent, StatusReport, UpdateCheckResponse, WS_MAX_MESSAGE_BYTES, WS_READ_BUFFER_BYTES,
 };
 use serde::Deserialize;
 
@@ -23,8 +22,9 @@ use super::access::Peer;
 use super::{ApiError, ApiJson, ApiQuery, AppState, check_field};
 use crate::access::auth;
 use crate::clock;
-use crate::db::{Heartbeat, NewAgent, NewErrorReport};
+use crate::db::{Heartbeat, NewErrorReport};
 use crate::events::live::LiveEvent;
+use crate::intake::registration::{self, RegistrationError};
 use crate::intake::signature::signature;
 use crate::intake::{heartbeat, progress};
 use crate::logtext::{LogEvery, Untrusted, clip};
@@ -99,45 +99,33 @@ pub async fn register(
             retry_after,
         });
     }
-    if let Some(expected) = state.enrollment_token() {
-        let presented = request.enrollment_token.as_deref().unwrap_or_default();
-        if !auth::secrets_equal(presented, expected) {
-            tracing::info!(%source, "registration refused: bad enrollment token");
-            return Err(ApiError::Forbidden(
-                "missing or invalid enrollment token".into(),
-            ));
-        }
+    if let Err(refused) = registration::admit(state.enrollment_token(), &request) {
+        tracing::info!(%source, "registration refused: bad enrollment token");
+        return Err(refused.into());
     }
     check_field("hostname", &request.hostname, MAX_SHORT_FIELD)?;
     check_field("platform", &request.platform, MAX_SHORT_FIELD)?;
     check_field("version", &request.version, MAX_SHORT_FIELD)?;
-    let agent_id = uuid::Uuid::new_v4().to_string();
-    let agent_token = auth::mint_token().map_err(|e| ApiError::Internal(e.to_string()))?;
-    let token_hash = auth::hash_token(&agent_token);
-    let agent = NewAgent {
-        agent_id: &agent_id,
-        token_hash: &token_hash,
-        hostname: &request.hostname,
-        platform: &request.platform,
-        version: &request.version,
-        state: AgentState::Starting.name(),
-    };
-    state.db().insert_agent(&agent, &clock::now()).await?;
-    state.live().publish(LiveEvent::AgentRegistered {
-        agent_id: agent_id.clone(),
-    });
+    let enrolled = registration::enrol(state.db(), state.live(), &request).await?;
     tracing::info!(
-        agent_id,
+        agent_id = %enrolled.agent_id,
         %source,
         hostname = %Untrusted(&request.hostname),
         platform = %Untrusted(&request.platform),
         version = %Untrusted(&request.version),
         "agent registered"
     );
-    Ok(axum::Json(RegisterResponse {
-        agent_id,
-        agent_token,
-    }))
+    Ok(axum::Json(enrolled))
+}
+
+impl From<RegistrationError> for ApiError {
+    fn from(error: RegistrationError) -> Self {
+        match error {
+            RegistrationError::BadEnrollmentToken => ApiError::Forbidden(error.to_string()),
+            RegistrationError::Random(e) => ApiError::Internal(e.to_string()),
+            RegistrationError::Database(e) => ApiError::Database(e),
+        }
+    }
 }
 
 /// `POST /api/v1/agent/status`: records a heartbeat (agents without a WebSocket, and older

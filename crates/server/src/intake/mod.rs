@@ -1,4 +1,5 @@
-//! What the agents send, and the rules it is stored by: heartbeats and the live event of a
+//! What the agents send, and the rules it is stored by: registration ([`registration`]),
+//! heartbeats and the live event of a
 //! change ([`heartbeat`]), update progress and the halt it may trigger ([`progress`]), message
 //! signatures of error reports ([`signature`]) and how long error reports are kept
 //! ([`retention`]).
@@ -8,5 +9,6 @@
 
 pub mod heartbeat;
 pub mod progress;
+pub mod registration;
 pub mod retention;
 pub mod signature;
