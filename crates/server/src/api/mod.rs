@@ -42,8 +42,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
-use crate::clock;
-use crate::cluster::Cluster;
+use crate::cluster::{self, Cluster};
 use crate::db::{AgentRow, Db, DbError};
 use crate::events::live::LiveFeed;
 use crate::net::ratelimit::{Rate, RateLimiter};
@@ -181,13 +180,17 @@ impl AppState {
         self.inner.settings.offline_after
     }
 
-    /// Whether an agent counts as online: its WebSocket is held here or by another live
-    /// replica (`connected`, from the connection records), or it was seen within
-    /// `--offline-after` of `now`. Every operator view asks this one rule.
+    /// Whether an agent counts as online ([`cluster::is_online`], with `connected` from the
+    /// connection records and `--offline-after`).
     pub fn is_online(&self, connected: bool, agent: &AgentRow, now: time::OffsetDateTime) -> bool {
-        connected
-            || self.hub().is_connected(&agent.agent_id)
-            || clock::is_within(&agent.last_seen, self.offline_after(), now)
+        let held_here = self.hub().is_connected(&agent.agent_id);
+        cluster::is_online(
+            connected,
+            held_here,
+            &agent.last_seen,
+            self.offline_after(),
+            now,
+        )
     }
 
     fn shutdown(&self) -> &CancellationToken {

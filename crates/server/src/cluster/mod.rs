@@ -187,3 +187,34 @@ impl Cluster {
 fn signed(duration: Duration) -> time::Duration {
     time::Duration::try_from(duration).unwrap_or(time::Duration::MAX)
 }
+
+/// The one online rule every operator view asks: an agent is online while its WebSocket is
+/// held by this replica (`held_here`) or by another live one (`connected`, from the connection
+/// records), or when it was seen (`last_seen`, RFC 3339) within `offline_after` of `now`.
+pub fn is_online(
+    connected: bool,
+    held_here: bool,
+    last_seen: &str,
+    offline_after: Duration,
+    now: time::OffsetDateTime,
+) -> bool {
+    connected || held_here || clock::is_within(last_seen, offline_after, now)
+}
+
+#[cfg(test)]
+mod online_tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_anywhere_or_a_recent_heartbeat_is_online() {
+        let now = time::OffsetDateTime::now_utc();
+        let window = Duration::from_secs(90);
+        let recent = clock::format_utc(now - time::Duration::seconds(30));
+        let old = clock::format_utc(now - time::Duration::seconds(300));
+        assert!(is_online(false, false, &recent, window, now));
+        assert!(!is_online(false, false, &old, window, now));
+        assert!(is_online(true, false, &old, window, now));
+        assert!(is_online(false, true, &old, window, now));
+        assert!(!is_online(false, false, "not a time", window, now));
+    }
+}
