@@ -22,11 +22,10 @@ use super::access::Peer;
 use super::{ApiError, ApiJson, ApiQuery, AppState, check_field};
 use crate::access::auth;
 use crate::clock;
-use crate::db::{Heartbeat, NewErrorReport};
-use crate::events::live::LiveEvent;
+use crate::db::Heartbeat;
+use crate::intake::errors as error_reports;
+use crate::intake::heartbeat;
 use crate::intake::registration::{self, RegistrationError};
-use crate::intake::signature::signature;
-use crate::intake::{heartbeat, progress};
 use crate::logtext::{LogEvery, Untrusted, clip};
 use crate::net::ratelimit::source_network;
 use crate::rollout::{cohort, offer};
@@ -289,39 +288,13 @@ pub async fn errors(
             now,
         ));
     }
-    let (progress, reports) = progress::split(reports);
-    let rows: Vec<NewErrorReport<'_>> = reports
-        .iter()
-        .map(|report| NewErrorReport {
-            report,
-            details_json: (!report.details.is_null()).then(|| report.details.to_string()),
-            signature: signature(&report.message),
-        })
-        .collect();
-    let mut stored = if rows.is_empty() {
-        0
-    } else {
-        state
-            .db()
-            .insert_error_reports(
-                &agent.agent_id,
-                &rows,
-                &clock::now(),
-                state.ingest().reports_per_agent,
-            )
-            .await?
-    };
-    if stored > 0 {
-        state.live().publish(LiveEvent::ErrorsReported {
-            agent_id: agent.agent_id.clone(),
-        });
-    }
-    stored += progress::record(
+    let per_agent = state.ingest().reports_per_agent;
+    let stored = error_reports::store(
         state.db(),
         state.live(),
         &agent.agent_id,
-        &progress,
-        &reports,
+        reports,
+        per_agent,
     )
     .await?;
     let duplicates = cost.saturating_sub(stored);

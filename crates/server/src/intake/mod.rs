@@ -1,5 +1,5 @@
 //! What the agents send, and the rules it is stored by: registration ([`registration`]),
-//! heartbeats and the live event of a
+//! error reports and the update progress among them ([`errors`]), heartbeats and the live event of a
 //! change ([`heartbeat`]), update progress and the halt it may trigger ([`progress`]), message
 //! signatures of error reports ([`signature`]) and how long error reports are kept
 //! ([`retention`]).
@@ -7,6 +7,7 @@
 //! The agent API (`api/agent.rs`) parses and authenticates; this module decides what is
 //! kept. It must never trust an agent id or platform from a body, and never log a token.
 
+pub mod errors;
 pub mod heartbeat;
 pub mod progress;
 pub mod registration;
