@@ -99,6 +99,45 @@ fn reports_are_buffered_bounded_and_delivered_once_after_an_outage() {
     assert_eq!(agent.stop().code(), Some(0));
 }
 
+/// Issue 22: a link planted where the buffer goes while the agent runs (as by a handle kept from
+/// before the data folder was taken over) is never written through: each report that cannot be
+/// buffered is counted as dropped and logged with the link's name, and the count reaches the
+/// backend once it is back.
+#[test]
+fn a_link_planted_in_place_of_the_buffer_is_not_written_through() {
+    let (dir, server_dir, server, data) = outage_setup();
+    let listen = server.listen_addr();
+    let mut agent = Agent::start(
+        &data,
+        &["--status-interval", "1", "--update-poll-interval", "1"],
+    );
+    server.wait_for_agent_state("IDLE");
+    let outside = dir.path().join("not-the-agents.txt");
+    std::fs::write(&outside, b"untouched\n").unwrap();
+    std::os::unix::fs::symlink(&outside, data.join("error_reports.jsonl")).unwrap();
+    server.stop();
+
+    let log = data.join("logs").join("agent.log");
+    wait_for("the refusal in agent.log", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("error_reports.jsonl is a link").then_some(())
+    });
+    assert_eq!(std::fs::read(&outside).unwrap(), b"untouched\n");
+    assert!(dropped(&data) >= 1, "a refused report counts as dropped");
+
+    let server = Server::start_on(&server_dir, &listen);
+    wait_for("the drop count to reach the backend", || {
+        let errors = server.errors();
+        errors
+            .iter()
+            .any(|e| e.kind == "error_buffer_overflow")
+            .then_some(())
+    });
+    assert_eq!(std::fs::read(&outside).unwrap(), b"untouched\n");
+    assert!(agent.is_running());
+    assert_eq!(agent.stop().code(), Some(0));
+}
+
 #[test]
 fn reports_buffered_before_a_restart_are_sent_at_the_next_start() {
     let (_dir, server_dir, server, data) = outage_setup();

@@ -11,7 +11,7 @@ use std::path::Path;
 use cms_protocol::update::BackendContact;
 
 use crate::clock;
-use crate::fs::write_atomic;
+use crate::fs::{read_no_follow, write_atomic};
 use crate::layout::backend_contact_path;
 
 /// Records that the backend just accepted a heartbeat from this process at `version`.
@@ -28,7 +28,7 @@ pub fn record_backend_contact(storage: &Path, version: &str) -> io::Result<()> {
 /// The last record in `storage`; `None` when no agent ever reached the backend from here (or
 /// the file is unreadable).
 pub fn read_backend_contact(storage: &Path) -> Option<BackendContact> {
-    let bytes = std::fs::read(backend_contact_path(storage)).ok()?;
+    let bytes = read_no_follow(&backend_contact_path(storage)).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 

@@ -27,7 +27,7 @@ pub enum HolderHealth {
 
 /// Reads the record of whoever holds (or held) the lock at `path`; `None` when absent or torn.
 pub fn read_lock_record(path: &Path) -> Option<LockRecord> {
-    let text = std::fs::read_to_string(path).ok()?;
+    let text = crate::fs::read_to_string_no_follow(path).ok()?;
     serde_json::from_str(&text).ok()
 }
 

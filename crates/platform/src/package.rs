@@ -90,7 +90,14 @@ impl Package {
             path: target.to_path_buf(),
             source,
         };
-        let mut out = File::create(target).map_err(io_err)?;
+        let mut out = crate::fs::open_no_follow(
+            target,
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true),
+        )
+        .map_err(io_err)?;
         io::copy(&mut entry, &mut out).map_err(io_err)?;
         out.flush().and_then(|()| out.sync_all()).map_err(io_err)?;
         system::make_executable(target).map_err(io_err)
@@ -110,10 +117,11 @@ impl Package {
     }
 
     fn archive(&self) -> Result<zip::ZipArchive<File>, PackageError> {
-        let file = File::open(&self.path).map_err(|source| PackageError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        let file = crate::fs::open_no_follow(&self.path, std::fs::OpenOptions::new().read(true))
+            .map_err(|source| PackageError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
         zip::ZipArchive::new(file).map_err(|e| self.damaged(e.to_string()))
     }
 

@@ -663,10 +663,10 @@ fn env_secs(name: &str, default: u64) -> Duration {
 
 fn init_logging(log_dir: &Path) -> std::io::Result<()> {
     fs::create_dir_all(log_dir)?;
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_dir.join(layout::UPDATER_LOG_NAME))?;
+    let file = cms_platform::fs::open_no_follow(
+        &log_dir.join(layout::UPDATER_LOG_NAME),
+        fs::OpenOptions::new().create(true).append(true),
+    )?;
     tracing_subscriber::fmt()
         .with_ansi(false)
         .with_writer(std::sync::Mutex::new(file))

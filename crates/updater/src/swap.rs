@@ -58,7 +58,13 @@ pub fn restore(exe: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Copies `from` to `to`, whatever was at `to` removed first (a link there is removed, not
+/// copied through).
 fn copy_synced(from: &Path, to: &Path) -> io::Result<()> {
+    match fs::remove_file(to) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+        _ => {}
+    }
     retry("back up the current agent", || fs::copy(from, to))?;
     // Flushing needs write access on Windows (FlushFileBuffers), even for a fresh copy.
     fs::OpenOptions::new().write(true).open(to)?.sync_all()
@@ -89,6 +95,20 @@ fn retry<T>(what: &str, mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_link_where_the_backup_goes_is_replaced_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("cms_agent");
+        let outside = dir.path().join("outside");
+        fs::write(&exe, b"old").unwrap();
+        fs::write(&outside, b"not yours").unwrap();
+        std::os::unix::fs::symlink(&outside, backup_path(&exe)).unwrap();
+        back_up(&exe).unwrap();
+        assert_eq!(fs::read(&outside).unwrap(), b"not yours");
+        assert_eq!(fs::read(backup_path(&exe)).unwrap(), b"old");
+    }
 
     #[test]
     fn install_keeps_a_backup_and_restore_brings_it_back() {

@@ -15,14 +15,13 @@
 //! This file holds the schema and `ConfigManager`; `migrate` the schema steps
 //! (`migrate_config_v1_to_v2`), `recover` the repair of a damaged or missing file.
 
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
-use cms_platform::fs::write_atomic;
+use cms_platform::fs::{read_no_follow, write_atomic};
 
 mod migrate;
 mod recover;
@@ -301,7 +300,7 @@ pub fn lock(shared: &Mutex<ConfigManager>) -> MutexGuard<'_, ConfigManager> {
 }
 
 fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, ConfigError> {
-    match fs::read(path) {
+    match read_no_follow(path) {
         Ok(bytes) => Ok(Some(bytes)),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(io_error("read", path, source)),

@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use crate::net::http_client::{HttpClient, HttpError};
 use cms_platform::clock;
-use cms_platform::fs::write_atomic;
+use cms_platform::fs::{open_no_follow, read_no_follow, read_to_string_no_follow, write_atomic};
 
 /// Reports sent per request when the buffer is flushed.
 const FLUSH_BATCH: usize = 200;
@@ -374,7 +374,7 @@ impl ErrorBuffer {
 /// The readable reports of the file, and how many lines were damaged (invalid UTF-8, torn,
 /// not a report): each line on its own, so one bad byte costs one report, not the buffer.
 fn read_reports(path: &Path) -> (Vec<ErrorReport>, u64) {
-    let bytes = match fs::read(path) {
+    let bytes = match read_no_follow(path) {
         Ok(bytes) => bytes,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return (Vec::new(), 0),
         Err(err) => {
@@ -396,7 +396,7 @@ fn read_reports(path: &Path) -> (Vec<ErrorReport>, u64) {
 }
 
 fn read_count(path: &Path) -> u64 {
-    fs::read_to_string(path)
+    read_to_string_no_follow(path)
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0)
@@ -418,11 +418,10 @@ fn append_line(path: &Path, report: &ErrorReport) -> io::Result<()> {
     let mut line = serde_json::to_vec(report).map_err(io::Error::other)?;
     line.push(b'\n');
     // Not `append(true)`: an append-only handle cannot be cut back on Windows.
-    let mut file = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(false)
-        .open(path)?;
+    let mut file = open_no_follow(
+        path,
+        OpenOptions::new().create(true).write(true).truncate(false),
+    )?;
     let end = file.seek(SeekFrom::End(0))?;
     let written = file.write_all(&line).and_then(|()| file.sync_data());
     if written.is_err() {

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use cms_platform::fs::open_no_follow;
 use cms_protocol::{
     BUILD_VERSION, ErrorBatch, ErrorBatchResponse, ErrorReport, RegisterRequest, RegisterResponse,
     StatusReport, UpdateCheckResponse, UpdateInfo, paths,
@@ -423,7 +424,7 @@ fn client_proxy(route: &Route) -> Result<Option<reqwest::Proxy>, HttpError> {
 
 /// Length of a partial download worth resuming; anything longer than expected starts over.
 async fn partial_len(target: &Path, expected_len: u64) -> Result<u64, HttpError> {
-    match tokio::fs::metadata(target).await {
+    match tokio::fs::symlink_metadata(target).await {
         Ok(meta) if meta.len() <= expected_len => Ok(meta.len()),
         Ok(_) => {
             tokio::fs::remove_file(target)
@@ -436,17 +437,21 @@ async fn partial_len(target: &Path, expected_len: u64) -> Result<u64, HttpError>
     }
 }
 
+/// The download's file in `updates/`, never opened through a link at its name.
 async fn open_target(target: &Path, append: bool) -> Result<tokio::fs::File, HttpError> {
-    let mut options = tokio::fs::OpenOptions::new();
+    let mut options = std::fs::OpenOptions::new();
     options.create(true).write(true);
     if append {
         options.append(true);
     } else {
         options.truncate(true);
     }
-    options
-        .open(target)
+    let owned = target.to_path_buf();
+    let opened = tokio::task::spawn_blocking(move || open_no_follow(&owned, &mut options))
         .await
+        .map_err(|e| io_err(target, io::Error::other(e)))?;
+    opened
+        .map(tokio::fs::File::from_std)
         .map_err(|source| io_err(target, source))
 }
 

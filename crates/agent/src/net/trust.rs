@@ -31,7 +31,7 @@ use url::Url;
 use crate::net::endpoint;
 use crate::net::error_chain;
 use crate::net::servers::ServerList;
-use cms_platform::fs::write_atomic;
+use cms_platform::fs::{read_no_follow, write_atomic};
 
 /// Size limits on metadata (TUF's defence against endless-data attacks). Our files are a few
 /// KiB; targets grow by about 300 bytes per published package.
@@ -190,7 +190,7 @@ impl TrustedMetadata {
     fn pin(&self, bytes: &[u8], source_name: &str) -> Result<(), TrustError> {
         let offered = parse_root(bytes, source_name)?;
         let pinned_path = self.dir.join(PINNED_ROOT);
-        if let Ok(current) = fs::read(&pinned_path) {
+        if let Ok(current) = read_no_follow(&pinned_path) {
             let trusted = parse_root(&current, &pinned_path.display().to_string())?;
             if same_root(&offered, &trusted) {
                 return Ok(());
@@ -271,8 +271,8 @@ impl TrustedMetadata {
     /// tough's datastore copy when it is a valid root (it may be newer than the pin), else the
     /// pin.
     fn starting_root(&self) -> Result<Vec<u8>, TrustError> {
-        let pinned = fs::read(self.dir.join(PINNED_ROOT)).map_err(|_| TrustError::NoRoot)?;
-        let working = fs::read(self.dir.join(DATASTORE_ROOT)).ok();
+        let pinned = read_no_follow(&self.dir.join(PINNED_ROOT)).map_err(|_| TrustError::NoRoot)?;
+        let working = read_no_follow(&self.dir.join(DATASTORE_ROOT)).ok();
         Ok(working
             .filter(|bytes| parse_root(bytes, DATASTORE_ROOT).is_ok())
             .unwrap_or(pinned))
@@ -282,7 +282,7 @@ impl TrustedMetadata {
     /// tough's remove-then-create of its working copy).
     fn keep_newest_root(&self, newest: &Signed<Root>) -> Result<(), TrustError> {
         let pinned_path = self.dir.join(PINNED_ROOT);
-        let pinned = fs::read(&pinned_path).map_err(|source| TrustError::Io {
+        let pinned = read_no_follow(&pinned_path).map_err(|source| TrustError::Io {
             path: pinned_path,
             source,
         })?;

@@ -15,6 +15,7 @@ use cms_protocol::{BUILD_VERSION, LockRecord};
 use tokio_util::sync::CancellationToken;
 
 use cms_platform::clock;
+use cms_platform::fs::open_no_follow;
 use cms_platform::layout::lock_path;
 use cms_platform::lock_file::{HolderHealth, holder_health, read_lock_record};
 
@@ -205,23 +206,24 @@ impl LockManager {
     /// Creates the file exclusively; when it exists, opens it so a stale one can
     /// be taken over. The OS lock, not the creation, decides who owns it.
     fn open(&self) -> Result<File, LockError> {
-        let created = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&self.path);
+        let created = open_no_follow(
+            &self.path,
+            OpenOptions::new().read(true).write(true).create_new(true),
+        );
         match created {
             Ok(file) => return Ok(file),
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
             Err(err) => return Err(self.io(err)),
         }
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&self.path)
-            .map_err(|e| self.io(e))
+        open_no_follow(
+            &self.path,
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false),
+        )
+        .map_err(|e| self.io(e))
     }
 
     fn lock_held(&self) -> std::sync::MutexGuard<'_, Option<File>> {

@@ -372,7 +372,7 @@ pub fn read_ipc_secret(
     storage_path: &Path,
 ) -> Result<Option<IpcSecret>, SystemError> {
     let path = storage_path.join(SECRET_FILE_NAME);
-    let text = match fs::read_to_string(&path) {
+    let text = match crate::fs::read_to_string_no_follow(&path) {
         Ok(text) => text,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(err) => {

@@ -915,7 +915,7 @@ fn delete_credential() -> Result<(), SystemError> {
 fn read_machine_secret(storage_path: &Path) -> Result<Option<IpcSecret>, SystemError> {
     let path = storage_path.join(SECRET_FILE_NAME);
     let what = || path.display().to_string();
-    let sealed = match std::fs::read(&path) {
+    let sealed = match crate::fs::read_no_follow(&path) {
         Ok(sealed) => sealed,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(err) => {

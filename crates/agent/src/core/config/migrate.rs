@@ -3,13 +3,12 @@
 //! (after a rollback) gives way to the backup that agent made before migrating. Nothing here
 //! repairs a damaged file (that is `recover`) or reaches the network.
 
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use cms_platform::fs::write_atomic;
+use cms_platform::fs::{read_no_follow, write_atomic};
 
 use super::recover::set_aside;
 use super::{CONFIG_VERSION, Config, ConfigNotice, Unusable, save_config};
@@ -136,7 +135,7 @@ pub fn backup_path(path: &Path, version: u64) -> PathBuf {
 
 fn backup_config(path: &Path, version: u64) -> io::Result<()> {
     let backup = backup_path(path, version);
-    write_atomic(&backup, &fs::read(path)?)?;
+    write_atomic(&backup, &read_no_follow(path)?)?;
     tracing::info!(backup = %backup.display(), "config backed up before migration");
     Ok(())
 }
@@ -148,7 +147,7 @@ fn load_backup_of_newer(
     notices: &mut Vec<ConfigNotice>,
 ) -> Result<Config, Unusable> {
     let backup = backup_path(path, CONFIG_VERSION);
-    let bytes = fs::read(&backup).map_err(|_| Unusable::Future(version))?;
+    let bytes = read_no_follow(&backup).map_err(|_| Unusable::Future(version))?;
     let config: Config = serde_json::from_slice(&bytes).map_err(|_| Unusable::Future(version))?;
     let aside = set_aside(path, &format!("v{version}"), &Unusable::Future(version))
         .map_err(|_| Unusable::Future(version))?;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use cms_platform::clock;
-use cms_platform::fs::write_atomic;
+use cms_platform::fs::{read_no_follow, write_atomic};
 
 use super::{
     Config, ConfigError, ConfigNotice, LAST_GOOD_NAME, Unusable, encode, io_error, save_config,
@@ -180,7 +180,7 @@ fn last_good_path(path: &Path) -> PathBuf {
 
 /// The last-good copy, when it exists and parses as this schema.
 fn read_last_good(path: &Path) -> Option<Config> {
-    let bytes = fs::read(last_good_path(path)).ok()?;
+    let bytes = read_no_follow(&last_good_path(path)).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 

@@ -1,6 +1,7 @@
 //! `ConfigManager`'s unit tests: loading, migration, recovery and saving.
 
 use super::*;
+use std::fs;
 
 fn load_text(text: &str) -> (tempfile::TempDir, PathBuf, ConfigManager, Vec<ConfigNotice>) {
     let dir = tempfile::tempdir().unwrap();

@@ -11,6 +11,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cms_platform::fs::read_no_follow;
 use cms_platform::layout;
 use cms_protocol::BUILD_VERSION;
 use cms_protocol::update::{UpdateJournal, UpdatePhase};
@@ -68,7 +69,7 @@ pub enum Settlement {
 
 /// The journal in `updates/`, if an update left one.
 pub fn read_journal(storage: &StateManager) -> Option<UpdateJournal> {
-    let bytes = fs::read(layout::journal_path(storage.storage_path())).ok()?;
+    let bytes = read_no_follow(&layout::journal_path(storage.storage_path())).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 

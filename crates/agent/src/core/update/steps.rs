@@ -29,6 +29,7 @@ use crate::system;
 use cms_platform::agent_args::{
     ENROLLMENT_TOKEN_ENV, PROXY_ARG, PROXY_ENV, split_enrollment_token, take_option,
 };
+use cms_platform::fs::open_no_follow;
 use cms_platform::layout::JOURNAL_NAME;
 use cms_platform::package::{Package, PackageError};
 
@@ -315,7 +316,7 @@ async fn verify_download(part: &Path, signed: &SignedTarget) -> Result<(), Updat
 }
 
 fn hash_file(path: &Path) -> io::Result<(u64, String)> {
-    let mut file = fs::File::open(path)?;
+    let mut file = open_no_follow(path, fs::OpenOptions::new().read(true))?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 64 * 1024];
     let mut length = 0u64;
