@@ -16,6 +16,7 @@ use cms_protocol::OperatorRole;
 use super::{ApiError, AppState};
 use crate::access::{self, Actor, Outcome, auth, session};
 use crate::db::OperatorTokenRow;
+use crate::net::proxy::Client;
 
 /// The authenticated caller of an operator route.
 #[derive(Debug, Clone)]
@@ -113,19 +114,20 @@ pub fn peer_address(parts: &Parts) -> String {
         .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
 }
 
-/// The peer's IP address, when the listener recorded one (it always does; requests built in
-/// process may not).
+/// The client's IP address (the peer's, or the one a trusted proxy forwarded), when the
+/// listener recorded one (it always does; requests built in process may not).
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub Option<IpAddr>);
 
 impl Peer {
     fn of(parts: &Parts) -> Peer {
-        Peer(
+        let forwarded = parts.extensions.get::<Client>().map(|client| client.addr);
+        Peer(forwarded.or_else(|| {
             parts
                 .extensions
                 .get::<ConnectInfo<SocketAddr>>()
-                .map(|info| info.0.ip()),
-        )
+                .map(|info| info.0.ip())
+        }))
     }
 }
 

@@ -28,6 +28,7 @@ use crate::intake::heartbeat;
 use crate::intake::registration::{self, RegistrationError};
 use crate::logtext::{LogEvery, Untrusted, clip};
 use crate::net::ratelimit::source_network;
+use crate::release;
 use crate::rollout::{cohort, offer};
 
 /// Most reports accepted in one batch; larger batches get 413.
@@ -98,13 +99,20 @@ pub async fn register(
             retry_after,
         });
     }
-    if let Err(refused) = registration::admit(state.enrollment_token(), &request) {
-        tracing::info!(%source, "registration refused: bad enrollment token");
+    let open = state.open_enrollment();
+    if let Err(refused) = registration::admit(state.enrollment_token(), open, &request) {
+        tracing::info!(%source, reason = %refused, "registration refused");
         return Err(refused.into());
     }
     check_field("hostname", &request.hostname, MAX_SHORT_FIELD)?;
     check_field("platform", &request.platform, MAX_SHORT_FIELD)?;
     check_field("version", &request.version, MAX_SHORT_FIELD)?;
+    if !release::PLATFORMS.contains(&request.platform.as_str()) {
+        return Err(ApiError::BadRequest(format!(
+            "platform must be one of {}",
+            release::PLATFORMS.join(", ")
+        )));
+    }
     let enrolled = registration::enrol(state.db(), state.live(), &request).await?;
     tracing::info!(
         agent_id = %enrolled.agent_id,
@@ -120,7 +128,9 @@ pub async fn register(
 impl From<RegistrationError> for ApiError {
     fn from(error: RegistrationError) -> Self {
         match error {
-            RegistrationError::BadEnrollmentToken => ApiError::Forbidden(error.to_string()),
+            RegistrationError::BadEnrollmentToken | RegistrationError::EnrollmentClosed => {
+                ApiError::Forbidden(error.to_string())
+            }
             RegistrationError::Random(e) => ApiError::Internal(e.to_string()),
             RegistrationError::Database(e) => ApiError::Database(e),
         }

@@ -76,6 +76,8 @@ pub struct StateSettings {
     pub data_dir: PathBuf,
     /// When set, registration requires this token.
     pub enrollment_token: Option<String>,
+    /// Whether registration without a token is allowed (`--open-enrollment`).
+    pub open_enrollment: bool,
     /// An agent without a WebSocket counts as offline after this long without contact.
     pub offline_after: Duration,
     /// Rate limits and the per-agent report cap.
@@ -87,6 +89,8 @@ pub struct StateSettings {
     pub listing_slots: usize,
     /// Whether the server itself terminates TLS (session cookies are then `Secure`).
     pub serves_tls: bool,
+    /// Whether `--public-url` is an `https://` address (session cookies are then `Secure`).
+    pub public_https: bool,
 }
 
 /// Everything handlers share (cheap to clone).
@@ -172,8 +176,16 @@ impl AppState {
         self.inner.settings.serves_tls
     }
 
+    fn public_https(&self) -> bool {
+        self.inner.settings.public_https
+    }
+
     fn enrollment_token(&self) -> Option<&str> {
         self.inner.settings.enrollment_token.as_deref()
+    }
+
+    fn open_enrollment(&self) -> bool {
+        self.inner.settings.open_enrollment
     }
 
     fn offline_after(&self) -> Duration {

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Refusal, StoreArgs, exit_code, print_line};
 use crate::intake::retention::{self, RetentionPolicy};
 use crate::net::Timeouts;
+use crate::net::proxy::{Cidr, TrustedProxies};
 use crate::net::ratelimit::Rate;
 use crate::net::tls::TlsFiles;
 use crate::release::tuf::DEFAULT_TIMESTAMP_LIFETIME;
@@ -32,8 +33,8 @@ pub(super) struct ServeArgs {
     /// Registration requires this token when set.
     #[arg(long, env = "CMS_ENROLLMENT_TOKEN", hide_env_values = true)]
     enrollment_token: Option<String>,
-    /// Let anyone who reaches a non-loopback --listen address register agents (without it,
-    /// such an address needs --enrollment-token).
+    /// Let anyone who reaches --listen register agents without a token (without it and without
+    /// --enrollment-token, registration is closed; a non-loopback address then refuses to start).
     #[arg(long)]
     open_enrollment: bool,
     /// Seconds without contact after which an agent without a WebSocket counts as offline.
@@ -43,6 +44,14 @@ pub(super) struct ServeArgs {
     /// once less than half of this is left).
     #[arg(long, default_value_t = DEFAULT_TIMESTAMP_LIFETIME.as_secs())]
     timestamp_expiry_secs: u64,
+    /// A reverse proxy's address or network (repeatable): from these peers only, the client
+    /// address is taken from X-Forwarded-For and HTTPS from X-Forwarded-Proto.
+    #[arg(long, value_name = "CIDR")]
+    trusted_proxy: Vec<Cidr>,
+    /// The server's public address, such as https://cms.example.com (an https:// address makes
+    /// the session cookie Secure behind a TLS-terminating proxy).
+    #[arg(long, value_name = "URL", value_parser = parse_public_url)]
+    public_url: Option<String>,
     /// PEM certificate chain: serve HTTPS and WSS (needs --tls-key); re-read when it changes.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -101,8 +110,8 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = ServeConfig {
         listen: args.listen,
         operator_listen: args.operator_listen,
+        database_url: args.store.database_url()?,
         data_dir: args.store.data_dir,
-        database_url: args.store.database_url,
         enrollment_token,
         open_enrollment: args.open_enrollment,
         offline_after: Duration::from_secs(args.offline_after),
@@ -121,6 +130,8 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             max_total: args.limits.error_retention_count,
             per_agent: args.limits.error_retention_per_agent,
         },
+        trusted_proxies: TrustedProxies::new(args.trusted_proxy),
+        public_url: args.public_url,
         tls: args.tls_cert.map(|cert| TlsFiles {
             cert,
             key: args.tls_key.unwrap_or_default(),
@@ -142,6 +153,17 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     .await;
     let served = served.map(|()| tracing::info!("shutdown complete"));
     exit_code(served, "serve failed")
+}
+
+fn parse_public_url(text: &str) -> Result<String, String> {
+    let url = text.trim_end_matches('/');
+    if (url.starts_with("https://") || url.starts_with("http://"))
+        && !url.contains(char::is_whitespace)
+    {
+        Ok(url.to_owned())
+    } else {
+        Err(format!("{text:?} is not an http:// or https:// address"))
+    }
 }
 
 fn connection_settings(limits: &LimitArgs) -> ConnectionSettings {

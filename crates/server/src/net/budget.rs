@@ -148,15 +148,16 @@ impl ConnectionBudget {
         })
     }
 
-    /// Admits a connection from `peer`, or says why not.
-    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<ConnectionSlot, Refusal> {
+    /// Admits a connection from `peer`, or says why not; a `proxied` peer (a trusted proxy,
+    /// carrying many clients) counts in the total only, not against the per-source cap.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr, proxied: bool) -> Result<ConnectionSlot, Refusal> {
         let source = source_network(peer);
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         if counts.total >= self.max_total {
             return Err(Refusal::Full);
         }
         let held = counts.per_source.entry(source).or_default();
-        if *held >= self.max_per_source {
+        if *held >= self.max_per_source && !proxied {
             return Err(Refusal::SourceFull);
         }
         *held += 1;
@@ -236,28 +237,38 @@ mod tests {
     #[test]
     fn caps_hold_overall_and_per_source_and_slots_free_on_drop() {
         let budget = ConnectionBudget::new(3, 2);
-        let a1 = budget.admit(ip("10.0.0.1")).unwrap();
-        let _a2 = budget.admit(ip("10.0.0.1")).unwrap();
+        let a1 = budget.admit(ip("10.0.0.1"), false).unwrap();
+        let _a2 = budget.admit(ip("10.0.0.1"), false).unwrap();
         assert_eq!(
-            budget.admit(ip("10.0.0.1")).unwrap_err(),
+            budget.admit(ip("10.0.0.1"), false).unwrap_err(),
             Refusal::SourceFull
         );
-        let _b = budget.admit(ip("10.0.0.2")).unwrap();
-        assert_eq!(budget.admit(ip("10.0.0.3")).unwrap_err(), Refusal::Full);
+        let _b = budget.admit(ip("10.0.0.2"), false).unwrap();
+        assert_eq!(
+            budget.admit(ip("10.0.0.3"), false).unwrap_err(),
+            Refusal::Full
+        );
         drop(a1);
         assert_eq!(budget.open(), 2);
-        budget.admit(ip("10.0.0.3")).unwrap();
+        let _c = budget.admit(ip("10.0.0.3"), false).unwrap();
+        let proxy = ConnectionBudget::new(3, 1);
+        let _p1 = proxy.admit(ip("10.0.0.9"), true).unwrap();
+        let _p2 = proxy.admit(ip("10.0.0.9"), true).unwrap();
+        assert_eq!(
+            proxy.admit(ip("10.0.0.9"), false).unwrap_err(),
+            Refusal::SourceFull
+        );
     }
 
     #[test]
     fn ipv6_hosts_of_one_64_share_a_bound() {
         let budget = ConnectionBudget::new(10, 1);
-        let _first = budget.admit(ip("2001:db8::1")).unwrap();
+        let _first = budget.admit(ip("2001:db8::1"), false).unwrap();
         assert_eq!(
-            budget.admit(ip("2001:db8::2")).unwrap_err(),
+            budget.admit(ip("2001:db8::2"), false).unwrap_err(),
             Refusal::SourceFull
         );
-        budget.admit(ip("2001:db8:0:1::1")).unwrap();
+        budget.admit(ip("2001:db8:0:1::1"), false).unwrap();
     }
 
     #[cfg(unix)]

@@ -5,13 +5,16 @@
 //! served as HTTP/1.1 with upgrades (the agents' WebSocket) under a header-read timeout (the
 //! head of every request, and the pause before it on a kept-alive connection, must arrive in
 //! time) and an idle timeout on the socket (see [`idle`]). The peer address travels to
-//! handlers as `ConnectInfo<SocketAddr>`. On shutdown, idle connections close at once and
+//! handlers as `ConnectInfo<SocketAddr>`, and the client behind it (see [`proxy`]) as a
+//! [`proxy::Client`]; a trusted proxy's connections are exempt from the per-source cap (the
+//! proxy carries many clients). On shutdown, idle connections close at once and
 //! requests in flight get a grace period. This module must never let a refused or failing
 //! connection stop the accept loop, and never log per connection above debug level (a flood
 //! would fill the log); refusals are summarised.
 
 pub mod budget;
 pub mod idle;
+pub mod proxy;
 pub mod ratelimit;
 pub mod tls;
 
@@ -34,6 +37,7 @@ use tower::ServiceExt;
 use crate::logtext::LogEvery;
 use budget::{ConnectionBudget, Refusal};
 use idle::IdleTimeout;
+use proxy::TrustedProxies;
 
 /// How long requests in flight may take to finish once shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -65,6 +69,8 @@ pub struct Listener {
     pub app: Router,
     /// HTTPS and WSS instead of plain HTTP (`--tls-cert`).
     pub tls: Option<crate::net::tls::TlsAcceptor>,
+    /// Peers whose `X-Forwarded-For` names the client (`--trusted-proxy`).
+    pub proxies: Arc<TrustedProxies>,
 }
 
 impl std::fmt::Debug for Listener {
@@ -96,7 +102,8 @@ pub async fn serve(listener: Listener, timeouts: Timeouts, shutdown: Cancellatio
                 continue;
             }
         };
-        let slot = match listener.budget.admit(peer.ip()) {
+        let proxied = listener.proxies.trusts(peer.ip());
+        let slot = match listener.budget.admit(peer.ip(), proxied) {
             Ok(slot) => slot,
             Err(refusal) => {
                 drop(stream);
@@ -108,10 +115,14 @@ pub async fn serve(listener: Listener, timeouts: Timeouts, shutdown: Cancellatio
         let _ = stream.set_nodelay(true);
         let io = IdleTimeout::new(stream, timeouts.idle, Some(slot));
         let (app, stop) = (listener.app.clone(), shutdown.clone());
+        let peer = Peer {
+            addr: peer,
+            proxies: listener.proxies.clone(),
+        };
         match listener.tls.clone() {
             None => tracker.spawn(serve_connection(io, peer, app, timeouts, stop)),
             Some(acceptor) => tracker.spawn(async move {
-                if let Some(tls) = crate::net::tls::handshake(&acceptor, io, peer).await {
+                if let Some(tls) = crate::net::tls::handshake(&acceptor, io, peer.addr).await {
                     serve_connection(tls, peer, app, timeouts, stop).await;
                 }
             }),
@@ -169,18 +180,30 @@ fn log_refusal(listener: &Listener, peer: SocketAddr, refusal: Refusal, summary:
     }
 }
 
+/// The TCP peer of a connection and the proxies trusted to name the client behind it.
+struct Peer {
+    addr: SocketAddr,
+    proxies: Arc<TrustedProxies>,
+}
+
 /// Serves one connection as HTTP/1.1 (with upgrades) until it closes or shutdown.
 async fn serve_connection<I>(
     io: I,
-    peer: SocketAddr,
+    peer: Peer,
     app: Router,
     timeouts: Timeouts,
     shutdown: CancellationToken,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let Peer {
+        addr: peer,
+        proxies,
+    } = peer;
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        let client = proxies.client(peer.ip(), request.headers());
         request.extensions_mut().insert(ConnectInfo(peer));
+        request.extensions_mut().insert(client);
         let app = app.clone();
         async move { Ok::<_, Infallible>(app.oneshot(request).await.unwrap_or_else(|e| match e {})) }
     });

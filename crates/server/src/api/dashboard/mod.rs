@@ -12,11 +12,11 @@ pub mod assets;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use cms_protocol::{OperatorRole, StoredError};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,7 @@ use crate::access::session;
 use crate::clock;
 use crate::db::{AgentSearch, AgentSort, ErrorKey, FleetAgent};
 use crate::events::live::LiveEvent;
+use crate::net::proxy::Client;
 use crate::rollout::control::{self, RolloutAction, RolloutError};
 
 /// An agent not seen for this long counts as missing.
@@ -90,7 +91,7 @@ pub struct WhoAmI {
 /// `POST /api/v1/session`: opens a session for a valid operator token and sets its cookie.
 pub async fn sign_in(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    client: Option<Extension<Client>>,
     ApiJson(body): ApiJson<SignIn>,
 ) -> Result<Response, ApiError> {
     let opened = session::open(state.operator_db(), body.token.trim())
@@ -104,7 +105,7 @@ pub async fn sign_in(
         return Err(ApiError::Unauthorized("not a valid operator token"));
     };
     tracing::info!(operator = opened.operator.name, "dashboard session opened");
-    let cookie = session::set_cookie(Some(&opened.id), is_https(&state, &headers));
+    let cookie = session::set_cookie(Some(&opened.id), is_https(&state, client));
     let who = WhoAmI {
         name: opened.operator.name,
         role: opened.operator.role,
@@ -112,8 +113,9 @@ pub async fn sign_in(
     Ok(([(header::SET_COOKIE, cookie)], Json(who)).into_response())
 }
 
-fn is_https(state: &AppState, headers: &HeaderMap) -> bool {
-    session::is_https(headers, state.serves_tls())
+fn is_https(state: &AppState, client: Option<Extension<Client>>) -> bool {
+    let forwarded = client.is_some_and(|Extension(client)| client.forwarded_https);
+    session::is_https(state.serves_tls() || state.public_https(), forwarded)
 }
 
 /// `GET /api/v1/session`: who the caller is.
@@ -124,15 +126,23 @@ pub async fn whoami(operator: Operator) -> Json<WhoAmI> {
     })
 }
 
-/// `DELETE /api/v1/session`: ends the cookie's session and clears the cookie.
+/// `DELETE /api/v1/session`: ends the cookie's session and clears the cookie; like every
+/// cookie-authenticated change it needs the CSRF header (403 without it).
 pub async fn sign_out(
     State(state): State<AppState>,
+    client: Option<Extension<Client>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    if session::lacks_csrf_header(&axum::http::Method::DELETE, &headers) {
+        return Err(ApiError::Forbidden(format!(
+            "signing out needs the {} header",
+            session::CSRF_HEADER
+        )));
+    }
     if let Some(id) = session::cookie_session(&headers) {
         session::close(state.operator_db(), id).await?;
     }
-    let cookie = session::set_cookie(None, is_https(&state, &headers));
+    let cookie = session::set_cookie(None, is_https(&state, client));
     Ok(([(header::SET_COOKIE, cookie)], StatusCode::NO_CONTENT).into_response())
 }
 

@@ -1,0 +1,196 @@
+//! What the backend believes about its clients, with the real binary on loopback: enrollment is
+//! closed unless a token or `--open-enrollment` says otherwise, `X-Forwarded-For` and
+//! `X-Forwarded-Proto` count only from a `--trusted-proxy`, the database URL can come from a
+//! file, and registration's `platform` is one of the documented values.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::IpAddr;
+
+use common::{Options, Server, Store};
+use reqwest::StatusCode;
+use serde_json::json;
+
+/// A client whose connections come from the loopback address `source`.
+fn client_from(source: &str) -> reqwest::Client {
+    let source: IpAddr = source.parse().unwrap();
+    reqwest::Client::builder()
+        .local_address(source)
+        .build()
+        .unwrap()
+}
+
+async fn register_as(
+    server: &Server,
+    http: &reqwest::Client,
+    forwarded_for: Option<&str>,
+) -> StatusCode {
+    let mut request = http
+        .post(server.url(cms_protocol::paths::REGISTER))
+        .json(&json!({"hostname": "h", "platform": "linux-x86_64", "version": "1.0.0"}));
+    if let Some(addr) = forwarded_for {
+        request = request.header("X-Forwarded-For", format!("6.6.6.6, {addr}"));
+    }
+    request.send().await.unwrap().status()
+}
+
+#[tokio::test]
+async fn loopback_without_a_token_or_open_enrollment_refuses_registrations() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = Options {
+        closed_enrollment: true,
+        ..Options::default()
+    };
+    let server = Server::start(dir.path(), &Store::Sqlite, &closed).await;
+    let refused = server.register("host", None).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("--open-enrollment"),
+        "{body}"
+    );
+    server.stop().await;
+
+    let open = Server::start(dir.path(), &Store::Sqlite, &Options::default()).await;
+    open.register_ok("host").await;
+    let html = open
+        .http
+        .post(open.url(cms_protocol::paths::REGISTER))
+        .json(&json!({"hostname": "h", "platform": "<b>x</b>", "version": "1.0.0"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        html.status(),
+        StatusCode::BAD_REQUEST,
+        "platform not documented"
+    );
+    open.stop().await;
+}
+
+#[tokio::test]
+async fn forwarded_addresses_count_only_from_a_trusted_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        args: [
+            "--trusted-proxy",
+            "127.0.0.2",
+            "--registration-burst",
+            "2",
+            "--registrations-per-minute",
+            "1",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        ..Options::default()
+    };
+    let server = Server::start(dir.path(), &Store::Sqlite, &options).await;
+    let proxy = client_from("127.0.0.2");
+    for _ in 0..2 {
+        assert_eq!(register_as(&server, &proxy, Some("203.0.113.1")).await, 200);
+    }
+    assert_eq!(
+        register_as(&server, &proxy, Some("203.0.113.1")).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "one client behind the proxy spent its burst"
+    );
+    assert_eq!(
+        register_as(&server, &proxy, Some("203.0.113.2")).await,
+        200,
+        "another client behind the proxy counts apart"
+    );
+    let direct = client_from("127.0.0.3");
+    let forged = ["198.51.100.1", "198.51.100.2", "198.51.100.3"];
+    let mut statuses = Vec::new();
+    for addr in forged {
+        statuses.push(register_as(&server, &direct, Some(addr)).await);
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 429],
+        "X-Forwarded-For from a peer that is no trusted proxy is ignored"
+    );
+
+    let viewer = server.token("viewer", "viewer").await;
+    let mut secure = None;
+    for (http, expect_secure) in [(&direct, false), (&proxy, true)] {
+        let response = http
+            .post(server.url("/api/v1/session"))
+            .header("X-Forwarded-Proto", "https")
+            .json(&json!({ "token": viewer }))
+            .send()
+            .await
+            .unwrap();
+        let cookie = response.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(cookie.contains("; Secure"), expect_secure, "{cookie}");
+        assert_eq!(cookie.starts_with("__Host-cms_session="), expect_secure);
+        secure = Some(cookie);
+    }
+    let cookie = secure.unwrap().split(';').next().unwrap().to_owned();
+    let who = proxy
+        .get(server.url("/api/v1/session"))
+        .header("Cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(who.status(), StatusCode::OK, "the __Host- cookie signs in");
+    let denied = proxy
+        .post(server.url("/api/v1/rollouts/linux-x86_64/2.0.0"))
+        .bearer_auth(&viewer)
+        .header("X-Forwarded-For", "203.0.113.7")
+        .json(&json!({ "action": "pause" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+    let audit: serde_json::Value = server.operator_json("/api/v1/audit?limit=100").await;
+    assert!(
+        audit.to_string().contains("203.0.113.7"),
+        "the audit log names the client behind the proxy: {audit}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_database_url_can_come_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_file = dir.path().join("elsewhere.db");
+    let url_file = dir.path().join("database-url");
+    std::fs::write(
+        &url_file,
+        format!("sqlite://{}?mode=rwc\n", db_file.display()),
+    )
+    .unwrap();
+    let output = common::command(
+        &["token", "create", "--role", "viewer", "--name", "v"],
+        &dir.path().join("data"),
+        &Store::Sqlite,
+    )
+    .arg("--database-url-file")
+    .arg(&url_file)
+    .output()
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(db_file.exists(), "the URL in the file was used");
+    let missing = common::command(&["token", "list"], dir.path(), &Store::Sqlite)
+        .arg("--database-url-file")
+        .arg(dir.path().join("missing"))
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("--database-url-file"), "{stderr}");
+}
