@@ -22,6 +22,7 @@ use crate::cluster::Cluster;
 use crate::cluster::leader;
 use crate::db::{self, Db, DbError, PoolUse};
 use crate::events::{self, Dispatcher, EventBus};
+use crate::intake::errors::PerAgent;
 use crate::intake::retention::{self, RetentionPolicy};
 use crate::net::budget::{self, ConnectionBudget, Sizing};
 use crate::net::proxy::TrustedProxies;
@@ -87,6 +88,8 @@ pub struct ServeConfig {
     pub registration_rate: Rate,
     /// Error reports per agent.
     pub error_report_rate: Rate,
+    /// Heartbeats per agent.
+    pub heartbeat_rate: Rate,
     /// What error reports are kept.
     pub retention: RetentionPolicy,
     /// Peers whose `X-Forwarded-For`/`X-Forwarded-Proto` are believed (`--trusted-proxy`).
@@ -114,6 +117,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("connections", &self.connections)
             .field("registration_rate", &self.registration_rate)
             .field("error_report_rate", &self.error_report_rate)
+            .field("heartbeat_rate", &self.heartbeat_rate)
             .field("retention", &self.retention)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("public_url", &self.public_url)
@@ -236,7 +240,12 @@ pub async fn serve(
             ingest: IngestLimits {
                 registrations: config.registration_rate,
                 error_reports: config.error_report_rate,
-                reports_per_agent: config.retention.per_agent,
+                heartbeats: config.heartbeat_rate,
+                per_agent: PerAgent {
+                    reports: config.retention.per_agent,
+                    events: config.retention.events_per_agent,
+                    new_agent: config.retention.new_agent,
+                },
             },
             download_slots: sizing.download_slots,
             listing_slots: PoolUse::Operators.max_connections(db.backend()) as usize - 1,
@@ -279,9 +288,14 @@ fn check_settings(config: &ServeConfig) -> Result<(), ServeError> {
             "the error report burst must hold a whole batch: at least {batch}"
         )));
     }
-    if config.retention.per_agent < 1 || config.retention.max_total < 1 {
+    let counts = [
+        config.retention.per_agent,
+        config.retention.max_total,
+        config.retention.events_per_agent,
+    ];
+    if counts.iter().any(|&count| count < 1) {
         return Err(ServeError::Settings(
-            "error report retention counts must be at least 1".into(),
+            "retention counts must be at least 1".into(),
         ));
     }
     Ok(())

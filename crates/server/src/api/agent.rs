@@ -24,8 +24,8 @@ use crate::access::auth;
 use crate::clock;
 use crate::db::Heartbeat;
 use crate::intake::errors as error_reports;
-use crate::intake::heartbeat;
 use crate::intake::registration::{self, RegistrationError};
+use crate::intake::{bounds, heartbeat};
 use crate::logtext::{LogEvery, Untrusted, clip};
 use crate::net::ratelimit::source_network;
 use crate::release;
@@ -45,6 +45,7 @@ const UNAUTHORIZED: &str = "missing or invalid agent token";
 /// At most one warning per interval about refused floods (with the count it stands for).
 static REGISTRATIONS_THROTTLED: LogEvery = LogEvery::new(Duration::from_secs(10));
 static REPORTS_THROTTLED: LogEvery = LogEvery::new(Duration::from_secs(10));
+static HEARTBEATS_THROTTLED: LogEvery = LogEvery::new(Duration::from_secs(10));
 
 /// The agent a request's bearer token belongs to.
 #[derive(Debug, Clone)]
@@ -155,6 +156,16 @@ async fn record_heartbeat(
     report: &StatusReport,
     via: &'static str,
 ) -> Result<(), ApiError> {
+    let now = Instant::now();
+    if let Err(retry_after) = state.heartbeats().try_take(&agent_id.to_owned(), 1, now) {
+        if let Some(refused) = HEARTBEATS_THROTTLED.occurrence(now) {
+            tracing::warn!(agent_id, via, refused, "heartbeats throttled");
+        }
+        return Err(ApiError::TooManyRequests {
+            message: "too many heartbeats from this agent; retry later".into(),
+            retry_after,
+        });
+    }
     check_field("version", &report.version, MAX_SHORT_FIELD)?;
     if let Some(network) = &report.network {
         check_field("network", network, MAX_SHORT_FIELD)?;
@@ -215,8 +226,11 @@ impl crate::ws::AgentMessages for SocketMessages {
     async fn handle(&self, agent_id: &str, message: AgentMessage) -> Option<ServerEvent> {
         let AgentMessage::Heartbeat(report) = message;
         if let Err(error) = record_heartbeat(&self.state, agent_id, &report, "websocket").await {
-            // No answer: the agent sends the heartbeat again over HTTP and sees the error.
-            tracing::info!(agent_id, %error, "heartbeat over WebSocket not stored");
+            // No answer: the agent sends the heartbeat again over HTTP and sees the error. A
+            // throttled one was logged in summary already.
+            if !matches!(error, ApiError::TooManyRequests { .. }) {
+                tracing::info!(agent_id, %error, "heartbeat over WebSocket not stored");
+            }
             return None;
         }
         let update = match cohort::parse_version(&report.version) {
@@ -289,6 +303,13 @@ pub async fn errors(
         truncate(&mut report.created_at, MAX_SHORT_FIELD);
     }
     let cost = u32::try_from(reports.len()).unwrap_or(u32::MAX);
+    reports.retain_mut(|report| match bounds::bound_report(report) {
+        Ok(()) => true,
+        Err(refused) => {
+            tracing::debug!(agent_id = agent.agent_id, %refused, "report left out");
+            false
+        }
+    });
     let now = Instant::now();
     if let Err(retry_after) = state.error_reports().try_take(&agent.agent_id, cost, now) {
         return Err(throttled_reports(
@@ -298,7 +319,7 @@ pub async fn errors(
             now,
         ));
     }
-    let per_agent = state.ingest().reports_per_agent;
+    let per_agent = state.ingest().per_agent;
     let stored = error_reports::store(
         state.db(),
         state.live(),

@@ -45,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::{self, Cluster};
 use crate::db::{AgentRow, Db, DbError};
 use crate::events::live::LiveFeed;
+use crate::intake::errors::PerAgent;
 use crate::net::ratelimit::{Rate, RateLimiter};
 use crate::ws::Hub;
 
@@ -65,8 +66,11 @@ pub struct IngestLimits {
     pub registrations: Rate,
     /// Error reports per agent (each report costs one token).
     pub error_reports: Rate,
-    /// Error reports kept per agent; older ones are deleted as new ones arrive.
-    pub reports_per_agent: i64,
+    /// Heartbeats per agent (over HTTP and the WebSocket together).
+    pub heartbeats: Rate,
+    /// Error reports and update events kept per agent (a new agent keeps less); older ones
+    /// are deleted as new ones arrive.
+    pub per_agent: PerAgent,
 }
 
 /// What [`AppState::new`] needs besides the databases.
@@ -109,6 +113,7 @@ struct Inner {
     shutdown: CancellationToken,
     registrations: RateLimiter<IpAddr>,
     error_reports: RateLimiter<String>,
+    heartbeats: RateLimiter<String>,
     listing_slots: Semaphore,
     download_slots: Arc<Semaphore>,
 }
@@ -136,6 +141,7 @@ impl AppState {
                 shutdown,
                 registrations: RateLimiter::new(ingest.registrations, RATE_LIMITER_KEYS),
                 error_reports: RateLimiter::new(ingest.error_reports, RATE_LIMITER_KEYS),
+                heartbeats: RateLimiter::new(ingest.heartbeats, RATE_LIMITER_KEYS),
                 listing_slots,
                 download_slots,
             }),
@@ -219,6 +225,10 @@ impl AppState {
 
     fn error_reports(&self) -> &RateLimiter<String> {
         &self.inner.error_reports
+    }
+
+    fn heartbeats(&self) -> &RateLimiter<String> {
+        &self.inner.heartbeats
     }
 
     /// A slot to build one operator listing, or 503 after [`LISTING_WAIT`].

@@ -88,15 +88,35 @@ pub(super) struct LimitArgs {
     /// Error reports one agent may send at once (at least one batch, 500).
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(500..))]
     error_report_burst: u32,
+    /// Heartbeats per minute from one agent, after the burst (more are answered 429).
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..))]
+    heartbeats_per_minute: u32,
+    /// Heartbeats one agent may send at once.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    heartbeat_burst: u32,
     /// Days error reports are kept.
     #[arg(long, default_value_t = retention::DEFAULT_MAX_AGE.as_secs() / 86_400)]
     error_retention_days: u64,
     /// Error reports kept in total (the oldest go first).
     #[arg(long, default_value_t = retention::DEFAULT_MAX_TOTAL, value_parser = clap::value_parser!(i64).range(1..))]
     error_retention_count: i64,
-    /// Error reports kept per agent (its oldest go first).
+    /// Error reports kept per agent (its oldest go first; a new agent keeps
+    /// --new-agent-retention, growing to this over its first week).
     #[arg(long, default_value_t = retention::DEFAULT_PER_AGENT, value_parser = clap::value_parser!(i64).range(1..))]
     error_retention_per_agent: i64,
+    /// Days update events (update progress) are kept.
+    #[arg(long, default_value_t = retention::DEFAULT_EVENT_MAX_AGE.as_secs() / 86_400)]
+    event_retention_days: u64,
+    /// Update events kept per agent (its oldest go first; grows like the error reports').
+    #[arg(long, default_value_t = retention::DEFAULT_EVENTS_PER_AGENT, value_parser = clap::value_parser!(i64).range(1..))]
+    event_retention_per_agent: i64,
+    /// Error reports (and update events) a just-registered agent keeps, so fresh agents do
+    /// not multiply what one source can store.
+    #[arg(long, default_value_t = retention::NEW_AGENT_KEPT, value_parser = clap::value_parser!(i64).range(1..))]
+    new_agent_retention: i64,
+    /// Days audit log entries are kept.
+    #[arg(long, default_value_t = retention::DEFAULT_AUDIT_MAX_AGE.as_secs() / 86_400)]
+    audit_retention_days: u64,
 }
 
 impl Refusal for server::ServeError {
@@ -125,10 +145,18 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             per_minute: args.limits.error_reports_per_minute,
             burst: args.limits.error_report_burst,
         },
+        heartbeat_rate: Rate {
+            per_minute: args.limits.heartbeats_per_minute,
+            burst: args.limits.heartbeat_burst,
+        },
         retention: RetentionPolicy {
-            max_age: Duration::from_secs(args.limits.error_retention_days.saturating_mul(86_400)),
+            max_age: days(args.limits.error_retention_days),
             max_total: args.limits.error_retention_count,
             per_agent: args.limits.error_retention_per_agent,
+            event_max_age: days(args.limits.event_retention_days),
+            events_per_agent: args.limits.event_retention_per_agent,
+            audit_max_age: days(args.limits.audit_retention_days),
+            new_agent: args.limits.new_agent_retention,
         },
         trusted_proxies: TrustedProxies::new(args.trusted_proxy),
         public_url: args.public_url,
@@ -153,6 +181,10 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     .await;
     let served = served.map(|()| tracing::info!("shutdown complete"));
     exit_code(served, "serve failed")
+}
+
+fn days(days: u64) -> Duration {
+    Duration::from_secs(days.saturating_mul(86_400))
 }
 
 fn parse_public_url(text: &str) -> Result<String, String> {
