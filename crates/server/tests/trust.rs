@@ -194,3 +194,44 @@ async fn the_database_url_can_come_from_a_file() {
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(stderr.contains("--database-url-file"), "{stderr}");
 }
+
+#[tokio::test]
+async fn idle_and_slow_connections_from_sixteen_hosts_leave_the_fleet_served() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        open_files: Some(256),
+        ..Options::default()
+    };
+    let server = Server::start(dir.path(), &Store::Sqlite, &options).await;
+    let agent = server.register_ok("steady").await;
+    // Each of 16 hosts opens up to 40 connections, half of them in a request head that never
+    // ends: together far more than the budget (about 160 at 256 open files).
+    let mut flood = Vec::new();
+    for host in 10..26 {
+        for n in 0..40 {
+            let Ok(mut stream) = server.connect_from(&format!("127.0.0.{host}")).await else {
+                continue;
+            };
+            if n % 2 == 0 {
+                let _ = stream
+                    .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                    .await;
+            }
+            flood.push(stream);
+        }
+    }
+    let fresh = reqwest::Client::new();
+    let health = fresh
+        .get(server.url(cms_protocol::paths::HEALTHZ))
+        .send()
+        .await;
+    assert_eq!(health.unwrap().status(), 200);
+    let beat = server
+        .post_status(&agent.agent_token, cms_protocol::AgentState::Idle, "1.0.0")
+        .await;
+    assert_eq!(beat.status(), 204);
+    assert_eq!(register_as(&server, &fresh, None).await, 200);
+    drop(flood);
+    server.stop().await;
+}

@@ -16,6 +16,7 @@ use cms_protocol::OperatorRole;
 use super::{ApiError, AppState};
 use crate::access::{self, Actor, Outcome, auth, session};
 use crate::db::OperatorTokenRow;
+use crate::net::budget::SlotHandle;
 use crate::net::proxy::Client;
 
 /// The authenticated caller of an operator route.
@@ -48,6 +49,7 @@ impl FromRequestParts<AppState> for Operator {
             );
             return Err(ApiError::Unauthorized(UNAUTHORIZED));
         };
+        authenticated_connection(parts);
         Ok(Operator {
             actor: Actor {
                 name: row.name,
@@ -104,6 +106,14 @@ impl Operator {
         outcome: Outcome,
     ) {
         access::audit(state.operator_db(), &self.actor, action, target, outcome).await;
+    }
+}
+
+/// Tells the connection budget that the request's connection authenticated (it then no longer
+/// counts as unauthenticated; see `net/budget.rs`).
+pub fn authenticated_connection(parts: &Parts) {
+    if let Some(slot) = parts.extensions.get::<SlotHandle>() {
+        slot.authenticated();
     }
 }
 

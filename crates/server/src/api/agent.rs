@@ -71,6 +71,7 @@ impl FromRequestParts<AppState> for AuthedAgent {
         if !auth::secrets_equal(&presented, &stored) {
             return Err(ApiError::Unauthorized(UNAUTHORIZED));
         }
+        super::access::authenticated_connection(parts);
         Ok(AuthedAgent { agent_id })
     }
 }

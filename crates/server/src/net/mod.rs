@@ -35,7 +35,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::logtext::LogEvery;
-use budget::{ConnectionBudget, Refusal};
+use budget::{ConnectionBudget, Refusal, SlotHandle};
 use idle::IdleTimeout;
 use proxy::TrustedProxies;
 
@@ -113,11 +113,13 @@ pub async fn serve(listener: Listener, timeouts: Timeouts, shutdown: Cancellatio
         };
         // Small answers go out at once instead of waiting for the peer's delayed ACK.
         let _ = stream.set_nodelay(true);
+        let handle = slot.handle();
         let io = IdleTimeout::new(stream, timeouts.idle, Some(slot));
         let (app, stop) = (listener.app.clone(), shutdown.clone());
         let peer = Peer {
             addr: peer,
             proxies: listener.proxies.clone(),
+            slot: handle,
         };
         match listener.tls.clone() {
             None => tracker.spawn(serve_connection(io, peer, app, timeouts, stop)),
@@ -180,10 +182,12 @@ fn log_refusal(listener: &Listener, peer: SocketAddr, refusal: Refusal, summary:
     }
 }
 
-/// The TCP peer of a connection and the proxies trusted to name the client behind it.
+/// The TCP peer of a connection, the proxies trusted to name the client behind it, and the
+/// connection's place in the budget.
 struct Peer {
     addr: SocketAddr,
     proxies: Arc<TrustedProxies>,
+    slot: SlotHandle,
 }
 
 /// Serves one connection as HTTP/1.1 (with upgrades) until it closes or shutdown.
@@ -199,11 +203,14 @@ async fn serve_connection<I>(
     let Peer {
         addr: peer,
         proxies,
+        slot,
     } = peer;
+    let evicted = slot.closed().clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         let client = proxies.client(peer.ip(), request.headers());
         request.extensions_mut().insert(ConnectInfo(peer));
         request.extensions_mut().insert(client);
+        request.extensions_mut().insert(slot.clone());
         let app = app.clone();
         async move { Ok::<_, Infallible>(app.oneshot(request).await.unwrap_or_else(|e| match e {})) }
     });
@@ -218,6 +225,10 @@ async fn serve_connection<I>(
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
+        () = evicted.cancelled() => {
+            tracing::debug!(%peer, "unauthenticated connection closed to make room");
+            return;
+        }
         () = shutdown.cancelled() => {
             connection.as_mut().graceful_shutdown();
             connection.await
