@@ -92,6 +92,8 @@ pub struct ServeConfig {
     pub heartbeat_rate: Rate,
     /// What error reports are kept.
     pub retention: RetentionPolicy,
+    /// How often a live feed checks its token or session again.
+    pub live_recheck: Duration,
     /// Peers whose `X-Forwarded-For`/`X-Forwarded-Proto` are believed (`--trusted-proxy`).
     pub trusted_proxies: TrustedProxies,
     /// The server's public address (`--public-url`).
@@ -119,6 +121,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("error_report_rate", &self.error_report_rate)
             .field("heartbeat_rate", &self.heartbeat_rate)
             .field("retention", &self.retention)
+            .field("live_recheck", &self.live_recheck)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("public_url", &self.public_url)
             .field("tls", &self.tls)
@@ -250,6 +253,7 @@ pub async fn serve(
             download_slots: sizing.download_slots,
             listing_slots: PoolUse::Operators.max_connections(db.backend()) as usize - 1,
             serves_tls: tls.is_some(),
+            live_recheck: config.live_recheck,
             public_https: config
                 .public_url
                 .as_deref()

@@ -235,3 +235,48 @@ async fn idle_and_slow_connections_from_sixteen_hosts_leave_the_fleet_served() {
     drop(flood);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_live_feed_ends_with_its_token_and_feeds_are_capped_per_token() {
+    use futures_util::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        args: vec!["--live-feed-recheck-secs".into(), "1".into()],
+        ..Options::default()
+    };
+    let server = Server::start(dir.path(), &Store::Sqlite, &options).await;
+    let viewer = server.token("viewer", "watcher").await;
+    let open = || {
+        server
+            .http
+            .get(server.url("/api/v1/events"))
+            .bearer_auth(&viewer)
+            .send()
+    };
+    let mut feeds = Vec::new();
+    for _ in 0..4 {
+        let feed = open().await.unwrap();
+        assert_eq!(feed.status(), StatusCode::OK);
+        feeds.push(feed);
+    }
+    assert_eq!(
+        open().await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let revoked = common::command(&["token", "revoke", "watcher"], dir.path(), &Store::Sqlite)
+        .output()
+        .await
+        .unwrap();
+    assert!(revoked.status.success());
+    let mut stream = feeds.pop().unwrap().bytes_stream();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while let Some(chunk) = stream.next().await {
+            if chunk.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the feed outlived its revoked token");
+    server.stop().await;
+}

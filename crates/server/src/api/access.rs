@@ -109,6 +109,16 @@ impl Operator {
     }
 }
 
+/// Whether the credential of a request with `parts` (bearer token or session cookie) is still
+/// valid: a live feed asks this again and again, and ends when it is not.
+pub async fn still_valid(parts: &Parts, state: &AppState) -> Result<bool, ApiError> {
+    let row = match auth::bearer(&parts.headers) {
+        Some(token) => access::authenticate(state.operator_db(), token).await?,
+        None => session_operator(parts, state).await?,
+    };
+    Ok(row.is_some())
+}
+
 /// Tells the connection budget that the request's connection authenticated (it then no longer
 /// counts as unauthenticated; see `net/budget.rs`).
 pub fn authenticated_connection(parts: &Parts) {

@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{self, Cluster};
 use crate::db::{AgentRow, Db, DbError};
-use crate::events::live::LiveFeed;
+use crate::events::live::{FeedLimits, LiveFeed};
 use crate::intake::errors::PerAgent;
 use crate::net::ratelimit::{Rate, RateLimiter};
 use crate::ws::Hub;
@@ -93,6 +93,8 @@ pub struct StateSettings {
     pub listing_slots: usize,
     /// Whether the server itself terminates TLS (session cookies are then `Secure`).
     pub serves_tls: bool,
+    /// How often a live feed checks that its token or session still holds.
+    pub live_recheck: Duration,
     /// Whether `--public-url` is an `https://` address (session cookies are then `Secure`).
     pub public_https: bool,
 }
@@ -114,6 +116,7 @@ struct Inner {
     registrations: RateLimiter<IpAddr>,
     error_reports: RateLimiter<String>,
     heartbeats: RateLimiter<String>,
+    feeds: Arc<FeedLimits>,
     listing_slots: Semaphore,
     download_slots: Arc<Semaphore>,
 }
@@ -142,6 +145,7 @@ impl AppState {
                 registrations: RateLimiter::new(ingest.registrations, RATE_LIMITER_KEYS),
                 error_reports: RateLimiter::new(ingest.error_reports, RATE_LIMITER_KEYS),
                 heartbeats: RateLimiter::new(ingest.heartbeats, RATE_LIMITER_KEYS),
+                feeds: Arc::default(),
                 listing_slots,
                 download_slots,
             }),
@@ -229,6 +233,14 @@ impl AppState {
 
     fn heartbeats(&self) -> &RateLimiter<String> {
         &self.inner.heartbeats
+    }
+
+    fn feeds(&self) -> &Arc<FeedLimits> {
+        &self.inner.feeds
+    }
+
+    fn live_recheck(&self) -> Duration {
+        self.inner.settings.live_recheck
     }
 
     /// A slot to build one operator listing, or 503 after [`LISTING_WAIT`].

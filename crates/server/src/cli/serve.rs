@@ -48,6 +48,9 @@ pub(super) struct ServeArgs {
     /// address is taken from X-Forwarded-For and HTTPS from X-Forwarded-Proto.
     #[arg(long, value_name = "CIDR")]
     trusted_proxy: Vec<Cidr>,
+    /// Seconds between a live feed's checks of its token or session (at most 30; for tests).
+    #[arg(long, default_value_t = 30, hide = true, value_parser = clap::value_parser!(u64).range(1..=30))]
+    live_feed_recheck_secs: u64,
     /// The server's public address, such as https://cms.example.com (an https:// address makes
     /// the session cookie Secure behind a TLS-terminating proxy).
     #[arg(long, value_name = "URL", value_parser = parse_public_url)]
@@ -158,6 +161,7 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             audit_max_age: days(args.limits.audit_retention_days),
             new_agent: args.limits.new_agent_retention,
         },
+        live_recheck: Duration::from_secs(args.live_feed_recheck_secs),
         trusted_proxies: TrustedProxies::new(args.trusted_proxy),
         public_url: args.public_url,
         tls: args.tls_cert.map(|cert| TlsFiles {

@@ -24,12 +24,12 @@ use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
 
 use self::assets::{Asset, CONTENT_SECURITY_POLICY};
-use super::access::Operator;
+use super::access::{Operator, still_valid};
 use super::{ApiError, ApiJson, ApiQuery, AppState};
 use crate::access::session;
 use crate::clock;
 use crate::db::{AgentSearch, AgentSort, ErrorKey, FleetAgent};
-use crate::events::live::LiveEvent;
+use crate::events::live::{self, LiveEvent};
 use crate::net::proxy::Client;
 use crate::rollout::control::{self, RolloutAction, RolloutError};
 
@@ -354,33 +354,85 @@ pub async fn rollout_action(
     Ok(Json(status).into_response())
 }
 
-/// `GET /api/v1/events`: the live feed as server-sent events, until the server stops.
+/// `GET /api/v1/events`: the live feed as server-sent events, until the server stops or the
+/// caller's token or session ends (checked again every `--live-feed-recheck-secs`, 30 s). At
+/// most [`live::MAX_FEEDS_PER_TOKEN`] per token and [`live::MAX_FEEDS`] in all (429/503).
 pub async fn events(
     State(state): State<AppState>,
     operator: Operator,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let slot = state
+        .feeds()
+        .admit(&operator.actor.name)
+        .map_err(|refused| {
+            let message = refused.to_string();
+            let retry_after = Duration::from_secs(30);
+            match refused {
+                live::FeedRefusal::Full => ApiError::Unavailable {
+                    message,
+                    retry_after,
+                },
+                live::FeedRefusal::TokenFull => ApiError::TooManyRequests {
+                    message,
+                    retry_after,
+                },
+            }
+        })?;
     tracing::debug!(operator = operator.actor.name, "live feed opened");
-    let receiver = state.live().subscribe();
-    let shutdown = state.shutdown().clone();
-    let stream = futures_util::stream::unfold(
-        (receiver, shutdown),
-        |(mut receiver, shutdown)| async move {
+    let (mut parts, ()) = axum::http::Request::new(()).into_parts();
+    parts.headers = headers;
+    let feed = Feed {
+        receiver: state.live().subscribe(),
+        recheck: tokio::time::interval_at(
+            tokio::time::Instant::now() + state.live_recheck(),
+            state.live_recheck(),
+        ),
+        state,
+        parts,
+        _slot: slot,
+    };
+    let stream = futures_util::stream::unfold(feed, |mut feed| async move {
+        let sse = feed.next().await?;
+        Some((Ok(sse), feed))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+/// One open live feed: its events, its credential checked again on `recheck`, its slot.
+struct Feed {
+    receiver: tokio::sync::broadcast::Receiver<LiveEvent>,
+    recheck: tokio::time::Interval,
+    state: AppState,
+    parts: axum::http::request::Parts,
+    _slot: live::FeedSlot,
+}
+
+impl Feed {
+    /// The next event to send; `None` ends the feed (shutdown, credential gone).
+    async fn next(&mut self) -> Option<Event> {
+        loop {
             let received = tokio::select! {
-                () = shutdown.cancelled() => return None,
-                received = receiver.recv() => received,
+                () = self.state.shutdown().cancelled() => return None,
+                _ = self.recheck.tick() => {
+                    if !matches!(still_valid(&self.parts, &self.state).await, Ok(true)) {
+                        tracing::debug!("live feed closed: its token or session ended");
+                        return None;
+                    }
+                    continue;
+                }
+                received = self.receiver.recv() => received,
             };
-            let sse = match received {
+            return match received {
                 Ok(event) => {
                     let data = serde_json::to_string(&event).unwrap_or_default();
-                    Event::default().event(event.name()).data(data)
+                    Some(Event::default().event(event.name()).data(data))
                 }
                 Err(RecvError::Lagged(skipped)) => {
-                    Event::default().event("lagged").data(skipped.to_string())
+                    Some(Event::default().event("lagged").data(skipped.to_string()))
                 }
-                Err(RecvError::Closed) => return None,
+                Err(RecvError::Closed) => None,
             };
-            Some((Ok(sse), (receiver, shutdown)))
-        },
-    );
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        }
+    }
 }
