@@ -280,3 +280,102 @@ async fn a_live_feed_ends_with_its_token_and_feeds_are_capped_per_token() {
     assert!(ended.is_ok(), "the feed outlived its revoked token");
     server.stop().await;
 }
+
+/// Every route of `api/mod.rs` (the single-listener router), with concrete parameters.
+const ROUTES: [(&str, &str); 28] = [
+    ("POST", "/api/v1/agent/register"),
+    ("POST", "/api/v1/agent/status"),
+    (
+        "GET",
+        "/api/v1/agent/update?version=1.0.0&platform=linux-x86_64",
+    ),
+    ("POST", "/api/v1/agent/errors"),
+    ("GET", "/api/v1/agent/ws"),
+    ("GET", "/api/v1/agent/packages/1.0.0/linux-x86_64"),
+    ("GET", "/api/v1/tuf/timestamp.json"),
+    ("GET", "/healthz"),
+    ("GET", "/api/v1/agents"),
+    ("POST", "/api/v1/agents/x/check-update"),
+    ("GET", "/api/v1/errors"),
+    ("GET", "/api/v1/releases"),
+    ("GET", "/api/v1/tokens"),
+    ("POST", "/api/v1/tokens"),
+    ("DELETE", "/api/v1/tokens/nobody"),
+    ("GET", "/api/v1/audit"),
+    ("GET", "/"),
+    ("GET", "/assets/app.js"),
+    ("GET", "/api/v1/session"),
+    ("POST", "/api/v1/session"),
+    ("DELETE", "/api/v1/session"),
+    ("GET", "/api/v1/fleet"),
+    ("GET", "/api/v1/fleet/agents"),
+    ("GET", "/api/v1/fleet/agents/x"),
+    ("GET", "/api/v1/error-groups"),
+    ("GET", "/api/v1/rollouts"),
+    ("POST", "/api/v1/rollouts/linux-x86_64/1.0.0"),
+    ("GET", "/api/v1/events"),
+];
+
+#[tokio::test]
+async fn every_answer_carries_the_security_headers() {
+    let source = include_str!("../src/api/mod.rs");
+    // 26 `.route(` calls: /healthz is routed twice, the session route has three methods.
+    assert_eq!(
+        source.matches(".route(").count(),
+        26,
+        "a route was added or removed: update ROUTES"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &Store::Sqlite, &Options::default()).await;
+    for (method, path) in ROUTES.iter().copied().chain([("GET", "/nope")]) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let response = server
+            .operator(method.clone(), path)
+            .header("X-CMS-CSRF", "1")
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        let headers = response.headers();
+        let what = format!("{method} {path} ({})", response.status());
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{what}");
+        if path.starts_with("/api/") {
+            assert_eq!(headers["cache-control"], "no-store", "{what}");
+        }
+        let html = headers
+            .get("content-type")
+            .is_some_and(|v| v.to_str().unwrap().starts_with("text/html"));
+        if html {
+            let csp = headers["content-security-policy"].to_str().unwrap();
+            assert!(csp.contains("frame-ancestors 'none'"), "{what}");
+        }
+        assert!(
+            headers.get("strict-transport-security").is_none(),
+            "plain HTTP: {what}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_announced_body_over_the_limit_is_refused_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &Store::Sqlite, &Options::default()).await;
+    let mut stream = server.connect_from("127.0.0.1").await.unwrap();
+    let head = "POST /api/v1/agent/register HTTP/1.1\r\nHost: x\r\n\
+                Content-Type: application/json\r\nContent-Length: 10737418240\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0; 12];
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_exact(&mut answer),
+    )
+    .await;
+    assert!(
+        read.is_ok(),
+        "no answer before the body (a 408 comes only after 30 s)"
+    );
+    assert_eq!(String::from_utf8_lossy(&answer), "HTTP/1.1 413");
+    server.stop().await;
+}

@@ -341,7 +341,70 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(request_timeout))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            security_headers,
+        ))
+        .layer(middleware::from_fn(refuse_announced_oversize))
         .with_state(state)
+}
+
+/// Answers 413 at once to a request that announces a body over [`MAX_BODY_BYTES`] (instead of
+/// waiting for a body that may never come).
+async fn refuse_announced_oversize(request: Request, next: Next) -> Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        let mut refused = ApiError::PayloadTooLarge(format!(
+            "request bodies are limited to {MAX_BODY_BYTES} bytes"
+        ))
+        .into_response();
+        refused
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return refused;
+    }
+    next.run(request).await
+}
+
+/// Headers on every answer: `nosniff`; `no-store` on the API; a CSP that forbids framing on
+/// HTML; HSTS when the server is reached over HTTPS (its own TLS or an `https://` public URL).
+async fn security_headers(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let api = request.uri().path().starts_with("/api/");
+    let mut response = next.run(request).await;
+    let html = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("text/html"));
+    let headers = response.headers_mut();
+    if api {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    let mut set = |name, value: &'static str| {
+        headers
+            .entry(name)
+            .or_insert_with(|| HeaderValue::from_static(value));
+    };
+    set(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    if html {
+        set(
+            header::CONTENT_SECURITY_POLICY,
+            dashboard::assets::CONTENT_SECURITY_POLICY,
+        );
+        set(header::X_FRAME_OPTIONS, "DENY");
+    }
+    if state.serves_tls() || state.public_https() {
+        set(header::STRICT_TRANSPORT_SECURITY, "max-age=31536000");
+    }
+    response
 }
 
 /// Cuts off a request that is not answered within [`REQUEST_TIMEOUT`] (408).
