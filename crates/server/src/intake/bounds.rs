@@ -57,10 +57,10 @@ fn bound_progress(report: &mut ErrorReport) -> Result<(), Refused> {
         return Err(Refused::Version);
     }
     progress.platform = clip(&progress.platform, MAX_VERSION).to_owned();
-    if let Some(step) = &mut progress.failed_step {
-        if !FAILED_STEPS.contains(&step.as_str()) {
-            UNKNOWN_STEP.clone_into(step);
-        }
+    if let Some(step) = &mut progress.failed_step
+        && !FAILED_STEPS.contains(&step.as_str())
+    {
+        UNKNOWN_STEP.clone_into(step);
     }
     if let Ok(details) = serde_json::to_value(&progress) {
         report.details = details;
