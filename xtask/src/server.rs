@@ -164,6 +164,14 @@ impl Server {
         cmd.args(["serve", "--listen", listen]);
         self.store_args(&mut cmd);
         cmd.args(&self.serve_args).stdout(Stdio::piped());
+        if !self
+            .serve_args
+            .iter()
+            .any(|arg| arg == "--enrollment-token")
+        {
+            // The demo, bench and end-to-end fleets register without a token: say so.
+            cmd.arg("--open-enrollment");
+        }
         if let Some(pki) = &self.tls {
             cmd.arg("--tls-cert")
                 .arg(&pki.cert)

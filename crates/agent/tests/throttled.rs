@@ -56,6 +56,8 @@ fn throttled_reports_stay_buffered_and_arrive_once_after_retry_after() {
             "500",
             "--error-reports-per-minute",
             "6000",
+            "--new-agent-retention",
+            "1000",
         ],
         None,
     );

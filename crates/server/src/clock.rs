@@ -33,6 +33,12 @@ pub fn from_now(ahead: time::Duration) -> String {
     format_utc(OffsetDateTime::now_utc() + ahead)
 }
 
+/// How long before `now` an RFC 3339 timestamp lies (`None`: unparsable or in the future).
+pub fn age(timestamp: &str, now: OffsetDateTime) -> Option<Duration> {
+    let at = OffsetDateTime::parse(timestamp, &Rfc3339).ok()?;
+    Duration::try_from(now - at).ok()
+}
+
 /// Whether an RFC 3339 timestamp lies within `window` before `now`; unparsable means no.
 pub fn is_within(timestamp: &str, window: Duration, now: OffsetDateTime) -> bool {
     let Ok(at) = OffsetDateTime::parse(timestamp, &Rfc3339) else {

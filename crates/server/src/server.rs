@@ -3,8 +3,8 @@
 //!
 //! This module must never parse the command line or install signal handlers (the binary does
 //! both and hands over a [`CancellationToken`]); it only assembles the parts and runs them. A
-//! server that listens beyond loopback must require an enrollment token unless told that
-//! enrollment is open.
+//! server never takes registrations without an enrollment token unless told that enrollment is
+//! open (`--open-enrollment`), whatever its address.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,8 +22,10 @@ use crate::cluster::Cluster;
 use crate::cluster::leader;
 use crate::db::{self, Db, DbError, PoolUse};
 use crate::events::{self, Dispatcher, EventBus};
+use crate::intake::errors::PerAgent;
 use crate::intake::retention::{self, RetentionPolicy};
 use crate::net::budget::{self, ConnectionBudget, Sizing};
+use crate::net::proxy::TrustedProxies;
 use crate::net::ratelimit::Rate;
 use crate::net::tls::{self, TlsAcceptor, TlsError, TlsFiles};
 use crate::net::{self, Listener, Timeouts};
@@ -73,7 +75,8 @@ pub struct ServeConfig {
     pub database_url: Option<String>,
     /// When set, registration requires this token.
     pub enrollment_token: Option<String>,
-    /// Allows registration without a token on a non-loopback address.
+    /// Allows registration without a token (whatever the address; without it and without a
+    /// token, registration is closed).
     pub open_enrollment: bool,
     /// An agent without a WebSocket counts as offline after this long without contact.
     pub offline_after: Duration,
@@ -85,8 +88,16 @@ pub struct ServeConfig {
     pub registration_rate: Rate,
     /// Error reports per agent.
     pub error_report_rate: Rate,
+    /// Heartbeats per agent.
+    pub heartbeat_rate: Rate,
     /// What error reports are kept.
     pub retention: RetentionPolicy,
+    /// How often a live feed checks its token or session again.
+    pub live_recheck: Duration,
+    /// Peers whose `X-Forwarded-For`/`X-Forwarded-Proto` are believed (`--trusted-proxy`).
+    pub trusted_proxies: TrustedProxies,
+    /// The server's public address (`--public-url`).
+    pub public_url: Option<String>,
     /// `--tls-cert`/`--tls-key`: serve HTTPS and WSS instead of plain HTTP.
     pub tls: Option<TlsFiles>,
 }
@@ -108,7 +119,11 @@ impl std::fmt::Debug for ServeConfig {
             .field("connections", &self.connections)
             .field("registration_rate", &self.registration_rate)
             .field("error_report_rate", &self.error_report_rate)
+            .field("heartbeat_rate", &self.heartbeat_rate)
             .field("retention", &self.retention)
+            .field("live_recheck", &self.live_recheck)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("public_url", &self.public_url)
             .field("tls", &self.tls)
             .finish()
     }
@@ -223,19 +238,31 @@ pub async fn serve(
         StateSettings {
             data_dir: config.data_dir.clone(),
             enrollment_token: config.enrollment_token.clone(),
+            open_enrollment: config.open_enrollment,
             offline_after: config.offline_after,
             ingest: IngestLimits {
                 registrations: config.registration_rate,
                 error_reports: config.error_report_rate,
-                reports_per_agent: config.retention.per_agent,
+                heartbeats: config.heartbeat_rate,
+                per_agent: PerAgent {
+                    reports: config.retention.per_agent,
+                    events: config.retention.events_per_agent,
+                    new_agent: config.retention.new_agent,
+                },
             },
             download_slots: sizing.download_slots,
             listing_slots: PoolUse::Operators.max_connections(db.backend()) as usize - 1,
             serves_tls: tls.is_some(),
+            live_recheck: config.live_recheck,
+            public_https: config
+                .public_url
+                .as_deref()
+                .is_some_and(|url| url.starts_with("https://")),
         },
         shutdown.clone(),
     );
-    let listeners = listeners(state, agents_tcp, operators_tcp, &sizing, tls)?;
+    let proxies = Arc::new(config.trusted_proxies.clone());
+    let listeners = listeners(state, agents_tcp, operators_tcp, &sizing, tls, &proxies)?;
     on_listening(listening(&listeners)?);
     let timeouts = config.connections.timeouts;
     let serving: Vec<_> = listeners
@@ -265,9 +292,14 @@ fn check_settings(config: &ServeConfig) -> Result<(), ServeError> {
             "the error report burst must hold a whole batch: at least {batch}"
         )));
     }
-    if config.retention.per_agent < 1 || config.retention.max_total < 1 {
+    let counts = [
+        config.retention.per_agent,
+        config.retention.max_total,
+        config.retention.events_per_agent,
+    ];
+    if counts.iter().any(|&count| count < 1) {
         return Err(ServeError::Settings(
-            "error report retention counts must be at least 1".into(),
+            "retention counts must be at least 1".into(),
         ));
     }
     Ok(())
@@ -282,11 +314,18 @@ async fn bind(addr: &str) -> Result<TcpListener, ServeError> {
         })
 }
 
-/// Refuses open registration on an address reachable from other machines.
+/// Refuses to start on an address reachable from other machines when no one could register
+/// (no token, enrollment not open): that is almost always a forgotten flag. On loopback such a
+/// server starts, and refuses registrations ([`crate::intake::registration::admit`]).
 fn check_enrollment(config: &ServeConfig, agents: &TcpListener) -> Result<(), ServeError> {
     let addr = agents.local_addr().map_err(ServeError::Http)?;
     let guarded = config.enrollment_token.is_some() || config.open_enrollment;
     if addr.ip().is_loopback() || guarded {
+        if !guarded {
+            tracing::warn!(
+                "no --enrollment-token and no --open-enrollment: registration is closed"
+            );
+        }
         return Ok(());
     }
     Err(ServeError::EnrollmentRequired {
@@ -318,6 +357,7 @@ fn listeners(
     operators_tcp: Option<TcpListener>,
     sizing: &Sizing,
     tls: Option<TlsAcceptor>,
+    proxies: &Arc<TrustedProxies>,
 ) -> Result<Vec<Listener>, ServeError> {
     let Some(operators_tcp) = operators_tcp else {
         let budget = ConnectionBudget::new(sizing.max_connections, sizing.max_per_source);
@@ -327,6 +367,7 @@ fn listeners(
             budget,
             app: api::router(state),
             tls,
+            proxies: proxies.clone(),
         }]);
     };
     let operators = (sizing.max_connections / 8).clamp(1, MAX_OPERATOR_CONNECTIONS);
@@ -338,6 +379,7 @@ fn listeners(
             budget: ConnectionBudget::new(agents, sizing.max_per_source.min(agents)),
             app: api::agent_router(state.clone()),
             tls: tls.clone(),
+            proxies: proxies.clone(),
         },
         Listener {
             name: "operators",
@@ -345,6 +387,7 @@ fn listeners(
             budget: ConnectionBudget::new(operators, operators),
             app: api::operator_router(state),
             tls,
+            proxies: proxies.clone(),
         },
     ])
 }

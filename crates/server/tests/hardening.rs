@@ -229,7 +229,12 @@ async fn error_flood(dir: &std::path::Path, store: Store) {
     let server = Server::start(
         dir,
         &store,
-        &options(&["--error-retention-per-agent", "300"]),
+        &options(&[
+            "--error-retention-per-agent",
+            "300",
+            "--new-agent-retention",
+            "300",
+        ]),
     )
     .await;
     let flooder = server.register_ok("flooder").await;
@@ -393,7 +398,14 @@ async fn concurrent_large_listings_never_hold_up_heartbeats() {
     common::create_token(dir.path(), &Store::Sqlite, "admin", "seed").await;
     // 4,000 reports of 16 KiB (the longest message stored): 64 MB to list.
     seed_reports(&url, 4000, &cms_server::clock::now(), 16 * 1024 - 8).await;
-    let server = Server::start(dir.path(), &Store::Sqlite, &Options::default()).await;
+    // One heartbeat every 20 ms: far above the per-agent heartbeat limit, lifted here.
+    let unthrottled = [
+        "--heartbeats-per-minute",
+        "100000",
+        "--heartbeat-burst",
+        "100000",
+    ];
+    let server = Server::start(dir.path(), &Store::Sqlite, &options(&unthrottled)).await;
     let server = std::sync::Arc::new(server);
     let agent = server.register_ok("busy").await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

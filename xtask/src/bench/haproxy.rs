@@ -33,6 +33,7 @@ pub fn config(bind: &str, source: &str, replicas: &[String], maxconn: usize) -> 
 
 defaults
     mode http
+    option forwardedfor
     maxconn {maxconn}
     timeout connect 5s
     timeout http-request 10s

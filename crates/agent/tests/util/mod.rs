@@ -115,18 +115,21 @@ impl Server {
         Server::start_with(data_dir, &["--listen", listen], None)
     }
 
-    /// Starts a server with `args` after `serve --data-dir DIR` (give `--listen`); its
-    /// operator API is read with an admin token, trusting `ca_pem` too (for `--tls-cert`).
+    /// Starts a server with `args` after `serve --data-dir DIR` (give `--listen`), with
+    /// `--open-enrollment` unless `args` has `--enrollment-token`; its operator API is read
+    /// with an admin token, trusting `ca_pem` too (for `--tls-cert`).
     pub fn start_with(data_dir: &Path, args: &[&str], ca_pem: Option<&str>) -> Server {
         let operator_token = create_operator_token(data_dir, "admin");
         let mut http = reqwest::blocking::Client::builder();
         if let Some(pem) = ca_pem {
             http = http.tls_certs_merge([reqwest::Certificate::from_pem(pem.as_bytes()).unwrap()]);
         }
+        let open = (!args.contains(&"--enrollment-token")).then_some("--open-enrollment");
         let mut child = Command::new(server_exe())
             .args(["serve", "--data-dir"])
             .arg(data_dir)
             .args(args)
+            .args(open)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

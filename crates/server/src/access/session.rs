@@ -2,8 +2,9 @@
 //!
 //! The session id is 256 random bits; only its SHA-256 is stored, with the hash of the token
 //! that opened it, so revoking the token ends its sessions at once. A session lasts
-//! [`SESSION_LIFETIME`]. The cookie is `HttpOnly`, `SameSite=Strict`, `Path=/`, and `Secure`
-//! when the request came over HTTPS. Requests that change state and are authenticated by the
+//! [`SESSION_LIFETIME`]. The cookie is `HttpOnly`, `SameSite=Strict`, `Path=/`, and, when the
+//! request came over HTTPS (the server's own TLS, an `https://` `--public-url`, or a trusted
+//! proxy's `X-Forwarded-Proto`), `Secure` and named [`SECURE_SESSION_COOKIE`]. Requests that change state and are authenticated by the
 //! cookie must carry the [`CSRF_HEADER`] header (a cross-site page cannot set it without a
 //! CORS preflight, which this server never grants). This module must never log or return a
 //! session id except in the cookie it sets.
@@ -17,8 +18,10 @@ use crate::access::auth;
 use crate::clock;
 use crate::db::{Db, DbError, OperatorTokenRow};
 
-/// Name of the session cookie.
+/// Name of the session cookie over plain HTTP.
 pub const SESSION_COOKIE: &str = "cms_session";
+/// Name of the `Secure` session cookie (the `__Host-` prefix binds it to this host and path).
+pub const SECURE_SESSION_COOKIE: &str = "__Host-cms_session";
 /// How long a session lasts after sign-in.
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// Header every state-changing request authenticated by the cookie must carry (any value).
@@ -74,7 +77,7 @@ pub fn cookie_session(headers: &HeaderMap) -> Option<&str> {
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
+        .find(|(name, _)| *name == SECURE_SESSION_COOKIE || *name == SESSION_COOKIE)
         .map(|(_, value)| value.trim())
         .filter(|value| !value.is_empty())
 }
@@ -86,13 +89,10 @@ pub fn lacks_csrf_header(method: &Method, headers: &HeaderMap) -> bool {
     !safe && !headers.contains_key(CSRF_HEADER)
 }
 
-/// Whether the request came over HTTPS (directly, or through a proxy that says so).
-pub fn is_https(headers: &HeaderMap, direct_tls: bool) -> bool {
-    direct_tls
-        || headers
-            .get("x-forwarded-proto")
-            .and_then(|value| value.to_str().ok())
-            .is_some_and(|proto| proto.eq_ignore_ascii_case("https"))
+/// Whether the request came over HTTPS: the server's own TLS or `https://` public address
+/// (`configured`), or a trusted proxy that said so (`forwarded`, see `net/proxy.rs`).
+pub fn is_https(configured: bool, forwarded: bool) -> bool {
+    configured || forwarded
 }
 
 /// The `Set-Cookie` value that stores `id`, or clears the cookie when `id` is `None`.
@@ -101,10 +101,13 @@ pub fn set_cookie(id: Option<&str>, secure: bool) -> HeaderValue {
         Some(id) => (id, SESSION_LIFETIME.as_secs()),
         None => ("", 0),
     };
-    let secure = if secure { "; Secure" } else { "" };
-    let cookie = format!(
-        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
-    );
+    let (name, secure) = if secure {
+        (SECURE_SESSION_COOKIE, "; Secure")
+    } else {
+        (SESSION_COOKIE, "")
+    };
+    let cookie =
+        format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}");
     HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
@@ -132,6 +135,11 @@ mod tests {
             HeaderValue::from_static("a=1; cms_session=abc; b=2"),
         );
         assert_eq!(cookie_session(&headers), Some("abc"));
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-cms_session=def"),
+        );
+        assert_eq!(cookie_session(&headers), Some("def"));
         headers.insert(header::COOKIE, HeaderValue::from_static("cms_session="));
         assert_eq!(cookie_session(&headers), None);
         assert_eq!(cookie_session(&HeaderMap::new()), None);
@@ -143,23 +151,17 @@ mod tests {
         let plain = plain.to_str().unwrap();
         assert!(plain.contains("HttpOnly") && plain.contains("SameSite=Strict"));
         assert!(!plain.contains("Secure"));
-        assert!(
-            set_cookie(Some("abc"), true)
-                .to_str()
-                .unwrap()
-                .ends_with("; Secure")
-        );
+        let secure = set_cookie(Some("abc"), true);
+        let secure = secure.to_str().unwrap();
+        assert!(secure.starts_with("__Host-cms_session=abc;") && secure.ends_with("; Secure"));
         assert!(
             set_cookie(None, false)
                 .to_str()
                 .unwrap()
                 .contains("Max-Age=0")
         );
-        let mut headers = HeaderMap::new();
-        assert!(!is_https(&headers, false));
-        assert!(is_https(&headers, true));
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("HTTPS"));
-        assert!(is_https(&headers, false));
+        assert!(!is_https(false, false));
+        assert!(is_https(true, false) && is_https(false, true));
     }
 
     #[tokio::test]

@@ -16,6 +16,8 @@ use cms_protocol::OperatorRole;
 use super::{ApiError, AppState};
 use crate::access::{self, Actor, Outcome, auth, session};
 use crate::db::OperatorTokenRow;
+use crate::net::budget::SlotHandle;
+use crate::net::proxy::Client;
 
 /// The authenticated caller of an operator route.
 #[derive(Debug, Clone)]
@@ -47,6 +49,7 @@ impl FromRequestParts<AppState> for Operator {
             );
             return Err(ApiError::Unauthorized(UNAUTHORIZED));
         };
+        authenticated_connection(parts);
         Ok(Operator {
             actor: Actor {
                 name: row.name,
@@ -106,6 +109,24 @@ impl Operator {
     }
 }
 
+/// Whether the credential of a request with `parts` (bearer token or session cookie) is still
+/// valid: a live feed asks this again and again, and ends when it is not.
+pub async fn still_valid(parts: &Parts, state: &AppState) -> Result<bool, ApiError> {
+    let row = match auth::bearer(&parts.headers) {
+        Some(token) => access::authenticate(state.operator_db(), token).await?,
+        None => session_operator(parts, state).await?,
+    };
+    Ok(row.is_some())
+}
+
+/// Tells the connection budget that the request's connection authenticated (it then no longer
+/// counts as unauthenticated; see `net/budget.rs`).
+pub fn authenticated_connection(parts: &Parts) {
+    if let Some(slot) = parts.extensions.get::<SlotHandle>() {
+        slot.authenticated();
+    }
+}
+
 /// The peer's IP address as the listener recorded it (`unknown` when it did not).
 pub fn peer_address(parts: &Parts) -> String {
     Peer::of(parts)
@@ -113,19 +134,20 @@ pub fn peer_address(parts: &Parts) -> String {
         .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
 }
 
-/// The peer's IP address, when the listener recorded one (it always does; requests built in
-/// process may not).
+/// The client's IP address (the peer's, or the one a trusted proxy forwarded), when the
+/// listener recorded one (it always does; requests built in process may not).
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub Option<IpAddr>);
 
 impl Peer {
     fn of(parts: &Parts) -> Peer {
-        Peer(
+        let forwarded = parts.extensions.get::<Client>().map(|client| client.addr);
+        Peer(forwarded.or_else(|| {
             parts
                 .extensions
                 .get::<ConnectInfo<SocketAddr>>()
-                .map(|info| info.0.ip()),
-        )
+                .map(|info| info.0.ip())
+        }))
     }
 }
 

@@ -24,10 +24,11 @@ use crate::access::auth;
 use crate::clock;
 use crate::db::Heartbeat;
 use crate::intake::errors as error_reports;
-use crate::intake::heartbeat;
 use crate::intake::registration::{self, RegistrationError};
+use crate::intake::{bounds, heartbeat};
 use crate::logtext::{LogEvery, Untrusted, clip};
 use crate::net::ratelimit::source_network;
+use crate::release;
 use crate::rollout::{cohort, offer};
 
 /// Most reports accepted in one batch; larger batches get 413.
@@ -44,6 +45,7 @@ const UNAUTHORIZED: &str = "missing or invalid agent token";
 /// At most one warning per interval about refused floods (with the count it stands for).
 static REGISTRATIONS_THROTTLED: LogEvery = LogEvery::new(Duration::from_secs(10));
 static REPORTS_THROTTLED: LogEvery = LogEvery::new(Duration::from_secs(10));
+static HEARTBEATS_THROTTLED: LogEvery = LogEvery::new(Duration::from_secs(10));
 
 /// The agent a request's bearer token belongs to.
 #[derive(Debug, Clone)]
@@ -69,6 +71,7 @@ impl FromRequestParts<AppState> for AuthedAgent {
         if !auth::secrets_equal(&presented, &stored) {
             return Err(ApiError::Unauthorized(UNAUTHORIZED));
         }
+        super::access::authenticated_connection(parts);
         Ok(AuthedAgent { agent_id })
     }
 }
@@ -98,13 +101,20 @@ pub async fn register(
             retry_after,
         });
     }
-    if let Err(refused) = registration::admit(state.enrollment_token(), &request) {
-        tracing::info!(%source, "registration refused: bad enrollment token");
+    let open = state.open_enrollment();
+    if let Err(refused) = registration::admit(state.enrollment_token(), open, &request) {
+        tracing::info!(%source, reason = %refused, "registration refused");
         return Err(refused.into());
     }
     check_field("hostname", &request.hostname, MAX_SHORT_FIELD)?;
     check_field("platform", &request.platform, MAX_SHORT_FIELD)?;
     check_field("version", &request.version, MAX_SHORT_FIELD)?;
+    if !release::PLATFORMS.contains(&request.platform.as_str()) {
+        return Err(ApiError::BadRequest(format!(
+            "platform must be one of {}",
+            release::PLATFORMS.join(", ")
+        )));
+    }
     let enrolled = registration::enrol(state.db(), state.live(), &request).await?;
     tracing::info!(
         agent_id = %enrolled.agent_id,
@@ -120,7 +130,9 @@ pub async fn register(
 impl From<RegistrationError> for ApiError {
     fn from(error: RegistrationError) -> Self {
         match error {
-            RegistrationError::BadEnrollmentToken => ApiError::Forbidden(error.to_string()),
+            RegistrationError::BadEnrollmentToken | RegistrationError::EnrollmentClosed => {
+                ApiError::Forbidden(error.to_string())
+            }
             RegistrationError::Random(e) => ApiError::Internal(e.to_string()),
             RegistrationError::Database(e) => ApiError::Database(e),
         }
@@ -145,6 +157,16 @@ async fn record_heartbeat(
     report: &StatusReport,
     via: &'static str,
 ) -> Result<(), ApiError> {
+    let now = Instant::now();
+    if let Err(retry_after) = state.heartbeats().try_take(&agent_id.to_owned(), 1, now) {
+        if let Some(refused) = HEARTBEATS_THROTTLED.occurrence(now) {
+            tracing::warn!(agent_id, via, refused, "heartbeats throttled");
+        }
+        return Err(ApiError::TooManyRequests {
+            message: "too many heartbeats from this agent; retry later".into(),
+            retry_after,
+        });
+    }
     check_field("version", &report.version, MAX_SHORT_FIELD)?;
     if let Some(network) = &report.network {
         check_field("network", network, MAX_SHORT_FIELD)?;
@@ -205,8 +227,11 @@ impl crate::ws::AgentMessages for SocketMessages {
     async fn handle(&self, agent_id: &str, message: AgentMessage) -> Option<ServerEvent> {
         let AgentMessage::Heartbeat(report) = message;
         if let Err(error) = record_heartbeat(&self.state, agent_id, &report, "websocket").await {
-            // No answer: the agent sends the heartbeat again over HTTP and sees the error.
-            tracing::info!(agent_id, %error, "heartbeat over WebSocket not stored");
+            // No answer: the agent sends the heartbeat again over HTTP and sees the error. A
+            // throttled one was logged in summary already.
+            if !matches!(error, ApiError::TooManyRequests { .. }) {
+                tracing::info!(agent_id, %error, "heartbeat over WebSocket not stored");
+            }
             return None;
         }
         let update = match cohort::parse_version(&report.version) {
@@ -279,6 +304,13 @@ pub async fn errors(
         truncate(&mut report.created_at, MAX_SHORT_FIELD);
     }
     let cost = u32::try_from(reports.len()).unwrap_or(u32::MAX);
+    reports.retain_mut(|report| match bounds::bound_report(report) {
+        Ok(()) => true,
+        Err(refused) => {
+            tracing::debug!(agent_id = agent.agent_id, %refused, "report left out");
+            false
+        }
+    });
     let now = Instant::now();
     if let Err(retry_after) = state.error_reports().try_take(&agent.agent_id, cost, now) {
         return Err(throttled_reports(
@@ -288,7 +320,7 @@ pub async fn errors(
             now,
         ));
     }
-    let per_agent = state.ingest().reports_per_agent;
+    let per_agent = state.ingest().per_agent;
     let stored = error_reports::store(
         state.db(),
         state.live(),

@@ -44,7 +44,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{self, Cluster};
 use crate::db::{AgentRow, Db, DbError};
-use crate::events::live::LiveFeed;
+use crate::events::live::{FeedLimits, LiveFeed};
+use crate::intake::errors::PerAgent;
 use crate::net::ratelimit::{Rate, RateLimiter};
 use crate::ws::Hub;
 
@@ -65,8 +66,11 @@ pub struct IngestLimits {
     pub registrations: Rate,
     /// Error reports per agent (each report costs one token).
     pub error_reports: Rate,
-    /// Error reports kept per agent; older ones are deleted as new ones arrive.
-    pub reports_per_agent: i64,
+    /// Heartbeats per agent (over HTTP and the WebSocket together).
+    pub heartbeats: Rate,
+    /// Error reports and update events kept per agent (a new agent keeps less); older ones
+    /// are deleted as new ones arrive.
+    pub per_agent: PerAgent,
 }
 
 /// What [`AppState::new`] needs besides the databases.
@@ -76,6 +80,8 @@ pub struct StateSettings {
     pub data_dir: PathBuf,
     /// When set, registration requires this token.
     pub enrollment_token: Option<String>,
+    /// Whether registration without a token is allowed (`--open-enrollment`).
+    pub open_enrollment: bool,
     /// An agent without a WebSocket counts as offline after this long without contact.
     pub offline_after: Duration,
     /// Rate limits and the per-agent report cap.
@@ -87,6 +93,10 @@ pub struct StateSettings {
     pub listing_slots: usize,
     /// Whether the server itself terminates TLS (session cookies are then `Secure`).
     pub serves_tls: bool,
+    /// How often a live feed checks that its token or session still holds.
+    pub live_recheck: Duration,
+    /// Whether `--public-url` is an `https://` address (session cookies are then `Secure`).
+    pub public_https: bool,
 }
 
 /// Everything handlers share (cheap to clone).
@@ -105,6 +115,8 @@ struct Inner {
     shutdown: CancellationToken,
     registrations: RateLimiter<IpAddr>,
     error_reports: RateLimiter<String>,
+    heartbeats: RateLimiter<String>,
+    feeds: Arc<FeedLimits>,
     listing_slots: Semaphore,
     download_slots: Arc<Semaphore>,
 }
@@ -132,6 +144,8 @@ impl AppState {
                 shutdown,
                 registrations: RateLimiter::new(ingest.registrations, RATE_LIMITER_KEYS),
                 error_reports: RateLimiter::new(ingest.error_reports, RATE_LIMITER_KEYS),
+                heartbeats: RateLimiter::new(ingest.heartbeats, RATE_LIMITER_KEYS),
+                feeds: Arc::default(),
                 listing_slots,
                 download_slots,
             }),
@@ -172,8 +186,16 @@ impl AppState {
         self.inner.settings.serves_tls
     }
 
+    fn public_https(&self) -> bool {
+        self.inner.settings.public_https
+    }
+
     fn enrollment_token(&self) -> Option<&str> {
         self.inner.settings.enrollment_token.as_deref()
+    }
+
+    fn open_enrollment(&self) -> bool {
+        self.inner.settings.open_enrollment
     }
 
     fn offline_after(&self) -> Duration {
@@ -207,6 +229,18 @@ impl AppState {
 
     fn error_reports(&self) -> &RateLimiter<String> {
         &self.inner.error_reports
+    }
+
+    fn heartbeats(&self) -> &RateLimiter<String> {
+        &self.inner.heartbeats
+    }
+
+    fn feeds(&self) -> &Arc<FeedLimits> {
+        &self.inner.feeds
+    }
+
+    fn live_recheck(&self) -> Duration {
+        self.inner.settings.live_recheck
     }
 
     /// A slot to build one operator listing, or 503 after [`LISTING_WAIT`].
@@ -307,7 +341,70 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(request_timeout))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            security_headers,
+        ))
+        .layer(middleware::from_fn(refuse_announced_oversize))
         .with_state(state)
+}
+
+/// Answers 413 at once to a request that announces a body over [`MAX_BODY_BYTES`] (instead of
+/// waiting for a body that may never come).
+async fn refuse_announced_oversize(request: Request, next: Next) -> Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        let mut refused = ApiError::PayloadTooLarge(format!(
+            "request bodies are limited to {MAX_BODY_BYTES} bytes"
+        ))
+        .into_response();
+        refused
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return refused;
+    }
+    next.run(request).await
+}
+
+/// Headers on every answer: `nosniff`; `no-store` on the API; a CSP that forbids framing on
+/// HTML; HSTS when the server is reached over HTTPS (its own TLS or an `https://` public URL).
+async fn security_headers(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let api = request.uri().path().starts_with("/api/");
+    let mut response = next.run(request).await;
+    let html = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("text/html"));
+    let headers = response.headers_mut();
+    if api {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    let mut set = |name, value: &'static str| {
+        headers
+            .entry(name)
+            .or_insert_with(|| HeaderValue::from_static(value));
+    };
+    set(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    if html {
+        set(
+            header::CONTENT_SECURITY_POLICY,
+            dashboard::assets::CONTENT_SECURITY_POLICY,
+        );
+        set(header::X_FRAME_OPTIONS, "DENY");
+    }
+    if state.serves_tls() || state.public_https() {
+        set(header::STRICT_TRANSPORT_SECURITY, "max-age=31536000");
+    }
+    response
 }
 
 /// Cuts off a request that is not answered within [`REQUEST_TIMEOUT`] (408).

@@ -67,9 +67,32 @@ struct StoreArgs {
     /// The server's data directory (SQLite, packages, signed metadata).
     #[arg(long, default_value = "./cms-server-data")]
     data_dir: PathBuf,
-    /// `postgres://user:pass@host/db` when the server uses PostgreSQL.
-    #[arg(long)]
+    /// `postgres://user:pass@host/db` when the server uses PostgreSQL (prefer
+    /// --database-url-file or CMS_DATABASE_URL: a command line is visible to local users).
+    #[arg(long, env = "CMS_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// A file holding the database URL (its first line), so the password never appears on a
+    /// command line.
+    #[arg(long, value_name = "PATH", conflicts_with = "database_url")]
+    database_url_file: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// The database URL from --database-url, CMS_DATABASE_URL or --database-url-file.
+    fn database_url(&self) -> anyhow::Result<Option<String>> {
+        let Some(path) = &self.database_url_file else {
+            return Ok(self.database_url.clone().filter(|url| !url.is_empty()));
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --database-url-file {}", path.display()))?;
+        let url = text.lines().next().unwrap_or_default().trim().to_owned();
+        anyhow::ensure!(
+            !url.is_empty(),
+            "--database-url-file {} is empty",
+            path.display()
+        );
+        Ok(Some(url))
+    }
 }
 
 /// Runs the command `cli` names; `Ok` carries its exit code (0 done, 2 refused), `Err` a failure
@@ -132,7 +155,8 @@ fn command_actor() -> Actor {
 }
 
 async fn open_store(store: &StoreArgs) -> anyhow::Result<Db> {
-    Db::open_for_command(&store.data_dir, store.database_url.as_deref())
+    let url = store.database_url()?;
+    Db::open_for_command(&store.data_dir, url.as_deref())
         .await
         .context("cannot open the server's database")
 }

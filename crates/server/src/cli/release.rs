@@ -67,9 +67,10 @@ impl Refusal for release::PublishError {
 }
 
 pub(super) async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
+    let database_url = args.store.database_url()?;
     let request = PublishRequest {
         data_dir: args.store.data_dir,
-        database_url: args.store.database_url,
+        database_url,
         version: args.version,
         platform: args.platform,
         agent: args.agent,

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Refusal, StoreArgs, exit_code, print_line};
 use crate::intake::retention::{self, RetentionPolicy};
 use crate::net::Timeouts;
+use crate::net::proxy::{Cidr, TrustedProxies};
 use crate::net::ratelimit::Rate;
 use crate::net::tls::TlsFiles;
 use crate::release::tuf::DEFAULT_TIMESTAMP_LIFETIME;
@@ -32,8 +33,8 @@ pub(super) struct ServeArgs {
     /// Registration requires this token when set.
     #[arg(long, env = "CMS_ENROLLMENT_TOKEN", hide_env_values = true)]
     enrollment_token: Option<String>,
-    /// Let anyone who reaches a non-loopback --listen address register agents (without it,
-    /// such an address needs --enrollment-token).
+    /// Let anyone who reaches --listen register agents without a token (without it and without
+    /// --enrollment-token, registration is closed; a non-loopback address then refuses to start).
     #[arg(long)]
     open_enrollment: bool,
     /// Seconds without contact after which an agent without a WebSocket counts as offline.
@@ -43,6 +44,17 @@ pub(super) struct ServeArgs {
     /// once less than half of this is left).
     #[arg(long, default_value_t = DEFAULT_TIMESTAMP_LIFETIME.as_secs())]
     timestamp_expiry_secs: u64,
+    /// A reverse proxy's address or network (repeatable): from these peers only, the client
+    /// address is taken from X-Forwarded-For and HTTPS from X-Forwarded-Proto.
+    #[arg(long, value_name = "CIDR")]
+    trusted_proxy: Vec<Cidr>,
+    /// Seconds between a live feed's checks of its token or session (at most 30; for tests).
+    #[arg(long, default_value_t = 30, hide = true, value_parser = clap::value_parser!(u64).range(1..=30))]
+    live_feed_recheck_secs: u64,
+    /// The server's public address, such as https://cms.example.com (an https:// address makes
+    /// the session cookie Secure behind a TLS-terminating proxy).
+    #[arg(long, value_name = "URL", value_parser = parse_public_url)]
+    public_url: Option<String>,
     /// PEM certificate chain: serve HTTPS and WSS (needs --tls-key); re-read when it changes.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -79,15 +91,35 @@ pub(super) struct LimitArgs {
     /// Error reports one agent may send at once (at least one batch, 500).
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(500..))]
     error_report_burst: u32,
+    /// Heartbeats per minute from one agent, after the burst (more are answered 429).
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..))]
+    heartbeats_per_minute: u32,
+    /// Heartbeats one agent may send at once.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    heartbeat_burst: u32,
     /// Days error reports are kept.
     #[arg(long, default_value_t = retention::DEFAULT_MAX_AGE.as_secs() / 86_400)]
     error_retention_days: u64,
     /// Error reports kept in total (the oldest go first).
     #[arg(long, default_value_t = retention::DEFAULT_MAX_TOTAL, value_parser = clap::value_parser!(i64).range(1..))]
     error_retention_count: i64,
-    /// Error reports kept per agent (its oldest go first).
+    /// Error reports kept per agent (its oldest go first; a new agent keeps
+    /// --new-agent-retention, growing to this over its first week).
     #[arg(long, default_value_t = retention::DEFAULT_PER_AGENT, value_parser = clap::value_parser!(i64).range(1..))]
     error_retention_per_agent: i64,
+    /// Days update events (update progress) are kept.
+    #[arg(long, default_value_t = retention::DEFAULT_EVENT_MAX_AGE.as_secs() / 86_400)]
+    event_retention_days: u64,
+    /// Update events kept per agent (its oldest go first; grows like the error reports').
+    #[arg(long, default_value_t = retention::DEFAULT_EVENTS_PER_AGENT, value_parser = clap::value_parser!(i64).range(1..))]
+    event_retention_per_agent: i64,
+    /// Error reports (and update events) a just-registered agent keeps, so fresh agents do
+    /// not multiply what one source can store.
+    #[arg(long, default_value_t = retention::NEW_AGENT_KEPT, value_parser = clap::value_parser!(i64).range(1..))]
+    new_agent_retention: i64,
+    /// Days audit log entries are kept.
+    #[arg(long, default_value_t = retention::DEFAULT_AUDIT_MAX_AGE.as_secs() / 86_400)]
+    audit_retention_days: u64,
 }
 
 impl Refusal for server::ServeError {
@@ -101,8 +133,8 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = ServeConfig {
         listen: args.listen,
         operator_listen: args.operator_listen,
+        database_url: args.store.database_url()?,
         data_dir: args.store.data_dir,
-        database_url: args.store.database_url,
         enrollment_token,
         open_enrollment: args.open_enrollment,
         offline_after: Duration::from_secs(args.offline_after),
@@ -116,11 +148,22 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             per_minute: args.limits.error_reports_per_minute,
             burst: args.limits.error_report_burst,
         },
+        heartbeat_rate: Rate {
+            per_minute: args.limits.heartbeats_per_minute,
+            burst: args.limits.heartbeat_burst,
+        },
         retention: RetentionPolicy {
-            max_age: Duration::from_secs(args.limits.error_retention_days.saturating_mul(86_400)),
+            max_age: days(args.limits.error_retention_days),
             max_total: args.limits.error_retention_count,
             per_agent: args.limits.error_retention_per_agent,
+            event_max_age: days(args.limits.event_retention_days),
+            events_per_agent: args.limits.event_retention_per_agent,
+            audit_max_age: days(args.limits.audit_retention_days),
+            new_agent: args.limits.new_agent_retention,
         },
+        live_recheck: Duration::from_secs(args.live_feed_recheck_secs),
+        trusted_proxies: TrustedProxies::new(args.trusted_proxy),
+        public_url: args.public_url,
         tls: args.tls_cert.map(|cert| TlsFiles {
             cert,
             key: args.tls_key.unwrap_or_default(),
@@ -142,6 +185,21 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     .await;
     let served = served.map(|()| tracing::info!("shutdown complete"));
     exit_code(served, "serve failed")
+}
+
+fn days(days: u64) -> Duration {
+    Duration::from_secs(days.saturating_mul(86_400))
+}
+
+fn parse_public_url(text: &str) -> Result<String, String> {
+    let url = text.trim_end_matches('/');
+    if (url.starts_with("https://") || url.starts_with("http://"))
+        && !url.contains(char::is_whitespace)
+    {
+        Ok(url.to_owned())
+    } else {
+        Err(format!("{text:?} is not an http:// or https:// address"))
+    }
 }
 
 fn connection_settings(limits: &LimitArgs) -> ConnectionSettings {

@@ -68,7 +68,7 @@ impl Db {
             let result = sqlx::query(
                 "INSERT INTO error_reports (report_id, agent_id, kind, message, agent_version, \
                  details, created_at, received_at, signature) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (report_id) DO NOTHING",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (agent_id, report_id) DO NOTHING",
             )
             .bind(r.report_id.as_str())
             .bind(agent_id)
@@ -191,8 +191,9 @@ impl Db {
         let mut total = 0;
         loop {
             let deleted = sqlx::query(
-                "DELETE FROM error_reports WHERE report_id IN (SELECT report_id FROM \
-                 error_reports WHERE (received_at, report_id) < ($1, $2) LIMIT $3)",
+                "DELETE FROM error_reports WHERE (agent_id, report_id) IN (SELECT agent_id, \
+                 report_id FROM error_reports WHERE (received_at, report_id) < ($1, $2) \
+                 LIMIT $3)",
             )
             .bind(received_at)
             .bind(report_id)

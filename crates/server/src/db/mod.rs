@@ -8,6 +8,7 @@
 //! fits): it stores and loads rows.
 
 mod agents;
+mod bounded;
 mod cluster;
 mod errors;
 mod fleet;

@@ -118,7 +118,7 @@ impl Db {
             let result = sqlx::query(
                 "INSERT INTO update_events (event_id, agent_id, version, platform, step, \
                  failed_step, detail, created_at, received_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (event_id) DO NOTHING",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (agent_id, event_id) DO NOTHING",
             )
             .bind(event.event_id)
             .bind(agent_id)

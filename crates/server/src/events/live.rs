@@ -6,8 +6,12 @@
 //! event to a relay task that sends it to the other replicas over the event bus
 //! ([`crate::events`]), so a dashboard on one replica sees the agents of all. Events are hints,
 //! never data an operator could not read from the API: a dashboard (or the relay) that falls
-//! behind skips them (the channels are bounded) and reloads anyway. This module must never
-//! block a publisher.
+//! behind skips them (the channels are bounded) and reloads anyway. Open feeds are capped per
+//! operator token and in total ([`FeedLimits`]), so streams cannot take the connection budget
+//! from the agents. This module must never block a publisher.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
@@ -120,6 +124,70 @@ impl LiveFeed {
     /// A new listener, receiving events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<LiveEvent> {
         self.sender.subscribe()
+    }
+}
+
+/// Live feeds open at most at once, in total.
+pub const MAX_FEEDS: usize = 64;
+/// Live feeds one operator token holds at most.
+pub const MAX_FEEDS_PER_TOKEN: usize = 4;
+
+/// Why a live feed was not opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FeedRefusal {
+    /// The server holds its maximum of feeds.
+    #[error("the server holds its maximum of {MAX_FEEDS} live feeds; retry later")]
+    Full,
+    /// This token holds its maximum.
+    #[error("this token holds its maximum of {MAX_FEEDS_PER_TOKEN} live feeds; close one")]
+    TokenFull,
+}
+
+/// Open live feeds, per operator token and in total.
+#[derive(Debug, Default)]
+pub struct FeedLimits {
+    open: Mutex<HashMap<String, usize>>,
+}
+
+/// One open feed; dropping it frees its place.
+#[derive(Debug)]
+pub struct FeedSlot {
+    limits: Arc<FeedLimits>,
+    token: String,
+}
+
+impl FeedLimits {
+    /// Opens a feed for the token named `token`, or says why not.
+    pub fn admit(self: &Arc<Self>, token: &str) -> Result<FeedSlot, FeedRefusal> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if open.values().sum::<usize>() >= MAX_FEEDS {
+            return Err(FeedRefusal::Full);
+        }
+        let held = open.entry(token.to_owned()).or_default();
+        if *held >= MAX_FEEDS_PER_TOKEN {
+            return Err(FeedRefusal::TokenFull);
+        }
+        *held += 1;
+        Ok(FeedSlot {
+            limits: Arc::clone(self),
+            token: token.to_owned(),
+        })
+    }
+}
+
+impl Drop for FeedSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .limits
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = open.get_mut(&self.token) {
+            *held -= 1;
+            if *held == 0 {
+                open.remove(&self.token);
+            }
+        }
     }
 }
 

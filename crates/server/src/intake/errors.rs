@@ -1,6 +1,7 @@
 //! Error reports: a batch an agent sent, split into update progress (the rollout funnel's,
 //! [`progress`]) and error reports proper, which are stored with their message signature, at
-//! most `per_agent` kept for each agent, and told to the dashboards. The route bounds and
+//! most [`PerAgent`] reports and update events kept for each agent, and told to the
+//! dashboards. The route bounds and
 //! throttles the batch first.
 //!
 //! It must never store a report under another agent than the caller, nor count a report the
@@ -9,19 +10,33 @@
 use cms_protocol::ErrorReport;
 
 use super::progress;
+use super::retention;
 use super::signature::signature;
 use crate::clock;
 use crate::db::{Db, DbError, NewErrorReport};
 use crate::events::live::{LiveEvent, LiveFeed};
 
-/// Stores the bounded `reports` of `agent_id`; returns how many were new.
+/// How many of one agent's reports and update events are kept (its oldest go first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerAgent {
+    /// Error reports.
+    pub reports: i64,
+    /// Update progress events.
+    pub events: i64,
+    /// What a just-registered agent keeps of each (it grows to the counts above).
+    pub new_agent: i64,
+}
+
+/// Stores the bounded `reports` of `agent_id`, keeping at most its share of `full` (see
+/// [`retention::allowance`]); returns how many were new.
 pub async fn store(
     db: &Db,
     live: &LiveFeed,
     agent_id: &str,
     reports: Vec<ErrorReport>,
-    per_agent: i64,
+    full: PerAgent,
 ) -> Result<u32, DbError> {
+    let per_agent = share(db, agent_id, full).await?;
     let (progress, reports) = progress::split(reports);
     let rows: Vec<NewErrorReport<'_>> = reports
         .iter()
@@ -34,7 +49,7 @@ pub async fn store(
     let mut stored = if rows.is_empty() {
         0
     } else {
-        db.insert_error_reports(agent_id, &rows, &clock::now(), per_agent)
+        db.insert_error_reports(agent_id, &rows, &clock::now(), per_agent.reports)
             .await?
     };
     if stored > 0 {
@@ -43,5 +58,21 @@ pub async fn store(
         });
     }
     stored += progress::record(db, live, agent_id, &progress, &reports).await?;
+    if !progress.is_empty() {
+        db.trim_update_events(agent_id, per_agent.events).await?;
+    }
     Ok(stored)
+}
+
+/// The part of `full` the agent may keep at its age.
+async fn share(db: &Db, agent_id: &str, full: PerAgent) -> Result<PerAgent, DbError> {
+    let registered = db.agent_registered_at(agent_id).await?;
+    let age = registered
+        .and_then(|at| clock::age(&at, time::OffsetDateTime::now_utc()))
+        .unwrap_or_default();
+    Ok(PerAgent {
+        reports: retention::allowance(full.reports, full.new_agent, age),
+        events: retention::allowance(full.events, full.new_agent, age),
+        new_agent: full.new_agent,
+    })
 }

@@ -1,12 +1,18 @@
 //! Heartbeats: an agent's state, version and metrics stored, and the dashboards told when its
 //! state or version changed (over HTTP and over the WebSocket alike).
 //!
+//! An agent's version history keeps its [`VERSIONS_KEPT`] most recent versions and every
+//! published one, so an agent reporting a new version on each heartbeat cannot grow it.
+//!
 //! This module must never publish a live event for a heartbeat that changed nothing the
 //! dashboard shows.
 
 use crate::clock;
 use crate::db::{Db, DbError, Heartbeat};
 use crate::events::live::{LiveEvent, LiveFeed};
+
+/// Versions kept in an agent's history besides the published ones.
+pub const VERSIONS_KEPT: i64 = 20;
 
 /// Stores `heartbeat` of `agent_id` and publishes [`LiveEvent::AgentChanged`] when its state or
 /// version differs from what was stored.
@@ -17,6 +23,15 @@ pub async fn record(
     heartbeat: &Heartbeat<'_>,
 ) -> Result<(), DbError> {
     let before = db.update_status(agent_id, heartbeat, &clock::now()).await?;
+    let new_version = before
+        .as_ref()
+        .is_some_and(|(_, version)| version != heartbeat.version);
+    if new_version {
+        let trimmed = db.trim_version_history(agent_id, VERSIONS_KEPT).await?;
+        if trimmed > 0 {
+            tracing::debug!(agent_id, trimmed, "old versions left the agent's history");
+        }
+    }
     if before
         .is_some_and(|(state, version)| state != heartbeat.state || version != heartbeat.version)
     {

@@ -7,6 +7,7 @@
 //! The agent API (`api/agent.rs`) parses and authenticates; this module decides what is
 //! kept. It must never trust an agent id or platform from a body, and never log a token.
 
+pub mod bounds;
 pub mod errors;
 pub mod heartbeat;
 pub mod progress;

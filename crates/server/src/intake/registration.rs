@@ -17,6 +17,12 @@ pub enum RegistrationError {
     /// The server requires an enrollment token and this one is missing or wrong.
     #[error("missing or invalid enrollment token")]
     BadEnrollmentToken,
+    /// The server has no enrollment token and was not started with `--open-enrollment`.
+    #[error(
+        "registration is closed: this server needs an enrollment token (cms-server serve \
+         --enrollment-token T) or --open-enrollment"
+    )]
+    EnrollmentClosed,
     /// No token could be minted.
     #[error(transparent)]
     Random(#[from] RandomError),
@@ -26,13 +32,19 @@ pub enum RegistrationError {
 }
 
 /// Whether `request` may enrol: it must carry `required_token` (the server's enrollment token,
-/// when it has one), compared in constant time.
+/// when it has one), compared in constant time; without one, only an `open` server
+/// (`--open-enrollment`) takes it, whatever its address.
 pub fn admit(
     required_token: Option<&str>,
+    open: bool,
     request: &RegisterRequest,
 ) -> Result<(), RegistrationError> {
     let Some(expected) = required_token else {
-        return Ok(());
+        return if open {
+            Ok(())
+        } else {
+            Err(RegistrationError::EnrollmentClosed)
+        };
     };
     let presented = request.enrollment_token.as_deref().unwrap_or_default();
     if auth::secrets_equal(presented, expected) {

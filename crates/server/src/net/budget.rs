@@ -5,13 +5,20 @@
 //! (database connections, package files being served, logs, metadata, listeners) is the
 //! connection cap, so accepting one more connection can never make `accept` or `open` fail
 //! with "Too many open files". Each source network (an IPv4 address, an IPv6 /64) may hold at
-//! most a share of it, so one host flooding the port cannot lock the fleet out. A refused
-//! connection is closed at once. This module must never block and never count a connection
+//! most a share of it, so one host flooding the port cannot lock the fleet out. A connection
+//! counts as unauthenticated until one of its requests authenticates (an agent or operator
+//! token, a session); those hold at most half of the cap whatever the number of sources, and
+//! when that half (or the whole cap) is full the oldest of them is closed to make room, so
+//! idle and slow connections from many hosts cannot keep out a registration, `/healthz` or an
+//! agent's reconnection. A refused connection is closed at once. This module must never block and never count a connection
 //! twice or not at all (the slot is released by `Drop`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio_util::sync::CancellationToken;
 
 use crate::net::ratelimit::source_network;
 
@@ -21,6 +28,8 @@ const RESERVED_FDS: u64 = 64;
 const DEFAULT_SOURCE_SHARE: usize = 8;
 /// Smallest default per-source bound, so a small server still serves a NAT'd site.
 const MIN_PER_SOURCE: usize = 16;
+/// Share of the cap connections that have not authenticated may hold: 1/2.
+const UNAUTHENTICATED_SHARE: usize = 2;
 /// Cap when the platform has no open-file limit to size it from (Windows).
 const CAP_WITHOUT_LIMIT: usize = 16_384;
 
@@ -121,6 +130,19 @@ pub enum Refusal {
 struct Counts {
     total: usize,
     per_source: HashMap<IpAddr, usize>,
+    /// Connections no request has authenticated yet, oldest (lowest id) first.
+    unauthenticated: BTreeMap<u64, Arc<Shared>>,
+    next_id: u64,
+}
+
+/// What a slot and its [`SlotHandle`]s share.
+#[derive(Debug)]
+struct Shared {
+    source: IpAddr,
+    /// Cancelled when the budget closes the connection to make room.
+    closed: CancellationToken,
+    /// Set (under the budget's lock) once the slot no longer counts.
+    released: AtomicBool,
 }
 
 /// Open connections, overall and per source network (see the module docs).
@@ -128,68 +150,139 @@ struct Counts {
 pub struct ConnectionBudget {
     max_total: usize,
     max_per_source: usize,
+    max_unauthenticated: usize,
     counts: Mutex<Counts>,
 }
 
 /// One admitted connection; dropping it frees its place.
 #[derive(Debug)]
 pub struct ConnectionSlot {
+    handle: SlotHandle,
+}
+
+/// A handle on an admitted connection: requests use it to say the connection authenticated,
+/// the connection to learn that the budget closed it.
+#[derive(Debug, Clone)]
+pub struct SlotHandle {
     budget: Arc<ConnectionBudget>,
-    source: IpAddr,
+    id: u64,
+    shared: Arc<Shared>,
 }
 
 impl ConnectionBudget {
-    /// A budget of `max_total` connections, `max_per_source` per source network.
+    /// A budget of `max_total` connections, `max_per_source` per source network, and half of
+    /// the total for connections that have not authenticated.
     pub fn new(max_total: usize, max_per_source: usize) -> Arc<Self> {
         Arc::new(ConnectionBudget {
             max_total,
             max_per_source,
+            max_unauthenticated: (max_total / UNAUTHENTICATED_SHARE).max(1),
             counts: Mutex::new(Counts::default()),
         })
     }
 
-    /// Admits a connection from `peer`, or says why not.
-    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<ConnectionSlot, Refusal> {
+    /// Admits a connection from `peer`, or says why not; a `proxied` peer (a trusted proxy,
+    /// carrying many clients) counts in the total only, not against the per-source cap. When
+    /// the total or the unauthenticated share is full, the oldest unauthenticated connection
+    /// is closed to make room.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr, proxied: bool) -> Result<ConnectionSlot, Refusal> {
         let source = source_network(peer);
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        if counts.total >= self.max_total {
-            return Err(Refusal::Full);
-        }
-        let held = counts.per_source.entry(source).or_default();
-        if *held >= self.max_per_source {
+        let mut counts = self.lock();
+        let held = counts.per_source.get(&source).copied().unwrap_or_default();
+        if held >= self.max_per_source && !proxied {
             return Err(Refusal::SourceFull);
         }
-        *held += 1;
+        let full = counts.total >= self.max_total;
+        if (full || counts.unauthenticated.len() >= self.max_unauthenticated)
+            && !counts.evict_oldest()
+        {
+            return Err(Refusal::Full);
+        }
+        *counts.per_source.entry(source).or_default() += 1;
         counts.total += 1;
-        Ok(ConnectionSlot {
-            budget: Arc::clone(self),
+        counts.next_id += 1;
+        let id = counts.next_id;
+        let shared = Arc::new(Shared {
             source,
+            closed: CancellationToken::new(),
+            released: AtomicBool::new(false),
+        });
+        counts.unauthenticated.insert(id, Arc::clone(&shared));
+        Ok(ConnectionSlot {
+            handle: SlotHandle {
+                budget: Arc::clone(self),
+                id,
+                shared,
+            },
         })
     }
 
     /// Connections held now.
     pub fn open(&self) -> usize {
-        self.counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .total
+        self.lock().total
     }
 
-    fn release(&self, source: IpAddr) {
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        counts.total = counts.total.saturating_sub(1);
-        if let Some(held) = counts.per_source.get_mut(&source) {
+    /// Connections held now that no request has authenticated.
+    pub fn unauthenticated(&self) -> usize {
+        self.lock().unauthenticated.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Counts {
+    /// Frees the place of one connection (once).
+    fn release(&mut self, shared: &Shared) {
+        if shared.released.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.total = self.total.saturating_sub(1);
+        if let Some(held) = self.per_source.get_mut(&shared.source) {
             *held -= 1;
             if *held == 0 {
-                counts.per_source.remove(&source);
+                self.per_source.remove(&shared.source);
             }
         }
+    }
+
+    /// Closes the oldest unauthenticated connection and frees its place; `false` if none.
+    fn evict_oldest(&mut self) -> bool {
+        let Some((_, oldest)) = self.unauthenticated.pop_first() else {
+            return false;
+        };
+        self.release(&oldest);
+        oldest.closed.cancel();
+        true
+    }
+}
+
+impl ConnectionSlot {
+    /// A handle for the connection's requests.
+    pub fn handle(&self) -> SlotHandle {
+        self.handle.clone()
+    }
+}
+
+impl SlotHandle {
+    /// Marks the connection as authenticated (an agent or operator request succeeded on it):
+    /// it no longer counts in the unauthenticated share and is never closed to make room.
+    pub fn authenticated(&self) {
+        self.budget.lock().unauthenticated.remove(&self.id);
+    }
+
+    /// Cancelled when the budget closes this connection to make room for a newer one.
+    pub fn closed(&self) -> &CancellationToken {
+        &self.shared.closed
     }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.budget.release(self.source);
+        let mut counts = self.handle.budget.lock();
+        counts.unauthenticated.remove(&self.handle.id);
+        counts.release(&self.handle.shared);
     }
 }
 
@@ -235,29 +328,74 @@ mod tests {
 
     #[test]
     fn caps_hold_overall_and_per_source_and_slots_free_on_drop() {
-        let budget = ConnectionBudget::new(3, 2);
-        let a1 = budget.admit(ip("10.0.0.1")).unwrap();
-        let _a2 = budget.admit(ip("10.0.0.1")).unwrap();
+        let budget = ConnectionBudget::new(4, 2);
+        let a1 = budget.admit(ip("10.0.0.1"), false).unwrap();
+        let a2 = budget.admit(ip("10.0.0.1"), false).unwrap();
+        a1.handle().authenticated();
+        a2.handle().authenticated();
         assert_eq!(
-            budget.admit(ip("10.0.0.1")).unwrap_err(),
+            budget.admit(ip("10.0.0.1"), false).unwrap_err(),
             Refusal::SourceFull
         );
-        let _b = budget.admit(ip("10.0.0.2")).unwrap();
-        assert_eq!(budget.admit(ip("10.0.0.3")).unwrap_err(), Refusal::Full);
+        let b = budget.admit(ip("10.0.0.2"), false).unwrap();
+        let c = budget.admit(ip("10.0.0.3"), false).unwrap();
+        assert_eq!((budget.open(), budget.unauthenticated()), (4, 2));
+        let d = budget.admit(ip("10.0.0.4"), false).unwrap();
+        assert!(
+            b.handle().closed().is_cancelled(),
+            "the oldest unauthenticated made room"
+        );
+        assert!(!c.handle().closed().is_cancelled());
+        drop(b);
+        assert_eq!(budget.open(), 4, "an evicted slot is not freed twice");
+        c.handle().authenticated();
+        d.handle().authenticated();
+        assert_eq!(
+            budget.admit(ip("10.0.0.5"), false).unwrap_err(),
+            Refusal::Full,
+            "authenticated connections are never closed to make room"
+        );
         drop(a1);
-        assert_eq!(budget.open(), 2);
-        budget.admit(ip("10.0.0.3")).unwrap();
+        assert_eq!(budget.open(), 3);
+        let _e = budget.admit(ip("10.0.0.5"), false).unwrap();
+        let proxy = ConnectionBudget::new(4, 1);
+        let _p1 = proxy.admit(ip("10.0.0.9"), true).unwrap();
+        let _p2 = proxy.admit(ip("10.0.0.9"), true).unwrap();
+        assert_eq!(
+            proxy.open(),
+            2,
+            "a trusted proxy is not held to the per-source cap"
+        );
+        assert_eq!(
+            proxy.admit(ip("10.0.0.9"), false).unwrap_err(),
+            Refusal::SourceFull
+        );
+    }
+
+    #[test]
+    fn unauthenticated_connections_from_many_sources_hold_half_at_most() {
+        let budget = ConnectionBudget::new(10, 10);
+        let agent = budget.admit(ip("10.0.1.1"), false).unwrap();
+        agent.handle().authenticated();
+        let flood: Vec<_> = (0..40)
+            .map(|n| budget.admit(ip(&format!("10.0.2.{n}")), false).unwrap())
+            .collect();
+        assert_eq!(budget.unauthenticated(), 5);
+        assert_eq!(budget.open(), 6);
+        assert!(!agent.handle().closed().is_cancelled());
+        let open = flood.iter().filter(|s| !s.handle().closed().is_cancelled());
+        assert_eq!(open.count(), 5, "the newest five are kept");
     }
 
     #[test]
     fn ipv6_hosts_of_one_64_share_a_bound() {
         let budget = ConnectionBudget::new(10, 1);
-        let _first = budget.admit(ip("2001:db8::1")).unwrap();
+        let _first = budget.admit(ip("2001:db8::1"), false).unwrap();
         assert_eq!(
-            budget.admit(ip("2001:db8::2")).unwrap_err(),
+            budget.admit(ip("2001:db8::2"), false).unwrap_err(),
             Refusal::SourceFull
         );
-        budget.admit(ip("2001:db8:0:1::1")).unwrap();
+        budget.admit(ip("2001:db8:0:1::1"), false).unwrap();
     }
 
     #[cfg(unix)]

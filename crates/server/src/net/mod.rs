@@ -5,13 +5,16 @@
 //! served as HTTP/1.1 with upgrades (the agents' WebSocket) under a header-read timeout (the
 //! head of every request, and the pause before it on a kept-alive connection, must arrive in
 //! time) and an idle timeout on the socket (see [`idle`]). The peer address travels to
-//! handlers as `ConnectInfo<SocketAddr>`. On shutdown, idle connections close at once and
+//! handlers as `ConnectInfo<SocketAddr>`, and the client behind it (see [`proxy`]) as a
+//! [`proxy::Client`]; a trusted proxy's connections are exempt from the per-source cap (the
+//! proxy carries many clients). On shutdown, idle connections close at once and
 //! requests in flight get a grace period. This module must never let a refused or failing
 //! connection stop the accept loop, and never log per connection above debug level (a flood
 //! would fill the log); refusals are summarised.
 
 pub mod budget;
 pub mod idle;
+pub mod proxy;
 pub mod ratelimit;
 pub mod tls;
 
@@ -32,8 +35,9 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::logtext::LogEvery;
-use budget::{ConnectionBudget, Refusal};
+use budget::{ConnectionBudget, Refusal, SlotHandle};
 use idle::IdleTimeout;
+use proxy::TrustedProxies;
 
 /// How long requests in flight may take to finish once shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -65,6 +69,8 @@ pub struct Listener {
     pub app: Router,
     /// HTTPS and WSS instead of plain HTTP (`--tls-cert`).
     pub tls: Option<crate::net::tls::TlsAcceptor>,
+    /// Peers whose `X-Forwarded-For` names the client (`--trusted-proxy`).
+    pub proxies: Arc<TrustedProxies>,
 }
 
 impl std::fmt::Debug for Listener {
@@ -96,7 +102,8 @@ pub async fn serve(listener: Listener, timeouts: Timeouts, shutdown: Cancellatio
                 continue;
             }
         };
-        let slot = match listener.budget.admit(peer.ip()) {
+        let proxied = listener.proxies.trusts(peer.ip());
+        let slot = match listener.budget.admit(peer.ip(), proxied) {
             Ok(slot) => slot,
             Err(refusal) => {
                 drop(stream);
@@ -106,12 +113,18 @@ pub async fn serve(listener: Listener, timeouts: Timeouts, shutdown: Cancellatio
         };
         // Small answers go out at once instead of waiting for the peer's delayed ACK.
         let _ = stream.set_nodelay(true);
+        let handle = slot.handle();
         let io = IdleTimeout::new(stream, timeouts.idle, Some(slot));
         let (app, stop) = (listener.app.clone(), shutdown.clone());
+        let peer = Peer {
+            addr: peer,
+            proxies: listener.proxies.clone(),
+            slot: handle,
+        };
         match listener.tls.clone() {
             None => tracker.spawn(serve_connection(io, peer, app, timeouts, stop)),
             Some(acceptor) => tracker.spawn(async move {
-                if let Some(tls) = crate::net::tls::handshake(&acceptor, io, peer).await {
+                if let Some(tls) = crate::net::tls::handshake(&acceptor, io, peer.addr).await {
                     serve_connection(tls, peer, app, timeouts, stop).await;
                 }
             }),
@@ -169,18 +182,35 @@ fn log_refusal(listener: &Listener, peer: SocketAddr, refusal: Refusal, summary:
     }
 }
 
+/// The TCP peer of a connection, the proxies trusted to name the client behind it, and the
+/// connection's place in the budget.
+struct Peer {
+    addr: SocketAddr,
+    proxies: Arc<TrustedProxies>,
+    slot: SlotHandle,
+}
+
 /// Serves one connection as HTTP/1.1 (with upgrades) until it closes or shutdown.
 async fn serve_connection<I>(
     io: I,
-    peer: SocketAddr,
+    peer: Peer,
     app: Router,
     timeouts: Timeouts,
     shutdown: CancellationToken,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let Peer {
+        addr: peer,
+        proxies,
+        slot,
+    } = peer;
+    let evicted = slot.closed().clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        let client = proxies.client(peer.ip(), request.headers());
         request.extensions_mut().insert(ConnectInfo(peer));
+        request.extensions_mut().insert(client);
+        request.extensions_mut().insert(slot.clone());
         let app = app.clone();
         async move { Ok::<_, Infallible>(app.oneshot(request).await.unwrap_or_else(|e| match e {})) }
     });
@@ -195,6 +225,10 @@ async fn serve_connection<I>(
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
+        () = evicted.cancelled() => {
+            tracing::debug!(%peer, "unauthenticated connection closed to make room");
+            return;
+        }
         () = shutdown.cancelled() => {
             connection.as_mut().graceful_shutdown();
             connection.await

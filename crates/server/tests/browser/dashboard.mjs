@@ -29,7 +29,7 @@ function cli(...args) {
 
 function startServer() {
   const child = spawn(SERVER, ["serve", "--listen", "127.0.0.1:0", "--data-dir", serverDir,
-    "--offline-after", "15"], { stdio: ["ignore", "pipe", openSync(join(work, "server.log"), "w")] });
+    "--offline-after", "15", "--open-enrollment"], { stdio: ["ignore", "pipe", openSync(join(work, "server.log"), "w")] });
   children.push(child);
   return new Promise((resolve, reject) => {
     let out = "";

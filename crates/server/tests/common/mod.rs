@@ -54,6 +54,8 @@ pub struct Options {
     pub args: Vec<String>,
     /// Runs the server under `prlimit --nofile=N`.
     pub open_files: Option<u64>,
+    /// Leaves out `--open-enrollment` (given by default when no enrollment token is).
+    pub closed_enrollment: bool,
 }
 
 /// `cms-server` with `args` and the data dir (and database URL) of `store`.
@@ -122,6 +124,10 @@ impl Server {
         }
         if let Some(token) = &options.enrollment_env {
             cmd.env("CMS_ENROLLMENT_TOKEN", token);
+        }
+        let tokenless = options.enrollment_token.is_none() && options.enrollment_env.is_none();
+        if tokenless && !options.closed_enrollment {
+            cmd.arg("--open-enrollment");
         }
         if let Some(secs) = options.offline_after {
             cmd.args(["--offline-after", &secs.to_string()]);

@@ -12,11 +12,11 @@ pub mod assets;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use cms_protocol::{OperatorRole, StoredError};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
@@ -24,12 +24,13 @@ use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
 
 use self::assets::{Asset, CONTENT_SECURITY_POLICY};
-use super::access::Operator;
+use super::access::{Operator, still_valid};
 use super::{ApiError, ApiJson, ApiQuery, AppState};
 use crate::access::session;
 use crate::clock;
 use crate::db::{AgentSearch, AgentSort, ErrorKey, FleetAgent};
-use crate::events::live::LiveEvent;
+use crate::events::live::{self, LiveEvent};
+use crate::net::proxy::Client;
 use crate::rollout::control::{self, RolloutAction, RolloutError};
 
 /// An agent not seen for this long counts as missing.
@@ -90,7 +91,7 @@ pub struct WhoAmI {
 /// `POST /api/v1/session`: opens a session for a valid operator token and sets its cookie.
 pub async fn sign_in(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    client: Option<Extension<Client>>,
     ApiJson(body): ApiJson<SignIn>,
 ) -> Result<Response, ApiError> {
     let opened = session::open(state.operator_db(), body.token.trim())
@@ -104,7 +105,7 @@ pub async fn sign_in(
         return Err(ApiError::Unauthorized("not a valid operator token"));
     };
     tracing::info!(operator = opened.operator.name, "dashboard session opened");
-    let cookie = session::set_cookie(Some(&opened.id), is_https(&state, &headers));
+    let cookie = session::set_cookie(Some(&opened.id), is_https(&state, client));
     let who = WhoAmI {
         name: opened.operator.name,
         role: opened.operator.role,
@@ -112,8 +113,9 @@ pub async fn sign_in(
     Ok(([(header::SET_COOKIE, cookie)], Json(who)).into_response())
 }
 
-fn is_https(state: &AppState, headers: &HeaderMap) -> bool {
-    session::is_https(headers, state.serves_tls())
+fn is_https(state: &AppState, client: Option<Extension<Client>>) -> bool {
+    let forwarded = client.is_some_and(|Extension(client)| client.forwarded_https);
+    session::is_https(state.serves_tls() || state.public_https(), forwarded)
 }
 
 /// `GET /api/v1/session`: who the caller is.
@@ -124,15 +126,23 @@ pub async fn whoami(operator: Operator) -> Json<WhoAmI> {
     })
 }
 
-/// `DELETE /api/v1/session`: ends the cookie's session and clears the cookie.
+/// `DELETE /api/v1/session`: ends the cookie's session and clears the cookie; like every
+/// cookie-authenticated change it needs the CSRF header (403 without it).
 pub async fn sign_out(
     State(state): State<AppState>,
+    client: Option<Extension<Client>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    if session::lacks_csrf_header(&axum::http::Method::DELETE, &headers) {
+        return Err(ApiError::Forbidden(format!(
+            "signing out needs the {} header",
+            session::CSRF_HEADER
+        )));
+    }
     if let Some(id) = session::cookie_session(&headers) {
         session::close(state.operator_db(), id).await?;
     }
-    let cookie = session::set_cookie(None, is_https(&state, &headers));
+    let cookie = session::set_cookie(None, is_https(&state, client));
     Ok(([(header::SET_COOKIE, cookie)], StatusCode::NO_CONTENT).into_response())
 }
 
@@ -344,33 +354,85 @@ pub async fn rollout_action(
     Ok(Json(status).into_response())
 }
 
-/// `GET /api/v1/events`: the live feed as server-sent events, until the server stops.
+/// `GET /api/v1/events`: the live feed as server-sent events, until the server stops or the
+/// caller's token or session ends (checked again every `--live-feed-recheck-secs`, 30 s). At
+/// most [`live::MAX_FEEDS_PER_TOKEN`] per token and [`live::MAX_FEEDS`] in all (429/503).
 pub async fn events(
     State(state): State<AppState>,
     operator: Operator,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let slot = state
+        .feeds()
+        .admit(&operator.actor.name)
+        .map_err(|refused| {
+            let message = refused.to_string();
+            let retry_after = Duration::from_secs(30);
+            match refused {
+                live::FeedRefusal::Full => ApiError::Unavailable {
+                    message,
+                    retry_after,
+                },
+                live::FeedRefusal::TokenFull => ApiError::TooManyRequests {
+                    message,
+                    retry_after,
+                },
+            }
+        })?;
     tracing::debug!(operator = operator.actor.name, "live feed opened");
-    let receiver = state.live().subscribe();
-    let shutdown = state.shutdown().clone();
-    let stream = futures_util::stream::unfold(
-        (receiver, shutdown),
-        |(mut receiver, shutdown)| async move {
+    let (mut parts, ()) = axum::http::Request::new(()).into_parts();
+    parts.headers = headers;
+    let feed = Feed {
+        receiver: state.live().subscribe(),
+        recheck: tokio::time::interval_at(
+            tokio::time::Instant::now() + state.live_recheck(),
+            state.live_recheck(),
+        ),
+        state,
+        parts,
+        _slot: slot,
+    };
+    let stream = futures_util::stream::unfold(feed, |mut feed| async move {
+        let sse = feed.next().await?;
+        Some((Ok(sse), feed))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+/// One open live feed: its events, its credential checked again on `recheck`, its slot.
+struct Feed {
+    receiver: tokio::sync::broadcast::Receiver<LiveEvent>,
+    recheck: tokio::time::Interval,
+    state: AppState,
+    parts: axum::http::request::Parts,
+    _slot: live::FeedSlot,
+}
+
+impl Feed {
+    /// The next event to send; `None` ends the feed (shutdown, credential gone).
+    async fn next(&mut self) -> Option<Event> {
+        loop {
             let received = tokio::select! {
-                () = shutdown.cancelled() => return None,
-                received = receiver.recv() => received,
+                () = self.state.shutdown().cancelled() => return None,
+                _ = self.recheck.tick() => {
+                    if !matches!(still_valid(&self.parts, &self.state).await, Ok(true)) {
+                        tracing::debug!("live feed closed: its token or session ended");
+                        return None;
+                    }
+                    continue;
+                }
+                received = self.receiver.recv() => received,
             };
-            let sse = match received {
+            return match received {
                 Ok(event) => {
                     let data = serde_json::to_string(&event).unwrap_or_default();
-                    Event::default().event(event.name()).data(data)
+                    Some(Event::default().event(event.name()).data(data))
                 }
                 Err(RecvError::Lagged(skipped)) => {
-                    Event::default().event("lagged").data(skipped.to_string())
+                    Some(Event::default().event("lagged").data(skipped.to_string()))
                 }
-                Err(RecvError::Closed) => return None,
+                Err(RecvError::Closed) => None,
             };
-            Some((Ok(sse), (receiver, shutdown)))
-        },
-    );
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        }
+    }
 }
