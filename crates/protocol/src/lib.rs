@@ -272,6 +272,9 @@ pub struct AgentSummary {
     /// from its latest heartbeat; absent for agents that do not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// When an operator revoked the agent (RFC 3339); absent while its credential is valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
 }
 
 /// One stored error report as operators see it (`GET /api/v1/errors`).

@@ -106,6 +106,12 @@ impl Hub {
         }
     }
 
+    /// Closes `agent_id`'s connection, if it holds one here (its socket task sends a close
+    /// frame and ends); `true` when there was one.
+    pub fn disconnect(&self, agent_id: &str) -> bool {
+        self.lock().remove(agent_id).is_some()
+    }
+
     /// Whether `agent_id` holds a live connection.
     pub fn is_connected(&self, agent_id: &str) -> bool {
         self.lock()
@@ -178,7 +184,8 @@ pub trait AgentMessages: Send + Sync {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
     ClientClosed,
-    Replaced,
+    /// Replaced by a newer connection, or closed by [`Hub::disconnect`].
+    Removed,
     Dead,
     Shutdown,
 }
@@ -206,7 +213,7 @@ pub async fn run_socket(
         tokio::select! {
             () = shutdown.cancelled() => break End::Shutdown,
             event = events.recv() => {
-                let Some(event) = event else { break End::Replaced };
+                let Some(event) = event else { break End::Removed };
                 if !send_event(&mut sink, &agent_id, &event).await {
                     break End::Dead;
                 }
@@ -233,7 +240,7 @@ pub async fn run_socket(
         }
     };
     hub.unregister(&agent_id, connection_id);
-    if matches!(end, End::Shutdown | End::Replaced) {
+    if matches!(end, End::Shutdown | End::Removed) {
         let _ = send_frame(&mut sink, Message::Close(None)).await;
     }
     tracing::info!(agent_id, connection_id, reason = ?end, "agent WebSocket closed");
@@ -329,6 +336,16 @@ mod tests {
         hub.unregister("a", new.connection_id);
         assert!(!hub.is_connected("a"));
         assert!(hub.is_empty());
+    }
+
+    #[test]
+    fn disconnect_closes_the_connection() {
+        let hub = Hub::new();
+        let registration = hub.register("a");
+        assert!(hub.disconnect("a"));
+        assert!(registration.events.is_closed());
+        assert!(!hub.is_connected("a"));
+        assert!(!hub.disconnect("a"));
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! except the one handed out once at creation.
 
 pub mod auth;
+pub mod enrollment;
+pub mod revocation;
 pub mod session;
 
 use std::time::Duration;

@@ -41,6 +41,7 @@ const MAX_KIND: usize = 128;
 const MAX_MESSAGE: usize = 16 * 1024;
 
 const UNAUTHORIZED: &str = "missing or invalid agent token";
+const REVOKED: &str = "this agent was revoked by an operator; reset its identity to enrol it again";
 /// At most one warning per interval about refused floods (with the count it stands for).
 static REGISTRATIONS_THROTTLED: LogEvery = LogEvery::new(Duration::from_secs(10));
 static REPORTS_THROTTLED: LogEvery = LogEvery::new(Duration::from_secs(10));
@@ -61,15 +62,29 @@ impl FromRequestParts<AppState> for AuthedAgent {
     ) -> Result<Self, Self::Rejection> {
         let token = auth::bearer(&parts.headers).ok_or(ApiError::Unauthorized(UNAUTHORIZED))?;
         let presented = auth::hash_token(token);
-        let (agent_id, stored) = state
+        let credential = state
             .db()
             .agent_by_token_hash(&presented)
             .await?
             .ok_or(ApiError::Unauthorized(UNAUTHORIZED))?;
-        if !auth::secrets_equal(&presented, &stored) {
+        if !auth::secrets_equal(&presented, &credential.token_hash) {
             return Err(ApiError::Unauthorized(UNAUTHORIZED));
         }
-        Ok(AuthedAgent { agent_id })
+        if credential.revoked {
+            return Err(revoked());
+        }
+        Ok(AuthedAgent {
+            agent_id: credential.agent_id,
+        })
+    }
+}
+
+/// The answer to a revoked agent (docs/protocol.md, "Revocation"): 410, which it must not
+/// answer by registering again.
+fn revoked() -> ApiError {
+    ApiError::Rejected {
+        status: StatusCode::GONE,
+        message: REVOKED.to_owned(),
     }
 }
 
@@ -98,16 +113,21 @@ pub async fn register(
             retry_after,
         });
     }
-    if let Err(refused) = registration::admit(state.enrollment_token(), &request) {
-        tracing::info!(%source, "registration refused: bad enrollment token");
-        return Err(refused.into());
-    }
     check_field("hostname", &request.hostname, MAX_SHORT_FIELD)?;
     check_field("platform", &request.platform, MAX_SHORT_FIELD)?;
     check_field("version", &request.version, MAX_SHORT_FIELD)?;
-    let enrolled = registration::enrol(state.db(), state.live(), &request).await?;
+    let admitted = match registration::admit(state.db(), state.enrollment_token(), &request).await
+    {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            tracing::info!(%source, reason = %refused, "registration refused");
+            return Err(refused.into());
+        }
+    };
+    let enrolled = registration::enrol(state.db(), state.live(), &request, &admitted).await?;
     tracing::info!(
         agent_id = %enrolled.agent_id,
+        enrolled_by = admitted.token.as_deref().unwrap_or(""),
         %source,
         hostname = %Untrusted(&request.hostname),
         platform = %Untrusted(&request.platform),
@@ -120,7 +140,7 @@ pub async fn register(
 impl From<RegistrationError> for ApiError {
     fn from(error: RegistrationError) -> Self {
         match error {
-            RegistrationError::BadEnrollmentToken => ApiError::Forbidden(error.to_string()),
+            RegistrationError::Refused(_) => ApiError::Forbidden(error.to_string()),
             RegistrationError::Random(e) => ApiError::Internal(e.to_string()),
             RegistrationError::Database(e) => ApiError::Database(e),
         }
@@ -134,17 +154,20 @@ pub async fn status(
     agent: AuthedAgent,
     ApiJson(report): ApiJson<StatusReport>,
 ) -> Result<StatusCode, ApiError> {
-    record_heartbeat(&state, &agent.agent_id, &report, "http").await?;
+    if !record_heartbeat(&state, &agent.agent_id, &report, "http").await? {
+        return Err(revoked()); // revoked since the credential was checked
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Stores one heartbeat, whichever way it came (`via`: `http` or `websocket`).
+/// Stores one heartbeat, whichever way it came (`via`: `http` or `websocket`); `false` when the
+/// agent was revoked (or removed) meanwhile.
 async fn record_heartbeat(
     state: &AppState,
     agent_id: &str,
     report: &StatusReport,
     via: &'static str,
-) -> Result<(), ApiError> {
+) -> Result<bool, ApiError> {
     check_field("version", &report.version, MAX_SHORT_FIELD)?;
     if let Some(network) = &report.network {
         check_field("network", network, MAX_SHORT_FIELD)?;
@@ -157,7 +180,9 @@ async fn record_heartbeat(
         metrics_json: &metrics_json,
         network: report.network.as_deref(),
     };
-    heartbeat::record(state.db(), state.live(), agent_id, &heartbeat).await?;
+    if !heartbeat::record(state.db(), state.live(), agent_id, &heartbeat).await? {
+        return Ok(false);
+    }
     tracing::debug!(
         agent_id,
         via,
@@ -168,7 +193,7 @@ async fn record_heartbeat(
         network = %Untrusted(report.network.as_deref().unwrap_or("")),
         "heartbeat"
     );
-    Ok(())
+    Ok(true)
 }
 
 /// The agent's messages on its WebSocket: heartbeats, answered with what the update check
@@ -204,10 +229,20 @@ impl crate::ws::AgentMessages for SocketMessages {
 
     async fn handle(&self, agent_id: &str, message: AgentMessage) -> Option<ServerEvent> {
         let AgentMessage::Heartbeat(report) = message;
-        if let Err(error) = record_heartbeat(&self.state, agent_id, &report, "websocket").await {
-            // No answer: the agent sends the heartbeat again over HTTP and sees the error.
-            tracing::info!(agent_id, %error, "heartbeat over WebSocket not stored");
-            return None;
+        match record_heartbeat(&self.state, agent_id, &report, "websocket").await {
+            Ok(true) => {}
+            Ok(false) => {
+                // Revoked through a replica that does not hold this socket (or by a command
+                // without a bus): close it; the agent's next call is answered 410.
+                tracing::info!(agent_id, "heartbeat of a revoked agent; closing its WebSocket");
+                self.state.hub().disconnect(agent_id);
+                return None;
+            }
+            Err(error) => {
+                // No answer: the agent sends the heartbeat again over HTTP and sees the error.
+                tracing::info!(agent_id, %error, "heartbeat over WebSocket not stored");
+                return None;
+            }
         }
         let update = match cohort::parse_version(&report.version) {
             Some(current) => {

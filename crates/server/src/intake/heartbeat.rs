@@ -9,22 +9,23 @@ use crate::db::{Db, DbError, Heartbeat};
 use crate::events::live::{LiveEvent, LiveFeed};
 
 /// Stores `heartbeat` of `agent_id` and publishes [`LiveEvent::AgentChanged`] when its state or
-/// version differs from what was stored.
+/// version differs from what was stored; `false` (nothing stored) when the agent is unknown or
+/// was revoked.
 pub async fn record(
     db: &Db,
     live: &LiveFeed,
     agent_id: &str,
     heartbeat: &Heartbeat<'_>,
-) -> Result<(), DbError> {
-    let before = db.update_status(agent_id, heartbeat, &clock::now()).await?;
-    if before
-        .is_some_and(|(state, version)| state != heartbeat.state || version != heartbeat.version)
-    {
+) -> Result<bool, DbError> {
+    let Some((state, version)) = db.update_status(agent_id, heartbeat, &clock::now()).await? else {
+        return Ok(false);
+    };
+    if state != heartbeat.state || version != heartbeat.version {
         live.publish(LiveEvent::AgentChanged {
             agent_id: agent_id.to_owned(),
             state: heartbeat.state.to_owned(),
             version: heartbeat.version.to_owned(),
         });
     }
-    Ok(())
+    Ok(true)
 }
