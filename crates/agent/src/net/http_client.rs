@@ -21,6 +21,7 @@ use futures_util::StreamExt;
 use reqwest::{StatusCode, header};
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::net::proxy::Route;
@@ -50,6 +51,12 @@ pub enum HttpError {
     /// The server does not (or no longer) accept this agent's credential.
     #[error("the server rejected this agent's credential ({what})")]
     Unauthorized {
+        /// Which call.
+        what: &'static str,
+    },
+    /// An operator revoked this agent (410): it must not register again by itself.
+    #[error("{what}: an operator revoked this agent on the server")]
+    Revoked {
         /// Which call.
         what: &'static str,
     },
@@ -179,6 +186,8 @@ pub struct HttpClient {
     client: reqwest::Client,
     servers: Arc<ServerList>,
     credentials: RwLock<Option<Credentials>>,
+    /// Fired by the first call the server answers "revoked" (410).
+    revoked: CancellationToken,
 }
 
 impl HttpClient {
@@ -211,6 +220,7 @@ impl HttpClient {
             client,
             servers,
             credentials: RwLock::new(None),
+            revoked: CancellationToken::new(),
         })
     }
 
@@ -234,7 +244,15 @@ impl HttpClient {
         {
             self.servers.failed(&base);
         }
+        if let Err(HttpError::Revoked { .. }) = &result {
+            self.revoked.cancel();
+        }
         result
+    }
+
+    /// Fires once the server answered any call with "this agent was revoked".
+    pub fn revoked(&self) -> &CancellationToken {
+        &self.revoked
     }
 
     /// Uses `credentials` for every later call.
@@ -471,6 +489,9 @@ async fn send(
     }
     if status == StatusCode::UNAUTHORIZED {
         return Err(HttpError::Unauthorized { what });
+    }
+    if status == StatusCode::GONE {
+        return Err(HttpError::Revoked { what });
     }
     if status == StatusCode::TOO_MANY_REQUESTS {
         let retry_after = retry_after(response.headers().get(header::RETRY_AFTER));

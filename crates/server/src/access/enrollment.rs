@@ -93,7 +93,10 @@ pub async fn admit(
         if server_token.is_some_and(|expected| auth::secrets_equal(presented, expected)) {
             return Ok(Ok(admitted(DEFAULT_TOKEN, None)));
         }
-        if let Some(row) = db.enrollment_token_by_hash(&auth::hash_token(presented)).await? {
+        if let Some(row) = db
+            .enrollment_token_by_hash(&auth::hash_token(presented))
+            .await?
+        {
             return admit_stored(db, row).await;
         }
     }
@@ -225,7 +228,10 @@ mod tests {
     async fn open_until_a_token_exists_then_each_refusal_is_told_apart() {
         let (_dir, db) = store().await;
         let actor = Actor::command_line("alice");
-        assert_eq!(admit(&db, None, None).await.unwrap(), Ok(Admitted::default()));
+        assert_eq!(
+            admit(&db, None, None).await.unwrap(),
+            Ok(Admitted::default())
+        );
         let once = TokenSpec {
             uses: Some(1),
             group: Some("lab"),
@@ -236,7 +242,10 @@ mod tests {
         let refused = admit(&db, None, None).await.unwrap();
         assert_eq!(refused, Err(EnrollmentRefusal::Invalid), "closed now");
         let admitted = admit(&db, None, Some(&once.token)).await.unwrap().unwrap();
-        assert_eq!((admitted.token.as_deref(), admitted.group()), (Some("once"), Some("lab")));
+        assert_eq!(
+            (admitted.token.as_deref(), admitted.group()),
+            (Some("once"), Some("lab"))
+        );
         let again = admit(&db, None, Some(&once.token)).await.unwrap();
         assert_eq!(again, Err(EnrollmentRefusal::UsedUp));
         let gone = create(&db, &spec("gone"), &actor).await.unwrap();
@@ -264,7 +273,10 @@ mod tests {
             group: None,
             revoked_at: None,
         };
-        assert_eq!(refusal(&row, &clock::now()), Some(EnrollmentRefusal::Expired));
+        assert_eq!(
+            refusal(&row, &clock::now()),
+            Some(EnrollmentRefusal::Expired)
+        );
         let later = EnrollmentTokenRow {
             expires_at: Some(clock::from_now(time::Duration::days(1))),
             ..row

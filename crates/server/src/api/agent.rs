@@ -116,8 +116,7 @@ pub async fn register(
     check_field("hostname", &request.hostname, MAX_SHORT_FIELD)?;
     check_field("platform", &request.platform, MAX_SHORT_FIELD)?;
     check_field("version", &request.version, MAX_SHORT_FIELD)?;
-    let admitted = match registration::admit(state.db(), state.enrollment_token(), &request).await
-    {
+    let admitted = match registration::admit(state.db(), state.enrollment_token(), &request).await {
         Ok(admitted) => admitted,
         Err(refused) => {
             tracing::info!(%source, reason = %refused, "registration refused");
@@ -234,7 +233,10 @@ impl crate::ws::AgentMessages for SocketMessages {
             Ok(false) => {
                 // Revoked through a replica that does not hold this socket (or by a command
                 // without a bus): close it; the agent's next call is answered 410.
-                tracing::info!(agent_id, "heartbeat of a revoked agent; closing its WebSocket");
+                tracing::info!(
+                    agent_id,
+                    "heartbeat of a revoked agent; closing its WebSocket"
+                );
                 self.state.hub().disconnect(agent_id);
                 return None;
             }

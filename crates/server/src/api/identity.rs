@@ -26,7 +26,12 @@ pub async fn revoke_agent(
     Path(agent_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     operator
-        .require(&state, OperatorRole::Operator, revocation::ACTION, Some(&agent_id))
+        .require(
+            &state,
+            OperatorRole::Operator,
+            revocation::ACTION,
+            Some(&agent_id),
+        )
         .await?;
     let bus = state.cluster().bus();
     let db = state.operator_db();
@@ -69,7 +74,12 @@ pub async fn create_enrollment_token(
     ApiJson(request): ApiJson<NewEnrollmentToken>,
 ) -> Result<Response, ApiError> {
     operator
-        .require(&state, OperatorRole::Admin, "enroll.create", Some(&request.name))
+        .require(
+            &state,
+            OperatorRole::Admin,
+            "enroll.create",
+            Some(&request.name),
+        )
         .await?;
     let spec = TokenSpec {
         name: &request.name,

@@ -54,7 +54,12 @@ pub(super) async fn agent(command: AgentCommand) -> anyhow::Result<ExitCode> {
 
 async fn list(db: &Db) -> anyhow::Result<()> {
     print_line(&row_text(
-        "AGENT ID", "HOSTNAME", "PLATFORM", "VERSION", "LAST SEEN", "REVOKED",
+        "AGENT ID",
+        "HOSTNAME",
+        "PLATFORM",
+        "VERSION",
+        "LAST SEEN",
+        "REVOKED",
     ));
     let mut after = AgentKey::default();
     loop {
@@ -81,7 +86,14 @@ fn print_agent(row: &AgentRow) {
     ));
 }
 
-fn row_text(id: &str, host: &str, platform: &str, version: &str, seen: &str, revoked: &str) -> String {
+fn row_text(
+    id: &str,
+    host: &str,
+    platform: &str,
+    version: &str,
+    seen: &str,
+    revoked: &str,
+) -> String {
     format!("{id:<36} {host:<24} {platform:<15} {version:<10} {seen:<27} {revoked}")
 }
 

@@ -80,10 +80,13 @@ pub(super) async fn enroll(command: EnrollCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn print_tokens(tokens: &[EnrollmentTokenRow]) {
-    let line = |name: &str, created: &str, expires: &str, uses: &str, group: &str, revoked: &str| {
-        format!("{name:<32} {created:<27} {expires:<27} {uses:<11} {group:<16} {revoked}")
-    };
-    print_line(&line("NAME", "CREATED", "EXPIRES", "USES", "GROUP", "REVOKED"));
+    let line =
+        |name: &str, created: &str, expires: &str, uses: &str, group: &str, revoked: &str| {
+            format!("{name:<32} {created:<27} {expires:<27} {uses:<11} {group:<16} {revoked}")
+        };
+    print_line(&line(
+        "NAME", "CREATED", "EXPIRES", "USES", "GROUP", "REVOKED",
+    ));
     for token in tokens {
         let uses = match token.max_uses {
             Some(max) => format!("{}/{max}", token.uses),

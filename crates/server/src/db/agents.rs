@@ -151,11 +151,13 @@ impl Db {
         .bind(token_hash)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|(agent_id, token_hash, revoked_at)| AgentCredential {
-            agent_id,
-            token_hash,
-            revoked: revoked_at.is_some(),
-        }))
+        Ok(
+            row.map(|(agent_id, token_hash, revoked_at)| AgentCredential {
+                agent_id,
+                token_hash,
+                revoked: revoked_at.is_some(),
+            }),
+        )
     }
 
     /// Whether an agent with this id is registered.

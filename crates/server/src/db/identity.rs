@@ -62,13 +62,14 @@ impl Db {
     /// Revokes `agent_id` at `now` and forgets its connection records, so no replica counts it
     /// connected any more.
     pub async fn revoke_agent(&self, agent_id: &str, now: &str) -> Result<Revocation, DbError> {
-        let revoked =
-            sqlx::query("UPDATE agents SET revoked_at = $1 WHERE agent_id = $2 AND revoked_at IS NULL")
-                .bind(now)
-                .bind(agent_id)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
+        let revoked = sqlx::query(
+            "UPDATE agents SET revoked_at = $1 WHERE agent_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(agent_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         sqlx::query("DELETE FROM agent_connections WHERE agent_id = $1")
             .bind(agent_id)
             .execute(&self.pool)

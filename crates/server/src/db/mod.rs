@@ -18,9 +18,9 @@ mod rollouts;
 mod sessions;
 
 pub use agents::{AgentCredential, AgentKey, AgentRow, Heartbeat, NewAgent};
-pub use identity::{EnrollmentTokenRow, NewEnrollmentToken, Revocation};
 pub use errors::{ErrorKey, NewErrorReport, RetentionSweep};
 pub use fleet::{AgentSearch, AgentSort, ErrorGroup, FleetAgent, FleetCounts, Tally, VersionSeen};
+pub use identity::{EnrollmentTokenRow, NewEnrollmentToken, Revocation};
 pub use operators::{AuditKey, NewAuditEntry, OperatorTokenRow};
 pub use releases::{NewRelease, PackageRow, PendingRelease, ReleaseKey, ReleaseRecord, ReleaseRow};
 pub use rollouts::{

@@ -1,0 +1,47 @@
+//! The agent's identity as the server sees it: registration, unless an operator revoked this
+//! agent, and what a revocation does here.
+//!
+//! A revoked agent (the server answers 410, docs/protocol.md "Revocation") says so once in its
+//! log, records it in config.json, stops every task that talks to the backend and waits for a
+//! person: it never registers again by itself, at this run or the next, until
+//! `cms_agent --reset-identity` clears the identity. This module must never register after a
+//! revocation or log a credential.
+
+use super::Inner;
+use crate::core::agent_state::AgentState;
+
+/// What the log says, once, about a revoked agent.
+const REVOKED: &str = "an operator revoked this agent on the server: it no longer contacts the \
+     backend. To enrol this machine again: stop the agent, run `cms_agent --reset-identity`, and \
+     start it";
+
+impl Inner {
+    /// Registers unless credentials exist (retrying with backoff), or, when an earlier run
+    /// recorded a revocation, says so and stops the backend's services instead. `false` when
+    /// the services must not start.
+    pub(super) async fn register_unless_revoked(&self) -> bool {
+        if self.config().config().identity_revoked {
+            tracing::error!(at_start = true, "{REVOKED}");
+            self.stop_backend();
+            return false;
+        }
+        self.register_until_done().await
+    }
+
+    /// The server answered that this agent is revoked: recorded in config.json, logged once,
+    /// and the services that talk to the backend stopped.
+    pub(super) fn revoked(&self) {
+        tracing::error!(at_start = false, "{REVOKED}");
+        if let Err(err) = self.config().update(|c| c.identity_revoked = true) {
+            tracing::error!(error = %err, "cannot record the revocation in config.json; the next start asks the server again");
+        }
+        self.stop_backend();
+    }
+
+    fn stop_backend(&self) {
+        self.backend.cancel();
+        if self.state.get() == AgentState::Starting {
+            let _ = self.state.set_state(AgentState::Idle);
+        }
+    }
+}
