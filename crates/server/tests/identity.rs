@@ -186,6 +186,99 @@ async fn revoked_through_one_replica_refused_by_the_other() {
     schema.drop_schema().await;
 }
 
+/// Copies the regular files of a running agent's data folder (not its lock, logs or IPC
+/// socket), as cloning a machine's disk would.
+fn copy_data_folder(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        let kind = entry.file_type().unwrap();
+        if name == "logs" || name == "agent.lock" {
+            continue;
+        }
+        if kind.is_dir() {
+            copy_data_folder(&entry.path(), &to.join(&name));
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), to.join(&name)).unwrap();
+        }
+    }
+}
+
+/// Ids of the agents `server` lists online.
+async fn online_ids(server: &Server) -> Vec<String> {
+    let agents = server.agents().await;
+    agents
+        .into_iter()
+        .filter(|a| a.online)
+        .map(|a| a.agent_id)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_live_clone_becomes_a_second_identity_and_a_restart_keeps_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("server"),
+        &Store::Sqlite,
+        &Options::default(),
+    )
+    .await;
+    let original_dir = dir.path().join("original");
+    let args = ["--server", server.base.as_str(), "--status-interval", "1"];
+    let original = AgentProcess::start(&original_dir, &args);
+    let original_id = wait_until("the agent to register", 60, || async {
+        original.agent_id()
+    })
+    .await;
+    wait_until("the agent's WebSocket", 60, || async {
+        original.log().contains("websocket connected").then_some(())
+    })
+    .await;
+
+    let clone_dir = dir.path().join("clone");
+    copy_data_folder(&original_dir, &clone_dir);
+    let clone = AgentProcess::start(&clone_dir, &args);
+    let clone_id = wait_until("a second identity online", 120, || async {
+        let online = online_ids(&server).await;
+        let id = clone.agent_id().filter(|id| *id != original_id)?;
+        (online.len() == 2 && online.contains(&original_id) && online.contains(&id)).then_some(id)
+    })
+    .await;
+    assert_eq!(
+        original.agent_id().as_deref(),
+        Some(original_id.as_str()),
+        "the original keeps its id"
+    );
+    let report = wait_until("the clone's identity_conflict report", 60, || async {
+        let errors = server.errors().await;
+        errors.into_iter().find(|e| e.kind == "identity_conflict")
+    })
+    .await;
+    assert_eq!(report.agent_id, clone_id);
+    assert!(report.message.contains(&original_id), "{}", report.message);
+
+    // Killed and started again at once: its old socket is dead, so it keeps its identity.
+    let mut original = original;
+    original.child.start_kill().unwrap();
+    original.child.wait().await.unwrap();
+    let restarted = AgentProcess::start(&original_dir, &args);
+    wait_until("the restarted agent's WebSocket", 60, || async {
+        (restarted.log().matches("websocket connected").count() >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(restarted.agent_id().as_deref(), Some(original_id.as_str()));
+    assert_eq!(server.agents().await.len(), 2, "no third identity");
+    assert!(
+        !restarted
+            .log()
+            .contains("another live agent holds this identity")
+    );
+    restarted.stop().await;
+    clone.stop().await;
+    server.stop().await;
+}
+
 /// Registers with `token`; the status and the error text.
 async fn register_with(server: &Server, token: &str) -> (u16, String) {
     let response = server.register("host", Some(token)).await;
@@ -238,6 +331,10 @@ async fn enrollment_tokens_are_refused_expired_used_up_and_revoked_apart() {
         .operator_json(&format!("/api/v1/fleet/agents/{agent_id}"))
         .await;
     assert_eq!(page["agent"]["enrolled_by"], "once");
+    assert_eq!(
+        page["agent"]["credential_at"],
+        page["agent"]["registered_at"]
+    );
 
     let (status, used_up) = register_with(&server, &once).await;
     assert_eq!(status, 403);

@@ -232,9 +232,14 @@ impl Inner {
             let settle = settle_update_journal(self.clone());
             tasks.spawn("settle_update_journal", Role::MayFinish, settle);
         }
+        let mut conflicts = self.ws.identity_conflicts();
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => return None,
+                Ok(()) = conflicts.changed() => {
+                    let refused = conflicts.borrow_and_update().clone();
+                    self.identity_conflict(refused).await;
+                }
                 () = self.http.revoked().cancelled(), if !self.backend.is_cancelled() => {
                     self.revoked();
                 }

@@ -41,6 +41,12 @@ const MAX_KIND: usize = 128;
 const MAX_MESSAGE: usize = 16 * 1024;
 
 const UNAUTHORIZED: &str = "missing or invalid agent token";
+/// How long the live connection of an identity has to answer a ping before a second one takes
+/// its place.
+const CLONE_PROBE: Duration = Duration::from_secs(5);
+/// The 409 text of a WebSocket refused as a clone (docs/protocol.md, "Agent identities").
+pub const IDENTITY_CONFLICT: &str =
+    "identity_conflict: another live agent holds this identity; register as a new agent";
 const REVOKED: &str = "this agent was revoked by an operator; reset its identity to enrol it again";
 /// At most one warning per interval about refused floods (with the count it stands for).
 static REGISTRATIONS_THROTTLED: LogEvery = LogEvery::new(Duration::from_secs(10));
@@ -373,12 +379,25 @@ fn truncate(text: &mut String, max: usize) {
     text.truncate(end);
 }
 
-/// `GET /api/v1/agent/ws`: upgrades to the agent's event WebSocket.
+/// `GET /api/v1/agent/ws`: upgrades to the agent's event WebSocket, unless another live
+/// connection of this replica holds the same identity and answers a ping within
+/// [`CLONE_PROBE`]: then 409 with [`IDENTITY_CONFLICT`] (a copy of the agent's data folder; it
+/// registers anew). A connection that does not answer is dead (the agent was killed and
+/// restarted) and the new one replaces it.
 pub async fn websocket(
     State(state): State<AppState>,
     agent: AuthedAgent,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
+    if let Some(answered) = state.hub().probe(&agent.agent_id)
+        && matches!(
+            tokio::time::timeout(CLONE_PROBE, answered).await,
+            Ok(Ok(()))
+        )
+    {
+        tracing::warn!(agent_id = %agent.agent_id, "a second live connection presents this identity; refused as a clone");
+        return Err(ApiError::Conflict(IDENTITY_CONFLICT.to_owned()));
+    }
     state.db().touch(&agent.agent_id, &clock::now()).await?;
     let platform = state
         .db()
