@@ -27,3 +27,10 @@ CREATE TABLE enrollment_tokens (
     -- RFC 3339 when revoked; a revoked token is kept so that agents still name it.
     revoked_at  TEXT
 );
+
+-- Credential rotation: the SHA-256 of the credential the agent proposed and has not used yet
+-- (both it and token_hash are accepted until it is used), and an operator's request to rotate
+-- at the next heartbeat.
+ALTER TABLE agents ADD COLUMN pending_token_hash TEXT;
+ALTER TABLE agents ADD COLUMN rotate_requested_at TEXT;
+CREATE INDEX agents_pending_token ON agents (pending_token_hash);

@@ -416,3 +416,94 @@ async fn enrollment_tokens_are_refused_expired_used_up_and_revoked_apart() {
     assert!(register_with(&server, &token).await.1.contains("revoked"));
     server.stop().await;
 }
+
+/// Starts an agent that dies (aborts, like a kill) right after the rotation step `step`.
+fn agent_dying_at(data: &Path, args: &[&str], step: &str) -> AgentProcess {
+    let child = tokio::process::Command::new(agent_exe())
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .env_remove("CMS_AGENT_DATA_DIR")
+        .env("CMS_AGENT_TEST_ROTATION_ABORT", step)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    AgentProcess {
+        child,
+        data_dir: data.to_owned(),
+    }
+}
+
+fn current_token(data: &Path) -> String {
+    config_json(data)["credentials"]["agent_token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_rotation_killed_at_every_step_ends_with_a_credential_the_server_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("server"),
+        &Store::Sqlite,
+        &Options::default(),
+    )
+    .await;
+    let args = ["--server", server.base.as_str(), "--status-interval", "1"];
+    for (n, step) in ["saved", "proposed", "promoted"].into_iter().enumerate() {
+        let data = dir.path().join(step);
+        let mut dying = agent_dying_at(&data, &args, step);
+        let agent_id = wait_until("the agent to register", 60, || async { dying.agent_id() }).await;
+        let first_token = current_token(&data);
+        wait_until("the agent's WebSocket", 60, || async {
+            dying.log().contains("websocket connected").then_some(())
+        })
+        .await;
+        let path = format!("/api/v1/agents/{agent_id}/rotate-credential");
+        let asked = server.operator(Method::POST, &path).send().await.unwrap();
+        assert_eq!(asked.status(), 202);
+        let exit = tokio::time::timeout(std::time::Duration::from_secs(60), dying.child.wait())
+            .await
+            .expect("the agent dies at the step")
+            .unwrap();
+        assert!(!exit.success(), "{step}: {exit:?}");
+
+        let agent = AgentProcess::start(&data, &args);
+        let page_path = format!("/api/v1/fleet/agents/{agent_id}");
+        wait_until(
+            &format!("the rotation finished after a death at {step}"),
+            60,
+            || async {
+                let page: serde_json::Value = server.operator_json(&page_path).await;
+                let rotated = page["agent"]["credential_at"] != page["agent"]["registered_at"];
+                let settled = config_json(&data)["pending_credentials"].is_null();
+                (rotated && settled && page["online"] == true).then_some(())
+            },
+        )
+        .await;
+        let token = current_token(&data);
+        assert_ne!(token, first_token, "{step}");
+        let refused = server
+            .post_status(&first_token, AgentState::Idle, "1.0.0")
+            .await;
+        assert_eq!(
+            refused.status(),
+            401,
+            "{step}: the old credential is retired"
+        );
+        let accepted = server.post_status(&token, AgentState::Idle, "1.0.0").await;
+        assert_eq!(accepted.status(), 204, "{step}");
+        assert_eq!(agent.agent_id().as_deref(), Some(agent_id.as_str()));
+        assert_eq!(
+            server.agents().await.len(),
+            n + 1,
+            "{step}: no new identity"
+        );
+        agent.stop().await;
+    }
+    server.stop().await;
+}

@@ -127,6 +127,10 @@ pub struct Config {
     /// the backend, and never registers again by itself, until `--reset-identity`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub identity_revoked: bool,
+    /// A credential rotation under way: the credential this agent chose and wrote here before
+    /// proposing it to the server; it replaces `credentials` once the server has stored it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_credentials: Option<Credentials>,
 }
 
 /// When an aborted update may be tried again.
@@ -161,6 +165,7 @@ impl Default for Config {
             enrollment_token: None,
             update_retry: None,
             identity_revoked: false,
+            pending_credentials: None,
         }
     }
 }
@@ -171,6 +176,7 @@ impl Config {
     /// forgotten, if there was one.
     pub fn forget_identity(&mut self) -> Option<String> {
         self.identity_revoked = false;
+        self.pending_credentials = None;
         self.credentials.take().map(|c| c.agent_id)
     }
 

@@ -14,8 +14,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use cms_protocol::{
-    BUILD_VERSION, ErrorBatch, ErrorBatchResponse, ErrorReport, RegisterRequest, RegisterResponse,
-    StatusReport, UpdateCheckResponse, UpdateInfo, paths,
+    BUILD_VERSION, ErrorBatch, ErrorBatchResponse, ErrorReport, NewCredential, RegisterRequest,
+    RegisterResponse, StatusReport, UpdateCheckResponse, UpdateInfo, paths,
 };
 use futures_util::StreamExt;
 use reqwest::{StatusCode, header};
@@ -288,6 +288,22 @@ impl HttpClient {
             })
             .await?;
         json_of(what, response).await
+    }
+
+    /// Proposes `agent_token` as this agent's next credential (rotation); the current one keeps
+    /// working until the new one is used.
+    pub async fn propose_credential(&self, agent_token: &str) -> Result<(), HttpError> {
+        let body = NewCredential {
+            agent_token: agent_token.to_owned(),
+        };
+        self.call("credential rotation", paths::CREDENTIAL, |url| {
+            Ok(self
+                .authed(self.client.post(url))?
+                .json(&body)
+                .timeout(CALL_TIMEOUT))
+        })
+        .await
+        .map(drop)
     }
 
     /// Sends the heartbeat.

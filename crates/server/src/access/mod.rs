@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod enrollment;
 pub mod revocation;
+pub mod rotation;
 pub mod session;
 
 use std::time::Duration;

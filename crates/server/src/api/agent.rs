@@ -13,14 +13,15 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::Response;
 use cms_protocol::{
-    AgentMessage, ErrorBatch, ErrorBatchResponse, HeartbeatAck, RegisterRequest, RegisterResponse,
-    ServerEvent, StatusReport, UpdateCheckResponse, WS_MAX_MESSAGE_BYTES, WS_READ_BUFFER_BYTES,
+    AgentMessage, ErrorBatch, ErrorBatchResponse, HeartbeatAck, NewCredential, RegisterRequest,
+    RegisterResponse, ServerEvent, StatusReport, UpdateCheckResponse, WS_MAX_MESSAGE_BYTES,
+    WS_READ_BUFFER_BYTES,
 };
 use serde::Deserialize;
 
 use super::access::Peer;
 use super::{ApiError, ApiJson, ApiQuery, AppState, check_field};
-use crate::access::auth;
+use crate::access::{auth, rotation};
 use crate::clock;
 use crate::db::Heartbeat;
 use crate::intake::errors as error_reports;
@@ -78,6 +79,9 @@ impl FromRequestParts<AppState> for AuthedAgent {
         }
         if credential.revoked {
             return Err(revoked());
+        }
+        if credential.pending {
+            rotation::promote(state.db(), &credential.agent_id, &credential.token_hash).await?;
         }
         Ok(AuthedAgent {
             agent_id: credential.agent_id,
@@ -252,6 +256,13 @@ impl crate::ws::AgentMessages for SocketMessages {
                 return None;
             }
         }
+        let rotate_credential = match rotation::is_due(self.state.db(), agent_id).await {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::warn!(agent_id, %error, "cannot tell whether the credential is due for rotation");
+                false
+            }
+        };
         let update = match cohort::parse_version(&report.version) {
             Some(current) => {
                 offer::offer_for(self.state.db(), agent_id, &current, &self.platform).await
@@ -259,13 +270,29 @@ impl crate::ws::AgentMessages for SocketMessages {
             None => Ok(None),
         };
         match update {
-            Ok(update) => Some(ServerEvent::HeartbeatAck(HeartbeatAck { update })),
+            Ok(update) => Some(ServerEvent::HeartbeatAck(HeartbeatAck {
+                update,
+                rotate_credential,
+            })),
             Err(error) => {
                 tracing::warn!(agent_id, %error, "cannot look up an update for a heartbeat");
                 Some(ServerEvent::HeartbeatAck(HeartbeatAck::default()))
             }
         }
     }
+}
+
+/// `POST /api/v1/agent/credential` with [`NewCredential`]: the credential this agent will use
+/// next (credential rotation, docs/protocol.md); 204 stored, 400 malformed.
+pub async fn credential(
+    State(state): State<AppState>,
+    agent: AuthedAgent,
+    ApiJson(proposed): ApiJson<NewCredential>,
+) -> Result<StatusCode, ApiError> {
+    rotation::propose(state.db(), &agent.agent_id, &proposed.agent_token)
+        .await?
+        .map_err(|refused| ApiError::BadRequest(refused.to_string()))?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Query of `GET /api/v1/agent/update`.

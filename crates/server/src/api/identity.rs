@@ -1,5 +1,5 @@
 //! Operator routes over agent identities: revoking an agent (`DELETE /api/v1/agents/{id}`,
-//! operator role) and enrollment tokens (`/api/v1/enrollment-tokens`, admin role), all audited.
+//! operator role), asking it to rotate its credential (operator role) and enrollment tokens (`/api/v1/enrollment-tokens`, admin role), all audited.
 //!
 //! This module must never return a token hash, and return an enrollment token only in the
 //! answer that creates it.
@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::access::Operator;
 use super::{ApiError, ApiJson, AppState};
 use crate::access::enrollment::{self, TokenSpec};
-use crate::access::revocation;
+use crate::access::{revocation, rotation};
 use crate::db::{EnrollmentTokenRow, Revocation};
 
 /// `DELETE /api/v1/agents/{agent_id}` (operator role): revokes the agent; its credential is
@@ -39,6 +39,28 @@ pub async fn revoke_agent(
     match revocation::revoke_agent(db, bus, hub, &agent_id, &operator.actor).await? {
         Revocation::Unknown => Err(ApiError::NotFound("unknown agent".into())),
         Revocation::Revoked | Revocation::AlreadyRevoked => Ok(StatusCode::NO_CONTENT),
+    }
+}
+
+/// `POST /api/v1/agents/{agent_id}/rotate-credential` (operator): the agent rotates its
+/// credential at its next heartbeat. 202 asked, 404 unknown agent. Audited.
+pub async fn rotate_credential(
+    State(state): State<AppState>,
+    operator: Operator,
+    Path(agent_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    operator
+        .require(
+            &state,
+            OperatorRole::Operator,
+            rotation::ACTION,
+            Some(&agent_id),
+        )
+        .await?;
+    if rotation::request(state.operator_db(), &agent_id, &operator.actor).await? {
+        Ok(StatusCode::ACCEPTED)
+    } else {
+        Err(ApiError::NotFound("unknown agent".into()))
     }
 }
 

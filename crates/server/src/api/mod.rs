@@ -262,6 +262,7 @@ fn agent_routes() -> Router<AppState> {
         .route(paths::STATUS, post(agent::status))
         .route(paths::UPDATE_CHECK, get(agent::update_check))
         .route(paths::ERRORS, post(agent::errors))
+        .route(paths::CREDENTIAL, post(agent::credential))
         .route(paths::WEBSOCKET, get(agent::websocket))
         .route(package::PACKAGE_ROUTE, get(package::download))
         .route(metadata::METADATA_ROUTE, get(metadata::file))
@@ -280,6 +281,10 @@ fn operator_routes_without_healthz() -> Router<AppState> {
             post(operator::check_update),
         )
         .route("/api/v1/agents/{agent_id}", delete(identity::revoke_agent))
+        .route(
+            "/api/v1/agents/{agent_id}/rotate-credential",
+            post(identity::rotate_credential),
+        )
         .route(
             "/api/v1/enrollment-tokens",
             get(identity::enrollment_tokens).post(identity::create_enrollment_token),

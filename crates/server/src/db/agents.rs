@@ -26,10 +26,12 @@ pub struct NewAgent<'a> {
 pub struct AgentCredential {
     /// The agent it belongs to.
     pub agent_id: String,
-    /// The stored hash (compared again in constant time by the caller).
+    /// The stored hash that matched (compared again in constant time by the caller).
     pub token_hash: String,
     /// Whether an operator revoked the agent.
     pub revoked: bool,
+    /// Whether it matched the proposed credential of a rotation, not the current one.
+    pub pending: bool,
 }
 
 /// An agent row as the operator listing needs it.
@@ -145,19 +147,26 @@ impl Db {
         &self,
         token_hash: &str,
     ) -> Result<Option<AgentCredential>, DbError> {
-        let row = sqlx::query_as::<_, (String, String, Option<String>)>(
-            "SELECT agent_id, token_hash, revoked_at FROM agents WHERE token_hash = $1",
+        let row = sqlx::query_as::<_, (String, String, Option<String>, Option<String>)>(
+            "SELECT agent_id, token_hash, revoked_at, pending_token_hash FROM agents \
+             WHERE token_hash = $1 OR pending_token_hash = $1",
         )
         .bind(token_hash)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(
-            row.map(|(agent_id, token_hash, revoked_at)| AgentCredential {
+        Ok(row.map(|(agent_id, current, revoked_at, pending_hash)| {
+            let pending = current != token_hash && pending_hash.as_deref() == Some(token_hash);
+            AgentCredential {
                 agent_id,
-                token_hash,
+                token_hash: if pending {
+                    pending_hash.unwrap_or_default()
+                } else {
+                    current
+                },
                 revoked: revoked_at.is_some(),
-            }),
-        )
+                pending,
+            }
+        }))
     }
 
     /// Whether an agent with this id is registered.

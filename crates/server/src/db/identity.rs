@@ -1,4 +1,5 @@
-//! Rows of agent identities an operator manages: an agent's revocation, and the
+//! Rows of agent identities an operator manages: an agent's revocation, its credential's
+//! rotation (the proposed credential, its promotion, the operator's request), and the
 //! `enrollment_tokens` table (stored hashed, with expiry, use count, group and revocation).
 //!
 //! Queries only: whether a token may still enrol, and who may revoke what, is decided in
@@ -82,6 +83,65 @@ impl Db {
         } else {
             Revocation::Unknown
         })
+    }
+
+    /// Records `token_hash` as the credential `agent_id` proposes to use next (replacing an
+    /// earlier proposal that was never used).
+    pub async fn propose_credential(
+        &self,
+        agent_id: &str,
+        token_hash: &str,
+    ) -> Result<(), DbError> {
+        sqlx::query("UPDATE agents SET pending_token_hash = $1 WHERE agent_id = $2")
+            .bind(token_hash)
+            .bind(agent_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The proposed credential `token_hash` was used: it becomes the only one, issued at `now`.
+    pub async fn promote_credential(
+        &self,
+        agent_id: &str,
+        token_hash: &str,
+        now: &str,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "UPDATE agents SET token_hash = pending_token_hash, pending_token_hash = NULL, \
+             credential_at = $1, rotate_requested_at = NULL \
+             WHERE agent_id = $2 AND pending_token_hash = $3",
+        )
+        .bind(now)
+        .bind(agent_id)
+        .bind(token_hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Asks that `agent_id` rotate its credential at its next heartbeat; `false` for an
+    /// unknown agent.
+    pub async fn request_rotation(&self, agent_id: &str, now: &str) -> Result<bool, DbError> {
+        let asked = sqlx::query("UPDATE agents SET rotate_requested_at = $1 WHERE agent_id = $2")
+            .bind(now)
+            .bind(agent_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(asked.rows_affected() > 0)
+    }
+
+    /// When `agent_id`'s credential was issued (its registration for older rows) and whether an
+    /// operator asked for a rotation.
+    pub async fn credential_age(&self, agent_id: &str) -> Result<Option<(String, bool)>, DbError> {
+        let row = sqlx::query_as::<_, (String, Option<String>)>(
+            "SELECT COALESCE(credential_at, registered_at), rotate_requested_at FROM agents \
+             WHERE agent_id = $1",
+        )
+        .bind(agent_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(issued, requested)| (issued, requested.is_some())))
     }
 
     /// Stores a new enrollment token created at `now`.

@@ -94,6 +94,9 @@ async fn event_loop(inner: Arc<Inner>, mut events: mpsc::Receiver<ServerEvent>) 
         match event {
             Some(ServerEvent::UpdateRequired(_)) => inner.check_for_update("push").await,
             Some(ServerEvent::HeartbeatAck(ack)) => {
+                if ack.rotate_credential {
+                    inner.rotate_credential().await;
+                }
                 if let Some(update) = new_offer(&mut last_offer, ack) {
                     inner.initiate_update("heartbeat", &update).await;
                 }
@@ -123,6 +126,7 @@ mod offer_tests {
 
     fn ack(version: Option<&str>) -> HeartbeatAck {
         HeartbeatAck {
+            rotate_credential: false,
             update: version.map(|version| UpdateInfo {
                 version: version.into(),
                 platform: "linux-x86_64".into(),
