@@ -13,7 +13,8 @@
 //!
 //! One file per subcommand family: `start` (the lock, config.json and the command line applied
 //! to it), `control` (the client side of `--status`, `--stop` and `--force`), `autostart`
-//! (`--enable-autostart`, `--disable-autostart`) and `service` (`--service`).
+//! (`--enable-autostart`, `--disable-autostart`), `service` (`--service`) and `identity`
+//! (`--reset-identity`).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -36,6 +37,7 @@ use crate::system::service::ServiceSession;
 
 mod autostart;
 mod control;
+mod identity;
 mod service;
 mod start;
 
@@ -106,6 +108,11 @@ pub struct Args {
     /// Print the running agent's state and version; exit 3 if none runs.
     #[arg(long)]
     status: bool,
+    /// Remove this agent's id and credential (keeping the server, settings and pinned root) so
+    /// the next start registers anew, and exit: for golden images, or to enrol a revoked
+    /// machine again. Exit 1 while an agent runs.
+    #[arg(long, conflicts_with_all = ["enable_autostart", "disable_autostart", "force", "stop", "status", "service"])]
+    reset_identity: bool,
     /// Run under the service manager: the command line of the Windows service (and of the
     /// systemd unit); started from a console, it says so and exits 2.
     #[arg(long, conflicts_with_all = ["enable_autostart", "disable_autostart", "force", "stop", "status", "per_user"])]
@@ -189,6 +196,9 @@ pub fn run(cli: Args, force_args: Vec<String>, service: Option<&ServiceSession>)
     }
     if cli.stop {
         return runtime.block_on(stop_running_agent(&storage));
+    }
+    if cli.reset_identity {
+        return identity::reset_identity(&storage);
     }
     tracing::info!(version = BUILD_VERSION, pid = std::process::id(), data_dir = %storage.storage_path().display(), force = cli.force, service = service.is_some(), "agent starting");
     let lock = LockManager::new(storage.storage_path());

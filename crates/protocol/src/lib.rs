@@ -37,6 +37,8 @@ pub mod paths {
     pub const UPDATE_CHECK: &str = "/api/v1/agent/update";
     /// `POST` [`crate::ErrorBatch`] -> [`crate::ErrorBatchResponse`] (bearer auth).
     pub const ERRORS: &str = "/api/v1/agent/errors";
+    /// `POST` [`crate::NewCredential`] -> 204 (bearer auth): the credential rotation.
+    pub const CREDENTIAL: &str = "/api/v1/agent/credential";
     /// WebSocket upgrade (bearer auth); the server sends [`crate::ServerEvent`] text frames.
     pub const WEBSOCKET: &str = "/api/v1/agent/ws";
     /// Operator API (docs/protocol.md): agents, paged (viewer).
@@ -177,6 +179,20 @@ pub struct UpdateCheckResponse {
     pub update: Option<UpdateInfo>,
 }
 
+/// Body of `POST` [`paths::CREDENTIAL`]: the credential the agent chose to use next (its own
+/// 256 random bits in hex); the server accepts both until the new one is used.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewCredential {
+    /// The new bearer token.
+    pub agent_token: String,
+}
+
+impl std::fmt::Debug for NewCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NewCredential { agent_token: <redacted> }")
+    }
+}
+
 /// One problem the agent wants an operator to see; `report_id` makes re-sends idempotent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorReport {
@@ -226,6 +242,9 @@ pub struct HeartbeatAck {
     /// The release this agent should move to, if any (same rule as the update check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update: Option<UpdateInfo>,
+    /// The server asks the agent to rotate its credential ([`NewCredential`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rotate_credential: bool,
 }
 
 /// A message pushed by the server over the agent's WebSocket.
@@ -272,6 +291,9 @@ pub struct AgentSummary {
     /// from its latest heartbeat; absent for agents that do not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// When an operator revoked the agent (RFC 3339); absent while its credential is valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
 }
 
 /// One stored error report as operators see it (`GET /api/v1/errors`).

@@ -3,7 +3,8 @@
 //! The hub maps agent ids to the sending half of a small channel; each socket task forwards
 //! [`ServerEvent`]s from its channel as JSON text frames, pings every [`PING_INTERVAL`] and
 //! drops connections that stop answering. A new connection for the same agent replaces the old
-//! one. Messages from the agent (its heartbeat) go to an [`AgentMessages`] handler, whose
+//! one; [`Hub::probe`] first lets the caller ask the old one whether it is still alive (the clone
+//! check of `api/agent.rs`). Messages from the agent (its heartbeat) go to an [`AgentMessages`] handler, whose
 //! answer is sent back on the same socket. This module must never touch the database directly
 //! (the handler does) and never block: sends into the hub are `try_send`.
 
@@ -15,7 +16,7 @@ use std::time::Duration;
 use axum::extract::ws::{Message, WebSocket};
 use cms_protocol::{AgentMessage, ServerEvent};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// How often the server pings each agent; two silent intervals drop the connection.
@@ -46,6 +47,8 @@ pub enum NotifyError {
 struct Slot {
     connection_id: u64,
     sender: mpsc::Sender<Queued>,
+    /// Asks the socket task to ping and to answer once the agent sends anything back.
+    probes: mpsc::Sender<oneshot::Sender<()>>,
 }
 
 /// Live WebSocket connections by agent id (cheap to clone).
@@ -62,6 +65,8 @@ pub struct Registration {
     pub connection_id: u64,
     /// Events to forward to the socket; closes when a newer connection replaces this one.
     pub events: mpsc::Receiver<Queued>,
+    /// Liveness probes ([`Hub::probe`]) for the socket task.
+    pub probes: mpsc::Receiver<oneshot::Sender<()>>,
 }
 
 impl Hub {
@@ -79,11 +84,13 @@ impl Hub {
     pub fn register(&self, agent_id: &str) -> Registration {
         let connection_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (sender, events) = mpsc::channel(QUEUE_DEPTH);
+        let (probe_sender, probes) = mpsc::channel(1);
         let old = self.lock().insert(
             agent_id.to_owned(),
             Slot {
                 connection_id,
                 sender,
+                probes: probe_sender,
             },
         );
         if old.is_some() {
@@ -92,7 +99,20 @@ impl Hub {
         Registration {
             connection_id,
             events,
+            probes,
         }
+    }
+
+    /// Pings `agent_id`'s live connection here, if it has one: the receiver fires when the
+    /// agent answers (any frame). A clone check waits on it for a short bound.
+    pub fn probe(&self, agent_id: &str) -> Option<oneshot::Receiver<()>> {
+        let slots = self.lock();
+        let slot = slots
+            .get(agent_id)
+            .filter(|slot| !slot.sender.is_closed())?;
+        let (answer, answered) = oneshot::channel();
+        slot.probes.try_send(answer).ok()?;
+        Some(answered)
     }
 
     /// Removes `agent_id`'s connection if it is still `connection_id` (not a newer one).
@@ -104,6 +124,12 @@ impl Hub {
         {
             slots.remove(agent_id);
         }
+    }
+
+    /// Closes `agent_id`'s connection, if it holds one here (its socket task sends a close
+    /// frame and ends); `true` when there was one.
+    pub fn disconnect(&self, agent_id: &str) -> bool {
+        self.lock().remove(agent_id).is_some()
     }
 
     /// Whether `agent_id` holds a live connection.
@@ -178,7 +204,8 @@ pub trait AgentMessages: Send + Sync {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
     ClientClosed,
-    Replaced,
+    /// Replaced by a newer connection, or closed by [`Hub::disconnect`].
+    Removed,
     Dead,
     Shutdown,
 }
@@ -194,6 +221,7 @@ pub async fn run_socket(
     let Registration {
         connection_id,
         mut events,
+        mut probes,
     } = hub.register(&agent_id);
     tracing::info!(agent_id, connection_id, "agent WebSocket connected");
     messages.opened(&agent_id, connection_id).await;
@@ -202,12 +230,19 @@ pub async fn run_socket(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
     let mut silent_intervals = 0u32;
+    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     let end = loop {
         tokio::select! {
             () = shutdown.cancelled() => break End::Shutdown,
             event = events.recv() => {
-                let Some(event) = event else { break End::Replaced };
+                let Some(event) = event else { break End::Removed };
                 if !send_event(&mut sink, &agent_id, &event).await {
+                    break End::Dead;
+                }
+            }
+            Some(answer) = probes.recv() => {
+                waiting.push(answer);
+                if !send_frame(&mut sink, Message::Ping(Default::default())).await {
                     break End::Dead;
                 }
             }
@@ -220,6 +255,11 @@ pub async fn run_socket(
             }
             frame = stream.next() => {
                 silent_intervals = 0;
+                if frame.as_ref().is_some_and(|frame| frame.is_ok()) {
+                    for answer in waiting.drain(..) {
+                        let _ = answer.send(()); // the asker may have stopped waiting
+                    }
+                }
                 let message = match on_frame(&agent_id, frame) {
                     Frame::End(end) => break end,
                     Frame::Message(message) => message,
@@ -233,7 +273,7 @@ pub async fn run_socket(
         }
     };
     hub.unregister(&agent_id, connection_id);
-    if matches!(end, End::Shutdown | End::Replaced) {
+    if matches!(end, End::Shutdown | End::Removed) {
         let _ = send_frame(&mut sink, Message::Close(None)).await;
     }
     tracing::info!(agent_id, connection_id, reason = ?end, "agent WebSocket closed");
@@ -329,6 +369,26 @@ mod tests {
         hub.unregister("a", new.connection_id);
         assert!(!hub.is_connected("a"));
         assert!(hub.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_probe_reaches_the_socket_task() {
+        let hub = Hub::new();
+        assert!(hub.probe("a").is_none());
+        let mut registration = hub.register("a");
+        let answered = hub.probe("a").unwrap();
+        registration.probes.recv().await.unwrap().send(()).unwrap();
+        answered.await.unwrap();
+    }
+
+    #[test]
+    fn disconnect_closes_the_connection() {
+        let hub = Hub::new();
+        let registration = hub.register("a");
+        assert!(hub.disconnect("a"));
+        assert!(registration.events.is_closed());
+        assert!(!hub.is_connected("a"));
+        assert!(!hub.disconnect("a"));
     }
 
     #[test]

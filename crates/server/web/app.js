@@ -66,7 +66,8 @@ function table(headers, rows, attrs = {}) {
     h("tbody", {}, rows));
 }
 
-function onlineBadge(online) {
+function onlineBadge(online, revokedAt) {
+  if (revokedAt) return h("span", { class: "badge revoked", title: `revoked ${revokedAt}` }, "revoked");
   return h("span", { class: `badge ${online ? "on" : "off"}` }, online ? "online" : "offline");
 }
 
@@ -86,7 +87,8 @@ async function fleetView() {
     h("h2", {}, "Fleet"),
     h("div", { class: "cards" },
       card("total", "agents", counts.total), card("online", "online", counts.online),
-      card("offline", "offline", counts.offline), card("missing", "missing (7 days)", counts.missing)),
+      card("offline", "offline", counts.offline), card("missing", "missing (7 days)", counts.missing),
+      card("revoked", "revoked (not counted)", counts.revoked)),
     h("div", { class: "tallies" },
       tally("By state", counts.by_state), tally("By version", counts.by_version),
       tally("By platform", counts.by_platform)),
@@ -113,7 +115,7 @@ async function loadAgentList() {
   const rows = page.items.map((a) => h("tr", { "data-agent": a.agent_id },
     h("td", {}, h("a", { href: `#/agent/${encodeURIComponent(a.agent_id)}` }, a.hostname)),
     h("td", { class: "muted" }, a.agent_id), h("td", {}, a.platform), h("td", {}, a.version),
-    h("td", {}, a.state), h("td", {}, onlineBadge(a.online)), h("td", {}, ago(a.last_seen))));
+    h("td", {}, a.state), h("td", {}, onlineBadge(a.online, a.revoked_at)), h("td", {}, ago(a.last_seen))));
   const last = Math.min(page.offset + page.items.length, page.total);
   $("#agent-total").textContent = `${page.total ? page.offset + 1 : 0}–${last} of ${page.total}`;
   target.replaceChildren(
@@ -132,11 +134,15 @@ async function agentView(agentId) {
   const a = page.agent;
   const m = page.metrics || {};
   const kv = (pairs) => table(["", ""], pairs.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, v))));
+  const credentialAt = a.credential_at || a.registered_at;
   return [
     h("h2", {}, `Agent ${a.hostname}`),
+    revokeAction(a),
     kv([["Agent id", a.agent_id], ["Hostname", a.hostname], ["Platform", a.platform],
-      ["Version", a.version], ["State", a.state], ["Online", onlineBadge(page.online)],
-      ["Last heartbeat", `${a.last_seen} (${ago(a.last_seen)})`], ["Registered", a.registered_at]]),
+      ["Version", a.version], ["State", a.state], ["Online", onlineBadge(page.online, a.revoked_at)],
+      ["Last heartbeat", `${a.last_seen} (${ago(a.last_seen)})`], ["Registered", a.registered_at],
+      ["Enrollment token", a.enrolled_by ?? "none"],
+      ["Credential age", h("span", { "data-field": "credential-age" }, ago(credentialAt))]]),
     h("h3", {}, "Last heartbeat's metrics"),
     page.metrics ? kv([["Memory (RSS)", bytes(m.rss_bytes)], ["CPU", `${m.cpu_percent.toFixed(2)} %`],
       ["Uptime", `${m.uptime_secs} s`], ["Buffered error reports", m.buffered_errors]])
@@ -174,6 +180,17 @@ function funnelView(f) {
     STEPS.map((s) => step(s, f[s], s === "healthy" ? "healthy" : "")),
     ENDS.map((s) => step(s, f[s], f[s] > 0 ? "bad" : "")),
     failedBy ? h("div", { class: "step muted" }, `failed at ${failedBy}`) : null);
+}
+
+// Revokes the agent (operator): its credential is refused at once, on every replica.
+function revokeAction(a) {
+  if (!canAct() || a.revoked_at) return null;
+  const revoke = () => {
+    if (!confirm(`Revoke ${a.hostname}? It stops working at once and does not enrol again by itself.`)) return;
+    api("DELETE", `/api/v1/agents/${encodeURIComponent(a.agent_id)}`).then(refresh).catch((e) => alert(e.message));
+  };
+  return h("div", { class: "toolbar" },
+    h("button", { type: "button", class: "danger", "data-action": "revoke", onclick: revoke }, "Revoke"));
 }
 
 function rolloutActions(r) {

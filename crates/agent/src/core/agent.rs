@@ -39,6 +39,7 @@ use crate::system::{self, lock_manager::LockManager};
 const SHIPPED_ROOT: &str = "root.json";
 
 mod control;
+mod identity;
 mod metrics;
 mod tasks;
 
@@ -112,6 +113,8 @@ struct Inner {
     lock: LockManager,
     storage: StateManager,
     cancel: CancellationToken,
+    /// Stops the tasks that talk to the backend: with `cancel`, or when the agent is revoked.
+    backend: CancellationToken,
     options: AgentOptions,
     metrics: Mutex<MetricsSampler>,
     /// Set once `backend-contact.json` names this process (the updater's health check).
@@ -152,6 +155,7 @@ impl Agent {
         }
         let ws_max = Duration::from_secs(options.intervals.ws_reconnect_max_secs);
         let ws = WSClient::new(servers, ws_max, &transport);
+        let cancel = CancellationToken::new();
         let inner = Inner {
             state: StateCell::default(),
             config: Mutex::new(config),
@@ -164,7 +168,8 @@ impl Agent {
             network_route,
             lock,
             storage,
-            cancel: CancellationToken::new(),
+            backend: cancel.child_token(),
+            cancel,
             options,
             metrics: Mutex::new(MetricsSampler::new()),
             contact_recorded: AtomicBool::new(false),
@@ -197,11 +202,12 @@ impl Agent {
         tasks.spawn("ipc_server", Role::MayFinish, ipc_server(inner.clone()));
         // Let them run once, so the stop signals are handled before anything is logged as up.
         tokio::task::yield_now().await;
-        let death = inner.serve(&mut tasks).await;
+        let mut services = Tasks::default();
+        let death = inner.serve(&mut tasks, &mut services).await;
         if let Some(death) = &death {
             inner.after_death(death).await;
         }
-        inner.finish_shutdown(tasks).await;
+        inner.finish_shutdown(services, tasks).await;
         match death {
             Some(_) => RunOutcome::TaskDied,
             None => RunOutcome::Stopped,
@@ -210,24 +216,36 @@ impl Agent {
 }
 
 impl Inner {
-    /// Registers, goes `IDLE` and runs the services until a stop is requested; the task
-    /// death that ended it first, if one did.
-    async fn serve(self: &Arc<Self>, tasks: &mut Tasks) -> Option<TaskDeath> {
+    /// Registers, goes `IDLE` and runs the `services` that talk to the backend until a stop
+    /// is requested; the task death that ended it first, if one did. A revoked agent stops its
+    /// services (or, revoked at an earlier run, never starts them) and waits for a stop.
+    async fn serve(self: &Arc<Self>, tasks: &mut Tasks, services: &mut Tasks) -> Option<TaskDeath> {
         let registered = tokio::select! {
-            registered = self.register_until_done() => registered,
+            registered = self.register_unless_revoked() => registered,
             death = tasks.next_death(&self.cancel) => return Some(death),
         };
         if registered {
             self.pin_trusted_root().await;
             let _ = self.state.set_state(AgentState::Idle);
             self.reporter.flush(&self.http).await;
-            spawn_services(self, tasks);
+            spawn_services(self, services);
             let settle = settle_update_journal(self.clone());
             tasks.spawn("settle_update_journal", Role::MayFinish, settle);
         }
-        tokio::select! {
-            _ = self.cancel.cancelled() => None,
-            death = tasks.next_death(&self.cancel) => Some(death),
+        let mut conflicts = self.ws.identity_conflicts();
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return None,
+                Ok(()) = conflicts.changed() => {
+                    let refused = conflicts.borrow_and_update().clone();
+                    self.identity_conflict(refused).await;
+                }
+                () = self.http.revoked().cancelled(), if !self.backend.is_cancelled() => {
+                    self.revoked();
+                }
+                death = tasks.next_death(&self.cancel) => return Some(death),
+                death = services.next_death(&self.backend) => return Some(death),
+            }
         }
     }
 }
@@ -243,10 +261,12 @@ impl Inner {
     }
 
     /// The rest of the plan's `graceful_shutdown`, run by `Agent::run` once the tasks were
-    /// cancelled: join them (with a timeout), `STOPPED`, release the lock, `Shutdown complete`.
-    async fn finish_shutdown(&self, tasks: Tasks) {
+    /// cancelled: join them (the backend's services first, with a timeout), `STOPPED`, release
+    /// the lock, `Shutdown complete`.
+    async fn finish_shutdown(&self, services: Tasks, tasks: Tasks) {
         self.graceful_shutdown();
-        if !tasks.stop(SHUTDOWN_JOIN_TIMEOUT).await {
+        let services_stopped = services.stop(SHUTDOWN_JOIN_TIMEOUT).await;
+        if !tasks.stop(SHUTDOWN_JOIN_TIMEOUT).await || !services_stopped {
             tracing::warn!(
                 timeout_secs = SHUTDOWN_JOIN_TIMEOUT.as_secs(),
                 "tasks did not stop in time; aborting them"
@@ -379,6 +399,8 @@ impl Inner {
             Ok(()) if self.reporter.has_undelivered() => self.reporter.flush(&self.http).await,
             Ok(()) => tracing::debug!(state = %report.state, "heartbeat sent"),
             Err(HttpError::Unauthorized { .. }) => self.register_again().await,
+            Err(HttpError::Revoked { .. }) => {} // `serve` stops the services
+
             Err(err) => {
                 let message = err.to_string();
                 self.exchange_failed("status_report_failed", &message, &err, Value::Null)

@@ -121,6 +121,15 @@ pub struct Config {
     /// with backoff instead of being refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_retry: Option<UpdateRetry>,
+    // Identity (agent identities an operator manages).
+    /// Set once the server answered that an operator revoked this agent: it no longer contacts
+    /// the backend, and never registers again by itself, until `--reset-identity`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub identity_revoked: bool,
+    /// A credential rotation under way: the credential this agent chose and wrote here before
+    /// proposing it to the server; it replaces `credentials` once the server has stored it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_credentials: Option<Credentials>,
 }
 
 /// When an aborted update may be tried again.
@@ -154,11 +163,22 @@ impl Default for Config {
             rolled_back_versions: Vec::new(),
             enrollment_token: None,
             update_retry: None,
+            identity_revoked: false,
+            pending_credentials: None,
         }
     }
 }
 
 impl Config {
+    /// `--reset-identity`: forgets the agent id, its credential and its revocation (the
+    /// server, settings and pinned root stay), so the next start registers anew; the id
+    /// forgotten, if there was one.
+    pub fn forget_identity(&mut self) -> Option<String> {
+        self.identity_revoked = false;
+        self.pending_credentials = None;
+        self.credentials.take().map(|c| c.agent_id)
+    }
+
     /// The backend's servers in the order they are tried: `server_urls`, else `server_url`.
     pub fn servers(&self) -> Vec<String> {
         if self.server_urls.is_empty() {
@@ -169,8 +189,8 @@ impl Config {
     }
 
     /// Saves the servers given on the command line (the first as `server_url`). An identity
-    /// belongs to one backend, so a new first server forgets it and its enrollment token; the
-    /// same server spelled differently keeps them.
+    /// belongs to one backend, so a new first server forgets it, its enrollment token and its
+    /// revocation; the same server spelled differently keeps them.
     pub fn set_servers(&mut self, servers: &[String]) {
         let Some(first) = servers.first() else {
             return;
@@ -179,6 +199,7 @@ impl Config {
             self.server_url = Some(first.clone());
             self.credentials = None;
             self.enrollment_token = None;
+            self.identity_revoked = false;
         }
         self.server_urls = if servers.len() > 1 {
             servers.to_vec()

@@ -15,13 +15,14 @@ use std::time::Duration;
 
 use cms_platform::fs::open_no_follow;
 use cms_protocol::{
-    BUILD_VERSION, ErrorBatch, ErrorBatchResponse, ErrorReport, RegisterRequest, RegisterResponse,
-    StatusReport, UpdateCheckResponse, UpdateInfo, paths,
+    BUILD_VERSION, ErrorBatch, ErrorBatchResponse, ErrorReport, NewCredential, RegisterRequest,
+    RegisterResponse, StatusReport, UpdateCheckResponse, UpdateInfo, paths,
 };
 use futures_util::StreamExt;
 use reqwest::{StatusCode, header};
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::net::proxy::Route;
@@ -51,6 +52,12 @@ pub enum HttpError {
     /// The server does not (or no longer) accept this agent's credential.
     #[error("the server rejected this agent's credential ({what})")]
     Unauthorized {
+        /// Which call.
+        what: &'static str,
+    },
+    /// An operator revoked this agent (410): it must not register again by itself.
+    #[error("{what}: an operator revoked this agent on the server")]
+    Revoked {
         /// Which call.
         what: &'static str,
     },
@@ -180,6 +187,8 @@ pub struct HttpClient {
     client: reqwest::Client,
     servers: Arc<ServerList>,
     credentials: RwLock<Option<Credentials>>,
+    /// Fired by the first call the server answers "revoked" (410).
+    revoked: CancellationToken,
 }
 
 impl HttpClient {
@@ -212,6 +221,7 @@ impl HttpClient {
             client,
             servers,
             credentials: RwLock::new(None),
+            revoked: CancellationToken::new(),
         })
     }
 
@@ -235,7 +245,15 @@ impl HttpClient {
         {
             self.servers.failed(&base);
         }
+        if let Err(HttpError::Revoked { .. }) = &result {
+            self.revoked.cancel();
+        }
         result
+    }
+
+    /// Fires once the server answered any call with "this agent was revoked".
+    pub fn revoked(&self) -> &CancellationToken {
+        &self.revoked
     }
 
     /// Uses `credentials` for every later call.
@@ -271,6 +289,22 @@ impl HttpClient {
             })
             .await?;
         json_of(what, response).await
+    }
+
+    /// Proposes `agent_token` as this agent's next credential (rotation); the current one keeps
+    /// working until the new one is used.
+    pub async fn propose_credential(&self, agent_token: &str) -> Result<(), HttpError> {
+        let body = NewCredential {
+            agent_token: agent_token.to_owned(),
+        };
+        self.call("credential rotation", paths::CREDENTIAL, |url| {
+            Ok(self
+                .authed(self.client.post(url))?
+                .json(&body)
+                .timeout(CALL_TIMEOUT))
+        })
+        .await
+        .map(drop)
     }
 
     /// Sends the heartbeat.
@@ -476,6 +510,9 @@ async fn send(
     }
     if status == StatusCode::UNAUTHORIZED {
         return Err(HttpError::Unauthorized { what });
+    }
+    if status == StatusCode::GONE {
+        return Err(HttpError::Revoked { what });
     }
     if status == StatusCode::TOO_MANY_REQUESTS {
         let retry_after = retry_after(response.headers().get(header::RETRY_AFTER));

@@ -138,6 +138,9 @@ pub struct WSClient {
     route: Route,
     max_backoff: Duration,
     link: WsLink,
+    /// The bearer token of the last handshake refused as a clone (409, another live agent
+    /// holds the identity), for the agent to register anew.
+    conflict: watch::Sender<Option<String>>,
 }
 
 impl std::fmt::Debug for WSClient {
@@ -167,12 +170,19 @@ impl WSClient {
             route: transport.route.clone(),
             max_backoff,
             link: WsLink::default(),
+            conflict: watch::Sender::new(None),
         }
     }
 
     /// The sending side, for heartbeats.
     pub fn link(&self) -> WsLink {
         self.link.clone()
+    }
+
+    /// Tells of each handshake refused because another live agent holds this identity: the
+    /// token it presented.
+    pub fn identity_conflicts(&self) -> watch::Receiver<Option<String>> {
+        self.conflict.subscribe()
     }
 
     /// Connects, forwards events to `events` and reconnects until `cancel`; then closes cleanly.
@@ -186,9 +196,10 @@ impl WSClient {
         let mut failures: u32 = 0;
         loop {
             let base = self.servers.current();
+            let presented = token();
             let outcome = tokio::select! {
                 _ = cancel.cancelled() => return,
-                outcome = self.connect(&base, token()) => outcome,
+                outcome = self.connect(&base, presented.clone()) => outcome,
             };
             match outcome {
                 Ok((socket, url)) => {
@@ -207,6 +218,9 @@ impl WSClient {
                     tracing::warn!(server = %base, error = %err, failures, "websocket connect failed");
                     if err.server_unreachable() {
                         self.servers.failed(&base);
+                    }
+                    if err.is_identity_conflict() {
+                        self.conflict.send_replace(presented);
                     }
                 }
             }
@@ -283,6 +297,13 @@ impl WSClient {
 }
 
 impl WsError {
+    /// Whether the server refused the handshake because another live agent holds this
+    /// identity (409).
+    fn is_identity_conflict(&self) -> bool {
+        matches!(self, WsError::Socket(tungstenite::Error::Http(response))
+            if response.status() == tungstenite::http::StatusCode::CONFLICT)
+    }
+
     /// Whether the server itself is out of reach (refused, reset, silent, or a balancer with no
     /// server behind it), so that another server of the list should be tried.
     fn server_unreachable(&self) -> bool {

@@ -9,6 +9,9 @@
 //! except the one handed out once at creation.
 
 pub mod auth;
+pub mod enrollment;
+pub mod revocation;
+pub mod rotation;
 pub mod session;
 
 use std::time::Duration;

@@ -13,14 +13,15 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::Response;
 use cms_protocol::{
-    AgentMessage, ErrorBatch, ErrorBatchResponse, HeartbeatAck, RegisterRequest, RegisterResponse,
-    ServerEvent, StatusReport, UpdateCheckResponse, WS_MAX_MESSAGE_BYTES, WS_READ_BUFFER_BYTES,
+    AgentMessage, ErrorBatch, ErrorBatchResponse, HeartbeatAck, NewCredential, RegisterRequest,
+    RegisterResponse, ServerEvent, StatusReport, UpdateCheckResponse, WS_MAX_MESSAGE_BYTES,
+    WS_READ_BUFFER_BYTES,
 };
 use serde::Deserialize;
 
 use super::access::Peer;
 use super::{ApiError, ApiJson, ApiQuery, AppState, check_field};
-use crate::access::auth;
+use crate::access::{auth, rotation};
 use crate::clock;
 use crate::db::Heartbeat;
 use crate::intake::errors as error_reports;
@@ -42,6 +43,13 @@ const MAX_KIND: usize = 128;
 const MAX_MESSAGE: usize = 16 * 1024;
 
 const UNAUTHORIZED: &str = "missing or invalid agent token";
+/// How long the live connection of an identity has to answer a ping before a second one takes
+/// its place.
+const CLONE_PROBE: Duration = Duration::from_secs(5);
+/// The 409 text of a WebSocket refused as a clone (docs/protocol.md, "Agent identities").
+pub const IDENTITY_CONFLICT: &str =
+    "identity_conflict: another live agent holds this identity; register as a new agent";
+const REVOKED: &str = "this agent was revoked by an operator; reset its identity to enrol it again";
 /// At most one warning per interval about refused floods (with the count it stands for).
 static REGISTRATIONS_THROTTLED: LogEvery = LogEvery::new(Duration::from_secs(10));
 static REPORTS_THROTTLED: LogEvery = LogEvery::new(Duration::from_secs(10));
@@ -63,16 +71,33 @@ impl FromRequestParts<AppState> for AuthedAgent {
     ) -> Result<Self, Self::Rejection> {
         let token = auth::bearer(&parts.headers).ok_or(ApiError::Unauthorized(UNAUTHORIZED))?;
         let presented = auth::hash_token(token);
-        let (agent_id, stored) = state
+        let credential = state
             .db()
             .agent_by_token_hash(&presented)
             .await?
             .ok_or(ApiError::Unauthorized(UNAUTHORIZED))?;
-        if !auth::secrets_equal(&presented, &stored) {
+        if !auth::secrets_equal(&presented, &credential.token_hash) {
             return Err(ApiError::Unauthorized(UNAUTHORIZED));
         }
         super::access::authenticated_connection(parts);
-        Ok(AuthedAgent { agent_id })
+        if credential.revoked {
+            return Err(revoked());
+        }
+        if credential.pending {
+            rotation::promote(state.db(), &credential.agent_id, &credential.token_hash).await?;
+        }
+        Ok(AuthedAgent {
+            agent_id: credential.agent_id,
+        })
+    }
+}
+
+/// The answer to a revoked agent (docs/protocol.md, "Revocation"): 410, which it must not
+/// answer by registering again.
+fn revoked() -> ApiError {
+    ApiError::Rejected {
+        status: StatusCode::GONE,
+        message: REVOKED.to_owned(),
     }
 }
 
@@ -101,11 +126,6 @@ pub async fn register(
             retry_after,
         });
     }
-    let open = state.open_enrollment();
-    if let Err(refused) = registration::admit(state.enrollment_token(), open, &request) {
-        tracing::info!(%source, reason = %refused, "registration refused");
-        return Err(refused.into());
-    }
     check_field("hostname", &request.hostname, MAX_SHORT_FIELD)?;
     check_field("platform", &request.platform, MAX_SHORT_FIELD)?;
     check_field("version", &request.version, MAX_SHORT_FIELD)?;
@@ -115,9 +135,19 @@ pub async fn register(
             release::PLATFORMS.join(", ")
         )));
     }
-    let enrolled = registration::enrol(state.db(), state.live(), &request).await?;
+    let open = state.open_enrollment();
+    let admitted =
+        match registration::admit(state.db(), state.enrollment_token(), open, &request).await {
+            Ok(admitted) => admitted,
+            Err(refused) => {
+                tracing::info!(%source, reason = %refused, "registration refused");
+                return Err(refused.into());
+            }
+        };
+    let enrolled = registration::enrol(state.db(), state.live(), &request, &admitted).await?;
     tracing::info!(
         agent_id = %enrolled.agent_id,
+        enrolled_by = admitted.token.as_deref().unwrap_or(""),
         %source,
         hostname = %Untrusted(&request.hostname),
         platform = %Untrusted(&request.platform),
@@ -130,9 +160,7 @@ pub async fn register(
 impl From<RegistrationError> for ApiError {
     fn from(error: RegistrationError) -> Self {
         match error {
-            RegistrationError::BadEnrollmentToken | RegistrationError::EnrollmentClosed => {
-                ApiError::Forbidden(error.to_string())
-            }
+            RegistrationError::Refused(_) => ApiError::Forbidden(error.to_string()),
             RegistrationError::Random(e) => ApiError::Internal(e.to_string()),
             RegistrationError::Database(e) => ApiError::Database(e),
         }
@@ -146,17 +174,20 @@ pub async fn status(
     agent: AuthedAgent,
     ApiJson(report): ApiJson<StatusReport>,
 ) -> Result<StatusCode, ApiError> {
-    record_heartbeat(&state, &agent.agent_id, &report, "http").await?;
+    if !record_heartbeat(&state, &agent.agent_id, &report, "http").await? {
+        return Err(revoked()); // revoked since the credential was checked
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Stores one heartbeat, whichever way it came (`via`: `http` or `websocket`).
+/// Stores one heartbeat, whichever way it came (`via`: `http` or `websocket`); `false` when the
+/// agent was revoked (or removed) meanwhile.
 async fn record_heartbeat(
     state: &AppState,
     agent_id: &str,
     report: &StatusReport,
     via: &'static str,
-) -> Result<(), ApiError> {
+) -> Result<bool, ApiError> {
     let now = Instant::now();
     if let Err(retry_after) = state.heartbeats().try_take(&agent_id.to_owned(), 1, now) {
         if let Some(refused) = HEARTBEATS_THROTTLED.occurrence(now) {
@@ -179,7 +210,9 @@ async fn record_heartbeat(
         metrics_json: &metrics_json,
         network: report.network.as_deref(),
     };
-    heartbeat::record(state.db(), state.live(), agent_id, &heartbeat).await?;
+    if !heartbeat::record(state.db(), state.live(), agent_id, &heartbeat).await? {
+        return Ok(false);
+    }
     tracing::debug!(
         agent_id,
         via,
@@ -190,7 +223,7 @@ async fn record_heartbeat(
         network = %Untrusted(report.network.as_deref().unwrap_or("")),
         "heartbeat"
     );
-    Ok(())
+    Ok(true)
 }
 
 /// The agent's messages on its WebSocket: heartbeats, answered with what the update check
@@ -226,14 +259,34 @@ impl crate::ws::AgentMessages for SocketMessages {
 
     async fn handle(&self, agent_id: &str, message: AgentMessage) -> Option<ServerEvent> {
         let AgentMessage::Heartbeat(report) = message;
-        if let Err(error) = record_heartbeat(&self.state, agent_id, &report, "websocket").await {
-            // No answer: the agent sends the heartbeat again over HTTP and sees the error. A
-            // throttled one was logged in summary already.
-            if !matches!(error, ApiError::TooManyRequests { .. }) {
-                tracing::info!(agent_id, %error, "heartbeat over WebSocket not stored");
+        match record_heartbeat(&self.state, agent_id, &report, "websocket").await {
+            Ok(true) => {}
+            Ok(false) => {
+                // Revoked through a replica that does not hold this socket (or by a command
+                // without a bus): close it; the agent's next call is answered 410.
+                tracing::info!(
+                    agent_id,
+                    "heartbeat of a revoked agent; closing its WebSocket"
+                );
+                self.state.hub().disconnect(agent_id);
+                return None;
             }
-            return None;
+            Err(error) => {
+                // No answer: the agent sends the heartbeat again over HTTP and sees the error. A
+                // throttled one was logged in summary already.
+                if !matches!(error, ApiError::TooManyRequests { .. }) {
+                    tracing::info!(agent_id, %error, "heartbeat over WebSocket not stored");
+                }
+                return None;
+            }
         }
+        let rotate_credential = match rotation::is_due(self.state.db(), agent_id).await {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::warn!(agent_id, %error, "cannot tell whether the credential is due for rotation");
+                false
+            }
+        };
         let update = match cohort::parse_version(&report.version) {
             Some(current) => {
                 offer::offer_for(self.state.db(), agent_id, &current, &self.platform).await
@@ -241,13 +294,29 @@ impl crate::ws::AgentMessages for SocketMessages {
             None => Ok(None),
         };
         match update {
-            Ok(update) => Some(ServerEvent::HeartbeatAck(HeartbeatAck { update })),
+            Ok(update) => Some(ServerEvent::HeartbeatAck(HeartbeatAck {
+                update,
+                rotate_credential,
+            })),
             Err(error) => {
                 tracing::warn!(agent_id, %error, "cannot look up an update for a heartbeat");
                 Some(ServerEvent::HeartbeatAck(HeartbeatAck::default()))
             }
         }
     }
+}
+
+/// `POST /api/v1/agent/credential` with [`NewCredential`]: the credential this agent will use
+/// next (credential rotation, docs/protocol.md); 204 stored, 400 malformed.
+pub async fn credential(
+    State(state): State<AppState>,
+    agent: AuthedAgent,
+    ApiJson(proposed): ApiJson<NewCredential>,
+) -> Result<StatusCode, ApiError> {
+    rotation::propose(state.db(), &agent.agent_id, &proposed.agent_token)
+        .await?
+        .map_err(|refused| ApiError::BadRequest(refused.to_string()))?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Query of `GET /api/v1/agent/update`.
@@ -368,12 +437,25 @@ fn truncate(text: &mut String, max: usize) {
     text.truncate(end);
 }
 
-/// `GET /api/v1/agent/ws`: upgrades to the agent's event WebSocket.
+/// `GET /api/v1/agent/ws`: upgrades to the agent's event WebSocket, unless another live
+/// connection of this replica holds the same identity and answers a ping within
+/// [`CLONE_PROBE`]: then 409 with [`IDENTITY_CONFLICT`] (a copy of the agent's data folder; it
+/// registers anew). A connection that does not answer is dead (the agent was killed and
+/// restarted) and the new one replaces it.
 pub async fn websocket(
     State(state): State<AppState>,
     agent: AuthedAgent,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
+    if let Some(answered) = state.hub().probe(&agent.agent_id)
+        && matches!(
+            tokio::time::timeout(CLONE_PROBE, answered).await,
+            Ok(Ok(()))
+        )
+    {
+        tracing::warn!(agent_id = %agent.agent_id, "a second live connection presents this identity; refused as a clone");
+        return Err(ApiError::Conflict(IDENTITY_CONFLICT.to_owned()));
+    }
     state.db().touch(&agent.agent_id, &clock::now()).await?;
     let platform = state
         .db()

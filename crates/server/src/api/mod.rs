@@ -3,7 +3,8 @@
 //! Handlers live in [`agent`] (the agent-facing API, bearer-authenticated), [`package`] (the
 //! release package download, bearer-authenticated), [`metadata`] (the signed TUF metadata,
 //! public), [`operator`] (the operator API of docs/protocol.md, operator tokens) and
-//! [`admin`] (token management and the audit log, admin tokens) and [`dashboard`] (the
+//! [`admin`] (token management and the audit log, admin tokens), [`identity`] (revoking agents,
+//! enrollment tokens) and [`dashboard`] (the
 //! operator dashboard's page, sessions, fleet, errors, rollouts and live feed); [`access`]
 //! authenticates operators (bearer token or session cookie) and [`paging`] pages their
 //! listings. Handlers parse, authorize, call the domain modules (`intake`, `rollout`, `access`,
@@ -18,6 +19,7 @@ pub mod access;
 pub mod admin;
 pub mod agent;
 pub mod dashboard;
+pub mod identity;
 pub mod metadata;
 pub mod operator;
 pub mod package;
@@ -203,8 +205,11 @@ impl AppState {
     }
 
     /// Whether an agent counts as online ([`cluster::is_online`], with `connected` from the
-    /// connection records and `--offline-after`).
+    /// connection records and `--offline-after`); a revoked agent never does.
     pub fn is_online(&self, connected: bool, agent: &AgentRow, now: time::OffsetDateTime) -> bool {
+        if agent.revoked_at.is_some() {
+            return false;
+        }
         let held_here = self.hub().is_connected(&agent.agent_id);
         cluster::is_online(
             connected,
@@ -291,6 +296,7 @@ fn agent_routes() -> Router<AppState> {
         .route(paths::STATUS, post(agent::status))
         .route(paths::UPDATE_CHECK, get(agent::update_check))
         .route(paths::ERRORS, post(agent::errors))
+        .route(paths::CREDENTIAL, post(agent::credential))
         .route(paths::WEBSOCKET, get(agent::websocket))
         .route(package::PACKAGE_ROUTE, get(package::download))
         .route(metadata::METADATA_ROUTE, get(metadata::file))
@@ -307,6 +313,19 @@ fn operator_routes_without_healthz() -> Router<AppState> {
         .route(
             "/api/v1/agents/{agent_id}/check-update",
             post(operator::check_update),
+        )
+        .route("/api/v1/agents/{agent_id}", delete(identity::revoke_agent))
+        .route(
+            "/api/v1/agents/{agent_id}/rotate-credential",
+            post(identity::rotate_credential),
+        )
+        .route(
+            "/api/v1/enrollment-tokens",
+            get(identity::enrollment_tokens).post(identity::create_enrollment_token),
+        )
+        .route(
+            "/api/v1/enrollment-tokens/{name}",
+            delete(identity::revoke_enrollment_token),
         )
         .route(paths::OPERATOR_ERRORS, get(operator::errors))
         .route(paths::RELEASES, get(operator::releases))

@@ -41,6 +41,7 @@ pub async fn agents(
         state: row.state,
         last_seen: row.last_seen,
         network: row.network,
+        revoked_at: row.revoked_at,
     };
     let fetch = |db: Db, after: AgentKey, limit| async move {
         let (rows, more) = db.list_agents(&after, limit).await?;

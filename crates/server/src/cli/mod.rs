@@ -1,7 +1,7 @@
 //! The `cms-server` command line: its clap types, and [`run`], which runs one command.
 //!
 //! One file per subcommand family: `serve`, `release` (`release publish|rollout`), `rollout`,
-//! `token` and `tuf`; each holds its flags beside its logic, which calls the library's domain
+//! `token`, `tuf`, `agent` (`agent list|revoke`) and `enroll` (`enroll create|list|revoke`); each holds its flags beside its logic, which calls the library's domain
 //! modules. Logs go to stderr; a command prints its result on stdout. Exit codes: 0 done,
 //! 1 failure (I/O, database), 2 refused (bad arguments or settings, release already published,
 //! token name taken or unknown). This is the one module of the library that reads the process
@@ -9,6 +9,8 @@
 //! (only `main.rs` does), and it must never hold server logic or print a secret other than the
 //! token `token create` exists to hand out.
 
+mod agent;
+mod enroll;
 mod release;
 mod rollout;
 mod serve;
@@ -49,6 +51,12 @@ enum Command {
     /// Manage the signing keys of the release metadata (TUF), with the root key offline.
     #[command(subcommand)]
     Tuf(tuf::TufCommand),
+    /// List and revoke agent identities (audited).
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
+    /// Manage enrollment tokens (stored hashed; a token is shown once, at creation).
+    #[command(subcommand)]
+    Enroll(enroll::EnrollCommand),
 }
 
 /// The platform of the machine this server was built for.
@@ -113,6 +121,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(command) => runtime.block_on(token::token(command)),
         Command::Rollout(command) => runtime.block_on(rollout::rollout_control(command)),
         Command::Tuf(command) => runtime.block_on(tuf::tuf(command)),
+        Command::Agent(command) => runtime.block_on(agent::agent(command)),
+        Command::Enroll(command) => runtime.block_on(enroll::enroll(command)),
     }
 }
 

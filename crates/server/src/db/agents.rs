@@ -17,6 +17,21 @@ pub struct NewAgent<'a> {
     pub version: &'a str,
     /// Initial state name.
     pub state: &'a str,
+    /// Name of the enrollment token that admitted it, if one did.
+    pub enrolled_by: Option<&'a str>,
+}
+
+/// What the database knows of a presented agent credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentCredential {
+    /// The agent it belongs to.
+    pub agent_id: String,
+    /// The stored hash that matched (compared again in constant time by the caller).
+    pub token_hash: String,
+    /// Whether an operator revoked the agent.
+    pub revoked: bool,
+    /// Whether it matched the proposed credential of a rotation, not the current one.
+    pub pending: bool,
 }
 
 /// An agent row as the operator listing needs it.
@@ -36,6 +51,9 @@ pub struct AgentRow {
     pub last_seen: String,
     /// How it reaches the backend, from its latest heartbeat (older agents do not say).
     pub network: Option<String>,
+    /// When an operator revoked it (RFC 3339); absent while its credential is valid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
 }
 
 /// Where a page of the agent listing starts: after this (hostname, agent_id).
@@ -64,6 +82,7 @@ type AgentTuple = (
     String,
     String,
     String,
+    Option<String>,
     Option<String>,
 );
 
@@ -105,7 +124,8 @@ impl Db {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO agents (agent_id, token_hash, hostname, platform, version, state, \
-             registered_at, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+             registered_at, last_seen, credential_at, enrolled_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7, $8)",
         )
         .bind(agent.agent_id)
         .bind(agent.token_hash)
@@ -114,6 +134,7 @@ impl Db {
         .bind(agent.version)
         .bind(agent.state)
         .bind(now)
+        .bind(agent.enrolled_by)
         .execute(&mut *tx)
         .await?;
         record_version(&mut *tx, agent.agent_id, agent.version, now).await?;
@@ -121,18 +142,31 @@ impl Db {
         Ok(())
     }
 
-    /// Looks up an agent by its token hash: `(agent_id, token_hash)`.
+    /// Looks up an agent by its token hash.
     pub async fn agent_by_token_hash(
         &self,
         token_hash: &str,
-    ) -> Result<Option<(String, String)>, DbError> {
-        let row = sqlx::query_as::<_, (String, String)>(
-            "SELECT agent_id, token_hash FROM agents WHERE token_hash = $1",
+    ) -> Result<Option<AgentCredential>, DbError> {
+        let row = sqlx::query_as::<_, (String, String, Option<String>, Option<String>)>(
+            "SELECT agent_id, token_hash, revoked_at, pending_token_hash FROM agents \
+             WHERE token_hash = $1 OR pending_token_hash = $1",
         )
         .bind(token_hash)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row)
+        Ok(row.map(|(agent_id, current, revoked_at, pending_hash)| {
+            let pending = current != token_hash && pending_hash.as_deref() == Some(token_hash);
+            AgentCredential {
+                agent_id,
+                token_hash: if pending {
+                    pending_hash.unwrap_or_default()
+                } else {
+                    current
+                },
+                revoked: revoked_at.is_some(),
+                pending,
+            }
+        }))
     }
 
     /// Whether an agent with this id is registered.
@@ -155,7 +189,7 @@ impl Db {
 
     /// Records a heartbeat: version, state, metrics (JSON text) and last contact, and the
     /// version in the agent's history when it is new. Returns the state and version stored
-    /// before, `None` for an unknown agent.
+    /// before, `None` for an unknown or revoked agent (nothing is stored for it).
     ///
     /// Three short statements rather than one read-then-write transaction: on SQLite, two
     /// such transactions meeting would fail one of them at once ("database is locked")
@@ -168,11 +202,14 @@ impl Db {
         now: &str,
     ) -> Result<Option<(String, String)>, DbError> {
         let before = sqlx::query_as::<_, (String, String)>(
-            "SELECT state, version FROM agents WHERE agent_id = $1",
+            "SELECT state, version FROM agents WHERE agent_id = $1 AND revoked_at IS NULL",
         )
         .bind(agent_id)
         .fetch_optional(&self.pool)
         .await?;
+        if before.is_none() {
+            return Ok(None);
+        }
         sqlx::query(
             "UPDATE agents SET version = $1, state = $2, network = $3, last_seen = $4, \
              metrics = $5 WHERE agent_id = $6",
@@ -212,8 +249,8 @@ impl Db {
         limit: i64,
     ) -> Result<(Vec<AgentRow>, bool), DbError> {
         let rows = sqlx::query_as::<_, AgentTuple>(
-            "SELECT agent_id, hostname, platform, version, state, last_seen, network FROM agents \
-             WHERE (hostname, agent_id) > ($1, $2) ORDER BY hostname, agent_id LIMIT $3",
+            "SELECT agent_id, hostname, platform, version, state, last_seen, network, revoked_at \
+             FROM agents WHERE (hostname, agent_id) > ($1, $2) ORDER BY hostname, agent_id LIMIT $3",
         )
         .bind(after.hostname.as_str())
         .bind(after.agent_id.as_str())
@@ -223,14 +260,17 @@ impl Db {
         let rows = rows
             .into_iter()
             .map(
-                |(agent_id, hostname, platform, version, state, last_seen, network)| AgentRow {
-                    agent_id,
-                    hostname,
-                    platform,
-                    version,
-                    state,
-                    last_seen,
-                    network,
+                |(agent_id, hostname, platform, version, state, last_seen, network, revoked_at)| {
+                    AgentRow {
+                        agent_id,
+                        hostname,
+                        platform,
+                        version,
+                        state,
+                        last_seen,
+                        network,
+                        revoked_at,
+                    }
                 },
             )
             .collect();

@@ -20,6 +20,8 @@ pub struct FleetCounts {
     pub offline: i64,
     /// Agents neither connected nor seen since the missing cutoff.
     pub missing: i64,
+    /// Agents an operator revoked: counted apart, in none of the other counts.
+    pub revoked: i64,
     /// Agents by state.
     pub by_state: Tally,
     /// Agents by version.
@@ -84,6 +86,10 @@ pub struct FleetAgent {
     pub agent: AgentRow,
     /// Registration time (RFC 3339).
     pub registered_at: String,
+    /// Name of the enrollment token that enrolled it, when one did.
+    pub enrolled_by: Option<String>,
+    /// When its current credential was issued (RFC 3339); older rows: registration time.
+    pub credential_at: Option<String>,
     /// Metrics of the latest heartbeat (JSON text), if any.
     #[serde(skip)]
     pub metrics: Option<String>,
@@ -160,12 +166,15 @@ impl Db {
         missing_before: &str,
         now: &str,
     ) -> Result<FleetCounts, DbError> {
-        let (total, online, missing) = sqlx::query_as::<_, (i64, i64, i64)>(
-            "SELECT COUNT(*), \
-             CAST(COALESCE(SUM(CASE WHEN a.last_seen >= $1 OR k.agent_id IS NOT NULL \
-                 THEN 1 ELSE 0 END), 0) AS BIGINT), \
-             CAST(COALESCE(SUM(CASE WHEN a.last_seen < $2 AND k.agent_id IS NULL \
-                 THEN 1 ELSE 0 END), 0) AS BIGINT) \
+        let (total, online, missing, revoked) = sqlx::query_as::<_, (i64, i64, i64, i64)>(
+            "SELECT CAST(COALESCE(SUM(CASE WHEN a.revoked_at IS NULL THEN 1 ELSE 0 END), 0) \
+                 AS BIGINT), \
+             CAST(COALESCE(SUM(CASE WHEN a.revoked_at IS NULL AND (a.last_seen >= $1 \
+                 OR k.agent_id IS NOT NULL) THEN 1 ELSE 0 END), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(CASE WHEN a.revoked_at IS NULL AND a.last_seen < $2 \
+                 AND k.agent_id IS NULL THEN 1 ELSE 0 END), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(CASE WHEN a.revoked_at IS NOT NULL THEN 1 ELSE 0 END), 0) \
+                 AS BIGINT) \
              FROM agents a LEFT JOIN (SELECT DISTINCT c.agent_id FROM agent_connections c \
                  JOIN replicas r ON r.replica_id = c.replica_id WHERE r.lease_until > $3) k \
                  ON k.agent_id = a.agent_id",
@@ -180,6 +189,7 @@ impl Db {
             online,
             offline: total - online - missing,
             missing,
+            revoked,
             by_state: self.tally("state").await?,
             by_version: self.tally("version").await?,
             by_platform: self.tally("platform").await?,
@@ -189,7 +199,7 @@ impl Db {
     /// Agents counted by `column` (one of the indexed ones), largest group first.
     async fn tally(&self, column: &'static str) -> Result<Tally, DbError> {
         let sql = format!(
-            "SELECT {column}, COUNT(*) FROM agents GROUP BY {column} \
+            "SELECT {column}, COUNT(*) FROM agents WHERE revoked_at IS NULL GROUP BY {column} \
              ORDER BY COUNT(*) DESC, {column} LIMIT 100"
         );
         // Audited: `column` is one of the fixed names above, never request data.
@@ -217,8 +227,8 @@ impl Db {
         let column = search.sort.column();
         let (limit, offset) = (values.len() + 1, values.len() + 2);
         let sql = format!(
-            "SELECT agent_id, hostname, platform, version, state, last_seen, network, registered_at, \
-             metrics FROM agents {filter} \
+            "SELECT agent_id, hostname, platform, version, state, last_seen, network, revoked_at, \
+             registered_at, enrolled_by, credential_at, metrics FROM agents {filter} \
              ORDER BY {column} {direction}, agent_id {direction} LIMIT ${limit} OFFSET ${offset}"
         );
         let mut page = sqlx::query_as::<_, FleetAgent>(AssertSqlSafe(sql));
@@ -236,8 +246,8 @@ impl Db {
     /// One agent's row, if registered.
     pub async fn fleet_agent(&self, agent_id: &str) -> Result<Option<FleetAgent>, DbError> {
         let row = sqlx::query_as::<_, FleetAgent>(
-            "SELECT agent_id, hostname, platform, version, state, last_seen, network, registered_at, \
-             metrics FROM agents WHERE agent_id = $1",
+            "SELECT agent_id, hostname, platform, version, state, last_seen, network, revoked_at, \
+             registered_at, enrolled_by, credential_at, metrics FROM agents WHERE agent_id = $1",
         )
         .bind(agent_id)
         .fetch_optional(&self.pool)

@@ -12,14 +12,16 @@ mod bounded;
 mod cluster;
 mod errors;
 mod fleet;
+mod identity;
 mod operators;
 mod releases;
 mod rollouts;
 mod sessions;
 
-pub use agents::{AgentKey, AgentRow, Heartbeat, NewAgent};
+pub use agents::{AgentCredential, AgentKey, AgentRow, Heartbeat, NewAgent};
 pub use errors::{ErrorKey, NewErrorReport, RetentionSweep};
 pub use fleet::{AgentSearch, AgentSort, ErrorGroup, FleetAgent, FleetCounts, Tally, VersionSeen};
+pub use identity::{EnrollmentTokenRow, NewEnrollmentToken, Revocation};
 pub use operators::{AuditKey, NewAuditEntry, OperatorTokenRow};
 pub use releases::{NewRelease, PackageRow, PendingRelease, ReleaseKey, ReleaseRecord, ReleaseRow};
 pub use rollouts::{
@@ -288,10 +290,11 @@ mod tests {
             platform: "linux-x86_64",
             version: "1.0.0",
             state: "STARTING",
+            enrolled_by: Some("default"),
         };
         db.insert_agent(&agent, &crate::clock::now()).await.unwrap();
-        let found = db.agent_by_token_hash("h1").await.unwrap();
-        assert_eq!(found, Some(("a1".into(), "h1".into())));
+        let found = db.agent_by_token_hash("h1").await.unwrap().unwrap();
+        assert_eq!((found.agent_id.as_str(), found.revoked), ("a1", false));
         assert!(db.agent_exists("a1").await.unwrap());
         assert!(
             db.releases_for_platform("linux-x86_64")

@@ -5,7 +5,8 @@
 //! schema; every replica listens and hands what arrives to a [`Dispatcher`]: a release
 //! published or a rollout changed wakes the release watcher, which re-reads the releases table
 //! and pushes to the agents this replica holds; a check-update addressed to this replica goes
-//! to the agent's socket; a dashboard's live event ([`live`], sent by [`relay`]) goes to the
+//! to the agent's socket; an agent's revocation closes its socket wherever it is held; a
+//! dashboard's live event ([`live`], sent by [`relay`]) goes to the
 //! dashboards open on the other replicas. A payload carries ids (and, for live events, the
 //! names of a state, version or step) only: the receiver reads the rows. When the
 //! listening connection was lost (notifications sent meanwhile are gone), the watcher re-reads
@@ -60,6 +61,11 @@ pub enum ClusterEvent {
         agent_id: String,
         /// The replica that holds its WebSocket.
         replica_id: String,
+    },
+    /// An operator revoked an agent: whichever replica holds its socket closes it.
+    AgentRevoked {
+        /// The agent.
+        agent_id: String,
     },
     /// Something a dashboard shows changed on the replica `origin`.
     Live {
@@ -159,6 +165,11 @@ impl Dispatcher {
                 }
             }
             ClusterEvent::CheckUpdate { .. } => {}
+            ClusterEvent::AgentRevoked { agent_id } => {
+                if self.hub.disconnect(&agent_id) {
+                    tracing::info!(agent_id, "revoked agent's WebSocket closed");
+                }
+            }
             ClusterEvent::Live { origin, change } if *origin != *self.replica_id => {
                 self.live.publish_here(change);
             }

@@ -15,31 +15,29 @@ use crate::events::live::{LiveEvent, LiveFeed};
 pub const VERSIONS_KEPT: i64 = 20;
 
 /// Stores `heartbeat` of `agent_id` and publishes [`LiveEvent::AgentChanged`] when its state or
-/// version differs from what was stored.
+/// version differs from what was stored; `false` (nothing stored) when the agent is unknown or
+/// was revoked.
 pub async fn record(
     db: &Db,
     live: &LiveFeed,
     agent_id: &str,
     heartbeat: &Heartbeat<'_>,
-) -> Result<(), DbError> {
-    let before = db.update_status(agent_id, heartbeat, &clock::now()).await?;
-    let new_version = before
-        .as_ref()
-        .is_some_and(|(_, version)| version != heartbeat.version);
-    if new_version {
+) -> Result<bool, DbError> {
+    let Some((state, version)) = db.update_status(agent_id, heartbeat, &clock::now()).await? else {
+        return Ok(false);
+    };
+    if version != heartbeat.version {
         let trimmed = db.trim_version_history(agent_id, VERSIONS_KEPT).await?;
         if trimmed > 0 {
             tracing::debug!(agent_id, trimmed, "old versions left the agent's history");
         }
     }
-    if before
-        .is_some_and(|(state, version)| state != heartbeat.state || version != heartbeat.version)
-    {
+    if state != heartbeat.state || version != heartbeat.version {
         live.publish(LiveEvent::AgentChanged {
             agent_id: agent_id.to_owned(),
             state: heartbeat.state.to_owned(),
             version: heartbeat.version.to_owned(),
         });
     }
-    Ok(())
+    Ok(true)
 }

@@ -1,6 +1,7 @@
 //! The agent's tasks besides the IPC server: the OS-signal watcher, the lock heartbeat, the
 //! heartbeat and update-poll timers, the server-event handler, the WebSocket and the journal
-//! settlement, each a loop over the shared `Inner` until its cancellation token fires.
+//! settlement, each a loop over the shared `Inner` until its cancellation token fires (the
+//! services that talk to the backend on `backend`, which also fires when the agent is revoked).
 //! Nothing here decides about updates (that is `UpdateController`) or stops the agent other
 //! than through `graceful_shutdown`.
 
@@ -29,7 +30,7 @@ pub(super) fn spawn_services(inner: &Arc<Inner>, tasks: &mut Tasks) {
         let token = || ws_inner.http.bearer_token();
         ws_inner
             .ws
-            .run(token, events_tx, ws_inner.cancel.clone())
+            .run(token, events_tx, ws_inner.backend.clone())
             .await;
     });
 }
@@ -66,7 +67,7 @@ async fn status_loop(inner: Arc<Inner>) {
     loop {
         panic_if_a_test_asks();
         inner.send_status().await;
-        if !sleep_or_cancel(&inner.cancel, jittered(every)).await {
+        if !sleep_or_cancel(&inner.backend, jittered(every)).await {
             return;
         }
     }
@@ -74,7 +75,7 @@ async fn status_loop(inner: Arc<Inner>) {
 
 async fn poll_loop(inner: Arc<Inner>) {
     let every = Duration::from_secs(inner.options.intervals.update_poll_secs.max(1));
-    while sleep_or_cancel(&inner.cancel, jittered(every)).await {
+    while sleep_or_cancel(&inner.backend, jittered(every)).await {
         inner.reporter.flush(&inner.http).await;
         inner.check_for_update("poll").await;
     }
@@ -87,12 +88,15 @@ async fn event_loop(inner: Arc<Inner>, mut events: mpsc::Receiver<ServerEvent>) 
     let mut last_offer: Option<String> = None;
     loop {
         let event = tokio::select! {
-            _ = inner.cancel.cancelled() => return,
+            _ = inner.backend.cancelled() => return,
             event = events.recv() => event,
         };
         match event {
             Some(ServerEvent::UpdateRequired(_)) => inner.check_for_update("push").await,
             Some(ServerEvent::HeartbeatAck(ack)) => {
+                if ack.rotate_credential {
+                    inner.rotate_credential().await;
+                }
                 if let Some(update) = new_offer(&mut last_offer, ack) {
                     inner.initiate_update("heartbeat", &update).await;
                 }
@@ -122,6 +126,7 @@ mod offer_tests {
 
     fn ack(version: Option<&str>) -> HeartbeatAck {
         HeartbeatAck {
+            rotate_credential: false,
             update: version.map(|version| UpdateInfo {
                 version: version.into(),
                 platform: "linux-x86_64".into(),

@@ -1,0 +1,117 @@
+//! `cms-server agent list|revoke`: the fleet's identities from the command line.
+//!
+//! `agent list` prints id, hostname, platform, version, last seen and whether the agent is
+//! revoked; `agent revoke --agent-id ID` revokes it (audited), and tells the running replicas
+//! (on PostgreSQL, through the event bus) to close its WebSocket. One variant and one function
+//! per subcommand, so more subcommands (`set-group`) slot in beside them. This module must never
+//! print a credential.
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use super::{EXIT_REFUSED, StoreArgs, command_actor, open_store, print_line};
+use crate::access::revocation;
+use crate::db::{AgentKey, AgentRow, Db, Revocation};
+use crate::events::EventBus;
+
+/// Agents listed per query.
+const PAGE: i64 = 500;
+
+#[derive(Debug, Subcommand)]
+pub(super) enum AgentCommand {
+    /// List agents: id, hostname, platform, version, last seen, revoked.
+    List(StoreArgs),
+    /// Revoke an agent: its credential stops working at once on every replica (audited).
+    Revoke(AgentRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(super) struct AgentRevokeArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Id of the agent to revoke (from `agent list`).
+    #[arg(long)]
+    agent_id: String,
+}
+
+pub(super) async fn agent(command: AgentCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        AgentCommand::List(store) => {
+            let db = open_store(&store).await?;
+            let listed = list(&db).await;
+            db.close().await;
+            listed.map(|()| ExitCode::SUCCESS)
+        }
+        AgentCommand::Revoke(args) => {
+            let db = open_store(&args.store).await?;
+            let revoked = revoke(&db, &args.agent_id).await;
+            db.close().await;
+            revoked
+        }
+    }
+}
+
+async fn list(db: &Db) -> anyhow::Result<()> {
+    print_line(&row_text(
+        "AGENT ID",
+        "HOSTNAME",
+        "PLATFORM",
+        "VERSION",
+        "LAST SEEN",
+        "REVOKED",
+    ));
+    let mut after = AgentKey::default();
+    loop {
+        let (rows, more) = db.list_agents(&after, PAGE).await?;
+        for row in &rows {
+            print_agent(row);
+        }
+        match rows.last() {
+            Some(last) if more => after = last.key(),
+            _ => return Ok(()),
+        }
+    }
+}
+
+fn print_agent(row: &AgentRow) {
+    let revoked = row.revoked_at.as_deref().unwrap_or("-");
+    print_line(&row_text(
+        &row.agent_id,
+        &row.hostname,
+        &row.platform,
+        &row.version,
+        &row.last_seen,
+        revoked,
+    ));
+}
+
+fn row_text(
+    id: &str,
+    host: &str,
+    platform: &str,
+    version: &str,
+    seen: &str,
+    revoked: &str,
+) -> String {
+    format!("{id:<36} {host:<24} {platform:<15} {version:<10} {seen:<27} {revoked}")
+}
+
+async fn revoke(db: &Db, agent_id: &str) -> anyhow::Result<ExitCode> {
+    let bus = EventBus::new(db).await?;
+    let actor = command_actor();
+    match revocation::revoke_agent(db, &bus, None, agent_id, &actor).await? {
+        Revocation::Revoked => {
+            print_line(&format!("revoked {agent_id}"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Revocation::AlreadyRevoked => {
+            print_line(&format!("{agent_id} was revoked already"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Revocation::Unknown => {
+            eprintln!("cms-server: no agent has the id {agent_id:?}");
+            Ok(ExitCode::from(EXIT_REFUSED))
+        }
+    }
+}
