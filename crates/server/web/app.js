@@ -145,9 +145,10 @@ async function agentView(agentId) {
     table(["Version", "First seen"], page.versions.map((v) =>
       h("tr", {}, h("td", {}, v.version), h("td", {}, v.first_seen)))),
     h("h3", {}, "Update attempts"),
-    table(["Version", "Step", "Failed step", "Detail", "At"], page.updates.map((u) =>
+    table(["Version", "Step", "Failed step", "Detail", "At", "Counted"], page.updates.map((u) =>
       h("tr", {}, h("td", {}, u.version), h("td", {}, u.step), h("td", {}, u.failed_step ?? ""),
-        h("td", {}, u.detail ?? ""), h("td", {}, u.created_at))), { id: "agent-updates" }),
+        h("td", {}, u.detail ?? ""), h("td", {}, u.created_at),
+        h("td", {}, u.verified ? "yes" : "unverified: never offered"))), { id: "agent-updates" }),
     h("h3", {}, "Error reports"),
     table(["Kind", "Message", "At"], page.errors.map((e) =>
       h("tr", {}, h("td", {}, e.kind), h("td", {}, e.message), h("td", {}, e.created_at)))),

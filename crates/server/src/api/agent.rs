@@ -211,7 +211,14 @@ impl crate::ws::AgentMessages for SocketMessages {
         }
         let update = match cohort::parse_version(&report.version) {
             Some(current) => {
-                offer::offer_for(self.state.db(), agent_id, &current, &self.platform).await
+                offer::offer_for(
+                    self.state.db(),
+                    agent_id,
+                    &current,
+                    &self.platform,
+                    offer::OfferVia::Heartbeat,
+                )
+                .await
             }
             None => Ok(None),
         };
@@ -244,7 +251,14 @@ pub async fn update_check(
     let current = cohort::parse_version(&query.version)
         .ok_or_else(|| ApiError::BadRequest("version must look like X.Y.Z".into()))?;
     state.db().touch(&agent.agent_id, &clock::now()).await?;
-    let update = offer::offer_for(state.db(), &agent.agent_id, &current, &query.platform).await?;
+    let update = offer::offer_for(
+        state.db(),
+        &agent.agent_id,
+        &current,
+        &query.platform,
+        offer::OfferVia::Check,
+    )
+    .await?;
     tracing::debug!(agent_id = agent.agent_id, current = %current, offered = ?update.as_ref().map(|u| &u.version), "update check");
     Ok(axum::Json(UpdateCheckResponse { update }))
 }

@@ -11,6 +11,7 @@ mod agents;
 mod cluster;
 mod errors;
 mod fleet;
+mod offers;
 mod operators;
 mod releases;
 mod rollouts;
@@ -19,6 +20,7 @@ mod sessions;
 pub use agents::{AgentKey, AgentRow, Heartbeat, NewAgent};
 pub use errors::{ErrorKey, NewErrorReport, RetentionSweep};
 pub use fleet::{AgentSearch, AgentSort, ErrorGroup, FleetAgent, FleetCounts, Tally, VersionSeen};
+pub use offers::OfferVia;
 pub use operators::{AuditKey, NewAuditEntry, OperatorTokenRow};
 pub use releases::{NewRelease, PackageRow, PendingRelease, ReleaseKey, ReleaseRecord, ReleaseRow};
 pub use rollouts::{

@@ -2,22 +2,28 @@
 //! to its heartbeat on the WebSocket, and the package path it downloads it from.
 //!
 //! Both the HTTP update check and the WebSocket heartbeat answer through [`offer_for`], so they
-//! can never disagree. This module must never offer a release outside the agent's cohort or
-//! one that is not newer than what it runs.
+//! can never disagree. Every offer is recorded (per agent and release, [`record`]; the release
+//! watcher's pushes too): update progress counts for a release only from agents that were
+//! offered it (`crate::intake::progress`). This module must never offer a release outside the
+//! agent's cohort or one that is not newer than what it runs, and never offer one unrecorded.
 
 use cms_protocol::UpdateInfo;
 use cms_protocol::update::package_file_name;
 
 use super::cohort::{self, Candidate};
+use crate::clock;
 use crate::db::{Db, DbError};
 
+pub use crate::db::OfferVia;
+
 /// The newest release for `platform` that is newer than `current` and whose rollout includes
-/// `agent_id`.
+/// `agent_id`, recorded as offered to it `via` the answer it goes out in.
 pub async fn offer_for(
     db: &Db,
     agent_id: &str,
     current: &semver::Version,
     platform: &str,
+    via: OfferVia,
 ) -> Result<Option<UpdateInfo>, DbError> {
     let releases = db.releases_for_platform(platform).await?;
     let candidates: Vec<Candidate> = releases
@@ -29,6 +35,9 @@ pub async fn offer_for(
         .collect();
     let picked = cohort::pick_update(agent_id, current, &candidates)
         .and_then(|c| releases.iter().find(|r| r.version == c.version));
+    if let Some(release) = picked {
+        record(db, &[agent_id], &release.version, &release.platform, via).await?;
+    }
     Ok(picked.map(|r| UpdateInfo {
         package_url: package_url(&r.version, &r.platform),
         target: package_file_name(&r.version, &r.platform),
@@ -37,6 +46,29 @@ pub async fn offer_for(
         length: u64::try_from(r.length).unwrap_or_default(),
         sha256: r.sha256.clone(),
     }))
+}
+
+/// Records that `version` on `platform` was offered to `agent_ids` `via` an answer or a push.
+pub async fn record(
+    db: &Db,
+    agent_ids: &[&str],
+    version: &str,
+    platform: &str,
+    via: OfferVia,
+) -> Result<(), DbError> {
+    if agent_ids.is_empty() {
+        return Ok(());
+    }
+    db.record_offers(agent_ids, version, platform, via, &clock::now())
+        .await?;
+    tracing::debug!(
+        agents = agent_ids.len(),
+        version,
+        platform,
+        via = via.name(),
+        "update offer recorded"
+    );
+    Ok(())
 }
 
 /// Path of a release package, relative to the server's base URL.

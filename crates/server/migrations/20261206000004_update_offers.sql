@@ -1,0 +1,20 @@
+-- Offers are facts the server records: each release the server offered to an agent (in the
+-- answer to its update check or heartbeat, or pushed on its WebSocket), once per agent and
+-- release. Update progress counts for a release only from agents that were offered it.
+-- Portable SQL: the same file runs on SQLite and PostgreSQL.
+CREATE TABLE update_offers (
+    agent_id         TEXT NOT NULL,
+    version          TEXT NOT NULL,
+    platform         TEXT NOT NULL,
+    -- check, heartbeat or push: how the first offer went out.
+    via              TEXT NOT NULL,
+    first_offered_at TEXT NOT NULL,
+    PRIMARY KEY (agent_id, version, platform)
+);
+CREATE INDEX update_offers_release ON update_offers (version, platform, agent_id);
+
+-- Whether the server could check an event when it stored it (the agent was offered that
+-- release on the platform it registered with). Unverified events are kept for the agent's
+-- page and never counted. Events stored before this migration stay counted as they were.
+ALTER TABLE update_events ADD COLUMN verified BIGINT NOT NULL DEFAULT 1;
+CREATE INDEX update_events_release_verified ON update_events (version, platform, verified, step, agent_id);

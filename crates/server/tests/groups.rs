@@ -1,0 +1,207 @@
+//! Update control with the real binary over HTTP: offers are facts the server records (update
+//! progress counts only from agents that were offered the release), groups and the per-group
+//! rollout.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use cms_protocol::{
+    AgentState, ErrorBatch, ErrorReport, UPDATE_PROGRESS_KIND, UpdateProgress, UpdateStep,
+};
+use common::{Options, Server, Store};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+fn progress(version: &str, step: UpdateStep, failed_step: Option<&str>) -> ErrorReport {
+    let details = UpdateProgress {
+        version: version.into(),
+        platform: "linux-x86_64".into(),
+        step,
+        failed_step: failed_step.map(str::to_owned),
+    };
+    ErrorReport {
+        report_id: uuid::Uuid::new_v4().to_string(),
+        kind: UPDATE_PROGRESS_KIND.into(),
+        message: format!("update to {version}: {}", step.name()),
+        agent_version: "1.0.0".into(),
+        created_at: "2026-12-06T10:00:00Z".into(),
+        details: serde_json::to_value(details).unwrap(),
+    }
+}
+
+async fn send(server: &Server, agent_token: &str, reports: Vec<ErrorReport>) {
+    let response = server
+        .post_errors(agent_token, &ErrorBatch { reports })
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+/// The agent's update check at `version`: the version it is offered, if any.
+async fn check(server: &Server, agent_token: &str, version: &str) -> Option<String> {
+    let path = format!("/api/v1/agent/update?version={version}&platform=linux-x86_64");
+    let response = server
+        .http
+        .get(server.url(&path))
+        .bearer_auth(agent_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    body["update"]["version"].as_str().map(str::to_owned)
+}
+
+/// `cms-server ARGS` against the server's store: exit code and the JSON it printed.
+async fn cli(server: &Server, store: &Store, args: &[&str]) -> (Option<i32>, Value) {
+    let output = common::command(&args[..2], &server.data_dir, store)
+        .args(&args[2..])
+        .output()
+        .await
+        .unwrap();
+    let json = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&output.stderr).into_owned()));
+    (output.status.code(), json)
+}
+
+async fn publish(server: &Server, store: &Store, version: &str) {
+    let files = common::inputs(&server.data_dir);
+    let (code, _, stderr) = common::publish(&server.data_dir, store, version, &files, &[]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+fn funnel_counts(status: &Value) -> (i64, i64, i64, i64) {
+    let funnel = &status["funnel"];
+    let n = |step: &str| funnel[step].as_i64().unwrap();
+    (n("offered"), n("healthy"), n("failed"), n("rolled_back"))
+}
+
+#[tokio::test]
+async fn progress_counts_only_from_agents_offered_the_release_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    progress_counts_only_from_offered_agents(dir.path(), Store::Sqlite).await;
+}
+
+#[tokio::test]
+async fn progress_counts_only_from_agents_offered_the_release_on_postgres() {
+    let Some(schema) = common::postgres_schema("offers_on_postgres").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    progress_counts_only_from_offered_agents(
+        dir.path(),
+        Store::Postgres(schema.server_url.clone()),
+    )
+    .await;
+    schema.drop_schema().await;
+}
+
+async fn progress_counts_only_from_offered_agents(dir: &std::path::Path, store: Store) {
+    let server = Server::start(dir, &store, &Options::default()).await;
+    publish(&server, &store, "2.0.0").await;
+    let rule = ["rollout", "set", "--version", "2.0.0"];
+    let halt = ["--halt-percent", "40", "--halt-min-attempts", "2"];
+    let (code, _) = cli(&server, &store, &[&rule[..], &halt[..]].concat()).await;
+    assert_eq!(code, Some(0));
+
+    // 30 agents never offered 2.0.0 forge its progress: 15 rollbacks, and 15 "healthy"
+    // agents that even report running it.
+    let mut forged = Vec::new();
+    for i in 0..30 {
+        let fake = server.register_ok(&format!("fake-{i}")).await;
+        let step = if i % 2 == 0 {
+            UpdateStep::RolledBack
+        } else {
+            let status = server.post_status(&fake.agent_token, AgentState::Idle, "2.0.0");
+            assert_eq!(status.await.status(), StatusCode::NO_CONTENT);
+            UpdateStep::Healthy
+        };
+        let reports = vec![
+            progress("2.0.0", UpdateStep::Offered, None),
+            progress("2.0.0", step, None),
+        ];
+        send(&server, &fake.agent_token, reports).await;
+        forged.push(fake);
+    }
+    let (_, status) = cli(
+        &server,
+        &store,
+        &["rollout", "status", "--version", "2.0.0"],
+    )
+    .await;
+    assert_eq!(status["paused"], false, "{status}");
+    assert_eq!(funnel_counts(&status), (0, 0, 0, 0), "{status}");
+    let page: Value = server
+        .operator_json(&format!("/api/v1/fleet/agents/{}", forged[0].agent_id))
+        .await;
+    let updates = page["updates"].as_array().unwrap();
+    assert_eq!(updates.len(), 2, "{page}");
+    assert!(updates.iter().all(|u| u["verified"] == false), "{page}");
+
+    // Two real agents are offered the release: one runs it and reports it healthy, the other
+    // fails. One failure in two attempts passes the 40 % rule.
+    let good = server.register_ok("good").await;
+    let bad = server.register_ok("bad").await;
+    for agent in [&good, &bad] {
+        assert_eq!(
+            check(&server, &agent.agent_token, "1.0.0").await.as_deref(),
+            Some("2.0.0")
+        );
+    }
+    let status = server.post_status(&good.agent_token, AgentState::Idle, "2.0.0");
+    assert_eq!(status.await.status(), StatusCode::NO_CONTENT);
+    let healthy = vec![
+        progress("2.0.0", UpdateStep::Offered, None),
+        progress("2.0.0", UpdateStep::Healthy, None),
+    ];
+    send(&server, &good.agent_token, healthy).await;
+    let (_, status) = cli(
+        &server,
+        &store,
+        &["rollout", "status", "--version", "2.0.0"],
+    )
+    .await;
+    assert_eq!(
+        (status["paused"].as_bool(), funnel_counts(&status)),
+        (Some(false), (1, 1, 0, 0))
+    );
+    // A version that was never published is never verified, even from an offered agent.
+    send(
+        &server,
+        &bad.agent_token,
+        vec![progress("9.9.9", UpdateStep::Failed, Some("verifying"))],
+    )
+    .await;
+    let failed = vec![
+        progress("2.0.0", UpdateStep::Offered, None),
+        progress("2.0.0", UpdateStep::Failed, Some("verifying")),
+    ];
+    send(&server, &bad.agent_token, failed).await;
+    let (_, status) = cli(
+        &server,
+        &store,
+        &["rollout", "status", "--version", "2.0.0"],
+    )
+    .await;
+    assert_eq!(status["paused"], true, "the real failure halts: {status}");
+    assert_eq!(funnel_counts(&status), (2, 1, 1, 0), "{status}");
+    let page: Value = server
+        .operator_json(&format!("/api/v1/fleet/agents/{}", bad.agent_id))
+        .await;
+    let verified: Vec<(&str, bool)> = page["updates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["version"].as_str().unwrap(),
+                u["verified"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        verified.contains(&("9.9.9", false)) && verified.contains(&("2.0.0", true)),
+        "{verified:?}"
+    );
+    server.stop().await;
+}
