@@ -9,7 +9,8 @@ mod common;
 use cms_protocol::{
     AgentState, ErrorBatch, ErrorReport, UPDATE_PROGRESS_KIND, UpdateProgress, UpdateStep,
 };
-use common::{Options, Server, Store};
+use common::agent::AgentProcess;
+use common::{Options, Server, Store, wait_until};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -203,5 +204,135 @@ async fn progress_counts_only_from_offered_agents(dir: &std::path::Path, store: 
         verified.contains(&("9.9.9", false)) && verified.contains(&("2.0.0", true)),
         "{verified:?}"
     );
+    server.stop().await;
+}
+
+/// The agent's group on its fleet page.
+async fn group_of(server: &Server, agent_id: &str) -> String {
+    let page: Value = server
+        .operator_json(&format!("/api/v1/fleet/agents/{agent_id}"))
+        .await;
+    page["agent"]["group"].as_str().unwrap().to_owned()
+}
+
+async fn put_group(server: &Server, agent_id: &str, group: &str) -> StatusCode {
+    let path = format!("/api/v1/agents/{agent_id}/group");
+    let response = server
+        .operator(reqwest::Method::PUT, &path)
+        .json(&serde_json::json!({ "group": group }))
+        .send()
+        .await
+        .unwrap();
+    response.status()
+}
+
+#[tokio::test]
+async fn an_agents_group_from_its_flag_and_the_operator_who_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::Sqlite;
+    let server = Server::start(&dir.path().join("server"), &store, &Options::default()).await;
+    // The real agent's --group, saved and sent at registration and in its heartbeats.
+    let agent = AgentProcess::start(
+        &dir.path().join("agent"),
+        &[
+            "--server",
+            &server.base,
+            "--status-interval",
+            "1",
+            "--group",
+            "canary",
+        ],
+    );
+    let agent_id = wait_until("the agent to register", 60, || async { agent.agent_id() }).await;
+    assert_eq!(group_of(&server, &agent_id).await, "canary");
+    let config = std::fs::read_to_string(dir.path().join("agent/config.json")).unwrap();
+    assert!(config.contains("\"group\": \"canary\""), "{config}");
+    let other = server.register_ok("plain").await;
+    assert_eq!(group_of(&server, &other.agent_id).await, "default");
+
+    // The operator's assignment wins over the agent's heartbeats from then on.
+    let (code, printed) = cli(
+        &server,
+        &store,
+        &[
+            "agent",
+            "set-group",
+            "--agent-id",
+            &agent_id,
+            "--group",
+            "pilot-1",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{printed}");
+    let first_heartbeat_after = server.log().len();
+    wait_until("a heartbeat after the assignment", 30, || async {
+        server.log()[first_heartbeat_after..]
+            .contains(&agent_id)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(group_of(&server, &agent_id).await, "pilot-1");
+    let listed: Value = server
+        .operator_json("/api/v1/fleet/agents?group=pilot-1")
+        .await;
+    assert_eq!(listed["total"], 1, "{listed}");
+    assert_eq!(
+        listed["items"][0]["agent_id"].as_str(),
+        Some(agent_id.as_str())
+    );
+
+    // The API: bad names and unknown agents refused; a viewer may not; audited.
+    assert_eq!(
+        put_group(&server, &other.agent_id, "prod").await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        put_group(&server, &other.agent_id, "no spaces").await,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        put_group(&server, &"a".repeat(65), "prod").await,
+        StatusCode::NOT_FOUND
+    );
+    let (code, _) = cli(
+        &server,
+        &store,
+        &[
+            "agent",
+            "set-group",
+            "--agent-id",
+            &other.agent_id,
+            "--group",
+            &"g".repeat(65),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(2), "a 65-byte name is refused");
+    let viewer = server.token("viewer", "watcher").await;
+    let denied = server
+        .http
+        .put(server.operator_url(&format!("/api/v1/agents/{}/group", other.agent_id)))
+        .bearer_auth(&viewer)
+        .json(&serde_json::json!({ "group": "x" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+    let groups: Vec<Value> = server.operator_json("/api/v1/groups").await;
+    let sizes: Vec<(&str, i64)> = groups
+        .iter()
+        .map(|g| (g["group"].as_str().unwrap(), g["agents"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(sizes, [("pilot-1", 1), ("prod", 1)]);
+    let audit: Vec<Value> = server.operator_json("/api/v1/audit?limit=100").await;
+    let outcomes: Vec<&str> = audit
+        .iter()
+        .filter(|e| e["action"] == "agent.set_group")
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes.len(), 6, "{audit:?}");
+    assert!(outcomes.contains(&"denied") && outcomes.contains(&"refused"));
+    assert_eq!(agent.stop().await, Some(0));
     server.stop().await;
 }

@@ -122,6 +122,10 @@ pub struct Config {
     /// with backoff instead of being refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_retry: Option<UpdateRetry>,
+    /// `--group`: the agent's group, sent at registration and in heartbeats (the server's
+    /// `default` when absent; an operator's assignment there wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// When an aborted update may be tried again.
@@ -155,6 +159,7 @@ impl Default for Config {
             rolled_back_versions: Vec::new(),
             enrollment_token: None,
             update_retry: None,
+            group: None,
         }
     }
 }

@@ -28,7 +28,7 @@ use crate::intake::heartbeat;
 use crate::intake::registration::{self, RegistrationError};
 use crate::logtext::{LogEvery, Untrusted, clip};
 use crate::net::ratelimit::source_network;
-use crate::rollout::{cohort, offer};
+use crate::rollout::{cohort, group, offer};
 
 /// Most reports accepted in one batch; larger batches get 413.
 pub const MAX_REPORTS_PER_BATCH: usize = 500;
@@ -106,6 +106,7 @@ pub async fn register(
     check_field("platform", &request.platform, MAX_SHORT_FIELD)?;
     check_field("version", &request.version, MAX_SHORT_FIELD)?;
     let enrolled = registration::enrol(state.db(), state.live(), &request).await?;
+    group::reported(state.db(), &enrolled.agent_id, request.group.as_deref()).await?;
     tracing::info!(
         agent_id = %enrolled.agent_id,
         %source,
@@ -158,6 +159,7 @@ async fn record_heartbeat(
         network: report.network.as_deref(),
     };
     heartbeat::record(state.db(), state.live(), agent_id, &heartbeat).await?;
+    group::reported(state.db(), agent_id, report.group.as_deref()).await?;
     tracing::debug!(
         agent_id,
         via,

@@ -18,6 +18,7 @@ pub mod access;
 pub mod admin;
 pub mod agent;
 pub mod dashboard;
+pub mod groups;
 pub mod metadata;
 pub mod operator;
 pub mod package;
@@ -36,7 +37,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use cms_protocol::paths;
 use serde::de::DeserializeOwned;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
@@ -274,6 +275,8 @@ fn operator_routes_without_healthz() -> Router<AppState> {
             "/api/v1/agents/{agent_id}/check-update",
             post(operator::check_update),
         )
+        .route("/api/v1/agents/{agent_id}/group", put(groups::set_group))
+        .route("/api/v1/groups", get(groups::groups))
         .route(paths::OPERATOR_ERRORS, get(operator::errors))
         .route(paths::RELEASES, get(operator::releases))
         .route(paths::TOKENS, get(admin::tokens).post(admin::create_token))

@@ -9,6 +9,7 @@
 //! (only `main.rs` does), and it must never hold server logic or print a secret other than the
 //! token `token create` exists to hand out.
 
+mod group;
 mod release;
 mod rollout;
 mod serve;
@@ -49,6 +50,9 @@ enum Command {
     /// Manage the signing keys of the release metadata (TUF), with the root key offline.
     #[command(subcommand)]
     Tuf(tuf::TufCommand),
+    /// Agents: set-group.
+    #[command(subcommand)]
+    Agent(group::AgentCommand),
 }
 
 /// The platform of the machine this server was built for.
@@ -90,6 +94,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(command) => runtime.block_on(token::token(command)),
         Command::Rollout(command) => runtime.block_on(rollout::rollout_control(command)),
         Command::Tuf(command) => runtime.block_on(tuf::tuf(command)),
+        Command::Agent(group::AgentCommand::SetGroup(args)) => {
+            runtime.block_on(group::set_group(args))
+        }
     }
 }
 

@@ -65,6 +65,8 @@ pub struct AgentSearch {
     pub text: String,
     /// Only agents in this state.
     pub state: Option<String>,
+    /// Only agents in this group.
+    pub group: Option<String>,
     /// Sort column.
     pub sort: AgentSort,
     /// Newest / largest first.
@@ -84,6 +86,10 @@ pub struct FleetAgent {
     pub agent: AgentRow,
     /// Registration time (RFC 3339).
     pub registered_at: String,
+    /// Its group (`default` unless the agent or an operator gave one).
+    #[sqlx(rename = "agent_group")]
+    #[serde(rename = "group")]
+    pub group: String,
     /// Metrics of the latest heartbeat (JSON text), if any.
     #[serde(skip)]
     pub metrics: Option<String>,
@@ -143,6 +149,10 @@ fn filter(search: &AgentSearch) -> (String, Vec<String>) {
     if let Some(state) = &search.state {
         values.push(state.clone());
         clauses.push(format!("state = ${}", values.len()));
+    }
+    if let Some(group) = &search.group {
+        values.push(group.clone());
+        clauses.push(format!("agent_group = ${}", values.len()));
     }
     if clauses.is_empty() {
         return (String::new(), values);
@@ -218,7 +228,7 @@ impl Db {
         let (limit, offset) = (values.len() + 1, values.len() + 2);
         let sql = format!(
             "SELECT agent_id, hostname, platform, version, state, last_seen, network, registered_at, \
-             metrics FROM agents {filter} \
+             agent_group, metrics FROM agents {filter} \
              ORDER BY {column} {direction}, agent_id {direction} LIMIT ${limit} OFFSET ${offset}"
         );
         let mut page = sqlx::query_as::<_, FleetAgent>(AssertSqlSafe(sql));
@@ -237,7 +247,7 @@ impl Db {
     pub async fn fleet_agent(&self, agent_id: &str) -> Result<Option<FleetAgent>, DbError> {
         let row = sqlx::query_as::<_, FleetAgent>(
             "SELECT agent_id, hostname, platform, version, state, last_seen, network, registered_at, \
-             metrics FROM agents WHERE agent_id = $1",
+             agent_group, metrics FROM agents WHERE agent_id = $1",
         )
         .bind(agent_id)
         .fetch_optional(&self.pool)

@@ -11,6 +11,7 @@ mod agents;
 mod cluster;
 mod errors;
 mod fleet;
+mod groups;
 mod offers;
 mod operators;
 mod releases;

@@ -257,6 +257,7 @@ impl Server {
             platform: "linux-x86_64".into(),
             version: "1.0.0".into(),
             enrollment_token: token.map(str::to_owned),
+            group: None,
         };
         self.http
             .post(self.url(cms_protocol::paths::REGISTER))
@@ -278,6 +279,7 @@ impl Server {
             version: version.into(),
             metrics: cms_protocol::Metrics::default(),
             network: None,
+            group: None,
         };
         self.http
             .post(self.url(cms_protocol::paths::STATUS))

@@ -18,3 +18,10 @@ CREATE INDEX update_offers_release ON update_offers (version, platform, agent_id
 -- page and never counted. Events stored before this migration stay counted as they were.
 ALTER TABLE update_events ADD COLUMN verified BIGINT NOT NULL DEFAULT 1;
 CREATE INDEX update_events_release_verified ON update_events (version, platform, verified, step, agent_id);
+
+-- Groups: every agent is in one (default `default`). The agent's own `--group` is taken at
+-- registration and from its heartbeats until an operator assigns one (then the operator's
+-- assignment wins).
+ALTER TABLE agents ADD COLUMN agent_group TEXT NOT NULL DEFAULT 'default';
+ALTER TABLE agents ADD COLUMN group_by_operator BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX agents_group ON agents (agent_group, agent_id);
