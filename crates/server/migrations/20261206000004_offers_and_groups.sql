@@ -25,3 +25,13 @@ CREATE INDEX update_events_release_verified ON update_events (version, platform,
 ALTER TABLE agents ADD COLUMN agent_group TEXT NOT NULL DEFAULT 'default';
 ALTER TABLE agents ADD COLUMN group_by_operator BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX agents_group ON agents (agent_group, agent_id);
+
+-- A group's own rollout percentage of a release, overriding the release's for that group's
+-- agents (a paused or halted release is offered to no group).
+CREATE TABLE group_rollouts (
+    version         TEXT NOT NULL,
+    platform        TEXT NOT NULL,
+    agent_group     TEXT NOT NULL,
+    rollout_percent BIGINT NOT NULL CHECK (rollout_percent BETWEEN 0 AND 100),
+    PRIMARY KEY (platform, agent_group, version)
+);

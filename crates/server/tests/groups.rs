@@ -336,3 +336,90 @@ async fn an_agents_group_from_its_flag_and_the_operator_who_wins() {
     assert_eq!(agent.stop().await, Some(0));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_groups_own_percentage_reaches_that_group_only_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    a_groups_own_percentage_reaches_that_group_only(dir.path(), Store::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_groups_own_percentage_reaches_that_group_only_on_postgres() {
+    let Some(schema) = common::postgres_schema("group_rollout_on_postgres").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::Postgres(schema.server_url.clone());
+    a_groups_own_percentage_reaches_that_group_only(dir.path(), store).await;
+    schema.drop_schema().await;
+}
+
+async fn a_groups_own_percentage_reaches_that_group_only(dir: &std::path::Path, store: Store) {
+    let server = Server::start(dir, &store, &Options::default()).await;
+    let canary = server.register_ok("canary-1").await;
+    let prod = server.register_ok("prod-1").await;
+    assert_eq!(
+        put_group(&server, &canary.agent_id, "canary").await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        put_group(&server, &prod.agent_id, "prod").await,
+        StatusCode::NO_CONTENT
+    );
+    let files = common::inputs(&server.data_dir);
+    let (code, _, stderr) = common::publish(
+        &server.data_dir,
+        &store,
+        "2.0.0",
+        &files,
+        &["--rollout", "0"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    for agent in [&canary, &prod] {
+        assert_eq!(check(&server, &agent.agent_token, "1.0.0").await, None);
+    }
+    let set = [
+        "rollout",
+        "set",
+        "--version",
+        "2.0.0",
+        "--group",
+        "canary",
+        "--percent",
+        "100",
+    ];
+    let (code, printed) = cli(&server, &store, &set).await;
+    assert_eq!(code, Some(0), "{printed}");
+    assert_eq!(
+        printed["rollout_percent"], 0,
+        "the release's own percentage is kept"
+    );
+    assert_eq!(
+        check(&server, &canary.agent_token, "1.0.0")
+            .await
+            .as_deref(),
+        Some("2.0.0")
+    );
+    assert_eq!(check(&server, &prod.agent_token, "1.0.0").await, None);
+    // Paused, the release is offered to no group.
+    let (code, _) = cli(&server, &store, &["rollout", "pause", "--version", "2.0.0"]).await;
+    assert_eq!(code, Some(0));
+    assert_eq!(check(&server, &canary.agent_token, "1.0.0").await, None);
+    let bad = [
+        "rollout",
+        "set",
+        "--version",
+        "2.0.0",
+        "--group",
+        "no spaces",
+        "--percent",
+        "5",
+    ];
+    assert_eq!(cli(&server, &store, &bad).await.0, Some(2));
+    let audit: Vec<Value> = server.operator_json("/api/v1/audit?limit=100").await;
+    assert!(audit.iter().any(|e| e["action"] == "rollout.set"
+        && e["target"] == "2.0.0/linux-x86_64 group=canary"
+        && e["outcome"] == "ok"));
+    server.stop().await;
+}

@@ -41,3 +41,58 @@ impl Db {
         .await?)
     }
 }
+
+impl Db {
+    /// The agent's group, if registered.
+    pub async fn agent_group(&self, agent_id: &str) -> Result<Option<String>, DbError> {
+        let row =
+            sqlx::query_as::<_, (String,)>("SELECT agent_group FROM agents WHERE agent_id = $1")
+                .bind(agent_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|(group,)| group))
+    }
+
+    /// Sets `group`'s own rollout percentage of a release; `false` when no such release is
+    /// published.
+    pub async fn set_group_rollout(
+        &self,
+        version: &str,
+        platform: &str,
+        group: &str,
+        percent: i64,
+    ) -> Result<bool, DbError> {
+        let result = sqlx::query(
+            "INSERT INTO group_rollouts (version, platform, agent_group, rollout_percent) \
+             SELECT version, platform, $3, $4 FROM releases WHERE version = $1 AND platform = $2 \
+             ON CONFLICT (platform, agent_group, version) \
+             DO UPDATE SET rollout_percent = excluded.rollout_percent",
+        )
+        .bind(version)
+        .bind(platform)
+        .bind(group)
+        .bind(percent)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// `group`'s own percentages of the releases for `platform`: `(version, percent)`, read as
+    /// 0 while the release is paused.
+    pub async fn group_rollouts(
+        &self,
+        platform: &str,
+        group: &str,
+    ) -> Result<Vec<(String, i64)>, DbError> {
+        Ok(sqlx::query_as::<_, (String, i64)>(
+            "SELECT g.version, CASE WHEN r.paused = 0 THEN g.rollout_percent ELSE 0 END \
+             FROM group_rollouts g JOIN releases r \
+             ON r.version = g.version AND r.platform = g.platform \
+             WHERE g.platform = $1 AND g.agent_group = $2",
+        )
+        .bind(platform)
+        .bind(group)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}

@@ -1,11 +1,12 @@
 //! Agent groups: every agent is in one (`default` unless given one). The agent's own
 //! `--group` is taken at registration and from its heartbeats; an operator's assignment
 //! (`cms-server agent set-group`, `PUT /api/v1/agents/{agent_id}/group`) wins over it for good
-//! and is audited. This module must never take a name that is not 1-64 of `[A-Za-z0-9._-]`,
+//! and is audited. A group may have its own rollout percentage of a release ([`set_rollout`]). This module must never take a name that is not 1-64 of `[A-Za-z0-9._-]`,
 //! and never let an agent's report undo an operator's assignment.
 
 use cms_protocol::is_valid_group;
 
+use super::control::{self, RolloutError, RolloutStatus};
 use crate::access::{self, Actor, Outcome};
 use crate::db::{Db, DbError};
 use crate::logtext::Untrusted;
@@ -80,4 +81,63 @@ async fn assign_unaudited(db: &Db, agent_id: &str, group: &str) -> Result<(), Gr
     } else {
         Err(GroupError::UnknownAgent(agent_id.to_owned()))
     }
+}
+
+/// Sets `group`'s own rollout percentage of the release `version` on `platform` as `actor`
+/// (it overrides the release's percentage for that group's agents); audited as `rollout.set`
+/// either way. Agents see it at their next update check or heartbeat.
+pub async fn set_rollout(
+    db: &Db,
+    actor: &Actor,
+    version: &str,
+    platform: &str,
+    group: &str,
+    percent: i64,
+) -> Result<RolloutStatus, RolloutError> {
+    let target = format!("{version}/{platform} group={group}");
+    let result = set_rollout_unaudited(db, version, platform, group, percent).await;
+    let outcome = match &result {
+        Ok(_) => Outcome::Ok,
+        Err(RolloutError::Database(_)) => return result,
+        Err(_) => Outcome::Refused,
+    };
+    access::audit(db, actor, "rollout.set", Some(&target), outcome).await;
+    if result.is_ok() {
+        tracing::info!(
+            actor = actor.name,
+            version,
+            platform,
+            group,
+            percent,
+            "group rollout changed"
+        );
+    }
+    result
+}
+
+async fn set_rollout_unaudited(
+    db: &Db,
+    version: &str,
+    platform: &str,
+    group: &str,
+    percent: i64,
+) -> Result<RolloutStatus, RolloutError> {
+    let group = checked(group).map_err(|e| RolloutError::Invalid(e.to_string()))?;
+    if !(0..=100).contains(&percent) {
+        return Err(RolloutError::Invalid(format!(
+            "percent must be between 0 and 100, got {percent}"
+        )));
+    }
+    let status = control::status(db, version, platform).await?;
+    let version = &status.rollout.version;
+    if !db
+        .set_group_rollout(version, platform, group, percent)
+        .await?
+    {
+        return Err(RolloutError::UnknownRelease {
+            version: version.clone(),
+            platform: platform.to_owned(),
+        });
+    }
+    Ok(status)
 }

@@ -1,6 +1,9 @@
 //! The offer: the release an agent is told to install, in the answer to its update check and
 //! to its heartbeat on the WebSocket, and the package path it downloads it from.
 //!
+//! A group's own rollout percentage of a release (`cms-server rollout set --group`) overrides
+//! the release's for that group's agents; the cohort stays the agent's own.
+//!
 //! Both the HTTP update check and the WebSocket heartbeat answer through [`offer_for`], so they
 //! can never disagree. Every offer is recorded (per agent and release, [`record`]; the release
 //! watcher's pushes too): update progress counts for a release only from agents that were
@@ -26,11 +29,16 @@ pub async fn offer_for(
     via: OfferVia,
 ) -> Result<Option<UpdateInfo>, DbError> {
     let releases = db.releases_for_platform(platform).await?;
+    let group = db.agent_group(agent_id).await?;
+    let overrides = match &group {
+        Some(group) => db.group_rollouts(platform, group).await?,
+        None => Vec::new(),
+    };
     let candidates: Vec<Candidate> = releases
         .iter()
         .map(|r| Candidate {
             version: r.version.clone(),
-            rollout_percent: r.rollout_percent,
+            rollout_percent: group_percent(&overrides, &r.version).unwrap_or(r.rollout_percent),
         })
         .collect();
     let picked = cohort::pick_update(agent_id, current, &candidates)
@@ -46,6 +54,14 @@ pub async fn offer_for(
         length: u64::try_from(r.length).unwrap_or_default(),
         sha256: r.sha256.clone(),
     }))
+}
+
+/// A group's own percentage of `version`, overriding the release's for that group.
+fn group_percent(overrides: &[(String, i64)], version: &str) -> Option<i64> {
+    overrides
+        .iter()
+        .find(|(v, _)| v == version)
+        .map(|(_, percent)| *percent)
 }
 
 /// Records that `version` on `platform` was offered to `agent_ids` `via` an answer or a push.
@@ -79,6 +95,14 @@ pub fn package_url(version: &str, platform: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_groups_percentage_overrides_the_releases() {
+        let overrides = [("2.0.0".to_owned(), 100), ("3.0.0".to_owned(), 0)];
+        assert_eq!(group_percent(&overrides, "2.0.0"), Some(100));
+        assert_eq!(group_percent(&overrides, "3.0.0"), Some(0));
+        assert_eq!(group_percent(&overrides, "4.0.0"), None);
+    }
 
     #[test]
     fn package_url_shape() {
