@@ -402,6 +402,30 @@ async fn a_groups_own_percentage_reaches_that_group_only(dir: &std::path::Path, 
         Some("2.0.0")
     );
     assert_eq!(check(&server, &prod.agent_token, "1.0.0").await, None);
+    // The API sets the same; a viewer may not.
+    let path = "/api/v1/rollouts/linux-x86_64/2.0.0/groups/prod";
+    let by_api = |token: String, percent: i64| {
+        let request = server
+            .http
+            .put(server.operator_url(path))
+            .bearer_auth(token);
+        request
+            .json(&serde_json::json!({ "percent": percent }))
+            .send()
+    };
+    let viewer = server.token("viewer", "watcher").await;
+    assert_eq!(
+        by_api(viewer, 100).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    let too_much = by_api(server.admin_token.clone(), 101).await.unwrap();
+    assert_eq!(too_much.status(), StatusCode::BAD_REQUEST);
+    let answer = by_api(server.admin_token.clone(), 100).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(
+        check(&server, &prod.agent_token, "1.0.0").await.as_deref(),
+        Some("2.0.0")
+    );
     // Paused, the release is offered to no group.
     let (code, _) = cli(&server, &store, &["rollout", "pause", "--version", "2.0.0"]).await;
     assert_eq!(code, Some(0));

@@ -277,6 +277,10 @@ fn operator_routes_without_healthz() -> Router<AppState> {
         )
         .route("/api/v1/agents/{agent_id}/group", put(groups::set_group))
         .route("/api/v1/groups", get(groups::groups))
+        .route(
+            "/api/v1/rollouts/{platform}/{version}/groups/{group}",
+            put(groups::set_group_rollout),
+        )
         .route(paths::OPERATOR_ERRORS, get(operator::errors))
         .route(paths::RELEASES, get(operator::releases))
         .route(paths::TOKENS, get(admin::tokens).post(admin::create_token))
