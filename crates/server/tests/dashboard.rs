@@ -8,10 +8,8 @@
 
 mod common;
 
-use cms_protocol::{
-    AgentState, ErrorBatch, ErrorReport, UPDATE_PROGRESS_KIND, UpdateProgress, UpdateStep,
-};
-use common::{Options, Server, Store};
+use cms_protocol::{AgentState, ErrorReport, UPDATE_PROGRESS_KIND, UpdateStep};
+use common::{Options, Server, Store, progress, send};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -59,23 +57,6 @@ async fn json_of(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-fn progress(version: &str, step: UpdateStep, failed_step: Option<&str>) -> ErrorReport {
-    let details = UpdateProgress {
-        version: version.into(),
-        platform: "linux-x86_64".into(),
-        step,
-        failed_step: failed_step.map(str::to_owned),
-    };
-    ErrorReport {
-        report_id: uuid::Uuid::new_v4().to_string(),
-        kind: UPDATE_PROGRESS_KIND.into(),
-        message: format!("update to {version}: {}", step.name()),
-        agent_version: "1.0.0".into(),
-        created_at: "2026-12-01T10:00:00Z".into(),
-        details: serde_json::to_value(details).unwrap(),
-    }
-}
-
 fn error(kind: &str, message: &str) -> ErrorReport {
     ErrorReport {
         report_id: uuid::Uuid::new_v4().to_string(),
@@ -85,13 +66,6 @@ fn error(kind: &str, message: &str) -> ErrorReport {
         created_at: "2026-12-01T10:00:00Z".into(),
         details: Value::Null,
     }
-}
-
-async fn send(server: &Server, agent_token: &str, reports: Vec<ErrorReport>) {
-    let response = server
-        .post_errors(agent_token, &ErrorBatch { reports })
-        .await;
-    assert_eq!(response.status(), StatusCode::OK);
 }
 
 async fn publish(server: &Server, store: &Store, version: &str) {

@@ -6,37 +6,11 @@
 
 mod common;
 
-use cms_protocol::{
-    AgentState, ErrorBatch, ErrorReport, UPDATE_PROGRESS_KIND, UpdateProgress, UpdateStep,
-};
+use cms_protocol::{AgentState, UpdateStep};
 use common::agent::AgentProcess;
-use common::{Options, Server, Store, wait_until};
+use common::{Options, Server, Store, progress, send, wait_until};
 use reqwest::StatusCode;
 use serde_json::Value;
-
-fn progress(version: &str, step: UpdateStep, failed_step: Option<&str>) -> ErrorReport {
-    let details = UpdateProgress {
-        version: version.into(),
-        platform: "linux-x86_64".into(),
-        step,
-        failed_step: failed_step.map(str::to_owned),
-    };
-    ErrorReport {
-        report_id: uuid::Uuid::new_v4().to_string(),
-        kind: UPDATE_PROGRESS_KIND.into(),
-        message: format!("update to {version}: {}", step.name()),
-        agent_version: "1.0.0".into(),
-        created_at: "2026-12-06T10:00:00Z".into(),
-        details: serde_json::to_value(details).unwrap(),
-    }
-}
-
-async fn send(server: &Server, agent_token: &str, reports: Vec<ErrorReport>) {
-    let response = server
-        .post_errors(agent_token, &ErrorBatch { reports })
-        .await;
-    assert_eq!(response.status(), StatusCode::OK);
-}
 
 /// The agent's update check at `version`: the version it is offered, if any.
 async fn check(server: &Server, agent_token: &str, version: &str) -> Option<String> {
