@@ -63,6 +63,15 @@ const FORCE_LOCK_TIMEOUT: Duration = Duration::from_secs(120);
 /// takes 10 s at most).
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// `--group`: a group name, or a message that says what one looks like.
+fn parse_group(name: &str) -> std::result::Result<String, String> {
+    if cms_protocol::is_valid_group(name) {
+        Ok(name.to_owned())
+    } else {
+        Err("a group name is 1 to 64 of A-Z, a-z, 0-9, '.', '_' and '-'".to_owned())
+    }
+}
+
 /// The CMS endpoint agent: runs in the foreground until stopped.
 #[derive(Parser)]
 #[command(name = "cms_agent", version = BUILD_VERSION)]
@@ -80,6 +89,10 @@ pub struct Args {
         hide_env_values = true
     )]
     enrollment_token: Option<String>,
+    /// The agent's group (saved in config.json; default `default`): 1-64 of `[A-Za-z0-9._-]`.
+    /// An operator's assignment on the server wins.
+    #[arg(long, value_name = "NAME", value_parser = parse_group)]
+    group: Option<String>,
     /// Storage path override (default: per-machine when elevated, else per-user).
     #[arg(long, value_name = "DIR", env = "CMS_AGENT_DATA_DIR")]
     data_dir: Option<PathBuf>,

@@ -226,6 +226,7 @@ async fn heartbeats(args: HeartbeatsArgs) -> Result<()> {
         platform: "linux-x86_64".into(),
         version: "1.0.0".into(),
         enrollment_token: None,
+        group: None,
     };
     let started = Instant::now();
     let identity = client.register(&request).await?;
@@ -239,6 +240,7 @@ async fn heartbeats(args: HeartbeatsArgs) -> Result<()> {
         version: request.version,
         metrics: Metrics::default(),
         network: Some("direct".into()),
+        group: None,
     };
     let mut latencies_us = Vec::new();
     for _ in 0..args.count {

@@ -5,12 +5,14 @@
 //! do I/O, hold policy (which transitions are allowed, how often to poll) or depend on a runtime.
 //! `docs/protocol.md` describes the HTTP and WebSocket API these types travel over.
 
+mod group;
 mod ipc;
 mod operator;
 mod progress;
 mod state;
 pub mod update;
 
+pub use group::{DEFAULT_GROUP, MAX_GROUP_LEN, is_valid_group};
 pub use ipc::{IPC_MAX_MESSAGE_BYTES, IpcCommand, IpcRequest, IpcResponse, IpcStatus};
 pub use operator::{
     AuditEntry, CreatedOperatorToken, NewOperatorToken, OperatorRole, OperatorToken, UnknownRole,
@@ -105,6 +107,9 @@ pub struct RegisterRequest {
     /// Required when the server was started with an enrollment token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrollment_token: Option<String>,
+    /// The group the agent was given (`cms_agent --group`); an operator's assignment wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// The identity the agent keeps in `config.json` and presents on every later call.
@@ -150,6 +155,9 @@ pub struct StatusReport {
     /// How the agent reaches the backend: `direct`, `explicit proxy` or `system proxy (...)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// The group the agent was given (`cms_agent --group`); an operator's assignment wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// Where and what to download when a newer release exists for this agent.
@@ -346,6 +354,7 @@ mod tests {
             version: "1.0.0".into(),
             metrics: Metrics::default(),
             network: None,
+            group: None,
         });
         let json = serde_json::to_value(&heartbeat).unwrap();
         assert_eq!(json["event"], EVENT_HEARTBEAT);

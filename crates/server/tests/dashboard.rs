@@ -8,10 +8,8 @@
 
 mod common;
 
-use cms_protocol::{
-    AgentState, ErrorBatch, ErrorReport, UPDATE_PROGRESS_KIND, UpdateProgress, UpdateStep,
-};
-use common::{Options, Server, Store};
+use cms_protocol::{AgentState, ErrorReport, UPDATE_PROGRESS_KIND, UpdateStep};
+use common::{Options, Server, Store, progress, send};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -59,23 +57,6 @@ async fn json_of(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-fn progress(version: &str, step: UpdateStep, failed_step: Option<&str>) -> ErrorReport {
-    let details = UpdateProgress {
-        version: version.into(),
-        platform: "linux-x86_64".into(),
-        step,
-        failed_step: failed_step.map(str::to_owned),
-    };
-    ErrorReport {
-        report_id: uuid::Uuid::new_v4().to_string(),
-        kind: UPDATE_PROGRESS_KIND.into(),
-        message: format!("update to {version}: {}", step.name()),
-        agent_version: "1.0.0".into(),
-        created_at: "2026-12-01T10:00:00Z".into(),
-        details: serde_json::to_value(details).unwrap(),
-    }
-}
-
 fn error(kind: &str, message: &str) -> ErrorReport {
     ErrorReport {
         report_id: uuid::Uuid::new_v4().to_string(),
@@ -85,13 +66,6 @@ fn error(kind: &str, message: &str) -> ErrorReport {
         created_at: "2026-12-01T10:00:00Z".into(),
         details: Value::Null,
     }
-}
-
-async fn send(server: &Server, agent_token: &str, reports: Vec<ErrorReport>) {
-    let response = server
-        .post_errors(agent_token, &ErrorBatch { reports })
-        .await;
-    assert_eq!(response.status(), StatusCode::OK);
 }
 
 async fn publish(server: &Server, store: &Store, version: &str) {
@@ -112,6 +86,22 @@ async fn publish(server: &Server, store: &Store, version: &str) {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// Each agent's update check at 1.0.0, which offers it the release (the server counts
+/// progress only from agents it offered the release).
+async fn offer_to(server: &Server, tokens: &[&str]) {
+    for token in tokens {
+        let check = server
+            .http
+            .get(server.url("/api/v1/agent/update?version=1.0.0&platform=linux-x86_64"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let body: Value = check.json().await.unwrap();
+        assert!(body["update"]["version"].is_string(), "{body}");
+    }
 }
 
 async fn rollout_cli(server: &Server, store: &Store, args: &[&str]) -> (Option<i32>, Value) {
@@ -459,11 +449,15 @@ async fn fleet_errors_progress_and_the_automatic_halt(dir: &std::path::Path, sto
     assert_eq!(set["halt"], json!({"percent": 50, "min_attempts": 3}));
     let (code, _) = rollout_cli(&server, &store, &["pause", "--version", "9.9.9"]).await;
     assert_eq!(code, Some(2), "unknown release refused");
+    offer_to(&server, &[&a.agent_token, &b.agent_token, &c.agent_token]).await;
 
     let healthy = vec![
         progress("2.0.0", UpdateStep::Offered, None),
         progress("2.0.0", UpdateStep::Healthy, None),
     ];
+    // "healthy" counts once the agent's own heartbeat reports the version.
+    let running = server.post_status(&a.agent_token, AgentState::Idle, "2.0.0");
+    assert_eq!(running.await.status(), StatusCode::NO_CONTENT);
     send(&server, &a.agent_token, healthy.clone()).await;
     send(&server, &a.agent_token, healthy).await; // a re-send is stored once
     let failed = vec![
@@ -556,6 +550,7 @@ async fn fleet_errors_progress_and_the_automatic_halt(dir: &std::path::Path, sto
     // attempt and now runs 2.0.0, and an older one that reported nothing and runs it; the
     // agent that reported it healthy and runs it too is counted once.
     let d = server.register_ok("host-d").await;
+    offer_to(&server, &[&d.agent_token]).await;
     for token in [&a.agent_token, &b.agent_token, &d.agent_token] {
         let status = server.post_status(token, AgentState::Idle, "2.0.0").await;
         assert_eq!(status.status(), StatusCode::NO_CONTENT);

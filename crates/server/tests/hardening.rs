@@ -371,6 +371,7 @@ fn heartbeats_until(
                 version: "1.0.0".into(),
                 metrics: Metrics::default(),
                 network: None,
+                group: None,
             };
             let mut latencies = Vec::new();
             while latencies.len() < 50 || !stop.load(std::sync::atomic::Ordering::SeqCst) {
@@ -470,6 +471,7 @@ async fn untrusted_text_is_logged_escaped_on_one_bounded_line() {
         version: "1.0.0\nFORGED version line".into(),
         metrics: Metrics::default(),
         network: None,
+        group: None,
     };
     let _ = server
         .http

@@ -42,6 +42,7 @@ fn idle_report(version: &str) -> StatusReport {
         version: version.into(),
         metrics: Metrics::default(),
         network: None,
+        group: None,
     }
 }
 

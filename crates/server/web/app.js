@@ -13,7 +13,7 @@ let me = null;
 let feed = null;
 let searchTimer = null;
 let liveTimer = null;
-const list = { q: "", sort: "hostname", order: "asc", offset: 0 };
+const list = { q: "", group: "", sort: "hostname", order: "asc", offset: 0 };
 
 // h("td", {class: "x"}, "text", child...) builds an element; strings become text nodes.
 function h(tag, attrs = {}, ...children) {
@@ -83,6 +83,10 @@ async function fleetView() {
     id: "search", type: "search", placeholder: "hostname or agent id", value: list.q,
     oninput: (e) => { list.q = e.target.value; list.offset = 0; debounce(loadAgentList, 250); },
   });
+  const groupFilter = h("input", {
+    id: "group-filter", type: "search", placeholder: "group", value: list.group,
+    oninput: (e) => { list.group = e.target.value; list.offset = 0; debounce(loadAgentList, 250); },
+  });
   return [
     h("h2", {}, "Fleet"),
     h("div", { class: "cards" },
@@ -93,7 +97,7 @@ async function fleetView() {
       tally("By state", counts.by_state), tally("By version", counts.by_version),
       tally("By platform", counts.by_platform)),
     h("h3", {}, "Agents"),
-    h("div", { class: "toolbar" }, search, h("span", { id: "agent-total", class: "muted" })),
+    h("div", { class: "toolbar" }, search, groupFilter, h("span", { id: "agent-total", class: "muted" })),
     h("div", { id: "agent-list" }),
   ];
 }
@@ -102,7 +106,7 @@ async function loadAgentList() {
   const target = $("#agent-list");
   if (!target) return;
   const query = new URLSearchParams({
-    q: list.q, sort: list.sort, order: list.order, offset: list.offset, limit: PAGE,
+    q: list.q, group: list.group, sort: list.sort, order: list.order, offset: list.offset, limit: PAGE,
   });
   const page = await api("GET", `/api/v1/fleet/agents?${query}`);
   const sortable = (column, label) => h("th", {
@@ -114,12 +118,12 @@ async function loadAgentList() {
   }, label + (list.sort === column ? (list.order === "asc" ? " ▲" : " ▼") : ""));
   const rows = page.items.map((a) => h("tr", { "data-agent": a.agent_id },
     h("td", {}, h("a", { href: `#/agent/${encodeURIComponent(a.agent_id)}` }, a.hostname)),
-    h("td", { class: "muted" }, a.agent_id), h("td", {}, a.platform), h("td", {}, a.version),
+    h("td", { class: "muted" }, a.agent_id), h("td", {}, a.group), h("td", {}, a.platform), h("td", {}, a.version),
     h("td", {}, a.state), h("td", {}, onlineBadge(a.online, a.revoked_at)), h("td", {}, ago(a.last_seen))));
   const last = Math.min(page.offset + page.items.length, page.total);
   $("#agent-total").textContent = `${page.total ? page.offset + 1 : 0}–${last} of ${page.total}`;
   target.replaceChildren(
-    table([sortable("hostname", "Hostname"), "Agent id", sortable("platform", "Platform"),
+    table([sortable("hostname", "Hostname"), "Agent id", "Group", sortable("platform", "Platform"),
       sortable("version", "Version"), sortable("state", "State"), "Online",
       sortable("last_seen", "Last seen")], rows, { id: "agents" }),
     h("div", { class: "toolbar" },
@@ -138,7 +142,7 @@ async function agentView(agentId) {
   return [
     h("h2", {}, `Agent ${a.hostname}`),
     revokeAction(a),
-    kv([["Agent id", a.agent_id], ["Hostname", a.hostname], ["Platform", a.platform],
+    kv([["Agent id", a.agent_id], ["Hostname", a.hostname], ["Group", a.group], ["Platform", a.platform],
       ["Version", a.version], ["State", a.state], ["Online", onlineBadge(page.online, a.revoked_at)],
       ["Last heartbeat", `${a.last_seen} (${ago(a.last_seen)})`], ["Registered", a.registered_at],
       ["Enrollment token", a.enrolled_by ?? "none"],
@@ -151,12 +155,38 @@ async function agentView(agentId) {
     table(["Version", "First seen"], page.versions.map((v) =>
       h("tr", {}, h("td", {}, v.version), h("td", {}, v.first_seen)))),
     h("h3", {}, "Update attempts"),
-    table(["Version", "Step", "Failed step", "Detail", "At"], page.updates.map((u) =>
+    table(["Version", "Step", "Failed step", "Detail", "At", "Counted"], page.updates.map((u) =>
       h("tr", {}, h("td", {}, u.version), h("td", {}, u.step), h("td", {}, u.failed_step ?? ""),
-        h("td", {}, u.detail ?? ""), h("td", {}, u.created_at))), { id: "agent-updates" }),
+        h("td", {}, u.detail ?? ""), h("td", {}, u.created_at),
+        h("td", {}, u.verified ? "yes" : "unverified: never offered"))), { id: "agent-updates" }),
     h("h3", {}, "Error reports"),
     table(["Kind", "Message", "At"], page.errors.map((e) =>
       h("tr", {}, h("td", {}, e.kind), h("td", {}, e.message), h("td", {}, e.created_at)))),
+  ];
+}
+
+async function groupsView() {
+  const groups = await api("GET", "/api/v1/groups");
+  const move = h("form", { id: "set-group", hidden: !canAct() || undefined,
+    onsubmit: async (e) => {
+      e.preventDefault();
+      const form = new FormData(e.target);
+      try {
+        await api("PUT", `/api/v1/agents/${encodeURIComponent(form.get("agent_id"))}/group`,
+          { group: form.get("group") });
+        refresh();
+      } catch (error) { showError(error); }
+    } },
+    h("input", { name: "agent_id", placeholder: "agent id", required: true }),
+    h("input", { name: "group", placeholder: "group", required: true, pattern: "[A-Za-z0-9._\\-]{1,64}" }),
+    h("button", { type: "submit" }, "Move agent"));
+  return [
+    h("h2", {}, "Groups"),
+    h("p", { class: "muted" }, "Every agent is in one group (default: default). An operator's assignment wins over the agent's --group."),
+    table(["Group", "Agents"], groups.map((g) => h("tr", { "data-group": g.group },
+      h("td", {}, h("a", { href: "#/fleet", onclick: () => { list.group = g.group; list.offset = 0; } }, g.group)),
+      h("td", {}, g.agents))), { id: "groups" }),
+    move,
   ];
 }
 
@@ -253,7 +283,7 @@ function showError(error) {
   $("#view").replaceChildren(h("p", { class: "error", role: "alert" }, error.message));
 }
 
-const VIEWS = { fleet: fleetView, errors: errorsView, releases: releasesView, agent: agentView };
+const VIEWS = { fleet: fleetView, groups: groupsView, errors: errorsView, releases: releasesView, agent: agentView };
 
 async function refresh() {
   if (!me) return;

@@ -89,6 +89,7 @@ pub fn register_as(server: &RunningServer, hostname: &str, version: &str) -> Res
         platform: "linux-x86_64".into(),
         version: version.into(),
         enrollment_token: None,
+        group: None,
     };
     let url = format!("{}{}", server.url(), cms_protocol::paths::REGISTER);
     let response: cms_protocol::RegisterResponse = server

@@ -266,6 +266,7 @@ fn run_release(server: &RunningServer, token: &str) -> Result<()> {
         version: RELEASE.to_owned(),
         metrics: cms_protocol::Metrics::default(),
         network: None,
+        group: None,
     };
     post_as_agent(server, token, cms_protocol::paths::STATUS, &status)
 }

@@ -46,6 +46,7 @@ fn gives_settings(cli: &Args) -> bool {
         || cli.trusted_root.is_some()
         || cli.ca_cert.is_some()
         || cli.proxy.is_some()
+        || cli.group.is_some()
 }
 
 /// What the autostart entry passes: `--service` (the machine's service or systemd unit) or
@@ -68,7 +69,7 @@ fn entry_args(cli: &Args, machine_wide: bool) -> Vec<OsString> {
     args
 }
 
-/// Saves `--server`, `--enrollment-token`, `--ca-cert`, `--proxy` and `--trusted-root` while
+/// Saves `--server`, `--enrollment-token`, `--group`, `--ca-cert`, `--proxy` and `--trusted-root` while
 /// holding the lock, so no running agent overwrites them; `false` (the holder is printed) when
 /// an agent runs.
 pub(super) fn save_settings_first(storage: &StateManager, cli: &Args) -> Result<bool> {

@@ -153,7 +153,7 @@ fn is_disk_full(err: &anyhow::Error) -> bool {
 
 /// Saves what the command line changes for good: the server (a new one forgets the identity
 /// and its enrollment token; the same server spelled differently keeps them), the enrollment
-/// token (kept for a later re-enrollment), `--ca-cert` and `--proxy`.
+/// token (kept for a later re-enrollment), `--group`, `--ca-cert` and `--proxy`.
 pub(super) fn save_settings(config: &mut ConfigManager, cli: &Args) -> Result<()> {
     if !cli.server.is_empty() {
         ServerList::parse(&cli.server)?;
@@ -161,6 +161,9 @@ pub(super) fn save_settings(config: &mut ConfigManager, cli: &Args) -> Result<()
     }
     if let Some(token) = &cli.enrollment_token {
         config.update(|c| c.enrollment_token = Some(EnrollmentToken::new(token.clone())))?;
+    }
+    if let Some(group) = &cli.group {
+        config.update(|c| c.group = Some(group.clone()))?;
     }
     apply_network_settings(config, cli)
 }

@@ -349,6 +349,7 @@ impl Inner {
     }
 
     fn register_request(&self) -> RegisterRequest {
+        let group = self.config().config().group.clone();
         RegisterRequest {
             hostname: sysinfo::System::host_name().unwrap_or_else(|_| "unknown".into()),
             platform: system::PLATFORM.to_owned(),
@@ -359,6 +360,7 @@ impl Inner {
                 .enrollment_token
                 .as_ref()
                 .map(|t| t.expose().to_owned()),
+            group,
         }
     }
 
@@ -384,11 +386,13 @@ impl Inner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .sample(buffered);
+        let group = self.config().config().group.clone();
         let report = StatusReport {
             state: self.state.get(),
             version: BUILD_VERSION.to_owned(),
             metrics,
             network: Some(self.network_route.clone()),
+            group,
         };
         let sent = self.deliver_status(&report).await;
         if sent.is_ok() {

@@ -130,6 +130,10 @@ pub struct Config {
     /// proposing it to the server; it replaces `credentials` once the server has stored it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_credentials: Option<Credentials>,
+    /// `--group`: the agent's group, sent at registration and in heartbeats (the server's
+    /// `default` when absent; an operator's assignment there wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// When an aborted update may be tried again.
@@ -165,6 +169,7 @@ impl Default for Config {
             update_retry: None,
             identity_revoked: false,
             pending_credentials: None,
+            group: None,
         }
     }
 }

@@ -153,6 +153,7 @@ impl SimulatedAgent {
             platform: self.shared.settings.platform.clone(),
             version: self.shared.settings.agent_version.clone(),
             enrollment_token: None,
+            group: None,
         };
         let body = Bytes::from(serde_json::to_vec(&request)?);
         let (status, body) = http.post_json(paths::REGISTER, None, body).await?;
@@ -212,6 +213,7 @@ impl SimulatedAgent {
             version: self.shared.settings.agent_version.clone(),
             metrics: Metrics::default(),
             network: None,
+            group: None,
         };
         if session.unanswered.take().is_some() {
             self.shared.recorder.heartbeat_failed();

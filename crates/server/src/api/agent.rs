@@ -30,7 +30,7 @@ use crate::intake::{bounds, heartbeat};
 use crate::logtext::{LogEvery, Untrusted, clip};
 use crate::net::ratelimit::source_network;
 use crate::release;
-use crate::rollout::{cohort, offer};
+use crate::rollout::{cohort, group, offer};
 
 /// Most reports accepted in one batch; larger batches get 413.
 pub const MAX_REPORTS_PER_BATCH: usize = 500;
@@ -145,6 +145,9 @@ pub async fn register(
             }
         };
     let enrolled = registration::enrol(state.db(), state.live(), &request, &admitted).await?;
+    // The agent's own --group, else its enrollment token's (an operator's assignment later wins).
+    let reported = request.group.as_deref().or(admitted.group());
+    group::reported(state.db(), &enrolled.agent_id, reported).await?;
     tracing::info!(
         agent_id = %enrolled.agent_id,
         enrolled_by = admitted.token.as_deref().unwrap_or(""),
@@ -213,6 +216,7 @@ async fn record_heartbeat(
     if !heartbeat::record(state.db(), state.live(), agent_id, &heartbeat).await? {
         return Ok(false);
     }
+    group::reported(state.db(), agent_id, report.group.as_deref()).await?;
     tracing::debug!(
         agent_id,
         via,
@@ -289,7 +293,14 @@ impl crate::ws::AgentMessages for SocketMessages {
         };
         let update = match cohort::parse_version(&report.version) {
             Some(current) => {
-                offer::offer_for(self.state.db(), agent_id, &current, &self.platform).await
+                offer::offer_for(
+                    self.state.db(),
+                    agent_id,
+                    &current,
+                    &self.platform,
+                    offer::OfferVia::Heartbeat,
+                )
+                .await
             }
             None => Ok(None),
         };
@@ -338,7 +349,14 @@ pub async fn update_check(
     let current = cohort::parse_version(&query.version)
         .ok_or_else(|| ApiError::BadRequest("version must look like X.Y.Z".into()))?;
     state.db().touch(&agent.agent_id, &clock::now()).await?;
-    let update = offer::offer_for(state.db(), &agent.agent_id, &current, &query.platform).await?;
+    let update = offer::offer_for(
+        state.db(),
+        &agent.agent_id,
+        &current,
+        &query.platform,
+        offer::OfferVia::Check,
+    )
+    .await?;
     tracing::debug!(agent_id = agent.agent_id, current = %current, offered = ?update.as_ref().map(|u| &u.version), "update check");
     Ok(axum::Json(UpdateCheckResponse { update }))
 }

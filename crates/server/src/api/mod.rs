@@ -19,6 +19,7 @@ pub mod access;
 pub mod admin;
 pub mod agent;
 pub mod dashboard;
+pub mod groups;
 pub mod identity;
 pub mod metadata;
 pub mod operator;
@@ -38,7 +39,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use cms_protocol::paths;
 use serde::de::DeserializeOwned;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
@@ -326,6 +327,12 @@ fn operator_routes_without_healthz() -> Router<AppState> {
         .route(
             "/api/v1/enrollment-tokens/{name}",
             delete(identity::revoke_enrollment_token),
+        )
+        .route("/api/v1/agents/{agent_id}/group", put(groups::set_group))
+        .route("/api/v1/groups", get(groups::groups))
+        .route(
+            "/api/v1/rollouts/{platform}/{version}/groups/{group}",
+            put(groups::set_group_rollout),
         )
         .route(paths::OPERATOR_ERRORS, get(operator::errors))
         .route(paths::RELEASES, get(operator::releases))

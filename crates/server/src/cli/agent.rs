@@ -24,6 +24,8 @@ pub(super) enum AgentCommand {
     List(StoreArgs),
     /// Revoke an agent: its credential stops working at once on every replica (audited).
     Revoke(AgentRevokeArgs),
+    /// Put an agent in a group (wins over the agent's own --group; audited).
+    SetGroup(super::group::SetGroupArgs),
 }
 
 #[derive(Debug, Args)]
@@ -49,6 +51,7 @@ pub(super) async fn agent(command: AgentCommand) -> anyhow::Result<ExitCode> {
             db.close().await;
             revoked
         }
+        AgentCommand::SetGroup(args) => super::group::set_group(args).await,
     }
 }
 

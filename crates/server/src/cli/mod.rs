@@ -11,6 +11,7 @@
 
 mod agent;
 mod enroll;
+mod group;
 mod release;
 mod rollout;
 mod serve;
@@ -51,7 +52,7 @@ enum Command {
     /// Manage the signing keys of the release metadata (TUF), with the root key offline.
     #[command(subcommand)]
     Tuf(tuf::TufCommand),
-    /// List and revoke agent identities (audited).
+    /// List and revoke agent identities, move an agent to a group (audited).
     #[command(subcommand)]
     Agent(agent::AgentCommand),
     /// Manage enrollment tokens (stored hashed; a token is shown once, at creation).

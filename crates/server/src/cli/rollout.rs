@@ -13,6 +13,7 @@ use super::{
 };
 use crate::release::PLATFORMS;
 use crate::rollout::control::{self, RolloutAction, RolloutError, RolloutStatus};
+use crate::rollout::group;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum RolloutCommand {
@@ -52,6 +53,10 @@ pub(super) struct RolloutSetArgs {
     /// ... once there are at least this many attempts.
     #[arg(long)]
     halt_min_attempts: Option<u32>,
+    /// Set this group's own percentage (overrides the release's for its agents); needs
+    /// --percent.
+    #[arg(long, requires = "percent", conflicts_with_all = ["halt_percent", "halt_min_attempts"])]
+    group: Option<String>,
 }
 
 impl Refusal for RolloutError {
@@ -62,6 +67,12 @@ impl Refusal for RolloutError {
 
 pub(super) async fn rollout_control(command: RolloutCommand) -> anyhow::Result<ExitCode> {
     let (release, action) = match command {
+        RolloutCommand::Set(RolloutSetArgs {
+            release,
+            percent: Some(percent),
+            group: Some(group),
+            ..
+        }) => return group_rollout(&release, &group, percent).await,
         RolloutCommand::Set(args) => (
             args.release,
             Some(RolloutAction::Set {
@@ -74,7 +85,26 @@ pub(super) async fn rollout_control(command: RolloutCommand) -> anyhow::Result<E
         RolloutCommand::Resume(args) => (args, Some(RolloutAction::Resume)),
         RolloutCommand::Status(args) => (args, None),
     };
-    let result = rollout_in_store(&release, action).await?;
+    print_status(rollout_in_store(&release, action).await?)
+}
+
+/// `rollout set --group G --percent N`: prints the release's rollout like `set`.
+async fn group_rollout(
+    target: &RolloutTarget,
+    group: &str,
+    percent: u8,
+) -> anyhow::Result<ExitCode> {
+    let db = open_store(&target.store).await?;
+    let (version, platform) = (target.version.as_str(), target.platform.as_str());
+    let actor = command_actor();
+    let result =
+        group::set_rollout(&db, &actor, version, platform, group, i64::from(percent)).await;
+    db.close().await;
+    print_status(result)
+}
+
+/// Prints the rollout as JSON, or says why not; the exit code.
+fn print_status(result: Result<RolloutStatus, RolloutError>) -> anyhow::Result<ExitCode> {
     let printed = result.and_then(|status| {
         let json = serde_json::to_string_pretty(&status)
             .map_err(|e| RolloutError::Invalid(e.to_string()))?;

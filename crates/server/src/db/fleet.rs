@@ -67,6 +67,8 @@ pub struct AgentSearch {
     pub text: String,
     /// Only agents in this state.
     pub state: Option<String>,
+    /// Only agents in this group.
+    pub group: Option<String>,
     /// Sort column.
     pub sort: AgentSort,
     /// Newest / largest first.
@@ -90,6 +92,10 @@ pub struct FleetAgent {
     pub enrolled_by: Option<String>,
     /// When its current credential was issued (RFC 3339); older rows: registration time.
     pub credential_at: Option<String>,
+    /// Its group (`default` unless the agent or an operator gave one).
+    #[sqlx(rename = "agent_group")]
+    #[serde(rename = "group")]
+    pub group: String,
     /// Metrics of the latest heartbeat (JSON text), if any.
     #[serde(skip)]
     pub metrics: Option<String>,
@@ -149,6 +155,10 @@ fn filter(search: &AgentSearch) -> (String, Vec<String>) {
     if let Some(state) = &search.state {
         values.push(state.clone());
         clauses.push(format!("state = ${}", values.len()));
+    }
+    if let Some(group) = &search.group {
+        values.push(group.clone());
+        clauses.push(format!("agent_group = ${}", values.len()));
     }
     if clauses.is_empty() {
         return (String::new(), values);
@@ -228,7 +238,7 @@ impl Db {
         let (limit, offset) = (values.len() + 1, values.len() + 2);
         let sql = format!(
             "SELECT agent_id, hostname, platform, version, state, last_seen, network, revoked_at, \
-             registered_at, enrolled_by, credential_at, metrics FROM agents {filter} \
+             registered_at, enrolled_by, credential_at, agent_group, metrics FROM agents {filter} \
              ORDER BY {column} {direction}, agent_id {direction} LIMIT ${limit} OFFSET ${offset}"
         );
         let mut page = sqlx::query_as::<_, FleetAgent>(AssertSqlSafe(sql));
@@ -247,7 +257,8 @@ impl Db {
     pub async fn fleet_agent(&self, agent_id: &str) -> Result<Option<FleetAgent>, DbError> {
         let row = sqlx::query_as::<_, FleetAgent>(
             "SELECT agent_id, hostname, platform, version, state, last_seen, network, revoked_at, \
-             registered_at, enrolled_by, credential_at, metrics FROM agents WHERE agent_id = $1",
+             registered_at, enrolled_by, credential_at, agent_group, metrics FROM agents \
+             WHERE agent_id = $1",
         )
         .bind(agent_id)
         .fetch_optional(&self.pool)

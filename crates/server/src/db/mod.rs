@@ -12,7 +12,9 @@ mod bounded;
 mod cluster;
 mod errors;
 mod fleet;
+mod groups;
 mod identity;
+mod offers;
 mod operators;
 mod releases;
 mod rollouts;
@@ -22,6 +24,7 @@ pub use agents::{AgentCredential, AgentKey, AgentRow, Heartbeat, NewAgent};
 pub use errors::{ErrorKey, NewErrorReport, RetentionSweep};
 pub use fleet::{AgentSearch, AgentSort, ErrorGroup, FleetAgent, FleetCounts, Tally, VersionSeen};
 pub use identity::{EnrollmentTokenRow, NewEnrollmentToken, Revocation};
+pub use offers::OfferVia;
 pub use operators::{AuditKey, NewAuditEntry, OperatorTokenRow};
 pub use releases::{NewRelease, PackageRow, PendingRelease, ReleaseKey, ReleaseRecord, ReleaseRow};
 pub use rollouts::{

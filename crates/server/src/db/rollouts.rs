@@ -24,10 +24,12 @@ pub struct NewUpdateEvent<'a> {
     pub detail: &'a str,
     /// When the agent saw it.
     pub created_at: &'a str,
+    /// Whether the server offered this release to the agent (only these are counted).
+    pub verified: bool,
 }
 
 /// A progress event as the agent page lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UpdateEventRow {
     /// The release version.
     pub version: String,
@@ -39,7 +41,11 @@ pub struct UpdateEventRow {
     pub detail: Option<String>,
     /// When the agent saw it (RFC 3339).
     pub created_at: String,
+    /// Whether it counts (the server offered this release to the agent).
+    pub verified: bool,
 }
+
+type UpdateEventTuple = (String, String, Option<String>, Option<String>, String, i64);
 
 /// A release's rollout and its control.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -117,8 +123,9 @@ impl Db {
         for event in events {
             let result = sqlx::query(
                 "INSERT INTO update_events (event_id, agent_id, version, platform, step, \
-                 failed_step, detail, created_at, received_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (agent_id, event_id) DO NOTHING",
+                 failed_step, detail, created_at, received_at, verified) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (agent_id, event_id) DO NOTHING",
             )
             .bind(event.event_id)
             .bind(agent_id)
@@ -129,6 +136,7 @@ impl Db {
             .bind(event.detail)
             .bind(event.created_at)
             .bind(now)
+            .bind(i64::from(event.verified))
             .execute(&mut *tx)
             .await?;
             if result.rows_affected() > 0 {
@@ -145,21 +153,39 @@ impl Db {
         agent_id: &str,
         limit: i64,
     ) -> Result<Vec<UpdateEventRow>, DbError> {
-        Ok(sqlx::query_as::<_, UpdateEventRow>(
-            "SELECT version, step, failed_step, detail, created_at FROM update_events \
+        let rows = sqlx::query_as::<_, UpdateEventTuple>(
+            "SELECT version, step, failed_step, detail, created_at, verified FROM update_events \
              WHERE agent_id = $1 ORDER BY received_at DESC, event_id DESC LIMIT $2",
         )
         .bind(agent_id)
         .bind(limit)
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(version, step, failed_step, detail, created_at, verified)| UpdateEventRow {
+                    version,
+                    step,
+                    failed_step,
+                    detail,
+                    created_at,
+                    verified: verified != 0,
+                },
+            )
+            .collect())
     }
 
-    /// Distinct agents per step of one release, with what older agents reveal.
+    /// Distinct agents per step of one release, with what older agents reveal. Only verified
+    /// events count, older agents only when they were offered the release, and `healthy` only
+    /// from agents whose own heartbeats or registration reported the version.
     pub async fn step_counts(&self, version: &str, platform: &str) -> Result<StepCounts, DbError> {
         let reported = sqlx::query_as::<_, (String, i64)>(
             "SELECT step, COUNT(DISTINCT agent_id) FROM update_events \
-             WHERE version = $1 AND platform = $2 GROUP BY step",
+             WHERE version = $1 AND platform = $2 AND verified = 1 AND (step <> 'healthy' \
+             OR EXISTS (SELECT 1 FROM agent_versions v \
+                 WHERE v.agent_id = update_events.agent_id AND v.version = $1)) \
+             GROUP BY step",
         )
         .bind(version)
         .bind(platform)
@@ -167,7 +193,8 @@ impl Db {
         .await?;
         let failed_by_step = sqlx::query_as::<_, (String, i64)>(
             "SELECT COALESCE(failed_step, 'unknown'), COUNT(DISTINCT agent_id) FROM update_events \
-             WHERE version = $1 AND platform = $2 AND step = 'failed' GROUP BY 1",
+             WHERE version = $1 AND platform = $2 AND step = 'failed' AND verified = 1 \
+             GROUP BY 1",
         )
         .bind(version)
         .bind(platform)
@@ -179,8 +206,10 @@ impl Db {
         // this again at each failure reported.
         let (healthy_events,) = sqlx::query_as::<_, (i64,)>(
             "SELECT COUNT(DISTINCT u.agent_id) FROM update_events u \
-             WHERE u.version = $1 AND u.platform = $2 AND u.step = 'healthy' \
-             AND EXISTS (SELECT 1 FROM agents a WHERE a.agent_id = u.agent_id AND a.platform = $2)",
+             WHERE u.version = $1 AND u.platform = $2 AND u.step = 'healthy' AND u.verified = 1 \
+             AND EXISTS (SELECT 1 FROM agents a WHERE a.agent_id = u.agent_id AND a.platform = $2) \
+             AND EXISTS (SELECT 1 FROM agent_versions v \
+                 WHERE v.agent_id = u.agent_id AND v.version = $1)",
         )
         .bind(version)
         .bind(platform)
@@ -190,12 +219,15 @@ impl Db {
             sqlx::query_as::<_, (i64, i64, i64)>(
                 "SELECT COUNT(*), \
                  CAST(COALESCE(SUM(CASE WHEN EXISTS (SELECT 1 FROM update_events u \
-                     WHERE u.agent_id = a.agent_id AND u.version = $1) THEN 1 ELSE 0 END), 0) \
+                     WHERE u.agent_id = a.agent_id AND u.version = $1 AND u.verified = 1) \
+                     THEN 1 ELSE 0 END), 0) \
                      AS BIGINT), \
                  CAST(COALESCE(SUM(CASE WHEN EXISTS (SELECT 1 FROM update_events h \
                      WHERE h.agent_id = a.agent_id AND h.version = $1 AND h.step = 'healthy' \
-                     AND h.platform = $2) THEN 1 ELSE 0 END), 0) AS BIGINT) \
-                 FROM agents a WHERE a.version = $1 AND a.platform = $2",
+                     AND h.platform = $2 AND h.verified = 1) THEN 1 ELSE 0 END), 0) AS BIGINT) \
+                 FROM agents a WHERE a.version = $1 AND a.platform = $2 \
+                 AND EXISTS (SELECT 1 FROM update_offers o \
+                     WHERE o.agent_id = a.agent_id AND o.version = $1 AND o.platform = $2)",
             )
             .bind(version)
             .bind(platform)
@@ -217,8 +249,8 @@ impl Db {
         })
     }
 
-    /// Agents that sent no progress for this release but an error report of `kind` about it
-    /// (its message starts `update to VERSION `).
+    /// Agents that were offered this release and sent no progress for it but an error report
+    /// of `kind` about it (its message starts `update to VERSION `).
     async fn legacy_count(
         &self,
         kind: &str,
@@ -230,7 +262,9 @@ impl Db {
              JOIN agents a ON a.agent_id = e.agent_id \
              WHERE e.kind = $1 AND e.message LIKE $2 AND a.platform = $3 \
              AND NOT EXISTS (SELECT 1 FROM update_events u \
-                 WHERE u.agent_id = e.agent_id AND u.version = $4)",
+                 WHERE u.agent_id = e.agent_id AND u.version = $4) \
+             AND EXISTS (SELECT 1 FROM update_offers o \
+                 WHERE o.agent_id = e.agent_id AND o.version = $4 AND o.platform = $3)",
         )
         .bind(kind)
         .bind(format!("update to {version} %"))

@@ -2,8 +2,13 @@
 //! are stored as update events (not errors), published on the live feed, and a failure or a
 //! rollback runs the release's halt rule. Older agents' `update_failed` and
 //! `update_rolled_back` error reports run the halt rule too (the funnel counts them from the
-//! error reports). This module must never trust a platform or agent id from a body: the
-//! agent's registration says which.
+//! error reports). Offers are facts the server records: a progress event is verified, and
+//! counts, only when the server offered that published release to the agent on the platform
+//! it registered with (`crate::rollout::offer`); `healthy` counts only once the agent's own
+//! heartbeats or registration report the version (`crate::db` counts that). Other events are
+//! stored unverified for the agent's page: they never reach the live feed, the funnel or the
+//! halt rule. This module must never trust a platform or agent id from a body: the agent's
+//! registration says which.
 
 use std::collections::BTreeSet;
 
@@ -13,6 +18,7 @@ use serde_json::Value;
 use crate::clock;
 use crate::db::{Db, DbError, NewUpdateEvent};
 use crate::events::live::{LiveEvent, LiveFeed};
+use crate::logtext::Untrusted;
 use crate::rollout::control;
 
 /// Error kinds by which older agents tell that an update failed or was rolled back.
@@ -56,6 +62,14 @@ pub async fn record(
     let Some(agent) = db.fleet_agent(agent_id).await? else {
         return Ok(0);
     };
+    let offered: BTreeSet<String> = if progress.is_empty() {
+        BTreeSet::new()
+    } else {
+        db.offered_versions(agent_id, &agent.agent.platform)
+            .await?
+            .into_iter()
+            .collect()
+    };
     let events: Vec<NewUpdateEvent<'_>> = progress
         .iter()
         .map(|(report, step)| NewUpdateEvent {
@@ -66,6 +80,7 @@ pub async fn record(
             failed_step: step.failed_step.as_deref(),
             detail: &report.message,
             created_at: &report.created_at,
+            verified: offered.contains(&step.version),
         })
         .collect();
     let stored = if events.is_empty() {
@@ -76,6 +91,15 @@ pub async fn record(
     };
     let mut failing: BTreeSet<String> = errors.iter().filter_map(legacy_failure_version).collect();
     for event in &stored {
+        if !event.verified {
+            tracing::info!(
+                agent_id,
+                version = %Untrusted(event.version),
+                step = event.step,
+                "update progress for a release never offered to this agent kept unverified"
+            );
+            continue;
+        }
         tracing::info!(
             agent_id,
             version = event.version,

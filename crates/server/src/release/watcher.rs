@@ -6,8 +6,9 @@
 //! cheap count of the releases (and sum of their rollouts) every [`RELEASE_POLL_INTERVAL`]. Either way the watcher then
 //! reads the list, finds the new (version, platform) pairs and those whose rollout grew, and
 //! notifies every connected agent of that platform whose rollout cohort includes the release
-//! and whose reported version is older. The event only says "check now"; the update check
-//! decides what to install. This module must never block the hub (it uses `notify`, which never
+//! and whose reported version is older, recording each push as an offer
+//! (`crate::rollout::offer`). The event only says "check now"; the update check decides what
+//! to install. This module must never block the hub (it uses `notify`, which never
 //! waits) and never tell an agent outside a release's cohort.
 
 use std::collections::{HashMap, HashSet};
@@ -19,7 +20,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{Db, DbError, ReleaseRecord};
-use crate::rollout::cohort;
+use crate::rollout::{cohort, offer};
 use crate::ws::Hub;
 
 /// How often the watcher looks for new releases.
@@ -141,26 +142,35 @@ impl ReleaseWatcher {
         let event = ServerEvent::UpdateRequired(UpdateRequired {
             version: Some(release.version.clone()),
         });
-        let (mut notified, mut missed) = (0usize, 0usize);
+        let (mut notified, mut missed) = (Vec::new(), 0usize);
         let targets = agents.iter().filter(|(agent_id, agent_version)| {
             connected.contains(agent_id)
                 && cohort::should_notify(agent_id, agent_version, &version, release.rollout_percent)
         });
         for (agent_id, _) in targets {
             match self.hub.notify(agent_id, event.clone()) {
-                Ok(()) => notified += 1,
+                Ok(()) => notified.push(agent_id.as_str()),
                 Err(error) => {
                     missed += 1;
                     tracing::debug!(agent_id, %error, "release notification not delivered");
                 }
             }
         }
+        let via = offer::OfferVia::Push;
+        offer::record(
+            &self.db,
+            &notified,
+            &release.version,
+            &release.platform,
+            via,
+        )
+        .await?;
         tracing::info!(
             version = %release.version,
             platform = %release.platform,
             rollout_percent = release.rollout_percent,
             connected = connected.len(),
-            notified,
+            notified = notified.len(),
             missed,
             "release published or its rollout widened; connected agents notified"
         );

@@ -1,34 +1,51 @@
 //! The offer: the release an agent is told to install, in the answer to its update check and
 //! to its heartbeat on the WebSocket, and the package path it downloads it from.
 //!
+//! A group's own rollout percentage of a release (`cms-server rollout set --group`) overrides
+//! the release's for that group's agents; the cohort stays the agent's own.
+//!
 //! Both the HTTP update check and the WebSocket heartbeat answer through [`offer_for`], so they
-//! can never disagree. This module must never offer a release outside the agent's cohort or
-//! one that is not newer than what it runs.
+//! can never disagree. Every offer is recorded (per agent and release, [`record`]; the release
+//! watcher's pushes too): update progress counts for a release only from agents that were
+//! offered it (`crate::intake::progress`). This module must never offer a release outside the
+//! agent's cohort or one that is not newer than what it runs, and never offer one unrecorded.
 
 use cms_protocol::UpdateInfo;
 use cms_protocol::update::package_file_name;
 
 use super::cohort::{self, Candidate};
+use crate::clock;
 use crate::db::{Db, DbError};
 
+pub use crate::db::OfferVia;
+
 /// The newest release for `platform` that is newer than `current` and whose rollout includes
-/// `agent_id`.
+/// `agent_id`, recorded as offered to it `via` the answer it goes out in.
 pub async fn offer_for(
     db: &Db,
     agent_id: &str,
     current: &semver::Version,
     platform: &str,
+    via: OfferVia,
 ) -> Result<Option<UpdateInfo>, DbError> {
     let releases = db.releases_for_platform(platform).await?;
+    let group = db.agent_group(agent_id).await?;
+    let overrides = match &group {
+        Some(group) => db.group_rollouts(platform, group).await?,
+        None => Vec::new(),
+    };
     let candidates: Vec<Candidate> = releases
         .iter()
         .map(|r| Candidate {
             version: r.version.clone(),
-            rollout_percent: r.rollout_percent,
+            rollout_percent: group_percent(&overrides, &r.version).unwrap_or(r.rollout_percent),
         })
         .collect();
     let picked = cohort::pick_update(agent_id, current, &candidates)
         .and_then(|c| releases.iter().find(|r| r.version == c.version));
+    if let Some(release) = picked {
+        record(db, &[agent_id], &release.version, &release.platform, via).await?;
+    }
     Ok(picked.map(|r| UpdateInfo {
         package_url: package_url(&r.version, &r.platform),
         target: package_file_name(&r.version, &r.platform),
@@ -39,6 +56,37 @@ pub async fn offer_for(
     }))
 }
 
+/// A group's own percentage of `version`, overriding the release's for that group.
+fn group_percent(overrides: &[(String, i64)], version: &str) -> Option<i64> {
+    overrides
+        .iter()
+        .find(|(v, _)| v == version)
+        .map(|(_, percent)| *percent)
+}
+
+/// Records that `version` on `platform` was offered to `agent_ids` `via` an answer or a push.
+pub async fn record(
+    db: &Db,
+    agent_ids: &[&str],
+    version: &str,
+    platform: &str,
+    via: OfferVia,
+) -> Result<(), DbError> {
+    if agent_ids.is_empty() {
+        return Ok(());
+    }
+    db.record_offers(agent_ids, version, platform, via, &clock::now())
+        .await?;
+    tracing::debug!(
+        agents = agent_ids.len(),
+        version,
+        platform,
+        via = via.name(),
+        "update offer recorded"
+    );
+    Ok(())
+}
+
 /// Path of a release package, relative to the server's base URL.
 pub fn package_url(version: &str, platform: &str) -> String {
     format!("/api/v1/agent/packages/{version}/{platform}")
@@ -47,6 +95,14 @@ pub fn package_url(version: &str, platform: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_groups_percentage_overrides_the_releases() {
+        let overrides = [("2.0.0".to_owned(), 100), ("3.0.0".to_owned(), 0)];
+        assert_eq!(group_percent(&overrides, "2.0.0"), Some(100));
+        assert_eq!(group_percent(&overrides, "3.0.0"), Some(0));
+        assert_eq!(group_percent(&overrides, "4.0.0"), None);
+    }
 
     #[test]
     fn package_url_shape() {

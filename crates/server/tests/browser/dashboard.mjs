@@ -133,6 +133,18 @@ test("a new agent appears live, with its page", async () => {
   await page.screenshot({ path: join(shots, "agent.png"), fullPage: true });
 });
 
+test("the groups page lists the agents per group, the fleet filters by group", async () => {
+  await show(page, "groups");
+  await page.locator('#groups tr[data-group="default"] td:text-is("1")').waitFor({ timeout: LONG });
+  await page.screenshot({ path: join(shots, "groups.png"), fullPage: true });
+  await page.click('#groups tr[data-group="default"] a');
+  await page.waitForSelector('#view[data-view="fleet"]');
+  await page.locator("#agents tr[data-agent]").first().waitFor({ timeout: LONG });
+  await page.fill("#group-filter", "zz-no-such-group");
+  await page.locator("#agent-total:text-is('0–0 of 0')").waitFor();
+  await page.fill("#group-filter", "");
+});
+
 test("a published release's funnel reaches healthy", async () => {
   startAgent(url, "agent-b");
   startAgent(url, "agent-c");

@@ -263,6 +263,7 @@ impl Server {
             platform: "linux-x86_64".into(),
             version: "1.0.0".into(),
             enrollment_token: token.map(str::to_owned),
+            group: None,
         };
         self.http
             .post(self.url(cms_protocol::paths::REGISTER))
@@ -284,6 +285,7 @@ impl Server {
             version: version.into(),
             metrics: cms_protocol::Metrics::default(),
             network: None,
+            group: None,
         };
         self.http
             .post(self.url(cms_protocol::paths::STATUS))
@@ -603,4 +605,34 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// An `update_progress` report of `step` for `version` (on linux-x86_64), as an agent sends it.
+pub fn progress(
+    version: &str,
+    step: cms_protocol::UpdateStep,
+    failed_step: Option<&str>,
+) -> cms_protocol::ErrorReport {
+    let details = cms_protocol::UpdateProgress {
+        version: version.into(),
+        platform: "linux-x86_64".into(),
+        step,
+        failed_step: failed_step.map(str::to_owned),
+    };
+    cms_protocol::ErrorReport {
+        report_id: uuid::Uuid::new_v4().to_string(),
+        kind: cms_protocol::UPDATE_PROGRESS_KIND.into(),
+        message: format!("update to {version}: {}", step.name()),
+        agent_version: "1.0.0".into(),
+        created_at: "2026-12-01T10:00:00Z".into(),
+        details: serde_json::to_value(details).unwrap(),
+    }
+}
+
+/// Sends `reports` as the agent `agent_token`, asserting they were taken.
+pub async fn send(server: &Server, agent_token: &str, reports: Vec<cms_protocol::ErrorReport>) {
+    let response = server
+        .post_errors(agent_token, &cms_protocol::ErrorBatch { reports })
+        .await;
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
 }

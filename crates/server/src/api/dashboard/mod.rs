@@ -174,6 +174,8 @@ pub struct FleetQuery {
     pub q: String,
     /// Only agents in this state.
     pub state: Option<String>,
+    /// Only agents in this group.
+    pub group: Option<String>,
     /// Sort column.
     #[serde(default)]
     pub sort: AgentSort,
@@ -205,7 +207,7 @@ pub struct FleetPage {
     pub items: Vec<FleetRow>,
 }
 
-/// `GET /api/v1/fleet/agents?q=&state=&sort=&order=&offset=&limit=`: one page of the agent
+/// `GET /api/v1/fleet/agents?q=&state=&group=&sort=&order=&offset=&limit=`: one page of the agent
 /// list, searched, sorted and paged by the database.
 pub async fn fleet_agents(
     State(state): State<AppState>,
@@ -225,6 +227,7 @@ pub async fn fleet_agents(
     let search = AgentSearch {
         text: query.q.trim().to_owned(),
         state: query.state.filter(|s| !s.is_empty()),
+        group: query.group.filter(|g| !g.is_empty()),
         sort: query.sort,
         descending: query.order.as_deref() == Some("desc"),
         offset: query.offset,
