@@ -116,12 +116,14 @@ impl Package {
         Ok(bytes)
     }
 
+    /// Opened by path as given: the updater passes the path of the handle it checked and
+    /// holds (`/proc/self/fd/N`, a link by design), so links are its check's business
+    /// (`crates/updater/src/package_check.rs`), not this open's.
     fn archive(&self) -> Result<zip::ZipArchive<File>, PackageError> {
-        let file = crate::fs::open_no_follow(&self.path, std::fs::OpenOptions::new().read(true))
-            .map_err(|source| PackageError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+        let file = File::open(&self.path).map_err(|source| PackageError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
         zip::ZipArchive::new(file).map_err(|e| self.damaged(e.to_string()))
     }
 
