@@ -1,10 +1,11 @@
 //! Queries that keep agent-written and audit tables bounded: update events per agent and by
 //! age, an agent's version history, the audit log by age. (Error reports have theirs in
-//! `errors.rs`.) Deletes go in chunks so no statement holds the database for long.
+//! `errors.rs`.) Deletes go in chunks so no statement holds the database for long: every sweep,
+//! error reports' too, runs through [`Db::delete_in_chunks`].
 
 use super::{Db, DbError};
 
-/// Rows one delete statement removes at most.
+/// Rows one delete statement removes at most, so no sweep holds the writer for long.
 const DELETE_CHUNK: i64 = 5_000;
 
 impl Db {
@@ -48,7 +49,7 @@ impl Db {
         self.delete_in_chunks(
             "DELETE FROM update_events WHERE (agent_id, event_id) IN (SELECT agent_id, event_id \
              FROM update_events WHERE received_at < $1 LIMIT $2)",
-            oldest_kept,
+            &[oldest_kept],
         )
         .await
     }
@@ -58,7 +59,7 @@ impl Db {
         self.delete_in_chunks(
             "DELETE FROM audit_log WHERE audit_id IN (SELECT audit_id FROM audit_log \
              WHERE at < $1 LIMIT $2)",
-            oldest_kept,
+            &[oldest_kept],
         )
         .await
     }
@@ -90,13 +91,20 @@ impl Db {
         Ok(deleted.rows_affected())
     }
 
-    /// Runs `statement` (binding `$1` = `bound`, `$2` = the chunk size) until it deletes less
-    /// than a chunk; returns the total.
-    async fn delete_in_chunks(&self, statement: &'static str, bound: &str) -> Result<u64, DbError> {
+    /// Runs `statement` (binding `$1`.. to `binds`, the next parameter to the chunk size) until
+    /// it deletes less than a chunk; returns the total.
+    pub(super) async fn delete_in_chunks(
+        &self,
+        statement: &'static str,
+        binds: &[&str],
+    ) -> Result<u64, DbError> {
         let mut total = 0;
         loop {
-            let deleted = sqlx::query(statement)
-                .bind(bound)
+            let mut query = sqlx::query(statement);
+            for value in binds {
+                query = query.bind(*value);
+            }
+            let deleted = query
                 .bind(DELETE_CHUNK)
                 .execute(&self.pool)
                 .await?

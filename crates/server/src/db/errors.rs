@@ -5,8 +5,6 @@ use cms_protocol::StoredError;
 
 use super::{Db, DbError, split_page};
 
-/// Rows one retention statement deletes at most, so no sweep holds the writer for long.
-const DELETE_CHUNK: i64 = 5_000;
 /// Sorts after every stored timestamp (`2026-...`), in any collation: the start of a listing.
 const NEWEST_SENTINEL: &str = "9999";
 
@@ -188,24 +186,11 @@ impl Db {
 
     /// Deletes every report whose key sorts before (received_at, report_id).
     async fn delete_older_than(&self, received_at: &str, report_id: &str) -> Result<u64, DbError> {
-        let mut total = 0;
-        loop {
-            let deleted = sqlx::query(
-                "DELETE FROM error_reports WHERE (agent_id, report_id) IN (SELECT agent_id, \
-                 report_id FROM error_reports WHERE (received_at, report_id) < ($1, $2) \
-                 LIMIT $3)",
-            )
-            .bind(received_at)
-            .bind(report_id)
-            .bind(DELETE_CHUNK)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            total += deleted;
-            if deleted < DELETE_CHUNK.unsigned_abs() {
-                return Ok(total);
-            }
-            tokio::task::yield_now().await;
-        }
+        self.delete_in_chunks(
+            "DELETE FROM error_reports WHERE (agent_id, report_id) IN (SELECT agent_id, \
+             report_id FROM error_reports WHERE (received_at, report_id) < ($1, $2) LIMIT $3)",
+            &[received_at, report_id],
+        )
+        .await
     }
 }
