@@ -4,6 +4,8 @@
 #   - openssl and osslsigncode (Authenticode signing and `cargo xtask sign-check`)
 #   - wine + wine64 (runs the Windows test binaries), xvfb (a display for setup.exe), tinyproxy
 #     (the forward proxy of wine-e2e's network scenario)
+#   - wixl and msitools (`cargo xtask msi`: the MSI built from build_scripts/cms_agent.wxs, its
+#     tables read with msiinfo)
 #   - wine32:i386 (Inno Setup's ISCC.exe and setup.exe are 32-bit); when apt cannot resolve it
 #     (the mirror's i386 index of bookworm-security failed to download on 2026-11-25), the
 #     fallback fetches the i386 .debs from the same pool path and mirror apt uses for amd64
@@ -66,7 +68,7 @@ if ! dpkg --print-foreign-architectures | grep -qx i386; then
 fi
 
 # --- 64-bit packages -------------------------------------------------------------------------
-PKGS64=(gcc-mingw-w64-x86-64 wine wine64 xvfb xauth curl ca-certificates openssl osslsigncode tinyproxy)
+PKGS64=(gcc-mingw-w64-x86-64 wine wine64 xvfb xauth curl ca-certificates openssl osslsigncode tinyproxy wixl msitools)
 missing=()
 for p in "${PKGS64[@]}"; do is_installed "$p" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

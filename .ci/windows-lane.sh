@@ -9,11 +9,15 @@
 #                                       register, IPC, self-update, rollback, --force, uninstall;
 #                                       then HTTPS with a private CA, --proxy with Basic (tinyproxy)
 #                                       and the WinHTTP proxy
-#   6. cargo xtask sign-check           dist --sign and installer --sign with a throwaway
+#   6. cargo xtask wine-msi             the MSI (wixl) under Wine's msiexec: refused over an Inno
+#                                       install, install with SERVER/ENROLLMENTTOKEN, --status,
+#                                       major upgrade (same identity), uninstall, Group Policy
+#                                       (ServerUrl at a restart and live, a bad value), REMOVEDATA=1
+#   7. cargo xtask sign-check           dist --sign and installer --sign with a throwaway
 #                                       certificate, osslsigncode verify, a tampered byte fails
 #                                       (last: it rebuilds dist/ for Windows only, signed)
 # Every step runs even when an earlier one failed (except that nothing runs without step 1,
-# and steps 4 to 6 need step 3), and each ends as PASSED, FAILED or SKIPPED (exit code 77 from
+# and steps 4 to 7 need step 3), and each ends as PASSED, FAILED or SKIPPED (exit code 77 from
 # xtask: 32-bit Wine or a display is missing; the reason is printed). A skip is never a pass:
 # it is listed as SKIPPED, and with CMS_WINDOWS_LANE_STRICT=1 it fails the lane.
 # Environment: CMS_WINE_TEST_ARGS (default: none, i.e. all four Windows-built packages) is passed to
@@ -55,14 +59,16 @@ if step deps bash .ci/windows-deps.sh; then
     if step dist cargo xtask dist --target all; then
         step installer cargo xtask installer --smoke-test
         step e2e cargo xtask wine-e2e
+        step msi cargo xtask wine-msi
         step sign cargo xtask sign-check
     else
         not_run installer "dist failed"
         not_run e2e "dist failed"
+        not_run msi "dist failed"
         not_run sign "dist failed"
     fi
 else
-    for s in wine-test dist installer e2e sign; do not_run "$s" "windows-deps.sh failed"; done
+    for s in wine-test dist installer e2e msi sign; do not_run "$s" "windows-deps.sh failed"; done
 fi
 
 echo "=== windows lane summary ==="

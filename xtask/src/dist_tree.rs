@@ -12,6 +12,9 @@
 //! dist/linux-x86_64/updater
 //! dist/linux-x86_64/root.json          the same root
 //! dist/cms_agent_setup-X.Y.Z.exe       the installer (`cargo xtask installer`)
+//! dist/cms_agent-X.Y.Z-x64.msi         the MSI package (`cargo xtask msi`)
+//! dist/policy/cmsagent.admx            the Group Policy template (with Windows), and
+//! dist/policy/en-US/cmsagent.adml      its English strings, from build_scripts/policy/
 //! ```
 //!
 //! Making it: clean `dist/`, release-build `cms_agent` and `updater` (workspace release
@@ -74,6 +77,11 @@ pub fn setup_exe(version: &str) -> PathBuf {
     dir().join(format!("{}.exe", setup_name(version)))
 }
 
+/// Where the MSI for `version` lands (`cargo xtask msi`).
+pub fn msi(version: &str) -> PathBuf {
+    dir().join(crate::windows::wixl::file_name(version))
+}
+
 /// The installer's file name without `.exe`.
 pub fn setup_name(version: &str) -> String {
     format!("cms_agent_setup-{version}")
@@ -111,6 +119,9 @@ pub fn build(version: &str, platforms: &[Platform], signer: Option<&Signer>) -> 
     for platform in platforms {
         build_platform(version, platform)?;
     }
+    if platforms.contains(&WINDOWS) {
+        copy_policy_templates()?;
+    }
     if let Some(signer) = signer {
         sign_windows(signer)?;
     }
@@ -121,6 +132,25 @@ pub fn build(version: &str, platforms: &[Platform], signer: Option<&Signer>) -> 
     eprintln!("dist: version {version} in {}", dist.display());
     Ok(())
 }
+
+/// The Group Policy templates (`build_scripts/policy/`: `cmsagent.admx`, `en-US/cmsagent.adml`),
+/// copied into `dist/policy/`.
+fn copy_policy_templates() -> Result<()> {
+    let source = util::project_root().join("build_scripts/policy");
+    for file in POLICY_TEMPLATES {
+        let (from, to) = (source.join(file), dir().join("policy").join(file));
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        fs::copy(&from, &to).with_context(|| format!("cannot copy {}", from.display()))?;
+        eprintln!("dist: {}", to.display());
+    }
+    Ok(())
+}
+
+/// The Group Policy template files, relative to `build_scripts/policy/` and `dist/policy/`.
+const POLICY_TEMPLATES: [&str; 2] = ["cmsagent.admx", "en-US/cmsagent.adml"];
 
 /// Release-builds `platform`'s binaries and copies them into `dist/<platform>/`.
 fn build_platform(version: &str, platform: &Platform) -> Result<()> {
@@ -159,4 +189,47 @@ fn verify_versions(platform: &Platform, version: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The policy values the agent's rules table knows (`name: "X"` in core/policy.rs).
+    fn agent_policy_names() -> Result<Vec<String>> {
+        let path = util::project_root().join("crates/agent/src/core/policy.rs");
+        let code = fs::read_to_string(&path)?;
+        Ok(code
+            .split("name: \"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next().map(str::to_owned))
+            .collect())
+    }
+
+    #[test]
+    fn the_admx_offers_exactly_the_policy_values_the_agent_takes() -> Result<()> {
+        let root = util::project_root().join("build_scripts/policy");
+        let admx = fs::read_to_string(root.join(POLICY_TEMPLATES[0]))?;
+        let adml = fs::read_to_string(root.join(POLICY_TEMPLATES[1]))?;
+        let mut offered: Vec<String> = admx
+            .split("valueName=\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next().map(str::to_owned))
+            .collect();
+        let mut taken = agent_policy_names()?;
+        offered.sort();
+        taken.sort();
+        assert_eq!(offered, taken);
+        assert_eq!(taken.len(), 5, "{taken:?}");
+        for name in &taken {
+            for id in [
+                format!("<string id=\"{name}\">"),
+                format!("<presentation id=\"{name}\">"),
+            ] {
+                assert!(adml.contains(&id), "the ADML lacks {id}");
+            }
+            assert!(admx.contains(r#"key="SOFTWARE\Policies\CMSAgent""#));
+        }
+        Ok(())
+    }
 }

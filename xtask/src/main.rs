@@ -2,10 +2,10 @@
 //!
 //! In the style of rust-analyzer's `xtask/`: this file only dispatches. Each task is a module
 //! of its own with a `run` function (`demo`, `dist`, `bench`, `windows::{wine_test, installer,
-//! wine_e2e}`, `signing::{sign_check, sign_tool}`), and a task uses shared helpers only, never
+//! msi, wine_e2e, wine_msi}`, `signing::{sign_check, sign_tool}`), and a task uses shared helpers only, never
 //! another task: `util`, `flags`, `host`, `version`, `build`, `dist_tree`, `server`, `pki`,
 //! `forward_proxy`, `installed_agent`, `checks`, `loopback`, `windows::{wine, inno, setup,
-//! wine_net}`, `signing::{signer, hook}`. No module imports another in a circle (checked by the
+//! wine_net, wixl}`, `signing::{signer, hook}`. No module imports another in a circle (checked by the
 //! `layering` test below). Tasks run real tools (cargo, the built binaries, Wine, ISCC) and fail loudly
 //! with the command that failed; they never pretend a step passed.
 
@@ -57,10 +57,12 @@ fn run() -> Result<()> {
         "demo" => demo::run(&rest),
         "dist" => dist::run(&rest),
         "installer" => windows::installer::run(&rest),
+        "msi" => windows::msi::run(&rest),
         "sign-check" => signing::sign_check::run(&rest),
         "sign-tool" => signing::sign_tool::run(&rest),
         "wine-test" => windows::wine_test::run(&rest),
         "wine-e2e" => windows::wine_e2e::run(&rest),
+        "wine-msi" => windows::wine_msi::run(&rest),
         "" | "help" | "--help" | "-h" => {
             print_help();
             Ok(())
@@ -88,9 +90,13 @@ fn print_help() {
          dist/cms_agent_setup-X.Y.Z.exe, building the Windows dist/ first when it is missing (ISCC\n              \
          natively on Windows, under Wine on Linux; --smoke-test: Linux + Wine only); embeds\n              \
          dist/windows-x86_64/root.json (or FILE), which per-machine installs pin\n  \
+         msi         [--version X.Y.Z] [--sign]: dist/cms_agent-X.Y.Z-x64.msi with msitools' wixl\n              \
+         (build_scripts/cms_agent.wxs), building the Windows dist/ first when it is missing\n  \
          sign-check  sign dist/ and the installer with a throwaway certificate, verify, tamper\n  \
          wine-test   [-p PKG]... [-- ARGS]: run the Windows tests under Wine (Linux only)\n  \
          wine-e2e    [--network-only]: install, IPC, self-update, rollback, --force, uninstall of the\n              \
-         Windows agent under Wine, then HTTPS with a private CA and proxies (Linux only)\n"
+         Windows agent under Wine, then HTTPS with a private CA and proxies (Linux only)\n  \
+         wine-msi    the MSI under Wine's msiexec: refused over Inno Setup, install, upgrade,\n              \
+         uninstall, REMOVEDATA=1 (needs dist/; Linux only)\n"
     );
 }

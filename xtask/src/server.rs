@@ -138,7 +138,12 @@ impl Server {
         cmd.arg("--agent")
             .arg(release.agent)
             .arg("--updater")
-            .arg(release.updater);
+            .arg(release.updater)
+            // The whole fleet at once: a demo (or end-to-end run) watches one agent update now,
+            // not a staged plan waiting for its soak time. And a fleet's halt rule, not one
+            // machine's: the end-to-end run's broken release must stay offered to the next
+            // installs after the first rollback (the halt is tested by the server's tests).
+            .args(["--rollout", "100", "--halt-min-attempts", "20"]);
         match self.output {
             ServerOutput::Print => run_checked(&mut cmd),
             ServerOutput::LogFile(_) => util::output_checked(&mut cmd).map(drop),

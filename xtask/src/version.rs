@@ -22,10 +22,6 @@ pub fn is_older(a: &str, b: &str) -> Result<bool> {
 }
 
 /// One major version above `version` (`0.1.0` -> `1.0.0`): strictly newer, as updates require.
-#[cfg_attr(
-    not(any(target_os = "linux", test)),
-    expect(dead_code, reason = "the bench's (Linux only)")
-)]
 pub fn next_major(version: &str) -> Result<String> {
     let [major, _, _] = parse(version)?;
     Ok(format!("{}.0.0", major + 1))

@@ -13,8 +13,8 @@
 //!
 //! One file per subcommand family: `start` (the lock, config.json and the command line applied
 //! to it), `control` (the client side of `--status`, `--stop` and `--force`), `autostart`
-//! (`--enable-autostart`, `--disable-autostart`), `service` (`--service`) and `identity`
-//! (`--reset-identity`).
+//! (`--enable-autostart`, `--disable-autostart`), `service` (`--service`), `identity`
+//! (`--reset-identity`) and `policy` (the machine's Group Policy, applied and watched).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -38,6 +38,7 @@ use crate::system::service::ServiceSession;
 mod autostart;
 mod control;
 mod identity;
+mod policy;
 mod service;
 mod start;
 
@@ -93,6 +94,10 @@ pub struct Args {
     /// An operator's assignment on the server wins.
     #[arg(long, value_name = "NAME", value_parser = parse_group)]
     group: Option<String>,
+    /// Most KiB (1024 bytes) per second an update's package is downloaded at (saved in
+    /// config.json); 0 removes the limit.
+    #[arg(long, value_name = "KBPS", value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
+    download_limit: Option<u32>,
     /// Storage path override (default: per-machine when elevated, else per-user).
     #[arg(long, value_name = "DIR", env = "CMS_AGENT_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -102,8 +107,8 @@ pub struct Args {
     /// Seconds between heartbeats, for this run.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     status_interval: Option<u64>,
-    /// Save the settings given (--server, --enrollment-token, --trusted-root, --ca-cert,
-    /// --proxy), write the autostart entry and exit: elevated, the Windows service CMSAgent (or root's systemd
+    /// Save the settings given (--server, --enrollment-token, --group, --download-limit,
+    /// --trusted-root, --ca-cert, --proxy), write the autostart entry and exit: elevated, the Windows service CMSAgent (or root's systemd
     /// unit); else the HKCU Run value (or the user's autostart entry).
     #[arg(long, conflicts_with_all = ["disable_autostart", "force", "status", "stop"])]
     enable_autostart: bool,
@@ -214,8 +219,7 @@ pub fn run(cli: Args, force_args: Vec<String>, service: Option<&ServiceSession>)
         return identity::reset_identity(&storage);
     }
     tracing::info!(version = BUILD_VERSION, pid = std::process::id(), data_dir = %storage.storage_path().display(), force = cli.force, service = service.is_some(), "agent starting");
-    let lock = LockManager::new(storage.storage_path());
-    let wait_for_lock = if cli.force {
+    let mut wait_for_lock = if cli.force {
         match runtime.block_on(ask_running_agent_to_stop(&storage)) {
             Handover::ToService => return restart_service_with(&storage, &cli, &force_args),
             Handover::Granted => true,
@@ -225,19 +229,58 @@ pub fn run(cli: Args, force_args: Vec<String>, service: Option<&ServiceSession>)
     } else {
         false
     };
+    let watch = policy::PolicyWatch::start();
+    loop {
+        let applied = policy::read();
+        let outcome = run_once(
+            &storage,
+            &cli,
+            wait_for_lock,
+            service,
+            &runtime,
+            &applied,
+            &watch,
+        )?;
+        match outcome {
+            Some(RunOutcome::Stopped) if watch.changed() => {
+                tracing::info!("starting again with the changed policy");
+                wait_for_lock = false;
+            }
+            Some(RunOutcome::Stopped) => return Ok(0),
+            Some(RunOutcome::TaskDied) => return Ok(EXIT_TASK_DIED),
+            None => return Ok(EXIT_LOCK_HELD),
+        }
+    }
+}
+
+/// One run of the agent: the lock and config.json (with `applied`, the policy), then the agent
+/// until it stops; `None` when another agent holds the lock (reported).
+fn run_once(
+    storage: &StateManager,
+    cli: &Args,
+    wait_for_lock: bool,
+    service: Option<&ServiceSession>,
+    runtime: &tokio::runtime::Runtime,
+    applied: &policy::RawPolicy,
+    watch: &policy::PolicyWatch,
+) -> Result<Option<RunOutcome>> {
+    let lock = LockManager::new(storage.storage_path());
     let (started, disk_full) = retry_while_disk_full(storage.storage_path(), || {
-        start(&storage, &lock, wait_for_lock, &cli)
+        start(storage, &lock, wait_for_lock, cli, applied)
     })?;
     let (config, reporter) = match started {
         Start::Ready(config, reporter) => (config, reporter),
-        Start::LockHeld(holder) => return Ok(lock_held(&storage, holder.as_ref())),
+        Start::LockHeld(holder) => {
+            lock_held(storage, holder.as_ref());
+            return Ok(None);
+        }
     };
     install_panic_hook(reporter.clone());
     if let Some(wait) = disk_full {
         reporter.store("storage_full", &wait.describe(storage.storage_path()));
     }
     let options = AgentOptions {
-        intervals: effective_intervals(&config.config().intervals, &cli),
+        intervals: effective_intervals(&config.config().intervals, cli),
         trusted_root: cli.trusted_root.clone(),
         relaunch: relaunch(service),
     };
@@ -246,15 +289,13 @@ pub fn run(cli: Args, force_args: Vec<String>, service: Option<&ServiceSession>)
         update_poll_secs = options.intervals.update_poll_secs,
         "timers for this run"
     );
-    let agent = Agent::new(storage, *config, reporter, lock, options)?;
+    let agent = Agent::new(storage.clone(), *config, reporter, lock, options)?;
     if let Some(session) = service {
         let agent = agent.clone();
         session.on_stop(move || agent.graceful_shutdown());
     }
-    match runtime.block_on(agent.run()) {
-        RunOutcome::Stopped => Ok(0),
-        RunOutcome::TaskDied => Ok(EXIT_TASK_DIED),
-    }
+    watch.watch(agent.clone(), applied.clone());
+    Ok(Some(runtime.block_on(agent.run())))
 }
 
 /// How the updater is to start the next version: as the service, or like this process.

@@ -39,7 +39,7 @@ fn a_v1_config_is_backed_up_and_migrated_at_start() {
     );
     let migrated: serde_json::Value =
         serde_json::from_slice(&std::fs::read(data.join("config.json")).unwrap()).unwrap();
-    assert_eq!(migrated["config_version"], 2);
+    assert_eq!(migrated["config_version"], 3);
     assert_eq!(migrated["server_url"], server.url.as_str());
     assert_eq!(migrated["current_version"], "0.9.0");
     assert_eq!(migrated["intervals"]["status_secs"], 7);

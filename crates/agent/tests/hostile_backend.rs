@@ -52,3 +52,71 @@ fn endless_answers_are_refused_with_bounded_memory_and_the_agent_runs_on() {
     assert!(log.contains("server answered 503"), "{log}");
     assert_eq!(agent.stop().code(), Some(0));
 }
+
+/// A backend that answers every request `503` with `body`; dropping it stops accepting.
+struct ErrorBodyServer {
+    url: String,
+    stopping: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ErrorBodyServer {
+    fn start(body: &'static str) -> ErrorBodyServer {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let stopping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = stopping.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(mut client) = client else { continue };
+                let mut reader = BufReader::new(client.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    line.clear();
+                }
+                let head = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = client.write_all(head.as_bytes());
+                let _ = client.write_all(body.as_bytes());
+            }
+        });
+        ErrorBodyServer { url, stopping }
+    }
+}
+
+impl Drop for ErrorBodyServer {
+    fn drop(&mut self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(self.url.trim_start_matches("http://"));
+    }
+}
+
+#[test]
+fn a_servers_error_body_cannot_forge_lines_in_agent_log() {
+    const FORGED: &str = "2026-01-01T00:00:00.000000Z  INFO cms_agent: FORGED update verified";
+    let body: &'static str =
+        Box::leak(format!("maintenance\n{FORGED}\r\n{FORGED}\n\x1b[2J{FORGED}\n").into_boxed_str());
+    let dir = tempfile::tempdir().unwrap();
+    let hostile = ErrorBodyServer::start(body);
+    let mut agent = Agent::start(dir.path(), &["--server", &hostile.url]);
+    agent.wait_for_log("server answered 503");
+    let log = agent.log();
+    assert!(
+        log.contains("maintenance\\n2026-01-01T00:00:00.000000Z  INFO cms_agent: FORGED"),
+        "the body is not quoted escaped: {log}"
+    );
+    for line in log.lines() {
+        assert!(
+            !line.starts_with("2026-01-01T00:00:00.000000Z") && !line.contains('\x1b'),
+            "a forged line in agent.log: {line:?}\n{log}"
+        );
+    }
+    assert_eq!(agent.stop().code(), Some(0));
+}

@@ -21,7 +21,7 @@ fn agent_registers_goes_idle_and_stops_cleanly_on_sigterm() {
 
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(data.join("config.json")).unwrap()).unwrap();
-    assert_eq!(config["config_version"], 2);
+    assert_eq!(config["config_version"], 3);
     assert_eq!(config["credentials"]["agent_id"], listed.agent_id.as_str());
     assert_eq!(config["current_version"], cms_protocol::BUILD_VERSION);
 
@@ -207,6 +207,8 @@ fn enable_autostart_saves_the_settings_first_and_disable_removes_the_entry_and_t
         &server.url,
         "--enrollment-token",
         "tok-123",
+        "--download-limit",
+        "300",
     ];
     let out = per_user(&data, &home, &enable);
     assert_eq!(
@@ -221,6 +223,7 @@ fn enable_autostart_saves_the_settings_first_and_disable_removes_the_entry_and_t
         serde_json::from_slice(&std::fs::read(data.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["server_url"], server.url.as_str());
     assert_eq!(config["enrollment_token"], "tok-123");
+    assert_eq!(config["download_limit_kbps"], 300);
     assert!(!data.join("agent.lock").exists(), "the lock was kept");
 
     // What the entry starts needs nothing more.
@@ -246,6 +249,12 @@ fn enable_autostart_saves_the_settings_first_and_disable_removes_the_entry_and_t
         "kept for a re-enrollment"
     );
     assert!(data.join("ipc.secret").exists());
+    // `--download-limit 0` (the installer's /DOWNLOADLIMIT=0) removes the limit.
+    let unlimited = ["--enable-autostart", "--download-limit", "0"];
+    assert_eq!(per_user(&data, &home, &unlimited).status.code(), Some(0));
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("config.json")).unwrap()).unwrap();
+    assert!(config.get("download_limit_kbps").is_none(), "{config}");
 
     let out = per_user(&data, &home, &["--disable-autostart"]);
     assert_eq!(

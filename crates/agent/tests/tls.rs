@@ -11,7 +11,7 @@ mod util;
 use std::path::Path;
 
 use util::forward_proxy::ForwardProxy;
-use util::pki::{Pki, ServerCert};
+use util::pki::{Pki, ServerCert, self_signed_server_cert};
 use util::{Agent, Server, wait_for};
 
 /// Names every good server certificate carries: the agent connects to 127.0.0.1.
@@ -157,6 +157,68 @@ fn a_certificate_for_another_name_is_refused_with_the_reason() {
     assert!(agent.is_running());
     assert!(!agent.log().contains("registered with the server"));
     drop(server);
+}
+
+/// A server on its own self-signed certificate, and an agent given `pinned` with `--ca-cert`.
+fn pinned_agent(dir: &Path, served: &ServerCert, pinned: &Path) -> (Server, Agent) {
+    let (cert, key) = (served.cert.to_str().unwrap(), served.key.to_str().unwrap());
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+    ];
+    let server = Server::start_with(&dir.join("server"), &args, None);
+    let agent = Agent::start(
+        &dir.join("agent"),
+        &[
+            "--server",
+            &server.url,
+            "--ca-cert",
+            pinned.to_str().unwrap(),
+        ],
+    );
+    (server, agent)
+}
+
+#[test]
+fn a_self_signed_ca_certificate_is_pinned_with_its_name_and_validity_still_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let good = self_signed_server_cert(&certs, "good", &NAMES, VALID);
+    let (_server, agent) = pinned_agent(&dir.path().join("good"), &good, &good.cert);
+    agent.wait_for_log("registered with the server");
+    agent.wait_for_log("websocket connected");
+
+    let cases = [
+        (
+            "other-name",
+            &["backend.other.example"][..],
+            VALID,
+            "name mismatch",
+        ),
+        ("no-san", &[][..], VALID, "subjectAltName must list"),
+        ("expired", &NAMES[..], (-30, -1), "certificate has expired"),
+    ];
+    for (name, names, days, said) in cases {
+        let cert = self_signed_server_cert(&certs, name, names, days);
+        let (_server, mut agent) = pinned_agent(&dir.path().join(name), &cert, &cert.cert);
+        agent.wait_for_log(said);
+        assert!(agent.is_running());
+        assert!(
+            !agent.log().contains("registered with the server"),
+            "{name}"
+        );
+    }
+
+    // Another self-signed certificate than the one given is no pin: the message says how.
+    let other = self_signed_server_cert(&certs, "other", &NAMES, VALID);
+    let (_server, mut agent) = pinned_agent(&dir.path().join("other"), &other, &good.cert);
+    agent.wait_for_log("pass that very certificate with --ca-cert to pin it");
+    assert!(!agent.log().contains("registered with the server"));
+    assert!(agent.is_running());
 }
 
 #[test]

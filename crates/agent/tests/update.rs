@@ -4,7 +4,8 @@
 //! moments of the update, an exe replaced on disk while it runs, a staging failure retried, a
 //! release cut off from the backend, no secret on a command line or in a log across an update,
 //! and, through a throttling proxy, `--force` during a download and a download resumed after
-//! a kill; and an update over HTTPS with a private CA through an authenticating forward proxy.
+//! a kill; an update over HTTPS with a private CA through an authenticating forward proxy; and
+//! ten agents updated through a download budget of two (`serve --max-downloads 2`).
 
 #![cfg(unix)] // drives Linux builds and signals; the Windows lane runs its own scenarios
 #![allow(clippy::unwrap_used)] // integration tests: a failed call is a failed test
@@ -20,7 +21,10 @@ use cms_protocol::AgentSummary;
 use util::forward_proxy::ForwardProxy;
 use util::pki::Pki;
 use util::proxy::Proxy;
-use util::{Server, kill9, lock_record, publish, server_command, versioned_build, wait_for};
+use util::{
+    Server, kill9, lock_record, publish, server_command, server_command_output, versioned_build,
+    wait_for,
+};
 
 /// An installed agent: its exe in `install/`, its data in `data/`, like a real machine.
 struct Machine {
@@ -921,4 +925,310 @@ fn a_lost_server_data_directory_is_rebuilt_from_the_offline_root_key() {
     wait_for_version(&server, "2.0.0");
     assert_eq!(trusted_version(&machine.data, "pinned-root.json"), Some(2));
     assert!(agent_log(&machine.data).contains("registering again"));
+}
+
+/// `cms-server group pin --group default --version VERSION EXTRA` on the machine's server:
+/// exit code, stdout and stderr.
+fn pin(machine: &Machine, version: &str, extra: &[&str]) -> (Option<i32>, String, String) {
+    let mut args = vec!["group", "pin", "--group", "default", "--version", version];
+    args.extend_from_slice(extra);
+    let output = server_command_output(&machine.server_dir, &args);
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (
+        output.status.code(),
+        text(&output.stdout),
+        text(&output.stderr),
+    )
+}
+
+/// Runs `sql` on the server's SQLite database, as an attacker holding the database would.
+fn tamper_with_database(server_dir: &Path, sql: &'static str) {
+    let url = format!("sqlite://{}", server_dir.join("cms-server.db").display());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use sqlx::Connection;
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let done = sqlx::query(sql).execute(&mut db).await.unwrap();
+        assert_eq!(done.rows_affected(), 1, "{sql}");
+    });
+}
+
+/// A group pinned to an older release goes back to it through the updater, allowed by a
+/// statement signed with the offline root key; the online keys cannot sign one, and the
+/// database alone (a pin without the statement) is refused by the agent itself.
+#[test]
+fn a_pin_to_an_older_release_rolls_back_with_the_root_key_only() {
+    let machine = Machine::new("1.0.0");
+    let server = Server::start(&machine.server_dir);
+    machine.publish("1.0.0");
+    machine.start_via(&server.url, "2", &["--status-interval", "1"]);
+    wait_for_version(&server, "1.0.0");
+    wait_for_pinned_root(&machine.data, 1);
+    let root_keys = machine.server_dir.with_file_name("root-key");
+    tuf(&machine.server_dir, "offline-root", &root_keys, &[]);
+    machine.publish("2.0.0");
+    wait_for_version(&server, "2.0.0");
+
+    // Without the root key, or with an online key posing as it, the pin is refused.
+    let (code, _, stderr) = pin(&machine, "1.0.0", &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("needs the root key"), "{stderr}");
+    let forged = machine.server_dir.with_file_name("forged-root-key");
+    std::fs::create_dir_all(&forged).unwrap();
+    let targets_key = machine.server_dir.join("tuf/keys/targets.pk8");
+    std::fs::copy(targets_key, forged.join("root.pk8")).unwrap();
+    let forged = forged.to_str().unwrap();
+    let (code, _, stderr) = pin(&machine, "1.0.0", &["--root-key-dir", forged]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("not this repository's root key"),
+        "{stderr}"
+    );
+
+    // With it: the agent goes back to 1.0.0 through the verified path and the updater.
+    let root_keys = root_keys.to_str().unwrap();
+    let (code, printed, stderr) = pin(&machine, "1.0.0", &["--root-key-dir", root_keys]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(printed.contains("\"rollback\":true"), "{printed}");
+    wait_for_version(&server, "1.0.0");
+    assert_eq!(machine.exe_version(), "cms_agent 1.0.0");
+    let log = agent_log(&machine.data);
+    assert!(
+        log.contains("allowed by a statement signed with the root key"),
+        "{log}"
+    );
+
+    // Unpinned, it follows the rollout up again.
+    server_command(
+        &machine.server_dir,
+        &["group", "unpin", "--group", "default"],
+    );
+    wait_for_version(&server, "2.0.0");
+
+    // The database alone: a pin to 1.0.0 whose statement is gone is offered, and refused.
+    let (code, _, stderr) = pin(&machine, "1.0.0", &["--root-key-dir", root_keys]);
+    assert_eq!(code, Some(0), "{stderr}");
+    tamper_with_database(
+        &machine.server_dir,
+        "UPDATE group_pins SET rollback = NULL WHERE agent_group = 'default'",
+    );
+    let message = wait_for_error(&server, "update_failed", "no rollback statement");
+    assert!(message.contains("1.0.0"), "{message}");
+    assert_eq!(machine.exe_version(), "cms_agent 2.0.0");
+}
+
+/// Polls `probe` like `wait_for`, for up to `secs` (a fleet's update takes longer than one
+/// agent's).
+fn wait_long<T>(what: &str, secs: u64, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// How many agents are IDLE and online on `version`.
+fn on_version(server: &Server, version: &str) -> usize {
+    let agents = server.agents();
+    agents
+        .iter()
+        .filter(|a| a.version == version && a.state == "IDLE" && a.online)
+        .count()
+}
+
+/// The server's download budget as `/healthz` shows it.
+fn download_counts(server: &Server) -> serde_json::Value {
+    let health = reqwest::blocking::get(format!("{}/healthz", server.url)).unwrap();
+    health.json::<serde_json::Value>().unwrap()["downloads"].clone()
+}
+
+/// Agents in the fleet test; the server sends two packages at a time.
+const FLEET: usize = 10;
+
+/// Issue 27: `serve --max-downloads 2` and ten agents pushed 2.0.0 at once, through a proxy
+/// that makes each download take about two seconds: the server never sends more than two
+/// packages at a time (its own peak count, from `/healthz`), the others are answered 503 and
+/// wait (nothing is reported failed), and all ten end on a verified 2.0.0. Half of them run
+/// with `--download-limit` (a generous one: the rate is not timed here), saved and shown by
+/// `--status`.
+#[test]
+fn a_download_budget_of_two_serves_ten_agents_two_at_a_time() {
+    let machines: Vec<Machine> = (0..FLEET).map(|_| Machine::new("1.0.0")).collect();
+    let server_dir = &machines[0].server_dir;
+    let listen = ["--listen", "127.0.0.1:0", "--max-downloads", "2"];
+    let server = Server::start_with(server_dir, &listen, None);
+    let proxy = Proxy::start(&server.listen_addr());
+    for (i, machine) in machines.iter().enumerate() {
+        let limit: &[&str] = if i % 2 == 0 {
+            &["--download-limit", "1000000"]
+        } else {
+            &[]
+        };
+        machine.start_via(&proxy.url, "3600", limit);
+    }
+    wait_long("ten IDLE agents on 1.0.0", 120, || {
+        (on_version(&server, "1.0.0") == FLEET).then_some(())
+    });
+    let limited = &machines[0];
+    assert_eq!(limited.config()["download_limit_kbps"], 1_000_000);
+    assert!(machines[1].config().get("download_limit_kbps").is_none());
+    let status = limited.status();
+    assert!(status.contains("download limit: 1000000 KiB/s"), "{status}");
+    assert!(machines[1].status().contains("download limit: none"));
+
+    // About two seconds per package (the debug one is about 24 MB), so the pushes surely
+    // overlap and the budget is what spaces the downloads.
+    proxy.throttle(12 * 1024 * 1024);
+    limited.publish("2.0.0");
+    wait_long("ten IDLE agents on 2.0.0", 300, || {
+        (on_version(&server, "2.0.0") == FLEET).then_some(())
+    });
+
+    let counts = download_counts(&server);
+    eprintln!("download budget after the fleet's update: {counts}");
+    let peak = counts["peak"].as_u64().unwrap();
+    assert!((1..=2).contains(&peak), "{counts}");
+    assert!(counts["refused"].as_u64().unwrap() > 0, "{counts}");
+    assert_eq!(counts["active"], 0, "{counts}");
+    let failed: Vec<_> = server
+        .errors()
+        .into_iter()
+        .filter(|e| e.kind == "update_failed")
+        .map(|e| e.message)
+        .collect();
+    assert!(failed.is_empty(), "the budget is not a failure: {failed:?}");
+    let waited = machines
+        .iter()
+        .filter(|m| agent_log(&m.data).contains("the server is busy; waiting before resuming"))
+        .count();
+    assert!(waited > 0, "some agent waited for a slot");
+    for machine in &machines {
+        assert_eq!(machine.exe_version(), "cms_agent 2.0.0");
+    }
+}
+
+/// The server's record of an agent's update events (`update_events.detail`), oldest first.
+fn update_event_details(server_dir: &Path) -> Vec<String> {
+    let url = format!("sqlite://{}", server_dir.join("cms-server.db").display());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use sqlx::Connection;
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query_scalar::<_, String>(
+            "SELECT detail FROM update_events WHERE detail IS NOT NULL ORDER BY received_at",
+        )
+        .fetch_all(&mut db)
+        .await
+        .unwrap()
+    })
+}
+
+/// A 1.0.0 machine behind a byte-counting relay, its server with 1.0.0 published, the agent
+/// IDLE on 1.0.0; then 2.0.0 is published with deltas.
+fn update_1_to_2_with_deltas(machine: &Machine) -> (Server, Proxy) {
+    let server = Server::start(&machine.server_dir);
+    machine.publish("1.0.0");
+    let proxy = Proxy::start(&server.listen_addr());
+    machine.start_via(&proxy.url, "3600", &[]);
+    wait_for_version(&server, "1.0.0");
+    machine.publish_with("2.0.0", &["--delta-from", "3"]);
+    wait_for_version(&server, "2.0.0");
+    assert_eq!(machine.exe_version(), "cms_agent 2.0.0");
+    (server, proxy)
+}
+
+fn wait_for_transfer(machine: &Machine, needle: &str) -> String {
+    wait_for(&format!("an update event saying {needle}"), || {
+        update_event_details(&machine.server_dir)
+            .into_iter()
+            .find(|d| d.contains(needle))
+    })
+}
+
+/// Issue 27: a patch release travels as a signed delta: the agent fetches the delta (the relay
+/// counts a small fraction of the package), rebuilds the signed package, ends on a verified
+/// 2.0.0, and reports `transfer: delta`.
+#[test]
+fn a_patch_release_travels_as_a_signed_delta() {
+    let machine = Machine::new("1.0.0");
+    let (_server, proxy) = update_1_to_2_with_deltas(&machine);
+    let package = std::fs::metadata(machine.package("2.0.0")).unwrap().len();
+    let delta = machine
+        .server_dir
+        .join("deltas/linux-x86_64/2.0.0/1.0.0.delta");
+    let delta_length = std::fs::metadata(&delta).unwrap().len();
+    let detail = wait_for_transfer(&machine, "transfer: delta");
+    assert!(
+        detail.contains(&format!("{delta_length} bytes")),
+        "{detail}"
+    );
+    let paths: Vec<String> = proxy
+        .requests()
+        .iter()
+        .map(|r| r.path().to_owned())
+        .collect();
+    assert!(
+        paths
+            .iter()
+            .any(|p| p == "/api/v1/agent/deltas/1.0.0/2.0.0/linux-x86_64"),
+        "{paths:?}"
+    );
+    assert!(!paths.iter().any(|p| p.contains("/packages/")), "{paths:?}");
+    let sent = proxy.bytes_to_client();
+    eprintln!("package {package} bytes, delta {delta_length} bytes, relayed {sent} bytes");
+    assert!(
+        sent < package / 4,
+        "relayed {sent} bytes of a {package}-byte package"
+    );
+    wait_for("the updater to call 2.0.0 verified", || {
+        let log = std::fs::read_to_string(machine.data.join("logs/updater.log")).ok()?;
+        log.contains("update verified").then_some(())
+    });
+}
+
+/// Issue 27: an installed exe that is not the released one (changed on disk) cannot rebuild
+/// the signed package from a delta: the agent takes the full package, verified, and reports
+/// `transfer: full`.
+#[test]
+fn an_exe_changed_on_disk_gets_the_full_package_instead_of_the_delta() {
+    let machine = Machine::new("1.0.0");
+    let mut exe = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&machine.exe)
+        .unwrap();
+    std::io::Write::write_all(&mut exe, b"changed here").unwrap();
+    drop(exe);
+    let (_server, proxy) = update_1_to_2_with_deltas(&machine);
+    let package = std::fs::metadata(machine.package("2.0.0")).unwrap().len();
+    let detail = wait_for_transfer(&machine, "transfer: full");
+    assert!(detail.contains(&format!("{package} bytes")), "{detail}");
+    let paths: Vec<String> = proxy
+        .requests()
+        .iter()
+        .map(|r| r.path().to_owned())
+        .collect();
+    assert!(
+        paths
+            .iter()
+            .any(|p| p == "/api/v1/agent/packages/2.0.0/linux-x86_64"),
+        "{paths:?}"
+    );
+    assert!(
+        agent_log(&machine.data).contains("delta not usable"),
+        "{}",
+        agent_log(&machine.data)
+    );
+    assert!(proxy.bytes_to_client() >= package);
 }

@@ -212,7 +212,7 @@ async fn download(args: DownloadArgs) -> Result<()> {
     }
     let started = Instant::now();
     let bytes = client
-        .download_file(&args.url, &args.out, args.length)
+        .download_file(&args.url, &args.out, args.length, None)
         .await?;
     let secs = started.elapsed().as_secs_f64();
     print_result(&serde_json::json!({ "bytes": bytes, "secs": secs }))
@@ -241,6 +241,7 @@ async fn heartbeats(args: HeartbeatsArgs) -> Result<()> {
         metrics: Metrics::default(),
         network: Some("direct".into()),
         group: None,
+        utc_offset_minutes: None,
     };
     let mut latencies_us = Vec::new();
     for _ in 0..args.count {

@@ -10,6 +10,20 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_else(|_| OffsetDateTime::now_utc().unix_timestamp().to_string())
 }
 
+/// Now, as seconds since the Unix epoch.
+pub fn now_unix_seconds() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// How many minutes the machine's local time is ahead of UTC now (its time zone's offset,
+/// daylight saving included; `TZ` where the OS honours it). `None` when the time zone cannot
+/// be read: the caller then treats local time as UTC and says so.
+pub fn local_utc_offset_minutes() -> Option<i32> {
+    let zone = jiff::tz::TimeZone::try_system().ok()?;
+    let offset = zone.to_offset(jiff::Timestamp::now());
+    Some(offset.seconds() / 60)
+}
+
 /// Now, as a compact UTC stamp safe in file names (`20261125T100000Z`).
 pub fn now_file_stamp() -> String {
     let now = OffsetDateTime::now_utc();

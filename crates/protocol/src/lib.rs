@@ -5,20 +5,26 @@
 //! do I/O, hold policy (which transitions are allowed, how often to poll) or depend on a runtime.
 //! `docs/protocol.md` describes the HTTP and WebSocket API these types travel over.
 
+#[cfg(feature = "delta")]
+pub mod delta;
 mod group;
 mod ipc;
 mod operator;
 mod progress;
+mod rollback;
 mod state;
 pub mod update;
+mod window;
 
 pub use group::{DEFAULT_GROUP, MAX_GROUP_LEN, is_valid_group};
 pub use ipc::{IPC_MAX_MESSAGE_BYTES, IpcCommand, IpcRequest, IpcResponse, IpcStatus};
 pub use operator::{
     AuditEntry, CreatedOperatorToken, NewOperatorToken, OperatorRole, OperatorToken, UnknownRole,
 };
-pub use progress::{UPDATE_PROGRESS_KIND, UpdateProgress, UpdateStep};
+pub use progress::{Transfer, UPDATE_PROGRESS_KIND, UpdateProgress, UpdateStep};
+pub use rollback::{ROLLBACK_TYPE, RollbackSignature, RollbackStatement, RollbackTerms};
 pub use state::{AgentState, UnknownState};
+pub use window::{MAX_WINDOWS, MaintenanceWindow, UpdateWindows, WindowClock, WindowError};
 
 use serde::{Deserialize, Serialize};
 
@@ -158,6 +164,10 @@ pub struct StatusReport {
     /// The group the agent was given (`cms_agent --group`); an operator's assignment wins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// How many minutes the agent's local clock is ahead of UTC, for maintenance windows read
+    /// on the agent's clock ([`WindowClock::Agent`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utc_offset_minutes: Option<i32>,
 }
 
 /// Where and what to download when a newer release exists for this agent.
@@ -177,6 +187,15 @@ pub struct UpdateInfo {
     pub length: u64,
     /// Lower-case hex SHA-256 as the server's database has it; checked against the signed one.
     pub sha256: String,
+    /// The agent's group's maintenance windows: the agent starts the update only while one is
+    /// open on its clock, else it waits for a later offer. Absent: any time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<UpdateWindows>,
+    /// With an offer of a release older than the agent runs (its group is pinned to it): the
+    /// root-signed statement that allows it. Without one an agent never installs an older
+    /// version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<Box<RollbackStatement>>,
 }
 
 /// Answer to an update check: `update` is absent when the agent is current.
@@ -355,6 +374,7 @@ mod tests {
             metrics: Metrics::default(),
             network: None,
             group: None,
+            utc_offset_minutes: None,
         });
         let json = serde_json::to_value(&heartbeat).unwrap();
         assert_eq!(json["event"], EVENT_HEARTBEAT);

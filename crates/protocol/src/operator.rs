@@ -138,6 +138,17 @@ pub struct AuditEntry {
     pub outcome: String,
     /// Where the request came from (the peer address), or `local` for a command.
     pub source: String,
+    /// How many times this happened: the denials of one actor and action within one minute
+    /// share one row (shown as "xN"); 1 for everything else.
+    #[serde(default = "one")]
+    pub repeats: u64,
+    /// When the last of the `repeats` happened (RFC 3339), when there were more than one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_at: Option<String>,
+}
+
+fn one() -> u64 {
+    1
 }
 
 #[cfg(test)]

@@ -80,6 +80,22 @@ pub struct UpdateProgress {
     /// For [`UpdateStep::Failed`]: the update step that failed (`downloading`, `verifying`...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_step: Option<String>,
+    /// For [`UpdateStep::Verified`]: how the package came (`delta` or `full`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<Transfer>,
+    /// With `transfer`: the bytes that transfer is (the delta's or the package's length).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_bytes: Option<u64>,
+}
+
+/// How a package reached the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transfer {
+    /// Rebuilt from a signed delta and the installed files.
+    Delta,
+    /// Downloaded whole.
+    Full,
 }
 
 impl UpdateProgress {
@@ -113,6 +129,8 @@ mod tests {
             platform: "linux-x86_64".into(),
             step: UpdateStep::Failed,
             failed_step: Some("verifying".into()),
+            transfer: None,
+            transfer_bytes: None,
         };
         let mut report = ErrorReport {
             report_id: "r1".into(),

@@ -23,6 +23,7 @@ use crate::cluster::leader;
 use crate::db::{self, Db, DbError, PoolUse};
 use crate::events::{self, Dispatcher, EventBus};
 use crate::intake::errors::PerAgent;
+use crate::intake::guard::{self, SizeGuard};
 use crate::intake::retention::{self, RetentionPolicy};
 use crate::net::budget::{self, ConnectionBudget, Sizing};
 use crate::net::proxy::TrustedProxies;
@@ -30,7 +31,8 @@ use crate::net::ratelimit::Rate;
 use crate::net::tls::{self, TlsAcceptor, TlsError, TlsFiles};
 use crate::net::{self, Listener, Timeouts};
 use crate::release;
-use crate::release::watcher::{RELEASE_POLL_INTERVAL, ReleaseWatcher};
+use crate::rollout::watcher::{RELEASE_POLL_INTERVAL, ReleaseWatcher};
+use crate::rollout::{inflight, plan};
 use crate::ws::Hub;
 
 /// How often the server checks whether the timestamp metadata needs re-signing.
@@ -47,6 +49,9 @@ pub struct ConnectionSettings {
     pub max_connections: Option<usize>,
     /// Connections one source network holds at most; `None` is 1/8 of the maximum.
     pub max_per_source: Option<usize>,
+    /// Package streams sent at once (`--max-downloads`); one more is answered 503. `None`:
+    /// 32, fewer under a small open-file limit.
+    pub max_downloads: Option<usize>,
 }
 
 impl Default for ConnectionSettings {
@@ -58,6 +63,7 @@ impl Default for ConnectionSettings {
             },
             max_connections: None,
             max_per_source: None,
+            max_downloads: None,
         }
     }
 }
@@ -92,6 +98,14 @@ pub struct ServeConfig {
     pub heartbeat_rate: Rate,
     /// What error reports are kept.
     pub retention: RetentionPolicy,
+    /// `--max-database-mb`: past it the oldest reports and events are shed.
+    pub max_database_mb: u64,
+    /// How often the database's size is checked.
+    pub database_check: Duration,
+    /// How often the stuck-update watch looks.
+    pub stuck_check: Duration,
+    /// How often the rollout plans are looked at.
+    pub plan_check: Duration,
     /// How often a live feed checks its token or session again.
     pub live_recheck: Duration,
     /// Peers whose `X-Forwarded-For`/`X-Forwarded-Proto` are believed (`--trusted-proxy`).
@@ -121,6 +135,10 @@ impl std::fmt::Debug for ServeConfig {
             .field("error_report_rate", &self.error_report_rate)
             .field("heartbeat_rate", &self.heartbeat_rate)
             .field("retention", &self.retention)
+            .field("max_database_mb", &self.max_database_mb)
+            .field("database_check", &self.database_check)
+            .field("stuck_check", &self.stuck_check)
+            .field("plan_check", &self.plan_check)
             .field("live_recheck", &self.live_recheck)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("public_url", &self.public_url)
@@ -214,6 +232,7 @@ pub async fn serve(
     let sizing = budget::size(
         budget::raise_file_limit(),
         db_connections,
+        config.connections.max_downloads,
         config.connections.max_connections,
         config.connections.max_per_source,
     );
@@ -403,8 +422,9 @@ fn listening(listeners: &[Listener]) -> Result<Listening, ServeError> {
     Ok(Listening { agents, operators })
 }
 
-/// The release watcher, the metadata refresher, the error retention sweep, the replica lease
-/// and, on PostgreSQL, the listener for the other replicas' events.
+/// The release watcher, the metadata refresher, the error retention sweep, the database size
+/// guard, the replica lease, the stuck-update watch, the rollout plans and, on PostgreSQL, the listener for the
+/// other replicas' events.
 async fn spawn_background(
     config: &ServeConfig,
     url: &str,
@@ -433,7 +453,25 @@ async fn spawn_background(
             retention::SWEEP_INTERVAL,
             stop.clone(),
         )),
+        tokio::spawn(guard::run(
+            operator_db.clone(),
+            SizeGuard::new(config.max_database_mb),
+            config.database_check,
+            stop.clone(),
+        )),
         tokio::spawn(cluster.clone().run_lease(stop.clone())),
+        tokio::spawn(inflight::watch_stuck(
+            operator_db.clone(),
+            cluster.live().clone(),
+            config.stuck_check,
+            stop.clone(),
+        )),
+        tokio::spawn(plan::watch_plans(
+            operator_db.clone(),
+            (cluster.live().clone(), cluster.bus().clone()),
+            config.plan_check,
+            stop.clone(),
+        )),
     ];
     if let Some(channel) = channel {
         let dispatcher = Dispatcher {
@@ -441,6 +479,8 @@ async fn spawn_background(
             hub: hub.clone(),
             releases_changed,
             live: cluster.live().clone(),
+            probes: cluster.probes().clone(),
+            bus: cluster.bus().clone(),
         };
         let listen = events::listen(url.to_owned(), channel, dispatcher, stop.clone());
         tasks.push(tokio::spawn(listen));

@@ -157,3 +157,181 @@ async fn fast_heartbeats_are_throttled_and_leave_a_bounded_version_history() {
     assert!((2..=20).contains(&kept), "{kept} versions kept: {versions}");
     server.stop().await;
 }
+
+/// A viewer's denied operator calls, many at once: a few audit rows whose `repeats` add up to
+/// every denial.
+async fn repeated_denials_are_counted_on_a_few_audit_rows(store: Store, dir: &std::path::Path) {
+    use futures_util::StreamExt;
+    const CALLS: usize = 2_000;
+    let server = Server::start(dir, &store, &Options::default()).await;
+    let viewer = server.token("viewer", "curious").await;
+    let statuses: Vec<u16> = futures_util::stream::iter(0..CALLS)
+        .map(|n| {
+            let request = server
+                .http
+                .post(server.operator_url(&format!("/api/v1/agents/agent-{n}/check-update")))
+                .bearer_auth(&viewer);
+            async move { request.send().await.unwrap().status().as_u16() }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let denied = statuses.iter().filter(|s| **s == 403).count();
+    assert!(
+        denied > CALLS / 2,
+        "{denied} of {CALLS} denied: {statuses:?}"
+    );
+
+    let (audit, _) = server
+        .all_pages::<cms_protocol::AuditEntry>(cms_protocol::paths::AUDIT)
+        .await;
+    let rows: Vec<_> = audit
+        .iter()
+        .filter(|e| e.actor == "curious" && e.action == "agent.check_update")
+        .collect();
+    assert!(rows.iter().all(|e| e.outcome == "denied"), "{rows:?}");
+    let counted: u64 = rows.iter().map(|e| e.repeats).sum();
+    assert_eq!(counted, denied as u64, "every denial counted: {rows:?}");
+    assert!(
+        !rows.is_empty() && rows.len() <= 2,
+        "{} rows for {denied} denials: one a minute",
+        rows.len()
+    );
+    assert!(rows.iter().any(|e| e.repeats > 100 && e.last_at.is_some()));
+    // Allowed actions are never folded: two token creations are two rows.
+    for _ in 0..2 {
+        let created = server
+            .operator(reqwest::Method::POST, "/api/v1/tokens")
+            .json(
+                &json!({"name": format!("t-{}", uuid::Uuid::new_v4().simple()), "role": "viewer"}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(created.status().is_success(), "{:?}", created.text().await);
+    }
+    let (audit, _) = server
+        .all_pages::<cms_protocol::AuditEntry>(cms_protocol::paths::AUDIT)
+        .await;
+    let creations = audit.iter().filter(|e| {
+        e.action == "token.create" && e.outcome == "ok" && e.actor.starts_with("admin-")
+    });
+    assert!(creations.clone().all(|e| e.repeats == 1));
+    assert_eq!(creations.count(), 2);
+    assert_eq!(server.stop().await, Some(0));
+}
+
+#[tokio::test]
+async fn repeated_denials_are_aggregated_in_the_audit_log_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    repeated_denials_are_counted_on_a_few_audit_rows(Store::Sqlite, dir.path()).await;
+}
+
+#[tokio::test]
+async fn repeated_denials_are_aggregated_in_the_audit_log_on_postgres() {
+    let Some(schema) =
+        common::postgres_schema("repeated_denials_are_aggregated_in_the_audit_log").await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::Postgres(schema.server_url.clone());
+    repeated_denials_are_counted_on_a_few_audit_rows(store, dir.path()).await;
+    schema.drop_schema().await;
+}
+
+/// A report of about 3 KB of text that does not compress (PostgreSQL would shrink a repeat).
+fn bulky(id: &str) -> ErrorReport {
+    let text: String = (0..84)
+        .map(|_| uuid::Uuid::new_v4().simple().to_string())
+        .collect();
+    ErrorReport {
+        message: text,
+        ..crash(id)
+    }
+}
+
+/// Reports well past `--max-database-mb 1`: the guard sheds the oldest, says so once in the
+/// log, and the fleet overview reports the shed.
+async fn the_size_guard_sheds_the_oldest_reports(store: Store, dir: &std::path::Path) {
+    let options = args(&[
+        "--max-database-mb",
+        "1",
+        "--database-check-secs",
+        "1",
+        "--new-agent-retention",
+        "1000",
+    ]);
+    let server = Server::start(dir, &store, &options).await;
+    let agents = [
+        server.register_ok("bulky-a").await,
+        server.register_ok("bulky-b").await,
+    ];
+    for round in 0..2 {
+        for (n, agent) in agents.iter().enumerate() {
+            let batch = (0..200)
+                .map(|i| bulky(&format!("{round}-{n}-{i}")))
+                .collect();
+            send(&server, &agent.agent_token, batch).await;
+        }
+    }
+    // SQLite's size falls with a shed: wait until what is kept fits (its text alone is
+    // 3 KB a report). PostgreSQL's does not: the first shed is enough.
+    let fits = |kept: usize| !matches!(store, Store::Sqlite) || kept * 3_000 < 1024 * 1024;
+    let (fleet, kept) = common::wait_until("a shed on the fleet overview", 30, || async {
+        let fleet: Value = server.operator_json("/api/v1/fleet").await;
+        let (kept, _) = server
+            .all_pages::<cms_protocol::StoredError>("/api/v1/errors?limit=1000")
+            .await;
+        (fleet["shed"]["reports"].as_i64() > Some(0) && fits(kept.len())).then_some((fleet, kept))
+    })
+    .await;
+    let shed = &fleet["shed"];
+    assert_eq!(shed["limit_bytes"], 1024 * 1024, "{fleet}");
+    assert!(shed["bytes_before"].as_i64() > Some(1024 * 1024), "{fleet}");
+    assert_eq!(fleet["total"], 2, "the counts are still there: {fleet}");
+    let log = server.log();
+    assert!(
+        log.contains("WARN") && log.contains("database over its size limit"),
+        "{log}"
+    );
+    assert!(
+        !kept.is_empty() && kept.len() < 800,
+        "{} kept: {fleet}",
+        kept.len()
+    );
+    // Batches in the order sent: the oldest went first, so every batch after the oldest one
+    // kept is whole.
+    let per_batch: Vec<usize> = ["0-0-", "0-1-", "1-0-", "1-1-"]
+        .iter()
+        .map(|batch| {
+            kept.iter()
+                .filter(|e| e.report_id.starts_with(batch))
+                .count()
+        })
+        .collect();
+    let first_kept = per_batch.iter().position(|n| *n > 0).unwrap();
+    assert!(
+        per_batch[first_kept + 1..].iter().all(|n| *n == 200),
+        "the oldest went first: {per_batch:?}"
+    );
+    assert_eq!(per_batch[0], 0, "the oldest batch went: {per_batch:?}");
+    assert_eq!(server.stop().await, Some(0));
+}
+
+#[tokio::test]
+async fn the_database_size_guard_sheds_the_oldest_reports_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    the_size_guard_sheds_the_oldest_reports(Store::Sqlite, dir.path()).await;
+}
+
+#[tokio::test]
+async fn the_database_size_guard_sheds_the_oldest_reports_on_postgres() {
+    let Some(schema) = common::postgres_schema("the_database_size_guard_sheds").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::Postgres(schema.server_url.clone());
+    the_size_guard_sheds_the_oldest_reports(store, dir.path()).await;
+    schema.drop_schema().await;
+}

@@ -78,6 +78,7 @@ async fn publish(server: &Server, store: &Store, version: &str) {
         .arg(&agent)
         .arg("--updater")
         .arg(&updater)
+        .args(["--rollout", "100", "--halt-min-attempts", "20"])
         .output()
         .await
         .unwrap();
@@ -538,9 +539,48 @@ async fn fleet_errors_progress_and_the_automatic_halt(dir: &std::path::Path, sto
         steps.contains(&("failed", "verifying")) && steps.contains(&("offered", "")),
         "{steps:?}"
     );
+    // The agents that failed 2.0.0, with their latest failed step; a bad filter is refused.
+    let list: Value = server
+        .operator_json("/api/v1/fleet/agents?release=2.0.0&platform=linux-x86_64&step=failed")
+        .await;
+    assert_eq!(list["total"], 1, "{list}");
+    assert_eq!(list["items"][0]["agent_id"], b.agent_id.as_str());
+    assert_eq!(
+        list["items"][0]["update"]["failed_step"], "verifying",
+        "{list}"
+    );
+    for bad in [
+        "release=x.y&platform=linux-x86_64",
+        "release=2.0.0",
+        "release=2.0.0&platform=linux-x86_64&step=bogus",
+    ] {
+        let path = format!("/api/v1/fleet/agents?{bad}");
+        let response = server
+            .operator(reqwest::Method::GET, &path)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let reasons: Vec<Value> = server
+        .operator_json("/api/v1/rollouts/linux-x86_64/2.0.0/reasons")
+        .await;
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert_eq!(
+        (&reasons[0]["step"], &reasons[0]["agents"]),
+        (&json!("failed"), &json!(1))
+    );
 
-    let (code, resumed) = rollout_cli(&server, &store, &["resume", "--version", "2.0.0"]).await;
+    let (code, refused) = rollout_cli(&server, &store, &["resume", "--version", "2.0.0"]).await;
+    assert_eq!(
+        code,
+        Some(2),
+        "a halted release needs a reason to resume: {refused}"
+    );
+    let resume = ["resume", "--version", "2.0.0", "--reason", "verifier fixed"];
+    let (code, resumed) = rollout_cli(&server, &store, &resume).await;
     assert_eq!(code, Some(0));
+    assert_eq!(resumed["halts"][0]["reason"], "verifier fixed", "{resumed}");
     assert_eq!(
         (resumed["paused"].as_bool(), resumed["halted_at"].is_null()),
         (Some(false), true)

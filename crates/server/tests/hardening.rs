@@ -372,6 +372,7 @@ fn heartbeats_until(
                 metrics: Metrics::default(),
                 network: None,
                 group: None,
+                utc_offset_minutes: None,
             };
             let mut latencies = Vec::new();
             while latencies.len() < 50 || !stop.load(std::sync::atomic::Ordering::SeqCst) {
@@ -472,6 +473,7 @@ async fn untrusted_text_is_logged_escaped_on_one_bounded_line() {
         metrics: Metrics::default(),
         network: None,
         group: None,
+        utc_offset_minutes: None,
     };
     let _ = server
         .http

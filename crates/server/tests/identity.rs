@@ -3,7 +3,8 @@
 //!
 //! A revoked agent is offline at once, told so (410), never registers again by itself and
 //! enrols again only after `--reset-identity`; a revocation through one replica is refused by
-//! the other, which closes the agent's socket. Enrollment tokens refuse expired, used-up and
+//! the other, which closes the agent's socket. A live clone is told apart on one replica and
+//! across two (PostgreSQL). Enrollment tokens refuse expired, used-up and
 //! revoked tokens with distinct messages, and agents record which token enrolled them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -279,6 +280,100 @@ async fn a_live_clone_becomes_a_second_identity_and_a_restart_keeps_its_own() {
     server.stop().await;
 }
 
+/// Points the agent of `data` at `server` alone (as a load balancer sending it to that replica
+/// would), keeping its identity: no `--server` is given, which would forget it.
+fn point_at(data: &Path, server: &Server) {
+    let path = data.join("config.json");
+    let mut config = config_json(data);
+    config["server_url"] = server.base.as_str().into();
+    config["server_urls"] = serde_json::json!([server.base.as_str()]);
+    std::fs::write(path, config.to_string()).unwrap();
+}
+
+#[tokio::test]
+async fn a_live_clone_reaching_another_replica_becomes_a_second_identity() {
+    let test = "a_live_clone_reaching_another_replica_becomes_a_second_identity";
+    let Some(schema) = postgres_schema(test).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let store = Store::Postgres(schema.server_url.clone());
+    let options = Options::default();
+    let (a, b) = tokio::join!(
+        Server::start(&store_dir, &store, &options),
+        Server::start(&store_dir, &store, &options)
+    );
+    let original_dir = dir.path().join("original");
+    let args = ["--server", a.base.as_str(), "--status-interval", "1"];
+    let original = AgentProcess::start(&original_dir, &args);
+    let original_id = wait_until("the agent to register", 60, || async {
+        original.agent_id()
+    })
+    .await;
+    wait_until("replica A to hold the agent's WebSocket", 60, || async {
+        a.log()
+            .lines()
+            .any(|l| l.contains("agent WebSocket connected") && l.contains(&original_id))
+            .then_some(())
+    })
+    .await;
+
+    // The copy reaches replica B with the original's identity: B asks A, whose socket answers.
+    let clone_dir = dir.path().join("clone");
+    copy_data_folder(&original_dir, &clone_dir);
+    point_at(&clone_dir, &b);
+    let clone = AgentProcess::start(&clone_dir, &["--status-interval", "1"]);
+    let clone_id = wait_until("a second identity online", 120, || async {
+        let online = online_ids(&b).await;
+        let id = clone.agent_id().filter(|id| *id != original_id)?;
+        (online.len() == 2 && online.contains(&original_id) && online.contains(&id)).then_some(id)
+    })
+    .await;
+    assert_eq!(original.agent_id().as_deref(), Some(original_id.as_str()));
+    assert!(
+        b.log()
+            .contains("clone check answered by the replica holding the socket"),
+        "B asked A: {}",
+        b.log_tail(40)
+    );
+    assert!(
+        a.log()
+            .contains("clone check from another replica answered"),
+        "{}",
+        a.log_tail(40)
+    );
+    let report = wait_until("the clone's identity_conflict report", 60, || async {
+        let errors = b.errors().await;
+        errors.into_iter().find(|e| e.kind == "identity_conflict")
+    })
+    .await;
+    assert_eq!(report.agent_id, clone_id);
+    assert!(report.message.contains(&original_id), "{}", report.message);
+
+    // The original killed and started again at once against B: it keeps its identity.
+    let mut original = original;
+    original.child.start_kill().unwrap();
+    original.child.wait().await.unwrap();
+    point_at(&original_dir, &b);
+    let restarted = AgentProcess::start(&original_dir, &["--status-interval", "1"]);
+    wait_until("the restarted agent online through B", 60, || async {
+        let connected = b
+            .log()
+            .lines()
+            .any(|l| l.contains("agent WebSocket connected") && l.contains(&original_id));
+        (connected && online_ids(&b).await.contains(&original_id)).then_some(())
+    })
+    .await;
+    assert_eq!(restarted.agent_id().as_deref(), Some(original_id.as_str()));
+    assert_eq!(b.agents().await.len(), 2, "no third identity");
+    restarted.stop().await;
+    clone.stop().await;
+    a.stop().await;
+    b.stop().await;
+    schema.drop_schema().await;
+}
+
 /// Registers with `token`; the status and the error text.
 async fn register_with(server: &Server, token: &str) -> (u16, String) {
     let response = server.register("host", Some(token)).await;
@@ -447,12 +542,8 @@ fn current_token(data: &Path) -> String {
 #[tokio::test]
 async fn a_rotation_killed_at_every_step_ends_with_a_credential_the_server_accepts() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(
-        &dir.path().join("server"),
-        &Store::Sqlite,
-        &Options::default(),
-    )
-    .await;
+    let server_dir = dir.path().join("server");
+    let server = Server::start(&server_dir, &Store::Sqlite, &Options::default()).await;
     let args = ["--server", server.base.as_str(), "--status-interval", "1"];
     for (n, step) in ["saved", "proposed", "promoted"].into_iter().enumerate() {
         let data = dir.path().join(step);
@@ -463,9 +554,15 @@ async fn a_rotation_killed_at_every_step_ends_with_a_credential_the_server_accep
             dying.log().contains("websocket connected").then_some(())
         })
         .await;
-        let path = format!("/api/v1/agents/{agent_id}/rotate-credential");
-        let asked = server.operator(Method::POST, &path).send().await.unwrap();
-        assert_eq!(asked.status(), 202);
+        // Asked through the API, and once through the command line.
+        if step == "proposed" {
+            let args = ["agent", "rotate", "--agent-id", &agent_id];
+            server_cli(&server_dir, &Store::Sqlite, &args).await;
+        } else {
+            let path = format!("/api/v1/agents/{agent_id}/rotate-credential");
+            let asked = server.operator(Method::POST, &path).send().await.unwrap();
+            assert_eq!(asked.status(), 202);
+        }
         let exit = tokio::time::timeout(std::time::Duration::from_secs(60), dying.child.wait())
             .await
             .expect("the agent dies at the step")

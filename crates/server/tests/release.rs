@@ -394,3 +394,98 @@ async fn duplicate_release_row_is_a_duplicate_on_postgres() {
     db.close().await;
     schema.drop_schema().await;
 }
+
+/// Writes `len` bytes that do not compress (xorshift) to `path`.
+fn incompressible(path: &Path, len: usize, seed: u64) {
+    let mut state = seed;
+    let bytes: Vec<u8> = (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect();
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// A package download that reads the answer's head and then nothing: with a tiny receive
+/// buffer and a package larger than the socket buffers, the server cannot finish its body, so
+/// the stream (and its slot in the download budget) stays open until this is dropped.
+async fn slow_reader(server: &Server, url: &str, token: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(server.socket_addr()).await.unwrap();
+    let head = format!("GET {url} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut first = [0u8; 12];
+    stream.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200", "the slow reader's download starts");
+    stream
+}
+
+async fn download_counts(server: &Server) -> serde_json::Value {
+    let health = server.http.get(server.url(paths::HEALTHZ)).send().await;
+    let body: serde_json::Value = health.unwrap().json().await.unwrap();
+    body["downloads"].clone()
+}
+
+/// Issue 27: `--max-downloads 2` with two streams held open by slow readers: a third download
+/// is answered 503 with `Retry-After` and a JSON error, `/healthz` counts it, and once the slow
+/// readers go away their slots are free again (the slot is held by the body, not the handler).
+#[tokio::test]
+async fn downloads_past_the_budget_are_answered_503_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = inputs(dir.path());
+    // Larger than any socket buffer on loopback (send buffers grow to 4 MiB at most).
+    incompressible(&files.agent, 12 * 1024 * 1024, 0x27);
+    files.agent_bytes.clear();
+    let data = dir.path().join("data");
+    publish_ok(&data, &Store::Sqlite, "1.1.0", &files, &[]).await;
+    let options = Options {
+        args: vec!["--max-downloads".into(), "2".into()],
+        ..Options::default()
+    };
+    let server = Server::start(&data, &Store::Sqlite, &options).await;
+    let identity = server.register_ok("host-a").await;
+    let token = identity.agent_token.as_str();
+    let url = update_check(&server, token, "1.0.0")
+        .await
+        .update
+        .unwrap()
+        .package_url;
+
+    let first = slow_reader(&server, &url, token).await;
+    let second = slow_reader(&server, &url, token).await;
+    let (status, headers, body) = download(&server, &url, Some(token), None).await;
+    assert_eq!(status, 503);
+    assert_eq!(header(&headers, "retry-after"), "2");
+    let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("2 packages at once"),
+        "{error}"
+    );
+    assert_eq!(
+        download_counts(&server).await,
+        json!({"active": 2, "limit": 2, "peak": 2, "refused": 1})
+    );
+
+    drop((first, second));
+    common::wait_until("the slow readers' slots to be free", 20, || async {
+        (download_counts(&server).await["active"] == 0).then_some(())
+    })
+    .await;
+    let package = data.join("packages/linux-x86_64/1.1.0/cms_agent-1.1.0-linux-x86_64.zip");
+    let (status, _, body) = download(&server, &url, Some(token), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, std::fs::read(package).unwrap());
+    assert!(
+        server.log().contains("download budget is full"),
+        "the refusal is logged"
+    );
+    assert_eq!(server.stop().await, Some(0));
+}

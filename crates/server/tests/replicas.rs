@@ -43,6 +43,7 @@ fn idle_report(version: &str) -> StatusReport {
         metrics: Metrics::default(),
         network: None,
         group: None,
+        utc_offset_minutes: None,
     }
 }
 

@@ -8,10 +8,13 @@
 mod common;
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use common::{Options, Server, Store};
 use reqwest::StatusCode;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// A client whose connections come from the loopback address `source`.
 fn client_from(source: &str) -> reqwest::Client {
@@ -197,7 +200,6 @@ async fn the_database_url_can_come_from_a_file() {
 
 #[tokio::test]
 async fn idle_and_slow_connections_from_sixteen_hosts_leave_the_fleet_served() {
-    use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().unwrap();
     let options = Options {
         open_files: Some(256),
@@ -281,8 +283,148 @@ async fn a_live_feed_ends_with_its_token_and_feeds_are_capped_per_token() {
     server.stop().await;
 }
 
+/// Opens a live feed with `token` on a raw connection from `source`; returns the connection
+/// (kept open) and the status the server answered (0: refused or closed before answering
+/// within 10 s).
+async fn open_feed(server: &Server, source: String, token: String) -> (Option<TcpStream>, u16) {
+    open_request(server, source, "/api/v1/events", token).await
+}
+
+/// Sends `GET path` with `token` on a raw keep-alive connection from `source`; returns the
+/// connection (kept open) and the status, as [`open_feed`].
+async fn open_request(
+    server: &Server,
+    source: String,
+    path: &str,
+    token: String,
+) -> (Option<TcpStream>, u16) {
+    let Ok(mut stream) = server.connect_from(&source).await else {
+        return (None, 0);
+    };
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\
+         Authorization: Bearer {token}\r\n\r\n"
+    );
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return (None, 0);
+    }
+    let mut head = [0u8; 12];
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut head)).await;
+    let status = match read {
+        Ok(Ok(_)) => std::str::from_utf8(&head[9..12])
+            .ok()
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0),
+        Ok(Err(_)) => 0,
+        Err(_) => 1,
+    };
+    (Some(stream), status)
+}
+
+#[tokio::test]
+async fn nine_hundred_live_feeds_from_nine_hosts_leave_the_fleet_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        open_files: Some(1024),
+        ..Options::default()
+    };
+    let server = Server::start(dir.path(), &Store::Sqlite, &options).await;
+    let agent = server.register_ok("steady").await;
+    let viewer = server.token("viewer", "flooder").await;
+    // 900 feeds of one viewer token from 9 hosts, all at once: more than the whole connection
+    // budget (about 920 connections at 1,024 open files).
+    let opening: Vec<_> = (0..900)
+        .map(|n| open_feed(&server, format!("127.0.0.{}", 10 + n % 9), viewer.clone()))
+        .collect();
+    let mut feeds = futures_util::future::join_all(opening).await;
+    let mut tally = std::collections::BTreeMap::new();
+    for (_, status) in &feeds {
+        *tally.entry(*status).or_insert(0) += 1;
+    }
+    // Every one answered at once: 200 (a feed), 429/503 (over the caps) or closed by the
+    // connection budget before its request was read (0); none left waiting (1).
+    assert_eq!(tally.get(&1), None, "feeds left unanswered: {tally:?}");
+    let count = |status: u16| tally.get(&status).copied().unwrap_or(0);
+    // Refused by a cap, or closed by the budget (operator connections are not protected).
+    assert!(count(0) + count(429) + count(503) >= 600, "{tally:?}");
+    // A 200 on a connection the budget was closing ends at once; at most 4 stay open.
+    let mut live = 0;
+    for (stream, status) in &mut feeds {
+        if *status == 200 && !common::closed_within(stream.as_mut().unwrap(), 1).await {
+            live += 1;
+        }
+    }
+    assert!(
+        (1..=4).contains(&live),
+        "{live} live feeds for one token: {tally:?}"
+    );
+    // Every refused feed's connection is closed, not held (its token authenticated it, so the
+    // budget would never close it to make room).
+    let closing = feeds
+        .iter_mut()
+        .filter(|(_, status)| matches!(status, 429 | 503))
+        .map(|(stream, _)| common::closed_within(stream.as_mut().unwrap(), 5));
+    let closed = futures_util::future::join_all(closing).await;
+    let held = closed.iter().filter(|closed| !**closed).count();
+    assert_eq!(
+        held, 0,
+        "refused feeds whose connections stayed open: {tally:?}"
+    );
+
+    // With the flood's connections still held.
+    the_fleet_is_served(&server, &agent).await;
+    drop(feeds);
+    server.stop().await;
+}
+
+/// `/healthz` (five times), a heartbeat of `agent` and a new registration are all served.
+async fn the_fleet_is_served(server: &Server, agent: &cms_protocol::RegisterResponse) {
+    let fresh = reqwest::Client::new();
+    for _ in 0..5 {
+        let health = fresh
+            .get(server.url(cms_protocol::paths::HEALTHZ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), 200);
+    }
+    let beat = server
+        .post_status(&agent.agent_token, cms_protocol::AgentState::Idle, "1.0.0")
+        .await;
+    assert_eq!(beat.status(), 204);
+    assert_eq!(register_as(server, &fresh, None).await, 200);
+}
+
+/// Answered requests leave keep-alive connections behind: a viewer token's 900 of them, from 9
+/// hosts, must not hold the connection budget (only agents' connections are kept when it is
+/// short).
+#[tokio::test]
+async fn a_viewers_keep_alive_connections_cannot_hold_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        open_files: Some(1024),
+        ..Options::default()
+    };
+    let server = Server::start(dir.path(), &Store::Sqlite, &options).await;
+    let agent = server.register_ok("steady").await;
+    let viewer = server.token("viewer", "holder").await;
+    let opening: Vec<_> = (0..900)
+        .map(|n| {
+            let source = format!("127.0.0.{}", 10 + n % 9);
+            open_request(&server, source, "/api/v1/agents", viewer.clone())
+        })
+        .collect();
+    let held = futures_util::future::join_all(opening).await;
+    let answered = held.iter().filter(|(_, status)| *status == 200).count();
+    assert!(answered > 0, "no request was answered");
+    // With the viewer's connections still held.
+    the_fleet_is_served(&server, &agent).await;
+    drop(held);
+    server.stop().await;
+}
+
 /// Every route of `api/mod.rs` (the single-listener router), with concrete parameters.
-const ROUTES: [(&str, &str); 37] = [
+const ROUTES: [(&str, &str); 41] = [
     ("POST", "/api/v1/agent/register"),
     ("POST", "/api/v1/agent/status"),
     (
@@ -292,6 +434,7 @@ const ROUTES: [(&str, &str); 37] = [
     ("POST", "/api/v1/agent/errors"),
     ("GET", "/api/v1/agent/ws"),
     ("GET", "/api/v1/agent/packages/1.0.0/linux-x86_64"),
+    ("GET", "/api/v1/agent/deltas/0.9.0/1.0.0/linux-x86_64"),
     ("GET", "/api/v1/tuf/timestamp.json"),
     ("GET", "/healthz"),
     ("GET", "/api/v1/agents"),
@@ -312,6 +455,7 @@ const ROUTES: [(&str, &str); 37] = [
     ("GET", "/api/v1/fleet/agents/x"),
     ("GET", "/api/v1/error-groups"),
     ("GET", "/api/v1/rollouts"),
+    ("GET", "/api/v1/rollouts/linux-x86_64/1.0.0/reasons"),
     ("POST", "/api/v1/rollouts/linux-x86_64/1.0.0"),
     ("GET", "/api/v1/events"),
     ("POST", "/api/v1/agent/credential"),
@@ -323,16 +467,18 @@ const ROUTES: [(&str, &str); 37] = [
     ("PUT", "/api/v1/agents/x/group"),
     ("GET", "/api/v1/groups"),
     ("PUT", "/api/v1/rollouts/linux-x86_64/1.0.0/groups/canary"),
+    ("PUT", "/api/v1/groups/canary/window"),
+    ("DELETE", "/api/v1/groups/canary/window"),
 ];
 
 #[tokio::test]
 async fn every_answer_carries_the_security_headers() {
     let source = include_str!("../src/api/mod.rs");
-    // 34 `.route(` calls: /healthz is routed twice, the session and enrollment-token routes
-    // have more than one method.
+    // 37 `.route(` calls: /healthz is routed twice, the session, enrollment-token and window
+    // routes have more than one method.
     assert_eq!(
         source.matches(".route(").count(),
-        34,
+        37,
         "a route was added or removed: update ROUTES"
     );
     let dir = tempfile::tempdir().unwrap();

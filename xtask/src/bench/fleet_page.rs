@@ -267,6 +267,7 @@ fn run_release(server: &RunningServer, token: &str) -> Result<()> {
         metrics: cms_protocol::Metrics::default(),
         network: None,
         group: None,
+        utc_offset_minutes: None,
     };
     post_as_agent(server, token, cms_protocol::paths::STATUS, &status)
 }
@@ -296,6 +297,8 @@ fn progress_report(step: UpdateStep, failed_step: Option<&str>) -> Result<ErrorR
         platform: PLATFORM.to_owned(),
         step,
         failed_step: failed_step.map(str::to_owned),
+        transfer: None,
+        transfer_bytes: None,
     };
     Ok(ErrorReport {
         report_id: util::random_hex()?,

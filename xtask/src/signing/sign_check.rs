@@ -1,15 +1,15 @@
-//! `cargo xtask sign-check`: proves, with a throwaway certificate, that what `dist --sign` and
-//! `installer --sign` produce verifies, that one changed byte makes verification fail, that
-//! `cms-server release publish` carries the signed exes byte for byte, and that no password or
-//! key reaches the tasks' output.
+//! `cargo xtask sign-check`: proves, with a throwaway certificate, that what `dist --sign`,
+//! `msi --sign` and `installer --sign` produce verifies, that one changed byte makes
+//! verification fail, that `cms-server release publish` carries the signed exes byte for byte,
+//! and that no password or key reaches the tasks' output.
 //!
 //! A throwaway CA and a code-signing certificate it issued (two days, RSA 3072) are made with
 //! `openssl` in `target/sign-check/`; the tasks then run as an operator runs them, this program
 //! started again with the `CMS_SIGN_*` variables set: `dist --target windows --sign` with the PEM
-//! pair, again with the PFX and its password, then `installer --sign` with the PFX. Every
-//! artifact is checked with `osslsigncode verify -CAfile` against the throwaway CA.
+//! pair, again with the PFX and its password, then `msi --sign` and `installer --sign` with the
+//! PFX. Every artifact is checked with `osslsigncode verify -CAfile` against the throwaway CA.
 //!
-//! Leaves `dist/` holding signed Windows exes and a signed setup exe (the Linux binaries that an
+//! Leaves `dist/` holding signed Windows exes, a signed MSI and a signed setup exe (the Linux binaries that an
 //! earlier `dist` put there are removed: `dist` starts clean). Without 32-bit Wine the installer
 //! part prints `SKIPPED` and the task exits with 77 once everything else has passed.
 //!
@@ -62,6 +62,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "release publish packs the signed exes byte for byte, and they verify",
         || publish_keeps_signatures(&ca, &work),
     );
+    check_msi(&mut checks, &ca, &work)?;
     if let Err(reason) = inno::availability() {
         checks.finish("sign-check")?;
         checks::skip("sign-check of the installer", &reason);
@@ -109,6 +110,40 @@ fn check_installer(checks: &mut Checks, ca: &ThrowawayCa, work: &Path) -> Result
         ca.require_no_secret(&output)
     });
     Ok(())
+}
+
+/// `msi --sign` with the PFX: the MSI verifies, a changed byte in its cabinet fails, and the
+/// output holds no secret.
+fn check_msi(checks: &mut Checks, ca: &ThrowawayCa, work: &Path) -> Result<()> {
+    let output = run_task(&["msi", "--sign"], &ca.pfx_env())?;
+    let msi = dist_tree::msi(&dist_tree::version()?);
+    checks.check("msi --sign: the MSI verifies", || ca.verify(&msi));
+    checks.check(
+        "a changed byte in the signed MSI fails verification",
+        || tampered_msi_fails(ca, &msi, work),
+    );
+    checks.check("msi --sign: no secret in the output", || {
+        ca.require_no_secret(&output)
+    });
+    Ok(())
+}
+
+/// Copies the signed MSI into `work` with its middle byte changed (inside the embedded
+/// cabinet, most of the file, which the signature covers) and requires verification to fail.
+fn tampered_msi_fails(ca: &ThrowawayCa, signed: &Path, work: &Path) -> Result<()> {
+    let mut bytes =
+        fs::read(signed).with_context(|| format!("cannot read {}", signed.display()))?;
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    let tampered = work
+        .join("tampered")
+        .join(signed.file_name().context("a file name")?);
+    fs::create_dir_all(tampered.parent().context("a parent")?)?;
+    fs::write(&tampered, &bytes).with_context(|| format!("cannot write {}", tampered.display()))?;
+    match ca.verify(&tampered) {
+        Ok(()) => bail!("{} verified with byte {at:#x} changed", tampered.display()),
+        Err(_) => Ok(()),
+    }
 }
 
 /// Runs this program again as `cargo xtask <args>` with `env` added; prints its output and

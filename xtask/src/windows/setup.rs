@@ -150,6 +150,21 @@ pub fn reg_add_binary(prefix: &WinePrefix, key: &str, value: &str, data: &[u8]) 
     util::run_checked(&mut cmd)
 }
 
+/// `reg add KEY /v VALUE /t REG_SZ /d DATA /f /reg:64` in the prefix.
+pub fn reg_add(prefix: &WinePrefix, key: &str, value: &str, data: &str) -> Result<()> {
+    let mut cmd = prefix.command("reg");
+    cmd.args(["add", key, "/v", value, "/t", "REG_SZ", "/d", data])
+        .args(["/f", "/reg:64"]);
+    util::run_checked(&mut cmd)
+}
+
+/// `reg delete KEY /f /reg:64` in the prefix: the key and everything in it.
+pub fn reg_delete_key(prefix: &WinePrefix, key: &str) -> Result<()> {
+    let mut cmd = prefix.command("reg");
+    cmd.args(["delete", key, "/f", "/reg:64"]);
+    util::run_checked(&mut cmd)
+}
+
 /// `reg delete KEY /v VALUE /f /reg:64` in the prefix.
 pub fn reg_delete(prefix: &WinePrefix, key: &str, value: &str) -> Result<()> {
     let mut cmd = prefix.command("reg");
@@ -234,6 +249,17 @@ pub fn per_user_app_dir(prefix: &WinePrefix) -> Result<PathBuf> {
                 log_tail(prefix, "setup-install.log")
             )
         })
+}
+
+/// The per-user agent's data folder: `C:\users\<user>\AppData\Local\CMSAgent`, beside the
+/// per-user install's `Programs`.
+pub fn per_user_data_dir(prefix: &WinePrefix) -> Result<PathBuf> {
+    let app_dir = per_user_app_dir(prefix)?;
+    let local = app_dir
+        .ancestors()
+        .nth(2)
+        .with_context(|| format!("{} has no AppData/Local", app_dir.display()))?;
+    Ok(local.join("CMSAgent"))
 }
 
 /// The last lines of an Inno Setup log in `C:\`, for error messages.

@@ -13,7 +13,9 @@
 //!    registry holds its configuration), no HKLM `Run` value; the agent registers (operator
 //!    API: IDLE, online, the `dist/` version); `{app}\root.json` and the agent's
 //!    `tuf/pinned-root.json` are the server's root, and agent.log has no trust-on-first-use
-//!    line.
+//!    line; config.json holds the credential sealed with DPAPI (`"dpapi:..."`, machine scope),
+//!    never a bearer token in clear (no run of 64 hex digits), which the agent opens again
+//!    after the reboot of step 4.
 //! 2. IPC from an elevated console: `cms_agent.exe --status` reaches the service over
 //!    `\\.\pipe\cms_agent_system` with the DPAPI-sealed secret (and says it is the service);
 //!    a wrong secret sent by a Windows program (the `ipc_request` example of cms-agent) is
@@ -36,7 +38,8 @@
 //!    `updater.exe`, which starts 2.0.0 through the SCM: a new service process, no `.old`/`.new`,
 //!    `updates/` empty, no updater left running or on disk, `current_version` recorded: the
 //!    root the installer pinned verified a real release.
-//! 8. rollback: release 3.0.0 whose agent exits at start (the 2.0.0 `updater.exe`, which
+//! 8. rollback: release 3.0.0 (downloaded as the signed delta from 2.0.0, rebuilt and verified)
+//!    whose agent exits at start (the 2.0.0 `updater.exe`, which
 //!    refuses the agent's command line): `update_rolled_back` is reported, 2.0.0 runs again as
 //!    the service and never retries 3.0.0.
 //! 9. `--force --status-interval 5` from the console: the service stops and the SCM starts it
@@ -48,7 +51,7 @@
 //! 12. uninstall: no service, no `cms_agent.exe` process, no `Run` value, no IPC secret, and
 //!     the server sees the agent go offline.
 //! 13. per user: `setup.exe /CURRENTUSER`: the HKCU `Run` value starts `cms_agent.exe
-//!     --per-user`, the agent registers, is offered the broken 3.0.0 by its first heartbeat's
+//!     --per-user`, the agent registers (its credential sealed, in user scope), is offered the broken 3.0.0 by its first heartbeat's
 //!     answer and rolls it back, and answers `--status --per-user` over its own pipe;
 //!     uninstall stops it with `--stop` and leaves no process, `Run` value or credential.
 //!
@@ -122,6 +125,8 @@ const PINS_EMBEDDED_ROOT: &str = "Pinning the TUF root shipped with the installe
 
 /// Marks of the temporary copies `self_replace::self_delete` makes of the updater.
 const SELF_DELETE_MARKS: [&str; 2] = [".__selfdelete__.", ".__relocated__."];
+/// Prefix of a secret sealed with DPAPI in the agent's config.json.
+const SEALED_MARK: &str = "dpapi:";
 
 /// `cargo xtask wine-e2e [--network-only]`.
 pub fn run(args: &[String]) -> Result<()> {
@@ -312,6 +317,8 @@ impl Scenario<'_> {
             "the agent registered: {} on {} ({}), {} IDLE online",
             agent.agent_id, agent.hostname, agent.platform, agent.version
         ));
+        expect_sealed_credential(&self.data_dir())?;
+        ok("config.json holds the credential sealed with DPAPI (machine scope), no token in clear");
         self.embedded_root_is_pinned()
     }
 
@@ -683,6 +690,15 @@ impl Scenario<'_> {
             "{NEW_VERSION} runs again as the service (pid {}); {BROKEN_VERSION} is in rolled_back_versions",
             after.pid
         ));
+        // The package came as the signed delta from the running 2.0.0, rebuilt and verified.
+        let delta = format!("version={BROKEN_VERSION} step=\"verified\" transfer=Some(Delta)");
+        ensure!(
+            self.agent_log().contains(&delta),
+            "agent.log lacks {delta:?}: the update did not travel as a delta"
+        );
+        ok(&format!(
+            "{BROKEN_VERSION} travelled as a delta from {NEW_VERSION}, rebuilt and verified"
+        ));
         self.expect_no_update_files()?;
         self.planted_never_ran()
     }
@@ -834,12 +850,15 @@ impl Scenario<'_> {
             Ok(status.ok().filter(|status| status.state == "IDLE"))
         })?;
         ensure!(!status.service, "{status:?}");
+        let user_data = setup::per_user_data_dir(&self.prefix)?;
+        expect_sealed_credential(&user_data)?;
         ensure!(
             setup::user_credential_present(&self.prefix)?,
             "no Credential Manager entry CMSAgent/ipc/user for the per-user agent"
         );
         ok(&format!(
-            "agent {} registered; --status --per-user answers over the user's pipe (pid {})",
+            "agent {} registered, its credential sealed (user scope); --status --per-user \
+             answers over the user's pipe (pid {})",
             agent.agent_id, status.pid
         ));
         let app_dir = setup::per_user_app_dir(&self.prefix)?;
@@ -1126,6 +1145,42 @@ impl Scenario<'_> {
 }
 
 /// `Some(())` when `left` is empty, else an error naming what is left (for [`wait_for`]).
+/// The agent's config.json in `data` holds its credential sealed with DPAPI (`"dpapi:..."`)
+/// and no bearer token in clear: no run of 64 hex digits anywhere (what a credential or an
+/// enrollment token in clear looks like). Never prints the file: it holds secrets.
+fn expect_sealed_credential(data: &Path) -> Result<()> {
+    let path = data.join("config.json");
+    let text =
+        fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let config: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let token = config["credentials"]["agent_token"]
+        .as_str()
+        .with_context(|| format!("{} has no credentials.agent_token", path.display()))?;
+    ensure!(
+        token.starts_with(SEALED_MARK) && token.len() > SEALED_MARK.len() + 64,
+        "{}: credentials.agent_token is not sealed with DPAPI ({} characters, does not start \
+         with {SEALED_MARK:?})",
+        path.display(),
+        token.len()
+    );
+    ensure!(
+        !has_hex_run(&text, 64),
+        "{} holds a run of 64 hex digits: a token in clear",
+        path.display()
+    );
+    Ok(())
+}
+
+/// Whether `text` has `len` hex digits in a row.
+fn has_hex_run(text: &str, len: usize) -> bool {
+    let mut run = 0;
+    text.bytes().any(|b| {
+        run = if b.is_ascii_hexdigit() { run + 1 } else { 0 };
+        run >= len
+    })
+}
+
 fn none_left(left: &[impl std::fmt::Debug]) -> Result<Option<()>> {
     match left {
         [] => Ok(Some(())),
@@ -1236,6 +1291,15 @@ fn kill9(pid: u32) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_in_clear_is_a_run_of_64_hex_digits() {
+        let token = "ab".repeat(32);
+        assert!(has_hex_run(&format!(r#"{{"agent_token":"{token}"}}"#), 64));
+        assert!(!has_hex_run(&format!(r#"{{"t":"{}"}}"#, &token[..63]), 64));
+        let uuid = "\"agent_id\":\"0b6f3c1e-4d2a-4f6b-9c1d-2e3f4a5b6c7d\"";
+        assert!(!has_hex_run(uuid, 64));
+    }
 
     #[test]
     fn sc_query_and_status_output_are_read() -> Result<()> {

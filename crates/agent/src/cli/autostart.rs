@@ -47,6 +47,7 @@ fn gives_settings(cli: &Args) -> bool {
         || cli.ca_cert.is_some()
         || cli.proxy.is_some()
         || cli.group.is_some()
+        || cli.download_limit.is_some()
 }
 
 /// What the autostart entry passes: `--service` (the machine's service or systemd unit) or
@@ -69,7 +70,8 @@ fn entry_args(cli: &Args, machine_wide: bool) -> Vec<OsString> {
     args
 }
 
-/// Saves `--server`, `--enrollment-token`, `--group`, `--ca-cert`, `--proxy` and `--trusted-root` while
+/// Saves `--server`, `--enrollment-token`, `--group`, `--download-limit`, `--ca-cert`, `--proxy`
+/// and `--trusted-root` while
 /// holding the lock, so no running agent overwrites them; `false` (the holder is printed) when
 /// an agent runs.
 pub(super) fn save_settings_first(storage: &StateManager, cli: &Args) -> Result<bool> {

@@ -13,7 +13,7 @@ use cms_protocol::{IpcStatus, LockRecord};
 use crate::core::storage::StateManager;
 use crate::ipc::{self, IpcEndpoint, IpcError};
 use crate::system::service::{self, SERVICE_NAME, ServiceState};
-use crate::system::{self, IpcSecret, SecretAction, SecretScope};
+use crate::system::{self, IpcSecret, SecretAction};
 
 use super::autostart::save_settings_first;
 use super::{Args, EXIT_LOCK_HELD, EXIT_NOT_RUNNING, FORCE_LOCK_TIMEOUT, STOP_TIMEOUT};
@@ -26,8 +26,7 @@ const SERVICE_START_TIMEOUT: Duration = Duration::from_secs(60);
 fn ipc_target(storage: &StateManager) -> Result<(IpcEndpoint, Option<IpcSecret>)> {
     let path = storage.storage_path();
     let endpoint = IpcEndpoint::for_agent(path, storage.machine_wide())?;
-    let scope = SecretScope::current(storage.machine_wide());
-    let secret = system::manage_ipc_secret(SecretAction::Get, scope, path)?;
+    let secret = system::manage_ipc_secret(SecretAction::Get, storage.secret_scope(), path)?;
     Ok((endpoint, secret))
 }
 
@@ -74,6 +73,11 @@ pub(super) async fn print_status(storage: &StateManager) -> Result<u8> {
                     }
                 }
             }
+            print_download_limit(storage);
+            if system::updates_left_to_msi() {
+                println!("updates: left to the MSI (installed by cms_agent-X.Y.Z-x64.msi)");
+            }
+            super::policy::print();
             Ok(0)
         }
         Ok(answer) => bail!(
@@ -83,6 +87,21 @@ pub(super) async fn print_status(storage: &StateManager) -> Result<u8> {
         ),
         Err(IpcError::NotRunning { .. }) => Ok(not_running(storage)),
         Err(err) => Err(err.into()),
+    }
+}
+
+/// `--status`'s line on `--download-limit`, from config.json as saved (read only: the running
+/// agent owns the file, and applies what it holds to each update's download).
+fn print_download_limit(storage: &StateManager) {
+    let saved = cms_platform::fs::read_no_follow(&storage.config_path())
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+    match saved {
+        None => println!("download limit: unknown (config.json cannot be read)"),
+        Some(config) => match config.get("download_limit_kbps").and_then(|v| v.as_u64()) {
+            Some(kbps) => println!("download limit: {kbps} KiB/s"),
+            None => println!("download limit: none"),
+        },
     }
 }
 

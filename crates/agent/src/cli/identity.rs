@@ -33,7 +33,8 @@ pub(super) fn reset_identity(storage: &StateManager) -> Result<u8> {
 
 fn forget(storage: &StateManager) -> Result<Option<String>> {
     let (mut config, _notices) =
-        ConfigManager::load(&storage.config_path()).context("cannot read config.json")?;
+        ConfigManager::load(&storage.config_path(), storage.secret_scope())
+            .context("cannot read config.json")?;
     let had_identity = config.config().credentials.is_some() || config.config().identity_revoked;
     if !had_identity {
         return Ok(None);

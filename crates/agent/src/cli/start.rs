@@ -20,6 +20,7 @@ use crate::net::tls::parse_ca_pem;
 use crate::net::{EnrollmentToken, backoff};
 use crate::system::lock_manager::{Acquire, LockManager};
 
+use super::policy::RawPolicy;
 use super::{Args, EXIT_LOCK_HELD, FORCE_LOCK_TIMEOUT};
 
 /// Longest pause between two attempts to start on a full disk.
@@ -40,6 +41,7 @@ pub(super) fn start(
     lock: &LockManager,
     wait_for_lock: bool,
     cli: &Args,
+    policy: &RawPolicy,
 ) -> Result<Start> {
     let acquired = if wait_for_lock {
         lock.acquire_with_timeout(FORCE_LOCK_TIMEOUT)?
@@ -49,24 +51,27 @@ pub(super) fn start(
     if let Acquire::HeldBy(holder) = acquired {
         return Ok(Start::LockHeld(holder));
     }
-    let ready = load_config(storage, cli);
+    let ready = load_config(storage, cli, policy);
     if ready.is_err() {
         lock.release();
     }
     ready
 }
 
-/// Loads config.json, opens the error buffer and applies the command line.
-fn load_config(storage: &StateManager, cli: &Args) -> Result<Start> {
+/// Loads config.json, opens the error buffer and applies the command line, then the machine's
+/// policy over it (policy wins).
+fn load_config(storage: &StateManager, cli: &Args, policy: &RawPolicy) -> Result<Start> {
     let (mut config, reporter) = open_config(storage)?;
-    apply_command_line(&mut config, cli)?;
+    save_settings(&mut config, cli)?;
+    super::policy::apply(&mut config, policy, &reporter)?;
+    check_and_record_version(&mut config)?;
     Ok(Start::Ready(Box::new(config), reporter))
 }
 
 /// `config.json` (migrated or set aside as needed; what happened is buffered as error reports)
 /// and the error reporter.
 pub(super) fn open_config(storage: &StateManager) -> Result<(ConfigManager, Arc<ErrorReporter>)> {
-    let (config, notices) = ConfigManager::load(&storage.config_path())?;
+    let (config, notices) = ConfigManager::load(&storage.config_path(), storage.secret_scope())?;
     let reporter = Arc::new(ErrorReporter::open(
         storage.error_buffer_path(),
         config.config().error_buffer_max_reports,
@@ -153,7 +158,8 @@ fn is_disk_full(err: &anyhow::Error) -> bool {
 
 /// Saves what the command line changes for good: the server (a new one forgets the identity
 /// and its enrollment token; the same server spelled differently keeps them), the enrollment
-/// token (kept for a later re-enrollment), `--group`, `--ca-cert` and `--proxy`.
+/// token (kept for a later re-enrollment), `--group`, `--download-limit` (0: none),
+/// `--ca-cert` and `--proxy`.
 pub(super) fn save_settings(config: &mut ConfigManager, cli: &Args) -> Result<()> {
     if !cli.server.is_empty() {
         ServerList::parse(&cli.server)?;
@@ -165,12 +171,15 @@ pub(super) fn save_settings(config: &mut ConfigManager, cli: &Args) -> Result<()
     if let Some(group) = &cli.group {
         config.update(|c| c.group = Some(group.clone()))?;
     }
+    if let Some(limit) = cli.download_limit {
+        config.update(|c| c.download_limit_kbps = (limit > 0).then_some(limit))?;
+    }
     apply_network_settings(config, cli)
 }
 
-/// Saves the settings, requires a server, and records the version at first start.
-pub(super) fn apply_command_line(config: &mut ConfigManager, cli: &Args) -> Result<()> {
-    save_settings(config, cli)?;
+/// Requires a server (from config.json, the command line or policy), and records the version
+/// at first start.
+fn check_and_record_version(config: &mut ConfigManager) -> Result<()> {
     if config.config().server_url.is_none() {
         return Err(AgentError::NoServer.into()); // checked before the version is written
     }

@@ -393,6 +393,7 @@ impl Inner {
             metrics,
             network: Some(self.network_route.clone()),
             group,
+            utc_offset_minutes: cms_platform::clock::local_utc_offset_minutes(),
         };
         let sent = self.deliver_status(&report).await;
         if sent.is_ok() {

@@ -12,8 +12,16 @@
 //! missing `config.json` beside a last-good copy is restored from it. This module must never
 //! reach the network or decide whether the agent can run: it returns what it found.
 //!
+//! Secrets are sealed at rest where the platform seals (Windows: DPAPI, machine scope for the
+//! machine-wide agent, user scope for a per-user one; `net::sealed`): every read and write of
+//! the file runs in the manager's scope, and a plain secret read (a file from before sealing)
+//! is written again, sealed, at once. Schema v3 is the first with sealed values, so an older
+//! agent after a rollback restores the v2 backup made before migrating instead of reading a
+//! value it cannot open.
+//!
 //! This file holds the schema and `ConfigManager`; `migrate` the schema steps
-//! (`migrate_config_v1_to_v2`), `recover` the repair of a damaged or missing file.
+//! (`migrate_config_v1_to_v2`, `migrate_config_v2_to_v3`), `recover` the repair of a damaged or
+//! missing file.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -31,10 +39,12 @@ use migrate::load_document;
 use recover::{keep_last_good, recover, restore_missing, write_last_good};
 
 use crate::net::proxy::ProxySetting;
+use crate::net::sealed::{self, Sealing};
 use crate::net::{Credentials, EnrollmentToken, parse_server_url};
+use crate::system::SecretScope;
 
-/// The schema version this build reads and writes.
-pub const CONFIG_VERSION: u64 = 2;
+/// The schema version this build reads and writes (3: secrets sealed at rest).
+pub const CONFIG_VERSION: u64 = 3;
 
 /// Defaults chosen for fleets: a heartbeat a minute, a poll an hour (pushes cover the rest).
 const DEFAULT_STATUS_SECS: u64 = 60;
@@ -134,6 +144,10 @@ pub struct Config {
     /// `default` when absent; an operator's assignment there wins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// `--download-limit`: the most KiB per second an update's package is downloaded at
+    /// (absent: no limit). An older agent ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub download_limit_kbps: Option<u32>,
 }
 
 /// When an aborted update may be tried again.
@@ -170,6 +184,7 @@ impl Default for Config {
             identity_revoked: false,
             pending_credentials: None,
             group: None,
+            download_limit_kbps: None,
         }
     }
 }
@@ -276,26 +291,28 @@ impl Unusable {
 pub struct ConfigManager {
     path: PathBuf,
     config: Config,
+    /// Whose key seals the secrets: the machine's for the machine-wide agent, else the user's.
+    scope: SecretScope,
 }
 
 impl ConfigManager {
     /// Loads the file (a missing one is a fresh install, unless a last-good copy says
-    /// otherwise); returns notices for anything that had to be set aside or recovered.
-    pub fn load(path: &Path) -> Result<(Self, Vec<ConfigNotice>), ConfigError> {
+    /// otherwise), its secrets sealed in `scope` (the storage's: machine-wide or per user);
+    /// returns notices for anything that had to be set aside or recovered.
+    pub fn load(path: &Path, scope: SecretScope) -> Result<(Self, Vec<ConfigNotice>), ConfigError> {
         let mut notices = Vec::new();
-        let config = match read_optional(path)? {
-            None => restore_missing(path, &mut notices)?,
-            Some(bytes) => match load_document(path, &bytes, &mut notices) {
-                Ok(config) => {
-                    keep_last_good(path, &config);
-                    config
-                }
-                Err(unusable) => recover(path, &bytes, &unusable, &mut notices)?,
-            },
-        };
+        let Sealing { result, plain_seen } =
+            sealed::sealing_as(scope, || load_or_recover(path, &mut notices));
+        let config = result?;
+        if plain_seen && path.exists() {
+            // A secret written before sealing (or by hand): seal it now.
+            sealed::sealing_as(scope, || save_config(path, &config)).result?;
+            tracing::info!("config.json: secrets sealed at rest");
+        }
         let manager = ConfigManager {
             path: path.to_path_buf(),
             config,
+            scope,
         };
         Ok((manager, notices))
     }
@@ -310,10 +327,24 @@ impl ConfigManager {
         let mut next = self.config.clone();
         change(&mut next);
         if next != self.config {
-            save_config(&self.path, &next)?;
+            sealed::sealing_as(self.scope, || save_config(&self.path, &next)).result?;
             self.config = next;
         }
         Ok(())
+    }
+}
+
+/// The configuration in `path`, migrated, or recovered when it is damaged or missing.
+fn load_or_recover(path: &Path, notices: &mut Vec<ConfigNotice>) -> Result<Config, ConfigError> {
+    match read_optional(path)? {
+        None => restore_missing(path, notices),
+        Some(bytes) => match load_document(path, &bytes, notices) {
+            Ok(config) => {
+                keep_last_good(path, &config);
+                Ok(config)
+            }
+            Err(unusable) => recover(path, &bytes, &unusable, notices),
+        },
     }
 }
 

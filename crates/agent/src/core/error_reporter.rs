@@ -22,7 +22,7 @@ use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
-use cms_protocol::{BUILD_VERSION, ErrorReport, UPDATE_PROGRESS_KIND, UpdateProgress};
+use cms_protocol::{BUILD_VERSION, ErrorReport, Transfer, UPDATE_PROGRESS_KIND, UpdateProgress};
 use serde_json::Value;
 use std::time::Instant;
 
@@ -133,13 +133,26 @@ impl ErrorReporter {
 
     /// Buffers an update progress event (a report of kind `update_progress`, see
     /// `cms_protocol::UpdateProgress`); the next [`ErrorReporter::flush`] delivers it, so it
-    /// survives an outage like an error report.
-    pub fn store_progress(&self, progress: &UpdateProgress) {
-        let message = match &progress.failed_step {
+    /// survives an outage like an error report. A failure's or rollback's `reason` ends its
+    /// message, which the server keeps as the step's detail for the operator.
+    pub fn store_progress(&self, progress: &UpdateProgress, reason: Option<&str>) {
+        let mut message = match &progress.failed_step {
             Some(failed) => format!("update to {}: failed while {failed}", progress.version),
             None => format!("update to {}: {}", progress.version, progress.step.name()),
         };
-        tracing::info!(version = %progress.version, step = progress.step.name(), "update progress");
+        if let Some(transfer) = progress.transfer {
+            let kind = match transfer {
+                Transfer::Delta => "delta",
+                Transfer::Full => "full",
+            };
+            let bytes = progress.transfer_bytes.unwrap_or_default();
+            message.push_str(&format!(" (transfer: {kind}, {bytes} bytes)"));
+        }
+        if let Some(reason) = reason {
+            message.push_str(": ");
+            message.push_str(reason);
+        }
+        tracing::info!(version = %progress.version, step = progress.step.name(), transfer = ?progress.transfer, transfer_bytes = progress.transfer_bytes, "update progress");
         let details = serde_json::to_value(progress).unwrap_or(Value::Null);
         self.buffer()
             .push(new_report(UPDATE_PROGRESS_KIND, &message, details));

@@ -7,6 +7,7 @@ pub mod agent_state;
 pub mod config;
 pub mod error_reporter;
 pub mod net_health;
+pub mod policy;
 pub mod storage;
 pub mod supervisor;
 pub mod update;

@@ -74,6 +74,12 @@ impl StateManager {
         self.machine_wide
     }
 
+    /// Whose key seals this storage's secrets (config.json's credential, the IPC secret): the
+    /// machine's for the machine-wide agent, else the user's.
+    pub fn secret_scope(&self) -> system::SecretScope {
+        system::SecretScope::current(self.machine_wide)
+    }
+
     /// The warning of a data folder someone else had made or linked and this start took over
     /// (printed to stderr when it happened, before the log exists), for the log once it runs.
     pub fn takeover_warning(&self) -> Option<&str> {

@@ -6,7 +6,9 @@
 //! bodies only as far as they are quoted, so a hostile or broken backend cannot make the agent
 //! buffer an endless body. Downloads stream to disk, resume a partial file with an HTTP Range
 //! request and never write a byte past the expected length (an endless response is an attack,
-//! not a file).
+//! not a file), at most as fast as a [`Throttle`] lets them when one is given. A `503` with
+//! `Retry-After` (the server's download budget is full) and a `429` come back as errors that
+//! say how long to wait; waiting is the caller's decision.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -27,8 +29,11 @@ use url::Url;
 
 use crate::net::proxy::Route;
 use crate::net::servers::ServerList;
+use crate::net::throttle::Throttle;
 use crate::net::tls;
-use crate::net::{Credentials, Transport, UrlError, endpoint, error_chain, parse_server_url};
+use crate::net::{
+    Credentials, Transport, UrlError, endpoint, error_chain, parse_server_url, server_text,
+};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,7 +43,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Longest wait a `Retry-After` may impose.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
-/// Longest error body quoted in a message.
+/// Longest error body quoted in a message (in characters, control characters escaped).
 const MAX_QUOTED_BODY: usize = 300;
 /// Largest JSON answer the agent reads (they are a few hundred bytes).
 pub const MAX_JSON_BODY: usize = 1024 * 1024;
@@ -64,6 +69,15 @@ pub enum HttpError {
     /// The server is throttling this agent; the same call may succeed after `retry_after`.
     #[error("{what}: the server asks to slow down; retry in {} s", retry_after.as_secs())]
     RateLimited {
+        /// Which call.
+        what: &'static str,
+        /// How long to wait (the server's `Retry-After`, bounded).
+        retry_after: Duration,
+    },
+    /// The server is busy (503 with `Retry-After`: for a download, its download budget is
+    /// full); the same call may succeed after `retry_after`.
+    #[error("{what}: the server is busy; retry in {} s", retry_after.as_secs())]
+    Busy {
         /// Which call.
         what: &'static str,
         /// How long to wait (the server's `Retry-After`, bounded).
@@ -148,6 +162,17 @@ pub enum HttpError {
 }
 
 impl HttpError {
+    /// How long the server asked to wait before the same call (429, or 503 with
+    /// `Retry-After`); `None` for every other error.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            HttpError::RateLimited { retry_after, .. } | HttpError::Busy { retry_after, .. } => {
+                Some(*retry_after)
+            }
+            _ => None,
+        }
+    }
+
     /// The problem on the way to the backend, in words, when this error is one an operator
     /// must fix there (a refused certificate, a proxy that wants other credentials); `None`
     /// for everything else (the server down, a bad answer).
@@ -326,7 +351,11 @@ impl HttpClient {
         platform: &str,
     ) -> Result<Option<UpdateInfo>, HttpError> {
         let what = "update check";
-        let query = [("version", version), ("platform", platform)];
+        let offset = cms_platform::clock::local_utc_offset_minutes().map(|m| m.to_string());
+        let mut query = vec![("version", version), ("platform", platform)];
+        if let Some(offset) = offset.as_deref() {
+            query.push(("utc_offset_minutes", offset));
+        }
         let response = self
             .call(what, paths::UPDATE_CHECK, |url| {
                 Ok(self
@@ -356,13 +385,15 @@ impl HttpClient {
         json_of(what, response).await
     }
 
-    /// Downloads `url` (absolute, or relative to the base) to `target`, resuming a partial file;
-    /// fails without keeping the file if the server sends more than `expected_len` bytes.
+    /// Downloads `url` (absolute, or relative to the base) to `target`, resuming a partial file,
+    /// no faster than `throttle` lets it; fails without keeping the file if the server sends
+    /// more than `expected_len` bytes.
     pub async fn download_file(
         &self,
         url: &str,
         target: &Path,
         expected_len: u64,
+        mut throttle: Option<&mut Throttle>,
     ) -> Result<u64, HttpError> {
         let url = self.resolve(url)?;
         let mut received = partial_len(target, expected_len).await?;
@@ -401,6 +432,9 @@ impl HttpClient {
             file.write_all(&chunk)
                 .await
                 .map_err(|source| io_err(target, source))?;
+            if let Some(throttle) = throttle.as_deref_mut() {
+                throttle.pass(chunk.len()).await;
+            }
         }
         file.sync_all()
             .await
@@ -514,26 +548,36 @@ async fn send(
     if status == StatusCode::GONE {
         return Err(HttpError::Revoked { what });
     }
+    let asked_wait = response.headers().get(header::RETRY_AFTER);
     if status == StatusCode::TOO_MANY_REQUESTS {
-        let retry_after = retry_after(response.headers().get(header::RETRY_AFTER));
+        let retry_after = retry_after(asked_wait);
         return Err(HttpError::RateLimited { what, retry_after });
+    }
+    if status == StatusCode::SERVICE_UNAVAILABLE
+        && let Some(retry_after) = retry_after_secs(asked_wait)
+    {
+        return Err(HttpError::Busy { what, retry_after });
     }
     let (quoted, _) = read_capped(response, MAX_QUOTED_BODY)
         .await
         .unwrap_or_default();
-    let mut body = String::from_utf8_lossy(&quoted).into_owned();
-    body.truncate(body.floor_char_boundary(MAX_QUOTED_BODY));
+    let body = server_text(&String::from_utf8_lossy(&quoted), MAX_QUOTED_BODY);
     Err(HttpError::Status { what, status, body })
 }
 
 /// The wait a `Retry-After: SECONDS` header asks for, within [`MAX_RETRY_AFTER`] (the HTTP-date
 /// form, which this server never sends, counts as absent).
 fn retry_after(header: Option<&header::HeaderValue>) -> Duration {
+    retry_after_secs(header).unwrap_or(DEFAULT_RETRY_AFTER)
+}
+
+/// A `Retry-After: SECONDS` header's wait, within [`MAX_RETRY_AFTER`]; `None` when absent or
+/// in another form.
+fn retry_after_secs(header: Option<&header::HeaderValue>) -> Option<Duration> {
     header
         .and_then(|value| value.to_str().ok())
         .and_then(|text| text.trim().parse::<u64>().ok())
-        .map_or(DEFAULT_RETRY_AFTER, Duration::from_secs)
-        .min(MAX_RETRY_AFTER)
+        .map(|secs| Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
 async fn json_of<T: DeserializeOwned>(
@@ -558,7 +602,7 @@ async fn json_of<T: DeserializeOwned>(
     }
     serde_json::from_slice(&body).map_err(|e| HttpError::BadAnswer {
         what,
-        reason: e.to_string(),
+        reason: server_text(&e.to_string(), MAX_QUOTED_BODY),
     })
 }
 
@@ -598,6 +642,15 @@ mod tests {
 
     /// A one-request HTTP server on loopback that answers `body` and returns the request head.
     async fn serve_once(body: &'static [u8]) -> (String, tokio::task::JoinHandle<String>) {
+        serve_answer("200 OK", "", body).await
+    }
+
+    /// A one-request HTTP server answering `status` with the `headers` lines and `body`.
+    async fn serve_answer(
+        status: &'static str,
+        headers: &'static str,
+        body: &'static [u8],
+    ) -> (String, tokio::task::JoinHandle<String>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/package.zip", listener.local_addr().unwrap());
         let served = tokio::spawn(async move {
@@ -606,7 +659,10 @@ mod tests {
             while !head.ends_with(b"\r\n\r\n") {
                 head.push(socket.read_u8().await.unwrap());
             }
-            let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+            let answer = format!(
+                "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\n\r\n",
+                body.len()
+            );
             socket.write_all(answer.as_bytes()).await.unwrap();
             socket.write_all(body).await.unwrap();
             String::from_utf8_lossy(&head).into_owned()
@@ -620,7 +676,10 @@ mod tests {
         let client = registered_client("http://127.0.0.1:9"); // the backend: another origin
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("p.zip");
-        let received = client.download_file(&mirror_url, &target, 7).await.unwrap();
+        let received = client
+            .download_file(&mirror_url, &target, 7, None)
+            .await
+            .unwrap();
         assert_eq!(received, 7);
         let head = served.await.unwrap().to_ascii_lowercase();
         assert!(!head.contains("authorization"), "{head}");
@@ -633,7 +692,7 @@ mod tests {
         let client = registered_client(base);
         let dir = tempfile::tempdir().unwrap();
         client
-            .download_file("/package.zip", &dir.path().join("p.zip"), 7)
+            .download_file("/package.zip", &dir.path().join("p.zip"), 7, None)
             .await
             .unwrap();
         let head = served.await.unwrap().to_ascii_lowercase();
@@ -648,10 +707,52 @@ mod tests {
         let client = registered_client("https://backend.example");
         let dir = tempfile::tempdir().unwrap();
         let err = client
-            .download_file("http://mirror.example/p.zip", &dir.path().join("p.zip"), 1)
+            .download_file(
+                "http://mirror.example/p.zip",
+                &dir.path().join("p.zip"),
+                1,
+                None,
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, HttpError::RefusedUrl { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_busy_download_says_how_long_to_wait_and_writes_nothing() {
+        let error =
+            br#"{"error": "the server is sending 2 packages at once, its most; retry shortly"}"#;
+        let (url, _served) = serve_answer(
+            "503 Service Unavailable",
+            "Retry-After: 2\r\nContent-Type: application/json\r\n",
+            error,
+        )
+        .await;
+        let client = registered_client("http://127.0.0.1:9");
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("p.zip");
+        let err = client
+            .download_file(&url, &target, 7, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, HttpError::Busy { .. }), "{err}");
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(2)));
+        assert!(!target.exists(), "nothing written for a refusal");
+    }
+
+    #[tokio::test]
+    async fn a_throttled_download_arrives_whole() {
+        let (url, _served) = serve_once(b"package").await;
+        let client = registered_client("http://127.0.0.1:9");
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("p.zip");
+        let mut throttle = Throttle::new(1);
+        let received = client
+            .download_file(&url, &target, 7, Some(&mut throttle))
+            .await
+            .unwrap();
+        assert_eq!(received, 7);
+        assert_eq!(std::fs::read(&target).unwrap(), b"package");
     }
 
     #[test]

@@ -5,7 +5,10 @@
 
 pub mod http_client;
 pub mod proxy;
+pub mod rollback;
+pub mod sealed;
 pub mod servers;
+pub mod throttle;
 pub mod tls;
 pub mod trust;
 pub mod ws_client;
@@ -16,12 +19,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-/// The agent's identity at the backend, kept across restarts. Never logged.
+/// The agent's identity at the backend, kept across restarts (the token sealed at rest where
+/// the platform seals: [`sealed`]). Never logged.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Credentials {
     /// Stable id assigned at registration.
     pub agent_id: String,
     /// Bearer credential for every call after registration.
+    #[serde(with = "sealed")]
     pub agent_token: String,
 }
 
@@ -36,10 +41,11 @@ impl std::fmt::Debug for Credentials {
 
 /// The enrollment token an operator gave once (`--enrollment-token`), kept in config.json with
 /// the credential so the agent can enroll again after the server forgot it. Sent only in the
-/// registration request; never logged, never put on a command line.
+/// registration request; never logged, never put on a command line; sealed at rest where the
+/// platform seals ([`sealed`]).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct EnrollmentToken(String);
+pub struct EnrollmentToken(#[serde(with = "sealed")] String);
 
 impl EnrollmentToken {
     /// Wraps a token given on the command line or in the environment.
@@ -159,6 +165,27 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// Text a server sent, made safe for a log line or an error message: control characters
+/// (newlines, carriage returns, escapes, tabs) are written as `\n`, `\r`, `\u{1b}` ..., so a
+/// hostile body cannot forge log lines or terminal sequences, and the result is clipped to
+/// `max_chars` characters (with `…` when clipped). Every piece of server text that reaches the
+/// agent's log or one of its errors goes through here.
+pub fn server_text(text: &str, max_chars: usize) -> String {
+    let mut quoted = String::with_capacity(text.len().min(max_chars * 2));
+    for (taken, c) in text.chars().enumerate() {
+        if taken == max_chars {
+            quoted.push('…');
+            break;
+        }
+        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+            quoted.extend(c.escape_default());
+        } else {
+            quoted.push(c);
+        }
+    }
+    quoted
+}
+
 /// `base` + an absolute API path, keeping any path prefix the base carries.
 pub fn endpoint(base: &Url, path: &str) -> String {
     format!("{}{}", base.as_str().trim_end_matches('/'), path)
@@ -203,6 +230,20 @@ mod tests {
         );
         assert!(parse_server_url("ftp://127.0.0.1").is_err());
         assert!(parse_server_url("not a url").is_err());
+    }
+
+    #[test]
+    fn server_text_escapes_control_characters_and_clips() {
+        let forged = "bad\n2026-01-01T00:00:00Z  INFO forged line\r\x1b[31m\ttab";
+        let quoted = server_text(forged, 300);
+        assert!(!quoted.chars().any(char::is_control), "{quoted}");
+        assert_eq!(
+            quoted,
+            "bad\\n2026-01-01T00:00:00Z  INFO forged line\\r\\u{1b}[31m\\ttab"
+        );
+        assert_eq!(server_text("abcdef", 3), "abc…");
+        assert_eq!(server_text("ééé", 3), "ééé");
+        assert_eq!(server_text("line\u{2028}sep", 30), "line\\u{2028}sep");
     }
 
     #[test]

@@ -5,7 +5,11 @@
 //! (the Windows certificate store, or the system roots on Linux, through the platform verifier),
 //! and, when it refuses a server, the PEM certificates of a private PKI given with `--ca-cert`,
 //! checked by rustls' own WebPKI verifier (chain, validity, name; no revocation lookups, as a
-//! private PKI's CRLs are rarely reachable). The private roots are kept out of the Windows
+//! private PKI's CRLs are rarely reachable). A server certificate equal byte for byte to one
+//! of the `--ca-cert` certificates is accepted as a pin (a self-signed certificate such as
+//! `openssl req -x509` makes, `CA:TRUE` and all, used by the server as its own), with its host
+//! name and validity still checked; docs/SECURITY.md argues why that is no wider trust than
+//! the same file as a CA. The private roots are kept out of the Windows
 //! certificate engine on purpose: its extra-root engine needs a Windows 8 structure that Wine
 //! refuses ("Invalid parameter"), and the PKI needs nothing from the OS. A certificate the
 //! system found revoked is never given a second chance. This module never turns verification
@@ -68,7 +72,12 @@ pub fn client_config(extra_ca_pem: Option<&str>) -> Result<ClientConfig, TlsSetu
                 WebPkiServerVerifier::builder_with_provider(roots.into(), provider.clone())
                     .build()
                     .map_err(|e| TlsSetupError::Verifier(e.to_string()))?;
-            Arc::new(SystemThenPrivateCa { system, private })
+            let pins = parse_ca_pem(pem)?;
+            Arc::new(SystemThenPrivateCa {
+                system,
+                private,
+                pins,
+            })
         }
         None => Arc::new(system),
     };
@@ -81,12 +90,15 @@ pub fn client_config(extra_ca_pem: Option<&str>) -> Result<ClientConfig, TlsSetu
     Ok(config)
 }
 
-/// The system's verifier first; when it refuses (for any reason but revocation), the private
-/// CA's. Handshake signatures are checked by the system's verifier either way.
+/// The system's verifier first; when it refuses (for any reason but revocation), a pinned
+/// certificate or the private CA's. Handshake signatures are checked by the system's verifier
+/// either way (for a pin too: the server proves it holds the pinned certificate's key).
 #[derive(Debug)]
 struct SystemThenPrivateCa {
     system: Verifier,
     private: Arc<WebPkiServerVerifier>,
+    /// The `--ca-cert` certificates, any of which the server may present as its own.
+    pins: Vec<CertificateDer<'static>>,
 }
 
 impl ServerCertVerifier for SystemThenPrivateCa {
@@ -110,6 +122,9 @@ impl ServerCertVerifier for SystemThenPrivateCa {
             Err(refused) if is_revoked(&refused) => return Err(refused),
             Err(refused) => refused,
         };
+        if self.pins.iter().any(|pin| pin == end_entity) {
+            return verify_pinned(end_entity, server_name, now);
+        }
         self.private
             .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
             .map_err(|by_private| refusal(refused, by_private))
@@ -136,6 +151,31 @@ impl ServerCertVerifier for SystemThenPrivateCa {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.system.supported_verify_schemes()
     }
+}
+
+/// A server certificate equal to a pinned one: valid now and naming `server_name` (in its
+/// subjectAltName, as WebPKI wants); no chain and no basic constraints, as it is trusted itself.
+fn verify_pinned(
+    pinned: &CertificateDer<'_>,
+    server_name: &ServerName<'_>,
+    now: UnixTime,
+) -> Result<ServerCertVerified, rustls::Error> {
+    let invalid = rustls::Error::InvalidCertificate;
+    let (_, parsed) = x509_parser::parse_x509_certificate(pinned)
+        .map_err(|_| invalid(CertificateError::BadEncoding))?;
+    let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    let validity = parsed.validity();
+    if now_secs < validity.not_before.timestamp() {
+        return Err(invalid(CertificateError::NotValidYet));
+    }
+    if now_secs > validity.not_after.timestamp() {
+        return Err(invalid(CertificateError::Expired));
+    }
+    webpki::EndEntityCert::try_from(pinned)
+        .map_err(|_| invalid(CertificateError::BadEncoding))?
+        .verify_is_valid_for_subject_name(server_name)
+        .map_err(|_| invalid(CertificateError::NotValidForName))?;
+    Ok(ServerCertVerified::assertion())
 }
 
 fn is_revoked(error: &rustls::Error) -> bool {
@@ -181,7 +221,17 @@ fn describe(error: &CertificateError) -> String {
             "certificate is not valid yet (check the clock)".into()
         }
         CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
-            "certificate does not name this server (name mismatch)".into()
+            "certificate does not name this server (name mismatch: its subjectAltName must list \
+             the host name or IP address in --server, e.g. openssl req -x509 ... -addext \
+             subjectAltName=DNS:cms.example.com,IP:10.0.0.5)"
+                .into()
+        }
+        // WebPKI's error, passed through rustls as an opaque one.
+        CertificateError::Other(other) if format!("{other:?}").contains("CaUsedAsEndEntity") => {
+            "the server presents a CA certificate (CA:TRUE, as openssl req -x509 makes) as its \
+             own: pass that very certificate with --ca-cert to pin it, or sign a server \
+             certificate with a CA and pass the CA"
+                .into()
         }
         CertificateError::Revoked => "certificate has been revoked".into(),
         other => format!("certificate refused: {other:?}"),
@@ -231,6 +281,13 @@ mod tests {
             client_config(Some("no pem here")).err(),
             Some(TlsSetupError::NoCertificate)
         );
+    }
+
+    #[test]
+    fn a_ca_certificate_as_the_servers_own_is_explained() {
+        let webpki = rustls::OtherError(Arc::new(webpki::Error::CaUsedAsEndEntity));
+        let problem = describe(&CertificateError::Other(webpki));
+        assert!(problem.contains("--ca-cert to pin it"), "{problem}");
     }
 
     #[test]

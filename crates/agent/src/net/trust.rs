@@ -17,8 +17,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use cms_protocol::delta::{CUSTOM_DELTA_FROM, delta_target_name};
 use cms_protocol::update::target_custom;
-use cms_protocol::{UpdateInfo, paths};
+use cms_protocol::{RollbackStatement, UpdateInfo, paths};
 use futures_util::StreamExt;
 use serde_json::Value;
 use tough::schema::{Root, Signed};
@@ -30,6 +31,7 @@ use url::Url;
 
 use crate::net::endpoint;
 use crate::net::error_chain;
+use crate::net::rollback;
 use crate::net::servers::ServerList;
 use cms_platform::fs::{read_no_follow, write_atomic};
 
@@ -100,6 +102,9 @@ pub enum TrustError {
     /// The signed targets do not list the offered package.
     #[error("the signed release metadata does not list {0}")]
     UnknownTarget(String),
+    /// An older version was offered with a rollback statement the root did not sign.
+    #[error("going back to an older version refused: {0}")]
+    Rollback(#[from] crate::net::rollback::RollbackRefused),
     /// The signed description of the package differs from what was offered.
     #[error("signed {what} of {target} is {signed:?}, but {offered:?} was offered")]
     Disagrees {
@@ -217,35 +222,38 @@ impl TrustedMetadata {
     /// offered package, refusing any disagreement with the offer.
     pub async fn verified_target(&self, offer: &UpdateInfo) -> Result<SignedTarget, TrustError> {
         let repository = self.refresh().await?;
-        let target = offer.target.as_str();
-        let name = TargetName::new(target).map_err(|e| TrustError::Refused(e.to_string()))?;
-        let entry = repository
-            .targets()
-            .signed
-            .targets
-            .get(&name)
-            .ok_or_else(|| TrustError::UnknownTarget(target.to_owned()))?;
-        let signed = SignedTarget {
-            length: entry.length,
-            sha256: hex::encode(entry.hashes.sha256.as_ref()),
-            version: custom_text(&entry.custom, target_custom::VERSION),
-            platform: custom_text(&entry.custom, target_custom::PLATFORM),
-        };
-        agree(target, "version", &signed.version, &offer.version)?;
-        agree(target, "platform", &signed.platform, &offer.platform)?;
-        agree(
-            target,
-            "length",
-            &signed.length.to_string(),
-            &offer.length.to_string(),
-        )?;
-        agree(
-            target,
-            "sha256",
-            &signed.sha256,
-            &offer.sha256.to_ascii_lowercase(),
-        )?;
-        Ok(signed)
+        package_target(&repository, offer)
+    }
+
+    /// [`Self::verified_target`], and from the same verified refresh the signed delta from
+    /// release `from` to the offered one when the targets list one under its name
+    /// (`cms_protocol::delta::delta_target_name`) whose `custom` agrees on `from`, the version
+    /// and the platform (a delta that disagrees is left out, with a warning).
+    pub async fn verified_target_and_delta(
+        &self,
+        offer: &UpdateInfo,
+        from: &str,
+    ) -> Result<(SignedTarget, Option<SignedTarget>), TrustError> {
+        let repository = self.refresh().await?;
+        let package = package_target(&repository, offer)?;
+        let delta = delta_target(&repository, offer, from).unwrap_or_else(|error| {
+            tracing::warn!(%error, "signed delta left out");
+            None
+        });
+        Ok((package, delta))
+    }
+
+    /// Checks the rollback statement that comes with an offer of an older version against the
+    /// newest root trusted after a verified refresh (`crate::net::rollback`).
+    pub async fn verified_rollback(
+        &self,
+        offer: &UpdateInfo,
+        statement: &RollbackStatement,
+    ) -> Result<(), TrustError> {
+        let repository = self.refresh().await?;
+        let root = &repository.root().signed;
+        rollback::check(root, statement, offer, time::OffsetDateTime::now_utc())?;
+        Ok(())
     }
 
     /// One verified refresh, starting from the newest root trusted so far.
@@ -336,6 +344,60 @@ fn parse_root(bytes: &[u8], source_name: &str) -> Result<Signed<Root>, TrustErro
 /// Same root whatever the JSON formatting (tough rewrites the file it keeps).
 fn same_root(a: &Signed<Root>, b: &Signed<Root>) -> bool {
     serde_json::to_value(&a.signed).ok() == serde_json::to_value(&b.signed).ok()
+}
+
+/// The signed description of the offered package, refusing any disagreement with the offer.
+fn package_target(
+    repository: &tough::Repository,
+    offer: &UpdateInfo,
+) -> Result<SignedTarget, TrustError> {
+    let target = offer.target.as_str();
+    let signed = signed_target(repository, target)?
+        .ok_or_else(|| TrustError::UnknownTarget(target.to_owned()))?;
+    agree(target, "version", &signed.0.version, &offer.version)?;
+    agree(target, "platform", &signed.0.platform, &offer.platform)?;
+    let length = signed.0.length.to_string();
+    agree(target, "length", &length, &offer.length.to_string())?;
+    let sha256 = offer.sha256.to_ascii_lowercase();
+    agree(target, "sha256", &signed.0.sha256, &sha256)?;
+    Ok(signed.0)
+}
+
+/// The signed delta from `from` to the offered release, if the targets list one.
+fn delta_target(
+    repository: &tough::Repository,
+    offer: &UpdateInfo,
+    from: &str,
+) -> Result<Option<SignedTarget>, TrustError> {
+    let target = delta_target_name(from, &offer.version, &offer.platform);
+    let Some((signed, signed_from)) = signed_target(repository, &target)? else {
+        return Ok(None);
+    };
+    agree(&target, "version", &signed.version, &offer.version)?;
+    agree(&target, "platform", &signed.platform, &offer.platform)?;
+    agree(&target, "delta_from", &signed_from, from)?;
+    Ok(Some(signed))
+}
+
+/// The target `name` as the verified targets describe it, with its `custom` `delta_from`.
+fn signed_target(
+    repository: &tough::Repository,
+    name: &str,
+) -> Result<Option<(SignedTarget, String)>, TrustError> {
+    let key = TargetName::new(name).map_err(|e| TrustError::Refused(e.to_string()))?;
+    let Some(entry) = repository.targets().signed.targets.get(&key) else {
+        return Ok(None);
+    };
+    let signed = SignedTarget {
+        length: entry.length,
+        sha256: hex::encode(entry.hashes.sha256.as_ref()),
+        version: custom_text(&entry.custom, target_custom::VERSION),
+        platform: custom_text(&entry.custom, target_custom::PLATFORM),
+    };
+    Ok(Some((
+        signed,
+        custom_text(&entry.custom, CUSTOM_DELTA_FROM),
+    )))
 }
 
 fn custom_text(custom: &std::collections::HashMap<String, Value>, key: &str) -> String {

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use crate::net::proxy::{ProxyError, ProxyUrl, Route, connect_tunnel};
 use crate::net::servers::ServerList;
-use crate::net::{Transport, backoff, endpoint};
+use crate::net::{Transport, backoff, endpoint, server_text};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -37,6 +37,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Longest wait for the server's answer to a heartbeat before the agent falls back to HTTP.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest part of a refused event's error quoted in the log (it may quote the server's text).
+const MAX_QUOTED_ERROR: usize = 300;
 /// Longest time one frame may take to send.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -403,7 +405,8 @@ async fn forward(
     let event = match serde_json::from_str::<ServerEvent>(text) {
         Ok(event) => event,
         Err(err) => {
-            tracing::warn!(error = %err, "ignoring an unknown server event");
+            let error = server_text(&err.to_string(), MAX_QUOTED_ERROR);
+            tracing::warn!(%error, "ignoring an unknown server event");
             return;
         }
     };

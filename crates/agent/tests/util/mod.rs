@@ -81,14 +81,19 @@ pub struct Server {
     http: reqwest::blocking::Client,
 }
 
-/// Runs `cms-server ARGS --data-dir DIR` to success and returns what it printed.
-pub fn server_command(data_dir: &Path, args: &[&str]) -> String {
-    let output = Command::new(server_exe())
+/// Runs `cms-server ARGS --data-dir DIR` and returns its exit status and output.
+pub fn server_command_output(data_dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(server_exe())
         .args(args)
         .arg("--data-dir")
         .arg(data_dir)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs `cms-server ARGS --data-dir DIR` to success and returns what it printed.
+pub fn server_command(data_dir: &Path, args: &[&str]) -> String {
+    let output = server_command_output(data_dir, args);
     assert!(
         output.status.success(),
         "cms-server {args:?} failed: {}",
@@ -345,8 +350,21 @@ pub fn versioned_build(version: &str) -> PathBuf {
     out
 }
 
-/// `cms-server release publish` into `server_dir`; panics with its output on failure.
+/// `cms-server release publish` into `server_dir`; panics with its output on failure. The
+/// release goes to the whole fleet at once (`--rollout 100`, unless `extra` sets it) with the
+/// halt rule these tests were written for (20 attempts, unless `extra` sets it), and no delta
+/// is made unless `extra` asks (`--delta-from N`), so a test downloads the full package.
 pub fn publish(server_dir: &Path, version: &str, agent: &Path, updater: &Path, extra: &[&str]) {
+    let mut defaults: Vec<&str> = Vec::new();
+    if !extra.contains(&"--rollout") {
+        defaults.extend(["--rollout", "100"]);
+    }
+    if !extra.contains(&"--halt-min-attempts") {
+        defaults.extend(["--halt-min-attempts", "20"]);
+    }
+    if !extra.contains(&"--delta-from") {
+        defaults.extend(["--delta-from", "0"]);
+    }
     let output = Command::new(server_exe())
         .args(["release", "publish", "--data-dir"])
         .arg(server_dir)
@@ -355,6 +373,7 @@ pub fn publish(server_dir: &Path, version: &str, agent: &Path, updater: &Path, e
         .arg("--updater")
         .arg(updater)
         .args(extra)
+        .args(defaults)
         .output()
         .unwrap();
     assert!(

@@ -96,3 +96,30 @@ fn ca_params(common_name: &str) -> CertificateParams {
         .push(DnType::CommonName, common_name);
     params
 }
+
+/// A self-signed certificate the way `openssl req -x509` makes one (`CA:TRUE`, its own issuer)
+/// for `names`, valid `days` around today, to serve as the server's own certificate; written
+/// as `dir/name.crt` and `dir/name.key`.
+pub fn self_signed_server_cert(
+    dir: &Path,
+    name: &str,
+    names: &[&str],
+    days: (i64, i64),
+) -> ServerCert {
+    std::fs::create_dir_all(dir).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now + Duration::days(days.0);
+    params.not_after = now + Duration::days(days.1);
+    let files = ServerCert {
+        cert: dir.join(format!("{name}.crt")),
+        key: dir.join(format!("{name}.key")),
+    };
+    std::fs::write(&files.cert, params.self_signed(&key).unwrap().pem()).unwrap();
+    std::fs::write(&files.key, key.serialize_pem()).unwrap();
+    files
+}

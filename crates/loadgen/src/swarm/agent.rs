@@ -214,6 +214,7 @@ impl SimulatedAgent {
             metrics: Metrics::default(),
             network: None,
             group: None,
+            utc_offset_minutes: None,
         };
         if session.unanswered.take().is_some() {
             self.shared.recorder.heartbeat_failed();

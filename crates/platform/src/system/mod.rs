@@ -34,6 +34,24 @@ use std::path::{Path, PathBuf};
 /// Release platform name of this build (`windows-x86_64`, `linux-x86_64`): selects packages.
 pub const PLATFORM: &str = imp::PLATFORM;
 
+/// Where the machine's policy for the agent is kept, for messages (Windows:
+/// `HKLM\SOFTWARE\Policies\CMSAgent`, written by Group Policy).
+pub const POLICY_PLACE: &str = imp::POLICY_PLACE;
+
+/// The values of the machine's policy for the agent, by name, in registry order: strings as
+/// they are, DWORDs in decimal, any other type as `None` (for the agent to report). Empty when
+/// there is no policy, and always on Unix, which has none. Judging the values is the agent's.
+pub fn read_policy() -> io::Result<Vec<(String, Option<String>)>> {
+    imp::read_policy()
+}
+
+/// Blocks until something under the machine's policy keys changes (Windows:
+/// `RegNotifyChangeKeyValue` on `HKLM\SOFTWARE\Policies` and its subtree, created if missing),
+/// then `Ok(true)`; `Ok(false)` at once where there is no policy to watch (Unix).
+pub fn wait_policy_change() -> io::Result<bool> {
+    imp::wait_policy_change()
+}
+
 /// Whether the process runs elevated (Windows) or as root (Unix): selects the storage path.
 pub fn is_running_as_admin() -> bool {
     imp::is_running_as_admin()
@@ -321,6 +339,27 @@ pub fn manage_ipc_secret(
             Ok(None)
         }
     }
+}
+
+/// Whether [`seal_at_rest`] encrypts (Windows: DPAPI); elsewhere it returns the bytes as given
+/// and a secret at rest is protected by its folder's permissions alone (0700).
+pub const SEALS_AT_REST: bool = imp::SEALS_AT_REST;
+
+/// Seals a secret the agent keeps on disk (its credential, its enrollment token) so that a
+/// copy of the file is useless off this machine. Windows: DPAPI with the machine key for
+/// [`SecretScope::System`] (the service and elevated administrators can open it, as the
+/// machine-wide folder's DACL allows), or the current user's key for [`SecretScope::User`]
+/// (only that user can); the blob is tied to this one purpose. Linux: `plain` unchanged
+/// ([`SEALS_AT_REST`] is false). The result is binary; never log either side.
+pub fn seal_at_rest(scope: SecretScope, plain: &[u8]) -> Result<Vec<u8>, SystemError> {
+    imp::seal_at_rest(scope, plain)
+}
+
+/// Opens what [`seal_at_rest`] sealed (the blob says which key; on Windows a blob sealed on
+/// another machine, or by another user in user scope, is refused as
+/// [`SystemError::Invalid`]). Linux: `sealed` unchanged.
+pub fn unseal_at_rest(sealed: &[u8]) -> Result<Vec<u8>, SystemError> {
+    imp::unseal_at_rest(sealed)
 }
 
 /// The current user's SID (`S-1-5-21-...`) on Windows, the effective UID on Linux: names the

@@ -367,6 +367,17 @@ fn quote_words(
     Ok(line)
 }
 
+/// Linux keeps secrets at rest as they are, in the owner-only (0700) data folder.
+pub const SEALS_AT_REST: bool = false;
+
+pub fn seal_at_rest(_scope: SecretScope, plain: &[u8]) -> Result<Vec<u8>, SystemError> {
+    Ok(plain.to_vec())
+}
+
+pub fn unseal_at_rest(sealed: &[u8]) -> Result<Vec<u8>, SystemError> {
+    Ok(sealed.to_vec())
+}
+
 pub fn read_ipc_secret(
     _scope: SecretScope,
     storage_path: &Path,
@@ -729,6 +740,17 @@ pub fn pinned_path(file: &File, path: &Path) -> PathBuf {
 pub fn delete_running_exe() -> io::Result<bool> {
     fs::remove_file(std::env::current_exe()?)?;
     Ok(true)
+}
+
+/// Unix has no machine policy for the agent: config.json and the command line only.
+pub const POLICY_PLACE: &str = "(no machine policy on this platform)";
+
+pub fn read_policy() -> io::Result<Vec<(String, Option<String>)>> {
+    Ok(Vec::new())
+}
+
+pub fn wait_policy_change() -> io::Result<bool> {
+    Ok(false)
 }
 
 #[cfg(test)]

@@ -933,19 +933,44 @@ fn read_machine_secret(storage_path: &Path) -> Result<Option<IpcSecret>, SystemE
 fn write_machine_secret(storage_path: &Path, secret: &IpcSecret) -> Result<(), SystemError> {
     let path = storage_path.join(SECRET_FILE_NAME);
     let what = || format!("writing {}", path.display());
-    let sealed = dpapi::protect(secret.expose().as_bytes(), SECRET_ENTROPY).map_err(|source| {
-        SystemError::Os {
-            what: what(),
-            source,
-        }
-    })?;
+    let sealed =
+        dpapi::protect(secret.expose().as_bytes(), SECRET_ENTROPY, true).map_err(|source| {
+            SystemError::Os {
+                what: what(),
+                source,
+            }
+        })?;
     // The folder's protected DACL (SYSTEM and Administrators) is inherited by the file.
     crate::fs::write_atomic(&path, &sealed)
         .map_err(|e| SystemError::from_io(what(), e, MACHINE_SECRET_HINT))
 }
 
-/// DPAPI with the machine key: any process on this machine that can read the blob can decrypt
-/// it (the file's DACL decides who can), and no other machine can.
+/// Ties a secret sealed at rest (config.json's credential) to that one purpose.
+const AT_REST_ENTROPY: &[u8] = b"CMSAgent/at-rest";
+
+/// DPAPI seals secrets at rest.
+pub const SEALS_AT_REST: bool = true;
+
+pub fn seal_at_rest(scope: SecretScope, plain: &[u8]) -> Result<Vec<u8>, SystemError> {
+    let machine = scope == SecretScope::System;
+    dpapi::protect(plain, AT_REST_ENTROPY, machine).map_err(|source| SystemError::Os {
+        what: format!("sealing a secret with DPAPI ({} scope)", scope.as_str()),
+        source,
+    })
+}
+
+pub fn unseal_at_rest(sealed: &[u8]) -> Result<Vec<u8>, SystemError> {
+    dpapi::unprotect(sealed, AT_REST_ENTROPY).map_err(|err| SystemError::Invalid {
+        what: "a secret sealed with DPAPI".into(),
+        reason: format!(
+            "DPAPI cannot decrypt it here (sealed on another machine or by another user?): {err}"
+        ),
+    })
+}
+
+/// DPAPI with the machine key (any process on this machine that can read the blob can decrypt
+/// it: the file's DACL decides who can) or the current user's (only that user can); no other
+/// machine can either way.
 mod dpapi {
     use std::io;
 
@@ -1001,8 +1026,14 @@ mod dpapi {
         Ok(out.to_vec())
     }
 
-    pub fn protect(plain: &[u8], entropy: &[u8]) -> io::Result<Vec<u8>> {
+    /// Seals `plain` with the machine key when `machine`, else with the current user's.
+    pub fn protect(plain: &[u8], entropy: &[u8], machine: bool) -> io::Result<Vec<u8>> {
         let (data, entropy) = (input(plain), input(entropy));
+        let scope = if machine {
+            CRYPTPROTECT_LOCAL_MACHINE
+        } else {
+            0
+        };
         fill(|out| {
             // SAFETY: the input blobs point at live slices for the call; `out` receives a
             // LocalAlloc'ed blob freed by `Output`'s Drop.
@@ -1013,7 +1044,7 @@ mod dpapi {
                     &entropy,
                     std::ptr::null(),
                     std::ptr::null(),
-                    CRYPTPROTECT_LOCAL_MACHINE | CRYPTPROTECT_UI_FORBIDDEN,
+                    scope | CRYPTPROTECT_UI_FORBIDDEN,
                     out,
                 )
             }
@@ -1456,6 +1487,153 @@ pub fn delete_running_exe() -> io::Result<bool> {
     Ok(false) // a running exe cannot be deleted; the next agent start clears `updates/`
 }
 
+/// The machine's policy for the agent, as Group Policy writes it (under `HKLM`).
+const POLICY_KEY: &str = r"SOFTWARE\Policies\CMSAgent";
+/// The key above it, watched (with its subtree) because the agent's own may not exist yet.
+const POLICIES_KEY: &str = r"SOFTWARE\Policies";
+pub const POLICY_PLACE: &str = r"HKLM\SOFTWARE\Policies\CMSAgent";
+
+/// An open registry key, closed when dropped.
+struct RegKey(HKEY);
+
+impl RegKey {
+    /// `HKLM\<path>` (64-bit view) opened with `access`; `None` when it does not exist.
+    fn open_machine(path: &str, access: u32) -> io::Result<Option<RegKey>> {
+        use windows_sys::Win32::System::Registry::{KEY_WOW64_64KEY, RegOpenKeyExW};
+        let name = wide(OsStr::new(path));
+        let mut key: HKEY = std::ptr::null_mut();
+        // SAFETY: `name` is NUL-terminated; `key` receives the handle, closed by `RegKey`.
+        let code = unsafe {
+            RegOpenKeyExW(
+                HKEY_LOCAL_MACHINE,
+                name.as_ptr(),
+                0,
+                access | KEY_WOW64_64KEY,
+                &mut key,
+            )
+        };
+        match win32_result(code) {
+            Ok(()) => Ok(Some(RegKey(key))),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// `HKLM\<path>` (64-bit view), created when missing, opened with `access`.
+    fn create_machine(path: &str, access: u32) -> io::Result<RegKey> {
+        use windows_sys::Win32::System::Registry::{
+            KEY_WOW64_64KEY, REG_OPTION_NON_VOLATILE, RegCreateKeyExW,
+        };
+        let name = wide(OsStr::new(path));
+        let mut key: HKEY = std::ptr::null_mut();
+        // SAFETY: `name` is NUL-terminated; no class, default security, no disposition out.
+        let code = unsafe {
+            RegCreateKeyExW(
+                HKEY_LOCAL_MACHINE,
+                name.as_ptr(),
+                0,
+                std::ptr::null(),
+                REG_OPTION_NON_VOLATILE,
+                access | KEY_WOW64_64KEY,
+                std::ptr::null(),
+                &mut key,
+                std::ptr::null_mut(),
+            )
+        };
+        win32_result(code).map(|()| RegKey(key))
+    }
+
+    /// The value at `index` as (name, text): strings as they are, DWORDs in decimal, other
+    /// types as `None`; `Ok(None)` past the last value.
+    fn value_at(&self, index: u32) -> io::Result<Option<(String, Option<String>)>> {
+        use windows_sys::Win32::Foundation::ERROR_NO_MORE_ITEMS;
+        use windows_sys::Win32::System::Registry::{REG_DWORD, REG_EXPAND_SZ, RegEnumValueW};
+        let mut name = vec![0u16; 256];
+        let mut name_len = name.len() as u32;
+        let mut data = vec![0u8; 8192];
+        let mut data_len = data.len() as u32;
+        let mut kind = 0u32;
+        // SAFETY: the buffers hold the lengths passed; the key handle is open.
+        let code = unsafe {
+            RegEnumValueW(
+                self.0,
+                index,
+                name.as_mut_ptr(),
+                &mut name_len,
+                std::ptr::null(),
+                &mut kind,
+                data.as_mut_ptr(),
+                &mut data_len,
+            )
+        };
+        if code == ERROR_NO_MORE_ITEMS {
+            return Ok(None);
+        }
+        win32_result(code)?;
+        let name = String::from_utf16_lossy(&name[..name_len as usize]);
+        let data = &data[..(data_len as usize).min(data.len())];
+        let text = match kind {
+            REG_SZ | REG_EXPAND_SZ => {
+                let units: Vec<u16> = data
+                    .chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                    .collect();
+                Some(
+                    String::from_utf16_lossy(&units)
+                        .trim_end_matches('\0')
+                        .to_owned(),
+                )
+            }
+            REG_DWORD if data.len() == 4 => {
+                Some(u32::from_le_bytes([data[0], data[1], data[2], data[3]]).to_string())
+            }
+            _ => None,
+        };
+        Ok(Some((name, text)))
+    }
+}
+
+impl Drop for RegKey {
+    fn drop(&mut self) {
+        // SAFETY: the handle was opened by RegOpenKeyExW/RegCreateKeyExW and is closed once.
+        unsafe { windows_sys::Win32::System::Registry::RegCloseKey(self.0) };
+    }
+}
+
+pub fn read_policy() -> io::Result<Vec<(String, Option<String>)>> {
+    use windows_sys::Win32::System::Registry::KEY_READ;
+    let Some(key) = RegKey::open_machine(POLICY_KEY, KEY_READ)? else {
+        return Ok(Vec::new());
+    };
+    let mut values = Vec::new();
+    for index in 0.. {
+        match key.value_at(index)? {
+            Some(value) => values.push(value),
+            None => break,
+        }
+    }
+    Ok(values)
+}
+
+pub fn wait_policy_change() -> io::Result<bool> {
+    use windows_sys::Win32::System::Registry::{
+        KEY_NOTIFY, REG_NOTIFY_CHANGE_LAST_SET, REG_NOTIFY_CHANGE_NAME, RegNotifyChangeKeyValue,
+    };
+    // `SOFTWARE\Policies` exists on Windows; a fresh Wine prefix may lack it.
+    let key = RegKey::create_machine(POLICIES_KEY, KEY_NOTIFY)?;
+    // SAFETY: the key is open with KEY_NOTIFY; synchronous: no event handle.
+    let code = unsafe {
+        RegNotifyChangeKeyValue(
+            key.0,
+            1,
+            REG_NOTIFY_CHANGE_NAME | REG_NOTIFY_CHANGE_LAST_SET,
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    win32_result(code).map(|()| true)
+}
+
 #[cfg(test)]
 mod tests {
     //! Run under Wine (`cargo xtask wine-test`), which runs programs as an administrator, so
@@ -1634,6 +1812,23 @@ mod tests {
         );
         std::fs::write(storage.path().join(SECRET_FILE_NAME), b"not a DPAPI blob").unwrap();
         let err = read_ipc_secret(SecretScope::System, storage.path()).unwrap_err();
+        assert!(matches!(err, SystemError::Invalid { .. }), "{err}");
+    }
+
+    #[test]
+    fn secrets_at_rest_are_sealed_in_both_scopes_and_opened_again() {
+        let plain = b"0123456789abcdef0123456789abcdef";
+        for scope in [SecretScope::User, SecretScope::System] {
+            let sealed = seal_at_rest(scope, plain).unwrap();
+            assert!(
+                !sealed.windows(plain.len()).any(|w| w == plain),
+                "{scope:?}: the secret is in the blob"
+            );
+            assert_eq!(unseal_at_rest(&sealed).unwrap(), plain, "{scope:?}");
+            let other = dpapi::unprotect(&sealed, SECRET_ENTROPY);
+            assert!(other.is_err(), "{scope:?}: opened for another purpose");
+        }
+        let err = unseal_at_rest(b"not a DPAPI blob").unwrap_err();
         assert!(matches!(err, SystemError::Invalid { .. }), "{err}");
     }
 

@@ -107,7 +107,26 @@ impl Outcome {
     }
 }
 
-/// Writes one audit entry (and logs it); a failed write is logged, never hidden.
+/// Audits the result of an operator's action: `ok`, or `refused`; a failure of the server
+/// itself (`server_failed`, e.g. the database) is not the operator's action and is not audited.
+pub async fn audit_result<T, E>(
+    db: &Db,
+    actor: &Actor,
+    (action, target): (&str, &str),
+    result: &Result<T, E>,
+    server_failed: impl Fn(&E) -> bool,
+) {
+    let outcome = match result {
+        Ok(_) => Outcome::Ok,
+        Err(error) if server_failed(error) => return,
+        Err(_) => Outcome::Refused,
+    };
+    audit(db, actor, action, Some(target), outcome).await;
+}
+
+/// Writes one audit entry (and logs it); a failed write is logged, never hidden. The denials of
+/// one actor and action within one minute share one row that counts them (docs/CONTRACT.md);
+/// only the first is logged at info level.
 pub async fn audit(db: &Db, actor: &Actor, action: &str, target: Option<&str>, outcome: Outcome) {
     let target = target.map(|t| clip(t, MAX_AUDIT_TARGET));
     let entry = NewAuditEntry {
@@ -117,6 +136,21 @@ pub async fn audit(db: &Db, actor: &Actor, action: &str, target: Option<&str>, o
         outcome: outcome.name(),
         source: &actor.source,
     };
+    let now = clock::now();
+    if outcome == Outcome::Denied {
+        let id = denial_id(&actor.name, action, &now);
+        match db.count_audit(&id, &entry, &now).await {
+            Ok(1) => {}
+            Ok(repeats) => {
+                tracing::debug!(actor = actor.name, action, repeats, "audit: denied again");
+                return;
+            }
+            Err(error) => {
+                tracing::error!(%error, action, actor = actor.name, "cannot write the audit log");
+                return;
+            }
+        }
+    }
     tracing::info!(
         actor = actor.name,
         action,
@@ -125,9 +159,21 @@ pub async fn audit(db: &Db, actor: &Actor, action: &str, target: Option<&str>, o
         source = actor.source,
         "audit"
     );
-    if let Err(error) = db.insert_audit(&entry, &clock::now()).await {
+    if outcome != Outcome::Denied
+        && let Err(error) = db.insert_audit(&entry, &now).await
+    {
         tracing::error!(%error, action, actor = actor.name, "cannot write the audit log");
     }
+}
+
+/// The id of the audit row that counts `actor`'s denials of `action` in the minute of `now`
+/// (a stored timestamp): `denied-` and the SHA-256 of the three, so the row is found without
+/// a lookup and the id reveals nothing the row does not.
+fn denial_id(actor: &str, action: &str, now: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let minute = now.get(..16).unwrap_or(now);
+    let digest = Sha256::digest(format!("{actor}\n{action}\n{minute}").as_bytes());
+    format!("denied-{}", hex::encode(&digest[..16]))
 }
 
 /// Whether `name` may name a token.

@@ -30,7 +30,7 @@ use crate::intake::{bounds, heartbeat};
 use crate::logtext::{LogEvery, Untrusted, clip};
 use crate::net::ratelimit::source_network;
 use crate::release;
-use crate::rollout::{cohort, group, offer};
+use crate::rollout::{group, offer};
 
 /// Most reports accepted in one batch; larger batches get 413.
 pub const MAX_REPORTS_PER_BATCH: usize = 500;
@@ -43,9 +43,6 @@ const MAX_KIND: usize = 128;
 const MAX_MESSAGE: usize = 16 * 1024;
 
 const UNAUTHORIZED: &str = "missing or invalid agent token";
-/// How long the live connection of an identity has to answer a ping before a second one takes
-/// its place.
-const CLONE_PROBE: Duration = Duration::from_secs(5);
 /// The 409 text of a WebSocket refused as a clone (docs/protocol.md, "Agent identities").
 pub const IDENTITY_CONFLICT: &str =
     "identity_conflict: another live agent holds this identity; register as a new agent";
@@ -205,8 +202,7 @@ async fn record_heartbeat(
     if let Some(network) = &report.network {
         check_field("network", network, MAX_SHORT_FIELD)?;
     }
-    let metrics_json =
-        serde_json::to_string(&report.metrics).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let metrics_json = stored_metrics(&report.metrics)?;
     let heartbeat = Heartbeat {
         version: &report.version,
         state: report.state.name(),
@@ -291,16 +287,15 @@ impl crate::ws::AgentMessages for SocketMessages {
                 false
             }
         };
-        let update = match cohort::parse_version(&report.version) {
+        let update = match release::parse_version(&report.version) {
             Some(current) => {
-                offer::offer_for(
-                    self.state.db(),
+                let asker = offer::Asker {
                     agent_id,
-                    &current,
-                    &self.platform,
-                    offer::OfferVia::Heartbeat,
-                )
-                .await
+                    current: &current,
+                    platform: &self.platform,
+                    utc_offset_minutes: report.utc_offset_minutes,
+                };
+                offer::offer_for(self.state.db(), asker, offer::OfferVia::Heartbeat).await
             }
             None => Ok(None),
         };
@@ -337,6 +332,9 @@ pub struct UpdateQuery {
     pub version: String,
     /// The agent's platform.
     pub platform: String,
+    /// Minutes the agent's clock is ahead of UTC (for maintenance windows on its clock).
+    #[serde(default)]
+    pub utc_offset_minutes: Option<i32>,
 }
 
 /// `GET /api/v1/agent/update?version=X&platform=P`: the release this agent should install.
@@ -346,17 +344,16 @@ pub async fn update_check(
     ApiQuery(query): ApiQuery<UpdateQuery>,
 ) -> Result<axum::Json<UpdateCheckResponse>, ApiError> {
     check_field("platform", &query.platform, MAX_SHORT_FIELD)?;
-    let current = cohort::parse_version(&query.version)
+    let current = release::parse_version(&query.version)
         .ok_or_else(|| ApiError::BadRequest("version must look like X.Y.Z".into()))?;
     state.db().touch(&agent.agent_id, &clock::now()).await?;
-    let update = offer::offer_for(
-        state.db(),
-        &agent.agent_id,
-        &current,
-        &query.platform,
-        offer::OfferVia::Check,
-    )
-    .await?;
+    let asker = offer::Asker {
+        agent_id: &agent.agent_id,
+        current: &current,
+        platform: &query.platform,
+        utc_offset_minutes: query.utc_offset_minutes,
+    };
+    let update = offer::offer_for(state.db(), asker, offer::OfferVia::Check).await?;
     tracing::debug!(agent_id = agent.agent_id, current = %current, offered = ?update.as_ref().map(|u| &u.version), "update check");
     Ok(axum::Json(UpdateCheckResponse { update }))
 }
@@ -456,20 +453,19 @@ fn truncate(text: &mut String, max: usize) {
 }
 
 /// `GET /api/v1/agent/ws`: upgrades to the agent's event WebSocket, unless another live
-/// connection of this replica holds the same identity and answers a ping within
-/// [`CLONE_PROBE`]: then 409 with [`IDENTITY_CONFLICT`] (a copy of the agent's data folder; it
-/// registers anew). A connection that does not answer is dead (the agent was killed and
-/// restarted) and the new one replaces it.
+/// connection holds the same identity, on this replica or another one, and answers a ping in
+/// time ([`crate::events::probe`]): then 409 with [`IDENTITY_CONFLICT`] (a copy of the agent's
+/// data folder; it registers anew). A connection that does not answer is dead (the agent was
+/// killed and restarted) and the new one replaces it.
 pub async fn websocket(
     State(state): State<AppState>,
     agent: AuthedAgent,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    if let Some(answered) = state.hub().probe(&agent.agent_id)
-        && matches!(
-            tokio::time::timeout(CLONE_PROBE, answered).await,
-            Ok(Ok(()))
-        )
+    if state
+        .cluster()
+        .identity_is_live(state.hub(), &agent.agent_id)
+        .await?
     {
         tracing::warn!(agent_id = %agent.agent_id, "a second live connection presents this identity; refused as a clone");
         return Err(ApiError::Conflict(IDENTITY_CONFLICT.to_owned()));
@@ -493,6 +489,17 @@ pub async fn websocket(
     Ok(upgrade.on_upgrade(move |socket| {
         crate::ws::run_socket(socket, agent.agent_id, hub, messages, shutdown)
     }))
+}
+
+/// The metrics as stored: the agent's numbers and `reported_at`, when the server received them
+/// (the dashboard shows them "as of" then, apart from the last contact).
+fn stored_metrics(metrics: &cms_protocol::Metrics) -> Result<String, ApiError> {
+    let mut stored =
+        serde_json::to_value(metrics).map_err(|e| ApiError::Internal(e.to_string()))?;
+    if let serde_json::Value::Object(fields) = &mut stored {
+        fields.insert("reported_at".into(), clock::now().into());
+    }
+    Ok(stored.to_string())
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The HTTP surface: shared state, the router, JSON errors and request extractors.
 //!
 //! Handlers live in [`agent`] (the agent-facing API, bearer-authenticated), [`package`] (the
-//! release package download, bearer-authenticated), [`metadata`] (the signed TUF metadata,
+//! release package download, bearer-authenticated, bounded by [`downloads`]), [`metadata`] (the signed TUF metadata,
 //! public), [`operator`] (the operator API of docs/protocol.md, operator tokens) and
 //! [`admin`] (token management and the audit log, admin tokens), [`identity`] (revoking agents,
 //! enrollment tokens) and [`dashboard`] (the
@@ -19,6 +19,7 @@ pub mod access;
 pub mod admin;
 pub mod agent;
 pub mod dashboard;
+pub mod downloads;
 pub mod groups;
 pub mod identity;
 pub mod metadata;
@@ -42,7 +43,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use cms_protocol::paths;
 use serde::de::DeserializeOwned;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{self, Cluster};
@@ -51,6 +52,7 @@ use crate::events::live::{FeedLimits, LiveFeed};
 use crate::intake::errors::PerAgent;
 use crate::net::ratelimit::{Rate, RateLimiter};
 use crate::ws::Hub;
+use downloads::{DownloadBudget, DownloadCounts, DownloadSlot};
 
 /// Largest request body accepted (error batches are the big ones).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -89,7 +91,7 @@ pub struct StateSettings {
     pub offline_after: Duration,
     /// Rate limits and the per-agent report cap.
     pub ingest: IngestLimits,
-    /// Package downloads served at the same time (each holds an open file).
+    /// Package streams served at the same time (`--max-downloads`; each holds an open file).
     pub download_slots: usize,
     /// Operator listings built at the same time (each holds one page in memory and one
     /// connection of the operators' pool; keep one connection free for the other routes).
@@ -121,7 +123,7 @@ struct Inner {
     heartbeats: RateLimiter<String>,
     feeds: Arc<FeedLimits>,
     listing_slots: Semaphore,
-    download_slots: Arc<Semaphore>,
+    downloads: DownloadBudget,
 }
 
 impl AppState {
@@ -135,7 +137,7 @@ impl AppState {
         shutdown: CancellationToken,
     ) -> Self {
         let ingest = settings.ingest;
-        let download_slots = Arc::new(Semaphore::new(settings.download_slots.max(1)));
+        let downloads = DownloadBudget::new(settings.download_slots);
         let listing_slots = Semaphore::new(settings.listing_slots.max(1));
         Self {
             inner: Arc::new(Inner {
@@ -150,7 +152,7 @@ impl AppState {
                 heartbeats: RateLimiter::new(ingest.heartbeats, RATE_LIMITER_KEYS),
                 feeds: Arc::default(),
                 listing_slots,
-                download_slots,
+                downloads,
             }),
         }
     }
@@ -257,12 +259,15 @@ impl AppState {
         }
     }
 
-    /// A slot to serve one package download (held until its body is sent), or 503 at once:
-    /// the agent retries at its next update check.
-    fn download_slot(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        Arc::clone(&self.inner.download_slots)
-            .try_acquire_owned()
-            .map_err(|_| busy("too many downloads at once"))
+    /// A slot to serve one package stream (held by its body until sent or dropped), or 503
+    /// with `Retry-After` at once ([`downloads`]).
+    fn download_slot(&self) -> Result<DownloadSlot, ApiError> {
+        self.inner.downloads.try_slot()
+    }
+
+    /// The download budget's counts (shown by `/healthz`).
+    pub fn download_counts(&self) -> DownloadCounts {
+        self.inner.downloads.counts()
     }
 }
 
@@ -300,6 +305,7 @@ fn agent_routes() -> Router<AppState> {
         .route(paths::CREDENTIAL, post(agent::credential))
         .route(paths::WEBSOCKET, get(agent::websocket))
         .route(package::PACKAGE_ROUTE, get(package::download))
+        .route(package::DELTA_ROUTE, get(package::download_delta))
         .route(metadata::METADATA_ROUTE, get(metadata::file))
         .route(paths::HEALTHZ, get(operator::healthz))
 }
@@ -331,6 +337,10 @@ fn operator_routes_without_healthz() -> Router<AppState> {
         .route("/api/v1/agents/{agent_id}/group", put(groups::set_group))
         .route("/api/v1/groups", get(groups::groups))
         .route(
+            "/api/v1/groups/{group}/window",
+            put(groups::set_window).delete(groups::clear_window),
+        )
+        .route(
             "/api/v1/rollouts/{platform}/{version}/groups/{group}",
             put(groups::set_group_rollout),
         )
@@ -355,6 +365,10 @@ fn operator_routes_without_healthz() -> Router<AppState> {
         )
         .route("/api/v1/error-groups", get(dashboard::error_groups))
         .route("/api/v1/rollouts", get(dashboard::rollouts))
+        .route(
+            "/api/v1/rollouts/{platform}/{version}/reasons",
+            get(dashboard::failure_reasons),
+        )
         .route(
             "/api/v1/rollouts/{platform}/{version}",
             post(dashboard::rollout_action),

@@ -150,11 +150,15 @@ async fn refuse(
     Err(ApiError::Conflict(error.to_string()))
 }
 
-/// `GET /healthz`: 200 when the database answers, 503 otherwise. Public; it uses the
-/// operators' pool, so a flood of health checks cannot take agents' connections.
+/// `GET /healthz`: 200 when the database answers (with this replica's package streams: active,
+/// limit, peak, refused), 503 otherwise. Public; it uses the operators' pool, so a flood of
+/// health checks cannot take agents' connections.
 pub async fn healthz(State(state): State<AppState>) -> Response {
     match state.operator_db().ping().await {
-        Ok(()) => (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))).into_response(),
+        Ok(()) => {
+            let body = serde_json::json!({ "status": "ok", "downloads": state.download_counts() });
+            (StatusCode::OK, Json(body)).into_response()
+        }
         Err(error) => {
             tracing::warn!(%error, "health check failed");
             let body = serde_json::json!({ "error": "database unavailable" });

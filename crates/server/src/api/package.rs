@@ -1,11 +1,14 @@
-//! `GET /api/v1/agent/packages/{version}/{platform}`: streams a release package to an agent.
+//! `GET /api/v1/agent/packages/{version}/{platform}`: streams a release package to an agent;
+//! `GET /api/v1/agent/deltas/{from}/{to}/{platform}` streams a signed delta the same way.
 //!
 //! Bearer-authenticated like every agent route. Supports one HTTP byte range (`bytes=N-`,
 //! `bytes=N-M`, `bytes=-S`) so an interrupted download resumes: 206 with `Content-Range`, 416
 //! when the range starts past the end; any other `Range` value is ignored (200, whole file).
 //! The file on disk is served as it is: the agent, not this handler, checks length and SHA-256
-//! against the update check. Downloads in flight are bounded (each holds an open file; one
-//! past the bound is answered 503 with `Retry-After`). This handler must never read a package
+//! against the update check. Streams in flight are bounded by the download budget
+//! ([`super::downloads`], `--max-downloads`): one past it is answered 503 with `Retry-After`,
+//! and the slot is held by the response body, so it counts until the last byte is sent or the
+//! client goes away. This handler must never read a package
 //! into memory, never serve a path outside the data directory, and never answer for a release
 //! that is not published.
 
@@ -22,11 +25,16 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
 use super::agent::AuthedAgent;
+use super::downloads::DownloadSlot;
 use super::{ApiError, AppState};
 use crate::logtext::Untrusted;
+use crate::release::delta::delta_rel_path;
 
 /// Route of the package download (the path `rollout::offer::package_url` builds).
 pub const PACKAGE_ROUTE: &str = "/api/v1/agent/packages/{version}/{platform}";
+/// Route of a delta download: the package route's `packages/{to}/{platform}` becomes
+/// `deltas/{from}/{to}/{platform}` (how the agent finds it without a field in the offer).
+pub const DELTA_ROUTE: &str = "/api/v1/agent/deltas/{from}/{to}/{platform}";
 
 /// Read size of the streamed body.
 const CHUNK: usize = 64 * 1024;
@@ -115,39 +123,87 @@ pub async fn download(
         .await?
         .ok_or_else(|| ApiError::NotFound("no such release is published".into()))?;
     let file_path = resolve(state.data_dir(), &row.package_path)?;
-    let mut file = tokio::fs::File::open(&file_path)
-        .await
-        .map_err(|e| ApiError::Internal(format!("{}: {e}", file_path.display())))?;
-    let total = file
-        .metadata()
-        .await
-        .map_err(|e| ApiError::Internal(format!("{}: {e}", file_path.display())))?
-        .len();
-    if i64::try_from(total).ok() != Some(row.length) {
-        tracing::warn!(
-            version = %Untrusted(&version),
-            platform = %Untrusted(&platform),
-            on_disk = total,
-            recorded = row.length,
-            "package file length differs from its release record; agents will refuse it"
-        );
-    }
-    let range = parse_range(headers.get(RANGE).and_then(|v| v.to_str().ok()), total);
     tracing::info!(
         agent_id = agent.agent_id,
         version = %Untrusted(&version),
         platform = %Untrusted(&platform),
-        ?range,
         "package download"
     );
+    let served = stream_file(slot, &file_path, &headers).await?;
+    if i64::try_from(served.total).ok() != Some(row.length) {
+        tracing::warn!(
+            version = %Untrusted(&version),
+            platform = %Untrusted(&platform),
+            on_disk = served.total,
+            recorded = row.length,
+            "package file length differs from its release record; agents will refuse it"
+        );
+    }
+    Ok(served.response)
+}
+
+/// `GET /api/v1/agent/deltas/{from}/{to}/{platform}`: the signed delta from release `from` to
+/// release `to` (`release::delta`), whole or one range, under the same download budget. Served
+/// only when both releases are published, which is when the signed targets list it.
+pub async fn download_delta(
+    State(state): State<AppState>,
+    agent: AuthedAgent,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Path((from, to, platform)) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let slot = state.download_slot()?;
+    let db = state.db();
+    for version in [&from, &to] {
+        db.release_package(version, &platform)
+            .await?
+            .ok_or_else(|| ApiError::NotFound("no such delta is published".into()))?;
+    }
+    // Both versions are those of published rows, so the path holds only their names.
+    let file_path = resolve(state.data_dir(), &delta_rel_path(&from, &to, &platform))?;
+    if !tokio::fs::try_exists(&file_path).await.unwrap_or(false) {
+        return Err(ApiError::NotFound("no such delta is published".into()));
+    }
+    tracing::info!(
+        agent_id = agent.agent_id,
+        from = %Untrusted(&from),
+        to = %Untrusted(&to),
+        platform = %Untrusted(&platform),
+        "delta download"
+    );
+    Ok(stream_file(slot, &file_path, &headers).await?.response)
+}
+
+/// A file answer and the file's whole length.
+struct Served {
+    response: Response,
+    total: u64,
+}
+
+/// Streams `file_path` (the range `headers` ask for), holding `slot` until the body ends.
+async fn stream_file(
+    slot: DownloadSlot,
+    file_path: &FsPath,
+    headers: &HeaderMap,
+) -> Result<Served, ApiError> {
+    let io_err = |e: std::io::Error| ApiError::Internal(format!("{}: {e}", file_path.display()));
+    let mut file = tokio::fs::File::open(file_path).await.map_err(io_err)?;
+    let total = file.metadata().await.map_err(io_err)?.len();
+    let range = parse_range(headers.get(RANGE).and_then(|v| v.to_str().ok()), total);
+    tracing::debug!(?range, total, "file download");
     let (status, start, length) = match range {
         ByteRange::Full => (StatusCode::OK, 0, total),
         ByteRange::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
-        ByteRange::Unsatisfiable => return Ok(unsatisfiable(total)),
+        ByteRange::Unsatisfiable => {
+            return Ok(Served {
+                response: unsatisfiable(total),
+                total,
+            });
+        }
     };
     file.seek(std::io::SeekFrom::Start(start))
         .await
-        .map_err(|e| ApiError::Internal(format!("{}: {e}", file_path.display())))?;
+        .map_err(io_err)?;
     // The stream owns the download slot: it is freed when the body is sent or dropped.
     let stream = ReaderStream::with_capacity(file.take(length), CHUNK).map(move |chunk| {
         let _slot = &slot;
@@ -163,7 +219,7 @@ pub async fn download(
         let value = format!("bytes {start}-{}/{total}", start + length - 1);
         headers.insert(CONTENT_RANGE, header_value(&value)?);
     }
-    Ok(response)
+    Ok(Served { response, total })
 }
 
 /// 416 with `Content-Range: bytes */TOTAL` and the usual JSON error body.

@@ -1,9 +1,11 @@
-//! `cms-server agent list|revoke`: the fleet's identities from the command line.
+//! `cms-server agent list|revoke|rotate|set-group`: the fleet's identities from the command line.
 //!
 //! `agent list` prints id, hostname, platform, version, last seen and whether the agent is
 //! revoked; `agent revoke --agent-id ID` revokes it (audited), and tells the running replicas
-//! (on PostgreSQL, through the event bus) to close its WebSocket. One variant and one function
-//! per subcommand, so more subcommands (`set-group`) slot in beside them. This module must never
+//! (on PostgreSQL, through the event bus) to close its WebSocket; `agent rotate --agent-id ID`
+//! asks the agent to rotate its credential at its next heartbeat (audited), as
+//! `POST /api/v1/agents/{id}/rotate-credential` does, through the same rule. One variant and one
+//! function per subcommand, so more subcommands slot in beside them. This module must never
 //! print a credential.
 
 use std::process::ExitCode;
@@ -11,7 +13,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use super::{EXIT_REFUSED, StoreArgs, command_actor, open_store, print_line};
-use crate::access::revocation;
+use crate::access::{revocation, rotation};
 use crate::db::{AgentKey, AgentRow, Db, Revocation};
 use crate::events::EventBus;
 
@@ -23,16 +25,18 @@ pub(super) enum AgentCommand {
     /// List agents: id, hostname, platform, version, last seen, revoked.
     List(StoreArgs),
     /// Revoke an agent: its credential stops working at once on every replica (audited).
-    Revoke(AgentRevokeArgs),
+    Revoke(AgentIdArgs),
+    /// Ask an agent to rotate its credential at its next heartbeat (audited).
+    Rotate(AgentIdArgs),
     /// Put an agent in a group (wins over the agent's own --group; audited).
     SetGroup(super::group::SetGroupArgs),
 }
 
 #[derive(Debug, Args)]
-pub(super) struct AgentRevokeArgs {
+pub(super) struct AgentIdArgs {
     #[command(flatten)]
     store: StoreArgs,
-    /// Id of the agent to revoke (from `agent list`).
+    /// Id of the agent (from `agent list`).
     #[arg(long)]
     agent_id: String,
 }
@@ -50,6 +54,12 @@ pub(super) async fn agent(command: AgentCommand) -> anyhow::Result<ExitCode> {
             let revoked = revoke(&db, &args.agent_id).await;
             db.close().await;
             revoked
+        }
+        AgentCommand::Rotate(args) => {
+            let db = open_store(&args.store).await?;
+            let asked = rotate(&db, &args.agent_id).await;
+            db.close().await;
+            asked
         }
         AgentCommand::SetGroup(args) => super::group::set_group(args).await,
     }
@@ -112,9 +122,23 @@ async fn revoke(db: &Db, agent_id: &str) -> anyhow::Result<ExitCode> {
             print_line(&format!("{agent_id} was revoked already"));
             Ok(ExitCode::SUCCESS)
         }
-        Revocation::Unknown => {
-            eprintln!("cms-server: no agent has the id {agent_id:?}");
-            Ok(ExitCode::from(EXIT_REFUSED))
-        }
+        Revocation::Unknown => Ok(unknown_agent(agent_id)),
     }
+}
+
+async fn rotate(db: &Db, agent_id: &str) -> anyhow::Result<ExitCode> {
+    if rotation::request(db, agent_id, &command_actor()).await? {
+        print_line(&format!(
+            "{agent_id} rotates its credential at its next heartbeat"
+        ));
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(unknown_agent(agent_id))
+    }
+}
+
+/// Refuses a command about an agent that does not exist (exit 2).
+fn unknown_agent(agent_id: &str) -> ExitCode {
+    eprintln!("cms-server: no agent has the id {agent_id:?}");
+    ExitCode::from(EXIT_REFUSED)
 }

@@ -1,7 +1,9 @@
 //! The `cms-server` command line: its clap types, and [`run`], which runs one command.
 //!
 //! One file per subcommand family: `serve`, `release` (`release publish|rollout`), `rollout`,
-//! `token`, `tuf`, `agent` (`agent list|revoke`) and `enroll` (`enroll create|list|revoke`); each holds its flags beside its logic, which calls the library's domain
+//! `token`, `tuf`, `agent` (`agent list|revoke|rotate|set-group`), `enroll` (`enroll
+//! create|list|revoke`) and `group` (`group window|pin|unpin`); each holds its flags beside its logic,
+//! which calls the library's domain
 //! modules. Logs go to stderr; a command prints its result on stdout. Exit codes: 0 done,
 //! 1 failure (I/O, database), 2 refused (bad arguments or settings, release already published,
 //! token name taken or unknown). This is the one module of the library that reads the process
@@ -52,12 +54,15 @@ enum Command {
     /// Manage the signing keys of the release metadata (TUF), with the root key offline.
     #[command(subcommand)]
     Tuf(tuf::TufCommand),
-    /// List and revoke agent identities, move an agent to a group (audited).
+    /// List, revoke and rotate agent identities, move an agent to a group (audited).
     #[command(subcommand)]
     Agent(agent::AgentCommand),
     /// Manage enrollment tokens (stored hashed; a token is shown once, at creation).
     #[command(subcommand)]
     Enroll(enroll::EnrollCommand),
+    /// Manage groups: maintenance windows, pins and rollbacks by pin (audited).
+    #[command(subcommand)]
+    Group(group::GroupCommand),
 }
 
 /// The platform of the machine this server was built for.
@@ -124,6 +129,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tuf(command) => runtime.block_on(tuf::tuf(command)),
         Command::Agent(command) => runtime.block_on(agent::agent(command)),
         Command::Enroll(command) => runtime.block_on(enroll::enroll(command)),
+        Command::Group(command) => runtime.block_on(group::group_command(command)),
     }
 }
 

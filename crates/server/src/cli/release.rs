@@ -9,13 +9,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::rollout::{RolloutTarget, rollout_in_store};
 use super::{DEFAULT_PLATFORM, Refusal, StoreArgs, command_actor, exit_code, print_line};
+use crate::db::Db;
+use crate::release::delta::DEFAULT_DELTA_FROM;
 use crate::release::tuf::DEFAULT_TIMESTAMP_LIFETIME;
 use crate::release::{self, PLATFORMS, PublishRequest};
 use crate::rollout::control::{RolloutAction, RolloutStatus};
+use crate::rollout::plan;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum ReleaseCommand {
@@ -42,13 +46,35 @@ pub(super) struct PublishArgs {
     /// Platform the executables are built for.
     #[arg(long, default_value = DEFAULT_PLATFORM, value_parser = PLATFORMS)]
     platform: String,
-    /// Percentage of the fleet (by stable cohort) that is offered the release.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(0..=100))]
-    rollout: u8,
+    /// A fixed percentage of the fleet (by stable cohort) offered the release, instead of the
+    /// staged plan.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100), conflicts_with_all = ["stages", "stage_soak", "canary_group"])]
+    rollout: Option<u8>,
+    /// The plan's stages: shares (`10%`, at least one agent each) or counts of agents (`3`);
+    /// each starts once the one before stayed healthy for the soak time.
+    #[arg(long, default_value = plan::DEFAULT_STAGES)]
+    stages: plan::Stages,
+    /// How long a stage stays healthy before the next starts (`30m`, `90s`, `2h`, `1d`).
+    #[arg(long, default_value = "30m", value_parser = plan::parse_soak)]
+    stage_soak: Duration,
+    /// The group the first stage includes whole (default: `canary`, when it has agents).
+    #[arg(long, value_parser = group_name)]
+    canary_group: Option<String>,
+    /// The rollout halts itself when failures and rollbacks pass this share of the attempts
+    /// (default 5).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+    halt_percent: Option<u8>,
+    /// ... once there are at least this many attempts (default: the stage's agents, 1 to 20).
+    #[arg(long)]
+    halt_min_attempts: Option<u32>,
     /// Seconds the signed timestamp metadata stays valid; agents refuse older metadata, so a
     /// server that stops re-signing cannot keep them on a stale release list (freeze attack).
     #[arg(long, default_value_t = DEFAULT_TIMESTAMP_LIFETIME.as_secs())]
     timestamp_expiry_secs: u64,
+    /// Also make a signed delta from each of this many newest older releases of the platform
+    /// (kept only when at most half the package; 0: none).
+    #[arg(long, default_value_t = DEFAULT_DELTA_FROM)]
+    delta_from: usize,
 }
 
 #[derive(Debug, Args)]
@@ -60,14 +86,33 @@ pub(super) struct RolloutArgs {
     percent: u8,
 }
 
+/// A valid group name, for clap.
+fn group_name(text: &str) -> Result<String, String> {
+    crate::rollout::group::checked(text)
+        .map(str::to_owned)
+        .map_err(|e| e.to_string())
+}
+
 impl Refusal for release::PublishError {
     fn is_refusal(&self) -> bool {
         release::PublishError::is_refusal(self)
     }
 }
 
+/// Publishes the release (at 0 % when it has a plan), then starts its rollout: the plan's first
+/// stage and the halt rule (`rollout::plan::start`).
 pub(super) async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     let database_url = args.store.database_url()?;
+    let store = (args.store.data_dir.clone(), database_url.clone());
+    let staging = plan::Staging {
+        plan: args.rollout.is_none().then_some(plan::PlanSpec {
+            stages: args.stages,
+            soak: args.stage_soak,
+            canary_group: args.canary_group,
+        }),
+        halt_percent: args.halt_percent.map(i64::from),
+        halt_min_attempts: args.halt_min_attempts.map(i64::from),
+    };
     let request = PublishRequest {
         data_dir: args.store.data_dir,
         database_url,
@@ -75,17 +120,27 @@ pub(super) async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         platform: args.platform,
         agent: args.agent,
         updater: args.updater,
-        rollout_percent: args.rollout,
+        rollout_percent: args.rollout.unwrap_or(0),
         timestamp_lifetime: Duration::from_secs(args.timestamp_expiry_secs),
         actor: command_actor(),
+        delta_from: args.delta_from,
     };
-    let result = release::publish(request).await.map(|published| {
-        print_line(&format!(
-            "published {} for {} ({} bytes, sha256 {})",
-            published.version, published.platform, published.length, published.sha256
-        ));
-    });
-    exit_code(result, "release publish failed")
+    let published = match release::publish(request).await {
+        Ok(published) => published,
+        Err(error) => return exit_code(Err::<(), _>(error), "release publish failed"),
+    };
+    let db = Db::open_for_command(&store.0, store.1.as_deref())
+        .await
+        .context("cannot open the server's database")?;
+    let key = (published.version.as_str(), published.platform.as_str());
+    let started = plan::start(&db, &staging, key).await;
+    db.close().await;
+    started.context("the release is published but its rollout did not start; set it with `cms-server rollout set`")?;
+    print_line(&format!(
+        "published {} for {} ({} bytes, sha256 {})",
+        published.version, published.platform, published.length, published.sha256
+    ));
+    Ok(ExitCode::SUCCESS)
 }
 
 pub(super) async fn rollout(args: RolloutArgs) -> anyhow::Result<ExitCode> {
@@ -93,6 +148,8 @@ pub(super) async fn rollout(args: RolloutArgs) -> anyhow::Result<ExitCode> {
         percent: Some(i64::from(args.percent)),
         halt_percent: None,
         halt_min_attempts: None,
+        max_in_flight: None,
+        stuck_after_mins: None,
     };
     let result = rollout_in_store(&args.release, Some(action)).await?;
     let summary = |status: RolloutStatus| {

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::release::PLATFORMS;
 use crate::rollout::control::{self, RolloutAction, RolloutError, RolloutStatus};
-use crate::rollout::group;
+use crate::rollout::group::{self, GroupRolloutChange};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum RolloutCommand {
@@ -21,8 +21,8 @@ pub(super) enum RolloutCommand {
     Set(RolloutSetArgs),
     /// Offer the release to no more agents.
     Pause(RolloutTarget),
-    /// Offer it again (clears an automatic halt).
-    Resume(RolloutTarget),
+    /// Offer it again (clears an automatic halt; a halted release needs `--reason`).
+    Resume(RolloutResumeArgs),
     /// Print the rollout and its funnel as JSON.
     Status(RolloutTarget),
 }
@@ -41,6 +41,16 @@ pub(super) struct RolloutTarget {
 }
 
 #[derive(Debug, Args)]
+pub(super) struct RolloutResumeArgs {
+    #[command(flatten)]
+    release: RolloutTarget,
+    /// Why it is resumed (required when the halt rule paused it; kept in its halt history and
+    /// the audit log).
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
 pub(super) struct RolloutSetArgs {
     #[command(flatten)]
     release: RolloutTarget,
@@ -53,10 +63,19 @@ pub(super) struct RolloutSetArgs {
     /// ... once there are at least this many attempts.
     #[arg(long)]
     halt_min_attempts: Option<u32>,
-    /// Set this group's own percentage (overrides the release's for its agents); needs
-    /// --percent.
-    #[arg(long, requires = "percent", conflicts_with_all = ["halt_percent", "halt_min_attempts"])]
+    /// Set this group's own percentage (overrides the release's for its agents), its own halt
+    /// rule (its failures passing it halt the whole release) and/or its own in-flight cap (the
+    /// release's holds too).
+    #[arg(long, conflicts_with = "stuck_after_mins")]
     group: Option<String>,
+    /// At most this many agents between offered and done (healthy, failed, rolled back) at
+    /// once; the next ones are offered as those finish (0: no cap).
+    #[arg(long)]
+    max_in_flight: Option<u32>,
+    /// An offered agent without an end step after this many minutes is stuck: shown apart and
+    /// freed from the in-flight count (default 30).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10080))]
+    stuck_after_mins: Option<u32>,
 }
 
 impl Refusal for RolloutError {
@@ -69,36 +88,55 @@ pub(super) async fn rollout_control(command: RolloutCommand) -> anyhow::Result<E
     let (release, action) = match command {
         RolloutCommand::Set(RolloutSetArgs {
             release,
-            percent: Some(percent),
+            percent,
+            halt_percent,
+            halt_min_attempts,
             group: Some(group),
+            max_in_flight,
             ..
-        }) => return group_rollout(&release, &group, percent).await,
+        }) => {
+            let change = GroupRolloutChange {
+                percent: percent.map(i64::from),
+                halt_percent: halt_percent.map(i64::from),
+                halt_min_attempts: halt_min_attempts.map(i64::from),
+                max_in_flight: max_in_flight.map(i64::from),
+            };
+            return group_rollout(&release, &group, change).await;
+        }
         RolloutCommand::Set(args) => (
             args.release,
             Some(RolloutAction::Set {
                 percent: args.percent.map(i64::from),
                 halt_percent: args.halt_percent.map(i64::from),
                 halt_min_attempts: args.halt_min_attempts.map(i64::from),
+                max_in_flight: args.max_in_flight.map(i64::from),
+                stuck_after_mins: args.stuck_after_mins.map(i64::from),
             }),
         ),
         RolloutCommand::Pause(args) => (args, Some(RolloutAction::Pause)),
-        RolloutCommand::Resume(args) => (args, Some(RolloutAction::Resume)),
+        RolloutCommand::Resume(args) => (
+            args.release,
+            Some(RolloutAction::Resume {
+                reason: args.reason,
+            }),
+        ),
         RolloutCommand::Status(args) => (args, None),
     };
     print_status(rollout_in_store(&release, action).await?)
 }
 
-/// `rollout set --group G --percent N`: prints the release's rollout like `set`.
+/// `rollout set --group G [--percent N] [--halt-percent P] [--halt-min-attempts M]
+/// [--max-in-flight N]`: prints the
+/// release's rollout like `set`.
 async fn group_rollout(
     target: &RolloutTarget,
     group: &str,
-    percent: u8,
+    change: GroupRolloutChange,
 ) -> anyhow::Result<ExitCode> {
     let db = open_store(&target.store).await?;
-    let (version, platform) = (target.version.as_str(), target.platform.as_str());
+    let release = (target.version.as_str(), target.platform.as_str());
     let actor = command_actor();
-    let result =
-        group::set_rollout(&db, &actor, version, platform, group, i64::from(percent)).await;
+    let result = group::set_rollout(&db, &actor, release, group, change).await;
     db.close().await;
     print_status(result)
 }

@@ -12,12 +12,14 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::{Refusal, StoreArgs, exit_code, print_line};
+use crate::intake::guard;
 use crate::intake::retention::{self, RetentionPolicy};
 use crate::net::Timeouts;
 use crate::net::proxy::{Cidr, TrustedProxies};
 use crate::net::ratelimit::Rate;
 use crate::net::tls::TlsFiles;
 use crate::release::tuf::DEFAULT_TIMESTAMP_LIFETIME;
+use crate::rollout::{inflight, plan};
 use crate::server::{self, ConnectionSettings, Listening, ServeConfig};
 
 #[derive(Debug, Args)]
@@ -79,6 +81,11 @@ pub(super) struct LimitArgs {
     /// Connections one source address (IPv6: /64) holds at most [default: 1/8 of the maximum].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     max_connections_per_source: Option<u64>,
+    /// Package downloads sent at once by this replica; one more is answered 503 with
+    /// Retry-After and the agent comes back after a jittered wait [default: 32, or 1/16 of a
+    /// smaller open-file limit, at least 4].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    max_downloads: Option<u64>,
     /// Registrations per minute from one source address, after the burst.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     registrations_per_minute: u32,
@@ -120,6 +127,19 @@ pub(super) struct LimitArgs {
     /// Days audit log entries are kept.
     #[arg(long, default_value_t = retention::DEFAULT_AUDIT_MAX_AGE.as_secs() / 86_400)]
     audit_retention_days: u64,
+    /// MiB the database may hold: past it the oldest error reports and update events are
+    /// shed (logged as a warning, shown on the dashboard's overview).
+    #[arg(long, default_value_t = guard::DEFAULT_MAX_MB, value_parser = clap::value_parser!(u64).range(1..))]
+    max_database_mb: u64,
+    /// Seconds between checks of the database's size (for tests).
+    #[arg(long, default_value_t = guard::DEFAULT_CHECK_SECS, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    database_check_secs: u64,
+    /// Seconds between looks for updates that became stuck (for tests).
+    #[arg(long, default_value_t = inflight::STUCK_CHECK_INTERVAL.as_secs(), hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    stuck_check_secs: u64,
+    /// Seconds between looks at the rollout plans (for tests).
+    #[arg(long, default_value_t = plan::PLAN_CHECK_INTERVAL.as_secs(), hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    plan_check_secs: u64,
 }
 
 impl Refusal for server::ServeError {
@@ -161,6 +181,10 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             audit_max_age: days(args.limits.audit_retention_days),
             new_agent: args.limits.new_agent_retention,
         },
+        max_database_mb: args.limits.max_database_mb,
+        database_check: Duration::from_secs(args.limits.database_check_secs),
+        stuck_check: Duration::from_secs(args.limits.stuck_check_secs),
+        plan_check: Duration::from_secs(args.limits.plan_check_secs),
         live_recheck: Duration::from_secs(args.live_feed_recheck_secs),
         trusted_proxies: TrustedProxies::new(args.trusted_proxy),
         public_url: args.public_url,
@@ -211,6 +235,7 @@ fn connection_settings(limits: &LimitArgs) -> ConnectionSettings {
         },
         max_connections: limits.max_connections.map(to_usize),
         max_per_source: limits.max_connections_per_source.map(to_usize),
+        max_downloads: limits.max_downloads.map(to_usize),
     }
 }
 

@@ -4,7 +4,9 @@
 //! A replica renews its lease every [`LEASE_RENEWAL`]; a connection counts only while the lease
 //! of the replica that recorded it runs, so the agents of a replica that died stop counting as
 //! connected within [`LEASE`] even though nobody removed their rows (they reconnect elsewhere and
-//! the row moves with them). The same code runs on SQLite, with one replica. This module must
+//! the row moves with them). The clone check across replicas ([`probe`]) asks the replica that
+//! holds an identity's socket whether it is alive. The same code runs on SQLite, with one
+//! replica. This module must
 //! never fail a request or a socket because the database could not record a connection: it logs
 //! and the next lease renewal or reconnect repairs it.
 
@@ -19,6 +21,9 @@ use crate::clock;
 use crate::db::{Db, DbError};
 use crate::events::live::LiveFeed;
 use crate::events::{ClusterEvent, EventBus, relay};
+use crate::ws::Hub;
+
+use crate::events::probe::{self, BUS_MARGIN, CLONE_PROBE, Probes};
 
 /// How often a replica renews its lease.
 pub const LEASE_RENEWAL: Duration = Duration::from_secs(5);
@@ -46,6 +51,7 @@ pub struct Cluster {
     replica_id: Arc<str>,
     bus: EventBus,
     live: LiveFeed,
+    probes: Probes,
 }
 
 impl Cluster {
@@ -66,6 +72,7 @@ impl Cluster {
             replica_id,
             bus,
             live,
+            probes: Probes::default(),
         }
     }
 
@@ -82,6 +89,46 @@ impl Cluster {
     /// The bus to the other replicas.
     pub fn bus(&self) -> &EventBus {
         &self.bus
+    }
+
+    /// The clone checks this replica sent and waits on (their answers come through the bus).
+    pub fn probes(&self) -> &Probes {
+        &self.probes
+    }
+
+    /// The clone check of a handshake presenting `agent_id`: whether a socket of that identity
+    /// answers a ping in time, here (`hub`) or on the live replica that holds it (asked over the
+    /// bus, at most [`CLONE_PROBE`] + [`BUS_MARGIN`]). No socket, a silent one or no answer:
+    /// `false`, and the newcomer takes the identity's place.
+    pub async fn identity_is_live(&self, hub: &Hub, agent_id: &str) -> Result<bool, DbError> {
+        if let Some(alive) = probe::socket_here_answers(hub, agent_id).await {
+            return Ok(alive);
+        }
+        if self.bus.channel().is_none() {
+            return Ok(false); // one replica: no socket elsewhere
+        }
+        let holder = self.db.connection_holder(agent_id, &clock::now()).await?;
+        let Some(replica_id) = holder.filter(|holder| **holder != *self.replica_id) else {
+            return Ok(false);
+        };
+        let pending = self.probes.begin();
+        let event = ClusterEvent::ProbeAgent {
+            agent_id: agent_id.to_owned(),
+            replica_id: replica_id.clone(),
+            origin: self.replica_id.to_string(),
+            probe_id: pending.probe_id.clone(),
+        };
+        if !self.bus.publish(&event).await? {
+            return Ok(false);
+        }
+        let alive = pending.alive_within(CLONE_PROBE + BUS_MARGIN).await;
+        tracing::info!(
+            agent_id,
+            replica_id,
+            alive,
+            "clone check answered by the replica holding the socket"
+        );
+        Ok(alive)
     }
 
     /// Takes a lease and removes what dead replicas left behind.

@@ -281,9 +281,9 @@ impl Db {
     pub async fn agents_on_platform(
         &self,
         platform: &str,
-    ) -> Result<Vec<(String, String)>, DbError> {
-        let rows = sqlx::query_as::<_, (String, String)>(
-            "SELECT agent_id, version FROM agents WHERE platform = $1",
+    ) -> Result<Vec<(String, String, String)>, DbError> {
+        let rows = sqlx::query_as::<_, (String, String, String)>(
+            "SELECT agent_id, version, agent_group FROM agents WHERE platform = $1",
         )
         .bind(platform)
         .fetch_all(&self.pool)

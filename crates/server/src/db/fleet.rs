@@ -69,6 +69,8 @@ pub struct AgentSearch {
     pub state: Option<String>,
     /// Only agents in this group.
     pub group: Option<String>,
+    /// Only agents that reported this release (and this step of it, when given).
+    pub update: Option<UpdateFilter>,
     /// Sort column.
     pub sort: AgentSort,
     /// Newest / largest first.
@@ -77,6 +79,48 @@ pub struct AgentSearch {
     pub offset: i64,
     /// Rows wanted.
     pub limit: i64,
+}
+
+/// Agents that reported a release: its `version` and `platform`, and `step` (one of the
+/// update steps, checked by the caller) when only those that reached it are wanted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpdateFilter {
+    /// The release version.
+    pub version: String,
+    /// Its platform.
+    pub platform: String,
+    /// A step of the update (`failed`, `rolled_back`, ...).
+    pub step: Option<String>,
+}
+
+/// An agent's latest report of a release's update (of one step of it, when filtered), with the
+/// reason of a failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct LatestUpdate {
+    /// The agent.
+    #[serde(skip)]
+    pub agent_id: String,
+    /// Its latest step.
+    pub step: String,
+    /// The update step that failed, for `failed`.
+    pub failed_step: Option<String>,
+    /// What the agent said (why it failed or rolled back).
+    pub detail: Option<String>,
+    /// When (the agent's clock, RFC 3339).
+    pub created_at: String,
+}
+
+/// A reason agents gave for a release's failures and rollbacks, with how many gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct FailureReason {
+    /// `failed` or `rolled_back`.
+    pub step: String,
+    /// The update step that failed, for `failed`.
+    pub failed_step: Option<String>,
+    /// What the agents said.
+    pub detail: Option<String>,
+    /// Agents that gave it.
+    pub agents: i64,
 }
 
 /// One agent row of the dashboard.
@@ -159,6 +203,19 @@ fn filter(search: &AgentSearch) -> (String, Vec<String>) {
     if let Some(group) = &search.group {
         values.push(group.clone());
         clauses.push(format!("agent_group = ${}", values.len()));
+    }
+    if let Some(update) = &search.update {
+        values.push(update.version.clone());
+        values.push(update.platform.clone());
+        let (version, platform) = (values.len() - 1, values.len());
+        let step = update.step.as_ref().map_or(String::new(), |step| {
+            values.push(step.clone());
+            format!(" AND u.step = ${}", values.len())
+        });
+        clauses.push(format!(
+            "agent_id IN (SELECT u.agent_id FROM update_events u WHERE u.version = ${version} \
+             AND u.platform = ${platform} AND u.verified = 1{step})"
+        ));
     }
     if clauses.is_empty() {
         return (String::new(), values);
@@ -277,6 +334,57 @@ impl Db {
         .await?)
     }
 
+    /// The latest report of the release `filter` names (of its step, when it names one) of
+    /// each of `agent_ids` that made one.
+    pub async fn latest_updates(
+        &self,
+        filter: &UpdateFilter,
+        agent_ids: &[&str],
+    ) -> Result<Vec<LatestUpdate>, DbError> {
+        if agent_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders: Vec<String> = (4..agent_ids.len() + 4).map(|i| format!("${i}")).collect();
+        // Audited: only numbered placeholders are put in; every value is bound. '' stands for
+        // every step: a step name is never empty.
+        let sql = format!(
+            "SELECT agent_id, step, failed_step, detail, created_at FROM update_events \
+             WHERE version = $1 AND platform = $2 AND verified = 1 AND ($3 = '' OR step = $3) \
+             AND agent_id IN ({}) ORDER BY agent_id, created_at DESC, received_at DESC",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query_as::<_, LatestUpdate>(AssertSqlSafe(sql))
+            .bind(&filter.version)
+            .bind(&filter.platform)
+            .bind(filter.step.as_deref().unwrap_or_default());
+        for agent_id in agent_ids {
+            query = query.bind(*agent_id);
+        }
+        let mut rows = query.fetch_all(&self.pool).await?;
+        rows.dedup_by(|later, first| later.agent_id == first.agent_id);
+        Ok(rows)
+    }
+
+    /// The most given reasons of a release's failures and rollbacks (at most `limit`), each
+    /// agent counted once per reason.
+    pub async fn failure_reasons(
+        &self,
+        (version, platform): (&str, &str),
+        limit: i64,
+    ) -> Result<Vec<FailureReason>, DbError> {
+        Ok(sqlx::query_as::<_, FailureReason>(
+            "SELECT step, failed_step, detail, COUNT(DISTINCT agent_id) AS agents \
+             FROM update_events WHERE version = $1 AND platform = $2 AND verified = 1 \
+             AND step IN ('failed', 'rolled_back') GROUP BY step, failed_step, detail \
+             ORDER BY COUNT(DISTINCT agent_id) DESC, step LIMIT $3",
+        )
+        .bind(version)
+        .bind(platform)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Error reports grouped by kind and signature, largest group first (at most `limit`).
     pub async fn error_groups(&self, limit: i64) -> Result<Vec<ErrorGroup>, DbError> {
         Ok(sqlx::query_as::<_, ErrorGroup>(
@@ -311,6 +419,17 @@ mod tests {
             sql.starts_with("WHERE (LOWER(hostname) LIKE $1") && sql.ends_with("AND state = $2")
         );
         assert_eq!(values, ["%web%", "IDLE"]);
+        search.update = Some(UpdateFilter {
+            version: "2.0.0".into(),
+            platform: "linux-x86_64".into(),
+            step: Some("failed".into()),
+        });
+        let (sql, values) = filter(&search);
+        assert!(
+            sql.ends_with("u.version = $3 AND u.platform = $4 AND u.verified = 1 AND u.step = $5)"),
+            "{sql}"
+        );
+        assert_eq!(values, ["%web%", "IDLE", "2.0.0", "linux-x86_64", "failed"]);
     }
 
     #[test]

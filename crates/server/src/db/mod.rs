@@ -13,23 +13,37 @@ mod cluster;
 mod errors;
 mod fleet;
 mod groups;
+mod guard;
+mod halts;
 mod identity;
 mod offers;
 mod operators;
+mod pins;
+mod plans;
 mod releases;
 mod rollouts;
 mod sessions;
+mod windows;
 
 pub use agents::{AgentCredential, AgentKey, AgentRow, Heartbeat, NewAgent};
 pub use errors::{ErrorKey, NewErrorReport, RetentionSweep};
-pub use fleet::{AgentSearch, AgentSort, ErrorGroup, FleetAgent, FleetCounts, Tally, VersionSeen};
+pub use fleet::{
+    AgentSearch, AgentSort, ErrorGroup, FailureReason, FleetAgent, FleetCounts, LatestUpdate,
+    Tally, UpdateFilter, VersionSeen,
+};
+pub use groups::GroupRules;
+pub use guard::{DatabaseShed, ShedChunk};
+pub use halts::HaltRecord;
 pub use identity::{EnrollmentTokenRow, NewEnrollmentToken, Revocation};
 pub use offers::OfferVia;
 pub use operators::{AuditKey, NewAuditEntry, OperatorTokenRow};
+pub use pins::StoredPin;
+pub use plans::PlanRow;
 pub use releases::{NewRelease, PackageRow, PendingRelease, ReleaseKey, ReleaseRecord, ReleaseRow};
 pub use rollouts::{
     HaltRule, NewUpdateEvent, RolloutChange, RolloutRow, StepCounts, UpdateEventRow,
 };
+pub use windows::StoredWindows;
 
 use std::path::Path;
 use std::time::Duration;
@@ -340,7 +354,8 @@ mod tests {
             None
         );
         let agents = db.agents_on_platform("linux-x86_64").await.unwrap();
-        assert_eq!(agents, vec![("a1".to_owned(), "1.0.0".to_owned())]);
+        let expected = ("a1".to_owned(), "1.0.0".to_owned(), "default".to_owned());
+        assert_eq!(agents, vec![expected]);
         db.close().await;
     }
 }

@@ -55,6 +55,86 @@ impl Db {
         Ok(())
     }
 
+    /// Whether `version` on `platform` was offered to `agent_id` already.
+    pub async fn was_offered(
+        &self,
+        agent_id: &str,
+        version: &str,
+        platform: &str,
+    ) -> Result<bool, DbError> {
+        let row = sqlx::query_as::<_, (i64,)>(
+            "SELECT 1 FROM update_offers WHERE agent_id = $1 AND version = $2 AND platform = $3",
+        )
+        .bind(agent_id)
+        .bind(version)
+        .bind(platform)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// Agents offered `version` on `platform` (those of `group` only, when given) that reported
+    /// no end step for it (healthy, failed, rolled back, refused): `(in_flight, stuck)`, stuck
+    /// being those first offered before `stuck_before`.
+    pub async fn offers_in_flight(
+        &self,
+        (version, platform): (&str, &str),
+        group: Option<&str>,
+        stuck_before: &str,
+    ) -> Result<(i64, i64), DbError> {
+        // '' stands for every group: a group name is never empty.
+        let group = group.unwrap_or_default();
+        let (in_flight, stuck) = sqlx::query_as::<_, (i64, i64)>(
+            "SELECT \
+             CAST(COALESCE(SUM(CASE WHEN o.first_offered_at >= $3 THEN 1 ELSE 0 END), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(CASE WHEN o.first_offered_at < $3 THEN 1 ELSE 0 END), 0) AS BIGINT) \
+             FROM update_offers o WHERE o.version = $1 AND o.platform = $2 \
+             AND NOT EXISTS (SELECT 1 FROM update_events u WHERE u.agent_id = o.agent_id \
+                 AND u.version = $1 AND u.platform = $2 \
+                 AND u.step IN ('healthy', 'failed', 'rolled_back', 'refused')) \
+             AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.agent_id = o.agent_id \
+                 AND a.version = $1) \
+             AND ($4 = '' OR EXISTS (SELECT 1 FROM agents g \
+                 WHERE g.agent_id = o.agent_id AND g.agent_group = $4))",
+        )
+        .bind(version)
+        .bind(platform)
+        .bind(stuck_before)
+        .bind(group)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((in_flight, stuck))
+    }
+
+    /// Agents first offered `version` on `platform` between `from` (inclusive) and `to`
+    /// (exclusive) with no end step, for the live feed's stuck notices (at most 1,000).
+    pub async fn offers_without_end(
+        &self,
+        version: &str,
+        platform: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<String>, DbError> {
+        let rows = sqlx::query_as::<_, (String,)>(
+            "SELECT o.agent_id FROM update_offers o \
+             WHERE o.version = $1 AND o.platform = $2 \
+             AND o.first_offered_at >= $3 AND o.first_offered_at < $4 \
+             AND NOT EXISTS (SELECT 1 FROM update_events u WHERE u.agent_id = o.agent_id \
+                 AND u.version = $1 AND u.platform = $2 \
+                 AND u.step IN ('healthy', 'failed', 'rolled_back', 'refused')) \
+             AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.agent_id = o.agent_id \
+                 AND a.version = $1) \
+             ORDER BY o.first_offered_at LIMIT 1000",
+        )
+        .bind(version)
+        .bind(platform)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(agent_id,)| agent_id).collect())
+    }
+
     /// The versions published for `platform` that the server offered to `agent_id`.
     pub async fn offered_versions(
         &self,

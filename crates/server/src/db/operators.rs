@@ -144,6 +144,31 @@ impl Db {
         Ok(result.rows_affected() > 0)
     }
 
+    /// Writes the entry under `audit_id`, or, when that row exists, counts one more on it
+    /// (`repeats`, `last_at`); returns the row's count, 1 for a new row. One statement, so
+    /// concurrent denials never race into rows of their own.
+    pub async fn count_audit(
+        &self,
+        audit_id: &str,
+        entry: &NewAuditEntry<'_>,
+        now: &str,
+    ) -> Result<i64, DbError> {
+        Ok(sqlx::query_scalar::<_, i64>(
+            "INSERT INTO audit_log (audit_id, at, actor, action, target, outcome, source) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (audit_id) DO UPDATE \
+             SET repeats = audit_log.repeats + 1, last_at = excluded.at RETURNING repeats",
+        )
+        .bind(audit_id)
+        .bind(now)
+        .bind(entry.actor)
+        .bind(entry.action)
+        .bind(entry.target)
+        .bind(entry.outcome)
+        .bind(entry.source)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// Appends one audit entry.
     pub async fn insert_audit(&self, entry: &NewAuditEntry<'_>, now: &str) -> Result<(), DbError> {
         sqlx::query(
@@ -177,10 +202,13 @@ impl Db {
             Option<String>,
             String,
             String,
+            i64,
+            Option<String>,
         );
         let rows = sqlx::query_as::<_, Row>(
-            "SELECT audit_id, at, actor, action, target, outcome, source FROM audit_log \
-             WHERE (at, audit_id) < ($1, $2) ORDER BY at DESC, audit_id DESC LIMIT $3",
+            "SELECT audit_id, at, actor, action, target, outcome, source, repeats, last_at \
+             FROM audit_log WHERE (at, audit_id) < ($1, $2) \
+             ORDER BY at DESC, audit_id DESC LIMIT $3",
         )
         .bind(after.at.as_str())
         .bind(after.audit_id.as_str())
@@ -190,14 +218,18 @@ impl Db {
         let entries = rows
             .into_iter()
             .map(
-                |(audit_id, at, actor, action, target, outcome, source)| AuditEntry {
-                    audit_id,
-                    at,
-                    actor,
-                    action,
-                    target,
-                    outcome,
-                    source,
+                |(audit_id, at, actor, action, target, outcome, source, repeats, last_at)| {
+                    AuditEntry {
+                        audit_id,
+                        at,
+                        actor,
+                        action,
+                        target,
+                        outcome,
+                        source,
+                        repeats: repeats.max(1).unsigned_abs(),
+                        last_at,
+                    }
                 },
             )
             .collect();

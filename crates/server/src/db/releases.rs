@@ -17,6 +17,26 @@ pub struct ReleaseRow {
     pub sha256: String,
     /// Share of the fleet that may see it.
     pub rollout_percent: i64,
+    /// At most this many agents between offered and done at once (`None`: no cap).
+    pub max_in_flight: Option<i64>,
+    /// An offer without an end step after this many seconds is stuck.
+    pub stuck_after_secs: i64,
+}
+
+type ReleaseTuple = (String, String, i64, String, i64, Option<i64>, i64);
+
+fn release_row(
+    (version, platform, length, sha256, rollout_percent, max_in_flight, stuck_after_secs): ReleaseTuple,
+) -> ReleaseRow {
+    ReleaseRow {
+        version,
+        platform,
+        length,
+        sha256,
+        rollout_percent,
+        max_in_flight,
+        stuck_after_secs,
+    }
 }
 
 /// A published release with everything the operator listing shows (`GET /api/v1/releases`).
@@ -221,25 +241,14 @@ impl Db {
 
     /// Releases published for one platform; a paused rollout is offered to nobody.
     pub async fn releases_for_platform(&self, platform: &str) -> Result<Vec<ReleaseRow>, DbError> {
-        let rows = sqlx::query_as::<_, (String, String, i64, String, i64)>(
+        let rows = sqlx::query_as::<_, ReleaseTuple>(
             "SELECT version, platform, length, sha256, \
-             CASE WHEN paused = 0 THEN rollout_percent ELSE 0 END FROM releases \
-             WHERE platform = $1",
+             CASE WHEN paused = 0 THEN rollout_percent ELSE 0 END, max_in_flight, \
+             stuck_after_secs FROM releases WHERE platform = $1",
         )
         .bind(platform)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(version, platform, length, sha256, rollout_percent)| ReleaseRow {
-                    version,
-                    platform,
-                    length,
-                    sha256,
-                    rollout_percent,
-                },
-            )
-            .collect())
+        Ok(rows.into_iter().map(release_row).collect())
     }
 }

@@ -64,6 +64,10 @@ pub struct RolloutRow {
     pub halted_at: Option<String>,
     /// Its halt rule.
     pub halt: HaltRule,
+    /// At most this many agents between offered and done at once (`None`: no cap).
+    pub max_in_flight: Option<i64>,
+    /// An offer without an end step after this long is stuck.
+    pub stuck_after_secs: i64,
 }
 
 /// Distinct agents per step of one release on one platform, as the database counted them.
@@ -83,6 +87,9 @@ pub struct StepCounts {
     pub legacy_failed: i64,
     /// Agents without progress reports whose error reports say the update was rolled back.
     pub legacy_rolled_back: i64,
+    /// Each agent offered the release once, by where its attempt ended (`healthy`,
+    /// `rolled_back`, `failed`, `refused`, `in_progress`).
+    pub end_states: BTreeMap<String, i64>,
 }
 
 /// When a rollout pauses itself: failures and rollbacks above `percent` of the attempts, once
@@ -95,7 +102,18 @@ pub struct HaltRule {
     pub min_attempts: i64,
 }
 
-type RolloutTuple = (String, String, String, i64, i64, Option<String>, i64, i64);
+type RolloutTuple = (
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    Option<String>,
+    i64,
+    i64,
+    Option<i64>,
+    i64,
+);
 
 /// What a rollout change sets; `None` keeps the current value.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -108,6 +126,10 @@ pub struct RolloutChange {
     pub halt_percent: Option<i64>,
     /// New halt rule minimum of attempts.
     pub halt_min_attempts: Option<i64>,
+    /// New cap on agents in flight (0 removes it).
+    pub max_in_flight: Option<i64>,
+    /// New stuck timeout, in seconds.
+    pub stuck_after_secs: Option<i64>,
 }
 
 impl Db {
@@ -176,28 +198,42 @@ impl Db {
             .collect())
     }
 
-    /// Distinct agents per step of one release, with what older agents reveal. Only verified
-    /// events count, older agents only when they were offered the release, and `healthy` only
-    /// from agents whose own heartbeats or registration reported the version.
-    pub async fn step_counts(&self, version: &str, platform: &str) -> Result<StepCounts, DbError> {
+    /// Distinct agents per step of one release, with what older agents reveal; only the agents
+    /// of `group` when one is given (`Some`). Only verified events count, older agents only when
+    /// they were offered the release, and `healthy` only from agents whose own heartbeats or
+    /// registration reported the version.
+    pub async fn step_counts(
+        &self,
+        version: &str,
+        platform: &str,
+        group: Option<&str>,
+    ) -> Result<StepCounts, DbError> {
+        // '' stands for every group: a group name is never empty.
+        let group = group.unwrap_or_default();
         let reported = sqlx::query_as::<_, (String, i64)>(
             "SELECT step, COUNT(DISTINCT agent_id) FROM update_events \
              WHERE version = $1 AND platform = $2 AND verified = 1 AND (step <> 'healthy' \
              OR EXISTS (SELECT 1 FROM agent_versions v \
                  WHERE v.agent_id = update_events.agent_id AND v.version = $1)) \
+             AND ($3 = '' OR EXISTS (SELECT 1 FROM agents g \
+                 WHERE g.agent_id = update_events.agent_id AND g.agent_group = $3)) \
              GROUP BY step",
         )
         .bind(version)
         .bind(platform)
+        .bind(group)
         .fetch_all(&self.pool)
         .await?;
         let failed_by_step = sqlx::query_as::<_, (String, i64)>(
             "SELECT COALESCE(failed_step, 'unknown'), COUNT(DISTINCT agent_id) FROM update_events \
              WHERE version = $1 AND platform = $2 AND step = 'failed' AND verified = 1 \
+             AND ($3 = '' OR EXISTS (SELECT 1 FROM agents g \
+                 WHERE g.agent_id = update_events.agent_id AND g.agent_group = $3)) \
              GROUP BY 1",
         )
         .bind(version)
         .bind(platform)
+        .bind(group)
         .fetch_all(&self.pool)
         .await?;
         // Healthy: agents that reported the release healthy, or run it and reported it at
@@ -207,12 +243,14 @@ impl Db {
         let (healthy_events,) = sqlx::query_as::<_, (i64,)>(
             "SELECT COUNT(DISTINCT u.agent_id) FROM update_events u \
              WHERE u.version = $1 AND u.platform = $2 AND u.step = 'healthy' AND u.verified = 1 \
-             AND EXISTS (SELECT 1 FROM agents a WHERE a.agent_id = u.agent_id AND a.platform = $2) \
+             AND EXISTS (SELECT 1 FROM agents a WHERE a.agent_id = u.agent_id AND a.platform = $2 \
+                 AND ($3 = '' OR a.agent_group = $3)) \
              AND EXISTS (SELECT 1 FROM agent_versions v \
                  WHERE v.agent_id = u.agent_id AND v.version = $1)",
         )
         .bind(version)
         .bind(platform)
+        .bind(group)
         .fetch_one(&self.pool)
         .await?;
         let (on_version, reporting_on_version, healthy_on_version) =
@@ -226,41 +264,99 @@ impl Db {
                      WHERE h.agent_id = a.agent_id AND h.version = $1 AND h.step = 'healthy' \
                      AND h.platform = $2 AND h.verified = 1) THEN 1 ELSE 0 END), 0) AS BIGINT) \
                  FROM agents a WHERE a.version = $1 AND a.platform = $2 \
+                 AND ($3 = '' OR a.agent_group = $3) \
                  AND EXISTS (SELECT 1 FROM update_offers o \
                      WHERE o.agent_id = a.agent_id AND o.version = $1 AND o.platform = $2)",
             )
             .bind(version)
             .bind(platform)
+            .bind(group)
             .fetch_one(&self.pool)
             .await?;
         let healthy_reporting = healthy_events + reporting_on_version - healthy_on_version;
         let silent_on_version = on_version - reporting_on_version;
+        let legacy = |kind| self.legacy_count(kind, version, platform, group);
+        let end_states = self.end_states(version, platform, group).await?;
         Ok(StepCounts {
+            end_states,
             reported: reported.into_iter().collect(),
             failed_by_step: failed_by_step.into_iter().collect(),
             healthy_reporting,
             silent_on_version,
-            legacy_failed: self
-                .legacy_count("update_failed", version, platform)
-                .await?,
-            legacy_rolled_back: self
-                .legacy_count("update_rolled_back", version, platform)
-                .await?,
+            legacy_failed: legacy("update_failed").await?,
+            legacy_rolled_back: legacy("update_rolled_back").await?,
         })
     }
 
-    /// Agents that were offered this release and sent no progress for it but an error report
-    /// of `kind` about it (its message starts `update to VERSION `).
+    /// Each agent (of `group`, unless it is '') offered the release, once, by where its attempt
+    /// ended, the first that holds: `healthy` (runs the version, or reported it healthy while
+    /// its heartbeats reported the version), `rolled_back`, `failed` (its progress or, for an
+    /// older agent, its error reports), `refused` (turned it down without trying and never ran
+    /// it), `healthy` (ran it and moved on), else `in_progress`. Only verified progress counts (an offer is what makes it verified).
+    async fn end_states(
+        &self,
+        version: &str,
+        platform: &str,
+        group: &str,
+    ) -> Result<BTreeMap<String, i64>, DbError> {
+        let rows = sqlx::query_as::<_, (String, i64)>(
+            "SELECT state, COUNT(*) FROM (SELECT CASE \
+               WHEN EXISTS (SELECT 1 FROM agents a WHERE a.agent_id = o.agent_id \
+                   AND a.version = $1) \
+                 OR (EXISTS (SELECT 1 FROM update_events u WHERE u.agent_id = o.agent_id \
+                     AND u.version = $1 AND u.platform = $2 AND u.verified = 1 \
+                     AND u.step = 'healthy') \
+                   AND EXISTS (SELECT 1 FROM agent_versions v WHERE v.agent_id = o.agent_id \
+                     AND v.version = $1)) THEN 'healthy' \
+               WHEN EXISTS (SELECT 1 FROM update_events u WHERE u.agent_id = o.agent_id \
+                     AND u.version = $1 AND u.platform = $2 AND u.verified = 1 \
+                     AND u.step = 'rolled_back') \
+                 OR EXISTS (SELECT 1 FROM error_reports e WHERE e.agent_id = o.agent_id \
+                     AND e.kind = 'update_rolled_back' AND e.message LIKE $4) \
+                 THEN 'rolled_back' \
+               WHEN EXISTS (SELECT 1 FROM update_events u WHERE u.agent_id = o.agent_id \
+                     AND u.version = $1 AND u.platform = $2 AND u.verified = 1 \
+                     AND u.step = 'failed') \
+                 OR EXISTS (SELECT 1 FROM error_reports e WHERE e.agent_id = o.agent_id \
+                     AND e.kind = 'update_failed' AND e.message LIKE $4) \
+                 THEN 'failed' \
+               WHEN EXISTS (SELECT 1 FROM update_events u WHERE u.agent_id = o.agent_id \
+                     AND u.version = $1 AND u.platform = $2 AND u.verified = 1 \
+                     AND u.step = 'refused') \
+                 AND NOT EXISTS (SELECT 1 FROM agent_versions v \
+                     WHERE v.agent_id = o.agent_id AND v.version = $1) THEN 'refused' \
+               WHEN EXISTS (SELECT 1 FROM agent_versions v WHERE v.agent_id = o.agent_id \
+                     AND v.version = $1) THEN 'healthy' \
+               ELSE 'in_progress' END AS state \
+             FROM update_offers o WHERE o.version = $1 AND o.platform = $2 \
+             AND ($3 = '' OR EXISTS (SELECT 1 FROM agents g \
+                 WHERE g.agent_id = o.agent_id AND g.agent_group = $3))) ends \
+             GROUP BY state",
+        )
+        .bind(version)
+        .bind(platform)
+        .bind(group)
+        .bind(format!("update to {version} %"))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Agents (of `group`, unless it is '') that were offered this release and sent no
+    /// progress for it but an error report of `kind` about it (its message starts
+    /// `update to VERSION `).
     async fn legacy_count(
         &self,
         kind: &str,
         version: &str,
         platform: &str,
+        group: &str,
     ) -> Result<i64, DbError> {
         let (count,) = sqlx::query_as::<_, (i64,)>(
             "SELECT COUNT(DISTINCT e.agent_id) FROM error_reports e \
              JOIN agents a ON a.agent_id = e.agent_id \
              WHERE e.kind = $1 AND e.message LIKE $2 AND a.platform = $3 \
+             AND ($5 = '' OR a.agent_group = $5) \
              AND NOT EXISTS (SELECT 1 FROM update_events u \
                  WHERE u.agent_id = e.agent_id AND u.version = $4) \
              AND EXISTS (SELECT 1 FROM update_offers o \
@@ -270,6 +366,7 @@ impl Db {
         .bind(format!("update to {version} %"))
         .bind(platform)
         .bind(version)
+        .bind(group)
         .fetch_one(&self.pool)
         .await?;
         Ok(count)
@@ -284,7 +381,7 @@ impl Db {
     ) -> Result<Vec<RolloutRow>, DbError> {
         let rows = sqlx::query_as::<_, RolloutTuple>(
             "SELECT version, platform, published_at, rollout_percent, paused, halted_at, \
-             halt_percent, halt_min_attempts FROM releases \
+             halt_percent, halt_min_attempts, max_in_flight, stuck_after_secs FROM releases \
              WHERE ($1 = 0 OR (paused = 1 AND halted_at IS NOT NULL)) \
              ORDER BY published_at DESC, platform DESC, version DESC LIMIT $2",
         )
@@ -303,7 +400,8 @@ impl Db {
     ) -> Result<Option<RolloutRow>, DbError> {
         let row = sqlx::query_as::<_, RolloutTuple>(
             "SELECT version, platform, published_at, rollout_percent, paused, halted_at, \
-             halt_percent, halt_min_attempts FROM releases WHERE version = $1 AND platform = $2",
+             halt_percent, halt_min_attempts, max_in_flight, stuck_after_secs FROM releases \
+             WHERE version = $1 AND platform = $2",
         )
         .bind(version)
         .bind(platform)
@@ -325,7 +423,9 @@ impl Db {
              paused = COALESCE($2, paused), \
              halted_at = CASE WHEN $2 = 0 THEN NULL ELSE halted_at END, \
              halt_percent = COALESCE($3, halt_percent), \
-             halt_min_attempts = COALESCE($4, halt_min_attempts) \
+             halt_min_attempts = COALESCE($4, halt_min_attempts), \
+             max_in_flight = CASE WHEN $7 = 0 THEN NULL ELSE COALESCE($7, max_in_flight) END, \
+             stuck_after_secs = COALESCE($8, stuck_after_secs) \
              WHERE version = $5 AND platform = $6",
         )
         .bind(change.percent)
@@ -334,6 +434,8 @@ impl Db {
         .bind(change.halt_min_attempts)
         .bind(version)
         .bind(platform)
+        .bind(change.max_in_flight)
+        .bind(change.stuck_after_secs)
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() > 0)
@@ -360,7 +462,18 @@ impl Db {
 }
 
 fn rollout_row(
-    (version, platform, published_at, rollout_percent, paused, halted_at, percent, min_attempts): RolloutTuple,
+    (
+        version,
+        platform,
+        published_at,
+        rollout_percent,
+        paused,
+        halted_at,
+        percent,
+        min_attempts,
+        max_in_flight,
+        stuck_after_secs,
+    ): RolloutTuple,
 ) -> RolloutRow {
     RolloutRow {
         version,
@@ -373,5 +486,7 @@ fn rollout_row(
             percent,
             min_attempts,
         },
+        max_in_flight,
+        stuck_after_secs,
     }
 }

@@ -60,6 +60,16 @@ pub enum LiveEvent {
         /// Its id.
         agent_id: String,
     },
+    /// An agent was offered a release longer ago than its stuck timeout and reported no end
+    /// step: it is stuck (and no longer counted in flight).
+    UpdateStuck {
+        /// Its id.
+        agent_id: String,
+        /// The release version.
+        version: String,
+        /// Its platform.
+        platform: String,
+    },
 }
 
 impl LiveEvent {
@@ -71,6 +81,7 @@ impl LiveEvent {
             LiveEvent::UpdateProgress { .. } => "update_progress",
             LiveEvent::RolloutChanged { .. } => "rollout_changed",
             LiveEvent::ErrorsReported { .. } => "errors_reported",
+            LiveEvent::UpdateStuck { .. } => "update_stuck",
         }
     }
 }

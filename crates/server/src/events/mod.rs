@@ -5,7 +5,9 @@
 //! schema; every replica listens and hands what arrives to a [`Dispatcher`]: a release
 //! published or a rollout changed wakes the release watcher, which re-reads the releases table
 //! and pushes to the agents this replica holds; a check-update addressed to this replica goes
-//! to the agent's socket; an agent's revocation closes its socket wherever it is held; a
+//! to the agent's socket; an agent's revocation closes its socket wherever it is held; a clone
+//! check addressed to this replica pings the socket it holds and answers whether it is alive
+//! ([`crate::events::probe`]), and the answer settles the asker's wait; a
 //! dashboard's live event ([`live`], sent by [`relay`]) goes to the
 //! dashboards open on the other replicas. A payload carries ids (and, for live events, the
 //! names of a state, version or step) only: the receiver reads the rows. When the
@@ -16,6 +18,7 @@
 //! hub.
 
 pub mod live;
+pub mod probe;
 pub mod relay;
 
 use std::sync::Arc;
@@ -27,6 +30,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use self::probe::Probes;
 use crate::db::{Db, DbError};
 use crate::events::live::{LiveEvent, LiveFeed};
 use crate::ws::Hub;
@@ -66,6 +70,27 @@ pub enum ClusterEvent {
     AgentRevoked {
         /// The agent.
         agent_id: String,
+    },
+    /// The clone check: a second connection presents `agent_id` at `origin`, whose socket
+    /// `replica_id` holds; that replica pings it and answers with [`ClusterEvent::ProbeAnswered`].
+    ProbeAgent {
+        /// The agent.
+        agent_id: String,
+        /// The replica that holds its socket.
+        replica_id: String,
+        /// The replica that asks.
+        origin: String,
+        /// Names the answer.
+        probe_id: String,
+    },
+    /// The answer to [`ClusterEvent::ProbeAgent`]: whether the socket answered its ping in time.
+    ProbeAnswered {
+        /// The replica that asked.
+        origin: String,
+        /// The probe answered.
+        probe_id: String,
+        /// The socket answered.
+        alive: bool,
     },
     /// Something a dashboard shows changed on the replica `origin`.
     Live {
@@ -143,6 +168,10 @@ pub struct Dispatcher {
     pub releases_changed: Arc<Notify>,
     /// The dashboards open here.
     pub live: LiveFeed,
+    /// The clone checks this replica waits on.
+    pub probes: Probes,
+    /// The bus, to answer the other replicas' clone checks.
+    pub bus: EventBus,
 }
 
 impl Dispatcher {
@@ -170,6 +199,22 @@ impl Dispatcher {
                     tracing::info!(agent_id, "revoked agent's WebSocket closed");
                 }
             }
+            ClusterEvent::ProbeAgent {
+                agent_id,
+                replica_id,
+                origin,
+                probe_id,
+            } if *replica_id == *self.replica_id => {
+                let (hub, bus) = (self.hub.clone(), self.bus.clone());
+                tokio::spawn(probe::answer_probe(hub, bus, agent_id, origin, probe_id));
+            }
+            ClusterEvent::ProbeAgent { .. } => {}
+            ClusterEvent::ProbeAnswered {
+                origin,
+                probe_id,
+                alive,
+            } if *origin == *self.replica_id => self.probes.settle(&probe_id, alive),
+            ClusterEvent::ProbeAnswered { .. } => {}
             ClusterEvent::Live { origin, change } if *origin != *self.replica_id => {
                 self.live.publish_here(change);
             }
@@ -275,16 +320,26 @@ mod tests {
         assert!(long.starts_with("cms_events:"));
     }
 
-    #[test]
-    fn check_updates_for_other_replicas_are_not_delivered_here() {
-        let hub = Hub::new();
-        let mut registration = hub.register("a1");
+    /// A dispatcher of the replica `me` over `hub`, with a bus on a throwaway SQLite store.
+    async fn dispatcher(hub: Hub) -> (Dispatcher, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_for_command(dir.path(), None).await.unwrap();
         let dispatcher = Dispatcher {
             replica_id: "me".into(),
-            hub: hub.clone(),
+            hub,
             releases_changed: Arc::new(Notify::new()),
             live: LiveFeed::default(),
+            probes: Probes::default(),
+            bus: EventBus::new(&db).await.unwrap(),
         };
+        (dispatcher, dir)
+    }
+
+    #[tokio::test]
+    async fn check_updates_for_other_replicas_are_not_delivered_here() {
+        let hub = Hub::new();
+        let mut registration = hub.register("a1");
+        let (dispatcher, _dir) = dispatcher(hub.clone()).await;
         dispatcher.dispatch(ClusterEvent::CheckUpdate {
             agent_id: "a1".into(),
             replica_id: "other".into(),
@@ -301,13 +356,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn live_events_of_other_replicas_reach_the_dashboards_here_once() {
-        let dispatcher = Dispatcher {
-            replica_id: "me".into(),
-            hub: Hub::new(),
-            releases_changed: Arc::new(Notify::new()),
-            live: LiveFeed::default(),
+    async fn clone_check_answers_settle_the_probes_of_this_replica_only() {
+        let (dispatcher, _dir) = dispatcher(Hub::new()).await;
+        let ours = dispatcher.probes.begin();
+        let answer = |origin: &str, probe_id: &str| ClusterEvent::ProbeAnswered {
+            origin: origin.into(),
+            probe_id: probe_id.into(),
+            alive: true,
         };
+        let parsed: ClusterEvent =
+            serde_json::from_str(&answer("other", &ours.probe_id).payload()).unwrap();
+        dispatcher.dispatch(parsed);
+        assert_eq!(dispatcher.probes.len(), 1, "another replica's answer");
+        dispatcher.dispatch(answer("me", &ours.probe_id));
+        assert!(ours.alive_within(std::time::Duration::from_secs(1)).await);
+    }
+
+    #[tokio::test]
+    async fn live_events_of_other_replicas_reach_the_dashboards_here_once() {
+        let (dispatcher, _dir) = dispatcher(Hub::new()).await;
         let mut dashboard = dispatcher.live.subscribe();
         let live = |origin: &str, agent_id: &str| ClusterEvent::Live {
             origin: origin.into(),

@@ -168,6 +168,8 @@ mod tests {
             platform: "linux-x86_64".into(),
             step: UpdateStep::Healthy,
             failed_step: None,
+            transfer: None,
+            transfer_bytes: None,
         };
         let progress = report(
             cms_protocol::UPDATE_PROGRESS_KIND,

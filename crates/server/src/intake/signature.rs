@@ -1,5 +1,6 @@
 //! Message signatures: an error message with its ids, hex strings and numbers stripped, so
-//! reports of one problem on many agents fall into one group on the dashboard.
+//! reports of one problem on many agents fall into one group on the dashboard. Release
+//! versions (`X.Y.Z`) are kept: two releases' failures are two problems, never one group.
 //!
 //! Pure function only: it must never do I/O.
 
@@ -10,15 +11,27 @@ const HEX: &str = "<hex>";
 /// Placeholder for a number.
 const NUMBER: &str = "<n>";
 
-/// The message with every UUID, hex string and number replaced by a placeholder.
+/// The message with every UUID, hex string and number replaced by a placeholder, versions
+/// kept.
 ///
-/// Words are runs of letters, digits and `-`; a word is a UUID, or is split at `-` and each
-/// part that is all digits, or six or more hex digits with at least one digit, or `0x` and
-/// hex digits, is replaced. Everything else is kept as it is.
+/// A version is three dot-separated numbers (after an optional `v`) standing alone (not part of a longer dotted run
+/// such as an IPv4 address, nor of a word), with an optional `-pre-release` suffix; it is kept
+/// as it is. Words are runs of letters, digits and `-`; a word is a UUID, or is split at `-`
+/// and each part that is all digits, or six or more hex digits with at least one digit, or
+/// `0x` and hex digits, is replaced. Everything else is kept as it is.
 pub fn signature(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     let mut word = String::new();
-    for c in message.chars() {
+    let mut chars = message.char_indices();
+    while let Some((at, c)) = chars.next() {
+        let at_boundary = word.is_empty() && !out.ends_with('.');
+        let v = usize::from(c == 'v');
+        if at_boundary && let Some(len) = version_at(&message[at + v..]).map(|len| len + v) {
+            out.push_str(&message[at..at + len]);
+            // The version is ASCII: one char per byte.
+            chars.nth(len - 2);
+            continue;
+        }
         if c.is_ascii_alphanumeric() || c == '-' {
             word.push(c);
         } else {
@@ -29,6 +42,43 @@ pub fn signature(message: &str) -> String {
     }
     push_word(&mut out, &word);
     out
+}
+
+/// The length of the version `X.Y.Z[-pre]` that `text` starts with, if it starts with one that
+/// ends there (not followed by `.` and a digit, nor by a letter or digit).
+fn version_at(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut end = 0;
+    for part in 0..3 {
+        if part > 0 {
+            if bytes.get(end) != Some(&b'.') {
+                return None;
+            }
+            end += 1;
+        }
+        let digits = bytes[end..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        if digits == 0 {
+            return None;
+        }
+        end += digits;
+    }
+    if bytes.get(end) == Some(&b'-') {
+        let suffix = bytes[end + 1..]
+            .iter()
+            .take_while(|b| b.is_ascii_alphanumeric() || **b == b'.' || **b == b'-')
+            .count();
+        end += 1 + suffix;
+        while end > 0 && bytes[end - 1] == b'.' {
+            end -= 1;
+        }
+    }
+    let next = bytes.get(end).copied();
+    let continues = next.is_some_and(|b| b.is_ascii_alphanumeric())
+        || (next == Some(b'.') && bytes.get(end + 1).is_some_and(u8::is_ascii_digit));
+    (!continues).then_some(end)
 }
 
 fn push_word(out: &mut String, word: &str) {
@@ -85,7 +135,7 @@ mod tests {
         );
         assert_eq!(
             signature("update to 2.10.3 failed while downloading: 1048576 bytes"),
-            "update to <n>.<n>.<n> failed while downloading: <n> bytes"
+            "update to 2.10.3 failed while downloading: <n> bytes"
         );
         assert_eq!(signature("worker-17 stopped"), "worker-<n> stopped");
     }
@@ -95,6 +145,22 @@ mod tests {
         for kept in ["disk full", "cafe added", "sha256", "v2 is old", "", "a--b"] {
             assert_eq!(signature(kept), kept);
         }
+    }
+
+    #[test]
+    fn two_releases_failures_are_two_signatures() {
+        let a = signature("new agent 3.0.0 exited with exit status 1; rolled back to 2.0.0.");
+        let b = signature("new agent 3.0.1 exited with exit status 1; rolled back to 2.0.0.");
+        assert_ne!(a, b);
+        assert_eq!(
+            a,
+            "new agent 3.0.0 exited with exit status <n>; rolled back to 2.0.0."
+        );
+        assert_eq!(
+            signature("got 2.0.0-rc.1, wanted 2.0.0"),
+            "got 2.0.0-rc.1, wanted 2.0.0"
+        );
+        assert_eq!(signature("v1.2.3 and x1.2.3"), "v1.2.3 and x1.<n>.<n>");
     }
 
     #[test]

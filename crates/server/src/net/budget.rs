@@ -30,6 +30,8 @@ const DEFAULT_SOURCE_SHARE: usize = 8;
 const MIN_PER_SOURCE: usize = 16;
 /// Share of the cap connections that have not authenticated may hold: 1/2.
 const UNAUTHENTICATED_SHARE: usize = 2;
+/// `--max-downloads` by default (docs/protocol.md, "The download budget", says why).
+pub const DEFAULT_MAX_DOWNLOADS: usize = 32;
 /// Cap when the platform has no open-file limit to size it from (Windows).
 const CAP_WITHOUT_LIMIT: usize = 16_384;
 
@@ -89,16 +91,26 @@ pub fn raise_file_limit() -> Option<FileLimit> {
     None
 }
 
-/// Sizes the budget from the open-file limit: downloads get a share, `db_connections` and
-/// [`RESERVED_FDS`] are kept, connections get the rest. Explicit values win.
+/// Sizes the budget from the open-file limit: download slots (`--max-downloads`, one open
+/// package file each; by default [`DEFAULT_MAX_DOWNLOADS`], fewer under a small limit: 1/16 of
+/// it, at least 4), `db_connections` and [`RESERVED_FDS`] are kept, connections get the rest.
+/// Explicit values win.
 pub fn size(
     file_limit: Option<FileLimit>,
     db_connections: u32,
+    max_downloads: Option<usize>,
     max_connections: Option<usize>,
     max_per_source: Option<usize>,
 ) -> Sizing {
     let limit = file_limit.map(|l| l.now);
-    let download_slots = limit.map_or(256, |l| (l / 16).clamp(4, 256)) as usize;
+    let by_limit = |l: u64| {
+        usize::try_from(l / 16)
+            .unwrap_or(usize::MAX)
+            .clamp(4, DEFAULT_MAX_DOWNLOADS)
+    };
+    let download_slots = max_downloads
+        .unwrap_or_else(|| limit.map_or(DEFAULT_MAX_DOWNLOADS, by_limit))
+        .max(1);
     let reserved = RESERVED_FDS + u64::from(db_connections) + download_slots as u64;
     let derived = match limit {
         Some(limit) => usize::try_from(limit.saturating_sub(reserved)).unwrap_or(usize::MAX),
@@ -302,12 +314,20 @@ mod tests {
             now: 1024,
             hard: 1024,
         };
-        let sizing = size(Some(limit), 6, None, None);
-        assert_eq!(sizing.download_slots, 64);
-        assert_eq!(sizing.reserved, 64 + 6 + 64);
-        assert_eq!(sizing.max_connections, 1024 - 134);
-        assert_eq!(sizing.max_per_source, (1024 - 134) / 8);
-        let explicit = size(Some(limit), 6, Some(100), Some(500));
+        let sizing = size(Some(limit), 6, None, None, None);
+        assert_eq!(sizing.download_slots, 32);
+        assert_eq!(sizing.reserved, 64 + 6 + 32);
+        assert_eq!(sizing.max_connections, 1024 - 102);
+        assert_eq!(sizing.max_per_source, (1024 - 102) / 8);
+        let small = FileLimit {
+            found: 256,
+            now: 256,
+            hard: 256,
+        };
+        assert_eq!(size(Some(small), 6, None, None, None).download_slots, 16);
+        assert_eq!(size(Some(small), 6, Some(2), None, None).download_slots, 2);
+        let explicit = size(Some(limit), 6, Some(64), Some(100), Some(500));
+        assert_eq!(explicit.download_slots, 64);
         assert_eq!(
             (explicit.max_connections, explicit.max_per_source),
             (100, 100)
@@ -321,9 +341,12 @@ mod tests {
             6,
             None,
             None,
+            None,
         );
         assert_eq!(tiny.max_connections, 1, "never zero");
-        assert_eq!(size(None, 6, None, None).max_connections, CAP_WITHOUT_LIMIT);
+        let unlimited = size(None, 6, None, None, None);
+        assert_eq!(unlimited.max_connections, CAP_WITHOUT_LIMIT);
+        assert_eq!(unlimited.download_slots, DEFAULT_MAX_DOWNLOADS);
     }
 
     #[test]

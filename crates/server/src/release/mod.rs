@@ -8,11 +8,12 @@
 //! a published package or row, and never read the command line or the environment.
 
 pub mod archive;
+pub mod delta;
+pub mod rollback;
 pub mod signing;
 pub mod tuf;
 pub mod tuf_keys;
 pub mod tuf_root;
-pub mod watcher;
 
 use std::path::{Path, PathBuf};
 
@@ -24,7 +25,16 @@ use crate::clock;
 use crate::cluster::leader;
 use crate::db::{self, Db, DbError, NewRelease};
 use crate::events::{ClusterEvent, EventBus};
-use crate::rollout::cohort;
+
+/// Parses `X.Y.Z` (with an optional `-pre`/`+build` suffix, as SemVer 2.0 defines them);
+/// `None` for anything else, which is never offered nor counted.
+///
+/// A leading `v` is accepted, because people type it.
+pub fn parse_version(text: &str) -> Option<Version> {
+    let text = text.trim();
+    let text = text.strip_prefix('v').unwrap_or(text);
+    Version::parse(text).ok()
+}
 
 /// Platforms a release can be published for.
 pub const PLATFORMS: [&str; 2] = ["windows-x86_64", "linux-x86_64"];
@@ -47,12 +57,15 @@ pub struct PublishRequest {
     pub agent: PathBuf,
     /// The updater executable.
     pub updater: PathBuf,
-    /// Share of the fleet (0..=100) that is offered the release.
+    /// Share of the fleet (0..=100) that is offered the release at once (0 for a planned
+    /// release, whose first stage `rollout::plan::start` opens after the commit).
     pub rollout_percent: u8,
     /// How long the signed `timestamp.json` stays valid (agents refuse older metadata).
     pub timestamp_lifetime: std::time::Duration,
     /// Who publishes, for the audit log.
     pub actor: Actor,
+    /// Make deltas from this many of the newest older releases (`--delta-from`, 0: none).
+    pub delta_from: usize,
 }
 
 /// A release that was published.
@@ -240,13 +253,22 @@ async fn publish_with(
     let rel_path = package_rel_path(&version_text, platform);
     let final_path = request.data_dir.join(&rel_path);
     let built = build_package(request, &version_text, &final_path).await?;
-    let mut targets = signed_targets(db).await?;
+    let mut targets = signed_targets(db, &request.data_dir).await?;
     targets.push(tuf::TargetEntry {
         version: version_text.clone(),
         platform: platform.to_owned(),
         length: built.length,
         sha256: built.sha256.clone(),
+        delta_from: None,
     });
+    let new_package = delta::NewPackage {
+        data_dir: &request.data_dir,
+        version,
+        platform,
+        path: built.file.path(),
+        length: built.length,
+    };
+    targets.extend(delta::make_for_publish(db, &new_package, request.delta_from).await?);
     // Signed before the row is committed: no agent is offered a release its metadata lacks.
     repository
         .sign(&lock, &targets, request.timestamp_lifetime)
@@ -256,13 +278,14 @@ async fn publish_with(
         source: std::io::Error::other("package larger than 2^63 bytes"),
     })?;
     let published_at = clock::now();
+    let rollout_percent = i64::from(request.rollout_percent);
     let row = NewRelease {
         version: &version_text,
         platform,
         package_path: &rel_path,
         length,
         sha256: &built.sha256,
-        rollout_percent: i64::from(request.rollout_percent),
+        rollout_percent,
         published_at: &published_at,
     };
     let mut pending = db.begin_release(&row).await.map_err(|error| match error {
@@ -281,7 +304,7 @@ async fn publish_with(
         version = %version_text,
         platform,
         length,
-        rollout_percent = request.rollout_percent,
+        rollout_percent,
         "release published"
     );
     Ok(Published {
@@ -290,7 +313,7 @@ async fn publish_with(
         package_path: final_path,
         length: byte_length,
         sha256,
-        rollout_percent: request.rollout_percent,
+        rollout_percent: u8::try_from(rollout_percent).unwrap_or(100),
     })
 }
 
@@ -313,7 +336,7 @@ pub async fn refresh_metadata(
     if left > half {
         return Ok(false);
     }
-    let targets = signed_targets(db).await?;
+    let targets = signed_targets(db, data_dir).await?;
     repository.sign(&lock, &targets, lifetime).await?;
     Ok(true)
 }
@@ -329,9 +352,14 @@ pub async fn lock_repository(
         .map_err(PublishError::from)
 }
 
-/// Every committed release, as the targets metadata lists it.
-pub async fn signed_targets(db: &Db) -> Result<Vec<tuf::TargetEntry>, PublishError> {
+/// Every committed release, and every delta between two of them, as the targets metadata
+/// lists them.
+pub async fn signed_targets(
+    db: &Db,
+    data_dir: &Path,
+) -> Result<Vec<tuf::TargetEntry>, PublishError> {
     let releases = db.list_releases().await.map_err(PublishError::Database)?;
+    let deltas = delta::signed_deltas(data_dir, &releases);
     Ok(releases
         .into_iter()
         .map(|r| tuf::TargetEntry {
@@ -339,7 +367,9 @@ pub async fn signed_targets(db: &Db) -> Result<Vec<tuf::TargetEntry>, PublishErr
             version: r.version,
             platform: r.platform,
             sha256: r.sha256,
+            delta_from: None,
         })
+        .chain(deltas)
         .collect())
 }
 
@@ -367,8 +397,8 @@ async fn refuse_existing(
         if release.version == version_text {
             return Err(already_published(version_text, platform, String::new()));
         }
-        let same_precedence = cohort::parse_version(&release.version)
-            .is_some_and(|v| v.cmp_precedence(version).is_eq());
+        let same_precedence =
+            parse_version(&release.version).is_some_and(|v| v.cmp_precedence(version).is_eq());
         if same_precedence {
             let note = format!(" as {} (same precedence)", release.version);
             return Err(already_published(version_text, platform, note));
@@ -454,6 +484,7 @@ mod tests {
             rollout_percent: 100,
             timestamp_lifetime: tuf::DEFAULT_TIMESTAMP_LIFETIME,
             actor: Actor::command_line("test"),
+            delta_from: delta::DEFAULT_DELTA_FROM,
         }
     }
 

@@ -66,7 +66,7 @@ async fn locked_with_targets(
 ) -> Result<(tuf::Repository, tuf::SigningLock, Vec<tuf::TargetEntry>), PublishError> {
     let repository = tuf::Repository::new(data_dir);
     let lock = lock_repository(&repository).await?;
-    let targets = signed_targets(db).await?;
+    let targets = signed_targets(db, data_dir).await?;
     Ok((repository, lock, targets))
 }
 

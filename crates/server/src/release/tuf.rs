@@ -19,6 +19,7 @@ use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cms_protocol::delta::{CUSTOM_DELTA_FROM, delta_target_name};
 use cms_protocol::update::{package_file_name, target_custom};
 use serde_json::json;
 use tough::editor::RepositoryEditor;
@@ -104,6 +105,19 @@ pub struct TargetEntry {
     pub length: u64,
     /// Lower-case hex SHA-256 of the package.
     pub sha256: String,
+    /// `Some(FROM)`: this target is the delta from release FROM to `version` (see
+    /// [`super::delta`]), not the package.
+    pub delta_from: Option<String>,
+}
+
+impl TargetEntry {
+    /// The target's name in the signed metadata.
+    pub fn name(&self) -> String {
+        match &self.delta_from {
+            None => package_file_name(&self.version, &self.platform),
+            Some(from) => delta_target_name(from, &self.version, &self.platform),
+        }
+    }
 }
 
 /// Held while signing; released on drop (another publisher or the server's refresher waits).
@@ -260,7 +274,7 @@ impl Repository {
             .await
             .map_err(metadata_err)?;
         for entry in targets {
-            let name = package_file_name(&entry.version, &entry.platform);
+            let name = entry.name();
             editor
                 .add_target(name.as_str(), target_of(entry)?)
                 .map_err(metadata_err)?;
@@ -368,7 +382,7 @@ impl Repository {
 }
 
 fn target_of(entry: &TargetEntry) -> Result<Target, TufError> {
-    let value = json!({
+    let mut value = json!({
         "length": entry.length,
         "hashes": { "sha256": entry.sha256 },
         "custom": {
@@ -376,6 +390,9 @@ fn target_of(entry: &TargetEntry) -> Result<Target, TufError> {
             target_custom::PLATFORM: entry.platform,
         },
     });
+    if let Some(from) = &entry.delta_from {
+        value["custom"][CUSTOM_DELTA_FROM] = json!(from);
+    }
     serde_json::from_value(value).map_err(metadata_err)
 }
 
@@ -405,6 +422,7 @@ pub(crate) fn test_entry(version: &str) -> TargetEntry {
         platform: "linux-x86_64".to_owned(),
         length: 42,
         sha256: "ab".repeat(32),
+        delta_from: None,
     }
 }
 

@@ -5,6 +5,8 @@
 use semver::Version;
 use sha2::{Digest, Sha256};
 
+use crate::release::parse_version;
+
 /// A release as the update check sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
@@ -12,15 +14,6 @@ pub struct Candidate {
     pub version: String,
     /// Share of the fleet (0..=100) that may see this release.
     pub rollout_percent: i64,
-}
-
-/// Parses `X.Y.Z` (with an optional `-pre`/`+build` suffix, as SemVer 2.0 defines them).
-///
-/// A leading `v` is accepted, because people type it.
-pub fn parse_version(text: &str) -> Option<Version> {
-    let text = text.trim();
-    let text = text.strip_prefix('v').unwrap_or(text);
-    Version::parse(text).ok()
 }
 
 /// The agent's rollout cohort in `0..100`: the first 4 bytes of SHA-256(agent_id), read as a
@@ -51,6 +44,18 @@ pub fn pick_update<'a>(
         .filter(|(v, c)| v > current && in_rollout(agent_id, c.rollout_percent))
         .max_by(|(a, _), (b, _)| a.cmp(b))
         .map(|(_, c)| c)
+}
+
+/// Whether `version` is superseded among `releases` (`(version, rollout_percent)` of one
+/// platform, 0 for a paused one): a newer one is offered to the whole fleet, so this one is
+/// offered to nobody.
+pub fn is_superseded(version: &str, releases: &[(String, i64)]) -> bool {
+    let Some(version) = parse_version(version) else {
+        return false;
+    };
+    releases.iter().any(|(other, percent)| {
+        *percent >= 100 && parse_version(other).is_some_and(|other| other > version)
+    })
 }
 
 /// Whether a newly published release should be pushed to an agent: its rollout includes the
@@ -136,6 +141,26 @@ mod tests {
         assert!(!should_notify("x", "1.2.0", &release, 100));
         assert!(!should_notify("x", "1.3.0", &release, 100));
         assert!(!should_notify("x", "1.1.0", &release, 0));
+    }
+
+    #[test]
+    fn a_release_is_superseded_by_a_newer_one_offered_to_everyone() {
+        let list = |items: &[(&str, i64)]| -> Vec<(String, i64)> {
+            items.iter().map(|(v, p)| ((*v).to_owned(), *p)).collect()
+        };
+        assert!(is_superseded(
+            "1.5.0",
+            &list(&[("1.5.0", 100), ("2.0.0", 100)])
+        ));
+        assert!(!is_superseded(
+            "1.5.0",
+            &list(&[("1.5.0", 100), ("2.0.0", 50)])
+        ));
+        assert!(!is_superseded(
+            "2.0.0",
+            &list(&[("1.5.0", 100), ("2.0.0", 100)])
+        ));
+        assert!(!is_superseded("1.5.0", &list(&[("2.0.0", 0)])), "paused");
     }
 
     #[test]

@@ -32,7 +32,8 @@ pub struct Funnel {
     pub handed_over: i64,
     /// Agents that run the new version.
     pub healthy: i64,
-    /// Agents that turned the offer down (rolled back here before).
+    /// Agents that turned the offer down without trying it (an agent that rolled it back and
+    /// then declines the re-offers is `rolled_back`, not counted again here).
     pub refused: i64,
     /// Agents whose attempt failed before the hand-over.
     pub failed: i64,
@@ -40,6 +41,45 @@ pub struct Funnel {
     pub failed_by_step: BTreeMap<String, i64>,
     /// Agents whose new version failed and that run the old one again.
     pub rolled_back: i64,
+    /// Update attempts: agents the release was offered to, one each however often; each is in
+    /// exactly one of `ends`, which add up to it.
+    pub attempts: i64,
+    /// Where each attempt ended.
+    pub ends: EndStates,
+}
+
+/// Each attempt once, by where it ended (the first that holds, in this order: healthy, rolled
+/// back, failed, refused without trying, in progress).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EndStates {
+    /// The new version runs (or ran, before a newer one).
+    pub healthy: i64,
+    /// The new version failed and the old one runs again.
+    pub rolled_back: i64,
+    /// The attempt failed before the hand-over (by step: `failed_by_step`).
+    pub failed: i64,
+    /// The agent turned the offer down without trying (it rolled this version back before).
+    pub refused: i64,
+    /// No end yet (in flight or stuck).
+    pub in_progress: i64,
+}
+
+impl EndStates {
+    fn from_counts(counts: &BTreeMap<String, i64>) -> EndStates {
+        let n = |state: &str| counts.get(state).copied().unwrap_or(0);
+        EndStates {
+            healthy: n("healthy"),
+            rolled_back: n("rolled_back"),
+            failed: n("failed"),
+            refused: n("refused"),
+            in_progress: n("in_progress"),
+        }
+    }
+
+    /// All attempts.
+    pub fn total(&self) -> i64 {
+        self.healthy + self.rolled_back + self.failed + self.refused + self.in_progress
+    }
 }
 
 impl Funnel {
@@ -66,15 +106,18 @@ impl Funnel {
             verified: verified + legacy_handed_over,
             handed_over: handed_over + legacy_handed_over,
             healthy: healthy + counts.silent_on_version,
-            refused: counts.step("refused"),
+            refused: counts.end_states.get("refused").copied().unwrap_or(0),
             failed: counts.step("failed") + counts.legacy_failed,
             failed_by_step,
             rolled_back: rolled_back + counts.legacy_rolled_back,
+            attempts: counts.end_states.values().sum(),
+            ends: EndStates::from_counts(&counts.end_states),
         }
     }
 
-    /// Update attempts: agents that were offered the release.
-    pub fn attempts(&self) -> i64 {
+    /// Attempts the halt rule counts: agents that started the update (reported `offered` or a
+    /// later step). `attempts` counts every agent offered it, in progress ones too.
+    pub fn attempts_started(&self) -> i64 {
         self.offered
     }
 
@@ -96,7 +139,7 @@ impl Default for HaltRule {
 impl HaltRule {
     /// Whether `funnel` has passed the threshold.
     pub fn is_passed(&self, funnel: &Funnel) -> bool {
-        let attempts = funnel.attempts();
+        let attempts = funnel.attempts_started();
         attempts >= self.min_attempts.max(1) && funnel.failures() * 100 > self.percent * attempts
     }
 }
@@ -138,7 +181,20 @@ mod tests {
             ("rolled_back", 2),
         ]);
         c.failed_by_step.insert("verifying".into(), 2);
+        c.end_states = [
+            ("healthy", 4),
+            ("refused", 1),
+            ("failed", 2),
+            ("rolled_back", 2),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        c.end_states.insert("in_progress".into(), 1);
         let funnel = Funnel::from_counts(&c);
+        assert_eq!(funnel.attempts, 10);
+        assert_eq!(funnel.ends.total(), funnel.attempts);
+        assert_eq!(funnel.ends.in_progress, 1);
         assert_eq!(funnel.offered, 10);
         assert_eq!(funnel.handed_over, 6);
         assert_eq!(
@@ -146,7 +202,7 @@ mod tests {
             (2, 2, 1)
         );
         assert_eq!(funnel.failed_by_step["verifying"], 2);
-        assert_eq!((funnel.attempts(), funnel.failures()), (10, 4));
+        assert_eq!((funnel.attempts_started(), funnel.failures()), (10, 4));
     }
 
     #[test]

@@ -83,19 +83,37 @@ async fn assign_unaudited(db: &Db, agent_id: &str, group: &str) -> Result<(), Gr
     }
 }
 
-/// Sets `group`'s own rollout percentage of the release `version` on `platform` as `actor`
-/// (it overrides the release's percentage for that group's agents); audited as `rollout.set`
-/// either way. Agents see it at their next update check or heartbeat.
+/// What a group's own settings for a release change; `None` keeps what it has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupRolloutChange {
+    /// The group's own share (0..=100), overriding the release's for its agents.
+    #[serde(default)]
+    pub percent: Option<i64>,
+    /// The group's own halt rule share (0..=100): its failures passing it halt the release.
+    #[serde(default)]
+    pub halt_percent: Option<i64>,
+    /// ... once the group has at least this many attempts.
+    #[serde(default)]
+    pub halt_min_attempts: Option<i64>,
+    /// The group's own cap of updates in flight (0 removes it); the release's cap holds too.
+    #[serde(default)]
+    pub max_in_flight: Option<i64>,
+}
+
+/// Sets `group`'s own rollout percentage and/or halt rule for the release `version` on
+/// `platform` as `actor` (the percentage overrides the release's for that group's agents; the
+/// group's failures passing its rule halt the whole release); audited as `rollout.set` either
+/// way. Agents see it at their next update check or heartbeat.
 pub async fn set_rollout(
     db: &Db,
     actor: &Actor,
-    version: &str,
-    platform: &str,
+    (version, platform): (&str, &str),
     group: &str,
-    percent: i64,
+    change: GroupRolloutChange,
 ) -> Result<RolloutStatus, RolloutError> {
     let target = format!("{version}/{platform} group={group}");
-    let result = set_rollout_unaudited(db, version, platform, group, percent).await;
+    let result = set_rollout_unaudited(db, (version, platform), group, change).await;
     let outcome = match &result {
         Ok(_) => Outcome::Ok,
         Err(RolloutError::Database(_)) => return result,
@@ -108,7 +126,10 @@ pub async fn set_rollout(
             version,
             platform,
             group,
-            percent,
+            percent = change.percent,
+            halt_percent = change.halt_percent,
+            halt_min_attempts = change.halt_min_attempts,
+            max_in_flight = change.max_in_flight,
             "group rollout changed"
         );
     }
@@ -117,27 +138,67 @@ pub async fn set_rollout(
 
 async fn set_rollout_unaudited(
     db: &Db,
-    version: &str,
-    platform: &str,
+    (version, platform): (&str, &str),
     group: &str,
-    percent: i64,
+    change: GroupRolloutChange,
 ) -> Result<RolloutStatus, RolloutError> {
     let group = checked(group).map_err(|e| RolloutError::Invalid(e.to_string()))?;
-    if !(0..=100).contains(&percent) {
-        return Err(RolloutError::Invalid(format!(
-            "percent must be between 0 and 100, got {percent}"
-        )));
+    let in_range = |what: &str, value: Option<i64>, max: i64| match value {
+        Some(v) if !(0..=max).contains(&v) => Err(RolloutError::Invalid(format!(
+            "{what} must be between 0 and {max}, got {v}"
+        ))),
+        _ => Ok(()),
+    };
+    in_range("percent", change.percent, 100)?;
+    in_range("halt percent", change.halt_percent, 100)?;
+    in_range(
+        "halt minimum of attempts",
+        change.halt_min_attempts,
+        i64::MAX,
+    )?;
+    in_range("in-flight cap", change.max_in_flight, i64::MAX)?;
+    if change == GroupRolloutChange::default() {
+        return Err(RolloutError::Invalid("nothing to set".into()));
     }
-    let status = control::status(db, version, platform).await?;
-    let version = &status.rollout.version;
-    if !db
-        .set_group_rollout(version, platform, group, percent)
+    let version = control::status(db, version, platform)
         .await?
+        .rollout
+        .version;
+    let unknown = || RolloutError::UnknownRelease {
+        version: version.clone(),
+        platform: platform.to_owned(),
+    };
+    if let Some(percent) = change.percent
+        && !db
+            .set_group_rollout(&version, platform, group, percent)
+            .await?
     {
-        return Err(RolloutError::UnknownRelease {
-            version: version.clone(),
-            platform: platform.to_owned(),
-        });
+        return Err(unknown());
     }
-    Ok(status)
+    let halt = (change.halt_percent, change.halt_min_attempts);
+    if halt != (None, None)
+        && !db
+            .set_group_halt_rule(&version, platform, group, halt)
+            .await?
+    {
+        return Err(unknown());
+    }
+    if let Some(cap) = change.max_in_flight
+        && !db
+            .set_group_in_flight(&version, platform, group, cap)
+            .await?
+    {
+        return Err(unknown());
+    }
+    if halt != (None, None) {
+        control::check_halt(db, &version, platform).await?;
+    }
+    control::status(db, &version, platform).await
+}
+
+/// What `group` has in a `(group, value)` list (its halt rule, its in-flight cap).
+pub fn find<T: Copy>(list: &[(String, T)], group: &str) -> Option<T> {
+    list.iter()
+        .find(|(g, _)| g == group)
+        .map(|(_, value)| *value)
 }

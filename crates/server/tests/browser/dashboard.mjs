@@ -93,7 +93,8 @@ async function show(page, view) {
 }
 
 const countOf = (page, card) => page.locator(`[data-count=${card}] .n`);
-const stepOf = (page, release, step) => page.locator(`[data-release="${release}"] [data-step=${step}] b`);
+const stepOf = (page, release, step) =>
+  page.locator(`[data-release="${release}"] > .funnel [data-step=${step}] b`);
 
 async function bearer(method, path, role, body) {
   const response = await fetch(url + path, {
@@ -158,48 +159,104 @@ test("a published release's funnel reaches healthy", async () => {
   await page.waitForSelector("text=No release published yet.");
   const v2 = env.CMS_AGENT_V2_DIR;
   cli("release", "publish", "--data-dir", serverDir, "--version", "2.0.0",
-    "--agent", join(v2, "cms_agent"), "--updater", join(v2, "updater"));
+    "--agent", join(v2, "cms_agent"), "--updater", join(v2, "updater"), "--rollout", "100");
   await stepOf(page, `2.0.0/${PLATFORM}`, "healthy").filter({ hasText: /^3$/ }).waitFor({ timeout: LONG });
   assert.equal(await stepOf(page, `2.0.0/${PLATFORM}`, "handed_over").textContent(), "3");
+  // Each group the release reached has its own funnel (all three agents are in `default`).
+  const groupHealthy = page.locator(
+    `[data-release="2.0.0/${PLATFORM}"] [data-group-funnel="default"] [data-step="healthy"] b`);
+  await groupHealthy.filter({ hasText: /^3$/ }).waitFor({ timeout: LONG });
+  await page.locator(`[data-release="2.0.0/${PLATFORM}"] [data-in-flight="0"]`).waitFor();
+  // The operator caps the group's updates in flight from the page; the group's funnel shows it.
+  const groupForm = page.locator(`[data-group-rollout="2.0.0/${PLATFORM}"]`);
+  await groupForm.locator('input[name="group"]').fill("default");
+  await groupForm.locator('input[name="max_in_flight"]').fill("2");
+  await groupForm.locator('button[type="submit"]').click();
+  await page.locator(`[data-release="2.0.0/${PLATFORM}"] [data-group-funnel="default"] [data-group-in-flight]`)
+    .filter({ hasText: "of at most 2" }).waitFor({ timeout: LONG });
+  // The halt rule is edited in the page (operator).
+  const card2 = page.locator(`[data-release="2.0.0/${PLATFORM}"]`);
+  await card2.locator("[data-input=halt-min-attempts]").fill("25");
+  await card2.locator("button[data-action=set-halt]").click();
+  await card2.getByText("failures of at least 25 attempts").waitFor({ timeout: LONG });
   await page.screenshot({ path: join(shots, "releases.png"), fullPage: true });
+  // The groups page shows each group's progress in the release.
+  await show(page, "groups");
+  await page.locator(`#groups tr[data-group="default"] [data-group-release="2.0.0/${PLATFORM}"]`)
+    .filter({ hasText: "3 healthy of 3 offered" }).waitFor({ timeout: LONG });
   await show(page, "fleet");
   await page.locator("#agents tr[data-agent]").nth(2).waitFor();
   await page.locator("[data-count=online] .n:text-is('3')").waitFor({ timeout: LONG });
   await page.screenshot({ path: join(shots, "fleet.png"), fullPage: true });
 });
 
-test("a release whose agent exits at start is rolled back and its rollout halts itself", async () => {
+test("a broken release published with the defaults halts at its canary", async () => {
   const broken = join(work, "broken_agent");
   writeFileSync(broken, "#!/bin/sh\necho 'crashes at start' >&2\nexit 1\n");
   chmodSync(broken, 0o755);
+  // Staged by default: the first stage is one agent of three, and the halt rule scales to it.
   cli("release", "publish", "--data-dir", serverDir, "--version", "3.0.0", "--agent", broken,
-    "--updater", join(env.CMS_AGENT_V2_DIR, "updater"), "--rollout", "0");
-  cli("rollout", "set", "--data-dir", serverDir, "--version", "3.0.0", "--halt-percent", "50",
-    "--halt-min-attempts", "2");
+    "--updater", join(env.CMS_AGENT_V2_DIR, "updater"));
   await show(page, "releases");
   const card = page.locator(`[data-release="3.0.0/${PLATFORM}"]`);
   await card.waitFor();
-  await card.locator("[data-input=percent]").fill("100");
-  await card.locator("button[data-action=set]").click();
+  await card.locator("[data-plan-stage='1']").waitFor();
   await page.locator(`[data-banner="3.0.0/${PLATFORM}"]`).waitFor({ timeout: LONG });
   await card.locator(".badge.halted").waitFor();
-  assert.ok(Number(await stepOf(page, `3.0.0/${PLATFORM}`, "rolled_back").textContent()) >= 2);
+  assert.equal(await stepOf(page, `3.0.0/${PLATFORM}`, "offered").textContent(), "1",
+    "only the canary was offered the broken release");
+  assert.equal(await stepOf(page, `3.0.0/${PLATFORM}`, "rolled_back").textContent(), "1");
   await card.locator("button[data-action=resume]").waitFor();
+  await page.locator(`[data-reasons="3.0.0/${PLATFORM}"] li`).first().waitFor({ timeout: LONG });
   await page.screenshot({ path: join(shots, "releases-halted.png"), fullPage: true });
+  // One click from the banner to the agents that rolled back, with their reason.
+  await page.locator(`[data-banner="3.0.0/${PLATFORM}"] a[data-banner-step=rolled_back]`).click();
+  await page.waitForSelector('#view[data-view="fleet"] #release-filter');
+  const reason = page.locator('#agents tr[data-agent] [data-field="reason"]').first();
+  await reason.waitFor({ timeout: LONG });
+  assert.notEqual((await reason.textContent()).trim(), "", "the rollback's reason is shown");
+  assert.equal(await page.locator('#agents tr[data-agent] [data-field="update-step"]').first().textContent(), "rolled back");
+  await page.screenshot({ path: join(shots, "fleet-rolled-back.png"), fullPage: true });
+  // The agent's page groups its attempts, with the reason on the failed one.
+  await page.locator("#agents tr[data-agent] a").first().click();
+  await page.locator('[data-attempt="3.0.0"] [data-field="attempt-reason"]').waitFor({ timeout: LONG });
+  await page.locator('[data-field="metrics-at"] time').waitFor();
+  await page.screenshot({ path: join(shots, "agent-attempts.png"), fullPage: true });
+  await page.goBack();
+  await page.waitForSelector('#view[data-view="fleet"] #release-filter');
+  await page.click("#release-filter button");
+  await page.locator("#release-filter").waitFor({ state: "detached" });
   const audit = await bearer("GET", "/api/v1/audit?limit=100", "admin");
   const actions = audit.body.map((e) => `${e.actor} ${e.action} ${e.target} ${e.outcome}`);
   assert.ok(actions.includes(`server:halt rollout.halt 3.0.0/${PLATFORM} ok`), actions.join("\n"));
-  assert.ok(actions.includes(`ops rollout.set 3.0.0/${PLATFORM} ok`), actions.join("\n"));
-  assert.ok(actions.some((a) => a.startsWith("cli") && a.includes("rollout.set 3.0.0")), actions.join("\n"));
+  assert.ok(actions.includes(`ops rollout.set 2.0.0/${PLATFORM} ok`), actions.join("\n"));
   const status = JSON.parse(cli("rollout", "status", "--data-dir", serverDir, "--version", "3.0.0"));
   assert.equal(status.paused, true);
   const csrf = await page.evaluate(async (path) => (await fetch(path, {
     method: "POST", headers: { "Content-Type": "application/json" }, body: '{"action":"resume"}',
   })).status, `/api/v1/rollouts/${PLATFORM}/3.0.0`);
   assert.equal(csrf, 403, "a cookie request without the CSRF header is refused");
+  // Resume asks for a reason, shows the failures, and keeps the halt in the release's history.
+  await show(page, "releases");
+  page.once("dialog", (dialog) => {
+    assert.match(dialog.message(), /rolled back of \d+ attempts/);
+    dialog.accept("fixed the start-up crash in 3.0.1");
+  });
+  await card.locator("button[data-action=resume]").click();
+  await card.locator("[data-halts] li").filter({ hasText: "fixed the start-up crash" }).waitFor({ timeout: LONG });
+  await page.screenshot({ path: join(shots, "releases-resumed.png"), fullPage: true });
   await show(page, "errors");
   await page.locator("#error-groups td:text-is('update_rolled_back')").waitFor();
   await page.screenshot({ path: join(shots, "errors.png"), fullPage: true });
+  const favicon = await page.evaluate(async () => (await fetch("/assets/favicon.svg")).status);
+  assert.equal(favicon, 200);
+  // The audit page is for admins: it shows the halt; an operator has no link to it.
+  assert.equal(await page.locator('nav a[data-view="audit"]').isHidden(), true);
+  const admin = await signIn("admin");
+  await show(admin, "audit");
+  await admin.locator('#audit tr[data-audit="rollout.halt"]').first().waitFor({ timeout: LONG });
+  await admin.screenshot({ path: join(shots, "audit.png"), fullPage: true });
+  await admin.context().close();
 });
 
 test("a viewer sees no action buttons and gets 403 from the API", async () => {
@@ -217,4 +274,33 @@ test("a viewer sees no action buttons and gets 403 from the API", async () => {
   assert.equal(byToken.status, 403);
   const status = JSON.parse(cli("rollout", "status", "--data-dir", serverDir, "--version", "2.0.0"));
   assert.equal(status.paused, false, "the viewer's pause did nothing");
+});
+
+test("an operator revokes an agent from its page and sees it revoked", async () => {
+  await show(page, "fleet");
+  const row = page.locator("#agents tr[data-agent]").first();
+  await row.waitFor({ timeout: LONG });
+  const agentId = await row.getAttribute("data-agent");
+  const viewer = await signIn("viewer");
+  await viewer.goto(`${url}/#/agent/${agentId}`);
+  await viewer.waitForSelector("text=Version history");
+  assert.equal(await viewer.locator("button[data-action=revoke]").count(), 0, "a viewer has no Revoke");
+  await viewer.context().close();
+
+  await row.locator("a").click();
+  await page.waitForSelector("text=Version history");
+  page.once("dialog", (dialog) => dialog.accept());
+  await page.click("button[data-action=revoke]");
+  await page.locator(".badge.revoked").waitFor({ timeout: LONG });
+  assert.equal(await page.locator("button[data-action=revoke]").count(), 0, "no Revoke once revoked");
+  await page.screenshot({ path: join(shots, "agent-revoked.png"), fullPage: true });
+  const agents = await bearer("GET", "/api/v1/agents", "operator");
+  const revoked = agents.body.find((a) => a.agent_id === agentId);
+  assert.ok(revoked.revoked_at && !revoked.online, JSON.stringify(revoked));
+  await show(page, "fleet");
+  await page.locator("[data-count=revoked] .n:text-is('1')").waitFor({ timeout: LONG });
+  await page.locator(`#agents tr[data-agent="${agentId}"] .badge.revoked`).waitFor();
+  const audit = await bearer("GET", "/api/v1/audit?limit=100", "admin");
+  const actions = audit.body.map((e) => `${e.actor} ${e.action} ${e.target} ${e.outcome}`);
+  assert.ok(actions.includes(`ops agent.revoke ${agentId} ok`), actions.join("\n"));
 });

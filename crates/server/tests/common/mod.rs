@@ -286,6 +286,7 @@ impl Server {
             metrics: cms_protocol::Metrics::default(),
             network: None,
             group: None,
+            utc_offset_minutes: None,
         };
         self.http
             .post(self.url(cms_protocol::paths::STATUS))
@@ -542,8 +543,32 @@ fn fastrand_bytes(seed: u64) -> impl FnMut() -> u8 {
     }
 }
 
-/// Runs `cms-server release publish` and returns (exit code, stdout, stderr).
+/// Runs `cms-server release publish` and returns (exit code, stdout, stderr). Unless `extra`
+/// asks for a plan (`--stages`, `--stage-soak`, `--canary-group`), the release is published
+/// the way these tests were written for: `--rollout 100` and a halt rule needing 20 attempts
+/// (each unless `extra` gives its own); [`publish_as_given`] adds nothing.
 pub async fn publish(
+    data_dir: &Path,
+    store: &Store,
+    version: &str,
+    files: &Inputs,
+    extra: &[&str],
+) -> (Option<i32>, String, String) {
+    let staged = ["--stages", "--stage-soak", "--canary-group"];
+    let mut args: Vec<&str> = extra.to_vec();
+    if !extra.iter().any(|a| staged.contains(a)) {
+        if !extra.contains(&"--rollout") {
+            args.extend(["--rollout", "100"]);
+        }
+        if !extra.contains(&"--halt-min-attempts") {
+            args.extend(["--halt-min-attempts", "20"]);
+        }
+    }
+    publish_as_given(data_dir, store, version, files, &args).await
+}
+
+/// Runs `cms-server release publish` with exactly `extra` (the defaults: a staged plan).
+pub async fn publish_as_given(
     data_dir: &Path,
     store: &Store,
     version: &str,
@@ -618,6 +643,8 @@ pub fn progress(
         platform: "linux-x86_64".into(),
         step,
         failed_step: failed_step.map(str::to_owned),
+        transfer: None,
+        transfer_bytes: None,
     };
     cms_protocol::ErrorReport {
         report_id: uuid::Uuid::new_v4().to_string(),

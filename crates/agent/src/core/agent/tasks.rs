@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use super::{Inner, panic_if_a_test_asks};
 use crate::core::supervisor::{Role, Tasks, sleep_or_cancel};
+use crate::core::update::is_in_window;
 use crate::system;
 
 /// How long the first heartbeat waits for the WebSocket, so that it does not open an HTTP
@@ -98,6 +99,10 @@ async fn event_loop(inner: Arc<Inner>, mut events: mpsc::Receiver<ServerEvent>) 
                     inner.rotate_credential().await;
                 }
                 if let Some(update) = new_offer(&mut last_offer, ack) {
+                    if !is_in_window(&update) {
+                        // Deferred: the same offer in a later answer, inside the window, starts it.
+                        last_offer = None;
+                    }
                     inner.initiate_update("heartbeat", &update).await;
                 }
             }
@@ -134,6 +139,8 @@ mod offer_tests {
                 target: String::new(),
                 length: 1,
                 sha256: String::new(),
+                window: None,
+                rollback: None,
             }),
         }
     }

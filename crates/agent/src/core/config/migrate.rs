@@ -17,7 +17,8 @@ use super::{CONFIG_VERSION, Config, ConfigNotice, Unusable, save_config};
 type Migration = fn(Map<String, Value>) -> Result<Map<String, Value>, String>;
 
 /// The migration chain; entry `i` migrates from version `i + 1`.
-const MIGRATIONS: [Migration; (CONFIG_VERSION - 1) as usize] = [migrate_config_v1_to_v2];
+const MIGRATIONS: [Migration; (CONFIG_VERSION - 1) as usize] =
+    [migrate_config_v1_to_v2, migrate_config_v2_to_v3];
 
 /// Parses `bytes` and brings it to the current schema, writing the result when it migrated.
 pub(super) fn load_document(
@@ -91,6 +92,14 @@ fn migrate_config_v1_to_v2(mut v1: Map<String, Value>) -> Result<Map<String, Val
         }
         _ => return Err("agent_id and agent_token must both be present or both absent".into()),
     }
+    Ok(v2)
+}
+
+/// v2 -> v3: the same fields; v3 stores the secrets (`credentials.agent_token`,
+/// `pending_credentials.agent_token`, `enrollment_token`) sealed where the platform seals, which
+/// the write after this step does. The version exists so that an older agent (after a
+/// rollback) restores the v2 backup instead of reading a sealed value it cannot open.
+fn migrate_config_v2_to_v3(v2: Map<String, Value>) -> Result<Map<String, Value>, String> {
     Ok(v2)
 }
 

@@ -3,11 +3,13 @@
 use super::*;
 use std::fs;
 
+use crate::system;
+
 fn load_text(text: &str) -> (tempfile::TempDir, PathBuf, ConfigManager, Vec<ConfigNotice>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.json");
     fs::write(&path, text).unwrap();
-    let (manager, notices) = ConfigManager::load(&path).unwrap();
+    let (manager, notices) = ConfigManager::load(&path, SecretScope::User).unwrap();
     (dir, path, manager, notices)
 }
 
@@ -15,7 +17,7 @@ fn load_text(text: &str) -> (tempfile::TempDir, PathBuf, ConfigManager, Vec<Conf
 fn missing_file_is_a_fresh_install_and_nothing_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.json");
-    let (manager, notices) = ConfigManager::load(&path).unwrap();
+    let (manager, notices) = ConfigManager::load(&path, SecretScope::User).unwrap();
     assert_eq!(manager.config(), &Config::default());
     assert!(notices.is_empty());
     assert!(!path.exists());
@@ -65,7 +67,7 @@ fn v1_is_backed_up_migrated_and_saved() {
     let (_dir, path, manager, notices) = load_text(v1);
     assert!(notices.is_empty());
     let config = manager.config();
-    assert_eq!(config.config_version, 2);
+    assert_eq!(config.config_version, CONFIG_VERSION);
     assert_eq!(config.server_url.as_deref(), Some("http://127.0.0.1:1"));
     assert_eq!(config.current_version.as_deref(), Some("0.9.0"));
     assert_eq!(config.intervals.status_secs, 15);
@@ -126,8 +128,12 @@ fn a_newer_schema_falls_back_to_the_backup_made_before_it() {
         serde_json::to_vec(&ours).unwrap(),
     )
     .unwrap();
-    fs::write(&path, r#"{"config_version":3,"whatever":true}"#).unwrap();
-    let (manager, notices) = ConfigManager::load(&path).unwrap();
+    let newer = format!(
+        r#"{{"config_version":{},"whatever":true}}"#,
+        CONFIG_VERSION + 1
+    );
+    fs::write(&path, newer).unwrap();
+    let (manager, notices) = ConfigManager::load(&path, SecretScope::User).unwrap();
     assert_eq!(manager.config(), &ours);
     assert_eq!(notices[0].kind, "config_downgraded");
 }
@@ -141,7 +147,7 @@ fn a_newer_schema_without_backup_is_kept_aside() {
 
 /// A saved configuration with a server and an identity, as a registered agent leaves it.
 fn registered(path: &Path) -> Config {
-    let (mut manager, _) = ConfigManager::load(path).unwrap();
+    let (mut manager, _) = ConfigManager::load(path, SecretScope::User).unwrap();
     manager
         .update(|c| {
             c.server_url = Some("http://127.0.0.1:4".into());
@@ -159,7 +165,7 @@ fn registered(path: &Path) -> Config {
 fn every_kind_of_damage_is_rebuilt_from_the_last_good_copy() {
     let damages: [&[u8]; 5] = [
         b"",
-        b"{\"config_version\": 2, \"server_url\": \"http://127.0.0.1:4\", \"credent",
+        b"{\"config_version\": 3, \"server_url\": \"http://127.0.0.1:4\", \"credent",
         b"garbage \xff\xfe",
         &[0u8; 512],
         b"[1, 2, 3]",
@@ -169,12 +175,12 @@ fn every_kind_of_damage_is_rebuilt_from_the_last_good_copy() {
         let path = dir.path().join("config.json");
         let saved = registered(&path);
         fs::write(&path, damage).unwrap();
-        let (manager, notices) = ConfigManager::load(&path).unwrap();
+        let (manager, notices) = ConfigManager::load(&path, SecretScope::User).unwrap();
         assert_eq!(manager.config(), &saved, "damage {damage:?}");
         assert_eq!(notices[0].kind, "config_corrupt");
         assert!(notices[0].message.contains(LAST_GOOD_NAME), "{notices:?}");
         fs::write(&path, damage).unwrap();
-        ConfigManager::load(&path).unwrap(); // the same second: both copies are kept
+        ConfigManager::load(&path, SecretScope::User).unwrap(); // the same second: both copies are kept
         let aside = fs::read_dir(dir.path())
             .unwrap()
             .filter(|e| {
@@ -193,7 +199,7 @@ fn every_kind_of_damage_is_rebuilt_from_the_last_good_copy() {
 
 #[test]
 fn a_mistyped_field_costs_only_that_field_even_without_a_last_good_copy() {
-    let text = r#"{"config_version":2,"server_url":"http://127.0.0.1:5",
+    let text = r#"{"config_version":3,"server_url":"http://127.0.0.1:5",
         "credentials":{"agent_id":"a5","agent_token":"t5"},
         "intervals":{"status_secs":"sixty","update_poll_secs":900},"error_buffer_max_reports":"many"}"#;
     let (_dir, path, manager, notices) = load_text(text);
@@ -217,9 +223,9 @@ fn the_damaged_file_wins_over_the_last_good_copy_where_it_still_parses() {
     let path = dir.path().join("config.json");
     registered(&path);
     let edited =
-        r#"{"config_version":2,"server_url":"http://127.0.0.1:6","intervals":{"status_secs":"x"}}"#;
+        r#"{"config_version":3,"server_url":"http://127.0.0.1:6","intervals":{"status_secs":"x"}}"#;
     fs::write(&path, edited).unwrap();
-    let (manager, _) = ConfigManager::load(&path).unwrap();
+    let (manager, _) = ConfigManager::load(&path, SecretScope::User).unwrap();
     assert_eq!(
         manager.config().server_url.as_deref(),
         Some("http://127.0.0.1:6")
@@ -236,7 +242,7 @@ fn a_missing_file_beside_a_last_good_copy_is_restored() {
     let path = dir.path().join("config.json");
     let saved = registered(&path);
     fs::remove_file(&path).unwrap();
-    let (manager, notices) = ConfigManager::load(&path).unwrap();
+    let (manager, notices) = ConfigManager::load(&path, SecretScope::User).unwrap();
     assert_eq!(manager.config(), &saved);
     assert_eq!(notices[0].kind, "config_restored");
     assert!(path.exists());
@@ -246,12 +252,12 @@ fn a_missing_file_beside_a_last_good_copy_is_restored() {
 fn the_enrollment_token_is_kept_but_never_shown_by_debug() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.json");
-    let (mut manager, _) = ConfigManager::load(&path).unwrap();
+    let (mut manager, _) = ConfigManager::load(&path, SecretScope::User).unwrap();
     manager
         .update(|c| c.enrollment_token = Some(EnrollmentToken::new("enroll-me".into())))
         .unwrap();
     assert!(!format!("{manager:?}").contains("enroll-me"));
-    let (reloaded, _) = ConfigManager::load(&path).unwrap();
+    let (reloaded, _) = ConfigManager::load(&path, SecretScope::User).unwrap();
     let token = reloaded.config().enrollment_token.as_ref().unwrap();
     assert_eq!(token.expose(), "enroll-me");
 }
@@ -260,12 +266,115 @@ fn the_enrollment_token_is_kept_but_never_shown_by_debug() {
 fn update_writes_only_when_something_changed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.json");
-    let (mut manager, _) = ConfigManager::load(&path).unwrap();
+    let (mut manager, _) = ConfigManager::load(&path, SecretScope::User).unwrap();
     manager.update(|_| {}).unwrap();
     assert!(!path.exists());
     manager
         .update(|c| c.current_version = Some("1.2.3".into()))
         .unwrap();
-    let (reloaded, _) = ConfigManager::load(&path).unwrap();
+    let (reloaded, _) = ConfigManager::load(&path, SecretScope::User).unwrap();
     assert_eq!(reloaded.config().current_version.as_deref(), Some("1.2.3"));
+}
+
+/// The secrets of the v2 file of [`SEALED_V2`].
+const SECRETS: [&str; 3] = [
+    "token-in-clear-7",
+    "pending-in-clear-7",
+    "enroll-in-clear-7",
+];
+const SEALED_V2: &str = r#"{"config_version":2,"server_url":"http://127.0.0.1:7",
+    "credentials":{"agent_id":"a7","agent_token":"token-in-clear-7"},
+    "pending_credentials":{"agent_id":"a7","agent_token":"pending-in-clear-7"},
+    "enrollment_token":"enroll-in-clear-7"}"#;
+
+/// Whether `file` holds the secrets sealed (where the platform seals) and never in clear.
+fn assert_sealed_on_disk(file: &Path) {
+    let text = fs::read_to_string(file).unwrap();
+    for secret in SECRETS {
+        assert_eq!(
+            text.contains(secret),
+            !system::SEALS_AT_REST,
+            "{}: {text}",
+            file.display()
+        );
+    }
+    let marks = text.matches(sealed::SEALED_MARK).count();
+    assert_eq!(marks, if system::SEALS_AT_REST { 3 } else { 0 }, "{text}");
+}
+
+fn assert_secrets(config: &Config) {
+    let credentials = config.credentials.as_ref().unwrap();
+    assert_eq!(credentials.agent_id, "a7");
+    assert_eq!(credentials.agent_token, SECRETS[0]);
+    let pending = config.pending_credentials.as_ref().unwrap();
+    assert_eq!(pending.agent_token, SECRETS[1]);
+    let enrollment = config.enrollment_token.as_ref().unwrap();
+    assert_eq!(enrollment.expose(), SECRETS[2]);
+}
+
+#[test]
+fn v2_is_migrated_to_v3_with_its_secrets_sealed_and_its_backup_left_for_an_older_agent() {
+    for scope in [SecretScope::User, SecretScope::System] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        fs::write(&path, SEALED_V2).unwrap();
+        let (manager, notices) = ConfigManager::load(&path, scope).unwrap();
+        assert!(notices.is_empty(), "{notices:?}");
+        assert_eq!(manager.config().config_version, 3);
+        assert_secrets(manager.config());
+        assert_sealed_on_disk(&path);
+        assert_sealed_on_disk(&path.with_file_name(LAST_GOOD_NAME));
+        // What an older agent restores after a rollback: the file as it was, which it reads.
+        let backup = fs::read_to_string(backup_path(&path, 2)).unwrap();
+        assert_eq!(backup, SEALED_V2);
+
+        let (reloaded, notices) = ConfigManager::load(&path, scope).unwrap();
+        assert!(notices.is_empty(), "{notices:?}");
+        assert_eq!(reloaded.config(), manager.config(), "{scope:?}");
+    }
+}
+
+#[test]
+fn a_plain_secret_in_a_v3_file_is_read_and_sealed_at_once() {
+    let v3 = SEALED_V2.replace(r#""config_version":2"#, r#""config_version":3"#);
+    let (_dir, path, manager, notices) = load_text(&v3);
+    assert!(notices.is_empty(), "{notices:?}");
+    assert_secrets(manager.config());
+    assert_sealed_on_disk(&path);
+    assert!(!backup_path(&path, 2).exists(), "no migration, no backup");
+}
+
+#[test]
+fn a_sealed_secret_that_cannot_be_opened_costs_only_that_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    let saved = registered(&path);
+    let damaged = r#"{"config_version":3,"server_url":"http://127.0.0.1:8",
+        "credentials":{"agent_id":"a4","agent_token":"dpapi:c2VhbGVkIGVsc2V3aGVyZQ=="}}"#;
+    fs::write(&path, damaged).unwrap();
+    let (manager, notices) = ConfigManager::load(&path, SecretScope::User).unwrap();
+    assert_eq!(notices[0].kind, "config_corrupt");
+    assert!(!notices[0].message.contains("c2VhbGVk"), "{notices:?}");
+    let config = manager.config();
+    assert_eq!(config.server_url.as_deref(), Some("http://127.0.0.1:8"));
+    assert_eq!(
+        config.credentials, saved.credentials,
+        "the last good copy's"
+    );
+}
+
+#[test]
+fn the_download_limit_is_optional_and_left_out_when_unset() {
+    let without: Config =
+        serde_json::from_str(r#"{"config_version":3,"server_url":"https://a.example"}"#).unwrap();
+    assert_eq!(without.download_limit_kbps, None, "older files load");
+    let json = serde_json::to_value(&without).unwrap();
+    assert!(json.get("download_limit_kbps").is_none(), "{json}");
+    let limited = Config {
+        download_limit_kbps: Some(800),
+        ..without
+    };
+    let json = serde_json::to_value(&limited).unwrap();
+    assert_eq!(json["download_limit_kbps"], 800);
+    assert_eq!(serde_json::from_value::<Config>(json).unwrap(), limited);
 }

@@ -14,13 +14,14 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use cms_protocol::update::UpdateJournal;
-use cms_protocol::{AgentState, BUILD_VERSION, UpdateInfo, UpdateProgress, UpdateStep};
+use cms_protocol::{AgentState, BUILD_VERSION, Transfer, UpdateInfo, UpdateProgress, UpdateStep};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::steps::remove_update_files;
 use super::{
-    Relaunch, Settlement, Update, read_journal, retry_delay, settle_journal, updater_running,
+    Relaunch, Settlement, TransferLimits, Update, read_journal, retry_delay, settle_journal,
+    updater_running,
 };
 use crate::core::agent_state::StateCell;
 use crate::core::config::{self, ConfigManager, UpdateRetry};
@@ -28,6 +29,7 @@ use crate::core::error_reporter::ErrorReporter;
 use crate::core::storage::StateManager;
 use crate::core::supervisor::sleep_or_cancel;
 use crate::net::http_client::HttpClient;
+use crate::net::server_text;
 use crate::net::trust::TrustedMetadata;
 use crate::system;
 
@@ -130,6 +132,15 @@ impl UpdateController {
         trigger: &'static str,
         info: &UpdateInfo,
     ) {
+        if !is_plain_version(&info.version) {
+            let version = server_text(&info.version, MAX_VERSION_LEN);
+            tracing::warn!(trigger, %version, "offer ignored: its version is not SemVer");
+            return;
+        }
+        if system::updates_left_to_msi() {
+            tracing::info!(trigger, version = %info.version, "update offered but not started: installed by the MSI, which updates this agent (docs/DEPLOYMENT.md)");
+            return;
+        }
         if !self.journal_settled.load(Ordering::SeqCst) {
             // Held before the second look: a settlement in between then sees it and checks.
             self.trigger_held.store(true, Ordering::SeqCst);
@@ -148,6 +159,10 @@ impl UpdateController {
             self.report_refusal(deps, &info.version).await;
             return;
         }
+        if !is_in_window(info) {
+            tracing::info!(trigger, version = %info.version, "update deferred: outside the group's maintenance window; a later offer starts it");
+            return;
+        }
         if let Some(retry_in) = deps.update_deferred(&info.version) {
             tracing::info!(trigger, version = %info.version, retry_in_secs = retry_in, "update deferred: the last attempt was aborted before the swap");
             return;
@@ -162,14 +177,23 @@ impl UpdateController {
         }
         tracing::info!(trigger, from = BUILD_VERSION, to = %info.version, "update starting");
         deps.progress(&info.version, UpdateStep::Offered, None);
-        let reserve_free_bytes = deps.config().config().update_reserve_free_bytes;
-        let on_step = |step| deps.progress(&info.version, step, None);
+        let (reserve_free_bytes, limits) = {
+            let config = deps.config();
+            let config = config.config();
+            let limits = TransferLimits {
+                kilobytes_per_sec: config.download_limit_kbps,
+            };
+            (config.update_reserve_free_bytes, limits)
+        };
+        let on_step =
+            |step, transfer| deps.progress_with(&info.version, (step, None), transfer, None);
         let update = Update {
             http: deps.http,
             trust: deps.trust,
             state: deps.state,
             storage: deps.storage,
             reserve_free_bytes,
+            limits,
             relaunch: deps.relaunch,
             on_step: &on_step,
         };
@@ -185,7 +209,9 @@ impl UpdateController {
                 (deps.shut_down)();
             }
             Err(err) => {
-                deps.progress(&info.version, UpdateStep::Failed, Some(err.step()));
+                let reason = err.to_string();
+                let failed = (UpdateStep::Failed, Some(err.step()));
+                deps.progress_with(&info.version, failed, None, Some(&reason));
                 let details = json!({ "step": err.step(), "version": info.version });
                 deps.report(
                     "update_failed",
@@ -234,12 +260,27 @@ impl UpdateDeps<'_> {
     /// Buffers an update progress event for the server's rollout funnel (sent at the next
     /// flush, which follows every end of an update attempt).
     fn progress(&self, version: &str, step: UpdateStep, failed_step: Option<&str>) {
-        self.reporter.store_progress(&UpdateProgress {
+        self.progress_with(version, (step, failed_step), None, None);
+    }
+
+    /// [`Self::progress`] saying how the package came (`details.transfer`, with its bytes) and
+    /// the reason of a failure or rollback (for the operator's agent list).
+    fn progress_with(
+        &self,
+        version: &str,
+        (step, failed_step): (UpdateStep, Option<&str>),
+        transfer: Option<(Transfer, u64)>,
+        reason: Option<&str>,
+    ) {
+        let progress = UpdateProgress {
             version: version.to_owned(),
             platform: system::PLATFORM.to_owned(),
             step,
             failed_step: failed_step.map(str::to_owned),
-        });
+            transfer: transfer.map(|(kind, _)| kind),
+            transfer_bytes: transfer.map(|(_, bytes)| bytes),
+        };
+        self.reporter.store_progress(&progress, reason);
     }
 
     /// Acts on what the last update left: record the new version, or report what went wrong.
@@ -268,7 +309,12 @@ impl UpdateDeps<'_> {
             }
             Settlement::RolledBack { version, reason } => {
                 self.remember_rollback(&version);
-                self.progress(&version, UpdateStep::RolledBack, None);
+                self.progress_with(
+                    &version,
+                    (UpdateStep::RolledBack, None),
+                    None,
+                    Some(&reason),
+                );
                 self.report(
                     "update_rolled_back",
                     &format!("update to {version} was rolled back: {reason}"),
@@ -278,7 +324,8 @@ impl UpdateDeps<'_> {
             }
             Settlement::RollbackInterrupted { version, reason } => {
                 self.remember_rollback(&version);
-                self.progress(&version, UpdateStep::RolledBack, None);
+                let rolled_back = (UpdateStep::RolledBack, None);
+                self.progress_with(&version, rolled_back, None, Some(&reason));
                 let message = format!(
                     "rollback from {version} was interrupted ({reason}); the previous exe is kept as .old"
                 );
@@ -422,9 +469,89 @@ impl UpdateDeps<'_> {
     }
 }
 
+/// Longest version an offer may carry (docs/CONTRACT.md).
+const MAX_VERSION_LEN: usize = 64;
+
+/// Whether an offered version is SemVer (an optional `v` before it) of at most
+/// [`MAX_VERSION_LEN`] bytes; anything else is never acted on nor logged as it came.
+fn is_plain_version(version: &str) -> bool {
+    version.len() <= MAX_VERSION_LEN
+        && semver::Version::parse(version.trim_start_matches('v')).is_ok()
+}
+
+/// Whether `info` may start now: it carries no maintenance window, or one of its windows is
+/// open on this machine's clock (local time read as UTC when the time zone cannot be read).
+/// The server offers only inside the windows; this second look defers an offer that raced the
+/// window's end.
+pub(crate) fn is_in_window(info: &UpdateInfo) -> bool {
+    let Some(windows) = &info.window else {
+        return true;
+    };
+    let offset = cms_platform::clock::local_utc_offset_minutes().unwrap_or(0);
+    windows.is_open(cms_platform::clock::now_unix_seconds(), offset)
+}
+
 /// Seconds since the Unix epoch (0 if the clock is before it).
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use cms_protocol::{UpdateWindows, WindowClock};
+
+    use super::*;
+
+    #[test]
+    fn only_a_plain_semver_offer_is_acted_on() {
+        assert!(is_plain_version("1.5.0"));
+        assert!(is_plain_version("v2.0.0-rc.1+build.7"));
+        assert!(!is_plain_version(
+            "1.5.0\n2026-01-01T00:00:00Z  INFO forged"
+        ));
+        assert!(!is_plain_version("not a version"));
+        let long = format!("1.0.0-{}", "a".repeat(MAX_VERSION_LEN));
+        assert!(!is_plain_version(&long), "over {MAX_VERSION_LEN} bytes");
+    }
+
+    fn offer(window: Option<UpdateWindows>) -> UpdateInfo {
+        UpdateInfo {
+            version: "2.0.0".into(),
+            platform: system::PLATFORM.into(),
+            package_url: String::new(),
+            target: String::new(),
+            length: 1,
+            sha256: String::new(),
+            window,
+            rollback: None,
+        }
+    }
+
+    /// A daily UTC window `from`..`to` minutes around the current minute.
+    fn utc_window(from: i64, to: i64) -> UpdateWindows {
+        let now = cms_platform::clock::now_unix_seconds() / 60;
+        let hm = |m: i64| {
+            let m = m.rem_euclid(24 * 60);
+            format!("{:02}:{:02}", m / 60, m % 60)
+        };
+        UpdateWindows {
+            clock: WindowClock::Utc,
+            windows: vec![format!("daily {}-{}", hm(now + from), hm(now + to))],
+        }
+    }
+
+    #[test]
+    fn an_offer_starts_only_inside_its_window() {
+        assert!(is_in_window(&offer(None)));
+        assert!(is_in_window(&offer(Some(utc_window(-5, 60)))));
+        assert!(!is_in_window(&offer(Some(utc_window(60, 120)))));
+        let garbled = UpdateWindows {
+            clock: WindowClock::Agent,
+            windows: vec!["whenever".into()],
+        };
+        assert!(!is_in_window(&offer(Some(garbled))));
+    }
 }

@@ -3,9 +3,10 @@
 //!
 //! [`Update::run`] walks `UPDATING_STARTING -> DOWNLOADING -> VERIFYING -> EXTRACTING_UPDATER
 //! -> PREPARING_SHUTDOWN`: free-space check, a resumable download that never reads past the
-//! expected length, length + SHA-256 + version checks, the updater unpacked from the package
-//! and launched detached with the contract's arguments. Any failure names its step; partial
-//! files that cannot be resumed are removed. The updater is started from the install path (also
+//! expected length (rate-limited and waiting out a busy server: `download`), length, SHA-256
+//! and version checks, the updater unpacked from the package and launched detached with the
+//! contract's arguments. Any failure names its step; partial files that cannot be resumed are
+//! removed. The updater is started from the install path (also
 //! when the running exe was replaced on disk), and the enrollment token never travels on its
 //! command line or in its environment (the agent keeps it in config.json).
 //! This module must never change the agent's state on its own account except through the
@@ -18,9 +19,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use cms_protocol::update::{executable_names, package_file_name};
-use cms_protocol::{AgentState, BUILD_VERSION, UpdateInfo, UpdateStep};
+use cms_protocol::{
+    AgentState, BUILD_VERSION, RollbackStatement, Transfer, UpdateInfo, UpdateStep,
+};
 use sha2::{Digest, Sha256};
 
+use super::delta;
+use super::download::{self, TransferLimits};
 use crate::core::agent_state::StateCell;
 use crate::core::storage::StateManager;
 use crate::net::http_client::{HttpClient, HttpError};
@@ -36,8 +41,12 @@ use cms_platform::package::{Package, PackageError};
 /// Why an update attempt stopped; the old version keeps running.
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
-    /// The offered version is not newer than the running one (a replayed old release).
-    #[error("offered version {offered} is not newer than the running {BUILD_VERSION}")]
+    /// The offered version is not newer than the running one (a replayed old release), and no
+    /// rollback statement came with it.
+    #[error(
+        "offered version {offered} is not newer than the running {BUILD_VERSION} (and no \
+         rollback statement signed with the root key came with it)"
+    )]
     NotNewer {
         /// What the server offered.
         offered: String,
@@ -99,7 +108,12 @@ impl UpdateError {
     fn keeps_partial(&self) -> bool {
         matches!(
             self,
-            UpdateError::Download(HttpError::Incomplete { .. } | HttpError::Transport { .. })
+            UpdateError::Download(
+                HttpError::Incomplete { .. }
+                    | HttpError::Transport { .. }
+                    | HttpError::Busy { .. }
+                    | HttpError::RateLimited { .. }
+            )
         )
     }
 }
@@ -128,10 +142,12 @@ pub struct Update<'a> {
     pub storage: &'a StateManager,
     /// Extra free bytes to keep (config.json `update_reserve_free_bytes`).
     pub reserve_free_bytes: u64,
+    /// The download's rate limit (config.json `download_limit_kbps`).
+    pub limits: TransferLimits,
     /// How the updater starts the agent after the swap.
     pub relaunch: &'a Relaunch,
     /// Told when the download starts and when the package passed verification.
-    pub on_step: &'a (dyn Fn(UpdateStep) + Sync),
+    pub on_step: &'a (dyn Fn(UpdateStep, Option<(Transfer, u64)>) + Sync),
 }
 
 impl std::fmt::Debug for Update<'_> {
@@ -139,6 +155,7 @@ impl std::fmt::Debug for Update<'_> {
         f.debug_struct("Update")
             .field("storage", &self.storage)
             .field("reserve_free_bytes", &self.reserve_free_bytes)
+            .field("limits", &self.limits)
             .field("relaunch", &self.relaunch)
             .finish_non_exhaustive()
     }
@@ -147,9 +164,16 @@ impl std::fmt::Debug for Update<'_> {
 impl Update<'_> {
     /// Runs the update up to the launch of the updater; returns the updater's PID.
     pub async fn run(&self, info: &UpdateInfo) -> Result<u32, UpdateError> {
-        check_newer(&info.version)?;
+        let rollback = allowed_direction(info)?;
         self.trust.pin_server_root_if_missing().await?;
-        let signed = self.trust.verified_target(info).await?;
+        if let Some(statement) = rollback {
+            self.trust.verified_rollback(info, statement).await?;
+            tracing::info!(from = BUILD_VERSION, to = %info.version, "going back to an older version: allowed by a statement signed with the root key");
+        }
+        let (signed, delta) = self
+            .trust
+            .verified_target_and_delta(info, BUILD_VERSION)
+            .await?;
         let dir = self.storage.updates_dir();
         fs::create_dir_all(&dir).map_err(|source| UpdateError::Io {
             step: "starting",
@@ -161,7 +185,9 @@ impl Update<'_> {
         // string that could hold a path.
         let file = package_file_name(&info.version, system::PLATFORM);
         let part = dir.join(format!("{file}.part"));
-        let result = self.fetch_and_launch(info, &signed, &part).await;
+        let result = self
+            .fetch_and_launch(info, &signed, delta.as_ref(), &part)
+            .await;
         if let Err(err) = &result {
             clear_updates_dir(&dir, err.keeps_partial().then_some(part.as_path()));
         }
@@ -172,13 +198,12 @@ impl Update<'_> {
         &self,
         info: &UpdateInfo,
         signed: &SignedTarget,
+        delta: Option<&SignedTarget>,
         part: &Path,
     ) -> Result<u32, UpdateError> {
         self.enter(AgentState::UpdatingDownloading);
-        (self.on_step)(UpdateStep::Downloading);
-        self.http
-            .download_file(&info.package_url, part, signed.length)
-            .await?;
+        (self.on_step)(UpdateStep::Downloading, None);
+        let transfer = self.transfer(info, signed, delta, part).await?;
         self.enter(AgentState::UpdatingVerifying);
         let package_path = part.with_extension("");
         verify_download(part, signed).await?;
@@ -189,12 +214,44 @@ impl Update<'_> {
         })?;
         let package = Package::open(&package_path)?;
         check_manifest(&package, info)?;
-        (self.on_step)(UpdateStep::Verified);
+        (self.on_step)(UpdateStep::Verified, Some(transfer));
         self.enter(AgentState::UpdatingExtractingUpdater);
         let updater = package_path.with_file_name(executable_names(system::PLATFORM).1);
         package.extract_updater(&updater)?;
         self.enter(AgentState::UpdatingPreparingShutdown);
         self.launch_updater(&updater, &package_path, signed)
+    }
+
+    /// Leaves the package at `part`: rebuilt from a signed delta when there is one from this
+    /// version that rebuilds the signed package, else downloaded whole. Says which, and its bytes.
+    async fn transfer(
+        &self,
+        info: &UpdateInfo,
+        signed: &SignedTarget,
+        delta: Option<&SignedTarget>,
+        part: &Path,
+    ) -> Result<(Transfer, u64), UpdateError> {
+        // A full download already under way is resumed rather than started over as a delta.
+        if let Some(signed_delta) = delta.filter(|_| !part.exists()) {
+            let dir = part.parent().unwrap_or(Path::new("."));
+            let deltas = delta::DeltaFetch {
+                http: self.http,
+                limits: self.limits,
+                dir,
+            };
+            if let Some(bytes) = deltas.fetch(info, signed_delta, signed, part).await {
+                return Ok((Transfer::Delta, bytes));
+            }
+        }
+        download::fetch(
+            self.http,
+            &info.package_url,
+            part,
+            signed.length,
+            self.limits,
+        )
+        .await?;
+        Ok((Transfer::Full, signed.length))
     }
 
     fn enter(&self, state: AgentState) {
@@ -275,14 +332,18 @@ impl Update<'_> {
     }
 }
 
-/// A release is acceptable only if strictly newer: an older one replayed by a mirror or an
-/// attacker would be a rollback attack.
-fn check_newer(offered: &str) -> Result<(), UpdateError> {
+/// A release is acceptable if strictly newer, or if older with a rollback statement (still to
+/// be checked against the root: returned here); an older one without, replayed by a mirror or
+/// an attacker, would be a rollback attack.
+fn allowed_direction(info: &UpdateInfo) -> Result<Option<&RollbackStatement>, UpdateError> {
     let parse = |v: &str| semver::Version::parse(v.trim_start_matches('v')).ok();
-    match (parse(offered), parse(BUILD_VERSION)) {
-        (Some(new), Some(running)) if new > running => Ok(()),
+    match (parse(&info.version), parse(BUILD_VERSION)) {
+        (Some(new), Some(running)) if new > running => Ok(None),
+        (Some(new), Some(running)) if new < running && info.rollback.is_some() => {
+            Ok(info.rollback.as_deref())
+        }
         _ => Err(UpdateError::NotNewer {
-            offered: offered.to_owned(),
+            offered: info.version.clone(),
         }),
     }
 }
@@ -315,7 +376,7 @@ async fn verify_download(part: &Path, signed: &SignedTarget) -> Result<(), Updat
     Ok(())
 }
 
-fn hash_file(path: &Path) -> io::Result<(u64, String)> {
+pub(super) fn hash_file(path: &Path) -> io::Result<(u64, String)> {
     let mut file = open_no_follow(path, fs::OpenOptions::new().read(true))?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 64 * 1024];
@@ -387,12 +448,41 @@ pub(super) fn remove_update_files(dir: &Path, keep: Option<&Path>) -> Vec<(PathB
 mod tests {
     use super::*;
 
+    fn offer(version: &str, rollback: Option<Box<RollbackStatement>>) -> UpdateInfo {
+        UpdateInfo {
+            version: version.into(),
+            platform: system::PLATFORM.into(),
+            package_url: String::new(),
+            target: String::new(),
+            length: 1,
+            sha256: String::new(),
+            window: None,
+            rollback,
+        }
+    }
+
     #[test]
-    fn only_strictly_newer_versions_are_accepted() {
-        assert!(check_newer("999.0.0").is_ok());
-        assert!(check_newer(BUILD_VERSION).is_err());
-        assert!(check_newer("0.0.1").is_err());
-        assert!(check_newer("not-a-version").is_err());
+    fn newer_versions_and_older_ones_with_a_statement_only_are_accepted() {
+        assert!(matches!(
+            allowed_direction(&offer("999.0.0", None)),
+            Ok(None)
+        ));
+        assert!(allowed_direction(&offer(BUILD_VERSION, None)).is_err());
+        assert!(allowed_direction(&offer("0.0.1", None)).is_err());
+        assert!(allowed_direction(&offer("not-a-version", None)).is_err());
+        let statement = RollbackStatement {
+            signed: cms_protocol::RollbackTerms {
+                kind: cms_protocol::ROLLBACK_TYPE.into(),
+                version: "0.0.1".into(),
+                platform: system::PLATFORM.into(),
+                expires: "2100-01-01T00:00:00Z".into(),
+            },
+            signatures: Vec::new(),
+        };
+        let back = offer("0.0.1", Some(Box::new(statement.clone())));
+        assert_eq!(allowed_direction(&back).unwrap(), Some(&statement));
+        // The same version is never re-installed, statement or not.
+        assert!(allowed_direction(&offer(BUILD_VERSION, Some(Box::new(statement)))).is_err());
     }
 
     #[test]

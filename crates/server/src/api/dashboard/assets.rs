@@ -28,6 +28,7 @@ pub fn asset(name: &str) -> Option<Asset> {
             "text/css; charset=utf-8",
             include_str!("../../../web/app.css"),
         ),
+        "favicon.svg" => ("image/svg+xml", include_str!("../../../web/favicon.svg")),
         _ => return None,
     };
     Some(Asset { content_type, body })
@@ -46,6 +47,7 @@ mod tests {
     #[test]
     fn only_known_files_are_served_and_none_loads_from_elsewhere() {
         assert!(asset("app.js").is_some());
+        assert!(asset("favicon.svg").is_some());
         assert!(asset("../Cargo.toml").is_none());
         for file in [INDEX.body, asset("app.js").map_or("", |a| a.body)] {
             assert!(!file.contains("https://") && !file.contains("http://"));

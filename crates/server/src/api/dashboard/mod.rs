@@ -17,8 +17,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use cms_protocol::{OperatorRole, StoredError};
-use futures_util::Stream;
+use cms_protocol::{OperatorRole, StoredError, UpdateStep};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
@@ -28,7 +27,10 @@ use super::access::{Operator, still_valid};
 use super::{ApiError, ApiJson, ApiQuery, AppState};
 use crate::access::session;
 use crate::clock;
-use crate::db::{AgentSearch, AgentSort, ErrorKey, FleetAgent};
+use crate::db::{
+    AgentSearch, AgentSort, DatabaseShed, ErrorKey, FailureReason, FleetAgent, FleetCounts,
+    LatestUpdate, UpdateFilter,
+};
 use crate::events::live::{self, LiveEvent};
 use crate::net::proxy::Client;
 use crate::rollout::control::{self, RolloutAction, RolloutError};
@@ -163,7 +165,19 @@ pub async fn fleet(
             &clock::format_utc(now),
         )
         .await?;
-    Ok(Json(counts).into_response())
+    let shed = state.operator_db().last_shed().await?;
+    Ok(Json(FleetOverview { counts, shed }).into_response())
+}
+
+/// `GET /api/v1/fleet`: the fleet's counts and, once the size guard has shed reports, the
+/// latest shed.
+#[derive(Debug, Serialize)]
+struct FleetOverview {
+    #[serde(flatten)]
+    counts: FleetCounts,
+    /// The newest shed of the database size guard (`--max-database-mb`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shed: Option<DatabaseShed>,
 }
 
 /// Query of `GET /api/v1/fleet/agents`.
@@ -176,6 +190,12 @@ pub struct FleetQuery {
     pub state: Option<String>,
     /// Only agents in this group.
     pub group: Option<String>,
+    /// Only agents that reported this release version (with `platform`)...
+    pub release: Option<String>,
+    /// ... of this platform (needed with `release`).
+    pub platform: Option<String>,
+    /// ... and reached this step of it (`failed`, `rolled_back`, ...).
+    pub step: Option<String>,
     /// Sort column.
     #[serde(default)]
     pub sort: AgentSort,
@@ -194,6 +214,9 @@ pub struct FleetRow {
     #[serde(flatten)]
     agent: FleetAgent,
     online: bool,
+    /// With a `release` filter: the agent's latest report of that release, with its reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    update: Option<LatestUpdate>,
 }
 
 /// A page of the agent list.
@@ -207,8 +230,10 @@ pub struct FleetPage {
     pub items: Vec<FleetRow>,
 }
 
-/// `GET /api/v1/fleet/agents?q=&state=&group=&sort=&order=&offset=&limit=`: one page of the agent
-/// list, searched, sorted and paged by the database.
+/// `GET /api/v1/fleet/agents?q=&state=&group=&release=&platform=&step=&sort=&order=&offset=&limit=`:
+/// one page of the agent list, searched, sorted and paged by the database; with `release`, only
+/// the agents that reported that release (that step of it, with `step`), each with its latest
+/// report (of that step) and reason.
 pub async fn fleet_agents(
     State(state): State<AppState>,
     _operator: Operator,
@@ -224,10 +249,12 @@ pub async fn fleet_agents(
             "q is longer than {MAX_SEARCH_LEN} bytes"
         )));
     }
+    let update = update_filter(query.release, query.platform, query.step)?;
     let search = AgentSearch {
         text: query.q.trim().to_owned(),
         state: query.state.filter(|s| !s.is_empty()),
         group: query.group.filter(|g| !g.is_empty()),
+        update,
         sort: query.sort,
         descending: query.order.as_deref() == Some("desc"),
         offset: query.offset,
@@ -241,10 +268,18 @@ pub async fn fleet_agents(
         .operator_db()
         .connected_among(&ids, &clock::format_utc(now))
         .await?;
+    let mut updates = match &search.update {
+        Some(filter) => state.operator_db().latest_updates(filter, &ids).await?,
+        None => Vec::new(),
+    };
     let items = agents
         .into_iter()
         .map(|agent| FleetRow {
             online: state.is_online(connected.contains(&agent.agent.agent_id), &agent.agent, now),
+            update: updates
+                .iter()
+                .position(|u| u.agent_id == agent.agent.agent_id)
+                .map(|i| updates.swap_remove(i)),
             agent,
         })
         .collect();
@@ -254,6 +289,36 @@ pub async fn fleet_agents(
         items,
     })
     .into_response())
+}
+
+/// The release filter of the agent list: none without `release`; 400 for a bad version, no
+/// platform, or an unknown step.
+fn update_filter(
+    release: Option<String>,
+    platform: Option<String>,
+    step: Option<String>,
+) -> Result<Option<UpdateFilter>, ApiError> {
+    let Some(release) = release.filter(|r| !r.is_empty()) else {
+        return Ok(None);
+    };
+    let version = crate::release::parse_version(&release)
+        .ok_or_else(|| ApiError::BadRequest(format!("release {release:?} is not a version")))?;
+    let step = step.filter(|s| !s.is_empty());
+    if let Some(step) = &step
+        && UpdateStep::from_name(step).is_none()
+    {
+        return Err(ApiError::BadRequest(format!(
+            "step {step:?} is not an update step"
+        )));
+    }
+    let platform = platform
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| ApiError::BadRequest("release needs its platform".into()))?;
+    Ok(Some(UpdateFilter {
+        version: version.to_string(),
+        platform,
+        step,
+    }))
 }
 
 /// `GET /api/v1/fleet/agents/{agent_id}`: an agent's page.
@@ -288,6 +353,24 @@ pub async fn agent_page(
         "agent": agent,
     });
     Ok(Json(body).into_response())
+}
+
+/// Reasons listed per release.
+const MAX_FAILURE_REASONS: i64 = 5;
+
+/// `GET /api/v1/rollouts/{platform}/{version}/reasons`: the most given reasons of a release's
+/// failures and rollbacks, each with how many agents gave it.
+pub async fn failure_reasons(
+    State(state): State<AppState>,
+    _operator: Operator,
+    Path((platform, version)): Path<(String, String)>,
+) -> Result<Json<Vec<FailureReason>>, ApiError> {
+    let release = (version.as_str(), platform.as_str());
+    let reasons = state
+        .operator_db()
+        .failure_reasons(release, MAX_FAILURE_REASONS)
+        .await?;
+    Ok(Json(reasons))
 }
 
 /// `GET /api/v1/error-groups`: reports grouped by kind and message signature.
@@ -340,15 +423,7 @@ pub async fn rollout_action(
         .await?;
     let db = state.operator_db();
     let bus = state.cluster().bus();
-    let status = control::apply(db, bus, &operator.actor, &version, &platform, action)
-        .await
-        .map_err(|error| match error {
-            RolloutError::Invalid(message) => ApiError::BadRequest(message),
-            unknown @ RolloutError::UnknownRelease { .. } => {
-                ApiError::NotFound(unknown.to_string())
-            }
-            RolloutError::Database(db) => ApiError::Database(db),
-        })?;
+    let status = control::apply(db, bus, &operator.actor, &version, &platform, action).await?;
     let rollout = &status.rollout;
     state.live().publish(LiveEvent::RolloutChanged {
         version: rollout.version.clone(),
@@ -359,29 +434,26 @@ pub async fn rollout_action(
 
 /// `GET /api/v1/events`: the live feed as server-sent events, until the server stops or the
 /// caller's token or session ends (checked again every `--live-feed-recheck-secs`, 30 s). At
-/// most [`live::MAX_FEEDS_PER_TOKEN`] per token and [`live::MAX_FEEDS`] in all (429/503).
+/// most [`live::MAX_FEEDS_PER_TOKEN`] per token and [`live::MAX_FEEDS`] in all (429/503). A
+/// refused feed's connection is closed after the answer: its token authenticated it, so the
+/// connection budget would never close it to make room, and one token's refused feeds could
+/// otherwise hold every connection the agents need.
 pub async fn events(
     State(state): State<AppState>,
     operator: Operator,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let slot = state
-        .feeds()
-        .admit(&operator.actor.name)
-        .map_err(|refused| {
-            let message = refused.to_string();
-            let retry_after = Duration::from_secs(30);
-            match refused {
-                live::FeedRefusal::Full => ApiError::Unavailable {
-                    message,
-                    retry_after,
-                },
-                live::FeedRefusal::TokenFull => ApiError::TooManyRequests {
-                    message,
-                    retry_after,
-                },
-            }
-        })?;
+) -> Response {
+    let slot = match state.feeds().admit(&operator.actor.name) {
+        Ok(slot) => slot,
+        Err(refused) => {
+            let mut answer = feed_refusal(refused).into_response();
+            answer.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            return answer;
+        }
+    };
     tracing::debug!(operator = operator.actor.name, "live feed opened");
     let (mut parts, ()) = axum::http::Request::new(()).into_parts();
     parts.headers = headers;
@@ -397,9 +469,27 @@ pub async fn events(
     };
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
         let sse = feed.next().await?;
-        Some((Ok(sse), feed))
+        Some((Ok::<Event, Infallible>(sse), feed))
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response()
+}
+
+/// The answer to a feed over the caps: 503 when all feeds are taken, 429 when the token's are.
+fn feed_refusal(refused: live::FeedRefusal) -> ApiError {
+    let message = refused.to_string();
+    let retry_after = Duration::from_secs(30);
+    match refused {
+        live::FeedRefusal::Full => ApiError::Unavailable {
+            message,
+            retry_after,
+        },
+        live::FeedRefusal::TokenFull => ApiError::TooManyRequests {
+            message,
+            retry_after,
+        },
+    }
 }
 
 /// One open live feed: its events, its credential checked again on `recheck`, its slot.
@@ -436,6 +526,20 @@ impl Feed {
                 }
                 Err(RecvError::Closed) => None,
             };
+        }
+    }
+}
+
+/// A refused rollout change is the client's (400, or 404 for an unknown release); a database
+/// failure is the server's.
+impl From<RolloutError> for ApiError {
+    fn from(error: RolloutError) -> Self {
+        match error {
+            RolloutError::Invalid(message) => ApiError::BadRequest(message),
+            unknown @ RolloutError::UnknownRelease { .. } => {
+                ApiError::NotFound(unknown.to_string())
+            }
+            RolloutError::Database(db) => ApiError::Database(db),
         }
     }
 }

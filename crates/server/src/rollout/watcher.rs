@@ -6,7 +6,8 @@
 //! cheap count of the releases (and sum of their rollouts) every [`RELEASE_POLL_INTERVAL`]. Either way the watcher then
 //! reads the list, finds the new (version, platform) pairs and those whose rollout grew, and
 //! notifies every connected agent of that platform whose rollout cohort includes the release
-//! and whose reported version is older, recording each push as an offer
+//! and whose reported version is older, and whose group's maintenance window is open (see
+//! `crate::rollout::window::may_push`) and that is not pinned, recording each push as an offer
 //! (`crate::rollout::offer`). The event only says "check now"; the update check decides what
 //! to install. This module must never block the hub (it uses `notify`, which never
 //! waits) and never tell an agent outside a release's cohort.
@@ -19,8 +20,9 @@ use cms_protocol::{ServerEvent, UpdateRequired};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::{cohort, offer, window};
 use crate::db::{Db, DbError, ReleaseRecord};
-use crate::rollout::{cohort, offer};
+use crate::release::parse_version;
 use crate::ws::Hub;
 
 /// How often the watcher looks for new releases.
@@ -133,7 +135,18 @@ impl ReleaseWatcher {
 
     /// Notifies the connected agents `release` is meant for.
     async fn announce(&self, release: &ReleaseRecord) -> Result<(), DbError> {
-        let Some(version) = cohort::parse_version(&release.version) else {
+        let capped = self
+            .db
+            .rollout(&release.version, &release.platform)
+            .await?
+            .is_some_and(|rollout| rollout.max_in_flight.is_some());
+        if capped {
+            // A push is recorded as an offer to every agent it reaches: with an in-flight cap
+            // the agents hear of the release in their heartbeat answers, as the cap admits them.
+            tracing::info!(version = %release.version, platform = %release.platform, "release has an in-flight cap; no push, agents are offered it as the cap admits them");
+            return Ok(());
+        }
+        let Some(version) = parse_version(&release.version) else {
             tracing::warn!(version = %release.version, "new release has no SemVer version");
             return Ok(());
         };
@@ -142,12 +155,14 @@ impl ReleaseWatcher {
         let event = ServerEvent::UpdateRequired(UpdateRequired {
             version: Some(release.version.clone()),
         });
+        let pushable = self.groups_that_may_be_pushed_to(&release.platform).await?;
         let (mut notified, mut missed) = (Vec::new(), 0usize);
-        let targets = agents.iter().filter(|(agent_id, agent_version)| {
+        let targets = agents.iter().filter(|(agent_id, agent_version, group)| {
             connected.contains(agent_id)
+                && pushable(group)
                 && cohort::should_notify(agent_id, agent_version, &version, release.rollout_percent)
         });
-        for (agent_id, _) in targets {
+        for (agent_id, _, _) in targets {
             match self.hub.notify(agent_id, event.clone()) {
                 Ok(()) => notified.push(agent_id.as_str()),
                 Err(error) => {
@@ -175,6 +190,33 @@ impl ReleaseWatcher {
             "release published or its rollout widened; connected agents notified"
         );
         Ok(())
+    }
+}
+
+impl ReleaseWatcher {
+    /// Whether a group's agents may be pushed a new release for `platform` now: not outside
+    /// their maintenance window (`crate::rollout::window::may_push`), and not when the group is
+    /// pinned on that platform (its agents are offered their pin only).
+    async fn groups_that_may_be_pushed_to(
+        &self,
+        platform: &str,
+    ) -> Result<impl Fn(&str) -> bool, DbError> {
+        let closed = self
+            .db
+            .all_group_windows()
+            .await?
+            .into_iter()
+            .filter(|stored| !window::may_push(Some(&window::from_stored(stored))))
+            .map(|stored| stored.agent_group);
+        let pinned = self
+            .db
+            .all_group_pins()
+            .await?
+            .into_iter()
+            .filter(|pin| pin.platform == platform)
+            .map(|pin| pin.agent_group);
+        let held: HashSet<String> = closed.chain(pinned).collect();
+        Ok(move |group: &str| !held.contains(group))
     }
 }
 

@@ -1,0 +1,125 @@
+//! The transfer of one update's package: [`fetch`] downloads it to a `.part` file, resuming
+//! what is already there, no faster than `--download-limit`, and waits out a busy server.
+//!
+//! A server whose download budget is full answers `503` with `Retry-After` (and a throttling
+//! one `429`): the download is tried again after that wait plus jitter, the waits growing while
+//! the server stays busy ([`BusyWaits`]); the partial file is kept, so a retry resumes with a
+//! `Range` request. Only after [`MAX_BUSY_WAITS`] waits does the busy answer become the
+//! download's failure. The rate limit ([`Throttle`]) lasts for the whole transfer, across
+//! waits. This module must never write past the signed length (`download_file` enforces it),
+//! never wait without a bound, and never decide anything about the downloaded bytes (the steps
+//! verify them). Another transfer (a delta) belongs beside [`fetch`], using the same waits.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::net::http_client::{HttpClient, HttpError};
+use crate::net::throttle::Throttle;
+
+/// Busy answers waited out in one transfer before it fails: 36 minutes of waits (54 with the
+/// most jitter) when the server asks for 2 s each time.
+pub const MAX_BUSY_WAITS: u32 = 40;
+/// Longest single wait, whatever `Retry-After` says.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+/// Waits double from the server's `Retry-After` up to this (unless it asked for longer).
+const BACKOFF_CAP: Duration = Duration::from_secs(60);
+
+/// What a transfer is given besides its source and target.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TransferLimits {
+    /// `--download-limit` in KiB/s; `None` is no limit.
+    pub kilobytes_per_sec: Option<u32>,
+}
+
+/// Downloads `url` to `part` (resuming it) until `length` bytes are there; a busy server is
+/// waited out, any other failure is returned at once.
+pub async fn fetch(
+    http: &HttpClient,
+    url: &str,
+    part: &Path,
+    length: u64,
+    limits: TransferLimits,
+) -> Result<u64, HttpError> {
+    let mut throttle = limits.kilobytes_per_sec.map(Throttle::new);
+    let mut waits = BusyWaits::default();
+    loop {
+        let result = http
+            .download_file(url, part, length, throttle.as_mut())
+            .await;
+        let Err(error) = result else {
+            return result;
+        };
+        let Some(wait) = error.retry_after().and_then(|asked| waits.next(asked)) else {
+            return Err(error);
+        };
+        tracing::info!(
+            wait_ms = wait.as_millis() as u64,
+            busy_answers = waits.taken,
+            %error,
+            "package download: the server is busy; waiting before resuming"
+        );
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// The waits of one transfer while the server is busy: the server's `Retry-After`, doubling
+/// with each busy answer up to [`BACKOFF_CAP`] (so a fleet that keeps finding the budget full
+/// comes back less often), plus up to half as much again of jitter (so agents refused together
+/// do not return together), never more than [`MAX_WAIT`] and never more than
+/// [`MAX_BUSY_WAITS`] times.
+#[derive(Debug, Default)]
+struct BusyWaits {
+    taken: u32,
+}
+
+impl BusyWaits {
+    /// The next wait after the server asked for `asked`, or `None` once the waits are used up.
+    fn next(&mut self, asked: Duration) -> Option<Duration> {
+        self.next_with(asked, fastrand::f64())
+    }
+
+    /// [`Self::next`] with the jitter's random fraction (0 to 1) given.
+    fn next_with(&mut self, asked: Duration, random: f64) -> Option<Duration> {
+        if self.taken >= MAX_BUSY_WAITS {
+            return None;
+        }
+        let asked = asked.clamp(Duration::from_secs(1), MAX_WAIT);
+        let cap = BACKOFF_CAP.max(asked);
+        let grown = asked.saturating_mul(1 << self.taken.min(8)).min(cap);
+        self.taken += 1;
+        let jitter = grown.mul_f64(random.clamp(0.0, 1.0) / 2.0);
+        Some((grown + jitter).min(MAX_WAIT))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn waits_start_at_retry_after_double_to_the_cap_and_run_out() {
+        let mut waits = BusyWaits::default();
+        let grown: Vec<_> = (0..7).map(|_| waits.next_with(secs(2), 0.0)).collect();
+        let expected = [2, 4, 8, 16, 32, 60, 60].map(|s| Some(secs(s)));
+        assert_eq!(grown, expected);
+        for _ in 7..MAX_BUSY_WAITS {
+            assert_eq!(waits.next_with(secs(2), 0.0), Some(secs(60)));
+        }
+        assert_eq!(waits.next_with(secs(2), 0.0), None);
+    }
+
+    #[test]
+    fn jitter_adds_at_most_half_and_everything_is_bounded() {
+        let mut waits = BusyWaits::default();
+        assert_eq!(waits.next_with(secs(2), 1.0), Some(secs(3)));
+        let mut long = BusyWaits::default();
+        // A server asking for an hour gets five minutes, jitter included.
+        assert_eq!(long.next_with(secs(3600), 1.0), Some(MAX_WAIT));
+        // A zero Retry-After still waits a second.
+        assert_eq!(BusyWaits::default().next_with(secs(0), 0.0), Some(secs(1)));
+    }
+}
