@@ -128,6 +128,11 @@ impl Server {
     /// `cms-server release publish` of `release` into the data folder; a running server sees
     /// it within its release-watch interval.
     pub fn publish(&self, release: &Release) -> Result<()> {
+        self.publish_with(release, &[])
+    }
+
+    /// [`Self::publish`] with `extra` options of `release publish` (`--delta-from 0`, say).
+    pub fn publish_with(&self, release: &Release, extra: &[&str]) -> Result<()> {
         let mut cmd = Command::new(&self.exe);
         cmd.args(["release", "publish"]);
         self.store_args(&mut cmd);
@@ -143,7 +148,8 @@ impl Server {
             // not a staged plan waiting for its soak time. And a fleet's halt rule, not one
             // machine's: the end-to-end run's broken release must stay offered to the next
             // installs after the first rollback (the halt is tested by the server's tests).
-            .args(["--rollout", "100", "--halt-min-attempts", "20"]);
+            .args(["--rollout", "100", "--halt-min-attempts", "20"])
+            .args(extra);
         match self.output {
             ServerOutput::Print => run_checked(&mut cmd),
             ServerOutput::LogFile(_) => util::output_checked(&mut cmd).map(drop),
@@ -306,6 +312,15 @@ impl RunningServer {
     /// [`Server::publish`] into its data folder.
     pub fn publish(&self, release: &Release) -> Result<()> {
         self.server.publish(release)
+    }
+
+    /// [`Server::publish_with`] into its data folder.
+    #[cfg_attr(
+        not(target_os = "linux"),
+        expect(dead_code, reason = "the bench's (Linux only)")
+    )]
+    pub fn publish_with(&self, release: &Release, extra: &[&str]) -> Result<()> {
+        self.server.publish_with(release, extra)
     }
 
     /// Its TUF root, `DIR/tuf/metadata/root.json` (`serve` creates it at start): what an agent

@@ -1,6 +1,8 @@
 //! The bench's pages for fixed sample results, compared byte for byte with the text the
 //! renderer wrote for them (`testdata/`): the whole report of a full and of a quick run, and a
-//! full run's pages after two steps were run alone and spliced in.
+//! full run's pages after three steps were run alone and spliced in. After a change to the
+//! pages that is meant, `CMS_BLESS_GOLDEN=1 cargo test -p xtask golden` rewrites `testdata/`
+//! (then read the diff).
 //!
 //! Test-only. It must never measure anything or depend on this machine: every figure, the
 //! machine and the phase times are literals here.
@@ -8,6 +10,7 @@
 use std::path::Path;
 
 use super::agent::{AgentResults, Idle, Lifecycle};
+use super::delta::{DeltaResults, WayResults};
 use super::download::DownloadResults;
 use super::fleet_page::{FleetPageResults, PageTiming};
 use super::machine::Machine;
@@ -173,6 +176,22 @@ fn sizes() -> Vec<PlatformSizes> {
     ]
 }
 
+fn delta(factor: f64) -> DeltaResults {
+    let way = |bytes: u64, ready: f64, publish: f64| WayResults {
+        transfer_bytes: bytes,
+        publish_ms: summary(3, publish * factor, publish, publish * 2.0),
+        package_ready_ms: summary(3, ready * factor, ready, ready * 2.0),
+        to_new_version_ms: summary(3, 900.0 * factor, 800.0, 1800.0),
+    };
+    DeltaResults {
+        from: "0.1.0".into(),
+        to: "1.0.0".into(),
+        package_bytes: 3_820_000,
+        delta: way(210_400, 430.0, 1200.0),
+        full: way(3_820_000, 16.0, 350.0),
+    }
+}
+
 fn results(full: bool) -> Results {
     Results {
         agent: AgentResults {
@@ -200,6 +219,7 @@ fn results(full: bool) -> Results {
             },
             package_bytes: 3_456_789,
         },
+        delta: delta(1.0),
         download: DownloadResults {
             package_bytes: 52_428_800,
             agent_mb_per_s: summary(5, 700.0, 650.0, 800.0),
@@ -258,18 +278,32 @@ fn read_pages(dir: &Path) -> (String, String) {
     (read("BENCHMARKS.md"), read("benchmarks.json"))
 }
 
+/// Compares `pages` with `testdata/NAME.md` and `NAME.json`, or rewrites those files when
+/// `CMS_BLESS_GOLDEN=1`.
+fn assert_golden(name: &str, (markdown, json): (String, String)) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/bench/testdata");
+    let (md_path, json_path) = (
+        dir.join(format!("{name}.md")),
+        dir.join(format!("{name}.json")),
+    );
+    if std::env::var_os("CMS_BLESS_GOLDEN").is_some_and(|v| v == "1") {
+        std::fs::write(md_path, markdown).unwrap();
+        std::fs::write(json_path, json).unwrap();
+        return;
+    }
+    let read = |path: &Path| std::fs::read_to_string(path).unwrap();
+    assert_eq!(markdown, read(&md_path), "{} differs", md_path.display());
+    assert_eq!(json, read(&json_path), "{} differs", json_path.display());
+}
+
 #[test]
 fn a_full_run_is_rendered_as_before() {
-    let (markdown, json) = pages(&report(true));
-    assert_eq!(markdown, include_str!("testdata/full.md"));
-    assert_eq!(json, include_str!("testdata/full.json"));
+    assert_golden("full", pages(&report(true)));
 }
 
 #[test]
 fn a_quick_run_is_rendered_as_before() {
-    let (markdown, json) = pages(&report(false));
-    assert_eq!(markdown, include_str!("testdata/quick.md"));
-    assert_eq!(json, include_str!("testdata/quick.json"));
+    assert_golden("quick", pages(&report(false)));
 }
 
 #[test]
@@ -280,7 +314,7 @@ fn steps_run_alone_are_spliced_as_before() {
     report::splice(dir.path(), &replica_run(false), &machine(), mode).unwrap();
     let mode = "full run of the fleet-page step alone, release builds";
     report::splice(dir.path(), &fleet_page(60_000), &machine(), mode).unwrap();
-    let (markdown, json) = read_pages(dir.path());
-    assert_eq!(markdown, include_str!("testdata/spliced.md"));
-    assert_eq!(json, include_str!("testdata/spliced.json"));
+    let mode = "full run of the delta step alone, release builds";
+    report::splice(dir.path(), &delta(1.1), &machine(), mode).unwrap();
+    assert_golden("spliced", read_pages(dir.path()));
 }

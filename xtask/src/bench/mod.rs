@@ -1,9 +1,11 @@
-//! `cargo xtask bench [--quick] [--no-windows] [--agents N] [--max-agents M]`: what the agent
+//! `cargo xtask bench [--quick] [--no-windows] [--agents N] [--max-agents M]` (or one step
+//! alone: `--replicas-only`, `--fleet-page-only`, `--delta-only`): what the agent
 //! and the server cost, measured on this machine in one run.
 //!
 //! One module per family of measurements, each on real processes (release builds, loopback):
 //! [`agent`] (idle footprint, start, `--force`, `--status`), [`update`] (downtime, publish to new
-//! version), [`download`] (agent downloader against curl), [`tls`] (heartbeat latency and
+//! version), [`delta`] (a patch release as a delta against the full package), [`download`]
+//! (agent downloader against curl), [`tls`] (heartbeat latency and
 //! download throughput over HTTPS against plain HTTP), [`scale`] (a simulated fleet against one
 //! server), [`replicas`] (three replicas on PostgreSQL behind haproxy, the fleet over several
 //! load generators, a replica killed), [`fleet_page`] (the dashboard at 50,000 agents: the
@@ -11,7 +13,8 @@
 //! written as `docs/BENCHMARKS.md` (a table with the machine and date) and
 //! `docs/benchmarks.json`. `--replicas-only [--replica-max-agents M]` and
 //! `--fleet-page-only [--fleet-page-agents N]` run one of those steps alone (building only the
-//! server and the load generator) and replace its section in those pages ([`report::splice`]).
+//! server and the load generator), `--delta-only` the delta step (building the server and both
+//! agent releases), and replace its section in those pages ([`report::splice`]).
 //! The step modules only measure; [`report`] renders every section.
 //!
 //! Timings are noisy on shared machines, so everything is repeated and reported as median and
@@ -21,6 +24,7 @@
 
 mod agent;
 mod binaries;
+mod delta;
 mod download;
 mod fixture;
 mod fleet_page;
@@ -55,6 +59,8 @@ use plan::{Budget, Plan};
 const FULL_BUDGET: Duration = Duration::from_secs(15 * 60);
 /// Time a quick run may take.
 const QUICK_BUDGET: Duration = Duration::from_secs(5 * 60);
+/// What the delta step prints when it starts.
+const DELTA_STEP: &str = "delta: a patch release as a delta and as the full package";
 
 /// `cargo xtask bench`.
 pub fn run(args: &[String]) -> Result<()> {
@@ -79,6 +85,7 @@ pub fn run(args: &[String]) -> Result<()> {
         flags::take_value(&mut args, &["--fleet-page-agents"])?,
         if quick { 500 } else { 50_000 },
     )?;
+    let delta_only = flags::take_switch(&mut args, "--delta-only");
     flags::reject_rest("bench", &args)?;
     if max < agents {
         bail!("--max-agents ({max}) is below --agents ({agents})");
@@ -88,6 +95,9 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     if fleet_page_only {
         return fleet_page_alone(quick, fleet_page_agents);
+    }
+    if delta_only {
+        return delta_alone(quick);
     }
     require_curl()?;
     let budget = Budget::starting_now(if quick { QUICK_BUDGET } else { FULL_BUDGET });
@@ -107,11 +117,7 @@ pub fn run(args: &[String]) -> Result<()> {
     util::remove_dir_if_exists(&work)?;
     std::fs::create_dir_all(&work)?;
     let sizes = [agents, max, replica_max, fleet_page_agents];
-    let plan = if quick {
-        plan::quick(bins, work, sizes, budget)
-    } else {
-        plan::full(bins, work, sizes, budget)
-    };
+    let plan = plan_for(quick, bins, work, sizes, budget);
     let results = measure(&plan, open_files, &mut phases)?;
     let report = report::Report::new(quick, machine, tools(&plan), results, phases);
     let out = if quick {
@@ -135,6 +141,10 @@ fn measure(plan: &Plan, open_files: u64, phases: &mut report::Phases) -> Result<
     let update = phases.time("update", || {
         step("update: downtime and publish -> new version, pushed and polled");
         update::measure(plan)
+    })?;
+    let delta = phases.time("delta", || {
+        step(DELTA_STEP);
+        delta::measure(plan)
     })?;
     let download = phases.time("download", || {
         step("download: the agent's downloader and curl on the same package");
@@ -180,6 +190,7 @@ fn measure(plan: &Plan, open_files: u64, phases: &mut report::Phases) -> Result<
     Ok(report::Results {
         agent,
         update,
+        delta,
         download,
         tls,
         scale,
@@ -220,6 +231,50 @@ fn fleet_page_alone(quick: bool, agents: usize) -> Result<()> {
         fleet_page::measure(&tools.server, work, agents, repeats)
     };
     step_alone(quick, "fleet-page", measure)
+}
+
+/// `--delta-only`: the delta step alone, with both agent releases built (Linux only).
+fn delta_alone(quick: bool) -> Result<()> {
+    let machine = machine::describe();
+    let bins = if quick {
+        binaries::debug()?
+    } else {
+        binaries::release(false)?
+    };
+    let profile = bins.profile;
+    let mode = if quick { "quick" } else { "full" };
+    let work = util::target_dir()
+        .join("bench")
+        .join(format!("{mode}-delta"));
+    util::remove_dir_if_exists(&work)?;
+    std::fs::create_dir_all(&work)?;
+    let budget = Budget::starting_now(if quick { QUICK_BUDGET } else { FULL_BUDGET });
+    // Only the delta step runs: the fleet sizes are not used.
+    let plan = plan_for(quick, bins, work, [0; 4], budget);
+    step(DELTA_STEP);
+    let results = delta::measure(&plan)?;
+    let out = if quick {
+        plan.work.clone()
+    } else {
+        util::project_root().join("docs")
+    };
+    let mode = format!("{mode} run of the delta step alone, {profile} builds");
+    report::splice(&out, &results, &machine, &mode)
+}
+
+/// The plan of a quick or a full run.
+fn plan_for(
+    quick: bool,
+    bins: binaries::Binaries,
+    work: std::path::PathBuf,
+    sizes: [usize; 4],
+    budget: Budget,
+) -> Plan {
+    if quick {
+        plan::quick(bins, work, sizes, budget)
+    } else {
+        plan::full(bins, work, sizes, budget)
+    }
 }
 
 /// One step run alone: only the server and the load generator built, measured in

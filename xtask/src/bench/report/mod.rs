@@ -1,13 +1,14 @@
 //! The bench's output, the one renderer of every section: `BENCHMARKS.md` (tables for people,
 //! with the machine and the date) and `benchmarks.json` (the same numbers for tools), written
 //! side by side by a full run; a step that can run alone ([`StepSection`]: [`replicas`],
-//! [`fleet_page`]) renders its section here too, and [`splice`] writes it into the pages of an
+//! [`fleet_page`], [`delta`]) renders its section here too, and [`splice`] writes it into the pages of an
 //! earlier run.
 //!
 //! Every figure carries its spread and sample count, and every goal its verdict; a number that
 //! was not measured says why. This module only formats: it never measures a run; the step
 //! modules measure and hand their results here.
 
+mod delta;
 mod fleet_page;
 mod replicas;
 mod splice;
@@ -20,6 +21,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::agent::{AgentResults, MB};
+use super::delta::DeltaResults;
 use super::download::DownloadResults;
 use super::fleet_page::FleetPageResults;
 use super::machine::Machine;
@@ -94,6 +96,8 @@ pub struct Results {
     pub agent: AgentResults,
     /// Self-update.
     pub update: UpdateResults,
+    /// A patch release as a delta against the full package.
+    pub delta: DeltaResults,
     /// Download throughput.
     pub download: DownloadResults,
     /// HTTPS against plain HTTP.
@@ -166,6 +170,13 @@ impl Report {
         self.summary_table(&mut md);
         tls_table(&mut md, &self.results.tls);
         scale_table(&mut md, &self.results.scale);
+        md.push_str(
+            &self
+                .results
+                .delta
+                .section(&self.machine, &format!("{} run", self.mode)),
+        );
+        md.push('\n');
         md.push_str(
             &self
                 .results
