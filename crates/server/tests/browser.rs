@@ -2,9 +2,10 @@
 //! system's Chromium, headless) against the real `cms-server` and real agents.
 //!
 //! This file builds what the script needs (this server, the agent, the agent and updater as
-//! 2.0.0) and runs it with node; screenshots of each page land in `target/screenshots/`. Without
-//! Chromium, node or `npm ci`'s `node_modules/playwright-core` it skips, loudly, unless
-//! `CMS_REQUIRE_BROWSER=1` (set by `.ci/run`, which installs them) makes that a failure.
+//! 2.0.0 and as 3.0.1) and runs it with node; screenshots of each page land in
+//! `target/screenshots/`. Without Chromium, node or `npm ci`'s `node_modules/playwright-core` it
+//! skips, loudly, unless `CMS_REQUIRE_BROWSER=1` (set by `.ci/run`, which installs them) makes
+//! that a failure.
 
 #![cfg(unix)] // drives Linux Chromium against Linux builds; the Windows lane runs its own scenarios
 #![allow(clippy::unwrap_used)] // integration tests: a failed call is a failed test
@@ -54,6 +55,7 @@ fn dashboard_in_a_real_browser() {
         return;
     }
     let v2 = versioned_build("2.0.0");
+    let fixed = versioned_build("3.0.1");
     let work = tempfile::tempdir().unwrap();
     let screenshots = agent_exe()
         .parent()
@@ -67,6 +69,7 @@ fn dashboard_in_a_real_browser() {
         .env("CMS_SERVER_EXE", server_exe())
         .env("CMS_AGENT_EXE", agent_exe())
         .env("CMS_AGENT_V2_DIR", &v2)
+        .env("CMS_AGENT_V301_DIR", &fixed)
         .env("CMS_WORK_DIR", work.path())
         .env("CMS_SCREENSHOTS", &screenshots)
         .env("CMS_CHROMIUM", &chromium)

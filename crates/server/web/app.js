@@ -343,23 +343,43 @@ function revokeAction(a) {
     h("button", { type: "button", class: "danger", "data-action": "revoke", onclick: revoke }, "Revoke"));
 }
 
-// Resumes a release; a halted one only with the operator's reason (audited), after showing
-// what made it halt.
-function resume(r, act) {
-  if (!r.halted_at) return act({ action: "resume" });
+// The release whose resume form is open ("version/platform"), kept across live re-reads: a
+// halted release resumes only after the operator has seen why it halted and given a reason.
+let resuming = null;
+
+function openResume(key) {
+  resuming = key;
+  refresh().then(() => $(`[data-resume-form="${CSS.escape(key)}"] textarea`)?.focus()).catch(showError);
+}
+
+// Asks for the reason to resume a halted release (kept in its halt history and the audit log),
+// beside what made it halt; the release's top failure reasons are listed on its card.
+function resumeForm(r, act) {
   const f = r.funnel;
-  const failures = `${f.failed} failed and ${f.rolled_back} rolled back of ${f.offered} attempts`;
-  const reason = prompt(`${r.version} (${r.platform}) halted itself: ${failures}.\n`
-    + "Resume it for the agents its rollout includes? Give the reason (kept in the audit log):");
-  if (reason === null) return null;
-  if (!reason.trim()) { alert("A halted release is resumed only with a reason."); return null; }
-  return act({ action: "resume", reason: reason.trim() });
+  const close = () => { resuming = null; refresh().catch(showError); };
+  return h("form", { class: "resume", "data-resume-form": `${r.version}/${r.platform}`,
+    onsubmit: (e) => {
+      e.preventDefault();
+      const reason = String(new FormData(e.target).get("reason") ?? "").trim();
+      if (!reason) return;
+      resuming = null;
+      act({ action: "resume", reason });
+    } },
+    h("p", {}, h("b", {}, `Resume ${r.version} (${r.platform})? `), "It halted itself ", when(r.halted_at),
+      `: ${f.failed} failed and ${f.rolled_back} rolled back of ${f.offered} attempts. Resuming offers it again `
+      + "to the agents its rollout includes; the top failure reasons are listed above."),
+    h("textarea", { name: "reason", required: true, rows: 2, "aria-label": "reason for resuming",
+      placeholder: "Why is it safe to resume? (kept in the release's halt history and the audit log)" }),
+    h("div", { class: "toolbar" },
+      h("button", { type: "submit", class: "danger", "data-action": "confirm-resume" }, "Resume with this reason"),
+      h("button", { type: "button", "data-action": "cancel-resume", onclick: close }, "Cancel")));
 }
 
 function rolloutActions(r) {
   if (!canAct()) return null;
   const path = `/api/v1/rollouts/${encodeURIComponent(r.platform)}/${encodeURIComponent(r.version)}`;
   const act = (body) => api("POST", path, body).then(refresh).catch((e) => alert(e.message));
+  if (r.halted_at && resuming === `${r.version}/${r.platform}`) return resumeForm(r, act);
   const percent = h("input", { type: "number", min: 0, max: 100, value: r.rollout_percent,
     "aria-label": "rollout percent", "data-input": "percent" });
   const haltPercent = h("input", { type: "number", min: 0, max: 100, value: r.halt.percent,
@@ -373,7 +393,7 @@ function rolloutActions(r) {
       onclick: () => act({ action: "set", halt_percent: Number(haltPercent.value),
         halt_min_attempts: Number(haltMin.value) }) }, "Set halt rule"),
     r.paused
-      ? h("button", { type: "button", "data-action": "resume", onclick: () => resume(r, act) }, "Resume")
+      ? h("button", { type: "button", "data-action": "resume", onclick: () => (r.halted_at ? openResume(`${r.version}/${r.platform}`) : act({ action: "resume" })) }, "Resume")
       : h("button", { type: "button", class: "danger", "data-action": "pause",
         onclick: () => act({ action: "pause" }) }, "Pause"));
 }
@@ -437,12 +457,14 @@ async function loadReasons(rollouts) {
 async function releasesView() {
   const rollouts = await api("GET", "/api/v1/rollouts");
   setTimeout(() => loadReasons(rollouts).catch(showError), 0);
-  const badge = (r) => {
+  const state = (r) => {
     if (r.halted_at) return h("span", { class: "badge halted" }, "halted ", when(r.halted_at));
-    if (r.superseded) return h("span", { class: "badge", "data-badge": "superseded" }, "superseded: offered to nobody");
+    if (r.superseded) return null;
     if (r.paused) return h("span", { class: "badge off" }, "paused");
     return h("span", { class: "badge on" }, r.plan && r.plan.done === false ? "staged rollout" : "rolling out");
   };
+  const badge = (r) => [state(r), r.superseded
+    ? h("span", { class: "badge", "data-badge": "superseded" }, "superseded: offered to nobody") : null];
   return [
     h("h2", {}, "Releases and rollouts"),
     rollouts.length ? null : h("p", { class: "muted" }, "No release published yet."),

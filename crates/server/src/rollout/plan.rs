@@ -12,8 +12,10 @@
 //!
 //! A stage is healthy when no agent is in flight or stuck, at least one runs the release, and
 //! failures and rollbacks are within the halt rule's share ([`is_healthy`]); a halted or paused
-//! release never advances, and a pause or resume restarts the stage's soak. Each look reads the
-//! platform's agents once per plan that is not at its last stage (to top its stage up). One replica ([`watch_plans`], under an advisory lock) looks every
+//! release never advances, and a pause or resume restarts the stage's soak. A plan stops where
+//! it is once a newer release of its platform is published (the newer one's plan takes over).
+//! Each look reads the platform's agents once per plan that is not at its last stage (to top
+//! its stage up). One replica ([`watch_plans`], under an advisory lock) looks every
 //! [`PLAN_CHECK_INTERVAL`]. Every change it makes is audited by `server:plan`. This module must
 //! never advance a paused release, never narrow a rollout, and never change one unaudited.
 
@@ -206,6 +208,30 @@ pub fn is_healthy(funnel: &Funnel, unfinished: i64, halt_percent: i64) -> bool {
     unfinished == 0
         && funnel.healthy >= 1
         && funnel.failures() * 100 <= halt_percent * funnel.attempts_started()
+}
+
+/// Whether a newer release of the platform is published: its own plan takes over, and this
+/// one never widens again (its canary moving on to the newer release must not pull another
+/// agent into an older, perhaps broken, one).
+async fn newer_release_published(
+    db: &Db,
+    (version, platform): (&str, &str),
+) -> Result<bool, DbError> {
+    let Some(this) = parse_version(version) else {
+        return Ok(false);
+    };
+    let releases = db.releases_for_platform(platform).await?;
+    let newer = releases
+        .iter()
+        .any(|r| parse_version(&r.version).is_some_and(|other| other > this));
+    if newer {
+        tracing::debug!(
+            version,
+            platform,
+            "a newer release is published; plan left as it is"
+        );
+    }
+    Ok(newer)
 }
 
 /// The platform's agents a stage counts: those that run an older version than `version` or
@@ -438,7 +464,7 @@ async fn look_at_plan(
     let Some(stage) = stages.get(index).copied() else {
         return Ok(());
     };
-    if rollout.paused {
+    if rollout.paused || newer_release_published(db, key).await? {
         return Ok(());
     }
     let agents = eligible(db, key.0, key.1).await?;

@@ -1,8 +1,9 @@
 // Browser test of the operator dashboard: Playwright (playwright-core) drives the system's
 // Chromium, headless, against a real cms-server with real agents on loopback. Started by
 // crates/server/tests/browser.rs, which builds the binaries and passes their paths:
-// The server's log goes to CMS_WORK_DIR/server.log. CMS_SERVER_EXE, CMS_AGENT_EXE (the current version), CMS_AGENT_V2_DIR (cms_agent and
-// updater built as 2.0.0), CMS_WORK_DIR (an empty temp dir), CMS_SCREENSHOTS, CMS_CHROMIUM.
+// CMS_SERVER_EXE, CMS_AGENT_EXE (the current version), CMS_AGENT_V2_DIR and CMS_AGENT_V301_DIR
+// (cms_agent and updater built as 2.0.0 and 3.0.1), CMS_WORK_DIR (an empty temp dir; the
+// server's log goes to server.log in it), CMS_SCREENSHOTS, CMS_CHROMIUM.
 
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
@@ -29,7 +30,7 @@ function cli(...args) {
 
 function startServer() {
   const child = spawn(SERVER, ["serve", "--listen", "127.0.0.1:0", "--data-dir", serverDir,
-    "--offline-after", "15", "--open-enrollment"], { stdio: ["ignore", "pipe", openSync(join(work, "server.log"), "w")] });
+    "--offline-after", "15", "--open-enrollment", "--plan-check-secs", "1"], { stdio: ["ignore", "pipe", openSync(join(work, "server.log"), "w")] });
   children.push(child);
   return new Promise((resolve, reject) => {
     let out = "";
@@ -146,26 +147,28 @@ test("the groups page lists the agents per group, the fleet filters by group", a
   await page.fill("#group-filter", "");
 });
 
+// Six agents, as a small first fleet: one is the canary of a staged release.
+const FLEET = 6;
+
 test("a published release's funnel reaches healthy", async () => {
-  startAgent(url, "agent-b");
-  startAgent(url, "agent-c");
+  for (const name of ["agent-b", "agent-c", "agent-d", "agent-e", "agent-f"]) startAgent(url, name);
   await show(page, "fleet");
-  await page.locator("[data-count=online] .n:text-is('3')").waitFor({ timeout: LONG });
+  await page.locator(`[data-count=online] .n:text-is('${FLEET}')`).waitFor({ timeout: LONG });
   await page.fill("#search", "zz-no-such-host");
   await page.locator("#agent-total:text-is('0–0 of 0')").waitFor();
   await page.fill("#search", "");
-  await page.locator("#agents tr[data-agent]").nth(2).waitFor();
+  await page.locator("#agents tr[data-agent]").nth(FLEET - 1).waitFor();
   await show(page, "releases");
   await page.waitForSelector("text=No release published yet.");
   const v2 = env.CMS_AGENT_V2_DIR;
   cli("release", "publish", "--data-dir", serverDir, "--version", "2.0.0",
     "--agent", join(v2, "cms_agent"), "--updater", join(v2, "updater"), "--rollout", "100");
-  await stepOf(page, `2.0.0/${PLATFORM}`, "healthy").filter({ hasText: /^3$/ }).waitFor({ timeout: LONG });
-  assert.equal(await stepOf(page, `2.0.0/${PLATFORM}`, "handed_over").textContent(), "3");
-  // Each group the release reached has its own funnel (all three agents are in `default`).
+  await stepOf(page, `2.0.0/${PLATFORM}`, "healthy").filter({ hasText: new RegExp(`^${FLEET}$`) }).waitFor({ timeout: LONG });
+  assert.equal(await stepOf(page, `2.0.0/${PLATFORM}`, "handed_over").textContent(), `${FLEET}`);
+  // Each group the release reached has its own funnel (all the agents are in `default`).
   const groupHealthy = page.locator(
     `[data-release="2.0.0/${PLATFORM}"] [data-group-funnel="default"] [data-step="healthy"] b`);
-  await groupHealthy.filter({ hasText: /^3$/ }).waitFor({ timeout: LONG });
+  await groupHealthy.filter({ hasText: new RegExp(`^${FLEET}$`) }).waitFor({ timeout: LONG });
   await page.locator(`[data-release="2.0.0/${PLATFORM}"] [data-in-flight="0"]`).waitFor();
   // The operator caps the group's updates in flight from the page; the group's funnel shows it.
   const groupForm = page.locator(`[data-group-rollout="2.0.0/${PLATFORM}"]`);
@@ -183,10 +186,10 @@ test("a published release's funnel reaches healthy", async () => {
   // The groups page shows each group's progress in the release.
   await show(page, "groups");
   await page.locator(`#groups tr[data-group="default"] [data-group-release="2.0.0/${PLATFORM}"]`)
-    .filter({ hasText: "3 healthy of 3 offered" }).waitFor({ timeout: LONG });
+    .filter({ hasText: `${FLEET} healthy of ${FLEET} offered` }).waitFor({ timeout: LONG });
   await show(page, "fleet");
-  await page.locator("#agents tr[data-agent]").nth(2).waitFor();
-  await page.locator("[data-count=online] .n:text-is('3')").waitFor({ timeout: LONG });
+  await page.locator("#agents tr[data-agent]").nth(FLEET - 1).waitFor();
+  await page.locator(`[data-count=online] .n:text-is('${FLEET}')`).waitFor({ timeout: LONG });
   await page.screenshot({ path: join(shots, "fleet.png"), fullPage: true });
 });
 
@@ -194,7 +197,7 @@ test("a broken release published with the defaults halts at its canary", async (
   const broken = join(work, "broken_agent");
   writeFileSync(broken, "#!/bin/sh\necho 'crashes at start' >&2\nexit 1\n");
   chmodSync(broken, 0o755);
-  // Staged by default: the first stage is one agent of three, and the halt rule scales to it.
+  // Staged by default: the first stage is one agent of six, and the halt rule scales to it.
   cli("release", "publish", "--data-dir", serverDir, "--version", "3.0.0", "--agent", broken,
     "--updater", join(env.CMS_AGENT_V2_DIR, "updater"));
   await show(page, "releases");
@@ -238,11 +241,14 @@ test("a broken release published with the defaults halts at its canary", async (
   assert.equal(csrf, 403, "a cookie request without the CSRF header is refused");
   // Resume asks for a reason, shows the failures, and keeps the halt in the release's history.
   await show(page, "releases");
-  page.once("dialog", (dialog) => {
-    assert.match(dialog.message(), /rolled back of \d+ attempts/);
-    dialog.accept("fixed the start-up crash in 3.0.1");
-  });
   await card.locator("button[data-action=resume]").click();
+  const form = card.locator("[data-resume-form] ");
+  await form.getByText("1 rolled back of 1 attempts").waitFor();
+  await form.locator("button[data-action=confirm-resume]").click();
+  assert.equal(await card.locator(".badge.halted").count(), 1, "no resume without a reason");
+  await form.locator("textarea").fill("fixed the start-up crash in 3.0.1");
+  await page.screenshot({ path: join(shots, "releases-resume.png"), fullPage: true });
+  await form.locator("button[data-action=confirm-resume]").click();
   await card.locator("[data-halts] li").filter({ hasText: "fixed the start-up crash" }).waitFor({ timeout: LONG });
   await page.screenshot({ path: join(shots, "releases-resumed.png"), fullPage: true });
   await show(page, "errors");
@@ -257,6 +263,30 @@ test("a broken release published with the defaults halts at its canary", async (
   await admin.locator('#audit tr[data-audit="rollout.halt"]').first().waitFor({ timeout: LONG });
   await admin.screenshot({ path: join(shots, "audit.png"), fullPage: true });
   await admin.context().close();
+});
+
+test("a fixed release passes its stages by itself and supersedes the broken one", async () => {
+  const fixed = env.CMS_AGENT_V301_DIR;
+  cli("release", "publish", "--data-dir", serverDir, "--version", "3.0.1", "--agent", join(fixed, "cms_agent"),
+    "--updater", join(fixed, "updater"), "--stages", "1%,50%,100%", "--stage-soak", "2s");
+  await show(page, "releases");
+  const card = page.locator(`[data-release="3.0.1/${PLATFORM}"]`);
+  await card.locator("[data-plan-stage='1']").waitFor({ timeout: LONG });
+  await page.locator(`[data-release="3.0.0/${PLATFORM}"] [data-badge=superseded]`).waitFor({ timeout: LONG });
+  await card.locator("[data-plan-stage='3']").waitFor({ timeout: LONG });
+  await stepOf(page, `3.0.1/${PLATFORM}`, "healthy").filter({ hasText: new RegExp(`^${FLEET}$`) })
+    .waitFor({ timeout: LONG });
+  await card.getByText("last stage reached").waitFor();
+  assert.equal(await card.locator(".badge.on").textContent(), "rolling out");
+  assert.equal(await card.locator(".badge.halted").count(), 0);
+  await page.screenshot({ path: join(shots, "releases-staged.png"), fullPage: true });
+  const advances = (await bearer("GET", "/api/v1/audit?limit=200", "admin")).body
+    .filter((e) => e.action === "rollout.advance" && e.target.startsWith(`3.0.1/${PLATFORM} `));
+  assert.equal(advances.length, 2, "two advances: stage 1 to 2 and 2 to 3");
+  assert.equal(await stepOf(page, `3.0.0/${PLATFORM}`, "offered").textContent(), "1",
+    "the broken release's plan stopped once 3.0.1 was published: its canary only");
+  const fleet = await bearer("GET", "/api/v1/agents", "operator");
+  assert.deepEqual(fleet.body.map((a) => a.version), Array(FLEET).fill("3.0.1"));
 });
 
 test("a viewer sees no action buttons and gets 403 from the API", async () => {
