@@ -5,7 +5,9 @@
 //! release cut off from the backend, no secret on a command line or in a log across an update,
 //! and, through a throttling proxy, `--force` during a download and a download resumed after
 //! a kill; an update over HTTPS with a private CA through an authenticating forward proxy; and
-//! ten agents updated through a download budget of two (`serve --max-downloads 2`).
+//! ten agents updated through a download budget of two (`serve --max-downloads 2`); and deltas
+//! through a byte-counting relay: a patch release as a signed delta, an exe changed on disk, a
+//! delta tampered in transit, an agent two releases behind.
 
 #![cfg(unix)] // drives Linux builds and signals; the Windows lane runs its own scenarios
 #![allow(clippy::unwrap_used)] // integration tests: a failed call is a failed test
@@ -1136,17 +1138,55 @@ fn update_event_details(server_dir: &Path) -> Vec<String> {
 }
 
 /// A 1.0.0 machine behind a byte-counting relay, its server with 1.0.0 published, the agent
-/// IDLE on 1.0.0; then 2.0.0 is published with deltas.
-fn update_1_to_2_with_deltas(machine: &Machine) -> (Server, Proxy) {
+/// IDLE on 1.0.0.
+fn on_1_0_0_behind_a_relay(machine: &Machine) -> (Server, Proxy) {
     let server = Server::start(&machine.server_dir);
     machine.publish("1.0.0");
     let proxy = Proxy::start(&server.listen_addr());
     machine.start_via(&proxy.url, "3600", &[]);
     wait_for_version(&server, "1.0.0");
-    machine.publish_with("2.0.0", &["--delta-from", "3"]);
-    wait_for_version(&server, "2.0.0");
-    assert_eq!(machine.exe_version(), "cms_agent 2.0.0");
     (server, proxy)
+}
+
+/// Publishes 2.0.0 with deltas and waits until the machine runs exactly the released 2.0.0.
+fn publish_2_0_0_with_deltas(machine: &Machine, server: &Server) {
+    machine.publish_with("2.0.0", &["--delta-from", "3"]);
+    wait_for_version(server, "2.0.0");
+    assert_installed_is_released(machine, "2.0.0");
+}
+
+/// [`on_1_0_0_behind_a_relay`], then [`publish_2_0_0_with_deltas`].
+fn update_1_to_2_with_deltas(machine: &Machine) -> (Server, Proxy) {
+    let (server, proxy) = on_1_0_0_behind_a_relay(machine);
+    publish_2_0_0_with_deltas(machine, &server);
+    (server, proxy)
+}
+
+/// The installed exe is byte for byte the released build of `version`.
+fn assert_installed_is_released(machine: &Machine, version: &str) {
+    assert_eq!(machine.exe_version(), format!("cms_agent {version}"));
+    let released = std::fs::read(versioned_build(version).join("cms_agent")).unwrap();
+    assert!(
+        std::fs::read(&machine.exe).unwrap() == released,
+        "the installed exe is not the released {version}"
+    );
+}
+
+/// The paths the relay saw requested, in order.
+fn requested_paths(proxy: &Proxy) -> Vec<String> {
+    proxy
+        .requests()
+        .iter()
+        .map(|r| r.path().to_owned())
+        .collect()
+}
+
+/// The updater's log says the new version passed its health check.
+fn wait_for_verified_update(machine: &Machine) {
+    wait_for("the updater to call the update verified", || {
+        let log = std::fs::read_to_string(machine.data.join("logs/updater.log")).ok()?;
+        log.contains("update verified").then_some(())
+    });
 }
 
 fn wait_for_transfer(machine: &Machine, needle: &str) -> String {
@@ -1174,11 +1214,7 @@ fn a_patch_release_travels_as_a_signed_delta() {
         detail.contains(&format!("{delta_length} bytes")),
         "{detail}"
     );
-    let paths: Vec<String> = proxy
-        .requests()
-        .iter()
-        .map(|r| r.path().to_owned())
-        .collect();
+    let paths = requested_paths(&proxy);
     assert!(
         paths
             .iter()
@@ -1192,10 +1228,7 @@ fn a_patch_release_travels_as_a_signed_delta() {
         sent < package / 4,
         "relayed {sent} bytes of a {package}-byte package"
     );
-    wait_for("the updater to call 2.0.0 verified", || {
-        let log = std::fs::read_to_string(machine.data.join("logs/updater.log")).ok()?;
-        log.contains("update verified").then_some(())
-    });
+    wait_for_verified_update(&machine);
 }
 
 /// Issue 27: an installed exe that is not the released one (changed on disk) cannot rebuild
@@ -1214,11 +1247,7 @@ fn an_exe_changed_on_disk_gets_the_full_package_instead_of_the_delta() {
     let package = std::fs::metadata(machine.package("2.0.0")).unwrap().len();
     let detail = wait_for_transfer(&machine, "transfer: full");
     assert!(detail.contains(&format!("{package} bytes")), "{detail}");
-    let paths: Vec<String> = proxy
-        .requests()
-        .iter()
-        .map(|r| r.path().to_owned())
-        .collect();
+    let paths = requested_paths(&proxy);
     assert!(
         paths
             .iter()
@@ -1231,4 +1260,71 @@ fn an_exe_changed_on_disk_gets_the_full_package_instead_of_the_delta() {
         agent_log(&machine.data)
     );
     assert!(proxy.bytes_to_client() >= package);
+}
+
+/// Issue 27: a delta altered on its way (one byte flipped by the relay) does not pass its
+/// signed SHA-256: the agent drops it, takes the full package, verified, reports
+/// `transfer: full`, and installs exactly the released 2.0.0.
+#[test]
+fn a_delta_tampered_in_transit_gives_way_to_the_full_package() {
+    let machine = Machine::new("1.0.0");
+    let (server, proxy) = on_1_0_0_behind_a_relay(&machine);
+    proxy.tamper("/api/v1/agent/deltas/");
+    publish_2_0_0_with_deltas(&machine, &server);
+    let package = std::fs::metadata(machine.package("2.0.0")).unwrap().len();
+    let detail = wait_for_transfer(&machine, "transfer: full");
+    assert!(detail.contains(&format!("{package} bytes")), "{detail}");
+    let paths = requested_paths(&proxy);
+    let delta = paths
+        .iter()
+        .position(|p| p == "/api/v1/agent/deltas/1.0.0/2.0.0/linux-x86_64");
+    let full = paths
+        .iter()
+        .position(|p| p == "/api/v1/agent/packages/2.0.0/linux-x86_64");
+    assert!(
+        matches!((delta, full), (Some(d), Some(f)) if d < f),
+        "the delta first, then the package: {paths:?}"
+    );
+    let log = agent_log(&machine.data);
+    assert!(log.contains("delta not usable"), "{log}");
+    wait_for_verified_update(&machine);
+}
+
+/// Issue 27: an agent that was off while two releases were published (1.5.0, then 2.0.0)
+/// gets the delta from its own version, not from the release before the newest. 1.5.0 is
+/// never installed here, so its package holds the 2.0.0 build: its delta cannot rebuild 2.0.0
+/// from a 1.0.0 exe, and taking it would end on the full package instead.
+#[test]
+fn an_agent_two_releases_behind_gets_the_delta_from_its_own_version() {
+    let machine = Machine::new("1.0.0");
+    let server = Server::start(&machine.server_dir);
+    machine.publish("1.0.0");
+    let build = versioned_build("2.0.0");
+    let deltas = ["--delta-from", "3"];
+    let (agent, updater) = (build.join("cms_agent"), build.join("updater"));
+    publish(&machine.server_dir, "1.5.0", &agent, &updater, &deltas);
+    machine.publish_with("2.0.0", &deltas);
+    let deltas_dir = machine.server_dir.join("deltas/linux-x86_64/2.0.0");
+    for from in ["1.0.0", "1.5.0"] {
+        let delta = deltas_dir.join(format!("{from}.delta"));
+        assert!(
+            delta.is_file(),
+            "no delta from {from} at {}",
+            delta.display()
+        );
+    }
+    let proxy = Proxy::start(&server.listen_addr());
+    machine.start_via(&proxy.url, "3600", &[]);
+    wait_for_version(&server, "2.0.0");
+    assert_installed_is_released(&machine, "2.0.0");
+    wait_for_transfer(&machine, "transfer: delta");
+    let paths = requested_paths(&proxy);
+    let deltas_fetched: Vec<&String> = paths.iter().filter(|p| p.contains("/deltas/")).collect();
+    assert_eq!(
+        deltas_fetched,
+        ["/api/v1/agent/deltas/1.0.0/2.0.0/linux-x86_64"],
+        "{paths:?}"
+    );
+    assert!(!paths.iter().any(|p| p.contains("/packages/")), "{paths:?}");
+    wait_for_verified_update(&machine);
 }

@@ -5,9 +5,10 @@
 //! It is a byte pipe: every byte is forwarded unchanged in both directions, so plain HTTP,
 //! keep-alive and WebSocket upgrades all pass. The server-to-agent direction is paced to the
 //! current rate (set at run time); the agent-to-server direction is read to record each HTTP
-//! request head it carries. It must never alter, drop or reorder a byte (it can cut every
-//! connection off, as a dead network would), and it shuts every connection down when dropped,
-//! so no thread or socket outlives the test.
+//! request head it carries. It never drops or reorders a byte (it can cut every connection off,
+//! as a dead network would) and alters one only when a test asks ([`Proxy::tamper`]: one byte
+//! of each answer to the requests it names, as an attacker on the path would), and it shuts
+//! every connection down when dropped, so no thread or socket outlives the test.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -20,6 +21,8 @@ use std::time::Duration;
 const BUFFER: usize = 64 * 1024;
 /// Pacing slices per second: a throttled read takes at most 1/20 of the rate.
 const SLICES_PER_SEC: u64 = 20;
+/// How far into a tampered answer the flipped byte lies: past any response head, in the body.
+const TAMPER_OFFSET: u64 = 2048;
 
 /// A running proxy; dropping it closes the listener and every connection.
 #[derive(Debug)]
@@ -45,6 +48,8 @@ struct Shared {
     stopping: AtomicBool,
     /// Set by `cut_off`: new connections are closed at once, as by an unreachable network.
     cut_off: AtomicBool,
+    /// Set by `tamper`: answers to requests whose path starts with it get one byte flipped.
+    tamper: Mutex<Option<String>>,
 }
 
 /// One HTTP request head the agent sent (request line and headers, no body).
@@ -110,6 +115,12 @@ impl Proxy {
         self.shared.cut_off.store(false, Ordering::SeqCst);
     }
 
+    /// Flips one byte (`TAMPER_OFFSET` bytes in) of every answer to a request whose path
+    /// starts with `path_prefix`, from the next such request on.
+    pub fn tamper(&self, path_prefix: &str) {
+        *lock(&self.shared.tamper) = Some(path_prefix.to_owned());
+    }
+
     /// Every request head seen so far.
     pub fn requests(&self) -> Vec<RequestHead> {
         lock(&self.shared.requests).clone()
@@ -171,7 +182,12 @@ fn connect_pair(client: TcpStream, server: TcpStream, shared: &Arc<Shared>) {
         sockets.retain(|s| s.strong_count() > 0);
         sockets.extend([Arc::downgrade(&client), Arc::downgrade(&server)]);
     }
+    // Server-to-agent bytes of this connection so far, and where a byte is to be flipped
+    // (`u64::MAX`: nowhere): the agent-to-server side sets it when it sees a request to tamper.
+    let answered = Arc::new(AtomicU64::new(0));
+    let flip_at = Arc::new(AtomicU64::new(u64::MAX));
     let (up_from, up_to, up_shared) = (client.clone(), server.clone(), shared.clone());
+    let (up_answered, up_flip_at) = (answered.clone(), flip_at.clone());
     std::thread::spawn(move || {
         let mut recorder = HeadRecorder::default();
         let result = pump(
@@ -179,7 +195,13 @@ fn connect_pair(client: TcpStream, server: TcpStream, shared: &Arc<Shared>) {
             &up_to,
             || BUFFER,
             |bytes| {
-                recorder.feed(bytes, &up_shared.requests);
+                for head in recorder.feed(bytes) {
+                    if tampered(&up_shared, &head) {
+                        let at = up_answered.load(Ordering::SeqCst) + TAMPER_OFFSET;
+                        up_flip_at.store(at, Ordering::SeqCst);
+                    }
+                    lock(&up_shared.requests).push(head);
+                }
                 Duration::ZERO
             },
         );
@@ -193,6 +215,8 @@ fn connect_pair(client: TcpStream, server: TcpStream, shared: &Arc<Shared>) {
             &client,
             || slice_at(rate()),
             |bytes| {
+                let start = answered.fetch_add(bytes.len() as u64, Ordering::SeqCst);
+                flip_within(bytes, start, flip_at.load(Ordering::SeqCst));
                 down_shared
                     .to_client
                     .fetch_add(bytes.len() as u64, Ordering::SeqCst);
@@ -203,13 +227,30 @@ fn connect_pair(client: TcpStream, server: TcpStream, shared: &Arc<Shared>) {
     });
 }
 
+/// Whether answers to `head` are to be tampered with.
+fn tampered(shared: &Shared, head: &RequestHead) -> bool {
+    lock(&shared.tamper)
+        .as_deref()
+        .is_some_and(|prefix| head.path().starts_with(prefix))
+}
+
+/// Flips the byte at stream offset `at` when it lies in `bytes`, which start at offset `start`.
+fn flip_within(bytes: &mut [u8], start: u64, at: u64) {
+    if let Some(i) = at.checked_sub(start).and_then(|i| usize::try_from(i).ok())
+        && let Some(byte) = bytes.get_mut(i)
+    {
+        *byte ^= 0x01;
+    }
+}
+
 /// Copies `from` to `to` until end of stream, reading at most `read_cap()` bytes at a time;
-/// `after_write` sees each forwarded slice and says how long to wait before the next read.
+/// `before_write` sees (and may alter) each slice before it is forwarded and says how long to
+/// wait after it before the next read.
 fn pump(
     mut from: &TcpStream,
     mut to: &TcpStream,
     read_cap: impl Fn() -> usize,
-    mut after_write: impl FnMut(&[u8]) -> Duration,
+    mut before_write: impl FnMut(&mut [u8]) -> Duration,
 ) -> io::Result<()> {
     let mut buffer = vec![0u8; BUFFER];
     loop {
@@ -217,8 +258,9 @@ fn pump(
         if read == 0 {
             return Ok(());
         }
+        let pause = before_write(&mut buffer[..read]);
         to.write_all(&buffer[..read])?;
-        std::thread::sleep(after_write(&buffer[..read]));
+        std::thread::sleep(pause);
     }
 }
 
@@ -262,9 +304,11 @@ struct HeadRecorder {
 }
 
 impl HeadRecorder {
-    fn feed(&mut self, bytes: &[u8], requests: &Mutex<Vec<RequestHead>>) {
+    /// Takes the next bytes of the stream; answers the request heads they complete.
+    fn feed(&mut self, bytes: &[u8]) -> Vec<RequestHead> {
+        let mut heads = Vec::new();
         if self.raw {
-            return;
+            return heads;
         }
         self.pending.extend_from_slice(bytes);
         while !self.raw {
@@ -276,19 +320,20 @@ impl HeadRecorder {
                 self.pending.drain(..skip);
                 self.body_left -= skip as u64;
                 if self.body_left > 0 {
-                    return;
+                    return heads;
                 }
                 continue;
             }
             let Some(end) = self.pending.windows(4).position(|w| w == b"\r\n\r\n") else {
                 self.raw = self.pending.len() > BUFFER;
-                return;
+                return heads;
             };
             let head = parse_head(&String::from_utf8_lossy(&self.pending[..end]));
             self.pending.drain(..end + 4);
             self.after_head(&head);
-            lock(requests).push(head);
+            heads.push(head);
         }
+        heads
     }
 
     fn after_head(&mut self, head: &RequestHead) {
