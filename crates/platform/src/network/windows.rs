@@ -78,10 +78,12 @@ pub(super) async fn detect() -> Metered {
 
 /// A fixed or variable cost is metered, an unrestricted one is not; unknown otherwise.
 fn from_cost_hint(cost: NL_NETWORK_CONNECTIVITY_COST_HINT) -> Metered {
-    match cost {
-        NetworkConnectivityCostHintFixed | NetworkConnectivityCostHintVariable => Metered::Yes,
-        NetworkConnectivityCostHintUnrestricted => Metered::No,
-        _ => Metered::Unknown,
+    if cost == NetworkConnectivityCostHintFixed || cost == NetworkConnectivityCostHintVariable {
+        Metered::Yes
+    } else if cost == NetworkConnectivityCostHintUnrestricted {
+        Metered::No
+    } else {
+        Metered::Unknown
     }
 }
 
