@@ -20,7 +20,7 @@
 ;     agent of this install to stop (`cms_agent --stop`), and only then ends the process named
 ;     in agent.lock, and only if it runs this install's cms_agent.exe. Never by image name;
 ;   - after install: `cms_agent --enable-autostart` with the settings given as /SERVER=URL,
-;     /ENROLLMENTTOKEN=T, /GROUP=NAME, /DOWNLOADLIMIT=KBPS and /TRUSTEDROOT=FILE (the TUF root to pin), which saves them in the
+;     /ENROLLMENTTOKEN=T, /GROUP=NAME, /DOWNLOADLIMIT=KBPS, /METERED=auto|yes|no and /TRUSTEDROOT=FILE (the TUF root to pin), which saves them in the
 ;     agent's config.json and registers the service CMSAgent (per machine: LocalSystem,
 ;     automatic start, recovery actions) or the HKCU Run value (per user, `--per-user`); then
 ;     starts the service through the SCM, or the per-user agent; /NOSTART skips starting it;
@@ -445,16 +445,17 @@ begin
 end;
 
 { The settings for `--enable-autostart`, from /SERVER=, /ENROLLMENTTOKEN=, /GROUP=,
-  /DOWNLOADLIMIT= and /TRUSTEDROOT= (else the embedded root, EmbeddedRootArgs). }
+  /DOWNLOADLIMIT=, /METERED= and /TRUSTEDROOT= (else the embedded root, EmbeddedRootArgs). }
 function AgentSettingsArgs(): String;
 var
-  Server, Token, Group, DownloadLimit, Root: String;
+  Server, Token, Group, DownloadLimit, Metered, Root: String;
 begin
   Result := '';
   Server := ExpandConstant('{param:SERVER}');
   Token := ExpandConstant('{param:ENROLLMENTTOKEN}');
   Group := ExpandConstant('{param:GROUP}');
   DownloadLimit := ExpandConstant('{param:DOWNLOADLIMIT}');
+  Metered := ExpandConstant('{param:METERED}');
   Root := ExpandConstant('{param:TRUSTEDROOT}');
   if Server <> '' then
     Result := ' --server ' + AddQuotes(Server);
@@ -464,6 +465,8 @@ begin
     Result := Result + ' --group ' + AddQuotes(Group);
   if DownloadLimit <> '' then
     Result := Result + ' --download-limit ' + AddQuotes(DownloadLimit);
+  if Metered <> '' then
+    Result := Result + ' --metered ' + AddQuotes(Metered);
   if Root <> '' then
     Result := Result + ' --trusted-root ' + AddQuotes(ExpandFileName(Root))
   else

@@ -220,7 +220,7 @@ mod tests {
         offered.sort();
         taken.sort();
         assert_eq!(offered, taken);
-        assert_eq!(taken.len(), 5, "{taken:?}");
+        assert_eq!(taken.len(), 6, "{taken:?}");
         for name in &taken {
             for id in [
                 format!("<string id=\"{name}\">"),

@@ -28,6 +28,7 @@ use cms_protocol::BUILD_VERSION;
 use crate::core::agent::{Agent, AgentOptions, RunOutcome};
 use crate::core::config::Intervals;
 use crate::core::error_reporter::install_panic_hook;
+use crate::core::metered::MeteredMode;
 use crate::core::storage::StateManager;
 use crate::core::update::Relaunch;
 use crate::logging;
@@ -98,6 +99,10 @@ pub struct Args {
     /// config.json); 0 removes the limit.
     #[arg(long, value_name = "KBPS", value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
     download_limit: Option<u32>,
+    /// Whether the connection counts as metered (saved in config.json): `auto` asks the OS,
+    /// `yes` defers every offered update but an urgent one until `no` or an unmetered `auto`.
+    #[arg(long, value_name = "auto|yes|no")]
+    metered: Option<MeteredMode>,
     /// Storage path override (default: per-machine when elevated, else per-user).
     #[arg(long, value_name = "DIR", env = "CMS_AGENT_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -107,7 +112,7 @@ pub struct Args {
     /// Seconds between heartbeats, for this run.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     status_interval: Option<u64>,
-    /// Save the settings given (--server, --enrollment-token, --group, --download-limit,
+    /// Save the settings given (--server, --enrollment-token, --group, --download-limit, --metered,
     /// --trusted-root, --ca-cert, --proxy), write the autostart entry and exit: elevated, the Windows service CMSAgent (or root's systemd
     /// unit); else the HKCU Run value (or the user's autostart entry).
     #[arg(long, conflicts_with_all = ["disable_autostart", "force", "status", "stop"])]

@@ -21,7 +21,7 @@ pub use ipc::{IPC_MAX_MESSAGE_BYTES, IpcCommand, IpcRequest, IpcResponse, IpcSta
 pub use operator::{
     AuditEntry, CreatedOperatorToken, NewOperatorToken, OperatorRole, OperatorToken, UnknownRole,
 };
-pub use progress::{Transfer, UPDATE_PROGRESS_KIND, UpdateProgress, UpdateStep};
+pub use progress::{DeferReason, Transfer, UPDATE_PROGRESS_KIND, UpdateProgress, UpdateStep};
 pub use rollback::{ROLLBACK_TYPE, RollbackSignature, RollbackStatement, RollbackTerms};
 pub use state::{AgentState, UnknownState};
 pub use window::{MAX_WINDOWS, MaintenanceWindow, UpdateWindows, WindowClock, WindowError};
@@ -196,6 +196,10 @@ pub struct UpdateInfo {
     /// version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<Box<RollbackStatement>>,
+    /// The release was published urgent (a security fix): an agent on a metered connection
+    /// takes it at once instead of deferring it. Absent (an older server): not urgent.
+    #[serde(default)]
+    pub urgent: bool,
 }
 
 /// Answer to an update check: `update` is absent when the agent is current.
@@ -347,6 +351,9 @@ pub struct ReleaseSummary {
     pub platform: String,
     /// When it was published (RFC 3339).
     pub published_at: String,
+    /// Published `--urgent` (absent from an older server: not urgent).
+    #[serde(default)]
+    pub urgent: bool,
 }
 
 #[cfg(test)]

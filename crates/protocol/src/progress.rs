@@ -33,11 +33,14 @@ pub enum UpdateStep {
     Failed,
     /// The new version failed its health check and the old one runs again.
     RolledBack,
+    /// The agent put the offer off (`reason` says why, e.g. a metered connection) and takes it
+    /// at a later offer; not an attempt in flight, not a failure.
+    Deferred,
 }
 
 impl UpdateStep {
     /// Every step, in funnel order (the successful path first, then the outcomes that end it).
-    pub const ALL: [UpdateStep; 8] = [
+    pub const ALL: [UpdateStep; 9] = [
         UpdateStep::Offered,
         UpdateStep::Downloading,
         UpdateStep::Verified,
@@ -46,6 +49,7 @@ impl UpdateStep {
         UpdateStep::Refused,
         UpdateStep::Failed,
         UpdateStep::RolledBack,
+        UpdateStep::Deferred,
     ];
 
     /// The name on the wire and in the database.
@@ -59,6 +63,7 @@ impl UpdateStep {
             UpdateStep::Refused => "refused",
             UpdateStep::Failed => "failed",
             UpdateStep::RolledBack => "rolled_back",
+            UpdateStep::Deferred => "deferred",
         }
     }
 
@@ -86,6 +91,17 @@ pub struct UpdateProgress {
     /// With `transfer`: the bytes that transfer is (the delta's or the package's length).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer_bytes: Option<u64>,
+    /// For [`UpdateStep::Deferred`]: why the agent put the offer off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<DeferReason>,
+}
+
+/// Why an agent put an offer off ([`UpdateStep::Deferred`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeferReason {
+    /// The connection is metered (`cms_agent --metered`) and the release is not urgent.
+    Metered,
 }
 
 /// How a package reached the agent.
@@ -131,6 +147,7 @@ mod tests {
             failed_step: Some("verifying".into()),
             transfer: None,
             transfer_bytes: None,
+            reason: None,
         };
         let mut report = ErrorReport {
             report_id: "r1".into(),

@@ -109,6 +109,7 @@ async fn publish_and_download(dir: &Path, store: Store) {
     assert_eq!(update.version, "1.1.0");
     assert_eq!(update.length, on_disk.len() as u64);
     assert_eq!(update.sha256, hex::encode(Sha256::digest(&on_disk)));
+    assert!(!update.urgent, "published without --urgent");
 
     // Whole download.
     let (status, headers, body) = download(&server, &update.package_url, Some(token), None).await;
@@ -194,6 +195,7 @@ async fn publish_and_download(dir: &Path, store: Store) {
     assert_eq!(listing[0]["length"], json!(total));
     assert_eq!(listing[0]["sha256"], json!(update.sha256));
     assert_eq!(listing[0]["rollout_percent"], json!(100));
+    assert_eq!(listing[0]["urgent"], json!(false));
 
     // Releases are immutable: a second publish of 1.1.0 is refused with exit code 2.
     let (code, stdout, stderr) = publish(&data, &store, "1.1.0", &files, &[]).await;
@@ -214,6 +216,21 @@ async fn publish_and_download(dir: &Path, store: Store) {
     let mut codes = [a.0, b.0];
     codes.sort();
     assert_eq!(codes, [Some(0), Some(2)], "{} / {}", a.2, b.2);
+
+    // `--urgent` is stored, offered and listed as such.
+    publish_ok(&data, &store, "1.6.0", &files, &["--urgent"]).await;
+    let urgent = update_check(&server, token, "1.0.0").await.update.unwrap();
+    assert_eq!((urgent.version.as_str(), urgent.urgent), ("1.6.0", true));
+    let listing: serde_json::Value = server.operator_json(paths::RELEASES).await;
+    let releases: Vec<ReleaseSummary> = serde_json::from_value(listing).unwrap();
+    let urgent: Vec<(&str, bool)> = releases
+        .iter()
+        .map(|r| (r.version.as_str(), r.urgent))
+        .collect();
+    assert_eq!(
+        urgent,
+        [("1.6.0", true), ("1.5.0", false), ("1.1.0", false)]
+    );
     assert!(!server.log().contains(token), "token logged");
     assert_eq!(server.stop().await, Some(0));
 }
@@ -382,6 +399,7 @@ async fn duplicate_release_row_is_a_duplicate_on_postgres() {
         sha256: "00",
         rollout_percent: 100,
         published_at: "2026-11-25T10:00:00.000000Z",
+        urgent: false,
     };
     db.begin_release(&release)
         .await

@@ -481,7 +481,7 @@ async function releasesView() {
       h("div", { class: "muted", "data-attempts": r.funnel.attempts },
         `${r.funnel.attempts} attempts, each counted once by how it ended: `
         + `${r.funnel.ends.healthy} healthy, ${r.funnel.ends.failed} failed, ${r.funnel.ends.rolled_back} rolled back, `
-        + `${r.funnel.ends.refused} refused without trying, ${r.funnel.ends.in_progress} in progress. `
+        + `${r.funnel.ends.refused} refused without trying, ${r.funnel.ends.deferred} deferred (metered), ${r.funnel.ends.in_progress} in progress. `
         + "The boxes above count the agents that reached each step."),
       haltHistory(r),
       h("div", { class: "reasons", "data-reasons": `${r.version}/${r.platform}` }),

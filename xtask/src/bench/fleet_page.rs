@@ -299,6 +299,7 @@ fn progress_report(step: UpdateStep, failed_step: Option<&str>) -> Result<ErrorR
         failed_step: failed_step.map(str::to_owned),
         transfer: None,
         transfer_bytes: None,
+        reason: None,
     };
     Ok(ErrorReport {
         report_id: util::random_hex()?,

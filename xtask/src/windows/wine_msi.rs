@@ -10,9 +10,9 @@
 //!
 //! 1. over an Inno Setup install (its uninstall key, planted): `msiexec /i` refuses, exit 1603,
 //!    and the log carries the message that says what to do;
-//! 2. `msiexec /i ... /qn SERVER=... ENROLLMENTTOKEN=...`: the service `CMSAgent` runs
-//!    `cms_agent.exe --service` (LocalSystem, automatic start), the agent registers with the
-//!    token, `--status` answers from the service; the token is in no line of the MSI log but
+//! 2. `msiexec /i ... /qn SERVER=... ENROLLMENTTOKEN=... METERED=yes`: the service `CMSAgent`
+//!    runs `cms_agent.exe --service` (LocalSystem, automatic start), the agent registers with
+//!    the token, `--status` answers from the service and shows `metered: yes`; the token is in no line of the MSI log but
 //!    Wine's closing property dump (Wine ignores MsiHiddenProperties there, Windows does not);
 //!    a newer release published and pushed is logged and not started (the MSI updates it);
 //! 3. the newer package over it: one product, the newer version, the service running again and
@@ -224,13 +224,17 @@ impl Scenario<'_> {
 
     fn install(&self) -> Result<AgentSummary> {
         step(&format!(
-            "msiexec /i {} /qn SERVER={} ENROLLMENTTOKEN=...",
+            "msiexec /i {} /qn SERVER={} ENROLLMENTTOKEN=... METERED=yes",
             self.packages.old.display(),
             self.server.url()
         ));
         let server = format!("SERVER={}", self.server.url());
         let token = format!("ENROLLMENTTOKEN={}", self.token);
-        self.msiexec_ok(&self.packages.old, "msi-install.log", &[&server, &token])?;
+        self.msiexec_ok(
+            &self.packages.old,
+            "msi-install.log",
+            &[&server, &token, "METERED=yes"],
+        )?;
         setup::service_expect(&self.prefix, true)?;
         ok("service CMSAgent: cms_agent.exe --service, LocalSystem, automatic start");
         let agent = self
@@ -245,6 +249,11 @@ impl Scenario<'_> {
         let status = self.status()?;
         ensure!(status.contains("service: CMSAgent"), "--status: {status}");
         ok("cms_agent.exe --status answers from the service");
+        let metered = status
+            .lines()
+            .find(|line| line.starts_with("metered: yes (detected: "))
+            .with_context(|| format!("METERED=yes not saved; --status: {status}"))?;
+        ok(&format!("METERED=yes reached the agent: {metered:?}"));
         ensure!(
             self.app_dir().join(wixl::MARKER).is_file(),
             "no {} installed",

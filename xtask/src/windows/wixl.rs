@@ -34,7 +34,7 @@ pub const MARKER: &str = "installed-by-msi.txt";
 pub const UPGRADE_CODE: &str = "{6B0C7C3E-2F0A-4E55-9C4B-5B6A8E0A1D28}";
 
 /// The public properties an administrator sets on msiexec's command line.
-pub const PUBLIC_PROPERTIES: [&str; 9] = [
+pub const PUBLIC_PROPERTIES: [&str; 10] = [
     "SERVER",
     "ENROLLMENTTOKEN",
     "TRUSTEDROOT",
@@ -42,6 +42,7 @@ pub const PUBLIC_PROPERTIES: [&str; 9] = [
     "PROXY",
     "GROUP",
     "DOWNLOADLIMIT",
+    "METERED",
     "NOSTART",
     "REMOVEDATA",
 ];

@@ -48,6 +48,7 @@ fn gives_settings(cli: &Args) -> bool {
         || cli.proxy.is_some()
         || cli.group.is_some()
         || cli.download_limit.is_some()
+        || cli.metered.is_some()
 }
 
 /// What the autostart entry passes: `--service` (the machine's service or systemd unit) or
@@ -70,7 +71,7 @@ fn entry_args(cli: &Args, machine_wide: bool) -> Vec<OsString> {
     args
 }
 
-/// Saves `--server`, `--enrollment-token`, `--group`, `--download-limit`, `--ca-cert`, `--proxy`
+/// Saves `--server`, `--enrollment-token`, `--group`, `--download-limit`, `--metered`, `--ca-cert`, `--proxy`
 /// and `--trusted-root` while
 /// holding the lock, so no running agent overwrites them; `false` (the holder is printed) when
 /// an agent runs.

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use cms_platform::agent_args;
 use cms_protocol::{IpcStatus, LockRecord};
 
+use crate::core::metered::MeteredMode;
 use crate::core::storage::StateManager;
 use crate::ipc::{self, IpcEndpoint, IpcError};
 use crate::system::service::{self, SERVICE_NAME, ServiceState};
@@ -73,7 +74,9 @@ pub(super) async fn print_status(storage: &StateManager) -> Result<u8> {
                     }
                 }
             }
-            print_download_limit(storage);
+            let saved = saved_config(storage);
+            print_download_limit(saved.as_ref());
+            print_metered(saved.as_ref()).await;
             if system::updates_left_to_msi() {
                 println!("updates: left to the MSI (installed by cms_agent-X.Y.Z-x64.msi)");
             }
@@ -90,18 +93,36 @@ pub(super) async fn print_status(storage: &StateManager) -> Result<u8> {
     }
 }
 
-/// `--status`'s line on `--download-limit`, from config.json as saved (read only: the running
-/// agent owns the file, and applies what it holds to each update's download).
-fn print_download_limit(storage: &StateManager) {
-    let saved = cms_platform::fs::read_no_follow(&storage.config_path())
+/// config.json as saved, for `--status` (read only: the running agent owns the file, and
+/// applies what it holds to each offer); `None` when it cannot be read.
+fn saved_config(storage: &StateManager) -> Option<serde_json::Value> {
+    cms_platform::fs::read_no_follow(&storage.config_path())
         .ok()
-        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+}
+
+/// `--status`'s line on `--download-limit`, from config.json as saved.
+fn print_download_limit(saved: Option<&serde_json::Value>) {
     match saved {
         None => println!("download limit: unknown (config.json cannot be read)"),
         Some(config) => match config.get("download_limit_kbps").and_then(|v| v.as_u64()) {
             Some(kbps) => println!("download limit: {kbps} KiB/s"),
             None => println!("download limit: none"),
         },
+    }
+}
+
+/// `--status`'s line on `--metered`, from config.json as saved (absent: `auto`), with what the
+/// OS says about the connection now: `metered: auto (detected: no)`.
+async fn print_metered(saved: Option<&serde_json::Value>) {
+    let mode = saved
+        .and_then(|config| config.get("metered"))
+        .and_then(|value| value.as_str())
+        .map_or(Ok(MeteredMode::Auto), str::parse);
+    let detected = cms_platform::network::detect_metered().await;
+    match mode {
+        Ok(mode) => println!("metered: {mode} (detected: {detected})"),
+        Err(error) => println!("metered: unknown ({error}; detected: {detected})"),
     }
 }
 

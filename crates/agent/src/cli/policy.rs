@@ -57,6 +57,7 @@ pub(super) fn apply(
             Setting::CaCert { pem, .. } => c.ca_certs_pem = Some(pem.clone()),
             Setting::Group(group) => c.group = Some(group.clone()),
             Setting::DownloadLimit(kbps) => c.download_limit_kbps = (*kbps > 0).then_some(*kbps),
+            Setting::Metered(mode) => c.metered = mode.saved(),
         })?;
     }
     Ok(())

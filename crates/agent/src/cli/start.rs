@@ -159,7 +159,7 @@ fn is_disk_full(err: &anyhow::Error) -> bool {
 /// Saves what the command line changes for good: the server (a new one forgets the identity
 /// and its enrollment token; the same server spelled differently keeps them), the enrollment
 /// token (kept for a later re-enrollment), `--group`, `--download-limit` (0: none),
-/// `--ca-cert` and `--proxy`.
+/// `--metered` (`auto`: left out), `--ca-cert` and `--proxy`.
 pub(super) fn save_settings(config: &mut ConfigManager, cli: &Args) -> Result<()> {
     if !cli.server.is_empty() {
         ServerList::parse(&cli.server)?;
@@ -173,6 +173,9 @@ pub(super) fn save_settings(config: &mut ConfigManager, cli: &Args) -> Result<()
     }
     if let Some(limit) = cli.download_limit {
         config.update(|c| c.download_limit_kbps = (limit > 0).then_some(limit))?;
+    }
+    if let Some(mode) = cli.metered {
+        config.update(|c| c.metered = mode.saved())?;
     }
     apply_network_settings(config, cli)
 }

@@ -26,7 +26,7 @@ use crate::core::error_reporter::ErrorReporter;
 use crate::core::net_health::NetHealth;
 use crate::core::storage::StateManager;
 use crate::core::supervisor::{Role, TaskDeath, Tasks};
-use crate::core::update::{Relaunch, UpdateController, UpdateDeps};
+use crate::core::update::{OfferOutcome, Relaunch, UpdateController, UpdateDeps};
 use crate::net::Credentials;
 use crate::net::http_client::{HttpClient, HttpError};
 use crate::net::servers::ServerList;
@@ -505,10 +505,10 @@ impl Inner {
         self.updates.check_for_update(&deps, trigger).await;
     }
 
-    async fn initiate_update(&self, trigger: &'static str, info: &UpdateInfo) {
+    async fn initiate_update(&self, trigger: &'static str, info: &UpdateInfo) -> OfferOutcome {
         let shut_down = || self.graceful_shutdown();
         let deps = self.update_deps(&shut_down);
-        self.updates.initiate_update(&deps, trigger, info).await;
+        self.updates.initiate_update(&deps, trigger, info).await
     }
 }
 

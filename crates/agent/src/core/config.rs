@@ -38,6 +38,7 @@ pub use migrate::backup_path;
 use migrate::load_document;
 use recover::{keep_last_good, recover, restore_missing, write_last_good};
 
+use crate::core::metered::MeteredMode;
 use crate::net::proxy::ProxySetting;
 use crate::net::sealed::{self, Sealing};
 use crate::net::{Credentials, EnrollmentToken, parse_server_url};
@@ -148,6 +149,9 @@ pub struct Config {
     /// (absent: no limit). An older agent ignores it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub download_limit_kbps: Option<u32>,
+    /// `--metered`: `yes` or `no` (absent: `auto`, ask the OS). An older agent ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metered: Option<MeteredMode>,
 }
 
 /// When an aborted update may be tried again.
@@ -185,6 +189,7 @@ impl Default for Config {
             pending_credentials: None,
             group: None,
             download_limit_kbps: None,
+            metered: None,
         }
     }
 }

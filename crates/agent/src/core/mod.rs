@@ -6,6 +6,7 @@ pub mod agent;
 pub mod agent_state;
 pub mod config;
 pub mod error_reporter;
+pub mod metered;
 pub mod net_health;
 pub mod policy;
 pub mod storage;

@@ -11,6 +11,7 @@
 
 use std::path::PathBuf;
 
+use crate::core::metered::{BadMeteredMode, MeteredMode};
 use crate::net::proxy::ProxySetting;
 use crate::net::servers::ServerList;
 use crate::net::tls::parse_ca_pem;
@@ -33,6 +34,8 @@ pub enum Setting {
     Group(String),
     /// `DownloadLimit`: KiB/s for package downloads, 0 for none (as `--download-limit`).
     DownloadLimit(u32),
+    /// `Metered`: `auto`, `yes` or `no` (as `--metered`).
+    Metered(MeteredMode),
 }
 
 impl Setting {
@@ -45,6 +48,7 @@ impl Setting {
             Setting::CaCert { file, .. } => file.display().to_string(),
             Setting::DownloadLimit(0) => "none".to_owned(),
             Setting::DownloadLimit(kbps) => format!("{kbps} KiB/s"),
+            Setting::Metered(mode) => mode.name().to_owned(),
         }
     }
 }
@@ -56,7 +60,7 @@ struct Rule {
 }
 
 /// Every value the agent takes from policy (ADMX: `build_scripts/policy/`).
-const RULES: [Rule; 5] = [
+const RULES: [Rule; 6] = [
     Rule {
         name: "ServerUrl",
         check: server,
@@ -76,6 +80,10 @@ const RULES: [Rule; 5] = [
     Rule {
         name: "DownloadLimit",
         check: download_limit,
+    },
+    Rule {
+        name: "Metered",
+        check: metered,
     },
 ];
 
@@ -112,6 +120,12 @@ fn download_limit(raw: &str) -> Result<Setting, String> {
         .parse()
         .map(Setting::DownloadLimit)
         .map_err(|_| format!("{raw:?} is not a number of KiB/s (0 for no limit)"))
+}
+
+fn metered(raw: &str) -> Result<Setting, String> {
+    raw.parse()
+        .map(Setting::Metered)
+        .map_err(|e: BadMeteredMode| e.to_string())
 }
 
 /// A value that was ignored, and why.
@@ -178,15 +192,22 @@ mod tests {
             ("group", Some("lab-3")),
             ("Proxy", Some("http://user:secret@proxy.example:3128")),
             ("DownloadLimit", Some("100")),
+            ("Metered", Some("yes")),
             ("CaCertFile", Some("/no/such/ca.pem")),
             ("Group", None),
             ("DownloadLimit", Some("fast")),
+            ("Metered", Some("sometimes")),
             ("Colour", Some("blue")),
         ]));
         let names: Vec<&str> = policy.settings.iter().map(|(n, _)| *n).collect();
-        assert_eq!(names, ["ServerUrl", "Group", "Proxy", "DownloadLimit"]);
+        assert_eq!(
+            names,
+            ["ServerUrl", "Group", "Proxy", "DownloadLimit", "Metered"]
+        );
         assert_eq!(policy.settings[3].1, Setting::DownloadLimit(100));
         assert_eq!(policy.settings[3].1.shown(), "100 KiB/s");
+        assert_eq!(policy.settings[4].1, Setting::Metered(MeteredMode::Yes));
+        assert_eq!(policy.settings[4].1.shown(), "yes");
         assert_eq!(
             policy.settings[0].1,
             Setting::Server("https://cms.example.com".into())
@@ -194,7 +215,10 @@ mod tests {
         let shown = policy.settings[2].1.shown();
         assert!(!shown.contains("secret"), "{shown}");
         let rejected: Vec<&str> = policy.rejected.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(rejected, ["CaCertFile", "Group", "DownloadLimit", "Colour"]);
+        assert_eq!(
+            rejected,
+            ["CaCertFile", "Group", "DownloadLimit", "Metered", "Colour"]
+        );
         assert!(policy.rejected[0].reason.contains("cannot read"));
     }
 

@@ -15,8 +15,7 @@ mod download;
 mod journal;
 mod steps;
 
-pub(crate) use controller::is_in_window;
-pub use controller::{UpdateController, UpdateDeps};
+pub use controller::{OfferOutcome, UpdateController, UpdateDeps};
 pub use download::TransferLimits;
 pub use journal::{Settlement, read_journal, retry_delay, settle_journal, updater_running};
 pub use steps::{Relaunch, Update, UpdateError};

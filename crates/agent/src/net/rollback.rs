@@ -199,6 +199,7 @@ mod tests {
             length: 1,
             sha256: String::new(),
             window: None,
+            urgent: false,
             rollback: None,
         }
     }

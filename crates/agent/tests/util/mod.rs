@@ -8,6 +8,8 @@
 
 pub mod endless;
 pub mod forward_proxy;
+#[cfg(unix)]
+pub mod machine;
 pub mod pki;
 pub mod proxy;
 

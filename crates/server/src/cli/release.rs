@@ -75,6 +75,10 @@ pub(super) struct PublishArgs {
     /// (kept only when at most half the package; 0: none).
     #[arg(long, default_value_t = DEFAULT_DELTA_FROM)]
     delta_from: usize,
+    /// Urgent (a security fix): agents on a metered connection take it at once instead of
+    /// waiting for an unmetered one.
+    #[arg(long)]
+    urgent: bool,
 }
 
 #[derive(Debug, Args)]
@@ -124,6 +128,7 @@ pub(super) async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         timestamp_lifetime: Duration::from_secs(args.timestamp_expiry_secs),
         actor: command_actor(),
         delta_from: args.delta_from,
+        urgent: args.urgent,
     };
     let published = match release::publish(request).await {
         Ok(published) => published,

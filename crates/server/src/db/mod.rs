@@ -7,6 +7,21 @@
 //! This module must never hold HTTP types or business rules (who may do what, which release
 //! fits): it stores and loads rows.
 
+/// SQL condition: the offer `o` (a row of `update_offers`) is deferred now, i.e. the agent's
+/// latest verified progress for that release is `deferred` (it put the offer off, e.g. on a
+/// metered connection, and takes it at a later offer). Such an offer is neither in flight nor
+/// stuck. A literal, so queries `concat!` it.
+macro_rules! offer_deferred_now {
+    () => {
+        "EXISTS (SELECT 1 FROM update_events d WHERE d.agent_id = o.agent_id \
+         AND d.version = o.version AND d.platform = o.platform AND d.verified = 1 \
+         AND d.step = 'deferred' AND NOT EXISTS (SELECT 1 FROM update_events l \
+             WHERE l.agent_id = o.agent_id AND l.version = o.version \
+             AND l.platform = o.platform AND l.step <> 'deferred' \
+             AND l.received_at >= d.received_at))"
+    };
+}
+
 mod agents;
 mod bounded;
 mod cluster;
@@ -327,6 +342,7 @@ mod tests {
             sha256: "ab",
             rollout_percent: 100,
             published_at: &crate::clock::now(),
+            urgent: false,
         };
         db.begin_release(&release)
             .await

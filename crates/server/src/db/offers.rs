@@ -55,16 +55,19 @@ impl Db {
         Ok(())
     }
 
-    /// Whether `version` on `platform` was offered to `agent_id` already.
-    pub async fn was_offered(
+    /// Whether `version` on `platform` was offered to `agent_id` already and the agent did
+    /// not put that offer off (its latest progress for it is not `deferred`).
+    pub async fn offered_not_deferred(
         &self,
         agent_id: &str,
         version: &str,
         platform: &str,
     ) -> Result<bool, DbError> {
-        let row = sqlx::query_as::<_, (i64,)>(
-            "SELECT 1 FROM update_offers WHERE agent_id = $1 AND version = $2 AND platform = $3",
-        )
+        let row = sqlx::query_as::<_, (i64,)>(concat!(
+            "SELECT 1 FROM update_offers o WHERE o.agent_id = $1 AND o.version = $2 \
+             AND o.platform = $3 AND NOT ",
+            offer_deferred_now!()
+        ))
         .bind(agent_id)
         .bind(version)
         .bind(platform)
@@ -74,8 +77,8 @@ impl Db {
     }
 
     /// Agents offered `version` on `platform` (those of `group` only, when given) that reported
-    /// no end step for it (healthy, failed, rolled back, refused): `(in_flight, stuck)`, stuck
-    /// being those first offered before `stuck_before`.
+    /// no end step for it (healthy, failed, rolled back, refused) and did not put it off
+    /// (`deferred`): `(in_flight, stuck)`, stuck being those first offered before `stuck_before`.
     pub async fn offers_in_flight(
         &self,
         (version, platform): (&str, &str),
@@ -84,7 +87,7 @@ impl Db {
     ) -> Result<(i64, i64), DbError> {
         // '' stands for every group: a group name is never empty.
         let group = group.unwrap_or_default();
-        let (in_flight, stuck) = sqlx::query_as::<_, (i64, i64)>(
+        let (in_flight, stuck) = sqlx::query_as::<_, (i64, i64)>(concat!(
             "SELECT \
              CAST(COALESCE(SUM(CASE WHEN o.first_offered_at >= $3 THEN 1 ELSE 0 END), 0) AS BIGINT), \
              CAST(COALESCE(SUM(CASE WHEN o.first_offered_at < $3 THEN 1 ELSE 0 END), 0) AS BIGINT) \
@@ -95,8 +98,9 @@ impl Db {
              AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.agent_id = o.agent_id \
                  AND a.version = $1) \
              AND ($4 = '' OR EXISTS (SELECT 1 FROM agents g \
-                 WHERE g.agent_id = o.agent_id AND g.agent_group = $4))",
-        )
+                 WHERE g.agent_id = o.agent_id AND g.agent_group = $4)) AND NOT ",
+            offer_deferred_now!()
+        ))
         .bind(version)
         .bind(platform)
         .bind(stuck_before)
@@ -107,7 +111,8 @@ impl Db {
     }
 
     /// Agents first offered `version` on `platform` between `from` (inclusive) and `to`
-    /// (exclusive) with no end step, for the live feed's stuck notices (at most 1,000).
+    /// (exclusive) with no end step and not deferred, for the live feed's stuck notices (at most
+    /// 1,000).
     pub async fn offers_without_end(
         &self,
         version: &str,
@@ -115,7 +120,7 @@ impl Db {
         from: &str,
         to: &str,
     ) -> Result<Vec<String>, DbError> {
-        let rows = sqlx::query_as::<_, (String,)>(
+        let rows = sqlx::query_as::<_, (String,)>(concat!(
             "SELECT o.agent_id FROM update_offers o \
              WHERE o.version = $1 AND o.platform = $2 \
              AND o.first_offered_at >= $3 AND o.first_offered_at < $4 \
@@ -123,9 +128,10 @@ impl Db {
                  AND u.version = $1 AND u.platform = $2 \
                  AND u.step IN ('healthy', 'failed', 'rolled_back', 'refused')) \
              AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.agent_id = o.agent_id \
-                 AND a.version = $1) \
-             ORDER BY o.first_offered_at LIMIT 1000",
-        )
+                 AND a.version = $1) AND NOT ",
+            offer_deferred_now!(),
+            " ORDER BY o.first_offered_at LIMIT 1000"
+        ))
         .bind(version)
         .bind(platform)
         .bind(from)

@@ -21,12 +21,14 @@ pub struct ReleaseRow {
     pub max_in_flight: Option<i64>,
     /// An offer without an end step after this many seconds is stuck.
     pub stuck_after_secs: i64,
+    /// Published `--urgent`: agents on a metered connection take it at once.
+    pub urgent: bool,
 }
 
-type ReleaseTuple = (String, String, i64, String, i64, Option<i64>, i64);
+type ReleaseTuple = (String, String, i64, String, i64, Option<i64>, i64, i64);
 
 fn release_row(
-    (version, platform, length, sha256, rollout_percent, max_in_flight, stuck_after_secs): ReleaseTuple,
+    (version, platform, length, sha256, rollout_percent, max_in_flight, stuck_after_secs, urgent): ReleaseTuple,
 ) -> ReleaseRow {
     ReleaseRow {
         version,
@@ -36,6 +38,7 @@ fn release_row(
         rollout_percent,
         max_in_flight,
         stuck_after_secs,
+        urgent: urgent != 0,
     }
 }
 
@@ -56,6 +59,8 @@ pub struct ReleaseRecord {
     pub sha256: String,
     /// Share of the fleet that may see it.
     pub rollout_percent: i64,
+    /// Published `--urgent`: taken even on a metered connection.
+    pub urgent: bool,
 }
 
 /// Where a page of the release listing starts: after this key, newest publication first.
@@ -107,6 +112,8 @@ pub struct NewRelease<'a> {
     pub rollout_percent: i64,
     /// Publication time (RFC 3339, UTC).
     pub published_at: &'a str,
+    /// `release publish --urgent`.
+    pub urgent: bool,
 }
 
 /// Where a release's package lies, as the download route needs it.
@@ -133,10 +140,10 @@ impl PendingRelease {
     }
 }
 
-type RecordTuple = (String, String, String, i64, String, i64);
+type RecordTuple = (String, String, String, i64, String, i64, i64);
 
 fn record(
-    (version, platform, published_at, length, sha256, rollout_percent): RecordTuple,
+    (version, platform, published_at, length, sha256, rollout_percent, urgent): RecordTuple,
 ) -> ReleaseRecord {
     ReleaseRecord {
         version,
@@ -145,6 +152,7 @@ fn record(
         length,
         sha256,
         rollout_percent,
+        urgent: urgent != 0,
     }
 }
 
@@ -152,8 +160,8 @@ impl Db {
     /// Every published release, newest publication first (what the signed targets list).
     pub async fn list_releases(&self) -> Result<Vec<ReleaseRecord>, DbError> {
         let rows = sqlx::query_as::<_, RecordTuple>(
-            "SELECT version, platform, published_at, length, sha256, rollout_percent \
-             FROM releases ORDER BY published_at DESC, platform DESC, version DESC",
+            "SELECT version, platform, published_at, length, sha256, rollout_percent, \
+             urgent FROM releases ORDER BY published_at DESC, platform DESC, version DESC",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -168,8 +176,8 @@ impl Db {
         limit: i64,
     ) -> Result<(Vec<ReleaseRecord>, bool), DbError> {
         let rows = sqlx::query_as::<_, RecordTuple>(
-            "SELECT version, platform, published_at, length, sha256, rollout_percent \
-             FROM releases WHERE (published_at, platform, version) < ($1, $2, $3) \
+            "SELECT version, platform, published_at, length, sha256, rollout_percent, \
+             urgent FROM releases WHERE (published_at, platform, version) < ($1, $2, $3) \
              ORDER BY published_at DESC, platform DESC, version DESC LIMIT $4",
         )
         .bind(after.published_at.as_str())
@@ -206,7 +214,7 @@ impl Db {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO releases (version, platform, published_at, package_path, length, \
-             sha256, rollout_percent) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             sha256, rollout_percent, urgent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(release.version)
         .bind(release.platform)
@@ -215,6 +223,7 @@ impl Db {
         .bind(release.length)
         .bind(release.sha256)
         .bind(release.rollout_percent)
+        .bind(i64::from(release.urgent))
         .execute(&mut *tx)
         .await?;
         Ok(PendingRelease { tx })
@@ -244,7 +253,7 @@ impl Db {
         let rows = sqlx::query_as::<_, ReleaseTuple>(
             "SELECT version, platform, length, sha256, \
              CASE WHEN paused = 0 THEN rollout_percent ELSE 0 END, max_in_flight, \
-             stuck_after_secs FROM releases WHERE platform = $1",
+             stuck_after_secs, urgent FROM releases WHERE platform = $1",
         )
         .bind(platform)
         .fetch_all(&self.pool)

@@ -292,14 +292,15 @@ impl Db {
     /// ended, the first that holds: `healthy` (runs the version, or reported it healthy while
     /// its heartbeats reported the version), `rolled_back`, `failed` (its progress or, for an
     /// older agent, its error reports), `refused` (turned it down without trying and never ran
-    /// it), `healthy` (ran it and moved on), else `in_progress`. Only verified progress counts (an offer is what makes it verified).
+    /// it), `healthy` (ran it and moved on), `deferred` (put it off, its latest progress),
+    /// else `in_progress`. Only verified progress counts (an offer is what makes it verified).
     async fn end_states(
         &self,
         version: &str,
         platform: &str,
         group: &str,
     ) -> Result<BTreeMap<String, i64>, DbError> {
-        let rows = sqlx::query_as::<_, (String, i64)>(
+        let rows = sqlx::query_as::<_, (String, i64)>(concat!(
             "SELECT state, COUNT(*) FROM (SELECT CASE \
                WHEN EXISTS (SELECT 1 FROM agents a WHERE a.agent_id = o.agent_id \
                    AND a.version = $1) \
@@ -327,12 +328,15 @@ impl Db {
                      WHERE v.agent_id = o.agent_id AND v.version = $1) THEN 'refused' \
                WHEN EXISTS (SELECT 1 FROM agent_versions v WHERE v.agent_id = o.agent_id \
                      AND v.version = $1) THEN 'healthy' \
+               WHEN ",
+            offer_deferred_now!(),
+            " THEN 'deferred' \
                ELSE 'in_progress' END AS state \
              FROM update_offers o WHERE o.version = $1 AND o.platform = $2 \
              AND ($3 = '' OR EXISTS (SELECT 1 FROM agents g \
                  WHERE g.agent_id = o.agent_id AND g.agent_group = $3))) ends \
-             GROUP BY state",
-        )
+             GROUP BY state"
+        ))
         .bind(version)
         .bind(platform)
         .bind(group)

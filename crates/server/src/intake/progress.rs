@@ -170,6 +170,7 @@ mod tests {
             failed_step: None,
             transfer: None,
             transfer_bytes: None,
+            reason: None,
         };
         let progress = report(
             cms_protocol::UPDATE_PROGRESS_KIND,

@@ -66,6 +66,8 @@ pub struct PublishRequest {
     pub actor: Actor,
     /// Make deltas from this many of the newest older releases (`--delta-from`, 0: none).
     pub delta_from: usize,
+    /// `--urgent`: agents on a metered connection take it at once instead of deferring it.
+    pub urgent: bool,
 }
 
 /// A release that was published.
@@ -287,6 +289,7 @@ async fn publish_with(
         sha256: &built.sha256,
         rollout_percent,
         published_at: &published_at,
+        urgent: request.urgent,
     };
     let mut pending = db.begin_release(&row).await.map_err(|error| match error {
         DbError::Duplicate(_) => already_published(&version_text, platform, String::new()),
@@ -305,6 +308,7 @@ async fn publish_with(
         platform,
         length,
         rollout_percent,
+        urgent = request.urgent,
         "release published"
     );
     Ok(Published {
@@ -485,6 +489,7 @@ mod tests {
             timestamp_lifetime: tuf::DEFAULT_TIMESTAMP_LIFETIME,
             actor: Actor::command_line("test"),
             delta_from: delta::DEFAULT_DELTA_FROM,
+            urgent: false,
         }
     }
 

@@ -49,7 +49,7 @@ pub struct Funnel {
 }
 
 /// Each attempt once, by where it ended (the first that holds, in this order: healthy, rolled
-/// back, failed, refused without trying, in progress).
+/// back, failed, refused without trying, deferred, in progress).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct EndStates {
     /// The new version runs (or ran, before a newer one).
@@ -60,6 +60,9 @@ pub struct EndStates {
     pub failed: i64,
     /// The agent turned the offer down without trying (it rolled this version back before).
     pub refused: i64,
+    /// The agent put the offer off (a metered connection) and takes it at a later offer: not
+    /// in flight, not a failure.
+    pub deferred: i64,
     /// No end yet (in flight or stuck).
     pub in_progress: i64,
 }
@@ -72,13 +75,19 @@ impl EndStates {
             rolled_back: n("rolled_back"),
             failed: n("failed"),
             refused: n("refused"),
+            deferred: n("deferred"),
             in_progress: n("in_progress"),
         }
     }
 
     /// All attempts.
     pub fn total(&self) -> i64 {
-        self.healthy + self.rolled_back + self.failed + self.refused + self.in_progress
+        self.healthy
+            + self.rolled_back
+            + self.failed
+            + self.refused
+            + self.deferred
+            + self.in_progress
     }
 }
 

@@ -9,6 +9,9 @@
 //! --max-in-flight N`): both hold, so a branch office on a thin link takes a few at a time
 //! while the rest of the fleet goes at the release's pace.
 //!
+//! An agent that put its offer off (`deferred`, on a metered connection) holds no slot: it is
+//! not in flight, never stuck, and is offered the release again under the cap.
+//!
 //! The cap is checked before each new offer; offers the server answers at the same instant on
 //! several replicas may pass it together (at most one per replica). This module must never
 //! refuse a re-offer to an agent already in flight.
@@ -38,7 +41,7 @@ fn stuck_cutoff(stuck_after_secs: i64) -> String {
 }
 
 /// Whether `release` may be offered to `agent_id` (of `group`) now: no cap applies, the agent
-/// is in flight already, or fewer than each cap are: the release's over all its agents, and the
+/// is in flight already (offered, and not deferred), or fewer than each cap are: the release's over all its agents, and the
 /// group's own over the group's agents (`rollout set --group G --max-in-flight N`).
 pub async fn admits(
     db: &Db,
@@ -52,7 +55,9 @@ pub async fn admits(
         None => None,
     };
     let caps = [(None, release.max_in_flight), (group, group_cap)];
-    if caps.iter().all(|(_, cap)| cap.is_none()) || db.was_offered(agent_id, key.0, key.1).await? {
+    if caps.iter().all(|(_, cap)| cap.is_none())
+        || db.offered_not_deferred(agent_id, key.0, key.1).await?
+    {
         return Ok(true);
     }
     let cutoff = stuck_cutoff(release.stuck_after_secs);

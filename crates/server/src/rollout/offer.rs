@@ -90,6 +90,7 @@ pub async fn offer_for(
         sha256: r.sha256.clone(),
         window: windows,
         rollback,
+        urgent: r.urgent,
     }))
 }
 

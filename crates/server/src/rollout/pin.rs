@@ -252,6 +252,7 @@ mod tests {
 
     fn row(version: &str) -> ReleaseRow {
         ReleaseRow {
+            urgent: false,
             version: version.into(),
             platform: "linux-x86_64".into(),
             length: 1,

@@ -645,6 +645,7 @@ pub fn progress(
         failed_step: failed_step.map(str::to_owned),
         transfer: None,
         transfer_bytes: None,
+        reason: None,
     };
     cms_protocol::ErrorReport {
         report_id: uuid::Uuid::new_v4().to_string(),

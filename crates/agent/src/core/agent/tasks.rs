@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::{Inner, panic_if_a_test_asks};
 use crate::core::supervisor::{Role, Tasks, sleep_or_cancel};
-use crate::core::update::is_in_window;
+use crate::core::update::OfferOutcome;
 use crate::system;
 
 /// How long the first heartbeat waits for the WebSocket, so that it does not open an HTTP
@@ -98,12 +98,11 @@ async fn event_loop(inner: Arc<Inner>, mut events: mpsc::Receiver<ServerEvent>) 
                 if ack.rotate_credential {
                     inner.rotate_credential().await;
                 }
-                if let Some(update) = new_offer(&mut last_offer, ack) {
-                    if !is_in_window(&update) {
-                        // Deferred: the same offer in a later answer, inside the window, starts it.
-                        last_offer = None;
-                    }
-                    inner.initiate_update("heartbeat", &update).await;
+                if let Some(update) = new_offer(&mut last_offer, ack)
+                    && inner.initiate_update("heartbeat", &update).await == OfferOutcome::Deferred
+                {
+                    // The same offer in a later answer (inside the window, unmetered) starts it.
+                    last_offer = None;
                 }
             }
             None => return,
@@ -140,6 +139,7 @@ mod offer_tests {
                 length: 1,
                 sha256: String::new(),
                 window: None,
+                urgent: false,
                 rollback: None,
             }),
         }

@@ -14,7 +14,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use cms_protocol::update::UpdateJournal;
-use cms_protocol::{AgentState, BUILD_VERSION, Transfer, UpdateInfo, UpdateProgress, UpdateStep};
+use cms_protocol::{
+    AgentState, BUILD_VERSION, DeferReason, Transfer, UpdateInfo, UpdateProgress, UpdateStep,
+};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +28,7 @@ use super::{
 use crate::core::agent_state::StateCell;
 use crate::core::config::{self, ConfigManager, UpdateRetry};
 use crate::core::error_reporter::ErrorReporter;
+use crate::core::metered::{self, MeteredMode};
 use crate::core::storage::StateManager;
 use crate::core::supervisor::sleep_or_cancel;
 use crate::net::http_client::HttpClient;
@@ -38,12 +41,29 @@ use crate::system;
 pub struct UpdateController {
     /// Versions whose refusal was reported in this run (reported once, not at every offer).
     refusals_reported: Mutex<Vec<String>>,
+    /// Versions whose deferral on a metered connection was reported in this run.
+    deferrals_reported: Mutex<Vec<String>>,
     /// Set once the last run's update journal is settled (or there was none). No update starts
     /// before: the updater that started this run may still be at work in `updates/`, and the
     /// settlement may add the offered version to `rolled_back_versions`.
     journal_settled: AtomicBool,
     /// Set when an update trigger came before that; the settlement then checks once.
     trigger_held: AtomicBool,
+}
+
+/// What became of an offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfferOutcome {
+    /// It waits (outside the maintenance window, or on a metered connection): the same offer
+    /// in a later answer may start it.
+    Deferred,
+    /// Acted on, turned down or ignored.
+    Handled,
+}
+
+/// A list of versions behind a mutex, usable after a panic elsewhere poisoned it.
+fn lock_list(list: &Mutex<Vec<String>>) -> MutexGuard<'_, Vec<String>> {
+    list.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What the controller works with, lent by the agent for one call.
@@ -111,7 +131,9 @@ impl UpdateController {
             .await
         {
             Ok(None) => tracing::info!(trigger, version = BUILD_VERSION, "no update available"),
-            Ok(Some(update)) => self.initiate_update(deps, trigger, &update).await,
+            Ok(Some(update)) => {
+                self.initiate_update(deps, trigger, &update).await;
+            }
             Err(err) => {
                 let message = format!("update check failed: {err}");
                 deps.report(
@@ -131,22 +153,22 @@ impl UpdateController {
         deps: &UpdateDeps<'_>,
         trigger: &'static str,
         info: &UpdateInfo,
-    ) {
+    ) -> OfferOutcome {
         if !is_plain_version(&info.version) {
             let version = server_text(&info.version, MAX_VERSION_LEN);
             tracing::warn!(trigger, %version, "offer ignored: its version is not SemVer");
-            return;
+            return OfferOutcome::Handled;
         }
         if system::updates_left_to_msi() {
             tracing::info!(trigger, version = %info.version, "update offered but not started: installed by the MSI, which updates this agent (docs/DEPLOYMENT.md)");
-            return;
+            return OfferOutcome::Handled;
         }
         if !self.journal_settled.load(Ordering::SeqCst) {
             // Held before the second look: a settlement in between then sees it and checks.
             self.trigger_held.store(true, Ordering::SeqCst);
             if !self.journal_settled.load(Ordering::SeqCst) {
                 tracing::info!(trigger, version = %info.version, "update trigger held: the last update is not settled yet");
-                return;
+                return OfferOutcome::Handled;
             }
         }
         if deps
@@ -157,15 +179,18 @@ impl UpdateController {
         {
             tracing::info!(trigger, version = %info.version, "update skipped: this version was rolled back here before");
             self.report_refusal(deps, &info.version).await;
-            return;
+            return OfferOutcome::Handled;
         }
         if !is_in_window(info) {
             tracing::info!(trigger, version = %info.version, "update deferred: outside the group's maintenance window; a later offer starts it");
-            return;
+            return OfferOutcome::Deferred;
+        }
+        if self.defers_on_metered(deps, trigger, info).await {
+            return OfferOutcome::Deferred;
         }
         if let Some(retry_in) = deps.update_deferred(&info.version) {
             tracing::info!(trigger, version = %info.version, retry_in_secs = retry_in, "update deferred: the last attempt was aborted before the swap");
-            return;
+            return OfferOutcome::Handled;
         }
         if deps
             .state
@@ -173,7 +198,7 @@ impl UpdateController {
             .is_err()
         {
             tracing::info!(trigger, version = %info.version, "update trigger ignored: not idle");
-            return;
+            return OfferOutcome::Handled;
         }
         tracing::info!(trigger, from = BUILD_VERSION, to = %info.version, "update starting");
         deps.progress(&info.version, UpdateStep::Offered, None);
@@ -198,7 +223,7 @@ impl UpdateController {
             on_step: &on_step,
         };
         let outcome = tokio::select! {
-            _ = deps.cancel.cancelled() => return,
+            _ = deps.cancel.cancelled() => return OfferOutcome::Handled,
             outcome = update.run(info) => outcome,
         };
         match outcome {
@@ -227,15 +252,46 @@ impl UpdateController {
                 let _ = deps.state.set_state(AgentState::Idle);
             }
         }
+        OfferOutcome::Handled
+    }
+
+    /// Whether the offer waits for an unmetered connection (`--metered`, docs/CONTRACT.md): a
+    /// deferral is logged at each offer and reported to the server once per release and run
+    /// (step `deferred`, reason `metered`), so it holds no slot of the rollout.
+    async fn defers_on_metered(
+        &self,
+        deps: &UpdateDeps<'_>,
+        trigger: &'static str,
+        info: &UpdateInfo,
+    ) -> bool {
+        let mode = deps.config().config().metered.unwrap_or_default();
+        let decision = metered::decide(mode, info.urgent).await;
+        if !decision.defer {
+            if info.urgent && mode != MeteredMode::No {
+                tracing::info!(trigger, version = %info.version, metered = %mode, "urgent update taken whatever the connection costs");
+            }
+            return false;
+        }
+        tracing::info!(trigger, version = %info.version, metered = %decision.mode, detected = %decision.detected, "update deferred: the connection is metered and the release is not urgent; a later offer on an unmetered connection starts it");
+        let first = {
+            let mut reported = lock_list(&self.deferrals_reported);
+            let first = !reported.contains(&info.version);
+            if first {
+                reported.push(info.version.clone());
+            }
+            first
+        };
+        if first {
+            deps.progress_deferred(&info.version, DeferReason::Metered);
+            deps.reporter.flush(deps.http).await;
+        }
+        true
     }
 
     /// Reports once per run that the offer of `version` was turned down.
     async fn report_refusal(&self, deps: &UpdateDeps<'_>, version: &str) {
         {
-            let mut reported = self
-                .refusals_reported
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut reported = lock_list(&self.refusals_reported);
             if reported.iter().any(|v| v == version) {
                 return;
             }
@@ -273,14 +329,21 @@ impl UpdateDeps<'_> {
         reason: Option<&str>,
     ) {
         let progress = UpdateProgress {
-            version: version.to_owned(),
-            platform: system::PLATFORM.to_owned(),
-            step,
             failed_step: failed_step.map(str::to_owned),
             transfer: transfer.map(|(kind, _)| kind),
             transfer_bytes: transfer.map(|(_, bytes)| bytes),
+            ..progress_of(version, step)
         };
         self.reporter.store_progress(&progress, reason);
+    }
+
+    /// Buffers a `deferred` progress event: the offer of `version` waits, for `reason`.
+    fn progress_deferred(&self, version: &str, reason: DeferReason) {
+        let progress = UpdateProgress {
+            reason: Some(reason),
+            ..progress_of(version, UpdateStep::Deferred)
+        };
+        self.reporter.store_progress(&progress, None);
     }
 
     /// Acts on what the last update left: record the new version, or report what went wrong.
@@ -469,6 +532,19 @@ impl UpdateDeps<'_> {
     }
 }
 
+/// A progress event of `step` for `version` on this platform, with no details.
+fn progress_of(version: &str, step: UpdateStep) -> UpdateProgress {
+    UpdateProgress {
+        version: version.to_owned(),
+        platform: system::PLATFORM.to_owned(),
+        step,
+        failed_step: None,
+        transfer: None,
+        transfer_bytes: None,
+        reason: None,
+    }
+}
+
 /// Longest version an offer may carry (docs/CONTRACT.md).
 const MAX_VERSION_LEN: usize = 64;
 
@@ -483,7 +559,7 @@ fn is_plain_version(version: &str) -> bool {
 /// open on this machine's clock (local time read as UTC when the time zone cannot be read).
 /// The server offers only inside the windows; this second look defers an offer that raced the
 /// window's end.
-pub(crate) fn is_in_window(info: &UpdateInfo) -> bool {
+fn is_in_window(info: &UpdateInfo) -> bool {
     let Some(windows) = &info.window else {
         return true;
     };
@@ -526,6 +602,7 @@ mod tests {
             length: 1,
             sha256: String::new(),
             window,
+            urgent: false,
             rollback: None,
         }
     }

@@ -458,6 +458,7 @@ mod tests {
             sha256: String::new(),
             window: None,
             rollback,
+            urgent: false,
         }
     }
 
