@@ -38,6 +38,10 @@ use crate::net::{
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const ERROR_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// A kept-alive connection idle longer than this is not reused: the server closes one idle for
+/// 10 s (its `--header-read-timeout-secs`), and a request sent on it just then is lost with
+/// "connection closed before message completed".
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Wait after a 429 without a usable `Retry-After`.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -233,6 +237,7 @@ impl HttpClient {
             .user_agent(format!("cms-agent/{BUILD_VERSION}"))
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .tls_backend_preconfigured((*transport.tls).clone())
             .no_proxy();
         if let Some(proxy) = client_proxy(&transport.route)? {

@@ -5,7 +5,9 @@
 //! one `429`): the download is tried again after that wait plus jitter, the waits growing while
 //! the server stays busy ([`BusyWaits`]); the partial file is kept, so a retry resumes with a
 //! `Range` request. Only after [`MAX_BUSY_WAITS`] waits does the busy answer become the
-//! download's failure. The rate limit ([`Throttle`]) lasts for the whole transfer, across
+//! download's failure. A transfer that breaks off (the connection lost or closed early, as on a
+//! thin or flaky link) is resumed the same way after a short wait, up to [`MAX_BREAKS`] times,
+//! so a dropped connection is not reported as a failed update. The rate limit ([`Throttle`]) lasts for the whole transfer, across
 //! waits. This module must never write past the signed length (`download_file` enforces it),
 //! never wait without a bound, and never decide anything about the downloaded bytes (the steps
 //! verify them). Another transfer (a delta) belongs beside [`fetch`], using the same waits.
@@ -19,6 +21,10 @@ use crate::net::throttle::Throttle;
 /// Busy answers waited out in one transfer before it fails: 36 minutes of waits (54 with the
 /// most jitter) when the server asks for 2 s each time.
 pub const MAX_BUSY_WAITS: u32 = 40;
+/// Breaks of one transfer resumed before the break becomes the download's failure.
+pub const MAX_BREAKS: u32 = 3;
+/// Wait before resuming a broken transfer, plus up to as much again of jitter.
+const BREAK_WAIT: Duration = Duration::from_secs(1);
 /// Longest single wait, whatever `Retry-After` says.
 const MAX_WAIT: Duration = Duration::from_secs(300);
 /// Waits double from the server's `Retry-After` up to this (unless it asked for longer).
@@ -42,6 +48,7 @@ pub async fn fetch(
 ) -> Result<u64, HttpError> {
     let mut throttle = limits.kilobytes_per_sec.map(Throttle::new);
     let mut waits = BusyWaits::default();
+    let mut breaks = 0;
     loop {
         let result = http
             .download_file(url, part, length, throttle.as_mut())
@@ -49,16 +56,41 @@ pub async fn fetch(
         let Err(error) = result else {
             return result;
         };
-        let Some(wait) = error.retry_after().and_then(|asked| waits.next(asked)) else {
+        if let Some(asked) = error.retry_after() {
+            let Some(wait) = waits.next(asked) else {
+                return Err(error);
+            };
+            tracing::info!(
+                wait_ms = wait.as_millis() as u64,
+                busy_answers = waits.taken,
+                %error,
+                "package download: the server is busy; waiting before resuming"
+            );
+            tokio::time::sleep(wait).await;
+        } else if is_break(&error) && breaks < MAX_BREAKS {
+            breaks += 1;
+            let wait = BREAK_WAIT.mul_f64(1.0 + fastrand::f64());
+            tracing::info!(
+                wait_ms = wait.as_millis() as u64,
+                breaks,
+                %error,
+                "package download: the transfer broke off; resuming"
+            );
+            tokio::time::sleep(wait).await;
+        } else {
             return Err(error);
-        };
-        tracing::info!(
-            wait_ms = wait.as_millis() as u64,
-            busy_answers = waits.taken,
-            %error,
-            "package download: the server is busy; waiting before resuming"
-        );
-        tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Whether `error` is a transfer that broke off and may go on where it stopped: the connection
+/// lost or closed before the end, not a refusal, a bad answer, or a certificate or proxy
+/// problem an operator must fix.
+fn is_break(error: &HttpError) -> bool {
+    match error {
+        HttpError::Incomplete { .. } => true,
+        HttpError::Transport { .. } => error.network_problem().is_none(),
+        _ => false,
     }
 }
 
@@ -110,6 +142,23 @@ mod tests {
             assert_eq!(waits.next_with(secs(2), 0.0), Some(secs(60)));
         }
         assert_eq!(waits.next_with(secs(2), 0.0), None);
+    }
+
+    #[test]
+    fn a_transfer_cut_short_is_resumed_and_a_refusal_is_not() {
+        let cut = HttpError::Incomplete {
+            url: "http://127.0.0.1/p".into(),
+            received: 10,
+            expected: 20,
+        };
+        assert!(is_break(&cut));
+        let refused = HttpError::Status {
+            what: "download",
+            status: reqwest::StatusCode::NOT_FOUND,
+            body: String::new(),
+        };
+        assert!(!is_break(&refused));
+        assert!(!is_break(&HttpError::NotRegistered));
     }
 
     #[test]
