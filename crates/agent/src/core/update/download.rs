@@ -5,9 +5,10 @@
 //! one `429`): the download is tried again after that wait plus jitter, the waits growing while
 //! the server stays busy ([`BusyWaits`]); the partial file is kept, so a retry resumes with a
 //! `Range` request. Only after [`MAX_BUSY_WAITS`] waits does the busy answer become the
-//! download's failure. A transfer that breaks off (the connection lost or closed early, as on a
-//! thin or flaky link) is resumed the same way after a short wait, up to [`MAX_BREAKS`] times,
-//! so a dropped connection is not reported as a failed update. The rate limit ([`Throttle`]) lasts for the whole transfer, across
+//! download's failure. A transfer that breaks off (the connection lost mid-answer, or before
+//! one came, as on a thin or flaky link) is resumed the same way after a short wait, up to
+//! [`MAX_BREAKS`] times, so a dropped connection is not reported as a failed update; a server
+//! that ends its answer short on purpose (a file shorter than the signed length) is not. The rate limit ([`Throttle`]) lasts for the whole transfer, across
 //! waits. This module must never write past the signed length (`download_file` enforces it),
 //! never wait without a bound, and never decide anything about the downloaded bytes (the steps
 //! verify them). Another transfer (a delta) belongs beside [`fetch`], using the same waits.
@@ -84,14 +85,10 @@ pub async fn fetch(
 }
 
 /// Whether `error` is a transfer that broke off and may go on where it stopped: the connection
-/// lost or closed before the end, not a refusal, a bad answer, or a certificate or proxy
-/// problem an operator must fix.
+/// lost, not a refusal, an answer that ended short (the server sent all it has), a bad answer,
+/// or a certificate or proxy problem an operator must fix.
 fn is_break(error: &HttpError) -> bool {
-    match error {
-        HttpError::Incomplete { .. } => true,
-        HttpError::Transport { .. } => error.network_problem().is_none(),
-        _ => false,
-    }
+    matches!(error, HttpError::Transport { .. }) && error.network_problem().is_none()
 }
 
 /// The waits of one transfer while the server is busy: the server's `Retry-After`, doubling
@@ -145,13 +142,13 @@ mod tests {
     }
 
     #[test]
-    fn a_transfer_cut_short_is_resumed_and_a_refusal_is_not() {
-        let cut = HttpError::Incomplete {
+    fn an_answer_ended_short_or_refused_is_no_break_to_resume() {
+        let short = HttpError::Incomplete {
             url: "http://127.0.0.1/p".into(),
             received: 10,
             expected: 20,
         };
-        assert!(is_break(&cut));
+        assert!(!is_break(&short));
         let refused = HttpError::Status {
             what: "download",
             status: reqwest::StatusCode::NOT_FOUND,
