@@ -205,11 +205,13 @@ fn push(agents: usize, finished: bool) -> PushResults {
             heartbeats: Some(heartbeats(agents, 1.9, 0)),
             server_rss_mb: 48.3,
             server_cpu_percent: 3.2,
+            loadgen_cpu_percent: 2.1,
         },
         during: Stretch {
             heartbeats: finished.then(|| heartbeats(agents, 18.75, 0)),
             server_rss_mb: 71.9,
             server_cpu_percent: 96.4,
+            loadgen_cpu_percent: 88.0,
         },
         peak_streams: 32,
         busy_answers: 41_250,

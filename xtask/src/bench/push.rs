@@ -46,6 +46,9 @@ pub struct Stretch {
     pub server_rss_mb: f64,
     /// Server CPU over the stretch, percent of one core.
     pub server_cpu_percent: f64,
+    /// The load generator's own CPU over the stretch (it shares the machine and times the
+    /// heartbeats, so a busy load generator lengthens them too).
+    pub loadgen_cpu_percent: f64,
 }
 
 /// The whole step.
@@ -148,13 +151,14 @@ pub fn measure(plan: &Plan) -> Result<PushResults> {
 /// Heartbeats and server memory over the idle window.
 fn idle(plan: &Plan, server: &RunningServer, swarm: &mut Swarm, agents: usize) -> Result<Stretch> {
     let secs = plan.scale.window.as_secs_f64();
-    let first = procfs::sample(server.pid())?;
+    let first = [procfs::sample(server.pid())?, procfs::sample(swarm.pid())?];
     let window: Window = swarm.ask(&format!("measure {secs}"))?;
-    let last = procfs::sample(server.pid())?;
+    let last = [procfs::sample(server.pid())?, procfs::sample(swarm.pid())?];
     Ok(Stretch {
         heartbeats: Some(Heartbeats::of(agents, 0.0, secs, &[window])?),
-        server_rss_mb: last.rss_bytes as f64 / MB,
-        server_cpu_percent: last.cpu_percent_since(&first),
+        server_rss_mb: last[0].rss_bytes as f64 / MB,
+        server_cpu_percent: last[0].cpu_percent_since(&first[0]),
+        loadgen_cpu_percent: last[1].cpu_percent_since(&first[1]),
     })
 }
 
@@ -194,7 +198,7 @@ fn push(
     wait_secs: f64,
 ) -> Result<(Pushed, Stretch)> {
     let pid = server.pid();
-    let first = procfs::sample(pid)?;
+    let first = [procfs::sample(pid)?, procfs::sample(swarm.pid())?];
     let done = AtomicBool::new(false);
     let (pushed, peak_rss) = std::thread::scope(|scope| -> Result<(Pushed, u64)> {
         let sampler = scope.spawn(|| peak_rss(pid, &done));
@@ -205,7 +209,7 @@ fn push(
             .map_err(|_| anyhow::anyhow!("the memory sampler panicked"))?;
         Ok((pushed?, peak))
     })?;
-    let last = procfs::sample(pid)?;
+    let last = [procfs::sample(pid)?, procfs::sample(swarm.pid())?];
     let secs = pushed.window.secs;
     let heartbeats = Heartbeats::of(agents, 0.0, secs, std::slice::from_ref(&pushed.window));
     if let Err(error) = &heartbeats {
@@ -213,8 +217,9 @@ fn push(
     }
     let during = Stretch {
         heartbeats: heartbeats.ok(),
-        server_rss_mb: peak_rss.max(last.rss_bytes) as f64 / MB,
-        server_cpu_percent: last.cpu_percent_since(&first),
+        server_rss_mb: peak_rss.max(last[0].rss_bytes) as f64 / MB,
+        server_cpu_percent: last[0].cpu_percent_since(&first[0]),
+        loadgen_cpu_percent: last[1].cpu_percent_since(&first[1]),
     };
     if pushed.expected != agents {
         println!("    {} of {agents} agents were told", pushed.expected);
