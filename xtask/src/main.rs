@@ -81,7 +81,8 @@ fn print_help() {
          bench       [--quick] [--no-windows] [--agents N] [--max-agents M]: measure the agent and\n              \
          server on this machine into docs/BENCHMARKS.md (--quick: smoke test, target/bench/quick;\n              \
          Linux only; --replicas-only [--replica-max-agents M], --fleet-page-only\n              \
-         [--fleet-page-agents N] or --delta-only: that step alone, replacing its section)\n  \
+         [--fleet-page-agents N], --delta-only or --push-only (--agents N downloading a release\n              \
+         at once): that step alone, replacing its section)\n  \
          demo        build, start cms-server on its SQLite default, run an agent against it\n  \
          dist        [--version X.Y.Z] [--target windows|linux|all] [--sign] [--trusted-root FILE]:\n              \
          release binaries into dist/ (default target: all; on Windows: windows), with the backend's\n              \

@@ -1,6 +1,6 @@
 //! The bench's pages for fixed sample results, compared byte for byte with the text the
 //! renderer wrote for them (`testdata/`): the whole report of a full and of a quick run, and a
-//! full run's pages after three steps were run alone and spliced in. After a change to the
+//! full run's pages after four steps were run alone and spliced in. After a change to the
 //! pages that is meant, `CMS_BLESS_GOLDEN=1 cargo test -p xtask golden` rewrites `testdata/`
 //! (then read the diff).
 //!
@@ -14,6 +14,7 @@ use super::delta::{DeltaResults, WayResults};
 use super::download::DownloadResults;
 use super::fleet_page::{FleetPageResults, PageTiming};
 use super::machine::Machine;
+use super::push::{PushResults, Stretch};
 use super::replicas::{Failover, ReplicaResults, ReplicaRun, ReplicaStep};
 use super::report::{self, Phases, Report, Results};
 use super::scale::{ScaleResults, Step};
@@ -192,6 +193,38 @@ fn delta(factor: f64) -> DeltaResults {
     }
 }
 
+/// A push of `agents`; with `finished` false, one download failed and the wait ran out.
+fn push(agents: usize, finished: bool) -> PushResults {
+    PushResults {
+        agents,
+        heartbeat_secs: 60,
+        max_downloads: 32,
+        version: "2.0.0".into(),
+        package_bytes: 3_409_140,
+        before: Stretch {
+            heartbeats: Some(heartbeats(agents, 1.9, 0)),
+            server_rss_mb: 48.3,
+            server_cpu_percent: 3.2,
+            loadgen_cpu_percent: 2.1,
+        },
+        during: Stretch {
+            heartbeats: finished.then(|| heartbeats(agents, 18.75, 0)),
+            server_rss_mb: 71.9,
+            server_cpu_percent: 96.4,
+            loadgen_cpu_percent: 88.0,
+        },
+        peak_streams: 32,
+        busy_answers: 41_250,
+        server_refused: 41_250,
+        completed: if finished { agents } else { agents - 1 },
+        failed: usize::from(!finished),
+        first_error: (!finished)
+            .then(|| "package download answered 500 Internal Server Error".into()),
+        bytes: 3_409_140 * agents as u64,
+        all_done_secs: finished.then_some(42.7),
+    }
+}
+
 fn results(full: bool) -> Results {
     Results {
         agent: AgentResults {
@@ -244,6 +277,7 @@ fn results(full: bool) -> Results {
             largest_held: full.then_some(5000),
             stopped_because: "the 10000-agent step did not hold".into(),
         },
+        push: push(if full { 5000 } else { 50 }, full),
         replicas: if full {
             replica_run(true)
         } else {
@@ -316,5 +350,7 @@ fn steps_run_alone_are_spliced_as_before() {
     report::splice(dir.path(), &fleet_page(60_000), &machine(), mode).unwrap();
     let mode = "full run of the delta step alone, release builds";
     report::splice(dir.path(), &delta(1.1), &machine(), mode).unwrap();
+    let mode = "full run of the push step alone, release builds";
+    report::splice(dir.path(), &push(5000, false), &machine(), mode).unwrap();
     assert_golden("spliced", read_pages(dir.path()));
 }

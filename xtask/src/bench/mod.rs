@@ -1,5 +1,5 @@
 //! `cargo xtask bench [--quick] [--no-windows] [--agents N] [--max-agents M]` (or one step
-//! alone: `--replicas-only`, `--fleet-page-only`, `--delta-only`): what the agent
+//! alone: `--replicas-only`, `--fleet-page-only`, `--delta-only`, `--push-only`): what the agent
 //! and the server cost, measured on this machine in one run.
 //!
 //! One module per family of measurements, each on real processes (release builds, loopback):
@@ -7,14 +7,16 @@
 //! version), [`delta`] (a patch release as a delta against the full package), [`download`]
 //! (agent downloader against curl), [`tls`] (heartbeat latency and
 //! download throughput over HTTPS against plain HTTP), [`scale`] (a simulated fleet against one
-//! server), [`replicas`] (three replicas on PostgreSQL behind haproxy, the fleet over several
+//! server), [`push`] (N agents downloading a release at once from one server at its default
+//! `--max-downloads`, heartbeats and server memory before and during), [`replicas`] (three replicas on PostgreSQL behind haproxy, the fleet over several
 //! load generators, a replica killed), [`fleet_page`] (the dashboard at 50,000 agents: the
 //! agent list, the cards, a release's funnel, progress reports), [`sizes`]. The result is
 //! written as `docs/BENCHMARKS.md` (a table with the machine and date) and
 //! `docs/benchmarks.json`. `--replicas-only [--replica-max-agents M]` and
 //! `--fleet-page-only [--fleet-page-agents N]` run one of those steps alone (building only the
 //! server and the load generator), `--delta-only` the delta step (building the server and both
-//! agent releases), and replace its section in those pages ([`report::splice`]).
+//! agent releases), `--push-only` the download push (the same builds, `--agents N` agents), and
+//! replace its section in those pages ([`report::splice`]).
 //! The step modules only measure; [`report`] renders every section.
 //!
 //! Timings are noisy on shared machines, so everything is repeated and reported as median and
@@ -35,6 +37,7 @@ mod machine;
 mod plan;
 mod postgres;
 mod procfs;
+mod push;
 mod replicas;
 mod report;
 mod scale;
@@ -86,6 +89,7 @@ pub fn run(args: &[String]) -> Result<()> {
         if quick { 500 } else { 50_000 },
     )?;
     let delta_only = flags::take_switch(&mut args, "--delta-only");
+    let push_only = flags::take_switch(&mut args, "--push-only");
     flags::reject_rest("bench", &args)?;
     if max < agents {
         bail!("--max-agents ({max}) is below --agents ({agents})");
@@ -98,6 +102,9 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     if delta_only {
         return delta_alone(quick);
+    }
+    if push_only {
+        return push_alone(quick, agents);
     }
     require_curl()?;
     let budget = Budget::starting_now(if quick { QUICK_BUDGET } else { FULL_BUDGET });
@@ -158,6 +165,10 @@ fn measure(plan: &Plan, open_files: u64, phases: &mut report::Phases) -> Result<
         step("server scale: simulated agents, heartbeat latency, push to all");
         scale::measure(plan, open_files)
     })?;
+    let push = phases.time("push", || {
+        step(push::STEP);
+        push::measure(plan)
+    })?;
     let replicas = phases.time("replicas", || {
         step("replicas: three cms-server on PostgreSQL behind haproxy, a fleet, one killed");
         let bins = &plan.bins;
@@ -194,6 +205,7 @@ fn measure(plan: &Plan, open_files: u64, phases: &mut report::Phases) -> Result<
         download,
         tls,
         scale,
+        push,
         replicas,
         fleet_page,
         sizes,
@@ -235,6 +247,30 @@ fn fleet_page_alone(quick: bool, agents: usize) -> Result<()> {
 
 /// `--delta-only`: the delta step alone, with both agent releases built (Linux only).
 fn delta_alone(quick: bool) -> Result<()> {
+    release_step_alone(quick, "delta", 0, |plan| {
+        step(DELTA_STEP);
+        delta::measure(plan)
+    })
+}
+
+/// `--push-only`: the download push alone, `agents` of them.
+fn push_alone(quick: bool, agents: usize) -> Result<()> {
+    procfs::raise_open_file_limit((agents as u64 * push::FDS_PER_AGENT).saturating_add(4096));
+    release_step_alone(quick, "push", agents, |plan| {
+        step(push::STEP);
+        push::measure(plan)
+    })
+}
+
+/// A step that needs the agent builds, run alone in `target/bench/MODE-NAME` with a fleet of
+/// `agents`, and spliced into the pages of an earlier run (`docs/`; for a quick run, that
+/// folder).
+fn release_step_alone<R: report::StepSection>(
+    quick: bool,
+    name: &str,
+    agents: usize,
+    measure: impl FnOnce(&Plan) -> Result<R>,
+) -> Result<()> {
     let machine = machine::describe();
     let bins = if quick {
         binaries::debug()?
@@ -245,20 +281,19 @@ fn delta_alone(quick: bool) -> Result<()> {
     let mode = if quick { "quick" } else { "full" };
     let work = util::target_dir()
         .join("bench")
-        .join(format!("{mode}-delta"));
+        .join(format!("{mode}-{name}"));
     util::remove_dir_if_exists(&work)?;
     std::fs::create_dir_all(&work)?;
     let budget = Budget::starting_now(if quick { QUICK_BUDGET } else { FULL_BUDGET });
-    // Only the delta step runs: the fleet sizes are not used.
-    let plan = plan_for(quick, bins, work, [0; 4], budget);
-    step(DELTA_STEP);
-    let results = delta::measure(&plan)?;
+    // Only this step runs: the other fleet sizes are not used.
+    let plan = plan_for(quick, bins, work, [agents, agents, 0, 0], budget);
+    let results = measure(&plan)?;
     let out = if quick {
         plan.work.clone()
     } else {
         util::project_root().join("docs")
     };
-    let mode = format!("{mode} run of the delta step alone, {profile} builds");
+    let mode = format!("{mode} run of the {name} step alone, {profile} builds");
     report::splice(&out, &results, &machine, &mode)
 }
 

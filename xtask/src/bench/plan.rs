@@ -36,6 +36,8 @@ pub struct Plan {
     pub replicas: ReplicaPlan,
     /// Agents the server holds while the dashboard's agent list is timed.
     pub fleet_page_agents: usize,
+    /// How long the download push may take before the bench stops waiting for it.
+    pub push_wait: Duration,
     /// Time left for the run.
     pub budget: Budget,
 }
@@ -224,6 +226,7 @@ pub fn full(
         },
         replicas,
         fleet_page_agents,
+        push_wait: Duration::from_secs(600),
         budget,
     }
 }
@@ -254,6 +257,7 @@ pub fn quick(
         },
         replicas,
         fleet_page_agents,
+        push_wait: Duration::from_secs(120),
         budget,
     }
 }

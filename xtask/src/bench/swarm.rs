@@ -34,6 +34,8 @@ pub struct Grown {
 /// Answer to `measure`.
 #[derive(Debug, Deserialize)]
 pub struct Window {
+    /// Its length, seconds.
+    pub secs: f64,
     /// Agents holding a WebSocket at the end.
     pub connected: usize,
     /// Every heartbeat answered in the window, microseconds.

@@ -1,8 +1,9 @@
 //! One simulated agent: register, hold a WebSocket, heartbeat on a timer, note pushes.
 //!
 //! It behaves like a real agent on the wire (same requests, same bodies, a WebSocket that
-//! answers pings, reconnection after a drop) but never acts on a push: the bench measures how
-//! fast notifications arrive, not what agents then do. Heartbeats go on the WebSocket, timed
+//! answers pings, reconnection after a drop) but never acts on a push by itself: the bench
+//! measures how fast notifications arrive, and starts the downloads a push would cause with an
+//! explicit order (see [`super::download`]), run beside the heartbeats. Heartbeats go on the WebSocket, timed
 //! from the frame sent to the server's answer, and over HTTP while the socket is down, as the
 //! agent does; with [`HeartbeatRoute::Http`] they always go over a keep-alive HTTP connection,
 //! as agents before the WebSocket heartbeat did. It must never hide a failure: every failed
@@ -87,6 +88,8 @@ impl SimulatedAgent {
 
     /// Sets up (reporting the outcome on `ready`), then runs until `stop`.
     pub async fn run(self, ready: oneshot::Sender<Result<(), String>>, stop: CancellationToken) {
+        // Subscribed before the setup is reported, so no order given after `grow` is missed.
+        let mut orders = self.shared.download_orders.subscribe();
         let setup = {
             // The semaphore is never closed, so a failed acquire cannot happen; go on anyway.
             let _slot = self.shared.setup_slots.acquire().await;
@@ -119,6 +122,15 @@ impl SimulatedAgent {
                 () = tokio::time::sleep_until(next_heartbeat) => {
                     self.heartbeat(&mut session, &mut socket).await;
                     next_heartbeat += jittered(self.shared.settings.heartbeat);
+                }
+                Ok(()) = orders.changed() => {
+                    let download = super::download::run(
+                        self.shared.clone(),
+                        self.dialer,
+                        session.token.clone(),
+                        stop.child_token(),
+                    );
+                    tokio::spawn(download);
                 }
                 frame = next_frame(&mut socket) => match frame {
                     Frame::Push(version) => {

@@ -8,10 +8,10 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 
 use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
+use hyper::body::{Bytes, Incoming};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
-use hyper::{Request, StatusCode};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, RETRY_AFTER};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -32,6 +32,19 @@ pub enum ExchangeError {
     /// The request could not be built.
     #[error("cannot build the request: {0}")]
     Request(#[from] hyper::http::Error),
+}
+
+/// What a `GET` brought back.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The answer's status.
+    pub status: StatusCode,
+    /// Its `Retry-After`, in seconds, when it has one.
+    pub retry_after: Option<u64>,
+    /// Bytes of its body.
+    pub bytes: u64,
+    /// The body itself when it was kept (empty otherwise).
+    pub body: Bytes,
 }
 
 /// Where an agent connects to, and from.
@@ -104,10 +117,6 @@ impl HttpConnection {
         token: Option<&str>,
         body: Bytes,
     ) -> Result<(StatusCode, Bytes), ExchangeError> {
-        let mut sender = match self.sender.take() {
-            Some(sender) if !sender.is_closed() => sender,
-            _ => self.open().await?,
-        };
         let mut request = Request::post(path)
             .header(HOST, self.dialer.server.to_string())
             .header(CONTENT_TYPE, "application/json");
@@ -115,12 +124,63 @@ impl HttpConnection {
             request = request.header(AUTHORIZATION, format!("Bearer {token}"));
         }
         let request = request.body(Full::new(body))?;
-        sender.ready().await?;
-        let response = sender.send_request(request).await?;
+        let response = self.send(request).await?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
-        self.sender = Some(sender);
         Ok((status, body))
+    }
+
+    /// `GET path` with a bearer token. The body is read to its end as it streams in and kept
+    /// only when `keep_body` (a package is counted, then discarded: nothing goes to disk).
+    pub async fn get(
+        &mut self,
+        path: &str,
+        token: &str,
+        keep_body: bool,
+    ) -> Result<Fetched, ExchangeError> {
+        let request = Request::get(path)
+            .header(HOST, self.dialer.server.to_string())
+            .header(AUTHORIZATION, format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))?;
+        let response = self.send(request).await?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        let mut body = response.into_body();
+        let (mut bytes, mut kept) = (0, Vec::new());
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame?.data_ref() {
+                bytes += data.len() as u64;
+                if keep_body {
+                    kept.extend_from_slice(data);
+                }
+            }
+        }
+        Ok(Fetched {
+            status,
+            retry_after,
+            bytes,
+            body: Bytes::from(kept),
+        })
+    }
+
+    /// Sends `request` on the kept-alive connection (opened first when there is none); the
+    /// connection is kept for the next request once the caller has read the body.
+    async fn send(
+        &mut self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, ExchangeError> {
+        let mut sender = match self.sender.take() {
+            Some(sender) if !sender.is_closed() => sender,
+            _ => self.open().await?,
+        };
+        sender.ready().await?;
+        let response = sender.send_request(request).await?;
+        self.sender = Some(sender);
+        Ok(response)
     }
 
     async fn open(&self) -> Result<SendRequest<Full<Bytes>>, ExchangeError> {

@@ -16,6 +16,7 @@
 //! | `measure SECS` | heartbeat latencies of the next SECS seconds: `{"secs", "connected", "latencies_us": [...], "heartbeat_errors", "ws_drops"}` |
 //! | `status` | at once: `{"agents", "connected", "ws_drops", "last_connected_unix_us"}` (drops since the start; when the last WebSocket came up) |
 //! | `await-push VERSION SECS` | waits up to SECS for every connected agent to be pushed `agent:update_required` for VERSION: `{"expected", "received", "first_unix_us", "last_unix_us"}` |
+//! | `download SECS` | every agent does at once what a push asks (update check, then the offered package; see [`download`]); answers when all are done or after SECS: `{"expected", "completed", "failed", "first_error", "busy", "bytes", "started_unix_us", "last_done_unix_us", "window"}` (`busy`: `503` answers waited out; `window`: the heartbeats meanwhile, as `measure` gives them) |
 //! | `quit` (or end of input) | closes every connection and exits |
 //!
 //! A command that cannot be understood is answered with `{"error": "..."}`. Latencies are raw
@@ -24,6 +25,7 @@
 //! failure is counted and reported.
 
 mod agent;
+mod download;
 mod http;
 mod record;
 
@@ -34,7 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -80,6 +82,8 @@ struct Shared {
     settings: Settings,
     recorder: Recorder,
     setup_slots: Semaphore,
+    /// Bumped by each `download` order; every agent watches it.
+    download_orders: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -104,6 +108,7 @@ pub async fn run(settings: Settings) -> Result<()> {
             settings,
             recorder: Recorder::default(),
             setup_slots: Semaphore::new(concurrency),
+            download_orders: watch::Sender::new(0),
         }),
         tasks: JoinSet::new(),
         stop: CancellationToken::new(),
@@ -129,6 +134,19 @@ struct Grown {
     failed: usize,
     ramp_secs: f64,
     first_error: Option<String>,
+}
+
+/// Answer to `download`.
+#[derive(Debug, Serialize)]
+struct Pushed {
+    /// Agents told to download (every agent that was set up).
+    expected: usize,
+    #[serde(flatten)]
+    downloads: record::Downloads,
+    /// When the order was given (microseconds since the Unix epoch).
+    started_unix_us: u64,
+    /// Heartbeats from the order until every download ended (or the wait did).
+    window: record::Window,
 }
 
 /// Answer to `status`.
@@ -158,6 +176,10 @@ impl Fleet {
                 ["await-push", version, secs] => match secs.parse::<f64>() {
                     Ok(secs) if secs > 0.0 => to_json(&self.await_push(version, secs).await),
                     _ => error_json(&format!("await-push needs seconds, not {secs:?}")),
+                },
+                ["download", secs] => match secs.parse::<f64>() {
+                    Ok(secs) if secs > 0.0 => to_json(&self.download(secs).await),
+                    _ => error_json(&format!("download needs seconds, not {secs:?}")),
                 },
                 ["status"] => to_json(&self.status()),
                 ["quit"] => break,
@@ -235,6 +257,28 @@ impl Fleet {
         }
     }
 
+    /// Orders every agent to download the offered package; waits up to `secs` for all of them,
+    /// timing the heartbeats meanwhile.
+    async fn download(&self, secs: f64) -> Pushed {
+        let recorder = &self.shared.recorder;
+        let expected = self.agents - self.failed;
+        recorder.reset_downloads();
+        recorder.start_window();
+        let started = Instant::now();
+        let started_unix_us = record::unix_micros(std::time::SystemTime::now());
+        self.shared.download_orders.send_modify(|order| *order += 1);
+        let deadline = started + Duration::from_secs_f64(secs);
+        while recorder.downloads().ended() < expected && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Pushed {
+            expected,
+            downloads: recorder.downloads(),
+            started_unix_us,
+            window: recorder.end_window(started.elapsed().as_secs_f64()),
+        }
+    }
+
     async fn close(mut self) {
         self.stop.cancel();
         let joined = tokio::time::timeout(CLOSE_WAIT, async {
@@ -273,6 +317,7 @@ mod tests {
             },
             recorder: Recorder::default(),
             setup_slots: Semaphore::new(1),
+            download_orders: watch::Sender::new(0),
         }
     }
 

@@ -1,5 +1,6 @@
 //! What the fleet observed: heartbeat latencies inside a measurement window, failures, live
-//! connections, and when each pushed release notification arrived.
+//! connections, when each pushed release notification arrived, and how the package downloads
+//! of a `download` order went.
 //!
 //! Counters are shared by every agent task; nothing here waits or talks to the network.
 
@@ -22,6 +23,31 @@ pub struct Recorder {
     /// When a WebSocket last came up (microseconds since the Unix epoch; 0: never).
     last_connected_us: AtomicU64,
     pushes: Mutex<HashMap<String, PushSpread>>,
+    downloads: Mutex<Downloads>,
+}
+
+/// The package downloads since the last [`Recorder::reset_downloads`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Downloads {
+    /// Packages received whole.
+    pub completed: usize,
+    /// Downloads given up (an error, or too many busy answers).
+    pub failed: usize,
+    /// Why the first failed one failed.
+    pub first_error: Option<String>,
+    /// `503` + `Retry-After` answers waited out (never failures).
+    pub busy: u64,
+    /// Package bytes received (and discarded).
+    pub bytes: u64,
+    /// When the last download ended, either way (microseconds since the Unix epoch).
+    pub last_done_unix_us: Option<u64>,
+}
+
+impl Downloads {
+    /// Downloads that ended, either way.
+    pub fn ended(&self) -> usize {
+        self.completed + self.failed
+    }
 }
 
 /// Answer to `measure`.
@@ -122,13 +148,45 @@ impl Recorder {
         spread.last_unix_us = Some(spread.last_unix_us.map_or(now, |t| t.max(now)));
     }
 
+    /// Forgets the downloads of an earlier order.
+    pub fn reset_downloads(&self) {
+        *lock(&self.downloads) = Downloads::default();
+    }
+
+    /// A package of `bytes` arrived whole.
+    pub fn download_done(&self, bytes: u64) {
+        let mut downloads = lock(&self.downloads);
+        downloads.completed += 1;
+        downloads.bytes += bytes;
+        downloads.last_done_unix_us = Some(unix_micros(SystemTime::now()));
+    }
+
+    /// A download was given up because of `error`.
+    pub fn download_failed(&self, error: String) {
+        let mut downloads = lock(&self.downloads);
+        downloads.failed += 1;
+        downloads.first_error.get_or_insert(error);
+        downloads.last_done_unix_us = Some(unix_micros(SystemTime::now()));
+    }
+
+    /// The server answered a download `503` with a `Retry-After`.
+    pub fn download_busy(&self) {
+        lock(&self.downloads).busy += 1;
+    }
+
+    /// The downloads so far.
+    pub fn downloads(&self) -> Downloads {
+        lock(&self.downloads).clone()
+    }
+
     /// Arrivals for `version` so far.
     pub fn pushes(&self, version: &str) -> PushSpread {
         lock(&self.pushes).get(version).cloned().unwrap_or_default()
     }
 }
 
-fn unix_micros(at: SystemTime) -> u64 {
+/// Microseconds since the Unix epoch.
+pub fn unix_micros(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
@@ -169,6 +227,25 @@ mod tests {
         assert_eq!(recorder.total_ws_drops(), 1);
         assert_eq!(recorder.end_window(1.0).ws_drops, 0);
         assert!(recorder.last_connected_unix_us().is_some());
+    }
+
+    #[test]
+    fn downloads_count_completions_failures_and_busy_answers_until_reset() {
+        let recorder = Recorder::default();
+        recorder.download_busy();
+        recorder.download_done(100);
+        recorder.download_failed("first".into());
+        recorder.download_failed("second".into());
+        let downloads = recorder.downloads();
+        assert_eq!((downloads.completed, downloads.failed), (1, 2));
+        assert_eq!(
+            (downloads.busy, downloads.bytes, downloads.ended()),
+            (1, 100, 3)
+        );
+        assert_eq!(downloads.first_error.as_deref(), Some("first"));
+        recorder.reset_downloads();
+        assert_eq!(recorder.downloads().ended(), 0);
+        assert_eq!(recorder.downloads().last_done_unix_us, None);
     }
 
     #[test]

@@ -6,17 +6,26 @@
 //! off (docs/protocol.md), so a push to the whole fleet drains through the budget instead of
 //! opening thousands of files and sockets at once. Refusals are logged as one line per
 //! [`LOG_INTERVAL`] with their count. The budget's counts (active, limit, peak, refused) are
-//! shown by `/healthz`. This module must never block (a slot is taken or refused at once) and
-//! never count a stream twice or not at all (the slot is released by `Drop`).
+//! shown by `/healthz`.
+//!
+//! A slot is an extractor placed before the agent's credential in the download handlers, so a
+//! refusal is answered before any database work: in a push to thousands of agents the refused
+//! requests outnumber the streams about eight to one, and checking each one's bearer token
+//! first queued heartbeats behind them for seconds (docs/BENCHMARKS.md, the push step). A
+//! request whose credential then fails holds its slot only for that check. This module must
+//! never block (a slot is taken or refused at once) and never count a stream twice or not at
+//! all (the slot is released by `Drop`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::ApiError;
+use super::{ApiError, AppState};
 use crate::logtext::LogEvery;
 
 /// What a refused download is told to wait (agents add up to as much again as jitter).
@@ -39,6 +48,18 @@ pub struct DownloadBudget {
 #[derive(Debug)]
 pub struct DownloadSlot {
     _permit: OwnedSemaphorePermit,
+}
+
+/// Taken by a download handler before the credential is checked (see the module docs).
+impl FromRequestParts<AppState> for DownloadSlot {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        _parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        state.download_slot()
+    }
 }
 
 /// The budget's counts, as `/healthz` shows them.

@@ -108,15 +108,16 @@ fn suffix_range(last: &str, total: u64) -> ByteRange {
     }
 }
 
-/// `GET /api/v1/agent/packages/{version}/{platform}`: the package, whole or one range.
+/// `GET /api/v1/agent/packages/{version}/{platform}`: the package, whole or one range. The
+/// slot comes before the credential: a refusal costs no database work.
 pub async fn download(
     State(state): State<AppState>,
+    slot: DownloadSlot,
     agent: AuthedAgent,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path((version, platform)) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let slot = state.download_slot()?;
     let row = state
         .db()
         .release_package(&version, &platform)
@@ -147,12 +148,12 @@ pub async fn download(
 /// only when both releases are published, which is when the signed targets list it.
 pub async fn download_delta(
     State(state): State<AppState>,
+    slot: DownloadSlot,
     agent: AuthedAgent,
     path: Result<Path<(String, String, String)>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path((from, to, platform)) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let slot = state.download_slot()?;
     let db = state.db();
     for version in [&from, &to] {
         db.release_package(version, &platform)

@@ -1,7 +1,7 @@
 //! The bench's output, the one renderer of every section: `BENCHMARKS.md` (tables for people,
 //! with the machine and the date) and `benchmarks.json` (the same numbers for tools), written
 //! side by side by a full run; a step that can run alone ([`StepSection`]: [`replicas`],
-//! [`fleet_page`], [`delta`]) renders its section here too, and [`splice`] writes it into the pages of an
+//! [`fleet_page`], [`delta`], [`push`]) renders its section here too, and [`splice`] writes it into the pages of an
 //! earlier run.
 //!
 //! Every figure carries its spread and sample count, and every goal its verdict; a number that
@@ -10,6 +10,7 @@
 
 mod delta;
 mod fleet_page;
+mod push;
 mod replicas;
 mod splice;
 
@@ -25,6 +26,7 @@ use super::delta::DeltaResults;
 use super::download::DownloadResults;
 use super::fleet_page::FleetPageResults;
 use super::machine::Machine;
+use super::push::PushResults;
 use super::replicas::ReplicaResults;
 use super::scale::{P99_GOAL_MS, ScaleResults, Step};
 use super::sizes::{PlatformSizes, Size};
@@ -104,6 +106,8 @@ pub struct Results {
     pub tls: TlsResults,
     /// Server scale.
     pub scale: ScaleResults,
+    /// A fleet downloading a release at once.
+    pub push: PushResults,
     /// Replicas on PostgreSQL behind haproxy.
     pub replicas: ReplicaResults,
     /// The dashboard's agent list at fleet scale.
@@ -174,6 +178,13 @@ impl Report {
             &self
                 .results
                 .delta
+                .section(&self.machine, &format!("{} run", self.mode)),
+        );
+        md.push('\n');
+        md.push_str(
+            &self
+                .results
+                .push
                 .section(&self.machine, &format!("{} run", self.mode)),
         );
         md.push('\n');

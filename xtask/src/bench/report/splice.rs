@@ -1,6 +1,7 @@
 //! One step's part of `BENCHMARKS.md` and `benchmarks.json`, replaced in place: a section
 //! between two markers in the page and one entry under `results` in the JSON, so a step run
-//! alone (`cargo xtask bench --replicas-only`, `--fleet-page-only`, `--delta-only`) updates
+//! alone (`cargo xtask bench --replicas-only`, `--fleet-page-only`, `--delta-only`,
+//! `--push-only`) updates
 //! its own numbers and leaves an earlier full run's as they were.
 //!
 //! This module only edits the pages: it never measures or formats a result.
