@@ -271,6 +271,7 @@ pub async fn serve(
             },
             download_slots: sizing.download_slots,
             listing_slots: PoolUse::Operators.max_connections(db.backend()) as usize - 1,
+            check_slots: PoolUse::Agents.max_connections(db.backend()) as usize / 2,
             serves_tls: tls.is_some(),
             live_recheck: config.live_recheck,
             public_https: config

@@ -43,7 +43,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use cms_protocol::paths;
 use serde::de::DeserializeOwned;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{self, Cluster};
@@ -96,6 +96,10 @@ pub struct StateSettings {
     /// Operator listings built at the same time (each holds one page in memory and one
     /// connection of the operators' pool; keep one connection free for the other routes).
     pub listing_slots: usize,
+    /// Update checks worked on at the same time (each holds connections of the agents' pool
+    /// for a few queries); the others wait their turn, so heartbeats always find a connection
+    /// when a push sends the whole fleet to check at once.
+    pub check_slots: usize,
     /// Whether the server itself terminates TLS (session cookies are then `Secure`).
     pub serves_tls: bool,
     /// How often a live feed checks that its token or session still holds.
@@ -123,6 +127,7 @@ struct Inner {
     heartbeats: RateLimiter<String>,
     feeds: Arc<FeedLimits>,
     listing_slots: Semaphore,
+    check_slots: Arc<Semaphore>,
     downloads: DownloadBudget,
 }
 
@@ -139,6 +144,7 @@ impl AppState {
         let ingest = settings.ingest;
         let downloads = DownloadBudget::new(settings.download_slots);
         let listing_slots = Semaphore::new(settings.listing_slots.max(1));
+        let check_slots = Arc::new(Semaphore::new(settings.check_slots.max(1)));
         Self {
             inner: Arc::new(Inner {
                 db,
@@ -152,6 +158,7 @@ impl AppState {
                 heartbeats: RateLimiter::new(ingest.heartbeats, RATE_LIMITER_KEYS),
                 feeds: Arc::default(),
                 listing_slots,
+                check_slots,
                 downloads,
             }),
         }
@@ -257,6 +264,15 @@ impl AppState {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(busy("too many listings at once")),
         }
+    }
+
+    /// A turn to work on one update check: waits while [`StateSettings::check_slots`] are
+    /// taken (never refuses: the agent asked because it was told to).
+    async fn check_turn(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        Arc::clone(&self.inner.check_slots)
+            .acquire_owned()
+            .await
+            .map_err(|_| busy("the server is shutting down"))
     }
 
     /// A slot to serve one package stream (held by its body until sent or dropped), or 503
