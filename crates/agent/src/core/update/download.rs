@@ -8,10 +8,11 @@
 //! download's failure. A transfer that breaks off (the connection lost mid-answer, or before
 //! one came, as on a thin or flaky link) is resumed the same way after a short wait, up to
 //! [`MAX_BREAKS`] times, so a dropped connection is not reported as a failed update; a server
-//! that ends its answer short on purpose (a file shorter than the signed length) is not. The rate limit ([`Throttle`]) lasts for the whole transfer, across
-//! waits. This module must never write past the signed length (`download_file` enforces it),
-//! never wait without a bound, and never decide anything about the downloaded bytes (the steps
-//! verify them). Another transfer (a delta) belongs beside [`fetch`], using the same waits.
+//! that ends its answer short on purpose (a file shorter than the signed length) is not. The
+//! rate limit ([`Throttle`]) lasts for the whole transfer, across waits. This module must never
+//! write past the signed length (`download_file` enforces it), never wait without a bound, and
+//! never decide anything about the downloaded bytes (the steps verify them). Another transfer
+//! (a delta) belongs beside [`fetch`], using the same waits.
 
 use std::path::Path;
 use std::time::Duration;
