@@ -449,6 +449,53 @@ async fn download_counts(server: &Server) -> serde_json::Value {
     body["downloads"].clone()
 }
 
+/// Download slots and update-check turns are taken before the credential is checked (a refusal
+/// or a queued check costs no database work): requests with a credential the server does not
+/// know are refused 401 and give both back, so a flood of them leaves the budget (here one
+/// slot) and the turns (two on SQLite) to the agents.
+#[tokio::test]
+async fn requests_without_a_valid_credential_hold_no_download_slot_or_check_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = inputs(dir.path());
+    let data = dir.path().join("data");
+    publish_ok(&data, &Store::Sqlite, "1.1.0", &files, &[]).await;
+    let options = Options {
+        args: vec!["--max-downloads".into(), "1".into()],
+        ..Options::default()
+    };
+    let server = Server::start(&data, &Store::Sqlite, &options).await;
+    let identity = server.register_ok("host-a").await;
+    let url = "/api/v1/agent/packages/1.1.0/linux-x86_64";
+    for _ in 0..5 {
+        let (status, _, _) = download(&server, url, Some("cmsa_not-a-token"), None).await;
+        assert_eq!(status, 401);
+        let check = server
+            .http
+            .get(server.url(paths::UPDATE_CHECK))
+            .query(&[("version", "1.0.0"), ("platform", "linux-x86_64")])
+            .bearer_auth("cmsa_not-a-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(check.status(), 401);
+    }
+    assert_eq!(
+        download_counts(&server).await,
+        json!({"active": 0, "limit": 1, "peak": 1, "refused": 0})
+    );
+    let token = identity.agent_token.as_str();
+    let checked = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        update_check(&server, token, "1.0.0"),
+    )
+    .await
+    .expect("a turn is free for the agent's check");
+    assert_eq!(checked.update.unwrap().package_url, url);
+    let (status, _, _) = download(&server, url, Some(token), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(server.stop().await, Some(0));
+}
+
 /// Issue 27: `--max-downloads 2` with two streams held open by slow readers: a third download
 /// is answered 503 with `Retry-After` and a JSON error, `/healthz` counts it, and once the slow
 /// readers go away their slots are free again (the slot is held by the body, not the handler).
