@@ -21,6 +21,9 @@ use super::fixture::{self, millis, wait_lock, watch_handover};
 use super::plan::Plan;
 use super::stats::Summary;
 
+/// What the step prints when it starts.
+pub const STEP: &str = "delta: a patch release as a delta and as the full package";
+
 /// How the next release reaches the machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Way {

@@ -5,11 +5,11 @@
 //! One module per family of measurements, each on real processes (release builds, loopback):
 //! [`agent`] (idle footprint, start, `--force`, `--status`), [`update`] (downtime, publish to new
 //! version), [`delta`] (a patch release as a delta against the full package), [`download`]
-//! (agent downloader against curl), [`tls`] (heartbeat latency and
-//! download throughput over HTTPS against plain HTTP), [`scale`] (a simulated fleet against one
-//! server), [`push`] (N agents downloading a release at once from one server at its default
-//! `--max-downloads`, heartbeats and server memory before and during), [`replicas`] (three replicas on PostgreSQL behind haproxy, the fleet over several
-//! load generators, a replica killed), [`fleet_page`] (the dashboard at 50,000 agents: the
+//! (agent downloader against curl), [`tls`] (heartbeat latency and download throughput over
+//! HTTPS against plain HTTP), [`scale`] (a simulated fleet against one server), [`push`] (N
+//! agents downloading a release at once from one server at its default `--max-downloads`,
+//! heartbeats and server memory before and during), [`replicas`] (three replicas on PostgreSQL
+//! behind haproxy, the fleet over several load generators, a replica killed), [`fleet_page`] (the dashboard at 50,000 agents: the
 //! agent list, the cards, a release's funnel, progress reports), [`sizes`]. The result is
 //! written as `docs/BENCHMARKS.md` (a table with the machine and date) and
 //! `docs/benchmarks.json`. `--replicas-only [--replica-max-agents M]` and
@@ -62,8 +62,6 @@ use plan::{Budget, Plan};
 const FULL_BUDGET: Duration = Duration::from_secs(15 * 60);
 /// Time a quick run may take.
 const QUICK_BUDGET: Duration = Duration::from_secs(5 * 60);
-/// What the delta step prints when it starts.
-const DELTA_STEP: &str = "delta: a patch release as a delta and as the full package";
 
 /// `cargo xtask bench`.
 pub fn run(args: &[String]) -> Result<()> {
@@ -150,7 +148,7 @@ fn measure(plan: &Plan, open_files: u64, phases: &mut report::Phases) -> Result<
         update::measure(plan)
     })?;
     let delta = phases.time("delta", || {
-        step(DELTA_STEP);
+        step(delta::STEP);
         delta::measure(plan)
     })?;
     let download = phases.time("download", || {
@@ -248,7 +246,7 @@ fn fleet_page_alone(quick: bool, agents: usize) -> Result<()> {
 /// `--delta-only`: the delta step alone, with both agent releases built (Linux only).
 fn delta_alone(quick: bool) -> Result<()> {
     release_step_alone(quick, "delta", 0, |plan| {
-        step(DELTA_STEP);
+        step(delta::STEP);
         delta::measure(plan)
     })
 }
