@@ -528,15 +528,18 @@ function scheduleRefresh() {
   liveTimer = setTimeout(() => {
     liveTimer = null;
     if (editingForm()) { heldRefresh = true; return; }
-    refresh().catch(showError);
+    readView({ live: true }).catch(showError);
   }, LIVE_MS);
 }
 
-// Whether the operator is typing into one of the page's forms: a live re-read would throw
-// away what they typed, so it waits until they leave the form.
+// Whether the operator is typing into one of the page's fields (a form's, or a release's rollout
+// and halt inputs beside their buttons): a live re-read would throw away what they typed, or
+// swap the button they are about to press for one that sends the old value, so it waits until
+// they leave the field. The fleet's search box is the exception: the re-read keeps it focused.
 function editingForm() {
   const active = document.activeElement;
-  return Boolean(active && active.closest("#view form") && active.matches("input, select, textarea"));
+  return Boolean(active && active.closest("#view") && active.id !== "search"
+    && active.matches("input, select, textarea"));
 }
 document.addEventListener("focusout", () => setTimeout(() => {
   if (heldRefresh && !editingForm()) { heldRefresh = false; scheduleRefresh(); }
@@ -573,7 +576,14 @@ async function auditView() {
 
 const VIEWS = { fleet: fleetView, groups: groupsView, errors: errorsView, releases: releasesView, agent: agentView, audit: auditView };
 
-async function refresh() {
+// Re-reads and shows the current view (also used as a promise callback: it takes no argument).
+function refresh() {
+  return readView({ live: false });
+}
+
+// Re-reads and shows the current view. A live re-read (`live`) that finds the operator typing
+// once its answers are in holds off, like one that finds them typing before it starts.
+async function readView({ live }) {
   if (!me) return;
   const [asked, arg] = (location.hash.replace(/^#\//, "") || "fleet").split("/");
   const view = asked in VIEWS ? asked : "fleet";
@@ -582,6 +592,7 @@ async function refresh() {
   }
   const searching = document.activeElement && document.activeElement.id === "search";
   const content = await VIEWS[view](decodeURIComponent(arg || ""));
+  if (live && editingForm()) { heldRefresh = true; return; }
   $("#view").replaceChildren(...[content].flat(2).filter(Boolean));
   $("#view").dataset.view = view;
   if (view === "fleet") {
