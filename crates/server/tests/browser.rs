@@ -63,7 +63,7 @@ fn dashboard_in_a_real_browser() {
         .parent()
         .unwrap()
         .join("screenshots");
-    let status = Command::new("node")
+    let run = Command::new("node")
         .arg(workspace().join("crates/server/tests/browser/dashboard.mjs"))
         .current_dir(workspace())
         .env("CMS_SERVER_EXE", server_exe())
@@ -74,16 +74,38 @@ fn dashboard_in_a_real_browser() {
         .env("CMS_SCREENSHOTS", &screenshots)
         .env("CMS_CHROMIUM", &chromium)
         .env_remove("CMS_AGENT_DATA_DIR")
-        .status()
+        .stderr(std::process::Stdio::inherit())
+        .output()
         .unwrap();
-    if !status.success() {
+    let report = String::from_utf8_lossy(&run.stdout);
+    println!("{report}");
+    if !run.status.success() {
         let log = std::fs::read_to_string(work.path().join("server.log")).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(80).collect();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         panic!(
-            "the browser test failed (screenshots in {}); the server's log ends:\n{}",
+            "the browser test failed (screenshots in {}); the server's log ends:\n{}\n\n\
+             what failed:\n{}",
             screenshots.display(),
-            tail.join("\n")
+            tail.join("\n"),
+            failed_subtests(&report)
         );
     }
+}
+
+/// The `not ok` blocks of a node:test (TAP) report, each with its error and where it was
+/// thrown, so the failure's reason ends the panic message instead of sitting above the log.
+fn failed_subtests(report: &str) -> String {
+    let mut failed = Vec::new();
+    let mut inside = false;
+    for line in report.lines() {
+        if line.starts_with("not ok") {
+            inside = true;
+        }
+        if inside {
+            failed.push(line);
+            inside = line.trim_end() != "...";
+        }
+    }
+    failed.join("\n")
 }

@@ -10,6 +10,7 @@ import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
 import { copyFileSync, mkdirSync, openSync, readFileSync, writeFileSync, chmodSync } from "node:fs";
 import { join } from "node:path";
+import { createHash } from "node:crypto";
 import { chromium } from "playwright-core";
 
 const env = process.env;
@@ -147,8 +148,14 @@ test("the groups page lists the agents per group, the fleet filters by group", a
   await page.fill("#group-filter", "");
 });
 
-// Six agents, as a small first fleet: one is the canary of a staged release.
+// Six agents, as a small first fleet: one is the canary of a staged release, or two when their
+// cohorts tie (a cohort is a percent: 1 % of the fleet includes every agent in the lowest one).
 const FLEET = 6;
+let canaries = 0;
+
+// An agent's rollout cohort, by docs/protocol.md's rule: the first 4 bytes of SHA-256 of its id,
+// big-endian, modulo 100; a rollout to R % includes the agents whose cohort is below R.
+const cohort = (agentId) => createHash("sha256").update(agentId).digest().readUInt32BE(0) % 100;
 
 test("a published release's funnel reaches healthy", async () => {
   for (const name of ["agent-b", "agent-c", "agent-d", "agent-e", "agent-f"]) startAgent(url, name);
@@ -204,11 +211,16 @@ test("a broken release published with the defaults halts at its canary", async (
   const card = page.locator(`[data-release="3.0.0/${PLATFORM}"]`);
   await card.waitFor();
   await card.locator("[data-plan-stage='1']").waitFor();
+  const stage1 = JSON.parse(cli("rollout", "status", "--data-dir", serverDir, "--version", "3.0.0"));
+  const fleet = (await bearer("GET", "/api/v1/agents", "operator")).body;
+  canaries = fleet.filter((a) => cohort(a.agent_id) < stage1.rollout_percent).length;
+  assert.ok(canaries >= 1 && canaries < FLEET, `stage 1 at ${stage1.rollout_percent} % holds ${canaries} agents`);
   await page.locator(`[data-banner="3.0.0/${PLATFORM}"]`).waitFor({ timeout: LONG });
   await card.locator(".badge.halted").waitFor();
-  assert.equal(await stepOf(page, `3.0.0/${PLATFORM}`, "offered").textContent(), "1",
+  await stepOf(page, `3.0.0/${PLATFORM}`, "rolled_back").filter({ hasText: new RegExp(`^${canaries}$`) })
+    .waitFor({ timeout: LONG });
+  assert.equal(await stepOf(page, `3.0.0/${PLATFORM}`, "offered").textContent(), `${canaries}`,
     "only the canary was offered the broken release");
-  assert.equal(await stepOf(page, `3.0.0/${PLATFORM}`, "rolled_back").textContent(), "1");
   await card.locator("button[data-action=resume]").waitFor();
   await page.locator(`[data-reasons="3.0.0/${PLATFORM}"] li`).first().waitFor({ timeout: LONG });
   await page.screenshot({ path: join(shots, "releases-halted.png"), fullPage: true });
@@ -243,7 +255,7 @@ test("a broken release published with the defaults halts at its canary", async (
   await show(page, "releases");
   await card.locator("button[data-action=resume]").click();
   const form = card.locator("[data-resume-form] ");
-  await form.getByText("1 rolled back of 1 attempts").waitFor();
+  await form.getByText(`${canaries} rolled back of ${canaries} attempts`).waitFor();
   await form.locator("button[data-action=confirm-resume]").click();
   assert.equal(await card.locator(".badge.halted").count(), 1, "no resume without a reason");
   await form.locator("textarea").fill("fixed the start-up crash in 3.0.1");
@@ -283,7 +295,7 @@ test("a fixed release passes its stages by itself and supersedes the broken one"
   const advances = (await bearer("GET", "/api/v1/audit?limit=200", "admin")).body
     .filter((e) => e.action === "rollout.advance" && e.target.startsWith(`3.0.1/${PLATFORM} `));
   assert.equal(advances.length, 2, "two advances: stage 1 to 2 and 2 to 3");
-  assert.equal(await stepOf(page, `3.0.0/${PLATFORM}`, "offered").textContent(), "1",
+  assert.equal(await stepOf(page, `3.0.0/${PLATFORM}`, "offered").textContent(), `${canaries}`,
     "the broken release's plan stopped once 3.0.1 was published: its canary only");
   const fleet = await bearer("GET", "/api/v1/agents", "operator");
   assert.deepEqual(fleet.body.map((a) => a.version), Array(FLEET).fill("3.0.1"));
