@@ -194,7 +194,8 @@ impl Db {
     /// Three short statements rather than one read-then-write transaction: on SQLite, two
     /// such transactions meeting would fail one of them at once ("database is locked")
     /// instead of waiting. Two heartbeats of one agent never overlap, and the history insert
-    /// is idempotent.
+    /// is idempotent. The status goes through the relaxed pool (it only says the agent was
+    /// there, and the next heartbeat says it again); a new version's history entry does not.
     pub async fn update_status(
         &self,
         agent_id: &str,
@@ -220,7 +221,7 @@ impl Db {
         .bind(now)
         .bind(heartbeat.metrics_json)
         .bind(agent_id)
-        .execute(&self.pool)
+        .execute(self.relaxed())
         .await?;
         if before
             .as_ref()
@@ -231,12 +232,12 @@ impl Db {
         Ok(before)
     }
 
-    /// Records a contact without new status.
+    /// Records a contact without new status (through the relaxed pool, like a heartbeat's).
     pub async fn touch(&self, agent_id: &str, now: &str) -> Result<(), DbError> {
         sqlx::query("UPDATE agents SET last_seen = $1 WHERE agent_id = $2")
             .bind(now)
             .bind(agent_id)
-            .execute(&self.pool)
+            .execute(self.relaxed())
             .await?;
         Ok(())
     }

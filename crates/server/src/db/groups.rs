@@ -5,8 +5,20 @@ use super::{Db, DbError, StoredPin, StoredWindows};
 
 impl Db {
     /// Puts the agent in the group it reported, unless an operator assigned one; `true` when
-    /// that changed its group.
+    /// that changed its group. Read first: a heartbeat almost always reports the group the
+    /// agent is in, and an `UPDATE` that changes nothing still takes SQLite's write lock.
     pub async fn set_reported_group(&self, agent_id: &str, group: &str) -> Result<bool, DbError> {
+        let unchanged = sqlx::query_as::<_, (i64,)>(
+            "SELECT 1 FROM agents WHERE agent_id = $1 \
+             AND (group_by_operator <> 0 OR agent_group = $2)",
+        )
+        .bind(agent_id)
+        .bind(group)
+        .fetch_optional(&self.pool)
+        .await?;
+        if unchanged.is_some() {
+            return Ok(false);
+        }
         let result = sqlx::query(
             "UPDATE agents SET agent_group = $1 \
              WHERE agent_id = $2 AND group_by_operator = 0 AND agent_group <> $1",

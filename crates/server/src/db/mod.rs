@@ -4,8 +4,17 @@
 //! PostgreSQL (`--database-url postgres://...`). Queries use portable SQL with `$N` placeholders,
 //! which both backends accept. Listings are keyset-paged (each page starts after the last key
 //! of the previous one), so a page costs the same at any depth and never more rows than asked.
+//!
+//! On SQLite the agents' pool has a second, small pool beside it for the writes that only say
+//! an agent was there ([`Db::relaxed`]: its last contact and its heartbeat's status): they
+//! commit without waiting for the disk (`synchronous=NORMAL`), so the fleet's heartbeats do not
+//! queue for a disk flush each. Every other write (registrations, credentials, offers, progress,
+//! error reports, the audit log) still waits for the disk, and its flush carries the relaxed
+//! writes before it; a power loss can only forget the contacts and statuses since the last such
+//! flush, never corrupt the file (WAL). PostgreSQL keeps one pool, every commit durable.
 //! This module must never hold HTTP types or business rules (who may do what, which release
-//! fits): it stores and loads rows.
+//! fits): it stores and loads rows, and must never send a write that an agent or operator
+//! relies on through the relaxed pool.
 
 /// SQL condition: the offer `o` (a row of `update_offers`) is deferred now, i.e. the agent's
 /// latest verified progress for that release is `deferred` (it put the offer off, e.g. on a
@@ -76,6 +85,11 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// How long a query waits for a pooled connection before it fails.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections of the agents' relaxed pool on SQLite ([`Db::relaxed`]): one, so its writes
+/// queue in the pool, in order, instead of meeting each other at SQLite's write lock (where
+/// the loser sleeps in growing steps of up to 100 ms and retries).
+const RELAXED_CONNECTIONS: u32 = 1;
 
 /// A failure of the database layer.
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +175,8 @@ impl PoolUse {
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: AnyPool,
+    /// Where the writes that only record an agent's contact go ([`Db::relaxed`]).
+    relaxed: AnyPool,
     backend: Backend,
 }
 
@@ -238,7 +254,22 @@ impl Db {
             .connect(url)
             .await
             .map_err(DbError::Connect)?;
-        Ok(Db { pool, backend })
+        let relaxed = match (pool_use, backend) {
+            (PoolUse::Agents, Backend::Sqlite) => relaxed_sqlite_pool(url).await?,
+            _ => pool.clone(),
+        };
+        Ok(Db {
+            pool,
+            relaxed,
+            backend,
+        })
+    }
+
+    /// The pool for writes that only record that an agent was there (its last contact, its
+    /// heartbeat's status): on SQLite they commit without a disk flush of their own (see the
+    /// module docs); elsewhere it is the pool itself.
+    pub(crate) fn relaxed(&self) -> &AnyPool {
+        &self.relaxed
     }
 
     /// Opens the database of a server for one command-line run.
@@ -257,6 +288,7 @@ impl Db {
 
     /// Closes every pooled connection (at shutdown).
     pub async fn close(&self) {
+        self.relaxed.close().await;
         self.pool.close().await;
     }
 
@@ -265,6 +297,25 @@ impl Db {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+}
+
+/// The agents' relaxed pool on SQLite: [`RELAXED_CONNECTIONS`] connections to the same file
+/// whose commits do not wait for the disk (`synchronous=NORMAL`, safe from corruption in WAL).
+async fn relaxed_sqlite_pool(url: &str) -> Result<AnyPool, DbError> {
+    AnyPoolOptions::new()
+        .max_connections(RELAXED_CONNECTIONS)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .after_connect(|connection, _| {
+            Box::pin(async move {
+                sqlx::query("PRAGMA synchronous=NORMAL")
+                    .execute(connection)
+                    .await
+                    .map(drop)
+            })
+        })
+        .connect(url)
+        .await
+        .map_err(DbError::Connect)
 }
 
 /// Rows of one page plus whether more follow: queries fetch one row more than asked.
@@ -279,6 +330,36 @@ pub(crate) fn split_page<T>(mut rows: Vec<T>, limit: i64) -> (Vec<T>, bool) {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    /// `PRAGMA synchronous` of a connection of `pool` (1: NORMAL, 2: FULL).
+    async fn synchronous(pool: &AnyPool) -> i64 {
+        let (level,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        level
+    }
+
+    #[tokio::test]
+    async fn on_sqlite_only_the_agents_relaxed_pool_commits_without_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = sqlite_url_for_dir(dir.path()).unwrap();
+        let agents = Db::connect(&url, PoolUse::Agents).await.unwrap();
+        assert_eq!(synchronous(agents.relaxed()).await, 1, "relaxed: NORMAL");
+        assert_eq!(
+            synchronous(&agents.pool).await,
+            2,
+            "every other write: FULL"
+        );
+        let operators = Db::attach(&url, PoolUse::Operators).await.unwrap();
+        assert_eq!(
+            synchronous(operators.relaxed()).await,
+            2,
+            "no relaxed pool but the agents'"
+        );
+        agents.close().await;
+        operators.close().await;
+    }
 
     #[test]
     fn sqlite_url_escapes_special_characters() {

@@ -27,7 +27,9 @@ impl OfferVia {
 
 impl Db {
     /// Records that `version` on `platform` was offered to each of `agent_ids` (the first
-    /// offer of a release to an agent is kept).
+    /// offer of a release to an agent is kept). One agent already offered it (every heartbeat
+    /// and check after the first offer) is only read: an insert that ends in nothing still
+    /// takes SQLite's write lock.
     pub async fn record_offers(
         &self,
         agent_ids: &[&str],
@@ -36,6 +38,11 @@ impl Db {
         via: OfferVia,
         now: &str,
     ) -> Result<(), DbError> {
+        if let [agent_id] = agent_ids
+            && self.offer_recorded(agent_id, version, platform).await?
+        {
+            return Ok(());
+        }
         let mut tx = self.pool.begin().await?;
         for agent_id in agent_ids {
             sqlx::query(
@@ -53,6 +60,24 @@ impl Db {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Whether `version` on `platform` was offered to `agent_id` already.
+    async fn offer_recorded(
+        &self,
+        agent_id: &str,
+        version: &str,
+        platform: &str,
+    ) -> Result<bool, DbError> {
+        let row = sqlx::query_as::<_, (i64,)>(
+            "SELECT 1 FROM update_offers WHERE agent_id = $1 AND version = $2 AND platform = $3",
+        )
+        .bind(agent_id)
+        .bind(version)
+        .bind(platform)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
     }
 
     /// Whether `version` on `platform` was offered to `agent_id` already and the agent did
