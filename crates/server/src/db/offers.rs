@@ -69,15 +69,10 @@ impl Db {
         version: &str,
         platform: &str,
     ) -> Result<bool, DbError> {
-        let row = sqlx::query_as::<_, (i64,)>(
-            "SELECT 1 FROM update_offers WHERE agent_id = $1 AND version = $2 AND platform = $3",
-        )
-        .bind(agent_id)
-        .bind(version)
-        .bind(platform)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.is_some())
+        const RECORDED: &str = "SELECT 1 FROM update_offers o WHERE o.agent_id = $1 AND o.version = $2 \
+             AND o.platform = $3";
+        self.offer_found(RECORDED, (agent_id, version, platform))
+            .await
     }
 
     /// Whether `version` on `platform` was offered to `agent_id` already and the agent did
@@ -88,16 +83,28 @@ impl Db {
         version: &str,
         platform: &str,
     ) -> Result<bool, DbError> {
-        let row = sqlx::query_as::<_, (i64,)>(concat!(
+        const NOT_DEFERRED: &str = concat!(
             "SELECT 1 FROM update_offers o WHERE o.agent_id = $1 AND o.version = $2 \
              AND o.platform = $3 AND NOT ",
             offer_deferred_now!()
-        ))
-        .bind(agent_id)
-        .bind(version)
-        .bind(platform)
-        .fetch_optional(&self.pool)
-        .await?;
+        );
+        self.offer_found(NOT_DEFERRED, (agent_id, version, platform))
+            .await
+    }
+
+    /// Whether `query` (over `update_offers o`, bound to agent, version and platform) finds a
+    /// row.
+    async fn offer_found(
+        &self,
+        query: &'static str,
+        (agent_id, version, platform): (&str, &str, &str),
+    ) -> Result<bool, DbError> {
+        let row = sqlx::query_as::<_, (i64,)>(query)
+            .bind(agent_id)
+            .bind(version)
+            .bind(platform)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.is_some())
     }
 
