@@ -45,16 +45,21 @@ async fn publish_ok(
 }
 
 async fn update_check(server: &Server, token: &str, version: &str) -> UpdateCheckResponse {
-    let response = server
+    let response = ask_update_check(server, token, version).await;
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+/// The update check of a linux-x86_64 agent running `version`, with bearer `token`, as answered.
+async fn ask_update_check(server: &Server, token: &str, version: &str) -> reqwest::Response {
+    server
         .http
         .get(server.url(paths::UPDATE_CHECK))
         .query(&[("version", version), ("platform", "linux-x86_64")])
         .bearer_auth(token)
         .send()
         .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.json().await.unwrap()
+        .unwrap()
 }
 
 /// GET of a package URL: (status, headers, body).
@@ -469,14 +474,7 @@ async fn requests_without_a_valid_credential_hold_no_download_slot_or_check_turn
     for _ in 0..5 {
         let (status, _, _) = download(&server, url, Some("cmsa_not-a-token"), None).await;
         assert_eq!(status, 401);
-        let check = server
-            .http
-            .get(server.url(paths::UPDATE_CHECK))
-            .query(&[("version", "1.0.0"), ("platform", "linux-x86_64")])
-            .bearer_auth("cmsa_not-a-token")
-            .send()
-            .await
-            .unwrap();
+        let check = ask_update_check(&server, "cmsa_not-a-token", "1.0.0").await;
         assert_eq!(check.status(), 401);
     }
     assert_eq!(
