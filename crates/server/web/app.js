@@ -527,7 +527,7 @@ function scheduleRefresh() {
   if (liveTimer) return;
   liveTimer = setTimeout(() => {
     liveTimer = null;
-    if (editingForm()) { heldRefresh = true; return; }
+    if (editingField()) { heldRefresh = true; return; }
     readView({ live: true }).catch(showError);
   }, LIVE_MS);
 }
@@ -536,13 +536,13 @@ function scheduleRefresh() {
 // and halt inputs beside their buttons): a live re-read would throw away what they typed, or
 // swap the button they are about to press for one that sends the old value, so it waits until
 // they leave the field. The fleet's search box is the exception: the re-read keeps it focused.
-function editingForm() {
+function editingField() {
   const active = document.activeElement;
   return Boolean(active && active.closest("#view") && active.id !== "search"
     && active.matches("input, select, textarea"));
 }
 document.addEventListener("focusout", () => setTimeout(() => {
-  if (heldRefresh && !editingForm()) { heldRefresh = false; scheduleRefresh(); }
+  if (heldRefresh && !editingField()) { heldRefresh = false; scheduleRefresh(); }
 }, 0));
 
 function showError(error) {
@@ -592,7 +592,7 @@ async function readView({ live }) {
   }
   const searching = document.activeElement && document.activeElement.id === "search";
   const content = await VIEWS[view](decodeURIComponent(arg || ""));
-  if (live && editingForm()) { heldRefresh = true; return; }
+  if (live && editingField()) { heldRefresh = true; return; }
   $("#view").replaceChildren(...[content].flat(2).filter(Boolean));
   $("#view").dataset.view = view;
   if (view === "fleet") {
