@@ -28,14 +28,34 @@ pub struct Binaries {
     pub loadgen: PathBuf,
     /// The installed agent and updater.
     pub current: Stamped,
-    /// The release an update moves to.
-    pub next: Stamped,
+    /// The release an update moves to (`None` when it was not built: see [`NextRelease`]).
+    next: Option<Stamped>,
     /// Whether `dist/` holds fresh Windows binaries of `current`.
     pub windows_built: bool,
 }
 
+/// Whether a run builds the release an update moves to: the update and delta steps need it,
+/// the download push (which serves the current agent's package) does not, and a cold release
+/// build of it takes minutes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextRelease {
+    /// Build it.
+    Build,
+    /// Leave it out.
+    Skip,
+}
+
+impl Binaries {
+    /// The release an update moves to; an error when this run did not build it.
+    pub fn next(&self) -> Result<&Stamped> {
+        self.next
+            .as_ref()
+            .context("this step needs the next release, which this run did not build")
+    }
+}
+
 /// Release builds for a full run; `windows` adds the Windows dist binaries.
-pub fn release(windows: bool) -> Result<Binaries> {
+pub fn release(windows: bool, next: NextRelease) -> Result<Binaries> {
     let version = version::workspace();
     let platforms: Vec<Platform> = if windows {
         vec![WINDOWS, LINUX]
@@ -44,11 +64,16 @@ pub fn release(windows: bool) -> Result<Binaries> {
     };
     dist_tree::build(version, &platforms, None).context("the dist build failed")?;
     let tools = fleet_tools(true)?;
-    let next = StampedBuild::new(&version::next_major(version)?)
-        .release()
-        .platform(LINUX)
-        .target_dir(util::target_dir().join("bench-next"))
-        .run()?;
+    let next = match next {
+        NextRelease::Build => Some(
+            StampedBuild::new(&version::next_major(version)?)
+                .release()
+                .platform(LINUX)
+                .target_dir(util::target_dir().join("bench-next"))
+                .run()?,
+        ),
+        NextRelease::Skip => None,
+    };
     Ok(Binaries {
         profile: "release",
         server: tools.server,
@@ -93,7 +118,7 @@ pub fn fleet_tools(release: bool) -> Result<FleetTools> {
 }
 
 /// Debug builds for a quick run.
-pub fn debug() -> Result<Binaries> {
+pub fn debug(next: NextRelease) -> Result<Binaries> {
     let mut cmd = util::cargo();
     cmd.args(["build"]).args([
         "-p",
@@ -107,9 +132,14 @@ pub fn debug() -> Result<Binaries> {
     ]);
     run_checked(&mut cmd)?;
     // The integration tests' versioned builds live here (crates/agent/tests/util).
-    let next = StampedBuild::new(&version::next_major(version::workspace())?)
-        .target_dir(util::target_dir().join("versioned/build"))
-        .run()?;
+    let next = match next {
+        NextRelease::Build => Some(
+            StampedBuild::new(&version::next_major(version::workspace())?)
+                .target_dir(util::target_dir().join("versioned/build"))
+                .run()?,
+        ),
+        NextRelease::Skip => None,
+    };
     let built = util::target_dir().join("debug");
     Ok(Binaries {
         profile: "dev",

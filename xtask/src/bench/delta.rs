@@ -92,7 +92,7 @@ struct Once {
 pub fn measure(plan: &Plan) -> Result<DeltaResults> {
     let delta = repeat(plan, Way::Delta)?;
     let full = repeat(plan, Way::Full)?;
-    let next = &plan.bins.next.version;
+    let next = &plan.bins.next()?.version;
     let package = plan
         .work
         .join("delta-full-0/server/packages/linux-x86_64")
@@ -156,7 +156,7 @@ fn once(plan: &Plan, way: Way, run: usize) -> Result<Once> {
     wait_lock(&machine, |r| r.pid == pid)?;
     let agent_id = fixture::wait_registered(&server)?;
     std::thread::sleep(plan.settle);
-    let next = &plan.bins.next;
+    let next = plan.bins.next()?;
     let release = fixture::linux_release(&next.version, &next.agent, &next.updater);
     let (publish_ms, to_new_version_ms) = std::thread::scope(|scope| -> Result<(f64, f64)> {
         let watcher = scope.spawn(|| watch_handover(&machine, pid, |r| r.version == next.version));

@@ -56,6 +56,7 @@ use anyhow::{Context, Result, bail};
 use crate::build::WINDOWS;
 use crate::flags;
 use crate::util::{self, step};
+use binaries::NextRelease;
 use plan::{Budget, Plan};
 
 /// Time the full bench may take on a 2-core machine.
@@ -111,9 +112,9 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut phases = report::Phases::default();
     let bins = phases.time("build", || {
         if quick {
-            binaries::debug()
+            binaries::debug(NextRelease::Build)
         } else {
-            binaries::release(!no_windows && windows_tools_ready())
+            binaries::release(!no_windows && windows_tools_ready(), NextRelease::Build)
         }
     })?;
     let work = util::target_dir()
@@ -245,7 +246,7 @@ fn fleet_page_alone(quick: bool, agents: usize) -> Result<()> {
 
 /// `--delta-only`: the delta step alone, with both agent releases built (Linux only).
 fn delta_alone(quick: bool) -> Result<()> {
-    release_step_alone(quick, "delta", 0, |plan| {
+    release_step_alone(quick, "delta", 0, NextRelease::Build, |plan| {
         step(delta::STEP);
         delta::measure(plan)
     })
@@ -254,26 +255,27 @@ fn delta_alone(quick: bool) -> Result<()> {
 /// `--push-only`: the download push alone, `agents` of them.
 fn push_alone(quick: bool, agents: usize) -> Result<()> {
     procfs::raise_open_file_limit((agents as u64 * push::FDS_PER_AGENT).saturating_add(4096));
-    release_step_alone(quick, "push", agents, |plan| {
+    release_step_alone(quick, "push", agents, NextRelease::Skip, |plan| {
         step(push::STEP);
         push::measure(plan)
     })
 }
 
-/// A step that needs the agent builds, run alone in `target/bench/MODE-NAME` with a fleet of
-/// `agents`, and spliced into the pages of an earlier run (`docs/`; for a quick run, that
-/// folder).
+/// A step that needs the agent builds (and the next release, when `next` says so), run alone
+/// in `target/bench/MODE-NAME` with a fleet of `agents`, and spliced into the pages of an
+/// earlier run (`docs/`; for a quick run, that folder).
 fn release_step_alone<R: report::StepSection>(
     quick: bool,
     name: &str,
     agents: usize,
+    next: NextRelease,
     measure: impl FnOnce(&Plan) -> Result<R>,
 ) -> Result<()> {
     let machine = machine::describe();
     let bins = if quick {
-        binaries::debug()?
+        binaries::debug(next)?
     } else {
-        binaries::release(false)?
+        binaries::release(false, next)?
     };
     let profile = bins.profile;
     let mode = if quick { "quick" } else { "full" };

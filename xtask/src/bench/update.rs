@@ -56,7 +56,7 @@ pub fn measure(plan: &Plan) -> Result<UpdateResults> {
     let package = plan
         .work
         .join("update-push-0/server/packages/linux-x86_64")
-        .join(&plan.bins.next.version);
+        .join(&plan.bins.next()?.version);
     let package_bytes = std::fs::read_dir(&package)
         .with_context(|| format!("cannot list {}", package.display()))?
         .filter_map(|e| e.ok()?.metadata().ok())
@@ -111,7 +111,7 @@ fn once(plan: &Plan, trigger: Trigger, run: usize) -> Result<(Instant, Handover)
     wait_lock(&machine, |r| r.pid == pid)?;
     fixture::wait_registered(&server)?;
     std::thread::sleep(plan.settle);
-    let next = &plan.bins.next;
+    let next = plan.bins.next()?;
     let release = fixture::linux_release(&next.version, &next.agent, &next.updater);
     let outcome = std::thread::scope(|scope| -> Result<(Instant, Handover)> {
         let watcher = scope.spawn(|| watch_handover(&machine, pid, |r| r.version == next.version));
