@@ -893,26 +893,40 @@ fn on_version(server: &Server, version: &str) -> usize {
         .count()
 }
 
+/// The server's `/healthz` answer.
+fn server_health(server: &Server) -> serde_json::Value {
+    let health = reqwest::blocking::get(format!("{}/healthz", server.url)).unwrap();
+    health.json().unwrap()
+}
+
 /// The server's download budget as `/healthz` shows it.
 fn download_counts(server: &Server) -> serde_json::Value {
-    let health = reqwest::blocking::get(format!("{}/healthz", server.url)).unwrap();
-    health.json::<serde_json::Value>().unwrap()["downloads"].clone()
+    server_health(server)["downloads"].clone()
 }
 
 /// Agents in the fleet test; the server sends two packages at a time.
 const FLEET: usize = 10;
 
-/// Issue 27: `serve --max-downloads 2` and ten agents pushed 2.0.0 at once, through a proxy
-/// that makes each download take about two seconds: the server never sends more than two
-/// packages at a time (its own peak count, from `/healthz`), the others are answered 503 and
-/// wait (nothing is reported failed), and all ten end on a verified 2.0.0. Half of them run
+/// Issue 27: `serve --max-downloads 2 --max-waiting-checks 0` and ten agents pushed 2.0.0 at
+/// once, through a proxy that makes each download take about two seconds: the server never
+/// sends more than two packages at a time (its own peak count, from `/healthz`), the others are
+/// answered 503 and wait (nothing is reported failed), and all ten end on a verified 2.0.0.
+/// Update checks past the two turns are refused too (how many depends on timing: each agent so
+/// refused logs its wait and asks again, and none reports a failed check). Half of them run
 /// with `--download-limit` (a generous one: the rate is not timed here), saved and shown by
 /// `--status`.
 #[test]
 fn a_download_budget_of_two_serves_ten_agents_two_at_a_time() {
     let machines: Vec<Machine> = (0..FLEET).map(|_| Machine::new("1.0.0")).collect();
     let server_dir = &machines[0].server_dir;
-    let listen = ["--listen", "127.0.0.1:0", "--max-downloads", "2"];
+    let listen = [
+        "--listen",
+        "127.0.0.1:0",
+        "--max-downloads",
+        "2",
+        "--max-waiting-checks",
+        "0",
+    ];
     let server = Server::start_with(server_dir, &listen, None);
     let proxy = Proxy::start(&server.listen_addr());
     for (i, machine) in machines.iter().enumerate() {
@@ -950,16 +964,58 @@ fn a_download_budget_of_two_serves_ten_agents_two_at_a_time() {
     let failed: Vec<_> = server
         .errors()
         .into_iter()
-        .filter(|e| e.kind == "update_failed")
+        .filter(|e| e.kind == "update_failed" || e.kind == "update_check_failed")
         .map(|e| e.message)
         .collect();
-    assert!(failed.is_empty(), "the budget is not a failure: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "a busy server is not a failure: {failed:?}"
+    );
     let waited = machines
         .iter()
         .filter(|m| agent_log(&m.data).contains("the server is busy; waiting before resuming"))
         .count();
     assert!(waited > 0, "some agent waited for a slot");
+    let checks = server_health(&server)["update_checks"].clone();
+    let checks_refused = checks["refused"].as_u64().unwrap();
+    let asked_again = machines
+        .iter()
+        .filter(|m| agent_log(&m.data).contains("update check: the server is busy"))
+        .count();
+    eprintln!("update checks: {checks}; {asked_again} agents asked again");
+    assert_eq!(checks_refused > 0, asked_again > 0, "{checks}");
+    assert!(asked_again as u64 <= checks_refused, "{checks}");
     for machine in &machines {
+        assert_eq!(machine.exe_version(), "cms_agent 2.0.0");
+    }
+}
+
+/// Issue 27: a push to more agents than `--push-checks-per-sec` asks them to spread their
+/// checks: with a rate of one a second, three agents are told to check within 3 s, each waits
+/// a random part of it (logged) instead of checking at once, and all three end on 2.0.0.
+#[test]
+fn a_push_to_more_agents_than_the_rate_spreads_their_checks() {
+    let machines: Vec<Machine> = (0..3).map(|_| Machine::new("1.0.0")).collect();
+    let server_dir = &machines[0].server_dir;
+    let listen = ["--listen", "127.0.0.1:0", "--push-checks-per-sec", "1"];
+    let server = Server::start_with(server_dir, &listen, None);
+    for machine in &machines {
+        machine.start_via(&server.url, "3600", &[]);
+    }
+    wait_long("three IDLE agents on 1.0.0", 60, || {
+        (on_version(&server, "1.0.0") == machines.len()).then_some(())
+    });
+    machines[0].publish("2.0.0");
+    wait_long("three IDLE agents on 2.0.0", 120, || {
+        (on_version(&server, "2.0.0") == machines.len()).then_some(())
+    });
+    for machine in &machines {
+        let log = agent_log(&machine.data);
+        let spread = log
+            .lines()
+            .find(|l| l.contains("checking at a random moment of the push's spread"))
+            .unwrap_or_else(|| panic!("no spread push in the agent's log:\n{log}"));
+        assert!(spread.contains("spread_secs=3"), "{spread}");
         assert_eq!(machine.exe_version(), "cms_agent 2.0.0");
     }
 }

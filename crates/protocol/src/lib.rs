@@ -264,6 +264,10 @@ pub struct UpdateRequired {
     /// The version the server wants the agent to move to, when it knows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// When a release is pushed to more agents than the server checks in a second: the agent
+    /// checks at a random moment within this many seconds, not at once (the push's spread).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread_secs: Option<u32>,
 }
 
 /// Payload of [`EVENT_HEARTBEAT_ACK`]: the server stored a heartbeat sent over the WebSocket,
@@ -364,6 +368,7 @@ mod tests {
     fn update_required_event_has_the_documented_shape() {
         let event = ServerEvent::UpdateRequired(UpdateRequired {
             version: Some("2.0.0".into()),
+            spread_secs: None,
         });
         let json = serde_json::to_value(&event).unwrap();
         assert_eq!(

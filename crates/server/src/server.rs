@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-use crate::api::{self, AppState, IngestLimits, StateSettings};
+use crate::api::{self, AppState, IngestLimits, StateSettings, checks};
 use crate::cluster::Cluster;
 use crate::cluster::leader;
 use crate::db::{self, Db, DbError, PoolUse};
@@ -31,7 +31,7 @@ use crate::net::ratelimit::Rate;
 use crate::net::tls::{self, TlsAcceptor, TlsError, TlsFiles};
 use crate::net::{self, Listener, Timeouts};
 use crate::release;
-use crate::rollout::watcher::{RELEASE_POLL_INTERVAL, ReleaseWatcher};
+use crate::rollout::watcher::{self, RELEASE_POLL_INTERVAL, ReleaseWatcher};
 use crate::rollout::{inflight, plan};
 use crate::ws::Hub;
 
@@ -52,6 +52,12 @@ pub struct ConnectionSettings {
     /// Package streams sent at once (`--max-downloads`); one more is answered 503. `None`:
     /// 32, fewer under a small open-file limit.
     pub max_downloads: Option<usize>,
+    /// Update checks waiting for a turn at most (`--max-waiting-checks`); one more is answered
+    /// 503. `None`: 64 per check worked on at once.
+    pub max_waiting_checks: Option<usize>,
+    /// Update checks per second a push aims at (`--push-checks-per-sec`): a push to more
+    /// agents asks them to spread their checks. `None`: 100 per check worked on at once.
+    pub push_checks_per_sec: Option<u32>,
 }
 
 impl Default for ConnectionSettings {
@@ -64,6 +70,8 @@ impl Default for ConnectionSettings {
             max_connections: None,
             max_per_source: None,
             max_downloads: None,
+            max_waiting_checks: None,
+            push_checks_per_sec: None,
         }
     }
 }
@@ -249,6 +257,7 @@ pub async fn serve(
         &background,
     )
     .await;
+    let check_slots = check_slots(&db);
     let state = AppState::new(
         db.clone(),
         operator_db.clone(),
@@ -271,7 +280,11 @@ pub async fn serve(
             },
             download_slots: sizing.download_slots,
             listing_slots: PoolUse::Operators.max_connections(db.backend()) as usize - 1,
-            check_slots: PoolUse::Agents.max_connections(db.backend()) as usize / 2,
+            check_slots,
+            max_waiting_checks: config
+                .connections
+                .max_waiting_checks
+                .unwrap_or(check_slots * checks::WAITING_PER_SLOT),
             serves_tls: tls.is_some(),
             live_recheck: config.live_recheck,
             public_https: config
@@ -426,6 +439,11 @@ fn listening(listeners: &[Listener]) -> Result<Listening, ServeError> {
 /// The release watcher, the metadata refresher, the error retention sweep, the database size
 /// guard, the replica lease, the stuck-update watch, the rollout plans and, on PostgreSQL, the listener for the
 /// other replicas' events.
+/// Update checks worked on at once: half the agents' pool, so heartbeats keep the other half.
+fn check_slots(db: &Db) -> usize {
+    PoolUse::Agents.max_connections(db.backend()) as usize / 2
+}
+
 async fn spawn_background(
     config: &ServeConfig,
     url: &str,
@@ -439,7 +457,10 @@ async fn spawn_background(
     let channel = cluster.bus().channel().map(str::to_owned);
     // With a bus the watcher is told of every change; without one it polls.
     let poll = channel.is_none().then_some(RELEASE_POLL_INTERVAL);
-    let watcher = ReleaseWatcher::new(operator_db.clone(), hub.clone()).await;
+    let push_rate = config.connections.push_checks_per_sec.unwrap_or_else(|| {
+        u32::try_from(check_slots(db)).unwrap_or(u32::MAX) * watcher::PUSH_CHECKS_PER_TURN
+    });
+    let watcher = ReleaseWatcher::new(operator_db.clone(), hub.clone(), push_rate).await;
     let mut tasks = vec![
         tokio::spawn(watcher.run(poll, releases_changed.clone(), stop.clone())),
         tokio::spawn(keep_metadata_fresh(

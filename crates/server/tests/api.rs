@@ -253,7 +253,7 @@ async fn full_scenario(dir: &Path, store: Store, db_url: String) {
     let text = loop {
         let text = next_text(&mut ws, 10).await.expect("event frame");
         let event: ServerEvent = serde_json::from_str(&text).unwrap();
-        if event == ServerEvent::UpdateRequired(UpdateRequired { version: None }) {
+        if event == ServerEvent::UpdateRequired(UpdateRequired::default()) {
             break text;
         }
     };

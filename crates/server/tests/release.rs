@@ -314,7 +314,7 @@ async fn connect(server: &Server, agent_id: &str, token: &str) -> WsStream {
             let event: ServerEvent = serde_json::from_str(&text).unwrap();
             assert_eq!(
                 event,
-                ServerEvent::UpdateRequired(UpdateRequired { version: None })
+                ServerEvent::UpdateRequired(UpdateRequired::default())
             );
             return ws;
         }
@@ -361,7 +361,8 @@ async fn publishing_while_running_pushes_to_connected_agents_in_the_cohort() {
     assert_eq!(
         event,
         ServerEvent::UpdateRequired(UpdateRequired {
-            version: Some("1.2.0".into())
+            version: Some("1.2.0".into()),
+            spread_secs: None,
         })
     );
     assert_eq!(
@@ -550,5 +551,63 @@ async fn downloads_past_the_budget_are_answered_503_with_retry_after() {
         server.log().contains("download budget is full"),
         "the refusal is logged"
     );
+    assert_eq!(server.stop().await, Some(0));
+}
+
+/// Issue 27: `--max-waiting-checks 0` (the two turns of SQLite and no line): of 200 update
+/// checks sent at once, those past the turns are answered 503 at once with a `Retry-After`, a
+/// JSON error and `Connection: close` (a refused agent's connection is not kept while it waits),
+/// `/healthz` counts them, and each one asked again after its wait gets its offer.
+#[tokio::test]
+async fn update_checks_past_the_line_are_answered_503_and_come_back_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = inputs(dir.path());
+    let data = dir.path().join("data");
+    publish_ok(&data, &Store::Sqlite, "1.1.0", &files, &[]).await;
+    let options = Options {
+        args: vec!["--max-waiting-checks".into(), "0".into()],
+        ..Options::default()
+    };
+    let server = Server::start(&data, &Store::Sqlite, &options).await;
+    let identity = server.register_ok("host-a").await;
+    let token = identity.agent_token.as_str();
+
+    let answers =
+        futures_util::future::join_all((0..200).map(|_| ask_update_check(&server, token, "1.0.0")))
+            .await;
+    let mut refused = Vec::new();
+    for answer in answers {
+        match answer.status().as_u16() {
+            200 => {}
+            503 => refused.push(answer),
+            other => panic!("an update check answered {other}"),
+        }
+    }
+    assert!(!refused.is_empty(), "200 checks at once on two turns");
+    let mut waits = Vec::new();
+    for answer in refused.drain(..) {
+        let headers = answer.headers().clone();
+        assert_eq!(header(&headers, "connection"), "close");
+        let wait: u64 = header(&headers, "retry-after").parse().unwrap();
+        assert!((1..=120).contains(&wait), "Retry-After: {wait}");
+        waits.push(wait);
+        let error: serde_json::Value = answer.json().await.unwrap();
+        let text = error["error"].as_str().unwrap();
+        assert!(text.contains("update checks are already waiting"), "{text}");
+    }
+    let health = server.http.get(server.url(paths::HEALTHZ)).send().await;
+    let health: serde_json::Value = health.unwrap().json().await.unwrap();
+    assert_eq!(
+        health["update_checks"],
+        json!({"waiting": 0, "limit": 0, "peak": 0, "refused": waits.len()})
+    );
+    assert!(server.log().contains("update checks refused"), "logged");
+
+    // Asked again after the longest wait given, one at a time, every check gets its offer.
+    tokio::time::sleep(Duration::from_secs(*waits.iter().max().unwrap())).await;
+    for _ in &waits {
+        let offer = update_check(&server, token, "1.0.0").await.update.unwrap();
+        assert_eq!(offer.version, "1.1.0");
+    }
     assert_eq!(server.stop().await, Some(0));
 }

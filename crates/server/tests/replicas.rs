@@ -186,7 +186,8 @@ async fn a_widened_rollout_is_pushed_and_offered() {
     assert_eq!(
         serde_json::from_str::<ServerEvent>(&text).unwrap(),
         ServerEvent::UpdateRequired(cms_protocol::UpdateRequired {
-            version: Some("1.1.0".into())
+            version: Some("1.1.0".into()),
+            spread_secs: None,
         })
     );
     let offered = heartbeat_on(&mut ws, "1.0.0")

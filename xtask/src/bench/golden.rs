@@ -14,7 +14,7 @@ use super::delta::{DeltaResults, WayResults};
 use super::download::DownloadResults;
 use super::fleet_page::{FleetPageResults, PageTiming};
 use super::machine::Machine;
-use super::push::{PushResults, Stretch};
+use super::push::{CheckLine, PushResults, Stretch};
 use super::replicas::{Failover, ReplicaResults, ReplicaRun, ReplicaStep};
 use super::report::{self, Phases, Report, Results};
 use super::scale::{ScaleResults, Step};
@@ -200,6 +200,7 @@ fn push(agents: usize, finished: bool) -> PushResults {
         heartbeat_secs: 60,
         max_downloads: 32,
         version: "2.0.0".into(),
+        check_spread_secs: Some(25),
         package_bytes: 3_409_140,
         before: Stretch {
             heartbeats: Some(heartbeats(agents, 1.9, 0)),
@@ -214,8 +215,13 @@ fn push(agents: usize, finished: bool) -> PushResults {
             loadgen_cpu_percent: 88.0,
         },
         peak_streams: 32,
-        busy_answers: 41_250,
+        busy_answers: 45_120,
         server_refused: 41_250,
+        checks: CheckLine {
+            limit: 128,
+            peak: 128,
+            refused: 3_870,
+        },
         completed: if finished { agents } else { agents - 1 },
         failed: usize::from(!finished),
         first_error: (!finished)

@@ -9,7 +9,7 @@
 //! `download`; `503` + `Retry-After` answers are waited out and counted, never failures). During
 //! the push it samples the server's memory every [`RSS_EVERY`] and the swarm times the
 //! heartbeats; afterwards `/healthz` gives the server's download limit, the most streams it sent
-//! at once and how many it refused. This module only measures: it never judges a number, and a
+//! at once and how many it refused, and the same of its update-check line. This module only measures: it never judges a number, and a
 //! download that failed or did not end in time is reported, never an error of the run.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,6 +62,8 @@ pub struct PushResults {
     pub max_downloads: u64,
     /// The version pushed, and its package's size in bytes.
     pub version: String,
+    /// The spread of update checks the push asked for (`spread_secs`), seconds.
+    pub check_spread_secs: Option<u32>,
     /// See `version`.
     pub package_bytes: u64,
     /// Idle, before the release.
@@ -70,10 +72,13 @@ pub struct PushResults {
     pub during: Stretch,
     /// Most package streams the server sent at once (`/healthz` `peak`).
     pub peak_streams: u64,
-    /// `503` + `Retry-After` answers the agents waited out.
+    /// `503` + `Retry-After` answers the agents waited out (update checks and downloads).
     pub busy_answers: u64,
     /// Downloads the server refused with `503` (`/healthz` `refused`).
     pub server_refused: u64,
+    /// The server's update-check line: its `--max-waiting-checks` (default here), the most
+    /// checks that waited at once and the checks it refused with `503` (`/healthz`).
+    pub checks: CheckLine,
     /// Packages received whole, and downloads given up.
     pub completed: usize,
     /// See `completed`.
@@ -108,6 +113,17 @@ struct Streams {
     refused: u64,
 }
 
+/// `/healthz`'s update-check counts.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+pub struct CheckLine {
+    /// Checks allowed to wait for a turn.
+    pub limit: u64,
+    /// Most checks waiting at once.
+    pub peak: u64,
+    /// Checks answered `503`.
+    pub refused: u64,
+}
+
 /// Runs the step in `plan.work/push`.
 pub fn measure(plan: &Plan) -> Result<PushResults> {
     let agents = plan.scale.first;
@@ -121,10 +137,12 @@ pub fn measure(plan: &Plan) -> Result<PushResults> {
     println!("    {agents} agents connected after {ramp_secs:.1} s");
     std::thread::sleep(plan.settle);
     let before = idle(plan, &server, &mut swarm, agents)?;
-    let package_bytes = publish(plan, &server, &server_dir, &mut swarm)?;
+    let (package_bytes, check_spread_secs) = publish(plan, &server, &server_dir, &mut swarm)?;
     let wait = plan.push_wait.as_secs_f64();
     let (pushed, during) = push(&server, &mut swarm, agents, wait)?;
-    let streams: Streams = healthz_downloads(&server)?;
+    let health: Value = server.get_json("/healthz")?;
+    let streams: Streams = healthz_counts(&health, "downloads")?;
+    let checks: CheckLine = healthz_counts(&health, "update_checks")?;
     swarm.quit()?;
     server.stop()?;
     let results = PushResults {
@@ -132,12 +150,14 @@ pub fn measure(plan: &Plan) -> Result<PushResults> {
         heartbeat_secs,
         max_downloads: streams.limit,
         version: VERSION.to_owned(),
+        check_spread_secs,
         package_bytes,
         before,
         during,
         peak_streams: streams.peak,
         busy_answers: pushed.busy,
         server_refused: streams.refused,
+        checks,
         completed: pushed.completed,
         failed: pushed.failed,
         first_error: pushed.first_error.clone(),
@@ -163,13 +183,13 @@ fn idle(plan: &Plan, server: &RunningServer, swarm: &mut Swarm, agents: usize) -
 }
 
 /// Publishes [`VERSION`] (the current agent build) and waits for its notification to reach
-/// the swarm; the package's size.
+/// the swarm; the package's size and the spread of checks the push asked for.
 fn publish(
     plan: &Plan,
     server: &RunningServer,
     server_dir: &std::path::Path,
     swarm: &mut Swarm,
-) -> Result<u64> {
+) -> Result<(u64, Option<u32>)> {
     let current = &plan.bins.current;
     server.publish(&fixture::linux_release(
         VERSION,
@@ -185,9 +205,10 @@ fn publish(
         .join("packages/linux-x86_64")
         .join(VERSION)
         .join(format!("cms_agent-{VERSION}-linux-x86_64.zip"));
-    Ok(std::fs::metadata(&package)
+    let bytes = std::fs::metadata(&package)
         .with_context(|| format!("no package at {}", package.display()))?
-        .len())
+        .len();
+    Ok((bytes, spread.check_spread_secs))
 }
 
 /// Orders every agent to download the release, sampling the server's memory meanwhile.
@@ -239,9 +260,10 @@ fn peak_rss(pid: u32, done: &AtomicBool) -> u64 {
     peak
 }
 
-fn healthz_downloads(server: &RunningServer) -> Result<Streams> {
-    let health: Value = server.get_json("/healthz")?;
-    serde_json::from_value(health["downloads"].clone()).context("/healthz has no download counts")
+/// One of `/healthz`'s counts (`downloads`, `update_checks`).
+fn healthz_counts<T: serde::de::DeserializeOwned>(health: &Value, which: &str) -> Result<T> {
+    serde_json::from_value(health[which].clone())
+        .with_context(|| format!("/healthz has no {which} counts"))
 }
 
 /// Order -> last download ended, when every agent's download ended.
@@ -257,13 +279,17 @@ fn print_results(r: &PushResults) {
     let p99 = |s: &Stretch| s.heartbeats.as_ref().map(|h| h.p99_ms);
     println!(
         "    push of {} agents: {} completed, {} failed, {} busy answers, peak {} streams \
-         (limit {}), all done {:?} s; heartbeat p99 {:?} -> {:?} ms; server {:.0} -> {:.0} MB",
+         (limit {}), peak {} checks waiting (limit {}, {} refused), all done {:?} s; \
+         heartbeat p99 {:?} -> {:?} ms; server {:.0} -> {:.0} MB",
         r.agents,
         r.completed,
         r.failed,
         r.busy_answers,
         r.peak_streams,
         r.max_downloads,
+        r.checks.peak,
+        r.checks.limit,
+        r.checks.refused,
         r.all_done_secs,
         p99(&r.before),
         p99(&r.during),

@@ -57,6 +57,9 @@ pub struct PushSpread {
     pub first_unix_us: Option<u64>,
     /// Last notification, microseconds since the Unix epoch.
     pub last_unix_us: Option<u64>,
+    /// The longest spread of update checks a notification asked for, seconds.
+    #[serde(default)]
+    pub check_spread_secs: Option<u32>,
 }
 
 /// Answer to `status`.

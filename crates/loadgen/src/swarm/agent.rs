@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use cms_protocol::{
     AgentMessage, AgentState, Metrics, RegisterRequest, RegisterResponse, ServerEvent,
-    StatusReport, WS_READ_BUFFER_BYTES, paths,
+    StatusReport, UpdateRequired, WS_READ_BUFFER_BYTES, paths,
 };
 use futures_util::{SinkExt, StreamExt};
 use hyper::StatusCode;
@@ -114,6 +114,8 @@ impl SimulatedAgent {
             session.http = HttpConnection::new(self.dialer);
         }
         let mut socket = Some(socket);
+        // The spread the last push asked for: the download order starts the check within it.
+        let mut spread_secs = None;
         let mut next_heartbeat =
             Instant::now() + self.shared.settings.heartbeat.mul_f64(fastrand::f64());
         loop {
@@ -128,13 +130,16 @@ impl SimulatedAgent {
                         self.shared.clone(),
                         self.dialer,
                         session.token.clone(),
+                        spread_secs,
                         stop.child_token(),
                     );
                     tokio::spawn(download);
                 }
                 frame = next_frame(&mut socket) => match frame {
-                    Frame::Push(version) => {
-                        self.shared.recorder.push_received(version.as_deref().unwrap_or(""));
+                    Frame::Push(push) => {
+                        let version = push.version.as_deref().unwrap_or("");
+                        self.shared.recorder.push_received(version, push.spread_secs);
+                        spread_secs = push.spread_secs;
                     }
                     Frame::Answer => {
                         if let Some(sent) = session.unanswered.take() {
@@ -285,8 +290,8 @@ impl SimulatedAgent {
 
 /// What the WebSocket delivered.
 enum Frame {
-    /// `agent:update_required`, with the release version when the server named one.
-    Push(Option<String>),
+    /// `agent:update_required` (the release version when the server named one, and the spread).
+    Push(UpdateRequired),
     /// The server's answer to a heartbeat sent on the socket.
     Answer,
     /// Anything else the agent ignores (pings are answered by tungstenite while reading).
@@ -302,7 +307,7 @@ async fn next_frame(socket: &mut Option<Socket>) -> Frame {
     };
     match live.next().await {
         Some(Ok(Message::Text(text))) => match serde_json::from_str(text.as_str()) {
-            Ok(ServerEvent::UpdateRequired(event)) => Frame::Push(event.version),
+            Ok(ServerEvent::UpdateRequired(event)) => Frame::Push(event),
             Ok(ServerEvent::HeartbeatAck(_)) => Frame::Answer,
             Err(_) => Frame::Ignored,
         },

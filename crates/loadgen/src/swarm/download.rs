@@ -1,11 +1,13 @@
 //! One simulated agent's package download, as a `download` order starts it: the update check a
-//! push asks for (`GET /api/v1/agent/update`), then the offered `package_url`, both with the
-//! agent's bearer token on a connection of their own (beside its WebSocket, whose heartbeats go
-//! on meanwhile).
+//! push asks for (`GET /api/v1/agent/update`, at a random moment of the push's spread when it
+//! asked for one, as the agent does), then the offered `package_url`, both with the agent's
+//! bearer token on a connection of their own (beside its WebSocket, whose heartbeats go on
+//! meanwhile).
 //!
-//! A `503` with `Retry-After` is waited out as the agent does (the server's wait plus 0-50 %
-//! jitter) and counted as a busy answer, never as a failure; after [`MAX_BUSY`] of them the
-//! download is given up, like the agent's. The package is counted and discarded as it streams
+//! A `503` with `Retry-After` (the update-check line or the download budget is full) is waited
+//! out as the agent does (the server's wait plus 0-50 % jitter) and counted as a busy answer,
+//! never as a failure; after [`MAX_BUSY`] of them in one request the download is given up, like
+//! the agent's. The package is counted and discarded as it streams
 //! in: it must never reach the disk, and the bench does not check its hash (the agent does).
 //! Every failure is recorded once with its reason, never retried silently.
 
@@ -17,18 +19,30 @@ use hyper::StatusCode;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use super::http::{Dialer, HttpConnection};
+use super::http::{Dialer, Fetched, HttpConnection};
 
 /// Busy answers one download waits out before it gives up (the agent's number).
 const MAX_BUSY: u32 = 40;
 
-/// Downloads the release offered to the agent holding `token`, recording the outcome; ends
-/// early (recording nothing) on `stop`.
-pub async fn run(shared: Arc<Shared>, dialer: Dialer, token: String, stop: CancellationToken) {
+/// Downloads the release offered to the agent holding `token`, starting at a random moment of
+/// the push's `spread_secs` as the agent does, recording the outcome; ends early (recording
+/// nothing) on `stop`.
+pub async fn run(
+    shared: Arc<Shared>,
+    dialer: Dialer,
+    token: String,
+    spread_secs: Option<u32>,
+    stop: CancellationToken,
+) {
     let recorder = &shared.recorder;
+    let spread = Duration::from_secs(u64::from(spread_secs.unwrap_or(0)));
+    let fetch = async {
+        tokio::time::sleep(spread.mul_f64(fastrand::f64())).await;
+        fetch(&shared, dialer, &token).await
+    };
     tokio::select! {
         () = stop.cancelled() => {}
-        outcome = fetch(&shared, dialer, &token) => match outcome {
+        outcome = fetch => match outcome {
             Ok(bytes) => recorder.download_done(bytes),
             Err(error) => recorder.download_failed(error),
         },
@@ -39,20 +53,52 @@ pub async fn run(shared: Arc<Shared>, dialer: Dialer, token: String, stop: Cance
 async fn fetch(shared: &Shared, dialer: Dialer, token: &str) -> Result<u64, String> {
     let mut http = HttpConnection::new(dialer);
     let url = offered_package(shared, &mut http, token).await?;
+    let answer = get_when_not_busy(shared, &mut http, Ask::Package, &url, token).await?;
+    Ok(answer.bytes)
+}
+
+/// What one simulated agent asks the server for.
+#[derive(Debug, Clone, Copy)]
+enum Ask {
+    /// The update check: its answer is read.
+    UpdateCheck,
+    /// The package: counted and discarded.
+    Package,
+}
+
+impl Ask {
+    fn what(self) -> &'static str {
+        match self {
+            Ask::UpdateCheck => "update check",
+            Ask::Package => "package download",
+        }
+    }
+}
+
+/// `GET url`, asked again after each `503` + `Retry-After` wait (see the module docs) until
+/// another answer comes: that answer when it is `200`, an error otherwise.
+async fn get_when_not_busy(
+    shared: &Shared,
+    http: &mut HttpConnection,
+    ask: Ask,
+    url: &str,
+    token: &str,
+) -> Result<Fetched, String> {
+    let what = ask.what();
     let mut busy = 0;
     loop {
         let answer = http
-            .get(&url, token, false)
+            .get(url, token, matches!(ask, Ask::UpdateCheck))
             .await
-            .map_err(|err| format!("package download: {err}"))?;
+            .map_err(|err| format!("{what}: {err}"))?;
         match (answer.status, answer.retry_after) {
-            (StatusCode::OK, _) => return Ok(answer.bytes),
+            (StatusCode::OK, _) => return Ok(answer),
             (StatusCode::SERVICE_UNAVAILABLE, Some(secs)) if busy < MAX_BUSY => {
                 busy += 1;
                 shared.recorder.download_busy();
                 tokio::time::sleep(with_jitter(Duration::from_secs(secs))).await;
             }
-            (status, _) => return Err(format!("package download answered {status}")),
+            (status, _) => return Err(format!("{what} answered {status}")),
         }
     }
 }
@@ -70,13 +116,7 @@ async fn offered_package(
         settings.agent_version,
         settings.platform
     );
-    let answer = http
-        .get(&check, token, true)
-        .await
-        .map_err(|err| format!("update check: {err}"))?;
-    if answer.status != StatusCode::OK {
-        return Err(format!("update check answered {}", answer.status));
-    }
+    let answer = get_when_not_busy(shared, http, Ask::UpdateCheck, &check, token).await?;
     let offer: UpdateCheckResponse = serde_json::from_slice(&answer.body)
         .map_err(|err| format!("update check answer: {err}"))?;
     offer

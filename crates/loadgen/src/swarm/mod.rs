@@ -15,8 +15,8 @@
 //! | `grow N` | adds agents until N exist: `{"agents", "connected", "failed", "ramp_secs", "first_error"}` |
 //! | `measure SECS` | heartbeat latencies of the next SECS seconds: `{"secs", "connected", "latencies_us": [...], "heartbeat_errors", "ws_drops"}` |
 //! | `status` | at once: `{"agents", "connected", "ws_drops", "last_connected_unix_us"}` (drops since the start; when the last WebSocket came up) |
-//! | `await-push VERSION SECS` | waits up to SECS for every connected agent to be pushed `agent:update_required` for VERSION: `{"expected", "received", "first_unix_us", "last_unix_us"}` |
-//! | `download SECS` | every agent does at once what a push asks (update check, then the offered package; see [`download`]); answers when all are done or after SECS: `{"expected", "completed", "failed", "first_error", "busy", "bytes", "started_unix_us", "last_done_unix_us", "window"}` (`busy`: `503` answers waited out; `window`: the heartbeats meanwhile, as `measure` gives them) |
+//! | `await-push VERSION SECS` | waits up to SECS for every connected agent to be pushed `agent:update_required` for VERSION: `{"expected", "received", "first_unix_us", "last_unix_us", "check_spread_secs"}` (the longest `spread_secs` a notification asked for) |
+//! | `download SECS` | every agent does what a push asks (update check, at a random moment of the spread the push asked for, then the offered package; see [`download`]); answers when all are done or after SECS: `{"expected", "completed", "failed", "first_error", "busy", "bytes", "started_unix_us", "last_done_unix_us", "window"}` (`busy`: `503` answers waited out; `window`: the heartbeats meanwhile, as `measure` gives them) |
 //! | `quit` (or end of input) | closes every connection and exits |
 //!
 //! A command that cannot be understood is answered with `{"error": "..."}`. Latencies are raw

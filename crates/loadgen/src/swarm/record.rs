@@ -71,6 +71,8 @@ pub struct PushSpread {
     pub first_unix_us: Option<u64>,
     /// Last arrival (microseconds since the Unix epoch).
     pub last_unix_us: Option<u64>,
+    /// The longest spread of update checks a notification asked for (`spread_secs`).
+    pub check_spread_secs: Option<u32>,
 }
 
 impl Recorder {
@@ -139,11 +141,12 @@ impl Recorder {
     }
 
     /// An `agent:update_required` for `version` arrived now.
-    pub fn push_received(&self, version: &str) {
+    pub fn push_received(&self, version: &str, check_spread_secs: Option<u32>) {
         let now = unix_micros(SystemTime::now());
         let mut pushes = lock(&self.pushes);
         let spread = pushes.entry(version.to_owned()).or_default();
         spread.received += 1;
+        spread.check_spread_secs = spread.check_spread_secs.max(check_spread_secs);
         spread.first_unix_us = Some(spread.first_unix_us.map_or(now, |t| t.min(now)));
         spread.last_unix_us = Some(spread.last_unix_us.map_or(now, |t| t.max(now)));
     }
@@ -251,11 +254,13 @@ mod tests {
     #[test]
     fn pushes_are_counted_per_version_with_first_and_last_arrival() {
         let recorder = Recorder::default();
-        recorder.push_received("2.0.0");
-        recorder.push_received("2.0.0");
-        recorder.push_received("3.0.0");
+        recorder.push_received("2.0.0", None);
+        recorder.push_received("2.0.0", Some(25));
+        recorder.push_received("3.0.0", None);
         let spread = recorder.pushes("2.0.0");
         assert_eq!(spread.received, 2);
+        assert_eq!(spread.check_spread_secs, Some(25));
+        assert_eq!(recorder.pushes("3.0.0").check_spread_secs, None);
         assert!(spread.first_unix_us <= spread.last_unix_us);
         assert_eq!(recorder.pushes("4.0.0").received, 0);
     }

@@ -20,6 +20,7 @@ use cms_protocol::{
 use serde::Deserialize;
 
 use super::access::Peer;
+use super::checks::CheckTurn;
 use super::{ApiError, ApiJson, ApiQuery, AppState, check_field};
 use crate::access::{auth, rotation};
 use crate::clock;
@@ -335,26 +336,6 @@ pub struct UpdateQuery {
     /// Minutes the agent's clock is ahead of UTC (for maintenance windows on its clock).
     #[serde(default)]
     pub utc_offset_minutes: Option<i32>,
-}
-
-/// A turn at the update checks' share of the agents' pool, taken before the credential is
-/// checked: when a push sends the whole fleet to check at once, the checks queue here instead
-/// of in the pool, where heartbeats would wait behind them.
-#[derive(Debug)]
-pub struct CheckTurn {
-    _permit: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl FromRequestParts<AppState> for CheckTurn {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        _parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let _permit = state.check_turn().await?;
-        Ok(CheckTurn { _permit })
-    }
 }
 
 /// `GET /api/v1/agent/update?version=X&platform=P`: the release this agent should install.

@@ -18,8 +18,10 @@
 pub mod access;
 pub mod admin;
 pub mod agent;
+pub mod checks;
 pub mod dashboard;
 pub mod downloads;
+pub mod file_cache;
 pub mod groups;
 pub mod identity;
 pub mod metadata;
@@ -43,7 +45,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use cms_protocol::paths;
 use serde::de::DeserializeOwned;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{self, Cluster};
@@ -52,7 +54,9 @@ use crate::events::live::{FeedLimits, LiveFeed};
 use crate::intake::errors::PerAgent;
 use crate::net::ratelimit::{Rate, RateLimiter};
 use crate::ws::Hub;
+use checks::{CheckCounts, CheckQueue};
 use downloads::{DownloadBudget, DownloadCounts, DownloadSlot};
+use file_cache::FileCache;
 
 /// Largest request body accepted (error batches are the big ones).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -100,6 +104,9 @@ pub struct StateSettings {
     /// for a few queries); the others wait their turn, so heartbeats always find a connection
     /// when a push sends the whole fleet to check at once.
     pub check_slots: usize,
+    /// Update checks allowed to wait for a turn (`--max-waiting-checks`); one more is answered
+    /// 503 ([`checks`]).
+    pub max_waiting_checks: usize,
     /// Whether the server itself terminates TLS (session cookies are then `Secure`).
     pub serves_tls: bool,
     /// How often a live feed checks that its token or session still holds.
@@ -127,8 +134,9 @@ struct Inner {
     heartbeats: RateLimiter<String>,
     feeds: Arc<FeedLimits>,
     listing_slots: Semaphore,
-    check_slots: Arc<Semaphore>,
+    check_queue: Arc<CheckQueue>,
     downloads: DownloadBudget,
+    file_cache: FileCache,
 }
 
 impl AppState {
@@ -144,7 +152,10 @@ impl AppState {
         let ingest = settings.ingest;
         let downloads = DownloadBudget::new(settings.download_slots);
         let listing_slots = Semaphore::new(settings.listing_slots.max(1));
-        let check_slots = Arc::new(Semaphore::new(settings.check_slots.max(1)));
+        let check_queue = Arc::new(CheckQueue::new(
+            settings.check_slots,
+            settings.max_waiting_checks,
+        ));
         Self {
             inner: Arc::new(Inner {
                 db,
@@ -158,8 +169,9 @@ impl AppState {
                 heartbeats: RateLimiter::new(ingest.heartbeats, RATE_LIMITER_KEYS),
                 feeds: Arc::default(),
                 listing_slots,
-                check_slots,
+                check_queue,
                 downloads,
+                file_cache: FileCache::default(),
             }),
         }
     }
@@ -266,13 +278,19 @@ impl AppState {
         }
     }
 
-    /// A turn to work on one update check: waits while [`StateSettings::check_slots`] are
-    /// taken (never refuses: the agent asked because it was told to).
-    async fn check_turn(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        Arc::clone(&self.inner.check_slots)
-            .acquire_owned()
-            .await
-            .map_err(|_| busy("the server is shutting down"))
+    /// The packages and deltas kept in memory while in demand ([`file_cache`]).
+    fn file_cache(&self) -> &FileCache {
+        &self.inner.file_cache
+    }
+
+    /// The update checks' queue ([`checks`]).
+    fn check_queue(&self) -> &Arc<CheckQueue> {
+        &self.inner.check_queue
+    }
+
+    /// The update-check queue's counts (shown by `/healthz`).
+    pub fn check_counts(&self) -> CheckCounts {
+        self.inner.check_queue.counts()
     }
 
     /// A slot to serve one package stream (held by its body until sent or dropped), or 503
@@ -565,6 +583,13 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let ApiError::Unavailable { .. } = &self {
+            // The client waits a while before asking again: holding its connection meanwhile
+            // would only cost this server a socket and its buffers.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

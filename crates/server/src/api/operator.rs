@@ -116,7 +116,7 @@ pub async fn check_update(
             .await;
         return Err(ApiError::NotFound("unknown agent".into()));
     }
-    let event = ServerEvent::UpdateRequired(UpdateRequired { version: None });
+    let event = ServerEvent::UpdateRequired(UpdateRequired::default());
     let via = match state.hub().notify(&agent_id, event) {
         Ok(()) => "this replica".to_owned(),
         Err(NotifyError::NotConnected) => {
@@ -150,13 +150,17 @@ async fn refuse(
     Err(ApiError::Conflict(error.to_string()))
 }
 
-/// `GET /healthz`: 200 when the database answers (with this replica's package streams: active,
-/// limit, peak, refused), 503 otherwise. Public; it uses the operators' pool, so a flood of
+/// `GET /healthz`: 200 when the database answers (with this replica's package streams and
+/// update-check line: counts now, limit, peak, refused), 503 otherwise. Public; it uses the operators' pool, so a flood of
 /// health checks cannot take agents' connections.
 pub async fn healthz(State(state): State<AppState>) -> Response {
     match state.operator_db().ping().await {
         Ok(()) => {
-            let body = serde_json::json!({ "status": "ok", "downloads": state.download_counts() });
+            let body = serde_json::json!({
+                "status": "ok",
+                "downloads": state.download_counts(),
+                "update_checks": state.check_counts(),
+            });
             (StatusCode::OK, Json(body)).into_response()
         }
         Err(error) => {

@@ -8,9 +8,9 @@
 //! against the update check. Streams in flight are bounded by the download budget
 //! ([`super::downloads`], `--max-downloads`): one past it is answered 503 with `Retry-After`,
 //! and the slot is held by the response body, so it counts until the last byte is sent or the
-//! client goes away. This handler must never read a package
-//! into memory, never serve a path outside the data directory, and never answer for a release
-//! that is not published.
+//! client goes away. Files are sent from the file cache ([`super::file_cache`]: read once
+//! while in demand, bounded), larger ones streamed from disk. This handler must never serve a
+//! path outside the data directory, and never answer for a release that is not published.
 
 use std::path::{Component, Path as FsPath, PathBuf};
 
@@ -24,8 +24,11 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
+use axum::body::Bytes;
+
 use super::agent::AuthedAgent;
 use super::downloads::DownloadSlot;
+use super::file_cache::{FileCache, Lookup};
 use super::{ApiError, AppState};
 use crate::logtext::Untrusted;
 use crate::release::delta::delta_rel_path;
@@ -130,7 +133,7 @@ pub async fn download(
         platform = %Untrusted(&platform),
         "package download"
     );
-    let served = stream_file(slot, &file_path, &headers).await?;
+    let served = stream_file(state.file_cache(), slot, &file_path, &headers).await?;
     if i64::try_from(served.total).ok() != Some(row.length) {
         tracing::warn!(
             version = %Untrusted(&version),
@@ -172,7 +175,9 @@ pub async fn download_delta(
         platform = %Untrusted(&platform),
         "delta download"
     );
-    Ok(stream_file(slot, &file_path, &headers).await?.response)
+    Ok(stream_file(state.file_cache(), slot, &file_path, &headers)
+        .await?
+        .response)
 }
 
 /// A file answer and the file's whole length.
@@ -181,15 +186,31 @@ struct Served {
     total: u64,
 }
 
-/// Streams `file_path` (the range `headers` ask for), holding `slot` until the body ends.
+/// Where a file's bytes come from.
+enum Source {
+    /// The file cache.
+    Memory(Bytes),
+    /// The file on disk, too large to keep.
+    Disk(tokio::fs::File),
+}
+
+/// Sends `file_path` (the range `headers` ask for) from the file cache, or streamed from disk
+/// when it is too large to keep, holding `slot` until the body ends.
 async fn stream_file(
+    cache: &FileCache,
     slot: DownloadSlot,
     file_path: &FsPath,
     headers: &HeaderMap,
 ) -> Result<Served, ApiError> {
     let io_err = |e: std::io::Error| ApiError::Internal(format!("{}: {e}", file_path.display()));
-    let mut file = tokio::fs::File::open(file_path).await.map_err(io_err)?;
-    let total = file.metadata().await.map_err(io_err)?.len();
+    let source = match cache.get(file_path).await.map_err(io_err)? {
+        Lookup::Bytes(bytes) => Source::Memory(bytes),
+        Lookup::TooLarge => Source::Disk(tokio::fs::File::open(file_path).await.map_err(io_err)?),
+    };
+    let total = match &source {
+        Source::Memory(bytes) => bytes.len() as u64,
+        Source::Disk(file) => file.metadata().await.map_err(io_err)?.len(),
+    };
     let range = parse_range(headers.get(RANGE).and_then(|v| v.to_str().ok()), total);
     tracing::debug!(?range, total, "file download");
     let (status, start, length) = match range {
@@ -202,15 +223,26 @@ async fn stream_file(
             });
         }
     };
-    file.seek(std::io::SeekFrom::Start(start))
-        .await
-        .map_err(io_err)?;
     // The stream owns the download slot: it is freed when the body is sent or dropped.
-    let stream = ReaderStream::with_capacity(file.take(length), CHUNK).map(move |chunk| {
-        let _slot = &slot;
-        chunk
-    });
-    let body = Body::from_stream(stream);
+    let body = match source {
+        Source::Memory(bytes) => {
+            let chunks = slices(bytes, start, length).map(move |chunk| {
+                let _slot = &slot;
+                Ok::<_, std::io::Error>(chunk)
+            });
+            Body::from_stream(futures_util::stream::iter(chunks))
+        }
+        Source::Disk(mut file) => {
+            file.seek(std::io::SeekFrom::Start(start))
+                .await
+                .map_err(io_err)?;
+            let stream = ReaderStream::with_capacity(file.take(length), CHUNK).map(move |chunk| {
+                let _slot = &slot;
+                chunk
+            });
+            Body::from_stream(stream)
+        }
+    };
     let mut response = (status, body).into_response();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/zip"));
@@ -221,6 +253,19 @@ async fn stream_file(
         headers.insert(CONTENT_RANGE, header_value(&value)?);
     }
     Ok(Served { response, total })
+}
+
+/// `length` bytes of `bytes` from `start`, as [`CHUNK`]-sized slices of the same buffer.
+fn slices(bytes: Bytes, start: u64, length: u64) -> impl Iterator<Item = Bytes> + Send {
+    let start = usize::try_from(start)
+        .unwrap_or(usize::MAX)
+        .min(bytes.len());
+    let end = start
+        .saturating_add(usize::try_from(length).unwrap_or(usize::MAX))
+        .min(bytes.len());
+    (start..end)
+        .step_by(CHUNK)
+        .map(move |from| bytes.slice(from..(from + CHUNK).min(end)))
 }
 
 /// 416 with `Content-Range: bytes */TOTAL` and the usual JSON error body.

@@ -86,6 +86,18 @@ pub(super) struct LimitArgs {
     /// smaller open-file limit, at least 4].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
     max_downloads: Option<u64>,
+    /// Update checks waiting for their turn at most (a push sends the whole fleet to check at
+    /// once); one more is answered 503 with a Retry-After spread over the line, and the agent
+    /// comes back then [default: 64 per check worked on at once: 128 on SQLite, 512 on
+    /// PostgreSQL].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    max_waiting_checks: Option<u64>,
+    /// Update checks per second a push aims at: a release pushed to more connected agents than
+    /// this asks them to check at random moments over agents / N seconds (at most 10 minutes)
+    /// instead of at once [default: 100 per check worked on at once: 200 on SQLite, 800 on
+    /// PostgreSQL].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    push_checks_per_sec: Option<u32>,
     /// Registrations per minute from one source address, after the burst.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     registrations_per_minute: u32,
@@ -236,6 +248,8 @@ fn connection_settings(limits: &LimitArgs) -> ConnectionSettings {
         max_connections: limits.max_connections.map(to_usize),
         max_per_source: limits.max_connections_per_source.map(to_usize),
         max_downloads: limits.max_downloads.map(to_usize),
+        max_waiting_checks: limits.max_waiting_checks.map(to_usize),
+        push_checks_per_sec: limits.push_checks_per_sec,
     }
 }
 

@@ -185,7 +185,7 @@ impl Dispatcher {
                 agent_id,
                 replica_id,
             } if *replica_id == *self.replica_id => {
-                let event = ServerEvent::UpdateRequired(UpdateRequired { version: None });
+                let event = ServerEvent::UpdateRequired(UpdateRequired::default());
                 match self.hub.notify(&agent_id, event) {
                     Ok(()) => tracing::info!(agent_id, "update check requested by another replica"),
                     Err(error) => {
@@ -351,7 +351,7 @@ mod tests {
         });
         assert_eq!(
             *registration.events.try_recv().unwrap(),
-            ServerEvent::UpdateRequired(UpdateRequired { version: None })
+            ServerEvent::UpdateRequired(UpdateRequired::default())
         );
     }
 

@@ -9,7 +9,9 @@
 //! and whose reported version is older, and whose group's maintenance window is open (see
 //! `crate::rollout::window::may_push`) and that is not pinned, recording each push as an offer
 //! (`crate::rollout::offer`). The event only says "check now"; the update check decides what
-//! to install. This module must never block the hub (it uses `notify`, which never
+//! to install. A push to more agents than the server checks in a second (`--push-checks-per-sec`)
+//! also says over how many seconds to spread those checks ([`push_spread`]), so the fleet does not
+//! all ask in the same second. This module must never block the hub (it uses `notify`, which never
 //! waits) and never tell an agent outside a release's cohort.
 
 use std::collections::{HashMap, HashSet};
@@ -27,6 +29,18 @@ use crate::ws::Hub;
 
 /// How often the watcher looks for new releases.
 pub const RELEASE_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Update checks per second a push aims at, per check worked on at once, by default.
+pub const PUSH_CHECKS_PER_TURN: u32 = 100;
+/// Longest spread a push asks for, however many agents it reaches.
+const MAX_PUSH_SPREAD_SECS: u32 = 600;
+
+/// Seconds over which `agents` told at once should spread their update checks so they come at
+/// about `per_sec`: none when they fit in a second, at most [`MAX_PUSH_SPREAD_SECS`].
+pub fn push_spread(agents: usize, per_sec: u32) -> Option<u32> {
+    let agents = u32::try_from(agents).unwrap_or(u32::MAX);
+    let per_sec = per_sec.max(1);
+    (agents > per_sec).then(|| agents.div_ceil(per_sec).min(MAX_PUSH_SPREAD_SECS))
+}
 
 type Key = (String, String);
 
@@ -41,18 +55,21 @@ pub struct ReleaseWatcher {
     fingerprint: (i64, i64),
     /// Whether the last poll failed (to log failures once, not every second).
     failing: bool,
+    /// Update checks per second a push aims at ([`push_spread`]).
+    push_rate: u32,
 }
 
 impl ReleaseWatcher {
     /// A watcher whose baseline is the releases published now (they are not pushed: agents
     /// check for updates when they connect).
-    pub async fn new(db: Db, hub: Hub) -> Self {
+    pub async fn new(db: Db, hub: Hub, push_rate: u32) -> Self {
         let mut watcher = Self {
             db,
             hub,
             known: None,
             fingerprint: (-1, -1),
             failing: false,
+            push_rate,
         };
         if let Err(error) = watcher.poll(true).await {
             tracing::warn!(%error, "cannot read releases; the watcher retries");
@@ -152,15 +169,25 @@ impl ReleaseWatcher {
         };
         let connected: HashSet<String> = self.hub.connected_ids().into_iter().collect();
         let agents = self.db.agents_on_platform(&release.platform).await?;
-        let event = ServerEvent::UpdateRequired(UpdateRequired {
-            version: Some(release.version.clone()),
-        });
         let pushable = self.groups_that_may_be_pushed_to(&release.platform).await?;
         let (mut notified, mut missed) = (Vec::new(), 0usize);
-        let targets = agents.iter().filter(|(agent_id, agent_version, group)| {
-            connected.contains(agent_id)
-                && pushable(group)
-                && cohort::should_notify(agent_id, agent_version, &version, release.rollout_percent)
+        let targets: Vec<_> = agents
+            .iter()
+            .filter(|(agent_id, agent_version, group)| {
+                connected.contains(agent_id)
+                    && pushable(group)
+                    && cohort::should_notify(
+                        agent_id,
+                        agent_version,
+                        &version,
+                        release.rollout_percent,
+                    )
+            })
+            .collect();
+        let spread_secs = push_spread(targets.len(), self.push_rate);
+        let event = ServerEvent::UpdateRequired(UpdateRequired {
+            version: Some(release.version.clone()),
+            spread_secs,
         });
         for (agent_id, _, _) in targets {
             match self.hub.notify(agent_id, event.clone()) {
@@ -187,6 +214,7 @@ impl ReleaseWatcher {
             connected = connected.len(),
             notified = notified.len(),
             missed,
+            spread_secs = spread_secs.unwrap_or(0),
             "release published or its rollout widened; connected agents notified"
         );
         Ok(())
@@ -222,4 +250,23 @@ impl ReleaseWatcher {
 
 fn key(release: &ReleaseRecord) -> Key {
     (release.version.clone(), release.platform.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_push_spreads_its_checks_only_past_a_seconds_worth() {
+        assert_eq!(push_spread(0, 200), None);
+        assert_eq!(push_spread(200, 200), None);
+        assert_eq!(push_spread(201, 200), Some(2));
+        assert_eq!(push_spread(5000, 200), Some(25));
+        assert_eq!(push_spread(10_000_000, 200), Some(MAX_PUSH_SPREAD_SECS));
+        assert_eq!(
+            push_spread(3, 0),
+            Some(3),
+            "a zero rate counts as one a second"
+        );
+    }
 }

@@ -43,8 +43,9 @@ fn section(r: &PushResults, machine: &Machine, mode: &str) -> String {
          `cms-server` (SQLite) at its default `--max-downloads` ({} streams at once here), \
          {} simulated agents (`cms-loadgen swarm`, a heartbeat every {} s each on its \
          WebSocket). Release {} ({} bytes, the agent build) is published and pushed; then every \
-         agent runs the update check and downloads the package at once over loopback, waiting \
-         out `503` + `Retry-After` (with jitter) and discarding the bytes. \"Before\" is an idle \
+         agent does what the push asks, as the agent does: {}, then downloads the package over \
+         loopback, waiting out `503` + `Retry-After` (with jitter) and discarding the bytes. \
+         \"Before\" is an idle \
          window; \"during\" runs from the order to the last download's end (server memory: \
          the peak of readings every 100 ms). Heartbeats are timed in the load generator, which \
          shares the cores with the server: its own CPU is shown because a busy load generator \
@@ -57,6 +58,7 @@ fn section(r: &PushResults, machine: &Machine, mode: &str) -> String {
         r.heartbeat_secs,
         r.version,
         r.package_bytes,
+        check_moment(r.check_spread_secs),
     );
     let _ = writeln!(md, "| | before push | during push |");
     let _ = writeln!(md, "|---|---|---|");
@@ -93,6 +95,17 @@ fn section(r: &PushResults, machine: &Machine, mode: &str) -> String {
     md
 }
 
+/// When the agents ran their update check: at once, or within the push's spread.
+fn check_moment(spread_secs: Option<u32>) -> String {
+    match spread_secs {
+        Some(secs) => format!(
+            "the update check at a random moment of the {secs} s the push spread the checks over \
+             (`spread_secs`, docs/protocol.md)"
+        ),
+        None => "the update check at once (the push asked for no spread)".to_owned(),
+    }
+}
+
 /// A heartbeat figure of a stretch, or a dash when no heartbeat fell in it.
 fn beats(stretch: &Stretch, read: fn(&Heartbeats) -> String) -> String {
     stretch.heartbeats.as_ref().map_or("-".to_owned(), read)
@@ -114,8 +127,13 @@ fn downloads(md: &mut String, r: &PushResults) {
     let _ = writeln!(md, "| order -> last download ended | {done} |");
     let _ = writeln!(
         md,
-        "| `503` + `Retry-After` answers waited out | {} (server: {} refused) |",
-        r.busy_answers, r.server_refused
+        "| `503` + `Retry-After` answers waited out | {} (server: {} downloads and {} update checks refused) |",
+        r.busy_answers, r.server_refused, r.checks.refused
+    );
+    let _ = writeln!(
+        md,
+        "| most update checks waiting at once (`/healthz` peak) | {} of {} |",
+        r.checks.peak, r.checks.limit
     );
     let _ = writeln!(
         md,

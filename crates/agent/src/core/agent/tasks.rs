@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use cms_protocol::{HeartbeatAck, ServerEvent, UpdateInfo};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::{Inner, panic_if_a_test_asks};
 use crate::core::supervisor::{Role, Tasks, sleep_or_cancel};
@@ -82,18 +83,47 @@ async fn poll_loop(inner: Arc<Inner>) {
     }
 }
 
-/// Acts on server events: a push checks for updates now; a heartbeat answer that offers a
+/// Acts on server events: a push checks for updates now, or at a random moment of the spread
+/// it asks for (the other events are handled meanwhile); a heartbeat answer that offers a
 /// release not offered by the previous answer starts that update (so a push that was lost waits
 /// no longer than the next heartbeat, and a failed update is not retried at every heartbeat).
 async fn event_loop(inner: Arc<Inner>, mut events: mpsc::Receiver<ServerEvent>) {
     let mut last_offer: Option<String> = None;
+    let mut push_check: Option<Instant> = None;
     loop {
+        let due = async {
+            match push_check {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let event = tokio::select! {
             _ = inner.backend.cancelled() => return,
+            () = due => {
+                push_check = None;
+                inner.check_for_update("push").await;
+                continue;
+            }
             event = events.recv() => event,
         };
         match event {
-            Some(ServerEvent::UpdateRequired(_)) => inner.check_for_update("push").await,
+            Some(ServerEvent::UpdateRequired(push)) => {
+                match spread_wait(push.spread_secs, fastrand::f64()) {
+                    Some(wait) => {
+                        let at = Instant::now() + wait;
+                        push_check = Some(push_check.map_or(at, |earlier| earlier.min(at)));
+                        tracing::info!(
+                            wait_ms = wait.as_millis() as u64,
+                            spread_secs = push.spread_secs.unwrap_or(0),
+                            "update pushed: checking at a random moment of the push's spread"
+                        );
+                    }
+                    None => {
+                        push_check = None;
+                        inner.check_for_update("push").await;
+                    }
+                }
+            }
             Some(ServerEvent::HeartbeatAck(ack)) => {
                 if ack.rotate_credential {
                     inner.rotate_credential().await;
@@ -117,6 +147,13 @@ fn new_offer(last: &mut Option<String>, ack: HeartbeatAck) -> Option<UpdateInfo>
     let is_new = offered.is_some() && offered != *last;
     *last = offered;
     ack.update.filter(|_| is_new)
+}
+
+/// How long to wait before the update check a push asks for: `random` (0 to 1) of its spread;
+/// `None` (check now) when it asks for none.
+fn spread_wait(spread_secs: Option<u32>, random: f64) -> Option<Duration> {
+    let spread = Duration::from_secs(u64::from(spread_secs.filter(|&s| s > 0)?));
+    Some(spread.mul_f64(random.clamp(0.0, 1.0)))
 }
 
 /// `every` +/- 10 %, so a fleet's timers drift apart instead of hitting the server together.
@@ -143,6 +180,18 @@ mod offer_tests {
                 rollback: None,
             }),
         }
+    }
+
+    #[test]
+    fn a_push_with_a_spread_waits_a_random_part_of_it() {
+        assert_eq!(spread_wait(None, 0.5), None);
+        assert_eq!(spread_wait(Some(0), 0.5), None);
+        assert_eq!(spread_wait(Some(10), 0.0), Some(Duration::ZERO));
+        assert_eq!(
+            spread_wait(Some(10), 0.25),
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(spread_wait(Some(10), 7.0), Some(Duration::from_secs(10)));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use cms_protocol::{
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::download::BusyWaits;
 use super::steps::remove_update_files;
 use super::{
     Relaunch, Settlement, TransferLimits, Update, read_journal, retry_delay, settle_journal,
@@ -123,13 +124,36 @@ impl UpdateController {
         }
     }
 
-    /// Asks the backend for an update and starts the one it offers.
+    /// Asks the backend for an update and starts the one it offers. A busy backend (`503` or
+    /// `429` with `Retry-After`: after a push, its line of update checks is full) is asked
+    /// again after the same waits as a busy download; only once those run out is the check
+    /// reported failed.
     pub async fn check_for_update(&self, deps: &UpdateDeps<'_>, trigger: &'static str) {
-        match deps
-            .http
-            .check_for_update(BUILD_VERSION, system::PLATFORM)
-            .await
-        {
+        let mut waits = BusyWaits::default();
+        let answer = loop {
+            let answer = deps
+                .http
+                .check_for_update(BUILD_VERSION, system::PLATFORM)
+                .await;
+            let wait = answer
+                .as_ref()
+                .err()
+                .and_then(|error| error.retry_after())
+                .and_then(|asked| waits.next(asked));
+            let Some(wait) = wait else {
+                break answer;
+            };
+            tracing::info!(
+                trigger,
+                wait_ms = wait.as_millis() as u64,
+                busy_answers = waits.taken(),
+                "update check: the server is busy; asking again after a wait"
+            );
+            if !sleep_or_cancel(deps.cancel, wait).await {
+                return;
+            }
+        };
+        match answer {
             Ok(None) => tracing::info!(trigger, version = BUILD_VERSION, "no update available"),
             Ok(Some(update)) => {
                 self.initiate_update(deps, trigger, &update).await;

@@ -64,7 +64,7 @@ pub async fn fetch(
             };
             tracing::info!(
                 wait_ms = wait.as_millis() as u64,
-                busy_answers = waits.taken,
+                busy_answers = waits.taken(),
                 %error,
                 "package download: the server is busy; waiting before resuming"
             );
@@ -96,16 +96,21 @@ fn is_break(error: &HttpError) -> bool {
 /// with each busy answer up to [`BACKOFF_CAP`] (so a fleet that keeps finding the budget full
 /// comes back less often), plus up to half as much again of jitter (so agents refused together
 /// do not return together), never more than [`MAX_WAIT`] and never more than
-/// [`MAX_BUSY_WAITS`] times.
+/// [`MAX_BUSY_WAITS`] times. The update check waits out a busy server the same way.
 #[derive(Debug, Default)]
-struct BusyWaits {
+pub(super) struct BusyWaits {
     taken: u32,
 }
 
 impl BusyWaits {
     /// The next wait after the server asked for `asked`, or `None` once the waits are used up.
-    fn next(&mut self, asked: Duration) -> Option<Duration> {
+    pub(super) fn next(&mut self, asked: Duration) -> Option<Duration> {
         self.next_with(asked, fastrand::f64())
+    }
+
+    /// Waits handed out so far.
+    pub(super) fn taken(&self) -> u32 {
+        self.taken
     }
 
     /// [`Self::next`] with the jitter's random fraction (0 to 1) given.
