@@ -20,6 +20,9 @@ use crate::system;
 /// How long the first heartbeat waits for the WebSocket, so that it does not open an HTTP
 /// connection just before the socket is up.
 const FIRST_HEARTBEAT_WAIT: Duration = Duration::from_secs(5);
+/// Longest spread of a push's update check the agent honours (the server asks for 600 s at
+/// most), so a wrong value cannot put the check off for days.
+const MAX_PUSH_SPREAD_SECS: u32 = 600;
 
 pub(super) fn spawn_services(inner: &Arc<Inner>, tasks: &mut Tasks) {
     let (events_tx, events_rx) = mpsc::channel(16);
@@ -149,10 +152,11 @@ fn new_offer(last: &mut Option<String>, ack: HeartbeatAck) -> Option<UpdateInfo>
     ack.update.filter(|_| is_new)
 }
 
-/// How long to wait before the update check a push asks for: `random` (0 to 1) of its spread;
-/// `None` (check now) when it asks for none.
+/// How long to wait before the update check a push asks for: `random` (0 to 1) of its spread,
+/// which counts as [`MAX_PUSH_SPREAD_SECS`] at most; `None` (check now) when it asks for none.
 fn spread_wait(spread_secs: Option<u32>, random: f64) -> Option<Duration> {
-    let spread = Duration::from_secs(u64::from(spread_secs.filter(|&s| s > 0)?));
+    let secs = spread_secs.filter(|&s| s > 0)?.min(MAX_PUSH_SPREAD_SECS);
+    let spread = Duration::from_secs(u64::from(secs));
     Some(spread.mul_f64(random.clamp(0.0, 1.0)))
 }
 
@@ -192,6 +196,11 @@ mod offer_tests {
             Some(Duration::from_millis(2500))
         );
         assert_eq!(spread_wait(Some(10), 7.0), Some(Duration::from_secs(10)));
+        assert_eq!(
+            spread_wait(Some(u32::MAX), 1.0),
+            Some(Duration::from_secs(600)),
+            "never longer than ten minutes"
+        );
     }
 
     #[test]
