@@ -1002,8 +1002,11 @@ fn a_push_to_more_agents_than_the_rate_spreads_their_checks() {
     for machine in &machines {
         machine.start_via(&server.url, "3600", &[]);
     }
-    wait_long("three IDLE agents on 1.0.0", 60, || {
-        (on_version(&server, "1.0.0") == machines.len()).then_some(())
+    wait_long("three IDLE agents on 1.0.0 on their WebSockets", 60, || {
+        let connected = machines
+            .iter()
+            .all(|m| agent_log(&m.data).contains("websocket connected"));
+        (connected && on_version(&server, "1.0.0") == machines.len()).then_some(())
     });
     machines[0].publish("2.0.0");
     wait_long("three IDLE agents on 2.0.0", 120, || {

@@ -1,7 +1,8 @@
 //! The HTTP surface: shared state, the router, JSON errors and request extractors.
 //!
-//! Handlers live in [`agent`] (the agent-facing API, bearer-authenticated), [`package`] (the
-//! release package download, bearer-authenticated, bounded by [`downloads`]), [`metadata`] (the signed TUF metadata,
+//! Handlers live in [`agent`] (the agent-facing API, bearer-authenticated; its update checks
+//! take turns in [`checks`]), [`package`] (the release package download, bearer-authenticated,
+//! bounded by [`downloads`], sent from [`file_cache`]), [`metadata`] (the signed TUF metadata,
 //! public), [`operator`] (the operator API of docs/protocol.md, operator tokens) and
 //! [`admin`] (token management and the audit log, admin tokens), [`identity`] (revoking agents,
 //! enrollment tokens) and [`dashboard`] (the
