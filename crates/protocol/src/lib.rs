@@ -74,6 +74,9 @@ pub const MAX_PAGE_SIZE: u32 = 1000;
 
 /// Name of the WebSocket event that tells an agent a newer release is waiting for it.
 pub const EVENT_UPDATE_REQUIRED: &str = "agent:update_required";
+/// Longest spread of update checks a push asks for ([`UpdateRequired::spread_secs`]); an agent
+/// takes a larger value as this, so a wrong one cannot put its check off for days.
+pub const MAX_PUSH_SPREAD_SECS: u32 = 600;
 /// Name of the WebSocket message that carries an agent's heartbeat to the server.
 pub const EVENT_HEARTBEAT: &str = "agent:heartbeat";
 /// Name of the WebSocket event that answers a heartbeat.
@@ -270,6 +273,20 @@ pub struct UpdateRequired {
     pub spread_secs: Option<u32>,
 }
 
+impl UpdateRequired {
+    /// How long an agent waits before the update check this push asks for: `random` (0 to 1)
+    /// of its spread, taken as [`MAX_PUSH_SPREAD_SECS`] at most; `None` (check now) when it
+    /// asks for none.
+    pub fn check_delay(&self, random: f64) -> Option<std::time::Duration> {
+        let secs = self
+            .spread_secs
+            .filter(|&s| s > 0)?
+            .min(MAX_PUSH_SPREAD_SECS);
+        let spread = std::time::Duration::from_secs(u64::from(secs));
+        Some(spread.mul_f64(random.clamp(0.0, 1.0)))
+    }
+}
+
 /// Payload of [`EVENT_HEARTBEAT_ACK`]: the server stored a heartbeat sent over the WebSocket,
 /// and says what the HTTP update check would say right now.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -376,6 +393,31 @@ mod tests {
             serde_json::json!({"event": "agent:update_required", "data": {"version": "2.0.0"}})
         );
         assert_eq!(serde_json::from_value::<ServerEvent>(json).unwrap(), event);
+    }
+
+    #[test]
+    fn a_push_with_a_spread_delays_the_check_a_random_part_of_it() {
+        use std::time::Duration;
+        let push = |spread_secs| UpdateRequired {
+            version: None,
+            spread_secs,
+        };
+        assert_eq!(push(None).check_delay(0.5), None);
+        assert_eq!(push(Some(0)).check_delay(0.5), None);
+        assert_eq!(push(Some(10)).check_delay(0.0), Some(Duration::ZERO));
+        assert_eq!(
+            push(Some(10)).check_delay(0.25),
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(
+            push(Some(10)).check_delay(7.0),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            push(Some(u32::MAX)).check_delay(1.0),
+            Some(Duration::from_secs(600)),
+            "never longer than ten minutes"
+        );
     }
 
     #[test]

@@ -114,8 +114,8 @@ impl SimulatedAgent {
             session.http = HttpConnection::new(self.dialer);
         }
         let mut socket = Some(socket);
-        // The spread the last push asked for: the download order starts the check within it.
-        let mut spread_secs = None;
+        // The last push: the download order starts the check within the spread it asked for.
+        let mut last_push = UpdateRequired::default();
         let mut next_heartbeat =
             Instant::now() + self.shared.settings.heartbeat.mul_f64(fastrand::f64());
         loop {
@@ -130,7 +130,7 @@ impl SimulatedAgent {
                         self.shared.clone(),
                         self.dialer,
                         session.token.clone(),
-                        spread_secs,
+                        last_push.check_delay(fastrand::f64()).unwrap_or_default(),
                         stop.child_token(),
                     );
                     tokio::spawn(download);
@@ -139,7 +139,7 @@ impl SimulatedAgent {
                     Frame::Push(push) => {
                         let version = push.version.as_deref().unwrap_or("");
                         self.shared.recorder.push_received(version, push.spread_secs);
-                        spread_secs = push.spread_secs;
+                        last_push = push;
                     }
                     Frame::Answer => {
                         if let Some(sent) = session.unanswered.take() {

@@ -24,20 +24,19 @@ use super::http::{Dialer, Fetched, HttpConnection};
 /// Busy answers one download waits out before it gives up (the agent's number).
 const MAX_BUSY: u32 = 40;
 
-/// Downloads the release offered to the agent holding `token`, starting at a random moment of
-/// the push's `spread_secs` as the agent does, recording the outcome; ends early (recording
-/// nothing) on `stop`.
+/// Downloads the release offered to the agent holding `token` after `delay` (the push's
+/// `check_delay`, as the agent waits), recording the outcome; ends early (recording nothing)
+/// on `stop`.
 pub async fn run(
     shared: Arc<Shared>,
     dialer: Dialer,
     token: String,
-    spread_secs: Option<u32>,
+    delay: Duration,
     stop: CancellationToken,
 ) {
     let recorder = &shared.recorder;
-    let spread = Duration::from_secs(u64::from(spread_secs.unwrap_or(0)));
     let fetch = async {
-        tokio::time::sleep(spread.mul_f64(fastrand::f64())).await;
+        tokio::time::sleep(delay).await;
         fetch(&shared, dialer, &token).await
     };
     tokio::select! {

@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cms_protocol::{ServerEvent, UpdateRequired};
+use cms_protocol::{MAX_PUSH_SPREAD_SECS, ServerEvent, UpdateRequired};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -31,9 +31,6 @@ use crate::ws::Hub;
 pub const RELEASE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Update checks per second a push aims at, per check worked on at once, by default.
 pub const PUSH_CHECKS_PER_TURN: u32 = 100;
-/// Longest spread a push asks for, however many agents it reaches.
-const MAX_PUSH_SPREAD_SECS: u32 = 600;
-
 /// Seconds over which `agents` told at once should spread their update checks so they come at
 /// about `per_sec`: none when they fit in a second, at most [`MAX_PUSH_SPREAD_SECS`].
 pub fn push_spread(agents: usize, per_sec: u32) -> Option<u32> {

@@ -20,9 +20,6 @@ use crate::system;
 /// How long the first heartbeat waits for the WebSocket, so that it does not open an HTTP
 /// connection just before the socket is up.
 const FIRST_HEARTBEAT_WAIT: Duration = Duration::from_secs(5);
-/// Longest spread of a push's update check the agent honours (the server asks for 600 s at
-/// most), so a wrong value cannot put the check off for days.
-const MAX_PUSH_SPREAD_SECS: u32 = 600;
 
 pub(super) fn spawn_services(inner: &Arc<Inner>, tasks: &mut Tasks) {
     let (events_tx, events_rx) = mpsc::channel(16);
@@ -110,23 +107,21 @@ async fn event_loop(inner: Arc<Inner>, mut events: mpsc::Receiver<ServerEvent>) 
             event = events.recv() => event,
         };
         match event {
-            Some(ServerEvent::UpdateRequired(push)) => {
-                match spread_wait(push.spread_secs, fastrand::f64()) {
-                    Some(wait) => {
-                        let at = Instant::now() + wait;
-                        push_check = Some(push_check.map_or(at, |earlier| earlier.min(at)));
-                        tracing::info!(
-                            wait_ms = wait.as_millis() as u64,
-                            spread_secs = push.spread_secs.unwrap_or(0),
-                            "update pushed: checking at a random moment of the push's spread"
-                        );
-                    }
-                    None => {
-                        push_check = None;
-                        inner.check_for_update("push").await;
-                    }
+            Some(ServerEvent::UpdateRequired(push)) => match push.check_delay(fastrand::f64()) {
+                Some(wait) => {
+                    let at = Instant::now() + wait;
+                    push_check = Some(push_check.map_or(at, |earlier| earlier.min(at)));
+                    tracing::info!(
+                        wait_ms = wait.as_millis() as u64,
+                        spread_secs = push.spread_secs.unwrap_or(0),
+                        "update pushed: checking at a random moment of the push's spread"
+                    );
                 }
-            }
+                None => {
+                    push_check = None;
+                    inner.check_for_update("push").await;
+                }
+            },
             Some(ServerEvent::HeartbeatAck(ack)) => {
                 if ack.rotate_credential {
                     inner.rotate_credential().await;
@@ -150,14 +145,6 @@ fn new_offer(last: &mut Option<String>, ack: HeartbeatAck) -> Option<UpdateInfo>
     let is_new = offered.is_some() && offered != *last;
     *last = offered;
     ack.update.filter(|_| is_new)
-}
-
-/// How long to wait before the update check a push asks for: `random` (0 to 1) of its spread,
-/// which counts as [`MAX_PUSH_SPREAD_SECS`] at most; `None` (check now) when it asks for none.
-fn spread_wait(spread_secs: Option<u32>, random: f64) -> Option<Duration> {
-    let secs = spread_secs.filter(|&s| s > 0)?.min(MAX_PUSH_SPREAD_SECS);
-    let spread = Duration::from_secs(u64::from(secs));
-    Some(spread.mul_f64(random.clamp(0.0, 1.0)))
 }
 
 /// `every` +/- 10 %, so a fleet's timers drift apart instead of hitting the server together.
@@ -184,23 +171,6 @@ mod offer_tests {
                 rollback: None,
             }),
         }
-    }
-
-    #[test]
-    fn a_push_with_a_spread_waits_a_random_part_of_it() {
-        assert_eq!(spread_wait(None, 0.5), None);
-        assert_eq!(spread_wait(Some(0), 0.5), None);
-        assert_eq!(spread_wait(Some(10), 0.0), Some(Duration::ZERO));
-        assert_eq!(
-            spread_wait(Some(10), 0.25),
-            Some(Duration::from_millis(2500))
-        );
-        assert_eq!(spread_wait(Some(10), 7.0), Some(Duration::from_secs(10)));
-        assert_eq!(
-            spread_wait(Some(u32::MAX), 1.0),
-            Some(Duration::from_secs(600)),
-            "never longer than ten minutes"
-        );
     }
 
     #[test]
