@@ -436,14 +436,14 @@ fn listening(listeners: &[Listener]) -> Result<Listening, ServeError> {
     Ok(Listening { agents, operators })
 }
 
-/// The release watcher, the metadata refresher, the error retention sweep, the database size
-/// guard, the replica lease, the stuck-update watch, the rollout plans and, on PostgreSQL, the listener for the
-/// other replicas' events.
 /// Update checks worked on at once: half the agents' pool, so heartbeats keep the other half.
 fn check_slots(db: &Db) -> usize {
     PoolUse::Agents.max_connections(db.backend()) as usize / 2
 }
 
+/// The release watcher, the metadata refresher, the error retention sweep, the database size
+/// guard, the replica lease, the stuck-update watch, the rollout plans and, on PostgreSQL, the listener for the
+/// other replicas' events.
 async fn spawn_background(
     config: &ServeConfig,
     url: &str,

@@ -449,10 +449,14 @@ async fn slow_reader(server: &Server, url: &str, token: &str) -> tokio::net::Tcp
     stream
 }
 
-async fn download_counts(server: &Server) -> serde_json::Value {
+/// The server's `/healthz` answer.
+async fn healthz(server: &Server) -> serde_json::Value {
     let health = server.http.get(server.url(paths::HEALTHZ)).send().await;
-    let body: serde_json::Value = health.unwrap().json().await.unwrap();
-    body["downloads"].clone()
+    health.unwrap().json().await.unwrap()
+}
+
+async fn download_counts(server: &Server) -> serde_json::Value {
+    healthz(server).await["downloads"].clone()
 }
 
 /// Download slots and update-check turns are taken before the credential is checked (a refusal
@@ -585,7 +589,7 @@ async fn update_checks_past_the_line_are_answered_503_and_come_back_later() {
     }
     assert!(!refused.is_empty(), "200 checks at once on two turns");
     let mut waits = Vec::new();
-    for answer in refused.drain(..) {
+    for answer in refused {
         let headers = answer.headers().clone();
         assert_eq!(header(&headers, "connection"), "close");
         let wait: u64 = header(&headers, "retry-after").parse().unwrap();
@@ -595,10 +599,8 @@ async fn update_checks_past_the_line_are_answered_503_and_come_back_later() {
         let text = error["error"].as_str().unwrap();
         assert!(text.contains("update checks are already waiting"), "{text}");
     }
-    let health = server.http.get(server.url(paths::HEALTHZ)).send().await;
-    let health: serde_json::Value = health.unwrap().json().await.unwrap();
     assert_eq!(
-        health["update_checks"],
+        healthz(&server).await["update_checks"],
         json!({"waiting": 0, "limit": 0, "peak": 0, "refused": waits.len()})
     );
     assert!(server.log().contains("update checks refused"), "logged");

@@ -9,8 +9,8 @@
 //! nothing once it is answered. The `Retry-After`s of a burst are spread out ([`Schedule`]): each
 //! refusal is given the next free moment at twice the rate checks are being worked off (measured
 //! as they end), so the refused agents come back about as fast as they can be served, not all
-//! together a second later. The agent adds jitter and asks again (docs/protocol.md, "The update
-//! check queue").
+//! together a second later. The agent adds jitter and asks again (docs/protocol.md, "The
+//! update-check line").
 //!
 //! A turn is an extractor placed before the agent's credential in the update-check handler, so
 //! a refusal costs no database work. This module must never block a refusal (a place is taken

@@ -81,10 +81,10 @@ impl FileCache {
 
     /// The kept bytes of `path` when it still has this length and modification time.
     fn kept(&self, path: &Path, len: u64, modified: Option<SystemTime>) -> Option<Bytes> {
-        let mut kept = self.shelf.lock().unwrap_or_else(PoisonError::into_inner);
-        kept.lookups += 1;
-        let now = kept.lookups;
-        let file = kept
+        let mut shelf = self.shelf.lock().unwrap_or_else(PoisonError::into_inner);
+        shelf.lookups += 1;
+        let now = shelf.lookups;
+        let file = shelf
             .files
             .iter_mut()
             .find(|f| f.path == path && f.len == len && f.modified == modified)?;
@@ -95,29 +95,29 @@ impl FileCache {
     /// Keeps `bytes` as `path`'s, dropping its older copy and then the least recently served
     /// files until all fit in [`MAX_CACHED_BYTES`].
     fn keep(&self, path: &Path, len: u64, modified: Option<SystemTime>, bytes: Bytes) {
-        let mut kept = self.shelf.lock().unwrap_or_else(PoisonError::into_inner);
-        let used = kept.lookups;
-        kept.files.retain(|f| f.path != path);
-        kept.files.push(Kept {
+        let mut shelf = self.shelf.lock().unwrap_or_else(PoisonError::into_inner);
+        let used = shelf.lookups;
+        shelf.files.retain(|f| f.path != path);
+        shelf.files.push(Kept {
             path: path.to_path_buf(),
             len,
             modified,
             bytes,
             used,
         });
-        while kept.files.iter().map(|f| f.len).sum::<u64>() > MAX_CACHED_BYTES {
-            let Some(oldest) = (0..kept.files.len()).min_by_key(|&i| kept.files[i].used) else {
+        while shelf.files.iter().map(|f| f.len).sum::<u64>() > MAX_CACHED_BYTES {
+            let Some(oldest) = (0..shelf.files.len()).min_by_key(|&i| shelf.files[i].used) else {
                 break;
             };
-            kept.files.swap_remove(oldest);
+            shelf.files.swap_remove(oldest);
         }
     }
 
     /// Bytes kept now.
     #[cfg(test)]
     fn kept_bytes(&self) -> u64 {
-        let kept = self.shelf.lock().unwrap_or_else(PoisonError::into_inner);
-        kept.files.iter().map(|f| f.len).sum()
+        let shelf = self.shelf.lock().unwrap_or_else(PoisonError::into_inner);
+        shelf.files.iter().map(|f| f.len).sum()
     }
 }
 
@@ -125,6 +125,10 @@ impl FileCache {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    fn modified(path: &Path) -> Option<SystemTime> {
+        std::fs::metadata(path).unwrap().modified().ok()
+    }
 
     fn bytes(lookup: Lookup) -> Bytes {
         match lookup {
@@ -174,16 +178,8 @@ mod tests {
         // 1 was served least recently: it went; 0 is still the same buffer.
         let again = bytes(cache.get(&paths[0]).await.unwrap());
         assert_eq!(first.as_ptr(), again.as_ptr());
-        let modified = std::fs::metadata(&paths[1]).unwrap().modified().ok();
-        assert!(cache.kept(&paths[1], size as u64, modified).is_none());
-        assert!(
-            cache
-                .kept(
-                    &paths[2],
-                    size as u64,
-                    std::fs::metadata(&paths[2]).unwrap().modified().ok()
-                )
-                .is_some()
-        );
+        let len = size as u64;
+        assert!(cache.kept(&paths[1], len, modified(&paths[1])).is_none());
+        assert!(cache.kept(&paths[2], len, modified(&paths[2])).is_some());
     }
 }

@@ -151,8 +151,8 @@ async fn refuse(
 }
 
 /// `GET /healthz`: 200 when the database answers (with this replica's package streams and
-/// update-check line: counts now, limit, peak, refused), 503 otherwise. Public; it uses the operators' pool, so a flood of
-/// health checks cannot take agents' connections.
+/// update-check line: counts now, limit, peak, refused), 503 otherwise. Public; it uses the
+/// operators' pool, so a flood of health checks cannot take agents' connections.
 pub async fn healthz(State(state): State<AppState>) -> Response {
     match state.operator_db().ping().await {
         Ok(()) => {

@@ -14,7 +14,7 @@
 
 use std::path::{Component, Path as FsPath, PathBuf};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
@@ -23,8 +23,6 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
-
-use axum::body::Bytes;
 
 use super::agent::AuthedAgent;
 use super::downloads::DownloadSlot;
