@@ -459,6 +459,18 @@ async fn download_counts(server: &Server) -> serde_json::Value {
     healthz(server).await["downloads"].clone()
 }
 
+/// A SQLite server in `dir` started with `args`, release 1.1.0 for linux-x86_64 published.
+async fn serving_1_1_0(dir: &Path, args: &[&str]) -> Server {
+    let files = inputs(dir);
+    let data = dir.join("data");
+    publish_ok(&data, &Store::Sqlite, "1.1.0", &files, &[]).await;
+    let options = Options {
+        args: args.iter().map(|&arg| arg.to_owned()).collect(),
+        ..Options::default()
+    };
+    Server::start(&data, &Store::Sqlite, &options).await
+}
+
 /// Download slots and update-check turns are taken before the credential is checked (a refusal
 /// or a queued check costs no database work): requests with a credential the server does not
 /// know are refused 401 and give both back, so a flood of them leaves the budget (here one
@@ -466,14 +478,7 @@ async fn download_counts(server: &Server) -> serde_json::Value {
 #[tokio::test]
 async fn requests_without_a_valid_credential_hold_no_download_slot_or_check_turn() {
     let dir = tempfile::tempdir().unwrap();
-    let files = inputs(dir.path());
-    let data = dir.path().join("data");
-    publish_ok(&data, &Store::Sqlite, "1.1.0", &files, &[]).await;
-    let options = Options {
-        args: vec!["--max-downloads".into(), "1".into()],
-        ..Options::default()
-    };
-    let server = Server::start(&data, &Store::Sqlite, &options).await;
+    let server = serving_1_1_0(dir.path(), &["--max-downloads", "1"]).await;
     let identity = server.register_ok("host-a").await;
     let url = "/api/v1/agent/packages/1.1.0/linux-x86_64";
     for _ in 0..5 {
@@ -565,14 +570,7 @@ async fn downloads_past_the_budget_are_answered_503_with_retry_after() {
 #[tokio::test]
 async fn update_checks_past_the_line_are_answered_503_and_come_back_later() {
     let dir = tempfile::tempdir().unwrap();
-    let files = inputs(dir.path());
-    let data = dir.path().join("data");
-    publish_ok(&data, &Store::Sqlite, "1.1.0", &files, &[]).await;
-    let options = Options {
-        args: vec!["--max-waiting-checks".into(), "0".into()],
-        ..Options::default()
-    };
-    let server = Server::start(&data, &Store::Sqlite, &options).await;
+    let server = serving_1_1_0(dir.path(), &["--max-waiting-checks", "0"]).await;
     let identity = server.register_ok("host-a").await;
     let token = identity.agent_token.as_str();
 
